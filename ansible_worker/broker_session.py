@@ -1,0 +1,99 @@
+"""Keep one link to the broker alive: connect, subscribe, pass messages on, reconnect with backoff."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+import trio
+
+from ansible_worker.mqtt_link import ConnectFailed, InboundMessage, LinkError, LinkOptions, MqttLink, open_mqtt_link
+
+log = logging.getLogger(__name__)
+
+
+class BrokerSession:
+    """A long-lived MQTT session over a series of links.
+
+    `run` owns the links: each time one drops it waits an exponentially growing, jittered
+    delay (capped) and connects again, subscribing afresh. A broker that is down at start is
+    simply the first wait. Other tasks publish through `publish`, which waits for a link.
+    """
+
+    def __init__(
+        self,
+        options: LinkOptions,
+        subscriptions: Sequence[tuple[str, int]],
+        inbox: trio.MemorySendChannel[InboundMessage],
+        *,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.options = options
+        self._subscriptions = list(subscriptions)
+        self._inbox = inbox
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._link: MqttLink | None = None
+        self._up = trio.Event()
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve forever; reports started at once, before the first connection."""
+        task_status.started()
+        where = f"{self.options.host}:{self.options.port}"
+        failures = 0
+        async with self._inbox:
+            while True:
+                reason = f"link to broker {where} closed"
+                try:
+                    async with open_mqtt_link(self.options) as link:
+                        for topic, qos in self._subscriptions:
+                            await link.subscribe(topic, qos)
+                        log.info("connected to broker %s as %s", where, self.options.client_id)
+                        failures = 0
+                        self._link = link
+                        self._up.set()
+                        async for message in link.messages():
+                            await self._inbox.send(message)
+                except ConnectFailed as exc:
+                    reason = f"cannot connect to broker {where}: {exc}"
+                except LinkError as exc:
+                    reason = f"lost broker {where}: {exc}"
+                finally:
+                    if self._link is not None:
+                        self._link = None
+                        self._up = trio.Event()
+                delay = min(self._backoff_max, self._backoff_initial * 2**failures) * random.uniform(0.5, 1.0)
+                failures += 1
+                self.reconnects += 1
+                log.warning("%s; retrying in %.1fs (attempt %d)", reason, delay, failures)
+                await trio.sleep(delay)
+
+    async def wait_connected(self) -> None:
+        await self._up.wait()
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int, retain: bool = False, expiry: int | None = None
+    ) -> None:
+        """Publish on the current link, waiting for one if there is none.
+
+        Errors: `LinkError` if the link drops before the broker acknowledged.
+        """
+        while self._link is None:
+            await self._up.wait()
+        await self._link.publish(topic, payload, qos=qos, retain=retain, expiry=expiry)
+
+    async def unsubscribe(self, topic: str) -> None:
+        """Stop a subscription now and on every later link. Best effort on the live link."""
+        self._subscriptions = [(t, q) for t, q in self._subscriptions if t != topic]
+        if self._link is not None:
+            try:
+                await self._link.unsubscribe(topic)
+            except LinkError as exc:
+                log.warning("unsubscribe from %s failed: %s", topic, exc)

@@ -1,0 +1,139 @@
+"""The `ansible-worker` command line: run the worker, validate its config, print its version."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import trio
+
+from ansible_worker import __version__
+from ansible_worker.config import DEFAULT_CONFIG_FILE, ENV_PREFIX, ConfigError, Settings, load_settings
+from ansible_worker.logging_setup import setup_logging
+from ansible_worker.topics import Topics
+from ansible_worker.worker import Worker
+
+log = logging.getLogger("ansible_worker")
+
+EXIT_CONFIG = 2
+
+_DESCRIPTION = """\
+Run Ansible playbooks on request from an MQTT broker and publish their status live.
+
+Without a command, `ansible-worker` runs the worker. Settings come from a YAML file
+(default: ./config.yaml, `${VAR}` references expanded) and from environment variables
+that override it, e.g. ANSIBLE_WORKER_MQTT__HOST=broker.example.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    config_help = f"configuration file (default: {DEFAULT_CONFIG_FILE}; without it, {ENV_PREFIX}* variables only)"
+    parser = argparse.ArgumentParser(
+        prog="ansible-worker", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-c", "--config", type=Path, help=config_help)
+    parser.add_argument("--validate", action="store_true", help="check the configuration, print a summary, and exit")
+    parser.add_argument("--version", action="version", version=f"ansible-worker {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser(
+        "run", help="run the worker (the default)", description="Run the worker until SIGINT or SIGTERM."
+    )
+    validate = commands.add_parser(
+        "validate",
+        help="check the configuration and exit",
+        description="Check the configuration; exit 0 with a summary, or 2 with one line per problem.",
+    )
+    for sub in (run, validate):
+        # SUPPRESS keeps `ansible-worker -c X run` from being reset by the subcommand's default.
+        sub.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, help=config_help)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print("configuration error:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.validate or args.command == "validate":
+        print(summarize(settings, args.config))
+        return 0
+    setup_logging(settings.log_level)
+    for name, value in (
+        ("worker.ansible_playbook_path", settings.worker.ansible_playbook_path),
+        ("worker.git_path", settings.worker.git_path),
+    ):
+        if shutil.which(value) is None:
+            log.warning("%s: %r is not an executable on PATH; jobs that need it will fail", name, value)
+    trio.run(_serve, settings)
+    return 0
+
+
+async def _serve(settings: Settings) -> None:
+    worker = Worker(settings)
+    async with trio.open_nursery() as nursery:
+        # The signal receiver stays open for the whole run, so a second signal is seen
+        # too instead of killing the process with a traceback.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            nursery.start_soon(_watch_signals, signals, worker)
+            await worker.run()
+            nursery.cancel_scope.cancel()
+
+
+async def _watch_signals(signals: AsyncIterator[int], worker: Worker) -> None:
+    count = 0
+    async for signum in signals:
+        count += 1
+        name = signal.Signals(signum).name
+        if count == 1:
+            log.info("received %s: shutting down (send it again to stop waiting for running jobs)", name)
+            worker.request_shutdown()
+        else:
+            log.info("received %s again: cancelling running jobs now", name)
+            worker.request_shutdown(hurry=True)
+
+
+def summarize(settings: Settings, path: Path | None) -> str:
+    """A one-screen view of the effective configuration, secrets masked."""
+    mqtt, worker = settings.mqtt, settings.worker
+    topics = Topics(worker.topic_prefix, worker.group_name)
+    source = (
+        str(path)
+        if path is not None
+        else (str(DEFAULT_CONFIG_FILE) if DEFAULT_CONFIG_FILE.exists() else "environment only")
+    )
+    password = "(set, hidden)" if mqtt.password is not None else "(none)"
+    tls = "off"
+    if mqtt.tls_enabled:
+        tls = f"on (CA {mqtt.tls_ca_cert or 'system store'}" + (
+            f", client cert {mqtt.tls_client_cert})" if mqtt.tls_client_cert else ")"
+        )
+    lines = [
+        f"configuration OK ({source})",
+        "",
+        f"  broker        {mqtt.host}:{mqtt.port}  tls {tls}",
+        f"  credentials   user {mqtt.username or '(none)'}  password {password}",
+        f"  client id     {mqtt.client_id or 'ansible-worker-' + worker.worker_id}  keepalive {mqtt.keepalive}s",
+        f"  worker        {worker.worker_id} in group {worker.group_name}",
+        f"  playbooks     {worker.playbook_directory}",
+        f"  capacity      {worker.concurrency} at once, queue of {worker.max_queue_size}",
+        f"  timeouts      job {worker.task_timeout:g}s, git {worker.git_timeout:g}s, kill grace {worker.kill_grace:g}s",
+        f"  executables   {worker.ansible_playbook_path}, {worker.git_path}",
+        f"  messages      up to {worker.max_message_bytes} bytes; status every {worker.status_interval:g}s at most",
+        f"  log level     {settings.log_level}",
+        "",
+        f"  jobs from     {topics.tasks_subscription(shared=worker.shared_subscription)}",
+        f"  status on     {topics.status('<task_id>')} (retained)",
+    ]
+    for name, value in (("ansible_playbook_path", worker.ansible_playbook_path), ("git_path", worker.git_path)):
+        if shutil.which(value) is None:
+            lines.append(f"  warning: worker.{name}: {value!r} is not an executable on PATH")
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""Load and check the worker's settings: a YAML file, `${VAR}` expansion, then environment overrides."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ansible_worker.expand import UnsetVariableError, expand_tree
+from ansible_worker.validation import describe_errors
+
+ENV_PREFIX = "ANSIBLE_WORKER_"
+DEFAULT_CONFIG_FILE = Path("config.yaml")
+
+_NAME_CHARS = "A-Za-z0-9._-"
+NAME_PATTERN = rf"^[{_NAME_CHARS}]{{1,128}}$"
+
+
+def default_worker_id() -> str:
+    """Host name plus a short random suffix: unique per process, readable in a listing."""
+    host = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in socket.gethostname())
+    return f"{host[:100] or 'worker'}-{secrets.token_hex(3)}"
+
+
+class MqttSettings(BaseModel):
+    """How to reach the broker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(min_length=1)
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive: int = Field(60, ge=5, le=65535)
+    client_id: str | None = Field(None, min_length=1, max_length=128)
+    tls_enabled: bool = False
+    tls_ca_cert: Path | None = None
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_tls_files(self) -> MqttSettings:
+        if self.tls_client_key is not None and self.tls_client_cert is None:
+            raise ValueError("tls_client_key is set but tls_client_cert is not")
+        for name in ("tls_ca_cert", "tls_client_cert", "tls_client_key"):
+            path: Path | None = getattr(self, name)
+            if path is not None and not self.tls_enabled:
+                raise ValueError(f"{name} is set but tls_enabled is false")
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        return self
+
+
+class WorkerSettings(BaseModel):
+    """What this worker does and how much of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group_name: str = Field(pattern=NAME_PATTERN)
+    playbook_directory: Path
+    topic_prefix: str = "ansible"
+    worker_id: str = Field(default_factory=default_worker_id, pattern=NAME_PATTERN)
+    max_queue_size: int = Field(100, ge=1, le=100_000)
+    concurrency: int = Field(1, ge=1, le=256)
+    task_timeout: float = Field(3600, gt=0)
+    kill_grace: float = Field(10, ge=0, le=3600)
+    shared_subscription: bool = True
+    ansible_playbook_path: str = Field("ansible-playbook", min_length=1)
+    git_path: str = Field("git", min_length=1)
+    git_timeout: float = Field(300, gt=0)
+    max_message_bytes: int = Field(1_048_576, ge=1024)
+    status_interval: float = Field(0.25, ge=0, le=60)
+    run_directory: Path | None = None
+    output_limit_bytes: int = Field(1_048_576, ge=4096)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value or value.startswith("/") or value.endswith("/") or "//" in value:
+            raise ValueError("must be one or more topic levels without empty levels, e.g. 'ansible'")
+        if any(ch in value for ch in "+#$\0"):
+            raise ValueError("must not contain '+', '#', '$' or NUL")
+        return value
+
+    @field_validator("playbook_directory")
+    @classmethod
+    def _check_playbook_directory(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"not a directory: {value}")
+        return value.resolve()
+
+    @field_validator("run_directory")
+    @classmethod
+    def _check_run_directory(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"not a directory: {value}")
+        return value
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Environment variables override the file."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    mqtt: MqttSettings
+    worker: WorkerSettings
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init values; listing the environment first makes it win.
+        return env_settings, init_settings
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` holds one readable line per mistake."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read `path` (if given and present), expand references, apply the environment, validate.
+
+    With `path` None the default file is read when it exists; otherwise settings come from
+    the environment alone, which suits containers.
+    """
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source = path if path is not None else DEFAULT_CONFIG_FILE
+    if path is not None or DEFAULT_CONFIG_FILE.exists():
+        data = _read_yaml(source)
+    try:
+        expanded = expand_tree(data, environ)
+    except UnsetVariableError as exc:
+        raise ConfigError([str(exc)]) from None
+    try:
+        # Environment overrides are read from os.environ by pydantic-settings itself.
+        return Settings(**expanded)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = describe_errors(exc)
+        if not data:
+            problems.append(f"(no config file was read: pass -c FILE or set {ENV_PREFIX}* variables)")
+        raise ConfigError(problems) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}:{where} invalid YAML: {problem}"]) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of keys, not {type(loaded).__name__}"])
+    return loaded

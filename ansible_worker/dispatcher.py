@@ -1,0 +1,113 @@
+"""Queue accepted jobs on a bounded channel and run up to `concurrency` of them at once."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from ansible_worker.job import Job, JobRunner
+from ansible_worker.models import JobStatus, State, TaskRequest, utc_now
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """The jobs one worker holds, queued or running, by task_id.
+
+    `submit` never blocks: a full queue is answered at once with a `failed` status, since a
+    controller is better told than kept waiting. `close` is how the worker stops: no new
+    jobs, queued ones cancelled on the spot, running ones cancelled through their scopes;
+    `run` returns when the last running job has published its terminal status.
+    """
+
+    def __init__(self, runner: JobRunner, *, worker_id: str, capacity: int, concurrency: int) -> None:
+        self.runner = runner
+        self.worker_id = worker_id
+        self.capacity = capacity
+        self.concurrency = concurrency
+        self.jobs: dict[str, Job] = {}
+        self._send, self._receive = trio.open_memory_channel[Job](capacity)
+
+    @property
+    def running_count(self) -> int:
+        return sum(1 for job in self.jobs.values() if job.state == State.RUNNING)
+
+    @property
+    def queued_count(self) -> int:
+        return sum(1 for job in self.jobs.values() if job.state == State.QUEUED)
+
+    def submit(self, request: TaskRequest) -> None:
+        task_id = request.task_id
+        if task_id in self.jobs:
+            log.warning(
+                "task %s is already %s on this worker; ignoring the duplicate", task_id, self.jobs[task_id].state
+            )
+            return
+        job = Job(request, worker_id=self.worker_id)
+        try:
+            self._send.send_nowait(job)
+        except trio.WouldBlock:
+            self._refuse(job, State.FAILED, f"queue full (max {self.capacity})")
+            return
+        except trio.ClosedResourceError:
+            self._refuse(job, State.CANCELLED, "worker is shutting down")
+            return
+        self.jobs[task_id] = job
+        self.runner.announce(job)
+
+    def reject(self, task_id: str, reason: str) -> None:
+        """Answer an invalid message with `failed`, unless that would overwrite a live job's status."""
+        if task_id in self.jobs:
+            log.warning("task %s: ignoring an invalid message for a job this worker holds: %s", task_id, reason)
+            return
+        log.warning("task %s failed: %s", task_id, reason)
+        now = utc_now()
+        status = JobStatus(
+            task_id=task_id,
+            state=State.FAILED,
+            created_at=now,
+            completed_at=now,
+            error_message=reason,
+            worker_id=self.worker_id,
+        )
+        self.runner.outbox.post(status)
+
+    def cancel(self, task_id: str, reason: str) -> bool:
+        """Cancel a queued or running job; False if this worker does not hold it."""
+        job = self.jobs.get(task_id)
+        if job is None or job.state.terminal:
+            return False
+        job.cancel_reason = reason
+        if job.state == State.QUEUED:
+            # Leaves the queue now; the slot that later receives it skips it.
+            del self.jobs[task_id]
+            job.finish(State.CANCELLED, f"cancelled: {reason}")
+            self.runner.announce(job)
+        else:
+            job.cancel_scope.cancel()
+        return True
+
+    def close(self, reason: str) -> None:
+        self._send.close()
+        for task_id in list(self.jobs):
+            self.cancel(task_id, reason)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.concurrency):
+                nursery.start_soon(self._serve_slot)
+            task_status.started()
+
+    async def _serve_slot(self) -> None:
+        async for job in self._receive:
+            if job.state.terminal:
+                continue
+            try:
+                await self.runner.execute(job)
+            finally:
+                self.jobs.pop(job.task_id, None)
+
+    def _refuse(self, job: Job, state: State, reason: str) -> None:
+        job.finish(state, reason)
+        self.runner.announce(job)

@@ -1,0 +1,74 @@
+"""Receive the callback plugin's JSON lines through a FIFO in the job's run directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+MAX_LINE_BYTES = 4 * 1024 * 1024
+
+
+class EventFifo:
+    """The read end of a FIFO that one run of ansible-playbook writes events into.
+
+    The read end is opened (non-blocking) before Ansible starts, so Ansible's blocking open
+    of the write end never waits for us.
+    """
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path, 0o600)
+        self.path = path
+        self.invalid_lines = 0
+        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    async def read_events(self, on_event: Callable[[dict[str, Any]], None]) -> None:
+        """Call `on_event` for each JSON object until every writer has closed the FIFO.
+
+        Cancellation: safe at any point; a caller bounds this wait, since a playbook that
+        dies before opening the FIFO never sends an end of file.
+        """
+        # Reading a FIFO that no writer has opened yet returns b"", a false end of file:
+        # wait until a writer has written (or opened and closed) first.
+        await trio.lowlevel.wait_readable(self._fd)
+        stream = trio.lowlevel.FdStream(os.dup(self._fd))
+        pending = b""
+        async with stream:
+            while chunk := await stream.receive_some(262144):
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                if len(pending) > MAX_LINE_BYTES:
+                    self._reject(pending[:80], "line too long")
+                    pending = b""
+                for line in lines:
+                    self._decode(line, on_event)
+        if pending.strip():
+            self._decode(pending, on_event)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def _decode(self, line: bytes, on_event: Callable[[dict[str, Any]], None]) -> None:
+        if not line.strip():
+            return
+        try:
+            event = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            self._reject(line[:80], str(exc))
+            return
+        if not isinstance(event, dict):
+            self._reject(line[:80], "not a JSON object")
+            return
+        on_event(event)
+
+    def _reject(self, start: bytes, why: str) -> None:
+        self.invalid_lines += 1
+        if self.invalid_lines <= 3:
+            log.warning("ignoring an invalid event line (%s): %r", why, start)

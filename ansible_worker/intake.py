@@ -1,0 +1,82 @@
+"""Decide what an incoming task message is: a job to queue, a job to refuse, or noise to drop."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from ansible_worker.models import TASK_ID_PATTERN, TaskRequest
+from ansible_worker.validation import describe_errors
+
+_TASK_ID = re.compile(TASK_ID_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A valid job."""
+
+    job: TaskRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message that names a usable task_id but cannot run: answer it with a `failed` status."""
+
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A message with no usable task_id: nobody can be told, so it is only logged."""
+
+    reason: str
+
+
+def read_task_message(payload: bytes, *, max_bytes: int) -> Accepted | Rejected | Dropped:
+    """Classify one payload from the tasks topic. Pure: never raises on any input.
+
+    A payload over `max_bytes` is still decoded, only so that its sender can be told why it
+    was refused; the broker's own packet limit bounds that cost.
+    """
+    try:
+        document = json.loads(payload)
+    except UnicodeDecodeError:
+        return Dropped("payload is not UTF-8 text")
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return Dropped(f"invalid JSON: {exc}")
+    if not isinstance(document, dict):
+        return Dropped(f"payload is a JSON {_json_kind(document)}, not an object")
+    task_id = document.get("task_id")
+    if task_id is None:
+        return Dropped("no task_id")
+    if not isinstance(task_id, str):
+        return Dropped(f"task_id is a JSON {_json_kind(task_id)}, not a string")
+    if not _TASK_ID.fullmatch(task_id):
+        return Dropped(f"task_id {task_id[:140]!r} is not 1-128 characters of A-Z a-z 0-9 . _ -")
+    if len(payload) > max_bytes:
+        return Rejected(task_id, f"message too large ({len(payload)} bytes, max {max_bytes})")
+    try:
+        job = TaskRequest.model_validate(document)
+    except ValidationError as exc:
+        return Rejected(task_id, "invalid task: " + "; ".join(describe_errors(exc)))
+    return Accepted(job)
+
+
+def _json_kind(value: object) -> str:
+    match value:
+        case bool():
+            return "boolean"
+        case int() | float():
+            return "number"
+        case str():
+            return "string"
+        case list():
+            return "array"
+        case None:
+            return "null"
+        case _:
+            return "object"

@@ -1,0 +1,246 @@
+"""Run one job from start to its single terminal status: git pull, run directory, ansible-playbook."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ansible_worker.config import WorkerSettings
+from ansible_worker.event_fifo import EventFifo
+from ansible_worker.extra_vars import write_extra_vars
+from ansible_worker.models import JobStatus, State, TaskRequest, utc_now
+from ansible_worker.output_tail import OutputTail
+from ansible_worker.playbook_command import (
+    JobRefusedError,
+    ansible_environment,
+    build_argv,
+    resolve_inventory,
+    resolve_playbook,
+)
+from ansible_worker.process_group import ExitRecord, run_with_output
+from ansible_worker.progress import Progress
+from ansible_worker.status_outbox import StatusOutbox
+
+log = logging.getLogger(__name__)
+
+_LIVE_EVENTS = frozenset(
+    {
+        "playbook_on_play_start",
+        "playbook_on_task_start",
+        "playbook_on_handler_task_start",
+        "runner_on_ok",
+        "runner_on_failed",
+        "runner_on_skipped",
+        "runner_on_unreachable",
+        "playbook_on_stats",
+    }
+)
+
+
+@dataclass(eq=False)
+class Job:
+    """One accepted job and everything known about it so far."""
+
+    request: TaskRequest
+    worker_id: str
+    created_at: datetime = field(default_factory=utc_now)
+    state: State = State.QUEUED
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    return_code: int | None = None
+    error_message: str | None = None
+    progress: Progress = field(default_factory=Progress)
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    cancel_reason: str | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.request.task_id
+
+    def status(self) -> JobStatus:
+        progress = self.progress
+        end = self.completed_at or utc_now()
+        duration = (end - self.started_at).total_seconds() if self.started_at else None
+        return JobStatus(
+            task_id=self.task_id,
+            state=self.state,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            completed_at=self.completed_at,
+            duration_seconds=round(duration, 3) if duration is not None else None,
+            tasks_total=progress.total,
+            tasks_ok=progress.ok,
+            tasks_changed=progress.changed,
+            tasks_failed=progress.failed,
+            tasks_skipped=progress.skipped,
+            tasks_unreachable=progress.unreachable,
+            return_code=self.return_code,
+            error_message=self.error_message,
+            output=progress.output,
+            worker_id=self.worker_id,
+            playbook=self.request.playbook,
+            current_play=progress.current_play,
+            current_task=progress.current_task if not self.state.terminal else None,
+            tasks_rescued=progress.rescued,
+            tasks_ignored=progress.ignored,
+            output_per_host=progress.output_per_host,
+        )
+
+    def finish(self, state: State, error_message: str | None = None) -> None:
+        self.state = state
+        self.error_message = error_message
+        self.completed_at = utc_now()
+
+
+class JobRunner:
+    """Carries out jobs for one worker; `execute` is the error boundary of a job."""
+
+    def __init__(self, settings: WorkerSettings, outbox: StatusOutbox) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self._git_lock = trio.Lock()
+
+    def announce(self, job: Job) -> None:
+        """Publish the job's current status and log the transition."""
+        self.outbox.post(job.status())
+        if job.state.terminal:
+            p = job.progress
+            counts = f"ok={p.ok} changed={p.changed} failed={p.failed} skipped={p.skipped} unreachable={p.unreachable}"
+            detail = f": {job.error_message}" if job.error_message else ""
+            log.info("task %s %s (rc=%s, %s)%s", job.task_id, job.state, job.return_code, counts, detail)
+        else:
+            log.info("task %s %s (playbook %s)", job.task_id, job.state, job.request.playbook)
+
+    async def execute(self, job: Job) -> None:
+        """Run `job` and publish exactly one terminal status for it.
+
+        Any `Exception` becomes a `failed` status; cancellation of the job's own scope (a
+        cancel request, the timeout) becomes `cancelled` or `timeout`. A cancellation from
+        outside the job still ends the process group (shielded) before it propagates.
+        """
+        timeout = self.settings.task_timeout if job.request.timeout is None else job.request.timeout
+        job.state = State.RUNNING
+        job.started_at = utc_now()
+        self.announce(job)
+        # Stays so only if a cancellation from outside the job (a hurried shutdown) passes.
+        state: State = State.CANCELLED
+        error: str | None = "cancelled: worker stopped"
+        try:
+            with job.cancel_scope:
+                job.cancel_scope.deadline = trio.current_time() + timeout
+                try:
+                    state, error = await self._run(job)
+                except JobRefusedError as exc:
+                    state, error = State.FAILED, str(exc)
+                except OSError as exc:
+                    state, error = (
+                        State.FAILED,
+                        f"cannot start: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+                    )
+                except Exception as exc:
+                    log.exception("task %s: unexpected error", job.task_id)
+                    state, error = State.FAILED, f"internal error: {type(exc).__name__}: {exc}"
+            if job.cancel_scope.cancelled_caught:
+                if job.cancel_reason is not None:
+                    state, error = State.CANCELLED, f"cancelled: {job.cancel_reason}"
+                else:
+                    state, error = State.TIMEOUT, f"timed out after {timeout:g}s"
+        finally:
+            job.finish(state, error)
+            self.announce(job)
+
+    async def _run(self, job: Job) -> tuple[State, str | None]:
+        request = job.request
+        base = self.settings.playbook_directory
+        if request.git_pull:
+            await self._git_pull(job)
+        playbook = resolve_playbook(base, request.playbook)
+        inventory = resolve_inventory(base, request.inventory)
+        with private_run_directory(self.settings.run_directory, job.task_id) as run_dir:
+            extra_vars = write_extra_vars(run_dir, request.extra_vars) if request.extra_vars else None
+            argv = build_argv(
+                request,
+                executable=self.settings.ansible_playbook_path,
+                playbook=playbook,
+                inventory=inventory,
+                extra_vars_file=extra_vars,
+            )
+            fifo = EventFifo(run_dir / "events.fifo")
+            tail = OutputTail(self.settings.output_limit_bytes)
+            try:
+                record = ExitRecord()
+                try:
+                    returncode = await run_with_output(
+                        argv,
+                        cwd=base,
+                        env=ansible_environment(os.environ, fifo.path),
+                        kill_grace=self.settings.kill_grace,
+                        tail=tail,
+                        record=record,
+                        side_reader=lambda: fifo.read_events(lambda event: self._on_event(job, event)),
+                    )
+                finally:
+                    job.return_code = record.returncode
+            finally:
+                fifo.close()
+        return self._judge(job, returncode, tail)
+
+    def _on_event(self, job: Job, event: dict[str, Any]) -> None:
+        job.progress.apply(event)
+        if event.get("event") in _LIVE_EVENTS and not job.state.terminal:
+            self.outbox.post(job.status())
+
+    def _judge(self, job: Job, returncode: int, tail: OutputTail) -> tuple[State, str | None]:
+        if returncode == 0:
+            return State.SUCCESS, None
+        if job.progress.first_failure is not None:
+            return State.FAILED, job.progress.first_failure
+        last = " | ".join(tail.last_lines(3)) or "no output"
+        return State.FAILED, f"ansible-playbook exited with code {returncode}: {last[-1000:]}"
+
+    async def _git_pull(self, job: Job) -> None:
+        """`git pull --ff-only` in the playbook directory, one job at a time, bounded."""
+        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+        argv = [self.settings.git_path, "pull", "--ff-only"]
+        tail = OutputTail(65536)
+        async with self._git_lock:
+            log.info("task %s: git pull in %s", job.task_id, self.settings.playbook_directory)
+            with trio.move_on_after(self.settings.git_timeout) as bound:
+                try:
+                    returncode = await run_with_output(
+                        argv,
+                        cwd=self.settings.playbook_directory,
+                        env=env,
+                        kill_grace=self.settings.kill_grace,
+                        tail=tail,
+                        record=ExitRecord(),
+                    )
+                except OSError as exc:
+                    raise JobRefusedError(
+                        f"git pull failed: cannot start {self.settings.git_path!r}: {exc.strerror}"
+                    ) from exc
+        if bound.cancelled_caught:
+            raise JobRefusedError(f"git pull timed out after {self.settings.git_timeout:g}s")
+        if returncode != 0:
+            message = " | ".join(tail.last_lines(4)) or "no output"
+            raise JobRefusedError(f"git pull failed (exit {returncode}): {message[-1000:]}")
+
+
+@contextmanager
+def private_run_directory(parent: Path | None, task_id: str) -> Iterator[Path]:
+    """A fresh directory (mode 0700) for one run, removed with everything in it afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=f"ansible-worker-{task_id[:40]}-", dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,109 @@
+"""The messages of protocol v1: a task request in, a job status out."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+TASK_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+
+TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
+
+
+def _split_commas(value: object) -> object:
+    """Accept `"a,b"` as well as `["a", "b"]`: both forms are common in controllers."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _no_option_like(value: str) -> str:
+    # Defence in depth: values are passed as `--opt=VALUE`, but a leading dash still reads
+    # as a mistake and `@file` would make Ansible read a file on the worker.
+    if value.startswith(("-", "@")):
+        raise ValueError("must not start with '-' or '@'")
+    return value
+
+
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_no_option_like)]
+TagList = Annotated[list[Tag], BeforeValidator(_split_commas)]
+Limit = Annotated[str, StringConstraints(min_length=1, max_length=65536), AfterValidator(_no_option_like)]
+
+
+class TaskRequest(BaseModel):
+    """A job as a controller publishes it to `<prefix>/<group>/tasks`. Unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    task_id: TaskId
+    playbook: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    inventory: Annotated[str, StringConstraints(min_length=1, max_length=65536)]
+    extra_vars: dict[str, Any] = Field(default_factory=dict)
+    limit: Limit | None = None
+    tags: TagList = Field(default_factory=list)
+    skip_tags: TagList = Field(default_factory=list)
+    verbosity: int = Field(0, ge=0, le=4)
+    check_mode: bool = False
+    diff_mode: bool = False
+    forks: int = Field(5, ge=1, le=1000)
+    timeout: float | None = Field(None, gt=0)
+    git_pull: bool = False
+
+
+class State(enum.StrEnum):
+    """Where a job is in its life. The last four are terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (State.QUEUED, State.RUNNING)
+
+
+class JobStatus(BaseModel):
+    """What the retained topic `<prefix>/<group>/tasks/<task_id>/status` says about a job.
+
+    The fields of protocol v1 come first and are never removed or renamed; the rest are
+    additions a controller may ignore.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    state: State
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_seconds: float | None = None
+    tasks_total: int = 0
+    tasks_ok: int = 0
+    tasks_changed: int = 0
+    tasks_failed: int = 0
+    tasks_skipped: int = 0
+    tasks_unreachable: int = 0
+    return_code: int | None = None
+    error_message: str | None = None
+    output: dict[str, Any] = Field(default_factory=dict)
+    # Additions to protocol v1.
+    worker_id: str | None = None
+    playbook: str | None = None
+    current_play: str | None = None
+    current_task: str | None = None
+    tasks_rescued: int = 0
+    tasks_ignored: int = 0
+    output_per_host: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,225 @@
+"""One MQTT 5 connection with a Trio-native interface; the only module that touches asyncio.
+
+aiomqtt (asyncio, paho underneath) runs inside Trio through trio-asyncio. Every function
+here is Trio-flavoured unless its name ends in `_aio`; those run on the asyncio loop that
+`open_mqtt_link` opens and closes with the connection, so no asyncio object escapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import trio
+import trio_asyncio
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+__all__ = [
+    "ConnectFailed",
+    "InboundMessage",
+    "LinkError",
+    "LinkLost",
+    "LinkOptions",
+    "MqttLink",
+    "SubscribeRefused",
+    "Will",
+    "open_mqtt_link",
+]
+
+CONNECT_TIMEOUT = 10.0
+DISCONNECT_TIMEOUT = 2.0
+
+
+class LinkError(Exception):
+    """Base class of the link's errors."""
+
+
+class ConnectFailed(LinkError):
+    """The broker could not be reached, or refused the connection."""
+
+
+class LinkLost(LinkError):
+    """The connection dropped, or an operation on it timed out."""
+
+
+class SubscribeRefused(LinkError):
+    """The broker answered a SUBSCRIBE with a failure reason code."""
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOptions:
+    """Everything needed to open one connection. Secrets arrive here as plain strings."""
+
+    host: str
+    port: int
+    client_id: str
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = 60
+    tls_enabled: bool = False
+    tls_ca_cert: Path | None = None
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
+    will: Will | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class MqttLink:
+    """A connected client. Methods raise `LinkLost` when the connection is gone."""
+
+    def __init__(self, client: aiomqtt.Client, loop: Any) -> None:
+        # The loop is named explicitly so that any Trio task may call in, not only the
+        # descendants of the task that opened it.
+        self._client = client
+        self._loop = loop
+        self._publish = trio_asyncio.aio_as_trio(client.publish, loop=loop)
+        self._subscribe = trio_asyncio.aio_as_trio(client.subscribe, loop=loop)
+        self._unsubscribe = trio_asyncio.aio_as_trio(client.unsubscribe, loop=loop)
+
+    async def subscribe(self, topic: str, qos: int) -> None:
+        try:
+            reason_codes = await self._subscribe(topic, qos=qos)
+        except aiomqtt.MqttError as exc:
+            raise LinkLost(f"subscribe to {topic!r} failed: {exc}") from exc
+        for code in reason_codes:
+            if getattr(code, "is_failure", False):
+                raise SubscribeRefused(f"broker refused the subscription to {topic!r}: {code}")
+
+    async def unsubscribe(self, topic: str) -> None:
+        try:
+            await self._unsubscribe(topic)
+        except aiomqtt.MqttError as exc:
+            raise LinkLost(f"unsubscribe from {topic!r} failed: {exc}") from exc
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int, retain: bool = False, expiry: int | None = None
+    ) -> None:
+        """Publish and, for QoS 1 and 2, wait for the broker's acknowledgement."""
+        properties = None
+        if expiry:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.MessageExpiryInterval = expiry
+        try:
+            await self._publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        except aiomqtt.MqttError as exc:
+            raise LinkLost(f"publish to {topic!r} failed: {exc}") from exc
+
+    def messages(self) -> AsyncIterator[InboundMessage]:
+        """Messages of every subscription, in arrival order; ends with `LinkLost`."""
+        return _Messages(trio_asyncio.aio_as_trio(self._client.messages, loop=self._loop))
+
+
+class _Messages:
+    def __init__(self, source: Any) -> None:
+        self._source = source.__aiter__()
+
+    def __aiter__(self) -> _Messages:
+        return self
+
+    async def __anext__(self) -> InboundMessage:
+        try:
+            message = await self._source.__anext__()
+        except aiomqtt.MqttError as exc:
+            raise LinkLost(str(exc)) from exc
+        payload = message.payload
+        if isinstance(payload, str):
+            payload = payload.encode()
+        elif not isinstance(payload, bytes | bytearray):
+            payload = b"" if payload is None else str(payload).encode()
+        return InboundMessage(str(message.topic), bytes(payload), message.qos, message.retain)
+
+
+@asynccontextmanager
+async def open_mqtt_link(options: LinkOptions) -> AsyncIterator[MqttLink]:
+    """Connect (MQTT 5, clean start, TCP_NODELAY), yield the link, disconnect on exit.
+
+    Errors: `ConnectFailed` with the reason when the broker is unreachable, the TLS
+    handshake fails or the broker refuses the client. Leaving the block sends DISCONNECT
+    (shielded, bounded), so a will message is not triggered by a clean exit.
+    """
+    async with trio_asyncio.open_loop() as loop:
+        tls_context = _tls_context(options) if options.tls_enabled else None
+        client = await trio_asyncio.aio_as_trio(_make_client_aio, loop=loop)(options, tls_context)
+        session = trio_asyncio.aio_as_trio(client, loop=loop)
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                await session.__aenter__()
+        except (aiomqtt.MqttError, trio.TooSlowError, OSError, ssl.SSLError) as exc:
+            raise ConnectFailed(_connect_reason(exc)) from exc
+        try:
+            yield MqttLink(client, loop)
+        finally:
+            # An error on exit means the link was already gone: nothing is left to close.
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(DISCONNECT_TIMEOUT),
+                contextlib.suppress(aiomqtt.MqttError),
+            ):
+                await session.__aexit__(None, None, None)
+
+
+async def _make_client_aio(options: LinkOptions, tls_context: ssl.SSLContext | None) -> aiomqtt.Client:
+    # aiomqtt binds to the running asyncio loop at construction.
+    will = None
+    if options.will is not None:
+        will = aiomqtt.Will(options.will.topic, options.will.payload, options.will.qos, options.will.retain)
+    return aiomqtt.Client(
+        options.host,
+        options.port,
+        username=options.username,
+        password=options.password,
+        identifier=options.client_id,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        # A persistent session on a `$share` subscription makes Mosquitto keep handing
+        # an offline member its share of jobs, so every connection starts clean.
+        clean_start=True,
+        keepalive=options.keepalive,
+        will=will,
+        tls_context=tls_context,
+        # paho leaves Nagle on, which stalls small QoS exchanges by ~40 ms.
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+    )
+
+
+def _tls_context(options: LinkOptions) -> ssl.SSLContext:
+    cafile = str(options.tls_ca_cert) if options.tls_ca_cert else None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    if options.tls_client_cert is not None:
+        keyfile = str(options.tls_client_key) if options.tls_client_key else None
+        context.load_cert_chain(str(options.tls_client_cert), keyfile)
+    return context
+
+
+def _connect_reason(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return f"no answer within {CONNECT_TIMEOUT:.0f}s"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, MqttConnectError):
+        return f"broker refused the connection: {exc.rc}"
+    text = str(exc) or type(exc).__name__
+    return text
