@@ -205,8 +205,7 @@ class JobRunner:
             return State.SUCCESS, None
         if job.progress.first_failure is not None:
             return State.FAILED, job.progress.first_failure
-        last = " | ".join(tail.last_lines(3)) or "no output"
-        return State.FAILED, f"ansible-playbook exited with code {returncode}: {last[-1000:]}"
+        return State.FAILED, f"ansible-playbook exited with code {returncode}: {_ansible_error(tail)}"
 
     async def _git_pull(self, job: Job) -> None:
         """`git pull --ff-only` in the playbook directory, one job at a time, bounded."""
@@ -234,6 +233,16 @@ class JobRunner:
         if returncode != 0:
             message = " | ".join(tail.last_lines(4)) or "no output"
             raise JobRefusedError(f"git pull failed (exit {returncode}): {message[-1000:]}")
+
+
+def _ansible_error(tail: OutputTail) -> str:
+    """Ansible's own error line (`[ERROR]: ...`, or `ERROR! ...` before 2.19), else the last lines."""
+    lines = tail.last_lines(200)
+    for index, line in enumerate(lines):
+        if line.startswith(("[ERROR]", "ERROR!")):
+            origin = lines[index + 1] if index + 1 < len(lines) and lines[index + 1].startswith("Origin:") else ""
+            return f"{line} {origin}".strip()[:1000]
+    return (" | ".join(lines[-3:]) or "no output")[-1000:]
 
 
 @contextmanager

@@ -6,7 +6,8 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -16,6 +17,21 @@ import trio
 from ansible_worker.output_tail import OutputTail
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _unwrapped_errors() -> Iterator[None]:
+    """Raise a lone error of an internal nursery as itself, not as a one-member group.
+
+    The nurseries here are implementation details: callers should be able to write
+    `except OSError` for an executable that cannot start.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+            group = group.exceptions[0]
+        raise group  # noqa: B904 - the group itself is the context worth keeping
 
 
 @dataclass
@@ -52,21 +68,22 @@ async def run_process_group(
     """
     process: trio.Process | None = None
     try:
-        async with trio.open_nursery() as nursery:
-            process = await nursery.start(
-                partial(
-                    trio.run_process,
-                    list(argv),
-                    cwd=cwd,
-                    env=dict(env),
-                    stdin=subprocess.DEVNULL,
-                    stdout=output_fd,
-                    stderr=output_fd,
-                    start_new_session=True,
-                    check=False,
-                    deliver_cancel=partial(_terminate_group, kill_grace=kill_grace, record=record),
+        with _unwrapped_errors():
+            async with trio.open_nursery() as nursery:
+                process = await nursery.start(
+                    partial(
+                        trio.run_process,
+                        list(argv),
+                        cwd=cwd,
+                        env=dict(env),
+                        stdin=subprocess.DEVNULL,
+                        stdout=output_fd,
+                        stderr=output_fd,
+                        start_new_session=True,
+                        check=False,
+                        deliver_cancel=partial(_terminate_group, kill_grace=kill_grace, record=record),
+                    )
                 )
-            )
     finally:
         if process is not None:
             record.returncode = process.returncode
@@ -128,13 +145,14 @@ async def run_with_output(
                 if side_reader is not None:
                     nursery.start_soon(side_reader)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(read_all)
-        try:
-            return await run_process_group(
-                argv, cwd=cwd, env=env, output_fd=write_fd, kill_grace=kill_grace, record=record
-            )
-        finally:
-            # Our copy of the write end would keep the pipe from ever reaching end of file.
-            os.close(write_fd)
-            readers.deadline = trio.current_time() + drain_seconds
+    with _unwrapped_errors():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            try:
+                return await run_process_group(
+                    argv, cwd=cwd, env=env, output_fd=write_fd, kill_grace=kill_grace, record=record
+                )
+            finally:
+                # Our copy of the write end would keep the pipe from ever reaching end of file.
+                os.close(write_fd)
+                readers.deadline = trio.current_time() + drain_seconds

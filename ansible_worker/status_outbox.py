@@ -14,17 +14,19 @@ class StatusOutbox:
 
     A plain bounded channel would either block a job's event reader while the broker is
     away (the network must never block execution) or drop statuses when full (a terminal
-    one must never be lost). Keeping only the newest status per job bounds memory by the
-    number of live jobs and does both. `post` never blocks.
+    one must never be lost). Here a new status replaces a pending one of the same job and
+    state, so each change of state reaches the wire while repeated `running` updates
+    collapse to the newest: at most one pending status per state and job, which bounds
+    memory by the number of live jobs. `post` never blocks.
 
     Pacing: a `running` status that follows another `running` status of the same job waits
     until `interval` seconds after the previous one was sent; every change of state is due
-    at once. As the newest status wins, a terminal status always goes out last.
+    at once. A job's statuses leave in the order they were made, so the terminal one is last.
     """
 
     def __init__(self, *, interval: float) -> None:
         self.interval = interval
-        self._pending: dict[str, JobStatus] = {}
+        self._pending: dict[str, list[JobStatus]] = {}
         self._last_sent: dict[str, tuple[State, float]] = {}
         self._in_flight = 0
         self._changed = trio.Event()
@@ -32,7 +34,11 @@ class StatusOutbox:
         self._idle.set()
 
     def post(self, status: JobStatus) -> None:
-        self._pending[status.task_id] = status
+        queue = self._pending.setdefault(status.task_id, [])
+        if queue and queue[-1].state == status.state:
+            queue[-1] = status
+        else:
+            queue.append(status)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         self._changed.set()
 
@@ -44,10 +50,13 @@ class StatusOutbox:
         while True:
             now = trio.current_time()
             next_due = math.inf
-            for task_id, status in self._pending.items():
+            for task_id, queue in self._pending.items():
+                status = queue[0]
                 due = self._due_time(status)
                 if due <= now:
-                    del self._pending[task_id]
+                    del queue[0]
+                    if not queue:
+                        del self._pending[task_id]
                     self._in_flight += 1
                     return status
                 next_due = min(next_due, due)
@@ -63,13 +72,15 @@ class StatusOutbox:
         self._finish_one()
 
     def put_back(self, status: JobStatus) -> None:
-        """A publish failed: keep the status unless a newer one arrived meanwhile."""
-        self._pending.setdefault(status.task_id, status)
+        """A publish failed: send it again first, unless a newer one of its state arrived."""
+        queue = self._pending.setdefault(status.task_id, [])
+        if not queue or queue[0].state != status.state:
+            queue.insert(0, status)
         self._finish_one()
 
     @property
     def pending_count(self) -> int:
-        return len(self._pending) + self._in_flight
+        return sum(len(queue) for queue in self._pending.values()) + self._in_flight
 
     async def wait_idle(self) -> None:
         """Wait until every posted status has been published."""

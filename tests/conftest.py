@@ -1,0 +1,206 @@
+"""Fixtures: a real Mosquitto on a free loopback port, test playbooks, a controller, a worker.
+
+Rules for every test here: brokers listen on 127.0.0.1 only, on a port the OS picked;
+every wait on the network or on Ansible is bounded by `trio.fail_after`; nothing sleeps
+hoping that something has happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from ansible_worker.config import Settings
+from ansible_worker.mqtt_link import LinkOptions, MqttLink, open_mqtt_link
+from ansible_worker.topics import Topics
+from ansible_worker.worker import Worker
+
+PLAYBOOKS = Path(__file__).parent / "playbooks"
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+TERMINAL = {"success", "failed", "cancelled", "timeout"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Broker:
+    """A Mosquitto process that a test can stop and start again on the same port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.config = directory / "mosquitto.conf"
+        self.log = directory / "mosquitto.log"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "set_tcp_nodelay true\n"
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            # Started as root, Mosquitto would drop to a user that cannot read this directory.
+            + ("user root\n" if os.geteuid() == 0 else "")
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen([executable, "-c", str(self.config)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("mosquitto did not start listening within 10s") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    directory = tmp_path / "broker"
+    directory.mkdir()
+    instance = Broker(directory)
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture
+def playbook_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "playbooks"
+    shutil.copytree(PLAYBOOKS, target)
+    return target
+
+
+@pytest.fixture
+def group() -> str:
+    return "g" + uuid.uuid4().hex[:10]
+
+
+def make_settings(broker: Broker, playbook_dir: Path, group: str, **worker: Any) -> Settings:
+    values: dict[str, Any] = {
+        "group_name": group,
+        "playbook_directory": playbook_dir,
+        "ansible_playbook_path": ANSIBLE_PLAYBOOK,
+        "kill_grace": 3,
+        "status_interval": 0.1,
+    }
+    values.update(worker)
+    return Settings(mqtt={"host": "127.0.0.1", "port": broker.port}, worker=values)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
+    """A worker in this process, connected and subscribed; shut down gracefully on exit."""
+    worker = Worker(settings)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        with trio.fail_after(15):
+            await worker.session.wait_connected()
+        try:
+            yield worker
+        finally:
+            worker.request_shutdown()
+
+
+class Controller:
+    """What a controller sees: it publishes jobs and collects every status on the wire."""
+
+    def __init__(self, link: MqttLink, topics: Topics) -> None:
+        self.link = link
+        self.topics = topics
+        self.statuses: dict[str, list[dict[str, Any]]] = {}
+        self._changed = trio.Event()
+
+    async def submit(self, job: dict[str, Any] | bytes) -> None:
+        payload = job if isinstance(job, bytes) else json.dumps(job).encode()
+        await self.link.publish(self.topics.tasks, payload, qos=2)
+
+    async def collect(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.link.subscribe(f"{self.topics.tasks}/+/status", 1)
+        task_status.started()
+        async for message in self.link.messages():
+            if not message.payload:
+                continue
+            status = json.loads(message.payload)
+            self.statuses.setdefault(status["task_id"], []).append(status)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_for(self, task_id: str, states: set[str], timeout: float = 60) -> dict[str, Any]:
+        """The first status of `task_id` whose state is in `states`."""
+        with trio.fail_after(timeout):
+            while True:
+                for status in self.statuses.get(task_id, []):
+                    if status["state"] in states:
+                        return status
+                await self._changed.wait()
+
+    async def wait_terminal(self, task_id: str, timeout: float = 60) -> dict[str, Any]:
+        return await self.wait_for(task_id, TERMINAL, timeout)
+
+    async def sync(self) -> None:
+        """Return once every status published before this call has reached this controller."""
+        marker = "sync-" + uuid.uuid4().hex[:8]
+        await self.link.publish(self.topics.status(marker), json.dumps({"task_id": marker, "state": "sync"}).encode(), qos=1)
+        await self.wait_for(marker, {"sync"}, timeout=10)
+
+    def terminal_statuses(self, task_id: str) -> list[dict[str, Any]]:
+        return [status for status in self.statuses.get(task_id, []) if status["state"] in TERMINAL]
+
+
+@asynccontextmanager
+async def open_controller(broker: Broker, group: str, prefix: str = "ansible") -> AsyncIterator[Controller]:
+    options = LinkOptions(host="127.0.0.1", port=broker.port, client_id="controller-" + uuid.uuid4().hex[:8])
+    async with open_mqtt_link(options) as link, trio.open_nursery() as nursery:
+        controller = Controller(link, Topics(prefix, group))
+        await nursery.start(controller.collect)
+        yield controller
+        nursery.cancel_scope.cancel()
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that contain `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = next(
+                (line for line in (entry / "status").read_text().splitlines() if line.startswith("State:")), ""
+            )
+        except OSError:
+            continue
+        if text in cmdline and "zombie" not in state:
+            found.append(f"{entry.name}: {cmdline}")
+    return found
