@@ -37,6 +37,8 @@ class BrokerSession:
         self._backoff_max = backoff_max
         self._link: MqttLink | None = None
         self._up = trio.Event()
+        self._down = trio.Event()
+        self._down.set()
         self.reconnects = 0
 
     @property
@@ -58,6 +60,7 @@ class BrokerSession:
                         log.info("connected to broker %s as %s", where, self.options.client_id)
                         failures = 0
                         self._link = link
+                        self._down = trio.Event()
                         self._up.set()
                         async for message in link.messages():
                             await self._inbox.send(message)
@@ -69,6 +72,7 @@ class BrokerSession:
                     if self._link is not None:
                         self._link = None
                         self._up = trio.Event()
+                        self._down.set()
                 delay = min(self._backoff_max, self._backoff_initial * 2**failures) * random.uniform(0.5, 1.0)
                 failures += 1
                 self.reconnects += 1
@@ -77,6 +81,9 @@ class BrokerSession:
 
     async def wait_connected(self) -> None:
         await self._up.wait()
+
+    async def wait_disconnected(self) -> None:
+        await self._down.wait()
 
     async def publish(
         self, topic: str, payload: bytes, *, qos: int, retain: bool = False, expiry: int | None = None

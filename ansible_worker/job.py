@@ -62,6 +62,7 @@ class Job:
     progress: Progress = field(default_factory=Progress)
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     cancel_reason: str | None = None
+    done: trio.Event = field(default_factory=trio.Event)
 
     @property
     def task_id(self) -> str:
@@ -100,6 +101,7 @@ class Job:
         self.state = state
         self.error_message = error_message
         self.completed_at = utc_now()
+        self.done.set()
 
 
 class JobRunner:

@@ -23,6 +23,8 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from ansible_worker.lone_errors import unwrap_lone_errors
+
 __all__ = [
     "ConnectFailed",
     "InboundMessage",
@@ -161,25 +163,27 @@ async def open_mqtt_link(options: LinkOptions) -> AsyncIterator[MqttLink]:
     handshake fails or the broker refuses the client. Leaving the block sends DISCONNECT
     (shielded, bounded), so a will message is not triggered by a clean exit.
     """
-    async with trio_asyncio.open_loop() as loop:
-        tls_context = _tls_context(options) if options.tls_enabled else None
-        client = await trio_asyncio.aio_as_trio(_make_client_aio, loop=loop)(options, tls_context)
-        session = trio_asyncio.aio_as_trio(client, loop=loop)
-        try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                await session.__aenter__()
-        except (aiomqtt.MqttError, trio.TooSlowError, OSError, ssl.SSLError) as exc:
-            raise ConnectFailed(_connect_reason(exc)) from exc
-        try:
-            yield MqttLink(client, loop)
-        finally:
-            # An error on exit means the link was already gone: nothing is left to close.
-            with (
-                trio.CancelScope(shield=True),
-                trio.move_on_after(DISCONNECT_TIMEOUT),
-                contextlib.suppress(aiomqtt.MqttError),
-            ):
-                await session.__aexit__(None, None, None)
+    # The loop's own nursery would wrap errors raised in the caller's block.
+    with unwrap_lone_errors():
+        async with trio_asyncio.open_loop() as loop:
+            tls_context = _tls_context(options) if options.tls_enabled else None
+            client = await trio_asyncio.aio_as_trio(_make_client_aio, loop=loop)(options, tls_context)
+            session = trio_asyncio.aio_as_trio(client, loop=loop)
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    await session.__aenter__()
+            except (aiomqtt.MqttError, trio.TooSlowError, OSError, ssl.SSLError) as exc:
+                raise ConnectFailed(_connect_reason(exc)) from exc
+            try:
+                yield MqttLink(client, loop)
+            finally:
+                # An error on exit means the link was already gone: nothing is left to close.
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(DISCONNECT_TIMEOUT),
+                    contextlib.suppress(aiomqtt.MqttError),
+                ):
+                    await session.__aexit__(None, None, None)
 
 
 async def _make_client_aio(options: LinkOptions, tls_context: ssl.SSLContext | None) -> aiomqtt.Client:

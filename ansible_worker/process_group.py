@@ -6,32 +6,17 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import trio
 
+from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.output_tail import OutputTail
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _unwrapped_errors() -> Iterator[None]:
-    """Raise a lone error of an internal nursery as itself, not as a one-member group.
-
-    The nurseries here are implementation details: callers should be able to write
-    `except OSError` for an executable that cannot start.
-    """
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
-            group = group.exceptions[0]
-        raise group  # noqa: B904 - the group itself is the context worth keeping
 
 
 @dataclass
@@ -68,7 +53,7 @@ async def run_process_group(
     """
     process: trio.Process | None = None
     try:
-        with _unwrapped_errors():
+        with unwrap_lone_errors():
             async with trio.open_nursery() as nursery:
                 process = await nursery.start(
                     partial(
@@ -145,7 +130,7 @@ async def run_with_output(
                 if side_reader is not None:
                     nursery.start_soon(side_reader)
 
-    with _unwrapped_errors():
+    with unwrap_lone_errors():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_all)
             try:

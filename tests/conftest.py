@@ -115,7 +115,7 @@ def make_settings(broker: Broker, playbook_dir: Path, group: str, **worker: Any)
         "status_interval": 0.1,
     }
     values.update(worker)
-    return Settings(mqtt={"host": "127.0.0.1", "port": broker.port}, worker=values)  # type: ignore[arg-type]
+    return Settings(mqtt={"host": "127.0.0.1", "port": broker.port}, worker=values)
 
 
 @asynccontextmanager
@@ -156,23 +156,25 @@ class Controller:
             self._changed.set()
             self._changed = trio.Event()
 
-    async def wait_for(self, task_id: str, states: set[str], timeout: float = 60) -> dict[str, Any]:
-        """The first status of `task_id` whose state is in `states`."""
-        with trio.fail_after(timeout):
+    async def wait_for(self, task_id: str, states: set[str], within: float = 60) -> dict[str, Any]:
+        """The first status of `task_id` whose state is in `states`, waiting at most `within` seconds."""
+        with trio.fail_after(within):
             while True:
                 for status in self.statuses.get(task_id, []):
                     if status["state"] in states:
                         return status
                 await self._changed.wait()
 
-    async def wait_terminal(self, task_id: str, timeout: float = 60) -> dict[str, Any]:
-        return await self.wait_for(task_id, TERMINAL, timeout)
+    async def wait_terminal(self, task_id: str, within: float = 60) -> dict[str, Any]:
+        return await self.wait_for(task_id, TERMINAL, within)
 
     async def sync(self) -> None:
         """Return once every status published before this call has reached this controller."""
         marker = "sync-" + uuid.uuid4().hex[:8]
-        await self.link.publish(self.topics.status(marker), json.dumps({"task_id": marker, "state": "sync"}).encode(), qos=1)
-        await self.wait_for(marker, {"sync"}, timeout=10)
+        await self.link.publish(
+            self.topics.status(marker), json.dumps({"task_id": marker, "state": "sync"}).encode(), qos=1
+        )
+        await self.wait_for(marker, {"sync"}, within=10)
 
     def terminal_statuses(self, task_id: str) -> list[dict[str, Any]]:
         return [status for status in self.statuses.get(task_id, []) if status["state"] in TERMINAL]

@@ -14,7 +14,9 @@ from tests.conftest import Broker, make_settings, open_controller, processes_men
 QUICK = {"playbook": "quick.yml", "inventory": "one_host.ini"}
 
 
-async def run_jobs(broker: Broker, playbook_dir: Path, group: str, *jobs: dict[str, Any], **worker: Any) -> list[dict[str, Any]]:
+async def run_jobs(
+    broker: Broker, playbook_dir: Path, group: str, *jobs: dict[str, Any], **worker: Any
+) -> list[dict[str, Any]]:
     settings = make_settings(broker, playbook_dir, group, **worker)
     async with open_controller(broker, group) as controller, running_worker(settings):
         for job in jobs:
@@ -25,15 +27,42 @@ async def run_jobs(broker: Broker, playbook_dir: Path, group: str, *jobs: dict[s
 @pytest.mark.parametrize(
     ("job", "message"),
     [
-        ({"task_id": "e-missing"}, "invalid task: playbook: required key is missing; inventory: required key is missing"),
-        ({"task_id": "e-type", **QUICK, "forks": "5"}, "invalid task: forks: Input should be a valid integer (got '5')"),
-        ({"task_id": "e-verbosity", **QUICK, "verbosity": 5}, "invalid task: verbosity: Input should be less than or equal to 4 (got 5)"),
-        ({"task_id": "e-notfound", "playbook": "nope.yml", "inventory": "one_host.ini"}, "playbook not found: 'nope.yml'"),
-        ({"task_id": "e-dotdot", "playbook": "../../etc/passwd", "inventory": "one_host.ini"}, "playbook must not contain '..': '../../etc/passwd'"),
-        ({"task_id": "e-absolute", "playbook": "/etc/passwd", "inventory": "one_host.ini"}, "playbook must be relative to the playbook directory: '/etc/passwd'"),
-        ({"task_id": "e-inventory", "playbook": "quick.yml", "inventory": "../inv"}, "inventory must not contain '..': '../inv'"),
-        ({"task_id": "e-limit", **QUICK, "limit": "--list-hosts"}, "invalid task: limit: must not start with '-' or '@'"),
-        ({"task_id": "e-limitfile", **QUICK, "limit": "@/etc/hosts"}, "invalid task: limit: must not start with '-' or '@'"),
+        (
+            {"task_id": "e-missing"},
+            "invalid task: playbook: required key is missing; inventory: required key is missing",
+        ),
+        (
+            {"task_id": "e-type", **QUICK, "forks": "5"},
+            "invalid task: forks: Input should be a valid integer (got '5')",
+        ),
+        (
+            {"task_id": "e-verbosity", **QUICK, "verbosity": 5},
+            "invalid task: verbosity: Input should be less than or equal to 4 (got 5)",
+        ),
+        (
+            {"task_id": "e-notfound", "playbook": "nope.yml", "inventory": "one_host.ini"},
+            "playbook not found: 'nope.yml'",
+        ),
+        (
+            {"task_id": "e-dotdot", "playbook": "../../etc/passwd", "inventory": "one_host.ini"},
+            "playbook must not contain '..': '../../etc/passwd'",
+        ),
+        (
+            {"task_id": "e-absolute", "playbook": "/etc/passwd", "inventory": "one_host.ini"},
+            "playbook must be relative to the playbook directory: '/etc/passwd'",
+        ),
+        (
+            {"task_id": "e-inventory", "playbook": "quick.yml", "inventory": "../inv"},
+            "inventory must not contain '..': '../inv'",
+        ),
+        (
+            {"task_id": "e-limit", **QUICK, "limit": "--list-hosts"},
+            "invalid task: limit: must not start with '-' or '@'",
+        ),
+        (
+            {"task_id": "e-limitfile", **QUICK, "limit": "@/etc/hosts"},
+            "invalid task: limit: must not start with '-' or '@'",
+        ),
     ],
 )
 async def test_invalid_job_gets_failed_status_with_reason(
@@ -51,7 +80,9 @@ async def test_symlink_escaping_the_playbook_directory_is_refused(
     outside = tmp_path / "outside.yml"
     outside.write_text((playbook_dir / "quick.yml").read_text())
     (playbook_dir / "escape.yml").symlink_to(outside)
-    (final,) = await run_jobs(broker, playbook_dir, group, {"task_id": "e-symlink", "playbook": "escape.yml", "inventory": "one_host.ini"})
+    (final,) = await run_jobs(
+        broker, playbook_dir, group, {"task_id": "e-symlink", "playbook": "escape.yml", "inventory": "one_host.ini"}
+    )
     assert final["state"] == "failed"
     assert final["error_message"] == "playbook resolves outside the playbook directory: 'escape.yml'"
 
@@ -59,7 +90,15 @@ async def test_symlink_escaping_the_playbook_directory_is_refused(
 async def test_messages_without_usable_task_id_are_dropped_and_worker_goes_on(
     broker: Broker, playbook_dir: Path, group: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    garbage = [b"{not json", b"\xff\xfe", b"[1, 2]", b'{"playbook": "quick.yml"}', b'{"task_id": 7}', b'{"task_id": "has space"}', b""]
+    garbage = [
+        b"{not json",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'{"playbook": "quick.yml"}',
+        b'{"task_id": 7}',
+        b'{"task_id": "has space"}',
+        b"",
+    ]
     settings = make_settings(broker, playbook_dir, group)
     async with open_controller(broker, group) as controller, running_worker(settings):
         for payload in garbage:
@@ -95,7 +134,9 @@ async def test_missing_executable_fails_the_job_not_the_worker(broker: Broker, p
 
 
 async def test_broken_playbook_reports_ansibles_error(broker: Broker, playbook_dir: Path, group: str) -> None:
-    (final,) = await run_jobs(broker, playbook_dir, group, {"task_id": "e-broken", "playbook": "broken.yml", "inventory": "one_host.ini"})
+    (final,) = await run_jobs(
+        broker, playbook_dir, group, {"task_id": "e-broken", "playbook": "broken.yml", "inventory": "one_host.ini"}
+    )
     assert final["state"] == "failed"
     assert final["return_code"] == 4
     assert final["error_message"].startswith("ansible-playbook exited with code 4: ")
@@ -118,7 +159,13 @@ async def test_queue_full_fails_the_extra_job(broker: Broker, playbook_dir: Path
 
 
 async def test_timeout_ends_the_whole_process_group(broker: Broker, playbook_dir: Path, group: str) -> None:
-    job = {"task_id": "t-out", "playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 317}, "timeout": 2}
+    job = {
+        "task_id": "t-out",
+        "playbook": "sleep.yml",
+        "inventory": "one_host.ini",
+        "extra_vars": {"seconds": 317},
+        "timeout": 2,
+    }
     settings = make_settings(broker, playbook_dir, group, kill_grace=5)
     async with open_controller(broker, group) as controller, running_worker(settings):
         await controller.submit(job)
@@ -168,12 +215,17 @@ async def test_git_pull_brings_new_playbooks(broker: Broker, group: str, git_pla
     git(seed, "commit", "-m", "fresh")
     git(seed, "push", "origin", "HEAD:main")
     (final,) = await run_jobs(
-        broker, checkout, group, {"task_id": "git-ok", "playbook": "fresh.yml", "inventory": "one_host.ini", "git_pull": True}
+        broker,
+        checkout,
+        group,
+        {"task_id": "git-ok", "playbook": "fresh.yml", "inventory": "one_host.ini", "git_pull": True},
     )
     assert final["state"] == "success", final["error_message"]
 
 
-async def test_git_pull_failure_carries_gits_message(broker: Broker, group: str, git_playbooks: tuple[Path, Path]) -> None:
+async def test_git_pull_failure_carries_gits_message(
+    broker: Broker, group: str, git_playbooks: tuple[Path, Path]
+) -> None:
     seed, checkout = git_playbooks
     # Diverge: a local commit and a different upstream commit cannot be fast-forwarded.
     (checkout / "local.txt").write_text("local")

@@ -6,6 +6,7 @@ import re
 import subprocess
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import ANSIBLE_PLAYBOOK, Broker, make_settings, open_controller, running_worker
 
@@ -117,7 +118,7 @@ async def test_extra_vars_are_data_not_templates(
 
 async def test_job_options_reach_ansible(broker: Broker, playbook_dir: Path, group: str) -> None:
     base = {"playbook": "options.yml", "inventory": "inventory.ini"}
-    jobs = {
+    jobs: dict[str, dict[str, Any]] = {
         "opt-defaults": {},
         "opt-flags": {"check_mode": True, "diff_mode": True, "verbosity": 3, "forks": 7},
         "opt-limit": {"limit": "host2"},
@@ -174,7 +175,7 @@ async def test_two_workers_share_ten_jobs_each_run_once(broker: Broker, playbook
         async with running_worker(first), running_worker(second):
             for task_id in task_ids:
                 await controller.submit({"task_id": task_id, "playbook": "quick.yml", "inventory": "one_host.ini"})
-            finals = [await controller.wait_terminal(task_id, timeout=120) for task_id in task_ids]
+            finals = [await controller.wait_terminal(task_id, within=120) for task_id in task_ids]
         # Both workers have stopped and flushed; a duplicate run would be on the wire by now.
         await controller.sync()
 
