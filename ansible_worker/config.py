@@ -45,6 +45,12 @@ class MqttSettings(BaseModel):
     tls_client_cert: Path | None = None
     tls_client_key: Path | None = None
 
+    @field_validator("username", "password", "client_id", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `${MQTT_PASSWORD:-}` in a file yields "" when the variable is unset: that means none.
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _check_tls_files(self) -> MqttSettings:
         if self.tls_client_key is not None and self.tls_client_cert is None:

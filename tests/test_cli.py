@@ -73,6 +73,15 @@ def test_environment_overrides_the_file(tmp_path: Path, playbook_dir: Path) -> N
     assert "capacity      4 at once" in result.stdout
 
 
+def test_example_config_is_valid(playbook_dir: Path) -> None:
+    example = Path(__file__).parent.parent / "config.example.yaml"
+    env = {"ANSIBLE_WORKER_WORKER__PLAYBOOK_DIRECTORY": str(playbook_dir), "MQTT_PASSWORD": ""}
+    result = cli("validate", "-c", str(example), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "credentials   user (none)  password (none)" in result.stdout
+    assert f"playbooks     {playbook_dir}" in result.stdout
+
+
 def test_config_mistakes_name_the_key_and_problem(tmp_path: Path, playbook_dir: Path) -> None:
     config = write_config(
         tmp_path / "bad.yaml",
