@@ -226,4 +226,7 @@ def _connect_reason(exc: BaseException) -> str:
     if isinstance(exc, MqttConnectError):
         return f"broker refused the connection: {exc.rc}"
     text = str(exc) or type(exc).__name__
+    # aiomqtt re-raises paho's ssl errors as plain text; name the common cause plainly.
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return "TLS certificate verification failed: " + text.split("certificate verify failed:", 1)[-1].strip()
     return text

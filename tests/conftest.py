@@ -42,20 +42,19 @@ def free_port() -> int:
 class Broker:
     """A Mosquitto process that a test can stop and start again on the same port."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, listener_options: str = "") -> None:
         self.port = free_port()
         self.directory = directory
         self.config = directory / "mosquitto.conf"
         self.log = directory / "mosquitto.log"
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"listener {self.port} 127.0.0.1\n" + listener_options + "allow_anonymous true\n"
             "persistence false\n"
             "set_tcp_nodelay true\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             # Started as root, Mosquitto would drop to a user that cannot read this directory.
-            + ("user root\n" if os.geteuid() == 0 else "")
+             + ("user root\n" if os.geteuid() == 0 else "")
         )
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -106,8 +105,13 @@ def group() -> str:
     return "g" + uuid.uuid4().hex[:10]
 
 
-def make_settings(broker: Broker, playbook_dir: Path, group: str, **worker: Any) -> Settings:
+def make_settings(
+    broker: Broker, playbook_dir: Path, group: str, mqtt: dict[str, Any] | None = None, **worker: Any
+) -> Settings:
+    runs = playbook_dir.parent / "runs"
+    runs.mkdir(exist_ok=True)
     values: dict[str, Any] = {
+        "run_directory": runs,
         "group_name": group,
         "playbook_directory": playbook_dir,
         "ansible_playbook_path": ANSIBLE_PLAYBOOK,
@@ -115,7 +119,7 @@ def make_settings(broker: Broker, playbook_dir: Path, group: str, **worker: Any)
         "status_interval": 0.1,
     }
     values.update(worker)
-    return Settings(mqtt={"host": "127.0.0.1", "port": broker.port}, worker=values)
+    return Settings(mqtt={"host": "127.0.0.1", "port": broker.port, **(mqtt or {})}, worker=values)
 
 
 @asynccontextmanager
@@ -181,8 +185,11 @@ class Controller:
 
 
 @asynccontextmanager
-async def open_controller(broker: Broker, group: str, prefix: str = "ansible") -> AsyncIterator[Controller]:
-    options = LinkOptions(host="127.0.0.1", port=broker.port, client_id="controller-" + uuid.uuid4().hex[:8])
+async def open_controller(
+    broker: Broker, group: str, *, prefix: str = "ansible", **link_options: Any
+) -> AsyncIterator[Controller]:
+    client_id = "controller-" + uuid.uuid4().hex[:8]
+    options = LinkOptions(host="127.0.0.1", port=broker.port, client_id=client_id, **link_options)
     async with open_mqtt_link(options) as link, trio.open_nursery() as nursery:
         controller = Controller(link, Topics(prefix, group))
         await nursery.start(controller.collect)

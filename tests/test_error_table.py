@@ -167,12 +167,19 @@ async def test_timeout_ends_the_whole_process_group(broker: Broker, playbook_dir
         "timeout": 2,
     }
     settings = make_settings(broker, playbook_dir, group, kill_grace=5)
+    runs = settings.worker.run_directory
+    assert runs is not None
     async with open_controller(broker, group) as controller, running_worker(settings):
         await controller.submit(job)
         await controller.wait_for("t-out", {"running"})
+        (run_dir,) = runs.iterdir()
+        assert run_dir.stat().st_mode & 0o777 == 0o700
+        assert (run_dir / "events.fifo").is_fifo()
+        assert "seconds" in (run_dir / "extra_vars.yml").read_text()
         final = await controller.wait_terminal("t-out")
         assert processes_mentioning(str(playbook_dir)) == []
         assert processes_mentioning("sleep 317") == []
+        assert list(runs.iterdir()) == []
     assert final["state"] == "timeout"
     assert final["error_message"] == "timed out after 2s"
     assert final["return_code"] is not None
