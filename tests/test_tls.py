@@ -113,7 +113,7 @@ def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
 
 
 async def test_mutual_tls_job_round_trip(tls_broker: Broker, pki: Pki, playbook_dir: Path, group: str) -> None:
-    tls = {
+    tls: dict[str, Any] = {
         "tls_enabled": True,
         "tls_ca_cert": pki.ca,
         "tls_client_cert": pki.client_cert,
