@@ -49,17 +49,22 @@ async def test_broker_restart_while_idle(broker: Broker, playbook_dir: Path, gro
     assert worker.session.reconnects >= 1
 
 
+async def start_then_lose_broker(broker: Broker, group: str, worker: Worker, task_id: str, seconds: int) -> None:
+    """Start a sleeping job, see it running, then stop the broker and see the worker notice."""
+    job = {"task_id": task_id, "playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": seconds}}
+    async with open_controller(broker, group) as controller:
+        await controller.submit(job)
+        await controller.wait_for(task_id, {"running"})
+    broker.stop()
+    await wait_until_disconnected(worker)
+
+
 async def test_job_finishing_while_broker_is_down_reports_after_it_returns(
     broker: Broker, playbook_dir: Path, group: str
 ) -> None:
     settings = make_settings(broker, playbook_dir, group)
-    job = {"task_id": "outage", "playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 2}}
     async with running_worker(settings) as worker:
-        async with open_controller(broker, group) as controller:
-            await controller.submit(job)
-            await controller.wait_for("outage", {"running"})
-        broker.stop()
-        await wait_until_disconnected(worker)
+        await start_then_lose_broker(broker, group, worker, "outage", seconds=2)
         # The job goes on without the broker and ends while it is away.
         with trio.fail_after(60):
             await worker.dispatcher.jobs["outage"].done.wait()
@@ -74,13 +79,8 @@ async def test_job_finishing_while_broker_is_down_reports_after_it_returns(
 
 async def test_broker_restart_while_job_runs(broker: Broker, playbook_dir: Path, group: str) -> None:
     settings = make_settings(broker, playbook_dir, group)
-    job = {"task_id": "bounce", "playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 4}}
     async with running_worker(settings) as worker:
-        async with open_controller(broker, group) as controller:
-            await controller.submit(job)
-            await controller.wait_for("bounce", {"running"})
-        broker.stop()
-        await wait_until_disconnected(worker)
+        await start_then_lose_broker(broker, group, worker, "bounce", seconds=4)
         broker.start()
         async with open_controller(broker, group) as controller:
             final = await controller.wait_terminal("bounce", within=60)
