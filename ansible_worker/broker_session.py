@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
-from ansible_worker.mqtt_link import ConnectFailed, InboundMessage, LinkError, LinkOptions, MqttLink, open_mqtt_link
+from ansible_worker.mqtt_link import (
+    ConnectFailed,
+    InboundMessage,
+    LinkError,
+    LinkOptions,
+    MqttLink,
+    Will,
+    open_mqtt_link,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +38,12 @@ class BrokerSession:
         *,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
+        will: Callable[[], Will] | None = None,
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.options = options
+        self._will = will
+        self._on_connected = on_connected
         self._subscriptions = list(subscriptions)
         self._inbox = inbox
         self._backoff_initial = backoff_initial
@@ -54,7 +67,11 @@ class BrokerSession:
             while True:
                 reason = f"link to broker {where} closed"
                 try:
-                    async with open_mqtt_link(self.options) as link:
+                    # The will is made afresh for each connection, so it describes the worker now.
+                    options = (
+                        self.options if self._will is None else dataclasses.replace(self.options, will=self._will())
+                    )
+                    async with open_mqtt_link(options) as link:
                         for topic, qos in self._subscriptions:
                             await link.subscribe(topic, qos)
                         log.info("connected to broker %s as %s", where, self.options.client_id)
@@ -62,6 +79,8 @@ class BrokerSession:
                         self._link = link
                         self._down = trio.Event()
                         self._up.set()
+                        if self._on_connected is not None:
+                            self._on_connected()
                         async for message in link.messages():
                             await self._inbox.send(message)
                 except ConnectFailed as exc:

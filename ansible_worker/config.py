@@ -85,6 +85,11 @@ class WorkerSettings(BaseModel):
     status_interval: float = Field(0.25, ge=0, le=60)
     run_directory: Path | None = None
     output_limit_bytes: int = Field(1_048_576, ge=4096)
+    publish_events: bool = True
+    events_qos: Literal[0, 1] = 0
+    events_per_second: float = Field(200, gt=0)
+    heartbeat_interval: float = Field(30, gt=0, le=3600)
+    status_retention: int = Field(604_800, ge=0)
 
     @field_validator("topic_prefix")
     @classmethod

@@ -27,6 +27,7 @@ class Dispatcher:
         self.capacity = capacity
         self.concurrency = concurrency
         self.jobs: dict[str, Job] = {}
+        self.jobs_done = 0
         self._send, self._receive = trio.open_memory_channel[Job](capacity)
 
     @property
@@ -73,25 +74,31 @@ class Dispatcher:
         )
         self.runner.outbox.post(status)
 
-    def cancel(self, task_id: str, reason: str) -> bool:
-        """Cancel a queued or running job; False if this worker does not hold it."""
+    def cancel(self, task_id: str, description: str, *, requested_by: str | None = None) -> bool:
+        """Cancel a queued or running job; False if this worker does not hold it.
+
+        `description` becomes the terminal status's `error_message`.
+        """
         job = self.jobs.get(task_id)
         if job is None or job.state.terminal:
             return False
-        job.cancel_reason = reason
+        job.cancel_reason = description
+        job.cancelled_by = requested_by
         if job.state == State.QUEUED:
             # Leaves the queue now; the slot that later receives it skips it.
             del self.jobs[task_id]
-            job.finish(State.CANCELLED, f"cancelled: {reason}")
+            self.jobs_done += 1
+            job.finish(State.CANCELLED, description)
             self.runner.announce(job)
         else:
+            log.info("task %s: cancelling (%s)", task_id, description)
             job.cancel_scope.cancel()
         return True
 
-    def close(self, reason: str) -> None:
+    def close(self, description: str) -> None:
         self._send.close()
         for task_id in list(self.jobs):
-            self.cancel(task_id, reason)
+            self.cancel(task_id, description)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -107,6 +114,8 @@ class Dispatcher:
                 await self.runner.execute(job)
             finally:
                 self.jobs.pop(job.task_id, None)
+                self.jobs_done += 1
+                self.runner.on_transition()
 
     def _refuse(self, job: Job, state: State, reason: str) -> None:
         job.finish(state, reason)

@@ -1,4 +1,4 @@
-"""Decide what an incoming task message is: a job to queue, a job to refuse, or noise to drop."""
+"""Decide what an incoming task or cancel message is: a request to act on, one to refuse, or noise to drop."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from ansible_worker.models import TASK_ID_PATTERN, TaskRequest
+from ansible_worker.models import TASK_ID_PATTERN, CancelRequest, TaskRequest
 from ansible_worker.validation import describe_errors
 
 _TASK_ID = re.compile(TASK_ID_PATTERN)
@@ -64,6 +64,22 @@ def read_task_message(payload: bytes, *, max_bytes: int) -> Accepted | Rejected 
     except ValidationError as exc:
         return Rejected(task_id, "invalid task: " + "; ".join(describe_errors(exc)))
     return Accepted(job)
+
+
+def read_cancel_message(payload: bytes) -> CancelRequest | Dropped:
+    """A cancel request: empty, or a JSON object with optional `reason` and `requested_by`."""
+    if not payload.strip():
+        return CancelRequest()
+    try:
+        document = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return Dropped(f"invalid JSON: {exc}")
+    if not isinstance(document, dict):
+        return Dropped(f"payload is a JSON {_json_kind(document)}, not an object")
+    try:
+        return CancelRequest.model_validate(document)
+    except ValidationError as exc:
+        return Dropped("; ".join(describe_errors(exc)))
 
 
 def _json_kind(value: object) -> str:

@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +17,7 @@ import trio
 
 from ansible_worker.config import WorkerSettings
 from ansible_worker.event_fifo import EventFifo
+from ansible_worker.event_publisher import EventPublisher, EventStream
 from ansible_worker.extra_vars import write_extra_vars
 from ansible_worker.models import JobStatus, State, TaskRequest, utc_now
 from ansible_worker.output_tail import OutputTail
@@ -30,10 +31,14 @@ from ansible_worker.playbook_command import (
 from ansible_worker.process_group import ExitRecord, run_with_output
 from ansible_worker.progress import Progress
 from ansible_worker.status_outbox import StatusOutbox
+from ansible_worker.topics import Topics
 
 log = logging.getLogger(__name__)
 
-_LIVE_EVENTS = frozenset(
+EVENT_FLUSH_SECONDS = 2.0
+
+# Events that change what a status says; the others (item results, retries) do not.
+_STATUS_EVENTS = frozenset(
     {
         "playbook_on_play_start",
         "playbook_on_task_start",
@@ -61,7 +66,10 @@ class Job:
     error_message: str | None = None
     progress: Progress = field(default_factory=Progress)
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    # The terminal error_message if the job is cancelled, and who asked, if known.
     cancel_reason: str | None = None
+    cancelled_by: str | None = None
+    events: EventStream | None = None
     done: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -95,6 +103,9 @@ class Job:
             tasks_rescued=progress.rescued,
             tasks_ignored=progress.ignored,
             output_per_host=progress.output_per_host,
+            cancelled_by=self.cancelled_by,
+            last_event_seq=self.events.last_seq if self.events else 0,
+            events_dropped=self.events.dropped if self.events else 0,
         )
 
     def finish(self, state: State, error_message: str | None = None) -> None:
@@ -107,14 +118,26 @@ class Job:
 class JobRunner:
     """Carries out jobs for one worker; `execute` is the error boundary of a job."""
 
-    def __init__(self, settings: WorkerSettings, outbox: StatusOutbox) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        outbox: StatusOutbox,
+        *,
+        topics: Topics,
+        events: EventPublisher | None = None,
+        on_transition: Callable[[], None] = lambda: None,
+    ) -> None:
         self.settings = settings
         self.outbox = outbox
+        self.topics = topics
+        self.events = events
+        self.on_transition = on_transition
         self._git_lock = trio.Lock()
 
     def announce(self, job: Job) -> None:
         """Publish the job's current status and log the transition."""
         self.outbox.post(job.status())
+        self.on_transition()
         if job.state.terminal:
             p = job.progress
             counts = f"ok={p.ok} changed={p.changed} failed={p.failed} skipped={p.skipped} unreachable={p.unreachable}"
@@ -131,6 +154,8 @@ class JobRunner:
         outside the job still ends the process group (shielded) before it propagates.
         """
         timeout = self.settings.task_timeout if job.request.timeout is None else job.request.timeout
+        if self.events is not None:
+            job.events = EventStream(self.topics.events(job.task_id), rate=self.settings.events_per_second)
         job.state = State.RUNNING
         job.started_at = utc_now()
         self.announce(job)
@@ -154,10 +179,15 @@ class JobRunner:
                     state, error = State.FAILED, f"internal error: {type(exc).__name__}: {exc}"
             if job.cancel_scope.cancelled_caught:
                 if job.cancel_reason is not None:
-                    state, error = State.CANCELLED, f"cancelled: {job.cancel_reason}"
+                    state, error = State.CANCELLED, job.cancel_reason
                 else:
                     state, error = State.TIMEOUT, f"timed out after {timeout:g}s"
         finally:
+            if job.events is not None:
+                # Its events go out before its terminal status, so a watcher that sees the
+                # status has seen every event it is going to see.
+                with trio.CancelScope(shield=True), trio.move_on_after(EVENT_FLUSH_SECONDS):
+                    await job.events.wait_flushed()
             job.finish(state, error)
             self.announce(job)
 
@@ -199,7 +229,9 @@ class JobRunner:
 
     def _on_event(self, job: Job, event: dict[str, Any]) -> None:
         job.progress.apply(event)
-        if event.get("event") in _LIVE_EVENTS and not job.state.terminal:
+        if self.events is not None and job.events is not None:
+            self.events.offer(job.events, event)
+        if event.get("event") in _STATUS_EVENTS and not job.state.terminal:
             self.outbox.post(job.status())
 
     def _judge(self, job: Job, returncode: int, tail: OutputTail) -> tuple[State, str | None]:

@@ -53,6 +53,21 @@ class TaskRequest(BaseModel):
     git_pull: bool = False
 
 
+class CancelRequest(BaseModel):
+    """A request on `<prefix>/<group>/tasks/<task_id>/cancel`; an empty payload is a request too."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    reason: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    requested_by: Annotated[str, StringConstraints(max_length=128)] | None = None
+
+    def describe(self) -> str:
+        """How the terminal status explains the cancellation."""
+        who = f" by {self.requested_by}" if self.requested_by else ""
+        why = f": {self.reason}" if self.reason else ""
+        return f"cancelled{who}{why}" if who or why else "cancelled on request"
+
+
 class State(enum.StrEnum):
     """Where a job is in its life. The last four are terminal."""
 
@@ -100,6 +115,9 @@ class JobStatus(BaseModel):
     tasks_rescued: int = 0
     tasks_ignored: int = 0
     output_per_host: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    cancelled_by: str | None = None
+    last_event_seq: int = 0
+    events_dropped: int = 0
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()

@@ -7,6 +7,7 @@ here is Trio-flavoured unless its name ends in `_aio`; those run on the asyncio 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import ssl
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 import trio
 import trio_asyncio
 from aiomqtt.exceptions import MqttConnectError
@@ -88,6 +90,12 @@ class InboundMessage:
     payload: bytes
     qos: int
     retain: bool
+    expiry: int | None = None
+
+
+# asyncio's CancelledError reaches a Trio caller only when the link's own loop is closing
+# under a call still in flight (a Trio cancellation arrives as trio.Cancelled instead).
+_LINK_ERRORS = (aiomqtt.MqttError, asyncio.CancelledError)
 
 
 class MqttLink:
@@ -105,8 +113,8 @@ class MqttLink:
     async def subscribe(self, topic: str, qos: int) -> None:
         try:
             reason_codes = await self._subscribe(topic, qos=qos)
-        except aiomqtt.MqttError as exc:
-            raise LinkLost(f"subscribe to {topic!r} failed: {exc}") from exc
+        except _LINK_ERRORS as exc:
+            raise LinkLost(f"subscribe to {topic!r} failed: {str(exc) or 'connection closed'}") from exc
         for code in reason_codes:
             if getattr(code, "is_failure", False):
                 raise SubscribeRefused(f"broker refused the subscription to {topic!r}: {code}")
@@ -114,8 +122,8 @@ class MqttLink:
     async def unsubscribe(self, topic: str) -> None:
         try:
             await self._unsubscribe(topic)
-        except aiomqtt.MqttError as exc:
-            raise LinkLost(f"unsubscribe from {topic!r} failed: {exc}") from exc
+        except _LINK_ERRORS as exc:
+            raise LinkLost(f"unsubscribe from {topic!r} failed: {str(exc) or 'connection closed'}") from exc
 
     async def publish(
         self, topic: str, payload: bytes, *, qos: int, retain: bool = False, expiry: int | None = None
@@ -127,8 +135,8 @@ class MqttLink:
             properties.MessageExpiryInterval = expiry
         try:
             await self._publish(topic, payload, qos=qos, retain=retain, properties=properties)
-        except aiomqtt.MqttError as exc:
-            raise LinkLost(f"publish to {topic!r} failed: {exc}") from exc
+        except _LINK_ERRORS as exc:
+            raise LinkLost(f"publish to {topic!r} failed: {str(exc) or 'connection closed'}") from exc
 
     def messages(self) -> AsyncIterator[InboundMessage]:
         """Messages of every subscription, in arrival order; ends with `LinkLost`."""
@@ -145,14 +153,15 @@ class _Messages:
     async def __anext__(self) -> InboundMessage:
         try:
             message = await self._source.__anext__()
-        except aiomqtt.MqttError as exc:
-            raise LinkLost(str(exc)) from exc
+        except _LINK_ERRORS as exc:
+            raise LinkLost(str(exc) or "connection closed") from exc
         payload = message.payload
         if isinstance(payload, str):
             payload = payload.encode()
         elif not isinstance(payload, bytes | bytearray):
             payload = b"" if payload is None else str(payload).encode()
-        return InboundMessage(str(message.topic), bytes(payload), message.qos, message.retain)
+        expiry = getattr(message.properties, "MessageExpiryInterval", None) if message.properties else None
+        return InboundMessage(str(message.topic), bytes(payload), message.qos, message.retain, expiry)
 
 
 @asynccontextmanager
@@ -186,12 +195,64 @@ async def open_mqtt_link(options: LinkOptions) -> AsyncIterator[MqttLink]:
                     await session.__aexit__(None, None, None)
 
 
+class _TrioSafeClient(aiomqtt.Client):
+    """aiomqtt's client, with socket registrations that cannot outlive paho's socket.
+
+    aiomqtt defers `add_reader`/`add_writer` through `call_soon_threadsafe` (paho may call
+    from the connect thread). When the connection breaks, paho closes the socket before a
+    deferred registration runs, which then asks Trio to watch a closed (or reused) file
+    descriptor: Trio fails with an internal error and the whole process dies. Here a
+    deferred registration first checks that the socket is still paho's open socket.
+    These overrides follow aiomqtt 2.x's private callbacks, hence the `<3` pin.
+    """
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        def read() -> None:
+            try:
+                while True:
+                    client.loop_read()
+                    # An SSL socket may hold decoded bytes that loop_read did not consume.
+                    if not (hasattr(sock, "pending") and sock.pending() > 0):
+                        break
+            except Exception as exc:  # a broken connection, whatever paho raises for it
+                self._fail(exc)
+
+        def register() -> None:
+            if _still_open(client, sock):
+                self._loop.add_reader(sock.fileno(), read)
+                self._misc_task = self._loop.create_task(self._misc_loop())
+
+        self._loop.call_soon_threadsafe(register)
+
+    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:  # a broken connection, whatever paho raises for it
+                self._fail(exc)
+
+        def register() -> None:
+            if _still_open(client, sock):
+                self._loop.add_writer(sock.fileno(), write)
+
+        self._loop.call_soon_threadsafe(register)
+
+    def _fail(self, exc: Exception) -> None:
+        if not self._disconnected.done():
+            self._disconnected.set_exception(exc)
+
+
+def _still_open(client: mqtt.Client, sock: Any) -> bool:
+    current: Any = client.socket()
+    return current is not None and current is sock and current.fileno() != -1
+
+
 async def _make_client_aio(options: LinkOptions, tls_context: ssl.SSLContext | None) -> aiomqtt.Client:
     # aiomqtt binds to the running asyncio loop at construction.
     will = None
     if options.will is not None:
         will = aiomqtt.Will(options.will.topic, options.will.payload, options.will.qos, options.will.retain)
-    return aiomqtt.Client(
+    return _TrioSafeClient(
         options.host,
         options.port,
         username=options.username,

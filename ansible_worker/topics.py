@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_TASK_ID = r"[A-Za-z0-9._-]{1,128}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,3 +23,26 @@ class Topics:
 
     def status(self, task_id: str) -> str:
         return f"{self.tasks}/{task_id}/status"
+
+    def cancel(self, task_id: str) -> str:
+        return f"{self.tasks}/{task_id}/cancel"
+
+    @property
+    def cancel_subscription(self) -> str:
+        """Every worker of the group hears every cancel request (not shared)."""
+        return f"{self.tasks}/+/cancel"
+
+    def events(self, task_id: str) -> str:
+        return f"{self.tasks}/{task_id}/events"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}/{self.group}/workers/{worker_id}"
+
+    @property
+    def workers_subscription(self) -> str:
+        return f"{self.prefix}/{self.group}/workers/+"
+
+    def task_id_of_cancel(self, topic: str) -> str | None:
+        """The task_id in a cancel topic of this group, or None if `topic` is not one."""
+        match = re.fullmatch(re.escape(self.tasks) + rf"/({_TASK_ID})/cancel", topic)
+        return match.group(1) if match else None

@@ -10,9 +10,12 @@ import trio
 from ansible_worker.broker_session import BrokerSession
 from ansible_worker.config import Settings
 from ansible_worker.dispatcher import Dispatcher
-from ansible_worker.intake import Accepted, Dropped, Rejected, read_task_message
+from ansible_worker.event_publisher import EventPublisher
+from ansible_worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
 from ansible_worker.job import JobRunner
+from ansible_worker.models import CancelRequest
 from ansible_worker.mqtt_link import InboundMessage, LinkError, LinkOptions
+from ansible_worker.presence import Load, PresenceAnnouncer, WorkerState
 from ansible_worker.status_outbox import StatusOutbox
 from ansible_worker.topics import Topics
 
@@ -54,10 +57,27 @@ class Worker:
         self.tasks_subscription = self.topics.tasks_subscription(shared=worker.shared_subscription)
         self.outbox = StatusOutbox(interval=worker.status_interval)
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[InboundMessage](256)
-        self.session = BrokerSession(link_options(settings), [(self.tasks_subscription, 2)], self._inbox_send)
-        self.runner = JobRunner(worker, self.outbox)
+        self.session = BrokerSession(
+            link_options(settings),
+            [(self.tasks_subscription, 2), (self.topics.cancel_subscription, 1)],
+            self._inbox_send,
+            will=lambda: self.presence.will(),
+            on_connected=lambda: self.presence.connected(),
+        )
+        self.events = EventPublisher(self.session, qos=worker.events_qos) if worker.publish_events else None
+        self.runner = JobRunner(
+            worker, self.outbox, topics=self.topics, events=self.events, on_transition=lambda: self.presence.changed()
+        )
         self.dispatcher = Dispatcher(
             self.runner, worker_id=worker.worker_id, capacity=worker.max_queue_size, concurrency=worker.concurrency
+        )
+        self.presence = PresenceAnnouncer(
+            self.session,
+            self.topics.worker(worker.worker_id),
+            worker_id=worker.worker_id,
+            capacity=worker.concurrency,
+            interval=worker.heartbeat_interval,
+            load=lambda: Load(self.dispatcher.running_count, self.dispatcher.queued_count, self.dispatcher.jobs_done),
         )
         self._shutdown = trio.Event()
         self._serving: trio.CancelScope | None = None
@@ -82,6 +102,9 @@ class Worker:
             await infrastructure.start(self.session.run)
             infrastructure.start_soon(self._publish_statuses)
             infrastructure.start_soon(self._take_messages)
+            infrastructure.start_soon(self.presence.run)
+            if self.events is not None:
+                infrastructure.start_soon(self.events.run)
             async with trio.open_nursery() as serving:
                 self._serving = serving.cancel_scope
                 await serving.start(self.dispatcher.run)
@@ -94,11 +117,13 @@ class Worker:
                 )
                 if serving.cancel_scope.deadline == math.inf:
                     serving.cancel_scope.deadline = trio.current_time() + worker.kill_grace + SHUTDOWN_MARGIN
+                self.presence.set_state(WorkerState.DRAINING)
                 with trio.move_on_after(1):
                     await self.session.unsubscribe(self.tasks_subscription)
-                self.dispatcher.close("worker shutting down")
+                self.dispatcher.close("cancelled: worker shutting down")
             with trio.move_on_after(SHUTDOWN_MARGIN) as flush:
                 await self.outbox.wait_idle()
+                await self.presence.publish_offline()
             if flush.cancelled_caught:
                 log.warning("%d statuses could not be published before exit", self.outbox.pending_count)
             infrastructure.cancel_scope.cancel()
@@ -114,9 +139,24 @@ class Worker:
                     log.exception("could not handle a message on %s", message.topic)
 
     def _take_message(self, message: InboundMessage) -> None:
-        if message.topic != self.topics.tasks:
-            log.warning("ignoring a message on unexpected topic %s", message.topic)
+        if message.topic == self.topics.tasks:
+            self._take_task(message)
             return
+        task_id = self.topics.task_id_of_cancel(message.topic)
+        if task_id is not None:
+            self._take_cancel(task_id, message)
+            return
+        log.warning("ignoring a message on unexpected topic %s", message.topic)
+
+    def _take_cancel(self, task_id: str, message: InboundMessage) -> None:
+        request = read_cancel_message(message.payload)
+        if not isinstance(request, CancelRequest):
+            log.warning("task %s: ignoring a cancel request: %s", task_id, request.reason)
+            return
+        if not self.dispatcher.cancel(task_id, request.describe(), requested_by=request.requested_by):
+            log.debug("task %s: not held here; ignoring its cancel request", task_id)
+
+    def _take_task(self, message: InboundMessage) -> None:
         match read_task_message(message.payload, max_bytes=self.settings.worker.max_message_bytes):
             case Accepted(job):
                 self.dispatcher.submit(job)
@@ -131,8 +171,12 @@ class Worker:
         """The one task that publishes statuses: QoS 1, retained, in the order jobs made them."""
         while True:
             status = await self.outbox.take()
+            retention = self.settings.worker.status_retention
+            expiry = retention if status.state.terminal and retention else None
             try:
-                await self.session.publish(self.topics.status(status.task_id), status.to_json(), qos=1, retain=True)
+                await self.session.publish(
+                    self.topics.status(status.task_id), status.to_json(), qos=1, retain=True, expiry=expiry
+                )
             except LinkError as exc:
                 log.debug("status of %s not published yet: %s", status.task_id, exc)
                 self.outbox.put_back(status)

@@ -24,6 +24,7 @@ DOCUMENTATION = """
 
 FIFO_VARIABLE = "ANSIBLE_WORKER_EVENT_FIFO"
 TEXT_LIMIT = 4096
+OUTPUT_LIMIT = 2048
 _STATS_KEYS = ("ok", "failures", "unreachable", "changed", "skipped", "rescued", "ignored")
 
 
@@ -61,6 +62,7 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
         self._counter = 0
         self._play: str | None = None
         self._task: str | None = None
+        self._started: dict[tuple[str, str], float] = {}
 
     # -- writing ---------------------------------------------------------------------
 
@@ -112,25 +114,37 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
 
     # -- host results ----------------------------------------------------------------
 
+    def v2_runner_on_start(self, host: Any, task: Any) -> None:
+        self._started[(host.get_name(), task._uuid)] = time.time()
+
     def _runner(self, event: str, result: Any, **extra: Any) -> None:
         data = _part(result, "result")
         task = _part(result, "task")
+        host = _part(result, "host").get_name()
         no_log = bool(data.get("_ansible_no_log")) or "censored" in data
         fields: dict[str, Any] = {
             "play": self._play,
             "task": task.get_name().strip(),
             "action": task.action,
-            "host": _part(result, "host").get_name(),
+            "host": host,
             "changed": bool(data.get("changed", False)),
             "no_log": no_log,
             **extra,
         }
+        started = self._started.get((host, task._uuid))
+        if started is not None:
+            fields["duration"] = round(time.time() - started, 3)
+            if not event.startswith("runner_item") and event != "runner_retry":
+                del self._started[(host, task._uuid)]
         if not no_log:
+            if "item" in data or "_ansible_item_label" in data:
+                fields["item"] = _text(data.get("_ansible_item_label", data.get("item")), 256)
             fields["msg"] = _text(data.get("msg"))
             if "rc" in data:
                 fields["rc"] = data.get("rc")
-            if data.get("stderr"):
-                fields["stderr"] = _text(data.get("stderr"))
+            for stream in ("stdout", "stderr"):
+                if data.get(stream):
+                    fields[stream] = _text(data.get(stream), OUTPUT_LIMIT)
             stats = data.get("ansible_stats")
             if task.action in ("set_stats", "ansible.builtin.set_stats") and isinstance(stats, dict):
                 fields["stats"] = {"data": stats.get("data") or {}, "per_host": bool(stats.get("per_host"))}

@@ -1,0 +1,101 @@
+"""Publish the live events of every job through one task, dropping events rather than ever blocking a job."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ansible_worker.broker_session import BrokerSession
+from ansible_worker.live_events import live_event
+from ansible_worker.mqtt_link import LinkError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EventStream:
+    """One job's live events: numbering, a token bucket, and what was dropped.
+
+    The bucket allows `rate` events a second on average and bursts of twice that, so a
+    playbook that floods events is thinned out instead of slowing Ansible down.
+    """
+
+    topic: str
+    rate: float
+    last_seq: int = 0
+    dropped: int = 0
+    pending: int = 0
+    _tokens: float = field(init=False)
+    _refilled_at: float = field(init=False)
+    _flushed: trio.Event = field(default_factory=trio.Event)
+
+    def __post_init__(self) -> None:
+        self._tokens = 2 * self.rate
+        self._refilled_at = trio.current_time()
+        self._flushed.set()
+
+    def take_token(self) -> bool:
+        now = trio.current_time()
+        self._tokens = min(2 * self.rate, self._tokens + (now - self._refilled_at) * self.rate)
+        self._refilled_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    async def wait_flushed(self) -> None:
+        """Wait until every event offered so far has left through the publisher."""
+        await self._flushed.wait()
+
+    def note_enqueued(self) -> None:
+        self.pending += 1
+        if self._flushed.is_set():
+            self._flushed = trio.Event()
+
+    def note_published(self) -> None:
+        self.pending -= 1
+        if self.pending == 0:
+            self._flushed.set()
+
+
+class EventPublisher:
+    """A bounded buffer in front of one publishing task, shared by all jobs.
+
+    `offer` never blocks: an event over the job's rate, or one that finds the buffer
+    full (the broker is slow or away), is counted as dropped. Events are numbered as they
+    are accepted, so the numbers a watcher receives are consecutive unless the network
+    itself lost one (QoS 0).
+    """
+
+    def __init__(self, session: BrokerSession, *, capacity: int = 2048, qos: int = 0) -> None:
+        self.session = session
+        self.qos = qos
+        self._send, self._receive = trio.open_memory_channel[tuple[EventStream, bytes]](capacity)
+
+    def offer(self, stream: EventStream, raw: Mapping[str, Any]) -> None:
+        if not stream.take_token():
+            stream.dropped += 1
+            return
+        payload = json.dumps(live_event(raw, stream.last_seq + 1), separators=(",", ":"), default=str).encode()
+        try:
+            self._send.send_nowait((stream, payload))
+        except trio.WouldBlock:
+            stream.dropped += 1
+            return
+        stream.last_seq += 1
+        stream.note_enqueued()
+
+    async def run(self) -> None:
+        async for stream, payload in self._receive:
+            try:
+                await self.session.publish(stream.topic, payload, qos=self.qos)
+            except LinkError as exc:
+                # Live events are best effort: the status carries what matters.
+                log.debug("live event for %s not published: %s", stream.topic, exc)
+            finally:
+                stream.note_published()
