@@ -7,10 +7,19 @@ import secrets
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ansible_worker.expand import UnsetVariableError, expand_tree
@@ -21,6 +30,17 @@ DEFAULT_CONFIG_FILE = Path("config.yaml")
 
 _NAME_CHARS = "A-Za-z0-9._-"
 NAME_PATTERN = rf"^[{_NAME_CHARS}]{{1,128}}$"
+
+
+def _check_topic_prefix(value: str) -> str:
+    if not value or value.startswith("/") or value.endswith("/") or "//" in value:
+        raise ValueError("must be one or more topic levels without empty levels, e.g. 'ansible'")
+    if any(ch in value for ch in "+#$\0"):
+        raise ValueError("must not contain '+', '#', '$' or NUL")
+    return value
+
+
+TopicPrefix = Annotated[str, AfterValidator(_check_topic_prefix)]
 
 
 def default_worker_id() -> str:
@@ -71,7 +91,7 @@ class WorkerSettings(BaseModel):
 
     group_name: str = Field(pattern=NAME_PATTERN)
     playbook_directory: Path
-    topic_prefix: str = "ansible"
+    topic_prefix: TopicPrefix = "ansible"
     worker_id: str = Field(default_factory=default_worker_id, pattern=NAME_PATTERN)
     max_queue_size: int = Field(100, ge=1, le=100_000)
     concurrency: int = Field(1, ge=1, le=256)
@@ -90,15 +110,6 @@ class WorkerSettings(BaseModel):
     events_per_second: float = Field(200, gt=0)
     heartbeat_interval: float = Field(30, gt=0, le=3600)
     status_retention: int = Field(604_800, ge=0)
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _check_prefix(cls, value: str) -> str:
-        if not value or value.startswith("/") or value.endswith("/") or "//" in value:
-            raise ValueError("must be one or more topic levels without empty levels, e.g. 'ansible'")
-        if any(ch in value for ch in "+#$\0"):
-            raise ValueError("must not contain '+', '#', '$' or NUL")
-        return value
 
     @field_validator("playbook_directory")
     @classmethod
@@ -142,6 +153,38 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
 
+class ClientGroupSettings(BaseModel):
+    """The part of the `worker` section a controller needs; the rest is the worker's business."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    group_name: str = Field("default", pattern=NAME_PATTERN)
+    topic_prefix: TopicPrefix = "ansible"
+
+
+class ClientSettings(BaseSettings):
+    """What a controller reads from the same file and environment as the workers."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
+
+    mqtt: MqttSettings
+    worker: ClientGroupSettings = Field(default_factory=ClientGroupSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return env_settings, init_settings
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; `problems` holds one readable line per mistake."""
 
@@ -150,7 +193,19 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+@overload
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings: ...
+
+
+@overload
+def load_settings(
+    path: Path | None, environ: Mapping[str, str] | None = None, *, model: type[SettingsT]
+) -> SettingsT: ...
+
+
+def load_settings(
+    path: Path | None, environ: Mapping[str, str] | None = None, *, model: type[BaseSettings] = Settings
+) -> BaseSettings:
     """Read `path` (if given and present), expand references, apply the environment, validate.
 
     With `path` None the default file is read when it exists; otherwise settings come from
@@ -167,7 +222,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         raise ConfigError([str(exc)]) from None
     try:
         # Environment overrides are read from os.environ by pydantic-settings itself.
-        return Settings(**expanded)  # type: ignore[arg-type]
+        return model(**expanded)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = describe_errors(exc)
         if not data:
