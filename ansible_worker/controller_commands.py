@@ -1,0 +1,309 @@
+"""The controller's commands: submit, watch, status, cancel, forget and workers, for people and scripts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+from rich.console import Console
+from rich.markup import escape
+
+from ansible_worker.client import (
+    ANSWER_WITHIN,
+    Client,
+    ClientError,
+    JobHandle,
+    Target,
+    open_client,
+    target_from_settings,
+    target_from_url,
+)
+from ansible_worker.config import ClientSettings, ConfigError, load_settings
+from ansible_worker.job_arguments import ArgumentError, parse_extra_vars, split_list
+from ansible_worker.job_view import JobView, summary, workers_table
+
+T = TypeVar("T")
+
+EXIT_SUCCESS = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+EXIT_CANCELLED = 4
+EXIT_UNAVAILABLE = 5
+EXIT_STOPPED_WATCHING = 130
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    the job succeeded (or, without --wait, a worker queued it)
+  1    the job failed
+  2    bad arguments or configuration
+  3    the job timed out
+  4    the job was cancelled
+  5    no worker answered, the broker could not be reached, or no such job
+  130  you stopped watching with Ctrl-C; the job goes on
+"""
+
+_STATE_EXIT = {"success": EXIT_SUCCESS, "failed": EXIT_FAILED, "timeout": EXIT_TIMEOUT, "cancelled": EXIT_CANCELLED}
+PROMPT_SECONDS = 60.0
+
+
+class CommandError(Exception):
+    """Ends a command with a message for the person and an exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("broker")
+    group.add_argument("-c", "--config", type=Path, help="read the broker and group from this file (as the workers do)")
+    group.add_argument("--broker", metavar="URL", help="mqtt://[user[:password]@]host[:port] or mqtts://...")
+    group.add_argument("--group", help="the workers' group_name (default: from the config, else 'default')")
+    group.add_argument("--prefix", help="the workers' topic_prefix (default: from the config, else 'ansible')")
+
+
+def resolve_target(args: argparse.Namespace) -> Target:
+    """The broker and group from --broker, else from the config file and environment."""
+    if args.broker:
+        return target_from_url(args.broker, group=args.group or "default", prefix=args.prefix or "ansible")
+    try:
+        settings = load_settings(args.config, model=ClientSettings)
+    except ConfigError as exc:
+        problems = "\n  ".join(exc.problems)
+        raise CommandError(
+            f"no usable broker settings (give --broker URL or -c FILE):\n  {problems}", EXIT_USAGE
+        ) from None
+    target = target_from_settings(settings)
+    if args.group or args.prefix:
+        topics = type(target.topics)(args.prefix or target.topics.prefix, args.group or target.topics.group)
+        target = Target(target.link, topics)
+    return target
+
+
+def build_job(args: argparse.Namespace) -> dict[str, Any]:
+    job: dict[str, Any] = {"playbook": args.playbook, "inventory": args.inventory}
+    if args.task_id:
+        job["task_id"] = args.task_id
+    extra_vars = parse_extra_vars(args.extra_vars or [])
+    if extra_vars:
+        job["extra_vars"] = extra_vars
+    optional = {
+        "limit": args.limit,
+        "tags": split_list(args.tags) or None,
+        "skip_tags": split_list(args.skip_tags) or None,
+        "verbosity": args.verbose or None,
+        "check_mode": args.check or None,
+        "diff_mode": args.diff or None,
+        "forks": args.forks,
+        "timeout": args.timeout,
+        "git_pull": args.git_pull or None,
+    }
+    job.update({key: value for key, value in optional.items() if value is not None})
+    return job
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run one controller command to completion and return its exit code."""
+    console = Console(stderr=False, highlight=False)
+    errors = Console(stderr=True, highlight=False)
+    try:
+        if args.command == "submit":
+            # Bad flags are reported before anything touches the network.
+            args.job = build_job(args)
+        target = resolve_target(args)
+        command = _COMMANDS[args.command]
+        return trio.run(_with_client, target, command, args, console)
+    except (CommandError, ArgumentError, ClientError) as exc:
+        errors.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        if isinstance(exc, CommandError):
+            return exc.code
+        return EXIT_USAGE if isinstance(exc, ArgumentError) else EXIT_UNAVAILABLE
+
+
+Command = Callable[[Client, argparse.Namespace, Console], Awaitable[int]]
+
+
+async def _with_client(target: Target, command: Command, args: argparse.Namespace, console: Console) -> int:
+    async with open_client(target) as client:
+        return await command(client, args, console)
+
+
+async def submit(client: Client, args: argparse.Namespace, console: Console) -> int:
+    handle = await client.submit(args.job, answer_within=args.answer_within)
+    async with handle:
+        first = handle.latest or {}
+        if not args.wait:
+            if args.json:
+                console.print_json(json.dumps(first))
+            else:
+                console.print(f"{handle.task_id} {first.get('state')} by worker {first.get('worker_id')}")
+                console.print(f"follow it with: ansible-worker watch {handle.task_id}", style="dim")
+            return EXIT_FAILED if first.get("state") == "failed" else EXIT_SUCCESS
+        return await follow(handle, console, as_json=args.json)
+
+
+async def watch(client: Client, args: argparse.Namespace, console: Console) -> int:
+    async with await client.follow(args.task_id) as handle:
+        await client.barrier()
+        handle.take_arrived()
+        if handle.latest is None:
+            console.print(f"no status yet for {args.task_id}; waiting for one (Ctrl-C to stop)", style="dim")
+        return await follow(handle, console, as_json=args.json)
+
+
+async def follow(handle: JobHandle, console: Console, *, as_json: bool) -> int:
+    """Show a job until it ends. Ctrl-C asks whether to cancel it or just stop watching."""
+    interactive = sys.stdin.isatty() and not as_json
+    with trio.open_signal_receiver(signal.SIGINT) as interrupts:
+        view = JobView(console, handle.task_id)
+        with view:
+            final, interrupted = await _until_interrupted(lambda: _show(handle, view, console, as_json), interrupts)
+        if interrupted and interactive:
+            console.print()
+            if await ask_yes_no(console, f"Cancel job {handle.task_id} too? [y/N] ", interrupts):
+                await handle.cancel(reason="interrupted at the terminal")
+                console.print("cancel requested; waiting for the job to end", style="dim")
+                with view:
+                    final, interrupted = await _until_interrupted(
+                        lambda: _show(handle, view, console, as_json), interrupts
+                    )
+        if interrupted or final is None:
+            console.print(f"stopped watching; {handle.task_id} goes on (ansible-worker watch {handle.task_id})")
+            return EXIT_STOPPED_WATCHING
+    if as_json:
+        console.print_json(json.dumps(final))
+    else:
+        console.print()
+        console.print(summary(final))
+    return _STATE_EXIT.get(str(final.get("state")), EXIT_FAILED)
+
+
+async def _show(handle: JobHandle, view: JobView, console: Console, as_json: bool) -> dict[str, Any] | None:
+    async for update in handle.updates():
+        if as_json:
+            if not (update.kind == "status" and update.data.get("state") in _STATE_EXIT):
+                console.print(json.dumps({"type": update.kind, "data": update.data}), soft_wrap=True, markup=False)
+        else:
+            view.show(update)
+    return handle.latest
+
+
+async def _until_interrupted(work: Callable[[], Awaitable[T]], interrupts: AsyncIterator[int]) -> tuple[T | None, bool]:
+    """Run `work` until it returns or Ctrl-C arrives; say which happened."""
+    result: T | None = None
+    interrupted = False
+    async with trio.open_nursery() as nursery:
+
+        async def run_work() -> None:
+            nonlocal result
+            result = await work()
+            nursery.cancel_scope.cancel()
+
+        async def wait_for_interrupt() -> None:
+            nonlocal interrupted
+            async for _ in interrupts:
+                interrupted = True
+                nursery.cancel_scope.cancel()
+                return
+
+        nursery.start_soon(run_work)
+        nursery.start_soon(wait_for_interrupt)
+    return result, interrupted
+
+
+async def ask_yes_no(console: Console, question: str, interrupts: AsyncIterator[int]) -> bool:
+    """Ask on the terminal; no answer within a minute, or another Ctrl-C, means no."""
+    console.print(question, end="", markup=False)
+    fd = os.dup(sys.stdin.fileno())
+    stream = trio.lowlevel.FdStream(fd)
+    try:
+        answer, interrupted = await _until_interrupted(lambda: _read_line(stream), interrupts)
+    finally:
+        await stream.aclose()
+        # FdStream made the shared terminal non-blocking; give the shell back a blocking one.
+        os.set_blocking(sys.stdin.fileno(), True)
+    if interrupted:
+        console.print()
+    return (answer or "").strip().lower() in ("y", "yes")
+
+
+async def _read_line(stream: trio.lowlevel.FdStream) -> str:
+    data = b""
+    with trio.move_on_after(PROMPT_SECONDS):
+        while not data.endswith(b"\n"):
+            chunk = await stream.receive_some(1024)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode(errors="replace")
+
+
+async def status(client: Client, args: argparse.Namespace, console: Console) -> int:
+    current = await client.status(args.task_id)
+    if current is None:
+        raise CommandError(f"the broker holds no status for {args.task_id}", EXIT_UNAVAILABLE)
+    if args.json:
+        console.print_json(json.dumps(current))
+    else:
+        console.print(summary(current))
+    return EXIT_SUCCESS
+
+
+async def cancel(client: Client, args: argparse.Namespace, console: Console) -> int:
+    current = await client.status(args.task_id)
+    if current is None:
+        raise CommandError(f"the broker holds no status for {args.task_id}: no worker has it", EXIT_UNAVAILABLE)
+    if current.get("state") not in ("queued", "running"):
+        console.print(f"{args.task_id} already ended: {current.get('state')}")
+        return EXIT_SUCCESS
+    async with await client.follow(args.task_id) as handle:
+        await handle.cancel(reason=args.reason)
+        console.print(
+            f"cancel requested for {args.task_id}; waiting for worker {current.get('worker_id')}", style="dim"
+        )
+        with trio.move_on_after(args.wait_seconds) as bound:
+            final = await handle.wait()
+    if bound.cancelled_caught:
+        raise CommandError(f"{args.task_id} has not ended within {args.wait_seconds:g}s", EXIT_UNAVAILABLE)
+    console.print(summary(final))
+    return EXIT_SUCCESS
+
+
+async def forget(client: Client, args: argparse.Namespace, console: Console) -> int:
+    current = await client.status(args.task_id)
+    if current is not None and current.get("state") in ("queued", "running"):
+        raise CommandError(f"{args.task_id} is still {current.get('state')}: cancel it first", EXIT_USAGE)
+    await client.forget(args.task_id)
+    console.print(f"forgot {args.task_id}" if current is not None else f"nothing to forget for {args.task_id}")
+    return EXIT_SUCCESS
+
+
+async def workers(client: Client, args: argparse.Namespace, console: Console) -> int:
+    found = await client.workers()
+    if args.json:
+        console.print_json(json.dumps(found))
+    elif not found:
+        console.print(f"no worker of group {client.topics.group!r} has ever announced itself on this broker")
+    else:
+        console.print(workers_table(found))
+    return EXIT_SUCCESS
+
+
+_COMMANDS: dict[str, Command] = {
+    "submit": submit,
+    "watch": watch,
+    "status": status,
+    "cancel": cancel,
+    "forget": forget,
+    "workers": workers,
+}
+
+__all__ = ["ANSWER_WITHIN", "EXIT_CODES_HELP", "add_connection_options", "run_command"]

@@ -1,0 +1,68 @@
+"""Turn ansible-playbook-style command-line flags into a task request."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ArgumentError(Exception):
+    """A flag's value cannot be used; the message says which and why."""
+
+
+def parse_extra_vars(values: list[str]) -> dict[str, Any]:
+    """Merge `-e` values as ansible-playbook does: `KEY=VALUE ...`, `@FILE`, or a JSON/YAML object.
+
+    Later values win. `KEY=VALUE` values stay strings, as they do in Ansible.
+    """
+    merged: dict[str, Any] = {}
+    for value in values:
+        merged.update(_one_extra_vars(value))
+    return merged
+
+
+def _one_extra_vars(value: str) -> dict[str, Any]:
+    text = value.strip()
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            return _mapping(yaml.safe_load(path.read_text(encoding="utf-8")), f"-e {value}")
+        except OSError as exc:
+            raise ArgumentError(f"-e {value}: cannot read {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ArgumentError(f"-e {value}: not YAML or JSON: {exc}") from None
+    if text.startswith("{"):
+        try:
+            return _mapping(json.loads(text), f"-e {value}")
+        except json.JSONDecodeError:
+            pass
+        try:
+            return _mapping(yaml.safe_load(text), f"-e {value}")
+        except yaml.YAMLError as exc:
+            raise ArgumentError(f"-e {value}: not a JSON or YAML object: {exc}") from None
+    pairs: dict[str, Any] = {}
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise ArgumentError(f"-e {value}: {exc}") from None
+    for word in words:
+        key, sep, item = word.partition("=")
+        if not sep or not key:
+            raise ArgumentError(f"-e {value}: expected KEY=VALUE, @FILE or a JSON object, got {word!r}")
+        pairs[key] = item
+    return pairs
+
+
+def _mapping(loaded: object, where: str) -> dict[str, Any]:
+    if not isinstance(loaded, dict):
+        raise ArgumentError(f"{where}: must hold a mapping of variables, not {type(loaded).__name__}")
+    return {str(key): item for key, item in loaded.items()}
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """`-t a,b -t c` gives `["a", "b", "c"]`."""
+    return [item.strip() for value in values or [] for item in value.split(",") if item.strip()]

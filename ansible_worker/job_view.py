@@ -1,0 +1,184 @@
+"""Show jobs and workers to a person at a terminal: live progress, Ansible's lines, summaries, tables."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from ansible_worker.client import Update
+
+STATE_STYLES = {
+    "queued": "cyan",
+    "running": "blue",
+    "success": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "timeout": "magenta",
+    "online": "green",
+    "draining": "yellow",
+    "offline": "red",
+}
+_LINE_STYLES = {"ok": "green", "changed": "yellow", "failed": "red", "unreachable": "red", "skipped": "cyan"}
+_COUNTS = ("ok", "changed", "failed", "skipped", "unreachable")
+_HEADINGS = frozenset(
+    {"playbook_on_play_start", "playbook_on_task_start", "playbook_on_handler_task_start", "playbook_on_stats"}
+)
+
+
+def parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def counts(status: dict[str, Any]) -> Text:
+    text = Text()
+    for index, name in enumerate(_COUNTS):
+        value = status.get(f"tasks_{name}", 0)
+        if index:
+            text.append(" ")
+        style = _LINE_STYLES[name] if value else "dim"
+        text.append(f"{name}={value}", style=style)
+    return text
+
+
+class _ProgressLine:
+    """The one line that a live view keeps redrawing: state, current task, counts, elapsed."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.status: dict[str, Any] = {}
+        self.spinner = Spinner("dots")
+
+    def __rich__(self) -> RenderableType:
+        state = str(self.status.get("state", "waiting"))
+        line = Text()
+        line.append(f"{state:<9}", style=STATE_STYLES.get(state, ""))
+        line.append(" ")
+        line.append_text(counts(self.status))
+        started = parse_time(self.status.get("started_at"))
+        if started is not None:
+            line.append(f"  {(datetime.now(UTC) - started).total_seconds():6.1f}s", style="bold")
+        task = self.status.get("current_task")
+        if task:
+            line.append(f"  TASK [{task}]", style="bold")
+        table = Table.grid(padding=(0, 1))
+        table.add_row(self.spinner, line)
+        return table
+
+
+class JobView:
+    """Follows one job on a console: Ansible's own lines scroll, a progress line stays below.
+
+    On a terminal the progress line is redrawn in place; elsewhere (a pipe, a log) each
+    change of state is printed once and nothing is redrawn.
+    """
+
+    def __init__(self, console: Console, task_id: str) -> None:
+        self.console = console
+        self.task_id = task_id
+        self._progress = _ProgressLine(task_id)
+        self._live: Live | None = None
+        self._last_state: str | None = None
+
+    def __enter__(self) -> JobView:
+        if self.console.is_terminal:
+            self._live = Live(self._progress, console=self.console, refresh_per_second=8, transient=True)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def show(self, update: Update) -> None:
+        if update.kind == "event":
+            self._show_event(update.data)
+            return
+        status = update.data
+        self._progress.status = status
+        state = status.get("state")
+        if state != self._last_state and state in ("queued", "running"):
+            worker = status.get("worker_id") or "?"
+            preposition = "by" if state == "queued" else "on"
+            self.console.print(Text(f"{self.task_id} {state} {preposition} worker {worker}", style="dim"))
+        self._last_state = state
+        if self._live is not None:
+            self._live.refresh()
+
+    def _show_event(self, event: dict[str, Any]) -> None:
+        line = event.get("line")
+        if not isinstance(line, str):
+            return
+        kind = event.get("event", "")
+        # Ansible's lines are printed as Ansible printed them: never re-wrapped.
+        if kind in (
+            "playbook_on_play_start",
+            "playbook_on_task_start",
+            "playbook_on_handler_task_start",
+            "playbook_on_stats",
+        ):
+            self.console.print()
+            self.console.print(Text(line, style="bold"), soft_wrap=True)
+            return
+        self.console.print(Text(line, style=_LINE_STYLES.get(str(event.get("status")), "")), soft_wrap=True)
+
+
+def summary(status: dict[str, Any]) -> RenderableType:
+    """A few lines that say how a job ended (or where it is)."""
+    state = str(status.get("state"))
+    head = Text()
+    head.append(state, style=f"bold {STATE_STYLES.get(state, '')}")
+    head.append(f"  {status.get('task_id')}")
+    if status.get("playbook"):
+        head.append(f"  {status['playbook']}", style="dim")
+    if status.get("worker_id"):
+        head.append(f"  on {status['worker_id']}")
+    if isinstance(status.get("duration_seconds"), int | float):
+        head.append(f"  in {status['duration_seconds']:.1f}s")
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row(head)
+    grid.add_row(counts(status))
+    if status.get("error_message"):
+        grid.add_row(Text(str(status["error_message"]), style="red"))
+    if status.get("output"):
+        grid.add_row(Text(f"output: {json.dumps(status['output'])}"))
+    if status.get("events_dropped"):
+        grid.add_row(Text(f"{status['events_dropped']} live events were dropped (rate limit)", style="dim"))
+    return grid
+
+
+def workers_table(workers: list[dict[str, Any]], now: datetime | None = None) -> Table:
+    now = now or datetime.now(UTC)
+    table = Table(box=None, header_style="bold")
+    for column in ("WORKER", "HOST", "STATE", "CAPACITY", "RUNNING", "QUEUED", "DONE", "HEARTBEAT"):
+        table.add_column(column, justify="right" if column in ("CAPACITY", "RUNNING", "QUEUED", "DONE") else "left")
+    for worker in workers:
+        state = str(worker.get("state", "?"))
+        beat = parse_time(worker.get("heartbeat_at"))
+        age = f"{max(0, int((now - beat).total_seconds()))}s ago" if beat else "?"
+        table.add_row(
+            str(worker.get("worker_id", "?")),
+            str(worker.get("hostname", "?")),
+            Text(state, style=STATE_STYLES.get(state, "")),
+            str(worker.get("capacity", "?")),
+            str(worker.get("running", "?")),
+            str(worker.get("queued", "?")),
+            str(worker.get("jobs_done", "?")),
+            age,
+        )
+    return table
