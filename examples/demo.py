@@ -1,8 +1,10 @@
-"""Show ansible-worker end to end: a local broker, one worker, one job, its live status.
+"""Show ansible-worker end to end: a local broker, one worker, jobs and their live status.
 
 Starts Mosquitto on a free loopback port, starts `ansible-worker run` with a config that
-points at `examples/playbooks`, publishes a job for `hello.yml` as a controller would, and
-prints each status the worker publishes until the terminal one. Then stops both.
+points at `examples/playbooks`, publishes a job for `hello.yml` as any MQTT controller
+would and prints each status the worker publishes on the retained status topic until the
+terminal one. Then it runs the same playbook with the bundled controller command,
+`ansible-worker submit --wait`, lists the workers, and stops everything.
 """
 
 from __future__ import annotations
@@ -124,6 +126,15 @@ def main() -> int:
         try:
             wait_until_connected(directory / "worker.log", worker)
             final = trio.run(watch_job, port)
+            print("\nfinal status (retained on the status topic):")
+            print(json.dumps(final, indent=2))
+            broker_options = ["--broker", f"mqtt://127.0.0.1:{port}", "--group", GROUP]
+            controller = str(Path(sys.executable).parent / "ansible-worker")
+            command = ["submit", "hello.yml", "-i", "inventory.ini", "-e", "greeting=hi", "--wait"]
+            print(f"\n$ ansible-worker {' '.join(command)}")
+            submitted = subprocess.run([controller, *command, *broker_options], check=False)
+            print("\n$ ansible-worker workers")
+            subprocess.run([controller, "workers", *broker_options], check=False)
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=30)
@@ -132,9 +143,7 @@ def main() -> int:
             worker_log.close()
             print("\nworker log:")
             print((directory / "worker.log").read_text().rstrip())
-        print("\nfinal status:")
-        print(json.dumps(final, indent=2))
-        return 0 if final["state"] == "success" else 1
+        return 0 if final["state"] == "success" and submitted.returncode == 0 else 1
 
 
 if __name__ == "__main__":
