@@ -294,3 +294,20 @@ async def test_killed_worker_is_marked_offline_by_its_will(
             with trio.CancelScope(shield=True):
                 await process.wait()
     assert presence["worker_id"] == "doomed"
+
+
+async def test_presence_heartbeat_repeats_on_its_interval(broker: Broker, playbook_dir: Path, group: str) -> None:
+    settings = make_settings(broker, playbook_dir, group, worker_id="beating", heartbeat_interval=0.2)
+    async with client_for(broker, group) as client:
+        receive = await client.subscribe([client.topics.worker("beating")])
+        async with running_worker(settings):
+            beats = []
+            with trio.fail_after(10):
+                async for message in receive:
+                    beats.append(json.loads(message.payload))
+                    if len(beats) == 4:
+                        break
+    stamps = [beat["heartbeat_at"] for beat in beats]
+    assert stamps == sorted(stamps)
+    assert len(set(stamps)) == 4
+    assert {beat["state"] for beat in beats} == {"online"}
