@@ -1,4 +1,4 @@
-"""Sessions for developers and CI: tests, lint, typecheck, and the end-to-end demo."""
+"""Sessions for developers and CI: tests, lint, typecheck, benchmarks, and the end-to-end demo."""
 
 from __future__ import annotations
 
@@ -28,6 +28,13 @@ def typecheck(session: nox.Session) -> None:
     """mypy in strict mode over the package, the tests, the examples and this file."""
     session.install("-e", ".[dev]")
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Measure the worker against running ansible-playbook directly; writes benchmarks/results.json."""
+    session.install(".")
+    session.run("python", "benchmarks/run.py", *session.posargs)
 
 
 @nox.session

@@ -1,10 +1,7 @@
 """ansible-worker: run Ansible playbooks on request from an MQTT broker, with live status."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("ansible-worker")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+# A plain constant (pyproject.toml reads it): importlib.metadata would cost the worker
+# process a few megabytes and milliseconds at every start.
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

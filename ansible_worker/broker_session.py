@@ -13,6 +13,7 @@ from ansible_worker.mqtt_link import (
     ConnectFailed,
     InboundMessage,
     LinkError,
+    LinkLost,
     LinkOptions,
     MqttLink,
     Will,
@@ -114,6 +115,12 @@ class BrokerSession:
         while self._link is None:
             await self._up.wait()
         await self._link.publish(topic, payload, qos=qos, retain=retain, expiry=expiry)
+
+    def publish_nowait(self, topic: str, payload: bytes) -> None:
+        """QoS 0 on the current link, now or never. Errors: `LinkError` without a link."""
+        if self._link is None:
+            raise LinkLost("not connected")
+        self._link.publish_nowait(topic, payload)
 
     async def unsubscribe(self, topic: str) -> None:
         """Stop a subscription now and on every later link. Best effort on the live link."""

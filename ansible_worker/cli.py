@@ -13,9 +13,8 @@ from pathlib import Path
 import trio
 
 from ansible_worker import __version__
-from ansible_worker.client import ANSWER_WITHIN
 from ansible_worker.config import DEFAULT_CONFIG_FILE, ENV_PREFIX, ConfigError, Settings, load_settings
-from ansible_worker.controller_commands import EXIT_CODES_HELP, add_connection_options, run_command
+from ansible_worker.controller_parser import CONTROLLER_COMMANDS, add_controller_commands
 from ansible_worker.logging_setup import setup_logging
 from ansible_worker.topics import Topics
 from ansible_worker.worker import Worker
@@ -23,7 +22,6 @@ from ansible_worker.worker import Worker
 log = logging.getLogger("ansible_worker")
 
 EXIT_CONFIG = 2
-CONTROLLER_COMMANDS = frozenset({"submit", "watch", "status", "cancel", "forget", "workers"})
 
 _DESCRIPTION = """\
 Run Ansible playbooks on request from an MQTT broker and publish their status live.
@@ -33,17 +31,6 @@ Without a command, `ansible-worker` runs the worker. Settings come from a YAML f
 that override it, e.g. ANSIBLE_WORKER_MQTT__HOST=broker.example.
 
 The other commands are for controllers: they talk to the workers through the broker.
-"""
-
-_SUBMIT_HELP = """\
-Publish a job for the workers of a group, like running ansible-playbook there.
-The flags mirror ansible-playbook's. PLAYBOOK and INVENTORY are paths inside the
-workers' playbook directory; an inventory with a comma is a host list (web1,web2,).
-
-examples:
-  ansible-worker submit site.yml -i inventories/prod -l web -e version=1.2 --wait
-  ansible-worker submit ping.yml -i 'db1,db2,' --check --diff -vv --wait
-  ansible-worker submit site.yml -i hosts.ini --broker mqtt://broker.example --json
 """
 
 
@@ -67,91 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (run, validate):
         # SUPPRESS keeps `ansible-worker -c X run` from being reset by the subcommand's default.
         sub.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, help=config_help)
-    _add_controller_commands(commands)
+    add_controller_commands(commands)
     return parser
-
-
-def _add_controller_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name,
-            help=summary,
-            description=description,
-            epilog=EXIT_CODES_HELP,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        add_connection_options(sub)
-        return sub
-
-    submit = command("submit", "publish a job (like ansible-playbook, on a worker)", _SUBMIT_HELP)
-    submit.add_argument("playbook", metavar="PLAYBOOK", help="playbook path, relative to the playbook directory")
-    submit.add_argument("-i", "--inventory", required=True, help="inventory path, or a host list with a comma")
-    submit.add_argument(
-        "-e",
-        "--extra-vars",
-        action="append",
-        metavar="VARS",
-        help="KEY=VALUE pairs, @FILE (YAML or JSON), or a JSON object; repeatable, later wins",
-    )
-    submit.add_argument("-l", "--limit", help="limit to these hosts or groups")
-    submit.add_argument("-t", "--tags", action="append", help="only tasks with these tags (comma-separated)")
-    submit.add_argument("--skip-tags", action="append", help="skip tasks with these tags (comma-separated)")
-    submit.add_argument("-C", "--check", action="store_true", help="check mode: change nothing")
-    submit.add_argument("-D", "--diff", action="store_true", help="show the differences of changed files")
-    submit.add_argument("-v", "--verbose", action="count", default=0, help="more Ansible output (up to -vvvv)")
-    submit.add_argument("-f", "--forks", type=int, help="parallel processes (default 5)")
-    submit.add_argument("--timeout", type=float, metavar="SECONDS", help="end the job after this long")
-    submit.add_argument("--git-pull", action="store_true", help="git pull the playbook directory first")
-    submit.add_argument("--task-id", help="name the job (default: a new unique id)")
-    submit.add_argument("-w", "--wait", action="store_true", help="follow the job live until it ends")
-    submit.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
-    submit.add_argument(
-        "--answer-within",
-        type=float,
-        default=ANSWER_WITHIN,
-        metavar="SECONDS",
-        help=f"give up if no worker answers within this long (default {ANSWER_WITHIN:g})",
-    )
-
-    watch = command(
-        "watch",
-        "follow a job live, from wherever it is now",
-        "Follow a job live: Ansible's output lines, the task now running, counts and elapsed time.\n"
-        "Ctrl-C asks whether to cancel the job or just stop watching.",
-    )
-    watch.add_argument("task_id", metavar="TASK_ID")
-    watch.add_argument("--json", action="store_true", help="one JSON object per status or event, for scripts")
-
-    status = command("status", "show a job's current status", "Show the status the broker holds for a job.")
-    status.add_argument("task_id", metavar="TASK_ID")
-    status.add_argument("--json", action="store_true", help="print the status as JSON")
-
-    cancel = command(
-        "cancel",
-        "cancel a queued or running job",
-        "Cancel a job: a queued one leaves the queue, a running one has its processes ended.\n"
-        "Waits until the worker confirms.",
-    )
-    cancel.add_argument("task_id", metavar="TASK_ID")
-    cancel.add_argument("--reason", help="why; shown in the job's final status")
-    cancel.add_argument(
-        "--wait-seconds", type=float, default=60, metavar="SECONDS", help="how long to wait for the worker to confirm"
-    )
-
-    forget = command(
-        "forget", "clear a finished job's status", "Remove a finished job's retained status from the broker."
-    )
-    forget.add_argument("task_id", metavar="TASK_ID")
-
-    workers = command(
-        "workers", "list the group's workers", "List the workers of the group: state, capacity, load, last heartbeat."
-    )
-    workers.add_argument("--json", action="store_true", help="print the list as JSON")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in CONTROLLER_COMMANDS:
+        # Imported only here, so that a worker process never loads the controller's (rich).
+        from ansible_worker.controller_commands import run_command
+
         return run_command(args)
     try:
         settings = load_settings(args.config)

@@ -203,7 +203,9 @@ class Client:
         finally:
             await self.unsubscribe([topic], receive)
 
-    async def submit(self, job: Mapping[str, Any], *, answer_within: float = ANSWER_WITHIN) -> JobHandle:
+    async def submit(
+        self, job: Mapping[str, Any], *, answer_within: float = ANSWER_WITHIN, events: bool = True
+    ) -> JobHandle:
         """Publish a job and wait until a worker answers it (normally with `queued`).
 
         A `task_id` is made up when the job has none. Errors: `NoWorkerAnswered` when no
@@ -212,7 +214,7 @@ class Client:
         """
         request = dict(job)
         request.setdefault("task_id", f"job-{uuid.uuid4().hex[:12]}")
-        handle = await self.follow(str(request["task_id"]))
+        handle = await self.follow(str(request["task_id"]), events=events)
         await self.link.publish(self.topics.tasks, json.dumps(request).encode(), qos=2)
         try:
             await handle.wait_answered(answer_within)
@@ -221,9 +223,13 @@ class Client:
             raise
         return handle
 
-    async def follow(self, task_id: str) -> JobHandle:
-        """A handle on a job, wherever it is now; its retained status comes first, if any."""
-        handle = JobHandle(self, task_id)
+    async def follow(self, task_id: str, *, events: bool = True) -> JobHandle:
+        """A handle on a job, wherever it is now; its retained status comes first, if any.
+
+        With `events=False` only statuses are received, which spares the broker and this
+        client a busy job's live events.
+        """
+        handle = JobHandle(self, task_id, events=events)
         await handle.open()
         return handle
 
@@ -269,11 +275,13 @@ class Client:
 class JobHandle:
     """Follow one job. Use `async with` (or `close`) to stop listening."""
 
-    def __init__(self, client: Client, task_id: str) -> None:
+    def __init__(self, client: Client, task_id: str, *, events: bool = True) -> None:
         self.client = client
         self.task_id = task_id
         self.latest: dict[str, Any] | None = None
-        self._filters = [client.topics.status(task_id), client.topics.events(task_id)]
+        self._filters = [client.topics.status(task_id)]
+        if events:
+            self._filters.append(client.topics.events(task_id))
         self._receive: trio.MemoryReceiveChannel[InboundMessage] | None = None
         self._backlog: deque[Update] = deque()
         self._finished = False

@@ -156,7 +156,8 @@ class Settings(BaseSettings):
 class ClientGroupSettings(BaseModel):
     """The part of the `worker` section a controller needs; the rest is the worker's business."""
 
-    model_config = ConfigDict(extra="ignore")
+    # Built on first use: a worker process never needs it.
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     group_name: str = Field("default", pattern=NAME_PATTERN)
     topic_prefix: TopicPrefix = "ansible"
@@ -165,7 +166,9 @@ class ClientGroupSettings(BaseModel):
 class ClientSettings(BaseSettings):
     """What a controller reads from the same file and environment as the workers."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", defer_build=True
+    )
 
     mqtt: MqttSettings
     worker: ClientGroupSettings = Field(default_factory=ClientGroupSettings)

@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -26,29 +25,19 @@ from ansible_worker.client import (
     target_from_url,
 )
 from ansible_worker.config import ClientSettings, ConfigError, load_settings
+from ansible_worker.controller_parser import (
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_STOPPED_WATCHING,
+    EXIT_SUCCESS,
+    EXIT_TIMEOUT,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
 from ansible_worker.job_arguments import ArgumentError, parse_extra_vars, split_list
 from ansible_worker.job_view import JobView, summary, workers_table
 
 T = TypeVar("T")
-
-EXIT_SUCCESS = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_TIMEOUT = 3
-EXIT_CANCELLED = 4
-EXIT_UNAVAILABLE = 5
-EXIT_STOPPED_WATCHING = 130
-
-EXIT_CODES_HELP = """\
-exit codes:
-  0    the job succeeded (or, without --wait, a worker queued it)
-  1    the job failed
-  2    bad arguments or configuration
-  3    the job timed out
-  4    the job was cancelled
-  5    no worker answered, the broker could not be reached, or no such job
-  130  you stopped watching with Ctrl-C; the job goes on
-"""
 
 _STATE_EXIT = {"success": EXIT_SUCCESS, "failed": EXIT_FAILED, "timeout": EXIT_TIMEOUT, "cancelled": EXIT_CANCELLED}
 PROMPT_SECONDS = 60.0
@@ -60,14 +49,6 @@ class CommandError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
-
-
-def add_connection_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("broker")
-    group.add_argument("-c", "--config", type=Path, help="read the broker and group from this file (as the workers do)")
-    group.add_argument("--broker", metavar="URL", help="mqtt://[user[:password]@]host[:port] or mqtts://...")
-    group.add_argument("--group", help="the workers' group_name (default: from the config, else 'default')")
-    group.add_argument("--prefix", help="the workers' topic_prefix (default: from the config, else 'ansible')")
 
 
 def resolve_target(args: argparse.Namespace) -> Target:
@@ -137,7 +118,8 @@ async def _with_client(target: Target, command: Command, args: argparse.Namespac
 
 
 async def submit(client: Client, args: argparse.Namespace, console: Console) -> int:
-    handle = await client.submit(args.job, answer_within=args.answer_within)
+    answer_within = ANSWER_WITHIN if args.answer_within is None else args.answer_within
+    handle = await client.submit(args.job, answer_within=answer_within)
     async with handle:
         first = handle.latest or {}
         if not args.wait:
@@ -306,4 +288,4 @@ _COMMANDS: dict[str, Command] = {
     "workers": workers,
 }
 
-__all__ = ["ANSWER_WITHIN", "EXIT_CODES_HELP", "add_connection_options", "run_command"]
+__all__ = ["run_command"]

@@ -64,10 +64,12 @@ class EventStream:
 
 
 class EventPublisher:
-    """A bounded buffer in front of one publishing task, shared by all jobs.
+    """Publishes every job's live events; `offer` never blocks.
 
-    `offer` never blocks: an event over the job's rate, or one that finds the buffer
-    full (the broker is slow or away), is counted as dropped. Events are numbered as they
+    At QoS 0 an event goes straight into the MQTT client's outgoing queue, in order with
+    the statuses. At QoS 1 it passes a bounded buffer to one publishing task that waits for
+    each acknowledgement. Either way an event over the job's rate, or one that finds no
+    room (the broker is slow or away), is counted as dropped. Events are numbered as they
     are accepted, so the numbers a watcher receives are consecutive unless the network
     itself lost one (QoS 0).
     """
@@ -82,6 +84,14 @@ class EventPublisher:
             stream.dropped += 1
             return
         payload = json.dumps(live_event(raw, stream.last_seq + 1), separators=(",", ":"), default=str).encode()
+        if self.qos == 0:
+            try:
+                self.session.publish_nowait(stream.topic, payload)
+            except LinkError:
+                stream.dropped += 1
+                return
+            stream.last_seq += 1
+            return
         try:
             self._send.send_nowait((stream, payload))
         except trio.WouldBlock:

@@ -76,16 +76,24 @@ class Job:
     def task_id(self) -> str:
         return self.request.task_id
 
-    def status(self) -> JobStatus:
+    def status(self, *, progress_only: bool = False) -> JobStatus:
+        """The status now; with `progress_only`, a `running` status with the counts so far.
+
+        A progress status may be built after the job has ended (the outbox builds them
+        late), so it never takes the state, end or error from a later moment.
+        """
         progress = self.progress
-        end = self.completed_at or utc_now()
+        state, completed_at, error = self.state, self.completed_at, self.error_message
+        if progress_only:
+            state, completed_at, error = State.RUNNING, None, None
+        end = completed_at or utc_now()
         duration = (end - self.started_at).total_seconds() if self.started_at else None
         return JobStatus(
             task_id=self.task_id,
-            state=self.state,
+            state=state,
             created_at=self.created_at,
             started_at=self.started_at,
-            completed_at=self.completed_at,
+            completed_at=completed_at,
             duration_seconds=round(duration, 3) if duration is not None else None,
             tasks_total=progress.total,
             tasks_ok=progress.ok,
@@ -93,13 +101,13 @@ class Job:
             tasks_failed=progress.failed,
             tasks_skipped=progress.skipped,
             tasks_unreachable=progress.unreachable,
-            return_code=self.return_code,
-            error_message=self.error_message,
+            return_code=None if progress_only else self.return_code,
+            error_message=error,
             output=progress.output,
             worker_id=self.worker_id,
             playbook=self.request.playbook,
             current_play=progress.current_play,
-            current_task=progress.current_task if not self.state.terminal else None,
+            current_task=progress.current_task if not state.terminal else None,
             tasks_rescued=progress.rescued,
             tasks_ignored=progress.ignored,
             output_per_host=progress.output_per_host,
@@ -219,7 +227,9 @@ class JobRunner:
                         kill_grace=self.settings.kill_grace,
                         tail=tail,
                         record=record,
-                        side_reader=lambda: fifo.read_events(lambda event: self._on_event(job, event)),
+                        side_reader=lambda exited: fifo.read_events(
+                            lambda event: self._on_event(job, event), exited=exited
+                        ),
                     )
                 finally:
                     job.return_code = record.returncode
@@ -232,7 +242,7 @@ class JobRunner:
         if self.events is not None and job.events is not None:
             self.events.offer(job.events, event)
         if event.get("event") in _STATUS_EVENTS and not job.state.terminal:
-            self.outbox.post(job.status())
+            self.outbox.post_progress(job.task_id, lambda: job.status(progress_only=True))
 
     def _judge(self, job: Job, returncode: int, tail: OutputTail) -> tuple[State, str | None]:
         if returncode == 0:

@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 CONNECT_TIMEOUT = 10.0
+# QoS 0 messages that may wait in paho's queue before publish_nowait refuses more.
+OUTGOING_LIMIT = 10_000
 DISCONNECT_TIMEOUT = 2.0
 
 
@@ -138,6 +140,16 @@ class MqttLink:
         except _LINK_ERRORS as exc:
             raise LinkLost(f"publish to {topic!r} failed: {str(exc) or 'connection closed'}") from exc
 
+    def publish_nowait(self, topic: str, payload: bytes) -> None:
+        """Publish at QoS 0 without waiting: the message joins paho's outgoing queue now.
+
+        For high-rate, best-effort messages (live events), where a round trip through the
+        asyncio loop per message would cost more than the message. Errors: `LinkLost` when
+        not connected or when the outgoing queue is full (the broker is not keeping up).
+        """
+        assert isinstance(self._client, _TrioSafeClient)
+        self._client.publish_nowait(topic, payload)
+
     def messages(self) -> AsyncIterator[InboundMessage]:
         """Messages of every subscription, in arrival order; ends with `LinkLost`."""
         return _Messages(trio_asyncio.aio_as_trio(self._client.messages, loop=self._loop))
@@ -196,15 +208,26 @@ async def open_mqtt_link(options: LinkOptions) -> AsyncIterator[MqttLink]:
 
 
 class _TrioSafeClient(aiomqtt.Client):
-    """aiomqtt's client, with socket registrations that cannot outlive paho's socket.
+    """aiomqtt's client with socket handling fit for trio-asyncio.
 
-    aiomqtt defers `add_reader`/`add_writer` through `call_soon_threadsafe` (paho may call
-    from the connect thread). When the connection breaks, paho closes the socket before a
-    deferred registration runs, which then asks Trio to watch a closed (or reused) file
-    descriptor: Trio fails with an internal error and the whole process dies. Here a
-    deferred registration first checks that the socket is still paho's open socket.
+    Safety: aiomqtt defers `add_reader`/`add_writer` through `call_soon_threadsafe` (paho
+    may call from the connect thread). When the connection breaks, paho closes the socket
+    before a deferred registration runs, which then asks Trio to watch a closed (or
+    reused) file descriptor: Trio fails with an internal error and the process dies. Here
+    a deferred registration first checks that the socket is still paho's open socket.
+
+    Speed: aiomqtt answers each "paho wants to write" with `add_writer`, which trio-asyncio
+    serves with a new Trio task per call: a task, an epoll registration and a teardown per
+    message. Here the writes asked for within one loop turn are flushed together at once,
+    and only a full socket buffer makes us wait for writability.
+
     These overrides follow aiomqtt 2.x's private callbacks, hence the `<3` pin.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._flush_pending = False
+        self._writer_waiting = False
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         def read() -> None:
@@ -225,21 +248,60 @@ class _TrioSafeClient(aiomqtt.Client):
         self._loop.call_soon_threadsafe(register)
 
     def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        def write() -> None:
+        if self._flush_pending or self._writer_waiting:
+            return
+        self._flush_pending = True
+        self._loop.call_soon_threadsafe(self._flush, client, sock)
+
+    def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._writer_waiting = False
+        super()._on_socket_unregister_write(client, userdata, sock)
+
+    def _flush(self, client: mqtt.Client, sock: Any) -> None:
+        try:
+            if not _still_open(client, sock):
+                return
+            # paho sends each packet with its own send(); corked, the kernel packs a burst of
+            # small messages into full segments and sends them when we uncork.
+            cork = len(client._out_packet) > 1
             try:
+                if cork:
+                    _set_cork(sock, on=True)
                 client.loop_write()
             except Exception as exc:  # a broken connection, whatever paho raises for it
                 self._fail(exc)
+                return
+            finally:
+                if cork and _still_open(client, sock):
+                    _set_cork(sock, on=False)
+            if client.want_write() and _still_open(client, sock):
+                # The socket buffer is full: wait until the kernel takes more.
+                self._writer_waiting = True
+                self._loop.add_writer(sock.fileno(), self._write_when_ready, client, sock)
+        finally:
+            self._flush_pending = False
 
-        def register() -> None:
-            if _still_open(client, sock):
-                self._loop.add_writer(sock.fileno(), write)
+    def _write_when_ready(self, client: mqtt.Client, sock: Any) -> None:
+        self._writer_waiting = False
+        self._loop.remove_writer(sock.fileno())
+        self._flush_pending = True
+        self._flush(client, sock)
 
-        self._loop.call_soon_threadsafe(register)
+    def publish_nowait(self, topic: str, payload: bytes) -> None:
+        if len(self._client._out_packet) >= OUTGOING_LIMIT:
+            raise LinkLost(f"publish to {topic!r} failed: {OUTGOING_LIMIT} messages already wait to be sent")
+        info = self._client.publish(topic, payload, qos=0)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise LinkLost(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
 
     def _fail(self, exc: Exception) -> None:
         if not self._disconnected.done():
             self._disconnected.set_exception(exc)
+
+
+def _set_cork(sock: Any, *, on: bool) -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not TCP (a Unix socket), or already gone
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
 
 
 def _still_open(client: mqtt.Client, sock: Any) -> bool:

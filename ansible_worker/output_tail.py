@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import trio
 
+# Ansible's human output only feeds error messages: no one waits for it line by line.
+GATHER_SECONDS = 0.05
+
 
 class OutputTail:
     """The newest `limit` bytes written to a pipe, and how many bytes there were in all."""
@@ -27,7 +30,15 @@ class OutputTail:
         lines = [line.rstrip() for line in self.text().splitlines()]
         return [line for line in lines if line][-count:]
 
-    async def drain(self, stream: trio.abc.ReceiveStream) -> None:
-        """Read `stream` until it ends."""
+    async def drain(self, stream: trio.abc.ReceiveStream, *, exited: trio.Event) -> None:
+        """Read `stream` until it ends.
+
+        A short pause after each read lets Ansible's lines gather in the pipe (64 KiB of
+        room), so a chatty run costs the worker one wakeup per burst, not one per line.
+        The pause ends early once the process has `exited`: the end is near, and waiting
+        would only delay the job's result.
+        """
         while chunk := await stream.receive_some(65536):
             self.feed(chunk)
+            with trio.move_on_after(GATHER_SECONDS):
+                await exited.wait()

@@ -105,11 +105,11 @@ async def run_with_output(
     kill_grace: float,
     tail: OutputTail,
     record: ExitRecord,
-    side_reader: Callable[[], Awaitable[None]] | None = None,
+    side_reader: Callable[[trio.Event], Awaitable[None]] | None = None,
     drain_seconds: float = 5.0,
 ) -> int:
     """`run_process_group` with stdout and stderr kept in `tail`, and an optional second
-    reader (the event FIFO) run alongside.
+    reader (the event FIFO) run alongside; readers get an event set when the process exits.
 
     The readers are shielded from the caller's cancellation so that a cancelled or timed
     out Ansible can still write its last lines instead of blocking on a full pipe while it
@@ -118,17 +118,18 @@ async def run_with_output(
     """
     read_fd, write_fd = os.pipe()
     readers = trio.CancelScope(shield=True)
+    exited = trio.Event()
 
     async def read_output() -> None:
         async with trio.lowlevel.FdStream(read_fd) as stream:
-            await tail.drain(stream)
+            await tail.drain(stream, exited=exited)
 
     async def read_all() -> None:
         with readers:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read_output)
                 if side_reader is not None:
-                    nursery.start_soon(side_reader)
+                    nursery.start_soon(side_reader, exited)
 
     with unwrap_lone_errors():
         async with trio.open_nursery() as nursery:
@@ -138,6 +139,7 @@ async def run_with_output(
                     argv, cwd=cwd, env=env, output_fd=write_fd, kill_grace=kill_grace, record=record
                 )
             finally:
+                exited.set()
                 # Our copy of the write end would keep the pipe from ever reaching end of file.
                 os.close(write_fd)
                 readers.deadline = trio.current_time() + drain_seconds

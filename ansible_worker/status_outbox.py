@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 
 from ansible_worker.models import JobStatus, State
+
+
+@dataclass(slots=True)
+class _Entry:
+    state: State
+    build: Callable[[], JobStatus]
+
+
+def _snapshot(status: JobStatus) -> Callable[[], JobStatus]:
+    return lambda: status
 
 
 class StatusOutbox:
@@ -20,13 +32,18 @@ class StatusOutbox:
     memory by the number of live jobs. `post` never blocks.
 
     Pacing: a `running` status that follows another `running` status of the same job waits
-    until `interval` seconds after the previous one was sent; every change of state is due
-    at once. A job's statuses leave in the order they were made, so the terminal one is last.
+    until `interval` seconds after the previous one was sent, unless a change of state is
+    queued behind it; every change of state is due at once. A job's statuses leave in the
+    order they were made, so the terminal one is last.
+
+    Progress updates are posted as builders (`post_progress`) and built only when they are
+    about to be published: a job that emits thousands of events costs a few status
+    builds a second, not one per event.
     """
 
     def __init__(self, *, interval: float) -> None:
         self.interval = interval
-        self._pending: dict[str, list[JobStatus]] = {}
+        self._pending: dict[str, list[_Entry]] = {}
         self._last_sent: dict[str, tuple[State, float]] = {}
         self._in_flight = 0
         self._changed = trio.Event()
@@ -34,11 +51,19 @@ class StatusOutbox:
         self._idle.set()
 
     def post(self, status: JobStatus) -> None:
-        queue = self._pending.setdefault(status.task_id, [])
-        if queue and queue[-1].state == status.state:
-            queue[-1] = status
+        """A status as it is now: a change of state, or a terminal status."""
+        self._add(status.task_id, _Entry(status.state, _snapshot(status)))
+
+    def post_progress(self, task_id: str, build: Callable[[], JobStatus]) -> None:
+        """A `running` update, built by `build` when it is published (which must say running)."""
+        self._add(task_id, _Entry(State.RUNNING, build))
+
+    def _add(self, task_id: str, entry: _Entry) -> None:
+        queue = self._pending.setdefault(task_id, [])
+        if queue and queue[-1].state == entry.state:
+            queue[-1] = entry
         else:
-            queue.append(status)
+            queue.append(entry)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         self._changed.set()
 
@@ -51,14 +76,15 @@ class StatusOutbox:
             now = trio.current_time()
             next_due = math.inf
             for task_id, queue in self._pending.items():
-                status = queue[0]
-                due = self._due_time(status)
+                entry = queue[0]
+                # Pacing never holds back a change of state queued behind an update.
+                due = -math.inf if len(queue) > 1 else self._due_time(task_id, entry.state)
                 if due <= now:
                     del queue[0]
                     if not queue:
                         del self._pending[task_id]
                     self._in_flight += 1
-                    return status
+                    return entry.build()
                 next_due = min(next_due, due)
             self._changed = trio.Event()
             with trio.move_on_at(next_due):
@@ -75,7 +101,7 @@ class StatusOutbox:
         """A publish failed: send it again first, unless a newer one of its state arrived."""
         queue = self._pending.setdefault(status.task_id, [])
         if not queue or queue[0].state != status.state:
-            queue.insert(0, status)
+            queue.insert(0, _Entry(status.state, _snapshot(status)))
         self._finish_one()
 
     @property
@@ -86,9 +112,9 @@ class StatusOutbox:
         """Wait until every posted status has been published."""
         await self._idle.wait()
 
-    def _due_time(self, status: JobStatus) -> float:
-        previous = self._last_sent.get(status.task_id)
-        if previous is None or status.state != State.RUNNING or previous[0] != State.RUNNING:
+    def _due_time(self, task_id: str, state: State) -> float:
+        previous = self._last_sent.get(task_id)
+        if previous is None or state != State.RUNNING or previous[0] != State.RUNNING:
             return -math.inf
         return previous[1] + self.interval
 

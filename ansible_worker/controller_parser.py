@@ -1,0 +1,126 @@
+"""The controller commands' arguments, help and exit codes, without loading what runs them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+CONTROLLER_COMMANDS = frozenset({"submit", "watch", "status", "cancel", "forget", "workers"})
+
+EXIT_SUCCESS = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+EXIT_CANCELLED = 4
+EXIT_UNAVAILABLE = 5
+EXIT_STOPPED_WATCHING = 130
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    the job succeeded (or, without --wait, a worker queued it)
+  1    the job failed
+  2    bad arguments or configuration
+  3    the job timed out
+  4    the job was cancelled
+  5    no worker answered, the broker could not be reached, or no such job
+  130  you stopped watching with Ctrl-C; the job goes on
+"""
+
+
+_SUBMIT_HELP = """\
+Publish a job for the workers of a group, like running ansible-playbook there.
+The flags mirror ansible-playbook's. PLAYBOOK and INVENTORY are paths inside the
+workers' playbook directory; an inventory with a comma is a host list (web1,web2,).
+
+examples:
+  ansible-worker submit site.yml -i inventories/prod -l web -e version=1.2 --wait
+  ansible-worker submit ping.yml -i 'db1,db2,' --check --diff -vv --wait
+  ansible-worker submit site.yml -i hosts.ini --broker mqtt://broker.example --json
+"""
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("broker")
+    group.add_argument("-c", "--config", type=Path, help="read the broker and group from this file (as the workers do)")
+    group.add_argument("--broker", metavar="URL", help="mqtt://[user[:password]@]host[:port] or mqtts://...")
+    group.add_argument("--group", help="the workers' group_name (default: from the config, else 'default')")
+    group.add_argument("--prefix", help="the workers' topic_prefix (default: from the config, else 'ansible')")
+
+
+def add_controller_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add submit, watch, status, cancel, forget and workers to the command line."""
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=description,
+            epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        add_connection_options(sub)
+        return sub
+
+    submit = command("submit", "publish a job (like ansible-playbook, on a worker)", _SUBMIT_HELP)
+    submit.add_argument("playbook", metavar="PLAYBOOK", help="playbook path, relative to the playbook directory")
+    submit.add_argument("-i", "--inventory", required=True, help="inventory path, or a host list with a comma")
+    submit.add_argument(
+        "-e",
+        "--extra-vars",
+        action="append",
+        metavar="VARS",
+        help="KEY=VALUE pairs, @FILE (YAML or JSON), or a JSON object; repeatable, later wins",
+    )
+    submit.add_argument("-l", "--limit", help="limit to these hosts or groups")
+    submit.add_argument("-t", "--tags", action="append", help="only tasks with these tags (comma-separated)")
+    submit.add_argument("--skip-tags", action="append", help="skip tasks with these tags (comma-separated)")
+    submit.add_argument("-C", "--check", action="store_true", help="check mode: change nothing")
+    submit.add_argument("-D", "--diff", action="store_true", help="show the differences of changed files")
+    submit.add_argument("-v", "--verbose", action="count", default=0, help="more Ansible output (up to -vvvv)")
+    submit.add_argument("-f", "--forks", type=int, help="parallel processes (default 5)")
+    submit.add_argument("--timeout", type=float, metavar="SECONDS", help="end the job after this long")
+    submit.add_argument("--git-pull", action="store_true", help="git pull the playbook directory first")
+    submit.add_argument("--task-id", help="name the job (default: a new unique id)")
+    submit.add_argument("-w", "--wait", action="store_true", help="follow the job live until it ends")
+    submit.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
+    submit.add_argument(
+        "--answer-within",
+        type=float,
+        metavar="SECONDS",
+        help="give up if no worker answers within this long (default 10)",
+    )
+
+    watch = command(
+        "watch",
+        "follow a job live, from wherever it is now",
+        "Follow a job live: Ansible's output lines, the task now running, counts and elapsed time.\n"
+        "Ctrl-C asks whether to cancel the job or just stop watching.",
+    )
+    watch.add_argument("task_id", metavar="TASK_ID")
+    watch.add_argument("--json", action="store_true", help="one JSON object per status or event, for scripts")
+
+    status = command("status", "show a job's current status", "Show the status the broker holds for a job.")
+    status.add_argument("task_id", metavar="TASK_ID")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    cancel = command(
+        "cancel",
+        "cancel a queued or running job",
+        "Cancel a job: a queued one leaves the queue, a running one has its processes ended.\n"
+        "Waits until the worker confirms.",
+    )
+    cancel.add_argument("task_id", metavar="TASK_ID")
+    cancel.add_argument("--reason", help="why; shown in the job's final status")
+    cancel.add_argument(
+        "--wait-seconds", type=float, default=60, metavar="SECONDS", help="how long to wait for the worker to confirm"
+    )
+
+    forget = command(
+        "forget", "clear a finished job's status", "Remove a finished job's retained status from the broker."
+    )
+    forget.add_argument("task_id", metavar="TASK_ID")
+
+    workers = command(
+        "workers", "list the group's workers", "List the workers of the group: state, capacity, load, last heartbeat."
+    )
+    workers.add_argument("--json", action="store_true", help="print the list as JSON")
