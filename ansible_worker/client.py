@@ -35,6 +35,7 @@ __all__ = [
     "Client",
     "ClientError",
     "JobHandle",
+    "JobLost",
     "NoWorkerAnswered",
     "Target",
     "Update",
@@ -54,6 +55,10 @@ class ClientError(Exception):
 
 class NoWorkerAnswered(ClientError):
     """A submitted job got no `queued` status in time: no worker of the group is listening."""
+
+
+class JobLost(ClientError):
+    """The worker holding the job went offline (its will message) before the job ended."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +124,10 @@ def default_requester() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """One thing heard about a job: a status or a live event, in arrival order."""
+    """One thing heard about a job, in arrival order: a status, a live event, or that it was
+    lost (its worker went offline before the job ended; `data` is that worker's presence)."""
 
-    kind: Literal["status", "event"]
+    kind: Literal["status", "event", "lost"]
     data: dict[str, Any]
     retained: bool = False
 
@@ -279,9 +285,10 @@ class JobHandle:
         self.client = client
         self.task_id = task_id
         self.latest: dict[str, Any] | None = None
-        self._filters = [client.topics.status(task_id)]
+        self._filters = [client.topics.status(task_id), client.topics.workers_subscription]
         if events:
             self._filters.append(client.topics.events(task_id))
+        self._offline: set[str] = set()
         self._receive: trio.MemoryReceiveChannel[InboundMessage] | None = None
         self._backlog: deque[Update] = deque()
         self._finished = False
@@ -341,9 +348,13 @@ class JobHandle:
         return await self._next_update()
 
     async def wait(self) -> dict[str, Any]:
-        """Wait for the terminal status and return it."""
-        async for _ in self.updates():
-            pass
+        """Wait for the terminal status and return it.
+
+        Errors: `JobLost` if the job's worker went offline before the job ended.
+        """
+        async for update in self.updates():
+            if update.kind == "lost":
+                raise JobLost(lost_message(self.task_id, update.data))
         assert self.latest is not None
         return self.latest
 
@@ -380,8 +391,26 @@ class JobHandle:
         if message.topic.endswith("/status"):
             self.latest = data
             self._finished = data.get("state") in TERMINAL_STATES
+            if not self._finished and data.get("worker_id") in self._offline:
+                return self._lost({"worker_id": data["worker_id"], "state": "offline"})
             return Update("status", data, message.retain)
-        return Update("event", data, message.retain)
+        if message.topic.endswith("/events"):
+            return Update("event", data, message.retain)
+        return self._presence(message.topic.rsplit("/", 1)[-1], data)
+
+    def _presence(self, worker_id: str, presence: dict[str, Any]) -> Update | None:
+        if presence.get("state") != "offline":
+            self._offline.discard(worker_id)
+            return None
+        self._offline.add(worker_id)
+        latest = self.latest or {}
+        if self._finished or latest.get("worker_id") != worker_id:
+            return None
+        return self._lost(presence)
+
+    def _lost(self, presence: dict[str, Any]) -> Update:
+        self._finished = True
+        return Update("lost", presence)
 
 
 class _Updates:
@@ -412,6 +441,13 @@ class _StatusData:
 
     async def __anext__(self) -> dict[str, Any]:
         return (await self._updates.__anext__()).data
+
+
+def lost_message(task_id: str, presence: dict[str, Any]) -> str:
+    return (
+        f"job {task_id} is lost: its worker {presence.get('worker_id')} went offline before the job ended"
+        " (it may report the job when it comes back with the same state_dir)"
+    )
 
 
 def _decode(payload: bytes) -> dict[str, Any] | None:

@@ -97,6 +97,8 @@ class WorkerSettings(BaseModel):
     concurrency: int = Field(1, ge=1, le=256)
     task_timeout: float = Field(3600, gt=0)
     kill_grace: float = Field(10, ge=0, le=3600)
+    drain_timeout: float = Field(60, ge=0)
+    state_dir: Path | None = None
     shared_subscription: bool = True
     ansible_playbook_path: str = Field("ansible-playbook", min_length=1)
     git_path: str = Field("git", min_length=1)
@@ -118,7 +120,7 @@ class WorkerSettings(BaseModel):
             raise ValueError(f"not a directory: {value}")
         return value.resolve()
 
-    @field_validator("run_directory")
+    @field_validator("run_directory", "state_dir")
     @classmethod
     def _check_run_directory(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_dir():

@@ -20,6 +20,7 @@ from ansible_worker.client import (
     ClientError,
     JobHandle,
     Target,
+    lost_message,
     open_client,
     target_from_settings,
     target_from_url,
@@ -144,19 +145,34 @@ async def watch(client: Client, args: argparse.Namespace, console: Console) -> i
 async def follow(handle: JobHandle, console: Console, *, as_json: bool) -> int:
     """Show a job until it ends. Ctrl-C asks whether to cancel it or just stop watching."""
     interactive = sys.stdin.isatty() and not as_json
+    lost: dict[str, Any] | None = None
+
+    async def show() -> dict[str, Any] | None:
+        nonlocal lost
+        async for update in handle.updates():
+            if update.kind == "lost":
+                lost = update.data
+                return None
+            if as_json:
+                if not (update.kind == "status" and update.data.get("state") in _STATE_EXIT):
+                    console.print(json.dumps({"type": update.kind, "data": update.data}), soft_wrap=True, markup=False)
+            else:
+                view.show(update)
+        return handle.latest
+
     with trio.open_signal_receiver(signal.SIGINT) as interrupts:
         view = JobView(console, handle.task_id)
         with view:
-            final, interrupted = await _until_interrupted(lambda: _show(handle, view, console, as_json), interrupts)
+            final, interrupted = await _until_interrupted(show, interrupts)
         if interrupted and interactive:
             console.print()
             if await ask_yes_no(console, f"Cancel job {handle.task_id} too? [y/N] ", interrupts):
                 await handle.cancel(reason="interrupted at the terminal")
                 console.print("cancel requested; waiting for the job to end", style="dim")
                 with view:
-                    final, interrupted = await _until_interrupted(
-                        lambda: _show(handle, view, console, as_json), interrupts
-                    )
+                    final, interrupted = await _until_interrupted(show, interrupts)
+        if lost is not None:
+            raise CommandError(lost_message(handle.task_id, lost), EXIT_UNAVAILABLE)
         if interrupted or final is None:
             console.print(f"stopped watching; {handle.task_id} goes on (ansible-worker watch {handle.task_id})")
             return EXIT_STOPPED_WATCHING
@@ -166,16 +182,6 @@ async def follow(handle: JobHandle, console: Console, *, as_json: bool) -> int:
         console.print()
         console.print(summary(final))
     return _STATE_EXIT.get(str(final.get("state")), EXIT_FAILED)
-
-
-async def _show(handle: JobHandle, view: JobView, console: Console, as_json: bool) -> dict[str, Any] | None:
-    async for update in handle.updates():
-        if as_json:
-            if not (update.kind == "status" and update.data.get("state") in _STATE_EXIT):
-                console.print(json.dumps({"type": update.kind, "data": update.data}), soft_wrap=True, markup=False)
-        else:
-            view.show(update)
-    return handle.latest
 
 
 async def _until_interrupted(work: Callable[[], Awaitable[T]], interrupts: AsyncIterator[int]) -> tuple[T | None, bool]:

@@ -7,6 +7,7 @@ import logging
 import trio
 
 from ansible_worker.job import Job, JobRunner
+from ansible_worker.journal import Journal
 from ansible_worker.models import JobStatus, State, TaskRequest, utc_now
 
 log = logging.getLogger(__name__)
@@ -21,8 +22,11 @@ class Dispatcher:
     `run` returns when the last running job has published its terminal status.
     """
 
-    def __init__(self, runner: JobRunner, *, worker_id: str, capacity: int, concurrency: int) -> None:
+    def __init__(
+        self, runner: JobRunner, *, worker_id: str, capacity: int, concurrency: int, journal: Journal | None = None
+    ) -> None:
         self.runner = runner
+        self.journal = journal
         self.worker_id = worker_id
         self.capacity = capacity
         self.concurrency = concurrency
@@ -38,24 +42,29 @@ class Dispatcher:
     def queued_count(self) -> int:
         return sum(1 for job in self.jobs.values() if job.state == State.QUEUED)
 
-    def submit(self, request: TaskRequest) -> None:
+    def submit(self, request: TaskRequest, payload: bytes = b"") -> Job | None:
+        """Queue a job; None if it was refused (queue full, shutting down) or is a duplicate."""
         task_id = request.task_id
         if task_id in self.jobs:
             log.warning(
                 "task %s is already %s on this worker; ignoring the duplicate", task_id, self.jobs[task_id].state
             )
-            return
-        job = Job(request, worker_id=self.worker_id)
+            return None
+        job = Job(request, worker_id=self.worker_id, payload=payload)
         try:
             self._send.send_nowait(job)
         except trio.WouldBlock:
             self._refuse(job, State.FAILED, f"queue full (max {self.capacity})")
-            return
+            return None
         except trio.ClosedResourceError:
-            self._refuse(job, State.CANCELLED, "worker is shutting down")
-            return
+            self._refuse(job, State.CANCELLED, "cancelled: the worker shut down before the job started")
+            return None
         self.jobs[task_id] = job
+        if self.journal is not None:
+            # On disk before anyone is told it was accepted.
+            self.journal.accepted(task_id, payload, job.status())
         self.runner.announce(job)
+        return job
 
     def reject(self, task_id: str, reason: str) -> None:
         """Answer an invalid message with `failed`, unless that would overwrite a live job's status."""
@@ -95,10 +104,29 @@ class Dispatcher:
             job.cancel_scope.cancel()
         return True
 
-    def close(self, description: str) -> None:
+    def stop_taking(self) -> list[Job]:
+        """Take no more jobs; return the queued ones, which no slot will start any more.
+
+        The caller hands them back to the group or cancels them. Slots finish the running
+        jobs, then `run` returns.
+        """
         self._send.close()
+        queued = [job for job in self.jobs.values() if job.state == State.QUEUED]
+        for job in queued:
+            job.handed_back = True  # slots skip it from now on, whatever happens to it next
+            del self.jobs[job.task_id]
+            self.jobs_done += 1
+        self.runner.on_transition()
+        return queued
+
+    def cancel_running(self, description: str) -> None:
         for task_id in list(self.jobs):
             self.cancel(task_id, description)
+
+    async def wait_idle(self) -> None:
+        """Wait until no job is running."""
+        while self.jobs:
+            await next(iter(self.jobs.values())).done.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -108,7 +136,7 @@ class Dispatcher:
 
     async def _serve_slot(self) -> None:
         async for job in self._receive:
-            if job.state.terminal:
+            if job.settled:
                 continue
             try:
                 await self.runner.execute(job)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,18 @@ MAX_LINE_BYTES = 4 * 1024 * 1024
 GATHER_SECONDS = 0.01
 
 
+async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as any of `waits` returns; the others are cancelled."""
+    async with trio.open_nursery() as nursery:
+        for wait in waits:
+
+            async def run(wait: Callable[[], Awaitable[object]] = wait) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+
+
 class EventFifo:
     """The read end of a FIFO that one run of ansible-playbook writes events into.
 
@@ -31,6 +43,7 @@ class EventFifo:
         os.mkfifo(path, 0o600)
         self.path = path
         self.invalid_lines = 0
+        self._seen_data = False
         self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
 
     async def read_events(self, on_event: Callable[[dict[str, Any]], None], *, exited: trio.Event) -> None:
@@ -43,8 +56,9 @@ class EventFifo:
         pending = b""
         while True:
             # Reading a FIFO that no writer has opened yet returns b"", a false end of file:
-            # always wait until a writer has written (or opened and closed) first.
-            await trio.lowlevel.wait_readable(self._fd)
+            # wait until a writer has written (or opened and closed) first, or until Ansible
+            # has exited, after which an empty read is the true end.
+            await _first_of(self._wait_readable, exited.wait)
             with trio.move_on_after(GATHER_SECONDS):
                 await exited.wait()
             chunk, ended = self._read_available()
@@ -70,9 +84,18 @@ class EventFifo:
                 return b"".join(parts), False
             if not part:
                 return b"".join(parts), True
+            self._seen_data = True
             parts.append(part)
             if sum(map(len, parts)) > MAX_LINE_BYTES:
                 return b"".join(parts), False
+
+    async def _wait_readable(self) -> None:
+        await trio.lowlevel.wait_readable(self._fd)
+
+    @property
+    def opened(self) -> bool:
+        """Whether anything was ever read: a run whose plugin never wrote leaves this False."""
+        return self._seen_data
 
     def close(self) -> None:
         os.close(self._fd)

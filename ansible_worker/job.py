@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,6 +59,8 @@ class Job:
 
     request: TaskRequest
     worker_id: str
+    # The message as it arrived, to hand it back to the group unchanged.
+    payload: bytes = b""
     created_at: datetime = field(default_factory=utc_now)
     state: State = State.QUEUED
     started_at: datetime | None = None
@@ -70,11 +73,17 @@ class Job:
     cancel_reason: str | None = None
     cancelled_by: str | None = None
     events: EventStream | None = None
+    handed_back: bool = False
     done: trio.Event = field(default_factory=trio.Event)
 
     @property
     def task_id(self) -> str:
         return self.request.task_id
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more for this worker to do: ended, or given back to the group."""
+        return self.state.terminal or self.handed_back
 
     def status(self, *, progress_only: bool = False) -> JobStatus:
         """The status now; with `progress_only`, a `running` status with the counts so far.
@@ -235,7 +244,7 @@ class JobRunner:
                     job.return_code = record.returncode
             finally:
                 fifo.close()
-        return self._judge(job, returncode, tail)
+        return self._judge(job, returncode, tail, fifo)
 
     def _on_event(self, job: Job, event: dict[str, Any]) -> None:
         job.progress.apply(event)
@@ -244,7 +253,20 @@ class JobRunner:
         if event.get("event") in _STATUS_EVENTS and not job.state.terminal:
             self.outbox.post_progress(job.task_id, lambda: job.status(progress_only=True))
 
-    def _judge(self, job: Job, returncode: int, tail: OutputTail) -> tuple[State, str | None]:
+    def _judge(self, job: Job, returncode: int, tail: OutputTail, fifo: EventFifo) -> tuple[State, str | None]:
+        """How the run ended, from Ansible's exit code and what its events said."""
+        if returncode < 0:
+            name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+            return State.FAILED, f"ansible-playbook was killed by {name}{_so_far(job)}"
+        if fifo.invalid_lines:
+            return State.FAILED, (
+                f"ansible-playbook sent {fifo.invalid_lines} unreadable event lines (exit code {returncode}):"
+                " its counts cannot be trusted"
+            )
+        if returncode == 0 and not fifo.opened:
+            return State.FAILED, "ansible-playbook exited 0 but sent no events: the event plugin did not run"
+        if returncode == 0 and not job.progress.stats_seen:
+            return State.FAILED, "ansible-playbook exited 0 without its final statistics: the run was cut short"
         if returncode == 0:
             return State.SUCCESS, None
         if job.progress.first_failure is not None:
@@ -277,6 +299,11 @@ class JobRunner:
         if returncode != 0:
             message = " | ".join(tail.last_lines(4)) or "no output"
             raise JobRefusedError(f"git pull failed (exit {returncode}): {message[-1000:]}")
+
+
+def _so_far(job: Job) -> str:
+    task = job.progress.current_task
+    return f" during task '{task}'" if task else ""
 
 
 def _ansible_error(tail: OutputTail) -> str:

@@ -116,6 +116,7 @@ class JobStatus(BaseModel):
     tasks_ignored: int = 0
     output_per_host: dict[str, dict[str, Any]] = Field(default_factory=dict)
     cancelled_by: str | None = None
+    handed_back_by: str | None = None
     last_event_seq: int = 0
     events_dropped: int = 0
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 
 import trio
 
@@ -12,8 +12,9 @@ from ansible_worker.config import Settings
 from ansible_worker.dispatcher import Dispatcher
 from ansible_worker.event_publisher import EventPublisher
 from ansible_worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
-from ansible_worker.job import JobRunner
-from ansible_worker.models import CancelRequest
+from ansible_worker.job import Job, JobRunner
+from ansible_worker.journal import Journal
+from ansible_worker.models import CancelRequest, JobStatus, State, TaskRequest, utc_now
 from ansible_worker.mqtt_link import InboundMessage, LinkError, LinkOptions
 from ansible_worker.presence import Load, PresenceAnnouncer, WorkerState
 from ansible_worker.status_outbox import StatusOutbox
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 # Time left after the jobs' own kill grace for their statuses to reach the broker.
 SHUTDOWN_MARGIN = 5.0
+HAND_BACK_TIMEOUT = 5.0
 PUBLISH_RETRY_PAUSE = 0.2
 
 
@@ -45,9 +47,11 @@ def link_options(settings: Settings) -> LinkOptions:
 class Worker:
     """One worker process's parts, supervised by `run`.
 
-    Shutdown is `request_shutdown`: the serving nursery stops taking jobs, cancels queued and
-    running ones, and gets `kill_grace` plus a margin to finish; the statuses are then
-    flushed (bounded) before the broker session is cancelled and disconnects cleanly.
+    Shutdown is `request_shutdown`: the worker says it is draining, stops taking jobs, hands
+    queued ones back to the group (or cancels them when no other worker is online), lets
+    running ones finish within `drain_timeout`, then cancels what is left, which then has
+    `kill_grace` plus a margin to end. Statuses are flushed (bounded), the presence says
+    offline, and the broker session is cancelled and disconnects cleanly.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -59,17 +63,26 @@ class Worker:
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[InboundMessage](256)
         self.session = BrokerSession(
             link_options(settings),
-            [(self.tasks_subscription, 2), (self.topics.cancel_subscription, 1)],
+            [
+                (self.tasks_subscription, 2),
+                (self.topics.cancel_subscription, 1),
+                (self.topics.workers_subscription, 1),
+            ],
             self._inbox_send,
             will=lambda: self.presence.will(),
             on_connected=lambda: self.presence.connected(),
         )
         self.events = EventPublisher(self.session, qos=worker.events_qos) if worker.publish_events else None
+        self.journal = Journal(worker.state_dir) if worker.state_dir is not None else None
         self.runner = JobRunner(
             worker, self.outbox, topics=self.topics, events=self.events, on_transition=lambda: self.presence.changed()
         )
         self.dispatcher = Dispatcher(
-            self.runner, worker_id=worker.worker_id, capacity=worker.max_queue_size, concurrency=worker.concurrency
+            self.runner,
+            worker_id=worker.worker_id,
+            capacity=worker.max_queue_size,
+            concurrency=worker.concurrency,
+            journal=self.journal,
         )
         self.presence = PresenceAnnouncer(
             self.session,
@@ -81,12 +94,18 @@ class Worker:
         )
         self._shutdown = trio.Event()
         self._serving: trio.CancelScope | None = None
+        self._drain_wait = trio.CancelScope()
+        self._hurry = False
+        self._infrastructure: trio.Nursery | None = None
+        # The state of every other worker of the group, from their presence messages.
+        self.peers: dict[str, str] = {}
 
     def request_shutdown(self, *, hurry: bool = False) -> None:
-        """Begin a graceful shutdown; with `hurry`, stop waiting for running jobs."""
+        """Begin a graceful shutdown; with `hurry`, stop waiting for running jobs to finish."""
         self._shutdown.set()
-        if hurry and self._serving is not None:
-            self._serving.deadline = -math.inf
+        if hurry:
+            self._hurry = True
+            self._drain_wait.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         worker = self.settings.worker
@@ -99,6 +118,7 @@ class Worker:
             worker.playbook_directory,
         )
         async with trio.open_nursery() as infrastructure:
+            self._infrastructure = infrastructure
             await infrastructure.start(self.session.run)
             infrastructure.start_soon(self._publish_statuses)
             infrastructure.start_soon(self._take_messages)
@@ -108,26 +128,113 @@ class Worker:
             async with trio.open_nursery() as serving:
                 self._serving = serving.cancel_scope
                 await serving.start(self.dispatcher.run)
+                if self.journal is not None:
+                    self._settle_journal(self.journal)
                 task_status.started()
                 await self._shutdown.wait()
-                log.info(
-                    "shutting down: no new jobs; cancelling %d queued and %d running",
-                    self.dispatcher.queued_count,
-                    self.dispatcher.running_count,
-                )
-                if serving.cancel_scope.deadline == math.inf:
-                    serving.cancel_scope.deadline = trio.current_time() + worker.kill_grace + SHUTDOWN_MARGIN
-                self.presence.set_state(WorkerState.DRAINING)
-                with trio.move_on_after(1):
-                    await self.session.unsubscribe(self.tasks_subscription)
-                self.dispatcher.close("cancelled: worker shutting down")
+                await self._drain(serving.cancel_scope)
             with trio.move_on_after(SHUTDOWN_MARGIN) as flush:
                 await self.outbox.wait_idle()
                 await self.presence.publish_offline()
             if flush.cancelled_caught:
                 log.warning("%d statuses could not be published before exit", self.outbox.pending_count)
             infrastructure.cancel_scope.cancel()
+        if self.journal is not None:
+            self.journal.close()
         log.info("worker %s stopped", worker.worker_id)
+
+    def _settle_journal(self, journal: Journal) -> None:
+        """Settle what a previous run of this worker left: run, report or re-publish."""
+        for entry in journal.entries():
+            if entry.state == State.QUEUED:
+                match read_task_message(entry.payload, max_bytes=self.settings.worker.max_message_bytes):
+                    case Accepted(request):
+                        log.info("task %s was queued before a restart: queueing it again", entry.task_id)
+                        self.dispatcher.submit(request, entry.payload)
+                        continue
+                journal.settled(entry.task_id)
+                continue
+            status = JobStatus.model_validate(entry.status)
+            if entry.state == State.RUNNING:
+                log.info("task %s was running when the worker stopped: reporting it failed", entry.task_id)
+                status = status.model_copy(
+                    update={
+                        "state": State.FAILED,
+                        "error_message": "interrupted: worker restarted",
+                        "completed_at": utc_now(),
+                        "current_task": None,
+                    }
+                )
+            else:
+                log.info("task %s: publishing its %s status again", entry.task_id, entry.state)
+            self.outbox.post(status)
+
+    async def _drain(self, serving: trio.CancelScope) -> None:
+        """Stop taking jobs, hand queued ones back, let running ones finish in time, or end them."""
+        worker = self.settings.worker
+        log.info(
+            "draining: no new jobs; %d queued to hand back, %d running (waiting up to %gs)",
+            self.dispatcher.queued_count,
+            self.dispatcher.running_count,
+            0 if self._hurry else worker.drain_timeout,
+        )
+        self.presence.set_state(WorkerState.DRAINING)
+        with trio.move_on_after(1):
+            await self.session.unsubscribe(self.tasks_subscription)
+        for job in self.dispatcher.stop_taking():
+            await self._hand_back(job.request, job.payload, job=job)
+        self._drain_wait.deadline = trio.current_time() + worker.drain_timeout
+        with self._drain_wait:
+            await self.dispatcher.wait_idle()
+        if self.dispatcher.jobs:
+            reason = "a second signal" if self._hurry else f"the drain timeout ({worker.drain_timeout:g}s)"
+            log.info("cancelling %d running jobs after %s", len(self.dispatcher.jobs), reason)
+            self.dispatcher.cancel_running("cancelled: worker shutting down")
+        # The jobs end their process groups (SIGTERM, kill_grace, SIGKILL), then the slots stop.
+        serving.deadline = trio.current_time() + worker.kill_grace + SHUTDOWN_MARGIN
+
+    async def _hand_back(self, request: TaskRequest, payload: bytes, *, job: Job | None = None) -> None:
+        """Give a job that did not start back to the group, or cancel it if nobody is there."""
+        online = sorted(worker for worker, state in self.peers.items() if state == WorkerState.ONLINE)
+        if online and payload:
+            status = JobStatus(
+                task_id=request.task_id,
+                state=State.QUEUED,
+                created_at=job.created_at if job else utc_now(),
+                playbook=request.playbook,
+                handed_back_by=self.settings.worker.worker_id,
+            )
+            try:
+                with trio.fail_after(HAND_BACK_TIMEOUT):
+                    # This status goes first: the next worker's own statuses must follow it.
+                    await self.session.publish(
+                        self.topics.status(request.task_id), status.to_json(), qos=1, retain=True
+                    )
+                    await self.session.publish(self.topics.tasks, payload, qos=2)
+            except (LinkError, trio.TooSlowError) as exc:
+                log.warning("task %s: could not hand it back (%s); cancelling it", request.task_id, exc)
+            else:
+                log.info("task %s handed back to the group (online: %s)", request.task_id, ", ".join(online))
+                if self.journal is not None:
+                    self.journal.settled(request.task_id)
+                return
+        description = "cancelled: the worker shut down before the job started"
+        if job is None:
+            now = utc_now()
+            refused = JobStatus(
+                task_id=request.task_id,
+                state=State.CANCELLED,
+                created_at=now,
+                completed_at=now,
+                error_message=description,
+                worker_id=self.settings.worker.worker_id,
+                playbook=request.playbook,
+            )
+            self.outbox.post(refused)
+            log.info("task %s %s", request.task_id, description)
+            return
+        job.finish(State.CANCELLED, description)
+        self.runner.announce(job)
 
     async def _take_messages(self) -> None:
         async with self._inbox_receive:
@@ -146,7 +253,25 @@ class Worker:
         if task_id is not None:
             self._take_cancel(task_id, message)
             return
+        if message.topic.startswith(self.topics.worker("")):
+            self._take_presence(message)
+            return
         log.warning("ignoring a message on unexpected topic %s", message.topic)
+
+    def _take_presence(self, message: InboundMessage) -> None:
+        worker_id = message.topic.rsplit("/", 1)[-1]
+        if worker_id == self.settings.worker.worker_id:
+            return
+        if not message.payload:
+            self.peers.pop(worker_id, None)
+            return
+        try:
+            state = json.loads(message.payload).get("state")
+        except (ValueError, AttributeError, RecursionError):
+            log.debug("ignoring an unreadable presence message of %s", worker_id)
+            return
+        if isinstance(state, str):
+            self.peers[worker_id] = state
 
     def _take_cancel(self, task_id: str, message: InboundMessage) -> None:
         request = read_cancel_message(message.payload)
@@ -158,8 +283,11 @@ class Worker:
 
     def _take_task(self, message: InboundMessage) -> None:
         match read_task_message(message.payload, max_bytes=self.settings.worker.max_message_bytes):
+            case Accepted(job) if self._shutdown.is_set() and self._infrastructure is not None:
+                # Arrived while draining, just before the unsubscription took effect.
+                self._infrastructure.start_soon(self._hand_back, job, message.payload)
             case Accepted(job):
-                self.dispatcher.submit(job)
+                self.dispatcher.submit(job, message.payload)
             case Rejected(task_id, reason):
                 self.dispatcher.reject(task_id, reason)
             case Dropped(reason):
@@ -171,6 +299,8 @@ class Worker:
         """The one task that publishes statuses: QoS 1, retained, in the order jobs made them."""
         while True:
             status = await self.outbox.take()
+            if self.journal is not None:
+                self.journal.status(status)
             retention = self.settings.worker.status_retention
             expiry = retention if status.state.terminal and retention else None
             try:
@@ -185,3 +315,5 @@ class Worker:
                 await self.session.wait_connected()
             else:
                 self.outbox.sent(status)
+                if self.journal is not None and status.state.terminal:
+                    self.journal.settled(status.task_id)

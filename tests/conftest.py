@@ -116,6 +116,7 @@ def make_settings(
         "playbook_directory": playbook_dir,
         "ansible_playbook_path": ANSIBLE_PLAYBOOK,
         "kill_grace": 3,
+        "drain_timeout": 1,
         "status_interval": 0.1,
     }
     values.update(worker)

@@ -1,0 +1,248 @@
+"""Lose nothing: drain with hand-back, crash recovery, lost workers, Ansible faults."""
+
+from __future__ import annotations
+
+import json
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from ansible_worker.client import Client, JobLost, open_client, target_from_url
+from ansible_worker.worker import Worker
+from tests.conftest import Broker, make_settings, processes_mentioning, running_worker
+
+QUICK = {"playbook": "quick.yml", "inventory": "one_host.ini"}
+EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
+
+
+def sleeper(seconds: float) -> dict[str, Any]:
+    return {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": seconds}}
+
+
+@asynccontextmanager
+async def client_for(broker: Broker, group: str) -> AsyncIterator[Client]:
+    async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
+        yield client
+
+
+async def wait_online(client: Client, worker_id: str) -> None:
+    """A shared-subscription job published before a worker subscribed would reach nobody."""
+    with trio.fail_after(30):
+        while not any(w["worker_id"] == worker_id and w["state"] == "online" for w in await client.workers()):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+
+
+async def wait_for_peer(worker: Worker, peer: str) -> None:
+    with trio.fail_after(15):
+        while worker.peers.get(peer) != "online":  # noqa: ASYNC110 - presence is state, polled with a bound
+            await trio.sleep(0.02)
+
+
+async def test_drain_hands_queued_jobs_to_another_worker(broker: Broker, playbook_dir: Path, group: str) -> None:
+    first = make_settings(broker, playbook_dir, group, worker_id="leaving", drain_timeout=60)
+    second = make_settings(broker, playbook_dir, group, worker_id="staying")
+    # A connection of its own for the full history: overlapping subscriptions on one
+    # connection would each get a copy of every message.
+    async with client_for(broker, group) as watcher, client_for(broker, group) as client:
+        status_feed = await watcher.subscribe([f"{watcher.topics.tasks}/+/status"])
+        async with running_worker(first) as leaving:
+            running = await client.submit({"task_id": "drain-running", **sleeper(3)})
+            queued = [await client.submit({"task_id": f"drain-queued-{index}", **QUICK}) for index in range(3)]
+            async with running_worker(second):
+                await wait_for_peer(leaving, "staying")
+                leaving.request_shutdown()
+                finals = [await handle.wait() for handle in (running, *queued)]
+        await watcher.barrier()
+    history: dict[str, list[dict[str, Any]]] = {}
+    while True:
+        try:
+            message = status_feed.receive_nowait()
+        except trio.WouldBlock:
+            break
+        if message.payload:
+            status = json.loads(message.payload)
+            history.setdefault(status["task_id"], []).append(status)
+    # The running job finished where it was, within the drain timeout.
+    assert finals[0]["state"] == "success"
+    assert finals[0]["worker_id"] == "leaving"
+    for final in finals[1:]:
+        task_id = final["task_id"]
+        assert final["state"] == "success", final
+        assert final["worker_id"] == "staying"
+        terminals = [s for s in history[task_id] if s["state"] in ("success", "failed", "cancelled", "timeout")]
+        assert len(terminals) == 1
+        assert any(s.get("handed_back_by") == "leaving" for s in history[task_id])
+
+
+async def test_second_signal_stops_waiting_for_running_jobs(broker: Broker, playbook_dir: Path, group: str) -> None:
+    settings = make_settings(broker, playbook_dir, group, drain_timeout=300, kill_grace=2)
+    async with client_for(broker, group) as client:
+        async with running_worker(settings) as worker:
+            job = await client.submit({"task_id": "hurry", **sleeper(281)})
+            async for status in job.statuses():
+                if status["state"] == "running":
+                    break
+            worker.request_shutdown()
+            worker.request_shutdown(hurry=True)
+            with trio.fail_after(20):
+                final = await job.wait()
+        assert processes_mentioning("sleep 281") == []
+    assert final["state"] == "cancelled"
+    assert final["error_message"] == "cancelled: worker shutting down"
+
+
+def worker_config(path: Path, broker: Broker, playbook_dir: Path, group: str, **worker: Any) -> Path:
+    values = {
+        "group_name": group,
+        "playbook_directory": str(playbook_dir),
+        "ansible_playbook_path": str(Path(sys.executable).parent / "ansible-playbook"),
+        "kill_grace": 2,
+        "drain_timeout": 1,
+        **worker,
+    }
+    path.write_text(json.dumps({"mqtt": {"host": "127.0.0.1", "port": broker.port, "keepalive": 5}, "worker": values}))
+    return path
+
+
+async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    config = worker_config(
+        tmp_path / "w.json", broker, playbook_dir, group, worker_id="phoenix", state_dir=str(state_dir)
+    )
+    command = [EXECUTABLE, "run", "-c", str(config)]
+    async with client_for(broker, group) as client:
+        process = await trio.lowlevel.open_process(command, stderr=subprocess.DEVNULL)
+        try:
+            await wait_online(client, "phoenix")
+            running = await client.submit({"task_id": "crash-running", **sleeper(277)})
+            async for status in running.statuses():
+                if status.get("current_task") == "Sleep for a while":
+                    break
+            await client.submit({"task_id": "crash-queued", **QUICK})
+            process.send_signal(signal.SIGKILL)
+            with trio.fail_after(10):
+                await process.wait()
+            with pytest.raises(JobLost, match="job crash-running is lost: its worker phoenix went offline"):
+                with trio.fail_after(20):
+                    await running.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+        # Ansible outlived the worker it belonged to; nothing of the old run may remain.
+        for line in processes_mentioning("sleep 277"):
+            subprocess.run(["kill", "-9", line.split(":")[0]], check=False)
+        restarted = await trio.lowlevel.open_process(command, stderr=subprocess.DEVNULL)
+        try:
+            await wait_online(client, "phoenix")
+            running_again = await client.follow("crash-running")
+            queued_again = await client.follow("crash-queued")
+            with trio.fail_after(60):
+                interrupted = await running_again.wait()
+                ran = await queued_again.wait()
+        finally:
+            restarted.send_signal(signal.SIGTERM)
+            with trio.fail_after(20):
+                await restarted.wait()
+    assert interrupted["state"] == "failed"
+    assert interrupted["error_message"] == "interrupted: worker restarted"
+    assert interrupted["worker_id"] == "phoenix"
+    assert ran["state"] == "success"
+    # The journal keeps only what is not settled yet: nothing, now.
+    import sqlite3
+
+    with sqlite3.connect(state_dir / "journal.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM jobs").fetchone() == (0,)
+
+
+FAULTS = {
+    "no-stats": (
+        "import json, os\nfd = os.open(os.environ['ANSIBLE_WORKER_EVENT_FIFO'], os.O_WRONLY)\n"
+        "os.write(fd, (json.dumps({'event': 'playbook_on_play_start', 'play': 'p'}) + '\\n').encode())\n",
+        "ansible-playbook exited 0 without its final statistics: the run was cut short",
+    ),
+    "garbage": (
+        "import os\nfd = os.open(os.environ['ANSIBLE_WORKER_EVENT_FIFO'], os.O_WRONLY)\n"
+        'os.write(fd, b\'{not json\\n{"event": "playbook_on_stats", "hosts": {}}\\n\')\n',
+        "ansible-playbook sent 1 unreadable event lines (exit code 0): its counts cannot be trusted",
+    ),
+    "silent": (
+        "print('I never open the FIFO')\n",
+        "ansible-playbook exited 0 but sent no events: the event plugin did not run",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+async def test_ansible_faults_fail_the_job_with_a_reason(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, fault: str
+) -> None:
+    # Stand-ins for ansible-playbook: real Ansible cannot be made to misbehave like this.
+    script, message = FAULTS[fault]
+    fake = tmp_path / "fake-ansible-playbook"
+    fake.write_text(f"#!{sys.executable}\n{script}")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    settings = make_settings(broker, playbook_dir, group, ansible_playbook_path=str(fake))
+    async with running_worker(settings), client_for(broker, group) as client:
+        with trio.fail_after(20):
+            final = await (await client.submit({"task_id": f"fault-{fault}", **QUICK})).wait()
+    assert final["state"] == "failed"
+    assert final["error_message"] == message
+
+
+async def test_ansible_killed_from_outside(broker: Broker, playbook_dir: Path, group: str) -> None:
+    async with running_worker(make_settings(broker, playbook_dir, group)), client_for(broker, group) as client:
+        job = await client.submit({"task_id": "killed", **sleeper(271)})
+        with trio.fail_after(30):
+            while not (found := processes_mentioning("ansible-playbook")):  # noqa: ASYNC110 - another process
+                await trio.sleep(0.05)
+        leader = min(int(line.split(":")[0]) for line in found if str(playbook_dir) in line)
+        subprocess.run(["kill", "-9", str(leader)], check=True)
+        final = await job.wait()
+        after = await (await client.submit({"task_id": "after-kill", **QUICK})).wait()
+    assert final["state"] == "failed"
+    assert final["error_message"].startswith("ansible-playbook was killed by SIGKILL")
+    assert after["state"] == "success"
+
+
+async def test_megabytes_of_output_keep_memory_bounded(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+) -> None:
+    fake = tmp_path / "chatty-ansible-playbook"
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        "for _ in range(64):\n    sys.stdout.write('x' * 1048575 + '\\n')\n"
+        "fd = os.open(os.environ['ANSIBLE_WORKER_EVENT_FIFO'], os.O_WRONLY)\n"
+        "os.write(fd, (json.dumps({'event': 'playbook_on_stats', 'hosts': {}}) + '\\n').encode())\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    config = worker_config(
+        tmp_path / "w.json", broker, playbook_dir, group, ansible_playbook_path=str(fake), worker_id="chatty"
+    )
+    async with client_for(broker, group) as client:
+        process = await trio.lowlevel.open_process([EXECUTABLE, "run", "-c", str(config)], stderr=subprocess.DEVNULL)
+        try:
+            await wait_online(client, "chatty")
+            final = await (await client.submit({"task_id": "chatty", **QUICK})).wait()
+            peak_kib = next(
+                int(line.split()[1])
+                for line in Path(f"/proc/{process.pid}/status").read_text().splitlines()
+                if line.startswith("VmHWM:")
+            )
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(20):
+                await process.wait()
+    assert final["state"] == "success"
+    # 64 MiB went through the pipe; the worker kept its usual size plus the 1 MiB tail.
+    assert peak_kib < 80 * 1024
