@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import stat
 import subprocess
@@ -141,7 +142,7 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
                 process.kill()
         # Ansible outlived the worker it belonged to; nothing of the old run may remain.
         for line in processes_mentioning("sleep 277"):
-            subprocess.run(["kill", "-9", line.split(":")[0]], check=False)
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
         restarted = await trio.lowlevel.open_process(command, stderr=subprocess.DEVNULL)
         try:
             await wait_online(client, "phoenix")
@@ -207,12 +208,17 @@ async def test_ansible_killed_from_outside(broker: Broker, playbook_dir: Path, g
             while not (found := processes_mentioning("ansible-playbook")):  # noqa: ASYNC110 - another process
                 await trio.sleep(0.05)
         leader = min(int(line.split(":")[0]) for line in found if str(playbook_dir) in line)
-        subprocess.run(["kill", "-9", str(leader)], check=True)
+        os.kill(leader, signal.SIGKILL)
         final = await job.wait()
         after = await (await client.submit({"task_id": "after-kill", **QUICK})).wait()
     assert final["state"] == "failed"
     assert final["error_message"].startswith("ansible-playbook was killed by SIGKILL")
     assert after["state"] == "success"
+
+
+def peak_rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
 
 
 async def test_megabytes_of_output_keep_memory_bounded(
@@ -234,11 +240,7 @@ async def test_megabytes_of_output_keep_memory_bounded(
         try:
             await wait_online(client, "chatty")
             final = await (await client.submit({"task_id": "chatty", **QUICK})).wait()
-            peak_kib = next(
-                int(line.split()[1])
-                for line in Path(f"/proc/{process.pid}/status").read_text().splitlines()
-                if line.startswith("VmHWM:")
-            )
+            peak_kib = peak_rss_kib(process.pid)
         finally:
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(20):
