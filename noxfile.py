@@ -38,6 +38,13 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def soak(session: nox.Session) -> None:
+    """Three workers, 1,000 jobs, random restarts: counts lost and duplicated jobs (not in CI)."""
+    session.install(".")
+    session.run("python", "benchmarks/soak.py", *session.posargs)
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """Start a local broker and a worker, run the bundled example playbook, show its live status."""
     session.install(".")

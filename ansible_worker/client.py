@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import socket
@@ -466,10 +467,13 @@ async def open_client(target: Target) -> AsyncIterator[Client]:
 
     Errors: `ClientError` when the broker cannot be reached or the connection drops.
     """
+    # A client id of its own for every connection: the broker disconnects the older of two
+    # connections that share one, so one Target may serve several clients at once.
+    options = dataclasses.replace(target.link, client_id=_client_id())
     try:
         with unwrap_lone_errors():
-            async with open_mqtt_link(target.link) as link, trio.open_nursery() as nursery:
-                client = Client(link, target.topics, target.link.client_id)
+            async with open_mqtt_link(options) as link, trio.open_nursery() as nursery:
+                client = Client(link, target.topics, options.client_id)
                 await nursery.start(client.route_messages)
                 yield client
                 nursery.cancel_scope.cancel()

@@ -108,6 +108,7 @@ class MqttLink:
         # descendants of the task that opened it.
         self._client = client
         self._loop = loop
+        self._streams: list[_Messages] = []
         self._publish = trio_asyncio.aio_as_trio(client.publish, loop=loop)
         self._subscribe = trio_asyncio.aio_as_trio(client.subscribe, loop=loop)
         self._unsubscribe = trio_asyncio.aio_as_trio(client.unsubscribe, loop=loop)
@@ -152,15 +153,28 @@ class MqttLink:
 
     def messages(self) -> AsyncIterator[InboundMessage]:
         """Messages of every subscription, in arrival order; ends with `LinkLost`."""
-        return _Messages(trio_asyncio.aio_as_trio(self._client.messages, loop=self._loop))
+        stream = _Messages(trio_asyncio.aio_as_trio(self._client.messages, loop=self._loop))
+        self._streams.append(stream)
+        return stream
+
+    async def close_streams(self) -> None:
+        """Finish the message iterators while their loop runs, not in the garbage collector."""
+        for stream in self._streams:
+            await stream.aclose()
+        self._streams.clear()
 
 
 class _Messages:
     def __init__(self, source: Any) -> None:
+        # trio-asyncio iterates through an async generator, which must be closed explicitly.
         self._source = source.__aiter__()
 
     def __aiter__(self) -> _Messages:
         return self
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(RuntimeError, aiomqtt.MqttError, asyncio.CancelledError):
+            await self._source.aclose()
 
     async def __anext__(self) -> InboundMessage:
         try:
@@ -195,9 +209,12 @@ async def open_mqtt_link(options: LinkOptions) -> AsyncIterator[MqttLink]:
                     await session.__aenter__()
             except (aiomqtt.MqttError, trio.TooSlowError, OSError, ssl.SSLError) as exc:
                 raise ConnectFailed(_connect_reason(exc)) from exc
+            link = MqttLink(client, loop)
             try:
-                yield MqttLink(client, loop)
+                yield link
             finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(DISCONNECT_TIMEOUT):
+                    await link.close_streams()
                 # An error on exit means the link was already gone: nothing is left to close.
                 with (
                     trio.CancelScope(shield=True),

@@ -120,7 +120,8 @@ def make_settings(
         "status_interval": 0.1,
     }
     values.update(worker)
-    return Settings(mqtt={"host": "127.0.0.1", "port": broker.port, **(mqtt or {})}, worker=values)
+    port = getattr(broker, "port", None)
+    return Settings(mqtt={"host": "127.0.0.1", "port": port, **(mqtt or {})}, worker=values)
 
 
 @asynccontextmanager

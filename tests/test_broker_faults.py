@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
 
 from ansible_worker.worker import Worker
@@ -86,3 +88,65 @@ async def test_broker_restart_while_job_runs(broker: Broker, playbook_dir: Path,
             final = await controller.wait_terminal("bounce", within=60)
         assert "bounce" not in worker.dispatcher.jobs
     assert final["state"] == "success"
+
+
+async def _read_packet(stream: trio.SocketStream) -> tuple[int, bytes]:
+    """One MQTT packet: its type nibble and its body."""
+    header = await stream.receive_some(1)
+    if not header:
+        raise EOFError
+    length, shift = 0, 0
+    while True:
+        byte = (await stream.receive_some(1))[0]
+        length += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    body = b""
+    while len(body) < length:
+        body += await stream.receive_some(length - len(body))
+    return header[0] >> 4, body
+
+
+async def _refusing_broker(stream: trio.SocketStream) -> None:
+    """Accept any MQTT 5 connection, then answer every SUBSCRIBE with 0x87 (not authorized).
+
+    Mosquitto 2.0 grants every subscription and applies its ACL on delivery instead, so it
+    cannot produce this fault on demand.
+    """
+    async with stream:
+        try:
+            while True:
+                kind, body = await _read_packet(stream)
+                if kind == 1:  # CONNECT
+                    await stream.send_all(bytes([0x20, 3, 0, 0, 0]))
+                elif kind == 8:  # SUBSCRIBE: packet id, then properties and topics
+                    await stream.send_all(bytes([0x90, 4, body[0], body[1], 0, 0x87]))
+                elif kind == 12:  # PINGREQ
+                    await stream.send_all(bytes([0xD0, 0]))
+                elif kind == 14:  # DISCONNECT
+                    return
+        except (EOFError, IndexError, trio.BrokenResourceError):
+            return
+
+
+async def test_worker_survives_a_broker_that_refuses_the_subscription(
+    playbook_dir: Path, group: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with trio.open_nursery() as servers:
+        (listener,) = await servers.start(partial(trio.serve_tcp, _refusing_broker, 0, host="127.0.0.1"))
+        port = listener.socket.getsockname()[1]
+        settings = make_settings(Broker.__new__(Broker), playbook_dir, group, mqtt={"port": port})
+        worker = Worker(settings)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            # Three refusals, each followed by a backoff and a new connection: still alive.
+            with trio.fail_after(30):
+                while sum("refused the subscription" in r.getMessage() for r in caplog.records) < 3:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            assert not worker.session.connected
+            worker.request_shutdown()
+        servers.cancel_scope.cancel()
+    refusals = [r.getMessage() for r in caplog.records if "refused the subscription" in r.getMessage()]
+    assert "not authorized" in refusals[0].lower()
+    assert "retrying in" in refusals[0]

@@ -74,9 +74,10 @@ def test_live_worker_gives_each_message_exactly_one_terminal_status(
     async def main() -> dict[str, list[str]]:
         settings = make_settings(broker, playbook_dir, group, kill_grace=1, task_timeout=20)
         seen: dict[str, list[str]] = {}
-        async with running_worker(settings), open_client(
-            target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)
-        ) as client:
+        async with (
+            running_worker(settings),
+            open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client,
+        ):
             receive = await client.subscribe([f"{client.topics.tasks}/+/status"])
             for payload in [*noise, *(json.dumps(message).encode() for message in batch)]:
                 await client.link.publish(client.topics.tasks, payload, qos=2)

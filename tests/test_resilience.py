@@ -204,10 +204,12 @@ async def test_ansible_faults_fail_the_job_with_a_reason(
 async def test_ansible_killed_from_outside(broker: Broker, playbook_dir: Path, group: str) -> None:
     async with running_worker(make_settings(broker, playbook_dir, group)), client_for(broker, group) as client:
         job = await client.submit({"task_id": "killed", **sleeper(271)})
+        playbook = str(playbook_dir / "sleep.yml")
         with trio.fail_after(30):
-            while not (found := processes_mentioning("ansible-playbook")):  # noqa: ASYNC110 - another process
+            # This job's ansible-playbook, once it runs the task (so the job is well under way).
+            while not processes_mentioning("sleep 271") or not processes_mentioning(playbook):  # noqa: ASYNC110
                 await trio.sleep(0.05)
-        leader = min(int(line.split(":")[0]) for line in found if str(playbook_dir) in line)
+        leader = min(int(line.split(":")[0]) for line in processes_mentioning(playbook))
         os.kill(leader, signal.SIGKILL)
         final = await job.wait()
         after = await (await client.submit({"task_id": "after-kill", **QUICK})).wait()
