@@ -95,19 +95,8 @@ def target_from_url(url: str, *, group: str, prefix: str = "ansible", ca_cert: P
 
 
 def target_from_settings(settings: ClientSettings) -> Target:
-    mqtt = settings.mqtt
-    link = LinkOptions(
-        host=mqtt.host,
-        port=mqtt.port,
-        client_id=_client_id(),
-        username=mqtt.username,
-        password=mqtt.password.get_secret_value() if mqtt.password is not None else None,
-        keepalive=mqtt.keepalive,
-        tls_enabled=mqtt.tls_enabled,
-        tls_ca_cert=mqtt.tls_ca_cert,
-        tls_client_cert=mqtt.tls_client_cert,
-        tls_client_key=mqtt.tls_client_key,
-    )
+    # Never the workers' own client_id from their file: the broker would drop one of us.
+    link = settings.mqtt.link_options(client_id=_client_id())
     return Target(link, Topics(settings.worker.topic_prefix, settings.worker.group_name))
 
 

@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ansible_worker.expand import UnsetVariableError, expand_tree
+from ansible_worker.mqtt_link import LinkOptions
 from ansible_worker.validation import describe_errors
 
 ENV_PREFIX = "ANSIBLE_WORKER_"
@@ -64,6 +65,21 @@ class MqttSettings(BaseModel):
     tls_ca_cert: Path | None = None
     tls_client_cert: Path | None = None
     tls_client_key: Path | None = None
+
+    def link_options(self, *, client_id: str) -> LinkOptions:
+        """How to open a connection with these settings (the password in plain text)."""
+        return LinkOptions(
+            host=self.host,
+            port=self.port,
+            client_id=client_id,
+            username=self.username,
+            password=self.password.get_secret_value() if self.password is not None else None,
+            keepalive=self.keepalive,
+            tls_enabled=self.tls_enabled,
+            tls_ca_cert=self.tls_ca_cert,
+            tls_client_cert=self.tls_client_cert,
+            tls_client_key=self.tls_client_key,
+        )
 
     @field_validator("username", "password", "client_id", mode="before")
     @classmethod
@@ -128,19 +144,8 @@ class WorkerSettings(BaseModel):
         return value
 
 
-class Settings(BaseSettings):
-    """The whole configuration. Environment variables override the file."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
-
-    mqtt: MqttSettings
-    worker: WorkerSettings
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
+class _EnvironmentOverFile(BaseSettings):
+    """Settings whose environment variables override the values read from the file."""
 
     @classmethod
     def settings_customise_sources(
@@ -155,6 +160,21 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
 
+class Settings(_EnvironmentOverFile):
+    """The whole configuration. Environment variables override the file."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    mqtt: MqttSettings
+    worker: WorkerSettings
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
 class ClientGroupSettings(BaseModel):
     """The part of the `worker` section a controller needs; the rest is the worker's business."""
 
@@ -165,7 +185,7 @@ class ClientGroupSettings(BaseModel):
     topic_prefix: TopicPrefix = "ansible"
 
 
-class ClientSettings(BaseSettings):
+class ClientSettings(_EnvironmentOverFile):
     """What a controller reads from the same file and environment as the workers."""
 
     model_config = SettingsConfigDict(
@@ -174,17 +194,6 @@ class ClientSettings(BaseSettings):
 
     mqtt: MqttSettings
     worker: ClientGroupSettings = Field(default_factory=ClientGroupSettings)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return env_settings, init_settings
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -29,19 +29,8 @@ PUBLISH_RETRY_PAUSE = 0.2
 
 
 def link_options(settings: Settings) -> LinkOptions:
-    mqtt = settings.mqtt
-    return LinkOptions(
-        host=mqtt.host,
-        port=mqtt.port,
-        client_id=mqtt.client_id or f"ansible-worker-{settings.worker.worker_id}",
-        username=mqtt.username,
-        password=mqtt.password.get_secret_value() if mqtt.password is not None else None,
-        keepalive=mqtt.keepalive,
-        tls_enabled=mqtt.tls_enabled,
-        tls_ca_cert=mqtt.tls_ca_cert,
-        tls_client_cert=mqtt.tls_client_cert,
-        tls_client_key=mqtt.tls_client_key,
-    )
+    client_id = settings.mqtt.client_id or f"ansible-worker-{settings.worker.worker_id}"
+    return settings.mqtt.link_options(client_id=client_id)
 
 
 class Worker:

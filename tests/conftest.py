@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import trio
 
+from ansible_worker.client import Client, open_client, target_from_url
 from ansible_worker.config import Settings
 from ansible_worker.mqtt_link import LinkOptions, MqttLink, open_mqtt_link
 from ansible_worker.topics import Topics
@@ -197,6 +198,20 @@ async def open_controller(
         await nursery.start(controller.collect)
         yield controller
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def client_for(broker: Broker, group: str) -> AsyncIterator[Client]:
+    """The project's own Python client, on the test broker."""
+    async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
+        yield client
+
+
+async def wait_online(client: Client, worker_id: str) -> None:
+    """A shared-subscription job published before a worker subscribed would reach nobody."""
+    with trio.fail_after(30):
+        while not any(w["worker_id"] == worker_id and w["state"] == "online" for w in await client.workers()):  # noqa: ASYNC110
+            await trio.sleep(0.05)
 
 
 def processes_mentioning(text: str) -> list[str]:

@@ -8,27 +8,20 @@ import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from ansible_worker.client import Client, NoWorkerAnswered, Update, open_client, target_from_url
-from tests.conftest import Broker, make_settings, processes_mentioning, running_worker
+from ansible_worker.client import NoWorkerAnswered, Update
+from tests.conftest import Broker, client_for, make_settings, processes_mentioning, running_worker, wait_online
 
 QUICK = {"playbook": "quick.yml", "inventory": "one_host.ini"}
 
 
 def sleeper(seconds: int) -> dict[str, Any]:
     return {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": seconds}}
-
-
-@asynccontextmanager
-async def client_for(broker: Broker, group: str) -> AsyncIterator[Client]:
-    async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
-        yield client
 
 
 async def collect(updates: AsyncIterator[Update]) -> list[Update]:
@@ -240,11 +233,8 @@ async def test_presence_appears_updates_and_goes_offline(broker: Broker, playboo
     settings = make_settings(broker, playbook_dir, group, worker_id="presence-a", concurrency=2)
     async with client_for(broker, group) as client:
         async with running_worker(settings):
-            # Presence is published right after connecting; barrier() shows what is retained now.
-            with trio.fail_after(10):
-                while not (workers := await client.workers()):  # noqa: ASYNC110 - retained state, polled with a bound
-                    await trio.sleep(0.05)
-            (idle,) = workers
+            await wait_online(client, "presence-a")
+            (idle,) = await client.workers()
             job = await client.submit({"task_id": "busy", **sleeper(2)})
             async for status in job.statuses():
                 if status["state"] == "running":
@@ -274,10 +264,7 @@ async def test_killed_worker_is_marked_offline_by_its_will(
     process = await trio.lowlevel.open_process([executable, "run", "-c", str(config)], stderr=subprocess.DEVNULL)
     try:
         async with client_for(broker, group) as client:
-            with trio.fail_after(20):
-                while not (workers := await client.workers()):  # noqa: ASYNC110 - retained state, polled with a bound
-                    await trio.sleep(0.05)
-            assert workers[0]["state"] == "online"
+            await wait_online(client, "doomed")
             receive = await client.subscribe([client.topics.worker("doomed")])
             process.send_signal(signal.SIGKILL)
             with trio.fail_after(10):

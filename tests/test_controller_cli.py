@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from ansible_worker.client import open_client, target_from_url
 from ansible_worker.job_arguments import ArgumentError, parse_extra_vars, split_list
-from tests.conftest import Broker, make_settings, processes_mentioning, running_worker
+from tests.conftest import Broker, client_for, make_settings, processes_mentioning, running_worker
 
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
 
@@ -97,7 +96,7 @@ async def test_cancel_command_waits_for_the_worker(broker: Broker, playbook_dir:
         "extra_vars": {"seconds": 301},
     }
     async with running_worker(make_settings(broker, playbook_dir, group)):
-        async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
+        async with client_for(broker, group) as client:
             handle = await client.submit(job)
             async for status in handle.statuses():
                 if status["state"] == "running":
@@ -201,7 +200,7 @@ async def test_ctrl_c_while_waiting_asks_whether_to_cancel(
                 except trio.BrokenResourceError:
                     pass
                 returncode = await process.wait()
-        async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
+        async with client_for(broker, group) as client:
             current = await client.status("ctrl-c")
             if current is not None and current["state"] == "running":
                 await client.cancel("ctrl-c")

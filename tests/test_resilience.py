@@ -8,17 +8,15 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from ansible_worker.client import Client, JobLost, open_client, target_from_url
+from ansible_worker.client import JobLost
 from ansible_worker.worker import Worker
-from tests.conftest import Broker, make_settings, processes_mentioning, running_worker
+from tests.conftest import Broker, client_for, make_settings, processes_mentioning, running_worker, wait_online
 
 QUICK = {"playbook": "quick.yml", "inventory": "one_host.ini"}
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
@@ -26,19 +24,6 @@ EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
 
 def sleeper(seconds: float) -> dict[str, Any]:
     return {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": seconds}}
-
-
-@asynccontextmanager
-async def client_for(broker: Broker, group: str) -> AsyncIterator[Client]:
-    async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
-        yield client
-
-
-async def wait_online(client: Client, worker_id: str) -> None:
-    """A shared-subscription job published before a worker subscribed would reach nobody."""
-    with trio.fail_after(30):
-        while not any(w["worker_id"] == worker_id and w["state"] == "online" for w in await client.workers()):  # noqa: ASYNC110
-            await trio.sleep(0.05)
 
 
 async def wait_for_peer(worker: Worker, peer: str) -> None:
