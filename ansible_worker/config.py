@@ -123,6 +123,12 @@ class WorkerSettings(BaseModel):
     status_interval: float = Field(0.25, ge=0, le=60)
     run_directory: Path | None = None
     output_limit_bytes: int = Field(1_048_576, ge=4096)
+    allowed_playbooks: list[str] | None = None
+    allowed_inventories: list[str] | None = None
+    allow_inline_inventory: bool = True
+    max_verbosity: int = Field(4, ge=0, le=4)
+    max_extra_vars_bytes: int = Field(65536, ge=0)
+    max_extra_vars_depth: int = Field(10, ge=1)
     publish_events: bool = True
     events_qos: Literal[0, 1] = 0
     events_per_second: float = Field(200, gt=0)

@@ -20,6 +20,7 @@ from ansible_worker.config import WorkerSettings
 from ansible_worker.event_fifo import EventFifo
 from ansible_worker.event_publisher import EventPublisher, EventStream
 from ansible_worker.extra_vars import write_extra_vars
+from ansible_worker.job_policy import JobPolicy
 from ansible_worker.models import JobStatus, State, TaskRequest, utc_now
 from ansible_worker.output_tail import OutputTail
 from ansible_worker.playbook_command import (
@@ -149,6 +150,14 @@ class JobRunner:
         self.topics = topics
         self.events = events
         self.on_transition = on_transition
+        self.policy = JobPolicy(
+            allowed_playbooks=settings.allowed_playbooks,
+            allowed_inventories=settings.allowed_inventories,
+            allow_inline_inventory=settings.allow_inline_inventory,
+            max_verbosity=settings.max_verbosity,
+            max_extra_vars_bytes=settings.max_extra_vars_bytes,
+            max_extra_vars_depth=settings.max_extra_vars_depth,
+        )
         self._git_lock = trio.Lock()
 
     def announce(self, job: Job) -> None:
@@ -211,10 +220,12 @@ class JobRunner:
     async def _run(self, job: Job) -> tuple[State, str | None]:
         request = job.request
         base = self.settings.playbook_directory
+        self.policy.check_request(request)
         if request.git_pull:
             await self._git_pull(job)
         playbook = resolve_playbook(base, request.playbook)
         inventory = resolve_inventory(base, request.inventory)
+        self.policy.check_paths(base, playbook, inventory)
         with private_run_directory(self.settings.run_directory, job.task_id) as run_dir:
             extra_vars = write_extra_vars(run_dir, request.extra_vars) if request.extra_vars else None
             argv = build_argv(

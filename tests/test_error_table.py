@@ -246,3 +246,56 @@ async def test_git_pull_failure_carries_gits_message(
     assert final["state"] == "failed"
     assert final["error_message"].startswith("git pull failed (exit 128): ")
     assert "fast-forward" in final["error_message"]
+
+
+POLICY = {
+    "allowed_playbooks": ["quick.yml", "site/*.yml"],
+    "allowed_inventories": ["one_host.ini"],
+    "allow_inline_inventory": False,
+    "max_verbosity": 1,
+    "max_extra_vars_bytes": 200,
+    "max_extra_vars_depth": 3,
+}
+
+
+@pytest.mark.parametrize(
+    ("job", "message"),
+    [
+        (
+            {"playbook": "fail.yml", "inventory": "one_host.ini"},
+            "playbook 'fail.yml' is not allowed on this worker (worker.allowed_playbooks)",
+        ),
+        (
+            {"playbook": "quick.yml", "inventory": "inventory.ini"},
+            "inventory 'inventory.ini' is not allowed on this worker (worker.allowed_inventories)",
+        ),
+        (
+            {"playbook": "quick.yml", "inventory": "host1,"},
+            "inline inventories (host lists) are not allowed on this worker",
+        ),
+        ({**QUICK, "verbosity": 3}, "verbosity 3 is above this worker's limit (1)"),
+        ({**QUICK, "extra_vars": {"blob": "x" * 300}}, "extra_vars are 312 bytes, above this worker's limit (200)"),
+        (
+            {**QUICK, "extra_vars": {"a": {"b": {"c": {"d": 1}}}}},
+            "extra_vars nest 4 levels deep, above this worker's limit (3)",
+        ),
+    ],
+)
+async def test_policy_refuses_what_a_job_may_not_ask(
+    broker: Broker, playbook_dir: Path, group: str, job: dict[str, Any], message: str
+) -> None:
+    (final,) = await run_jobs(broker, playbook_dir, group, {"task_id": "policy", **job}, **POLICY)
+    assert final["state"] == "failed"
+    assert final["error_message"] == message
+    assert final["return_code"] is None
+
+
+async def test_policy_lets_allowed_jobs_run(broker: Broker, playbook_dir: Path, group: str) -> None:
+    (playbook_dir / "site").mkdir()
+    (playbook_dir / "site" / "web.yml").write_text((playbook_dir / "quick.yml").read_text())
+    jobs: list[dict[str, Any]] = [
+        {"task_id": "allowed-1", **QUICK, "verbosity": 1, "extra_vars": {"a": {"b": 1}}},
+        {"task_id": "allowed-2", "playbook": "site/web.yml", "inventory": "one_host.ini"},
+    ]
+    finals = await run_jobs(broker, playbook_dir, group, *jobs, **POLICY)
+    assert [final["state"] for final in finals] == ["success", "success"]
