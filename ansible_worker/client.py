@@ -248,6 +248,23 @@ class Client:
         """Clear the job's retained status from the broker."""
         await self.link.publish(self.topics.status(task_id), b"", qos=1, retain=True)
 
+    async def wait_for_worker(self, worker_id: str | None = None) -> dict[str, Any]:
+        """Wait until a worker of the group (or the one named) says it is online; its presence.
+
+        Publishing a job before any worker subscribed would reach nobody: a controller
+        that starts workers itself waits here first. Put a bound on it at the call.
+        """
+        topic_filter = self.topics.worker(worker_id) if worker_id else self.topics.workers_subscription
+        receive = await self.subscribe([topic_filter])
+        try:
+            async for message in receive:
+                presence = _decode(message.payload)
+                if presence is not None and presence.get("state") == "online":
+                    return presence
+            raise ClientError("the connection to the broker was closed")
+        finally:
+            await self.unsubscribe([topic_filter], receive)
+
     async def workers(self) -> list[dict[str, Any]]:
         """The retained presence messages of the group's workers, sorted by worker id."""
         topic_filter = self.topics.workers_subscription

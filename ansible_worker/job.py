@@ -265,24 +265,28 @@ class JobRunner:
             self.outbox.post_progress(job.task_id, lambda: job.status(progress_only=True))
 
     def _judge(self, job: Job, returncode: int, tail: OutputTail, fifo: EventFifo) -> tuple[State, str | None]:
-        """How the run ended, from Ansible's exit code and what its events said."""
+        """How the run ended, from Ansible's exit code and what its events said.
+
+        A failing run is reported by what failed; a run that exited 0 succeeded only if its
+        event stream was complete and readable, since the counts come from it.
+        """
         if returncode < 0:
             name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
             return State.FAILED, f"ansible-playbook was killed by {name}{_so_far(job)}"
+        if returncode != 0:
+            if job.progress.first_failure is not None:
+                return State.FAILED, job.progress.first_failure
+            return State.FAILED, f"ansible-playbook exited with code {returncode}: {_ansible_error(tail)}"
         if fifo.invalid_lines:
             return State.FAILED, (
-                f"ansible-playbook sent {fifo.invalid_lines} unreadable event lines (exit code {returncode}):"
+                f"ansible-playbook sent {fifo.invalid_lines} unreadable event lines (exit code 0):"
                 " its counts cannot be trusted"
             )
-        if returncode == 0 and not fifo.opened:
+        if not fifo.opened:
             return State.FAILED, "ansible-playbook exited 0 but sent no events: the event plugin did not run"
-        if returncode == 0 and not job.progress.stats_seen:
+        if not job.progress.stats_seen:
             return State.FAILED, "ansible-playbook exited 0 without its final statistics: the run was cut short"
-        if returncode == 0:
-            return State.SUCCESS, None
-        if job.progress.first_failure is not None:
-            return State.FAILED, job.progress.first_failure
-        return State.FAILED, f"ansible-playbook exited with code {returncode}: {_ansible_error(tail)}"
+        return State.SUCCESS, None
 
     async def _git_pull(self, job: Job) -> None:
         """`git pull --ff-only` in the playbook directory, one job at a time, bounded."""

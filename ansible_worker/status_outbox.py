@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import trio
 
+from ansible_worker.journal import Journal
 from ansible_worker.models import JobStatus, State
 
 
@@ -41,8 +42,12 @@ class StatusOutbox:
     builds a second, not one per event.
     """
 
-    def __init__(self, *, interval: float) -> None:
+    def __init__(self, *, interval: float, journal: Journal | None = None) -> None:
         self.interval = interval
+        # Every status is journaled as it is posted (progress ones as they are built), not
+        # as it is published: with the broker away, a finished job must not be remembered
+        # as running.
+        self.journal = journal
         self._pending: dict[str, list[_Entry]] = {}
         self._last_sent: dict[str, tuple[State, float]] = {}
         self._in_flight = 0
@@ -52,6 +57,8 @@ class StatusOutbox:
 
     def post(self, status: JobStatus) -> None:
         """A status as it is now: a change of state, or a terminal status."""
+        if self.journal is not None:
+            self.journal.status(status)
         self._add(status.task_id, _Entry(status.state, _snapshot(status)))
 
     def post_progress(self, task_id: str, build: Callable[[], JobStatus]) -> None:
@@ -84,7 +91,10 @@ class StatusOutbox:
                     if not queue:
                         del self._pending[task_id]
                     self._in_flight += 1
-                    return entry.build()
+                    status = entry.build()
+                    if self.journal is not None and status.state == State.RUNNING:
+                        self.journal.status(status)
+                    return status
                 next_due = min(next_due, due)
             self._changed = trio.Event()
             with trio.move_on_at(next_due):

@@ -48,7 +48,8 @@ class Worker:
         worker = settings.worker
         self.topics = Topics(worker.topic_prefix, worker.group_name)
         self.tasks_subscription = self.topics.tasks_subscription(shared=worker.shared_subscription)
-        self.outbox = StatusOutbox(interval=worker.status_interval)
+        self.journal = Journal(worker.state_dir) if worker.state_dir is not None else None
+        self.outbox = StatusOutbox(interval=worker.status_interval, journal=self.journal)
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[InboundMessage](256)
         self.session = BrokerSession(
             link_options(settings),
@@ -62,7 +63,6 @@ class Worker:
             on_connected=lambda: self.presence.connected(),
         )
         self.events = EventPublisher(self.session, qos=worker.events_qos) if worker.publish_events else None
-        self.journal = Journal(worker.state_dir) if worker.state_dir is not None else None
         self.runner = JobRunner(
             worker, self.outbox, topics=self.topics, events=self.events, on_transition=lambda: self.presence.changed()
         )
@@ -82,7 +82,6 @@ class Worker:
             load=lambda: Load(self.dispatcher.running_count, self.dispatcher.queued_count, self.dispatcher.jobs_done),
         )
         self._shutdown = trio.Event()
-        self._serving: trio.CancelScope | None = None
         self._drain_wait = trio.CancelScope()
         self._hurry = False
         self._infrastructure: trio.Nursery | None = None
@@ -115,7 +114,6 @@ class Worker:
             if self.events is not None:
                 infrastructure.start_soon(self.events.run)
             async with trio.open_nursery() as serving:
-                self._serving = serving.cancel_scope
                 await serving.start(self.dispatcher.run)
                 if self.journal is not None:
                     self._settle_journal(self.journal)
@@ -170,8 +168,14 @@ class Worker:
         self.presence.set_state(WorkerState.DRAINING)
         with trio.move_on_after(1):
             await self.session.unsubscribe(self.tasks_subscription)
-        for job in self.dispatcher.stop_taking():
-            await self._hand_back(job.request, job.payload, job=job)
+        queued = self.dispatcher.stop_taking()
+        # One bound for them all: with the broker away, each would otherwise wait its own.
+        with trio.move_on_after(HAND_BACK_TIMEOUT):
+            while queued:
+                await self._hand_back(queued[0].request, queued[0].payload, job=queued[0])
+                queued.pop(0)
+        for job in queued:
+            self._cancel_unstarted(job.request, job)
         self._drain_wait.deadline = trio.current_time() + worker.drain_timeout
         with self._drain_wait:
             await self.dispatcher.wait_idle()
@@ -196,9 +200,8 @@ class Worker:
             try:
                 with trio.fail_after(HAND_BACK_TIMEOUT):
                     # This status goes first: the next worker's own statuses must follow it.
-                    await self.session.publish(
-                        self.topics.status(request.task_id), status.to_json(), qos=1, retain=True
-                    )
+                    topic = self.topics.status(request.task_id)
+                    await self.session.publish(topic, status.to_json(), qos=1, retain=True)
                     await self.session.publish(self.topics.tasks, payload, qos=2)
             except (LinkError, trio.TooSlowError) as exc:
                 log.warning("task %s: could not hand it back (%s); cancelling it", request.task_id, exc)
@@ -207,6 +210,9 @@ class Worker:
                 if self.journal is not None:
                     self.journal.settled(request.task_id)
                 return
+        self._cancel_unstarted(request, job)
+
+    def _cancel_unstarted(self, request: TaskRequest, job: Job | None) -> None:
         description = "cancelled: the worker shut down before the job started"
         if job is None:
             now = utc_now()
@@ -272,6 +278,8 @@ class Worker:
 
     def _take_task(self, message: InboundMessage) -> None:
         match read_task_message(message.payload, max_bytes=self.settings.worker.max_message_bytes):
+            case Accepted(job) if job.task_id in self.dispatcher.jobs:
+                self.dispatcher.submit(job, message.payload)  # logs and ignores the duplicate
             case Accepted(job) if self._shutdown.is_set() and self._infrastructure is not None:
                 # Arrived while draining, just before the unsubscription took effect.
                 self._infrastructure.start_soon(self._hand_back, job, message.payload)
@@ -288,8 +296,6 @@ class Worker:
         """The one task that publishes statuses: QoS 1, retained, in the order jobs made them."""
         while True:
             status = await self.outbox.take()
-            if self.journal is not None:
-                self.journal.status(status)
             retention = self.settings.worker.status_retention
             expiry = retention if status.state.terminal and retention else None
             try:

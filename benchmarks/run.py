@@ -19,8 +19,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,8 +140,8 @@ class Lab:
             self.broker.terminate()
             self.broker.wait(timeout=10)
 
-    @contextmanager
-    def worker(self, name: str, **settings: Any) -> Iterator[subprocess.Popen[bytes]]:
+    @asynccontextmanager
+    async def worker(self, name: str, **settings: Any) -> AsyncIterator[trio.Process]:
         worker = {
             "group_name": GROUP,
             "worker_id": name,
@@ -154,31 +154,30 @@ class Lab:
         # YAML is a superset of JSON: a JSON config file is a valid config file.
         mqtt = {"host": "127.0.0.1", "port": self.port}
         config.write_text(json.dumps({"mqtt": mqtt, "worker": worker, "log_level": "WARNING"}))
-        log = (self.root / f"{name}.log").open("wb")
-        process = subprocess.Popen([str(BIN / "ansible-worker"), "run", "-c", str(config)], stdout=log, stderr=log)
-        try:
-            yield process
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-            log.close()
+        with (self.root / f"{name}.log").open("wb") as log:
+            command = [str(BIN / "ansible-worker"), "run", "-c", str(config)]
+            process = await trio.lowlevel.open_process(command, stdout=log, stderr=log)
+            try:
+                yield process
+            finally:
+                process.terminate()
+                with trio.CancelScope(shield=True), trio.fail_after(30):
+                    await process.wait()
 
-    def direct(self, playbook: str, inventory: str, *, forks: int = 5) -> float:
+    async def direct(self, playbook: str, inventory: str, *, forks: int = 5) -> float:
         start = time.perf_counter()
-        subprocess.run(
+        await trio.run_process(
             [ANSIBLE_PLAYBOOK, "-i", inventory, f"--forks={forks}", playbook],
             cwd=self.playbooks,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            check=True,
         )
         return time.perf_counter() - start
 
 
 async def wait_for_worker(client: Client, name: str) -> None:
     with trio.fail_after(30):
-        while not any(w["worker_id"] == name and w["state"] == "online" for w in await client.workers()):  # noqa: ASYNC110
-            await trio.sleep(0.05)
+        await client.wait_for_worker(name)
 
 
 @dataclass
@@ -246,16 +245,15 @@ async def run_many(client: Client, job: dict[str, Any], count: int) -> float:
     return elapsed
 
 
-def direct_many(lab: Lab, count: int, parallel: int) -> float:
+async def direct_many(lab: Lab, count: int, parallel: int) -> float:
     start = time.perf_counter()
     # The way people run a batch in parallel by hand: one line per run, xargs -P.
-    subprocess.run(
+    await trio.run_process(
         ["xargs", "-P", str(parallel), "-I{}", ANSIBLE_PLAYBOOK, "-i", "local.ini", "one.yml"],
-        input="".join(f"{index}\n" for index in range(count)).encode(),
+        stdin="".join(f"{index}\n" for index in range(count)).encode(),
         cwd=lab.playbooks,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        check=True,
     )
     return time.perf_counter() - start
 
@@ -266,13 +264,13 @@ async def bench(lab: Lab, scale: dict[str, int]) -> dict[str, Any]:
     one = {"playbook": "one.yml", "inventory": "local.ini"}
     async with open_client(target) as client:
         # 1 and 2: overhead per job and start latency, alternating direct and worker runs.
-        with lab.worker("w-single"):
+        async with lab.worker("w-single"):
             await wait_for_worker(client, "w-single")
             await timed_job(client, one)  # warm the page cache and Python's bytecode cache
-            lab.direct("one.yml", "local.ini")
+            await lab.direct("one.yml", "local.ini")
             direct, worker, running, first_event = Figures(), Figures(), Figures(), Figures()
             for _ in range(scale["repeats"]):
-                direct.values.append(lab.direct("one.yml", "local.ini"))
+                direct.values.append(await lab.direct("one.yml", "local.ini"))
                 timing, _ = await timed_job(client, one)
                 worker.values.append(timing.terminal)
                 running.values.append(timing.running)
@@ -292,10 +290,10 @@ async def bench(lab: Lab, scale: dict[str, int]) -> dict[str, Any]:
         for concurrency in (1, 2):
             through_worker = through_direct = 0.0
             part = scale["jobs"] // 4
-            with lab.worker(f"w-c{concurrency}", concurrency=concurrency):
+            async with lab.worker(f"w-c{concurrency}", concurrency=concurrency):
                 await wait_for_worker(client, f"w-c{concurrency}")
                 for _ in range(4):
-                    through_direct += direct_many(lab, part, concurrency)
+                    through_direct += await direct_many(lab, part, concurrency)
                     through_worker += await run_many(client, one, part)
             per_minute_worker = scale["jobs"] / through_worker * 60
             per_minute_direct = scale["jobs"] / through_direct * 60
@@ -309,11 +307,11 @@ async def bench(lab: Lab, scale: dict[str, int]) -> dict[str, Any]:
 
         # 4: event-heavy jobs.
         heavy = {"playbook": "heavy.yml", "inventory": "fifty.ini", "forks": 10}
-        with lab.worker("w-heavy", events_per_second=100_000):
+        async with lab.worker("w-heavy", events_per_second=100_000):
             await wait_for_worker(client, "w-heavy")
             direct, worker, delays = Figures(), Figures(), Figures()
             for _ in range(scale["heavy_repeats"]):
-                direct.values.append(lab.direct("heavy.yml", "fifty.ini", forks=10))
+                direct.values.append(await lab.direct("heavy.yml", "fifty.ini", forks=10))
                 # A controller waiting for the result, as in the direct run nobody watches.
                 timing, _ = await timed_job(client, heavy, watch_events=False)
                 if timing.state != "success":
@@ -340,7 +338,7 @@ async def bench(lab: Lab, scale: dict[str, int]) -> dict[str, Any]:
         fake = lab.root / "fake-ansible-playbook"
         fake.write_text(FAKE_ANSIBLE.format(python=sys.executable, events=100))
         fake.chmod(0o755)
-        with lab.worker(
+        async with lab.worker(
             "w-pipeline", ansible_playbook_path=str(fake), concurrency=2, events_per_second=1_000_000
         ) as process:
             await wait_for_worker(client, "w-pipeline")

@@ -14,7 +14,6 @@ import argparse
 import json
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +49,7 @@ class Fleet:
     def __init__(self, lab: Lab, stand_in: Path, count: int) -> None:
         self.lab = lab
         self.configs: dict[str, Path] = {}
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes: dict[str, trio.Process] = {}
         for index in range(count):
             name = f"soak-{index}"
             state = lab.root / f"state-{name}"
@@ -71,24 +70,33 @@ class Fleet:
             config.write_text(json.dumps({"mqtt": mqtt, "worker": worker, "log_level": "WARNING"}))
             self.configs[name] = config
 
-    def start(self, name: str) -> None:
-        log = (self.lab.root / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen(
-            [str(BIN / "ansible-worker"), "run", "-c", str(self.configs[name])], stdout=log, stderr=log
-        )
+    async def start(self, name: str) -> None:
+        with (self.lab.root / f"{name}.log").open("ab") as log:
+            command = [str(BIN / "ansible-worker"), "run", "-c", str(self.configs[name])]
+            self.processes[name] = await trio.lowlevel.open_process(command, stdout=log, stderr=log)
 
-    def stop(self, name: str, how: signal.Signals) -> None:
+    async def stop(self, name: str, how: signal.Signals) -> None:
         process = self.processes[name]
         process.send_signal(how)
-        process.wait(timeout=60)
+        # A stopping worker drains: drain_timeout plus kill_grace plus its margins.
+        with trio.CancelScope(shield=True), trio.fail_after(60):
+            await process.wait()
 
-    def stop_all(self) -> None:
-        for name in self.processes:
-            if self.processes[name].poll() is None:
-                self.stop(name, signal.SIGTERM)
+    async def stop_all(self) -> None:
+        for name, process in self.processes.items():
+            if process.returncode is None:
+                await self.stop(name, signal.SIGTERM)
 
 
-async def collect(client: Client, seen: dict[str, list[dict[str, Any]]], *, task_status: trio.TaskStatus[None]) -> None:
+async def collect(
+    client: Client,
+    seen: dict[str, list[dict[str, Any]]],
+    expected: set[str],
+    all_seen: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None],
+) -> None:
+    """Gather every terminal status; set `all_seen` once each expected job has one."""
     receive = await client.subscribe([f"{client.topics.tasks}/+/status"])
     task_status.started()
     async for message in receive:
@@ -96,16 +104,20 @@ async def collect(client: Client, seen: dict[str, list[dict[str, Any]]], *, task
             status = json.loads(message.payload)
             if status.get("state") in TERMINAL:
                 seen.setdefault(status["task_id"], []).append(status)
+                if expected <= seen.keys():
+                    all_seen.set()
 
 
 async def soak(lab: Lab, fleet: Fleet, jobs: int, rate: float, kill: bool) -> dict[str, Any]:
     seen: dict[str, list[dict[str, Any]]] = {}
+    ids = [f"soak-{uuid.uuid4().hex[:10]}" for _ in range(jobs)]
+    all_seen = trio.Event()
     restarts = {"SIGTERM": 0, "SIGKILL": 0}
     target = target_from_url(f"mqtt://127.0.0.1:{lab.port}", group=GROUP)
     async with open_client(target) as watcher, open_client(target) as client, trio.open_nursery() as nursery:
-        await nursery.start(collect, watcher, seen)
+        await nursery.start(collect, watcher, seen, set(ids), all_seen)
         for name in fleet.configs:
-            fleet.start(name)
+            await fleet.start(name)
             await wait_for_worker(client, name)
         memory_before = {name: rss_kib(process.pid) for name, process in fleet.processes.items()}
 
@@ -115,21 +127,20 @@ async def soak(lab: Lab, fleet: Fleet, jobs: int, rate: float, kill: bool) -> di
                 name = random.choice(sorted(fleet.configs))
                 how = signal.SIGKILL if kill and random.random() < 0.3 else signal.SIGTERM
                 restarts[how.name] += 1
-                await trio.to_thread.run_sync(fleet.stop, name, how)
-                fleet.start(name)
+                await fleet.stop(name, how)
+                await fleet.start(name)
                 await wait_for_worker(client, name)
 
         nursery.start_soon(chaos)
-        ids = [f"soak-{uuid.uuid4().hex[:10]}" for _ in range(jobs)]
         started = time.monotonic()
         for index, task_id in enumerate(ids):
             job = {"task_id": task_id, "playbook": "one.yml", "inventory": "local.ini"}
             await client.link.publish(client.topics.tasks, json.dumps(job).encode(), qos=2)
             await trio.sleep_until(trio.current_time() + max(0.0, started + (index + 1) / rate - time.monotonic()))
         published = time.monotonic() - started
+        # Whatever has not ended three minutes after the last publish counts as lost.
         with trio.move_on_after(180):
-            while not set(ids) <= seen.keys():  # noqa: ASYNC110 - counting what the collector gathers
-                await trio.sleep(0.2)
+            await all_seen.wait()
         nursery.cancel_scope.cancel()
     memory_after = {name: rss_kib(process.pid) for name, process in fleet.processes.items()}
     distinct = {
@@ -149,6 +160,14 @@ async def soak(lab: Lab, fleet: Fleet, jobs: int, rate: float, kill: bool) -> di
     }
 
 
+async def soak_fleet(lab: Lab, fleet: Fleet, jobs: int, rate: float, kill: bool) -> dict[str, Any]:
+    """`soak`, with every worker stopped afterwards whatever happened."""
+    try:
+        return await soak(lab, fleet, jobs, rate, kill)
+    finally:
+        await fleet.stop_all()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1000)
@@ -163,9 +182,8 @@ def main() -> int:
         fleet = Fleet(lab, stand_in, 3)
         lab.start_broker()
         try:
-            report = trio.run(soak, lab, fleet, args.jobs, args.rate, args.kill)
+            report = trio.run(soak_fleet, lab, fleet, args.jobs, args.rate, args.kill)
         finally:
-            fleet.stop_all()
             lab.stop_broker()
     print(json.dumps(report, indent=2))
     return 0 if report["lost"] == 0 and report["duplicated"] == 0 else 1

@@ -107,8 +107,9 @@ def group() -> str:
 
 
 def make_settings(
-    broker: Broker, playbook_dir: Path, group: str, mqtt: dict[str, Any] | None = None, **worker: Any
+    port: int, playbook_dir: Path, group: str, mqtt: dict[str, Any] | None = None, **worker: Any
 ) -> Settings:
+    """Settings for a worker on the test broker at `port`, with short timeouts."""
     runs = playbook_dir.parent / "runs"
     runs.mkdir(exist_ok=True)
     values: dict[str, Any] = {
@@ -121,7 +122,6 @@ def make_settings(
         "status_interval": 0.1,
     }
     values.update(worker)
-    port = getattr(broker, "port", None)
     return Settings(mqtt={"host": "127.0.0.1", "port": port, **(mqtt or {})}, worker=values)
 
 
@@ -210,8 +210,7 @@ async def client_for(broker: Broker, group: str) -> AsyncIterator[Client]:
 async def wait_online(client: Client, worker_id: str) -> None:
     """A shared-subscription job published before a worker subscribed would reach nobody."""
     with trio.fail_after(30):
-        while not any(w["worker_id"] == worker_id and w["state"] == "online" for w in await client.workers()):  # noqa: ASYNC110
-            await trio.sleep(0.05)
+        await client.wait_for_worker(worker_id)
 
 
 def processes_mentioning(text: str) -> list[str]:

@@ -21,7 +21,7 @@ async def wait_until_disconnected(worker: Worker) -> None:
 
 async def test_worker_waits_for_a_broker_that_is_down_at_start(broker: Broker, playbook_dir: Path, group: str) -> None:
     broker.stop()
-    settings = make_settings(broker, playbook_dir, group)
+    settings = make_settings(broker.port, playbook_dir, group)
     worker = Worker(settings)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
@@ -37,7 +37,7 @@ async def test_worker_waits_for_a_broker_that_is_down_at_start(broker: Broker, p
 
 
 async def test_broker_restart_while_idle(broker: Broker, playbook_dir: Path, group: str) -> None:
-    settings = make_settings(broker, playbook_dir, group)
+    settings = make_settings(broker.port, playbook_dir, group)
     async with running_worker(settings) as worker:
         broker.stop()
         await wait_until_disconnected(worker)
@@ -64,7 +64,7 @@ async def start_then_lose_broker(broker: Broker, group: str, worker: Worker, tas
 async def test_job_finishing_while_broker_is_down_reports_after_it_returns(
     broker: Broker, playbook_dir: Path, group: str
 ) -> None:
-    settings = make_settings(broker, playbook_dir, group)
+    settings = make_settings(broker.port, playbook_dir, group)
     async with running_worker(settings) as worker:
         await start_then_lose_broker(broker, group, worker, "outage", seconds=2)
         # The job goes on without the broker and ends while it is away.
@@ -80,7 +80,7 @@ async def test_job_finishing_while_broker_is_down_reports_after_it_returns(
 
 
 async def test_broker_restart_while_job_runs(broker: Broker, playbook_dir: Path, group: str) -> None:
-    settings = make_settings(broker, playbook_dir, group)
+    settings = make_settings(broker.port, playbook_dir, group)
     async with running_worker(settings) as worker:
         await start_then_lose_broker(broker, group, worker, "bounce", seconds=4)
         broker.start()
@@ -136,7 +136,7 @@ async def test_worker_survives_a_broker_that_refuses_the_subscription(
     async with trio.open_nursery() as servers:
         (listener,) = await servers.start(partial(trio.serve_tcp, _refusing_broker, 0, host="127.0.0.1"))
         port = listener.socket.getsockname()[1]
-        settings = make_settings(Broker.__new__(Broker), playbook_dir, group, mqtt={"port": port})
+        settings = make_settings(port, playbook_dir, group)
         worker = Worker(settings)
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)

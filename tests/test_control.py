@@ -29,7 +29,7 @@ async def collect(updates: AsyncIterator[Update]) -> list[Update]:
 
 
 async def test_submit_follow_and_wait(broker: Broker, playbook_dir: Path, group: str) -> None:
-    async with running_worker(make_settings(broker, playbook_dir, group)), client_for(broker, group) as client:
+    async with running_worker(make_settings(broker.port, playbook_dir, group)), client_for(broker, group) as client:
         job = await client.submit({"task_id": "client-1", "playbook": "recap.yml", "inventory": "inventory.ini"})
         updates = await collect(job.updates())
         final = job.latest
@@ -66,7 +66,7 @@ async def test_no_log_results_never_published(broker: Broker, playbook_dir: Path
         "    - name: Hidden\n      ansible.builtin.debug:\n        msg: the-secret-value\n      no_log: true\n"
         "    - name: Hidden failure\n      ansible.builtin.fail:\n        msg: failing-secret\n      no_log: true\n"
     )
-    async with running_worker(make_settings(broker, playbook_dir, group)), client_for(broker, group) as client:
+    async with running_worker(make_settings(broker.port, playbook_dir, group)), client_for(broker, group) as client:
         job = await client.submit({"task_id": "nolog", "playbook": "secret.yml", "inventory": "one_host.ini"})
         updates = await collect(job.updates())
     wire = json.dumps([update.data for update in updates])
@@ -79,7 +79,7 @@ async def test_no_log_results_never_published(broker: Broker, playbook_dir: Path
 
 
 async def test_cancel_running_job_ends_its_process_group(broker: Broker, playbook_dir: Path, group: str) -> None:
-    async with running_worker(make_settings(broker, playbook_dir, group)), client_for(broker, group) as client:
+    async with running_worker(make_settings(broker.port, playbook_dir, group)), client_for(broker, group) as client:
         job = await client.submit({"task_id": "cancel-run", **sleeper(311)})
         async for status in job.statuses():
             if status.get("current_task") == "Sleep for a while":
@@ -100,7 +100,7 @@ async def test_cancel_running_job_ends_its_process_group(broker: Broker, playboo
 
 async def test_cancel_queued_job_removes_it_at_once(broker: Broker, playbook_dir: Path, group: str) -> None:
     async with (
-        running_worker(make_settings(broker, playbook_dir, group, kill_grace=1)),
+        running_worker(make_settings(broker.port, playbook_dir, group, kill_grace=1)),
         client_for(broker, group) as client,
     ):
         running = await client.submit({"task_id": "blocker", **sleeper(60)})
@@ -125,7 +125,7 @@ async def test_cancel_of_unknown_job_is_ignored(
 ) -> None:
     caplog.set_level("DEBUG", logger="ansible_worker")
     async with (
-        running_worker(make_settings(broker, playbook_dir, group)) as worker,
+        running_worker(make_settings(broker.port, playbook_dir, group)) as worker,
         client_for(broker, group) as client,
     ):
         await client.cancel("nobody-has-this")
@@ -145,7 +145,7 @@ async def test_cancel_during_git_pull(broker: Broker, playbook_dir: Path, group:
     slow_git = tmp_path / "slow-git"
     slow_git.write_text("#!/bin/sh\nexec sleep 307\n")
     slow_git.chmod(slow_git.stat().st_mode | stat.S_IEXEC)
-    settings = make_settings(broker, playbook_dir, group, git_path=str(slow_git))
+    settings = make_settings(broker.port, playbook_dir, group, git_path=str(slow_git))
     async with running_worker(settings), client_for(broker, group) as client:
         job = await client.submit({"task_id": "git-cancel", **QUICK, "git_pull": True})
         with trio.fail_after(30):
@@ -181,7 +181,7 @@ async def test_event_flood_is_rate_limited_and_status_survives(
     fake = tmp_path / "flood-ansible-playbook"
     fake.write_text(FLOOD.format(python=sys.executable, count=count))
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    settings = make_settings(broker, playbook_dir, group, ansible_playbook_path=str(fake), events_per_second=100)
+    settings = make_settings(broker.port, playbook_dir, group, ansible_playbook_path=str(fake), events_per_second=100)
     async with running_worker(settings), client_for(broker, group) as client:
         job = await client.submit({"task_id": "flood", **QUICK})
         updates = await collect(job.updates())
@@ -196,7 +196,7 @@ async def test_event_flood_is_rate_limited_and_status_survives(
 
 
 async def test_terminal_status_expires_after_retention(broker: Broker, playbook_dir: Path, group: str) -> None:
-    settings = make_settings(broker, playbook_dir, group, status_retention=600)
+    settings = make_settings(broker.port, playbook_dir, group, status_retention=600)
     async with running_worker(settings), client_for(broker, group) as client:
         receive = await client.subscribe([client.topics.status("kept")])
         await (await client.submit({"task_id": "kept", **QUICK})).wait()
@@ -213,7 +213,7 @@ async def test_terminal_status_expires_after_retention(broker: Broker, playbook_
 
 
 async def test_forget_clears_the_retained_status(broker: Broker, playbook_dir: Path, group: str) -> None:
-    async with running_worker(make_settings(broker, playbook_dir, group)), client_for(broker, group) as client:
+    async with running_worker(make_settings(broker.port, playbook_dir, group)), client_for(broker, group) as client:
         await (await client.submit({"task_id": "forget-me", **QUICK})).wait()
         before = await client.status("forget-me")
         await client.forget("forget-me")
@@ -230,7 +230,7 @@ async def test_submit_without_workers_says_so(broker: Broker, group: str) -> Non
 
 
 async def test_presence_appears_updates_and_goes_offline(broker: Broker, playbook_dir: Path, group: str) -> None:
-    settings = make_settings(broker, playbook_dir, group, worker_id="presence-a", concurrency=2)
+    settings = make_settings(broker.port, playbook_dir, group, worker_id="presence-a", concurrency=2)
     async with client_for(broker, group) as client:
         async with running_worker(settings):
             await wait_online(client, "presence-a")
@@ -284,7 +284,7 @@ async def test_killed_worker_is_marked_offline_by_its_will(
 
 
 async def test_presence_heartbeat_repeats_on_its_interval(broker: Broker, playbook_dir: Path, group: str) -> None:
-    settings = make_settings(broker, playbook_dir, group, worker_id="beating", heartbeat_interval=0.2)
+    settings = make_settings(broker.port, playbook_dir, group, worker_id="beating", heartbeat_interval=0.2)
     async with client_for(broker, group) as client:
         receive = await client.subscribe([client.topics.worker("beating")])
         async with running_worker(settings):
@@ -298,3 +298,26 @@ async def test_presence_heartbeat_repeats_on_its_interval(broker: Broker, playbo
     assert stamps == sorted(stamps)
     assert len(set(stamps)) == 4
     assert {beat["state"] for beat in beats} == {"online"}
+
+
+@pytest.mark.parametrize("options", [{"events_qos": 1}, {"publish_events": False}], ids=["qos1", "off"])
+async def test_event_publishing_options(
+    broker: Broker, playbook_dir: Path, group: str, options: dict[str, Any]
+) -> None:
+    async with (
+        running_worker(make_settings(broker.port, playbook_dir, group, **options)),
+        client_for(broker, group) as client,
+    ):
+        job = await client.submit({"task_id": "event-options", "playbook": "recap.yml", "inventory": "inventory.ini"})
+        updates = await collect(job.updates())
+    final = updates[-1]
+    assert final.kind == "status"
+    assert final.data["state"] == "success"
+    events = [u.data for u in updates if u.kind == "event"]
+    if options.get("publish_events") is False:
+        assert events == []
+        assert final.data["last_event_seq"] == 0
+    else:
+        # Acknowledged one by one through the publisher task, all before the terminal status.
+        assert final.data["last_event_seq"] > 20
+        assert [event["seq"] for event in events] == list(range(1, final.data["last_event_seq"] + 1))

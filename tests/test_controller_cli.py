@@ -37,7 +37,7 @@ async def cli(broker: Broker, group: str, *args: str) -> subprocess.CompletedPro
 async def test_submit_wait_exit_codes(
     broker: Broker, playbook_dir: Path, group: str, playbook: str, extra: list[str], code: int, state: str
 ) -> None:
-    async with running_worker(make_settings(broker, playbook_dir, group, kill_grace=1)):
+    async with running_worker(make_settings(broker.port, playbook_dir, group, kill_grace=1)):
         result = await cli(broker, group, "submit", playbook, "-i", "one_host.ini", "--wait", *extra)
     output = result.stdout.decode()
     assert result.returncode == code, result.stderr.decode()
@@ -45,7 +45,7 @@ async def test_submit_wait_exit_codes(
 
 
 async def test_submit_wait_shows_ansibles_lines_and_summary(broker: Broker, playbook_dir: Path, group: str) -> None:
-    async with running_worker(make_settings(broker, playbook_dir, group)):
+    async with running_worker(make_settings(broker.port, playbook_dir, group)):
         result = await cli(
             broker, group, "submit", "options.yml", "-i", "inventory.ini", "-l", "host1", "-t", "red",
             "-e", "greeting='hi there'", "-e", '{"nested": {"a": 1}}', "-C", "-D", "-vv", "-f", "3",
@@ -66,7 +66,7 @@ async def test_submit_wait_shows_ansibles_lines_and_summary(broker: Broker, play
 
 
 async def test_submit_json_and_status_watch_forget(broker: Broker, playbook_dir: Path, group: str) -> None:
-    async with running_worker(make_settings(broker, playbook_dir, group)):
+    async with running_worker(make_settings(broker.port, playbook_dir, group)):
         submitted = await cli(
             broker, group, "submit", "quick.yml", "-i", "one_host.ini", "--task-id", "cli-j", "--json"
         )
@@ -95,7 +95,7 @@ async def test_cancel_command_waits_for_the_worker(broker: Broker, playbook_dir:
         "inventory": "one_host.ini",
         "extra_vars": {"seconds": 301},
     }
-    async with running_worker(make_settings(broker, playbook_dir, group)):
+    async with running_worker(make_settings(broker.port, playbook_dir, group)):
         async with client_for(broker, group) as client:
             handle = await client.submit(job)
             async for status in handle.statuses():
@@ -111,7 +111,7 @@ async def test_cancel_command_waits_for_the_worker(broker: Broker, playbook_dir:
 
 
 async def test_workers_command(broker: Broker, playbook_dir: Path, group: str) -> None:
-    async with running_worker(make_settings(broker, playbook_dir, group, worker_id="listed", concurrency=3)):
+    async with running_worker(make_settings(broker.port, playbook_dir, group, worker_id="listed", concurrency=3)):
         table = await cli(broker, group, "workers")
         as_json = await cli(broker, group, "workers", "--json")
     assert table.returncode == 0
@@ -157,7 +157,7 @@ async def test_controller_reads_the_workers_config_file(
         f"mqtt: {{host: 127.0.0.1, port: {broker.port}}}\n"
         f"worker: {{group_name: {group}, playbook_directory: /nonexistent/on/the/controller}}\n"
     )
-    async with running_worker(make_settings(broker, playbook_dir, group, worker_id="from-config")):
+    async with running_worker(make_settings(broker.port, playbook_dir, group, worker_id="from-config")):
         result = await trio.run_process([EXECUTABLE, "workers", "--json", "-c", str(config)], capture_stdout=True)
     assert [worker["worker_id"] for worker in json.loads(result.stdout)] == ["from-config"]
 
@@ -180,7 +180,7 @@ async def test_ctrl_c_while_waiting_asks_whether_to_cancel(
         EXECUTABLE, "submit", "sleep.yml", "-i", "one_host.ini", "-e", "seconds=299", "--task-id", "ctrl-c",
         "--wait", "--broker", f"mqtt://127.0.0.1:{broker.port}", "--group", group,
     ]  # fmt: skip
-    settings = make_settings(broker, playbook_dir, group, kill_grace=1)
+    settings = make_settings(broker.port, playbook_dir, group, kill_grace=1)
     async with running_worker(settings):
         process = await trio.lowlevel.open_process(
             command, stdin=terminal_fd, stdout=terminal_fd, stderr=terminal_fd, start_new_session=True

@@ -17,7 +17,7 @@ QUICK = {"playbook": "quick.yml", "inventory": "one_host.ini"}
 async def run_jobs(
     broker: Broker, playbook_dir: Path, group: str, *jobs: dict[str, Any], **worker: Any
 ) -> list[dict[str, Any]]:
-    settings = make_settings(broker, playbook_dir, group, **worker)
+    settings = make_settings(broker.port, playbook_dir, group, **worker)
     async with open_controller(broker, group) as controller, running_worker(settings):
         for job in jobs:
             await controller.submit(job)
@@ -99,7 +99,7 @@ async def test_messages_without_usable_task_id_are_dropped_and_worker_goes_on(
         b'{"task_id": "has space"}',
         b"",
     ]
-    settings = make_settings(broker, playbook_dir, group)
+    settings = make_settings(broker.port, playbook_dir, group)
     async with open_controller(broker, group) as controller, running_worker(settings):
         for payload in garbage:
             await controller.submit(payload)
@@ -121,7 +121,7 @@ async def test_oversized_message_is_refused(broker: Broker, playbook_dir: Path, 
 
 
 async def test_missing_executable_fails_the_job_not_the_worker(broker: Broker, playbook_dir: Path, group: str) -> None:
-    settings = make_settings(broker, playbook_dir, group, ansible_playbook_path="/nonexistent/ansible-playbook")
+    settings = make_settings(broker.port, playbook_dir, group, ansible_playbook_path="/nonexistent/ansible-playbook")
     async with open_controller(broker, group) as controller, running_worker(settings) as worker:
         await controller.submit({"task_id": "e-exe-1", **QUICK})
         first = await controller.wait_terminal("e-exe-1")
@@ -144,7 +144,7 @@ async def test_broken_playbook_reports_ansibles_error(broker: Broker, playbook_d
 
 
 async def test_queue_full_fails_the_extra_job(broker: Broker, playbook_dir: Path, group: str) -> None:
-    settings = make_settings(broker, playbook_dir, group, max_queue_size=1, kill_grace=1)
+    settings = make_settings(broker.port, playbook_dir, group, max_queue_size=1, kill_grace=1)
     sleeper = {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 60}}
     async with open_controller(broker, group) as controller, running_worker(settings):
         await controller.submit({"task_id": "q-running", **sleeper})
@@ -166,7 +166,7 @@ async def test_timeout_ends_the_whole_process_group(broker: Broker, playbook_dir
         "extra_vars": {"seconds": 317},
         "timeout": 2,
     }
-    settings = make_settings(broker, playbook_dir, group, kill_grace=5)
+    settings = make_settings(broker.port, playbook_dir, group, kill_grace=5)
     runs = settings.worker.run_directory
     assert runs is not None
     async with open_controller(broker, group) as controller, running_worker(settings):

@@ -72,7 +72,7 @@ def test_live_worker_gives_each_message_exactly_one_terminal_status(
     group = f"{group}-{uuid.uuid4().hex[:6]}"
 
     async def main() -> dict[str, list[str]]:
-        settings = make_settings(broker, playbook_dir, group, kill_grace=1, task_timeout=20)
+        settings = make_settings(broker.port, playbook_dir, group, kill_grace=1, task_timeout=20)
         seen: dict[str, list[str]] = {}
         async with (
             running_worker(settings),

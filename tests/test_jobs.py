@@ -37,7 +37,7 @@ def play_recap(playbook_dir: Path, playbook: str, inventory: str) -> dict[str, i
 
 async def test_success_status_has_every_field_and_recap_counts(broker: Broker, playbook_dir: Path, group: str) -> None:
     recap = play_recap(playbook_dir, "recap.yml", "inventory.ini")
-    settings = make_settings(broker, playbook_dir, group)
+    settings = make_settings(broker.port, playbook_dir, group)
     async with open_controller(broker, group) as controller, running_worker(settings):
         await controller.submit({"task_id": "recap-1", "playbook": "recap.yml", "inventory": "inventory.ini"})
         final = await controller.wait_terminal("recap-1")
@@ -77,7 +77,10 @@ async def test_success_status_has_every_field_and_recap_counts(broker: Broker, p
 
 
 async def test_failing_playbook_names_task_host_and_message(broker: Broker, playbook_dir: Path, group: str) -> None:
-    async with open_controller(broker, group) as controller, running_worker(make_settings(broker, playbook_dir, group)):
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(make_settings(broker.port, playbook_dir, group)),
+    ):
         await controller.submit({"task_id": "fail-1", "playbook": "fail.yml", "inventory": "one_host.ini"})
         final = await controller.wait_terminal("fail-1")
     assert final["state"] == "failed"
@@ -88,7 +91,10 @@ async def test_failing_playbook_names_task_host_and_message(broker: Broker, play
 
 
 async def test_set_stats_calls_merge_later_key_wins(broker: Broker, playbook_dir: Path, group: str) -> None:
-    async with open_controller(broker, group) as controller, running_worker(make_settings(broker, playbook_dir, group)):
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(make_settings(broker.port, playbook_dir, group)),
+    ):
         await controller.submit({"task_id": "stats-1", "playbook": "stats.yml", "inventory": "inventory.ini"})
         final = await controller.wait_terminal("stats-1")
     assert final["state"] == "success"
@@ -107,7 +113,10 @@ async def test_extra_vars_are_data_not_templates(
         "inventory": "one_host.ini",
         "extra_vars": {"greeting": attack, "nested": {"list": [attack, 3, True, None]}},
     }
-    async with open_controller(broker, group) as controller, running_worker(make_settings(broker, playbook_dir, group)):
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(make_settings(broker.port, playbook_dir, group)),
+    ):
         await controller.submit(job)
         final = await controller.wait_terminal("vars-1")
     assert final["state"] == "success", final["error_message"]
@@ -125,7 +134,7 @@ async def test_job_options_reach_ansible(broker: Broker, playbook_dir: Path, gro
         "opt-tags": {"tags": ["red"]},
         "opt-skip": {"skip_tags": ["red"]},
     }
-    settings = make_settings(broker, playbook_dir, group, concurrency=2)
+    settings = make_settings(broker.port, playbook_dir, group, concurrency=2)
     async with open_controller(broker, group) as controller, running_worker(settings):
         for task_id, options in jobs.items():
             await controller.submit({"task_id": task_id, **base, **options})
@@ -154,7 +163,7 @@ async def test_job_options_reach_ansible(broker: Broker, playbook_dir: Path, gro
 
 
 async def test_concurrency_two_runs_two_jobs_at_once(broker: Broker, playbook_dir: Path, group: str) -> None:
-    settings = make_settings(broker, playbook_dir, group, concurrency=2)
+    settings = make_settings(broker.port, playbook_dir, group, concurrency=2)
     job = {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 2}}
     async with open_controller(broker, group) as controller, running_worker(settings):
         await controller.submit({"task_id": "par-1", **job})
@@ -168,8 +177,8 @@ async def test_concurrency_two_runs_two_jobs_at_once(broker: Broker, playbook_di
 
 
 async def test_two_workers_share_ten_jobs_each_run_once(broker: Broker, playbook_dir: Path, group: str) -> None:
-    first = make_settings(broker, playbook_dir, group, worker_id="worker-a")
-    second = make_settings(broker, playbook_dir, group, worker_id="worker-b")
+    first = make_settings(broker.port, playbook_dir, group, worker_id="worker-a")
+    second = make_settings(broker.port, playbook_dir, group, worker_id="worker-b")
     task_ids = [f"shared-{index}" for index in range(10)]
     async with open_controller(broker, group) as controller:
         async with running_worker(first), running_worker(second):
@@ -191,7 +200,10 @@ async def test_two_workers_share_ten_jobs_each_run_once(broker: Broker, playbook
 
 async def test_duplicate_task_id_is_ignored_while_held(broker: Broker, playbook_dir: Path, group: str) -> None:
     job = {"task_id": "dup-1", "playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 2}}
-    async with open_controller(broker, group) as controller, running_worker(make_settings(broker, playbook_dir, group)):
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(make_settings(broker.port, playbook_dir, group)),
+    ):
         await controller.submit(job)
         await controller.wait_for("dup-1", {"running"})
         await controller.submit(job)

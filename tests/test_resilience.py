@@ -33,12 +33,13 @@ async def wait_for_peer(worker: Worker, peer: str) -> None:
 
 
 async def test_drain_hands_queued_jobs_to_another_worker(broker: Broker, playbook_dir: Path, group: str) -> None:
-    first = make_settings(broker, playbook_dir, group, worker_id="leaving", drain_timeout=60)
-    second = make_settings(broker, playbook_dir, group, worker_id="staying")
+    first = make_settings(broker.port, playbook_dir, group, worker_id="leaving", drain_timeout=60)
+    second = make_settings(broker.port, playbook_dir, group, worker_id="staying")
     # A connection of its own for the full history: overlapping subscriptions on one
     # connection would each get a copy of every message.
     async with client_for(broker, group) as watcher, client_for(broker, group) as client:
         status_feed = await watcher.subscribe([f"{watcher.topics.tasks}/+/status"])
+        presence_feed = await watcher.subscribe([watcher.topics.worker("leaving")])
         async with running_worker(first) as leaving:
             running = await client.submit({"task_id": "drain-running", **sleeper(3)})
             queued = [await client.submit({"task_id": f"drain-queued-{index}", **QUICK}) for index in range(3)]
@@ -56,6 +57,16 @@ async def test_drain_hands_queued_jobs_to_another_worker(broker: Broker, playboo
         if message.payload:
             status = json.loads(message.payload)
             history.setdefault(status["task_id"], []).append(status)
+    states = []
+    while True:
+        try:
+            states.append(json.loads(presence_feed.receive_nowait().payload)["state"])
+        except trio.WouldBlock:
+            break
+    # Its presence said it was draining, then offline.
+    assert states[-1] == "offline"
+    assert "draining" in states
+    assert states.index("draining") < len(states) - 1
     # The running job finished where it was, within the drain timeout.
     assert finals[0]["state"] == "success"
     assert finals[0]["worker_id"] == "leaving"
@@ -69,7 +80,7 @@ async def test_drain_hands_queued_jobs_to_another_worker(broker: Broker, playboo
 
 
 async def test_second_signal_stops_waiting_for_running_jobs(broker: Broker, playbook_dir: Path, group: str) -> None:
-    settings = make_settings(broker, playbook_dir, group, drain_timeout=300, kill_grace=2)
+    settings = make_settings(broker.port, playbook_dir, group, drain_timeout=300, kill_grace=2)
     async with client_for(broker, group) as client:
         async with running_worker(settings) as worker:
             job = await client.submit({"task_id": "hurry", **sleeper(281)})
@@ -122,6 +133,14 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
             with pytest.raises(JobLost, match="job crash-running is lost: its worker phoenix went offline"):
                 with trio.fail_after(20):
                     await running.wait()
+            watch = await trio.run_process(
+                [EXECUTABLE, "watch", "crash-running", "--broker", f"mqtt://127.0.0.1:{broker.port}", "--group", group],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert watch.returncode == 5
+            assert "job crash-running is lost: its worker phoenix went offline" in watch.stderr.decode()
         finally:
             if process.returncode is None:
                 process.kill()
@@ -166,6 +185,12 @@ FAULTS = {
         "print('I never open the FIFO')\n",
         "ansible-playbook exited 0 but sent no events: the event plugin did not run",
     ),
+    # A failing run is reported by what failed, even when its event stream is damaged too.
+    "garbage-and-failure": (
+        "import os, sys\nfd = os.open(os.environ['ANSIBLE_WORKER_EVENT_FIFO'], os.O_WRONLY)\n"
+        "os.write(fd, b'{not json\\n')\nprint('[ERROR]: the inventory is unreadable')\nsys.exit(2)\n",
+        "ansible-playbook exited with code 2: [ERROR]: the inventory is unreadable",
+    ),
 }
 
 
@@ -178,7 +203,7 @@ async def test_ansible_faults_fail_the_job_with_a_reason(
     fake = tmp_path / "fake-ansible-playbook"
     fake.write_text(f"#!{sys.executable}\n{script}")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    settings = make_settings(broker, playbook_dir, group, ansible_playbook_path=str(fake))
+    settings = make_settings(broker.port, playbook_dir, group, ansible_playbook_path=str(fake))
     async with running_worker(settings), client_for(broker, group) as client:
         with trio.fail_after(20):
             final = await (await client.submit({"task_id": f"fault-{fault}", **QUICK})).wait()
@@ -187,7 +212,7 @@ async def test_ansible_faults_fail_the_job_with_a_reason(
 
 
 async def test_ansible_killed_from_outside(broker: Broker, playbook_dir: Path, group: str) -> None:
-    async with running_worker(make_settings(broker, playbook_dir, group)), client_for(broker, group) as client:
+    async with running_worker(make_settings(broker.port, playbook_dir, group)), client_for(broker, group) as client:
         job = await client.submit({"task_id": "killed", **sleeper(271)})
         playbook = str(playbook_dir / "sleep.yml")
         with trio.fail_after(30):
@@ -235,3 +260,57 @@ async def test_megabytes_of_output_keep_memory_bounded(
     assert final["state"] == "success"
     # 64 MiB went through the pipe; the worker kept its usual size plus the 1 MiB tail.
     assert peak_kib < 80 * 1024
+
+
+async def test_unacknowledged_terminal_status_is_published_after_a_restart(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    config = worker_config(
+        tmp_path / "w.json", broker, playbook_dir, group, worker_id="keeper", state_dir=str(state_dir)
+    )
+    command = [EXECUTABLE, "run", "-c", str(config)]
+    process = await trio.lowlevel.open_process(command, stderr=subprocess.DEVNULL)
+    try:
+        async with client_for(broker, group) as client:
+            await wait_online(client, "keeper")
+            job = await client.submit({"task_id": "unheard", **sleeper(2.31)})
+            async for status in job.statuses():
+                if status.get("current_task") == "Sleep for a while":
+                    break
+        # The job ends while the broker is away: its success is journaled, never acknowledged.
+        broker.stop()
+        with trio.fail_after(30):
+            while processes_mentioning("sleep 2.31"):  # noqa: ASYNC110 - another process has no event
+                await trio.sleep(0.05)
+        with trio.fail_after(30):
+            while (await _journal_states(state_dir)) != ["success"]:  # noqa: ASYNC110 - a file another process writes
+                await trio.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        with trio.fail_after(10):
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+    # Mosquitto here keeps nothing across a restart: only the journal can tell the outcome.
+    broker.start()
+    restarted = await trio.lowlevel.open_process(command, stderr=subprocess.DEVNULL)
+    try:
+        async with client_for(broker, group) as client:
+            with trio.fail_after(30):
+                final = await (await client.follow("unheard")).wait()
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            await restarted.wait()
+    assert final["state"] == "success"
+    assert final["worker_id"] == "keeper"
+    assert await _journal_states(state_dir) == []
+
+
+async def _journal_states(state_dir: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(state_dir / "journal.sqlite3") as db:
+        return [state for (state,) in db.execute("SELECT state FROM jobs")]

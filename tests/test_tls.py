@@ -119,7 +119,7 @@ async def test_mutual_tls_job_round_trip(tls_broker: Broker, pki: Pki, playbook_
         "tls_client_cert": pki.client_cert,
         "tls_client_key": pki.client_key,
     }
-    settings = make_settings(tls_broker, playbook_dir, group, mqtt=tls)
+    settings = make_settings(tls_broker.port, playbook_dir, group, mqtt=tls)
     async with open_controller(tls_broker, group, **tls) as controller, running_worker(settings):
         await controller.submit({"task_id": "tls-1", "playbook": "quick.yml", "inventory": "one_host.ini"})
         final = await controller.wait_terminal("tls-1")
