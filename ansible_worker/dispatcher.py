@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import trio
 
 from ansible_worker.job import Job, JobRunner
-from ansible_worker.journal import Journal
 from ansible_worker.models import JobStatus, State, TaskRequest, utc_now
+
+if TYPE_CHECKING:
+    # sqlite3 is loaded only by workers that keep a journal.
+    from ansible_worker.journal import Journal
 
 log = logging.getLogger(__name__)
 

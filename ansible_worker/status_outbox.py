@@ -5,11 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
-from ansible_worker.journal import Journal
 from ansible_worker.models import JobStatus, State
+
+if TYPE_CHECKING:
+    # sqlite3 is loaded only by workers that keep a journal.
+    from ansible_worker.journal import Journal
 
 
 @dataclass(slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -13,12 +14,15 @@ from ansible_worker.dispatcher import Dispatcher
 from ansible_worker.event_publisher import EventPublisher
 from ansible_worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
 from ansible_worker.job import Job, JobRunner
-from ansible_worker.journal import Journal
 from ansible_worker.models import CancelRequest, JobStatus, State, TaskRequest, utc_now
 from ansible_worker.mqtt_link import InboundMessage, LinkError, LinkOptions
 from ansible_worker.presence import Load, PresenceAnnouncer, WorkerState
 from ansible_worker.status_outbox import StatusOutbox
 from ansible_worker.topics import Topics
+
+if TYPE_CHECKING:
+    # sqlite3 is loaded only by workers that keep a journal.
+    from ansible_worker.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,11 @@ class Worker:
         worker = settings.worker
         self.topics = Topics(worker.topic_prefix, worker.group_name)
         self.tasks_subscription = self.topics.tasks_subscription(shared=worker.shared_subscription)
-        self.journal = Journal(worker.state_dir) if worker.state_dir is not None else None
+        self.journal: Journal | None = None
+        if worker.state_dir is not None:
+            from ansible_worker.journal import Journal
+
+            self.journal = Journal(worker.state_dir)
         self.outbox = StatusOutbox(interval=worker.status_interval, journal=self.journal)
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[InboundMessage](256)
         self.session = BrokerSession(

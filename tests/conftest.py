@@ -125,6 +125,20 @@ def make_settings(
     return Settings(mqtt={"host": "127.0.0.1", "port": port, **(mqtt or {})}, worker=values)
 
 
+def worker_config(path: Path, broker: Broker, playbook_dir: Path, group: str, **worker: Any) -> Path:
+    """A config file for an `ansible-worker run` process on the test broker."""
+    values = {
+        "group_name": group,
+        "playbook_directory": str(playbook_dir),
+        "ansible_playbook_path": ANSIBLE_PLAYBOOK,
+        "kill_grace": 2,
+        "drain_timeout": 1,
+        **worker,
+    }
+    path.write_text(json.dumps({"mqtt": {"host": "127.0.0.1", "port": broker.port, "keepalive": 5}, "worker": values}))
+    return path
+
+
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
     """A worker in this process, connected and subscribed; shut down gracefully on exit."""

@@ -15,7 +15,15 @@ import pytest
 import trio
 
 from ansible_worker.client import NoWorkerAnswered, Update
-from tests.conftest import Broker, client_for, make_settings, processes_mentioning, running_worker, wait_online
+from tests.conftest import (
+    Broker,
+    client_for,
+    make_settings,
+    processes_mentioning,
+    running_worker,
+    wait_online,
+    worker_config,
+)
 
 QUICK = {"playbook": "quick.yml", "inventory": "one_host.ini"}
 
@@ -255,11 +263,7 @@ async def test_presence_appears_updates_and_goes_offline(broker: Broker, playboo
 async def test_killed_worker_is_marked_offline_by_its_will(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
 ) -> None:
-    config = tmp_path / "will.yaml"
-    config.write_text(
-        f"mqtt: {{host: 127.0.0.1, port: {broker.port}, keepalive: 5}}\n"
-        f"worker: {{group_name: {group}, playbook_directory: {playbook_dir}, worker_id: doomed}}\n"
-    )
+    config = worker_config(tmp_path / "will.json", broker, playbook_dir, group, worker_id="doomed")
     executable = str(Path(sys.executable).parent / "ansible-worker")
     process = await trio.lowlevel.open_process([executable, "run", "-c", str(config)], stderr=subprocess.DEVNULL)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -16,7 +17,15 @@ import trio
 
 from ansible_worker.client import JobLost
 from ansible_worker.worker import Worker
-from tests.conftest import Broker, client_for, make_settings, processes_mentioning, running_worker, wait_online
+from tests.conftest import (
+    Broker,
+    client_for,
+    make_settings,
+    processes_mentioning,
+    running_worker,
+    wait_online,
+    worker_config,
+)
 
 QUICK = {"playbook": "quick.yml", "inventory": "one_host.ini"}
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
@@ -96,28 +105,22 @@ async def test_second_signal_stops_waiting_for_running_jobs(broker: Broker, play
     assert final["error_message"] == "cancelled: worker shutting down"
 
 
-def worker_config(path: Path, broker: Broker, playbook_dir: Path, group: str, **worker: Any) -> Path:
-    values = {
-        "group_name": group,
-        "playbook_directory": str(playbook_dir),
-        "ansible_playbook_path": str(Path(sys.executable).parent / "ansible-playbook"),
-        "kill_grace": 2,
-        "drain_timeout": 1,
-        **worker,
-    }
-    path.write_text(json.dumps({"mqtt": {"host": "127.0.0.1", "port": broker.port, "keepalive": 5}, "worker": values}))
-    return path
+def journaled_worker(
+    tmp_path: Path, broker: Broker, playbook_dir: Path, group: str, worker_id: str
+) -> tuple[list[str], Path]:
+    """The command line of a worker with a journal, and the journal's directory."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    config = worker_config(
+        tmp_path / "w.json", broker, playbook_dir, group, worker_id=worker_id, state_dir=str(state_dir)
+    )
+    return [EXECUTABLE, "run", "-c", str(config)], state_dir
 
 
 async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
 ) -> None:
-    state_dir = tmp_path / "state"
-    state_dir.mkdir()
-    config = worker_config(
-        tmp_path / "w.json", broker, playbook_dir, group, worker_id="phoenix", state_dir=str(state_dir)
-    )
-    command = [EXECUTABLE, "run", "-c", str(config)]
+    command, state_dir = journaled_worker(tmp_path, broker, playbook_dir, group, "phoenix")
     async with client_for(broker, group) as client:
         process = await trio.lowlevel.open_process(command, stderr=subprocess.DEVNULL)
         try:
@@ -164,10 +167,7 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
     assert interrupted["worker_id"] == "phoenix"
     assert ran["state"] == "success"
     # The journal keeps only what is not settled yet: nothing, now.
-    import sqlite3
-
-    with sqlite3.connect(state_dir / "journal.sqlite3") as db:
-        assert db.execute("SELECT COUNT(*) FROM jobs").fetchone() == (0,)
+    assert _journal_states(state_dir) == []
 
 
 FAULTS = {
@@ -265,12 +265,7 @@ async def test_megabytes_of_output_keep_memory_bounded(
 async def test_unacknowledged_terminal_status_is_published_after_a_restart(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
 ) -> None:
-    state_dir = tmp_path / "state"
-    state_dir.mkdir()
-    config = worker_config(
-        tmp_path / "w.json", broker, playbook_dir, group, worker_id="keeper", state_dir=str(state_dir)
-    )
-    command = [EXECUTABLE, "run", "-c", str(config)]
+    command, state_dir = journaled_worker(tmp_path, broker, playbook_dir, group, "keeper")
     process = await trio.lowlevel.open_process(command, stderr=subprocess.DEVNULL)
     try:
         async with client_for(broker, group) as client:
@@ -285,7 +280,7 @@ async def test_unacknowledged_terminal_status_is_published_after_a_restart(
             while processes_mentioning("sleep 2.31"):  # noqa: ASYNC110 - another process has no event
                 await trio.sleep(0.05)
         with trio.fail_after(30):
-            while (await _journal_states(state_dir)) != ["success"]:  # noqa: ASYNC110 - a file another process writes
+            while _journal_states(state_dir) != ["success"]:  # noqa: ASYNC110 - a file another process writes
                 await trio.sleep(0.05)
         process.send_signal(signal.SIGKILL)
         with trio.fail_after(10):
@@ -306,11 +301,9 @@ async def test_unacknowledged_terminal_status_is_published_after_a_restart(
             await restarted.wait()
     assert final["state"] == "success"
     assert final["worker_id"] == "keeper"
-    assert await _journal_states(state_dir) == []
+    assert _journal_states(state_dir) == []
 
 
-async def _journal_states(state_dir: Path) -> list[str]:
-    import sqlite3
-
+def _journal_states(state_dir: Path) -> list[str]:
     with sqlite3.connect(state_dir / "journal.sqlite3") as db:
         return [state for (state,) in db.execute("SELECT state FROM jobs")]
