@@ -7,7 +7,7 @@ import logging
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import trio
@@ -55,11 +55,41 @@ def build_parser() -> argparse.ArgumentParser:
         # SUPPRESS keeps `ansible-worker -c X run` from being reset by the subcommand's default.
         sub.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, help=config_help)
     add_controller_commands(commands)
+    keygen = commands.add_parser(
+        "keygen",
+        help="make an Ed25519 key pair for signing jobs",
+        description=(
+            "Write NAME.key (the private key, mode 0600: for the controller's security.signing_key)\n"
+            "and NAME.pub (the public key: for the workers' security.trusted_keys). Never overwrites."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    keygen.add_argument("name", metavar="NAME", help="file name stem, e.g. the controller's name")
+    keygen.add_argument("-d", "--directory", type=Path, default=Path(), help="where to write the files (default: here)")
     return parser
+
+
+def keygen(name: str, directory: Path) -> int:
+    """Write a key pair and say how to use it; exit 2 if it cannot be written."""
+    from ansible_worker.signing import generate_key_pair
+
+    private, public = directory / f"{name}.key", directory / f"{name}.pub"
+    try:
+        fingerprint = generate_key_pair(private, public)
+    except OSError as exc:
+        print(f"error: {exc.filename or private}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"wrote {private} (private: keep it secret) and {public} (public)")
+    print(f"fingerprint {fingerprint}")
+    print("\ncontroller config:\n  security:\n    signing_key: " + str(private))
+    print(f"\nworker config:\n  security:\n    require_signed_tasks: true\n    trusted_keys:\n      {name}: {public}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "keygen":
+        return keygen(args.name, args.directory)
     if args.command in CONTROLLER_COMMANDS:
         # Imported only here, so that a worker process never loads the controller's (rich).
         from ansible_worker.controller_commands import run_command
@@ -110,6 +140,20 @@ async def _watch_signals(signals: AsyncIterator[int], worker: Worker) -> None:
             worker.request_shutdown(hurry=True)
 
 
+def _names(environment: Mapping[str, object]) -> str:
+    if not environment:
+        return "nothing added for Ansible"
+    return f"{', '.join(sorted(environment))} for Ansible (values hidden)"
+
+
+def _signatures(settings: Settings) -> str:
+    security = settings.security
+    if not security.require_signed_tasks:
+        return "not required (anyone who may publish on the tasks topic can run a job)"
+    keys = ", ".join(sorted(security.trusted_keys))
+    return f"required, trusted keys: {keys}; max age {security.max_task_age:g}s"
+
+
 def summarize(settings: Settings, path: Path | None) -> str:
     """A one-screen view of the effective configuration, secrets masked."""
     mqtt, worker = settings.mqtt, settings.worker
@@ -138,6 +182,8 @@ def summarize(settings: Settings, path: Path | None) -> str:
         f"  executables   {worker.ansible_playbook_path}, {worker.git_path}",
         f"  messages      up to {worker.max_message_bytes} bytes; status every {worker.status_interval:g}s at most",
         f"  log level     {settings.log_level}",
+        f"  environment   {_names(worker.environment)}",
+        f"  signatures    {_signatures(settings)}",
         "",
         f"  jobs from     {topics.tasks_subscription(shared=worker.shared_subscription)}",
         f"  status on     {topics.status('<task_id>')} (retained)",

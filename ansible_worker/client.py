@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import trio
@@ -32,14 +32,19 @@ from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.mqtt_link import InboundMessage, LinkError, LinkOptions, MqttLink, open_mqtt_link
 from ansible_worker.topics import Topics
 
+if TYPE_CHECKING:
+    from ansible_worker.signing import Signer
+
 __all__ = [
     "Client",
     "ClientError",
     "JobHandle",
     "JobLost",
     "NoWorkerAnswered",
+    "SigningKeyError",
     "Target",
     "Update",
+    "load_signer",
     "open_client",
     "target_from_settings",
     "target_from_url",
@@ -58,16 +63,24 @@ class NoWorkerAnswered(ClientError):
     """A submitted job got no `queued` status in time: no worker of the group is listening."""
 
 
+class SigningKeyError(ClientError):
+    """The signing key named by the settings or the command line cannot be used."""
+
+
 class JobLost(ClientError):
     """The worker holding the job went offline (its will message) before the job ended."""
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where the workers are: a broker connection and the group's topics."""
+    """Where the workers are: a broker connection and the group's topics.
+
+    With a `signer`, jobs and cancel requests are signed (for workers that require it).
+    """
 
     link: LinkOptions
     topics: Topics
+    signer: Signer | None = None
 
 
 def target_from_url(url: str, *, group: str, prefix: str = "ansible", ca_cert: Path | None = None) -> Target:
@@ -95,9 +108,25 @@ def target_from_url(url: str, *, group: str, prefix: str = "ansible", ca_cert: P
 
 
 def target_from_settings(settings: ClientSettings) -> Target:
+    """The broker and group of a config file, and its `security.signing_key` if it names one.
+
+    Errors: `ClientError` when the signing key cannot be read.
+    """
     # Never the workers' own client_id from their file: the broker would drop one of us.
     link = settings.mqtt.link_options(client_id=_client_id())
-    return Target(link, Topics(settings.worker.topic_prefix, settings.worker.group_name))
+    signing_key = settings.security.signing_key
+    signer = load_signer(signing_key) if signing_key is not None else None
+    return Target(link, Topics(settings.worker.topic_prefix, settings.worker.group_name), signer)
+
+
+def load_signer(path: Path) -> Signer:
+    """A signer for the private key in `path`. Errors: `ClientError` saying why it cannot be used."""
+    from ansible_worker.signing import KeyFileError, Signer
+
+    try:
+        return Signer.from_file(path)
+    except KeyFileError as exc:
+        raise SigningKeyError(f"signing key: {exc}") from None
 
 
 def _client_id() -> str:
@@ -140,10 +169,11 @@ class Client:
     100,000 messages behind loses the excess rather than stalling the others.
     """
 
-    def __init__(self, link: MqttLink, topics: Topics, client_id: str) -> None:
+    def __init__(self, link: MqttLink, topics: Topics, client_id: str, *, signer: Signer | None = None) -> None:
         self.link = link
         self.topics = topics
         self.client_id = client_id
+        self.signer = signer
         self._routes: list[tuple[str, trio.MemorySendChannel[InboundMessage]]] = []
         self._senders: dict[int, trio.MemorySendChannel[InboundMessage]] = {}
         self._subscribed: dict[str, int] = {}
@@ -210,6 +240,8 @@ class Client:
         """
         request = dict(job)
         request.setdefault("task_id", f"job-{uuid.uuid4().hex[:12]}")
+        if self.signer is not None:
+            request = self.signer.sign(self.topics.tasks, request)
         handle = await self.follow(str(request["task_id"]), events=events)
         await self.link.publish(self.topics.tasks, json.dumps(request).encode(), qos=2)
         try:
@@ -241,8 +273,11 @@ class Client:
 
     async def cancel(self, task_id: str, *, reason: str | None = None, requested_by: str | None = None) -> None:
         body = {"reason": reason, "requested_by": requested_by or default_requester()}
-        payload = json.dumps({key: value for key, value in body.items() if value is not None}).encode()
-        await self.link.publish(self.topics.cancel(task_id), payload, qos=1)
+        request = {key: value for key, value in body.items() if value is not None}
+        topic = self.topics.cancel(task_id)
+        if self.signer is not None:
+            request = self.signer.sign(topic, request)
+        await self.link.publish(topic, json.dumps(request).encode(), qos=1)
 
     async def forget(self, task_id: str) -> None:
         """Clear the job's retained status from the broker."""
@@ -396,6 +431,10 @@ class JobHandle:
         if data is None:
             return None
         if message.topic.endswith("/status"):
+            if data.get("refused") and (self.latest or {}).get("state") in ("queued", "running"):
+                # A refused message that reused this job's task_id (a replay, or a forgery):
+                # it says nothing about the job a worker accepted.
+                return None
             self.latest = data
             self._finished = data.get("state") in TERMINAL_STATES
             if not self._finished and data.get("worker_id") in self._offline:
@@ -479,7 +518,7 @@ async def open_client(target: Target) -> AsyncIterator[Client]:
     try:
         with unwrap_lone_errors():
             async with open_mqtt_link(options) as link, trio.open_nursery() as nursery:
-                client = Client(link, target.topics, options.client_id)
+                client = Client(link, target.topics, options.client_id, signer=target.signer)
                 await nursery.start(client.route_messages)
                 yield client
                 nursery.cancel_scope.cancel()

@@ -7,7 +7,7 @@ import secrets
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, overload
 
 import yaml
 from pydantic import (
@@ -15,7 +15,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -26,11 +28,15 @@ from ansible_worker.expand import UnsetVariableError, expand_tree
 from ansible_worker.mqtt_link import LinkOptions
 from ansible_worker.validation import describe_errors
 
+if TYPE_CHECKING:
+    from ansible_worker.signing import TrustedKeys
+
 ENV_PREFIX = "ANSIBLE_WORKER_"
 DEFAULT_CONFIG_FILE = Path("config.yaml")
 
 _NAME_CHARS = "A-Za-z0-9._-"
 NAME_PATTERN = rf"^[{_NAME_CHARS}]{{1,128}}$"
+ENVIRONMENT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 
 def _check_topic_prefix(value: str) -> str:
@@ -134,6 +140,18 @@ class WorkerSettings(BaseModel):
     events_per_second: float = Field(200, gt=0)
     heartbeat_interval: float = Field(30, gt=0, le=3600)
     status_retention: int = Field(604_800, ge=0)
+    # Values are secrets as far as the worker knows: never logged, summarised by name only.
+    environment: dict[Annotated[str, StringConstraints(pattern=ENVIRONMENT_NAME_PATTERN)], SecretStr] = Field(
+        default_factory=dict
+    )
+
+    @field_validator("environment")
+    @classmethod
+    def _check_environment(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        reserved = sorted(name for name in value if name.startswith(ENV_PREFIX) or name == "ANSIBLE_CALLBACK_PLUGINS")
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)}: reserved for the worker itself")
+        return value
 
     @field_validator("playbook_directory")
     @classmethod
@@ -148,6 +166,48 @@ class WorkerSettings(BaseModel):
         if value is not None and not value.is_dir():
             raise ValueError(f"not a directory: {value}")
         return value
+
+
+class SecuritySettings(BaseModel):
+    """Who may make the worker do what: signed messages, and the controller's own signing key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    require_signed_tasks: bool = False
+    # The operator's name for each public key file; the name appears in logs as the signer.
+    trusted_keys: dict[Annotated[str, StringConstraints(pattern=NAME_PATTERN)], Path] = Field(default_factory=dict)
+    max_task_age: float = Field(300, gt=0, le=86_400)
+    max_clock_skew: float = Field(60, ge=0, le=3600)
+    # For controllers (`ansible-worker submit`, `cancel`); a worker ignores it.
+    signing_key: Path | None = None
+    _trusted: TrustedKeys | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _load_trusted_keys(self) -> SecuritySettings:
+        if self.require_signed_tasks and not self.trusted_keys:
+            raise ValueError("require_signed_tasks is true, but trusted_keys names no key")
+        if self.trusted_keys:
+            from ansible_worker.signing import KeyFileError, TrustedKeys
+
+            try:
+                # Read here, before the event loop starts: file reads block.
+                self._trusted = TrustedKeys.from_files(self.trusted_keys)
+            except KeyFileError as exc:
+                raise ValueError(f"trusted_keys: {exc}") from None
+        return self
+
+    @property
+    def trusted(self) -> TrustedKeys | None:
+        """The loaded public keys, when signed messages are required."""
+        return self._trusted if self.require_signed_tasks else None
+
+
+class ClientSecuritySettings(BaseModel):
+    """The part of the `security` section a controller needs."""
+
+    model_config = ConfigDict(extra="ignore", defer_build=True)
+
+    signing_key: Path | None = None
 
 
 class _EnvironmentOverFile(BaseSettings):
@@ -173,6 +233,7 @@ class Settings(_EnvironmentOverFile):
 
     mqtt: MqttSettings
     worker: WorkerSettings
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     @field_validator("log_level", mode="before")
@@ -200,6 +261,7 @@ class ClientSettings(_EnvironmentOverFile):
 
     mqtt: MqttSettings
     worker: ClientGroupSettings = Field(default_factory=ClientGroupSettings)
+    security: ClientSecuritySettings = Field(default_factory=ClientSecuritySettings)
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -19,7 +20,9 @@ from ansible_worker.client import (
     Client,
     ClientError,
     JobHandle,
+    SigningKeyError,
     Target,
+    load_signer,
     lost_message,
     open_client,
     target_from_settings,
@@ -53,7 +56,20 @@ class CommandError(Exception):
 
 
 def resolve_target(args: argparse.Namespace) -> Target:
-    """The broker and group from --broker, else from the config file and environment."""
+    """The broker and group from --broker, else from the config file and environment.
+
+    The signing key is `--signing-key`, else the config's `security.signing_key`.
+    """
+    try:
+        target = _broker_target(args)
+        if args.signing_key is not None:
+            target = dataclasses.replace(target, signer=load_signer(args.signing_key))
+    except SigningKeyError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    return target
+
+
+def _broker_target(args: argparse.Namespace) -> Target:
     if args.broker:
         return target_from_url(args.broker, group=args.group or "default", prefix=args.prefix or "ansible")
     try:
@@ -66,7 +82,7 @@ def resolve_target(args: argparse.Namespace) -> Target:
     target = target_from_settings(settings)
     if args.group or args.prefix:
         topics = type(target.topics)(args.prefix or target.topics.prefix, args.group or target.topics.group)
-        target = Target(target.link, topics)
+        target = dataclasses.replace(target, topics=topics)
     return target
 
 

@@ -45,6 +45,12 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--broker", metavar="URL", help="mqtt://[user[:password]@]host[:port] or mqtts://...")
     group.add_argument("--group", help="the workers' group_name (default: from the config, else 'default')")
     group.add_argument("--prefix", help="the workers' topic_prefix (default: from the config, else 'ansible')")
+    group.add_argument(
+        "--signing-key",
+        type=Path,
+        metavar="FILE",
+        help="sign jobs and cancel requests with this Ed25519 private key (default: security.signing_key)",
+    )
 
 
 def add_controller_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

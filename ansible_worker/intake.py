@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
 from ansible_worker.models import TASK_ID_PATTERN, CancelRequest, TaskRequest
+from ansible_worker.signing import SignatureRefused, Verified
 from ansible_worker.validation import describe_errors
+
+# Checks a decoded message's signature: returns who signed it, or raises SignatureRefused.
+Verify = Callable[[Mapping[str, Any]], Verified]
 
 _TASK_ID = re.compile(TASK_ID_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A valid job."""
+    """A valid job; `signed` says who signed it, when signatures are checked."""
 
     job: TaskRequest
+    signed: Verified | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +43,12 @@ class Dropped:
     reason: str
 
 
-def read_task_message(payload: bytes, *, max_bytes: int) -> Accepted | Rejected | Dropped:
+def read_task_message(payload: bytes, *, max_bytes: int, verify: Verify | None = None) -> Accepted | Rejected | Dropped:
     """Classify one payload from the tasks topic. Pure: never raises on any input.
 
     A payload over `max_bytes` is still decoded, only so that its sender can be told why it
-    was refused; the broker's own packet limit bounds that cost.
+    was refused; the broker's own packet limit bounds that cost. With `verify`, a message
+    whose signature it refuses is rejected before its fields are even looked at.
     """
     try:
         document = json.loads(payload)
@@ -59,16 +67,27 @@ def read_task_message(payload: bytes, *, max_bytes: int) -> Accepted | Rejected 
         return Dropped(f"task_id {task_id[:140]!r} is not 1-128 characters of A-Z a-z 0-9 . _ -")
     if len(payload) > max_bytes:
         return Rejected(task_id, f"message too large ({len(payload)} bytes, max {max_bytes})")
+    signed = None
+    if verify is not None:
+        try:
+            signed = verify(document)
+        except SignatureRefused as exc:
+            return Rejected(task_id, str(exc))
     try:
         job = TaskRequest.model_validate(document)
     except ValidationError as exc:
         return Rejected(task_id, "invalid task: " + "; ".join(describe_errors(exc)))
-    return Accepted(job)
+    return Accepted(job, signed)
 
 
-def read_cancel_message(payload: bytes) -> CancelRequest | Dropped:
-    """A cancel request: empty, or a JSON object with optional `reason` and `requested_by`."""
+def read_cancel_message(payload: bytes, *, verify: Verify | None = None) -> CancelRequest | Dropped:
+    """A cancel request: empty, or a JSON object with optional `reason` and `requested_by`.
+
+    With `verify`, only a signed object is a request; the rest are dropped with the reason.
+    """
     if not payload.strip():
+        if verify is not None:
+            return Dropped("unsigned: this worker requires signed messages (security.require_signed_tasks)")
         return CancelRequest()
     try:
         document = json.loads(payload)
@@ -76,6 +95,11 @@ def read_cancel_message(payload: bytes) -> CancelRequest | Dropped:
         return Dropped(f"invalid JSON: {exc}")
     if not isinstance(document, dict):
         return Dropped(f"payload is a JSON {_json_kind(document)}, not an object")
+    if verify is not None:
+        try:
+            verify(document)
+        except SignatureRefused as exc:
+            return Dropped(str(exc))
     try:
         return CancelRequest.model_validate(document)
     except ValidationError as exc:

@@ -7,7 +7,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +27,7 @@ from ansible_worker.playbook_command import (
     JobRefusedError,
     ansible_environment,
     build_argv,
+    child_environment,
     resolve_inventory,
     resolve_playbook,
 )
@@ -144,6 +145,7 @@ class JobRunner:
         topics: Topics,
         events: EventPublisher | None = None,
         on_transition: Callable[[], None] = lambda: None,
+        hidden_values: Collection[str] = (),
     ) -> None:
         self.settings = settings
         self.outbox = outbox
@@ -159,6 +161,12 @@ class JobRunner:
             max_extra_vars_depth=settings.max_extra_vars_depth,
         )
         self._git_lock = trio.Lock()
+        # What Ansible and git start with; `hidden_values` are the worker's own secrets.
+        self._child_environment = child_environment(
+            os.environ,
+            extra={name: value.get_secret_value() for name, value in settings.environment.items()},
+            hidden_values=hidden_values,
+        )
 
     def announce(self, job: Job) -> None:
         """Publish the job's current status and log the transition."""
@@ -243,7 +251,7 @@ class JobRunner:
                     returncode = await run_with_output(
                         argv,
                         cwd=base,
-                        env=ansible_environment(os.environ, fifo.path),
+                        env=ansible_environment(self._child_environment, fifo.path),
                         kill_grace=self.settings.kill_grace,
                         tail=tail,
                         record=record,
@@ -290,7 +298,7 @@ class JobRunner:
 
     async def _git_pull(self, job: Job) -> None:
         """`git pull --ff-only` in the playbook directory, one job at a time, bounded."""
-        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+        env = {**self._child_environment, "GIT_TERMINAL_PROMPT": "0"}
         argv = [self.settings.git_path, "pull", "--ff-only"]
         tail = OutputTail(65536)
         async with self._git_lock:

@@ -119,6 +119,8 @@ class JobStatus(BaseModel):
     handed_back_by: str | None = None
     last_event_seq: int = 0
     events_dropped: int = 0
+    # A live answer to a message that was refused before anything ran; never retained.
+    refused: bool = False
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "LinkLost",
     "LinkOptions",
     "MqttLink",
+    "PublishRefused",
     "SubscribeRefused",
     "Will",
     "open_mqtt_link",
@@ -61,6 +63,13 @@ class SubscribeRefused(LinkError):
     """The broker answered a SUBSCRIBE with a failure reason code."""
 
 
+class PublishRefused(LinkError):
+    """The broker answered a QoS 1 PUBLISH with a failure reason code (its ACL, usually).
+
+    Publishing the same message again would be refused again: the link itself is fine.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Will:
     topic: str
@@ -77,7 +86,8 @@ class LinkOptions:
     port: int
     client_id: str
     username: str | None = None
-    password: str | None = None
+    # Kept out of repr(), so that no log line or traceback can show it.
+    password: str | None = field(default=None, repr=False)
     keepalive: int = 60
     tls_enabled: bool = False
     tls_ca_cert: Path | None = None
@@ -109,7 +119,8 @@ class MqttLink:
         self._client = client
         self._loop = loop
         self._streams: list[_Messages] = []
-        self._publish = trio_asyncio.aio_as_trio(client.publish, loop=loop)
+        assert isinstance(client, _TrioSafeClient)
+        self._publish = trio_asyncio.aio_as_trio(client.publish_checked, loop=loop)
         self._subscribe = trio_asyncio.aio_as_trio(client.subscribe, loop=loop)
         self._unsubscribe = trio_asyncio.aio_as_trio(client.unsubscribe, loop=loop)
 
@@ -245,6 +256,31 @@ class _TrioSafeClient(aiomqtt.Client):
         super().__init__(*args, **kwargs)
         self._flush_pending = False
         self._writer_waiting = False
+        # Failure reason codes of acknowledgements, by message id, until their publisher looks.
+        self._refused: dict[int, str] = {}
+        paho_publish = self._client.publish
+
+        def publish_noting_mid(*args: Any, **kwargs: Any) -> mqtt.MQTTMessageInfo:
+            info = paho_publish(*args, **kwargs)
+            # Each aiomqtt publish runs in its own asyncio task, hence its own context.
+            _PUBLISH_MID.set(info.mid)
+            return info
+
+        self._client.publish = publish_noting_mid  # type: ignore[method-assign]
+
+    async def publish_checked(
+        self, topic: str, payload: bytes, *, qos: int, retain: bool, properties: Properties | None
+    ) -> None:
+        """aiomqtt's publish, and `PublishRefused` when the broker's acknowledgement says no."""
+        await self.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        reason = self._refused.pop(_PUBLISH_MID.get(), None)
+        if reason is not None:
+            raise PublishRefused(f"broker refused the publish to {topic!r}: {reason}")
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        if getattr(reason_code, "is_failure", False):
+            self._refused[mid] = str(reason_code)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         def read() -> None:
@@ -316,6 +352,9 @@ class _TrioSafeClient(aiomqtt.Client):
             self._disconnected.set_exception(exc)
 
 
+_PUBLISH_MID: contextvars.ContextVar[int] = contextvars.ContextVar("publish_mid", default=-1)
+
+
 def _set_cork(sock: Any, *, on: bool) -> None:
     with contextlib.suppress(OSError, AttributeError):  # not TCP (a Unix socket), or already gone
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
@@ -364,7 +403,10 @@ def _connect_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate verification failed: {exc.verify_message}"
     if isinstance(exc, MqttConnectError):
-        return f"broker refused the connection: {exc.rc}"
+        reason = f"broker refused the connection: {exc.rc}"
+        if str(exc.rc) in ("Not authorized", "Bad user name or password"):
+            reason += " (check mqtt.username and mqtt.password, and that the broker lets this client connect)"
+        return reason
     text = str(exc) or type(exc).__name__
     # aiomqtt re-raises paho's ssl errors as plain text; name the common cause plainly.
     if "CERTIFICATE_VERIFY_FAILED" in text:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path, PurePosixPath
 
 from ansible_worker.models import TaskRequest
 
 PLUGIN_DIRECTORY = Path(__file__).parent / "plugins" / "callback"
 FIFO_VARIABLE = "ANSIBLE_WORKER_EVENT_FIFO"
+# The worker's own settings may arrive as ANSIBLE_WORKER_* variables (the broker password
+# among them): a playbook could read them with lookup('env', ...), so they stay here.
+_WORKER_VARIABLE_PREFIX = "ANSIBLE_WORKER_"
 _ANSIBLE_DEFAULT_CALLBACK_PATH = "~/.ansible/plugins/callback:/usr/share/ansible/plugins/callback"
 
 
@@ -81,8 +84,26 @@ def build_argv(
     return argv
 
 
+def child_environment(
+    base: Mapping[str, str], *, extra: Mapping[str, str] | None = None, hidden_values: Collection[str] = ()
+) -> dict[str, str]:
+    """The worker's environment for its child processes, plus `extra` (`worker.environment`).
+
+    Left out: the worker's own `ANSIBLE_WORKER_*` settings, and any variable whose value is
+    one of `hidden_values` (the broker password, however the config file referred to it).
+    """
+    hidden = {value for value in hidden_values if value}
+    env = {
+        name: value
+        for name, value in base.items()
+        if not name.startswith(_WORKER_VARIABLE_PREFIX) and value not in hidden
+    }
+    env.update(extra or {})
+    return env
+
+
 def ansible_environment(base: Mapping[str, str], fifo: Path) -> dict[str, str]:
-    """The worker's environment plus what enables the event plugin for this run.
+    """A child environment (from `child_environment`) plus what enables the event plugin.
 
     An operator's own `ANSIBLE_CALLBACK_PLUGINS` is kept after ours; without it Ansible's
     default search path is kept, so other callback plugins still load.

@@ -32,6 +32,14 @@ class Topics:
         """Every worker of the group hears every cancel request (not shared)."""
         return f"{self.tasks}/+/cancel"
 
+    def claim(self, task_id: str) -> str:
+        return f"{self.tasks}/{task_id}/claim"
+
+    @property
+    def claims_subscription(self) -> str:
+        """Every worker of the group hears every claim on a signed job (not shared)."""
+        return f"{self.tasks}/+/claim"
+
     def events(self, task_id: str) -> str:
         return f"{self.tasks}/{task_id}/events"
 
@@ -44,5 +52,12 @@ class Topics:
 
     def task_id_of_cancel(self, topic: str) -> str | None:
         """The task_id in a cancel topic of this group, or None if `topic` is not one."""
-        match = re.fullmatch(re.escape(self.tasks) + rf"/({_TASK_ID})/cancel", topic)
+        return self._task_id_in(topic, "cancel")
+
+    def task_id_of_claim(self, topic: str) -> str | None:
+        """The task_id in a claim topic of this group, or None if `topic` is not one."""
+        return self._task_id_in(topic, "claim")
+
+    def _task_id_in(self, topic: str, leaf: str) -> str | None:
+        match = re.fullmatch(re.escape(self.tasks) + rf"/({_TASK_ID})/{leaf}", topic)
         return match.group(1) if match else None

@@ -15,14 +15,17 @@ from ansible_worker.event_publisher import EventPublisher
 from ansible_worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
 from ansible_worker.job import Job, JobRunner
 from ansible_worker.models import CancelRequest, JobStatus, State, TaskRequest, utc_now
-from ansible_worker.mqtt_link import InboundMessage, LinkError, LinkOptions
+from ansible_worker.mqtt_link import InboundMessage, LinkError, LinkOptions, PublishRefused
 from ansible_worker.presence import Load, PresenceAnnouncer, WorkerState
 from ansible_worker.status_outbox import StatusOutbox
 from ansible_worker.topics import Topics
 
 if TYPE_CHECKING:
-    # sqlite3 is loaded only by workers that keep a journal.
+    # sqlite3 is loaded only by workers that keep a journal, cryptography only by workers
+    # that check signatures.
     from ansible_worker.journal import Journal
+    from ansible_worker.signing import Verified
+    from ansible_worker.task_gate import SignedTaskGate
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +62,37 @@ class Worker:
             self.journal = Journal(worker.state_dir)
         self.outbox = StatusOutbox(interval=worker.status_interval, journal=self.journal)
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[InboundMessage](256)
+        trusted = settings.security.trusted
+        subscriptions = [
+            (self.tasks_subscription, 2),
+            (self.topics.cancel_subscription, 1),
+            (self.topics.workers_subscription, 1),
+        ]
+        if trusted is not None:
+            subscriptions.append((self.topics.claims_subscription, 1))
         self.session = BrokerSession(
             link_options(settings),
-            [
-                (self.tasks_subscription, 2),
-                (self.topics.cancel_subscription, 1),
-                (self.topics.workers_subscription, 1),
-            ],
+            subscriptions,
             self._inbox_send,
             will=lambda: self.presence.will(),
             on_connected=lambda: self.presence.connected(),
         )
+        self.gate: SignedTaskGate | None = None
+        if trusted is not None:
+            from ansible_worker.task_gate import SignedTaskGate
+
+            self.gate = SignedTaskGate(
+                settings.security, trusted, self.session, self.topics, worker_id=worker.worker_id
+            )
         self.events = EventPublisher(self.session, qos=worker.events_qos) if worker.publish_events else None
+        password = settings.mqtt.password
         self.runner = JobRunner(
-            worker, self.outbox, topics=self.topics, events=self.events, on_transition=lambda: self.presence.changed()
+            worker,
+            self.outbox,
+            topics=self.topics,
+            events=self.events,
+            on_transition=lambda: self.presence.changed(),
+            hidden_values=[password.get_secret_value()] if password is not None else [],
         )
         self.dispatcher = Dispatcher(
             self.runner,
@@ -194,8 +214,14 @@ class Worker:
         # The jobs end their process groups (SIGTERM, kill_grace, SIGKILL), then the slots stop.
         serving.deadline = trio.current_time() + worker.kill_grace + SHUTDOWN_MARGIN
 
-    async def _hand_back(self, request: TaskRequest, payload: bytes, *, job: Job | None = None) -> None:
-        """Give a job that did not start back to the group, or cancel it if nobody is there."""
+    async def _hand_back(
+        self, request: TaskRequest, payload: bytes, *, job: Job | None = None, claimed: bool = False
+    ) -> None:
+        """Give a job that did not start back to the group, or cancel it if nobody is there.
+
+        A queued job (`job`) of a worker that checks signatures was claimed by it, as is one
+        with `claimed`: the claim is released before the request goes back.
+        """
         online = sorted(worker for worker, state in self.peers.items() if state == WorkerState.ONLINE)
         if online and payload:
             status = JobStatus(
@@ -210,6 +236,9 @@ class Worker:
                     # This status goes first: the next worker's own statuses must follow it.
                     topic = self.topics.status(request.task_id)
                     await self.session.publish(topic, status.to_json(), qos=1, retain=True)
+                    if self.gate is not None and (job is not None or claimed):
+                        # Without a release the group would take the request for a replay.
+                        await self.gate.release(request.task_id)
                     await self.session.publish(self.topics.tasks, payload, qos=2)
             except (LinkError, trio.TooSlowError) as exc:
                 log.warning("task %s: could not hand it back (%s); cancelling it", request.task_id, exc)
@@ -256,6 +285,11 @@ class Worker:
         if task_id is not None:
             self._take_cancel(task_id, message)
             return
+        task_id = self.topics.task_id_of_claim(message.topic)
+        if task_id is not None:
+            if self.gate is not None:
+                self.gate.hear(task_id, message)
+            return
         if message.topic.startswith(self.topics.worker("")):
             self._take_presence(message)
             return
@@ -277,7 +311,8 @@ class Worker:
             self.peers[worker_id] = state
 
     def _take_cancel(self, task_id: str, message: InboundMessage) -> None:
-        request = read_cancel_message(message.payload)
+        verify = self.gate.cancel_verifier(task_id) if self.gate is not None else None
+        request = read_cancel_message(message.payload, verify=verify)
         if not isinstance(request, CancelRequest):
             log.warning("task %s: ignoring a cancel request: %s", task_id, request.reason)
             return
@@ -285,20 +320,115 @@ class Worker:
             log.debug("task %s: not held here; ignoring its cancel request", task_id)
 
     def _take_task(self, message: InboundMessage) -> None:
-        match read_task_message(message.payload, max_bytes=self.settings.worker.max_message_bytes):
+        gate = self.gate
+        verify = gate.verify_task if gate is not None else None
+        payload = message.payload
+        match read_task_message(payload, max_bytes=self.settings.worker.max_message_bytes, verify=verify):
             case Accepted(job) if job.task_id in self.dispatcher.jobs:
-                self.dispatcher.submit(job, message.payload)  # logs and ignores the duplicate
+                self.dispatcher.submit(job, payload)  # logs and ignores the duplicate
+            case Accepted(job, signed) if gate is not None and signed is not None:
+                self._admit_signed(gate, job, payload, signed)
             case Accepted(job) if self._shutdown.is_set() and self._infrastructure is not None:
                 # Arrived while draining, just before the unsubscription took effect.
-                self._infrastructure.start_soon(self._hand_back, job, message.payload)
+                self._infrastructure.start_soon(self._hand_back, job, payload)
             case Accepted(job):
-                self.dispatcher.submit(job, message.payload)
+                self.dispatcher.submit(job, payload)
             case Rejected(task_id, reason):
-                self.dispatcher.reject(task_id, reason)
+                self._refuse(task_id, reason)
             case Dropped(reason):
-                log.warning(
-                    "dropped a task message (%d bytes) with no usable task_id: %s", len(message.payload), reason
-                )
+                log.warning("dropped a task message (%d bytes) with no usable task_id: %s", len(payload), reason)
+
+    def _refuse(self, task_id: str, reason: str) -> None:
+        """Answer a message that cannot run with `failed`, without harming a job the group holds.
+
+        A worker that checks signatures answers live only (not retained) and not at all
+        for a task_id the group holds: whoever sent an unverified message must not be able
+        to replace the status the broker keeps for a real job.
+        """
+        if self.gate is None:
+            self.dispatcher.reject(task_id, reason)
+            return
+        holder = self.gate.book.holder(task_id, now=trio.current_time())
+        if holder is not None or task_id in self.dispatcher.jobs:
+            who = holder.worker_id if holder is not None else self.settings.worker.worker_id
+            log.warning(
+                "task %s: refused a message (%s) for a job the group holds (worker %s); its status is left alone",
+                task_id,
+                reason,
+                who,
+            )
+            return
+        log.warning("task %s refused: %s", task_id, reason)
+        assert self._infrastructure is not None
+        self._infrastructure.start_soon(self._answer_refusal, task_id, reason)
+
+    async def _answer_refusal(self, task_id: str, reason: str) -> None:
+        now = utc_now()
+        status = JobStatus(
+            task_id=task_id,
+            state=State.FAILED,
+            created_at=now,
+            completed_at=now,
+            error_message=reason,
+            worker_id=self.settings.worker.worker_id,
+            refused=True,
+        )
+        try:
+            with trio.fail_after(HAND_BACK_TIMEOUT):
+                await self.session.publish(self.topics.status(task_id), status.to_json(), qos=1)
+        except (LinkError, trio.TooSlowError) as exc:
+            log.warning("task %s: could not send its refusal: %s", task_id, exc)
+
+    def _admit_signed(self, gate: SignedTaskGate, job: TaskRequest, payload: bytes, signed: Verified) -> None:
+        """Queue a signed job once the group agrees it is this worker's; refuse replays and expired jobs."""
+        from ansible_worker.signing import SignatureRefused
+
+        replay = gate.replay_reason(job.task_id)
+        if replay is not None:
+            log.warning(
+                "task %s: refused a replay signed by %s: %s; the original job's status is left alone",
+                job.task_id,
+                signed.signer,
+                replay,
+            )
+            return
+        try:
+            gate.check_age(job.task_id, signed)
+        except SignatureRefused as exc:
+            self._refuse(job.task_id, str(exc))
+            return
+        assert self._infrastructure is not None
+        if self._shutdown.is_set():
+            # Not claimed yet: the next worker checks and claims it afresh.
+            self._infrastructure.start_soon(self._hand_back, job, payload)
+            return
+        self._infrastructure.start_soon(self._claim_then_submit, gate, job, payload, signed)
+
+    async def _claim_then_submit(
+        self, gate: SignedTaskGate, job: TaskRequest, payload: bytes, signed: Verified
+    ) -> None:
+        from ansible_worker.task_gate import ClaimFailed
+
+        try:
+            won = await gate.claim(job.task_id, signed)
+        except ClaimFailed as exc:
+            self.dispatcher.reject(job.task_id, f"could not claim the job for this worker: {exc}")
+            return
+        if not won:
+            holder = gate.book.holder(job.task_id, now=trio.current_time())
+            log.warning(
+                "task %s: refused a replay signed by %s: worker %s claimed it first; the original job's status"
+                " is left alone",
+                job.task_id,
+                signed.signer,
+                holder.worker_id if holder is not None else "(unknown)",
+            )
+            return
+        log.info("task %s: signed by %s, claimed for this worker", job.task_id, signed.signer)
+        if self._shutdown.is_set():
+            await self._hand_back(job, payload, claimed=True)
+            return
+        self.dispatcher.submit(job, payload)
 
     async def _publish_statuses(self) -> None:
         """The one task that publishes statuses: QoS 1, retained, in the order jobs made them."""
@@ -310,6 +440,10 @@ class Worker:
                 await self.session.publish(
                     self.topics.status(status.task_id), status.to_json(), qos=1, retain=True, expiry=expiry
                 )
+            except PublishRefused as exc:
+                # Sending it again would be refused again; a clear line is all that helps.
+                log.error("status of %s is lost: %s (check the broker's ACL for this worker)", status.task_id, exc)
+                self.outbox.sent(status)
             except LinkError as exc:
                 log.debug("status of %s not published yet: %s", status.task_id, exc)
                 self.outbox.put_back(status)

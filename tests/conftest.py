@@ -7,6 +7,7 @@ hoping that something has happened.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ import trio
 from ansible_worker.client import Client, open_client, target_from_url
 from ansible_worker.config import Settings
 from ansible_worker.mqtt_link import LinkOptions, MqttLink, open_mqtt_link
+from ansible_worker.signing import Signer, generate_key_pair
 from ansible_worker.topics import Topics
 from ansible_worker.worker import Worker
 
@@ -43,14 +45,13 @@ def free_port() -> int:
 class Broker:
     """A Mosquitto process that a test can stop and start again on the same port."""
 
-    def __init__(self, directory: Path, listener_options: str = "") -> None:
+    def __init__(self, directory: Path, listener_options: str = "", *, access: str = "allow_anonymous true\n") -> None:
         self.port = free_port()
         self.directory = directory
         self.config = directory / "mosquitto.conf"
         self.log = directory / "mosquitto.log"
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\n" + listener_options + "allow_anonymous true\n"
-            "persistence false\n"
+            f"listener {self.port} 127.0.0.1\n" + listener_options + access + "persistence false\n"
             "set_tcp_nodelay true\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
@@ -107,7 +108,12 @@ def group() -> str:
 
 
 def make_settings(
-    port: int, playbook_dir: Path, group: str, mqtt: dict[str, Any] | None = None, **worker: Any
+    port: int,
+    playbook_dir: Path,
+    group: str,
+    mqtt: dict[str, Any] | None = None,
+    security: dict[str, Any] | None = None,
+    **worker: Any,
 ) -> Settings:
     """Settings for a worker on the test broker at `port`, with short timeouts."""
     runs = playbook_dir.parent / "runs"
@@ -122,7 +128,7 @@ def make_settings(
         "status_interval": 0.1,
     }
     values.update(worker)
-    return Settings(mqtt={"host": "127.0.0.1", "port": port, **(mqtt or {})}, worker=values)
+    return Settings(mqtt={"host": "127.0.0.1", "port": port, **(mqtt or {})}, worker=values, security=security or {})
 
 
 def worker_config(path: Path, broker: Broker, playbook_dir: Path, group: str, **worker: Any) -> Path:
@@ -215,10 +221,26 @@ async def open_controller(
 
 
 @asynccontextmanager
-async def client_for(broker: Broker, group: str) -> AsyncIterator[Client]:
-    """The project's own Python client, on the test broker."""
-    async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
+async def client_for(broker: Broker, group: str, *, signer: Signer | None = None) -> AsyncIterator[Client]:
+    """The project's own Python client, on the test broker; it signs what it sends with `signer`."""
+    target = dataclasses.replace(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group), signer=signer)
+    async with open_client(target) as client:
         yield client
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    """A directory with two key pairs: alice.key/.pub, whom workers trust, and mallory.key/.pub."""
+    directory = tmp_path / "keys"
+    directory.mkdir()
+    for name in ("alice", "mallory"):
+        generate_key_pair(directory / f"{name}.key", directory / f"{name}.pub")
+    return directory
+
+
+def require_signatures(keys: Path) -> dict[str, Any]:
+    """The `security` settings of a worker that trusts alice's key only."""
+    return {"require_signed_tasks": True, "trusted_keys": {"alice": keys / "alice.pub"}}
 
 
 async def wait_online(client: Client, worker_id: str) -> None:

@@ -16,12 +16,14 @@ import pytest
 import trio
 
 from ansible_worker.client import JobLost
+from ansible_worker.signing import Signer
 from ansible_worker.worker import Worker
 from tests.conftest import (
     Broker,
     client_for,
     make_settings,
     processes_mentioning,
+    require_signatures,
     running_worker,
     wait_online,
     worker_config,
@@ -41,12 +43,18 @@ async def wait_for_peer(worker: Worker, peer: str) -> None:
             await trio.sleep(0.02)
 
 
-async def test_drain_hands_queued_jobs_to_another_worker(broker: Broker, playbook_dir: Path, group: str) -> None:
-    first = make_settings(broker.port, playbook_dir, group, worker_id="leaving", drain_timeout=60)
-    second = make_settings(broker.port, playbook_dir, group, worker_id="staying")
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+async def test_drain_hands_queued_jobs_to_another_worker(
+    broker: Broker, playbook_dir: Path, group: str, keys: Path, signed: bool
+) -> None:
+    # Signed, a handed-back job is one the group has claimed: the release lets it run again.
+    security = require_signatures(keys) if signed else None
+    signer = Signer.from_file(keys / "alice.key") if signed else None
+    first = make_settings(broker.port, playbook_dir, group, security=security, worker_id="leaving", drain_timeout=60)
+    second = make_settings(broker.port, playbook_dir, group, security=security, worker_id="staying")
     # A connection of its own for the full history: overlapping subscriptions on one
     # connection would each get a copy of every message.
-    async with client_for(broker, group) as watcher, client_for(broker, group) as client:
+    async with client_for(broker, group) as watcher, client_for(broker, group, signer=signer) as client:
         status_feed = await watcher.subscribe([f"{watcher.topics.tasks}/+/status"])
         presence_feed = await watcher.subscribe([watcher.topics.worker("leaving")])
         async with running_worker(first) as leaving:
@@ -55,7 +63,8 @@ async def test_drain_hands_queued_jobs_to_another_worker(broker: Broker, playboo
             async with running_worker(second):
                 await wait_for_peer(leaving, "staying")
                 leaving.request_shutdown()
-                finals = [await handle.wait() for handle in (running, *queued)]
+                with trio.fail_after(60):
+                    finals = [await handle.wait() for handle in (running, *queued)]
         await watcher.barrier()
     history: dict[str, list[dict[str, Any]]] = {}
     while True:

@@ -1,0 +1,258 @@
+"""Ed25519 signatures on task and cancel messages: key files, the signed bytes, signing and checking.
+
+A signed message is the usual JSON object plus two fields::
+
+    {"task_id": "deploy-42", "playbook": "site.yml", "inventory": "hosts",
+     "issued_at": "2026-11-23T05:00:00Z",
+     "signature": {"key": "<fingerprint>", "value": "<base64 Ed25519 signature>"}}
+
+The signature covers `ansible-worker-v1`, a newline, the topic the message is published
+on, a newline, and the RFC 8785 canonical JSON of the object without `signature`. Binding
+the topic means a job signed for one group cannot run in another, and a signed job cannot
+be replayed as a cancel request (or the other way round). `key` is the SHA-256 fingerprint
+of the raw public key (first 16 bytes, hex): a hint that names the key in error messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+# cryptography and rfc8785 are imported where they are used: a worker that checks no
+# signatures never loads them (cryptography alone is about 7 MB of resident memory).
+
+__all__ = [
+    "ISSUED_AT_FIELD",
+    "SIGNATURE_FIELD",
+    "KeyFileError",
+    "SignatureRefused",
+    "Signer",
+    "TrustedKeys",
+    "Verified",
+    "check_age",
+    "fingerprint",
+    "generate_key_pair",
+    "load_private_key",
+    "load_public_key",
+    "signed_bytes",
+]
+
+SIGNATURE_FIELD = "signature"
+ISSUED_AT_FIELD = "issued_at"
+_CONTEXT = b"ansible-worker-v1\n"
+
+
+class KeyFileError(Exception):
+    """A key file cannot be used; the message says why, never what the key is."""
+
+
+class SignatureRefused(Exception):
+    """A message's signature or age is not acceptable; the message says why in plain words."""
+
+
+def signed_bytes(topic: str, body: Mapping[str, Any]) -> bytes:
+    """What a signature covers: the context, the topic and the canonical body without its signature.
+
+    Errors: `SignatureRefused` when the body has no canonical form (a float that is not
+    finite, an integer beyond 2**53).
+    """
+    import rfc8785
+
+    unsigned = {key: value for key, value in body.items() if key != SIGNATURE_FIELD}
+    try:
+        canonical = rfc8785.dumps(unsigned)
+    except rfc8785.CanonicalizationError as exc:
+        raise SignatureRefused(f"the message has no canonical JSON form (RFC 8785): {exc}") from None
+    return _CONTEXT + topic.encode() + b"\n" + canonical
+
+
+def fingerprint(key: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """An Ed25519 public key from a PEM file or an OpenSSH `ssh-ed25519 …` line."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    data = _read_key_file(path)
+    try:
+        if data.lstrip().startswith(b"ssh-"):
+            key: object = serialization.load_ssh_public_key(data)
+        else:
+            key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"{path}: not a PEM or OpenSSH public key ({exc})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"{path}: not an Ed25519 key (a {type(key).__name__.removeprefix('_')})")
+    return key
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """An unencrypted Ed25519 private key from a PEM (PKCS#8) or OpenSSH private key file."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    data = _read_key_file(path)
+    try:
+        if b"OPENSSH PRIVATE KEY" in data:
+            key: object = serialization.load_ssh_private_key(data, password=None)
+        else:
+            key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        # The library's message never contains key material.
+        raise KeyFileError(f"{path}: not an unencrypted PEM or OpenSSH private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def generate_key_pair(private_path: Path, public_path: Path) -> str:
+    """Write a new key pair: the private key readable by its owner only. Returns the fingerprint.
+
+    Errors: `FileExistsError` if either file exists (a key is never overwritten).
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    for path in (private_path, public_path):
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "exists already; a key is never overwritten", str(path))
+    # O_EXCL: never overwrite, and the mode is set at creation, before any byte is written.
+    descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as private_file:
+        private_file.write(private_pem)
+    public_path.write_bytes(public_pem)
+    return fingerprint(key.public_key())
+
+
+def _format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Signer:
+    """Signs messages with one private key (a controller's)."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+        self.fingerprint = fingerprint(key.public_key())
+
+    @classmethod
+    def from_file(cls, path: Path) -> Signer:
+        return cls(load_private_key(path))
+
+    def sign(self, topic: str, body: Mapping[str, Any], *, now: datetime | None = None) -> dict[str, Any]:
+        """`body` with `issued_at` set to now and a `signature` for publishing on `topic`."""
+        signed = {key: value for key, value in body.items() if key != SIGNATURE_FIELD}
+        signed[ISSUED_AT_FIELD] = _format_time(now or datetime.now(UTC))
+        value = self._key.sign(signed_bytes(topic, signed))
+        signed[SIGNATURE_FIELD] = {"key": self.fingerprint, "value": base64.b64encode(value).decode()}
+        return signed
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """Who signed a message (the worker's name for the key) and when they say they did."""
+
+    signer: str
+    issued_at: datetime
+
+
+class TrustedKeys:
+    """The public keys a worker accepts signatures from, each under the operator's name for it."""
+
+    def __init__(self, keys: Mapping[str, Ed25519PublicKey]) -> None:
+        self._by_fingerprint = {fingerprint(key): (name, key) for name, key in keys.items()}
+        self.names = sorted(keys)
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, Path]) -> TrustedKeys:
+        return cls({name: load_public_key(path) for name, path in files.items()})
+
+    def verify(self, topic: str, document: Mapping[str, Any]) -> Verified:
+        """Check the signature of a message received on `topic`; its age is `check_age`'s business.
+
+        Errors: `SignatureRefused` saying what is wrong: unsigned, malformed, an untrusted
+        key, a signature that does not match, or no usable `issued_at`.
+        """
+        signature = document.get(SIGNATURE_FIELD)
+        if signature is None:
+            raise SignatureRefused("unsigned: this worker requires signed messages (security.require_signed_tasks)")
+        if not isinstance(signature, dict) or not isinstance(signature.get("value"), str):
+            raise SignatureRefused('malformed signature: expected {"key": FINGERPRINT, "value": BASE64}')
+        try:
+            value = base64.b64decode(signature["value"], validate=True)
+        except (binascii.Error, ValueError):
+            raise SignatureRefused("malformed signature: value is not base64") from None
+        hint = signature.get("key")
+        candidates = list(self._by_fingerprint.values())
+        if isinstance(hint, str):
+            if hint not in self._by_fingerprint:
+                raise SignatureRefused(f"signed with a key this worker does not trust (fingerprint {hint[:64]})")
+            candidates = [self._by_fingerprint[hint]]
+        from cryptography.exceptions import InvalidSignature
+
+        message = signed_bytes(topic, document)
+        for name, key in candidates:
+            try:
+                key.verify(value, message)
+            except InvalidSignature:
+                continue
+            return Verified(name, _issued_at(document))
+        if isinstance(hint, str):
+            raise SignatureRefused(f"bad signature: it does not match the message (key {candidates[0][0]!r})")
+        raise SignatureRefused("bad signature: no trusted key made it")
+
+
+def _issued_at(document: Mapping[str, Any]) -> datetime:
+    text = document.get(ISSUED_AT_FIELD)
+    if not isinstance(text, str):
+        raise SignatureRefused(f"{ISSUED_AT_FIELD} is missing: a signed message must say when it was issued")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise SignatureRefused(f"{ISSUED_AT_FIELD} is not an RFC 3339 time: {text[:64]!r}") from None
+    if moment.tzinfo is None:
+        raise SignatureRefused(f"{ISSUED_AT_FIELD} has no time zone: {text[:64]!r}")
+    return moment
+
+
+def check_age(issued_at: datetime, *, now: datetime, max_age: float, max_skew: float) -> None:
+    """Refuse a message issued more than `max_age` seconds ago, or more than `max_skew` ahead."""
+    age = (now - issued_at).total_seconds()
+    if age > max_age:
+        raise SignatureRefused(f"expired: issued {age:.0f}s ago, more than security.max_task_age ({max_age:g}s)")
+    if -age > max_skew:
+        raise SignatureRefused(
+            f"issued {-age:.0f}s in the future, more than security.max_clock_skew ({max_skew:g}s): check the clocks"
+        )

@@ -1,0 +1,221 @@
+"""Signed jobs on the wire: what runs, what is refused and why, and replays refused by the whole group."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from ansible_worker.config import Settings
+from ansible_worker.signing import Signer, Verified
+from ansible_worker.topics import Topics
+from ansible_worker.worker import Worker
+from tests.conftest import (
+    Broker,
+    Controller,
+    client_for,
+    make_settings,
+    open_controller,
+    require_signatures,
+    running_worker,
+)
+
+SLEEP = {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 60}}
+
+
+def signed_settings(broker: Broker, playbook_dir: Path, group: str, keys: Path, **worker: Any) -> Settings:
+    return make_settings(broker.port, playbook_dir, group, security=require_signatures(keys), **worker)
+
+
+def touch_job(task_id: str, markers: Path) -> dict[str, Any]:
+    """A job that leaves a file behind if it runs."""
+    return {
+        "task_id": task_id,
+        "playbook": "touch.yml",
+        "inventory": "one_host.ini",
+        "extra_vars": {"marker": str(markers / f"{task_id}.ran")},
+    }
+
+
+def ran(task_id: str, markers: Path) -> bool:
+    return (markers / f"{task_id}.ran").exists()
+
+
+async def test_only_jobs_signed_by_a_trusted_key_run(
+    broker: Broker, playbook_dir: Path, group: str, keys: Path, tmp_path: Path
+) -> None:
+    alice, mallory = Signer.from_file(keys / "alice.key"), Signer.from_file(keys / "mallory.key")
+    tasks = Topics("ansible", group).tasks
+    long_ago = datetime.now(UTC) - timedelta(seconds=400)
+    tampered = alice.sign(tasks, touch_job("s-tampered", tmp_path))
+    tampered["extra_vars"]["marker"] = str(tmp_path / "elsewhere")
+    attempts: dict[str, tuple[dict[str, Any], str]] = {
+        "s-unsigned": (touch_job("s-unsigned", tmp_path), "unsigned: this worker requires signed messages"),
+        "s-tampered": (tampered, "bad signature: it does not match the message (key 'alice')"),
+        "s-untrusted": (
+            mallory.sign(tasks, touch_job("s-untrusted", tmp_path)),
+            f"signed with a key this worker does not trust (fingerprint {mallory.fingerprint})",
+        ),
+        "s-expired": (
+            alice.sign(tasks, touch_job("s-expired", tmp_path), now=long_ago),
+            "expired: issued 400s ago, more than security.max_task_age (300s)",
+        ),
+        "s-other-group": (
+            alice.sign(Topics("ansible", "other").tasks, touch_job("s-other-group", tmp_path)),
+            "bad signature",
+        ),
+    }
+    settings = signed_settings(broker, playbook_dir, group, keys)
+    async with open_controller(broker, group) as controller, running_worker(settings):
+        for message, _ in attempts.values():
+            await controller.submit(message)
+        await controller.submit(alice.sign(tasks, touch_job("s-good", tmp_path)))
+        good = await controller.wait_terminal("s-good")
+        refusals = {task_id: await controller.wait_terminal(task_id) for task_id in attempts}
+    assert good["state"] == "success", good["error_message"]
+    assert ran("s-good", tmp_path)
+    for task_id, (_, reason) in attempts.items():
+        status = refusals[task_id]
+        assert status["state"] == "failed"
+        assert status["error_message"].startswith(reason), status["error_message"]
+        assert status["refused"] is True
+        assert status["started_at"] is None
+        assert not ran(task_id, tmp_path)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+async def statuses_after_sync(controller: Controller, task_id: str) -> list[dict[str, Any]]:
+    await controller.sync()
+    return list(controller.statuses.get(task_id, []))
+
+
+async def test_a_replayed_job_runs_on_no_worker_of_the_group(
+    broker: Broker, playbook_dir: Path, group: str, keys: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = Signer.from_file(keys / "alice.key")
+    tasks = Topics("ansible", group).tasks
+    original = json.dumps(alice.sign(tasks, touch_job("r-1", tmp_path))).encode()
+    async with open_controller(broker, group) as controller:
+        async with running_worker(signed_settings(broker, playbook_dir, group, keys, worker_id="first")):
+            await controller.submit(original)
+            first = await controller.wait_terminal("r-1")
+        assert first["state"] == "success"
+        assert first["worker_id"] == "first"
+        (tmp_path / "r-1.ran").unlink()
+        before = await statuses_after_sync(controller, "r-1")
+
+        # Another worker of the group, started after the job ran: it knows only what the
+        # broker kept. The replay reaches it alone, since the first worker has gone.
+        async with running_worker(signed_settings(broker, playbook_dir, group, keys, worker_id="second")):
+            await controller.submit(original)
+            # Handled in order: once the next job is answered, the replay has been seen.
+            await controller.submit(alice.sign(tasks, touch_job("r-next", tmp_path)))
+            assert (await controller.wait_terminal("r-next"))["state"] == "success"
+        after = await statuses_after_sync(controller, "r-1")
+    assert after == before
+    assert not ran("r-1", tmp_path)
+    replays = [r.getMessage() for r in caplog.records if "refused a replay" in r.getMessage()]
+    assert replays == [
+        "task r-1: refused a replay signed by alice: the group already took this task_id (worker first);"
+        " the original job's status is left alone"
+    ]
+    async with client_for(broker, group) as client:
+        retained = await client.status("r-1")
+    assert retained == first
+
+
+async def test_the_same_signed_job_sent_twice_at_once_runs_once(
+    broker: Broker, playbook_dir: Path, group: str, keys: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = Signer.from_file(keys / "alice.key")
+    payload = json.dumps(alice.sign(Topics("ansible", group).tasks, touch_job("twice", tmp_path))).encode()
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(signed_settings(broker, playbook_dir, group, keys, worker_id="a")),
+        running_worker(signed_settings(broker, playbook_dir, group, keys, worker_id="b")),
+    ):
+        # Both copies in flight together; the broker hands them to different members.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(controller.submit, payload)
+            nursery.start_soon(controller.submit, payload)
+        final = await controller.wait_terminal("twice")
+        with trio.fail_after(30):
+            while not any("refused a replay" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        statuses = await statuses_after_sync(controller, "twice")
+    assert final["state"] == "success"
+    assert [s["state"] for s in statuses].count("queued") == 1
+    assert len([s for s in statuses if s["state"] in ("success", "failed")]) == 1
+
+
+async def test_claims_made_at_the_same_moment_have_one_winner(
+    broker: Broker, playbook_dir: Path, group: str, keys: Path
+) -> None:
+    """The race a replay could exploit, made certain: two workers claim one task_id together."""
+    issued = Verified("alice", datetime.now(UTC))
+    results: dict[str, bool] = {}
+    async with (
+        running_worker(signed_settings(broker, playbook_dir, group, keys, worker_id="a")) as a,
+        running_worker(signed_settings(broker, playbook_dir, group, keys, worker_id="b")) as b,
+    ):
+
+        async def claim(worker: Worker) -> None:
+            assert worker.gate is not None
+            results[worker.settings.worker.worker_id] = await worker.gate.claim("race", issued)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(claim, a)
+            nursery.start_soon(claim, b)
+        assert a.gate is not None
+        assert b.gate is not None
+        now = trio.current_time()
+        holders = {
+            (holder.worker_id, holder.claim_id)
+            for holder in (a.gate.book.holder("race", now=now), b.gate.book.holder("race", now=now))
+            if holder is not None
+        }
+    assert sorted(results.values()) == [False, True]
+    winner = next(worker_id for worker_id, won in results.items() if won)
+    assert len(holders) == 1
+    assert next(iter(holders))[0] == winner
+
+
+async def test_cancel_requests_must_be_signed_too(broker: Broker, playbook_dir: Path, group: str, keys: Path) -> None:
+    alice = Signer.from_file(keys / "alice.key")
+    topics = Topics("ansible", group)
+    settings = signed_settings(broker, playbook_dir, group, keys)
+    async with open_controller(broker, group) as controller, running_worker(settings):
+        await controller.submit(alice.sign(topics.tasks, {"task_id": "c-1", **SLEEP}))
+        await controller.wait_for("c-1", {"running"})
+        cancel = topics.cancel("c-1")
+        unsigned = json.dumps({"reason": "unsigned"}).encode()
+        for_another_job = alice.sign(topics.cancel("c-other"), {"reason": "meant for another job"})
+        await controller.link.publish(cancel, unsigned, qos=1)
+        await controller.link.publish(cancel, json.dumps(for_another_job).encode(), qos=1)
+        signed = alice.sign(cancel, {"reason": "signed", "requested_by": "alice"})
+        await controller.link.publish(cancel, json.dumps(signed).encode(), qos=1)
+        final = await controller.wait_terminal("c-1")
+    # The worker handles cancel requests in order: had it obeyed an earlier one, its reason would show.
+    assert final["state"] == "cancelled"
+    assert final["error_message"] == "cancelled by alice: signed"
+
+
+async def test_the_python_client_signs_jobs_and_cancel_requests(
+    broker: Broker, playbook_dir: Path, group: str, keys: Path
+) -> None:
+    async with (
+        running_worker(signed_settings(broker, playbook_dir, group, keys)),
+        client_for(broker, group, signer=Signer.from_file(keys / "alice.key")) as client,
+    ):
+        job = await client.submit({"task_id": "py-1", **SLEEP})
+        async for status in job.statuses():
+            if status["state"] == "running":
+                await job.cancel(reason="enough")
+        final = job.latest
+    assert final is not None
+    assert final["state"] == "cancelled"
+    assert final["error_message"].endswith(": enough")

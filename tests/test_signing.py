@@ -1,0 +1,245 @@
+"""Signatures, claims and security settings on their own: what each accepts, and why it refuses the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ansible_worker.claims import ClaimBook, claim_payload
+from ansible_worker.config import ConfigError, load_settings
+from ansible_worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
+from ansible_worker.playbook_command import child_environment
+from ansible_worker.signing import (
+    SignatureRefused,
+    Signer,
+    TrustedKeys,
+    check_age,
+    generate_key_pair,
+    load_public_key,
+)
+
+TASKS = "ansible/web/tasks"
+JOB = {"task_id": "deploy-1", "playbook": "site.yml", "inventory": "hosts", "extra_vars": {"version": "1.2"}}
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Path]:
+    """Two key pairs: alice, whom the worker trusts, and mallory, whom it does not."""
+    paths = {}
+    for name in ("alice", "mallory"):
+        generate_key_pair(tmp_path / f"{name}.key", tmp_path / f"{name}.pub")
+        paths[name] = tmp_path / name
+    return paths
+
+
+def signer(keys: dict[str, Path], name: str) -> Signer:
+    return Signer.from_file(keys[name].with_suffix(".key"))
+
+
+def trusted(keys: dict[str, Path]) -> TrustedKeys:
+    return TrustedKeys.from_files({"alice": keys["alice"].with_suffix(".pub")})
+
+
+def refusal(keys: dict[str, Path], topic: str, document: dict[str, Any]) -> str:
+    with pytest.raises(SignatureRefused) as caught:
+        trusted(keys).verify(topic, document)
+    return str(caught.value)
+
+
+def test_a_signed_job_verifies_and_names_its_signer(keys: dict[str, Path]) -> None:
+    now = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
+    document = json.loads(json.dumps(signer(keys, "alice").sign(TASKS, JOB, now=now)))
+    verified = trusted(keys).verify(TASKS, document)
+    assert verified.signer == "alice"
+    assert verified.issued_at == now
+    assert document["issued_at"] == "2026-11-23T05:00:00.000Z"
+
+
+def test_key_order_and_spacing_do_not_matter_but_every_value_does(keys: dict[str, Path]) -> None:
+    document = signer(keys, "alice").sign(TASKS, JOB)
+    reordered = json.loads(json.dumps(dict(reversed(list(document.items()))), indent=3))
+    trusted(keys).verify(TASKS, reordered)
+    tampered = {**document, "extra_vars": {"version": "6.6"}}
+    assert refusal(keys, TASKS, tampered) == "bad signature: it does not match the message (key 'alice')"
+    added = {**document, "limit": "all"}
+    assert refusal(keys, TASKS, added).startswith("bad signature")
+
+
+def test_what_is_refused_and_why(keys: dict[str, Path]) -> None:
+    alice = signer(keys, "alice")
+    document = alice.sign(TASKS, JOB)
+    assert refusal(keys, TASKS, JOB) == (
+        "unsigned: this worker requires signed messages (security.require_signed_tasks)"
+    )
+    mallory = signer(keys, "mallory")
+    assert refusal(keys, TASKS, mallory.sign(TASKS, JOB)) == (
+        f"signed with a key this worker does not trust (fingerprint {mallory.fingerprint})"
+    )
+    # Signed for another group: the topic is part of what is signed.
+    assert refusal(keys, TASKS, alice.sign("ansible/db/tasks", JOB)).startswith("bad signature")
+    # A signed job replayed as a cancel request (or the other way round) does not verify.
+    assert refusal(keys, TASKS + "/deploy-1/cancel", document).startswith("bad signature")
+    no_hint = {**document, "signature": {"value": document["signature"]["value"]}}
+    assert trusted(keys).verify(TASKS, no_hint).signer == "alice"
+    forged = {**document, "signature": {"value": mallory.sign(TASKS, JOB)["signature"]["value"]}}
+    assert refusal(keys, TASKS, forged) == "bad signature: no trusted key made it"
+    assert refusal(keys, TASKS, {**document, "signature": "abc"}).startswith("malformed signature")
+    bad_base64 = {**document, "signature": {"key": alice.fingerprint, "value": "***"}}
+    assert refusal(keys, TASKS, bad_base64) == "malformed signature: value is not base64"
+    without_time = {key: value for key, value in JOB.items()}
+    without_time = alice.sign(TASKS, without_time)
+    del without_time["issued_at"]
+    assert refusal(keys, TASKS, without_time).startswith("bad signature")
+
+
+def test_age_and_clock_skew() -> None:
+    now = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
+    check_age(now - timedelta(seconds=299), now=now, max_age=300, max_skew=60)
+    check_age(now + timedelta(seconds=59), now=now, max_age=300, max_skew=60)
+    with pytest.raises(SignatureRefused, match=r"^expired: issued 400s ago, more than security.max_task_age \(300s\)"):
+        check_age(now - timedelta(seconds=400), now=now, max_age=300, max_skew=60)
+    with pytest.raises(SignatureRefused, match=r"^issued 90s in the future"):
+        check_age(now + timedelta(seconds=90), now=now, max_age=300, max_skew=60)
+
+
+def test_intake_rejects_before_reading_fields_and_keeps_the_signer(keys: dict[str, Path]) -> None:
+    verify = trusted(keys).verify
+
+    def check(document: Any) -> Any:
+        return verify(TASKS, document)
+
+    good = json.dumps(signer(keys, "alice").sign(TASKS, JOB)).encode()
+    match read_task_message(good, max_bytes=4096, verify=check):
+        case Accepted(job, signed):
+            assert job.task_id == "deploy-1"
+            assert signed is not None
+            assert signed.signer == "alice"
+        case other:
+            pytest.fail(f"not accepted: {other}")
+    unsigned = json.dumps({"task_id": "x", "forks": "not even valid"}).encode()
+    assert read_task_message(unsigned, max_bytes=4096, verify=check) == Rejected(
+        "x", "unsigned: this worker requires signed messages (security.require_signed_tasks)"
+    )
+    assert isinstance(read_cancel_message(b"", verify=check), Dropped)
+    assert isinstance(read_cancel_message(b'{"reason": "r"}', verify=check), Dropped)
+
+
+def test_claims_first_heard_wins_until_released_or_expired() -> None:
+    book = ClaimBook(default_lifetime=300)
+    book.hear("t", claim_payload("a", "c1", "claimed"), now=0, expiry=100)
+    book.hear("t", claim_payload("b", "c2", "claimed"), now=1, expiry=100)
+    holder = book.holder("t", now=2)
+    assert holder is not None
+    assert (holder.worker_id, holder.claim_id) == ("a", "c1")
+    # The same claim heard again (retained, after a reconnect) keeps it.
+    book.hear("t", claim_payload("a", "c1", "claimed"), now=3, expiry=100)
+    assert book.holder("t", now=4) == book.holder("t", now=4)
+    book.hear("t", claim_payload("a", "c3", "released"), now=5, expiry=100)
+    assert book.holder("t", now=6) is None
+    assert book.released("t", now=6)
+    book.hear("t", claim_payload("b", "c4", "claimed"), now=7, expiry=50)
+    claimed = book.holder("t", now=8)
+    assert claimed is not None
+    assert claimed.worker_id == "b"
+    assert book.holder("t", now=58) is None
+    assert book.hear("u", b"not json", now=60, expiry=None) is None
+    assert book.hear("u", b'{"state": "stolen", "worker_id": "x", "claim": "y"}', now=60, expiry=None) is None
+    book.hear("v", claim_payload("a", "c5", "claimed"), now=60, expiry=None)
+    assert book.holder("v", now=359) is not None
+    assert book.holder("v", now=361) is None
+    book.hear("w", claim_payload("a", "c6", "claimed"), now=400, expiry=10)
+    book.hear("w", b"", now=401, expiry=None)
+    assert book.holder("w", now=402) is None
+
+
+def test_key_files_that_are_not_ed25519_are_named(tmp_path: Path, keys: dict[str, Path]) -> None:
+    not_a_key = tmp_path / "notes.pub"
+    not_a_key.write_text("hello")
+    with pytest.raises(Exception, match=r"notes.pub: not a PEM or OpenSSH public key"):
+        load_public_key(not_a_key)
+    openssh = tmp_path / "alice_ssh.pub"
+    key = load_public_key(keys["alice"].with_suffix(".pub"))
+    from cryptography.hazmat.primitives import serialization
+
+    openssh.write_bytes(key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    assert load_public_key(openssh) == key
+
+
+def write_config(path: Path, playbooks: Path, security: dict[str, Any], **worker: Any) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "mqtt": {"host": "127.0.0.1", "password": "hunter2-broker"},
+                "worker": {"group_name": "g", "playbook_directory": str(playbooks), **worker},
+                "security": security,
+            }
+        )
+    )
+    return path
+
+
+def test_security_config_mistakes_name_the_key(tmp_path: Path, keys: dict[str, Path]) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"require_signed_tasks": True}, "security: require_signed_tasks is true, but trusted_keys names no key"),
+        (
+            {"require_signed_tasks": True, "trusted_keys": {"bob": str(tmp_path / "missing.pub")}},
+            f"security: trusted_keys: {tmp_path / 'missing.pub'}: cannot read: No such file or directory",
+        ),
+        (
+            {"require_signed_tasks": True, "trusted_keys": {"alice": str(keys["alice"].with_suffix(".key"))}},
+            "security: trusted_keys: ",
+        ),
+        ({"max_task_age": 0}, "security.max_task_age: Input should be greater than 0 (got 0)"),
+        ({"trusted_keys": {"bad name": "x"}}, "security.trusted_keys.bad name.[key]: String should match pattern"),
+    ]
+    for security, expected in cases:
+        with pytest.raises(ConfigError) as caught:
+            load_settings(write_config(tmp_path / "c.json", tmp_path, security), environ={})
+        assert caught.value.problems[0].startswith(expected), caught.value.problems
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write_config(tmp_path / "c.json", tmp_path, {}, environment={"ANSIBLE_WORKER_X": "1"}), {})
+    assert caught.value.problems == ["worker.environment: ANSIBLE_WORKER_X: reserved for the worker itself"]
+
+
+def test_validate_summarises_without_secrets(tmp_path: Path, keys: dict[str, Path]) -> None:
+    security = {"require_signed_tasks": True, "trusted_keys": {"alice": str(keys["alice"].with_suffix(".pub"))}}
+    config = write_config(tmp_path / "c.json", tmp_path, security, environment={"DEPLOY_TOKEN": "tok-s3cret-42"})
+    result = subprocess.run(
+        [sys.executable, "-m", "ansible_worker", "validate", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "signatures    required, trusted keys: alice; max age 300s" in result.stdout
+    assert "environment   DEPLOY_TOKEN for Ansible (values hidden)" in result.stdout
+    assert "hunter2-broker" not in result.stdout + result.stderr
+    assert "tok-s3cret-42" not in result.stdout + result.stderr
+
+
+def test_keygen_writes_a_private_key_only_its_owner_can_read(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "ansible_worker", "keygen", "ci", "-d", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    private, public = tmp_path / "ci.key", tmp_path / "ci.pub"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    fingerprint = Signer.from_file(private).fingerprint
+    assert f"fingerprint {fingerprint}" in result.stdout
+    assert private.read_text() not in result.stdout
+    assert TrustedKeys.from_files({"ci": public}).names == ["ci"]
+    again = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert again.returncode == 2
+    assert again.stderr == f"error: {private}: exists already; a key is never overwritten\n"
+
+
+def test_children_do_not_inherit_the_workers_secrets() -> None:
+    base = {"PATH": "/bin", "ANSIBLE_WORKER_MQTT__PASSWORD": "pw", "MQTT_PASSWORD": "pw", "HOME": "/root"}
+    env = child_environment(base, extra={"DEPLOY_TOKEN": "t"}, hidden_values=["pw", ""])
+    assert env == {"PATH": "/bin", "HOME": "/root", "DEPLOY_TOKEN": "t"}
+    assert os.environ.get("ANSIBLE_WORKER_EVENT_FIFO") is None
