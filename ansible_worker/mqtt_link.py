@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import re
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -219,6 +220,7 @@ async def open_mqtt_link(options: LinkOptions) -> AsyncIterator[MqttLink]:
                 with trio.fail_after(CONNECT_TIMEOUT):
                     await session.__aenter__()
             except (aiomqtt.MqttError, trio.TooSlowError, OSError, ssl.SSLError) as exc:
+                _close_socket(client)
                 raise ConnectFailed(_connect_reason(exc)) from exc
             link = MqttLink(client, loop)
             try:
@@ -360,6 +362,15 @@ def _set_cork(sock: Any, *, on: bool) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
 
 
+def _close_socket(client: aiomqtt.Client) -> None:
+    # paho keeps the socket of a refused or failed connection open until the garbage
+    # collector finds it; close it now.
+    sock: Any = client._client.socket()
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
 def _still_open(client: mqtt.Client, sock: Any) -> bool:
     current: Any = client.socket()
     return current is not None and current is sock and current.fileno() != -1
@@ -410,5 +421,6 @@ def _connect_reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     # aiomqtt re-raises paho's ssl errors as plain text; name the common cause plainly.
     if "CERTIFICATE_VERIFY_FAILED" in text:
-        return "TLS certificate verification failed: " + text.split("certificate verify failed:", 1)[-1].strip()
+        detail = text.split("certificate verify failed:", 1)[-1].strip()
+        return "TLS certificate verification failed: " + re.sub(r"\s*\(_ssl\.c:\d+\)$", "", detail)
     return text

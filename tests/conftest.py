@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -45,19 +45,31 @@ def free_port() -> int:
 class Broker:
     """A Mosquitto process that a test can stop and start again on the same port."""
 
-    def __init__(self, directory: Path, listener_options: str = "", *, access: str = "allow_anonymous true\n") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        listener_options: str = "",
+        *,
+        access: str = "allow_anonymous true\n",
+        render: Callable[[int], str] | None = None,
+    ) -> None:
+        """A broker on a free port; `render(port)`, if given, writes the whole configuration."""
         self.port = free_port()
         self.directory = directory
         self.config = directory / "mosquitto.conf"
         self.log = directory / "mosquitto.log"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\n" + listener_options + access + "persistence false\n"
-            "set_tcp_nodelay true\n"
-            "log_dest stderr\n"
-            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
-            # Started as root, Mosquitto would drop to a user that cannot read this directory.
-             + ("user root\n" if os.geteuid() == 0 else "")
+        text = (
+            render(self.port)
+            if render is not None
+            else (
+                f"listener {self.port} 127.0.0.1\n" + listener_options + access + "persistence false\n"
+                "set_tcp_nodelay true\n"
+                "log_dest stderr\n"
+                "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            )
         )
+        # Started as root, Mosquitto would drop to a user that cannot read this directory.
+        self.config.write_text(text + ("user root\n" if os.geteuid() == 0 else ""))
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
