@@ -24,6 +24,7 @@ from ansible_worker.job_policy import JobPolicy
 from ansible_worker.models import JobStatus, State, TaskRequest, utc_now
 from ansible_worker.output_tail import OutputTail
 from ansible_worker.playbook_command import (
+    FIFO_VARIABLE,
     JobRefusedError,
     ansible_environment,
     build_argv,
@@ -252,6 +253,7 @@ class JobRunner:
                         argv,
                         cwd=base,
                         env=ansible_environment(self._child_environment, fifo.path),
+                        marker=(FIFO_VARIABLE, str(fifo.path)),
                         kill_grace=self.settings.kill_grace,
                         tail=tail,
                         record=record,

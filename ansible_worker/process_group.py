@@ -15,6 +15,7 @@ import trio
 
 from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.output_tail import OutputTail
+from ansible_worker.stray_processes import kill_marked
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ async def run_process_group(
     output_fd: int,
     kill_grace: float,
     record: ExitRecord,
+    marker: tuple[str, str] | None = None,
 ) -> int:
     """Run `argv` (never through a shell) with stdout and stderr on `output_fd`.
 
@@ -46,8 +48,11 @@ async def run_process_group(
     Cancellation: the process is the leader of a new session, so Ansible's forks and
     anything they start share its process group. On cancel the group gets SIGTERM, then
     SIGKILL after `kill_grace` seconds; the wait for the leader is shielded, so no
-    exception leaves while it lives. Members that outlive the leader are killed too.
-    Trio's own default signals only the child, which would leave Ansible's workers behind.
+    exception leaves while it lives. Members that outlive the leader are killed too, and
+    so is every process whose environment holds `marker` (a variable unique to this run),
+    which finds those that left the group (Ansible's workers start sessions of their own).
+    The same holds when the leader was killed by a signal from elsewhere. Trio's own
+    default signals only the child, which would leave Ansible's workers behind.
 
     Errors: `OSError` when the executable cannot be started.
     """
@@ -72,9 +77,12 @@ async def run_process_group(
     finally:
         if process is not None:
             record.returncode = process.returncode
-            if record.signalled_group:
+            killed = process.returncode is not None and process.returncode < 0
+            if record.signalled_group or killed:
                 # The leader is gone; a straggler still in its group must not outlive the run.
                 _signal_group(process.pid, signal.SIGKILL)
+                if marker is not None:
+                    kill_marked(*marker)
     assert record.returncode is not None
     return record.returncode
 
@@ -107,6 +115,7 @@ async def run_with_output(
     record: ExitRecord,
     side_reader: Callable[[trio.Event], Awaitable[None]] | None = None,
     drain_seconds: float = 5.0,
+    marker: tuple[str, str] | None = None,
 ) -> int:
     """`run_process_group` with stdout and stderr kept in `tail`, and an optional second
     reader (the event FIFO) run alongside; readers get an event set when the process exits.
@@ -136,7 +145,7 @@ async def run_with_output(
             nursery.start_soon(read_all)
             try:
                 return await run_process_group(
-                    argv, cwd=cwd, env=env, output_fd=write_fd, kill_grace=kill_grace, record=record
+                    argv, cwd=cwd, env=env, output_fd=write_fd, kill_grace=kill_grace, record=record, marker=marker
                 )
             finally:
                 exited.set()

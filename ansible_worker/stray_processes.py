@@ -1,0 +1,69 @@
+"""Find and kill the processes of one run that left its process group, by a variable in their environment.
+
+Ansible's worker processes call `setsid()`, so the processes of a run are spread over
+several sessions, and ending the run's process group does not reach all of them: Ansible
+forwards SIGTERM to the workers it knows of, but a worker forked at that very moment, or
+a command that starts a session of its own, escapes. Every process of a run inherits the
+run's own environment variable (the event FIFO's path, unique per run), which is how they
+are found here.
+
+The scan reads `/proc` synchronously: it is only done when a run has been cancelled or
+killed, and reads a few small in-memory files per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_ROUNDS = 10
+
+
+def kill_marked(variable: str, value: str, *, proc: Path = Path("/proc")) -> int:
+    """SIGKILL every process whose environment has `variable=value`; how many there were.
+
+    Repeats until a scan finds none (at most ten scans), since a process may fork in the
+    instant before its signal lands.
+    """
+    marker = f"{variable}={value}".encode()
+    own = os.getpid()
+    killed = 0
+    for _ in range(_ROUNDS):
+        found = [pid for pid in _marked(marker, proc) if pid != own]
+        if not found:
+            break
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            killed += 1
+    if killed:
+        log.warning("killed %d process(es) of a stopped run that had left its process group", killed)
+    return killed
+
+
+def _marked(marker: bytes, proc: Path) -> list[int]:
+    pids = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes()
+        except OSError:
+            continue  # gone already, or another user's
+        if marker in environment.split(b"\0") and not _is_zombie(entry):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _is_zombie(entry: Path) -> bool:
+    try:
+        # The state is the first field after the command name, which ends with ")".
+        return (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return True
