@@ -13,6 +13,7 @@ import contextvars
 import re
 import socket
 import ssl
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -221,7 +222,9 @@ async def open_mqtt_link(options: LinkOptions) -> AsyncIterator[MqttLink]:
                     await session.__aenter__()
             except (aiomqtt.MqttError, trio.TooSlowError, OSError, ssl.SSLError) as exc:
                 _close_socket(client)
-                raise ConnectFailed(_connect_reason(exc)) from exc
+                reason = _connect_reason(exc)
+                _release_frames(exc)
+                raise ConnectFailed(reason) from None
             link = MqttLink(client, loop)
             try:
                 yield link
@@ -360,6 +363,20 @@ _PUBLISH_MID: contextvars.ContextVar[int] = contextvars.ContextVar("publish_mid"
 def _set_cork(sock: Any, *, on: bool) -> None:
     with contextlib.suppress(OSError, AttributeError):  # not TCP (a Unix socket), or already gone
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
+
+
+def _release_frames(exc: BaseException | None) -> None:
+    # paho's failed TLS handshake leaves its socket, unclosed, in a local of a frame on this
+    # traceback, where only the garbage collector would find it: close it, drop the frames.
+    while exc is not None:
+        frames = traceback.walk_tb(exc.__traceback__)
+        for frame, _ in frames:
+            for value in frame.f_locals.values():
+                if isinstance(value, socket.socket):
+                    value.close()
+        if exc.__traceback__ is not None:
+            traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
 
 
 def _close_socket(client: aiomqtt.Client) -> None:

@@ -86,9 +86,9 @@ async def test_no_log_results_never_published(broker: Broker, playbook_dir: Path
     assert "result" not in hidden[0]
 
 
-# escape.yml's command starts a session of its own, as Ansible's own worker processes do:
+# own_session.yml's command starts a session of its own, as Ansible's own worker processes do:
 # a signal to the run's process group does not reach it.
-@pytest.mark.parametrize("playbook", ["sleep.yml", "escape.yml"])
+@pytest.mark.parametrize("playbook", ["sleep.yml", "own_session.yml"])
 async def test_cancel_running_job_ends_its_process_group(
     broker: Broker, playbook_dir: Path, group: str, playbook: str
 ) -> None:
