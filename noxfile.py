@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
+
+# The official JSON Schema of AsyncAPI 3.0, from the npm package the AsyncAPI project publishes.
+ASYNCAPI_SPECS = "@asyncapi/specs@6"
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
@@ -12,7 +17,11 @@ nox.options.reuse_existing_virtualenvs = True
 def tests(session: nox.Session) -> None:
     """Run the test suite against a real Mosquitto and real ansible-playbook."""
     session.install("-e", ".[dev]")
-    session.run("pytest", *session.posargs)
+    specs = Path(session.virtualenv.location) / "asyncapi-specs"
+    schema = specs / "node_modules" / "@asyncapi" / "specs" / "schemas" / "3.0.0.json"
+    if not schema.exists():
+        session.run("npm", "install", "--prefix", str(specs), "--no-audit", "--no-fund", ASYNCAPI_SPECS, external=True)
+    session.run("pytest", *session.posargs, env={"ASYNCAPI_SPEC_SCHEMA": str(schema)})
 
 
 @nox.session

@@ -66,7 +66,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("name", metavar="NAME", help="file name stem, e.g. the controller's name")
     keygen.add_argument("-d", "--directory", type=Path, default=Path(), help="where to write the files (default: here)")
+    schema = commands.add_parser(
+        "schema",
+        help="print or write the MQTT API's description (AsyncAPI 3, JSON Schemas)",
+        description=(
+            "Print the AsyncAPI 3 document of the MQTT API, or with --output-dir write it as\n"
+            "asyncapi.yaml beside schemas/*.json, one JSON Schema per message."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    schema.add_argument("-o", "--output-dir", type=Path, help="write the files here (e.g. docs)")
     return parser
+
+
+def write_schema(output_dir: Path | None) -> int:
+    from ansible_worker.api_schema import asyncapi_document, write_documents
+
+    if output_dir is None:
+        import yaml
+
+        print(yaml.safe_dump(asyncapi_document(), sort_keys=False, width=100), end="")
+        return 0
+    for path in write_documents(output_dir):
+        print(f"wrote {path}")
+    return 0
 
 
 def keygen(name: str, directory: Path) -> int:
@@ -90,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "keygen":
         return keygen(args.name, args.directory)
+    if args.command == "schema":
+        return write_schema(args.output_dir)
     if args.command in CONTROLLER_COMMANDS:
         # Imported only here, so that a worker process never loads the controller's (rich).
         from ansible_worker.controller_commands import run_command
@@ -105,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.validate or args.command == "validate":
         print(summarize(settings, args.config))
         return 0
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, log_format=settings.log_format, worker_id=settings.worker.worker_id)
     for name, value in (
         ("worker.ansible_playbook_path", settings.worker.ansible_playbook_path),
         ("worker.git_path", settings.worker.git_path),
@@ -146,6 +171,13 @@ def _names(environment: Mapping[str, object]) -> str:
     return f"{', '.join(sorted(environment))} for Ansible (values hidden)"
 
 
+def _http(settings: Settings) -> str:
+    http = settings.worker.http
+    if http.port is None:
+        return "off (set worker.http.port for /healthz, /readyz and /metrics)"
+    return f"http://{http.host}:{http.port}/healthz, /readyz, /metrics"
+
+
 def _signatures(settings: Settings) -> str:
     security = settings.security
     if not security.require_signed_tasks:
@@ -184,6 +216,7 @@ def summarize(settings: Settings, path: Path | None) -> str:
         f"  log level     {settings.log_level}",
         f"  environment   {_names(worker.environment)}",
         f"  signatures    {_signatures(settings)}",
+        f"  http          {_http(settings)}",
         "",
         f"  jobs from     {topics.tasks_subscription(shared=worker.shared_subscription)}",
         f"  status on     {topics.status('<task_id>')} (retained)",

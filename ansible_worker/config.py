@@ -106,6 +106,17 @@ class MqttSettings(BaseModel):
         return self
 
 
+class HttpSettings(BaseModel):
+    """The optional HTTP endpoint for probes and metrics: /healthz, /readyz, /metrics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # None: no endpoint. 0: a free port, which the log names (for tests).
+    port: int | None = Field(None, ge=0, le=65535)
+    # All interfaces, so that the kubelet and Prometheus reach it from outside the pod.
+    host: str = Field("0.0.0.0", min_length=1)  # noqa: S104
+
+
 class WorkerSettings(BaseModel):
     """What this worker does and how much of it."""
 
@@ -140,6 +151,7 @@ class WorkerSettings(BaseModel):
     events_per_second: float = Field(200, gt=0)
     heartbeat_interval: float = Field(30, gt=0, le=3600)
     status_retention: int = Field(604_800, ge=0)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     # Values are secrets as far as the worker knows: never logged, summarised by name only.
     environment: dict[Annotated[str, StringConstraints(pattern=ENVIRONMENT_NAME_PATTERN)], SecretStr] = Field(
         default_factory=dict
@@ -235,6 +247,8 @@ class Settings(_EnvironmentOverFile):
     worker: WorkerSettings
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # text for people; json for log collectors: one object per line.
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -21,6 +21,8 @@ from ansible_worker.event_fifo import EventFifo
 from ansible_worker.event_publisher import EventPublisher, EventStream
 from ansible_worker.extra_vars import write_extra_vars
 from ansible_worker.job_policy import JobPolicy
+from ansible_worker.logging_setup import current_task_id
+from ansible_worker.metrics import WorkerMetrics
 from ansible_worker.models import JobStatus, State, TaskRequest, utc_now
 from ansible_worker.output_tail import OutputTail
 from ansible_worker.playbook_command import (
@@ -147,6 +149,7 @@ class JobRunner:
         events: EventPublisher | None = None,
         on_transition: Callable[[], None] = lambda: None,
         hidden_values: Collection[str] = (),
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.outbox = outbox
@@ -162,6 +165,7 @@ class JobRunner:
             max_extra_vars_depth=settings.max_extra_vars_depth,
         )
         self._git_lock = trio.Lock()
+        self.metrics = metrics or WorkerMetrics()
         # What Ansible and git start with; `hidden_values` are the worker's own secrets.
         self._child_environment = child_environment(
             os.environ,
@@ -174,6 +178,9 @@ class JobRunner:
         self.outbox.post(job.status())
         self.on_transition()
         if job.state.terminal:
+            self.metrics.jobs_by_state[job.state.value] += 1
+            if job.started_at is not None and job.completed_at is not None:
+                self.metrics.job_duration.observe((job.completed_at - job.started_at).total_seconds())
             p = job.progress
             counts = f"ok={p.ok} changed={p.changed} failed={p.failed} skipped={p.skipped} unreachable={p.unreachable}"
             detail = f": {job.error_message}" if job.error_message else ""
@@ -188,6 +195,14 @@ class JobRunner:
         cancel request, the timeout) becomes `cancelled` or `timeout`. A cancellation from
         outside the job still ends the process group (shielded) before it propagates.
         """
+        # Names the job in every record logged while it runs (its slot's task runs one job at a time).
+        naming = current_task_id.set(job.task_id)
+        try:
+            await self._execute(job)
+        finally:
+            current_task_id.reset(naming)
+
+    async def _execute(self, job: Job) -> None:
         timeout = self.settings.task_timeout if job.request.timeout is None else job.request.timeout
         if self.events is not None:
             job.events = EventStream(self.topics.events(job.task_id), rate=self.settings.events_per_second)
@@ -223,6 +238,7 @@ class JobRunner:
                 # status has seen every event it is going to see.
                 with trio.CancelScope(shield=True), trio.move_on_after(EVENT_FLUSH_SECONDS):
                     await job.events.wait_flushed()
+                self.metrics.events_dropped += job.events.dropped
             job.finish(state, error)
             self.announce(job)
 
@@ -268,6 +284,7 @@ class JobRunner:
         return self._judge(job, returncode, tail, fifo)
 
     def _on_event(self, job: Job, event: dict[str, Any]) -> None:
+        self.metrics.events_processed += 1
         job.progress.apply(event)
         if self.events is not None and job.events is not None:
             self.events.offer(job.events, event)

@@ -1,21 +1,72 @@
-"""Configure the process's logging: one line per record, UTC timestamps, the configured level."""
+"""Configure the process's logging: one line per record, as text for people or JSON for machines."""
 
 from __future__ import annotations
 
+import contextvars
+import json
 import logging
 import sys
 import time
+from typing import Literal
+
+# The job a record is about, when it is logged from inside that job's task.
+current_task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_task_id", default=None)
+
+
+def _utc(record: logging.LogRecord) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{stamp}.{int(record.msecs):03d}Z"
 
 
 class _UtcFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        return f"{stamp}.{int(record.msecs):03d}Z"
+        return _utc(record)
 
 
-def setup_logging(level: str) -> None:
+def task_id_of(record: logging.LogRecord) -> str | None:
+    """The task a record is about: an explicit `task_id`, the job whose task logged it, or
+    the first argument of a message that starts `task %s` (the convention of this code)."""
+    explicit = getattr(record, "task_id", None)
+    if isinstance(explicit, str):
+        return explicit
+    args = record.args
+    if isinstance(record.msg, str) and record.msg.startswith("task %s") and isinstance(args, tuple) and args:
+        first = args[0]
+        if isinstance(first, str):
+            return first
+    return current_task_id.get()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and task_id and worker_id where they apply."""
+
+    def __init__(self, worker_id: str | None) -> None:
+        super().__init__()
+        self.worker_id = worker_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": _utc(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        task_id = task_id_of(record)
+        if task_id is not None:
+            entry["task_id"] = task_id
+        if self.worker_id is not None:
+            entry["worker_id"] = self.worker_id
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str, *, log_format: Literal["text", "json"] = "text", worker_id: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(worker_id))
+    else:
+        handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -1,10 +1,10 @@
-"""The messages of protocol v1: a task request in, a job status out."""
+"""The messages of protocol v1: task and cancel requests in; statuses, events, presence and claims out."""
 
 from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
@@ -33,6 +33,15 @@ TagList = Annotated[list[Tag], BeforeValidator(_split_commas)]
 Limit = Annotated[str, StringConstraints(min_length=1, max_length=65536), AfterValidator(_no_option_like)]
 
 
+class Signature(BaseModel):
+    """An Ed25519 signature over the topic and the message's canonical JSON (see SECURITY.md)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    key: str | None = Field(None, description="fingerprint of the signing key: a hint")
+    value: str = Field(description="the signature, base64")
+
+
 class TaskRequest(BaseModel):
     """A job as a controller publishes it to `<prefix>/<group>/tasks`. Unknown fields are ignored."""
 
@@ -51,6 +60,9 @@ class TaskRequest(BaseModel):
     forks: int = Field(5, ge=1, le=1000)
     timeout: float | None = Field(None, gt=0)
     git_pull: bool = False
+    # Required by workers with security.require_signed_tasks; checked before this model.
+    issued_at: str | None = Field(None, description="RFC 3339 time the message was signed")
+    signature: Signature | None = None
 
 
 class CancelRequest(BaseModel):
@@ -60,6 +72,8 @@ class CancelRequest(BaseModel):
 
     reason: Annotated[str, StringConstraints(max_length=1024)] | None = None
     requested_by: Annotated[str, StringConstraints(max_length=128)] | None = None
+    issued_at: str | None = Field(None, description="RFC 3339 time the message was signed")
+    signature: Signature | None = None
 
     def describe(self) -> str:
         """How the terminal status explains the cancellation."""
@@ -128,3 +142,51 @@ class JobStatus(BaseModel):
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class LiveEvent(BaseModel):
+    """One Ansible callback event on `<prefix>/<group>/tasks/<task_id>/events` (not retained)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    seq: int = Field(description="1, 2, 3… per job; a gap means events were dropped")
+    event: str = Field(description="the callback's name, e.g. runner_on_ok")
+    time: str = Field(description="RFC 3339 UTC")
+    play: str | None = None
+    task: str | None = None
+    host: str | None = None
+    item: Any = None
+    duration: float | None = None
+    status: Literal["ok", "changed", "failed", "ignored", "skipped", "unreachable", "retry"] | None = None
+    no_log: bool | None = Field(None, description="true: the result is hidden and not sent")
+    result: dict[str, Any] | None = Field(None, description="msg, rc, stdout, stderr; long texts cut")
+    line: str | None = Field(None, description="the line Ansible's own output shows for this event")
+
+
+class Presence(BaseModel):
+    """A worker's retained message on `<prefix>/<group>/workers/<worker_id>`; its will says offline."""
+
+    model_config = ConfigDict(extra="allow")
+
+    worker_id: str
+    hostname: str
+    version: str
+    protocol: int
+    state: Literal["online", "draining", "offline"]
+    started_at: str
+    heartbeat_at: str
+    heartbeat_interval: float
+    capacity: int
+    running: int
+    queued: int
+    jobs_done: int
+
+
+class ClaimMessage(BaseModel):
+    """A worker's retained claim on a signed job, `<prefix>/<group>/tasks/<task_id>/claim`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    state: Literal["claimed", "released"]
+    worker_id: str
+    claim: str = Field(description="unique per claim; the first claim the broker delivers wins")

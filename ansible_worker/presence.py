@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import trio
 
 from ansible_worker import __version__
 from ansible_worker.broker_session import BrokerSession
-from ansible_worker.models import utc_now
+from ansible_worker.models import Presence, utc_now
 from ansible_worker.mqtt_link import LinkError, Will
 
 log = logging.getLogger(__name__)
@@ -74,21 +72,21 @@ class PresenceAnnouncer:
 
     def message(self, state: WorkerState | None = None, *, heartbeat: datetime | None = None) -> bytes:
         load = self._load()
-        body: dict[str, Any] = {
-            "worker_id": self.worker_id,
-            "hostname": self._hostname,
-            "version": __version__,
-            "protocol": PROTOCOL_VERSION,
-            "state": state or self.state,
-            "started_at": _stamp(self._started_at),
-            "heartbeat_at": _stamp(heartbeat or utc_now()),
-            "heartbeat_interval": self.interval,
-            "capacity": self.capacity,
-            "running": load.running,
-            "queued": load.queued,
-            "jobs_done": load.jobs_done,
-        }
-        return json.dumps(body).encode()
+        body = Presence(
+            worker_id=self.worker_id,
+            hostname=self._hostname,
+            version=__version__,
+            protocol=PROTOCOL_VERSION,
+            state=(state or self.state).value,
+            started_at=_stamp(self._started_at),
+            heartbeat_at=_stamp(heartbeat or utc_now()),
+            heartbeat_interval=self.interval,
+            capacity=self.capacity,
+            running=load.running,
+            queued=load.queued,
+            jobs_done=load.jobs_done,
+        )
+        return body.model_dump_json().encode()
 
     def will(self) -> Will:
         """What the broker publishes for us if the connection dies without a goodbye."""

@@ -14,6 +14,7 @@ from ansible_worker.dispatcher import Dispatcher
 from ansible_worker.event_publisher import EventPublisher
 from ansible_worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
 from ansible_worker.job import Job, JobRunner
+from ansible_worker.metrics import Snapshot, WorkerMetrics
 from ansible_worker.models import CancelRequest, JobStatus, State, TaskRequest, utc_now
 from ansible_worker.mqtt_link import InboundMessage, LinkError, LinkOptions, PublishRefused
 from ansible_worker.presence import Load, PresenceAnnouncer, WorkerState
@@ -86,6 +87,8 @@ class Worker:
             )
         self.events = EventPublisher(self.session, qos=worker.events_qos) if worker.publish_events else None
         password = settings.mqtt.password
+        self.metrics = WorkerMetrics()
+        self.http_port: int | None = None
         self.runner = JobRunner(
             worker,
             self.outbox,
@@ -93,6 +96,7 @@ class Worker:
             events=self.events,
             on_transition=lambda: self.presence.changed(),
             hidden_values=[password.get_secret_value()] if password is not None else [],
+            metrics=self.metrics,
         )
         self.dispatcher = Dispatcher(
             self.runner,
@@ -135,6 +139,9 @@ class Worker:
         )
         async with trio.open_nursery() as infrastructure:
             self._infrastructure = infrastructure
+            if worker.http.port is not None:
+                # First, so that liveness holds while the broker is still out of reach.
+                self.http_port = await infrastructure.start(self._serve_http)
             await infrastructure.start(self.session.run)
             infrastructure.start_soon(self._publish_statuses)
             infrastructure.start_soon(self._take_messages)
@@ -157,6 +164,34 @@ class Worker:
         if self.journal is not None:
             self.journal.close()
         log.info("worker %s stopped", worker.worker_id)
+
+    def readiness(self) -> str | None:
+        """Why this worker should not be sent jobs now, or None when it should."""
+        if self._shutdown.is_set():
+            return "draining"
+        if not self.session.connected:
+            return "not connected to the broker"
+        return None
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            counts=self.metrics,
+            queued=self.dispatcher.queued_count,
+            running=self.dispatcher.running_count,
+            capacity=self.settings.worker.concurrency,
+            connected=self.session.connected,
+            draining=self._shutdown.is_set(),
+            reconnects=self.session.reconnects,
+        )
+
+    async def _serve_http(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        # Loaded only when asked for: prometheus_client and h11 are of no use otherwise.
+        from ansible_worker.health_endpoint import HealthEndpoint, worker_collector
+
+        endpoint = HealthEndpoint(ready=self.readiness, collector=worker_collector(self.snapshot))
+        http = self.settings.worker.http
+        assert http.port is not None
+        await endpoint.serve(http.host, http.port, task_status=task_status)
 
     def _settle_journal(self, journal: Journal) -> None:
         """Settle what a previous run of this worker left: run, report or re-publish."""
@@ -336,6 +371,7 @@ class Worker:
             case Rejected(task_id, reason):
                 self._refuse(task_id, reason)
             case Dropped(reason):
+                self.metrics.messages_refused += 1
                 log.warning("dropped a task message (%d bytes) with no usable task_id: %s", len(payload), reason)
 
     def _refuse(self, task_id: str, reason: str) -> None:
@@ -345,6 +381,7 @@ class Worker:
         for a task_id the group holds: whoever sent an unverified message must not be able
         to replace the status the broker keeps for a real job.
         """
+        self.metrics.messages_refused += 1
         if self.gate is None:
             self.dispatcher.reject(task_id, reason)
             return
@@ -437,9 +474,11 @@ class Worker:
             retention = self.settings.worker.status_retention
             expiry = retention if status.state.terminal and retention else None
             try:
+                sent_at = trio.current_time()
                 await self.session.publish(
                     self.topics.status(status.task_id), status.to_json(), qos=1, retain=True, expiry=expiry
                 )
+                self.metrics.status_publish_latency.observe(trio.current_time() - sent_at)
             except PublishRefused as exc:
                 # Sending it again would be refused again; a clear line is all that helps.
                 log.error("status of %s is lost: %s (check the broker's ACL for this worker)", status.task_id, exc)
