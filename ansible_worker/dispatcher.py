@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ansible_worker.job import Job, JobRunner
-from ansible_worker.models import JobStatus, State, TaskRequest, utc_now
+from ansible_worker.models import JobStatus, State, TaskRequest
 
 if TYPE_CHECKING:
     # sqlite3 is loaded only by workers that keep a journal.
@@ -76,16 +76,7 @@ class Dispatcher:
             log.warning("task %s: ignoring an invalid message for a job this worker holds: %s", task_id, reason)
             return
         log.warning("task %s failed: %s", task_id, reason)
-        now = utc_now()
-        status = JobStatus(
-            task_id=task_id,
-            state=State.FAILED,
-            created_at=now,
-            completed_at=now,
-            error_message=reason,
-            worker_id=self.worker_id,
-        )
-        self.runner.outbox.post(status)
+        self.runner.outbox.post(JobStatus.refusal(task_id, reason, worker_id=self.worker_id))
 
     def cancel(self, task_id: str, description: str, *, requested_by: str | None = None) -> bool:
         """Cancel a queued or running job; False if this worker does not hold it.

@@ -139,6 +139,20 @@ class JobStatus(BaseModel):
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
 
+    @classmethod
+    def refusal(cls, task_id: str, reason: str, *, worker_id: str, live_only: bool = False) -> JobStatus:
+        """`failed` for a message that never became a job; `live_only` marks one that is not retained."""
+        now = utc_now()
+        return cls(
+            task_id=task_id,
+            state=State.FAILED,
+            created_at=now,
+            completed_at=now,
+            error_message=reason,
+            worker_id=worker_id,
+            refused=live_only,
+        )
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)

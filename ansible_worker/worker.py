@@ -400,16 +400,7 @@ class Worker:
         self._infrastructure.start_soon(self._answer_refusal, task_id, reason)
 
     async def _answer_refusal(self, task_id: str, reason: str) -> None:
-        now = utc_now()
-        status = JobStatus(
-            task_id=task_id,
-            state=State.FAILED,
-            created_at=now,
-            completed_at=now,
-            error_message=reason,
-            worker_id=self.settings.worker.worker_id,
-            refused=True,
-        )
+        status = JobStatus.refusal(task_id, reason, worker_id=self.settings.worker.worker_id, live_only=True)
         try:
             with trio.fail_after(HAND_BACK_TIMEOUT):
                 await self.session.publish(self.topics.status(task_id), status.to_json(), qos=1)

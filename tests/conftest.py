@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -277,3 +278,25 @@ def processes_mentioning(text: str) -> list[str]:
         if text in cmdline and "zombie" not in state:
             found.append(f"{entry.name}: {cmdline}")
     return found
+
+
+@asynccontextmanager
+async def worker_process(config: Path, *, log: Path, env: dict[str, str] | None = None) -> AsyncIterator[trio.Process]:
+    """`ansible-worker run -c config` as an operator starts it, stderr to `log`; killed if still running at exit."""
+    executable = str(Path(sys.executable).parent / "ansible-worker")
+    with log.open("wb") as stderr:
+        process = await trio.lowlevel.open_process([executable, "run", "-c", str(config)], env=env, stderr=stderr)
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+
+async def stop(process: trio.Process) -> None:
+    """SIGTERM, as Kubernetes or systemd would send, and wait (bounded) for the exit."""
+    process.send_signal(signal.SIGTERM)
+    with trio.fail_after(30):
+        await process.wait()

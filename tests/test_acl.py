@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +22,7 @@ import trio
 from ansible_worker.client import Client, Target, open_client
 from ansible_worker.mqtt_link import InboundMessage, LinkOptions, PublishRefused, open_mqtt_link
 from ansible_worker.topics import Topics
-from tests.conftest import ANSIBLE_PLAYBOOK, Broker, make_settings, running_worker
+from tests.conftest import ANSIBLE_PLAYBOOK, Broker, make_settings, running_worker, stop, worker_process
 from tests.pki import Pki, make_pki
 
 DEPLOY = Path(__file__).parent.parent / "deploy" / "mosquitto"
@@ -203,24 +202,13 @@ async def test_signed_production_run_keeps_every_secret(
 
     async with trio.open_nursery() as nursery:
         await nursery.start(observe, secure_broker, seen)
-        with worker_log.open("wb") as log:
-            process = await trio.lowlevel.open_process(
-                [EXECUTABLE, "run", "-c", str(worker_file)], env=environment, stderr=log
-            )
-        try:
+        async with worker_process(worker_file, log=worker_log, env=environment) as process:
             async with controller(secure_broker) as client:
                 with trio.fail_after(30):
                     await client.wait_for_worker("secure-1")
             submitted = await cli("submit", "secret_env.yml", "-i", "one_host.ini", "--wait", "--json")
             listing = await cli("workers", "--json")
-            process.send_signal(signal.SIGTERM)
-            with trio.fail_after(30):
-                await process.wait()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                with trio.CancelScope(shield=True):
-                    await process.wait()
+            await stop(process)
         async with controller(secure_broker) as client:
             await client.barrier()  # the observer has had every message by now too
         nursery.cancel_scope.cancel()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +24,10 @@ from tests.conftest import (
     make_settings,
     require_signatures,
     running_worker,
+    stop,
     wait_online,
     worker_config,
+    worker_process,
 )
 
 DOCS = Path(__file__).parent.parent / "docs"
@@ -113,22 +114,13 @@ async def test_json_logs_name_the_task_and_the_worker(
     settings = json.loads(config.read_text())
     config.write_text(json.dumps({**settings, "log_format": "json"}))
     log_file = tmp_path / "worker.log"
-    with log_file.open("wb") as log:
-        process = await trio.lowlevel.open_process([EXECUTABLE, "run", "-c", str(config)], stderr=log)
-    try:
+    async with worker_process(config, log=log_file) as process:
         async with client_for(broker, group) as client:
             await wait_online(client, "logger-1")
             job = await client.submit({"task_id": "logged", "playbook": "broken.yml", "inventory": "one_host.ini"})
             with trio.fail_after(60):
                 await job.wait()
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(30):
-            await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+        await stop(process)
     records = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert records
     for record in records:
