@@ -161,7 +161,8 @@ def utc_now() -> datetime:
 class LiveEvent(BaseModel):
     """One Ansible callback event on `<prefix>/<group>/tasks/<task_id>/events` (not retained)."""
 
-    model_config = ConfigDict(extra="allow")
+    # Describes what live_events.py writes, for the published schema; built only when asked for.
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     seq: int = Field(description="1, 2, 3… per job; a gap means events were dropped")
     event: str = Field(description="the callback's name, e.g. runner_on_ok")
@@ -199,7 +200,8 @@ class Presence(BaseModel):
 class ClaimMessage(BaseModel):
     """A worker's retained claim on a signed job, `<prefix>/<group>/tasks/<task_id>/claim`."""
 
-    model_config = ConfigDict(extra="allow")
+    # Describes what claims.py writes, for the published schema; built only when asked for.
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     state: Literal["claimed", "released"]
     worker_id: str
