@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # Time left after the jobs' own kill grace for their statuses to reach the broker.
 SHUTDOWN_MARGIN = 5.0
 HAND_BACK_TIMEOUT = 5.0
+# How long a refusal's live answer may wait for the broker before it is given up (and logged).
+ANSWER_TIMEOUT = 5.0
 PUBLISH_RETRY_PAUSE = 0.2
 
 
@@ -402,7 +404,7 @@ class Worker:
     async def _answer_refusal(self, task_id: str, reason: str) -> None:
         status = JobStatus.refusal(task_id, reason, worker_id=self.settings.worker.worker_id, live_only=True)
         try:
-            with trio.fail_after(HAND_BACK_TIMEOUT):
+            with trio.fail_after(ANSWER_TIMEOUT):
                 await self.session.publish(self.topics.status(task_id), status.to_json(), qos=1)
         except (LinkError, trio.TooSlowError) as exc:
             log.warning("task %s: could not send its refusal: %s", task_id, exc)

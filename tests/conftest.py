@@ -280,23 +280,53 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+class WorkerProcess:
+    """An `ansible-worker` process whose log lines a test can wait for."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._changed = trio.Event()
+        self._log_closed = trio.Event()
+
+    async def read_log(self) -> None:
+        assert self.process.stderr is not None
+        pending = b""
+        async for chunk in self.process.stderr:
+            *complete, pending = (pending + chunk).split(b"\n")
+            self.lines += [line.decode(errors="replace") for line in complete]
+            self._changed.set()
+            self._changed = trio.Event()
+        self._log_closed.set()
+
+    async def wait_for_line(self, text: str) -> str:
+        with trio.fail_after(30):
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                await self._changed.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM, as Kubernetes or systemd would send; wait (bounded) for the exit and its last log line."""
+        self.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            await self.process.wait()
+            await self._log_closed.wait()
+
+
 @asynccontextmanager
-async def worker_process(config: Path, *, log: Path, env: dict[str, str] | None = None) -> AsyncIterator[trio.Process]:
-    """`ansible-worker run -c config` as an operator starts it, stderr to `log`; killed if still running at exit."""
+async def worker_process(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[WorkerProcess]:
+    """`ansible-worker ARGS` as an operator starts it; killed if still running at the end."""
     executable = str(Path(sys.executable).parent / "ansible-worker")
-    with log.open("wb") as stderr:
-        process = await trio.lowlevel.open_process([executable, "run", "-c", str(config)], env=env, stderr=stderr)
-    try:
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
+    async with trio.open_nursery() as nursery:
+        process = await trio.lowlevel.open_process([executable, *args], env=env, stderr=subprocess.PIPE)
+        worker = WorkerProcess(process)
+        nursery.start_soon(worker.read_log)
+        try:
+            yield worker
+        finally:
+            if process.returncode is None:
+                process.kill()
             with trio.CancelScope(shield=True):
                 await process.wait()
-
-
-async def stop(process: trio.Process) -> None:
-    """SIGTERM, as Kubernetes or systemd would send, and wait (bounded) for the exit."""
-    process.send_signal(signal.SIGTERM)
-    with trio.fail_after(30):
-        await process.wait()

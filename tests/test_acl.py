@@ -22,7 +22,7 @@ import trio
 from ansible_worker.client import Client, Target, open_client
 from ansible_worker.mqtt_link import InboundMessage, LinkOptions, PublishRefused, open_mqtt_link
 from ansible_worker.topics import Topics
-from tests.conftest import ANSIBLE_PLAYBOOK, Broker, make_settings, running_worker, stop, worker_process
+from tests.conftest import ANSIBLE_PLAYBOOK, Broker, make_settings, running_worker, worker_process
 from tests.pki import Pki, make_pki
 
 DEPLOY = Path(__file__).parent.parent / "deploy" / "mosquitto"
@@ -34,6 +34,7 @@ PASSWORDS = {
     "observer": "observer-pw-3Rt8Yc",
 }
 TOPICS = Topics("ansible", GROUP)
+QUICK = {"playbook": "quick.yml", "inventory": "one_host.ini"}
 
 
 @dataclass
@@ -188,7 +189,6 @@ async def test_signed_production_run_keeps_every_secret(
         )
     )
     environment = {**os.environ, "MQTT_PASSWORD": worker_password, "DEPLOY_TOKEN": token}
-    worker_log = tmp_path / "worker.log"
     seen: list[InboundMessage] = []
     outputs: list[bytes] = []
 
@@ -202,13 +202,13 @@ async def test_signed_production_run_keeps_every_secret(
 
     async with trio.open_nursery() as nursery:
         await nursery.start(observe, secure_broker, seen)
-        async with worker_process(worker_file, log=worker_log, env=environment) as process:
+        async with worker_process("run", "-c", str(worker_file), env=environment) as worker:
             async with controller(secure_broker) as client:
                 with trio.fail_after(30):
                     await client.wait_for_worker("secure-1")
             submitted = await cli("submit", "secret_env.yml", "-i", "one_host.ini", "--wait", "--json")
             listing = await cli("workers", "--json")
-            await stop(process)
+            await worker.stop()
         async with controller(secure_broker) as client:
             await client.barrier()  # the observer has had every message by now too
         nursery.cancel_scope.cancel()
@@ -216,7 +216,7 @@ async def test_signed_production_run_keeps_every_secret(
         validated = await trio.run_process(
             [EXECUTABLE, "validate", "-c", str(worker_file)], env=environment, capture_stdout=True, capture_stderr=True
         )
-    assert process.returncode == 0
+    assert worker.process.returncode == 0
     assert submitted.returncode == 0, submitted.stderr
     # One object per line while it runs, then the terminal status, pretty-printed.
     text = submitted.stdout.decode()
@@ -226,7 +226,7 @@ async def test_signed_production_run_keeps_every_secret(
     assert int(final["output"]["token_length"]) == len(token)
     assert int(final["output"]["broker_password_length"]) == 0
     assert [w["worker_id"] for w in json.loads(listing.stdout)] == ["secure-1"]
-    log_text = worker_log.read_bytes()
+    log_text = "\n".join(worker.lines).encode()
     assert b"signed by alice, claimed for this worker" in log_text
     assert any(message.topic.endswith("/events") for message in seen)
     everything = [log_text, validated.stdout, validated.stderr, *outputs]
@@ -234,3 +234,23 @@ async def test_signed_production_run_keeps_every_secret(
     for secret in (worker_password, PASSWORDS["ansible-controller"], token):
         leaks = [text[:200] for text in everything if secret.encode() in text]
         assert leaks == [], f"{secret} leaked"
+
+
+async def test_a_status_the_acl_refuses_is_reported_not_believed_sent(
+    secure_broker: SecureBroker, playbook_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A worker given an account that may read the group's topics but write none of them.
+    settings = make_settings(
+        secure_broker.broker.port, playbook_dir, GROUP, mqtt=secure_broker.mqtt_settings("observer")
+    )
+    async with running_worker(settings), controller(secure_broker) as client:
+        await client.link.publish(TOPICS.tasks, json.dumps({"task_id": "unheard", **QUICK}).encode(), qos=2)
+        with trio.fail_after(60):
+            while not any("status of unheard is lost" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110 - a log record has no event
+                await trio.sleep(0.05)
+        assert await client.status("unheard") is None
+    lost = [r for r in caplog.records if "status of unheard is lost" in r.getMessage()]
+    assert lost[0].levelname == "ERROR"
+    assert (
+        "broker refused the publish to 'ansible/default/tasks/unheard/status': Not authorized" in lost[0].getMessage()
+    )

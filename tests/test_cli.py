@@ -6,15 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
 
 from ansible_worker import __version__
-from tests.conftest import ANSIBLE_PLAYBOOK, Broker, open_controller, processes_mentioning
+from tests.conftest import ANSIBLE_PLAYBOOK, Broker, open_controller, processes_mentioning, worker_process
 
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
 
@@ -138,47 +136,6 @@ def test_version_from_the_command_and_the_module() -> None:
         [sys.executable, "-m", "ansible_worker", "--version"], capture_output=True, text=True, check=True
     )
     assert module.stdout.strip() == f"ansible-worker {__version__}"
-
-
-class WorkerProcess:
-    """An `ansible-worker` process whose log lines a test can wait for."""
-
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.lines: list[str] = []
-        self._changed = trio.Event()
-
-    async def read_log(self) -> None:
-        assert self.process.stderr is not None
-        pending = b""
-        async for chunk in self.process.stderr:
-            *complete, pending = (pending + chunk).split(b"\n")
-            self.lines += [line.decode(errors="replace") for line in complete]
-            self._changed.set()
-            self._changed = trio.Event()
-
-    async def wait_for_line(self, text: str) -> str:
-        with trio.fail_after(30):
-            while True:
-                for line in self.lines:
-                    if text in line:
-                        return line
-                await self._changed.wait()
-
-
-@asynccontextmanager
-async def worker_process(*args: str) -> AsyncIterator[WorkerProcess]:
-    async with trio.open_nursery() as nursery:
-        process = await trio.lowlevel.open_process([EXECUTABLE, *args], stderr=subprocess.PIPE)
-        worker = WorkerProcess(process)
-        nursery.start_soon(worker.read_log)
-        try:
-            yield worker
-        finally:
-            if process.returncode is None:
-                process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
 
 
 async def test_sigterm_cancels_running_and_queued_jobs_and_exits_zero(

@@ -24,7 +24,6 @@ from tests.conftest import (
     make_settings,
     require_signatures,
     running_worker,
-    stop,
     wait_online,
     worker_config,
     worker_process,
@@ -80,12 +79,16 @@ async def test_probes_and_metrics_follow_the_worker(broker: Broker, playbook_dir
         async with client_for(broker, group) as client:
             job = await client.submit({"task_id": "metered", **QUICK})
             assert (await job.wait())["state"] == "success"
+            invalid = await client.submit({"task_id": "invalid", "playbook": "quick.yml"})
+            assert (await invalid.wait())["state"] == "failed"
         after = (await http_get(port, "/metrics"))[1]
         assert metric(after, 'ansible_worker_jobs_total{state="success"}') == 1
         assert metric(after, "ansible_worker_job_duration_seconds_count") == 1
         assert metric(after, "ansible_worker_events_processed_total") > 0
         assert metric(after, "ansible_worker_status_publish_latency_seconds_count") >= 3
         assert metric(after, "ansible_worker_capacity") == 1
+        assert metric(after, "ansible_worker_messages_refused_total") == 1
+        assert metric(after, 'ansible_worker_jobs_total{state="failed"}') == 0  # never became a job
 
         broker.stop()
         assert await wait_for_readiness(port, 503) == "not ready: not connected to the broker\n"
@@ -113,15 +116,14 @@ async def test_json_logs_name_the_task_and_the_worker(
     config = worker_config(tmp_path / "json.json", broker, playbook_dir, group, worker_id="logger-1")
     settings = json.loads(config.read_text())
     config.write_text(json.dumps({**settings, "log_format": "json"}))
-    log_file = tmp_path / "worker.log"
-    async with worker_process(config, log=log_file) as process:
+    async with worker_process("run", "-c", str(config)) as worker:
         async with client_for(broker, group) as client:
             await wait_online(client, "logger-1")
             job = await client.submit({"task_id": "logged", "playbook": "broken.yml", "inventory": "one_host.ini"})
             with trio.fail_after(60):
                 await job.wait()
-        await stop(process)
-    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+        await worker.stop()
+    records = [json.loads(line) for line in worker.lines]
     assert records
     for record in records:
         assert set(record) >= {"time", "level", "logger", "message", "worker_id"}

@@ -144,7 +144,7 @@ async def test_the_same_signed_job_sent_twice_at_once_runs_once(
             nursery.start_soon(controller.submit, payload)
         final = await controller.wait_terminal("twice")
         with trio.fail_after(30):
-            while not any("refused a replay" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110
+            while not any("refused a replay" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110 - a log record has no event
                 await trio.sleep(0.01)
         statuses = await statuses_after_sync(controller, "twice")
     assert final["state"] == "success"
@@ -219,3 +219,38 @@ async def test_the_python_client_signs_jobs_and_cancel_requests(
     assert final is not None
     assert final["state"] == "cancelled"
     assert final["error_message"].endswith(": enough")
+
+
+async def test_an_unverified_message_cannot_touch_the_status_of_a_job_the_group_holds(
+    broker: Broker, playbook_dir: Path, group: str, keys: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    topics = Topics("ansible", group)
+    sleeping = {"task_id": "held", "playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 2}}
+    settings = signed_settings(broker, playbook_dir, group, keys, worker_id="holder")
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(settings),
+        client_for(broker, group, signer=Signer.from_file(keys / "alice.key")) as client,
+    ):
+        job = await client.submit(sleeping)
+        async for status in job.statuses():
+            if status["state"] == "running":
+                break
+        # An unsigned job reusing the task_id: the worker only logs it.
+        await controller.submit(touch_job("held", tmp_path))
+        # Messages are handled in order: once this one is queued, the forgery has been handled.
+        after = await client.submit({"task_id": "after", **SLEEP, "extra_vars": {"seconds": 0}})
+        # A refusal someone else publishes on the job's topic: the client does not take it for the end.
+        forged = {"task_id": "held", "state": "failed", "error_message": "unsigned", "refused": True}
+        await controller.link.publish(topics.status("held"), json.dumps(forged).encode(), qos=1)
+        with trio.fail_after(30):
+            final = await job.wait()
+            await after.wait()
+        statuses = await statuses_after_sync(controller, "held")
+    assert final["state"] == "success"
+    assert not ran("held", tmp_path)
+    assert [s for s in statuses if s.get("refused") and s.get("worker_id") == "holder"] == []
+    assert [r.getMessage() for r in caplog.records if "for a job the group holds" in r.getMessage()] == [
+        "task held: refused a message (unsigned: this worker requires signed messages"
+        " (security.require_signed_tasks)) for a job the group holds (worker holder); its status is left alone"
+    ]
