@@ -146,6 +146,11 @@ class WorkerSettings(BaseModel):
     max_verbosity: int = Field(4, ge=0, le=4)
     max_extra_vars_bytes: int = Field(65536, ge=0)
     max_extra_vars_depth: int = Field(10, ge=1)
+    # extra_vars names that Ansible reads itself (ansible_*, magic, reserved) and that jobs may
+    # set anyway, matched exactly; empty refuses them all (see special_vars.py).
+    allowed_special_vars: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(
+        default_factory=list
+    )
     publish_events: bool = True
     events_qos: Literal[0, 1] = 0
     events_per_second: float = Field(200, gt=0)

@@ -1,9 +1,9 @@
-"""What a job may ask of this worker: allowed playbooks and inventories, verbosity, extra_vars size."""
+"""What a job may ask of this worker: allowed playbooks and inventories, verbosity, extra_vars size and names."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -11,6 +11,7 @@ from typing import Any
 
 from ansible_worker.models import TaskRequest
 from ansible_worker.playbook_command import JobRefusedError
+from ansible_worker.special_vars import SETTING, refused_names, show_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +29,12 @@ class JobPolicy:
     max_verbosity: int = 4
     max_extra_vars_bytes: int = 65536
     max_extra_vars_depth: int = 10
+    # Top-level extra_vars names let through although Ansible reads them (special_vars.py).
+    allowed_special_vars: Collection[str] = ()
 
     def check_request(self, job: TaskRequest) -> None:
         """Checks that need no file system; `JobRefusedError` says what is not allowed."""
+        _check_special_vars(job.extra_vars, self.allowed_special_vars)
         if job.verbosity > self.max_verbosity:
             raise JobRefusedError(f"verbosity {job.verbosity} is above this worker's limit ({self.max_verbosity})")
         size = len(json.dumps(job.extra_vars))
@@ -49,6 +53,19 @@ class JobPolicy:
         _allowed(base, playbook, self.allowed_playbooks, "playbook", "worker.allowed_playbooks")
         if "," not in inventory:
             _allowed(base, Path(inventory), self.allowed_inventories, "inventory", "worker.allowed_inventories")
+
+
+def _check_special_vars(extra_vars: dict[str, Any], allowed: Collection[str]) -> None:
+    refused = refused_names(extra_vars, allowed)
+    if not refused:
+        return
+    (name, reason), rest = refused[0], refused[1:]
+    also = ""
+    if rest:
+        shown = ", ".join(show_name(other) for other, _ in rest[:5])
+        also = f"; also {shown}" + (f" and {len(rest) - 5} more" if len(rest) > 5 else "")
+    them = "them" if rest else "it"
+    raise JobRefusedError(f"extra_vars must not set {show_name(name)}: {reason}{also} (allow {them} with {SETTING})")
 
 
 def _allowed(base: Path, path: Path, patterns: Sequence[str] | None, what: str, setting: str) -> None:

@@ -28,9 +28,28 @@ def _no_option_like(value: str) -> str:
     return value
 
 
+def _no_limit_file(value: str) -> str:
+    # Ansible splits a limit on commas, or else on colons and whitespace, strips each pattern
+    # (Unicode whitespace too) and reads host names from a file for every pattern that then
+    # starts with '@' (`split_host_pattern` and `InventoryManager.subset` in
+    # ansible/inventory/manager.py): "web, @/etc/shadow" reads /etc/shadow. '@' means nothing
+    # else in Ansible's patterns and no valid host name holds it, so any '@' is refused: a rule
+    # that needs no copy of Ansible's parsing, and that answers alike whether the file exists.
+    if "@" in value:
+        raise ValueError("must not contain '@': Ansible reads '@file' patterns from a file on the worker")
+    return value
+
+
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_no_option_like)]
 TagList = Annotated[list[Tag], BeforeValidator(_split_commas)]
-Limit = Annotated[str, StringConstraints(min_length=1, max_length=65536), AfterValidator(_no_option_like)]
+Limit = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=65536),
+    AfterValidator(_no_option_like),
+    AfterValidator(_no_limit_file),
+]
+# A week: longer than any run a worker should hold, and finite (JSON `Infinity` parses).
+MAX_TIMEOUT_SECONDS = 604_800
 
 
 class Signature(BaseModel):
@@ -58,7 +77,7 @@ class TaskRequest(BaseModel):
     check_mode: bool = False
     diff_mode: bool = False
     forks: int = Field(5, ge=1, le=1000)
-    timeout: float | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False)
     git_pull: bool = False
     # Required by workers with security.require_signed_tasks; checked before this model.
     issued_at: str | None = Field(None, description="RFC 3339 time the message was signed")

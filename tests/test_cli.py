@@ -72,6 +72,15 @@ def test_environment_overrides_the_file(tmp_path: Path, playbook_dir: Path) -> N
     assert "capacity      4 at once" in result.stdout
 
 
+def test_validate_shows_the_special_vars_allowlist(tmp_path: Path, playbook_dir: Path) -> None:
+    config = good_config(tmp_path, 1883, playbook_dir)
+    result = cli("validate", "-c", str(config))
+    assert "extra_vars    no connection, interpreter, become or magic variables" in result.stdout
+    result = cli("validate", "-c", str(config), env={"ANSIBLE_WORKER_WORKER__ALLOWED_SPECIAL_VARS": '["ansible_user"]'})
+    assert result.returncode == 0, result.stderr
+    assert "extra_vars    may set ansible_user (worker.allowed_special_vars)" in result.stdout
+
+
 def test_example_config_is_valid(playbook_dir: Path) -> None:
     example = Path(__file__).parent.parent / "config.example.yaml"
     env = {"ANSIBLE_WORKER_WORKER__PLAYBOOK_DIRECTORY": str(playbook_dir), "MQTT_PASSWORD": ""}
