@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -16,6 +16,8 @@ from ansible_worker import __version__
 from ansible_worker.config import DEFAULT_CONFIG_FILE, ENV_PREFIX, ConfigError, Settings, load_settings
 from ansible_worker.controller_parser import CONTROLLER_COMMANDS, add_controller_commands
 from ansible_worker.logging_setup import setup_logging
+from ansible_worker.playbook_command import Executable, child_environment, find_ansible_playbook, find_executable
+from ansible_worker.special_vars import describe_allowed
 from ansible_worker.topics import Topics
 from ansible_worker.worker import Worker
 
@@ -131,12 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summarize(settings, args.config))
         return 0
     setup_logging(settings.log_level, log_format=settings.log_format, worker_id=settings.worker.worker_id)
-    for name, value in (
-        ("worker.ansible_playbook_path", settings.worker.ansible_playbook_path),
-        ("worker.git_path", settings.worker.git_path),
-    ):
-        if shutil.which(value) is None:
-            log.warning("%s: %r is not an executable on PATH; jobs that need it will fail", name, value)
+    # The worker's job runner says which ansible-playbook it found; git is only needed for git_pull.
+    git = executables(settings)[1]
+    if git.path is None:
+        log.warning("worker.git_path: %s; jobs with git_pull will fail", git.describe())
     trio.run(_serve, settings)
     return 0
 
@@ -186,6 +186,16 @@ def _signatures(settings: Settings) -> str:
     return f"required, trusted keys: {keys}; max age {security.max_task_age:g}s"
 
 
+def executables(settings: Settings) -> tuple[Executable, Executable]:
+    """The ansible-playbook and git that jobs would run, found as the job runner finds them."""
+    worker = settings.worker
+    environment = child_environment(
+        os.environ, extra={name: value.get_secret_value() for name, value in worker.environment.items()}
+    )
+    git = find_executable(worker.git_path, search_path=environment.get("PATH", os.defpath))
+    return find_ansible_playbook(worker.ansible_playbook_path, environment), git
+
+
 def summarize(settings: Settings, path: Path | None) -> str:
     """A one-screen view of the effective configuration, secrets masked."""
     mqtt, worker = settings.mqtt, settings.worker
@@ -195,6 +205,7 @@ def summarize(settings: Settings, path: Path | None) -> str:
         if path is not None
         else (str(DEFAULT_CONFIG_FILE) if DEFAULT_CONFIG_FILE.exists() else "environment only")
     )
+    ansible_playbook, git = executables(settings)
     password = "(set, hidden)" if mqtt.password is not None else "(none)"
     tls = "off"
     if mqtt.tls_enabled:
@@ -211,17 +222,20 @@ def summarize(settings: Settings, path: Path | None) -> str:
         f"  playbooks     {worker.playbook_directory}",
         f"  capacity      {worker.concurrency} at once, queue of {worker.max_queue_size}",
         f"  timeouts      job {worker.task_timeout:g}s, git {worker.git_timeout:g}s, kill grace {worker.kill_grace:g}s",
-        f"  executables   {worker.ansible_playbook_path}, {worker.git_path}",
+        f"  executables   {ansible_playbook.describe()}",
+        f"                {git.describe()}",
         f"  messages      up to {worker.max_message_bytes} bytes; status every {worker.status_interval:g}s at most",
         f"  log level     {settings.log_level}",
         f"  environment   {_names(worker.environment)}",
+        f"  extra_vars    {describe_allowed(worker.allowed_special_vars)}",
         f"  signatures    {_signatures(settings)}",
         f"  http          {_http(settings)}",
         "",
         f"  jobs from     {topics.tasks_subscription(shared=worker.shared_subscription)}",
         f"  status on     {topics.status('<task_id>')} (retained)",
     ]
-    for name, value in (("ansible_playbook_path", worker.ansible_playbook_path), ("git_path", worker.git_path)):
-        if shutil.which(value) is None:
-            lines.append(f"  warning: worker.{name}: {value!r} is not an executable on PATH")
+    if ansible_playbook.path is None:
+        lines.append(f"  problem: worker.ansible_playbook_path: {ansible_playbook.describe()}: every job will fail")
+    if git.path is None:
+        lines.append(f"  warning: worker.git_path: {git.describe()}: jobs with git_pull will fail")
     return "\n".join(lines)

@@ -7,6 +7,10 @@ Example::
         async for update in job.updates():
             print(update.kind, update.data)
         print((await job.wait())["state"])
+
+The connection outlives a broker restart: when it drops, the client connects again (for up
+to `reconnect_for` seconds), subscribes again to everything it follows, and `submit`
+publishes an unanswered job again, byte for byte.
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import json
+import logging
+import math
+import random
 import socket
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,7 +37,7 @@ import trio
 
 from ansible_worker.config import ClientSettings
 from ansible_worker.lone_errors import unwrap_lone_errors
-from ansible_worker.mqtt_link import InboundMessage, LinkError, LinkOptions, MqttLink, open_mqtt_link
+from ansible_worker.mqtt_link import InboundMessage, LinkError, LinkLost, LinkOptions, MqttLink, open_mqtt_link
 from ansible_worker.topics import Topics
 
 if TYPE_CHECKING:
@@ -50,8 +58,18 @@ __all__ = [
     "target_from_url",
 ]
 
+log = logging.getLogger(__name__)
+
 TERMINAL_STATES = frozenset({"success", "failed", "cancelled", "timeout"})
+# `submit`: give up when no worker answered within ANSWER_WITHIN seconds in all; publish the
+# job again each time RETRY_AFTER seconds pass without an answer.
 ANSWER_WITHIN = 10.0
+RETRY_AFTER = 5.0
+# How long a client whose connection dropped keeps trying to connect again.
+RECONNECT_FOR = 60.0
+BARRIER_WITHIN = 10.0
+_BACKOFF_INITIAL = 0.1
+_BACKOFF_MAX = 2.0
 _BUFFER = 100_000
 
 
@@ -167,36 +185,149 @@ class Client:
     Subscriptions are counted, so several handles may follow the same job. Messages are
     routed to their subscribers by a reader task; a subscriber that falls more than
     100,000 messages behind loses the excess rather than stalling the others.
+
+    When the connection drops, `stay_connected` opens a new one with a short backoff and
+    subscribes to every filter in use before anything is published on it; `connections`
+    counts the links so far. Calls that need the broker wait for the next link meanwhile.
     """
 
-    def __init__(self, link: MqttLink, topics: Topics, client_id: str, *, signer: Signer | None = None) -> None:
-        self.link = link
+    def __init__(self, topics: Topics, client_id: str, *, signer: Signer | None = None) -> None:
         self.topics = topics
         self.client_id = client_id
         self.signer = signer
+        self.connections = 0
+        self._link: MqttLink | None = None
+        self._changed = trio.Event()
         self._routes: list[tuple[str, trio.MemorySendChannel[InboundMessage]]] = []
         self._senders: dict[int, trio.MemorySendChannel[InboundMessage]] = {}
         self._subscribed: dict[str, int] = {}
+        self._qos: dict[str, int] = {}
 
-    async def route_messages(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async for message in self.link.messages():
-            for topic_filter, channel in list(self._routes):
-                if _matches(topic_filter, message.topic):
-                    # A subscriber far behind, or gone, must not stall the others.
-                    with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                        channel.send_nowait(message)
+    @property
+    def link(self) -> MqttLink:
+        """The current connection. Errors: `LinkLost` while the client is reconnecting."""
+        if self._link is None:
+            raise LinkLost("not connected to the broker (reconnecting)")
+        return self._link
 
-    async def subscribe(self, filters: list[str], qos: int = 1) -> trio.MemoryReceiveChannel[InboundMessage]:
-        """Receive every message on `filters` (retained ones first) until `unsubscribe`."""
+    @property
+    def connected(self) -> bool:
+        return self._link is not None
+
+    async def current_link(self) -> MqttLink:
+        """The current connection, waiting for the next one while reconnecting."""
+        while self._link is None:
+            await self._changed.wait()
+        return self._link
+
+    async def wait_connection_after(self, connection: int) -> None:
+        """Return once a connection newer than number `connection` is up (subscriptions renewed)."""
+        while self.connections <= connection or self._link is None:
+            await self._changed.wait()
+
+    def _set_link(self, link: MqttLink | None) -> None:
+        self._link = link
+        if link is not None:
+            self.connections += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def stay_connected(
+        self,
+        options: LinkOptions,
+        *,
+        reconnect_for: float,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Own the links: the first one (its failure is raised), then a new one whenever it drops.
+
+        Errors: the first link's `ConnectFailed`; `LinkLost` when the link drops and
+        `reconnect_for` is 0; `ClientError` when no new link came up within `reconnect_for`.
+        """
+        where = f"{options.host}:{options.port}"
+        failures = 0
+        lost_at: float | None = None
+        while True:
+            reason = "connection closed"
+            try:
+                async with open_mqtt_link(options) as link:
+                    # Before the link is current: whatever is published on it comes after
+                    # every subscription and its retained messages.
+                    for topic_filter in list(self._subscribed):
+                        qos = self._qos.get(topic_filter)
+                        if qos is not None:  # else unsubscribed meanwhile
+                            await link.subscribe(topic_filter, qos)
+                    self._set_link(link)
+                    if self.connections == 1:
+                        task_status.started()
+                    else:
+                        log.warning("reconnected to the broker %s", where)
+                    failures, lost_at = 0, None
+                    async for message in link.messages():
+                        self._route(message)
+            except LinkError as exc:
+                if self.connections == 0 or reconnect_for <= 0:
+                    raise
+                reason = str(exc) or type(exc).__name__
+            finally:
+                if self._link is not None:
+                    self._set_link(None)
+            now = trio.current_time()
+            lost_at = now if lost_at is None else lost_at
+            if now - lost_at >= reconnect_for:
+                raise ClientError(
+                    f"lost the broker {where} and could not connect again within {reconnect_for:g}s: {reason}"
+                )
+            delay = min(_BACKOFF_MAX, _BACKOFF_INITIAL * 2**failures) * random.uniform(0.5, 1.0)
+            # A warning when the link drops; the attempts after it only at INFO.
+            log.log(
+                logging.INFO if failures else logging.WARNING,
+                "lost the broker %s (%s); connecting again in %.1fs",
+                where,
+                reason,
+                delay,
+            )
+            failures += 1
+            await trio.sleep(delay)
+
+    def _route(self, message: InboundMessage) -> None:
+        for topic_filter, channel in list(self._routes):
+            if _matches(topic_filter, message.topic):
+                # A subscriber far behind, or gone, must not stall the others.
+                with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    channel.send_nowait(message)
+
+    def register(self, filters: list[str], qos: int = 1) -> trio.MemoryReceiveChannel[InboundMessage]:
+        """Route messages on `filters` to a new channel and count them as in use, without waiting.
+
+        `renew` then subscribes on the current link; any later link subscribes by itself.
+        """
         send, receive = trio.open_memory_channel[InboundMessage](_BUFFER)
         self._senders[id(receive)] = send
         for topic_filter in filters:
             self._routes.append((topic_filter, send))
             self._subscribed[topic_filter] = self._subscribed.get(topic_filter, 0) + 1
-            # Subscribing again is what makes the broker send the retained message to this
-            # new subscriber; the count only decides when to unsubscribe.
-            await self.link.subscribe(topic_filter, qos)
+            self._qos[topic_filter] = max(qos, self._qos.get(topic_filter, 0))
+        return receive
+
+    async def renew(self, filters: list[str], qos: int = 1) -> None:
+        """Subscribe to `filters` on the current link, so the broker sends their retained messages."""
+        for topic_filter in filters:
+            link = await self.current_link()
+            # A link that drops here is replaced by one that subscribes to every filter in use.
+            with suppress(LinkLost):
+                # Subscribing again is what makes the broker send the retained message to this
+                # new subscriber; the count only decides when to unsubscribe.
+                await link.subscribe(topic_filter, qos)
+
+    async def subscribe(self, filters: list[str], qos: int = 1) -> trio.MemoryReceiveChannel[InboundMessage]:
+        """Receive every message on `filters` (retained ones first) until `unsubscribe`."""
+        receive = self.register(filters, qos)
+        try:
+            await self.renew(filters, qos)
+        except BaseException:
+            await self.unsubscribe(filters, receive)
+            raise
         return receive
 
     async def unsubscribe(self, filters: list[str], receive: trio.MemoryReceiveChannel[InboundMessage]) -> None:
@@ -208,48 +339,159 @@ class Client:
             self._subscribed[topic_filter] -= 1
             if self._subscribed[topic_filter] == 0:
                 del self._subscribed[topic_filter]
-                with trio.move_on_after(5):
-                    await self.link.unsubscribe(topic_filter)
+                del self._qos[topic_filter]
+                if self._link is not None:
+                    with trio.CancelScope(shield=True), trio.move_on_after(5), suppress(LinkError):
+                        await self._link.unsubscribe(topic_filter)
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool = False) -> None:
+        """Publish on the current link, waiting for one while reconnecting.
+
+        Errors: `LinkLost` when the link drops before the broker acknowledged.
+        """
+        link = await self.current_link()
+        await link.publish(topic, payload, qos=qos, retain=retain)
 
     async def barrier(self) -> None:
         """Return once the broker has delivered the retained messages of every earlier subscription.
 
         The broker sends retained messages while it handles a SUBSCRIBE, so a message we
-        publish after subscribing comes back after them.
+        publish after subscribing comes back after them. On a new link, the marker goes again.
         """
         topic = f"{self.topics.prefix}/{self.topics.group}/clients/{self.client_id}/sync"
         marker = uuid.uuid4().hex.encode()
         receive = await self.subscribe([topic], qos=1)
         try:
-            await self.link.publish(topic, marker, qos=1)
-            with trio.fail_after(10):
-                async for message in receive:
-                    if message.payload == marker:
+            with trio.fail_after(BARRIER_WITHIN):
+                while True:
+                    link = await self.current_link()
+                    connection = self.connections
+                    with suppress(LinkLost):
+                        await link.publish(topic, marker, qos=1)
+                    if await self.receive_unless_reconnected(receive, lambda m: m.payload == marker, connection):
                         return
         finally:
             await self.unsubscribe([topic], receive)
 
+    async def receive_unless_reconnected(
+        self,
+        receive: trio.MemoryReceiveChannel[InboundMessage],
+        wanted: Callable[[InboundMessage], bool],
+        connection: int,
+    ) -> bool:
+        """Wait for a `wanted` message: True; or for a link newer than number `connection`: False."""
+        found = False
+        with unwrap_lone_errors():
+            async with trio.open_nursery() as nursery:
+
+                async def on_reconnect() -> None:
+                    await self.wait_connection_after(connection)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(on_reconnect)
+                async for message in receive:
+                    if wanted(message):
+                        found = True
+                        break
+                nursery.cancel_scope.cancel()
+        return found
+
     async def submit(
-        self, job: Mapping[str, Any], *, answer_within: float = ANSWER_WITHIN, events: bool = True
+        self,
+        job: Mapping[str, Any],
+        *,
+        answer_within: float = ANSWER_WITHIN,
+        events: bool = True,
+        retry_after: float = RETRY_AFTER,
+        attempts: int | None = None,
     ) -> JobHandle:
         """Publish a job and wait until a worker answers it (normally with `queued`).
 
-        A `task_id` is made up when the job has none. Errors: `NoWorkerAnswered` when no
-        status comes within `answer_within` seconds; the broker then delivered the job to
-        nobody, so nothing will run.
+        A `task_id` is made up when the job has none. The status topic is subscribed to
+        before the first publish; any status of the job counts as the answer, also a
+        retained one (a job of that `task_id` is known to the group already). Each time
+        `retry_after` seconds pass without an answer, and whenever the connection was lost
+        before one came, the same bytes are published again (same `task_id`, same
+        signature: never re-signed), at most `attempts` times in all (default: as many as
+        fit into `answer_within`). Each repeat is logged as a warning;
+        `handle.attempts` says how many publishes it took.
+
+        Errors: `NoWorkerAnswered` when no status comes within `answer_within` seconds;
+        the broker then delivered the job to nobody, so nothing will run.
         """
+        if retry_after <= 0:
+            raise ValueError(f"retry_after must be positive, not {retry_after!r}")
+        if attempts is not None and attempts < 1:
+            raise ValueError(f"attempts must be at least 1, not {attempts!r}")
         request = dict(job)
         request.setdefault("task_id", f"job-{uuid.uuid4().hex[:12]}")
         if self.signer is not None:
             request = self.signer.sign(self.topics.tasks, request)
-        handle = await self.follow(str(request["task_id"]), events=events)
-        await self.link.publish(self.topics.tasks, json.dumps(request).encode(), qos=2)
+        payload = json.dumps(request).encode()
+        most = attempts
+        if most is None and math.isfinite(answer_within / retry_after):
+            most = max(1, math.ceil(answer_within / retry_after))
+        handle = JobHandle(self, str(request["task_id"]), events=events)
+        answered = False
         try:
-            await handle.wait_answered(answer_within)
+            with trio.move_on_after(answer_within):
+                await handle.open()
+                await self._publish_until_answered(handle, payload, retry_after=retry_after, most=most)
+                answered = True
         except BaseException:
             await handle.close()
             raise
+        if not answered:
+            await handle.close()
+            raise NoWorkerAnswered(self._unanswered(answer_within, handle.attempts))
         return handle
+
+    async def _publish_until_answered(
+        self, handle: JobHandle, payload: bytes, *, retry_after: float, most: int | None
+    ) -> None:
+        reason = ""
+        while True:
+            if most is None or handle.attempts < most:
+                if handle.attempts:
+                    of = "" if most is None else f" of {most}"
+                    log.warning(
+                        "%s; publishing task %s again (attempt %d%s)", reason, handle.task_id, handle.attempts + 1, of
+                    )
+                link = await self.current_link()
+                connection = self.connections
+                handle.attempts += 1
+                # A link that drops in the middle is replaced, and the job published again on it.
+                with suppress(LinkLost):
+                    await link.publish(self.topics.tasks, payload, qos=2)
+                within = retry_after
+            else:
+                connection, within = self.connections, math.inf
+            outcome = await handle.wait_answer(within, connection)
+            if outcome == "answered":
+                return
+            if outcome == "reconnected":
+                # The new link's subscriptions bring a status the job got meanwhile.
+                with suppress(trio.TooSlowError):
+                    await self.barrier()
+                handle.take_arrived()
+                if handle.latest is not None:
+                    return
+                reason = "the connection to the broker was lost before a worker answered"
+            else:
+                reason = f"no worker answered within {retry_after:g}s"
+
+    def _unanswered(self, within: float, attempts: int) -> str:
+        group = self.topics.group
+        if not self.connected:
+            return (
+                f"no worker of group {group!r} answered within {within:g}s: the connection to the broker"
+                " was lost and has not come back, so the job may have reached nobody"
+            )
+        times = f"{attempts} attempt{'' if attempts == 1 else 's'}"
+        return (
+            f"no worker of group {group!r} answered within {within:g}s ({times}): none is connected to this"
+            f" broker and subscribed to {self.topics.tasks}, so the job went to nobody"
+        )
 
     async def follow(self, task_id: str, *, events: bool = True) -> JobHandle:
         """A handle on a job, wherever it is now; its retained status comes first, if any.
@@ -277,11 +519,11 @@ class Client:
         topic = self.topics.cancel(task_id)
         if self.signer is not None:
             request = self.signer.sign(topic, request)
-        await self.link.publish(topic, json.dumps(request).encode(), qos=1)
+        await self.publish(topic, json.dumps(request).encode(), qos=1)
 
     async def forget(self, task_id: str) -> None:
         """Clear the job's retained status from the broker."""
-        await self.link.publish(self.topics.status(task_id), b"", qos=1, retain=True)
+        await self.publish(self.topics.status(task_id), b"", qos=1, retain=True)
 
     async def wait_for_worker(self, worker_id: str | None = None) -> dict[str, Any]:
         """Wait until a worker of the group (or the one named) says it is online; its presence.
@@ -327,6 +569,8 @@ class JobHandle:
         self.client = client
         self.task_id = task_id
         self.latest: dict[str, Any] | None = None
+        # How many times `Client.submit` published the job (0 for a followed one).
+        self.attempts = 0
         self._filters = [client.topics.status(task_id), client.topics.workers_subscription]
         if events:
             self._filters.append(client.topics.events(task_id))
@@ -336,7 +580,9 @@ class JobHandle:
         self._finished = False
 
     async def open(self) -> None:
-        self._receive = await self.client.subscribe(self._filters)
+        # Registered before waiting, so that `close` undoes it even if the wait is cancelled.
+        self._receive = self.client.register(self._filters)
+        await self.client.renew(self._filters)
 
     async def close(self) -> None:
         if self._receive is not None:
@@ -357,18 +603,39 @@ class JobHandle:
         return self._finished
 
     async def wait_answered(self, within: float) -> None:
-        """Wait for a status published after we started listening (not an old retained one)."""
+        """Wait for a status of the job; a retained one counts (the group knows the job).
+
+        Errors: `NoWorkerAnswered` when none arrives within `within` seconds.
+        """
         with trio.move_on_after(within):
-            while True:
-                update = await self._next_update()
-                self._backlog.append(update)
-                if update.kind == "status" and not update.retained:
-                    return
-        group = self.client.topics.group
-        raise NoWorkerAnswered(
-            f"no worker of group {group!r} answered within {within:g}s: none is connected to this broker"
-            f" and subscribed to {self.client.topics.tasks}, so the job went to nobody"
-        )
+            while self.latest is None:
+                self._backlog.append(await self._next_update())
+            return
+        raise NoWorkerAnswered(self.client._unanswered(within, self.attempts))
+
+    async def wait_answer(self, within: float, connection: int) -> Literal["answered", "timeout", "reconnected"]:
+        """Wait up to `within` seconds for a status of the job (retained ones count).
+
+        Also returns, with "reconnected", when a link newer than number `connection` is up:
+        what was published before may have been lost with the old one.
+        """
+        reconnected = False
+        with trio.move_on_after(within), unwrap_lone_errors():
+            async with trio.open_nursery() as nursery:
+
+                async def on_reconnect() -> None:
+                    nonlocal reconnected
+                    await self.client.wait_connection_after(connection)
+                    reconnected = True
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(on_reconnect)
+                while self.latest is None:
+                    self._backlog.append(await self._next_update())
+                nursery.cancel_scope.cancel()
+        if self.latest is not None:
+            return "answered"
+        return "reconnected" if reconnected else "timeout"
 
     def updates(self) -> AsyncIterator[Update]:
         """Statuses and events in the order they arrive, ending with the terminal status.
@@ -507,19 +774,24 @@ def _decode(payload: bytes) -> dict[str, Any] | None:
 
 
 @asynccontextmanager
-async def open_client(target: Target) -> AsyncIterator[Client]:
+async def open_client(target: Target, *, reconnect_for: float = RECONNECT_FOR) -> AsyncIterator[Client]:
     """Connect to the broker; the client and every handle stop working when the block ends.
 
-    Errors: `ClientError` when the broker cannot be reached or the connection drops.
+    When the connection drops (a broker restart), the client connects again with a short
+    backoff and subscribes again to everything in use; calls that need the broker wait
+    meanwhile. `reconnect_for=0` gives up at once, as a client of a single connection.
+
+    Errors: `ClientError` when the broker cannot be reached at first, or not again within
+    `reconnect_for` seconds after the connection dropped.
     """
     # A client id of its own for every connection: the broker disconnects the older of two
     # connections that share one, so one Target may serve several clients at once.
     options = dataclasses.replace(target.link, client_id=_client_id())
     try:
         with unwrap_lone_errors():
-            async with open_mqtt_link(options) as link, trio.open_nursery() as nursery:
-                client = Client(link, target.topics, options.client_id, signer=target.signer)
-                await nursery.start(client.route_messages)
+            async with trio.open_nursery() as nursery:
+                client = Client(target.topics, options.client_id, signer=target.signer)
+                await nursery.start(partial(client.stay_connected, options, reconnect_for=reconnect_for))
                 yield client
                 nursery.cancel_scope.cancel()
     except LinkError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ from rich.markup import escape
 
 from ansible_worker.client import (
     ANSWER_WITHIN,
+    RETRY_AFTER,
     Client,
     ClientError,
     JobHandle,
@@ -112,6 +114,7 @@ def run_command(args: argparse.Namespace) -> int:
     """Run one controller command to completion and return its exit code."""
     console = Console(stderr=False, highlight=False)
     errors = Console(stderr=True, highlight=False)
+    _show_client_warnings()
     try:
         if args.command == "submit":
             # Bad flags are reported before anything touches the network.
@@ -129,6 +132,36 @@ def run_command(args: argparse.Namespace) -> int:
 Command = Callable[[Client, argparse.Namespace, Console], Awaitable[int]]
 
 
+class _PlainLines(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log records as their bare message on stderr."""
+
+
+def _show_client_warnings() -> None:
+    """The client's warnings (a job published again, a reconnect) as plain lines on stderr."""
+    logger = logging.getLogger("ansible_worker.client")
+    if not any(isinstance(handler, _PlainLines) for handler in logger.handlers):
+        handler = _PlainLines(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+
+
+def print_json_line(console: Console, value: object) -> None:
+    """One compact JSON object on one line of stdout, for scripts: `--json` prints only these.
+
+    Written past rich, which would wrap long lines and turn `:smile:` in Ansible's text into emoji.
+    """
+    console.file.write(json.dumps(value, separators=(",", ":")) + "\n")
+    console.file.flush()
+
+
+def note(console: Console, text: str, *, as_json: bool) -> None:
+    """A remark for the person; with `--json` it goes to stderr, so stdout stays JSON lines."""
+    if as_json:
+        print(text, file=sys.stderr, flush=True)
+    else:
+        console.print(text, style="dim")
+
+
 async def _with_client(target: Target, command: Command, args: argparse.Namespace, console: Console) -> int:
     async with open_client(target) as client:
         return await command(client, args, console)
@@ -136,12 +169,13 @@ async def _with_client(target: Target, command: Command, args: argparse.Namespac
 
 async def submit(client: Client, args: argparse.Namespace, console: Console) -> int:
     answer_within = ANSWER_WITHIN if args.answer_within is None else args.answer_within
-    handle = await client.submit(args.job, answer_within=answer_within)
+    retry_after = RETRY_AFTER if args.retry_after is None else args.retry_after
+    handle = await client.submit(args.job, answer_within=answer_within, retry_after=retry_after, attempts=args.attempts)
     async with handle:
         first = handle.latest or {}
         if not args.wait:
             if args.json:
-                console.print_json(json.dumps(first))
+                print_json_line(console, first)
             else:
                 console.print(f"{handle.task_id} {first.get('state')} by worker {first.get('worker_id')}")
                 console.print(f"follow it with: ansible-worker watch {handle.task_id}", style="dim")
@@ -154,7 +188,7 @@ async def watch(client: Client, args: argparse.Namespace, console: Console) -> i
         await client.barrier()
         handle.take_arrived()
         if handle.latest is None:
-            console.print(f"no status yet for {args.task_id}; waiting for one (Ctrl-C to stop)", style="dim")
+            note(console, f"no status yet for {args.task_id}; waiting for one (Ctrl-C to stop)", as_json=args.json)
         return await follow(handle, console, as_json=args.json)
 
 
@@ -170,14 +204,15 @@ async def follow(handle: JobHandle, console: Console, *, as_json: bool) -> int:
                 lost = update.data
                 return None
             if as_json:
+                # The terminal status comes last, once, after the loop.
                 if not (update.kind == "status" and update.data.get("state") in _STATE_EXIT):
-                    console.print(json.dumps({"type": update.kind, "data": update.data}), soft_wrap=True, markup=False)
+                    print_json_line(console, {"type": update.kind, "data": update.data})
             else:
                 view.show(update)
         return handle.latest
 
     with trio.open_signal_receiver(signal.SIGINT) as interrupts:
-        view = JobView(console, handle.task_id)
+        view = JobView(console, handle.task_id, live=not as_json)
         with view:
             final, interrupted = await _until_interrupted(show, interrupts)
         if interrupted and interactive:
@@ -190,10 +225,14 @@ async def follow(handle: JobHandle, console: Console, *, as_json: bool) -> int:
         if lost is not None:
             raise CommandError(lost_message(handle.task_id, lost), EXIT_UNAVAILABLE)
         if interrupted or final is None:
-            console.print(f"stopped watching; {handle.task_id} goes on (ansible-worker watch {handle.task_id})")
+            stopped = f"stopped watching; {handle.task_id} goes on (ansible-worker watch {handle.task_id})"
+            if as_json:
+                note(console, stopped, as_json=True)
+            else:
+                console.print(stopped)
             return EXIT_STOPPED_WATCHING
     if as_json:
-        console.print_json(json.dumps(final))
+        print_json_line(console, {"type": "status", "data": final})
     else:
         console.print()
         console.print(summary(final))
@@ -255,7 +294,7 @@ async def status(client: Client, args: argparse.Namespace, console: Console) -> 
     if current is None:
         raise CommandError(f"the broker holds no status for {args.task_id}", EXIT_UNAVAILABLE)
     if args.json:
-        console.print_json(json.dumps(current))
+        print_json_line(console, current)
     else:
         console.print(summary(current))
     return EXIT_SUCCESS
@@ -293,7 +332,9 @@ async def forget(client: Client, args: argparse.Namespace, console: Console) -> 
 async def workers(client: Client, args: argparse.Namespace, console: Console) -> int:
     found = await client.workers()
     if args.json:
-        console.print_json(json.dumps(found))
+        # One line per worker: JSON lines like every other --json, not one array.
+        for worker in found:
+            print_json_line(console, worker)
     elif not found:
         console.print(f"no worker of group {client.topics.group!r} has ever announced itself on this broker")
     else:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T", int, float)
 
 CONTROLLER_COMMANDS = frozenset({"submit", "watch", "status", "cancel", "forget", "workers"})
 
@@ -37,6 +41,21 @@ examples:
   ansible-worker submit ping.yml -i 'db1,db2,' --check --diff -vv --wait
   ansible-worker submit site.yml -i hosts.ini --broker mqtt://broker.example --json
 """
+
+
+def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type: a number of `kind` greater than 0."""
+
+    def convert(text: str) -> T:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+        return value
+
+    return convert
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -88,12 +107,24 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
     submit.add_argument("--git-pull", action="store_true", help="git pull the playbook directory first")
     submit.add_argument("--task-id", help="name the job (default: a new unique id)")
     submit.add_argument("-w", "--wait", action="store_true", help="follow the job live until it ends")
-    submit.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
+    submit.add_argument("--json", action="store_true", help="print JSON lines for scripts instead of text")
     submit.add_argument(
         "--answer-within",
         type=float,
         metavar="SECONDS",
         help="give up if no worker answers within this long (default 10)",
+    )
+    submit.add_argument(
+        "--retry-after",
+        type=_positive(float),
+        metavar="SECONDS",
+        help="publish the same job again when no worker answered within this long (default 5)",
+    )
+    submit.add_argument(
+        "--attempts",
+        type=_positive(int),
+        metavar="N",
+        help="publish the job at most N times in all (default: as often as --answer-within allows; 1: never again)",
     )
 
     watch = command(
@@ -107,7 +138,7 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
 
     status = command("status", "show a job's current status", "Show the status the broker holds for a job.")
     status.add_argument("task_id", metavar="TASK_ID")
-    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument("--json", action="store_true", help="print the status as one JSON line")
 
     cancel = command(
         "cancel",
@@ -129,4 +160,4 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
     workers = command(
         "workers", "list the group's workers", "List the workers of the group: state, capacity, load, last heartbeat."
     )
-    workers.add_argument("--json", action="store_true", help="print the list as JSON")
+    workers.add_argument("--json", action="store_true", help="print one JSON object per worker and line")

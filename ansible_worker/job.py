@@ -31,6 +31,7 @@ from ansible_worker.playbook_command import (
     ansible_environment,
     build_argv,
     child_environment,
+    find_ansible_playbook,
     resolve_inventory,
     resolve_playbook,
 )
@@ -163,6 +164,7 @@ class JobRunner:
             max_verbosity=settings.max_verbosity,
             max_extra_vars_bytes=settings.max_extra_vars_bytes,
             max_extra_vars_depth=settings.max_extra_vars_depth,
+            allowed_special_vars=frozenset(settings.allowed_special_vars),
         )
         self._git_lock = trio.Lock()
         self.metrics = metrics or WorkerMetrics()
@@ -172,6 +174,12 @@ class JobRunner:
             extra={name: value.get_secret_value() for name, value in settings.environment.items()},
             hidden_values=hidden_values,
         )
+        # Found once, with the PATH the jobs get; the default name falls back to the worker's own environment.
+        self.ansible_playbook = find_ansible_playbook(settings.ansible_playbook_path, self._child_environment)
+        if self.ansible_playbook.path is None:
+            log.warning("worker.ansible_playbook_path: %s; every job will fail", self.ansible_playbook.describe())
+        else:
+            log.info("jobs run %s", self.ansible_playbook.describe())
 
     def announce(self, job: Job) -> None:
         """Publish the job's current status and log the transition."""
@@ -255,7 +263,7 @@ class JobRunner:
             extra_vars = write_extra_vars(run_dir, request.extra_vars) if request.extra_vars else None
             argv = build_argv(
                 request,
-                executable=self.settings.ansible_playbook_path,
+                executable=self.ansible_playbook.command,
                 playbook=playbook,
                 inventory=inventory,
                 extra_vars_file=extra_vars,

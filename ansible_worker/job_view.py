@@ -81,18 +81,20 @@ class JobView:
     """Follows one job on a console: Ansible's own lines scroll, a progress line stays below.
 
     On a terminal the progress line is redrawn in place; elsewhere (a pipe, a log) each
-    change of state is printed once and nothing is redrawn.
+    change of state is printed once and nothing is redrawn. With `live=False` (for `--json`)
+    nothing is ever drawn.
     """
 
-    def __init__(self, console: Console, task_id: str) -> None:
+    def __init__(self, console: Console, task_id: str, *, live: bool = True) -> None:
         self.console = console
         self.task_id = task_id
+        self.live = live
         self._progress = _ProgressLine(task_id)
         self._live: Live | None = None
         self._last_state: str | None = None
 
     def __enter__(self) -> JobView:
-        if self.console.is_terminal:
+        if self.live and self.console.is_terminal:
             self._live = Live(self._progress, console=self.console, refresh_per_second=8, transient=True)
             self._live.start()
         return self

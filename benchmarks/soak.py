@@ -6,24 +6,41 @@ random (SIGTERM, the way a rolling update stops it; with --kill, sometimes SIGKI
 waits for every job's terminal status. Jobs run a stand-in ansible-playbook that writes a
 few events and exits after a random pause up to 0.3 s: the soak is about the workers'
 bookkeeping, and real Ansible would make 1,000 jobs take half an hour on two cores.
+
+With --broker-restarts, Mosquitto itself is restarted at random too (SIGTERM, then started
+again on the same port with the same persistence file, so retained statuses survive as on
+a production broker), and jobs come from clients that publish a job again when no worker
+answers it (`Client.submit`), reconnecting after each restart.
+
+A job is lost when no terminal status of it arrived; duplicated when it got more than one
+distinct terminal status, or when the stand-in ran for it more than once (each run
+appends the job's task_id to a file).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import random
+import shutil
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from ansible_worker.client import Client, open_client, target_from_url
+from ansible_worker.client import Client, NoWorkerAnswered, open_client, target_from_url
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run import BIN, GROUP, Lab, rss_kib, wait_for_worker
@@ -32,7 +49,15 @@ TERMINAL = {"success", "failed", "cancelled", "timeout"}
 
 STAND_IN = """\
 #!{python}
-import json, os, random, time
+import json, os, random, re, sys, time
+for argument in sys.argv:
+    if argument.startswith("--extra-vars=@"):
+        with open(argument.split("@", 1)[1]) as extra_vars:
+            marker = re.search(r'"soak_marker": !unsafe "([^"]+)"', extra_vars.read())
+        if marker:
+            runs = os.open({runs!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.write(runs, (marker.group(1) + "\\n").encode())
+            os.close(runs)
 fd = os.open(os.environ["ANSIBLE_WORKER_EVENT_FIFO"], os.O_WRONLY)
 def emit(event):
     os.write(fd, (json.dumps(event) + "\\n").encode())
@@ -41,6 +66,51 @@ time.sleep(random.random() * 0.3)
 emit({{"event": "runner_on_ok", "task": "t", "host": "h", "changed": False}})
 emit({{"event": "playbook_on_stats", "hosts": {{"h": {{"ok": 1}}}}}})
 """
+
+
+class Broker:
+    """Mosquitto on the lab's port; persistent, its retained messages survive a restart."""
+
+    def __init__(self, lab: Lab, *, persistent: bool) -> None:
+        self.lab = lab
+        self.config = lab.root / "mosquitto.conf"
+        data = lab.root / "mosquitto-data"
+        data.mkdir()
+        persistence = f"persistence true\npersistence_location {data}/\n" if persistent else "persistence false\n"
+        self.config.write_text(
+            f"listener {lab.port} 127.0.0.1\nallow_anonymous true\n{persistence}set_tcp_nodelay true\n"
+            "max_queued_messages 100000\nlog_dest stderr\n" + ("user root\n" if os.geteuid() == 0 else "")
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        with (self.lab.root / "mosquitto.log").open("ab") as log:
+            self.process = subprocess.Popen([executable, "-c", str(self.config)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.lab.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        """SIGTERM: Mosquitto writes its persistence file and exits."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.process = None
+
+    async def restart(self) -> None:
+        # Shielded: the soak never ends with the broker stopped half-way.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self.stop)
+            await trio.sleep(random.uniform(0, 1))
+            await trio.to_thread.run_sync(self.start)
+            self.restarts += 1
 
 
 class Fleet:
@@ -96,11 +166,16 @@ async def collect(
     *,
     task_status: trio.TaskStatus[None],
 ) -> None:
-    """Gather every terminal status; set `all_seen` once each expected job has one."""
+    """Gather every terminal status; set `all_seen` once each expected job has one.
+
+    Retained ones too: after a broker restart the client subscribes again, and a status
+    published while it was away arrives retained. A copy of one already seen is not a new
+    distinct status.
+    """
     receive = await client.subscribe([f"{client.topics.tasks}/+/status"])
     task_status.started()
     async for message in receive:
-        if message.payload and not message.retain:
+        if message.payload:
             status = json.loads(message.payload)
             if status.get("state") in TERMINAL:
                 seen.setdefault(status["task_id"], []).append(status)
@@ -108,36 +183,97 @@ async def collect(
                     all_seen.set()
 
 
-async def soak(lab: Lab, fleet: Fleet, jobs: int, rate: float, kill: bool) -> dict[str, Any]:
+@dataclass
+class Chaos:
+    """What to break while jobs flow."""
+
+    kill: bool = False
+    worker_restarts: bool = True
+    broker: Broker | None = None
+    # Publishes per job allowed to the clients (None: the client's default within ANSWER_WITHIN).
+    attempts: int | None = None
+
+
+@dataclass
+class Submissions:
+    """What the retrying clients saw."""
+
+    attempts: dict[str, int] = field(default_factory=dict)
+    unanswered: list[str] = field(default_factory=list)
+
+
+async def submit_with_retries(
+    client: Client, job: dict[str, Any], submissions: Submissions, attempts: int | None
+) -> None:
+    try:
+        handle = await client.submit(job, events=False, answer_within=ANSWER_WITHIN, attempts=attempts)
+    except NoWorkerAnswered:
+        submissions.unanswered.append(job["task_id"])
+        return
+    submissions.attempts[job["task_id"]] = handle.attempts
+    await handle.close()
+
+
+# With broker restarts a client keeps publishing a job again for this long before it gives up.
+ANSWER_WITHIN = 120.0
+
+
+async def soak(lab: Lab, fleet: Fleet, jobs: int, rate: float, chaos: Chaos) -> dict[str, Any]:
     seen: dict[str, list[dict[str, Any]]] = {}
     ids = [f"soak-{uuid.uuid4().hex[:10]}" for _ in range(jobs)]
     all_seen = trio.Event()
     restarts = {"SIGTERM": 0, "SIGKILL": 0}
+    submissions = Submissions()
     target = target_from_url(f"mqtt://127.0.0.1:{lab.port}", group=GROUP)
-    async with open_client(target) as watcher, open_client(target) as client, trio.open_nursery() as nursery:
+    async with AsyncExitStack() as stack:
+        watcher = await stack.enter_async_context(open_client(target))
+        client = await stack.enter_async_context(open_client(target))
+        # Jobs come from several clients when the broker restarts: each reconnects on its own.
+        senders = [client] + [await stack.enter_async_context(open_client(target)) for _ in range(2)]
+        nursery = await stack.enter_async_context(trio.open_nursery())
         await nursery.start(collect, watcher, seen, set(ids), all_seen)
         for name in fleet.configs:
             await fleet.start(name)
             await wait_for_worker(client, name)
         memory_before = {name: rss_kib(process.pid) for name, process in fleet.processes.items()}
 
-        async def chaos() -> None:
+        async def restart_workers() -> None:
             while True:
                 await trio.sleep(random.uniform(2, 5))
                 name = random.choice(sorted(fleet.configs))
-                how = signal.SIGKILL if kill and random.random() < 0.3 else signal.SIGTERM
+                how = signal.SIGKILL if chaos.kill and random.random() < 0.3 else signal.SIGTERM
                 restarts[how.name] += 1
                 await fleet.stop(name, how)
                 await fleet.start(name)
                 await wait_for_worker(client, name)
 
-        nursery.start_soon(chaos)
+        async def restart_broker(broker: Broker) -> None:
+            while True:
+                await trio.sleep(random.uniform(2, 5))
+                await broker.restart()
+
+        if chaos.worker_restarts:
+            nursery.start_soon(restart_workers)
+        if chaos.broker is not None:
+            nursery.start_soon(restart_broker, chaos.broker)
         started = time.monotonic()
-        for index, task_id in enumerate(ids):
-            job = {"task_id": task_id, "playbook": "one.yml", "inventory": "local.ini"}
-            await client.link.publish(client.topics.tasks, json.dumps(job).encode(), qos=2)
-            await trio.sleep_until(trio.current_time() + max(0.0, started + (index + 1) / rate - time.monotonic()))
-        published = time.monotonic() - started
+        async with trio.open_nursery() as submitting:
+            for index, task_id in enumerate(ids):
+                job = {
+                    "task_id": task_id,
+                    "playbook": "one.yml",
+                    "inventory": "local.ini",
+                    "extra_vars": {"soak_marker": task_id},
+                }
+                if chaos.broker is not None:
+                    sender = senders[index % len(senders)]
+                    submitting.start_soon(submit_with_retries, sender, job, submissions, chaos.attempts)
+                else:
+                    await client.link.publish(client.topics.tasks, json.dumps(job).encode(), qos=2)
+                pause = started + (index + 1) / rate - time.monotonic()
+                await trio.sleep_until(trio.current_time() + max(0.0, pause))
+            published = time.monotonic() - started
+            restarts_while_publishing = chaos.broker.restarts if chaos.broker is not None else 0
         # Whatever has not ended three minutes after the last publish counts as lost.
         with trio.move_on_after(180):
             await all_seen.wait()
@@ -146,24 +282,36 @@ async def soak(lab: Lab, fleet: Fleet, jobs: int, rate: float, kill: bool) -> di
     distinct = {
         task_id: {(s["state"], s.get("completed_at"), s.get("worker_id")) for s in seen[task_id]} for task_id in seen
     }
-    return {
+    runs_file = lab.root / "runs"
+    ran = Counter(runs_file.read_text().split()) if runs_file.exists() else Counter()
+    twice = {task_id for task_id in ids if ran[task_id] > 1}
+    report: dict[str, Any] = {
         "jobs_submitted": jobs,
         "publish_seconds": round(published, 1),
         "terminal_statuses_seen": sum(len(statuses) for statuses in seen.values()),
         "jobs_with_terminal_status": len(set(ids) & seen.keys()),
         "lost": len(set(ids) - seen.keys()),
-        "duplicated": sum(1 for task_id in ids if len(distinct.get(task_id, ())) > 1),
+        "duplicated": sum(1 for task_id in ids if len(distinct.get(task_id, ())) > 1 or task_id in twice),
+        "ran_more_than_once": len(twice),
+        "never_ran": sum(1 for task_id in ids if ran[task_id] == 0),
         "states": {state: sum(1 for t in ids if seen.get(t) and seen[t][-1]["state"] == state) for state in TERMINAL},
         "restarts": restarts,
         "memory_kb_before": memory_before,
         "memory_kb_after": memory_after,
     }
+    if chaos.broker is not None:
+        report["broker_restarts"] = chaos.broker.restarts
+        report["broker_restarts_while_publishing"] = restarts_while_publishing
+        report["published_again"] = sum(count - 1 for count in submissions.attempts.values())
+        report["jobs_published_again"] = sum(1 for count in submissions.attempts.values() if count > 1)
+        report["unanswered"] = len(submissions.unanswered)
+    return report
 
 
-async def soak_fleet(lab: Lab, fleet: Fleet, jobs: int, rate: float, kill: bool) -> dict[str, Any]:
+async def soak_fleet(lab: Lab, fleet: Fleet, jobs: int, rate: float, chaos: Chaos) -> dict[str, Any]:
     """`soak`, with every worker stopped afterwards whatever happened."""
     try:
-        return await soak(lab, fleet, jobs, rate, kill)
+        return await soak(lab, fleet, jobs, rate, chaos)
     finally:
         await fleet.stop_all()
 
@@ -173,18 +321,40 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=20, help="jobs published per second")
     parser.add_argument("--kill", action="store_true", help="restart with SIGKILL too, not only SIGTERM")
+    parser.add_argument(
+        "--broker-restarts",
+        action="store_true",
+        help="restart Mosquitto at random too (persistent); jobs come from clients that publish again",
+    )
+    parser.add_argument(
+        "--worker-restarts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="restart workers at random (default: yes)",
+    )
+    parser.add_argument(
+        "--attempts",
+        type=int,
+        help="with --broker-restarts: publishes per job at most (1: never again, to see what is lost without)",
+    )
     args = parser.parse_args()
+    # A client's notices (a job published again, a reconnect) would be thousands of lines.
+    logging.getLogger("ansible_worker.client").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="ansible-worker-soak-") as scratch:
         lab = Lab(Path(scratch))
         stand_in = lab.root / "stand-in-ansible-playbook"
-        stand_in.write_text(STAND_IN.format(python=sys.executable))
+        stand_in.write_text(STAND_IN.format(python=sys.executable, runs=str(lab.root / "runs")))
         stand_in.chmod(0o755)
         fleet = Fleet(lab, stand_in, 3)
-        lab.start_broker()
+        broker = Broker(lab, persistent=args.broker_restarts)
+        chaos = Chaos(kill=args.kill, worker_restarts=args.worker_restarts, attempts=args.attempts)
+        if args.broker_restarts:
+            chaos.broker = broker
+        broker.start()
         try:
-            report = trio.run(soak_fleet, lab, fleet, args.jobs, args.rate, args.kill)
+            report = trio.run(soak_fleet, lab, fleet, args.jobs, args.rate, chaos)
         finally:
-            lab.stop_broker()
+            broker.stop()
     print(json.dumps(report, indent=2))
     return 0 if report["lost"] == 0 and report["duplicated"] == 0 else 1
 

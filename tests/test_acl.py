@@ -218,14 +218,13 @@ async def test_signed_production_run_keeps_every_secret(
         )
     assert worker.process.returncode == 0
     assert submitted.returncode == 0, submitted.stderr
-    # One object per line while it runs, then the terminal status, pretty-printed.
-    text = submitted.stdout.decode()
-    final = json.loads(text[text.rfind("\n{\n") + 1 :])
+    # One JSON object per line, the terminal status last.
+    final = json.loads(submitted.stdout.decode().splitlines()[-1])["data"]
     assert final["state"] == "success"
     # The token reached Ansible; the worker's broker password did not.
     assert int(final["output"]["token_length"]) == len(token)
     assert int(final["output"]["broker_password_length"]) == 0
-    assert [w["worker_id"] for w in json.loads(listing.stdout)] == ["secure-1"]
+    assert [json.loads(line)["worker_id"] for line in listing.stdout.decode().splitlines()] == ["secure-1"]
     log_text = "\n".join(worker.lines).encode()
     assert b"signed by alice, claimed for this worker" in log_text
     assert any(message.topic.endswith("/events") for message in seen)

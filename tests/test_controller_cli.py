@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -23,6 +24,21 @@ async def cli(broker: Broker, group: str, *args: str) -> subprocess.CompletedPro
     command = [EXECUTABLE, *args, "--broker", f"mqtt://127.0.0.1:{broker.port}", "--group", group]
     with trio.fail_after(120):
         return await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+
+
+def json_lines(result: subprocess.CompletedProcess[bytes], what: str) -> list[dict[str, Any]]:
+    """Every line of stdout as the JSON object it must be on its own (what a JSON-lines reader does)."""
+    text = result.stdout.decode()
+    assert text == "" or text.endswith("\n"), f"{what}: the last line is not ended: {text[-200:]!r}"
+    objects = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            raise AssertionError(f"{what}: stdout line {number} is not JSON on its own: {line!r}\n{text}") from None
+        assert isinstance(value, dict), f"{what}: stdout line {number} is not a JSON object: {line!r}"
+        objects.append(value)
+    return objects
 
 
 @pytest.mark.parametrize(
@@ -77,15 +93,83 @@ async def test_submit_json_and_status_watch_forget(broker: Broker, playbook_dir:
         forgot = await cli(broker, group, "forget", "cli-j")
         after = await cli(broker, group, "status", "cli-j")
     assert watched.returncode == 0
-    lines = watched.stdout.decode().strip().splitlines()
-    assert json.loads(lines[0])["type"] == "status"
-    final = json.loads("".join(line for line in lines if not line.startswith('{"type"')))
-    assert final["state"] == "success"
+    lines = json_lines(watched, "watch --json")
+    assert lines[0]["type"] == "status"
+    assert lines[-1]["data"]["state"] == "success"
     assert json.loads(status.stdout)["state"] == "success"
     assert forgot.returncode == 0
     assert forgot.stdout.decode().strip() == "forgot cli-j"
     assert after.returncode == 5
     assert "the broker holds no status for cli-j" in after.stderr.decode()
+
+
+async def test_every_json_output_is_json_lines(broker: Broker, playbook_dir: Path, group: str) -> None:
+    """Each command with --json, as a script reads it: every stdout line is one JSON object, nothing else."""
+    base = [EXECUTABLE, "--broker", f"mqtt://127.0.0.1:{broker.port}", "--group", group]
+    outputs: dict[str, subprocess.CompletedProcess[bytes]] = {}
+    async with (
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="lines-1")),
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="lines-2")),
+    ):
+        async with trio.open_nursery() as nursery:
+            # `watch` of a job that does not exist yet: it says so while it waits, then follows it.
+            early_watch = await trio.lowlevel.open_process(
+                [base[0], "watch", "json-wait", "--json", *base[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            seen = {"stdout": bytearray(), "stderr": bytearray()}
+            arrived = trio.Event()
+
+            async def read(name: str, stream: trio.abc.ReceiveStream) -> None:
+                async for chunk in stream:
+                    seen[name] += chunk
+                    arrived.set()
+
+            assert early_watch.stdout is not None
+            assert early_watch.stderr is not None
+            nursery.start_soon(read, "stdout", early_watch.stdout)
+            nursery.start_soon(read, "stderr", early_watch.stderr)
+            with trio.fail_after(60):
+                while b"no status yet" not in seen["stdout"] + seen["stderr"]:
+                    await arrived.wait()
+                    arrived = trio.Event()
+            outputs["submit --wait --json"] = await cli(
+                broker, group, "submit", "options.yml", "-i", "one_host.ini", "-e", '{"greeting": ":thumbs_up: [red]x"}',
+                "--task-id", "json-wait", "--wait", "--json",
+            )  # fmt: skip
+            with trio.fail_after(60):
+                returncode = await early_watch.wait()
+        outputs["watch --json (before the job)"] = subprocess.CompletedProcess(
+            early_watch.args, returncode, bytes(seen["stdout"]), bytes(seen["stderr"])
+        )
+        outputs["submit --json"] = await cli(
+            broker, group, "submit", "quick.yml", "-i", "one_host.ini", "--task-id", "json-queued", "--json"
+        )
+        outputs["watch --json"] = await cli(broker, group, "watch", "json-queued", "--json")
+        outputs["watch --json (finished)"] = await cli(broker, group, "watch", "json-wait", "--json")
+        outputs["status --json"] = await cli(broker, group, "status", "json-wait", "--json")
+        outputs["workers --json"] = await cli(broker, group, "workers", "--json")
+    parsed = {what: json_lines(result, what) for what, result in outputs.items()}
+    for what, result in outputs.items():
+        assert result.returncode == 0, f"{what}: {result.stderr.decode()}"
+        assert parsed[what], f"{what}: printed nothing"
+    for what in ("submit --wait --json", "watch --json (before the job)", "watch --json", "watch --json (finished)"):
+        lines = parsed[what]
+        assert {line["type"] for line in lines} <= {"status", "event"}, what
+        assert lines[-1]["type"] == "status", what
+        assert lines[-1]["data"]["state"] == "success", what
+        assert [line for line in lines if line["data"].get("state") == "success"] == [lines[-1]], what
+    final = parsed["submit --wait --json"][-1]["data"]
+    # The values arrive as Ansible produced them: no emoji, no markup, no wrapping.
+    assert final["output"]["greeting"] == ":thumbs_up: [red]x"
+    assert any(line["type"] == "event" for line in parsed["submit --wait --json"])
+    assert parsed["watch --json (before the job)"][-1]["data"] == final
+    assert b"no status yet for json-wait" in outputs["watch --json (before the job)"].stderr
+    [queued] = parsed["submit --json"]
+    assert queued["state"] == "queued"
+    assert queued["task_id"] == "json-queued"
+    [current] = parsed["status --json"]
+    assert current == final
+    assert sorted(worker["worker_id"] for worker in parsed["workers --json"]) == ["lines-1", "lines-2"]
 
 
 async def test_cancel_command_waits_for_the_worker(broker: Broker, playbook_dir: Path, group: str) -> None:
@@ -120,7 +204,7 @@ async def test_workers_command(broker: Broker, playbook_dir: Path, group: str) -
     assert row.split()[0] == "listed"
     assert row.split()[2] == "online"
     assert row.split()[3] == "3"
-    assert [worker["worker_id"] for worker in json.loads(as_json.stdout)] == ["listed"]
+    assert [worker["worker_id"] for worker in json_lines(as_json, "workers --json")] == ["listed"]
 
 
 async def test_submit_with_no_worker_exits_5(broker: Broker, group: str) -> None:
@@ -159,7 +243,7 @@ async def test_controller_reads_the_workers_config_file(
     )
     async with running_worker(make_settings(broker.port, playbook_dir, group, worker_id="from-config")):
         result = await trio.run_process([EXECUTABLE, "workers", "--json", "-c", str(config)], capture_stdout=True)
-    assert [worker["worker_id"] for worker in json.loads(result.stdout)] == ["from-config"]
+    assert [worker["worker_id"] for worker in json_lines(result, "workers --json")] == ["from-config"]
 
 
 async def _read_until(master: trio.lowlevel.FdStream, text: bytes, seen: bytearray) -> None:
