@@ -238,4 +238,10 @@ def summarize(settings: Settings, path: Path | None) -> str:
         lines.append(f"  problem: worker.ansible_playbook_path: {ansible_playbook.describe()}: every job will fail")
     if git.path is None:
         lines.append(f"  warning: worker.git_path: {git.describe()}: jobs with git_pull will fail")
+    if worker.state_dir is not None:
+        from ansible_worker.journal import exposure
+
+        problem = exposure(worker.state_dir)
+        if problem is not None:
+            lines.append(f"  warning: worker.state_dir: {problem}")
     return "\n".join(lines)

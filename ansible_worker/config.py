@@ -177,12 +177,20 @@ class WorkerSettings(BaseModel):
             raise ValueError(f"not a directory: {value}")
         return value.resolve()
 
-    @field_validator("run_directory", "state_dir")
+    @field_validator("run_directory")
     @classmethod
     def _check_run_directory(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_dir():
             raise ValueError(f"not a directory: {value}")
         return value
+
+    @field_validator("state_dir")
+    @classmethod
+    def _check_state_dir(cls, value: Path | None) -> Path | None:
+        # A missing one is created (0700) by the worker, inside a directory that exists.
+        if value is None or value.is_dir() or (not value.exists() and value.parent.is_dir()):
+            return value
+        raise ValueError(f"not a directory: {value}")
 
 
 class SecuritySettings(BaseModel):

@@ -63,10 +63,17 @@ class Dispatcher:
         except trio.ClosedResourceError:
             self._refuse(job, State.CANCELLED, "cancelled: the worker shut down before the job started")
             return None
-        self.jobs[task_id] = job
         if self.journal is not None:
-            # On disk before anyone is told it was accepted.
-            self.journal.accepted(task_id, payload, job.status())
+            from ansible_worker.journal import JournalError
+
+            try:
+                # On disk before anyone is told it was accepted.
+                self.journal.accepted(task_id, payload, job.status())
+            except JournalError as exc:
+                log.error("task %s: %s", task_id, exc)
+                self._refuse(job, State.FAILED, str(exc))
+                return None
+        self.jobs[task_id] = job
         self.runner.announce(job)
         return job
 
@@ -78,8 +85,10 @@ class Dispatcher:
         log.warning("task %s failed: %s", task_id, reason)
         self.runner.outbox.post(JobStatus.refusal(task_id, reason, worker_id=self.worker_id))
 
-    def cancel(self, task_id: str, description: str, *, requested_by: str | None = None) -> bool:
-        """Cancel a queued or running job; False if this worker does not hold it.
+    def cancel(
+        self, task_id: str, description: str, *, requested_by: str | None = None, state: State = State.CANCELLED
+    ) -> bool:
+        """End a queued or running job as `state`; False if this worker does not hold it.
 
         `description` becomes the terminal status's `error_message`.
         """
@@ -87,12 +96,13 @@ class Dispatcher:
         if job is None or job.state.terminal:
             return False
         job.cancel_reason = description
+        job.cancel_state = state
         job.cancelled_by = requested_by
         if job.state == State.QUEUED:
             # Leaves the queue now; the slot that later receives it skips it.
             del self.jobs[task_id]
             self.jobs_done += 1
-            job.finish(State.CANCELLED, description)
+            job.finish(state, description)
             self.runner.announce(job)
         else:
             log.info("task %s: cancelling (%s)", task_id, description)

@@ -77,6 +77,8 @@ class Job:
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     # The terminal error_message if the job is cancelled, and who asked, if known.
     cancel_reason: str | None = None
+    # `failed` when the worker itself ends a job it cannot report (its status would not serialize).
+    cancel_state: State = State.CANCELLED
     cancelled_by: str | None = None
     events: EventStream | None = None
     handed_back: bool = False
@@ -237,7 +239,7 @@ class JobRunner:
                     state, error = State.FAILED, f"internal error: {type(exc).__name__}: {exc}"
             if job.cancel_scope.cancelled_caught:
                 if job.cancel_reason is not None:
-                    state, error = State.CANCELLED, job.cancel_reason
+                    state, error = job.cancel_state, job.cancel_reason
                 else:
                     state, error = State.TIMEOUT, f"timed out after {timeout:g}s"
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     status TEXT NOT NULL
 )
 """
+
+
+class JournalError(Exception):
+    """The journal could not record a job."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,26 +53,45 @@ class Journal:
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / "journal.sqlite3"
+        _private_files(directory, self.path)
         self._db = sqlite3.connect(self.path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
 
     def accepted(self, task_id: str, payload: bytes, status: JobStatus) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO jobs (task_id, payload, state, status) VALUES (?, ?, ?, ?)",
-            (task_id, payload, status.state.value, status.model_dump_json()),
-        )
+        """Remember a job before it is announced.
+
+        Errors: `JournalError` when the database cannot take it (the job must be refused:
+        accepting it would promise what a restart cannot keep).
+        """
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO jobs (task_id, payload, state, status) VALUES (?, ?, ?, ?)",
+                (task_id, payload, status.state.value, status.to_json().decode()),
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(f"could not journal the job: {exc}") from exc
 
     def status(self, status: JobStatus) -> None:
-        """Record the newest status of a job the journal holds (others are left alone)."""
-        self._db.execute(
-            "UPDATE jobs SET state = ?, status = ? WHERE task_id = ?",
-            (status.state.value, status.model_dump_json(), status.task_id),
-        )
+        """Record the newest status of a job the journal holds (others are left alone).
+
+        A database error is logged, not raised: the job goes on and its status is still
+        published; only a restart in the meantime would report an older state.
+        """
+        try:
+            self._db.execute(
+                "UPDATE jobs SET state = ?, status = ? WHERE task_id = ?",
+                (status.state.value, status.to_json().decode(), status.task_id),
+            )
+        except sqlite3.Error as exc:
+            log.error("journal: could not record the %s status of task %s: %s", status.state, status.task_id, exc)
 
     def settled(self, task_id: str) -> None:
-        self._db.execute("DELETE FROM jobs WHERE task_id = ?", (task_id,))
+        try:
+            self._db.execute("DELETE FROM jobs WHERE task_id = ?", (task_id,))
+        except sqlite3.Error as exc:
+            log.error("journal: could not settle task %s: %s", task_id, exc)
 
     def entries(self) -> list[Entry]:
         rows = self._db.execute("SELECT task_id, payload, state, status FROM jobs ORDER BY rowid").fetchall()
@@ -82,3 +106,39 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
+
+
+# SQLite creates the -wal and -shm files with the database file's own mode.
+_COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
+def _private_files(directory: Path, path: Path) -> None:
+    """Make the journal readable by this user only: it holds whole requests, extra_vars included.
+
+    A missing state directory is created 0700; an existing one is left as the operator made
+    it (`validate` warns when others may enter it). The database is created 0600 before
+    SQLite opens it, and files an older version left with a wider mode are narrowed.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+    for suffix in _COMPANIONS:
+        companion = path.with_name(path.name + suffix)
+        try:
+            if companion.stat(follow_symlinks=False).st_mode & 0o077:
+                os.chmod(companion, 0o600, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+
+
+def exposure(directory: Path) -> str | None:
+    """Why others on this machine could read the journal in `directory`, or None if they cannot."""
+    try:
+        mode = directory.stat().st_mode
+    except FileNotFoundError:
+        return None
+    if mode & 0o007:
+        return f"{directory} is open to every user (mode {mode & 0o777:o}); the journal holds whole requests: chmod 700"
+    if mode & 0o070:
+        return f"{directory} is open to its group (mode {mode & 0o777:o}); the journal holds whole requests: chmod 700"
+    return None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticSerializationError
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 
@@ -156,7 +158,17 @@ class JobStatus(BaseModel):
     refused: bool = False
 
     def to_json(self) -> bytes:
-        return self.model_dump_json().encode()
+        """The status as UTF-8 JSON, whatever text Ansible put in it.
+
+        An older ansible-core can hand back results with lone surrogates (a `\\ud800`
+        escape is valid JSON, its character is not UTF-8): they become U+FFFD rather than
+        make the status impossible to send.
+        """
+        try:
+            return self.model_dump_json().encode()
+        except PydanticSerializationError:
+            text = json.dumps(self.model_dump(mode="json"), ensure_ascii=False)
+            return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()
 
     @classmethod
     def refusal(cls, task_id: str, reason: str, *, worker_id: str, live_only: bool = False) -> JobStatus:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ from ansible_worker.job import Job, JobRunner
 from ansible_worker.metrics import Snapshot, WorkerMetrics
 from ansible_worker.models import CancelRequest, JobStatus, State, TaskRequest, utc_now
 from ansible_worker.mqtt_link import InboundMessage, LinkError, LinkOptions, PublishRefused
+from ansible_worker.peers import PeerBook
 from ansible_worker.presence import Load, PresenceAnnouncer, WorkerState
 from ansible_worker.status_outbox import StatusOutbox
 from ansible_worker.topics import Topics
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # Time left after the jobs' own kill grace for their statuses to reach the broker.
 SHUTDOWN_MARGIN = 5.0
 HAND_BACK_TIMEOUT = 5.0
+OFFLINE_TIMEOUT = 2.0
 # How long a refusal's live answer may wait for the broker before it is given up (and logged).
 ANSWER_TIMEOUT = 5.0
 PUBLISH_RETRY_PAUSE = 0.2
@@ -119,8 +120,11 @@ class Worker:
         self._drain_wait = trio.CancelScope()
         self._hurry = False
         self._infrastructure: trio.Nursery | None = None
+        # One entry per signed job whose claim is in flight: the cancel request that arrived
+        # meanwhile, if any (bounded by the claims in flight).
+        self._cancels_in_flight: dict[str, CancelRequest | None] = {}
         # The state of every other worker of the group, from their presence messages.
-        self.peers: dict[str, str] = {}
+        self.peers = PeerBook()
 
     def request_shutdown(self, *, hurry: bool = False) -> None:
         """Begin a graceful shutdown; with `hurry`, stop waiting for running jobs to finish."""
@@ -159,9 +163,11 @@ class Worker:
                 await self._drain(serving.cancel_scope)
             with trio.move_on_after(SHUTDOWN_MARGIN) as flush:
                 await self.outbox.wait_idle()
-                await self.presence.publish_offline()
             if flush.cancelled_caught:
                 log.warning("%d statuses could not be published before exit", self.outbox.pending_count)
+            # Its own bound: a slow flush must not leave the presence saying `draining` for ever.
+            with trio.move_on_after(OFFLINE_TIMEOUT):
+                await self.presence.publish_offline()
             infrastructure.cancel_scope.cancel()
         if self.journal is not None:
             self.journal.close()
@@ -259,7 +265,7 @@ class Worker:
         A queued job (`job`) of a worker that checks signatures was claimed by it, as is one
         with `claimed`: the claim is released before the request goes back.
         """
-        online = sorted(worker for worker, state in self.peers.items() if state == WorkerState.ONLINE)
+        online = self.peers.online()
         if online and payload:
             status = JobStatus(
                 task_id=request.task_id,
@@ -334,18 +340,8 @@ class Worker:
 
     def _take_presence(self, message: InboundMessage) -> None:
         worker_id = message.topic.rsplit("/", 1)[-1]
-        if worker_id == self.settings.worker.worker_id:
-            return
-        if not message.payload:
-            self.peers.pop(worker_id, None)
-            return
-        try:
-            state = json.loads(message.payload).get("state")
-        except (ValueError, AttributeError, RecursionError):
-            log.debug("ignoring an unreadable presence message of %s", worker_id)
-            return
-        if isinstance(state, str):
-            self.peers[worker_id] = state
+        if worker_id != self.settings.worker.worker_id:
+            self.peers.hear(worker_id, message.payload)
 
     def _take_cancel(self, task_id: str, message: InboundMessage) -> None:
         verify = self.gate.cancel_verifier(task_id) if self.gate is not None else None
@@ -353,8 +349,13 @@ class Worker:
         if not isinstance(request, CancelRequest):
             log.warning("task %s: ignoring a cancel request: %s", task_id, request.reason)
             return
-        if not self.dispatcher.cancel(task_id, request.describe(), requested_by=request.requested_by):
-            log.debug("task %s: not held here; ignoring its cancel request", task_id)
+        if self.dispatcher.cancel(task_id, request.describe(), requested_by=request.requested_by):
+            return
+        if task_id in self._cancels_in_flight:
+            # Its claim is on the way: the cancel applies as soon as the job is queued.
+            self._cancels_in_flight[task_id] = request
+            return
+        log.debug("task %s: not held here; ignoring its cancel request", task_id)
 
     def _take_task(self, message: InboundMessage) -> None:
         gate = self.gate
@@ -432,6 +433,7 @@ class Worker:
             # Not claimed yet: the next worker checks and claims it afresh.
             self._infrastructure.start_soon(self._hand_back, job, payload)
             return
+        self._cancels_in_flight[job.task_id] = None
         self._infrastructure.start_soon(self._claim_then_submit, gate, job, payload, signed)
 
     async def _claim_then_submit(
@@ -442,8 +444,15 @@ class Worker:
         try:
             won = await gate.claim(job.task_id, signed)
         except ClaimFailed as exc:
-            self.dispatcher.reject(job.task_id, f"could not claim the job for this worker: {exc}")
+            # Live only: without a confirmed claim this worker does not hold the job, and
+            # another worker of the group may (its retained status is not ours to replace).
+            self._cancels_in_flight.pop(job.task_id, None)
+            await self._answer_refusal(job.task_id, f"could not claim the job for this worker: {exc}")
             return
+        except BaseException:
+            self._cancels_in_flight.pop(job.task_id, None)
+            raise
+        cancel = self._cancels_in_flight.pop(job.task_id, None)
         if not won:
             holder = gate.book.holder(job.task_id, now=trio.current_time())
             log.warning(
@@ -459,9 +468,15 @@ class Worker:
             await self._hand_back(job, payload, claimed=True)
             return
         self.dispatcher.submit(job, payload)
+        if cancel is not None:
+            self.dispatcher.cancel(job.task_id, cancel.describe(), requested_by=cancel.requested_by)
 
     async def _publish_statuses(self) -> None:
-        """The one task that publishes statuses: QoS 1, retained, in the order jobs made them."""
+        """The one task that publishes statuses: QoS 1, retained, in the order jobs made them.
+
+        A status that cannot be sent for any reason but the link fails its own job, with
+        the reason, and the worker goes on.
+        """
         while True:
             status = await self.outbox.take()
             retention = self.settings.worker.status_retention
@@ -471,7 +486,6 @@ class Worker:
                 await self.session.publish(
                     self.topics.status(status.task_id), status.to_json(), qos=1, retain=True, expiry=expiry
                 )
-                self.metrics.status_publish_latency.observe(trio.current_time() - sent_at)
             except PublishRefused as exc:
                 # Sending it again would be refused again; a clear line is all that helps.
                 log.error("status of %s is lost: %s (check the broker's ACL for this worker)", status.task_id, exc)
@@ -482,7 +496,29 @@ class Worker:
                 # The session may not have noticed the loss yet; pause before asking.
                 await trio.sleep(PUBLISH_RETRY_PAUSE)
                 await self.session.wait_connected()
+            except Exception as exc:
+                log.exception("task %s: its %s status could not be published", status.task_id, status.state)
+                self.outbox.sent(status)
+                self._fail_unpublishable(status, f"internal error: its status could not be published: {exc}")
             else:
+                self.metrics.status_publish_latency.observe(trio.current_time() - sent_at)
                 self.outbox.sent(status)
                 if self.journal is not None and status.state.terminal:
                     self.journal.settled(status.task_id)
+
+    def _fail_unpublishable(self, status: JobStatus, reason: str) -> None:
+        """End the job whose status could not be sent; its terminal status carries the reason."""
+        reason = reason[:1000]
+        if not status.state.terminal and self.dispatcher.cancel(status.task_id, reason, state=State.FAILED):
+            return
+        # Nothing left to end: send the little that is certain to serialize.
+        self.outbox.post(
+            JobStatus(
+                task_id=status.task_id,
+                state=State.FAILED,
+                created_at=status.created_at,
+                completed_at=utc_now(),
+                error_message=reason,
+                worker_id=self.settings.worker.worker_id,
+            )
+        )

@@ -204,6 +204,37 @@ async def test_cancel_requests_must_be_signed_too(broker: Broker, playbook_dir: 
     assert final["error_message"] == "cancelled by alice: signed"
 
 
+async def test_a_cancel_that_arrives_while_the_claim_is_in_flight_is_kept(
+    broker: Broker, playbook_dir: Path, group: str, keys: Path
+) -> None:
+    alice = Signer.from_file(keys / "alice.key")
+    topics = Topics("ansible", group)
+    settings = signed_settings(broker, playbook_dir, group, keys)
+    async with open_controller(broker, group) as controller, running_worker(settings) as worker:
+        # The claim's round trip is a millisecond: hold it, so the cancel surely comes during it.
+        assert worker.gate is not None
+        claim, claiming, go_on = worker.gate.claim, trio.Event(), trio.Event()
+
+        async def held_claim(task_id: str, signed: Verified) -> bool:
+            claiming.set()
+            await go_on.wait()
+            return await claim(task_id, signed)
+
+        worker.gate.claim = held_claim  # type: ignore[method-assign]
+        await controller.submit(alice.sign(topics.tasks, {"task_id": "c-early", **SLEEP}))
+        with trio.fail_after(10):
+            await claiming.wait()
+        cancel = alice.sign(topics.cancel("c-early"), {"reason": "too early", "requested_by": "alice"})
+        await controller.link.publish(topics.cancel("c-early"), json.dumps(cancel).encode(), qos=1)
+        with trio.fail_after(10):
+            while worker._cancels_in_flight.get("c-early") is None:  # noqa: ASYNC110 - the worker's own state, bounded
+                await trio.sleep(0.01)
+        go_on.set()
+        final = await controller.wait_terminal("c-early", within=30)
+    assert final["state"] == "cancelled"
+    assert final["error_message"] == "cancelled by alice: too early"
+
+
 async def test_the_python_client_signs_jobs_and_cancel_requests(
     broker: Broker, playbook_dir: Path, group: str, keys: Path
 ) -> None:
