@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ansible_worker.job import Job, JobRunner
-from ansible_worker.models import JobStatus, State, TaskRequest
+from ansible_worker.models import State, TaskRequest
 
 if TYPE_CHECKING:
     # sqlite3 is loaded only by workers that keep a journal.
@@ -46,6 +46,12 @@ class Dispatcher:
     def queued_count(self) -> int:
         return sum(1 for job in self.jobs.values() if job.state == State.QUEUED)
 
+    @property
+    def full(self) -> bool:
+        """Whether `submit` would refuse a job now for want of room in the queue."""
+        statistics = self._send.statistics()
+        return statistics.current_buffer_used >= statistics.max_buffer_size
+
     def submit(self, request: TaskRequest, payload: bytes = b"") -> Job | None:
         """Queue a job; None if it was refused (queue full, shutting down) or is a duplicate."""
         task_id = request.task_id
@@ -76,14 +82,6 @@ class Dispatcher:
         self.jobs[task_id] = job
         self.runner.announce(job)
         return job
-
-    def reject(self, task_id: str, reason: str) -> None:
-        """Answer an invalid message with `failed`, unless that would overwrite a live job's status."""
-        if task_id in self.jobs:
-            log.warning("task %s: ignoring an invalid message for a job this worker holds: %s", task_id, reason)
-            return
-        log.warning("task %s failed: %s", task_id, reason)
-        self.runner.outbox.post(JobStatus.refusal(task_id, reason, worker_id=self.worker_id))
 
     def cancel(
         self, task_id: str, description: str, *, requested_by: str | None = None, state: State = State.CANCELLED

@@ -183,6 +183,26 @@ class JobRunner:
         else:
             log.info("jobs run %s", self.ansible_playbook.describe())
 
+    def admission_error(self, request: TaskRequest) -> str | None:
+        """Why `request` cannot run here, judged before it is queued; None if it may.
+
+        The policy and, unless the job pulls first (its files may not exist yet), the
+        playbook and inventory paths. A request refused here never becomes a job, so its
+        answer cannot replace the status of a job that ran on another worker.
+        """
+        base = self.settings.playbook_directory
+        try:
+            self.policy.check_request(request)
+            if not request.git_pull:
+                playbook = resolve_playbook(base, request.playbook)
+                inventory = resolve_inventory(base, request.inventory)
+                self.policy.check_paths(base, playbook, inventory)
+        except JobRefusedError as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"cannot read the playbook directory: {exc.strerror or exc}"
+        return None
+
     def announce(self, job: Job) -> None:
         """Publish the job's current status and log the transition."""
         self.outbox.post(job.status())

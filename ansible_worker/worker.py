@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 SHUTDOWN_MARGIN = 5.0
 HAND_BACK_TIMEOUT = 5.0
 OFFLINE_TIMEOUT = 2.0
+# Refusals waiting for their live answer; past this, a flood's answers are skipped (and logged).
+MAX_PENDING_ANSWERS = 64
 # How long a refusal's live answer may wait for the broker before it is given up (and logged).
 ANSWER_TIMEOUT = 5.0
 PUBLISH_RETRY_PAUSE = 0.2
@@ -66,6 +68,7 @@ class Worker:
             self.journal = Journal(worker.state_dir)
         self.outbox = StatusOutbox(interval=worker.status_interval, journal=self.journal)
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[InboundMessage](256)
+        self._answers_send, self._answers_receive = trio.open_memory_channel[tuple[str, str]](MAX_PENDING_ANSWERS)
         trusted = settings.security.trusted
         subscriptions = [
             (self.tasks_subscription, 2),
@@ -151,6 +154,7 @@ class Worker:
             await infrastructure.start(self.session.run)
             infrastructure.start_soon(self._publish_statuses)
             infrastructure.start_soon(self._take_messages)
+            infrastructure.start_soon(self._serve_answers)
             infrastructure.start_soon(self.presence.run)
             if self.events is not None:
                 infrastructure.start_soon(self.events.run)
@@ -364,6 +368,10 @@ class Worker:
         match read_task_message(payload, max_bytes=self.settings.worker.max_message_bytes, verify=verify):
             case Accepted(job) if job.task_id in self.dispatcher.jobs:
                 self.dispatcher.submit(job, payload)  # logs and ignores the duplicate
+            case Accepted(job) if (refusal := self.runner.admission_error(job)) is not None:
+                self._refuse(job.task_id, refusal)
+            case Accepted(job) if self.dispatcher.full and not self._shutdown.is_set():
+                self._refuse(job.task_id, f"queue full (max {self.dispatcher.capacity})")
             case Accepted(job, signed) if gate is not None and signed is not None:
                 self._admit_signed(gate, job, payload, signed)
             case Accepted(job) if self._shutdown.is_set() and self._infrastructure is not None:
@@ -380,15 +388,12 @@ class Worker:
     def _refuse(self, task_id: str, reason: str) -> None:
         """Answer a message that cannot run with `failed`, without harming a job the group holds.
 
-        A worker that checks signatures answers live only (not retained) and not at all
-        for a task_id the group holds: whoever sent an unverified message must not be able
-        to replace the status the broker keeps for a real job.
+        The answer is live only (not retained), and there is none for a task_id this worker
+        or, with signatures, the group holds: a message that never became a job here must
+        not replace the status the broker keeps for a job that ran anywhere in the group.
         """
         self.metrics.messages_refused += 1
-        if self.gate is None:
-            self.dispatcher.reject(task_id, reason)
-            return
-        holder = self.gate.book.holder(task_id, now=trio.current_time())
+        holder = self.gate.book.holder(task_id, now=trio.current_time()) if self.gate is not None else None
         if holder is not None or task_id in self.dispatcher.jobs:
             who = holder.worker_id if holder is not None else self.settings.worker.worker_id
             log.warning(
@@ -399,8 +404,17 @@ class Worker:
             )
             return
         log.warning("task %s refused: %s", task_id, reason)
-        assert self._infrastructure is not None
-        self._infrastructure.start_soon(self._answer_refusal, task_id, reason)
+        try:
+            self._answers_send.send_nowait((task_id, reason))
+        except trio.WouldBlock:
+            # A flood of bad messages: answering each would grow without bound.
+            log.warning("task %s: too many refusals waiting to be sent; this one is not answered", task_id)
+
+    async def _serve_answers(self) -> None:
+        """Send the live answers to refused messages, one at a time, each bounded."""
+        async with self._answers_receive:
+            async for task_id, reason in self._answers_receive:
+                await self._answer_refusal(task_id, reason)
 
     async def _answer_refusal(self, task_id: str, reason: str) -> None:
         status = JobStatus.refusal(task_id, reason, worker_id=self.settings.worker.worker_id, live_only=True)

@@ -155,6 +155,7 @@ async def test_queue_full_fails_the_extra_job(broker: Broker, playbook_dir: Path
         refused = await controller.wait_terminal("q-refused")
     assert refused["state"] == "failed"
     assert refused["error_message"] == "queue full (max 1)"
+    assert refused["refused"] is True  # live only: the job never was this worker's
     assert [s["state"] for s in controller.statuses["q-refused"]] == ["failed"]
 
 

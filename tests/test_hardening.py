@@ -136,3 +136,30 @@ async def test_a_stale_online_presence_is_no_peer_to_hand_back_to(
         await controller.link.publish(controller.topics.worker("ghost"), b"", qos=1, retain=True)
     assert queued["state"] == "cancelled"
     assert queued["error_message"] == "cancelled: the worker shut down before the job started"
+
+
+async def test_a_bad_message_never_replaces_the_retained_status_of_a_job_that_ran(
+    broker: Broker, playbook_dir: Path, group: str
+) -> None:
+    first = make_settings(broker.port, playbook_dir, group, worker_id="ran-it")
+    other = make_settings(broker.port, playbook_dir, group, worker_id="never-held-it")
+    async with open_controller(broker, group) as controller:
+        async with running_worker(first):
+            await controller.submit({"task_id": "kept-1", "playbook": "quick.yml", "inventory": "one_host.ini"})
+            assert (await controller.wait_terminal("kept-1"))["state"] == "success"
+        # Another worker, which never held kept-1, gets the bad messages (unsigned mode).
+        async with running_worker(other):
+            for bad in ({"task_id": "kept-1"}, {"task_id": "kept-1", "playbook": "../x.yml", "inventory": "i"}):
+                before = len(controller.statuses["kept-1"])
+                await controller.submit(bad)
+                with trio.fail_after(10):
+                    while len(controller.statuses["kept-1"]) == before:  # noqa: ASYNC110 - statuses arrive on the wire
+                        await trio.sleep(0.02)
+                answer = controller.statuses["kept-1"][-1]
+                assert answer["state"] == "failed"
+                assert answer["refused"] is True, answer
+    # What the broker keeps for the job is still what its own worker said.
+    async with open_controller(broker, group) as late:
+        retained = await late.wait_terminal("kept-1", within=10)
+    assert retained["state"] == "success"
+    assert retained["worker_id"] == "ran-it"
