@@ -43,6 +43,8 @@ from ansible_worker.topics import Topics
 log = logging.getLogger(__name__)
 
 EVENT_FLUSH_SECONDS = 2.0
+RUN_DIRECTORY_PREFIX = "ansible-worker-"
+EVENT_FIFO_NAME = "events.fifo"
 
 # Events that change what a status says; the others (item results, retries) do not.
 _STATUS_EVENTS = frozenset(
@@ -282,6 +284,8 @@ class JobRunner:
         inventory = resolve_inventory(base, request.inventory)
         self.policy.check_paths(base, playbook, inventory)
         with private_run_directory(self.settings.run_directory, job.task_id) as run_dir:
+            if self.outbox.journal is not None:
+                self.outbox.journal.started(job.task_id, run_dir)
             extra_vars = write_extra_vars(run_dir, request.extra_vars) if request.extra_vars else None
             argv = build_argv(
                 request,
@@ -290,7 +294,7 @@ class JobRunner:
                 inventory=inventory,
                 extra_vars_file=extra_vars,
             )
-            fifo = EventFifo(run_dir / "events.fifo")
+            fifo = EventFifo(run_dir / EVENT_FIFO_NAME)
             tail = OutputTail(self.settings.output_limit_bytes)
             try:
                 record = ExitRecord()
@@ -391,7 +395,7 @@ def _ansible_error(tail: OutputTail) -> str:
 @contextmanager
 def private_run_directory(parent: Path | None, task_id: str) -> Iterator[Path]:
     """A fresh directory (mode 0700) for one run, removed with everything in it afterwards."""
-    path = Path(tempfile.mkdtemp(prefix=f"ansible-worker-{task_id[:40]}-", dir=parent))
+    path = Path(tempfile.mkdtemp(prefix=f"{RUN_DIRECTORY_PREFIX}{task_id[:40]}-", dir=parent))
     try:
         yield path
     finally:

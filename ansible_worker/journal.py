@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     task_id TEXT PRIMARY KEY,
     payload BLOB NOT NULL,
     state TEXT NOT NULL,
-    status TEXT NOT NULL
+    status TEXT NOT NULL,
+    run_dir TEXT
 )
 """
 
@@ -36,6 +37,8 @@ class Entry:
     payload: bytes
     state: str
     status: dict[str, Any]
+    # The private run directory of a job that had started: its processes carry its name.
+    run_dir: str | None = None
 
 
 class Journal:
@@ -58,6 +61,9 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "run_dir" not in columns:  # a journal from an older version
+            self._db.execute("ALTER TABLE jobs ADD COLUMN run_dir TEXT")
 
     def accepted(self, task_id: str, payload: bytes, status: JobStatus) -> None:
         """Remember a job before it is announced.
@@ -87,6 +93,13 @@ class Journal:
         except sqlite3.Error as exc:
             log.error("journal: could not record the %s status of task %s: %s", status.state, status.task_id, exc)
 
+    def started(self, task_id: str, run_dir: Path) -> None:
+        """Record where a job runs, so that a restart can end what it left behind."""
+        try:
+            self._db.execute("UPDATE jobs SET run_dir = ? WHERE task_id = ?", (str(run_dir), task_id))
+        except sqlite3.Error as exc:
+            log.error("journal: could not record where task %s runs: %s", task_id, exc)
+
     def settled(self, task_id: str) -> None:
         try:
             self._db.execute("DELETE FROM jobs WHERE task_id = ?", (task_id,))
@@ -94,11 +107,11 @@ class Journal:
             log.error("journal: could not settle task %s: %s", task_id, exc)
 
     def entries(self) -> list[Entry]:
-        rows = self._db.execute("SELECT task_id, payload, state, status FROM jobs ORDER BY rowid").fetchall()
+        rows = self._db.execute("SELECT task_id, payload, state, status, run_dir FROM jobs ORDER BY rowid").fetchall()
         entries = []
-        for task_id, payload, state, status in rows:
+        for task_id, payload, state, status, run_dir in rows:
             try:
-                entries.append(Entry(task_id, bytes(payload), state, json.loads(status)))
+                entries.append(Entry(task_id, bytes(payload), state, json.loads(status), run_dir))
             except ValueError:
                 log.warning("journal: dropping an unreadable entry for task %s", task_id)
                 self.settled(task_id)

@@ -18,6 +18,8 @@ import os
 import signal
 from pathlib import Path
 
+import trio
+
 log = logging.getLogger(__name__)
 
 _ROUNDS = 10
@@ -67,3 +69,36 @@ def _is_zombie(entry: Path) -> bool:
         return (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z"
     except (OSError, IndexError):
         return True
+
+
+async def end_marked(variable: str, value: str, *, kill_grace: float, proc: Path = Path("/proc")) -> int:
+    """End every process whose environment has `variable=value`: SIGTERM, then SIGKILL after `kill_grace`.
+
+    For the processes of a run that a previous worker process left behind (it was killed
+    alone, its children were not): they are no children of ours, so their ends are waited
+    for through pidfds. Returns how many there were.
+
+    Cancellation: the grace period is cut short; the survivors are not killed then.
+    """
+    marker = f"{variable}={value}".encode()
+    own = os.getpid()
+    pids = [pid for pid in _marked(marker, proc) if pid != own]
+    if not pids:
+        return 0
+    log.warning("ending %d process(es) of a run that a previous worker process left behind", len(pids))
+    handles: list[int] = []
+    try:
+        for pid in pids:
+            try:
+                handles.append(os.pidfd_open(pid))
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        with trio.move_on_after(kill_grace):
+            for handle in handles:
+                await trio.lowlevel.wait_readable(handle)
+    finally:
+        for handle in handles:
+            os.close(handle)
+    kill_marked(variable, value, proc=proc)
+    return len(pids)

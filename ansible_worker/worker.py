@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -12,11 +14,12 @@ from ansible_worker.config import Settings
 from ansible_worker.dispatcher import Dispatcher
 from ansible_worker.event_publisher import EventPublisher
 from ansible_worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
-from ansible_worker.job import Job, JobRunner
+from ansible_worker.job import EVENT_FIFO_NAME, RUN_DIRECTORY_PREFIX, Job, JobRunner
 from ansible_worker.metrics import Snapshot, WorkerMetrics
 from ansible_worker.models import CancelRequest, JobStatus, State, TaskRequest, utc_now
 from ansible_worker.mqtt_link import InboundMessage, LinkError, LinkOptions, PublishRefused
 from ansible_worker.peers import PeerBook
+from ansible_worker.playbook_command import FIFO_VARIABLE
 from ansible_worker.presence import Load, PresenceAnnouncer, WorkerState
 from ansible_worker.status_outbox import StatusOutbox
 from ansible_worker.topics import Topics
@@ -44,6 +47,13 @@ PUBLISH_RETRY_PAUSE = 0.2
 def link_options(settings: Settings) -> LinkOptions:
     client_id = settings.mqtt.client_id or f"ansible-worker-{settings.worker.worker_id}"
     return settings.mqtt.link_options(client_id=client_id)
+
+
+def _remove_run_directory(run_dir: Path) -> None:
+    """Remove a left-over run directory; synchronous, once per interrupted job at start."""
+    # Only a directory this worker made (the journal is 0600, but be sure of what is deleted).
+    if run_dir.name.startswith(RUN_DIRECTORY_PREFIX) and run_dir.is_dir() and not run_dir.is_symlink():
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 class Worker:
@@ -161,7 +171,7 @@ class Worker:
             async with trio.open_nursery() as serving:
                 await serving.start(self.dispatcher.run)
                 if self.journal is not None:
-                    self._settle_journal(self.journal)
+                    await self._settle_journal(self.journal)
                 task_status.started()
                 await self._shutdown.wait()
                 await self._drain(serving.cancel_scope)
@@ -205,8 +215,14 @@ class Worker:
         assert http.port is not None
         await endpoint.serve(http.host, http.port, task_status=task_status)
 
-    def _settle_journal(self, journal: Journal) -> None:
-        """Settle what a previous run of this worker left: run, report or re-publish."""
+    async def _settle_journal(self, journal: Journal) -> None:
+        """Settle what a previous run of this worker left: run, report or re-publish.
+
+        A job that was running is ended first (its processes outlive a worker killed
+        alone), then reported, and its run directory removed.
+
+        Cancellation: the kill grace of a left-over run is cut short.
+        """
         for entry in journal.entries():
             if entry.state == State.QUEUED:
                 match read_task_message(entry.payload, max_bytes=self.settings.worker.max_message_bytes):
@@ -218,7 +234,9 @@ class Worker:
                 continue
             status = JobStatus.model_validate(entry.status)
             if entry.state == State.RUNNING:
-                log.info("task %s was running when the worker stopped: reporting it failed", entry.task_id)
+                log.info("task %s was running when the worker stopped: ending it, reporting it failed", entry.task_id)
+                if entry.run_dir is not None:
+                    await self._end_left_over_run(Path(entry.run_dir))
                 status = status.model_copy(
                     update={
                         "state": State.FAILED,
@@ -230,6 +248,13 @@ class Worker:
             else:
                 log.info("task %s: publishing its %s status again", entry.task_id, entry.state)
             self.outbox.post(status)
+
+    async def _end_left_over_run(self, run_dir: Path) -> None:
+        """End every process of a run a previous worker process left, and remove its directory."""
+        from ansible_worker.stray_processes import end_marked
+
+        await end_marked(FIFO_VARIABLE, str(run_dir / EVENT_FIFO_NAME), kill_grace=self.settings.worker.kill_grace)
+        _remove_run_directory(run_dir)
 
     async def _drain(self, serving: trio.CancelScope) -> None:
         """Stop taking jobs, hand queued ones back, let running ones finish in time, or end them."""

@@ -9,6 +9,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,7 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
 ) -> None:
     command, state_dir = journaled_worker(tmp_path, broker, playbook_dir, group, "phoenix")
+    earlier_run_dirs = _run_directories("crash-running")
     async with client_for(broker, group) as client:
         process = await trio.lowlevel.open_process(command, stderr=subprocess.DEVNULL)
         try:
@@ -156,9 +158,11 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
         finally:
             if process.returncode is None:
                 process.kill()
-        # Ansible outlived the worker it belonged to; nothing of the old run may remain.
-        for line in processes_mentioning("sleep 277"):
-            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        # Ansible outlived the worker it belonged to (killed alone, as systemd's KillMode=process
+        # or supervisord do): the restarted worker must end it before it reports the job.
+        assert processes_mentioning("sleep 277"), "the scenario needs the old run still alive"
+        run_dirs = _run_directories("crash-running") - earlier_run_dirs
+        assert run_dirs
         restarted = await trio.lowlevel.open_process(command, stderr=subprocess.DEVNULL)
         try:
             await wait_online(client, "phoenix")
@@ -166,6 +170,7 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
             queued_again = await client.follow("crash-queued")
             with trio.fail_after(60):
                 interrupted = await running_again.wait()
+                left_over = processes_mentioning("sleep 277")
                 ran = await queued_again.wait()
         finally:
             restarted.send_signal(signal.SIGTERM)
@@ -174,6 +179,8 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
     assert interrupted["state"] == "failed"
     assert interrupted["error_message"] == "interrupted: worker restarted"
     assert interrupted["worker_id"] == "phoenix"
+    assert left_over == [], "the old run was still alive when the job was reported"
+    assert not any(path.exists() for path in run_dirs)
     assert ran["state"] == "success"
     # The journal keeps only what is not settled yet: nothing, now.
     assert _journal_states(state_dir) == []
@@ -311,6 +318,11 @@ async def test_unacknowledged_terminal_status_is_published_after_a_restart(
     assert final["state"] == "success"
     assert final["worker_id"] == "keeper"
     assert _journal_states(state_dir) == []
+
+
+def _run_directories(task_id: str) -> set[Path]:
+    """The private run directories of `task_id` in the default temporary directory."""
+    return set(Path(tempfile.gettempdir()).glob(f"ansible-worker-{task_id}-*"))
 
 
 def _journal_states(state_dir: Path) -> list[str]:
