@@ -155,7 +155,8 @@ class WorkerSettings(BaseModel):
     events_qos: Literal[0, 1] = 0
     events_per_second: float = Field(200, gt=0)
     heartbeat_interval: float = Field(30, gt=0, le=3600)
-    status_retention: int = Field(604_800, ge=0)
+    # MQTT's message expiry interval is a four-byte integer.
+    status_retention: int = Field(604_800, ge=0, le=2**32 - 1)
     http: HttpSettings = Field(default_factory=HttpSettings)
     # Values are secrets as far as the worker knows: never logged, summarised by name only.
     environment: dict[Annotated[str, StringConstraints(pattern=ENVIRONMENT_NAME_PATTERN)], SecretStr] = Field(

@@ -13,6 +13,7 @@ killed, and reads a few small in-memory files per process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -50,17 +51,22 @@ def kill_marked(variable: str, value: str, *, proc: Path = Path("/proc")) -> int
 
 
 def _marked(marker: bytes, proc: Path) -> list[int]:
-    pids = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environment = (entry / "environ").read_bytes()
-        except OSError:
-            continue  # gone already, or another user's
-        if marker in environment.split(b"\0") and not _is_zombie(entry):
-            pids.append(int(entry.name))
-    return pids
+    return [int(entry.name) for entry in proc.iterdir() if entry.name.isdigit() and _is_marked(entry, marker)]
+
+
+def _is_marked(entry: Path, marker: bytes) -> bool:
+    try:
+        environment = (entry / "environ").read_bytes()
+    except OSError:
+        return False  # gone already, or another user's
+    return marker in environment.split(b"\0") and not _is_zombie(entry)
+
+
+def _signal_if_marked(pid: int, marker: bytes, proc: Path) -> None:
+    # Without a pidfd a reused pid cannot be ruled out entirely; checking first narrows it.
+    if _is_marked(proc / str(pid), marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
 
 
 def _is_zombie(entry: Path) -> bool:
@@ -87,16 +93,30 @@ async def end_marked(variable: str, value: str, *, kill_grace: float, proc: Path
         return 0
     log.warning("ending %d process(es) of a run that a previous worker process left behind", len(pids))
     handles: list[int] = []
+    unwatched = False
     try:
         for pid in pids:
             try:
-                handles.append(os.pidfd_open(pid))
-                os.kill(pid, signal.SIGTERM)
+                handle = os.pidfd_open(pid)
             except ProcessLookupError:
                 continue
+            except OSError:
+                # No pidfds (a kernel before 5.3, an old seccomp profile): grace by the clock.
+                unwatched = True
+                _signal_if_marked(pid, marker, proc)
+                continue
+            handles.append(handle)
+            # The pidfd pins the process: checked again now, its pid cannot be another's.
+            if _is_marked(proc / str(pid), marker):
+                try:
+                    signal.pidfd_send_signal(handle, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
         with trio.move_on_after(kill_grace):
             for handle in handles:
                 await trio.lowlevel.wait_readable(handle)
+            if unwatched:
+                await trio.sleep(kill_grace)  # nothing to wait on; the SIGKILL pass rescans
     finally:
         for handle in handles:
             os.close(handle)

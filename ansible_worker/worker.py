@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 SHUTDOWN_MARGIN = 5.0
 HAND_BACK_TIMEOUT = 5.0
 OFFLINE_TIMEOUT = 2.0
+UNPUBLISHABLE = "internal error: its status could not be published"
 # Refusals waiting for their live answer; past this, a flood's answers are skipped (and logged).
 MAX_PENDING_ANSWERS = 64
 # How long a refusal's live answer may wait for the broker before it is given up (and logged).
@@ -472,6 +473,9 @@ class Worker:
             # Not claimed yet: the next worker checks and claims it afresh.
             self._infrastructure.start_soon(self._hand_back, job, payload)
             return
+        if job.task_id in self._cancels_in_flight:
+            log.warning("task %s: this worker is claiming it already; ignoring the copy", job.task_id)
+            return
         self._cancels_in_flight[job.task_id] = None
         self._infrastructure.start_soon(self._claim_then_submit, gate, job, payload, signed)
 
@@ -503,9 +507,10 @@ class Worker:
             )
             return
         log.info("task %s: signed by %s, claimed for this worker", job.task_id, signed.signer)
-        if self._shutdown.is_set():
+        if self._shutdown.is_set() and cancel is None:
             await self._hand_back(job, payload, claimed=True)
             return
+        # (Shutting down, a cancelled job is not handed back: it ends here, `cancelled`.)
         self.dispatcher.submit(job, payload)
         if cancel is not None:
             self.dispatcher.cancel(job.task_id, cancel.describe(), requested_by=cancel.requested_by)
@@ -538,7 +543,7 @@ class Worker:
             except Exception as exc:
                 log.exception("task %s: its %s status could not be published", status.task_id, status.state)
                 self.outbox.sent(status)
-                self._fail_unpublishable(status, f"internal error: its status could not be published: {exc}")
+                self._fail_unpublishable(status, f"{UNPUBLISHABLE}: {exc}")
             else:
                 self.metrics.status_publish_latency.observe(trio.current_time() - sent_at)
                 self.outbox.sent(status)
@@ -546,8 +551,15 @@ class Worker:
                     self.journal.settled(status.task_id)
 
     def _fail_unpublishable(self, status: JobStatus, reason: str) -> None:
-        """End the job whose status could not be sent; its terminal status carries the reason."""
+        """End the job whose status could not be sent; its terminal status carries the reason.
+
+        The replacement is tried once: if even it cannot be sent, the status is lost (logged)
+        rather than retried for ever.
+        """
         reason = reason[:1000]
+        if status.error_message is not None and status.error_message.startswith(UNPUBLISHABLE):
+            log.error("task %s: its replacement status could not be published either; it is lost", status.task_id)
+            return
         if not status.state.terminal and self.dispatcher.cancel(status.task_id, reason, state=State.FAILED):
             return
         # Nothing left to end: send the little that is certain to serialize.
