@@ -14,6 +14,7 @@ This module is pure: it records what was heard and answers questions about it.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import Literal
@@ -21,6 +22,12 @@ from typing import Literal
 __all__ = ["Claim", "ClaimBook", "claim_payload", "new_claim_id"]
 
 PRUNE_EVERY = 60.0
+# Claims of distinct tasks remembered at once. Far above what a group's genuine jobs reach
+# within a claim's lifetime; past it, the oldest heard is forgotten first (and logged), so a
+# flood of made-up claims costs bounded memory.
+MAX_CLAIMS = 100_000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +51,14 @@ def claim_payload(worker_id: str, claim_id: str, state: Literal["claimed", "rele
 class ClaimBook:
     """What the group's claims say, task by task, until they expire."""
 
-    def __init__(self, *, default_lifetime: float) -> None:
+    def __init__(self, *, default_lifetime: float, max_claims: int = MAX_CLAIMS) -> None:
         # For a claim that arrives without an expiry (another client's, or a broker that
         # drops the property): keep it as long as a signature stays valid.
         self._default_lifetime = default_lifetime
         self._entries: dict[str, Claim] = {}
         self._next_prune = 0.0
+        self._max_claims = max_claims
+        self._evicted = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -69,6 +78,8 @@ class ClaimBook:
         if claim is None:
             return None
         current = self._live(task_id, now)
+        if current is None and len(self._entries) >= self._max_claims:
+            self._evict_oldest()
         if claim.state == "released" or current is None or current.state == "released":
             self._entries[task_id] = claim
         elif current.claim_id == claim.claim_id:
@@ -92,6 +103,18 @@ class ClaimBook:
             del self._entries[task_id]
             return None
         return claim
+
+    def _evict_oldest(self) -> None:
+        # Insertion order: the first entry is the claim heard longest ago (expired ones are
+        # pruned every PRUNE_EVERY seconds anyway).
+        del self._entries[next(iter(self._entries))]
+        self._evicted += 1
+        if self._evicted == 1 or self._evicted % 10_000 == 0:
+            log.warning(
+                "more than %d live claims: forgetting the oldest (%d so far); a flood of claim messages?",
+                self._max_claims,
+                self._evicted,
+            )
 
     def _prune(self, now: float) -> None:
         if now < self._next_prune:

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -150,8 +151,23 @@ def print_json_line(console: Console, value: object) -> None:
 
     Written past rich, which would wrap long lines and turn `:smile:` in Ansible's text into emoji.
     """
-    console.file.write(json.dumps(value, separators=(",", ":")) + "\n")
+    try:
+        line = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        # NaN or Infinity from an event: strict JSON has no such numbers, so they become null.
+        line = json.dumps(_finite(value), separators=(",", ":"))
+    console.file.write(line + "\n")
     console.file.flush()
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def note(console: Console, text: str, *, as_json: bool) -> None:

@@ -309,3 +309,17 @@ def test_extra_vars_parsing(tmp_path: Path) -> None:
         with pytest.raises(ArgumentError, match=message):
             parse_extra_vars([bad])
     assert split_list(["a,b", " c ", ""]) == ["a", "b", "c"]
+
+
+def test_json_lines_are_strict_json_even_for_nan_and_infinity() -> None:
+    import io
+
+    from rich.console import Console
+
+    from ansible_worker.controller_commands import print_json_line
+
+    out = io.StringIO()
+    print_json_line(Console(file=out), {"a": float("nan"), "b": [1.5, float("-inf")], "c": {"d": float("inf")}})
+    (line,) = out.getvalue().splitlines()
+    assert line == '{"a":null,"b":[1.5,null],"c":{"d":null}}'
+    json.loads(line, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))

@@ -243,3 +243,17 @@ def test_children_do_not_inherit_the_workers_secrets() -> None:
     env = child_environment(base, extra={"DEPLOY_TOKEN": "t"}, hidden_values=["pw", ""])
     assert env == {"PATH": "/bin", "HOME": "/root", "DEPLOY_TOKEN": "t"}
     assert os.environ.get("ANSIBLE_WORKER_EVENT_FIFO") is None
+
+
+def test_the_claim_book_is_bounded_and_forgets_the_oldest_first() -> None:
+    book = ClaimBook(default_lifetime=300, max_claims=100)
+    for index in range(250):
+        book.hear(f"t{index}", claim_payload("flood", f"c{index}", "claimed"), now=index / 1000, expiry=300)
+    assert len(book) == 100
+    assert book.holder("t249", now=1) is not None
+    assert book.holder("t149", now=1) is None
+    assert book.holder("t150", now=1) is not None
+    # A task already in the book keeps its entry when full: a release still lands.
+    book.hear("t200", claim_payload("flood", "r", "released"), now=1, expiry=300)
+    assert book.released("t200", now=1)
+    assert len(book) == 100
