@@ -247,6 +247,7 @@ class Client:
         where = f"{options.host}:{options.port}"
         failures = 0
         lost_at: float | None = None
+        up_since: float | None = None
         while True:
             reason = "connection closed"
             try:
@@ -262,7 +263,7 @@ class Client:
                         task_status.started()
                     else:
                         log.warning("reconnected to the broker %s", where)
-                    failures, lost_at = 0, None
+                    up_since = trio.current_time()
                     async for message in link.messages():
                         self._route(message)
             except LinkError as exc:
@@ -273,6 +274,11 @@ class Client:
                 if self._link is not None:
                     self._set_link(None)
             now = trio.current_time()
+            # Only a link that stayed up a while resets the backoff and the reconnect budget:
+            # a broker that accepts and drops at once must not be retried ten times a second for ever.
+            if up_since is not None and now - up_since >= _BACKOFF_MAX:
+                failures, lost_at = 0, None
+            up_since = None
             lost_at = now if lost_at is None else lost_at
             if now - lost_at >= reconnect_for:
                 raise ClientError(
@@ -698,9 +704,10 @@ class JobHandle:
         if data is None:
             return None
         if message.topic.endswith("/status"):
-            if data.get("refused") and (self.latest or {}).get("state") in ("queued", "running"):
-                # A refused message that reused this job's task_id (a replay, or a forgery):
-                # it says nothing about the job a worker accepted.
+            if data.get("refused") and ((self.latest or {}).get("state") in ("queued", "running") or self.attempts > 1):
+                # A refused message that reused this job's task_id (a replay, a forgery, or
+                # our own second copy refused by a worker that does not hold the job): it
+                # says nothing about the job a worker accepted.
                 return None
             self.latest = data
             self._finished = data.get("state") in TERMINAL_STATES

@@ -105,13 +105,13 @@ async def end_marked(variable: str, value: str, *, kill_grace: float, proc: Path
                 unwatched = True
                 _signal_if_marked(pid, marker, proc)
                 continue
-            handles.append(handle)
             # The pidfd pins the process: checked again now, its pid cannot be another's.
-            if _is_marked(proc / str(pid), marker):
-                try:
-                    signal.pidfd_send_signal(handle, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
+            if not _is_marked(proc / str(pid), marker):
+                os.close(handle)  # ended, and its pid reused: nothing of ours to wait for
+                continue
+            handles.append(handle)
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(handle, signal.SIGTERM)
         with trio.move_on_after(kill_grace):
             for handle in handles:
                 await trio.lowlevel.wait_readable(handle)

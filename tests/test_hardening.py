@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import struct
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -163,3 +164,35 @@ async def test_a_bad_message_never_replaces_the_retained_status_of_a_job_that_ra
         retained = await late.wait_terminal("kept-1", within=10)
     assert retained["state"] == "success"
     assert retained["worker_id"] == "ran-it"
+
+
+async def test_a_terminal_status_the_link_cannot_take_fails_once_and_never_loops(
+    broker: Broker, playbook_dir: Path, group: str
+) -> None:
+    settings = make_settings(broker.port, playbook_dir, group)
+    async with open_controller(broker, group) as controller, running_worker(settings) as worker:
+        # A fault current code cannot produce on demand: the link raising something that is
+        # not a link error (as paho does for an expiry it cannot pack) for this job's terminal statuses.
+        publish = worker.session.publish
+        refused_attempts: list[bytes] = []
+
+        async def publish_or_fail(
+            topic: str, payload: bytes, *, qos: int, retain: bool = False, expiry: int | None = None
+        ) -> None:
+            if topic == worker.topics.status("unsendable") and expiry is not None:
+                refused_attempts.append(payload)
+                raise struct.error("'I' format requires 0 <= number <= 4294967295")
+            await publish(topic, payload, qos=qos, retain=retain, expiry=expiry)
+
+        worker.session.publish = publish_or_fail  # type: ignore[method-assign]
+        await controller.submit({"task_id": "unsendable", "playbook": "quick.yml", "inventory": "one_host.ini"})
+        await controller.submit({"task_id": "after-unsendable", "playbook": "quick.yml", "inventory": "one_host.ini"})
+        after = await controller.wait_terminal("after-unsendable")
+    # The publisher is one ordered task: had it looped on the first job, the second's status
+    # would never have gone out. Its success, then exactly two tries: the status and its one replacement.
+    assert after["state"] == "success"
+    assert len(refused_attempts) == 2
+    assert json.loads(refused_attempts[0])["state"] == "success"
+    replacement = json.loads(refused_attempts[1])
+    assert replacement["state"] == "failed"
+    assert replacement["error_message"].startswith("internal error: its status could not be published: ")
