@@ -1,14 +1,19 @@
-"""The group's shared record of which worker took which signed job, so that a replay runs nowhere.
+"""The group's record of which worker holds which task_id: claim messages, and the book that reads them.
 
-Before a worker runs a signed job it publishes a claim on `<prefix>/<group>/tasks/<task_id>/claim`
-(retained, expiring when the job's signature would expire anyway). Every worker of the group
-subscribes to the claims and records them in the order the broker delivers them, which is
-the same order for everyone on one broker: the first claim heard for a task_id wins, and a
-worker that hears another worker's claim before its own stands back. A request for a claimed
-task_id is a replay. A worker that hands a queued job back to the group first publishes a
-release, so that the next worker may claim it again.
+Before a worker queues a job it publishes a claim on `<prefix>/<group>/tasks/<task_id>/claim`
+(retained, with an expiry). Every worker of the group subscribes to the claims and records
+them in the order the broker delivers them, which is the same order for everyone on one
+broker: the first claim heard for a task_id holds it, and a worker that hears another
+worker's claim before its own stands back. A request for a held task_id is a duplicate (or,
+signed, a replay). A worker that hands a queued job back to the group publishes a release
+naming the claim it releases, so that the next worker may claim the task again.
 
-This module is pure: it records what was heard and answers questions about it.
+With signed jobs every claim and release is signed by a worker key the group trusts, and
+says until when it holds (`expires_at`, inside the signature): nothing else on the claim
+topic can make a worker forget, release or extend a claim. A claim once released never
+holds again, and an empty payload (a cleared retained message) changes nothing.
+
+This module is pure: it reads messages and answers questions about what was heard.
 """
 
 from __future__ import annotations
@@ -16,15 +21,29 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
 
-__all__ = ["Claim", "ClaimBook", "claim_payload", "new_claim_id"]
+__all__ = [
+    "MAX_CLAIM_BYTES",
+    "Claim",
+    "ClaimBook",
+    "ClaimState",
+    "claim_document",
+    "new_claim_id",
+    "read_claim",
+]
 
+ClaimState = Literal["claimed", "released"]
+
+# A genuine claim is about 400 bytes, signed; anything far larger is not one.
+MAX_CLAIM_BYTES = 4096
 PRUNE_EVERY = 60.0
-# Claims of distinct tasks remembered at once. Far above what a group's genuine jobs reach
-# within a claim's lifetime; past it, the oldest heard is forgotten first (and logged), so a
-# flood of made-up claims costs bounded memory.
+# Tasks remembered at once. Far above what a group's genuine jobs reach within a claim's
+# lifetime; past it, the one heard longest ago is forgotten first (and logged). With signed
+# jobs only a trusted worker key can add to the book, so no one else can push a claim out.
 MAX_CLAIMS = 100_000
 
 log = logging.getLogger(__name__)
@@ -32,30 +51,111 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """One claim or release as heard from the broker; `expires` is on the caller's clock."""
+    """One claim or release as heard from the broker; `expires` is on the caller's clock.
+
+    `raw` is the message as it arrived, so that a worker can publish it again as it was.
+    """
 
     worker_id: str
     claim_id: str
-    state: Literal["claimed", "released"]
+    state: ClaimState
     expires: float
+    releases: str | None = None
+    raw: bytes = b""
 
 
 def new_claim_id() -> str:
     return secrets.token_hex(8)
 
 
-def claim_payload(worker_id: str, claim_id: str, state: Literal["claimed", "released"]) -> bytes:
-    return json.dumps({"state": state, "worker_id": worker_id, "claim": claim_id}).encode()
+def claim_document(
+    worker_id: str, claim_id: str, state: ClaimState, *, expires_at: datetime | None, releases: str | None = None
+) -> dict[str, Any]:
+    """The JSON object of a claim or release (signed by the caller when signatures are on)."""
+    document: dict[str, Any] = {"state": state, "worker_id": worker_id, "claim": claim_id}
+    if releases is not None:
+        document["releases"] = releases
+    if expires_at is not None:
+        document["expires_at"] = expires_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return document
+
+
+def read_claim(
+    payload: bytes,
+    *,
+    now: float,
+    wall_now: datetime,
+    verify: Callable[[Mapping[str, Any]], object] | None,
+    expiry: int | None,
+    default_lifetime: float | None,
+) -> Claim | None:
+    """The claim or release in one message, or None for anything else (logged at debug level).
+
+    With `verify` (signed jobs), a claim must carry `expires_at` in the future and a
+    signature `verify` accepts; the cheap checks run first, so noise costs no canonical
+    JSON. Without it, the expiry is `expires_at`, else the message's own, else
+    `default_lifetime` (None: for ever).
+    """
+    if not payload or len(payload) > MAX_CLAIM_BYTES:
+        return None
+    try:
+        document = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    state, worker_id, claim_id = document.get("state"), document.get("worker_id"), document.get("claim")
+    releases = document.get("releases")
+    if state not in ("claimed", "released") or not isinstance(worker_id, str) or not isinstance(claim_id, str):
+        return None
+    if state == "released" and not isinstance(releases, str):
+        return None
+    if releases is not None and not isinstance(releases, str):
+        return None
+    until = _expires_at(document.get("expires_at"))
+    if until is not None:
+        expires = now + (until - wall_now).total_seconds()
+        if expires <= now:
+            return None
+    elif verify is not None:
+        return None
+    else:
+        expires = now + (expiry if expiry else default_lifetime if default_lifetime is not None else float("inf"))
+    if verify is not None:
+        from ansible_worker.signing import SignatureRefused
+
+        try:
+            verify(document)
+        except SignatureRefused as exc:
+            log.debug("ignoring a claim message: %s", exc)
+            return None
+    return Claim(worker_id, claim_id, state, expires, releases, payload)
+
+
+def _expires_at(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+@dataclass(slots=True)
+class _Entry:
+    holder: Claim | None = None
+    release: Claim | None = None
+    # Claims released for this task: never a holder again, whatever arrives later.
+    released: set[str] = field(default_factory=set)
+    expires: float = 0.0
 
 
 class ClaimBook:
     """What the group's claims say, task by task, until they expire."""
 
-    def __init__(self, *, default_lifetime: float, max_claims: int = MAX_CLAIMS) -> None:
-        # For a claim that arrives without an expiry (another client's, or a broker that
-        # drops the property): keep it as long as a signature stays valid.
-        self._default_lifetime = default_lifetime
-        self._entries: dict[str, Claim] = {}
+    def __init__(self, *, max_claims: int = MAX_CLAIMS) -> None:
+        self._entries: dict[str, _Entry] = {}
         self._next_prune = 0.0
         self._max_claims = max_claims
         self._evicted = 0
@@ -63,50 +163,65 @@ class ClaimBook:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def hear(self, task_id: str, payload: bytes, *, now: float, expiry: int | None) -> Claim | None:
-        """Record one message from a claim topic, in delivery order, and return it as a claim.
+    def record(self, task_id: str, claim: Claim, *, now: float) -> bool:
+        """Record one claim or release heard for `task_id`, in delivery order; True if it counted.
 
-        Returns None, recording nothing, for a payload that is not a claim; an empty payload
-        (a cleared retained claim) forgets the task. Whether the claim now holds the task is
-        `holder`'s answer: the first live claim does.
+        A claim counts when nobody holds the task (or holds it with this very claim, heard
+        again) and it was never released. A release counts when it names the holder's claim,
+        or when nothing holds the task here (a worker that never heard the claim).
         """
         self._prune(now)
-        if not payload:
-            self._entries.pop(task_id, None)
-            return None
-        claim = _parse(payload, expires=now + (expiry if expiry else self._default_lifetime))
-        if claim is None:
-            return None
-        current = self._live(task_id, now)
-        if current is None and len(self._entries) >= self._max_claims:
-            self._evict_oldest()
-        if claim.state == "released" or current is None or current.state == "released":
-            self._entries[task_id] = claim
-        elif current.claim_id == claim.claim_id:
-            # The same claim again (a retained copy after a reconnect): it may carry a new expiry.
-            self._entries[task_id] = claim
-        return claim
+        entry = self._live(task_id, now)
+        if entry is None:
+            if len(self._entries) >= self._max_claims:
+                self._evict_oldest()
+            entry = self._entries[task_id] = _Entry()
+        holder = self._holder_of(entry, now)
+        if claim.state == "claimed":
+            if claim.claim_id in entry.released:
+                return False
+            if holder is not None and holder.claim_id != claim.claim_id:
+                return False
+            entry.holder, entry.release = claim, None
+        else:
+            assert claim.releases is not None
+            if holder is not None and holder.claim_id != claim.releases:
+                return False
+            entry.released.add(claim.releases)
+            entry.holder, entry.release = None, claim
+        entry.expires = max(entry.expires, claim.expires)
+        return True
 
     def holder(self, task_id: str, *, now: float) -> Claim | None:
         """The live claim on `task_id`, if a worker of the group holds it."""
-        claim = self._live(task_id, now)
-        return claim if claim is not None and claim.state == "claimed" else None
+        entry = self._live(task_id, now)
+        return None if entry is None else self._holder_of(entry, now)
 
     def released(self, task_id: str, *, now: float) -> bool:
         """Whether a worker handed `task_id` back to the group and nobody has claimed it since."""
-        claim = self._live(task_id, now)
-        return claim is not None and claim.state == "released"
+        entry = self._live(task_id, now)
+        return (
+            entry is not None
+            and self._holder_of(entry, now) is None
+            and entry.release is not None
+            and entry.release.expires > now
+        )
 
-    def _live(self, task_id: str, now: float) -> Claim | None:
-        claim = self._entries.get(task_id)
-        if claim is not None and claim.expires <= now:
+    @staticmethod
+    def _holder_of(entry: _Entry, now: float) -> Claim | None:
+        holder = entry.holder
+        return holder if holder is not None and holder.expires > now else None
+
+    def _live(self, task_id: str, now: float) -> _Entry | None:
+        entry = self._entries.get(task_id)
+        if entry is not None and entry.expires <= now:
             del self._entries[task_id]
             return None
-        return claim
+        return entry
 
     def _evict_oldest(self) -> None:
-        # Insertion order: the first entry is the claim heard longest ago (expired ones are
-        # pruned every PRUNE_EVERY seconds anyway).
+        # Insertion order: the first entry is the task heard of longest ago (expired ones
+        # are pruned every PRUNE_EVERY seconds anyway).
         del self._entries[next(iter(self._entries))]
         self._evicted += 1
         if self._evicted == 1 or self._evicted % 10_000 == 0:
@@ -120,18 +235,5 @@ class ClaimBook:
         if now < self._next_prune:
             return
         self._next_prune = now + PRUNE_EVERY
-        for task_id in [task_id for task_id, claim in self._entries.items() if claim.expires <= now]:
+        for task_id in [task_id for task_id, entry in self._entries.items() if entry.expires <= now]:
             del self._entries[task_id]
-
-
-def _parse(payload: bytes, *, expires: float) -> Claim | None:
-    try:
-        document = json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(document, dict):
-        return None
-    state, worker_id, claim_id = document.get("state"), document.get("worker_id"), document.get("claim")
-    if state not in ("claimed", "released") or not isinstance(worker_id, str) or not isinstance(claim_id, str):
-        return None
-    return Claim(worker_id, claim_id, state, expires)

@@ -61,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         "keygen",
         help="make an Ed25519 key pair for signing jobs",
         description=(
-            "Write NAME.key (the private key, mode 0600: for the controller's security.signing_key)\n"
-            "and NAME.pub (the public key: for the workers' security.trusted_keys). Never overwrites."
+            "Write NAME.key (the private key, mode 0600) and NAME.pub (the public key). Never overwrites.\n"
+            "A controller's key signs jobs (its security.signing_key; workers list NAME.pub under\n"
+            "security.trusted_keys). A worker's key signs its claims (its security.worker_key; other\n"
+            "workers list NAME.pub under security.worker_keys). Use a separate pair for each role."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -106,8 +108,16 @@ def keygen(name: str, directory: Path) -> int:
         return EXIT_CONFIG
     print(f"wrote {private} (private: keep it secret) and {public} (public)")
     print(f"fingerprint {fingerprint}")
-    print("\ncontroller config:\n  security:\n    signing_key: " + str(private))
-    print(f"\nworker config:\n  security:\n    require_signed_tasks: true\n    trusted_keys:\n      {name}: {public}")
+    print("\nas a controller's key, the controller config:\n  security:\n    signing_key: " + str(private))
+    print(
+        "and the workers' config:\n  security:\n    require_signed_tasks: true\n"
+        f"    trusted_keys:\n      {name}: {public}\n    worker_key: (a key pair of its own, made the same way)"
+    )
+    print(
+        f"\nas a worker's key, the worker config:\n  security:\n    worker_key: {private}\n"
+        f"and other workers' config (when they have keys of their own):\n  security:\n    worker_keys:\n"
+        f"      {name}: {public}"
+    )
     return 0
 
 
@@ -183,7 +193,11 @@ def _signatures(settings: Settings) -> str:
     if not security.require_signed_tasks:
         return "not required (anyone who may publish on the tasks topic can run a job)"
     keys = ", ".join(sorted(security.trusted_keys))
-    return f"required, trusted keys: {keys}; max age {security.max_task_age:g}s"
+    signing = security.claim_signing
+    claims = ""
+    if signing is not None:
+        claims = f"; claims signed by worker_key {signing[0].fingerprint}, trusted: {', '.join(signing[1].names)}"
+    return f"required, trusted keys: {keys}; max age {security.max_task_age:g}s{claims}"
 
 
 def executables(settings: Settings) -> tuple[Executable, Executable]:

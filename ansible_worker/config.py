@@ -29,13 +29,15 @@ from ansible_worker.mqtt_link import LinkOptions
 from ansible_worker.validation import describe_errors
 
 if TYPE_CHECKING:
-    from ansible_worker.signing import TrustedKeys
+    from ansible_worker.signing import Signer, TrustedKeys
 
 ENV_PREFIX = "ANSIBLE_WORKER_"
 DEFAULT_CONFIG_FILE = Path("config.yaml")
 
 _NAME_CHARS = "A-Za-z0-9._-"
 NAME_PATTERN = rf"^[{_NAME_CHARS}]{{1,128}}$"
+# The name a worker's own public key goes by among the keys whose claims it trusts.
+OWN_KEY_NAME = "worker_key"
 ENVIRONMENT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 
@@ -206,26 +208,56 @@ class SecuritySettings(BaseModel):
     max_clock_skew: float = Field(60, ge=0, le=3600)
     # For controllers (`ansible-worker submit`, `cancel`); a worker ignores it.
     signing_key: Path | None = None
+    # A worker's own private key: with signed tasks it signs the worker's claims and
+    # releases, which the group trusts by `worker_keys` (its own public key always).
+    worker_key: Path | None = None
+    worker_keys: dict[Annotated[str, StringConstraints(pattern=NAME_PATTERN)], Path] = Field(default_factory=dict)
     _trusted: TrustedKeys | None = PrivateAttr(None)
+    _claim_signer: Signer | None = PrivateAttr(None)
+    _claim_keys: TrustedKeys | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _load_trusted_keys(self) -> SecuritySettings:
         if self.require_signed_tasks and not self.trusted_keys:
             raise ValueError("require_signed_tasks is true, but trusted_keys names no key")
-        if self.trusted_keys:
-            from ansible_worker.signing import KeyFileError, TrustedKeys
+        from ansible_worker.signing import KeyFileError, Signer, TrustedKeys
 
+        # Read here, before the event loop starts: file reads block.
+        if self.trusted_keys:
             try:
-                # Read here, before the event loop starts: file reads block.
                 self._trusted = TrustedKeys.from_files(self.trusted_keys)
             except KeyFileError as exc:
                 raise ValueError(f"trusted_keys: {exc}") from None
+        if self.require_signed_tasks and self.worker_key is None:
+            raise ValueError(
+                "require_signed_tasks is true, but worker_key is not set: a worker signs its claims on jobs"
+                " with a key of its own (make one with `ansible-worker keygen NAME`)"
+            )
+        if self.require_signed_tasks and self.worker_key is not None:
+            try:
+                self._claim_signer = Signer.from_file(self.worker_key)
+            except KeyFileError as exc:
+                raise ValueError(f"worker_key: {exc}") from None
+            try:
+                others = TrustedKeys.from_files(self.worker_keys)
+            except KeyFileError as exc:
+                raise ValueError(f"worker_keys: {exc}") from None
+            if self._trusted is not None and self._claim_signer.fingerprint in self._trusted.fingerprints:
+                raise ValueError("worker_key is also one of trusted_keys: a worker key must not be able to sign jobs")
+            self._claim_keys = others.including(OWN_KEY_NAME, self._claim_signer.public_key)
         return self
 
     @property
     def trusted(self) -> TrustedKeys | None:
         """The loaded public keys, when signed messages are required."""
         return self._trusted if self.require_signed_tasks else None
+
+    @property
+    def claim_signing(self) -> tuple[Signer, TrustedKeys] | None:
+        """This worker's claim signer and the keys whose claims count, when signed messages are required."""
+        if self._claim_signer is None or self._claim_keys is None:
+            return None
+        return self._claim_signer, self._claim_keys
 
 
 class ClientSecuritySettings(BaseModel):

@@ -85,11 +85,14 @@ def read_task_message(payload: bytes, *, max_bytes: int, verify: Verify | None =
     return Accepted(job, signed)
 
 
-def read_cancel_message(payload: bytes, *, verify: Verify | None = None) -> CancelRequest | Dropped:
+def read_cancel_message(payload: bytes, *, max_bytes: int, verify: Verify | None = None) -> CancelRequest | Dropped:
     """A cancel request: empty, or a JSON object with optional `reason` and `requested_by`.
 
-    With `verify`, only a signed object is a request; the rest are dropped with the reason.
+    A payload over `max_bytes` is dropped before it is decoded. With `verify`, only a
+    signed object is a request; the rest are dropped with the reason.
     """
+    if len(payload) > max_bytes:
+        return Dropped(f"message too large ({len(payload)} bytes, max {max_bytes})")
     if not payload.strip():
         if verify is not None:
             return Dropped("unsigned: this worker requires signed messages (security.require_signed_tasks)")

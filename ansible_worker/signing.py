@@ -43,6 +43,7 @@ __all__ = [
     "check_age",
     "fingerprint",
     "generate_key_pair",
+    "issued_at",
     "load_private_key",
     "load_public_key",
     "signed_bytes",
@@ -165,7 +166,8 @@ class Signer:
 
     def __init__(self, key: Ed25519PrivateKey) -> None:
         self._key = key
-        self.fingerprint = fingerprint(key.public_key())
+        self.public_key = key.public_key()
+        self.fingerprint = fingerprint(self.public_key)
 
     @classmethod
     def from_file(cls, path: Path) -> Signer:
@@ -199,27 +201,47 @@ class TrustedKeys:
     def from_files(cls, files: Mapping[str, Path]) -> TrustedKeys:
         return cls({name: load_public_key(path) for name, path in files.items()})
 
-    def verify(self, topic: str, document: Mapping[str, Any]) -> Verified:
-        """Check the signature of a message received on `topic`; its age is `check_age`'s business.
+    @property
+    def fingerprints(self) -> frozenset[str]:
+        return frozenset(self._by_fingerprint)
 
-        Errors: `SignatureRefused` saying what is wrong: unsigned, malformed, an untrusted
-        key, a signature that does not match, or no usable `issued_at`.
+    def including(self, name: str, key: Ed25519PublicKey) -> TrustedKeys:
+        """These keys and `key` under `name` (a key already here keeps its own name)."""
+        keys = {name: key for name, key in self._by_fingerprint.values()}
+        if fingerprint(key) not in self._by_fingerprint:
+            while name in keys:
+                name += "'"
+            keys[name] = key
+        return TrustedKeys(keys)
+
+    def check_key(self, document: Mapping[str, Any]) -> None:
+        """The cheap part of `verify`: a well-formed signature by a key this worker knows.
+
+        Errors: `SignatureRefused`, as `verify`.
         """
         signature = document.get(SIGNATURE_FIELD)
         if signature is None:
             raise SignatureRefused("unsigned: this worker requires signed messages (security.require_signed_tasks)")
         if not isinstance(signature, dict) or not isinstance(signature.get("value"), str):
             raise SignatureRefused('malformed signature: expected {"key": FINGERPRINT, "value": BASE64}')
+        hint = signature.get("key")
+        if isinstance(hint, str) and hint not in self._by_fingerprint:
+            raise SignatureRefused(f"signed with a key this worker does not trust (fingerprint {hint[:64]})")
+
+    def verify(self, topic: str, document: Mapping[str, Any]) -> Verified:
+        """Check the signature of a message received on `topic`; its age is `check_age`'s business.
+
+        Errors: `SignatureRefused` saying what is wrong: unsigned, malformed, an untrusted
+        key, a signature that does not match, or no usable `issued_at`.
+        """
+        self.check_key(document)
+        signature = document[SIGNATURE_FIELD]
         try:
             value = base64.b64decode(signature["value"], validate=True)
         except (binascii.Error, ValueError):
             raise SignatureRefused("malformed signature: value is not base64") from None
         hint = signature.get("key")
-        candidates = list(self._by_fingerprint.values())
-        if isinstance(hint, str):
-            if hint not in self._by_fingerprint:
-                raise SignatureRefused(f"signed with a key this worker does not trust (fingerprint {hint[:64]})")
-            candidates = [self._by_fingerprint[hint]]
+        candidates = [self._by_fingerprint[hint]] if isinstance(hint, str) else list(self._by_fingerprint.values())
         from cryptography.exceptions import InvalidSignature
 
         message = signed_bytes(topic, document)
@@ -228,13 +250,17 @@ class TrustedKeys:
                 key.verify(value, message)
             except InvalidSignature:
                 continue
-            return Verified(name, _issued_at(document))
+            return Verified(name, issued_at(document))
         if isinstance(hint, str):
             raise SignatureRefused(f"bad signature: it does not match the message (key {candidates[0][0]!r})")
         raise SignatureRefused("bad signature: no trusted key made it")
 
 
-def _issued_at(document: Mapping[str, Any]) -> datetime:
+def issued_at(document: Mapping[str, Any]) -> datetime:
+    """The `issued_at` of a signed message.
+
+    Errors: `SignatureRefused` when it is missing or not an RFC 3339 time with a zone.
+    """
     text = document.get(ISSUED_AT_FIELD)
     if not isinstance(text, str):
         raise SignatureRefused(f"{ISSUED_AT_FIELD} is missing: a signed message must say when it was issued")

@@ -54,7 +54,9 @@ class StatusOutbox:
         self.journal = journal
         self._pending: dict[str, list[_Entry]] = {}
         self._last_sent: dict[str, tuple[State, float]] = {}
-        self._in_flight = 0
+        # Task ids of the statuses handed to the publisher and not yet `sent` or put back.
+        self._flying: list[str] = []
+        self._progress = trio.Event()
         self._changed = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
@@ -94,7 +96,7 @@ class StatusOutbox:
                     del queue[0]
                     if not queue:
                         del self._pending[task_id]
-                    self._in_flight += 1
+                    self._flying.append(task_id)
                     status = entry.build()
                     if self.journal is not None and status.state == State.RUNNING:
                         self.journal.status(status)
@@ -109,22 +111,31 @@ class StatusOutbox:
             self._last_sent.pop(status.task_id, None)
         else:
             self._last_sent[status.task_id] = (status.state, trio.current_time())
-        self._finish_one()
+        self._finish_one(status.task_id)
 
     def put_back(self, status: JobStatus) -> None:
         """A publish failed: send it again first, unless a newer one of its state arrived."""
         queue = self._pending.setdefault(status.task_id, [])
         if not queue or queue[0].state != status.state:
             queue.insert(0, _Entry(status.state, _snapshot(status)))
-        self._finish_one()
+        self._finish_one(status.task_id)
 
     @property
     def pending_count(self) -> int:
-        return sum(len(queue) for queue in self._pending.values()) + self._in_flight
+        return sum(len(queue) for queue in self._pending.values()) + len(self._flying)
 
     async def wait_idle(self) -> None:
         """Wait until every posted status has been published."""
         await self._idle.wait()
+
+    def holds(self, task_id: str) -> bool:
+        """Whether a status of `task_id` is waiting or being published."""
+        return task_id in self._pending or task_id in self._flying
+
+    async def wait_sent(self, task_id: str) -> None:
+        """Wait until every status posted for `task_id` so far has been published."""
+        while self.holds(task_id):
+            await self._progress.wait()
 
     def _due_time(self, task_id: str, state: State) -> float:
         previous = self._last_sent.get(task_id)
@@ -132,9 +143,11 @@ class StatusOutbox:
             return -math.inf
         return previous[1] + self.interval
 
-    def _finish_one(self) -> None:
-        self._in_flight -= 1
-        if not self._pending and not self._in_flight:
+    def _finish_one(self, task_id: str) -> None:
+        self._flying.remove(task_id)
+        self._progress.set()
+        self._progress = trio.Event()
+        if not self._pending and not self._flying:
             self._idle.set()
         else:
             self._changed.set()

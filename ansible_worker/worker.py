@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from ansible_worker.broker_session import BrokerSession
+from ansible_worker.claims import Claim
 from ansible_worker.config import Settings
 from ansible_worker.dispatcher import Dispatcher
 from ansible_worker.event_publisher import EventPublisher
+from ansible_worker.group_claims import ClaimFailed, GroupClaims
 from ansible_worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
 from ansible_worker.job import EVENT_FIFO_NAME, RUN_DIRECTORY_PREFIX, Job, JobRunner
 from ansible_worker.metrics import Snapshot, WorkerMetrics
@@ -28,14 +30,18 @@ if TYPE_CHECKING:
     # sqlite3 is loaded only by workers that keep a journal, cryptography only by workers
     # that check signatures.
     from ansible_worker.journal import Journal
-    from ansible_worker.signing import Verified
     from ansible_worker.task_gate import SignedTaskGate
 
 log = logging.getLogger(__name__)
 
 # Time left after the jobs' own kill grace for their statuses to reach the broker.
 SHUTDOWN_MARGIN = 5.0
+# Each step of a hand-back (its status, the release, the request) has this bound.
 HAND_BACK_TIMEOUT = 5.0
+# How long a handed-back job waits for another worker's claim before this one takes it back.
+HAND_BACK_ANSWER_TIMEOUT = 10.0
+# Longest lifetime a claim can be given (the MQTT message expiry's limit), for "for ever".
+LONGEST_CLAIM = 2**32 - 1
 OFFLINE_TIMEOUT = 2.0
 UNPUBLISHABLE = "internal error: its status could not be published"
 # Refusals waiting for their live answer; past this, a flood's answers are skipped (and logged).
@@ -43,6 +49,8 @@ MAX_PENDING_ANSWERS = 64
 # How long a refusal's live answer may wait for the broker before it is given up (and logged).
 ANSWER_TIMEOUT = 5.0
 PUBLISH_RETRY_PAUSE = 0.2
+# A cancel request is a reason and a name, signed at most: anything larger is not one.
+MAX_CANCEL_BYTES = 16 * 1024
 
 
 def link_options(settings: Settings) -> LinkOptions:
@@ -80,14 +88,14 @@ class Worker:
         self.outbox = StatusOutbox(interval=worker.status_interval, journal=self.journal)
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[InboundMessage](256)
         self._answers_send, self._answers_receive = trio.open_memory_channel[tuple[str, str]](MAX_PENDING_ANSWERS)
-        trusted = settings.security.trusted
+        security = settings.security
+        trusted = security.trusted
         subscriptions = [
             (self.tasks_subscription, 2),
             (self.topics.cancel_subscription, 1),
             (self.topics.workers_subscription, 1),
+            (self.topics.claims_subscription, 1),
         ]
-        if trusted is not None:
-            subscriptions.append((self.topics.claims_subscription, 1))
         self.session = BrokerSession(
             link_options(settings),
             subscriptions,
@@ -95,13 +103,26 @@ class Worker:
             will=lambda: self.presence.will(),
             on_connected=lambda: self.presence.connected(),
         )
+        claim_signing = security.claim_signing
+        # A task_id is the group's for as long as its status is kept; a signed job's claim
+        # also outlives every moment its signature could still be accepted.
+        lifetime: float | None = worker.status_retention or None
+        if claim_signing is not None:
+            lifetime = max(lifetime or LONGEST_CLAIM, security.max_task_age + 2 * security.max_clock_skew)
+        self.claims = GroupClaims(
+            self.session,
+            self.topics,
+            worker_id=worker.worker_id,
+            lifetime=lifetime,
+            release_lifetime=security.max_task_age + security.max_clock_skew,
+            signer=claim_signing[0] if claim_signing is not None else None,
+            trusted=claim_signing[1] if claim_signing is not None else None,
+        )
         self.gate: SignedTaskGate | None = None
         if trusted is not None:
             from ansible_worker.task_gate import SignedTaskGate
 
-            self.gate = SignedTaskGate(
-                settings.security, trusted, self.session, self.topics, worker_id=worker.worker_id
-            )
+            self.gate = SignedTaskGate(security, trusted, self.topics, released=self.claims.released)
         self.events = EventPublisher(self.session, qos=worker.events_qos) if worker.publish_events else None
         password = settings.mqtt.password
         self.metrics = WorkerMetrics()
@@ -134,9 +155,9 @@ class Worker:
         self._drain_wait = trio.CancelScope()
         self._hurry = False
         self._infrastructure: trio.Nursery | None = None
-        # One entry per signed job whose claim is in flight: the cancel request that arrived
-        # meanwhile, if any (bounded by the claims in flight).
-        self._cancels_in_flight: dict[str, CancelRequest | None] = {}
+        # One entry per job whose claim is in flight: the cancel request that arrived
+        # meanwhile, if any (bounded by the queue's size).
+        self._claims_in_flight: dict[str, CancelRequest | None] = {}
         # The state of every other worker of the group, from their presence messages.
         self.peers = PeerBook()
 
@@ -229,7 +250,8 @@ class Worker:
                 match read_task_message(entry.payload, max_bytes=self.settings.worker.max_message_bytes):
                     case Accepted(request):
                         log.info("task %s was queued before a restart: queueing it again", entry.task_id)
-                        self.dispatcher.submit(request, entry.payload)
+                        # Its claim is this worker's, unless the group gave it to another since.
+                        self._start_claim(request, entry.payload, from_journal=True)
                         continue
                 journal.settled(entry.task_id)
                 continue
@@ -270,60 +292,106 @@ class Worker:
         with trio.move_on_after(1):
             await self.session.unsubscribe(self.tasks_subscription)
         queued = self.dispatcher.stop_taking()
-        # One bound for them all: with the broker away, each would otherwise wait its own.
-        with trio.move_on_after(HAND_BACK_TIMEOUT):
-            while queued:
-                await self._hand_back(queued[0].request, queued[0].payload, job=queued[0])
-                queued.pop(0)
-        for job in queued:
-            self._cancel_unstarted(job.request, job)
-        self._drain_wait.deadline = trio.current_time() + worker.drain_timeout
-        with self._drain_wait:
-            await self.dispatcher.wait_idle()
-        if self.dispatcher.jobs:
-            reason = "a second signal" if self._hurry else f"the drain timeout ({worker.drain_timeout:g}s)"
-            log.info("cancelling %d running jobs after %s", len(self.dispatcher.jobs), reason)
-            self.dispatcher.cancel_running("cancelled: worker shutting down")
+        async with trio.open_nursery() as handing_back:
+            # All at once, each step bounded: with the broker away, one at a time would add up.
+            for job in queued:
+                handing_back.start_soon(self._hand_back, job.request, job.payload, job)
+            self._drain_wait.deadline = trio.current_time() + worker.drain_timeout
+            with self._drain_wait:
+                await self.dispatcher.wait_idle()
+            if self.dispatcher.jobs:
+                reason = "a second signal" if self._hurry else f"the drain timeout ({worker.drain_timeout:g}s)"
+                log.info("cancelling %d running jobs after %s", len(self.dispatcher.jobs), reason)
+                self.dispatcher.cancel_running("cancelled: worker shutting down")
         # The jobs end their process groups (SIGTERM, kill_grace, SIGKILL), then the slots stop.
         serving.deadline = trio.current_time() + worker.kill_grace + SHUTDOWN_MARGIN
 
-    async def _hand_back(
-        self, request: TaskRequest, payload: bytes, *, job: Job | None = None, claimed: bool = False
-    ) -> None:
-        """Give a job that did not start back to the group, or cancel it if nobody is there.
+    async def _hand_back(self, request: TaskRequest, payload: bytes, job: Job | None = None) -> None:
+        """Give a job this worker claimed but did not start back to the group, or end it here.
 
-        A queued job (`job`) of a worker that checks signatures was claimed by it, as is one
-        with `claimed`: the claim is released before the request goes back.
+        The job has one owner at every moment. It stays this worker's until its `queued`
+        status (saying who handed it back) has reached the broker through the outbox, so
+        that no status of the next worker can be overtaken by it; then the claim is released
+        and the request published again. If no other worker claims it within
+        `HAND_BACK_ANSWER_TIMEOUT`, this worker claims it back and cancels it with a reason.
+        With no fresh peer, it is cancelled at once.
+
+        Cancellation: the job is left to the journal (when there is one) as it stands.
         """
+        task_id = request.task_id
         online = self.peers.online()
-        if online and payload:
-            status = JobStatus(
-                task_id=request.task_id,
+        if not online or not payload:
+            self._cancel_unstarted(request, job)
+            return
+        self.outbox.post(
+            JobStatus(
+                task_id=task_id,
                 state=State.QUEUED,
                 created_at=job.created_at if job else utc_now(),
                 playbook=request.playbook,
                 handed_back_by=self.settings.worker.worker_id,
             )
+        )
+        with trio.move_on_after(HAND_BACK_TIMEOUT):
+            await self.outbox.wait_sent(task_id)
+        if self.outbox.holds(task_id):
+            log.warning("task %s: its hand-back status did not reach the broker; cancelling it here", task_id)
+            self._cancel_unstarted(request, job)
+            return
+        try:
+            with trio.fail_after(HAND_BACK_TIMEOUT):
+                await self.claims.release(task_id)
+        except ClaimFailed as exc:
+            log.warning("task %s: cannot hand it back (%s); cancelling it here", task_id, exc)
+            self._cancel_unstarted(request, job)
+            return
+        except (LinkError, trio.TooSlowError) as exc:
+            # The release may be out or not: who owns the job is settled by a claim below.
+            log.warning("task %s: its release was not confirmed (%s)", task_id, exc)
+        else:
             try:
                 with trio.fail_after(HAND_BACK_TIMEOUT):
-                    # This status goes first: the next worker's own statuses must follow it.
-                    topic = self.topics.status(request.task_id)
-                    await self.session.publish(topic, status.to_json(), qos=1, retain=True)
-                    if self.gate is not None and (job is not None or claimed):
-                        # Without a release the group would take the request for a replay.
-                        await self.gate.release(request.task_id)
                     await self.session.publish(self.topics.tasks, payload, qos=2)
             except (LinkError, trio.TooSlowError) as exc:
-                log.warning("task %s: could not hand it back (%s); cancelling it", request.task_id, exc)
-            else:
-                log.info("task %s handed back to the group (online: %s)", request.task_id, ", ".join(online))
-                if self.journal is not None:
-                    self.journal.settled(request.task_id)
+                # It may still arrive: the next worker's claim, or ours below, decides.
+                log.warning("task %s: its request was not confirmed by the broker (%s)", task_id, exc)
+        taken: Claim | None = None
+        with trio.move_on_after(HAND_BACK_ANSWER_TIMEOUT):
+            taken = await self.claims.wait_taken(task_id)
+        if taken is None:
+            try:
+                ours = await self.claims.claim(task_id)
+            except ClaimFailed as exc:
+                log.error(
+                    "task %s: handed back, but neither taken by another worker nor back here (%s);"
+                    " the journal keeps it for this worker's next start",
+                    task_id,
+                    exc,
+                )
                 return
-        self._cancel_unstarted(request, job)
+            if ours:
+                self._cancel_unstarted(
+                    request,
+                    job,
+                    f"cancelled: handed back by {self.settings.worker.worker_id} while it shut down, but no other"
+                    f" worker took it within {HAND_BACK_ANSWER_TIMEOUT:g}s",
+                )
+                return
+            taken = self.claims.holder(task_id)
+        log.info(
+            "task %s handed back to the group: worker %s took it",
+            task_id,
+            taken.worker_id if taken is not None else "(unknown)",
+        )
+        if self.journal is not None:
+            self.journal.settled(task_id)
 
-    def _cancel_unstarted(self, request: TaskRequest, job: Job | None) -> None:
-        description = "cancelled: the worker shut down before the job started"
+    def _cancel_unstarted(
+        self,
+        request: TaskRequest,
+        job: Job | None,
+        description: str = "cancelled: the worker shut down before the job started",
+    ) -> None:
         if job is None:
             now = utc_now()
             refused = JobStatus(
@@ -360,8 +428,7 @@ class Worker:
             return
         task_id = self.topics.task_id_of_claim(message.topic)
         if task_id is not None:
-            if self.gate is not None:
-                self.gate.hear(task_id, message)
+            self.claims.hear(task_id, message)
             return
         if message.topic.startswith(self.topics.worker("")):
             self._take_presence(message)
@@ -375,51 +442,64 @@ class Worker:
 
     def _take_cancel(self, task_id: str, message: InboundMessage) -> None:
         verify = self.gate.cancel_verifier(task_id) if self.gate is not None else None
-        request = read_cancel_message(message.payload, verify=verify)
+        request = read_cancel_message(message.payload, max_bytes=MAX_CANCEL_BYTES, verify=verify)
         if not isinstance(request, CancelRequest):
             log.warning("task %s: ignoring a cancel request: %s", task_id, request.reason)
             return
         if self.dispatcher.cancel(task_id, request.describe(), requested_by=request.requested_by):
             return
-        if task_id in self._cancels_in_flight:
+        if task_id in self._claims_in_flight:
             # Its claim is on the way: the cancel applies as soon as the job is queued.
-            self._cancels_in_flight[task_id] = request
+            self._claims_in_flight[task_id] = request
             return
         log.debug("task %s: not held here; ignoring its cancel request", task_id)
 
     def _take_task(self, message: InboundMessage) -> None:
-        gate = self.gate
-        verify = gate.verify_task if gate is not None else None
+        verify = self.gate.verify_task if self.gate is not None else None
         payload = message.payload
         match read_task_message(payload, max_bytes=self.settings.worker.max_message_bytes, verify=verify):
             case Accepted(job) if job.task_id in self.dispatcher.jobs:
                 self.dispatcher.submit(job, payload)  # logs and ignores the duplicate
             case Accepted(job) if (refusal := self.runner.admission_error(job)) is not None:
                 self._refuse(job.task_id, refusal)
-            case Accepted(job) if self.dispatcher.full and not self._shutdown.is_set():
+            case Accepted(job, signed) if (holder := self.claims.holder(job.task_id)) is not None:
+                what = f"a replay signed by {signed.signer}" if signed is not None else "a duplicate"
+                log.warning(
+                    "task %s: refused %s: the group already took this task_id (worker %s);"
+                    " the original job's status is left alone",
+                    job.task_id,
+                    what,
+                    holder.worker_id,
+                )
+            case Accepted(job) if job.task_id in self._claims_in_flight:
+                log.warning("task %s: this worker is claiming it already; ignoring the copy", job.task_id)
+            case Accepted(job) if self._queue_full and not self._shutdown.is_set():
                 self._refuse(job.task_id, f"queue full (max {self.dispatcher.capacity})")
-            case Accepted(job, signed) if gate is not None and signed is not None:
-                self._admit_signed(gate, job, payload, signed)
-            case Accepted(job) if self._shutdown.is_set() and self._infrastructure is not None:
-                # Arrived while draining, just before the unsubscription took effect.
-                self._infrastructure.start_soon(self._hand_back, job, payload)
-            case Accepted(job):
-                self.dispatcher.submit(job, payload)
+            case Accepted(job) if len(self._claims_in_flight) >= self.dispatcher.capacity:
+                # Shutting down: the claims waiting to be handed back are bounded as well.
+                self._refuse(job.task_id, "the worker is shutting down")
+            case Accepted(job, signed):
+                self._start_claim(job, payload, signer=signed.signer if signed is not None else None)
             case Rejected(task_id, reason):
                 self._refuse(task_id, reason)
             case Dropped(reason):
                 self.metrics.messages_refused += 1
                 log.warning("dropped a task message (%d bytes) with no usable task_id: %s", len(payload), reason)
 
+    @property
+    def _queue_full(self) -> bool:
+        # The claims in flight will take room in the queue too.
+        return self.dispatcher.queued_count + len(self._claims_in_flight) >= self.dispatcher.capacity
+
     def _refuse(self, task_id: str, reason: str) -> None:
         """Answer a message that cannot run with `failed`, without harming a job the group holds.
 
         The answer is live only (not retained), and there is none for a task_id this worker
-        or, with signatures, the group holds: a message that never became a job here must
+        or the group holds: a message that never became a job here must
         not replace the status the broker keeps for a job that ran anywhere in the group.
         """
         self.metrics.messages_refused += 1
-        holder = self.gate.book.holder(task_id, now=trio.current_time()) if self.gate is not None else None
+        holder = self.claims.holder(task_id)
         if holder is not None or task_id in self.dispatcher.jobs:
             who = holder.worker_id if holder is not None else self.settings.worker.worker_id
             log.warning(
@@ -450,65 +530,56 @@ class Worker:
         except (LinkError, trio.TooSlowError) as exc:
             log.warning("task %s: could not send its refusal: %s", task_id, exc)
 
-    def _admit_signed(self, gate: SignedTaskGate, job: TaskRequest, payload: bytes, signed: Verified) -> None:
-        """Queue a signed job once the group agrees it is this worker's; refuse replays and expired jobs."""
-        from ansible_worker.signing import SignatureRefused
-
-        replay = gate.replay_reason(job.task_id)
-        if replay is not None:
-            log.warning(
-                "task %s: refused a replay signed by %s: %s; the original job's status is left alone",
-                job.task_id,
-                signed.signer,
-                replay,
-            )
-            return
-        try:
-            gate.check_age(job.task_id, signed)
-        except SignatureRefused as exc:
-            self._refuse(job.task_id, str(exc))
-            return
+    def _start_claim(
+        self, job: TaskRequest, payload: bytes, *, signer: str | None = None, from_journal: bool = False
+    ) -> None:
+        # Bounded: a claim in flight counts against the queue's size (see `_take_task`).
         assert self._infrastructure is not None
-        if self._shutdown.is_set():
-            # Not claimed yet: the next worker checks and claims it afresh.
-            self._infrastructure.start_soon(self._hand_back, job, payload)
-            return
-        if job.task_id in self._cancels_in_flight:
-            log.warning("task %s: this worker is claiming it already; ignoring the copy", job.task_id)
-            return
-        self._cancels_in_flight[job.task_id] = None
-        self._infrastructure.start_soon(self._claim_then_submit, gate, job, payload, signed)
+        self._claims_in_flight[job.task_id] = None
+        self._infrastructure.start_soon(self._claim_then_submit, job, payload, signer, from_journal)
 
     async def _claim_then_submit(
-        self, gate: SignedTaskGate, job: TaskRequest, payload: bytes, signed: Verified
+        self, job: TaskRequest, payload: bytes, signer: str | None, from_journal: bool
     ) -> None:
-        from ansible_worker.task_gate import ClaimFailed
+        """Queue a job once the group agrees it is this worker's; a job another worker took is left to it.
 
+        A job from the journal is claimed until the broker answers (its claim is this
+        worker's, from before the restart, unless the group gave the job to another since).
+        """
         try:
-            won = await gate.claim(job.task_id, signed)
-        except ClaimFailed as exc:
-            # Live only: without a confirmed claim this worker does not hold the job, and
-            # another worker of the group may (its retained status is not ours to replace).
-            self._cancels_in_flight.pop(job.task_id, None)
-            await self._answer_refusal(job.task_id, f"could not claim the job for this worker: {exc}")
-            return
-        except BaseException:
-            self._cancels_in_flight.pop(job.task_id, None)
-            raise
-        cancel = self._cancels_in_flight.pop(job.task_id, None)
+            while True:
+                try:
+                    won = await self.claims.claim(job.task_id)
+                    break
+                except ClaimFailed as exc:
+                    if not from_journal:
+                        reason = f"could not claim the job for this worker: {exc}"
+                        log.error("task %s: %s", job.task_id, reason)
+                        # Live only: without a confirmed claim this worker does not hold the
+                        # job, and another worker of the group may (its status is not ours).
+                        await self._answer_refusal(job.task_id, reason)
+                        return
+                    log.warning("task %s: could not claim it yet (%s); trying again", job.task_id, exc)
+                    await self.session.wait_connected()
+        finally:
+            cancel = self._claims_in_flight.pop(job.task_id, None)
         if not won:
-            holder = gate.book.holder(job.task_id, now=trio.current_time())
+            holder = self.claims.holder(job.task_id)
             log.warning(
-                "task %s: refused a replay signed by %s: worker %s claimed it first; the original job's status"
-                " is left alone",
+                "task %s: refused %s: worker %s claimed it first; the original job's status is left alone",
                 job.task_id,
-                signed.signer,
+                f"a replay signed by {signer}" if signer is not None else "a copy",
                 holder.worker_id if holder is not None else "(unknown)",
             )
+            if from_journal and self.journal is not None:
+                self.journal.settled(job.task_id)
             return
-        log.info("task %s: signed by %s, claimed for this worker", job.task_id, signed.signer)
+        if signer is not None:
+            log.info("task %s: signed by %s, claimed for this worker", job.task_id, signer)
+        else:
+            log.info("task %s: claimed for this worker", job.task_id)
         if self._shutdown.is_set() and cancel is None:
-            await self._hand_back(job, payload, claimed=True)
+            await self._hand_back(job, payload)
             return
         # (Shutting down, a cancelled job is not handed back: it ends here, `cancelled`.)
         self.dispatcher.submit(job, payload)

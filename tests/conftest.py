@@ -243,17 +243,21 @@ async def client_for(broker: Broker, group: str, *, signer: Signer | None = None
 
 @pytest.fixture
 def keys(tmp_path: Path) -> Path:
-    """A directory with two key pairs: alice.key/.pub, whom workers trust, and mallory.key/.pub."""
+    """Key pairs: alice, whom workers trust, mallory, whom they do not, and the workers' own."""
     directory = tmp_path / "keys"
     directory.mkdir()
-    for name in ("alice", "mallory"):
+    for name in ("alice", "mallory", "worker"):
         generate_key_pair(directory / f"{name}.key", directory / f"{name}.pub")
     return directory
 
 
 def require_signatures(keys: Path) -> dict[str, Any]:
-    """The `security` settings of a worker that trusts alice's key only."""
-    return {"require_signed_tasks": True, "trusted_keys": {"alice": keys / "alice.pub"}}
+    """The `security` settings of a worker that trusts alice's key only, and signs its claims with its own."""
+    return {
+        "require_signed_tasks": True,
+        "trusted_keys": {"alice": keys / "alice.pub"},
+        "worker_key": keys / "worker.key",
+    }
 
 
 async def wait_online(client: Client, worker_id: str) -> None:

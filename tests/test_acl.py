@@ -93,7 +93,10 @@ def secure_broker(tmp_path: Path) -> Iterator[SecureBroker]:
         flags = ["-b"] if passwords.exists() else ["-c", "-b"]
         subprocess.run(["mosquitto_passwd", *flags, str(passwords), user, password], check=True)
     # A test-only account that may read everything and write nothing, to see all traffic.
-    (directory / "acl").write_text((DEPLOY / "acl").read_text() + "\nuser observer\ntopic read ansible/#\n")
+    # The observer reads everything and may claim jobs, but write nothing else: a worker
+    # with its account takes a job and is refused every status.
+    observer = "\nuser observer\ntopic read ansible/#\ntopic readwrite ansible/+/tasks/+/claim\n"
+    (directory / "acl").write_text((DEPLOY / "acl").read_text() + observer)
     broker = Broker(directory, render=lambda port: production_config(port, directory, pki))
     broker.start()
     try:
@@ -173,7 +176,11 @@ async def test_signed_production_run_keeps_every_secret(
                     "ansible_playbook_path": ANSIBLE_PLAYBOOK,
                     "environment": {"DEPLOY_TOKEN": "${DEPLOY_TOKEN}"},
                 },
-                "security": {"require_signed_tasks": True, "trusted_keys": {"alice": str(keys / "alice.pub")}},
+                "security": {
+                    "require_signed_tasks": True,
+                    "trusted_keys": {"alice": str(keys / "alice.pub")},
+                    "worker_key": str(keys / "worker.key"),
+                },
                 "log_level": "DEBUG",
             }
         )
@@ -238,7 +245,7 @@ async def test_signed_production_run_keeps_every_secret(
 async def test_a_status_the_acl_refuses_is_reported_not_believed_sent(
     secure_broker: SecureBroker, playbook_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A worker given an account that may read the group's topics but write none of them.
+    # A worker given an account that may read the group's topics and claim, but write no status.
     settings = make_settings(
         secure_broker.broker.port, playbook_dir, GROUP, mqtt=secure_broker.mqtt_settings("observer")
     )

@@ -53,8 +53,11 @@ def shipped_settings(tmp_path: Path) -> Any:
     from ansible_worker.signing import generate_key_pair
 
     generate_key_pair(tmp_path / "ci.key", key)
+    worker_key = tmp_path / "worker.key"
+    generate_key_pair(worker_key, tmp_path / "worker.pub")
     ca = tmp_path / "ca.crt"
     ca.write_text("a CA bundle\n")
+    text = text.replace("/etc/ansible-worker/worker-key/worker.key", str(worker_key))
     text = text.replace("/etc/ansible-worker/keys/ci.pub", str(key)).replace("/etc/ansible-worker/tls/ca.crt", str(ca))
     config = tmp_path / "config.yaml"
     config.write_text(text)
@@ -94,6 +97,9 @@ def test_deployment_fits_the_shipped_config(tmp_path: Path) -> None:
     assert settings.mqtt.password.get_secret_value() == "from-the-secret"
     assert settings.worker.worker_id == "ansible-worker-7d9-x2x9z"
     assert settings.security.require_signed_tasks
+    # The worker key is a Secret, mounted where the config looks for it.
+    assert settings.security.worker_key is not None
+    assert volumes[mounts["/etc/ansible-worker/worker-key"]]["secret"]["secretName"] == "ansible-worker-key"
 
 
 def test_disruption_budget_keeps_a_worker(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from ansible_worker.config import Settings
-from ansible_worker.signing import Signer, Verified
+from ansible_worker.signing import Signer
 from ansible_worker.topics import Topics
 from ansible_worker.worker import Worker
 from tests.conftest import (
@@ -156,7 +156,6 @@ async def test_claims_made_at_the_same_moment_have_one_winner(
     broker: Broker, playbook_dir: Path, group: str, keys: Path
 ) -> None:
     """The race a replay could exploit, made certain: two workers claim one task_id together."""
-    issued = Verified("alice", datetime.now(UTC))
     results: dict[str, bool] = {}
     async with (
         running_worker(signed_settings(broker, playbook_dir, group, keys, worker_id="a")) as a,
@@ -164,18 +163,14 @@ async def test_claims_made_at_the_same_moment_have_one_winner(
     ):
 
         async def claim(worker: Worker) -> None:
-            assert worker.gate is not None
-            results[worker.settings.worker.worker_id] = await worker.gate.claim("race", issued)
+            results[worker.settings.worker.worker_id] = await worker.claims.claim("race")
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(claim, a)
             nursery.start_soon(claim, b)
-        assert a.gate is not None
-        assert b.gate is not None
-        now = trio.current_time()
         holders = {
             (holder.worker_id, holder.claim_id)
-            for holder in (a.gate.book.holder("race", now=now), b.gate.book.holder("race", now=now))
+            for holder in (a.claims.holder("race"), b.claims.holder("race"))
             if holder is not None
         }
     assert sorted(results.values()) == [False, True]
@@ -212,22 +207,21 @@ async def test_a_cancel_that_arrives_while_the_claim_is_in_flight_is_kept(
     settings = signed_settings(broker, playbook_dir, group, keys)
     async with open_controller(broker, group) as controller, running_worker(settings) as worker:
         # The claim's round trip is a millisecond: hold it, so the cancel surely comes during it.
-        assert worker.gate is not None
-        claim, claiming, go_on = worker.gate.claim, trio.Event(), trio.Event()
+        claim, claiming, go_on = worker.claims.claim, trio.Event(), trio.Event()
 
-        async def held_claim(task_id: str, signed: Verified) -> bool:
+        async def held_claim(task_id: str, *, lifetime: float | None = None) -> bool:
             claiming.set()
             await go_on.wait()
-            return await claim(task_id, signed)
+            return await claim(task_id, lifetime=lifetime)
 
-        worker.gate.claim = held_claim  # type: ignore[method-assign]
+        worker.claims.claim = held_claim  # type: ignore[method-assign]
         await controller.submit(alice.sign(topics.tasks, {"task_id": "c-early", **SLEEP}))
         with trio.fail_after(10):
             await claiming.wait()
         cancel = alice.sign(topics.cancel("c-early"), {"reason": "too early", "requested_by": "alice"})
         await controller.link.publish(topics.cancel("c-early"), json.dumps(cancel).encode(), qos=1)
         with trio.fail_after(10):
-            while worker._cancels_in_flight.get("c-early") is None:  # noqa: ASYNC110 - the worker's own state, bounded
+            while worker._claims_in_flight.get("c-early") is None:  # noqa: ASYNC110 - the worker's own state, bounded
                 await trio.sleep(0.01)
         go_on.set()
         final = await controller.wait_terminal("c-early", within=30)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ansible_worker.claims import ClaimBook, claim_payload
+from ansible_worker.claims import Claim, ClaimBook, ClaimState, claim_document, read_claim
 from ansible_worker.config import ConfigError, load_settings
 from ansible_worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
 from ansible_worker.playbook_command import child_environment
@@ -128,36 +128,87 @@ def test_intake_rejects_before_reading_fields_and_keeps_the_signer(keys: dict[st
     assert read_task_message(unsigned, max_bytes=4096, verify=check) == Rejected(
         "x", "unsigned: this worker requires signed messages (security.require_signed_tasks)"
     )
-    assert isinstance(read_cancel_message(b"", verify=check), Dropped)
-    assert isinstance(read_cancel_message(b'{"reason": "r"}', verify=check), Dropped)
+    assert isinstance(read_cancel_message(b"", max_bytes=4096, verify=check), Dropped)
+    assert isinstance(read_cancel_message(b'{"reason": "r"}', max_bytes=4096, verify=check), Dropped)
+
+
+def claim(
+    worker: str, claim_id: str, state: ClaimState = "claimed", *, expires: float = 100, releases: str | None = None
+) -> Claim:
+    if state == "released" and releases is None:
+        releases = "c1"
+    return Claim(worker, claim_id, state, expires, releases)
 
 
 def test_claims_first_heard_wins_until_released_or_expired() -> None:
-    book = ClaimBook(default_lifetime=300)
-    book.hear("t", claim_payload("a", "c1", "claimed"), now=0, expiry=100)
-    book.hear("t", claim_payload("b", "c2", "claimed"), now=1, expiry=100)
+    book = ClaimBook()
+    assert book.record("t", claim("a", "c1"), now=0)
+    assert not book.record("t", claim("b", "c2"), now=1)
     holder = book.holder("t", now=2)
     assert holder is not None
     assert (holder.worker_id, holder.claim_id) == ("a", "c1")
     # The same claim heard again (retained, after a reconnect) keeps it.
-    book.hear("t", claim_payload("a", "c1", "claimed"), now=3, expiry=100)
-    assert book.holder("t", now=4) == book.holder("t", now=4)
-    book.hear("t", claim_payload("a", "c3", "released"), now=5, expiry=100)
+    assert book.record("t", claim("a", "c1"), now=3)
+    # A release counts only when it names the holder's claim.
+    assert not book.record("t", claim("b", "r0", "released", releases="c2"), now=4)
+    assert book.holder("t", now=4) == holder
+    assert book.record("t", claim("a", "r1", "released", releases="c1"), now=5)
     assert book.holder("t", now=6) is None
     assert book.released("t", now=6)
-    book.hear("t", claim_payload("b", "c4", "claimed"), now=7, expiry=50)
+    # A released claim never holds again, replayed or not.
+    assert not book.record("t", claim("a", "c1"), now=6.5)
+    assert book.record("t", claim("b", "c4", expires=50), now=7)
     claimed = book.holder("t", now=8)
     assert claimed is not None
     assert claimed.worker_id == "b"
     assert book.holder("t", now=58) is None
-    assert book.hear("u", b"not json", now=60, expiry=None) is None
-    assert book.hear("u", b'{"state": "stolen", "worker_id": "x", "claim": "y"}', now=60, expiry=None) is None
-    book.hear("v", claim_payload("a", "c5", "claimed"), now=60, expiry=None)
-    assert book.holder("v", now=359) is not None
-    assert book.holder("v", now=361) is None
-    book.hear("w", claim_payload("a", "c6", "claimed"), now=400, expiry=10)
-    book.hear("w", b"", now=401, expiry=None)
-    assert book.holder("w", now=402) is None
+
+
+def test_a_release_for_a_claim_never_heard_counts_until_it_expires() -> None:
+    book = ClaimBook()
+    assert book.record("t", claim("a", "r1", "released", releases="c1", expires=10), now=0)
+    assert book.released("t", now=5)
+    assert not book.record("t", claim("a", "c1"), now=6)
+    assert not book.released("t", now=11)
+
+
+def test_claim_messages_that_are_not_claims_count_for_nothing() -> None:
+    wall = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def read(payload: bytes, *, verify: Any = None, expiry: int | None = None) -> Claim | None:
+        return read_claim(payload, now=1000, wall_now=wall, verify=verify, expiry=expiry, default_lifetime=300)
+
+    def document(**fields: Any) -> bytes:
+        return json.dumps(fields).encode()
+
+    assert read(b"") is None
+    assert read(b"not json") is None
+    assert read(document(state="stolen", worker_id="x", claim="y")) is None
+    assert read(document(state="released", worker_id="x", claim="y")) is None  # names no claim
+    assert read(b" " * 5000 + document(state="claimed", worker_id="x", claim="y")) is None
+    plain = read(document(state="claimed", worker_id="x", claim="y"))
+    assert plain is not None
+    assert plain.expires == 1300
+    from_expiry = read(document(state="claimed", worker_id="x", claim="y"), expiry=30)
+    assert from_expiry is not None
+    assert from_expiry.expires == 1030
+    signed_until = claim_document("x", "y", "claimed", expires_at=wall + timedelta(seconds=60))
+    dated = read(json.dumps(signed_until).encode())
+    assert dated is not None
+    assert dated.expires == 1060
+    past = claim_document("x", "y", "claimed", expires_at=wall - timedelta(seconds=1))
+    assert read(json.dumps(past).encode()) is None
+
+    def refuse(document: Any) -> None:
+        raise SignatureRefused("bad signature")
+
+    def accept(document: Any) -> None:
+        return None
+
+    # With signatures, a claim must say until when it holds, inside what is signed.
+    assert read(document(state="claimed", worker_id="x", claim="y"), verify=accept, expiry=30) is None
+    assert read(json.dumps(signed_until).encode(), verify=refuse) is None
+    assert read(json.dumps(signed_until).encode(), verify=accept) is not None
 
 
 def test_key_files_that_are_not_ed25519_are_named(tmp_path: Path, keys: dict[str, Path]) -> None:
@@ -197,6 +248,26 @@ def test_security_config_mistakes_name_the_key(tmp_path: Path, keys: dict[str, P
             {"require_signed_tasks": True, "trusted_keys": {"alice": str(keys["alice"].with_suffix(".key"))}},
             "security: trusted_keys: ",
         ),
+        (
+            {"require_signed_tasks": True, "trusted_keys": {"alice": str(keys["alice"].with_suffix(".pub"))}},
+            "security: require_signed_tasks is true, but worker_key is not set: a worker signs its claims",
+        ),
+        (
+            {
+                "require_signed_tasks": True,
+                "trusted_keys": {"alice": str(keys["alice"].with_suffix(".pub"))},
+                "worker_key": str(keys["alice"].with_suffix(".key")),
+            },
+            "security: worker_key is also one of trusted_keys: a worker key must not be able to sign jobs",
+        ),
+        (
+            {
+                "require_signed_tasks": True,
+                "trusted_keys": {"alice": str(keys["alice"].with_suffix(".pub"))},
+                "worker_key": str(keys["mallory"].with_suffix(".pub")),
+            },
+            "security: worker_key: ",
+        ),
         ({"max_task_age": 0}, "security.max_task_age: Input should be greater than 0 (got 0)"),
         ({"trusted_keys": {"bad name": "x"}}, "security.trusted_keys.bad name.[key]: String should match pattern"),
     ]
@@ -210,7 +281,11 @@ def test_security_config_mistakes_name_the_key(tmp_path: Path, keys: dict[str, P
 
 
 def test_validate_summarises_without_secrets(tmp_path: Path, keys: dict[str, Path]) -> None:
-    security = {"require_signed_tasks": True, "trusted_keys": {"alice": str(keys["alice"].with_suffix(".pub"))}}
+    security = {
+        "require_signed_tasks": True,
+        "trusted_keys": {"alice": str(keys["alice"].with_suffix(".pub"))},
+        "worker_key": str(keys["mallory"].with_suffix(".key")),
+    }
     config = write_config(tmp_path / "c.json", tmp_path, security, environment={"DEPLOY_TOKEN": "tok-s3cret-42"})
     result = subprocess.run(
         [sys.executable, "-m", "ansible_worker", "validate", "-c", str(config)],
@@ -246,14 +321,46 @@ def test_children_do_not_inherit_the_workers_secrets() -> None:
 
 
 def test_the_claim_book_is_bounded_and_forgets_the_oldest_first() -> None:
-    book = ClaimBook(default_lifetime=300, max_claims=100)
+    book = ClaimBook(max_claims=100)
     for index in range(250):
-        book.hear(f"t{index}", claim_payload("flood", f"c{index}", "claimed"), now=index / 1000, expiry=300)
+        book.record(f"t{index}", claim("flood", f"c{index}", expires=300), now=index / 1000)
     assert len(book) == 100
     assert book.holder("t249", now=1) is not None
     assert book.holder("t149", now=1) is None
     assert book.holder("t150", now=1) is not None
     # A task already in the book keeps its entry when full: a release still lands.
-    book.hear("t200", claim_payload("flood", "r", "released"), now=1, expiry=300)
+    book.record("t200", claim("flood", "r", "released", releases="c200", expires=300), now=1)
     assert book.released("t200", now=1)
     assert len(book) == 100
+
+
+def test_the_cheap_checks_come_before_the_signature_is_computed(keys: dict[str, Path]) -> None:
+    """A flood of stale or foreign messages costs no canonical JSON: that is refused first."""
+    from ansible_worker.config import SecuritySettings
+    from ansible_worker.task_gate import SignedTaskGate
+    from ansible_worker.topics import Topics
+
+    trusted = TrustedKeys.from_files({"alice": keys["alice"].with_suffix(".pub")})
+    alice = Signer.from_file(keys["alice"].with_suffix(".key"))
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    expired = alice.sign(TASKS, JOB, now=long_ago)
+    # An integer beyond 2**53 has no canonical form: reaching it would say so.
+    expired["extra_vars"] = {"big": 2**60}
+    foreign = {**expired, "signature": {"key": "ff" * 16, "value": "AAAA"}}
+
+    def reason(released: bool, document: dict[str, Any]) -> str:
+        gate = SignedTaskGate(SecuritySettings(), trusted, Topics("ansible", "web"), released=lambda _: released)
+        with pytest.raises(SignatureRefused) as refused:
+            gate.verify_task(document)
+        return str(refused.value)
+
+    assert reason(False, expired).startswith("expired: issued 3600s ago")
+    assert reason(False, foreign).startswith("signed with a key this worker does not trust")
+    # Handed back by the group, it skips the age check; only then is the signature computed.
+    assert reason(True, expired).startswith("the message has no canonical JSON form")
+
+
+def test_a_cancel_request_is_bounded_before_it_is_read() -> None:
+    huge = json.dumps({"reason": "x" * 20_000}).encode()
+    assert read_cancel_message(huge, max_bytes=16_384) == Dropped(f"message too large ({len(huge)} bytes, max 16384)")
+    assert read_cancel_message(b'{"reason": "fine"}', max_bytes=16_384) != Dropped("")

@@ -1,0 +1,182 @@
+"""This worker's side of the group's claims: claim a task_id, release it, and learn who took it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import trio
+
+from ansible_worker.broker_session import BrokerSession
+from ansible_worker.claims import Claim, ClaimBook, ClaimState, claim_document, new_claim_id, read_claim
+from ansible_worker.mqtt_link import InboundMessage, LinkError, PublishRefused
+from ansible_worker.topics import Topics
+
+if TYPE_CHECKING:
+    # cryptography is loaded only by workers that check signatures.
+    from ansible_worker.signing import Signer, TrustedKeys
+
+__all__ = ["CLAIM_TIMEOUT", "ClaimFailed", "GroupClaims"]
+
+CLAIM_TIMEOUT = 10.0
+# How long a loser's copy of the winner's claim may take; it only restores what is retained.
+RESTORE_TIMEOUT = 5.0
+
+log = logging.getLogger(__name__)
+
+
+class ClaimFailed(Exception):
+    """The broker did not confirm this worker's claim in time; the job cannot safely run."""
+
+
+class GroupClaims:
+    """Claims made and heard by one worker, over its broker session.
+
+    `lifetime` is how long a claim holds a task_id (None: until the broker forgets it);
+    `release_lifetime` how long a release lets another worker take a handed-back job.
+    With `signer`, claims and releases are signed, and only those that `trusted` verifies
+    count.
+    """
+
+    def __init__(
+        self,
+        session: BrokerSession,
+        topics: Topics,
+        *,
+        worker_id: str,
+        lifetime: float | None,
+        release_lifetime: float,
+        signer: Signer | None = None,
+        trusted: TrustedKeys | None = None,
+    ) -> None:
+        self.session = session
+        self.topics = topics
+        self.worker_id = worker_id
+        self.lifetime = lifetime
+        self.release_lifetime = release_lifetime
+        self._signer = signer
+        self._trusted = trusted
+        self.book = ClaimBook()
+        self._claiming: set[str] = set()
+        self._heard = trio.Event()
+
+    def hear(self, task_id: str, message: InboundMessage) -> None:
+        """Record a message from a claim topic, and wake whoever waits on claims."""
+        verify = None
+        if self._trusted is not None:
+            trusted, topic = self._trusted, self.topics.claim(task_id)
+
+            def verify(document: object) -> object:
+                assert isinstance(document, dict)
+                return trusted.verify(topic, document)
+
+        claim = read_claim(
+            message.payload,
+            now=trio.current_time(),
+            wall_now=datetime.now(UTC),
+            verify=verify,
+            expiry=message.expiry,
+            default_lifetime=self.lifetime,
+        )
+        if claim is None:
+            if message.payload:
+                log.debug("task %s: ignoring a message on its claim topic that is not a valid claim", task_id)
+            return
+        self.book.record(task_id, claim, now=trio.current_time())
+        self._heard.set()
+        self._heard = trio.Event()
+
+    def holder(self, task_id: str) -> Claim | None:
+        return self.book.holder(task_id, now=trio.current_time())
+
+    def released(self, task_id: str) -> bool:
+        return self.book.released(task_id, now=trio.current_time())
+
+    async def claim(self, task_id: str, *, lifetime: float | None = None) -> bool:
+        """Claim `task_id` for this worker; True if the group's first claim is this worker's.
+
+        A claim this worker already holds (made before a restart) counts as won. A loser
+        publishes the winner's claim again, since its own replaced the retained one.
+
+        Errors: `ClaimFailed` when the broker does not confirm within `CLAIM_TIMEOUT`.
+        Cancellation: the claim may still reach the broker; the caller does not hold it.
+        """
+        held = self.holder(task_id)
+        if held is not None:
+            return held.worker_id == self.worker_id
+        if task_id in self._claiming:
+            # One claim per task at a time: the one in flight decides.
+            return False
+        claim_id = new_claim_id()
+        lifetime = self.lifetime if lifetime is None else lifetime
+        self._claiming.add(task_id)
+        try:
+            with trio.move_on_after(CLAIM_TIMEOUT) as bound:
+                await self._publish(task_id, claim_id, "claimed", lifetime=lifetime)
+                # Our own claim comes back through our subscription, in the broker's order.
+                while not self._decided(task_id, claim_id):
+                    await self._heard.wait()
+        except PublishRefused as exc:
+            raise ClaimFailed(f"{exc} (check the broker's ACL for this worker)") from exc
+        except LinkError as exc:
+            raise ClaimFailed(f"the broker link failed: {exc}") from exc
+        finally:
+            self._claiming.discard(task_id)
+        if bound.cancelled_caught:
+            raise ClaimFailed(f"the broker did not confirm the claim within {CLAIM_TIMEOUT:g}s")
+        holder = self.holder(task_id)
+        assert holder is not None
+        # This worker's claim holds it, or one it made before a restart (heard late).
+        if holder.worker_id == self.worker_id:
+            return True
+        await self._restore(task_id, holder)
+        return False
+
+    def _decided(self, task_id: str, claim_id: str) -> bool:
+        # Some claim holds the task: ours if it counted, or one the broker delivered first.
+        return self.holder(task_id) is not None
+
+    async def _restore(self, task_id: str, winner: Claim) -> None:
+        remaining = winner.expires - trio.current_time()
+        expiry = None if math.isinf(remaining) else max(1, math.ceil(remaining))
+        with trio.move_on_after(RESTORE_TIMEOUT):
+            try:
+                await self.session.publish(self.topics.claim(task_id), winner.raw, qos=1, retain=True, expiry=expiry)
+            except LinkError as exc:
+                log.warning("task %s: could not restore worker %s's retained claim: %s", task_id, winner.worker_id, exc)
+
+    async def release(self, task_id: str) -> None:
+        """Tell the group this worker gives `task_id` back, so that another worker may claim it.
+
+        Errors: `LinkError` if the link drops first (the release may or may not be out);
+        `ClaimFailed` if this worker holds no claim on the task.
+        """
+        held = self.holder(task_id)
+        if held is None or held.worker_id != self.worker_id:
+            raise ClaimFailed("this worker holds no claim on it")
+        await self._publish(task_id, new_claim_id(), "released", lifetime=self.release_lifetime, releases=held.claim_id)
+
+    async def wait_taken(self, task_id: str) -> Claim:
+        """Wait until another worker's claim holds `task_id`, and return it.
+
+        Cancellation: the caller bounds the wait.
+        """
+        while True:
+            holder = self.holder(task_id)
+            if holder is not None and holder.worker_id != self.worker_id:
+                return holder
+            await self._heard.wait()
+
+    async def _publish(
+        self, task_id: str, claim_id: str, state: ClaimState, *, lifetime: float | None, releases: str | None = None
+    ) -> None:
+        topic = self.topics.claim(task_id)
+        expires_at = None if lifetime is None else datetime.now(UTC) + timedelta(seconds=lifetime)
+        document = claim_document(self.worker_id, claim_id, state, expires_at=expires_at, releases=releases)
+        if self._signer is not None:
+            document = self._signer.sign(topic, document)
+        expiry = None if lifetime is None else max(1, math.ceil(lifetime))
+        await self.session.publish(topic, json.dumps(document).encode(), qos=1, retain=True, expiry=expiry)

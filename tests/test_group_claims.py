@@ -1,0 +1,231 @@
+"""A task_id belongs to one worker of the group: claims that cannot be forged, duplicates, and hand-backs."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from ansible_worker import worker as worker_module
+from ansible_worker.signing import Signer
+from ansible_worker.topics import Topics
+from tests.conftest import (
+    Broker,
+    Controller,
+    client_for,
+    make_settings,
+    open_controller,
+    require_signatures,
+    running_worker,
+)
+
+QUICK = {"playbook": "quick.yml", "inventory": "one_host.ini"}
+
+
+def append_job(task_id: str, runs: Path) -> dict[str, Any]:
+    """A job that adds a line to `runs/<task_id>` each time it runs."""
+    return {
+        "task_id": task_id,
+        "playbook": "append.yml",
+        "inventory": "one_host.ini",
+        "extra_vars": {"marker": str(runs / task_id)},
+    }
+
+
+def run_count(task_id: str, runs: Path) -> int:
+    path = runs / task_id
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+async def wait_logged(caplog: pytest.LogCaptureFixture, text: str, count: int = 1) -> None:
+    with trio.fail_after(30):
+        while sum(text in record.getMessage() for record in caplog.records) < count:  # noqa: ASYNC110 - log records have no event
+            await trio.sleep(0.01)
+
+
+async def retained_claim(broker: Broker, group: str, task_id: str) -> dict[str, Any]:
+    async with client_for(broker, group) as watcher:
+        feed = await watcher.subscribe([watcher.topics.claim(task_id)])
+        with trio.fail_after(10):
+            return dict(json.loads((await feed.receive()).payload))
+
+
+async def test_a_task_id_runs_once_in_the_group_without_signatures(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Publishing a job again (as `submit` does when no `queued` comes back) never runs it twice."""
+    job = append_job("again", tmp_path)
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="a")),
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="b")),
+    ):
+        # Two copies at once, which the broker hands to different members...
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(controller.submit, job)
+            nursery.start_soon(controller.submit, job)
+        first = await controller.wait_terminal("again")
+        # ...and four more after it ended, on whichever worker the broker picks.
+        for _ in range(4):
+            await controller.submit(job)
+        await wait_logged(caplog, "task again: refused a", count=5)
+        await controller.sync()
+        statuses = list(controller.statuses["again"])
+    assert first["state"] == "success"
+    assert run_count("again", tmp_path) == 1
+    assert len([status for status in statuses if status["state"] == "success"]) == 1
+    assert all(status["worker_id"] == first["worker_id"] for status in statuses if status.get("worker_id"))
+
+
+async def test_forged_releases_and_cleared_claims_do_not_reopen_a_signed_job(
+    broker: Broker, playbook_dir: Path, group: str, keys: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice, mallory = Signer.from_file(keys / "alice.key"), Signer.from_file(keys / "mallory.key")
+    topics = Topics("ansible", group)
+    security = {**require_signatures(keys), "max_task_age": 4, "max_clock_skew": 0}
+    issued = datetime.now(UTC)
+    original = json.dumps(alice.sign(topics.tasks, append_job("once", tmp_path), now=issued)).encode()
+    claim_topic = topics.claim("once")
+
+    async def forge(controller: Controller, claim_id: str) -> None:
+        """Everything a client that may write the claim topic can do without a worker key."""
+        release = {"state": "released", "worker_id": "a", "claim": "forged", "releases": claim_id}
+        until = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        for payload in (
+            release,
+            {**release, "expires_at": until},
+            alice.sign(claim_topic, {**release, "expires_at": until}),  # a controller's key, not a worker's
+            mallory.sign(claim_topic, {**release, "expires_at": until}),
+        ):
+            await controller.link.publish(claim_topic, json.dumps(payload).encode(), qos=1, retain=True)
+        await controller.link.publish(claim_topic, b"", qos=1, retain=True)
+
+    async def answered(controller: Controller, task_id: str) -> None:
+        # Messages are handled in order: once a later job has run, the replay was seen.
+        await controller.submit(alice.sign(topics.tasks, append_job(task_id, tmp_path)))
+        assert (await controller.wait_terminal(task_id))["state"] == "success"
+
+    async with open_controller(broker, group) as controller:
+        settings = make_settings(broker.port, playbook_dir, group, security=security, worker_id="a")
+        async with running_worker(settings):
+            await controller.submit(original)
+            assert (await controller.wait_terminal("once"))["state"] == "success"
+            claim = await retained_claim(broker, group, "once")
+            await forge(controller, claim["claim"])
+            # The worker that heard the claim never forgets it, whatever the topic says now.
+            await controller.submit(original)
+            await answered(controller, "after-forgery")
+        # A worker that never heard the claim, once the job is older than max_task_age: a forged
+        # release does not let it skip the age check.
+        await trio.sleep(max(0.0, (issued + timedelta(seconds=4.5) - datetime.now(UTC)).total_seconds()))
+        await forge(controller, claim["claim"])
+        fresh = make_settings(broker.port, playbook_dir, group, security=security, worker_id="fresh")
+        async with running_worker(fresh):
+            await controller.submit(original)
+            await answered(controller, "after-expiry")
+        statuses = controller.statuses["once"]
+    assert run_count("once", tmp_path) == 1
+    assert [status["state"] for status in statuses].count("success") == 1
+    assert "task once: refused a replay signed by alice: the group already took this task_id (worker a)" in caplog.text
+    assert [s for s in statuses if s.get("refused")][-1]["error_message"].startswith("expired: issued")
+
+
+async def test_a_job_handed_to_a_peer_that_never_answers_is_taken_back_and_cancelled(
+    broker: Broker, playbook_dir: Path, group: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer with a fresh heartbeat that takes nothing (hung, partitioned) is not a place to leave a job."""
+    monkeypatch.setattr(worker_module, "HAND_BACK_ANSWER_TIMEOUT", 2.0, raising=False)
+    settings = make_settings(broker.port, playbook_dir, group, worker_id="leaving", drain_timeout=30)
+    async with open_controller(broker, group) as controller:
+        async with running_worker(settings) as worker:
+            now = datetime.now(UTC).isoformat()
+            ghost = {"worker_id": "ghost", "state": "online", "heartbeat_at": now, "heartbeat_interval": 60}
+            ghost_topic = controller.topics.worker("ghost")
+            await controller.link.publish(ghost_topic, json.dumps(ghost).encode(), qos=1, retain=True)
+            with trio.fail_after(10):
+                while worker.peers.online() != ["ghost"]:  # noqa: ASYNC110 - presence is state, polled with a bound
+                    await trio.sleep(0.02)
+            sleeper = {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 2}}
+            await controller.submit({"task_id": "unanswered-running", **sleeper})
+            await controller.submit({"task_id": "unanswered", **QUICK})
+            await controller.wait_for("unanswered", {"queued"})
+            worker.request_shutdown()
+            final = await controller.wait_terminal("unanswered", within=30)
+            await controller.link.publish(ghost_topic, b"", qos=1, retain=True)
+        await controller.sync()
+        states = [(s["state"], s.get("handed_back_by")) for s in controller.statuses["unanswered"]]
+    assert final["state"] == "cancelled"
+    assert final["error_message"] == (
+        "cancelled: handed back by leaving while it shut down, but no other worker took it within 2s"
+    )
+    assert states[-2:] == [("queued", "leaving"), ("cancelled", None)]
+
+
+async def test_a_hand_back_the_broker_never_confirms_still_has_one_owner(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+) -> None:
+    """The request reaches the next worker, but its QoS 2 handshake never completes for the sender."""
+    leaving_settings = make_settings(broker.port, playbook_dir, group, worker_id="leaving", drain_timeout=30)
+    staying_settings = make_settings(broker.port, playbook_dir, group, worker_id="staying")
+    async with open_controller(broker, group) as controller:
+        async with running_worker(leaving_settings) as leaving:
+            publish = leaving.session.publish
+
+            async def unconfirmed(topic: str, payload: bytes, **options: Any) -> None:
+                await publish(topic, payload, **options)
+                if topic == leaving.topics.tasks:
+                    # A fault the broker cannot be made to produce: sent, but never confirmed.
+                    await trio.sleep_forever()
+
+            leaving.session.publish = unconfirmed  # type: ignore[method-assign]
+            sleeper = {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 2}}
+            await controller.submit({"task_id": "handed-running", **sleeper})
+            await controller.submit(append_job("handed", tmp_path))
+            await controller.wait_for("handed", {"queued"})
+            async with running_worker(staying_settings):
+                with trio.fail_after(15):
+                    while leaving.peers.online() != ["staying"]:  # noqa: ASYNC110 - presence is state, polled with a bound
+                        await trio.sleep(0.02)
+                leaving.request_shutdown()
+                final = await controller.wait_terminal("handed", within=60)
+                # The hand-back has settled once the leaving worker has stopped.
+                with trio.fail_after(60):
+                    while leaving.session.connected:  # noqa: ASYNC110 - the worker's own state, bounded
+                        await trio.sleep(0.05)
+        await controller.sync()
+        statuses = controller.statuses["handed"]
+    assert final["state"] == "success"
+    assert final["worker_id"] == "staying"
+    assert len(controller.terminal_statuses("handed")) == 1
+    assert run_count("handed", tmp_path) == 1
+    handed_back = next(i for i, s in enumerate(statuses) if s.get("handed_back_by") == "leaving")
+    # Every status of the next worker comes after the hand-back, in one order.
+    assert all(s.get("worker_id") == "staying" for s in statuses[handed_back + 1 :])
+
+
+async def test_claims_in_flight_count_against_the_queue(
+    broker: Broker, playbook_dir: Path, group: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flood of valid jobs cannot spawn more claim tasks than the queue has room for."""
+    settings = make_settings(broker.port, playbook_dir, group, max_queue_size=2, concurrency=1)
+    async with open_controller(broker, group) as controller, running_worker(settings) as worker:
+        claim, release = worker.claims.claim, trio.Event()
+
+        async def slow_claim(task_id: str, *, lifetime: float | None = None) -> bool:
+            await release.wait()
+            return await claim(task_id, lifetime=lifetime)
+
+        worker.claims.claim = slow_claim  # type: ignore[method-assign]
+        for index in range(6):
+            await controller.submit({"task_id": f"flood-{index}", **QUICK})
+        with trio.fail_after(30):
+            refused = [await controller.wait_terminal(f"flood-{index}") for index in range(2, 6)]
+        release.set()
+        ran = [await controller.wait_terminal(f"flood-{index}") for index in range(2)]
+    assert all(status["error_message"] == "queue full (max 2)" for status in refused)
+    assert all(status["refused"] for status in refused)
+    assert [status["state"] for status in ran] == ["success", "success"]
