@@ -89,8 +89,9 @@ _CHANNELS: dict[str, tuple[str, str, str, int, bool, Literal["send", "receive"]]
     "taskClaim": (
         "{prefix}/{group}/tasks/{task_id}/claim",
         "claim",
-        "Only with signed jobs: a worker's claim before it queues a job, so that a replay runs"
-        " nowhere. Retained until the job's signature expires. Workers only.",
+        "A worker's claim on a task_id before it queues the job, so that it runs once in the group"
+        " (and a replayed signed job nowhere); a release when it hands the job back. Retained for"
+        " status_retention; signed by a worker key with signatures. Workers only.",
         1,
         True,
         "send",

@@ -22,7 +22,7 @@ import json
 import logging
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -45,6 +45,7 @@ PRUNE_EVERY = 60.0
 # lifetime; past it, the one heard longest ago is forgotten first (and logged). With signed
 # jobs only a trusted worker key can add to the book, so no one else can push a claim out.
 MAX_CLAIMS = 100_000
+MAX_RELEASES_PER_TASK = 32
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,12 @@ class ClaimBook:
             assert claim.releases is not None
             if holder is not None and holder.claim_id != claim.releases:
                 return False
+            if claim.releases not in entry.released and len(entry.released) >= MAX_RELEASES_PER_TASK:
+                # A genuine task is handed back a few times; a flood of releases is not.
+                return False
             entry.released.add(claim.releases)
-            entry.holder, entry.release = None, claim
+            # Only a holder's message is ever published again: keep no copy of a release.
+            entry.holder, entry.release = None, replace(claim, raw=b"")
         entry.expires = max(entry.expires, claim.expires)
         return True
 

@@ -244,6 +244,11 @@ class SecuritySettings(BaseModel):
                 raise ValueError(f"worker_keys: {exc}") from None
             if self._trusted is not None and self._claim_signer.fingerprint in self._trusted.fingerprints:
                 raise ValueError("worker_key is also one of trusted_keys: a worker key must not be able to sign jobs")
+            if self._trusted is not None and others.fingerprints & self._trusted.fingerprints:
+                raise ValueError(
+                    "worker_keys names a key that is also one of trusted_keys: a worker key must not be able"
+                    " to sign jobs"
+                )
             self._claim_keys = others.including(OWN_KEY_NAME, self._claim_signer.public_key)
         return self
 

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["CLAIM_TIMEOUT", "ClaimFailed", "GroupClaims"]
 
 CLAIM_TIMEOUT = 10.0
+# The largest MQTT message expiry interval (a four-byte integer).
+LONGEST_EXPIRY = 2**32 - 1
 # How long a loser's copy of the winner's claim may take; it only restores what is retained.
 RESTORE_TIMEOUT = 5.0
 
@@ -29,7 +31,14 @@ log = logging.getLogger(__name__)
 
 
 class ClaimFailed(Exception):
-    """The broker did not confirm this worker's claim in time; the job cannot safely run."""
+    """The broker did not confirm this worker's claim; the job cannot safely run yet.
+
+    `permanent` when trying again cannot help (the broker refuses the claim topic).
+    """
+
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
 
 
 class GroupClaims:
@@ -61,6 +70,8 @@ class GroupClaims:
         self._trusted = trusted
         self.book = ClaimBook()
         self._claiming: set[str] = set()
+        # Claim ids this worker published and waits to hear back, whether they count or not.
+        self._echoes: dict[str, trio.Event] = {}
         self._heard = trio.Event()
 
     def hear(self, task_id: str, message: InboundMessage) -> None:
@@ -86,6 +97,9 @@ class GroupClaims:
                 log.debug("task %s: ignoring a message on its claim topic that is not a valid claim", task_id)
             return
         self.book.record(task_id, claim, now=trio.current_time())
+        echo = self._echoes.get(claim.claim_id)
+        if echo is not None:
+            echo.set()
         self._heard.set()
         self._heard = trio.Event()
 
@@ -95,78 +109,85 @@ class GroupClaims:
     def released(self, task_id: str) -> bool:
         return self.book.released(task_id, now=trio.current_time())
 
-    async def claim(self, task_id: str, *, lifetime: float | None = None) -> bool:
-        """Claim `task_id` for this worker; True if the group's first claim is this worker's.
+    async def claim(self, task_id: str, claim_id: str, *, also_ours: frozenset[str] = frozenset()) -> bool:
+        """Claim `task_id` for this worker as `claim_id`; True if the claim that holds it is ours.
 
-        A claim this worker already holds (made before a restart) counts as won. A loser
-        publishes the winner's claim again, since its own replaced the retained one.
+        Ours is `claim_id` or one of `also_ours` (a claim this worker made before, which a
+        release it sent may not have ended). A claim the book already holds as `claim_id`
+        (made before a restart, and heard again) is won without a new message. The decision
+        waits for the broker to send `claim_id` back: by then everything the broker ordered
+        before it has been heard. A loser publishes the winner's claim again, since its own
+        replaced the retained one.
 
         Errors: `ClaimFailed` when the broker does not confirm within `CLAIM_TIMEOUT`.
         Cancellation: the claim may still reach the broker; the caller does not hold it.
         """
+        ours = also_ours | {claim_id}
         held = self.holder(task_id)
-        if held is not None:
-            return held.worker_id == self.worker_id
+        if held is not None and held.claim_id == claim_id:
+            return True
+        if held is not None and held.claim_id not in ours:
+            return False
         if task_id in self._claiming:
             # One claim per task at a time: the one in flight decides.
             return False
-        claim_id = new_claim_id()
-        lifetime = self.lifetime if lifetime is None else lifetime
         self._claiming.add(task_id)
+        echo = self._echoes[claim_id] = trio.Event()
         try:
             with trio.move_on_after(CLAIM_TIMEOUT) as bound:
-                await self._publish(task_id, claim_id, "claimed", lifetime=lifetime)
+                await self._publish(task_id, claim_id, "claimed", lifetime=self.lifetime)
                 # Our own claim comes back through our subscription, in the broker's order.
-                while not self._decided(task_id, claim_id):
-                    await self._heard.wait()
+                await echo.wait()
         except PublishRefused as exc:
-            raise ClaimFailed(f"{exc} (check the broker's ACL for this worker)") from exc
+            raise ClaimFailed(f"{exc} (check the broker's ACL for this worker)", permanent=True) from exc
         except LinkError as exc:
             raise ClaimFailed(f"the broker link failed: {exc}") from exc
         finally:
             self._claiming.discard(task_id)
+            del self._echoes[claim_id]
         if bound.cancelled_caught:
             raise ClaimFailed(f"the broker did not confirm the claim within {CLAIM_TIMEOUT:g}s")
         holder = self.holder(task_id)
-        assert holder is not None
-        # This worker's claim holds it, or one it made before a restart (heard late).
-        if holder.worker_id == self.worker_id:
+        if holder is not None and holder.claim_id in ours:
             return True
-        await self._restore(task_id, holder)
+        if holder is not None:
+            await self._restore(task_id, holder)
         return False
-
-    def _decided(self, task_id: str, claim_id: str) -> bool:
-        # Some claim holds the task: ours if it counted, or one the broker delivered first.
-        return self.holder(task_id) is not None
 
     async def _restore(self, task_id: str, winner: Claim) -> None:
         remaining = winner.expires - trio.current_time()
-        expiry = None if math.isinf(remaining) else max(1, math.ceil(remaining))
         with trio.move_on_after(RESTORE_TIMEOUT):
             try:
-                await self.session.publish(self.topics.claim(task_id), winner.raw, qos=1, retain=True, expiry=expiry)
-            except LinkError as exc:
+                await self.session.publish(
+                    self.topics.claim(task_id), winner.raw, qos=1, retain=True, expiry=_expiry(remaining)
+                )
+            except Exception as exc:
+                # Only what is retained for late workers suffers; the book of everyone who
+                # heard the claims is right.
                 log.warning("task %s: could not restore worker %s's retained claim: %s", task_id, winner.worker_id, exc)
 
-    async def release(self, task_id: str) -> None:
-        """Tell the group this worker gives `task_id` back, so that another worker may claim it.
+    async def release(self, task_id: str, claim_id: str) -> None:
+        """Tell the group this worker gives back the claim `claim_id` on `task_id`.
 
-        Errors: `LinkError` if the link drops first (the release may or may not be out);
-        `ClaimFailed` if this worker holds no claim on the task.
+        Errors: `LinkError` if the link drops first (the release may or may not be out).
         """
-        held = self.holder(task_id)
-        if held is None or held.worker_id != self.worker_id:
-            raise ClaimFailed("this worker holds no claim on it")
-        await self._publish(task_id, new_claim_id(), "released", lifetime=self.release_lifetime, releases=held.claim_id)
+        await self._publish(task_id, new_claim_id(), "released", lifetime=self.release_lifetime, releases=claim_id)
 
-    async def wait_taken(self, task_id: str) -> Claim:
-        """Wait until another worker's claim holds `task_id`, and return it.
+    async def refresh(self, task_id: str, claim_id: str) -> None:
+        """Publish this worker's claim again, so that it lives a full lifetime from now.
+
+        Errors: `LinkError` if the link drops first.
+        """
+        await self._publish(task_id, claim_id, "claimed", lifetime=self.lifetime)
+
+    async def wait_taken(self, task_id: str, ours: frozenset[str]) -> Claim:
+        """Wait until a claim that is not one of `ours` holds `task_id`, and return it.
 
         Cancellation: the caller bounds the wait.
         """
         while True:
             holder = self.holder(task_id)
-            if holder is not None and holder.worker_id != self.worker_id:
+            if holder is not None and holder.claim_id not in ours:
                 return holder
             await self._heard.wait()
 
@@ -178,5 +199,11 @@ class GroupClaims:
         document = claim_document(self.worker_id, claim_id, state, expires_at=expires_at, releases=releases)
         if self._signer is not None:
             document = self._signer.sign(topic, document)
-        expiry = None if lifetime is None else max(1, math.ceil(lifetime))
-        await self.session.publish(topic, json.dumps(document).encode(), qos=1, retain=True, expiry=expiry)
+        await self.session.publish(topic, json.dumps(document).encode(), qos=1, retain=True, expiry=_expiry(lifetime))
+
+
+def _expiry(seconds: float | None) -> int | None:
+    """An MQTT message expiry for `seconds` (None: none), within what the property can hold."""
+    if seconds is None or math.isinf(seconds):
+        return None
+    return min(LONGEST_EXPIRY, max(1, math.ceil(seconds)))

@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     payload BLOB NOT NULL,
     state TEXT NOT NULL,
     status TEXT NOT NULL,
-    run_dir TEXT
+    run_dir TEXT,
+    claim_id TEXT
 )
 """
 
@@ -39,6 +40,8 @@ class Entry:
     status: dict[str, Any]
     # The private run directory of a job that had started: its processes carry its name.
     run_dir: str | None = None
+    # This worker's claim on the job, made (or about to be) before it stopped.
+    claim_id: str | None = None
 
 
 class Journal:
@@ -62,20 +65,37 @@ class Journal:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "run_dir" not in columns:  # a journal from an older version
+        # A journal from an older version.
+        if "run_dir" not in columns:
             self._db.execute("ALTER TABLE jobs ADD COLUMN run_dir TEXT")
+        if "claim_id" not in columns:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN claim_id TEXT")
 
-    def accepted(self, task_id: str, payload: bytes, status: JobStatus) -> None:
-        """Remember a job before it is announced.
+    def accepted(self, task_id: str, payload: bytes, status: JobStatus, *, claim_id: str | None = None) -> None:
+        """Remember a job before it is claimed or announced; `claim_id` is this worker's claim on it.
+
+        A job remembered already keeps its claim id unless a new one is given.
 
         Errors: `JournalError` when the database cannot take it (the job must be refused:
         accepting it would promise what a restart cannot keep).
         """
         try:
             self._db.execute(
-                "INSERT OR REPLACE INTO jobs (task_id, payload, state, status) VALUES (?, ?, ?, ?)",
-                (task_id, payload, status.state.value, status.to_json().decode()),
+                "INSERT INTO jobs (task_id, payload, state, status, claim_id) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(task_id) DO UPDATE SET payload = excluded.payload, state = excluded.state,"
+                " status = excluded.status, claim_id = coalesce(excluded.claim_id, claim_id)",
+                (task_id, payload, status.state.value, status.to_json().decode(), claim_id),
             )
+        except sqlite3.Error as exc:
+            raise JournalError(f"could not journal the job: {exc}") from exc
+
+    def claimed(self, task_id: str, claim_id: str) -> None:
+        """Record this worker's claim id on a job the journal holds.
+
+        Errors: `JournalError`, as `accepted`.
+        """
+        try:
+            self._db.execute("UPDATE jobs SET claim_id = ? WHERE task_id = ?", (claim_id, task_id))
         except sqlite3.Error as exc:
             raise JournalError(f"could not journal the job: {exc}") from exc
 
@@ -107,11 +127,13 @@ class Journal:
             log.error("journal: could not settle task %s: %s", task_id, exc)
 
     def entries(self) -> list[Entry]:
-        rows = self._db.execute("SELECT task_id, payload, state, status, run_dir FROM jobs ORDER BY rowid").fetchall()
+        rows = self._db.execute(
+            "SELECT task_id, payload, state, status, run_dir, claim_id FROM jobs ORDER BY rowid"
+        ).fetchall()
         entries = []
-        for task_id, payload, state, status, run_dir in rows:
+        for task_id, payload, state, status, run_dir, claim_id in rows:
             try:
-                entries.append(Entry(task_id, bytes(payload), state, json.loads(status), run_dir))
+                entries.append(Entry(task_id, bytes(payload), state, json.loads(status), run_dir, claim_id))
             except ValueError:
                 log.warning("journal: dropping an unreadable entry for task %s", task_id)
                 self.settled(task_id)

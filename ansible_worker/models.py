@@ -229,11 +229,14 @@ class Presence(BaseModel):
 
 
 class ClaimMessage(BaseModel):
-    """A worker's retained claim on a signed job, `<prefix>/<group>/tasks/<task_id>/claim`."""
+    """A worker's retained claim on a job, `<prefix>/<group>/tasks/<task_id>/claim`."""
 
     # Describes what claims.py writes, for the published schema; built only when asked for.
+    # With signed jobs it also carries `issued_at` and `signature`, as task requests do.
     model_config = ConfigDict(extra="allow", defer_build=True)
 
     state: Literal["claimed", "released"]
     worker_id: str
-    claim: str = Field(description="unique per claim; the first claim the broker delivers wins")
+    claim: str = Field(description="unique per claim; the first claim the broker delivers holds the task_id")
+    releases: str | None = Field(None, description="for a release: the claim it releases")
+    expires_at: datetime | None = Field(None, description="until when the claim holds (required with signatures)")

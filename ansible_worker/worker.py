@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ansible_worker.broker_session import BrokerSession
-from ansible_worker.claims import Claim
+from ansible_worker.claims import Claim, new_claim_id
 from ansible_worker.config import Settings
 from ansible_worker.dispatcher import Dispatcher
 from ansible_worker.event_publisher import EventPublisher
@@ -42,6 +43,8 @@ HAND_BACK_TIMEOUT = 5.0
 HAND_BACK_ANSWER_TIMEOUT = 10.0
 # Longest lifetime a claim can be given (the MQTT message expiry's limit), for "for ever".
 LONGEST_CLAIM = 2**32 - 1
+# How long a claim given up (never confirmed) may take to be released.
+RELEASE_TIMEOUT = 5.0
 OFFLINE_TIMEOUT = 2.0
 UNPUBLISHABLE = "internal error: its status could not be published"
 # Refusals waiting for their live answer; past this, a flood's answers are skipped (and logged).
@@ -49,6 +52,8 @@ MAX_PENDING_ANSWERS = 64
 # How long a refusal's live answer may wait for the broker before it is given up (and logged).
 ANSWER_TIMEOUT = 5.0
 PUBLISH_RETRY_PAUSE = 0.2
+# Between attempts to claim a job from the journal while the broker does not answer.
+CLAIM_RETRY_PAUSE = 5.0
 # A cancel request is a reason and a name, signed at most: anything larger is not one.
 MAX_CANCEL_BYTES = 16 * 1024
 
@@ -90,11 +95,12 @@ class Worker:
         self._answers_send, self._answers_receive = trio.open_memory_channel[tuple[str, str]](MAX_PENDING_ANSWERS)
         security = settings.security
         trusted = security.trusted
+        # Claims first: their retained messages reach the claim book before any job does.
         subscriptions = [
+            (self.topics.claims_subscription, 1),
             (self.tasks_subscription, 2),
             (self.topics.cancel_subscription, 1),
             (self.topics.workers_subscription, 1),
-            (self.topics.claims_subscription, 1),
         ]
         self.session = BrokerSession(
             link_options(settings),
@@ -155,9 +161,18 @@ class Worker:
         self._drain_wait = trio.CancelScope()
         self._hurry = False
         self._infrastructure: trio.Nursery | None = None
-        # One entry per job whose claim is in flight: the cancel request that arrived
-        # meanwhile, if any (bounded by the queue's size).
+        # Where claims run, and the hand-backs of jobs claimed while draining: shutdown waits
+        # for them (each is bounded), since a job in a claim belongs to no one else yet.
+        self._claiming: trio.Nursery | None = None
+        # One entry per job whose claim is in flight, or that is being handed back: the
+        # cancel request that arrived meanwhile, if any (bounded by the queue's size).
         self._claims_in_flight: dict[str, CancelRequest | None] = {}
+        self._handing_back: dict[str, CancelRequest | None] = {}
+        self._cancel_arrived = trio.Event()
+        # This worker's claim on each job it holds, queued or running, until the job's
+        # terminal status has renewed it (bounded by the jobs held).
+        self._claim_ids: dict[str, str] = {}
+        self._renewals_send, self._renewals_receive = trio.open_memory_channel[tuple[str, str]](math.inf)
         # The state of every other worker of the group, from their presence messages.
         self.peers = PeerBook()
 
@@ -187,16 +202,20 @@ class Worker:
             infrastructure.start_soon(self._publish_statuses)
             infrastructure.start_soon(self._take_messages)
             infrastructure.start_soon(self._serve_answers)
+            infrastructure.start_soon(self._renew_claims)
             infrastructure.start_soon(self.presence.run)
             if self.events is not None:
                 infrastructure.start_soon(self.events.run)
-            async with trio.open_nursery() as serving:
-                await serving.start(self.dispatcher.run)
-                if self.journal is not None:
-                    await self._settle_journal(self.journal)
-                task_status.started()
-                await self._shutdown.wait()
-                await self._drain(serving.cancel_scope)
+            async with trio.open_nursery() as claiming:
+                self._claiming = claiming
+                async with trio.open_nursery() as serving:
+                    await serving.start(self.dispatcher.run)
+                    if self.journal is not None:
+                        await self._settle_journal(self.journal)
+                    task_status.started()
+                    await self._shutdown.wait()
+                    await self._drain(serving.cancel_scope)
+            self._claiming = None
             with trio.move_on_after(SHUTDOWN_MARGIN) as flush:
                 await self.outbox.wait_idle()
             if flush.cancelled_caught:
@@ -251,7 +270,7 @@ class Worker:
                     case Accepted(request):
                         log.info("task %s was queued before a restart: queueing it again", entry.task_id)
                         # Its claim is this worker's, unless the group gave it to another since.
-                        self._start_claim(request, entry.payload, from_journal=True)
+                        self._start_claim(request, entry.payload, claim_id=entry.claim_id, from_journal=True)
                         continue
                 journal.settled(entry.task_id)
                 continue
@@ -295,7 +314,13 @@ class Worker:
         async with trio.open_nursery() as handing_back:
             # All at once, each step bounded: with the broker away, one at a time would add up.
             for job in queued:
-                handing_back.start_soon(self._hand_back, job.request, job.payload, job)
+                claim_id = self._claim_ids.get(job.task_id)
+                if claim_id is None:
+                    # Not claimed through this worker (cannot happen): no release could free it.
+                    self._cancel_unstarted(job.request, job)
+                    continue
+                self._handing_back[job.task_id] = None
+                handing_back.start_soon(self._hand_back, job.request, job.payload, claim_id, job)
             self._drain_wait.deadline = trio.current_time() + worker.drain_timeout
             with self._drain_wait:
                 await self.dispatcher.wait_idle()
@@ -306,18 +331,27 @@ class Worker:
         # The jobs end their process groups (SIGTERM, kill_grace, SIGKILL), then the slots stop.
         serving.deadline = trio.current_time() + worker.kill_grace + SHUTDOWN_MARGIN
 
-    async def _hand_back(self, request: TaskRequest, payload: bytes, job: Job | None = None) -> None:
-        """Give a job this worker claimed but did not start back to the group, or end it here.
+    async def _hand_back(self, request: TaskRequest, payload: bytes, claim_id: str, job: Job | None = None) -> None:
+        """Give a job this worker claimed (as `claim_id`) but did not start back to the group.
 
         The job has one owner at every moment. It stays this worker's until its `queued`
         status (saying who handed it back) has reached the broker through the outbox, so
         that no status of the next worker can be overtaken by it; then the claim is released
         and the request published again. If no other worker claims it within
-        `HAND_BACK_ANSWER_TIMEOUT`, this worker claims it back and cancels it with a reason.
-        With no fresh peer, it is cancelled at once.
+        `HAND_BACK_ANSWER_TIMEOUT`, or a cancel request for it arrives meanwhile, this worker
+        claims it back and cancels it with a reason. With no fresh peer, it is cancelled at once.
 
-        Cancellation: the job is left to the journal (when there is one) as it stands.
+        The caller has entered the job in `_handing_back`. Cancellation: the job is left to
+        the journal (when there is one) as it stands.
         """
+        task_id = request.task_id
+        try:
+            await self._give_back(request, payload, claim_id, job)
+        finally:
+            self._handing_back.pop(task_id, None)
+            self._claim_ids.pop(task_id, None)
+
+    async def _give_back(self, request: TaskRequest, payload: bytes, claim_id: str, job: Job | None) -> None:
         task_id = request.task_id
         online = self.peers.online()
         if not online or not payload:
@@ -338,13 +372,14 @@ class Worker:
             log.warning("task %s: its hand-back status did not reach the broker; cancelling it here", task_id)
             self._cancel_unstarted(request, job)
             return
+        cancel = self._handing_back.get(task_id)
+        if cancel is not None:
+            # Still this worker's: the cancel ends it here.
+            self._cancel_unstarted(request, job, cancel.describe())
+            return
         try:
             with trio.fail_after(HAND_BACK_TIMEOUT):
-                await self.claims.release(task_id)
-        except ClaimFailed as exc:
-            log.warning("task %s: cannot hand it back (%s); cancelling it here", task_id, exc)
-            self._cancel_unstarted(request, job)
-            return
+                await self.claims.release(task_id, claim_id)
         except (LinkError, trio.TooSlowError) as exc:
             # The release may be out or not: who owns the job is settled by a claim below.
             log.warning("task %s: its release was not confirmed (%s)", task_id, exc)
@@ -355,27 +390,36 @@ class Worker:
             except (LinkError, trio.TooSlowError) as exc:
                 # It may still arrive: the next worker's claim, or ours below, decides.
                 log.warning("task %s: its request was not confirmed by the broker (%s)", task_id, exc)
+        ours = frozenset({claim_id})
         taken: Claim | None = None
         with trio.move_on_after(HAND_BACK_ANSWER_TIMEOUT):
-            taken = await self.claims.wait_taken(task_id)
+            async with trio.open_nursery() as waiting:
+                waiting.start_soon(self._cancel_when_asked, task_id, waiting.cancel_scope)
+                taken = await self.claims.wait_taken(task_id, ours)
+                waiting.cancel_scope.cancel()
         if taken is None:
+            # Nobody answered, or a cancel came: take it back with a claim of its own (the
+            # released one never holds again), unless the release never took effect.
             try:
-                ours = await self.claims.claim(task_id)
+                back = await self.claims.claim(task_id, new_claim_id(), also_ours=ours)
             except ClaimFailed as exc:
                 log.error(
                     "task %s: handed back, but neither taken by another worker nor back here (%s);"
-                    " the journal keeps it for this worker's next start",
+                    " the journal, if any, keeps it for this worker's next start",
                     task_id,
                     exc,
                 )
                 return
-            if ours:
-                self._cancel_unstarted(
-                    request,
-                    job,
-                    f"cancelled: handed back by {self.settings.worker.worker_id} while it shut down, but no other"
-                    f" worker took it within {HAND_BACK_ANSWER_TIMEOUT:g}s",
-                )
+            if back:
+                cancel = self._handing_back.get(task_id)
+                if cancel is not None:
+                    reason = cancel.describe()
+                else:
+                    reason = (
+                        f"cancelled: handed back by {self.settings.worker.worker_id} while it shut down, but no"
+                        f" other worker took it within {HAND_BACK_ANSWER_TIMEOUT:g}s"
+                    )
+                self._cancel_unstarted(request, job, reason)
                 return
             taken = self.claims.holder(task_id)
         log.info(
@@ -385,6 +429,12 @@ class Worker:
         )
         if self.journal is not None:
             self.journal.settled(task_id)
+
+    async def _cancel_when_asked(self, task_id: str, waiting: trio.CancelScope) -> None:
+        """End the wait for another worker's answer as soon as a cancel request for the job arrives."""
+        while self._handing_back.get(task_id) is None:
+            await self._cancel_arrived.wait()
+        waiting.cancel()
 
     def _cancel_unstarted(
         self,
@@ -452,6 +502,12 @@ class Worker:
             # Its claim is on the way: the cancel applies as soon as the job is queued.
             self._claims_in_flight[task_id] = request
             return
+        if task_id in self._handing_back:
+            # Still this worker's, or about to be again: the hand-back ends it here.
+            self._handing_back[task_id] = request
+            self._cancel_arrived.set()
+            self._cancel_arrived = trio.Event()
+            return
         log.debug("task %s: not held here; ignoring its cancel request", task_id)
 
     def _take_task(self, message: InboundMessage) -> None:
@@ -475,7 +531,11 @@ class Worker:
                 log.warning("task %s: this worker is claiming it already; ignoring the copy", job.task_id)
             case Accepted(job) if self._queue_full and not self._shutdown.is_set():
                 self._refuse(job.task_id, f"queue full (max {self.dispatcher.capacity})")
-            case Accepted(job) if len(self._claims_in_flight) >= self.dispatcher.capacity:
+            case Accepted(job) if job.task_id in self._handing_back:
+                log.warning("task %s: this worker is handing it back; ignoring the copy", job.task_id)
+            case Accepted(job) if self._claiming is None or (
+                len(self._claims_in_flight) + len(self._handing_back) >= self.dispatcher.capacity
+            ):
                 # Shutting down: the claims waiting to be handed back are bounded as well.
                 self._refuse(job.task_id, "the worker is shutting down")
             case Accepted(job, signed):
@@ -500,7 +560,7 @@ class Worker:
         """
         self.metrics.messages_refused += 1
         holder = self.claims.holder(task_id)
-        if holder is not None or task_id in self.dispatcher.jobs:
+        if holder is not None or self._holds(task_id):
             who = holder.worker_id if holder is not None else self.settings.worker.worker_id
             log.warning(
                 "task %s: refused a message (%s) for a job the group holds (worker %s); its status is left alone",
@@ -515,6 +575,10 @@ class Worker:
         except trio.WouldBlock:
             # A flood of bad messages: answering each would grow without bound.
             log.warning("task %s: too many refusals waiting to be sent; this one is not answered", task_id)
+
+    def _holds(self, task_id: str) -> bool:
+        """Whether this worker holds the job of `task_id`, or is claiming or handing it back."""
+        return task_id in self.dispatcher.jobs or task_id in self._claims_in_flight or task_id in self._handing_back
 
     async def _serve_answers(self) -> None:
         """Send the live answers to refused messages, one at a time, each bounded."""
@@ -531,60 +595,131 @@ class Worker:
             log.warning("task %s: could not send its refusal: %s", task_id, exc)
 
     def _start_claim(
-        self, job: TaskRequest, payload: bytes, *, signer: str | None = None, from_journal: bool = False
+        self,
+        job: TaskRequest,
+        payload: bytes,
+        *,
+        signer: str | None = None,
+        claim_id: str | None = None,
+        from_journal: bool = False,
     ) -> None:
         # Bounded: a claim in flight counts against the queue's size (see `_take_task`).
-        assert self._infrastructure is not None
+        assert self._claiming is not None
+        claim_id = claim_id or new_claim_id()
+        if self.journal is not None:
+            from ansible_worker.journal import JournalError
+
+            # On disk with its claim id before the claim: a worker killed now finds the job
+            # at its next start (the broker will not send it again) and knows its claim.
+            now = utc_now()
+            arrived = JobStatus(task_id=job.task_id, state=State.QUEUED, created_at=now, playbook=job.playbook)
+            try:
+                if not from_journal:
+                    self.journal.accepted(job.task_id, payload, arrived, claim_id=claim_id)
+                else:
+                    self.journal.claimed(job.task_id, claim_id)
+            except JournalError as exc:
+                log.error("task %s: %s", job.task_id, exc)
+                self._refuse(job.task_id, str(exc))
+                return
         self._claims_in_flight[job.task_id] = None
-        self._infrastructure.start_soon(self._claim_then_submit, job, payload, signer, from_journal)
+        self._claiming.start_soon(self._claim_then_submit, job, payload, claim_id, signer, from_journal)
 
     async def _claim_then_submit(
-        self, job: TaskRequest, payload: bytes, signer: str | None, from_journal: bool
+        self, job: TaskRequest, payload: bytes, claim_id: str, signer: str | None, from_journal: bool
     ) -> None:
         """Queue a job once the group agrees it is this worker's; a job another worker took is left to it.
 
-        A job from the journal is claimed until the broker answers (its claim is this
-        worker's, from before the restart, unless the group gave the job to another since).
+        While the broker does not confirm the claim, it is tried again once connected (a
+        claim that did reach the broker comes back as this worker's), until the worker
+        shuts down: then the journal keeps the job for the next start, or without one the
+        claim is released and the job refused. A claim the broker's ACL refuses is refused
+        at once. Any other error fails this one job, not the worker.
         """
+        try:
+            await self._claim_and_queue(job, payload, claim_id, signer, from_journal)
+        except Exception:
+            log.exception("task %s: could not claim and queue it", job.task_id)
+            self._claims_in_flight.pop(job.task_id, None)
+            self._claim_ids.pop(job.task_id, None)
+            if self.journal is not None:
+                self.journal.settled(job.task_id)
+
+    async def _claim_and_queue(
+        self, job: TaskRequest, payload: bytes, claim_id: str, signer: str | None, from_journal: bool
+    ) -> None:
+        task_id = job.task_id
         try:
             while True:
                 try:
-                    won = await self.claims.claim(job.task_id)
+                    won = await self.claims.claim(task_id, claim_id)
                     break
                 except ClaimFailed as exc:
-                    if not from_journal:
-                        reason = f"could not claim the job for this worker: {exc}"
-                        log.error("task %s: %s", job.task_id, reason)
-                        # Live only: without a confirmed claim this worker does not hold the
-                        # job, and another worker of the group may (its status is not ours).
-                        await self._answer_refusal(job.task_id, reason)
+                    if exc.permanent or self._shutdown.is_set():
+                        await self._give_up_claim(job, claim_id, exc, keep=not exc.permanent)
                         return
-                    log.warning("task %s: could not claim it yet (%s); trying again", job.task_id, exc)
-                    await self.session.wait_connected()
+                    log.warning("task %s: could not claim it yet (%s); trying again", task_id, exc)
+                    # Bounded, so that a shutdown meanwhile is noticed.
+                    with trio.move_on_after(CLAIM_RETRY_PAUSE):
+                        await self.session.wait_connected()
         finally:
-            cancel = self._claims_in_flight.pop(job.task_id, None)
+            cancel = self._claims_in_flight.pop(task_id, None)
         if not won:
-            holder = self.claims.holder(job.task_id)
+            holder = self.claims.holder(task_id)
             log.warning(
                 "task %s: refused %s: worker %s claimed it first; the original job's status is left alone",
-                job.task_id,
+                task_id,
                 f"a replay signed by {signer}" if signer is not None else "a copy",
                 holder.worker_id if holder is not None else "(unknown)",
             )
-            if from_journal and self.journal is not None:
-                self.journal.settled(job.task_id)
+            if self.journal is not None:
+                self.journal.settled(task_id)
             return
         if signer is not None:
-            log.info("task %s: signed by %s, claimed for this worker", job.task_id, signer)
+            log.info("task %s: signed by %s, claimed for this worker", task_id, signer)
         else:
-            log.info("task %s: claimed for this worker", job.task_id)
+            log.info("task %s: claimed for this worker", task_id)
+        self._claim_ids[task_id] = claim_id
         if self._shutdown.is_set() and cancel is None:
-            await self._hand_back(job, payload)
+            self._handing_back[task_id] = None
+            await self._hand_back(job, payload, claim_id)
             return
         # (Shutting down, a cancelled job is not handed back: it ends here, `cancelled`.)
-        self.dispatcher.submit(job, payload)
+        if self.dispatcher.submit(job, payload) is None:
+            self._claim_ids.pop(task_id, None)
         if cancel is not None:
-            self.dispatcher.cancel(job.task_id, cancel.describe(), requested_by=cancel.requested_by)
+            self.dispatcher.cancel(task_id, cancel.describe(), requested_by=cancel.requested_by)
+
+    async def _give_up_claim(self, job: TaskRequest, claim_id: str, exc: ClaimFailed, *, keep: bool) -> None:
+        """Stop claiming a job: the journal keeps it when there is one, else it is released and refused."""
+        if keep and self.journal is not None:
+            log.warning("task %s: could not claim it (%s); the journal keeps it for the next start", job.task_id, exc)
+            return
+        reason = f"could not claim the job for this worker: {exc}"
+        log.error("task %s: %s", job.task_id, reason)
+        if self.journal is not None:
+            self.journal.settled(job.task_id)
+        # The claim may have reached the broker after all: it must not hold the task_id
+        # for a job that no one runs.
+        with trio.move_on_after(RELEASE_TIMEOUT):
+            try:
+                await self.claims.release(job.task_id, claim_id)
+            except LinkError as release_error:
+                log.debug("task %s: could not release the claim: %s", job.task_id, release_error)
+        # Live only: without a confirmed claim this worker does not hold the job, and another
+        # worker of the group may (its status is not ours).
+        await self._answer_refusal(job.task_id, reason)
+
+    async def _renew_claims(self) -> None:
+        """Publish the claim of each job that ended again, so that it lasts as long as the job's status."""
+        async with self._renewals_receive:
+            async for task_id, claim_id in self._renewals_receive:
+                try:
+                    with trio.fail_after(ANSWER_TIMEOUT):
+                        await self.claims.refresh(task_id, claim_id)
+                except (LinkError, trio.TooSlowError) as exc:
+                    # The claim still holds for its first lifetime, from when it was made.
+                    log.warning("task %s: could not renew its claim: %s", task_id, exc)
 
     async def _publish_statuses(self) -> None:
         """The one task that publishes statuses: QoS 1, retained, in the order jobs made them.
@@ -618,8 +753,12 @@ class Worker:
             else:
                 self.metrics.status_publish_latency.observe(trio.current_time() - sent_at)
                 self.outbox.sent(status)
-                if self.journal is not None and status.state.terminal:
-                    self.journal.settled(status.task_id)
+                if status.state.terminal:
+                    if self.journal is not None:
+                        self.journal.settled(status.task_id)
+                    claim_id = self._claim_ids.pop(status.task_id, None)
+                    if claim_id is not None:
+                        self._renewals_send.send_nowait((status.task_id, claim_id))
 
     def _fail_unpublishable(self, status: JobStatus, reason: str) -> None:
         """End the job whose status could not be sent; its terminal status carries the reason.

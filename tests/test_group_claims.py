@@ -13,6 +13,7 @@ import trio
 from ansible_worker import worker as worker_module
 from ansible_worker.signing import Signer
 from ansible_worker.topics import Topics
+from ansible_worker.worker import Worker
 from tests.conftest import (
     Broker,
     Controller,
@@ -215,9 +216,9 @@ async def test_claims_in_flight_count_against_the_queue(
     async with open_controller(broker, group) as controller, running_worker(settings) as worker:
         claim, release = worker.claims.claim, trio.Event()
 
-        async def slow_claim(task_id: str, *, lifetime: float | None = None) -> bool:
+        async def slow_claim(task_id: str, claim_id: str, *, also_ours: frozenset[str] = frozenset()) -> bool:
             await release.wait()
-            return await claim(task_id, lifetime=lifetime)
+            return await claim(task_id, claim_id, also_ours=also_ours)
 
         worker.claims.claim = slow_claim  # type: ignore[method-assign]
         for index in range(6):
@@ -229,3 +230,108 @@ async def test_claims_in_flight_count_against_the_queue(
     assert all(status["error_message"] == "queue full (max 2)" for status in refused)
     assert all(status["refused"] for status in refused)
     assert [status["state"] for status in ran] == ["success", "success"]
+
+
+async def test_a_job_whose_claim_was_cut_short_by_a_crash_runs_after_the_restart(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+) -> None:
+    """The broker will not send a job again once a worker took it: the journal has it before the claim."""
+    settings = make_settings(broker.port, playbook_dir, group, worker_id="crashing", state_dir=tmp_path / "state")
+    async with open_controller(broker, group) as controller:
+        worker = Worker(settings)
+        claiming = trio.Event()
+
+        async def never_confirmed(task_id: str, *args: Any, **options: Any) -> bool:
+            claiming.set()
+            await trio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        worker.claims.claim = never_confirmed  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            with trio.fail_after(15):
+                await worker.session.wait_connected()
+            await controller.submit(append_job("cut-short", tmp_path))
+            with trio.fail_after(10):
+                await claiming.wait()
+            # A crash, not a shutdown: nothing of the worker runs after this.
+            nursery.cancel_scope.cancel()
+        assert "cut-short" not in controller.statuses
+        async with running_worker(settings):
+            final = await controller.wait_terminal("cut-short", within=60)
+    assert final["state"] == "success"
+    assert final["worker_id"] == "crashing"
+    assert run_count("cut-short", tmp_path) == 1
+
+
+async def test_a_queued_job_runs_after_a_crash_even_under_a_new_worker_id(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+) -> None:
+    """The default worker_id changes at each start: the journal knows the claim by its id, not by name."""
+    state = tmp_path / "state"
+    first = make_settings(broker.port, playbook_dir, group, worker_id="before", state_dir=state, concurrency=1)
+    again = make_settings(broker.port, playbook_dir, group, worker_id="after", state_dir=state)
+    async with open_controller(broker, group) as controller:
+        worker = Worker(first)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            with trio.fail_after(15):
+                await worker.session.wait_connected()
+            sleeper = {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 60}}
+            await controller.submit({"task_id": "crash-running", **sleeper})
+            await controller.wait_for("crash-running", {"running"})
+            await controller.submit(append_job("crash-queued", tmp_path))
+            await controller.wait_for("crash-queued", {"queued"})
+            # A crash for the queued job (no drain, no hand-back); the running one is cancelled.
+            nursery.cancel_scope.cancel()
+        async with running_worker(again):
+            final = await controller.wait_terminal("crash-queued", within=60)
+    assert final["state"] == "success"
+    assert final["worker_id"] == "after"
+    assert run_count("crash-queued", tmp_path) == 1
+
+
+async def test_a_claim_is_renewed_when_its_job_ends(broker: Broker, playbook_dir: Path, group: str) -> None:
+    """A claim must outlive the status it protects, however long the job ran."""
+    async with (
+        client_for(broker, group) as watcher,
+        running_worker(make_settings(broker.port, playbook_dir, group)),
+        client_for(broker, group) as client,
+    ):
+        feed = await watcher.subscribe([watcher.topics.claim("renewed")])
+        await (await client.submit({"task_id": "renewed", **QUICK})).wait()
+        with trio.fail_after(10):
+            first = json.loads((await feed.receive()).payload)
+            second = json.loads((await feed.receive()).payload)
+    assert first["state"] == second["state"] == "claimed"
+    assert first["claim"] == second["claim"]
+    assert second["expires_at"] > first["expires_at"]
+
+
+async def test_a_cancel_that_arrives_during_a_hand_back_ends_the_job_there(
+    broker: Broker, playbook_dir: Path, group: str
+) -> None:
+    settings = make_settings(broker.port, playbook_dir, group, worker_id="leaving", drain_timeout=30)
+    async with open_controller(broker, group) as controller, running_worker(settings) as worker:
+        now = datetime.now(UTC).isoformat()
+        ghost = {"worker_id": "ghost", "state": "online", "heartbeat_at": now, "heartbeat_interval": 60}
+        ghost_topic = controller.topics.worker("ghost")
+        await controller.link.publish(ghost_topic, json.dumps(ghost).encode(), qos=1, retain=True)
+        with trio.fail_after(10):
+            while worker.peers.online() != ["ghost"]:  # noqa: ASYNC110 - presence is state, polled with a bound
+                await trio.sleep(0.02)
+        sleeper = {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 3}}
+        await controller.submit({"task_id": "cancel-running", **sleeper})
+        await controller.submit({"task_id": "cancel-handed", **QUICK})
+        await controller.wait_for("cancel-handed", {"queued"})
+        worker.request_shutdown()
+        with trio.fail_after(10):
+            while not any(s.get("handed_back_by") for s in controller.statuses["cancel-handed"]):  # noqa: ASYNC110 - statuses arrive on the wire
+                await trio.sleep(0.02)
+        cancel = json.dumps({"reason": "not now", "requested_by": "ops"}).encode()
+        await controller.link.publish(controller.topics.cancel("cancel-handed"), cancel, qos=1)
+        # Well before the 10 s a hand-back waits for an answer.
+        final = await controller.wait_terminal("cancel-handed", within=8)
+        await controller.link.publish(ghost_topic, b"", qos=1, retain=True)
+    assert final["state"] == "cancelled"
+    assert final["error_message"] == "cancelled by ops: not now"

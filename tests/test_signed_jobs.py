@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import trio
 
+from ansible_worker.claims import new_claim_id
 from ansible_worker.config import Settings
 from ansible_worker.signing import Signer
 from ansible_worker.topics import Topics
@@ -163,7 +164,7 @@ async def test_claims_made_at_the_same_moment_have_one_winner(
     ):
 
         async def claim(worker: Worker) -> None:
-            results[worker.settings.worker.worker_id] = await worker.claims.claim("race")
+            results[worker.settings.worker.worker_id] = await worker.claims.claim("race", new_claim_id())
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(claim, a)
@@ -209,10 +210,10 @@ async def test_a_cancel_that_arrives_while_the_claim_is_in_flight_is_kept(
         # The claim's round trip is a millisecond: hold it, so the cancel surely comes during it.
         claim, claiming, go_on = worker.claims.claim, trio.Event(), trio.Event()
 
-        async def held_claim(task_id: str, *, lifetime: float | None = None) -> bool:
+        async def held_claim(task_id: str, claim_id: str, *, also_ours: frozenset[str] = frozenset()) -> bool:
             claiming.set()
             await go_on.wait()
-            return await claim(task_id, lifetime=lifetime)
+            return await claim(task_id, claim_id, also_ours=also_ours)
 
         worker.claims.claim = held_claim  # type: ignore[method-assign]
         await controller.submit(alice.sign(topics.tasks, {"task_id": "c-early", **SLEEP}))

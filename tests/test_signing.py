@@ -268,6 +268,15 @@ def test_security_config_mistakes_name_the_key(tmp_path: Path, keys: dict[str, P
             },
             "security: worker_key: ",
         ),
+        (
+            {
+                "require_signed_tasks": True,
+                "trusted_keys": {"alice": str(keys["alice"].with_suffix(".pub"))},
+                "worker_key": str(keys["mallory"].with_suffix(".key")),
+                "worker_keys": {"east": str(keys["alice"].with_suffix(".pub"))},
+            },
+            "security: worker_keys names a key that is also one of trusted_keys",
+        ),
         ({"max_task_age": 0}, "security.max_task_age: Input should be greater than 0 (got 0)"),
         ({"trusted_keys": {"bad name": "x"}}, "security.trusted_keys.bad name.[key]: String should match pattern"),
     ]
