@@ -183,6 +183,9 @@ class ClaimBook:
                 return False
             if holder is not None and holder.claim_id != claim.claim_id:
                 return False
+            if holder is not None and holder.expires > claim.expires:
+                # An older copy of the same claim: it does not shorten what is known.
+                claim = holder
             entry.holder, entry.release = claim, None
         else:
             assert claim.releases is not None

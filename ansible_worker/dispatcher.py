@@ -47,6 +47,11 @@ class Dispatcher:
         return sum(1 for job in self.jobs.values() if job.state == State.QUEUED)
 
     @property
+    def buffered(self) -> int:
+        """Jobs in the queue's buffer, counting cancelled ones that no slot has taken out yet."""
+        return self._send.statistics().current_buffer_used
+
+    @property
     def full(self) -> bool:
         """Whether `submit` would refuse a job now for want of room in the queue."""
         statistics = self._send.statistics()

@@ -89,8 +89,8 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalError(f"could not journal the job: {exc}") from exc
 
-    def claimed(self, task_id: str, claim_id: str) -> None:
-        """Record this worker's claim id on a job the journal holds.
+    def claimed(self, task_id: str, claim_id: str | None) -> None:
+        """Record this worker's claim id on a job the journal holds (None: it holds none now).
 
         Errors: `JournalError`, as `accepted`.
         """

@@ -203,6 +203,7 @@ class Worker:
             infrastructure.start_soon(self._take_messages)
             infrastructure.start_soon(self._serve_answers)
             infrastructure.start_soon(self._renew_claims)
+            infrastructure.start_soon(self._keep_claims_alive)
             infrastructure.start_soon(self.presence.run)
             if self.events is not None:
                 infrastructure.start_soon(self.events.run)
@@ -215,7 +216,8 @@ class Worker:
                     task_status.started()
                     await self._shutdown.wait()
                     await self._drain(serving.cancel_scope)
-            self._claiming = None
+                # Before the nursery closes: a job arriving now is refused, not lost.
+                self._claiming = None
             with trio.move_on_after(SHUTDOWN_MARGIN) as flush:
                 await self.outbox.wait_idle()
             if flush.cancelled_caught:
@@ -267,10 +269,14 @@ class Worker:
         for entry in journal.entries():
             if entry.state == State.QUEUED:
                 match read_task_message(entry.payload, max_bytes=self.settings.worker.max_message_bytes):
+                    case Accepted(request) if self._holds(entry.task_id):
+                        # A copy arrived before the journal was read, and is being claimed.
+                        continue
                     case Accepted(request):
                         log.info("task %s was queued before a restart: queueing it again", entry.task_id)
                         # Its claim is this worker's, unless the group gave it to another since.
-                        self._start_claim(request, entry.payload, claim_id=entry.claim_id, from_journal=True)
+                        earlier = frozenset((entry.claim_id or "").split())
+                        self._start_claim(request, entry.payload, earlier=earlier, from_journal=True)
                         continue
                 journal.settled(entry.task_id)
                 continue
@@ -289,6 +295,9 @@ class Worker:
                 )
             else:
                 log.info("task %s: publishing its %s status again", entry.task_id, entry.state)
+            if entry.claim_id:
+                # Renewed once this terminal status is out, as for any job that ends.
+                self._claim_ids[entry.task_id] = entry.claim_id.split()[-1]
             self.outbox.post(status)
 
     async def _end_left_over_run(self, run_dir: Path) -> None:
@@ -349,7 +358,6 @@ class Worker:
             await self._give_back(request, payload, claim_id, job)
         finally:
             self._handing_back.pop(task_id, None)
-            self._claim_ids.pop(task_id, None)
 
     async def _give_back(self, request: TaskRequest, payload: bytes, claim_id: str, job: Job | None) -> None:
         task_id = request.task_id
@@ -384,12 +392,9 @@ class Worker:
             # The release may be out or not: who owns the job is settled by a claim below.
             log.warning("task %s: its release was not confirmed (%s)", task_id, exc)
         else:
-            try:
-                with trio.fail_after(HAND_BACK_TIMEOUT):
-                    await self.session.publish(self.topics.tasks, payload, qos=2)
-            except (LinkError, trio.TooSlowError) as exc:
-                # It may still arrive: the next worker's claim, or ours below, decides.
-                log.warning("task %s: its request was not confirmed by the broker (%s)", task_id, exc)
+            # A cancel that came meanwhile keeps the request back: the job is taken back below.
+            if self._handing_back.get(task_id) is None:
+                await self._republish(task_id, payload)
         ours = frozenset({claim_id})
         taken: Claim | None = None
         with trio.move_on_after(HAND_BACK_ANSWER_TIMEOUT):
@@ -400,8 +405,12 @@ class Worker:
         if taken is None:
             # Nobody answered, or a cancel came: take it back with a claim of its own (the
             # released one never holds again), unless the release never took effect.
+            back_id = new_claim_id()
+            if self.journal is not None:
+                # Either may hold the job after a crash now: the release may not have landed.
+                self.journal.claimed(task_id, f"{claim_id} {back_id}")
             try:
-                back = await self.claims.claim(task_id, new_claim_id(), also_ours=ours)
+                back = await self.claims.claim(task_id, back_id, also_ours=ours)
             except ClaimFailed as exc:
                 log.error(
                     "task %s: handed back, but neither taken by another worker nor back here (%s);"
@@ -411,6 +420,10 @@ class Worker:
                 )
                 return
             if back:
+                holder = self.claims.holder(task_id)
+                if holder is not None:
+                    # Renewed when its cancelled status is out.
+                    self._claim_ids[task_id] = holder.claim_id
                 cancel = self._handing_back.get(task_id)
                 if cancel is not None:
                     reason = cancel.describe()
@@ -422,6 +435,14 @@ class Worker:
                 self._cancel_unstarted(request, job, reason)
                 return
             taken = self.claims.holder(task_id)
+        self._claim_ids.pop(task_id, None)
+        if self._handing_back.get(task_id) is not None:
+            log.warning(
+                "task %s: a cancel request came during its hand-back, but worker %s had taken it; cancel it again"
+                " there if it still runs",
+                task_id,
+                taken.worker_id if taken is not None else "(unknown)",
+            )
         log.info(
             "task %s handed back to the group: worker %s took it",
             task_id,
@@ -429,6 +450,14 @@ class Worker:
         )
         if self.journal is not None:
             self.journal.settled(task_id)
+
+    async def _republish(self, task_id: str, payload: bytes) -> None:
+        try:
+            with trio.fail_after(HAND_BACK_TIMEOUT):
+                await self.session.publish(self.topics.tasks, payload, qos=2)
+        except (LinkError, trio.TooSlowError) as exc:
+            # It may still arrive: the next worker's claim, or this one's, decides.
+            log.warning("task %s: its request was not confirmed by the broker (%s)", task_id, exc)
 
     async def _cancel_when_asked(self, task_id: str, waiting: trio.CancelScope) -> None:
         """End the wait for another worker's answer as soon as a cancel request for the job arrives."""
@@ -549,7 +578,9 @@ class Worker:
     @property
     def _queue_full(self) -> bool:
         # The claims in flight will take room in the queue too.
-        return self.dispatcher.queued_count + len(self._claims_in_flight) >= self.dispatcher.capacity
+        # A job cancelled while queued leaves its place in the queue only when a slot takes it.
+        waiting = max(self.dispatcher.queued_count, self.dispatcher.buffered)
+        return waiting + len(self._claims_in_flight) >= self.dispatcher.capacity
 
     def _refuse(self, task_id: str, reason: str) -> None:
         """Answer a message that cannot run with `failed`, without harming a job the group holds.
@@ -600,12 +631,13 @@ class Worker:
         payload: bytes,
         *,
         signer: str | None = None,
-        claim_id: str | None = None,
+        earlier: frozenset[str] = frozenset(),
         from_journal: bool = False,
     ) -> None:
+        """Claim a job in the background, then queue it; `earlier`: this worker's claims on it before a restart."""
         # Bounded: a claim in flight counts against the queue's size (see `_take_task`).
         assert self._claiming is not None
-        claim_id = claim_id or new_claim_id()
+        claim_id = new_claim_id()
         if self.journal is not None:
             from ansible_worker.journal import JournalError
 
@@ -617,16 +649,22 @@ class Worker:
                 if not from_journal:
                     self.journal.accepted(job.task_id, payload, arrived, claim_id=claim_id)
                 else:
-                    self.journal.claimed(job.task_id, claim_id)
+                    # Any of them may hold the job once this claim is out.
+                    self.journal.claimed(job.task_id, " ".join([*sorted(earlier), claim_id]))
             except JournalError as exc:
                 log.error("task %s: %s", job.task_id, exc)
                 self._refuse(job.task_id, str(exc))
                 return
         self._claims_in_flight[job.task_id] = None
-        self._claiming.start_soon(self._claim_then_submit, job, payload, claim_id, signer, from_journal)
+        self._claiming.start_soon(self._claim_then_submit, job, payload, claim_id, earlier, signer)
 
     async def _claim_then_submit(
-        self, job: TaskRequest, payload: bytes, claim_id: str, signer: str | None, from_journal: bool
+        self,
+        job: TaskRequest,
+        payload: bytes,
+        claim_id: str,
+        earlier: frozenset[str],
+        signer: str | None,
     ) -> None:
         """Queue a job once the group agrees it is this worker's; a job another worker took is left to it.
 
@@ -637,7 +675,7 @@ class Worker:
         at once. Any other error fails this one job, not the worker.
         """
         try:
-            await self._claim_and_queue(job, payload, claim_id, signer, from_journal)
+            await self._claim_and_queue(job, payload, claim_id, earlier, signer)
         except Exception:
             log.exception("task %s: could not claim and queue it", job.task_id)
             self._claims_in_flight.pop(job.task_id, None)
@@ -646,13 +684,13 @@ class Worker:
                 self.journal.settled(job.task_id)
 
     async def _claim_and_queue(
-        self, job: TaskRequest, payload: bytes, claim_id: str, signer: str | None, from_journal: bool
+        self, job: TaskRequest, payload: bytes, claim_id: str, earlier: frozenset[str], signer: str | None
     ) -> None:
         task_id = job.task_id
         try:
             while True:
                 try:
-                    won = await self.claims.claim(task_id, claim_id)
+                    won = await self.claims.claim(task_id, claim_id, also_ours=earlier)
                     break
                 except ClaimFailed as exc:
                     if exc.permanent or self._shutdown.is_set():
@@ -679,14 +717,17 @@ class Worker:
             log.info("task %s: signed by %s, claimed for this worker", task_id, signer)
         else:
             log.info("task %s: claimed for this worker", task_id)
+        holder = self.claims.holder(task_id)
+        # The claim that holds it: this one, or one made before a restart.
+        claim_id = holder.claim_id if holder is not None else claim_id
         self._claim_ids[task_id] = claim_id
         if self._shutdown.is_set() and cancel is None:
             self._handing_back[task_id] = None
             await self._hand_back(job, payload, claim_id)
             return
         # (Shutting down, a cancelled job is not handed back: it ends here, `cancelled`.)
-        if self.dispatcher.submit(job, payload) is None:
-            self._claim_ids.pop(task_id, None)
+        # (A refused one gets a terminal status too, after which its claim is renewed.)
+        self.dispatcher.submit(job, payload)
         if cancel is not None:
             self.dispatcher.cancel(task_id, cancel.describe(), requested_by=cancel.requested_by)
 
@@ -699,6 +740,10 @@ class Worker:
         log.error("task %s: %s", job.task_id, reason)
         if self.journal is not None:
             self.journal.settled(job.task_id)
+        holder = self.claims.holder(job.task_id)
+        if holder is not None and holder.claim_id != claim_id:
+            # Another worker holds it: no word from this one may look like its end.
+            return
         # The claim may have reached the broker after all: it must not hold the task_id
         # for a job that no one runs.
         with trio.move_on_after(RELEASE_TIMEOUT):
@@ -710,6 +755,16 @@ class Worker:
         # worker of the group may (its status is not ours).
         await self._answer_refusal(job.task_id, reason)
 
+    async def _keep_claims_alive(self) -> None:
+        """Renew the claims of the jobs held here every half lifetime, so that a long job's claim never lapses."""
+        lifetime = self.claims.lifetime
+        if lifetime is None:
+            return
+        while True:
+            await trio.sleep(lifetime / 2)
+            for task_id, claim_id in list(self._claim_ids.items()):
+                self._renewals_send.send_nowait((task_id, claim_id))
+
     async def _renew_claims(self) -> None:
         """Publish the claim of each job that ended again, so that it lasts as long as the job's status."""
         async with self._renewals_receive:
@@ -717,7 +772,7 @@ class Worker:
                 try:
                     with trio.fail_after(ANSWER_TIMEOUT):
                         await self.claims.refresh(task_id, claim_id)
-                except (LinkError, trio.TooSlowError) as exc:
+                except Exception as exc:
                     # The claim still holds for its first lifetime, from when it was made.
                     log.warning("task %s: could not renew its claim: %s", task_id, exc)
 

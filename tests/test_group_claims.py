@@ -335,3 +335,33 @@ async def test_a_cancel_that_arrives_during_a_hand_back_ends_the_job_there(
         await controller.link.publish(ghost_topic, b"", qos=1, retain=True)
     assert final["state"] == "cancelled"
     assert final["error_message"] == "cancelled by ops: not now"
+
+
+async def test_a_queue_full_of_cancelled_jobs_refuses_before_it_claims(
+    broker: Broker, playbook_dir: Path, group: str
+) -> None:
+    """Cancelled queued jobs keep their places until a slot takes them out: a new job is refused live, unclaimed."""
+    settings = make_settings(broker.port, playbook_dir, group, max_queue_size=2, concurrency=1)
+    sleeper = {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 60}}
+    async with open_controller(broker, group) as controller, running_worker(settings) as worker:
+        await controller.submit({"task_id": "full-running", **sleeper})
+        await controller.wait_for("full-running", {"running"})
+        for task_id in ("full-q1", "full-q2"):
+            await controller.submit({"task_id": task_id, **QUICK})
+            await controller.wait_for(task_id, {"queued"})
+            await controller.link.publish(controller.topics.cancel(task_id), b"", qos=1)
+            await controller.wait_terminal(task_id)
+        await controller.submit({"task_id": "full-next", **QUICK})
+        refused = await controller.wait_terminal("full-next")
+        assert worker.claims.holder("full-next") is None
+        worker.dispatcher.cancel("full-running", "enough")
+        # Refused live, so the same task_id may come again once there is room.
+        with trio.fail_after(30):
+            while worker.dispatcher.buffered:  # noqa: ASYNC110 - the queue's own state, bounded
+                await trio.sleep(0.05)
+        await controller.submit({"task_id": "full-next", **QUICK})
+        with trio.fail_after(60):
+            while not controller.statuses["full-next"] or controller.statuses["full-next"][-1]["state"] != "success":  # noqa: ASYNC110 - statuses arrive on the wire
+                await trio.sleep(0.05)
+    assert refused["refused"] is True
+    assert refused["error_message"] == "queue full (max 2)"
