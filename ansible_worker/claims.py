@@ -77,7 +77,7 @@ def claim_document(
     if releases is not None:
         document["releases"] = releases
     if expires_at is not None:
-        document["expires_at"] = expires_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        document["expires_at"] = expires_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return document
 
 
