@@ -278,7 +278,7 @@ async def soak(lab: Lab, fleet: Fleet, jobs: int, rate: float, chaos: Chaos) -> 
         with trio.move_on_after(180):
             await all_seen.wait()
         nursery.cancel_scope.cancel()
-    memory_after = {name: rss_kib(process.pid) for name, process in fleet.processes.items()}
+    memory_after = {name: _rss_or_none(process.pid) for name, process in fleet.processes.items()}
     distinct = {
         task_id: {(s["state"], s.get("completed_at"), s.get("worker_id")) for s in seen[task_id]} for task_id in seen
     }
@@ -306,6 +306,14 @@ async def soak(lab: Lab, fleet: Fleet, jobs: int, rate: float, chaos: Chaos) -> 
         report["jobs_published_again"] = sum(1 for count in submissions.attempts.values() if count > 1)
         report["unanswered"] = len(submissions.unanswered)
     return report
+
+
+def _rss_or_none(pid: int) -> int | None:
+    """A worker's resident memory, or None if a restart at the very end left it not running."""
+    try:
+        return rss_kib(pid)
+    except FileNotFoundError:
+        return None
 
 
 async def soak_fleet(lab: Lab, fleet: Fleet, jobs: int, rate: float, chaos: Chaos) -> dict[str, Any]:
