@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,22 @@ async def test_forged_releases_and_cleared_claims_do_not_reopen_a_signed_job(
     assert [s for s in statuses if s.get("refused")][-1]["error_message"].startswith("expired: issued")
 
 
+@asynccontextmanager
+async def silent_peer(controller: Controller, worker: Worker) -> AsyncIterator[None]:
+    """A peer with a fresh heartbeat that takes nothing (hung, partitioned), as `worker` sees it."""
+    now = datetime.now(UTC).isoformat()
+    ghost = {"worker_id": "ghost", "state": "online", "heartbeat_at": now, "heartbeat_interval": 60}
+    topic = controller.topics.worker("ghost")
+    await controller.link.publish(topic, json.dumps(ghost).encode(), qos=1, retain=True)
+    try:
+        with trio.fail_after(10):
+            while worker.peers.online() != ["ghost"]:  # noqa: ASYNC110 - presence is state, polled with a bound
+                await trio.sleep(0.02)
+        yield
+    finally:
+        await controller.link.publish(topic, b"", qos=1, retain=True)
+
+
 async def test_a_job_handed_to_a_peer_that_never_answers_is_taken_back_and_cancelled(
     broker: Broker, playbook_dir: Path, group: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -142,21 +160,13 @@ async def test_a_job_handed_to_a_peer_that_never_answers_is_taken_back_and_cance
     monkeypatch.setattr(worker_module, "HAND_BACK_ANSWER_TIMEOUT", 2.0, raising=False)
     settings = make_settings(broker.port, playbook_dir, group, worker_id="leaving", drain_timeout=30)
     async with open_controller(broker, group) as controller:
-        async with running_worker(settings) as worker:
-            now = datetime.now(UTC).isoformat()
-            ghost = {"worker_id": "ghost", "state": "online", "heartbeat_at": now, "heartbeat_interval": 60}
-            ghost_topic = controller.topics.worker("ghost")
-            await controller.link.publish(ghost_topic, json.dumps(ghost).encode(), qos=1, retain=True)
-            with trio.fail_after(10):
-                while worker.peers.online() != ["ghost"]:  # noqa: ASYNC110 - presence is state, polled with a bound
-                    await trio.sleep(0.02)
+        async with running_worker(settings) as worker, silent_peer(controller, worker):
             sleeper = {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 2}}
             await controller.submit({"task_id": "unanswered-running", **sleeper})
             await controller.submit({"task_id": "unanswered", **QUICK})
             await controller.wait_for("unanswered", {"queued"})
             worker.request_shutdown()
             final = await controller.wait_terminal("unanswered", within=30)
-            await controller.link.publish(ghost_topic, b"", qos=1, retain=True)
         await controller.sync()
         states = [(s["state"], s.get("handed_back_by")) for s in controller.statuses["unanswered"]]
     assert final["state"] == "cancelled"
@@ -312,14 +322,11 @@ async def test_a_cancel_that_arrives_during_a_hand_back_ends_the_job_there(
     broker: Broker, playbook_dir: Path, group: str
 ) -> None:
     settings = make_settings(broker.port, playbook_dir, group, worker_id="leaving", drain_timeout=30)
-    async with open_controller(broker, group) as controller, running_worker(settings) as worker:
-        now = datetime.now(UTC).isoformat()
-        ghost = {"worker_id": "ghost", "state": "online", "heartbeat_at": now, "heartbeat_interval": 60}
-        ghost_topic = controller.topics.worker("ghost")
-        await controller.link.publish(ghost_topic, json.dumps(ghost).encode(), qos=1, retain=True)
-        with trio.fail_after(10):
-            while worker.peers.online() != ["ghost"]:  # noqa: ASYNC110 - presence is state, polled with a bound
-                await trio.sleep(0.02)
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(settings) as worker,
+        silent_peer(controller, worker),
+    ):
         sleeper = {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 3}}
         await controller.submit({"task_id": "cancel-running", **sleeper})
         await controller.submit({"task_id": "cancel-handed", **QUICK})
@@ -332,7 +339,6 @@ async def test_a_cancel_that_arrives_during_a_hand_back_ends_the_job_there(
         await controller.link.publish(controller.topics.cancel("cancel-handed"), cancel, qos=1)
         # Well before the 10 s a hand-back waits for an answer.
         final = await controller.wait_terminal("cancel-handed", within=8)
-        await controller.link.publish(ghost_topic, b"", qos=1, retain=True)
     assert final["state"] == "cancelled"
     assert final["error_message"] == "cancelled by ops: not now"
 
