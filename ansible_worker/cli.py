@@ -13,13 +13,13 @@ from pathlib import Path
 import trio
 
 from ansible_worker import __version__
-from ansible_worker.config import DEFAULT_CONFIG_FILE, ENV_PREFIX, ConfigError, Settings, load_settings
-from ansible_worker.controller_parser import CONTROLLER_COMMANDS, add_controller_commands
-from ansible_worker.logging_setup import setup_logging
-from ansible_worker.playbook_command import Executable, child_environment, find_ansible_playbook, find_executable
-from ansible_worker.special_vars import describe_allowed
-from ansible_worker.topics import Topics
-from ansible_worker.worker import Worker
+from ansible_worker.controller.parser import CONTROLLER_COMMANDS, add_controller_commands
+from ansible_worker.ops.config import DEFAULT_CONFIG_FILE, ENV_PREFIX, ConfigError, Settings, load_settings
+from ansible_worker.ops.logging_setup import setup_logging
+from ansible_worker.protocol.topics import Topics
+from ansible_worker.run.command import Executable, child_environment, find_ansible_playbook, find_executable
+from ansible_worker.run.special_vars import describe_allowed
+from ansible_worker.worker.service import Worker
 
 log = logging.getLogger("ansible_worker")
 
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_schema(output_dir: Path | None) -> int:
-    from ansible_worker.api_schema import asyncapi_document, write_documents
+    from ansible_worker.ops.api_schema import asyncapi_document, write_documents
 
     if output_dir is None:
         import yaml
@@ -98,7 +98,7 @@ def write_schema(output_dir: Path | None) -> int:
 
 def keygen(name: str, directory: Path) -> int:
     """Write a key pair and say how to use it; exit 2 if it cannot be written."""
-    from ansible_worker.signing import generate_key_pair
+    from ansible_worker.protocol.signing import generate_key_pair
 
     private, public = directory / f"{name}.key", directory / f"{name}.pub"
     try:
@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return write_schema(args.output_dir)
     if args.command in CONTROLLER_COMMANDS:
         # Imported only here, so that a worker process never loads the controller's (rich).
-        from ansible_worker.controller_commands import run_command
+        from ansible_worker.controller.commands import run_command
 
         return run_command(args)
     try:
@@ -253,7 +253,7 @@ def summarize(settings: Settings, path: Path | None) -> str:
     if git.path is None:
         lines.append(f"  warning: worker.git_path: {git.describe()}: jobs with git_pull will fail")
     if worker.state_dir is not None:
-        from ansible_worker.journal import exposure
+        from ansible_worker.worker.journal import exposure
 
         problem = exposure(worker.state_dir)
         if problem is not None:

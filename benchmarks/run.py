@@ -28,7 +28,7 @@ from typing import Any
 import trio
 
 from ansible_worker import __version__
-from ansible_worker.client import Client, open_client, target_from_url
+from ansible_worker.controller.client import Client, open_client, target_from_url
 
 BIN = Path(sys.executable).parent
 ANSIBLE_PLAYBOOK = str(BIN / "ansible-playbook")

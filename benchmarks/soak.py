@@ -40,7 +40,7 @@ from typing import Any
 
 import trio
 
-from ansible_worker.client import Client, NoWorkerAnswered, open_client, target_from_url
+from ansible_worker.controller.client import Client, NoWorkerAnswered, open_client, target_from_url
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run import BIN, GROUP, Lab, rss_kib, wait_for_worker
@@ -347,7 +347,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     # A client's notices (a job published again, a reconnect) would be thousands of lines.
-    logging.getLogger("ansible_worker.client").setLevel(logging.ERROR)
+    logging.getLogger("ansible_worker.controller.client").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="ansible-worker-soak-") as scratch:
         lab = Lab(Path(scratch))
         stand_in = lab.root / "stand-in-ansible-playbook"

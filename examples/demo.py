@@ -24,8 +24,8 @@ from typing import Any
 
 import trio
 
-from ansible_worker.mqtt_link import LinkOptions, open_mqtt_link
-from ansible_worker.topics import Topics
+from ansible_worker.mqtt.link import LinkOptions, open_mqtt_link
+from ansible_worker.protocol.topics import Topics
 
 HERE = Path(__file__).resolve().parent
 GROUP = "demo"

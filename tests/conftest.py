@@ -25,12 +25,12 @@ from typing import Any
 import pytest
 import trio
 
-from ansible_worker.client import Client, open_client, target_from_url
-from ansible_worker.config import Settings
-from ansible_worker.mqtt_link import LinkOptions, MqttLink, open_mqtt_link
-from ansible_worker.signing import Signer, generate_key_pair
-from ansible_worker.topics import Topics
-from ansible_worker.worker import Worker
+from ansible_worker.controller.client import Client, open_client, target_from_url
+from ansible_worker.mqtt.link import LinkOptions, MqttLink, open_mqtt_link
+from ansible_worker.ops.config import Settings
+from ansible_worker.protocol.signing import Signer, generate_key_pair
+from ansible_worker.protocol.topics import Topics
+from ansible_worker.worker.service import Worker
 
 PLAYBOOKS = Path(__file__).parent / "playbooks"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import trio
 
-from ansible_worker.client import Client, Target, open_client
-from ansible_worker.mqtt_link import InboundMessage, LinkOptions, PublishRefused, open_mqtt_link
-from ansible_worker.topics import Topics
+from ansible_worker.controller.client import Client, Target, open_client
+from ansible_worker.mqtt.link import InboundMessage, LinkOptions, PublishRefused, open_mqtt_link
+from ansible_worker.protocol.topics import Topics
 from tests.conftest import ANSIBLE_PLAYBOOK, Broker, make_settings, running_worker, worker_process
 from tests.pki import Pki, make_pki
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from ansible_worker.worker import Worker
+from ansible_worker.worker.service import Worker
 from tests.conftest import Broker, make_settings, open_controller, running_worker
 
 QUICK = {"playbook": "quick.yml", "inventory": "one_host.ini"}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from ansible_worker.client import NoWorkerAnswered, Update
+from ansible_worker.controller.client import NoWorkerAnswered, Update
 from tests.conftest import (
     Broker,
     client_for,

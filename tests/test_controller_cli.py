@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from ansible_worker.job_arguments import ArgumentError, parse_extra_vars, split_list
+from ansible_worker.controller.arguments import ArgumentError, parse_extra_vars, split_list
 from tests.conftest import Broker, client_for, make_settings, processes_mentioning, running_worker
 
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
@@ -316,7 +316,7 @@ def test_json_lines_are_strict_json_even_for_nan_and_infinity() -> None:
 
     from rich.console import Console
 
-    from ansible_worker.controller_commands import print_json_line
+    from ansible_worker.controller.commands import print_json_line
 
     out = io.StringIO()
     print_json_line(Console(file=out), {"a": float("nan"), "b": [1.5, float("-inf")], "c": {"d": float("inf")}})

@@ -15,8 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ansible_worker.config import load_settings
-from ansible_worker.worker import SHUTDOWN_MARGIN
+from ansible_worker.ops.config import load_settings
+from ansible_worker.worker.service import SHUTDOWN_MARGIN
 
 ROOT = Path(__file__).parent.parent
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -50,7 +50,7 @@ def shipped_settings(tmp_path: Path) -> Any:
         (tmp_path / directory.strip("/")).mkdir(parents=True)
         text = text.replace(directory, str(tmp_path / directory.strip("/")))
     key = tmp_path / "ci.pub"
-    from ansible_worker.signing import generate_key_pair
+    from ansible_worker.protocol.signing import generate_key_pair
 
     generate_key_pair(tmp_path / "ci.key", key)
     worker_key = tmp_path / "worker.key"

@@ -11,8 +11,8 @@ import trio
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from ansible_worker.client import open_client, target_from_url
-from ansible_worker.intake import Accepted, Dropped, Rejected, read_task_message
+from ansible_worker.controller.client import open_client, target_from_url
+from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_task_message
 from tests.conftest import Broker, make_settings, running_worker
 
 TERMINAL = {"success", "failed", "cancelled", "timeout"}

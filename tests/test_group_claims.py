@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import trio
 
-from ansible_worker import worker as worker_module
-from ansible_worker.signing import Signer
-from ansible_worker.topics import Topics
-from ansible_worker.worker import Worker
+from ansible_worker.protocol.signing import Signer
+from ansible_worker.protocol.topics import Topics
+from ansible_worker.worker import service as worker_module
+from ansible_worker.worker.service import Worker
 from tests.conftest import (
     Broker,
     Controller,
@@ -157,7 +157,7 @@ async def test_a_job_handed_to_a_peer_that_never_answers_is_taken_back_and_cance
     broker: Broker, playbook_dir: Path, group: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A peer with a fresh heartbeat that takes nothing (hung, partitioned) is not a place to leave a job."""
-    monkeypatch.setattr(worker_module, "HAND_BACK_ANSWER_TIMEOUT", 2.0, raising=False)
+    monkeypatch.setattr(worker_module, "HAND_BACK_ANSWER_TIMEOUT", 2.0)
     settings = make_settings(broker.port, playbook_dir, group, worker_id="leaving", drain_timeout=30)
     async with open_controller(broker, group) as controller:
         async with running_worker(settings) as worker, silent_peer(controller, worker):

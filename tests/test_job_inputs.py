@@ -20,16 +20,16 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ansible_worker.intake import Accepted, Rejected, read_task_message
-from ansible_worker.job_policy import JobPolicy
-from ansible_worker.models import MAX_TIMEOUT_SECONDS, TaskRequest
-from ansible_worker.playbook_command import JobRefusedError
-from ansible_worker.special_vars import (
+from ansible_worker.protocol.models import MAX_TIMEOUT_SECONDS, TaskRequest
+from ansible_worker.run.command import JobRefusedError
+from ansible_worker.run.policy import JobPolicy
+from ansible_worker.run.special_vars import (
     SPECIAL_NAMES,
     describe_allowed,
     refused_names,
     special_reason,
 )
+from ansible_worker.worker.intake import Accepted, Rejected, read_task_message
 from tests.conftest import ANSIBLE_PLAYBOOK, Broker, make_settings, open_controller, running_worker
 
 BASE: dict[str, Any] = {"task_id": "t1", "playbook": "p.yml", "inventory": "one_host.ini"}
@@ -154,7 +154,7 @@ def test_every_variable_a_real_play_sees_is_refused(tmp_path: Path) -> None:
 def test_the_lists_are_lower_case_and_the_worker_does_not_import_ansible() -> None:
     assert all(name == name.lower() for name in SPECIAL_NAMES)
     code = (
-        "import sys, ansible_worker.worker, ansible_worker.special_vars\n"
+        "import sys, ansible_worker.worker.service, ansible_worker.run.special_vars\n"
         "print(sorted(m for m in sys.modules if m == 'ansible' or m.startswith('ansible.')))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -13,10 +13,10 @@ import jsonschema
 import trio
 import yaml
 
-from ansible_worker.api_schema import json_schemas, write_documents
-from ansible_worker.mqtt_link import InboundMessage, LinkOptions, open_mqtt_link
-from ansible_worker.signing import Signer
-from ansible_worker.topics import Topics
+from ansible_worker.mqtt.link import InboundMessage, LinkOptions, open_mqtt_link
+from ansible_worker.ops.api_schema import json_schemas, write_documents
+from ansible_worker.protocol.signing import Signer
+from ansible_worker.protocol.topics import Topics
 from tests.conftest import (
     ANSIBLE_PLAYBOOK,
     Broker,
@@ -130,7 +130,7 @@ async def test_json_logs_name_the_task_and_the_worker(
         assert record["worker_id"] == "logger-1"
         assert record["time"].endswith("Z")
     about_job = [record for record in records if record.get("task_id") == "logged"]
-    assert {record["logger"] for record in about_job} >= {"ansible_worker.job"}
+    assert {record["logger"] for record in about_job} >= {"ansible_worker.run.job"}
     assert any(record["message"].startswith("task logged failed") for record in about_job)
     assert not any("task_id" in record for record in records if "starting" in record["message"])
 

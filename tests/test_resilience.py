@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import trio
 
-from ansible_worker.client import JobLost
-from ansible_worker.signing import Signer
-from ansible_worker.worker import Worker
+from ansible_worker.controller.client import JobLost
+from ansible_worker.protocol.signing import Signer
+from ansible_worker.worker.service import Worker
 from tests.conftest import (
     Broker,
     client_for,

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import trio
 
-from ansible_worker.claims import new_claim_id
-from ansible_worker.config import Settings
-from ansible_worker.signing import Signer
-from ansible_worker.topics import Topics
-from ansible_worker.worker import Worker
+from ansible_worker.ops.config import Settings
+from ansible_worker.protocol.claims import new_claim_id
+from ansible_worker.protocol.signing import Signer
+from ansible_worker.protocol.topics import Topics
+from ansible_worker.worker.service import Worker
 from tests.conftest import (
     Broker,
     Controller,

@@ -13,11 +13,9 @@ from typing import Any
 
 import pytest
 
-from ansible_worker.claims import Claim, ClaimBook, ClaimState, claim_document, read_claim
-from ansible_worker.config import ConfigError, load_settings
-from ansible_worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
-from ansible_worker.playbook_command import child_environment
-from ansible_worker.signing import (
+from ansible_worker.ops.config import ConfigError, load_settings
+from ansible_worker.protocol.claims import Claim, ClaimBook, ClaimState, claim_document, read_claim
+from ansible_worker.protocol.signing import (
     SignatureRefused,
     Signer,
     TrustedKeys,
@@ -25,6 +23,8 @@ from ansible_worker.signing import (
     generate_key_pair,
     load_public_key,
 )
+from ansible_worker.run.command import child_environment
+from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
 
 TASKS = "ansible/web/tasks"
 JOB = {"task_id": "deploy-1", "playbook": "site.yml", "inventory": "hosts", "extra_vars": {"version": "1.2"}}
@@ -345,9 +345,9 @@ def test_the_claim_book_is_bounded_and_forgets_the_oldest_first() -> None:
 
 def test_the_cheap_checks_come_before_the_signature_is_computed(keys: dict[str, Path]) -> None:
     """A flood of stale or foreign messages costs no canonical JSON: that is refused first."""
-    from ansible_worker.config import SecuritySettings
-    from ansible_worker.task_gate import SignedTaskGate
-    from ansible_worker.topics import Topics
+    from ansible_worker.ops.config import SecuritySettings
+    from ansible_worker.protocol.topics import Topics
+    from ansible_worker.worker.task_gate import SignedTaskGate
 
     trusted = TrustedKeys.from_files({"alice": keys["alice"].with_suffix(".pub")})
     alice = Signer.from_file(keys["alice"].with_suffix(".key"))

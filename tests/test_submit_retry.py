@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import trio
 
-from ansible_worker.client import Client, JobHandle
-from ansible_worker.mqtt_link import InboundMessage
-from ansible_worker.signing import Signer
+from ansible_worker.controller.client import Client, JobHandle
+from ansible_worker.mqtt.link import InboundMessage
+from ansible_worker.protocol.signing import Signer
 from tests.conftest import Broker, client_for, make_settings, require_signatures, running_worker
 
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
@@ -85,7 +85,7 @@ def retries_logged(caplog: pytest.LogCaptureFixture, task_id: str) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "ansible_worker.client" and f"publishing task {task_id} again" in r.getMessage()
+        if r.name == "ansible_worker.controller.client" and f"publishing task {task_id} again" in r.getMessage()
     ]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from ansible_worker.mqtt_link import ConnectFailed, LinkOptions, open_mqtt_link
+from ansible_worker.mqtt.link import ConnectFailed, LinkOptions, open_mqtt_link
 from tests.conftest import Broker, make_settings, open_controller, running_worker
 from tests.pki import Pki, make_pki
 

@@ -10,13 +10,13 @@ import trio
 import trio.testing
 import yaml
 
-from ansible_worker.expand import UnsetVariableError, expand_tree
-from ansible_worker.extra_vars import dump_unsafe_yaml
-from ansible_worker.intake import Accepted, Dropped, Rejected, read_task_message
-from ansible_worker.models import JobStatus, State, TaskRequest
-from ansible_worker.playbook_command import JobRefusedError, build_argv, resolve_inventory, resolve_playbook
-from ansible_worker.progress import Progress
-from ansible_worker.status_outbox import StatusOutbox
+from ansible_worker.ops.expand import UnsetVariableError, expand_tree
+from ansible_worker.protocol.models import JobStatus, State, TaskRequest
+from ansible_worker.run.command import JobRefusedError, build_argv, resolve_inventory, resolve_playbook
+from ansible_worker.run.extra_vars import dump_unsafe_yaml
+from ansible_worker.run.progress import Progress
+from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_task_message
+from ansible_worker.worker.outbox import StatusOutbox
 
 
 def test_intake_classifies_every_kind_of_message() -> None:

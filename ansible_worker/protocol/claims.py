@@ -123,7 +123,7 @@ def read_claim(
     else:
         expires = now + (expiry if expiry else default_lifetime if default_lifetime is not None else float("inf"))
     if verify is not None:
-        from ansible_worker.signing import SignatureRefused
+        from ansible_worker.protocol.signing import SignatureRefused
 
         try:
             verify(document)

@@ -16,16 +16,12 @@ from typing import Any
 
 import trio
 
-from ansible_worker.config import WorkerSettings
-from ansible_worker.event_fifo import EventFifo
-from ansible_worker.event_publisher import EventPublisher, EventStream
-from ansible_worker.extra_vars import write_extra_vars
-from ansible_worker.job_policy import JobPolicy
-from ansible_worker.logging_setup import current_task_id
-from ansible_worker.metrics import WorkerMetrics
-from ansible_worker.models import JobStatus, State, TaskRequest, utc_now
-from ansible_worker.output_tail import OutputTail
-from ansible_worker.playbook_command import (
+from ansible_worker.ops.config import WorkerSettings
+from ansible_worker.ops.logging_setup import current_task_id
+from ansible_worker.ops.metrics import WorkerMetrics
+from ansible_worker.protocol.models import JobStatus, State, TaskRequest, utc_now
+from ansible_worker.protocol.topics import Topics
+from ansible_worker.run.command import (
     FIFO_VARIABLE,
     JobRefusedError,
     ansible_environment,
@@ -35,10 +31,14 @@ from ansible_worker.playbook_command import (
     resolve_inventory,
     resolve_playbook,
 )
-from ansible_worker.process_group import ExitRecord, run_with_output
-from ansible_worker.progress import Progress
-from ansible_worker.status_outbox import StatusOutbox
-from ansible_worker.topics import Topics
+from ansible_worker.run.event_fifo import EventFifo
+from ansible_worker.run.extra_vars import write_extra_vars
+from ansible_worker.run.output_tail import OutputTail
+from ansible_worker.run.policy import JobPolicy
+from ansible_worker.run.process_group import ExitRecord, run_with_output
+from ansible_worker.run.progress import Progress
+from ansible_worker.worker.event_publisher import EventPublisher, EventStream
+from ansible_worker.worker.outbox import StatusOutbox
 
 log = logging.getLogger(__name__)
 

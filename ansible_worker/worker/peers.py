@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ansible_worker.models import utc_now
+from ansible_worker.protocol.models import utc_now
 
 # As AWX does: a node is lost after two missed heartbeats; the margin absorbs clock skew.
 MISSED_HEARTBEATS = 2

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ansible_worker.config import SecuritySettings
-from ansible_worker.intake import Verify
-from ansible_worker.models import utc_now
-from ansible_worker.signing import TrustedKeys, Verified, check_age, issued_at
-from ansible_worker.topics import Topics
+from ansible_worker.ops.config import SecuritySettings
+from ansible_worker.protocol.models import utc_now
+from ansible_worker.protocol.signing import TrustedKeys, Verified, check_age, issued_at
+from ansible_worker.protocol.topics import Topics
+from ansible_worker.worker.intake import Verify
 
 
 class SignedTaskGate:

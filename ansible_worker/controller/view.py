@@ -12,7 +12,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from ansible_worker.client import Update
+from ansible_worker.controller.client import Update
 
 STATE_STYLES = {
     "queued": "cyan",

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from ansible_worker import __version__
-from ansible_worker.models import CancelRequest, ClaimMessage, JobStatus, LiveEvent, Presence, TaskRequest
+from ansible_worker.protocol.models import CancelRequest, ClaimMessage, JobStatus, LiveEvent, Presence, TaskRequest
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 

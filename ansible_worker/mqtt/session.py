@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from ansible_worker.mqtt_link import (
+from ansible_worker.mqtt.link import (
     ConnectFailed,
     InboundMessage,
     LinkError,

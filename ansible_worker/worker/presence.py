@@ -12,9 +12,9 @@ from datetime import datetime
 import trio
 
 from ansible_worker import __version__
-from ansible_worker.broker_session import BrokerSession
-from ansible_worker.models import Presence, utc_now
-from ansible_worker.mqtt_link import LinkError, Will
+from ansible_worker.mqtt.link import LinkError, Will
+from ansible_worker.mqtt.session import BrokerSession
+from ansible_worker.protocol.models import Presence, utc_now
 
 log = logging.getLogger(__name__)
 

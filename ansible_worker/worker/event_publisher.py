@@ -10,9 +10,9 @@ from typing import Any
 
 import trio
 
-from ansible_worker.broker_session import BrokerSession
-from ansible_worker.live_events import live_event
-from ansible_worker.mqtt_link import LinkError
+from ansible_worker.mqtt.link import LinkError
+from ansible_worker.mqtt.session import BrokerSession
+from ansible_worker.protocol.live_events import live_event
 
 log = logging.getLogger(__name__)
 

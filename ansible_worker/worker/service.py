@@ -10,28 +10,28 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ansible_worker.broker_session import BrokerSession
-from ansible_worker.claims import Claim, new_claim_id
-from ansible_worker.config import Settings
-from ansible_worker.dispatcher import Dispatcher
-from ansible_worker.event_publisher import EventPublisher
-from ansible_worker.group_claims import ClaimFailed, GroupClaims
-from ansible_worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
-from ansible_worker.job import EVENT_FIFO_NAME, RUN_DIRECTORY_PREFIX, Job, JobRunner
-from ansible_worker.metrics import Snapshot, WorkerMetrics
-from ansible_worker.models import CancelRequest, JobStatus, State, TaskRequest, utc_now
-from ansible_worker.mqtt_link import InboundMessage, LinkError, LinkOptions, PublishRefused
-from ansible_worker.peers import PeerBook
-from ansible_worker.playbook_command import FIFO_VARIABLE
-from ansible_worker.presence import Load, PresenceAnnouncer, WorkerState
-from ansible_worker.status_outbox import StatusOutbox
-from ansible_worker.topics import Topics
+from ansible_worker.mqtt.link import InboundMessage, LinkError, LinkOptions, PublishRefused
+from ansible_worker.mqtt.session import BrokerSession
+from ansible_worker.ops.config import Settings
+from ansible_worker.ops.metrics import Snapshot, WorkerMetrics
+from ansible_worker.protocol.claims import Claim, new_claim_id
+from ansible_worker.protocol.models import CancelRequest, JobStatus, State, TaskRequest, utc_now
+from ansible_worker.protocol.topics import Topics
+from ansible_worker.run.command import FIFO_VARIABLE
+from ansible_worker.run.job import EVENT_FIFO_NAME, RUN_DIRECTORY_PREFIX, Job, JobRunner
+from ansible_worker.worker.dispatcher import Dispatcher
+from ansible_worker.worker.event_publisher import EventPublisher
+from ansible_worker.worker.group_claims import ClaimFailed, GroupClaims
+from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
+from ansible_worker.worker.outbox import StatusOutbox
+from ansible_worker.worker.peers import PeerBook
+from ansible_worker.worker.presence import Load, PresenceAnnouncer, WorkerState
 
 if TYPE_CHECKING:
     # sqlite3 is loaded only by workers that keep a journal, cryptography only by workers
     # that check signatures.
-    from ansible_worker.journal import Journal
-    from ansible_worker.task_gate import SignedTaskGate
+    from ansible_worker.worker.journal import Journal
+    from ansible_worker.worker.task_gate import SignedTaskGate
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Worker:
         self.tasks_subscription = self.topics.tasks_subscription(shared=worker.shared_subscription)
         self.journal: Journal | None = None
         if worker.state_dir is not None:
-            from ansible_worker.journal import Journal
+            from ansible_worker.worker.journal import Journal
 
             self.journal = Journal(worker.state_dir)
         self.outbox = StatusOutbox(interval=worker.status_interval, journal=self.journal)
@@ -126,7 +126,7 @@ class Worker:
         )
         self.gate: SignedTaskGate | None = None
         if trusted is not None:
-            from ansible_worker.task_gate import SignedTaskGate
+            from ansible_worker.worker.task_gate import SignedTaskGate
 
             self.gate = SignedTaskGate(security, trusted, self.topics, released=self.claims.released)
         self.events = EventPublisher(self.session, qos=worker.events_qos) if worker.publish_events else None
@@ -251,7 +251,7 @@ class Worker:
 
     async def _serve_http(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         # Loaded only when asked for: prometheus_client and h11 are of no use otherwise.
-        from ansible_worker.health_endpoint import HealthEndpoint, worker_collector
+        from ansible_worker.ops.health import HealthEndpoint, worker_collector
 
         endpoint = HealthEndpoint(ready=self.readiness, collector=worker_collector(self.snapshot))
         http = self.settings.worker.http
@@ -302,7 +302,7 @@ class Worker:
 
     async def _end_left_over_run(self, run_dir: Path) -> None:
         """End every process of a run a previous worker process left, and remove its directory."""
-        from ansible_worker.stray_processes import end_marked
+        from ansible_worker.run.stray_processes import end_marked
 
         await end_marked(FIFO_VARIABLE, str(run_dir / EVENT_FIFO_NAME), kill_grace=self.settings.worker.kill_grace)
         _remove_run_directory(run_dir)
@@ -639,7 +639,7 @@ class Worker:
         assert self._claiming is not None
         claim_id = new_claim_id()
         if self.journal is not None:
-            from ansible_worker.journal import JournalError
+            from ansible_worker.worker.journal import JournalError
 
             # On disk with its claim id before the claim: a worker killed now finds the job
             # at its next start (the broker will not send it again) and knows its claim.

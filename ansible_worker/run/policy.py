@@ -9,9 +9,9 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from ansible_worker.models import TaskRequest
-from ansible_worker.playbook_command import JobRefusedError
-from ansible_worker.special_vars import SETTING, refused_names, show_name
+from ansible_worker.protocol.models import TaskRequest
+from ansible_worker.run.command import JobRefusedError
+from ansible_worker.run.special_vars import SETTING, refused_names, show_name
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ansible_worker.models import JobStatus, State
+from ansible_worker.protocol.models import JobStatus, State
 
 if TYPE_CHECKING:
     # sqlite3 is loaded only by workers that keep a journal.
-    from ansible_worker.journal import Journal
+    from ansible_worker.worker.journal import Journal
 
 
 @dataclass(slots=True)

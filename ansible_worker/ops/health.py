@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 import trio
 
-from ansible_worker.metrics import Histogram, Snapshot
+from ansible_worker.ops.metrics import Histogram, Snapshot
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector

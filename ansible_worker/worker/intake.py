@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from ansible_worker.models import TASK_ID_PATTERN, CancelRequest, TaskRequest
-from ansible_worker.validation import describe_errors
+from ansible_worker.protocol.models import TASK_ID_PATTERN, CancelRequest, TaskRequest
+from ansible_worker.protocol.validation import describe_errors
 
 if TYPE_CHECKING:
     # Imported where a check is asked for: a worker that checks no signatures never loads it.
-    from ansible_worker.signing import Verified
+    from ansible_worker.protocol.signing import Verified
 
 # Checks a decoded message's signature: returns who signed it, or raises SignatureRefused.
 Verify = Callable[[Mapping[str, Any]], "Verified"]
@@ -72,7 +72,7 @@ def read_task_message(payload: bytes, *, max_bytes: int, verify: Verify | None =
         return Rejected(task_id, f"message too large ({len(payload)} bytes, max {max_bytes})")
     signed = None
     if verify is not None:
-        from ansible_worker.signing import SignatureRefused
+        from ansible_worker.protocol.signing import SignatureRefused
 
         try:
             signed = verify(document)
@@ -104,7 +104,7 @@ def read_cancel_message(payload: bytes, *, max_bytes: int, verify: Verify | None
     if not isinstance(document, dict):
         return Dropped(f"payload is a JSON {_json_kind(document)}, not an object")
     if verify is not None:
-        from ansible_worker.signing import SignatureRefused
+        from ansible_worker.protocol.signing import SignatureRefused
 
         try:
             verify(document)

@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ansible_worker.models import TaskRequest
+from ansible_worker.protocol.models import TaskRequest
 
 PLUGIN_DIRECTORY = Path(__file__).parent / "plugins" / "callback"
 FIFO_VARIABLE = "ANSIBLE_WORKER_EVENT_FIFO"

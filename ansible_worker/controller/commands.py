@@ -17,7 +17,8 @@ import trio
 from rich.console import Console
 from rich.markup import escape
 
-from ansible_worker.client import (
+from ansible_worker.controller.arguments import ArgumentError, parse_extra_vars, split_list
+from ansible_worker.controller.client import (
     ANSWER_WITHIN,
     RETRY_AFTER,
     Client,
@@ -31,8 +32,7 @@ from ansible_worker.client import (
     target_from_settings,
     target_from_url,
 )
-from ansible_worker.config import ClientSettings, ConfigError, load_settings
-from ansible_worker.controller_parser import (
+from ansible_worker.controller.parser import (
     EXIT_CANCELLED,
     EXIT_FAILED,
     EXIT_STOPPED_WATCHING,
@@ -41,8 +41,8 @@ from ansible_worker.controller_parser import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from ansible_worker.job_arguments import ArgumentError, parse_extra_vars, split_list
-from ansible_worker.job_view import JobView, summary, workers_table
+from ansible_worker.controller.view import JobView, summary, workers_table
+from ansible_worker.ops.config import ClientSettings, ConfigError, load_settings
 
 T = TypeVar("T")
 
@@ -139,7 +139,7 @@ class _PlainLines(logging.StreamHandler):  # type: ignore[type-arg]
 
 def _show_client_warnings() -> None:
     """The client's warnings (a job published again, a reconnect) as plain lines on stderr."""
-    logger = logging.getLogger("ansible_worker.client")
+    logger = logging.getLogger("ansible_worker.controller.client")
     if not any(isinstance(handler, _PlainLines) for handler in logger.handlers):
         handler = _PlainLines(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))

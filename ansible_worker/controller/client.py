@@ -35,13 +35,13 @@ from urllib.parse import unquote, urlsplit
 
 import trio
 
-from ansible_worker.config import ClientSettings
 from ansible_worker.lone_errors import unwrap_lone_errors
-from ansible_worker.mqtt_link import InboundMessage, LinkError, LinkLost, LinkOptions, MqttLink, open_mqtt_link
-from ansible_worker.topics import Topics
+from ansible_worker.mqtt.link import InboundMessage, LinkError, LinkLost, LinkOptions, MqttLink, open_mqtt_link
+from ansible_worker.ops.config import ClientSettings
+from ansible_worker.protocol.topics import Topics
 
 if TYPE_CHECKING:
-    from ansible_worker.signing import Signer
+    from ansible_worker.protocol.signing import Signer
 
 __all__ = [
     "Client",
@@ -139,7 +139,7 @@ def target_from_settings(settings: ClientSettings) -> Target:
 
 def load_signer(path: Path) -> Signer:
     """A signer for the private key in `path`. Errors: `ClientError` saying why it cannot be used."""
-    from ansible_worker.signing import KeyFileError, Signer
+    from ansible_worker.protocol.signing import KeyFileError, Signer
 
     try:
         return Signer.from_file(path)

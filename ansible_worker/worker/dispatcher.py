@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ansible_worker.job import Job, JobRunner
-from ansible_worker.models import State, TaskRequest
+from ansible_worker.protocol.models import State, TaskRequest
+from ansible_worker.run.job import Job, JobRunner
 
 if TYPE_CHECKING:
     # sqlite3 is loaded only by workers that keep a journal.
-    from ansible_worker.journal import Journal
+    from ansible_worker.worker.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Dispatcher:
             self._refuse(job, State.CANCELLED, "cancelled: the worker shut down before the job started")
             return None
         if self.journal is not None:
-            from ansible_worker.journal import JournalError
+            from ansible_worker.worker.journal import JournalError
 
             try:
                 # On disk before anyone is told it was accepted.

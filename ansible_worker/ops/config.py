@@ -24,12 +24,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ansible_worker.expand import UnsetVariableError, expand_tree
-from ansible_worker.mqtt_link import LinkOptions
-from ansible_worker.validation import describe_errors
+from ansible_worker.mqtt.link import LinkOptions
+from ansible_worker.ops.expand import UnsetVariableError, expand_tree
+from ansible_worker.protocol.validation import describe_errors
 
 if TYPE_CHECKING:
-    from ansible_worker.signing import Signer, TrustedKeys
+    from ansible_worker.protocol.signing import Signer, TrustedKeys
 
 ENV_PREFIX = "ANSIBLE_WORKER_"
 DEFAULT_CONFIG_FILE = Path("config.yaml")
@@ -220,7 +220,7 @@ class SecuritySettings(BaseModel):
     def _load_trusted_keys(self) -> SecuritySettings:
         if self.require_signed_tasks and not self.trusted_keys:
             raise ValueError("require_signed_tasks is true, but trusted_keys names no key")
-        from ansible_worker.signing import KeyFileError, Signer, TrustedKeys
+        from ansible_worker.protocol.signing import KeyFileError, Signer, TrustedKeys
 
         # Read here, before the event loop starts: file reads block.
         if self.trusted_keys:

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ansible_worker.broker_session import BrokerSession
-from ansible_worker.claims import Claim, ClaimBook, ClaimState, claim_document, new_claim_id, read_claim
-from ansible_worker.mqtt_link import InboundMessage, LinkError, PublishRefused
-from ansible_worker.topics import Topics
+from ansible_worker.mqtt.link import InboundMessage, LinkError, PublishRefused
+from ansible_worker.mqtt.session import BrokerSession
+from ansible_worker.protocol.claims import Claim, ClaimBook, ClaimState, claim_document, new_claim_id, read_claim
+from ansible_worker.protocol.topics import Topics
 
 if TYPE_CHECKING:
     # cryptography is loaded only by workers that check signatures.
-    from ansible_worker.signing import Signer, TrustedKeys
+    from ansible_worker.protocol.signing import Signer, TrustedKeys
 
 __all__ = ["CLAIM_TIMEOUT", "ClaimFailed", "GroupClaims"]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ansible_worker.models import JobStatus
+from ansible_worker.protocol.models import JobStatus
 
 log = logging.getLogger(__name__)
 
