@@ -1,25 +1,16 @@
-"""The `ansible-worker` command line: run the worker, validate its config, print its version."""
+"""The `ansible-worker` command line: parse it, then load only what the chosen command needs."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-
-import trio
 
 from ansible_worker import __version__
 from ansible_worker.controller.parser import CONTROLLER_COMMANDS, add_controller_commands
-from ansible_worker.ops.config import DEFAULT_CONFIG_FILE, ENV_PREFIX, ConfigError, Settings, load_settings
-from ansible_worker.ops.logging_setup import setup_logging
-from ansible_worker.protocol.topics import Topics
-from ansible_worker.run.command import Executable, child_environment, find_ansible_playbook, find_executable
-from ansible_worker.run.special_vars import describe_allowed
-from ansible_worker.worker.service import Worker
+from ansible_worker.ops.config_source import DEFAULT_CONFIG_FILE, ENV_PREFIX
 
 log = logging.getLogger("ansible_worker")
 
@@ -37,6 +28,7 @@ The other commands are for controllers: they talk to the workers through the bro
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command, the controller's included (their code is loaded later)."""
     config_help = f"configuration file (default: {DEFAULT_CONFIG_FILE}; without it, {ENV_PREFIX}* variables only)"
     parser = argparse.ArgumentParser(
         prog="ansible-worker", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -84,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_schema(output_dir: Path | None) -> int:
+    """Print the AsyncAPI document, or write it and the JSON Schemas into `output_dir`."""
     from ansible_worker.ops.api_schema import asyncapi_document, write_documents
 
     if output_dir is None:
@@ -122,6 +115,7 @@ def keygen(name: str, directory: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command `argv` names (the worker by default) and return its exit code."""
     args = build_parser().parse_args(argv)
     if args.command == "keygen":
         return keygen(args.name, args.directory)
@@ -132,130 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ansible_worker.controller.commands import run_command
 
         return run_command(args)
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print("configuration error:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EXIT_CONFIG
-    if args.validate or args.command == "validate":
-        print(summarize(settings, args.config))
-        return 0
-    setup_logging(settings.log_level, log_format=settings.log_format, worker_id=settings.worker.worker_id)
-    # The worker's job runner says which ansible-playbook it found; git is only needed for git_pull.
-    git = executables(settings)[1]
-    if git.path is None:
-        log.warning("worker.git_path: %s; jobs with git_pull will fail", git.describe())
-    trio.run(_serve, settings)
-    return 0
+    # Imported only here, so that a controller command never loads the worker tree.
+    from ansible_worker.worker.command import run_worker
 
-
-async def _serve(settings: Settings) -> None:
-    worker = Worker(settings)
-    async with trio.open_nursery() as nursery:
-        # The signal receiver stays open for the whole run, so a second signal is seen
-        # too instead of killing the process with a traceback.
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            nursery.start_soon(_watch_signals, signals, worker)
-            await worker.run()
-            nursery.cancel_scope.cancel()
-
-
-async def _watch_signals(signals: AsyncIterator[int], worker: Worker) -> None:
-    count = 0
-    async for signum in signals:
-        count += 1
-        name = signal.Signals(signum).name
-        if count == 1:
-            log.info("received %s: shutting down (send it again to stop waiting for running jobs)", name)
-            worker.request_shutdown()
-        else:
-            log.info("received %s again: cancelling running jobs now", name)
-            worker.request_shutdown(hurry=True)
-
-
-def _names(environment: Mapping[str, object]) -> str:
-    if not environment:
-        return "nothing added for Ansible"
-    return f"{', '.join(sorted(environment))} for Ansible (values hidden)"
-
-
-def _http(settings: Settings) -> str:
-    http = settings.worker.http
-    if http.port is None:
-        return "off (set worker.http.port for /healthz, /readyz and /metrics)"
-    return f"http://{http.host}:{http.port}/healthz, /readyz, /metrics"
-
-
-def _signatures(settings: Settings) -> str:
-    security = settings.security
-    if not security.require_signed_tasks:
-        return "not required (anyone who may publish on the tasks topic can run a job)"
-    keys = ", ".join(sorted(security.trusted_keys))
-    signing = security.claim_signing
-    claims = ""
-    if signing is not None:
-        claims = f"; claims signed by worker_key {signing[0].fingerprint}, trusted: {', '.join(signing[1].names)}"
-    return f"required, trusted keys: {keys}; max age {security.max_task_age:g}s{claims}"
-
-
-def executables(settings: Settings) -> tuple[Executable, Executable]:
-    """The ansible-playbook and git that jobs would run, found as the job runner finds them."""
-    worker = settings.worker
-    environment = child_environment(
-        os.environ, extra={name: value.get_secret_value() for name, value in worker.environment.items()}
-    )
-    git = find_executable(worker.git_path, search_path=environment.get("PATH", os.defpath))
-    return find_ansible_playbook(worker.ansible_playbook_path, environment), git
-
-
-def summarize(settings: Settings, path: Path | None) -> str:
-    """A one-screen view of the effective configuration, secrets masked."""
-    mqtt, worker = settings.mqtt, settings.worker
-    topics = Topics(worker.topic_prefix, worker.group_name)
-    source = (
-        str(path)
-        if path is not None
-        else (str(DEFAULT_CONFIG_FILE) if DEFAULT_CONFIG_FILE.exists() else "environment only")
-    )
-    ansible_playbook, git = executables(settings)
-    password = "(set, hidden)" if mqtt.password is not None else "(none)"
-    tls = "off"
-    if mqtt.tls_enabled:
-        tls = f"on (CA {mqtt.tls_ca_cert or 'system store'}" + (
-            f", client cert {mqtt.tls_client_cert})" if mqtt.tls_client_cert else ")"
-        )
-    lines = [
-        f"configuration OK ({source})",
-        "",
-        f"  broker        {mqtt.host}:{mqtt.port}  tls {tls}",
-        f"  credentials   user {mqtt.username or '(none)'}  password {password}",
-        f"  client id     {mqtt.client_id or 'ansible-worker-' + worker.worker_id}  keepalive {mqtt.keepalive}s",
-        f"  worker        {worker.worker_id} in group {worker.group_name}",
-        f"  playbooks     {worker.playbook_directory}",
-        f"  capacity      {worker.concurrency} at once, queue of {worker.max_queue_size}",
-        f"  timeouts      job {worker.task_timeout:g}s, git {worker.git_timeout:g}s, kill grace {worker.kill_grace:g}s",
-        f"  executables   {ansible_playbook.describe()}",
-        f"                {git.describe()}",
-        f"  messages      up to {worker.max_message_bytes} bytes; status every {worker.status_interval:g}s at most",
-        f"  log level     {settings.log_level}",
-        f"  environment   {_names(worker.environment)}",
-        f"  extra_vars    {describe_allowed(worker.allowed_special_vars)}",
-        f"  signatures    {_signatures(settings)}",
-        f"  http          {_http(settings)}",
-        "",
-        f"  jobs from     {topics.tasks_subscription(shared=worker.shared_subscription)}",
-        f"  status on     {topics.status('<task_id>')} (retained)",
-    ]
-    if ansible_playbook.path is None:
-        lines.append(f"  problem: worker.ansible_playbook_path: {ansible_playbook.describe()}: every job will fail")
-    if git.path is None:
-        lines.append(f"  warning: worker.git_path: {git.describe()}: jobs with git_pull will fail")
-    if worker.state_dir is not None:
-        from ansible_worker.worker.journal import exposure
-
-        problem = exposure(worker.state_dir)
-        if problem is not None:
-            lines.append(f"  warning: worker.state_dir: {problem}")
-    return "\n".join(lines)
+    return run_worker(args.config, validate=args.validate or args.command == "validate")

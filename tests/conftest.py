@@ -32,6 +32,7 @@ from ansible_worker.protocol.signing import Signer, generate_key_pair
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker.service import Worker
 
+REPO = Path(__file__).parent.parent
 PLAYBOOKS = Path(__file__).parent / "playbooks"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 TERMINAL = {"success", "failed", "cancelled", "timeout"}
@@ -163,7 +164,7 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
     """A worker in this process, connected and subscribed; shut down gracefully on exit."""
     worker = Worker(settings)
     async with trio.open_nursery() as nursery:
-        await nursery.start(worker.run)
+        await nursery.start(worker.serve)
         with trio.fail_after(15):
             await worker.session.wait_connected()
         try:

@@ -1,5 +1,6 @@
 """The controller side: the Python client, the CLI commands that use it, and their views.
 
-May import `protocol` and `mqtt`, never `worker` or `run`. Settings come in as plain values, so
-the client loads neither pydantic-settings nor the worker tree.
+May import `protocol` and `mqtt`, and `ops.config` only where a command reads a config file (lazily);
+never `worker` or `run`. The client imports the settings model only for its type, so it loads
+neither pydantic-settings nor the worker tree.
 """

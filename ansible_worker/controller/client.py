@@ -37,10 +37,11 @@ import trio
 
 from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.mqtt.link import InboundMessage, LinkError, LinkLost, LinkOptions, MqttLink, open_mqtt_link
-from ansible_worker.ops.config import ClientSettings
 from ansible_worker.protocol.topics import Topics
 
 if TYPE_CHECKING:
+    # Only for its type: the client never loads pydantic-settings itself.
+    from ansible_worker.ops.config import ClientSettings
     from ansible_worker.protocol.signing import Signer
 
 __all__ = [
@@ -152,6 +153,7 @@ def _client_id() -> str:
 
 
 def default_requester() -> str:
+    """`user@host` of this process: who a cancel request says asked for it when the caller names nobody."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
@@ -212,16 +214,23 @@ class Client:
 
     @property
     def connected(self) -> bool:
+        """Whether a link is up now (False while the client is reconnecting)."""
         return self._link is not None
 
     async def current_link(self) -> MqttLink:
-        """The current connection, waiting for the next one while reconnecting."""
+        """The current connection, waiting for the next one while reconnecting.
+
+        Cancellation: nothing was changed, so it is safe to call again.
+        """
         while self._link is None:
             await self._changed.wait()
         return self._link
 
     async def wait_connection_after(self, connection: int) -> None:
-        """Return once a connection newer than number `connection` is up (subscriptions renewed)."""
+        """Return once a connection newer than number `connection` is up (subscriptions renewed).
+
+        Cancellation: nothing was changed, so it is safe to call again.
+        """
         while self.connections <= connection or self._link is None:
             await self._changed.wait()
 
@@ -241,8 +250,16 @@ class Client:
     ) -> None:
         """Own the links: the first one (its failure is raised), then a new one whenever it drops.
 
+        Before a link becomes `link`, every filter in use is subscribed to on it; `task_status` is
+        reported started once the client's first link ever is up, and never again.
+
         Errors: the first link's `ConnectFailed`; `LinkLost` when the link drops and
         `reconnect_for` is 0; `ClientError` when no new link came up within `reconnect_for`.
+
+        Cancellation: the current link is closed with a DISCONNECT (shielded and bounded by
+        `open_mqtt_link`, so the broker sends no will) and `link` is unset: callers waiting in
+        `current_link` keep waiting. Registrations and subscription counts stay, so a later call
+        subscribes to them again; but after the first link, it never reports `task_status` started.
         """
         where = f"{options.host}:{options.port}"
         failures = 0
@@ -317,7 +334,14 @@ class Client:
         return receive
 
     async def renew(self, filters: list[str], qos: int = 1) -> None:
-        """Subscribe to `filters` on the current link, so the broker sends their retained messages."""
+        """Subscribe to `filters` on the current link, so the broker sends their retained messages.
+
+        A link that drops meanwhile is not an error: the next link subscribes to every filter in use.
+
+        Cancellation: the filters stay registered and counted; the subscriptions sent so far hold,
+        the one in flight may or may not. Safe to retry: subscribing again only makes the broker
+        send the retained messages again.
+        """
         for topic_filter in filters:
             link = await self.current_link()
             # A link that drops here is replaced by one that subscribes to every filter in use.
@@ -327,7 +351,12 @@ class Client:
                 await link.subscribe(topic_filter, qos)
 
     async def subscribe(self, filters: list[str], qos: int = 1) -> trio.MemoryReceiveChannel[InboundMessage]:
-        """Receive every message on `filters` (retained ones first) until `unsubscribe`."""
+        """Receive every message on `filters` (retained ones first) until `unsubscribe`.
+
+        Cancellation: `unsubscribe` runs before the cancellation propagates: the routes and counts
+        are undone, the channel closed, and the broker told (shielded) to drop the filters no
+        longer in use. Nothing is left to clean up; safe to retry.
+        """
         receive = self.register(filters, qos)
         try:
             await self.renew(filters, qos)
@@ -337,6 +366,15 @@ class Client:
         return receive
 
     async def unsubscribe(self, filters: list[str], receive: trio.MemoryReceiveChannel[InboundMessage]) -> None:
+        """Stop routing to `receive` and close it; unsubscribe at the broker from filters no one uses any more.
+
+        Call it once per channel that `register` or `subscribe` returned: a second call raises `KeyError`.
+        The broker is told while the link is up, each UNSUBSCRIBE bounded to 5 seconds; errors of a
+        dropped link are ignored (the next link does not subscribe to the filter anyway).
+
+        Cancellation: cannot interrupt it. The routes, counts and channel are dropped before the
+        first checkpoint, and the UNSUBSCRIBEs run shielded.
+        """
         send = self._senders.pop(id(receive))
         self._routes = [(f, channel) for f, channel in self._routes if channel is not send]
         send.close()
@@ -354,6 +392,11 @@ class Client:
         """Publish on the current link, waiting for one while reconnecting.
 
         Errors: `LinkLost` when the link drops before the broker acknowledged.
+
+        Cancellation: while it waits for a link, nothing was published. Once the publish started,
+        the message may or may not reach the broker (paho may already hold it in its queue and
+        send it anyway): publishing again may deliver it twice. Repeating a retained status or an
+        empty retained payload changes nothing.
         """
         link = await self.current_link()
         await link.publish(topic, payload, qos=qos, retain=retain)
@@ -363,6 +406,11 @@ class Client:
 
         The broker sends retained messages while it handles a SUBSCRIBE, so a message we
         publish after subscribing comes back after them. On a new link, the marker goes again.
+
+        Errors: `trio.TooSlowError` when the marker has not come back within `BARRIER_WITHIN` seconds.
+
+        Cancellation: the client's sync subscription is removed (as by `unsubscribe`); a marker
+        already published may still come back, to nobody. Safe to retry.
         """
         topic = f"{self.topics.prefix}/{self.topics.group}/clients/{self.client_id}/sync"
         marker = uuid.uuid4().hex.encode()
@@ -385,7 +433,12 @@ class Client:
         wanted: Callable[[InboundMessage], bool],
         connection: int,
     ) -> bool:
-        """Wait for a `wanted` message: True; or for a link newer than number `connection`: False."""
+        """Wait for a `wanted` message: True; or for a link newer than number `connection`: False.
+
+        The messages before the wanted one are taken from `receive` and dropped.
+
+        Cancellation: the messages taken so far are gone from `receive`; nothing else changed.
+        """
         found = False
         with unwrap_lone_errors():
             async with trio.open_nursery() as nursery:
@@ -423,7 +476,13 @@ class Client:
         `handle.attempts` says how many publishes it took.
 
         Errors: `NoWorkerAnswered` when no status comes within `answer_within` seconds;
-        the broker then delivered the job to nobody, so nothing will run.
+        the broker then delivered the job to nobody, so nothing will run. `ValueError` for a
+        `retry_after` that is not positive or `attempts` below 1.
+
+        Cancellation: the handle is closed (its subscriptions removed) and not returned. A job
+        already published is not withdrawn: a worker may run it. To retry, give the job a
+        `task_id` of its own: a made-up one is new on each call, so the retry would be a second
+        job; with the same `task_id`, a status the first publish got answers the retry at once.
         """
         if retry_after <= 0:
             raise ValueError(f"retry_after must be positive, not {retry_after!r}")
@@ -504,13 +563,23 @@ class Client:
 
         With `events=False` only statuses are received, which spares the broker and this
         client a busy job's live events.
+
+        Cancellation: while `JobHandle.open` subscribes, the handle is lost with its
+        registration, which nothing closes: its filters stay subscribed and its channel
+        keeps up to 100,000 messages until the client ends. Retrying works, but leaves that behind.
         """
         handle = JobHandle(self, task_id, events=events)
         await handle.open()
         return handle
 
     async def status(self, task_id: str) -> dict[str, Any] | None:
-        """The job's retained status, or None if the broker holds none."""
+        """The job's retained status, or None if the broker holds none.
+
+        Errors: `trio.TooSlowError` from `barrier`.
+
+        Cancellation: within `follow`, as there (the handle's registration stays until the
+        client ends); after it, the handle is closed. Nothing changes at the broker; safe to retry.
+        """
         handle = await self.follow(task_id)
         try:
             await self.barrier()
@@ -520,6 +589,13 @@ class Client:
             await handle.close()
 
     async def cancel(self, task_id: str, *, reason: str | None = None, requested_by: str | None = None) -> None:
+        """Ask the group's workers to cancel job `task_id` (signed, with a `signer`); do not wait for it to end.
+
+        `requested_by` defaults to `default_requester()`. Errors: as `publish`.
+
+        Cancellation: as `publish`: the request may or may not have been published, and a
+        retry publishes another request (with a signature of its own) for the same job.
+        """
         body = {"reason": reason, "requested_by": requested_by or default_requester()}
         request = {key: value for key, value in body.items() if value is not None}
         topic = self.topics.cancel(task_id)
@@ -528,7 +604,11 @@ class Client:
         await self.publish(topic, json.dumps(request).encode(), qos=1)
 
     async def forget(self, task_id: str) -> None:
-        """Clear the job's retained status from the broker."""
+        """Clear the job's retained status from the broker.
+
+        Cancellation: as `publish`: the status may or may not be cleared yet. Safe to retry:
+        clearing it twice is clearing it once.
+        """
         await self.publish(self.topics.status(task_id), b"", qos=1, retain=True)
 
     async def wait_for_worker(self, worker_id: str | None = None) -> dict[str, Any]:
@@ -536,6 +616,11 @@ class Client:
 
         Publishing a job before any worker subscribed would reach nobody: a controller
         that starts workers itself waits here first. Put a bound on it at the call.
+
+        Errors: `ClientError` when the client ends meanwhile.
+
+        Cancellation: the presence subscription is removed (as by `unsubscribe`); nothing is
+        left behind, and it is safe to call again.
         """
         topic_filter = self.topics.worker(worker_id) if worker_id else self.topics.workers_subscription
         receive = await self.subscribe([topic_filter])
@@ -549,7 +634,13 @@ class Client:
             await self.unsubscribe([topic_filter], receive)
 
     async def workers(self) -> list[dict[str, Any]]:
-        """The retained presence messages of the group's workers, sorted by worker id."""
+        """The retained presence messages of the group's workers, sorted by worker id.
+
+        Errors: `trio.TooSlowError` from `barrier`.
+
+        Cancellation: the presence subscription is removed (as by `unsubscribe`); nothing is
+        left behind, and it is safe to call again.
+        """
         topic_filter = self.topics.workers_subscription
         receive = await self.subscribe([topic_filter])
         try:
@@ -586,11 +677,21 @@ class JobHandle:
         self._finished = False
 
     async def open(self) -> None:
+        """Register the handle's filters with the client, then subscribe to them on the current link.
+
+        Cancellation: the registration stays, and `close` undoes it; call `close`, not
+        `open` again (a second `open` would leave the first registration behind).
+        """
         # Registered before waiting, so that `close` undoes it even if the wait is cancelled.
         self._receive = self.client.register(self._filters)
         await self.client.renew(self._filters)
 
     async def close(self) -> None:
+        """Stop listening: remove the handle's routes and subscriptions. Closing twice is harmless.
+
+        Cancellation: cannot interrupt it: the unsubscribe runs shielded (each UNSUBSCRIBE to
+        the broker bounded to 5 seconds), so the handle is closed when it returns or raises.
+        """
         if self._receive is not None:
             receive, self._receive = self._receive, None
             with trio.CancelScope(shield=True):
@@ -606,12 +707,19 @@ class JobHandle:
 
     @property
     def finished(self) -> bool:
+        """Whether the terminal status, or the loss of the job's worker, has been received.
+
+        It may still wait in the backlog for `next_update`.
+        """
         return self._finished
 
     async def wait_answered(self, within: float) -> None:
         """Wait for a status of the job; a retained one counts (the group knows the job).
 
         Errors: `NoWorkerAnswered` when none arrives within `within` seconds.
+
+        Cancellation: every update received meanwhile is kept in the backlog for
+        `next_update`; nothing is lost, and it is safe to call again.
         """
         with trio.move_on_after(within):
             while self.latest is None:
@@ -624,6 +732,9 @@ class JobHandle:
 
         Also returns, with "reconnected", when a link newer than number `connection` is up:
         what was published before may have been lost with the old one.
+
+        Cancellation: every update received meanwhile is kept in the backlog for
+        `next_update`; nothing is lost, and it is safe to call again.
         """
         reconnected = False
         with trio.move_on_after(within), unwrap_lone_errors():
@@ -655,7 +766,13 @@ class JobHandle:
         return _StatusData(_Updates(self, statuses_only=True))
 
     async def next_update(self) -> Update | None:
-        """The next status or event, or None once the terminal status has been passed on."""
+        """The next status or event, or None once the terminal status has been passed on.
+
+        Errors: `ClientError` when the handle is closed or the client ended.
+
+        Cancellation: no update is lost: a message leaves the channel only when the call
+        returns it. Safe to call again.
+        """
         if self._backlog:
             return self._backlog.popleft()
         if self._finished:
@@ -666,6 +783,9 @@ class JobHandle:
         """Wait for the terminal status and return it.
 
         Errors: `JobLost` if the job's worker went offline before the job ended.
+
+        Cancellation: the updates read so far are consumed (`latest` keeps the last status);
+        calling it again waits for the rest.
         """
         async for update in self.updates():
             if update.kind == "lost":
@@ -674,6 +794,10 @@ class JobHandle:
         return self.latest
 
     async def cancel(self, *, reason: str | None = None, requested_by: str | None = None) -> None:
+        """Ask for this job to be cancelled, as `Client.cancel`; do not wait for it to end.
+
+        Cancellation: as `Client.cancel`.
+        """
         await self.client.cancel(self.task_id, reason=reason, requested_by=requested_by)
 
     def take_arrived(self) -> None:
@@ -764,6 +888,7 @@ class _StatusData:
 
 
 def lost_message(task_id: str, presence: dict[str, Any]) -> str:
+    """The plain words of a `JobLost`: job `task_id` is lost, as the worker of `presence` went offline."""
     return (
         f"job {task_id} is lost: its worker {presence.get('worker_id')} went offline before the job ended"
         " (it may report the job when it comes back with the same state_dir)"
@@ -790,6 +915,10 @@ async def open_client(target: Target, *, reconnect_for: float = RECONNECT_FOR) -
 
     Errors: `ClientError` when the broker cannot be reached at first, or not again within
     `reconnect_for` seconds after the connection dropped.
+
+    Cancellation: while connecting, the attempt is abandoned with the link's asyncio loop.
+    Once the block runs, cancelling it ends the client: the link is closed with a DISCONNECT
+    (shielded and bounded, so the broker sends no will). A job already published runs on.
     """
     # A client id of its own for every connection: the broker disconnects the older of two
     # connections that share one, so one Target may serve several clients at once.

@@ -42,7 +42,6 @@ from ansible_worker.controller.parser import (
     EXIT_USAGE,
 )
 from ansible_worker.controller.view import JobView, summary, workers_table
-from ansible_worker.ops.config import ClientSettings, ConfigError, load_settings
 
 T = TypeVar("T")
 
@@ -75,6 +74,9 @@ def resolve_target(args: argparse.Namespace) -> Target:
 def _broker_target(args: argparse.Namespace) -> Target:
     if args.broker:
         return target_from_url(args.broker, group=args.group or "default", prefix=args.prefix or "ansible")
+    # Only here: with --broker, no settings (nor pydantic-settings) are loaded at all.
+    from ansible_worker.ops.config import ClientSettings, ConfigError, load_settings
+
     try:
         settings = load_settings(args.config, model=ClientSettings)
     except ConfigError as exc:
@@ -90,6 +92,10 @@ def _broker_target(args: argparse.Namespace) -> Target:
 
 
 def build_job(args: argparse.Namespace) -> dict[str, Any]:
+    """The job request of `submit`'s flags; only the flags given appear in it.
+
+    Errors: `ArgumentError` for `--extra-vars` that cannot be read.
+    """
     job: dict[str, Any] = {"playbook": args.playbook, "inventory": args.inventory}
     if args.task_id:
         job["task_id"] = args.task_id
@@ -184,6 +190,11 @@ async def _with_client(target: Target, command: Command, args: argparse.Namespac
 
 
 async def submit(client: Client, args: argparse.Namespace, console: Console) -> int:
+    """The `submit` command: publish the job, then print who queued it, or with `--wait` follow it to its end.
+
+    Cancellation: as `Client.submit` while it waits for an answer (the job, once published, is
+    not withdrawn); after that, the handle is closed and the job goes on without a watcher.
+    """
     answer_within = ANSWER_WITHIN if args.answer_within is None else args.answer_within
     retry_after = RETRY_AFTER if args.retry_after is None else args.retry_after
     handle = await client.submit(args.job, answer_within=answer_within, retry_after=retry_after, attempts=args.attempts)
@@ -200,6 +211,11 @@ async def submit(client: Client, args: argparse.Namespace, console: Console) -> 
 
 
 async def watch(client: Client, args: argparse.Namespace, console: Console) -> int:
+    """The `watch` command: follow a job, whatever its state, until it ends or Ctrl-C.
+
+    Cancellation: as `Client.follow` while the handle opens; after that, the handle is closed
+    and the job goes on. Nothing is sent to the workers.
+    """
     async with await client.follow(args.task_id) as handle:
         await client.barrier()
         handle.take_arrived()
@@ -209,7 +225,14 @@ async def watch(client: Client, args: argparse.Namespace, console: Console) -> i
 
 
 async def follow(handle: JobHandle, console: Console, *, as_json: bool) -> int:
-    """Show a job until it ends. Ctrl-C asks whether to cancel it or just stop watching."""
+    """Show a job until it ends. Ctrl-C asks whether to cancel it or just stop watching.
+
+    Returns the exit code of the job's terminal state, or `EXIT_STOPPED_WATCHING`.
+    Errors: `CommandError` with `EXIT_UNAVAILABLE` when the job's worker went offline.
+
+    Cancellation: the Ctrl-C handler is removed and the live view stopped; the handle stays
+    open (its owner closes it) and the job goes on, unless a cancel request was already sent.
+    """
     interactive = sys.stdin.isatty() and not as_json
     lost: dict[str, Any] | None = None
 
@@ -279,7 +302,11 @@ async def _until_interrupted(work: Callable[[], Awaitable[T]], interrupts: Async
 
 
 async def ask_yes_no(console: Console, question: str, interrupts: AsyncIterator[int]) -> bool:
-    """Ask on the terminal; no answer within a minute, or another Ctrl-C, means no."""
+    """Ask on the terminal; no answer within a minute, or another Ctrl-C, means no.
+
+    Cancellation: the duplicate of stdin is closed and stdin made blocking again; the
+    question stays unanswered on the terminal.
+    """
     console.print(question, end="", markup=False)
     fd = os.dup(sys.stdin.fileno())
     stream = trio.lowlevel.FdStream(fd)
@@ -306,6 +333,12 @@ async def _read_line(stream: trio.lowlevel.FdStream) -> str:
 
 
 async def status(client: Client, args: argparse.Namespace, console: Console) -> int:
+    """The `status` command: print the job's retained status.
+
+    Errors: `CommandError` with `EXIT_UNAVAILABLE` when the broker holds none.
+
+    Cancellation: as `Client.status`; nothing changes at the broker.
+    """
     current = await client.status(args.task_id)
     if current is None:
         raise CommandError(f"the broker holds no status for {args.task_id}", EXIT_UNAVAILABLE)
@@ -317,6 +350,15 @@ async def status(client: Client, args: argparse.Namespace, console: Console) -> 
 
 
 async def cancel(client: Client, args: argparse.Namespace, console: Console) -> int:
+    """The `cancel` command: ask for a queued or running job to be cancelled; wait `--wait-seconds` for its end.
+
+    Errors: `CommandError` with `EXIT_UNAVAILABLE` when the broker holds no status of the job,
+    or the job has not ended in time.
+
+    Cancellation: before the request is published, nothing was asked; after, the request
+    stands and the job may still be cancelled. The handle is closed, unless the cancellation
+    came while `Client.follow` opened it (see there).
+    """
     current = await client.status(args.task_id)
     if current is None:
         raise CommandError(f"the broker holds no status for {args.task_id}: no worker has it", EXIT_UNAVAILABLE)
@@ -337,6 +379,12 @@ async def cancel(client: Client, args: argparse.Namespace, console: Console) -> 
 
 
 async def forget(client: Client, args: argparse.Namespace, console: Console) -> int:
+    """The `forget` command: clear the retained status of a job that is not queued or running.
+
+    Errors: `CommandError` with `EXIT_USAGE` while the job is queued or running.
+
+    Cancellation: as `Client.forget`: the status may or may not be cleared; safe to retry.
+    """
     current = await client.status(args.task_id)
     if current is not None and current.get("state") in ("queued", "running"):
         raise CommandError(f"{args.task_id} is still {current.get('state')}: cancel it first", EXIT_USAGE)
@@ -346,6 +394,10 @@ async def forget(client: Client, args: argparse.Namespace, console: Console) -> 
 
 
 async def workers(client: Client, args: argparse.Namespace, console: Console) -> int:
+    """The `workers` command: print the group's workers from their retained presence messages.
+
+    Cancellation: as `Client.workers`; nothing is left behind.
+    """
     found = await client.workers()
     if args.json:
         # One line per worker: JSON lines like every other --json, not one array.

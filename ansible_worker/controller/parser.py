@@ -59,6 +59,7 @@ def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """Add the broker flags (`-c`, `--broker`, `--group`, `--prefix`, `--signing-key`) to `parser`."""
     group = parser.add_argument_group("broker")
     group.add_argument("-c", "--config", type=Path, help="read the broker and group from this file (as the workers do)")
     group.add_argument("--broker", metavar="URL", help="mqtt://[user[:password]@]host[:port] or mqtts://...")

@@ -33,6 +33,7 @@ _HEADINGS = frozenset(
 
 
 def parse_time(value: object) -> datetime | None:
+    """The moment an ISO 8601 string names (a trailing `Z` allowed), or None for anything else."""
     if not isinstance(value, str):
         return None
     try:
@@ -42,6 +43,7 @@ def parse_time(value: object) -> datetime | None:
 
 
 def counts(status: dict[str, Any]) -> Text:
+    """The task counts of a status (`ok=… changed=… …`), each coloured when it is not zero."""
     text = Text()
     for index, name in enumerate(_COUNTS):
         value = status.get(f"tasks_{name}", 0)
@@ -103,11 +105,16 @@ class JobView:
         self.stop()
 
     def stop(self) -> None:
+        """Stop redrawing the progress line, and take it off the terminal; stopping twice is harmless."""
         if self._live is not None:
             self._live.stop()
             self._live = None
 
     def show(self, update: Update) -> None:
+        """Show one update: print an event's Ansible line, or take a status into the progress line.
+
+        A status prints a line of its own when the job becomes queued or running.
+        """
         if update.kind == "event":
             self._show_event(update.data)
             return
@@ -165,6 +172,7 @@ def summary(status: dict[str, Any]) -> RenderableType:
 
 
 def workers_table(workers: list[dict[str, Any]], now: datetime | None = None) -> Table:
+    """A table of the workers' presence messages, with each heartbeat's age as of `now` (default: this moment)."""
     now = now or datetime.now(UTC)
     table = Table(box=None, header_style="bold")
     for column in ("WORKER", "HOST", "STATE", "CAPACITY", "RUNNING", "QUEUED", "DONE", "HEARTBEAT"):

@@ -16,8 +16,6 @@ import ssl
 import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -29,6 +27,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ansible_worker.lone_errors import unwrap_lone_errors
+from ansible_worker.mqtt.options import (
+    ConnectFailed,
+    InboundMessage,
+    LinkError,
+    LinkLost,
+    LinkOptions,
+    PublishRefused,
+    SubscribeRefused,
+    Will,
+)
 
 __all__ = [
     "ConnectFailed",
@@ -47,64 +55,6 @@ CONNECT_TIMEOUT = 10.0
 # QoS 0 messages that may wait in paho's queue before publish_nowait refuses more.
 OUTGOING_LIMIT = 10_000
 DISCONNECT_TIMEOUT = 2.0
-
-
-class LinkError(Exception):
-    """Base class of the link's errors."""
-
-
-class ConnectFailed(LinkError):
-    """The broker could not be reached, or refused the connection."""
-
-
-class LinkLost(LinkError):
-    """The connection dropped, or an operation on it timed out."""
-
-
-class SubscribeRefused(LinkError):
-    """The broker answered a SUBSCRIBE with a failure reason code."""
-
-
-class PublishRefused(LinkError):
-    """The broker answered a QoS 1 PUBLISH with a failure reason code (its ACL, usually).
-
-    Publishing the same message again would be refused again: the link itself is fine.
-    """
-
-
-@dataclass(frozen=True, slots=True)
-class Will:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class LinkOptions:
-    """Everything needed to open one connection. Secrets arrive here as plain strings."""
-
-    host: str
-    port: int
-    client_id: str
-    username: str | None = None
-    # Kept out of repr(), so that no log line or traceback can show it.
-    password: str | None = field(default=None, repr=False)
-    keepalive: int = 60
-    tls_enabled: bool = False
-    tls_ca_cert: Path | None = None
-    tls_client_cert: Path | None = None
-    tls_client_key: Path | None = None
-    will: Will | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class InboundMessage:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    expiry: int | None = None
 
 
 # asyncio's CancelledError reaches a Trio caller only when the link's own loop is closing
@@ -127,6 +77,13 @@ class MqttLink:
         self._unsubscribe = trio_asyncio.aio_as_trio(client.unsubscribe, loop=loop)
 
     async def subscribe(self, topic: str, qos: int) -> None:
+        """Subscribe to `topic` at `qos` and wait for the broker's SUBACK; the broker then sends its retained messages.
+
+        Errors: `LinkLost` when the connection is gone; `SubscribeRefused` when the broker says no.
+
+        Cancellation: the SUBSCRIBE may already be on its way, so the subscription may or may not
+        hold. Safe to retry: subscribing again replaces it (and brings the retained messages again).
+        """
         try:
             reason_codes = await self._subscribe(topic, qos=qos)
         except _LINK_ERRORS as exc:
@@ -136,6 +93,13 @@ class MqttLink:
                 raise SubscribeRefused(f"broker refused the subscription to {topic!r}: {code}")
 
     async def unsubscribe(self, topic: str) -> None:
+        """Unsubscribe from `topic` and wait for the broker's UNSUBACK.
+
+        Errors: `LinkLost` when the connection is gone.
+
+        Cancellation: the UNSUBSCRIBE may already be on its way, so messages on `topic` may or may
+        not keep coming. Safe to retry.
+        """
         try:
             await self._unsubscribe(topic)
         except _LINK_ERRORS as exc:
@@ -144,7 +108,15 @@ class MqttLink:
     async def publish(
         self, topic: str, payload: bytes, *, qos: int, retain: bool = False, expiry: int | None = None
     ) -> None:
-        """Publish and, for QoS 1 and 2, wait for the broker's acknowledgement."""
+        """Publish and, for QoS 1 and 2, wait for the broker's acknowledgement.
+
+        `expiry` sets the message expiry interval, in seconds. Errors: `LinkLost` when the connection
+        is gone; `PublishRefused` when the acknowledgement carries a failure reason code.
+
+        Cancellation: once paho holds the message it sends it anyway; only the wait for the
+        acknowledgement is abandoned. So the message may or may not reach the broker, and
+        publishing again may deliver it twice.
+        """
         properties = None
         if expiry:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -171,7 +143,11 @@ class MqttLink:
         return stream
 
     async def close_streams(self) -> None:
-        """Finish the message iterators while their loop runs, not in the garbage collector."""
+        """Finish the message iterators while their loop runs, not in the garbage collector.
+
+        Cancellation: the iterators not yet finished are left for the garbage collector;
+        `open_mqtt_link` calls this shielded and bounded, so there it completes or times out.
+        """
         for stream in self._streams:
             await stream.aclose()
         self._streams.clear()
@@ -208,8 +184,14 @@ async def open_mqtt_link(options: LinkOptions) -> AsyncIterator[MqttLink]:
     """Connect (MQTT 5, clean start, TCP_NODELAY), yield the link, disconnect on exit.
 
     Errors: `ConnectFailed` with the reason when the broker is unreachable, the TLS
-    handshake fails or the broker refuses the client. Leaving the block sends DISCONNECT
-    (shielded, bounded), so a will message is not triggered by a clean exit.
+    handshake fails or the broker refuses the client, or no answer comes within `CONNECT_TIMEOUT`.
+    Leaving the block sends DISCONNECT (shielded, bounded), so a will message is not
+    triggered by a clean exit.
+
+    Cancellation: while connecting, the attempt is abandoned and the asyncio loop closed
+    with it. Inside the block, a cancellation leaves it as any exit does: the message
+    iterators are closed and DISCONNECT sent, shielded and bounded by `DISCONNECT_TIMEOUT`,
+    so the broker does not publish the will.
     """
     # The loop's own nursery would wrap errors raised in the caller's block.
     with unwrap_lone_errors():
@@ -237,6 +219,7 @@ async def open_mqtt_link(options: LinkOptions) -> AsyncIterator[MqttLink]:
                     trio.move_on_after(DISCONNECT_TIMEOUT),
                     contextlib.suppress(aiomqtt.MqttError),
                 ):
+                    await trio_asyncio.aio_as_trio(_send_disconnect, loop=loop)(client)
                     await session.__aexit__(None, None, None)
 
 
@@ -352,9 +335,29 @@ class _TrioSafeClient(aiomqtt.Client):
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise LinkLost(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
 
+    def send_disconnect(self) -> None:
+        """Queue DISCONNECT and write it now, rather than on a flush deferred to a later loop turn.
+
+        The broker must read DISCONNECT before the socket closes, or it publishes the will.
+        Written here, it is on the wire before `__aexit__` waits; what the socket buffer
+        cannot take yet goes out through the usual writer.
+        """
+        if self._disconnected.done():
+            return
+        if self._client.disconnect() != mqtt.MQTT_ERR_SUCCESS:
+            return
+        try:
+            self._client.loop_write()
+        except Exception as exc:  # a broken connection, whatever paho raises for it
+            self._fail(exc)
+
     def _fail(self, exc: Exception) -> None:
         if not self._disconnected.done():
             self._disconnected.set_exception(exc)
+
+
+async def _send_disconnect(client: _TrioSafeClient) -> None:
+    client.send_disconnect()
 
 
 _PUBLISH_MID: contextvars.ContextVar[int] = contextvars.ContextVar("publish_mid", default=-1)

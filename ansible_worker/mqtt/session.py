@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class BrokerSession:
     """A long-lived MQTT session over a series of links.
 
-    `run` owns the links: each time one drops it waits an exponentially growing, jittered
+    `serve` owns the links: each time one drops it waits an exponentially growing, jittered
     delay (capped) and connects again, subscribing afresh. A broker that is down at start is
     simply the first wait. Other tasks publish through `publish`, which waits for a link.
     """
@@ -39,12 +39,8 @@ class BrokerSession:
         *,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
-        will: Callable[[], Will] | None = None,
-        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.options = options
-        self._will = will
-        self._on_connected = on_connected
         self._subscriptions = list(subscriptions)
         self._inbox = inbox
         self._backoff_initial = backoff_initial
@@ -57,10 +53,27 @@ class BrokerSession:
 
     @property
     def connected(self) -> bool:
+        """Whether a link is up now."""
         return self._link is not None
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve forever; reports started at once, before the first connection."""
+    async def serve(
+        self,
+        *,
+        will: Callable[[], Will] | None = None,
+        on_connected: Callable[[], None] | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep a link up for ever; reports started at once, before the first connection.
+
+        `will` makes the will message afresh for each connection, and `on_connected` runs
+        once each link is up and subscribed. Messages go to the inbox in arrival order; a
+        full inbox holds up the link.
+
+        Cancellation: the current link is closed with a clean DISCONNECT (shielded, bounded),
+        so the broker does not publish the will; `wait_disconnected` returns, while publishers
+        waiting for a link are not woken. A message on its way into a full inbox is lost, and
+        the inbox is closed, so its reader sees the end of it: do not serve this session again.
+        """
         task_status.started()
         where = f"{self.options.host}:{self.options.port}"
         failures = 0
@@ -69,9 +82,7 @@ class BrokerSession:
                 reason = f"link to broker {where} closed"
                 try:
                     # The will is made afresh for each connection, so it describes the worker now.
-                    options = (
-                        self.options if self._will is None else dataclasses.replace(self.options, will=self._will())
-                    )
+                    options = self.options if will is None else dataclasses.replace(self.options, will=will())
                     async with open_mqtt_link(options) as link:
                         for topic, qos in self._subscriptions:
                             await link.subscribe(topic, qos)
@@ -80,8 +91,8 @@ class BrokerSession:
                         self._link = link
                         self._down = trio.Event()
                         self._up.set()
-                        if self._on_connected is not None:
-                            self._on_connected()
+                        if on_connected is not None:
+                            on_connected()
                         async for message in link.messages():
                             await self._inbox.send(message)
                 except ConnectFailed as exc:
@@ -100,9 +111,11 @@ class BrokerSession:
                 await trio.sleep(delay)
 
     async def wait_connected(self) -> None:
+        """Wait until a link is up. Cancellation: nothing changes."""
         await self._up.wait()
 
     async def wait_disconnected(self) -> None:
+        """Wait until no link is up. Cancellation: nothing changes."""
         await self._down.wait()
 
     async def publish(
@@ -110,20 +123,29 @@ class BrokerSession:
     ) -> None:
         """Publish on the current link, waiting for one if there is none.
 
-        Errors: `LinkError` if the link drops before the broker acknowledged.
+        Errors: `LinkError` if the link drops before the broker acknowledged, or the broker refuses.
+
+        Cancellation: while it waits for a link, nothing was published; after, the message
+        may or may not have reached the broker, and publishing again may deliver it twice.
         """
         while self._link is None:
             await self._up.wait()
         await self._link.publish(topic, payload, qos=qos, retain=retain, expiry=expiry)
 
     def publish_nowait(self, topic: str, payload: bytes) -> None:
-        """QoS 0 on the current link, now or never. Errors: `LinkError` without a link."""
+        """QoS 0 on the current link, now or never.
+
+        Errors: `LinkLost` without a link, or when paho's outgoing queue is full.
+        """
         if self._link is None:
             raise LinkLost("not connected")
         self._link.publish_nowait(topic, payload)
 
     async def unsubscribe(self, topic: str) -> None:
-        """Stop a subscription now and on every later link. Best effort on the live link."""
+        """Stop a subscription now and on every later link. Best effort on the live link.
+
+        Cancellation: later links do not subscribe to it; the live one may still be.
+        """
         self._subscriptions = [(t, q) for t, q in self._subscriptions if t != topic]
         if self._link is not None:
             try:

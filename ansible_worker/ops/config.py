@@ -24,15 +24,14 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ansible_worker.mqtt.link import LinkOptions
+from ansible_worker.mqtt.options import LinkOptions
+from ansible_worker.ops.config_source import DEFAULT_CONFIG_FILE, ENV_PREFIX
 from ansible_worker.ops.expand import UnsetVariableError, expand_tree
 from ansible_worker.protocol.validation import describe_errors
 
 if TYPE_CHECKING:
     from ansible_worker.protocol.signing import Signer, TrustedKeys
 
-ENV_PREFIX = "ANSIBLE_WORKER_"
-DEFAULT_CONFIG_FILE = Path("config.yaml")
 
 _NAME_CHARS = "A-Za-z0-9._-"
 NAME_PATTERN = rf"^[{_NAME_CHARS}]{{1,128}}$"

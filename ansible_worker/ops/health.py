@@ -57,7 +57,13 @@ class HealthEndpoint:
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen on `host:port` until cancelled; reports the bound port (useful with port 0)."""
+        """Listen on `host:port` until cancelled; reports the bound port (useful with port 0).
+
+        Errors: `OSError` when the address cannot be bound.
+
+        Cancellation: the listeners are closed and every request being served is cancelled
+        with them; nothing is left open, and serving again is safe.
+        """
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[1]
         log.info("health and metrics endpoint on http://%s:%d/ (/healthz, /readyz, /metrics)", host, bound)

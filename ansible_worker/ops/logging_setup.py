@@ -45,6 +45,7 @@ class JsonFormatter(logging.Formatter):
         self.worker_id = worker_id
 
     def format(self, record: logging.LogRecord) -> str:
+        """`record` as one line of JSON, with its exception's traceback if it has one."""
         entry: dict[str, object] = {
             "time": _utc(record),
             "level": record.levelname,
@@ -62,6 +63,10 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str, *, log_format: Literal["text", "json"] = "text", worker_id: str | None = None) -> None:
+    """Send log records from `level` up to stderr, as text or JSON lines; paho's from WARNING unless at DEBUG.
+
+    Replaces the root logger's handlers, so calling it again changes the format rather than doubling lines.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter(worker_id))

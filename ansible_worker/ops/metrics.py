@@ -1,6 +1,6 @@
 """Count what the worker does, for its metrics endpoint: jobs by final state, durations, events, latencies.
 
-Plain counters that cost nothing to update; `health_endpoint` turns them into Prometheus
+Plain counters that cost nothing to update; `ops.health` turns them into Prometheus
 text only when an endpoint is configured and scraped.
 """
 
@@ -27,6 +27,7 @@ class Histogram:
         self.counts = [0] * (len(self.bounds) + 1)
 
     def observe(self, value: float) -> None:
+        """Count `value` into the first bucket whose upper bound is at least `value`."""
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
         self.count += 1
@@ -42,6 +43,8 @@ class Histogram:
 
 @dataclass
 class WorkerMetrics:
+    """The worker's counters: jobs by final state, job durations, status publish latencies, events and refusals."""
+
     jobs_by_state: Counter[str] = field(default_factory=Counter)
     job_duration: Histogram = field(default_factory=lambda: Histogram(JOB_DURATION_BUCKETS))
     status_publish_latency: Histogram = field(default_factory=lambda: Histogram(PUBLISH_LATENCY_BUCKETS))

@@ -23,8 +23,10 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
+
+from ansible_worker.protocol.timestamps import format_utc, parse_utc
 
 __all__ = [
     "MAX_CLAIM_BYTES",
@@ -66,6 +68,7 @@ class Claim:
 
 
 def new_claim_id() -> str:
+    """A fresh random claim id (16 hex digits), naming one claim of one worker."""
     return secrets.token_hex(8)
 
 
@@ -77,7 +80,7 @@ def claim_document(
     if releases is not None:
         document["releases"] = releases
     if expires_at is not None:
-        document["expires_at"] = expires_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        document["expires_at"] = format_utc(expires_at, timespec="milliseconds")
     return document
 
 
@@ -137,10 +140,9 @@ def _expires_at(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        moment = datetime.fromisoformat(value)
+        return parse_utc(value)
     except ValueError:
         return None
-    return moment if moment.tzinfo is not None else None
 
 
 @dataclass(slots=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
+
+from ansible_worker.protocol.timestamps import from_epoch
 
 RESULT_TEXT_LIMIT = 1024
 _RESULT_KEYS = ("msg", "rc", "stdout", "stderr")
@@ -122,4 +123,4 @@ def _cap(value: Any) -> Any:
 def _timestamp(value: object) -> str | None:
     if not isinstance(value, int | float):
         return None
-    return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
+    return from_epoch(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
@@ -115,6 +115,7 @@ class State(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
+        """Whether the job has ended: success, failed, cancelled or timeout."""
         return self not in (State.QUEUED, State.RUNNING)
 
 
@@ -169,24 +170,6 @@ class JobStatus(BaseModel):
         except PydanticSerializationError:
             text = json.dumps(self.model_dump(mode="json"), ensure_ascii=False)
             return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()
-
-    @classmethod
-    def refusal(cls, task_id: str, reason: str, *, worker_id: str, live_only: bool = False) -> JobStatus:
-        """`failed` for a message that never became a job; `live_only` marks one that is not retained."""
-        now = utc_now()
-        return cls(
-            task_id=task_id,
-            state=State.FAILED,
-            created_at=now,
-            completed_at=now,
-            error_message=reason,
-            worker_id=worker_id,
-            refused=live_only,
-        )
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class LiveEvent(BaseModel):

@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ansible_worker.protocol.timestamps import format_utc, parse_utc
+
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -79,6 +81,7 @@ def signed_bytes(topic: str, body: Mapping[str, Any]) -> bytes:
 
 
 def fingerprint(key: Ed25519PublicKey) -> str:
+    """The short name of a public key in signatures: the first 32 hex digits of the SHA-256 of its raw bytes."""
     from cryptography.hazmat.primitives import serialization
 
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -157,10 +160,6 @@ def generate_key_pair(private_path: Path, public_path: Path) -> str:
     return fingerprint(key.public_key())
 
 
-def _format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class Signer:
     """Signs messages with one private key (a controller's)."""
 
@@ -171,12 +170,13 @@ class Signer:
 
     @classmethod
     def from_file(cls, path: Path) -> Signer:
+        """A signer for the private key in `path`. Errors: as `load_private_key`."""
         return cls(load_private_key(path))
 
     def sign(self, topic: str, body: Mapping[str, Any], *, now: datetime | None = None) -> dict[str, Any]:
         """`body` with `issued_at` set to now and a `signature` for publishing on `topic`."""
         signed = {key: value for key, value in body.items() if key != SIGNATURE_FIELD}
-        signed[ISSUED_AT_FIELD] = _format_time(now or datetime.now(UTC))
+        signed[ISSUED_AT_FIELD] = format_utc(now or datetime.now(UTC), timespec="milliseconds")
         value = self._key.sign(signed_bytes(topic, signed))
         signed[SIGNATURE_FIELD] = {"key": self.fingerprint, "value": base64.b64encode(value).decode()}
         return signed
@@ -199,10 +199,12 @@ class TrustedKeys:
 
     @classmethod
     def from_files(cls, files: Mapping[str, Path]) -> TrustedKeys:
+        """The public keys in `files`, each under its name. Errors: as `load_public_key`."""
         return cls({name: load_public_key(path) for name, path in files.items()})
 
     @property
     def fingerprints(self) -> frozenset[str]:
+        """The fingerprints of every trusted key."""
         return frozenset(self._by_fingerprint)
 
     def including(self, name: str, key: Ed25519PublicKey) -> TrustedKeys:
@@ -265,12 +267,13 @@ def issued_at(document: Mapping[str, Any]) -> datetime:
     if not isinstance(text, str):
         raise SignatureRefused(f"{ISSUED_AT_FIELD} is missing: a signed message must say when it was issued")
     try:
-        moment = datetime.fromisoformat(text)
+        datetime.fromisoformat(text)
     except ValueError:
         raise SignatureRefused(f"{ISSUED_AT_FIELD} is not an RFC 3339 time: {text[:64]!r}") from None
-    if moment.tzinfo is None:
-        raise SignatureRefused(f"{ISSUED_AT_FIELD} has no time zone: {text[:64]!r}")
-    return moment
+    try:
+        return parse_utc(text)
+    except ValueError:
+        raise SignatureRefused(f"{ISSUED_AT_FIELD} has no time zone: {text[:64]!r}") from None
 
 
 def check_age(issued_at: datetime, *, now: datetime, max_age: float, max_skew: float) -> None:

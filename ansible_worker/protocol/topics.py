@@ -10,11 +10,14 @@ _TASK_ID = r"[A-Za-z0-9._-]{1,128}"
 
 @dataclass(frozen=True, slots=True)
 class Topics:
+    """The topic names of one group: `<prefix>/<group>/…`."""
+
     prefix: str
     group: str
 
     @property
     def tasks(self) -> str:
+        """The topic jobs are published on."""
         return f"{self.prefix}/{self.group}/tasks"
 
     def tasks_subscription(self, *, shared: bool) -> str:
@@ -22,9 +25,11 @@ class Topics:
         return f"$share/ansible-worker-{self.group}/{self.tasks}" if shared else self.tasks
 
     def status(self, task_id: str) -> str:
+        """The retained status topic of job `task_id`."""
         return f"{self.tasks}/{task_id}/status"
 
     def cancel(self, task_id: str) -> str:
+        """The topic of cancel requests for job `task_id`."""
         return f"{self.tasks}/{task_id}/cancel"
 
     @property
@@ -33,6 +38,7 @@ class Topics:
         return f"{self.tasks}/+/cancel"
 
     def claim(self, task_id: str) -> str:
+        """The topic of claims on job `task_id`."""
         return f"{self.tasks}/{task_id}/claim"
 
     @property
@@ -41,13 +47,16 @@ class Topics:
         return f"{self.tasks}/+/claim"
 
     def events(self, task_id: str) -> str:
+        """The topic of job `task_id`'s live events."""
         return f"{self.tasks}/{task_id}/events"
 
     def worker(self, worker_id: str) -> str:
+        """The retained presence topic of worker `worker_id`."""
         return f"{self.prefix}/{self.group}/workers/{worker_id}"
 
     @property
     def workers_subscription(self) -> str:
+        """The filter of every worker's presence topic in the group."""
         return f"{self.prefix}/{self.group}/workers/+"
 
     def task_id_of_cancel(self, topic: str) -> str | None:

@@ -16,6 +16,7 @@ def describe_errors(exc: ValidationError) -> list[str]:
 
 
 def describe_error(error: Mapping[str, Any]) -> str:
+    """One `path: problem` line for one pydantic error; the input is shown only when short, plain and not a secret."""
     location = ".".join(str(part) for part in error["loc"]) or "<root>"
     kind = error["type"]
     if kind == "missing":

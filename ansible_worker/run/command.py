@@ -46,6 +46,10 @@ def resolve_inside(base: Path, relative: str, what: str) -> Path:
 
 
 def resolve_playbook(base: Path, playbook: str) -> Path:
+    """The playbook's resolved path inside `base`.
+
+    Errors: `JobRefusedError` when it is outside `base`, missing or not a file.
+    """
     path = resolve_inside(base, playbook, "playbook")
     if not path.is_file():
         raise JobRefusedError(f"playbook is not a file: {playbook!r}")

@@ -50,25 +50,45 @@ class EventFifo:
         """Call `on_event` for each JSON object until every writer has closed the FIFO.
 
         The pause that gathers a burst of events ends early once Ansible has `exited`.
-        Cancellation: safe at any point; a caller bounds this wait, since a playbook that
-        dies before opening the FIFO never sends an end of file.
+
+        Cancellation: the events already passed to `on_event` stay passed; a line read only in part
+        is dropped with the call, so a second call would count its rest as an invalid line. The FIFO
+        stays open until `close`. A caller bounds this wait, since a playbook that dies before
+        opening the FIFO never sends an end of file.
         """
         pending = b""
+        # The rest of a line already refused as too long is skipped up to its newline.
+        skipping = False
+        idle = False
         while True:
-            # Reading a FIFO that no writer has opened yet returns b"", a false end of file:
-            # wait until a writer has written (or opened and closed) first, or until Ansible
-            # has exited, after which an empty read is the true end.
-            await _first_of(self._wait_readable, exited.wait)
-            with trio.move_on_after(GATHER_SECONDS):
-                await exited.wait()
+            if exited.is_set() and idle:
+                # A writer still holds the FIFO open (the last read would block, not end):
+                # only its data or its close can come now, so wait for those alone.
+                await self._wait_readable()
+            else:
+                # Reading a FIFO that no writer has opened yet returns b"", a false end of
+                # file: wait until a writer has written (or opened and closed) first, or until
+                # Ansible has exited, after which an empty read is the true end.
+                await _first_of(self._wait_readable, exited.wait)
+                with trio.move_on_after(GATHER_SECONDS):
+                    await exited.wait()
             chunk, ended = self._read_available()
-            lines = (pending + chunk).split(b"\n")
+            idle = not chunk and not ended
+            data = pending + chunk
+            if skipping:
+                newline = data.find(b"\n")
+                skipping = newline < 0
+                data = b"" if skipping else data[newline + 1 :]
+            lines = data.split(b"\n")
             pending = lines.pop()
             if len(pending) > MAX_LINE_BYTES:
                 self._reject(pending[:80], "line too long")
-                pending = b""
+                pending, skipping = b"", True
             for line in lines:
-                self._decode(line, on_event)
+                if len(line) > MAX_LINE_BYTES:
+                    self._reject(line[:80], "line too long")
+                else:
+                    self._decode(line, on_event)
             if ended:
                 break
         if pending.strip():
@@ -98,6 +118,7 @@ class EventFifo:
         return self._seen_data
 
     def close(self) -> None:
+        """Close the read end of the FIFO (the FIFO file stays, in the run directory). Call it once."""
         os.close(self._fd)
 
     def _decode(self, line: bytes, on_event: Callable[[dict[str, Any]], None]) -> None:

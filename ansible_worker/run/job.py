@@ -7,19 +7,20 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
+from pydantic import SecretStr
 
-from ansible_worker.ops.config import WorkerSettings
 from ansible_worker.ops.logging_setup import current_task_id
 from ansible_worker.ops.metrics import WorkerMetrics
-from ansible_worker.protocol.models import JobStatus, State, TaskRequest, utc_now
+from ansible_worker.protocol.models import JobStatus, State, TaskRequest
+from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.command import (
     FIFO_VARIABLE,
@@ -32,13 +33,12 @@ from ansible_worker.run.command import (
     resolve_playbook,
 )
 from ansible_worker.run.event_fifo import EventFifo
+from ansible_worker.run.event_stream import EventStream
 from ansible_worker.run.extra_vars import write_extra_vars
 from ansible_worker.run.output_tail import OutputTail
 from ansible_worker.run.policy import JobPolicy
 from ansible_worker.run.process_group import ExitRecord, run_with_output
-from ansible_worker.run.progress import Progress
-from ansible_worker.worker.event_publisher import EventPublisher, EventStream
-from ansible_worker.worker.outbox import StatusOutbox
+from ansible_worker.run.progress import STATUS_EVENTS, Progress
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +46,47 @@ EVENT_FLUSH_SECONDS = 2.0
 RUN_DIRECTORY_PREFIX = "ansible-worker-"
 EVENT_FIFO_NAME = "events.fifo"
 
-# Events that change what a status says; the others (item results, retries) do not.
-_STATUS_EVENTS = frozenset(
-    {
-        "playbook_on_play_start",
-        "playbook_on_task_start",
-        "playbook_on_handler_task_start",
-        "runner_on_ok",
-        "runner_on_failed",
-        "runner_on_skipped",
-        "runner_on_unreachable",
-        "playbook_on_stats",
-    }
-)
+
+class StatusSink(Protocol):
+    """Where a job's statuses go (the worker's one status path)."""
+
+    def post(self, status: JobStatus) -> None:
+        """A change of state, or the terminal status; never blocks."""
+
+    def post_progress(self, task_id: str, build: Callable[[], JobStatus]) -> None:
+        """A `running` update, built when it is about to be published; never blocks."""
+
+    def started(self, task_id: str, run_dir: Path) -> None:
+        """The job's private run directory exists: its processes will carry its name."""
+
+
+class EventSink(Protocol):
+    """Where a job's live events go; `offer` never blocks (an event may be dropped)."""
+
+    def offer(self, stream: EventStream, raw: Mapping[str, Any]) -> None:
+        """Send one callback event on `stream`, or count it dropped."""
+
+
+class RunnerSettings(Protocol):
+    """The settings a runner reads (the worker's `worker` section has them all)."""
+
+    playbook_directory: Path
+    run_directory: Path | None
+    task_timeout: float
+    kill_grace: float
+    output_limit_bytes: int
+    events_per_second: float
+    git_path: str
+    git_timeout: float
+    ansible_playbook_path: str
+    environment: dict[str, SecretStr]
+    allowed_playbooks: list[str] | None
+    allowed_inventories: list[str] | None
+    allow_inline_inventory: bool
+    max_verbosity: int
+    max_extra_vars_bytes: int
+    max_extra_vars_depth: int
+    allowed_special_vars: list[str]
 
 
 @dataclass(eq=False)
@@ -88,6 +116,7 @@ class Job:
 
     @property
     def task_id(self) -> str:
+        """The request's `task_id`."""
         return self.request.task_id
 
     @property
@@ -136,6 +165,7 @@ class Job:
         )
 
     def finish(self, state: State, error_message: str | None = None) -> None:
+        """End the job in `state` with `error_message`: stamp `completed_at` and set `done`."""
         self.state = state
         self.error_message = error_message
         self.completed_at = utc_now()
@@ -147,17 +177,17 @@ class JobRunner:
 
     def __init__(
         self,
-        settings: WorkerSettings,
-        outbox: StatusOutbox,
+        settings: RunnerSettings,
+        statuses: StatusSink,
         *,
         topics: Topics,
-        events: EventPublisher | None = None,
+        events: EventSink | None = None,
         on_transition: Callable[[], None] = lambda: None,
         hidden_values: Collection[str] = (),
         metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
-        self.outbox = outbox
+        self.statuses = statuses
         self.topics = topics
         self.events = events
         self.on_transition = on_transition
@@ -207,7 +237,7 @@ class JobRunner:
 
     def announce(self, job: Job) -> None:
         """Publish the job's current status and log the transition."""
-        self.outbox.post(job.status())
+        self.statuses.post(job.status())
         self.on_transition()
         if job.state.terminal:
             self.metrics.jobs_by_state[job.state.value] += 1
@@ -221,11 +251,17 @@ class JobRunner:
             log.info("task %s %s (playbook %s)", job.task_id, job.state, job.request.playbook)
 
     async def execute(self, job: Job) -> None:
-        """Run `job` and publish exactly one terminal status for it.
+        """Run `job` and post exactly one terminal status for it to the status sink.
 
         Any `Exception` becomes a `failed` status; cancellation of the job's own scope (a
-        cancel request, the timeout) becomes `cancelled` or `timeout`. A cancellation from
-        outside the job still ends the process group (shielded) before it propagates.
+        cancel request, the timeout) becomes `cancelled` (or the job's `cancel_state`) or `timeout`,
+        and `execute` returns normally.
+
+        Cancellation: from outside the job (a hurried shutdown), the process group still gets
+        SIGTERM, then SIGKILL after `kill_grace`, and its stragglers are killed, all before the
+        cancellation propagates; the run directory is removed and the job's events are flushed
+        (shielded, at most `EVENT_FLUSH_SECONDS`). The job then ends `cancelled` ("cancelled:
+        worker stopped"), its terminal status posted and `done` set. It is over: do not run it again.
         """
         # Names the job in every record logged while it runs (its slot's task runs one job at a time).
         naming = current_task_id.set(job.task_id)
@@ -284,8 +320,7 @@ class JobRunner:
         inventory = resolve_inventory(base, request.inventory)
         self.policy.check_paths(base, playbook, inventory)
         with private_run_directory(self.settings.run_directory, job.task_id) as run_dir:
-            if self.outbox.journal is not None:
-                self.outbox.journal.started(job.task_id, run_dir)
+            self.statuses.started(job.task_id, run_dir)
             extra_vars = write_extra_vars(run_dir, request.extra_vars) if request.extra_vars else None
             argv = build_argv(
                 request,
@@ -322,8 +357,8 @@ class JobRunner:
         job.progress.apply(event)
         if self.events is not None and job.events is not None:
             self.events.offer(job.events, event)
-        if event.get("event") in _STATUS_EVENTS and not job.state.terminal:
-            self.outbox.post_progress(job.task_id, lambda: job.status(progress_only=True))
+        if event.get("event") in STATUS_EVENTS and not job.state.terminal:
+            self.statuses.post_progress(job.task_id, lambda: job.status(progress_only=True))
 
     def _judge(self, job: Job, returncode: int, tail: OutputTail, fifo: EventFifo) -> tuple[State, str | None]:
         """How the run ended, from Ansible's exit code and what its events said.

@@ -17,6 +17,7 @@ class OutputTail:
         self._buffer = bytearray()
 
     def feed(self, chunk: bytes | bytearray) -> None:
+        """Add `chunk` to the tail and to `total_bytes`, dropping what falls out of the newest `limit` bytes."""
         self.total_bytes += len(chunk)
         self._buffer += chunk
         if len(self._buffer) > 2 * self.limit:
@@ -24,9 +25,11 @@ class OutputTail:
             del self._buffer[: len(self._buffer) - self.limit]
 
     def text(self) -> str:
+        """The newest `limit` bytes as text (invalid UTF-8 replaced)."""
         return bytes(self._buffer[-self.limit :]).decode("utf-8", "replace")
 
     def last_lines(self, count: int) -> list[str]:
+        """The last `count` non-blank lines of `text()`, trailing blanks stripped."""
         lines = [line.rstrip() for line in self.text().splitlines()]
         return [line for line in lines if line][-count:]
 
@@ -37,6 +40,9 @@ class OutputTail:
         room), so a chatty run costs the worker one wakeup per burst, not one per line.
         The pause ends early once the process has `exited`: the end is near, and waiting
         would only delay the job's result.
+
+        Cancellation: every chunk read is already in the tail; the stream is left open (its
+        owner closes it). Calling it again reads on from there.
         """
         while chunk := await stream.receive_some(65536):
             self.feed(chunk)

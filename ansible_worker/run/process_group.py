@@ -124,6 +124,13 @@ async def run_with_output(
     out Ansible can still write its last lines instead of blocking on a full pipe while it
     is being terminated; they get `drain_seconds` after the process ends to reach end of
     file, which bounds them even when a straggler keeps a pipe open.
+
+    Errors: `OSError` when the executable cannot be started.
+
+    Cancellation: as `run_process_group`: the process group is ended (SIGTERM, then SIGKILL
+    after `kill_grace`) and waited for, shielded. The readers then get up to `drain_seconds`,
+    and both ends of the pipe are closed, before the cancellation propagates. `tail` holds
+    the output so far and `record` the exit code; nothing is left running.
     """
     read_fd, write_fd = os.pipe()
     readers = trio.CancelScope(shield=True)

@@ -36,6 +36,7 @@ class Progress:
 
     @property
     def total(self) -> int:
+        """The results counted so far: ok, changed, failed, skipped and unreachable together."""
         return self.ok + self.changed + self.failed + self.skipped + self.unreachable
 
     def apply(self, event: Mapping[str, Any]) -> None:
@@ -140,3 +141,6 @@ _HANDLERS = {
     "runner_on_unreachable": Progress._unreachable,
     "playbook_on_stats": Progress._stats,
 }
+
+# Events that change what a status says; the others (item results, retries) do not.
+STATUS_EVENTS = frozenset(_HANDLERS)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import trio
 
 from ansible_worker.protocol.models import State, TaskRequest
+from ansible_worker.protocol.statuses import SHUT_DOWN_BEFORE_START
 from ansible_worker.run.job import Job, JobRunner
-
-if TYPE_CHECKING:
-    # sqlite3 is loaded only by workers that keep a journal.
-    from ansible_worker.worker.journal import Journal
+from ansible_worker.worker.journal import JournalError
+from ansible_worker.worker.status_path import StatusPath
 
 log = logging.getLogger(__name__)
 
@@ -21,29 +19,32 @@ class Dispatcher:
     """The jobs one worker holds, queued or running, by task_id.
 
     `submit` never blocks: a full queue is answered at once with a `failed` status, since a
-    controller is better told than kept waiting. `close` is how the worker stops: no new
-    jobs, queued ones cancelled on the spot, running ones cancelled through their scopes;
-    `run` returns when the last running job has published its terminal status.
+    controller is better told than kept waiting. `stop_taking` is how the worker stops: no
+    new jobs, and the queued ones are returned for the worker to hand back or cancel; running
+    ones are ended with `cancel_running`. `serve` returns once the queue is closed and the
+    last running job has published its terminal status.
     """
 
     def __init__(
-        self, runner: JobRunner, *, worker_id: str, capacity: int, concurrency: int, journal: Journal | None = None
+        self, runner: JobRunner, statuses: StatusPath, *, worker_id: str, queue_size: int, concurrency: int
     ) -> None:
         self.runner = runner
-        self.journal = journal
+        self.statuses = statuses
         self.worker_id = worker_id
-        self.capacity = capacity
+        self.queue_size = queue_size
         self.concurrency = concurrency
         self.jobs: dict[str, Job] = {}
         self.jobs_done = 0
-        self._send, self._receive = trio.open_memory_channel[Job](capacity)
+        self._send, self._receive = trio.open_memory_channel[Job](queue_size)
 
     @property
     def running_count(self) -> int:
+        """Jobs running now."""
         return sum(1 for job in self.jobs.values() if job.state == State.RUNNING)
 
     @property
     def queued_count(self) -> int:
+        """Jobs waiting for a slot."""
         return sum(1 for job in self.jobs.values() if job.state == State.QUEUED)
 
     @property
@@ -69,21 +70,18 @@ class Dispatcher:
         try:
             self._send.send_nowait(job)
         except trio.WouldBlock:
-            self._refuse(job, State.FAILED, f"queue full (max {self.capacity})")
+            self._refuse(job, State.FAILED, f"queue full (max {self.queue_size})")
             return None
         except trio.ClosedResourceError:
-            self._refuse(job, State.CANCELLED, "cancelled: the worker shut down before the job started")
+            self._refuse(job, State.CANCELLED, SHUT_DOWN_BEFORE_START)
             return None
-        if self.journal is not None:
-            from ansible_worker.worker.journal import JournalError
-
-            try:
-                # On disk before anyone is told it was accepted.
-                self.journal.accepted(task_id, payload, job.status())
-            except JournalError as exc:
-                log.error("task %s: %s", task_id, exc)
-                self._refuse(job, State.FAILED, str(exc))
-                return None
+        try:
+            # On disk before anyone is told it was accepted.
+            self.statuses.accepted(task_id, payload, job.status())
+        except JournalError as exc:
+            log.error("task %s: %s", task_id, exc)
+            self._refuse(job, State.FAILED, str(exc))
+            return None
         self.jobs[task_id] = job
         self.runner.announce(job)
         return job
@@ -112,6 +110,10 @@ class Dispatcher:
             job.cancel_scope.cancel()
         return True
 
+    def fail(self, task_id: str, reason: str) -> bool:
+        """End a job as `failed` with `reason` (its status cannot be published); False if not held."""
+        return self.cancel(task_id, reason, state=State.FAILED)
+
     def stop_taking(self) -> list[Job]:
         """Take no more jobs; return the queued ones, which no slot will start any more.
 
@@ -128,15 +130,24 @@ class Dispatcher:
         return queued
 
     def cancel_running(self, description: str) -> None:
+        """Cancel every job held, with `description` as its error_message."""
         for task_id in list(self.jobs):
             self.cancel(task_id, description)
 
     async def wait_idle(self) -> None:
-        """Wait until no job is running."""
+        """Wait until this worker holds no job, queued or running.
+
+        Cancellation: the jobs go on.
+        """
         while self.jobs:
             await next(iter(self.jobs.values())).done.wait()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run `concurrency` slots that take jobs from the queue, until it is closed and drained.
+
+        Cancellation: each running job ends its process group (within its kill grace) and
+        publishes its terminal status before this returns.
+        """
         async with trio.open_nursery() as nursery:
             for _ in range(self.concurrency):
                 nursery.start_soon(self._serve_slot)

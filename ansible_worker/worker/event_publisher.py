@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -13,54 +12,9 @@ import trio
 from ansible_worker.mqtt.link import LinkError
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.live_events import live_event
+from ansible_worker.run.event_stream import EventStream
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EventStream:
-    """One job's live events: numbering, a token bucket, and what was dropped.
-
-    The bucket allows `rate` events a second on average and bursts of twice that, so a
-    playbook that floods events is thinned out instead of slowing Ansible down.
-    """
-
-    topic: str
-    rate: float
-    last_seq: int = 0
-    dropped: int = 0
-    pending: int = 0
-    _tokens: float = field(init=False)
-    _refilled_at: float = field(init=False)
-    _flushed: trio.Event = field(default_factory=trio.Event)
-
-    def __post_init__(self) -> None:
-        self._tokens = 2 * self.rate
-        self._refilled_at = trio.current_time()
-        self._flushed.set()
-
-    def take_token(self) -> bool:
-        now = trio.current_time()
-        self._tokens = min(2 * self.rate, self._tokens + (now - self._refilled_at) * self.rate)
-        self._refilled_at = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
-
-    async def wait_flushed(self) -> None:
-        """Wait until every event offered so far has left through the publisher."""
-        await self._flushed.wait()
-
-    def note_enqueued(self) -> None:
-        self.pending += 1
-        if self._flushed.is_set():
-            self._flushed = trio.Event()
-
-    def note_published(self) -> None:
-        self.pending -= 1
-        if self.pending == 0:
-            self._flushed.set()
 
 
 class EventPublisher:
@@ -74,12 +28,13 @@ class EventPublisher:
     itself lost one (QoS 0).
     """
 
-    def __init__(self, session: BrokerSession, *, capacity: int = 2048, qos: int = 0) -> None:
+    def __init__(self, session: BrokerSession, *, buffer_size: int = 2048, qos: int = 0) -> None:
         self.session = session
         self.qos = qos
-        self._send, self._receive = trio.open_memory_channel[tuple[EventStream, bytes]](capacity)
+        self._send, self._receive = trio.open_memory_channel[tuple[EventStream, bytes]](buffer_size)
 
     def offer(self, stream: EventStream, raw: Mapping[str, Any]) -> None:
+        """Number and send one callback event of `stream`'s job, or count it dropped; never blocks."""
         if not stream.take_token():
             stream.dropped += 1
             return
@@ -100,7 +55,11 @@ class EventPublisher:
         stream.last_seq += 1
         stream.note_enqueued()
 
-    async def run(self) -> None:
+    async def serve(self) -> None:
+        """Publish the queued events (QoS 1 and 2) for ever, one at a time.
+
+        Cancellation: the events still queued are not published.
+        """
         async for stream, payload in self._receive:
             try:
                 await self.session.publish(stream.topic, payload, qos=self.qos)

@@ -27,7 +27,7 @@ _TASK_ID = re.compile(TASK_ID_PATTERN)
 class Accepted:
     """A valid job; `signed` says who signed it, when signatures are checked."""
 
-    job: TaskRequest
+    request: TaskRequest
     signed: Verified | None = None
 
 
@@ -79,10 +79,10 @@ def read_task_message(payload: bytes, *, max_bytes: int, verify: Verify | None =
         except SignatureRefused as exc:
             return Rejected(task_id, str(exc))
     try:
-        job = TaskRequest.model_validate(document)
+        request = TaskRequest.model_validate(document)
     except ValidationError as exc:
         return Rejected(task_id, "invalid task: " + "; ".join(describe_errors(exc)))
-    return Accepted(job, signed)
+    return Accepted(request, signed)
 
 
 def read_cancel_message(payload: bytes, *, max_bytes: int, verify: Verify | None = None) -> CancelRequest | Dropped:

@@ -5,15 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import trio
 
 from ansible_worker.protocol.models import JobStatus, State
-
-if TYPE_CHECKING:
-    # sqlite3 is loaded only by workers that keep a journal.
-    from ansible_worker.worker.journal import Journal
 
 
 @dataclass(slots=True)
@@ -46,12 +41,8 @@ class StatusOutbox:
     builds a second, not one per event.
     """
 
-    def __init__(self, *, interval: float, journal: Journal | None = None) -> None:
+    def __init__(self, *, interval: float) -> None:
         self.interval = interval
-        # Every status is journaled as it is posted (progress ones as they are built), not
-        # as it is published: with the broker away, a finished job must not be remembered
-        # as running.
-        self.journal = journal
         self._pending: dict[str, list[_Entry]] = {}
         self._last_sent: dict[str, tuple[State, float]] = {}
         # Task ids of the statuses handed to the publisher and not yet `sent` or put back.
@@ -63,8 +54,6 @@ class StatusOutbox:
 
     def post(self, status: JobStatus) -> None:
         """A status as it is now: a change of state, or a terminal status."""
-        if self.journal is not None:
-            self.journal.status(status)
         self._add(status.task_id, _Entry(status.state, _snapshot(status)))
 
     def post_progress(self, task_id: str, build: Callable[[], JobStatus]) -> None:
@@ -84,6 +73,8 @@ class StatusOutbox:
         """Wait for the next status that is due, and hand it over for publishing.
 
         The caller must then call `sent` or `put_back` with it.
+
+        Cancellation: nothing is taken; every status stays pending.
         """
         while True:
             now = trio.current_time()
@@ -97,16 +88,14 @@ class StatusOutbox:
                     if not queue:
                         del self._pending[task_id]
                     self._flying.append(task_id)
-                    status = entry.build()
-                    if self.journal is not None and status.state == State.RUNNING:
-                        self.journal.status(status)
-                    return status
+                    return entry.build()
                 next_due = min(next_due, due)
             self._changed = trio.Event()
             with trio.move_on_at(next_due):
                 await self._changed.wait()
 
     def sent(self, status: JobStatus) -> None:
+        """The broker has `status`, or it is given up: the next one of its job may go."""
         if status.state.terminal:
             self._last_sent.pop(status.task_id, None)
         else:
@@ -122,10 +111,14 @@ class StatusOutbox:
 
     @property
     def pending_count(self) -> int:
+        """Statuses waiting or being published."""
         return sum(len(queue) for queue in self._pending.values()) + len(self._flying)
 
     async def wait_idle(self) -> None:
-        """Wait until every posted status has been published."""
+        """Wait until every posted status has been published.
+
+        Cancellation: nothing changes.
+        """
         await self._idle.wait()
 
     def holds(self, task_id: str) -> bool:
@@ -133,7 +126,10 @@ class StatusOutbox:
         return task_id in self._pending or task_id in self._flying
 
     async def wait_sent(self, task_id: str) -> None:
-        """Wait until every status posted for `task_id` so far has been published."""
+        """Wait until every status posted for `task_id` so far has been published.
+
+        Cancellation: nothing changes.
+        """
         while self.holds(task_id):
             await self._progress.wait()
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ansible_worker.protocol.models import utc_now
+from ansible_worker.protocol.timestamps import parse_utc, utc_now
 
 # As AWX does: a node is lost after two missed heartbeats; the margin absorbs clock skew.
 MISSED_HEARTBEATS = 2
@@ -68,9 +68,7 @@ def _parse(payload: bytes) -> Peer | None:
             return None
         if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval <= 3600:
             return None
-        moment = datetime.fromisoformat(heartbeat.replace("Z", "+00:00"))
+        moment = parse_utc(heartbeat)
     except (ValueError, TypeError, KeyError, RecursionError):
-        return None
-    if moment.tzinfo is None:
         return None
     return Peer(state, moment, float(interval))

@@ -14,14 +14,33 @@ import trio
 from ansible_worker import __version__
 from ansible_worker.mqtt.link import LinkError, Will
 from ansible_worker.mqtt.session import BrokerSession
-from ansible_worker.protocol.models import Presence, utc_now
+from ansible_worker.protocol.models import Presence
+from ansible_worker.protocol.timestamps import format_utc, utc_now
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 
 
+class Changes:
+    """A doorbell for "the load changed": rung by jobs and slots, answered by the announcer."""
+
+    def __init__(self) -> None:
+        self._rung = trio.Event()
+
+    def ring(self) -> None:
+        """Say that something the presence shows has changed."""
+        self._rung.set()
+
+    async def wait(self) -> None:
+        """Wait for the next ring since the last `wait` returned. Cancellation: nothing changes."""
+        await self._rung.wait()
+        self._rung = trio.Event()
+
+
 class WorkerState(enum.StrEnum):
+    """What a worker's presence says it is doing."""
+
     ONLINE = "online"
     DRAINING = "draining"
     OFFLINE = "offline"
@@ -29,6 +48,8 @@ class WorkerState(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Load:
+    """How busy a worker is, as its presence shows it."""
+
     running: int
     queued: int
     jobs_done: int
@@ -51,6 +72,7 @@ class PresenceAnnouncer:
         capacity: int,
         interval: float,
         load: Callable[[], Load],
+        changes: Changes | None = None,
     ) -> None:
         self.session = session
         self.topic = topic
@@ -61,16 +83,19 @@ class PresenceAnnouncer:
         self._load = load
         self._hostname = socket.gethostname()
         self._started_at = utc_now()
-        self._poke = trio.Event()
+        self.changes = changes or Changes()
 
     def changed(self) -> None:
-        self._poke.set()
+        """Publish again soon: the state or the load changed."""
+        self.changes.ring()
 
     def set_state(self, state: WorkerState) -> None:
+        """Say `state` from now on, at once."""
         self.state = state
         self.changed()
 
     def message(self, state: WorkerState | None = None, *, heartbeat: datetime | None = None) -> bytes:
+        """The presence message now (with `state` instead of the current one, if given)."""
         load = self._load()
         body = Presence(
             worker_id=self.worker_id,
@@ -78,8 +103,8 @@ class PresenceAnnouncer:
             version=__version__,
             protocol=PROTOCOL_VERSION,
             state=(state or self.state).value,
-            started_at=_stamp(self._started_at),
-            heartbeat_at=_stamp(heartbeat or utc_now()),
+            started_at=format_utc(self._started_at),
+            heartbeat_at=format_utc(heartbeat or utc_now()),
             heartbeat_interval=self.interval,
             capacity=self.capacity,
             running=load.running,
@@ -92,10 +117,13 @@ class PresenceAnnouncer:
         """What the broker publishes for us if the connection dies without a goodbye."""
         return Will(self.topic, self.message(WorkerState.OFFLINE), qos=1, retain=True)
 
-    async def run(self) -> None:
+    async def serve(self) -> None:
+        """Publish on each connection, on each change, and every `interval` as a heartbeat, for ever.
+
+        Cancellation: nothing to clean up; `publish_offline` is the goodbye.
+        """
         while True:
             await self.session.wait_connected()
-            self._poke = trio.Event()
             try:
                 await self.session.publish(self.topic, self.message(), qos=1, retain=True)
             except LinkError as exc:
@@ -104,10 +132,14 @@ class PresenceAnnouncer:
                 await trio.sleep(0.2)
                 continue
             with trio.move_on_after(self.interval):
-                await self._poke.wait()
+                await self.changes.wait()
 
     async def publish_offline(self) -> None:
-        """Say goodbye on a clean shutdown, so the retained message does not claim `online`."""
+        """Say goodbye on a clean shutdown, so the retained message does not claim `online`.
+
+        Cancellation: the goodbye may not have reached the broker; the will says `offline`
+        if the link then dies without a DISCONNECT.
+        """
         self.state = WorkerState.OFFLINE
         try:
             await self.session.publish(self.topic, self.message(), qos=1, retain=True)
@@ -117,7 +149,3 @@ class PresenceAnnouncer:
     def connected(self) -> None:
         """Called by the session after each (re)connection: publish again at once."""
         self.changed()
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")

@@ -6,8 +6,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ansible_worker.ops.config import SecuritySettings
-from ansible_worker.protocol.models import utc_now
 from ansible_worker.protocol.signing import TrustedKeys, Verified, check_age, issued_at
+from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker.intake import Verify
 

@@ -22,10 +22,10 @@ import trio
 from ansible_worker.controller.client import Client, Target, open_client
 from ansible_worker.mqtt.link import InboundMessage, LinkOptions, PublishRefused, open_mqtt_link
 from ansible_worker.protocol.topics import Topics
-from tests.conftest import ANSIBLE_PLAYBOOK, Broker, make_settings, running_worker, worker_process
+from tests.conftest import ANSIBLE_PLAYBOOK, REPO, Broker, make_settings, running_worker, worker_process
 from tests.pki import Pki, make_pki
 
-DEPLOY = Path(__file__).parent.parent / "deploy" / "mosquitto"
+DEPLOY = REPO / "deploy" / "mosquitto"
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
 GROUP = "default"  # the group the shipped ACL is written for
 PASSWORDS = {
@@ -145,7 +145,7 @@ async def test_each_account_does_its_part_and_nothing_else(
     assert allowed.latest is not None
     assert allowed.latest["state"] == "success"
     assert events
-    assert [w["worker_id"] for w in workers] == [worker.settings.worker.worker_id]
+    assert [w["worker_id"] for w in workers] == [worker.worker_id]
     assert (tmp_path / "ok").exists()
     assert not (tmp_path / "forbidden.ran").exists()
 

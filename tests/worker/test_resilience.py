@@ -140,6 +140,10 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
             async for status in running.statuses():
                 if status.get("current_task") == "Sleep for a while":
                     break
+            # The task has started; its command may take a moment more under load.
+            with trio.fail_after(30):
+                while not processes_mentioning("sleep 277"):  # noqa: ASYNC110 - /proc has no event to wait on
+                    await trio.sleep(0.05)
             await client.submit({"task_id": "crash-queued", **QUICK})
             process.send_signal(signal.SIGKILL)
             with trio.fail_after(10):

@@ -14,7 +14,7 @@ import trio
 import trio.lowlevel
 
 from tests.conftest import ANSIBLE_PLAYBOOK, Broker, make_settings, open_controller, running_worker
-from tests.test_cli import cli, good_config
+from tests.ops.test_cli import cli, good_config
 
 
 def _mode(path: Path) -> int:

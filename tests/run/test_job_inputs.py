@@ -373,7 +373,7 @@ def test_timeout_within_bounds_is_kept() -> None:
         payload = b'{"task_id": "t1", "playbook": "p.yml", "inventory": "i", "timeout": ' + value.encode() + b"}"
         outcome = read_task_message(payload, max_bytes=1024)
         assert isinstance(outcome, Accepted)
-        assert outcome.job.timeout == float(value)
+        assert outcome.request.timeout == float(value)
 
 
 # ---------------------------------------------------------------- attacks through the broker

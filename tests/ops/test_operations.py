@@ -19,6 +19,7 @@ from ansible_worker.protocol.signing import Signer
 from ansible_worker.protocol.topics import Topics
 from tests.conftest import (
     ANSIBLE_PLAYBOOK,
+    REPO,
     Broker,
     client_for,
     make_settings,
@@ -29,7 +30,7 @@ from tests.conftest import (
     worker_process,
 )
 
-DOCS = Path(__file__).parent.parent / "docs"
+DOCS = REPO / "docs"
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
 QUICK = {"playbook": "quick.yml", "inventory": "one_host.ini"}
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from ansible_worker import __version__
-from tests.conftest import ANSIBLE_PLAYBOOK, Broker, open_controller, processes_mentioning, worker_process
+from tests.conftest import ANSIBLE_PLAYBOOK, REPO, Broker, open_controller, processes_mentioning, worker_process
 
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
 
@@ -82,7 +82,7 @@ def test_validate_shows_the_special_vars_allowlist(tmp_path: Path, playbook_dir:
 
 
 def test_example_config_is_valid(playbook_dir: Path) -> None:
-    example = Path(__file__).parent.parent / "config.example.yaml"
+    example = REPO / "config.example.yaml"
     env = {"ANSIBLE_WORKER_WORKER__PLAYBOOK_DIRECTORY": str(playbook_dir), "MQTT_PASSWORD": ""}
     result = cli("validate", "-c", str(example), env=env)
     assert result.returncode == 0, result.stderr

@@ -14,7 +14,7 @@ import trio
 
 from ansible_worker.protocol.signing import Signer
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.worker import service as worker_module
+from ansible_worker.worker import hand_back as hand_back_module
 from ansible_worker.worker.service import Worker
 from tests.conftest import (
     Broker,
@@ -157,7 +157,7 @@ async def test_a_job_handed_to_a_peer_that_never_answers_is_taken_back_and_cance
     broker: Broker, playbook_dir: Path, group: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A peer with a fresh heartbeat that takes nothing (hung, partitioned) is not a place to leave a job."""
-    monkeypatch.setattr(worker_module, "HAND_BACK_ANSWER_TIMEOUT", 2.0)
+    monkeypatch.setattr(hand_back_module, "HAND_BACK_ANSWER_TIMEOUT", 2.0)
     settings = make_settings(broker.port, playbook_dir, group, worker_id="leaving", drain_timeout=30)
     async with open_controller(broker, group) as controller:
         async with running_worker(settings) as worker, silent_peer(controller, worker):
@@ -258,7 +258,7 @@ async def test_a_job_whose_claim_was_cut_short_by_a_crash_runs_after_the_restart
 
         worker.claims.claim = never_confirmed  # type: ignore[method-assign]
         async with trio.open_nursery() as nursery:
-            await nursery.start(worker.run)
+            await nursery.start(worker.serve)
             with trio.fail_after(15):
                 await worker.session.wait_connected()
             await controller.submit(append_job("cut-short", tmp_path))
@@ -284,7 +284,7 @@ async def test_a_queued_job_runs_after_a_crash_even_under_a_new_worker_id(
     async with open_controller(broker, group) as controller:
         worker = Worker(first)
         async with trio.open_nursery() as nursery:
-            await nursery.start(worker.run)
+            await nursery.start(worker.serve)
             with trio.fail_after(15):
                 await worker.session.wait_connected()
             sleeper = {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 60}}

@@ -24,7 +24,7 @@ async def test_worker_waits_for_a_broker_that_is_down_at_start(broker: Broker, p
     settings = make_settings(broker.port, playbook_dir, group)
     worker = Worker(settings)
     async with trio.open_nursery() as nursery:
-        await nursery.start(worker.run)
+        await nursery.start(worker.serve)
         assert not worker.session.connected
         broker.start()
         with trio.fail_after(15):
@@ -70,7 +70,7 @@ async def test_job_finishing_while_broker_is_down_reports_after_it_returns(
         # The job goes on without the broker and ends while it is away.
         with trio.fail_after(60):
             await worker.dispatcher.jobs["outage"].done.wait()
-        assert worker.outbox.pending_count >= 1
+        assert worker.statuses.pending_count >= 1
         broker.start()
         # Mosquitto here keeps nothing across a restart, so what arrives was sent afterwards.
         async with open_controller(broker, group) as controller:
@@ -139,7 +139,7 @@ async def test_worker_survives_a_broker_that_refuses_the_subscription(
         settings = make_settings(port, playbook_dir, group)
         worker = Worker(settings)
         async with trio.open_nursery() as nursery:
-            await nursery.start(worker.run)
+            await nursery.start(worker.serve)
             # Three refusals, each followed by a backoff and a new connection: still alive.
             with trio.fail_after(30):
                 while sum("refused the subscription" in r.getMessage() for r in caplog.records) < 3:  # noqa: ASYNC110

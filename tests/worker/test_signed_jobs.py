@@ -164,7 +164,7 @@ async def test_claims_made_at_the_same_moment_have_one_winner(
     ):
 
         async def claim(worker: Worker) -> None:
-            results[worker.settings.worker.worker_id] = await worker.claims.claim("race", new_claim_id())
+            results[worker.worker_id] = await worker.claims.claim("race", new_claim_id())
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(claim, a)
@@ -222,7 +222,7 @@ async def test_a_cancel_that_arrives_while_the_claim_is_in_flight_is_kept(
         cancel = alice.sign(topics.cancel("c-early"), {"reason": "too early", "requested_by": "alice"})
         await controller.link.publish(topics.cancel("c-early"), json.dumps(cancel).encode(), qos=1)
         with trio.fail_after(10):
-            while worker._claims_in_flight.get("c-early") is None:  # noqa: ASYNC110 - the worker's own state, bounded
+            while worker.admission.cancel_for("c-early") is None:  # noqa: ASYNC110 - the worker's own state, bounded
                 await trio.sleep(0.01)
         go_on.set()
         final = await controller.wait_terminal("c-early", within=30)

@@ -17,8 +17,9 @@ import yaml
 
 from ansible_worker.ops.config import load_settings
 from ansible_worker.worker.service import SHUTDOWN_MARGIN
+from tests.conftest import REPO
 
-ROOT = Path(__file__).parent.parent
+ROOT = REPO
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.30"
 

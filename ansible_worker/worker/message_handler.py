@@ -1,0 +1,147 @@
+"""Carry out what the router decides for each message: the worker's state as the router sees it, and its hands."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from ansible_worker.mqtt.options import InboundMessage
+from ansible_worker.ops.metrics import WorkerMetrics
+from ansible_worker.worker.admission import Admission
+from ansible_worker.worker.dispatcher import Dispatcher
+from ansible_worker.worker.group_claims import GroupClaims
+from ansible_worker.worker.hand_back import HandBack
+from ansible_worker.worker.peers import PeerBook
+from ansible_worker.worker.router import Action, Cancel, Claim, HearClaim, HearPeer, Ignore, Refuse, Router
+from ansible_worker.worker.status_path import StatusPath
+
+log = logging.getLogger(__name__)
+
+
+class MessageHandler:
+    """Routes each message with `router`, then acts on the parts; it is the router's `WorkerView`."""
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        claims: GroupClaims,
+        dispatcher: Dispatcher,
+        admission: Admission,
+        hand_back: HandBack,
+        peers: PeerBook,
+        statuses: StatusPath,
+        metrics: WorkerMetrics,
+        shutdown: trio.Event,
+    ) -> None:
+        self.router = router
+        self.worker_id = router.worker_id
+        self.claims = claims
+        self.dispatcher = dispatcher
+        self.admission = admission
+        self.hand_back = hand_back
+        self.peers = peers
+        self.statuses = statuses
+        self.metrics = metrics
+        self._shutdown = shutdown
+
+    async def serve(self, inbox: trio.MemoryReceiveChannel[InboundMessage]) -> None:
+        """Handle each message of `inbox` in order, for ever; whatever arrives, the worker goes on.
+
+        Cancellation: the messages not yet handled are dropped (the broker sends a job again
+        only to a worker that did not acknowledge it).
+        """
+        async with inbox:
+            async for message in inbox:
+                try:
+                    self.carry_out(self.router.route(message, self))
+                except Exception:
+                    log.exception("could not handle a message on %s", message.topic)
+
+    def carry_out(self, action: Action) -> None:
+        """Do what `action` says."""
+        match action:
+            case Claim(request, payload, signer):
+                refusal = self.admission.start(request, payload, signer=signer)
+                if refusal is not None:
+                    self.refuse(request.task_id, refusal)
+            case Refuse(task_id, reason):
+                self.refuse(task_id, reason)
+            case Cancel(task_id, request, "queue"):
+                self.dispatcher.cancel(task_id, request.describe(), requested_by=request.requested_by)
+            case Cancel(task_id, request, "claim"):
+                self.admission.cancel(task_id, request)
+            case Cancel(task_id, request, _):
+                self.hand_back.cancel(task_id, request)
+            case HearClaim(task_id, message):
+                self.claims.hear(task_id, message)
+            case HearPeer(worker_id, payload):
+                self.peers.hear(worker_id, payload)
+            case Ignore(reason, task_id, level, refused):
+                if refused:
+                    self.metrics.messages_refused += 1
+                prefix = f"task {task_id}: " if task_id is not None else ""
+                log.log(logging.DEBUG if level == "debug" else logging.WARNING, "%s%s", prefix, reason)
+
+    def refuse(self, task_id: str, reason: str) -> None:
+        """Answer a message that cannot run with a live `failed`, unless the group holds its task_id.
+
+        A message that never became a job here must not replace the status the broker keeps
+        for a job that ran anywhere in the group.
+        """
+        self.metrics.messages_refused += 1
+        holder = self.claims.holder(task_id)
+        if holder is not None or self.holds(task_id):
+            who = holder.worker_id if holder is not None else self.worker_id
+            log.warning(
+                "task %s: refused a message (%s) for a job the group holds (worker %s); its status is left alone",
+                task_id,
+                reason,
+                who,
+            )
+            return
+        log.warning("task %s refused: %s", task_id, reason)
+        self.statuses.refuse(task_id, reason)
+
+    # What the router may ask (`router.WorkerView`).
+
+    def holder_of(self, task_id: str) -> str | None:
+        """The worker whose claim holds `task_id` in the group, if any."""
+        holder = self.claims.holder(task_id)
+        return holder.worker_id if holder is not None else None
+
+    def in_queue(self, task_id: str) -> bool:
+        """Whether the job is queued or running here."""
+        job = self.dispatcher.jobs.get(task_id)
+        return job is not None and not job.state.terminal
+
+    def claiming(self, task_id: str) -> bool:
+        """Whether this worker is claiming the job now."""
+        return task_id in self.admission
+
+    def handing_back(self, task_id: str) -> bool:
+        """Whether this worker is handing the job back now."""
+        return task_id in self.hand_back
+
+    @property
+    def queue_full(self) -> bool:
+        """Whether a new job would find no room; claims in flight will take room too."""
+        # A job cancelled while queued leaves its place in the queue only when a slot takes it.
+        waiting = max(self.dispatcher.queued_count, self.dispatcher.buffered)
+        return waiting + len(self.admission) >= self.dispatcher.queue_size
+
+    @property
+    def shutting_down(self) -> bool:
+        """Whether a shutdown was asked for."""
+        return self._shutdown.is_set()
+
+    @property
+    def taking_claims(self) -> bool:
+        """Whether a claim may start: the claims' nursery is open and, shutting down, has room."""
+        # Shutting down, the claims waiting to be handed back are bounded as well.
+        return self.admission.open and len(self.admission) + len(self.hand_back) < self.dispatcher.queue_size
+
+    def holds(self, task_id: str) -> bool:
+        """Whether this worker holds the job of `task_id`, or is claiming or handing it back."""
+        return task_id in self.dispatcher.jobs or task_id in self.admission or task_id in self.hand_back

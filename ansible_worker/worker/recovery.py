@@ -1,0 +1,97 @@
+"""Settle what a previous run of this worker left in its journal: claim and queue, report, or end it."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from ansible_worker.protocol.models import JobStatus, State
+from ansible_worker.protocol.timestamps import utc_now
+from ansible_worker.run.command import FIFO_VARIABLE
+from ansible_worker.run.job import EVENT_FIFO_NAME, RUN_DIRECTORY_PREFIX
+from ansible_worker.worker.admission import Admission
+from ansible_worker.worker.claim_keeper import ClaimKeeper
+from ansible_worker.worker.intake import Accepted, read_task_message
+from ansible_worker.worker.journal import Entry
+from ansible_worker.worker.status_path import StatusPath
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = "interrupted: worker restarted"
+
+
+async def settle_journal(
+    entries: list[Entry],
+    *,
+    statuses: StatusPath,
+    admission: Admission,
+    keeper: ClaimKeeper,
+    holds: Callable[[str], bool],
+    refuse: Callable[[str, str], None],
+    max_message_bytes: int,
+    kill_grace: float,
+) -> None:
+    """Settle each entry: a queued job is claimed and queued again, a running one ended and
+    reported failed, and a terminal status published again.
+
+    A job that was running is ended first (its processes outlive a worker killed alone),
+    then reported, and its run directory removed.
+
+    Cancellation: the kill grace of a left-over run is cut short; the entries not yet
+    settled stay in the journal for the next start.
+    """
+    for entry in entries:
+        if entry.state == State.QUEUED:
+            match read_task_message(entry.payload, max_bytes=max_message_bytes):
+                case Accepted(_) if holds(entry.task_id):
+                    # A copy arrived before the journal was read, and is being claimed.
+                    continue
+                case Accepted(request):
+                    log.info("task %s was queued before a restart: queueing it again", entry.task_id)
+                    # Its claim is this worker's, unless the group gave it to another since.
+                    earlier = frozenset((entry.claim_id or "").split())
+                    refusal = admission.start(request, entry.payload, earlier=earlier, from_journal=True)
+                    if refusal is not None:
+                        refuse(entry.task_id, refusal)
+                    continue
+            statuses.settled(entry.task_id)
+            continue
+        status = JobStatus.model_validate(entry.status)
+        if entry.state == State.RUNNING:
+            log.info("task %s was running when the worker stopped: ending it, reporting it failed", entry.task_id)
+            if entry.run_dir is not None:
+                await end_left_over_run(Path(entry.run_dir), kill_grace=kill_grace)
+            status = status.model_copy(
+                update={
+                    "state": State.FAILED,
+                    "error_message": INTERRUPTED,
+                    "completed_at": utc_now(),
+                    "current_task": None,
+                }
+            )
+        else:
+            log.info("task %s: publishing its %s status again", entry.task_id, entry.state)
+        if entry.claim_id:
+            # Renewed once this terminal status is out, as for any job that ends.
+            keeper.hold(entry.task_id, entry.claim_id.split()[-1])
+        statuses.post(status)
+
+
+async def end_left_over_run(run_dir: Path, *, kill_grace: float) -> None:
+    """End every process of a run a previous worker process left, and remove its directory.
+
+    Cancellation: the processes may not all have ended; the directory is left.
+    """
+    from ansible_worker.run.stray_processes import end_marked
+
+    await end_marked(FIFO_VARIABLE, str(run_dir / EVENT_FIFO_NAME), kill_grace=kill_grace)
+    _remove_run_directory(run_dir)
+
+
+def _remove_run_directory(run_dir: Path) -> None:
+    """Remove a left-over run directory; synchronous, once per interrupted job at start."""
+    # Only a directory this worker made (the journal is 0600, but be sure of what is deleted).
+    if run_dir.name.startswith(RUN_DIRECTORY_PREFIX) and run_dir.is_dir() and not run_dir.is_symlink():
+        shutil.rmtree(run_dir, ignore_errors=True)
