@@ -253,7 +253,7 @@ class Client:
         Before a link becomes `link`, every filter in use is subscribed to on it; `task_status` is
         reported started once the client's first link ever is up, and never again.
 
-        Errors: the first link's `ConnectFailed`; `LinkLost` when the link drops and
+        Errors: the first link's `ConnectFailed` (or `SubscribeRefused`); `LinkLost` when the link drops and
         `reconnect_for` is 0; `ClientError` when no new link came up within `reconnect_for`.
 
         Cancellation: the current link is closed with a DISCONNECT (shielded and bounded by
@@ -337,6 +337,7 @@ class Client:
         """Subscribe to `filters` on the current link, so the broker sends their retained messages.
 
         A link that drops meanwhile is not an error: the next link subscribes to every filter in use.
+        Errors: `SubscribeRefused` when the broker refuses a filter.
 
         Cancellation: the filters stay registered and counted; the subscriptions sent so far hold,
         the one in flight may or may not. Safe to retry: subscribing again only makes the broker
@@ -352,6 +353,8 @@ class Client:
 
     async def subscribe(self, filters: list[str], qos: int = 1) -> trio.MemoryReceiveChannel[InboundMessage]:
         """Receive every message on `filters` (retained ones first) until `unsubscribe`.
+
+        Errors: as `renew`; the registration is undone first.
 
         Cancellation: `unsubscribe` runs before the cancellation propagates: the routes and counts
         are undone, the channel closed, and the broker told (shielded) to drop the filters no
@@ -564,12 +567,15 @@ class Client:
         With `events=False` only statuses are received, which spares the broker and this
         client a busy job's live events.
 
-        Cancellation: while `JobHandle.open` subscribes, the handle is lost with its
-        registration, which nothing closes: its filters stay subscribed and its channel
-        keeps up to 100,000 messages until the client ends. Retrying works, but leaves that behind.
+        Cancellation: the handle is closed (its routes and subscriptions removed) before the
+        cancellation goes on; nothing is left behind, and retrying is safe.
         """
         handle = JobHandle(self, task_id, events=events)
-        await handle.open()
+        try:
+            await handle.open()
+        except BaseException:
+            await handle.close()
+            raise
         return handle
 
     async def status(self, task_id: str) -> dict[str, Any] | None:
@@ -577,8 +583,7 @@ class Client:
 
         Errors: `trio.TooSlowError` from `barrier`.
 
-        Cancellation: within `follow`, as there (the handle's registration stays until the
-        client ends); after it, the handle is closed. Nothing changes at the broker; safe to retry.
+        Cancellation: the handle is closed either way. Nothing changes at the broker; safe to retry.
         """
         handle = await self.follow(task_id)
         try:

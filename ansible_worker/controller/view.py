@@ -27,6 +27,7 @@ STATE_STYLES = {
 }
 _LINE_STYLES = {"ok": "green", "changed": "yellow", "failed": "red", "unreachable": "red", "skipped": "cyan"}
 _COUNTS = ("ok", "changed", "failed", "skipped", "unreachable")
+# Events whose line starts a section of Ansible's output, printed bold after a blank line.
 _HEADINGS = frozenset(
     {"playbook_on_play_start", "playbook_on_task_start", "playbook_on_handler_task_start", "playbook_on_stats"}
 )
@@ -135,12 +136,7 @@ class JobView:
             return
         kind = event.get("event", "")
         # Ansible's lines are printed as Ansible printed them: never re-wrapped.
-        if kind in (
-            "playbook_on_play_start",
-            "playbook_on_task_start",
-            "playbook_on_handler_task_start",
-            "playbook_on_stats",
-        ):
+        if kind in _HEADINGS:
             self.console.print()
             self.console.print(Text(line, style="bold"), soft_wrap=True)
             return

@@ -84,7 +84,9 @@ async def end_marked(variable: str, value: str, *, kill_grace: float, proc: Path
     alone, its children were not): they are no children of ours, so their ends are waited
     for through pidfds. Returns how many there were.
 
-    Cancellation: the grace period is cut short; the survivors are not killed then.
+    Cancellation: the grace period is cut short and the pidfds are closed; the processes
+    have had SIGTERM, but the survivors are not killed. Safe to retry: a second call finds
+    and ends whoever is still marked.
     """
     marker = f"{variable}={value}".encode()
     own = os.getpid()

@@ -104,9 +104,11 @@ class GroupClaims:
         self._heard = trio.Event()
 
     def holder(self, task_id: str) -> Claim | None:
+        """The live claim that holds `task_id` in the group now, if any."""
         return self.book.holder(task_id, now=trio.current_time())
 
     def released(self, task_id: str) -> bool:
+        """Whether a live release of `task_id` was heard (a genuine hand-back)."""
         return self.book.released(task_id, now=trio.current_time())
 
     async def claim(self, task_id: str, claim_id: str, *, also_ours: frozenset[str] = frozenset()) -> bool:
@@ -170,6 +172,9 @@ class GroupClaims:
         """Tell the group this worker gives back the claim `claim_id` on `task_id`.
 
         Errors: `LinkError` if the link drops first (the release may or may not be out).
+
+        Cancellation: the release may or may not have reached the broker; the claim that holds
+        the job then decides who owns it.
         """
         await self._publish(task_id, new_claim_id(), "released", lifetime=self.release_lifetime, releases=claim_id)
 
@@ -177,6 +182,8 @@ class GroupClaims:
         """Publish this worker's claim again, so that it lives a full lifetime from now.
 
         Errors: `LinkError` if the link drops first.
+
+        Cancellation: the claim keeps the lifetime it had; safe to retry.
         """
         await self._publish(task_id, claim_id, "claimed", lifetime=self.lifetime)
 

@@ -121,12 +121,14 @@ class Journal:
             log.error("journal: could not record where task %s runs: %s", task_id, exc)
 
     def settled(self, task_id: str) -> None:
+        """Forget `task_id`: nothing about it is left for a restart to settle (errors are logged)."""
         try:
             self._db.execute("DELETE FROM jobs WHERE task_id = ?", (task_id,))
         except sqlite3.Error as exc:
             log.error("journal: could not settle task %s: %s", task_id, exc)
 
     def entries(self) -> list[Entry]:
+        """The jobs not yet settled, oldest first; unreadable rows are dropped with a warning."""
         rows = self._db.execute(
             "SELECT task_id, payload, state, status, run_dir, claim_id FROM jobs ORDER BY rowid"
         ).fetchall()
@@ -140,6 +142,7 @@ class Journal:
         return entries
 
     def close(self) -> None:
+        """Close the database; call it once, when the worker stops."""
         self._db.close()
 
 

@@ -15,6 +15,8 @@ CLOCK_MARGIN = timedelta(seconds=5)
 
 @dataclass(frozen=True, slots=True)
 class Peer:
+    """Another worker as its last presence message described it."""
+
     state: str
     heartbeat_at: datetime
     interval: float

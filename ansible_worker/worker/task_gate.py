@@ -31,6 +31,7 @@ class SignedTaskGate:
         self._released = released
 
     def verify_task(self, document: Mapping[str, Any]) -> Verified:
+        """Who signed the job `document`, or `SignatureRefused`: trusted key, age (unless released), signature."""
         self.trusted.check_key(document)
         task_id = document.get("task_id")
         if not (isinstance(task_id, str) and self._released(task_id)):
