@@ -112,6 +112,7 @@ def build_job(args: argparse.Namespace) -> dict[str, Any]:
         "forks": args.forks,
         "timeout": args.timeout,
         "git_pull": args.git_pull or None,
+        "credentials": args.credentials or None,
     }
     job.update({key: value for key, value in optional.items() if value is not None})
     return job

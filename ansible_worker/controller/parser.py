@@ -106,6 +106,13 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
     submit.add_argument("-f", "--forks", type=int, help="parallel processes (default 5)")
     submit.add_argument("--timeout", type=float, metavar="SECONDS", help="end the job after this long")
     submit.add_argument("--git-pull", action="store_true", help="git pull the playbook directory first")
+    submit.add_argument(
+        "--credential",
+        action="append",
+        dest="credentials",
+        metavar="NAME",
+        help="run with the worker's credential NAME (an SSH key, a vault password, variables); repeatable",
+    )
     submit.add_argument("--task-id", help="name the job (default: a new unique id)")
     submit.add_argument("-w", "--wait", action="store_true", help="follow the job live until it ends")
     submit.add_argument("--json", action="store_true", help="print JSON lines for scripts instead of text")

@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from ansible_worker.mqtt.options import LinkOptions
 from ansible_worker.ops.config_source import DEFAULT_CONFIG_FILE, ENV_PREFIX
+from ansible_worker.ops.credentials import Credential, CredentialName
 from ansible_worker.ops.expand import UnsetVariableError, expand_tree
 from ansible_worker.protocol.validation import describe_errors
 
@@ -163,6 +164,17 @@ class WorkerSettings(BaseModel):
     environment: dict[Annotated[str, StringConstraints(pattern=ENVIRONMENT_NAME_PATTERN)], SecretStr] = Field(
         default_factory=dict
     )
+    # Named credentials a job may ask for by name; values are secrets, masked in what is published.
+    credentials: dict[CredentialName, Credential] = Field(default_factory=dict)
+    # The known_hosts file SSH checks host keys against (strictly); None leaves SSH's own defaults.
+    known_hosts: Path | None = None
+
+    @field_validator("known_hosts")
+    @classmethod
+    def _check_known_hosts(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"not a file: {value}")
+        return value.resolve() if value is not None else None
 
     @field_validator("environment")
     @classmethod

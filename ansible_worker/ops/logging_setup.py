@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 # The job a record is about, when it is logged from inside that job's task.
@@ -58,8 +60,46 @@ class JsonFormatter(logging.Formatter):
         if self.worker_id is not None:
             entry["worker_id"] = self.worker_id
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class SecretFilter(logging.Filter):
+    """Masks the secrets of the running jobs (and the worker's own) in every line the worker logs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._masks: list[Callable[[str], str]] = []
+
+    @contextmanager
+    def masking(self, mask: Callable[[str], str]) -> Iterator[None]:
+        """Apply `mask` to every record logged inside the block (a job's secrets, while it runs)."""
+        self._masks.append(mask)
+        try:
+            yield
+        finally:
+            self._masks.remove(mask)
+
+    def apply(self, text: str) -> str:
+        """`text` with every mask applied."""
+        for mask in self._masks:
+            text = mask(text)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Mask the record's message and traceback in place; every record passes."""
+        if not self._masks:
+            return True
+        if not isinstance(getattr(record, "task_id", None), str):
+            record.task_id = task_id_of(record)
+        record.msg, record.args = self.apply(record.getMessage()), None
+        if record.exc_info:
+            record.exc_text = self.apply(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+# The one filter of the process's log handlers.
+secrets = SecretFilter()
 
 
 def setup_logging(level: str, *, log_format: Literal["text", "json"] = "text", worker_id: str | None = None) -> None:
@@ -72,6 +112,7 @@ def setup_logging(level: str, *, log_format: Literal["text", "json"] = "text", w
         handler.setFormatter(JsonFormatter(worker_id))
     else:
         handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(secrets)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

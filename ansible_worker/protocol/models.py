@@ -81,6 +81,9 @@ class TaskRequest(BaseModel):
     forks: int = Field(5, ge=1, le=1000)
     timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False)
     git_pull: bool = False
+    credentials: Annotated[
+        list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]], Field(max_length=16)
+    ] = Field(default_factory=list, description="names of the worker's credentials the job runs with")
     # Required by workers with security.require_signed_tasks; checked before this model.
     issued_at: str | None = Field(None, description="RFC 3339 time the message was signed")
     signature: Signature | None = None

@@ -17,7 +17,9 @@ from typing import Any, Protocol
 import trio
 from pydantic import SecretStr
 
+from ansible_worker.ops.credentials import MIN_SECRET_LENGTH, EnvCredential, SshCredential, VaultCredential
 from ansible_worker.ops.logging_setup import current_task_id
+from ansible_worker.ops.logging_setup import secrets as log_secrets
 from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.protocol.models import JobStatus, State, TaskRequest
 from ansible_worker.protocol.timestamps import utc_now
@@ -32,9 +34,11 @@ from ansible_worker.run.command import (
     resolve_inventory,
     resolve_playbook,
 )
+from ansible_worker.run.credentials import Injection, credential_error, inject, strict_host_keys
 from ansible_worker.run.event_fifo import EventFifo
 from ansible_worker.run.event_stream import EventStream
 from ansible_worker.run.extra_vars import write_extra_vars
+from ansible_worker.run.masking import Masker
 from ansible_worker.run.output_tail import OutputTail
 from ansible_worker.run.policy import JobPolicy
 from ansible_worker.run.process_group import ExitRecord, run_with_output
@@ -87,6 +91,8 @@ class RunnerSettings(Protocol):
     max_extra_vars_bytes: int
     max_extra_vars_depth: int
     allowed_special_vars: list[str]
+    credentials: dict[str, SshCredential | VaultCredential | EnvCredential]
+    known_hosts: Path | None
 
 
 @dataclass(eq=False)
@@ -111,6 +117,8 @@ class Job:
     cancel_state: State = State.CANCELLED
     cancelled_by: str | None = None
     events: EventStream | None = None
+    # The job's secrets (its credentials', the worker's environment's), masked in what it reports.
+    masker: Masker = field(default_factory=lambda: Masker(()))
     handed_back: bool = False
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -208,6 +216,14 @@ class JobRunner:
             extra={name: value.get_secret_value() for name, value in settings.environment.items()},
             hidden_values=hidden_values,
         )
+        if settings.known_hosts is not None:
+            self._child_environment.update(strict_host_keys(settings.known_hosts, self._child_environment))
+        # The worker's own secrets are masked in every job's output, as the job's credentials are.
+        self._worker_secrets = [
+            value
+            for value in [*(secret.get_secret_value() for secret in settings.environment.values()), *hidden_values]
+            if len(value) >= MIN_SECRET_LENGTH
+        ]
         # Found once, with the PATH the jobs get; the default name falls back to the worker's own environment.
         self.ansible_playbook = find_ansible_playbook(settings.ansible_playbook_path, self._child_environment)
         if self.ansible_playbook.path is None:
@@ -223,6 +239,9 @@ class JobRunner:
         answer cannot replace the status of a job that ran on another worker.
         """
         base = self.settings.playbook_directory
+        refusal = credential_error(request.credentials, request.playbook, self.settings.credentials)
+        if refusal is not None:
+            return refusal
         try:
             self.policy.check_request(request)
             if not request.git_pull:
@@ -307,7 +326,7 @@ class JobRunner:
                 with trio.CancelScope(shield=True), trio.move_on_after(EVENT_FLUSH_SECONDS):
                     await job.events.wait_flushed()
                 self.metrics.events_dropped += job.events.dropped
-            job.finish(state, error)
+            job.finish(state, job.masker.text(error) if error is not None else None)
             self.announce(job)
 
     async def _run(self, job: Job) -> tuple[State, str | None]:
@@ -330,30 +349,47 @@ class JobRunner:
                 extra_vars_file=extra_vars,
             )
             fifo = EventFifo(run_dir / EVENT_FIFO_NAME)
-            tail = OutputTail(self.settings.output_limit_bytes)
+            marker = (FIFO_VARIABLE, str(fifo.path))
+            credentials = [self.settings.credentials[name] for name in request.credentials]
             try:
-                record = ExitRecord()
-                try:
-                    returncode = await run_with_output(
-                        argv,
-                        cwd=base,
-                        env=ansible_environment(self._child_environment, fifo.path),
-                        marker=(FIFO_VARIABLE, str(fifo.path)),
-                        kill_grace=self.settings.kill_grace,
-                        tail=tail,
-                        record=record,
-                        side_reader=lambda exited: fifo.read_events(
-                            lambda event: self._on_event(job, event), exited=exited
-                        ),
-                    )
-                finally:
-                    job.return_code = record.returncode
+                async with inject(
+                    credentials, run_dir, environment=self._child_environment, marker=marker
+                ) as injection:
+                    job.masker = Masker([*self._worker_secrets, *injection.secrets])
+                    with log_secrets.masking(job.masker.text):
+                        returncode, tail = await self._run_ansible(job, run_dir, fifo, marker, argv, injection)
             finally:
                 fifo.close()
         return self._judge(job, returncode, tail, fifo)
 
+    async def _run_ansible(
+        self, job: Job, run_dir: Path, fifo: EventFifo, marker: tuple[str, str], argv: list[str], injection: Injection
+    ) -> tuple[int, OutputTail]:
+        """Run ansible-playbook for `job` with its credentials; its exit code and output tail."""
+        # The credentials' options go before the `--` that ends them.
+        argv = [*argv[:-2], *injection.argv, *argv[-2:]]
+        env = ansible_environment({**self._child_environment, **injection.env}, fifo.path)
+        tail = OutputTail(self.settings.output_limit_bytes, mask=job.masker.text)
+        record = ExitRecord()
+        try:
+            returncode = await run_with_output(
+                argv,
+                cwd=self.settings.playbook_directory,
+                env=env,
+                marker=marker,
+                kill_grace=self.settings.kill_grace,
+                tail=tail,
+                record=record,
+                side_reader=lambda exited: fifo.read_events(lambda event: self._on_event(job, event), exited=exited),
+            )
+        finally:
+            job.return_code = record.returncode
+        return returncode, tail
+
     def _on_event(self, job: Job, event: dict[str, Any]) -> None:
         self.metrics.events_processed += 1
+        # Masked once, here: counts, output, first failure and live events all come from it.
+        event = job.masker.tree(event)
         job.progress.apply(event)
         if self.events is not None and job.events is not None:
             self.events.offer(job.events, event)

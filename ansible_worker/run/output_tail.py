@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 # Ansible's human output only feeds error messages: no one waits for it line by line.
@@ -11,8 +13,10 @@ GATHER_SECONDS = 0.05
 class OutputTail:
     """The newest `limit` bytes written to a pipe, and how many bytes there were in all."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, mask: Callable[[str], str] = str) -> None:
         self.limit = limit
+        # Applied to what is read back: the job's secrets never leave as text.
+        self.mask = mask
         self.total_bytes = 0
         self._buffer = bytearray()
 
@@ -26,7 +30,7 @@ class OutputTail:
 
     def text(self) -> str:
         """The newest `limit` bytes as text (invalid UTF-8 replaced)."""
-        return bytes(self._buffer[-self.limit :]).decode("utf-8", "replace")
+        return self.mask(bytes(self._buffer[-self.limit :]).decode("utf-8", "replace"))
 
     def last_lines(self, count: int) -> list[str]:
         """The last `count` non-blank lines of `text()`, trailing blanks stripped."""

@@ -13,6 +13,7 @@ import trio
 
 from ansible_worker.ops.config import ConfigError, Settings, load_settings
 from ansible_worker.ops.config_source import DEFAULT_CONFIG_FILE
+from ansible_worker.ops.credentials import describe
 from ansible_worker.ops.logging_setup import setup_logging
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.command import Executable, child_environment, find_ansible_playbook, find_executable
@@ -75,6 +76,13 @@ def _names(environment: Mapping[str, object]) -> str:
     return f"{', '.join(sorted(environment))} for Ansible (values hidden)"
 
 
+def _credentials(settings: Settings) -> str:
+    credentials = settings.worker.credentials
+    if not credentials:
+        return "none"
+    return "; ".join(describe(name, credential) for name, credential in sorted(credentials.items()))
+
+
 def _http(settings: Settings) -> str:
     http = settings.worker.http
     if http.port is None:
@@ -135,6 +143,8 @@ def summarize(settings: Settings, path: Path | None) -> str:
         f"  messages      up to {worker.max_message_bytes} bytes; status every {worker.status_interval:g}s at most",
         f"  log level     {settings.log_level}",
         f"  environment   {_names(worker.environment)}",
+        f"  credentials   {_credentials(settings)}",
+        f"  host keys     {worker.known_hosts or 'SSH defaults (set worker.known_hosts for strict checking)'}",
         f"  extra_vars    {describe_allowed(worker.allowed_special_vars)}",
         f"  signatures    {_signatures(settings)}",
         f"  http          {_http(settings)}",
