@@ -43,9 +43,7 @@ import trio
 from ansible_worker.controller.client import Client, NoWorkerAnswered, open_client, target_from_url
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import BIN, GROUP, Lab, rss_kib, wait_for_worker
-
-TERMINAL = {"success", "failed", "cancelled", "timeout"}
+from lab import BIN, GROUP, TERMINAL, Lab, rss_kib, wait_for_worker
 
 STAND_IN = """\
 #!{python}

@@ -3,13 +3,17 @@
 An SSH key goes into an `ssh-agent` of the run's own, through `ssh-add -` from a pipe: the key
 is never a file of the run. A vault password is a 0600 file in the private run directory
 (removed with it) that Ansible reads through `--vault-id ID@FILE`. Environment credentials go
-into the run's environment only. The agent, and the SSH connections that share its
-ControlPath, carry the run's marker, so they end with the run, or with the next start of a
-worker that was killed meanwhile.
+into the run's environment only. The agent ends with the run (or, carrying the run's marker,
+at the next start of a worker that was killed meanwhile).
+
+SSH connections persist between tasks, as Ansible's own `ControlPersist` keeps them, in a
+ControlPath directory of each SSH credential's own: runs with the same credential share
+connections, and no run without it can ride on them.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -25,7 +29,6 @@ import trio
 
 from ansible_worker.ops.credentials import MIN_SECRET_LENGTH, EnvCredential, SshCredential, VaultCredential
 from ansible_worker.run.command import JobRefusedError
-from ansible_worker.run.stray_processes import kill_marked
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +119,15 @@ async def inject(
     variable that marks the run's processes. Errors: `JobRefusedError` when a key cannot be
     loaded or the agent does not start.
 
-    Cancellation: the agent is killed and waited for (shielded), the run's SSH connections
-    are killed and the socket directory removed; the vault files go with the run directory.
+    Cancellation: the agent is killed and waited for (shielded) and its socket directory
+    removed; the vault files go with the run directory.
     """
     injection = Injection(secrets=secret_values(credentials))
     if not credentials:
         yield injection
         return
     sockets = Path(tempfile.mkdtemp(prefix=SOCKET_DIRECTORY_PREFIX))
+    ssh_keys = [credential for credential in credentials if isinstance(credential, SshCredential)]
     try:
         async with trio.open_nursery() as nursery:
             for credential in credentials:
@@ -131,8 +135,7 @@ async def inject(
                     case SshCredential():
                         if "SSH_AUTH_SOCK" not in injection.env:
                             injection.env.update(await _start_agent(nursery, sockets, environment, marker))
-                            # Its own ControlPath: no other run can ride on this run's connections.
-                            injection.env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(sockets)
+                            injection.env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(_control_directory(ssh_keys))
                         await _add_key(credential, run_dir, {**environment, **injection.env})
                         if credential.user is not None:
                             injection.env["ANSIBLE_REMOTE_USER"] = credential.user
@@ -147,9 +150,23 @@ async def inject(
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        # The agent is gone with the nursery; SSH masters that daemonized carry the marker.
-        kill_marked(*marker)
+        # The agent is gone with the nursery.
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+# One ControlPath directory per set of SSH keys, for the worker process's life.
+_control_directories: dict[tuple[Path, ...], Path] = {}
+
+
+def _control_directory(keys: Sequence[SshCredential]) -> Path:
+    """The private directory (0700) of the SSH connections made with exactly these keys."""
+    identity = tuple(sorted(key.private_key_file for key in keys))
+    directory = _control_directories.get(identity)
+    if directory is None or not directory.is_dir():
+        directory = Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIRECTORY_PREFIX}cp-"))
+        _control_directories[identity] = directory
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
 
 
 async def _start_agent(

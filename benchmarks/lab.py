@@ -1,0 +1,249 @@
+"""The benchmarks' shared lab: a broker, playbooks, worker processes, and timed jobs, side by side with direct runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ansible_worker.controller.client import Client
+
+BIN = Path(sys.executable).parent
+ANSIBLE_PLAYBOOK = str(BIN / "ansible-playbook")
+TERMINAL = {"success", "failed", "cancelled", "timeout"}
+GROUP = "bench"
+
+ONE_TASK = """\
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: One task
+      ansible.builtin.debug:
+        msg: hello
+"""
+
+FAKE_ANSIBLE = """\
+#!{python}
+# Stands in for ansible-playbook: writes {events} events and a stats event, then exits.
+import json, os, time
+fd = os.open(os.environ["ANSIBLE_WORKER_EVENT_FIFO"], os.O_WRONLY)
+lines = [json.dumps({{"event": "playbook_on_play_start", "play": "p", "time": time.time()}})]
+for index in range({events}):
+    lines.append(json.dumps({{"event": "runner_on_ok", "task": "t%d" % index, "host": "h", "time": time.time()}}))
+lines.append(json.dumps({{"event": "playbook_on_stats", "hosts": {{"h": {{"ok": {events}}}}}}}))
+os.write(fd, ("\\n".join(lines) + "\\n").encode())
+"""
+
+
+def heavy_playbook(tasks: int) -> str:
+    steps = "".join(
+        f"    - name: Step {index}\n      ansible.builtin.debug:\n"
+        f"        msg: step {index} on {{{{ inventory_hostname }}}}\n"
+        for index in range(tasks)
+    )
+    return f"- hosts: all\n  gather_facts: false\n  tasks:\n{steps}"
+
+
+@dataclass
+class Figures:
+    """Repeated measurements of one quantity."""
+
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def summary(self, scale: float = 1.0) -> dict[str, float]:
+        return {
+            "median": round(self.median * scale, 3),
+            "min": round(min(self.values) * scale, 3),
+            "max": round(max(self.values) * scale, 3),
+            "n": len(self.values),
+        }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+class Lab:
+    """A scratch directory with a broker, playbooks and worker processes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.playbooks = root / "playbooks"
+        self.playbooks.mkdir()
+        (self.playbooks / "one.yml").write_text(ONE_TASK)
+        (self.playbooks / "local.ini").write_text(
+            'localhost ansible_connection=local ansible_python_interpreter="{{ ansible_playbook_python }}"\n'
+        )
+        hosts = "".join(f"host{index:02d}\n" for index in range(50))
+        (self.playbooks / "fifty.ini").write_text(
+            f"[fleet]\n{hosts}\n[fleet:vars]\nansible_connection=local\n"
+            'ansible_python_interpreter="{{ ansible_playbook_python }}"\n'
+        )
+        (self.playbooks / "heavy.yml").write_text(heavy_playbook(40))
+        self.broker: subprocess.Popen[bytes] | None = None
+
+    def start_broker(self) -> None:
+        config = self.root / "mosquitto.conf"
+        config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
+            "max_queued_messages 100000\n" + ("user root\n" if os.geteuid() == 0 else "")
+        )
+        executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.broker = subprocess.Popen([executable, "-c", str(config)], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop_broker(self) -> None:
+        if self.broker is not None:
+            self.broker.terminate()
+            self.broker.wait(timeout=10)
+
+    @asynccontextmanager
+    async def worker(self, name: str, **settings: Any) -> AsyncIterator[trio.Process]:
+        worker = {
+            "group_name": GROUP,
+            "worker_id": name,
+            "playbook_directory": str(self.playbooks),
+            "ansible_playbook_path": ANSIBLE_PLAYBOOK,
+            "max_queue_size": 5000,
+            **settings,
+        }
+        config = self.root / f"{name}.json"
+        # YAML is a superset of JSON: a JSON config file is a valid config file.
+        mqtt = {"host": "127.0.0.1", "port": self.port}
+        config.write_text(json.dumps({"mqtt": mqtt, "worker": worker, "log_level": "WARNING"}))
+        with (self.root / f"{name}.log").open("wb") as log:
+            command = [str(BIN / "ansible-worker"), "run", "-c", str(config)]
+            process = await trio.lowlevel.open_process(command, stdout=log, stderr=log)
+            try:
+                yield process
+            finally:
+                process.terminate()
+                with trio.CancelScope(shield=True), trio.fail_after(30):
+                    await process.wait()
+
+    async def direct(self, playbook: str, inventory: str, *, forks: int = 5) -> float:
+        start = time.perf_counter()
+        await trio.run_process(
+            [ANSIBLE_PLAYBOOK, "-i", inventory, f"--forks={forks}", playbook],
+            cwd=self.playbooks,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return time.perf_counter() - start
+
+
+async def wait_for_worker(client: Client, name: str) -> None:
+    with trio.fail_after(30):
+        await client.wait_for_worker(name)
+
+
+@dataclass
+class JobTiming:
+    running: float
+    first_event: float
+    terminal: float
+    state: str
+
+
+async def timed_job(client: Client, job: dict[str, Any], *, watch_events: bool = True) -> tuple[JobTiming, list[float]]:
+    """Publish one job; seconds from publish to running, first event and terminal status.
+
+    Also the delays from each event's emission inside Ansible to its arrival here. Without
+    `watch_events` only the status is followed, as a controller that waits for a result
+    does; the worker publishes its events all the same.
+    """
+    task_id = f"b-{uuid.uuid4().hex[:10]}"
+    handle = await client.follow(task_id, events=watch_events)
+    delays: list[float] = []
+    async with handle:
+        start = time.perf_counter()
+        await client.link.publish(client.topics.tasks, json.dumps({"task_id": task_id, **job}).encode(), qos=2)
+        running = first_event = terminal = float("nan")
+        state = "?"
+        async for update in handle.updates():
+            now = time.perf_counter() - start
+            if update.kind == "event":
+                if first_event != first_event:
+                    first_event = now
+                emitted = update.data.get("time")
+                if isinstance(emitted, str):
+                    delays.append(time.time() - _epoch(emitted))
+            elif update.data["state"] == "running" and running != running:
+                running = now
+            elif update.data["state"] in TERMINAL:
+                terminal, state = now, update.data["state"]
+    return JobTiming(running, first_event, terminal, state), delays
+
+
+def _epoch(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+async def run_many(client: Client, job: dict[str, Any], count: int) -> float:
+    """Publish `count` jobs at once; seconds until the last one's terminal status."""
+    receive = await client.subscribe([f"{client.topics.tasks}/+/status"])
+    ids = {f"t-{uuid.uuid4().hex[:10]}" for _ in range(count)}
+    done: set[str] = set()
+    start = time.perf_counter()
+    for task_id in ids:
+        await client.link.publish(client.topics.tasks, json.dumps({"task_id": task_id, **job}).encode(), qos=2)
+    async for message in receive:
+        status = json.loads(message.payload or b"{}")
+        if status.get("task_id") in ids and status.get("state") in TERMINAL:
+            if status["state"] != "success":
+                raise RuntimeError(f"job {status['task_id']} ended {status['state']}: {status.get('error_message')}")
+            done.add(status["task_id"])
+            if len(done) == count:
+                break
+    elapsed = time.perf_counter() - start
+    await client.unsubscribe([f"{client.topics.tasks}/+/status"], receive)
+    return elapsed
+
+
+async def direct_many(lab: Lab, count: int, parallel: int) -> float:
+    start = time.perf_counter()
+    # The way people run a batch in parallel by hand: one line per run, xargs -P.
+    await trio.run_process(
+        ["xargs", "-P", str(parallel), "-I{}", ANSIBLE_PLAYBOOK, "-i", "local.ini", "one.yml"],
+        stdin="".join(f"{index}\n" for index in range(count)).encode(),
+        cwd=lab.playbooks,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - start
