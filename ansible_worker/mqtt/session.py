@@ -122,6 +122,16 @@ class BrokerSession:
             raise LinkLost("not connected")
         self._link.publish_nowait(topic, payload)
 
+    async def subscribe_now(self, topic: str, qos: int) -> None:
+        """Subscribe on the current link only, waiting for one; a later link does not renew it.
+
+        For short-lived subscriptions (one retained message wanted now): the caller
+        unsubscribes with `unsubscribe`. Errors: `LinkError` when the link drops first.
+        """
+        while self._link is None:
+            await self._up.wait()
+        await self._link.subscribe(topic, qos)
+
     async def unsubscribe(self, topic: str) -> None:
         """Stop a subscription now and on every later link. Best effort on the live link."""
         self._subscriptions = [(t, q) for t, q in self._subscriptions if t != topic]

@@ -43,6 +43,14 @@ class Topics:
     def events(self, task_id: str) -> str:
         return f"{self.tasks}/{task_id}/events"
 
+    def content(self, sha256: str) -> str:
+        """Where shipped content is retained, addressed by the SHA-256 of its archive."""
+        return f"{self.prefix}/{self.group}/content/{sha256}"
+
+    def client_sync(self, client_id: str, marker: str) -> str:
+        """A client's private topic, to learn when the broker has sent every retained message."""
+        return f"{self.prefix}/{self.group}/clients/{client_id}/sync/{marker}"
+
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}/{self.group}/workers/{worker_id}"
 

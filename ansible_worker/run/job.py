@@ -37,6 +37,7 @@ from ansible_worker.run.output_tail import OutputTail
 from ansible_worker.run.policy import JobPolicy
 from ansible_worker.run.process_group import ExitRecord, run_with_output
 from ansible_worker.run.progress import Progress
+from ansible_worker.run.sources import ContentSource, JobSources, RunTree
 from ansible_worker.worker.event_publisher import EventPublisher, EventStream
 from ansible_worker.worker.outbox import StatusOutbox
 
@@ -84,6 +85,8 @@ class Job:
     cancelled_by: str | None = None
     events: EventStream | None = None
     handed_back: bool = False
+    # The tree it runs from, once known: what its status reports as having run.
+    tree: RunTree | None = None
     done: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -133,6 +136,9 @@ class Job:
             cancelled_by=self.cancelled_by,
             last_event_seq=self.events.last_seq if self.events else 0,
             events_dropped=self.events.dropped if self.events else 0,
+            project=self.tree.project if self.tree else self.request.project,
+            revision=self.tree.revision if self.tree else None,
+            content_sha256=self.request.content.sha256 if self.request.content else None,
         )
 
     def finish(self, state: State, error_message: str | None = None) -> None:
@@ -155,6 +161,7 @@ class JobRunner:
         on_transition: Callable[[], None] = lambda: None,
         hidden_values: Collection[str] = (),
         metrics: WorkerMetrics | None = None,
+        content: ContentSource | None = None,
     ) -> None:
         self.settings = settings
         self.outbox = outbox
@@ -178,6 +185,8 @@ class JobRunner:
             extra={name: value.get_secret_value() for name, value in settings.environment.items()},
             hidden_values=hidden_values,
         )
+        # Where each job's playbooks come from; `content` fetches what jobs ship.
+        self.sources = JobSources(settings, environment=self._child_environment, content=content)
         # Found once, with the PATH the jobs get; the default name falls back to the worker's own environment.
         self.ansible_playbook = find_ansible_playbook(settings.ansible_playbook_path, self._child_environment)
         if self.ansible_playbook.path is None:
@@ -193,9 +202,13 @@ class JobRunner:
         answer cannot replace the status of a job that ran on another worker.
         """
         base = self.settings.playbook_directory
+        source_error = self.sources.admission_error(request)
+        if source_error is not None:
+            return source_error
         try:
             self.policy.check_request(request)
-            if not request.git_pull:
+            # A snapshot's or shipped tree's files are known only once it is made.
+            if not request.git_pull and self.sources.uses_playbook_directory(request):
                 playbook = resolve_playbook(base, request.playbook)
                 inventory = resolve_inventory(base, request.inventory)
                 self.policy.check_paths(base, playbook, inventory)
@@ -276,10 +289,18 @@ class JobRunner:
 
     async def _run(self, job: Job) -> tuple[State, str | None]:
         request = job.request
-        base = self.settings.playbook_directory
         self.policy.check_request(request)
-        if request.git_pull:
+        if request.git_pull and request.project is None:
             await self._git_pull(job)
+        async with self.sources.open_tree(request) as tree:
+            job.tree = tree
+            if tree.revision is not None or tree.content_sha256 is not None:
+                # Said as soon as it is known, not only at the end.
+                self.outbox.post(job.status())
+            return await self._run_in(job, tree.path.resolve())
+
+    async def _run_in(self, job: Job, base: Path) -> tuple[State, str | None]:
+        request = job.request
         playbook = resolve_playbook(base, request.playbook)
         inventory = resolve_inventory(base, request.inventory)
         self.policy.check_paths(base, playbook, inventory)

@@ -19,6 +19,7 @@ from ansible_worker.protocol.models import CancelRequest, JobStatus, State, Task
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.command import FIFO_VARIABLE
 from ansible_worker.run.job import EVENT_FIFO_NAME, RUN_DIRECTORY_PREFIX, Job, JobRunner
+from ansible_worker.worker.content_fetcher import ContentFetcher
 from ansible_worker.worker.dispatcher import Dispatcher
 from ansible_worker.worker.event_publisher import EventPublisher
 from ansible_worker.worker.group_claims import ClaimFailed, GroupClaims
@@ -133,6 +134,9 @@ class Worker:
         password = settings.mqtt.password
         self.metrics = WorkerMetrics()
         self.http_port: int | None = None
+        self.content = ContentFetcher(
+            self.session, self.topics, client_id=self.session.options.client_id, timeout=worker.content_fetch_timeout
+        )
         self.runner = JobRunner(
             worker,
             self.outbox,
@@ -141,6 +145,7 @@ class Worker:
             on_transition=lambda: self.presence.changed(),
             hidden_values=[password.get_secret_value()] if password is not None else [],
             metrics=self.metrics,
+            content=self.content,
         )
         self.dispatcher = Dispatcher(
             self.runner,
@@ -498,6 +503,8 @@ class Worker:
                     log.exception("could not handle a message on %s", message.topic)
 
     def _take_message(self, message: InboundMessage) -> None:
+        if self.content.hear(message):
+            return
         if message.topic == self.topics.tasks:
             self._take_task(message)
             return
