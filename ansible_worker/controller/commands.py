@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -41,6 +42,7 @@ from ansible_worker.controller.parser import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
+from ansible_worker.controller.shipping import DEFAULT_CONTENT_RETENTION, ProgressBar
 from ansible_worker.controller.view import JobView, summary, workers_table
 from ansible_worker.ops.config import ClientSettings, ConfigError, load_settings
 
@@ -106,6 +108,8 @@ def build_job(args: argparse.Namespace) -> dict[str, Any]:
         "forks": args.forks,
         "timeout": args.timeout,
         "git_pull": args.git_pull or None,
+        "project": getattr(args, "project", None),
+        "revision": getattr(args, "revision", None),
     }
     job.update({key: value for key, value in optional.items() if value is not None})
     return job
@@ -186,7 +190,21 @@ async def _with_client(target: Target, command: Command, args: argparse.Namespac
 async def submit(client: Client, args: argparse.Namespace, console: Console) -> int:
     answer_within = ANSWER_WITHIN if args.answer_within is None else args.answer_within
     retry_after = RETRY_AFTER if args.retry_after is None else args.retry_after
-    handle = await client.submit(args.job, answer_within=answer_within, retry_after=retry_after, attempts=args.attempts)
+    ship_dir: Path | None = getattr(args, "ship", None)
+    bar = ProgressBar(sys.stderr)
+    handle = await client.submit(
+        args.job,
+        answer_within=answer_within,
+        retry_after=retry_after,
+        attempts=args.attempts,
+        ship=ship_dir,
+        ship_retention=getattr(args, "ship_retention", None) or DEFAULT_CONTENT_RETENTION,
+        ship_progress=bar,
+    )
+    if handle.shipment is not None:
+        shipment = handle.shipment
+        how = "sent" if shipment.sent else "already on the broker, not sent again"
+        bar.finish(f"shipped {shipment.files} entries, {shipment.size / 1e6:.1f} MB, sha256 {shipment.sha256}: {how}")
     async with handle:
         first = handle.latest or {}
         if not args.wait:

@@ -140,6 +140,16 @@ class JobView:
         self.console.print(Text(line, style=_LINE_STYLES.get(str(event.get("status")), "")), soft_wrap=True)
 
 
+def source_line(status: dict[str, Any]) -> str | None:
+    """What the job ran from: `project site at commit 1a2b…`, `commit …`, `shipped content sha256 …`."""
+    if status.get("content_sha256"):
+        return f"from shipped content sha256 {status['content_sha256']}"
+    where = f"project {status['project']}" if status.get("project") else None
+    if status.get("revision"):
+        return f"from {where + ' at ' if where else ''}commit {status['revision']}"
+    return f"from {where}" if where else None
+
+
 def summary(status: dict[str, Any]) -> RenderableType:
     """A few lines that say how a job ended (or where it is)."""
     state = str(status.get("state"))
@@ -154,6 +164,9 @@ def summary(status: dict[str, Any]) -> RenderableType:
         head.append(f"  in {status['duration_seconds']:.1f}s")
     grid = Table.grid(padding=(0, 2))
     grid.add_row(head)
+    source = source_line(status)
+    if source:
+        grid.add_row(Text(source, style="dim"))
     grid.add_row(counts(status))
     if status.get("error_message"):
         grid.add_row(Text(str(status["error_message"]), style="red"))
