@@ -135,6 +135,9 @@ class ProjectMirror:
     environment: dict[str, str] = field(default_factory=dict)
     _lock: trio.Lock = field(default_factory=trio.Lock)
     _fetched_at: float | None = None
+    # What each revision named at the last fetch, so that a job at a cached revision runs no
+    # git at all; emptied by every fetch (a full commit id always names the same commit).
+    _resolved: dict[str, str] = field(default_factory=dict)
 
     async def commit_for(self, git: Git, revision: str | None, *, force: bool = False) -> str:
         """The full commit id of `revision` (default: the project's branch), fetching as needed.
@@ -150,6 +153,10 @@ class ProjectMirror:
         """
         wanted = revision or self.branch
         async with self._lock:
+            known = self._resolved.get(wanted)
+            fresh = self._fetched_at is not None and trio.current_time() - self._fetched_at < self.update_interval
+            if known is not None and not force and (fresh or FULL_COMMIT.fullmatch(wanted)):
+                return known
             fetched_now = False
             if not (self.path / "HEAD").is_file():
                 await self._init(git)
@@ -162,13 +169,17 @@ class ProjectMirror:
             if commit is None and not fetched_now:
                 await self._fetch(git)
                 commit = await self._resolve(git, wanted)
-        if commit is None:
-            raise GitFailed(f"revision not found in project {self.name!r}: {wanted!r}")
+            if commit is None:
+                raise GitFailed(f"revision not found in project {self.name!r}: {wanted!r}")
+            self._resolved[wanted] = commit
         return commit
 
     async def _resolve(self, git: Git, wanted: str) -> str | None:
         # A branch first, so that a branch and a tag of one name mean the branch, as `branch` does.
-        for candidate in (f"refs/heads/{wanted}", f"refs/tags/{wanted}", wanted):
+        candidates = (
+            [wanted] if FULL_COMMIT.fullmatch(wanted) else [f"refs/heads/{wanted}", f"refs/tags/{wanted}", wanted]
+        )
+        for candidate in candidates:
             commit = await git.resolve(self.path, candidate)
             if commit is not None:
                 return commit
@@ -202,6 +213,7 @@ class ProjectMirror:
             self._fetched_at = None
             raise
         self._fetched_at = trio.current_time()
+        self._resolved.clear()
 
 
 def ssh_command_for(key_file: Path) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import trio
 
+from ansible_worker.run.command import JobRefusedError
+
 log = logging.getLogger(__name__)
 
 # A tree being built has this prefix until it is complete and renamed to its key.
@@ -50,6 +52,12 @@ class TreeCache:
     def _prepare(self) -> None:
         # Synchronous and once: a handful of directory operations before the first job.
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = self.root.stat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o022:
+            # Another user could swap a tree for one of their own between two jobs.
+            raise JobRefusedError(
+                f"the source cache {self.root} is not private to the worker's user (owner or mode): fix or remove it"
+            )
         for child in self.root.iterdir():
             if child.name.startswith(BUILDING_PREFIX):
                 # Left by a worker that stopped while building: never complete, never used.

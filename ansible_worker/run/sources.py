@@ -22,7 +22,7 @@ from ansible_worker.run.git_source import (
     mirror_path,
     ssh_command_for,
 )
-from ansible_worker.run.run_trees import TreeCache
+from ansible_worker.run.run_trees import TreeCache, remove_tree
 from ansible_worker.run.shipped_content import ContentLimits, check_digest, unpack
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,17 @@ class RunTree:
     content_sha256: str | None = None
 
 
-def cache_root(settings: WorkerSettings) -> Path:
-    """`worker.source_cache`, else `state_dir`/sources, else a directory of this worker's in the temp directory."""
+def cache_root(settings: WorkerSettings) -> tuple[Path, bool]:
+    """Where trees and mirrors are kept, and whether that place lasts only as long as the process.
+
+    `worker.source_cache`, else `state_dir`/sources, else a directory of this worker's in
+    the temp directory, removed when the worker stops.
+    """
     if settings.source_cache is not None:
-        return settings.source_cache
+        return settings.source_cache, False
     if settings.state_dir is not None:
-        return settings.state_dir / "sources"
-    return Path(tempfile.gettempdir()) / f"ansible-worker-sources-{settings.worker_id}"
+        return settings.state_dir / "sources", False
+    return Path(tempfile.gettempdir()) / f"ansible-worker-sources-{settings.worker_id}", True
 
 
 class JobSources:
@@ -74,7 +78,7 @@ class JobSources:
     ) -> None:
         self.settings = settings
         self.content = content
-        self.root = cache_root(settings)
+        self.root, self._temporary = cache_root(settings)
         self.trees = TreeCache(
             self.root / "trees", max_bytes=settings.source_cache_bytes, max_age=settings.source_cache_age
         )
@@ -99,6 +103,14 @@ class JobSources:
                 fetch_timeout=project.fetch_timeout or settings.git_timeout,
                 environment=extra,
             )
+
+    def discard_temporary(self) -> None:
+        """Remove the cache when it lives in the temp directory (no `state_dir`, no `source_cache`).
+
+        Synchronous: called once, when the worker has stopped and no job holds a tree.
+        """
+        if self._temporary:
+            remove_tree(self.root)
 
     def uses_playbook_directory(self, request: TaskRequest) -> bool:
         """Whether the job runs from the live playbook directory, whose paths can be checked now."""

@@ -233,6 +233,7 @@ class Worker:
             infrastructure.cancel_scope.cancel()
         if self.journal is not None:
             self.journal.close()
+        self.runner.sources.discard_temporary()
         log.info("worker %s stopped", worker.worker_id)
 
     def readiness(self) -> str | None:
