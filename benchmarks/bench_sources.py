@@ -199,6 +199,76 @@ async def timed(client: Client, job: dict[str, Any], *, ship: Path | None = None
     raise RuntimeError("the job's updates ended early")
 
 
+class LocalContent:
+    """Hands the worker's source code an archive from memory: the stage figures leave the broker out."""
+
+    def __init__(self) -> None:
+        self.archives: dict[str, bytes] = {}
+
+    async def fetch(self, sha256: str, size: int) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self.archives[sha256]
+
+
+async def stage_figures(root: Path, *, reps: int, small: Path, large: Path, shipped: Path) -> dict[str, Any]:
+    """Milliseconds the worker spends making a job's tree ready, per source, measured in this process.
+
+    The end-to-end figures vary by more than these stages on a loaded machine; these say
+    what each source itself costs, with the plain directory's lookup as the baseline.
+    """
+    import hashlib
+
+    from ansible_worker.controller.shipping import pack_tree
+    from ansible_worker.ops.config import WorkerSettings
+    from ansible_worker.protocol.models import TaskRequest
+    from ansible_worker.run.sources import JobSources
+
+    settings = WorkerSettings.model_validate(
+        {
+            "group_name": "stage",
+            "playbook_directory": str(root / "playbooks"),
+            "state_dir": str(root / "stage-state"),
+            "allow_shipped_content": True,
+            "projects": {
+                "small": {"url": small.as_uri(), "allow_revision": True, "update_interval": 3600},
+                "large": {"url": large.as_uri(), "allow_revision": True, "update_interval": 3600},
+            },
+        }
+    )
+    content = LocalContent()
+    sources = JobSources(settings, environment=dict(os.environ), content=content)
+
+    async def lease(fields: dict[str, Any]) -> float:
+        request = TaskRequest.model_validate(
+            {"task_id": "t", "playbook": "one.yml", "inventory": "local.ini", **fields}
+        )
+        start = time.perf_counter()
+        async with sources.open_tree(request):
+            return time.perf_counter() - start
+
+    plain = [await lease({}) for _ in range(reps)]
+    pinned = {"project": "small", "revision": git(small, "rev-parse", "HEAD")}
+    await lease(pinned)
+    cached = [await lease(pinned) for _ in range(reps)]
+    fresh = [await lease({"project": "large", "revision": new_commit(large)}) for _ in range(reps)]
+    first, again = [], []
+    for _ in range(reps):
+        (shipped / "nonce.txt").write_text(uuid.uuid4().hex)
+        data, _ = pack_tree(shipped)
+        digest = hashlib.sha256(data).hexdigest()
+        content.archives[digest] = data
+        job = {"content": {"sha256": digest, "size": len(data)}}
+        first.append(await lease(job))
+        again.append(await lease(job))
+    return {
+        "stage_plain_ms": median_ms(plain),
+        "stage_cached_revision_ms": median_ms(cached),
+        "stage_new_revision_ms": median_ms(fresh),
+        "stage_ship_unpack_ms": median_ms(first),
+        "stage_ship_again_ms": median_ms(again),
+    }
+
+
 def median_ms(values: list[float]) -> float:
     return round(statistics.median(values) * 1000, 1)
 
@@ -217,6 +287,7 @@ async def bench(root: Path, *, reps: int, files: int, ship_mb: int, memory_mb: i
         }
         shipped = tree_of(root / "ship", ship_mb)
         big = tree_of(root / "ship-big", memory_mb)
+        results.update(await stage_figures(root, reps=reps, small=small, large=large, shipped=shipped))
         direct = [await lab.direct() for _ in range(reps)]
         results["direct_ms"] = median_ms(direct)
         settings = {
@@ -283,6 +354,11 @@ async def bench(root: Path, *, reps: int, files: int, ship_mb: int, memory_mb: i
 
 
 TABLE = [
+    ("stage_plain_ms", "stage: the plain playbook directory (baseline)"),
+    ("stage_cached_revision_ms", "stage: tree of a cached revision"),
+    ("stage_new_revision_ms", "stage: fetch and snapshot a new revision of the many-file repository"),
+    ("stage_ship_unpack_ms", "stage: check the digest and unpack the shipped tree"),
+    ("stage_ship_again_ms", "stage: the same shipped tree again"),
     ("direct_ms", "ansible-playbook run directly"),
     ("plain_job_ms", "job from the plain playbook directory, publish to end"),
     ("cached_revision_overhead_ms", "a job at a cached revision: added"),

@@ -159,9 +159,8 @@ class ProgressBar:
         self.stream.flush()
 
     def finish(self, text: str) -> None:
-        """End the bar with a line of its own (on a terminal)."""
+        """Replace the bar (on a terminal) by a line that says what was shipped; the line is written anyway."""
         if self.active and self._shown >= 0:
             self.stream.write("\r" + " " * (self.width + 40) + "\r")
-        if self.active:
-            self.stream.write(text + "\n")
-            self.stream.flush()
+        self.stream.write(text + "\n")
+        self.stream.flush()
