@@ -133,6 +133,8 @@ class ProjectSettings(BaseModel):
     allow_revision: bool = False
     # A private key for ssh:// URLs; the worker's environment (SSH agent, credential helper) otherwise.
     key_file: Path | None = None
+    # The host keys that `key_file` connections accept (strict checking); the user's own otherwise.
+    known_hosts: Path | None = None
     # Set for git only (a credential helper's token, GIT_SSH_COMMAND, ...): never logged.
     environment: dict[Annotated[str, StringConstraints(pattern=ENVIRONMENT_NAME_PATTERN)], SecretStr] = Field(
         default_factory=dict
@@ -148,7 +150,7 @@ class ProjectSettings(BaseModel):
             raise ValueError("must be a git URL or path, not starting with '-'")
         return value
 
-    @field_validator("key_file")
+    @field_validator("key_file", "known_hosts")
     @classmethod
     def _check_key_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():

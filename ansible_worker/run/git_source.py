@@ -216,9 +216,12 @@ class ProjectMirror:
         self._resolved.clear()
 
 
-def ssh_command_for(key_file: Path) -> str:
-    """`GIT_SSH_COMMAND` that uses only `key_file`, never asks, and never prompts for a host key."""
-    return f"ssh -i {_quote(str(key_file))} -o IdentitiesOnly=yes -o BatchMode=yes"
+def ssh_command_for(key_file: Path, known_hosts: Path | None = None) -> str:
+    """`GIT_SSH_COMMAND` that uses only `key_file` and never asks; with `known_hosts`, only those host keys."""
+    command = f"ssh -i {_quote(str(key_file))} -o IdentitiesOnly=yes -o BatchMode=yes"
+    if known_hosts is not None:
+        command += f" -o UserKnownHostsFile={_quote(str(known_hosts))} -o StrictHostKeyChecking=yes"
+    return command
 
 
 def _quote(text: str) -> str:

@@ -93,7 +93,7 @@ class JobSources:
         for name, project in settings.projects.items():
             extra = {key: value.get_secret_value() for key, value in project.environment.items()}
             if project.key_file is not None:
-                extra.setdefault("GIT_SSH_COMMAND", ssh_command_for(project.key_file))
+                extra.setdefault("GIT_SSH_COMMAND", ssh_command_for(project.key_file, project.known_hosts))
             self.mirrors[name] = ProjectMirror(
                 name=name,
                 url=project.url,
