@@ -200,6 +200,21 @@ def _signatures(settings: Settings) -> str:
     return f"required, trusted keys: {keys}; max age {security.max_task_age:g}s{claims}"
 
 
+def _sources(settings: Settings) -> str:
+    """Where jobs' playbooks may come from: projects (names and URLs, no credentials), shipping, the cache."""
+    from ansible_worker.run.git_source import redacted
+    from ansible_worker.run.sources import cache_root
+
+    worker = settings.worker
+    projects = ", ".join(f"{name} ({redacted(project.url)})" for name, project in sorted(worker.projects.items()))
+    shipping = "allowed" if worker.allow_shipped_content else "off"
+    root, temporary = cache_root(worker)
+    return (
+        f"projects: {projects or '(none)'}; shipped content {shipping};"
+        f" cache {root}{' (removed at exit)' if temporary else ''}"
+    )
+
+
 def executables(settings: Settings) -> tuple[Executable, Executable]:
     """The ansible-playbook and git that jobs would run, found as the job runner finds them."""
     worker = settings.worker
@@ -244,6 +259,7 @@ def summarize(settings: Settings, path: Path | None) -> str:
         f"  extra_vars    {describe_allowed(worker.allowed_special_vars)}",
         f"  signatures    {_signatures(settings)}",
         f"  http          {_http(settings)}",
+        f"  sources       {_sources(settings)}",
         "",
         f"  jobs from     {topics.tasks_subscription(shared=worker.shared_subscription)}",
         f"  status on     {topics.status('<task_id>')} (retained)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import logging
 import shutil
 import socket
 import subprocess
@@ -101,3 +102,23 @@ async def test_private_project_over_ssh_with_a_key_file(
     assert "Host key verification failed" in refused["error_message"]
     # No secret in what the worker published: the key's path is configuration, its content never sent.
     assert sshd.client_key.read_text().splitlines()[1] not in str(ran)
+
+
+async def test_a_password_in_a_project_url_never_reaches_a_status_or_the_log(
+    broker: Broker, origin: Origin, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ansible_worker.run.git_source")
+    origin.commit("one")
+    # Nothing listens there: git fails, naming the URL it tried.
+    url = f"http://deploy:s3cret-token@127.0.0.1:{free_port()}/site.git"
+    settings = make_settings(
+        broker.port, tmp_path / "seed", "g-pw", projects={"site": {"url": url}}, state_dir=tmp_path / "state"
+    )
+    async with open_controller(broker, "g-pw") as controller, running_worker(settings):
+        await controller.submit({"task_id": "pw", **JOB, "project": "site"})
+        final = await controller.wait_terminal("pw")
+    assert final["state"] == "failed"
+    assert final["error_message"].startswith("fetch of project 'site' failed (exit 128): ")
+    assert "s3cret-token" not in str(controller.statuses["pw"])
+    fetching = [record.getMessage() for record in caplog.records if "fetching" in record.getMessage()]
+    assert fetching == [f"project site: fetching http://deploy:***@127.0.0.1:{url.rsplit(':', 1)[1]}"]

@@ -190,7 +190,7 @@ class ProjectMirror:
         await git.run("init", "--quiet", "--bare", str(self.path), cwd=self.path.parent, what="git init")
 
     async def _fetch(self, git: Git) -> None:
-        log.info("project %s: fetching %s", self.name, self.url)
+        log.info("project %s: fetching %s", self.name, redacted(self.url))
         try:
             await git.run(
                 f"--git-dir={self.path}",
@@ -208,12 +208,28 @@ class ProjectMirror:
                 limit=self.fetch_timeout,
                 env=self.environment,
             )
-        except GitFailed:
+        except GitFailed as exc:
             # The next job tries again rather than trusting an old fetch.
             self._fetched_at = None
-            raise
+            message = str(exc)
+            if redacted(self.url) != self.url:
+                # A password in the URL must not reach a status through git's message.
+                message = message.replace(self.url, redacted(self.url))
+                message = message.replace(self.url.partition("://")[2].split("@", 1)[0].partition(":")[2], "***")
+            raise GitFailed(message) from None
         self._fetched_at = trio.current_time()
         self._resolved.clear()
+
+
+def redacted(url: str) -> str:
+    """`url` with any password in it replaced by `***`, for logs and `validate`."""
+    scheme, separator, rest = url.partition("://")
+    if not separator or "@" not in rest.split("/", 1)[0]:
+        return url
+    userinfo, _, host = rest.partition("@")
+    user = userinfo.split(":", 1)[0]
+    hidden = f"{user}:***" if ":" in userinfo else user
+    return f"{scheme}://{hidden}@{host}"
 
 
 def ssh_command_for(key_file: Path, known_hosts: Path | None = None) -> str:
