@@ -16,7 +16,17 @@ from typing import Any
 import pytest
 import trio
 
-from tests.conftest import PLAYBOOKS, Broker, Controller, free_port, make_settings, open_controller, running_worker
+from tests.conftest import (
+    PLAYBOOKS,
+    Broker,
+    Controller,
+    client_for,
+    free_port,
+    make_settings,
+    open_controller,
+    processes_mentioning,
+    running_worker,
+)
 
 # Reads version.txt, waits for the go-ahead file when asked to, then reads it again.
 SHOW = """\
@@ -245,4 +255,28 @@ async def test_each_source_error_has_its_documented_message(broker: Broker, orig
         assert finals[task_id]["state"] == "failed", task_id
         assert finals[task_id]["error_message"].startswith(message), (task_id, finals[task_id]["error_message"])
     # A failed fetch leaves no tree behind.
+    assert trees(state) == []
+
+
+async def test_cancel_during_a_fetch_ends_git_and_leaves_no_tree(
+    broker: Broker, origin: Origin, tmp_path: Path
+) -> None:
+    origin.commit("one")
+    silent, port = hanging_listener()
+    projects = {"slow": {"url": f"git://127.0.0.1:{port}/hangs.git", "fetch_timeout": 300}}
+    state = tmp_path / "state"
+    settings = make_settings(broker.port, tmp_path / "seed", "g-cancel", projects=projects, state_dir=state)
+    try:
+        async with running_worker(settings), client_for(broker, "g-cancel") as client:
+            job = await client.submit({"task_id": "fetching", **JOB, "project": "slow"})
+            with trio.fail_after(30):
+                while not processes_mentioning(f"127.0.0.1:{port}/hangs.git"):  # noqa: ASYNC110 - another process
+                    await trio.sleep(0.05)
+            await job.cancel(reason="wrong project")
+            final = await job.wait()
+            assert processes_mentioning(f"127.0.0.1:{port}/hangs.git") == []
+    finally:
+        silent.close()
+    assert final["state"] == "cancelled"
+    assert final["error_message"].endswith(": wrong project")
     assert trees(state) == []
