@@ -141,6 +141,10 @@ class Lab:
 
     @asynccontextmanager
     async def worker(self, **settings: Any) -> AsyncIterator[trio.Process]:
+        """An `ansible-worker run` process with these worker settings, terminated on exit.
+
+        Cancellation: the process is terminated and waited for (shielded, bounded).
+        """
         worker = {
             "group_name": GROUP,
             "worker_id": "bench-worker",
@@ -163,6 +167,10 @@ class Lab:
                     await process.wait()
 
     async def direct(self) -> float:
+        """Seconds for one `ansible-playbook` run of the one-task playbook, started directly.
+
+        Cancellation: the process is killed by Trio.
+        """
         start = time.perf_counter()
         await trio.run_process(
             [ANSIBLE_PLAYBOOK, "-i", "local.ini", "one.yml"],
@@ -174,7 +182,10 @@ class Lab:
 
 
 async def timed(client: Client, job: dict[str, Any], *, ship: Path | None = None) -> Timing:
-    """One job from before it is shipped (if it is) and published to its running status, first event and end."""
+    """One job from before it is shipped (if it is) and published to its running status, first event and end.
+
+    Cancellation: the job is left to the worker; the handle stops following it.
+    """
     task_id = f"b-{uuid.uuid4().hex[:10]}"
     handle = await client.follow(task_id, events=True)
     async with handle:
@@ -206,6 +217,10 @@ class LocalContent:
         self.archives: dict[str, bytes] = {}
 
     async def fetch(self, sha256: str, size: int) -> bytes:
+        """The archive stored for `sha256`.
+
+        Cancellation: a plain checkpoint.
+        """
         await trio.lowlevel.checkpoint()
         return self.archives[sha256]
 
@@ -215,6 +230,8 @@ async def stage_figures(root: Path, *, reps: int, small: Path, large: Path, ship
 
     The end-to-end figures vary by more than these stages on a loaded machine; these say
     what each source itself costs, with the plain directory's lookup as the baseline.
+
+    Cancellation: a git command in flight is ended, a half-built tree removed.
     """
     import hashlib
 
@@ -274,6 +291,10 @@ def median_ms(values: list[float]) -> float:
 
 
 async def bench(root: Path, *, reps: int, files: int, ship_mb: int, memory_mb: int) -> dict[str, Any]:
+    """Every figure of this benchmark, by name.
+
+    Cancellation: the worker process and the broker are stopped on the way out.
+    """
     lab = Lab(root)
     lab.start_broker()
     results: dict[str, Any] = {"reps": reps, "files": files, "ship_mb": ship_mb, "memory_mb": memory_mb}

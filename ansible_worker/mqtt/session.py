@@ -127,6 +127,9 @@ class BrokerSession:
 
         For short-lived subscriptions (one retained message wanted now): the caller
         unsubscribes with `unsubscribe`. Errors: `LinkError` when the link drops first.
+
+        Cancellation: the wait for a link, or for the broker's answer, ends; a subscription
+        the broker made meanwhile stays until `unsubscribe`.
         """
         while self._link is None:
             await self._up.wait()
