@@ -76,3 +76,19 @@ async def test_a_cache_others_may_write_is_refused(tmp_path: Path) -> None:
     with pytest.raises(JobRefusedError, match="not private to the worker's user"):
         async with cache.lease("k", filler(1, [])):
             pass
+
+
+async def test_trees_an_earlier_run_left_are_bounded_too(tmp_path: Path) -> None:
+    root = tmp_path / "trees"
+    root.mkdir(mode=0o700)
+    old, recent, half = root / "git-old", root / "git-recent", root / ".building-git-x-1234"
+    for directory in (old, recent, half):
+        directory.mkdir()
+        (directory / "f").write_text("f")
+    # Made two days ago; the age bound is one day.
+    two_days_ago = os.stat(old).st_mtime - 2 * 86_400
+    os.utime(old, (two_days_ago, two_days_ago))
+    cache = TreeCache(root, max_bytes=10**9, max_age=86_400)
+    async with cache.lease("git-new", filler(1, [])):
+        pass
+    assert sorted(path.name for path in root.iterdir()) == ["git-new", "git-recent"]

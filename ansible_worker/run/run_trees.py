@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -48,21 +49,36 @@ class TreeCache:
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._prepared = False
+        self._preparing = trio.Lock()
 
-    def _prepare(self) -> None:
-        # Synchronous and once: a handful of directory operations before the first job.
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = self.root.stat()
-        if info.st_uid != os.getuid() or info.st_mode & 0o022:
-            # Another user could swap a tree for one of their own between two jobs.
-            raise JobRefusedError(
-                f"the source cache {self.root} is not private to the worker's user (owner or mode): fix or remove it"
-            )
-        for child in self.root.iterdir():
-            if child.name.startswith(BUILDING_PREFIX):
-                # Left by a worker that stopped while building: never complete, never used.
-                remove_tree(child)
-        self._prepared = True
+    async def _prepare(self) -> None:
+        """Check the cache directory and learn the trees an earlier run of the worker left.
+
+        Cancellation: a plain checkpoint while the sizes of earlier trees are added up.
+        """
+        async with self._preparing:
+            if self._prepared:
+                return
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            info = self.root.stat()
+            if info.st_uid != os.getuid() or info.st_mode & 0o022:
+                # Another user could swap a tree for one of their own between two jobs.
+                raise JobRefusedError(
+                    f"the source cache {self.root} is not private to the worker's user (owner or mode):"
+                    " fix or remove it"
+                )
+            for child in sorted(self.root.iterdir()):
+                if child.name.startswith(BUILDING_PREFIX):
+                    # Left by a worker that stopped while building: never complete, never used.
+                    remove_tree(child)
+                elif child.is_dir() and not child.is_symlink() and child.name not in self._entries:
+                    # Known from now on, so that the size and age bounds cover it too; its age
+                    # counts from when it was made.
+                    age = max(0.0, time.time() - child.stat().st_mtime)
+                    size = await tree_size(child)
+                    self._entries[child.name] = _Entry(size=size, last_used=trio.current_time() - age)
+            self._prepared = True
+        self.evict()
 
     @property
     def total_bytes(self) -> int:
@@ -84,7 +100,7 @@ class TreeCache:
         Cancellation: a build cancelled halfway is removed; a lease ends with its block.
         """
         if not self._prepared:
-            self._prepare()
+            await self._prepare()
         lock = self._locks.setdefault(key, trio.Lock())
         async with lock:
             path = self.root / key
