@@ -108,9 +108,23 @@ def trees(settings_root: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir()) if directory.is_dir() else []
 
 
+# Which of two files the running playbook sees, from inside the run (its working directory is its tree).
+FILES = """\
+- name: Files
+  hosts: host1
+  gather_facts: false
+  tasks:
+    - name: Look
+      ansible.builtin.set_stats:
+        data:
+          files: "{{ ['only-one.txt', 'only-two.txt'] | select('file') | list }}"
+"""
+
+
 async def test_two_revisions_at_once_each_see_their_own_files(broker: Broker, origin: Origin, tmp_path: Path) -> None:
-    first = origin.commit("one", tag="v1")
-    second = origin.commit("two")
+    first = origin.commit("one", tag="v1", files={"only-one.txt": "1", "files.yml": FILES})
+    git(origin.seed, "rm", "--quiet", "only-one.txt")
+    second = origin.commit("two", files={"only-two.txt": "2"})
     go = tmp_path / "go"
     projects = {"site": {"url": origin.url, "allow_revision": True}}
     state = tmp_path / "state"
@@ -138,6 +152,16 @@ async def test_two_revisions_at_once_each_see_their_own_files(broker: Broker, or
     assert new["output"] == {"before": "two", "after": "two"}
     assert (old["project"], old["revision"]) == ("site", first)
     assert (new["project"], new["revision"]) == ("site", second)
+    seen = {}
+    async with open_controller(broker, "g-rev") as controller, running_worker(settings):
+        for task_id, revision in (("files-v1", "v1"), ("files-main", "main")):
+            await controller.submit(
+                {"task_id": task_id, **JOB, "playbook": "files.yml", "project": "site", "revision": revision}
+            )
+        for task_id in ("files-v1", "files-main"):
+            seen[task_id] = await controller.wait_terminal(task_id)
+    assert seen["files-v1"]["output"] == {"files": ["only-one.txt"]}, seen["files-v1"]["error_message"]
+    assert seen["files-main"]["output"] == {"files": ["only-two.txt"]}, seen["files-main"]["error_message"]
 
 
 async def test_git_pull_while_a_job_runs_leaves_its_files_alone(broker: Broker, origin: Origin, tmp_path: Path) -> None:
