@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 from collections.abc import Callable
@@ -267,3 +268,20 @@ async def test_signed_job_whose_content_was_changed_is_refused(
     assert final["state"] == "failed"
     assert "signature" in final["error_message"]
     assert cache_entries(state) == []
+
+
+def test_packing_is_reproducible_and_refuses_special_files(tree: Path, tmp_path: Path) -> None:
+    from ansible_worker.controller.shipping import ShipError
+
+    first, entries = pack_tree(tree)
+    copy = tmp_path / "copy"
+    shutil.copytree(tree, copy, symlinks=True)
+    (copy / "message.txt").touch()  # a newer time changes nothing
+    assert pack_tree(copy)[0] == first
+    with tarfile.open(fileobj=io.BytesIO(first)) as archive:
+        names = archive.getnames()
+    assert len(names) == entries
+    assert not any(name == ".git" or name.startswith(".git/") for name in names)
+    os.mkfifo(copy / "pipe")
+    with pytest.raises(ShipError, match="pipe is not a regular file, directory or symbolic link"):
+        pack_tree(copy)

@@ -32,8 +32,8 @@ async def test_submit_ship_then_status_names_the_digest(broker: Broker, tmp_path
     assert f"shipped sha256 {sent.group(1)}" in first.stdout.decode()
     assert "already on the broker, not sent again" in second.stderr.decode()
     assert f"shipped sha256 {sent.group(1)}" in shown.stdout.decode()
-    assert missing.returncode != 0
-    assert "--ship: not a directory" in missing.stderr.decode()
+    assert missing.returncode == 2
+    assert missing.stderr.decode().startswith("error: --ship: not a directory: ")
 
 
 async def test_submit_project_revision_then_status_names_the_commit(broker: Broker, tmp_path: Path, group: str) -> None:

@@ -42,7 +42,7 @@ from ansible_worker.controller.parser import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from ansible_worker.controller.shipping import DEFAULT_CONTENT_RETENTION, ProgressBar
+from ansible_worker.controller.shipping import DEFAULT_CONTENT_RETENTION, ProgressBar, ShipError
 from ansible_worker.controller.view import JobView, summary, workers_table
 from ansible_worker.ops.config import ClientSettings, ConfigError, load_settings
 
@@ -127,11 +127,11 @@ def run_command(args: argparse.Namespace) -> int:
         target = resolve_target(args)
         command = _COMMANDS[args.command]
         return trio.run(_with_client, target, command, args, console)
-    except (CommandError, ArgumentError, ClientError) as exc:
+    except (CommandError, ArgumentError, ClientError, ShipError) as exc:
         errors.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         if isinstance(exc, CommandError):
             return exc.code
-        return EXIT_USAGE if isinstance(exc, ArgumentError) else EXIT_UNAVAILABLE
+        return EXIT_USAGE if isinstance(exc, ArgumentError | ShipError) else EXIT_UNAVAILABLE
 
 
 Command = Callable[[Client, argparse.Namespace, Console], Awaitable[int]]

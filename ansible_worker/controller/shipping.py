@@ -65,10 +65,18 @@ def pack_tree(directory: Path, *, progress: Progress | None = None) -> tuple[byt
     file modes (setuid, setgid and sticky bits dropped) and relative symbolic links.
     `progress(done, total)` is told the bytes of file data packed so far.
 
-    Errors: `ShipError` for a file that is neither a regular file, a directory nor a link.
+    Errors: `ShipError` for a file that is neither a regular file, a directory nor a link,
+    or that cannot be read.
     """
     if not directory.is_dir():
         raise ShipError(f"--ship: not a directory: {directory}")
+    try:
+        return _pack(directory, progress)
+    except OSError as exc:
+        raise ShipError(f"--ship: cannot read {exc.filename or directory}: {exc.strerror or exc}") from None
+
+
+def _pack(directory: Path, progress: Progress | None) -> tuple[bytes, int]:
     entries = _entries(directory)
     sizes = {path: path.lstat().st_size for path in entries if path.is_file() and not path.is_symlink()}
     total = sum(sizes.values())
