@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 
-from ansible_worker.controller.shipping import pack_tree
+from ansible_worker.controller.shipping import ShipError, pack_tree
 from ansible_worker.mqtt.link import LinkOptions, open_mqtt_link
 from ansible_worker.protocol.signing import Signer
 from tests.conftest import (
@@ -271,8 +271,6 @@ async def test_signed_job_whose_content_was_changed_is_refused(
 
 
 def test_packing_is_reproducible_and_refuses_special_files(tree: Path, tmp_path: Path) -> None:
-    from ansible_worker.controller.shipping import ShipError
-
     first, entries = pack_tree(tree)
     copy = tmp_path / "copy"
     shutil.copytree(tree, copy, symlinks=True)
