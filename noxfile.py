@@ -45,6 +45,7 @@ def bench(session: nox.Session) -> None:
     session.install(".")
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/bench_ssh.py")
+    session.run("python", "benchmarks/bench_sources.py")
 
 
 @nox.session

@@ -35,6 +35,8 @@ from urllib.parse import unquote, urlsplit
 
 import trio
 
+from ansible_worker.controller.shipping import DEFAULT_CONTENT_RETENTION, Progress, Shipment
+from ansible_worker.controller.shipping import ship as ship_tree
 from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.mqtt.link import InboundMessage, LinkError, LinkLost, LinkOptions, MqttLink, open_mqtt_link
 from ansible_worker.protocol.topics import Topics
@@ -391,8 +393,10 @@ class Client:
                     with trio.CancelScope(shield=True), trio.move_on_after(5), suppress(LinkError):
                         await self._link.unsubscribe(topic_filter)
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool = False) -> None:
-        """Publish on the current link, waiting for one while reconnecting.
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int, retain: bool = False, expiry: int | None = None
+    ) -> None:
+        """Publish on the current link, waiting for one while reconnecting; `expiry` in seconds.
 
         Errors: `LinkLost` when the link drops before the broker acknowledged.
 
@@ -402,7 +406,7 @@ class Client:
         empty retained payload changes nothing.
         """
         link = await self.current_link()
-        await link.publish(topic, payload, qos=qos, retain=retain)
+        await link.publish(topic, payload, qos=qos, retain=retain, expiry=expiry)
 
     async def barrier(self) -> None:
         """Return once the broker has delivered the retained messages of every earlier subscription.
@@ -466,6 +470,9 @@ class Client:
         events: bool = True,
         retry_after: float = RETRY_AFTER,
         attempts: int | None = None,
+        ship: Path | None = None,
+        ship_retention: int = DEFAULT_CONTENT_RETENTION,
+        ship_progress: Progress | None = None,
     ) -> JobHandle:
         """Publish a job and wait until a worker answers it (normally with `queued`).
 
@@ -478,9 +485,14 @@ class Client:
         fit into `answer_within`). Each repeat is logged as a warning;
         `handle.attempts` says how many publishes it took.
 
+        With `ship`, that directory is packed and retained on the group's content topic of
+        its digest (unless the broker holds it already), and the job names it as its
+        `content`, before it is signed; `handle.shipment` says what was shipped.
+
         Errors: `NoWorkerAnswered` when no status comes within `answer_within` seconds;
         the broker then delivered the job to nobody, so nothing will run. `ValueError` for a
-        `retry_after` that is not positive or `attempts` below 1.
+        `retry_after` that is not positive or `attempts` below 1. `ShipError` for a directory
+        that cannot be packed.
 
         Cancellation: the handle is closed (its subscriptions removed) and not returned. A job
         already published is not withdrawn: a worker may run it. To retry, give the job a
@@ -493,6 +505,10 @@ class Client:
             raise ValueError(f"attempts must be at least 1, not {attempts!r}")
         request = dict(job)
         request.setdefault("task_id", f"job-{uuid.uuid4().hex[:12]}")
+        shipment: Shipment | None = None
+        if ship is not None:
+            shipment = await ship_tree(self, ship, retention=ship_retention, progress=ship_progress)
+            request["content"] = shipment.content
         if self.signer is not None:
             request = self.signer.sign(self.topics.tasks, request)
         payload = json.dumps(request).encode()
@@ -500,6 +516,7 @@ class Client:
         if most is None and math.isfinite(answer_within / retry_after):
             most = max(1, math.ceil(answer_within / retry_after))
         handle = JobHandle(self, str(request["task_id"]), events=events)
+        handle.shipment = shipment
         answered = False
         try:
             with trio.move_on_after(answer_within):
@@ -673,6 +690,8 @@ class JobHandle:
         self.latest: dict[str, Any] | None = None
         # How many times `Client.submit` published the job (0 for a followed one).
         self.attempts = 0
+        # What `Client.submit` shipped with the job, if anything.
+        self.shipment: Shipment | None = None
         self._filters = [client.topics.status(task_id), client.topics.workers_subscription]
         if events:
             self._filters.append(client.topics.events(task_id))

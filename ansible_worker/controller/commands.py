@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -41,6 +42,7 @@ from ansible_worker.controller.parser import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
+from ansible_worker.controller.shipping import DEFAULT_CONTENT_RETENTION, ProgressBar, ShipError
 from ansible_worker.controller.view import JobView, summary, workers_table
 
 T = TypeVar("T")
@@ -113,6 +115,8 @@ def build_job(args: argparse.Namespace) -> dict[str, Any]:
         "timeout": args.timeout,
         "git_pull": args.git_pull or None,
         "credentials": args.credentials or None,
+        "project": getattr(args, "project", None),
+        "revision": getattr(args, "revision", None),
     }
     job.update({key: value for key, value in optional.items() if value is not None})
     return job
@@ -130,11 +134,11 @@ def run_command(args: argparse.Namespace) -> int:
         target = resolve_target(args)
         command = _COMMANDS[args.command]
         return trio.run(_with_client, target, command, args, console)
-    except (CommandError, ArgumentError, ClientError) as exc:
+    except (CommandError, ArgumentError, ClientError, ShipError) as exc:
         errors.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         if isinstance(exc, CommandError):
             return exc.code
-        return EXIT_USAGE if isinstance(exc, ArgumentError) else EXIT_UNAVAILABLE
+        return EXIT_USAGE if isinstance(exc, ArgumentError | ShipError) else EXIT_UNAVAILABLE
 
 
 Command = Callable[[Client, argparse.Namespace, Console], Awaitable[int]]
@@ -198,7 +202,21 @@ async def submit(client: Client, args: argparse.Namespace, console: Console) -> 
     """
     answer_within = ANSWER_WITHIN if args.answer_within is None else args.answer_within
     retry_after = RETRY_AFTER if args.retry_after is None else args.retry_after
-    handle = await client.submit(args.job, answer_within=answer_within, retry_after=retry_after, attempts=args.attempts)
+    ship_dir: Path | None = getattr(args, "ship", None)
+    bar = ProgressBar(sys.stderr)
+    handle = await client.submit(
+        args.job,
+        answer_within=answer_within,
+        retry_after=retry_after,
+        attempts=args.attempts,
+        ship=ship_dir,
+        ship_retention=getattr(args, "ship_retention", None) or DEFAULT_CONTENT_RETENTION,
+        ship_progress=bar,
+    )
+    if handle.shipment is not None:
+        shipment = handle.shipment
+        how = "sent" if shipment.sent else "already on the broker, not sent again"
+        bar.finish(f"shipped {shipment.files} entries, {shipment.size / 1e6:.1f} MB, sha256 {shipment.sha256}: {how}")
     async with handle:
         first = handle.latest or {}
         if not args.wait:

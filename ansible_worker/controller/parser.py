@@ -113,6 +113,18 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
         metavar="NAME",
         help="run with the worker's credential NAME (an SSH key, a vault password, variables); repeatable",
     )
+    source = submit.add_argument_group("where the playbooks come from (default: the workers' playbook directory)")
+    source.add_argument("--project", metavar="NAME", help="a project of the workers' worker.projects")
+    source.add_argument("--revision", metavar="REV", help="a commit, tag or branch of the project to run")
+    source.add_argument(
+        "--ship", type=Path, metavar="DIR", help="send this directory (without .git) with the job and run from it"
+    )
+    source.add_argument(
+        "--ship-retention",
+        type=_positive(int),
+        metavar="SECONDS",
+        help="how long the broker keeps shipped content for later jobs (default 86400)",
+    )
     submit.add_argument("--task-id", help="name the job (default: a new unique id)")
     submit.add_argument("-w", "--wait", action="store_true", help="follow the job live until it ends")
     submit.add_argument("--json", action="store_true", help="print JSON lines for scripts instead of text")

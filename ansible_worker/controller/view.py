@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.spinner import Spinner
 from rich.table import Table
@@ -143,6 +143,16 @@ class JobView:
         self.console.print(Text(line, style=_LINE_STYLES.get(str(event.get("status")), "")), soft_wrap=True)
 
 
+def source_line(status: dict[str, Any]) -> str | None:
+    """What the job ran from, in 80 columns: `from project site at commit 1a2b…`, `shipped sha256 …`."""
+    if status.get("content_sha256"):
+        return f"shipped sha256 {status['content_sha256']}"
+    where = f"project {status['project']}" if status.get("project") else None
+    if status.get("revision"):
+        return f"from {where + ' at ' if where else ''}commit {status['revision']}"
+    return f"from {where}" if where else None
+
+
 def summary(status: dict[str, Any]) -> RenderableType:
     """A few lines that say how a job ended (or where it is)."""
     state = str(status.get("state"))
@@ -155,8 +165,9 @@ def summary(status: dict[str, Any]) -> RenderableType:
         head.append(f"  on {status['worker_id']}")
     if isinstance(status.get("duration_seconds"), int | float):
         head.append(f"  in {status['duration_seconds']:.1f}s")
+    top = Table.grid(padding=(0, 2))
+    top.add_row(head)
     grid = Table.grid(padding=(0, 2))
-    grid.add_row(head)
     grid.add_row(counts(status))
     if status.get("error_message"):
         grid.add_row(Text(str(status["error_message"]), style="red"))
@@ -164,7 +175,11 @@ def summary(status: dict[str, Any]) -> RenderableType:
         grid.add_row(Text(f"output: {json.dumps(status['output'])}"))
     if status.get("events_dropped"):
         grid.add_row(Text(f"{status['events_dropped']} live events were dropped (rate limit)", style="dim"))
-    return grid
+    source = source_line(status)
+    if source is None:
+        return Group(top, grid)
+    # Outside the table and never cut: a digest or commit id is copied whole.
+    return Group(top, Text(source, style="dim", no_wrap=True, overflow="ignore"), grid)
 
 
 def workers_table(workers: list[dict[str, Any]], now: datetime | None = None) -> Table:

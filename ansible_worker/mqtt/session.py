@@ -141,6 +141,19 @@ class BrokerSession:
             raise LinkLost("not connected")
         self._link.publish_nowait(topic, payload)
 
+    async def subscribe_now(self, topic: str, qos: int) -> None:
+        """Subscribe on the current link only, waiting for one; a later link does not renew it.
+
+        For short-lived subscriptions (one retained message wanted now): the caller
+        unsubscribes with `unsubscribe`. Errors: `LinkError` when the link drops first.
+
+        Cancellation: the wait for a link, or for the broker's answer, ends; a subscription
+        the broker made meanwhile stays until `unsubscribe`.
+        """
+        while self._link is None:
+            await self._up.wait()
+        await self._link.subscribe(topic, qos)
+
     async def unsubscribe(self, topic: str) -> None:
         """Stop a subscription now and on every later link. Best effort on the live link.
 

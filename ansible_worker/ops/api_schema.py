@@ -46,6 +46,7 @@ _PARAMETERS = {
     "group": {"description": "worker.group_name"},
     "task_id": {"description": "the job's task_id: 1-128 of A-Z a-z 0-9 . _ -"},
     "worker_id": {"description": "the worker's worker_id"},
+    "sha256": {"description": "SHA-256 of the shipped archive, 64 lowercase hex digits"},
 }
 
 # channel id: address, message, summary, QoS, retained, what the worker does with it.
@@ -95,6 +96,16 @@ _CHANNELS: dict[str, tuple[str, str, str, int, bool, Literal["send", "receive"]]
         1,
         True,
         "send",
+    ),
+    "shippedContent": (
+        "{prefix}/{group}/content/{sha256}",
+        "content",
+        "Content shipped with jobs: a tar archive (no compression) named by its SHA-256, which a"
+        " job gives as content.sha256 and content.size. Retained with an expiry by the controller"
+        " that ships it (once per tree); a worker subscribes only while it fetches one.",
+        1,
+        True,
+        "receive",
     ),
     "workerPresence": (
         "{prefix}/{group}/workers/{worker_id}",
@@ -150,6 +161,14 @@ def asyncapi_document() -> dict[str, Any]:
             "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
         }
         for name, model in _MESSAGE_MODELS.items()
+    }
+    # Not JSON: the archive's bytes as they are, so that no megabytes pass through JSON.
+    messages["content"] = {
+        "name": "content",
+        "title": "ShippedArchive",
+        "summary": "A tar archive of the files a job runs from, without .git.",
+        "contentType": "application/x-tar",
+        "payload": {"type": "string", "format": "binary"},
     }
     return {
         "asyncapi": "3.0.0",

@@ -119,6 +119,45 @@ class HttpSettings(BaseModel):
     host: str = Field("0.0.0.0", min_length=1)  # noqa: S104
 
 
+class ProjectSettings(BaseModel):
+    """A git repository that jobs name by `project`; the worker keeps a bare mirror of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Any URL git fetches from: https://, ssh://, git://, file://, or a path.
+    url: str = Field(min_length=1)
+    branch: str = Field("main", min_length=1, max_length=255)
+    # Seconds a fetch is reused for a job that names a branch or tag (0: fetch for every such job).
+    update_interval: float = Field(0, ge=0)
+    # Whether a job may name a revision other than `branch`.
+    allow_revision: bool = False
+    # A private key for ssh:// URLs; the worker's environment (SSH agent, credential helper) otherwise.
+    key_file: Path | None = None
+    # The host keys that `key_file` connections accept (strict checking); the user's own otherwise.
+    known_hosts: Path | None = None
+    # Set for git only (a credential helper's token, GIT_SSH_COMMAND, ...): never logged.
+    environment: dict[Annotated[str, StringConstraints(pattern=ENVIRONMENT_NAME_PATTERN)], SecretStr] = Field(
+        default_factory=dict
+    )
+    # Seconds a fetch may take; the worker's `git_timeout` when unset.
+    fetch_timeout: float | None = Field(None, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        # A URL that starts with '-' would reach git as an option.
+        if value.startswith("-") or any(ch in value for ch in "\0\n\r"):
+            raise ValueError("must be a git URL or path, not starting with '-'")
+        return value
+
+    @field_validator("key_file", "known_hosts")
+    @classmethod
+    def _check_key_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value.resolve() if value is not None else None
+
+
 class WorkerSettings(BaseModel):
     """What this worker does and how much of it."""
 
@@ -160,6 +199,22 @@ class WorkerSettings(BaseModel):
     # MQTT's message expiry interval is a four-byte integer.
     status_retention: int = Field(604_800, ge=0, le=2**32 - 1)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    # Where jobs' playbooks may come from besides the playbook directory (see sources.py).
+    projects: dict[Annotated[str, StringConstraints(pattern=NAME_PATTERN)], ProjectSettings] = Field(
+        default_factory=dict
+    )
+    # Whether a job may pin a `revision` of the playbook directory when it is a git checkout.
+    allow_revision: bool = False
+    # Shipped content runs whatever a controller sends: off unless asked for.
+    allow_shipped_content: bool = False
+    max_content_bytes: int = Field(268_435_456, ge=1024)
+    max_content_entries: int = Field(20_000, ge=1)
+    content_fetch_timeout: float = Field(30, gt=0)
+    # The cache of run trees (commit snapshots, unpacked content) and project mirrors:
+    # `state_dir`/sources by default, else a directory of the worker's own in the temp directory.
+    source_cache: Path | None = None
+    source_cache_bytes: int = Field(2_147_483_648, ge=0)
+    source_cache_age: float = Field(86_400, ge=0)
     # Values are secrets as far as the worker knows: never logged, summarised by name only.
     environment: dict[Annotated[str, StringConstraints(pattern=ENVIRONMENT_NAME_PATTERN)], SecretStr] = Field(
         default_factory=dict
@@ -197,6 +252,13 @@ class WorkerSettings(BaseModel):
         if value is not None and not value.is_dir():
             raise ValueError(f"not a directory: {value}")
         return value
+
+    @field_validator("source_cache")
+    @classmethod
+    def _check_source_cache(cls, value: Path | None) -> Path | None:
+        if value is None or value.is_dir() or (not value.exists() and value.parent.is_dir()):
+            return value.resolve() if value is not None else None
+        raise ValueError(f"not a directory: {value}")
 
     @field_validator("state_dir")
     @classmethod

@@ -50,6 +50,36 @@ Limit = Annotated[
     AfterValidator(_no_option_like),
     AfterValidator(_no_limit_file),
 ]
+
+
+def _no_dotdot(value: str) -> str:
+    # Git reads `a..b` as a range and `@{` as a reflog selector: neither names one commit.
+    if ".." in value or "@{" in value or value.endswith((".lock", "/", ".")):
+        raise ValueError("must name one commit, tag or branch (no '..', '@{', or a trailing '/', '.' or '.lock')")
+    return value
+
+
+# A commit id (full or abbreviated), a tag or a branch; never an option, range or reflog entry.
+Revision = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/+-]{0,254}$"),
+    AfterValidator(_no_dotdot),
+]
+ProjectName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class ShippedContent(BaseModel):
+    """The tree a job carries: a tar archive retained on `<prefix>/<group>/content/<sha256>`."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    sha256: Annotated[str, StringConstraints(pattern=SHA256_PATTERN)] = Field(
+        description="SHA-256 of the archive, lowercase hex: the topic it is retained on"
+    )
+    size: int = Field(ge=1, description="the archive's length in bytes")
+
+
 # A week: longer than any run a worker should hold, and finite (JSON `Infinity` parses).
 MAX_TIMEOUT_SECONDS = 604_800
 
@@ -84,6 +114,11 @@ class TaskRequest(BaseModel):
     credentials: Annotated[
         list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]], Field(max_length=16)
     ] = Field(default_factory=list, description="names of the worker's credentials the job runs with")
+    # Where the playbooks come from: a project of `worker.projects` (default: the playbook
+    # directory), at a revision, or content shipped with the job.
+    project: ProjectName | None = None
+    revision: Revision | None = None
+    content: ShippedContent | None = None
     # Required by workers with security.require_signed_tasks; checked before this model.
     issued_at: str | None = Field(None, description="RFC 3339 time the message was signed")
     signature: Signature | None = None
@@ -158,6 +193,11 @@ class JobStatus(BaseModel):
     handed_back_by: str | None = None
     last_event_seq: int = 0
     events_dropped: int = 0
+    # What ran: the project (None: the playbook directory), its full commit id, or the
+    # digest of the shipped content.
+    project: str | None = None
+    revision: str | None = None
+    content_sha256: str | None = None
     # A live answer to a message that was refused before anything ran; never retained.
     refused: bool = False
 

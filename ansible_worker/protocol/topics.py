@@ -50,6 +50,19 @@ class Topics:
         """The topic of job `task_id`'s live events."""
         return f"{self.tasks}/{task_id}/events"
 
+    def content(self, sha256: str) -> str:
+        """Where shipped content is retained, addressed by the SHA-256 of its archive."""
+        return f"{self.prefix}/{self.group}/content/{sha256}"
+
+    @property
+    def clients_prefix(self) -> str:
+        """The start of every client's private topics."""
+        return f"{self.prefix}/{self.group}/clients/"
+
+    def client_sync(self, client_id: str, marker: str) -> str:
+        """A client's private topic, to learn when the broker has sent every retained message."""
+        return f"{self.prefix}/{self.group}/clients/{client_id}/sync/{marker}"
+
     def worker(self, worker_id: str) -> str:
         """The retained presence topic of worker `worker_id`."""
         return f"{self.prefix}/{self.group}/workers/{worker_id}"

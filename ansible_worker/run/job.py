@@ -12,12 +12,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
-from pydantic import SecretStr
 
-from ansible_worker.ops.credentials import MIN_SECRET_LENGTH, EnvCredential, SshCredential, VaultCredential
+from ansible_worker.ops.credentials import MIN_SECRET_LENGTH
 from ansible_worker.ops.logging_setup import current_task_id
 from ansible_worker.ops.logging_setup import secrets as log_secrets
 from ansible_worker.ops.metrics import WorkerMetrics
@@ -43,6 +42,11 @@ from ansible_worker.run.output_tail import OutputTail
 from ansible_worker.run.policy import JobPolicy
 from ansible_worker.run.process_group import ExitRecord, run_with_output
 from ansible_worker.run.progress import STATUS_EVENTS, Progress
+from ansible_worker.run.sources import ContentSource, JobSources, RunTree
+
+if TYPE_CHECKING:
+    # For its type only: the run layer never loads the settings module itself.
+    from ansible_worker.ops.config import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -71,30 +75,6 @@ class EventSink(Protocol):
         """Send one callback event on `stream`, or count it dropped."""
 
 
-class RunnerSettings(Protocol):
-    """The settings a runner reads (the worker's `worker` section has them all)."""
-
-    playbook_directory: Path
-    run_directory: Path | None
-    task_timeout: float
-    kill_grace: float
-    output_limit_bytes: int
-    events_per_second: float
-    git_path: str
-    git_timeout: float
-    ansible_playbook_path: str
-    environment: dict[str, SecretStr]
-    allowed_playbooks: list[str] | None
-    allowed_inventories: list[str] | None
-    allow_inline_inventory: bool
-    max_verbosity: int
-    max_extra_vars_bytes: int
-    max_extra_vars_depth: int
-    allowed_special_vars: list[str]
-    credentials: dict[str, SshCredential | VaultCredential | EnvCredential]
-    known_hosts: Path | None
-
-
 @dataclass(eq=False)
 class Job:
     """One accepted job and everything known about it so far."""
@@ -120,6 +100,8 @@ class Job:
     # The job's secrets (its credentials', the worker's environment's), masked in what it reports.
     masker: Masker = field(default_factory=lambda: Masker(()))
     handed_back: bool = False
+    # The tree it runs from, once known: what its status reports as having run.
+    tree: RunTree | None = None
     done: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -170,6 +152,9 @@ class Job:
             cancelled_by=self.cancelled_by,
             last_event_seq=self.events.last_seq if self.events else 0,
             events_dropped=self.events.dropped if self.events else 0,
+            project=self.tree.project if self.tree else self.request.project,
+            revision=self.tree.revision if self.tree else None,
+            content_sha256=self.request.content.sha256 if self.request.content else None,
         )
 
     def finish(self, state: State, error_message: str | None = None) -> None:
@@ -185,7 +170,7 @@ class JobRunner:
 
     def __init__(
         self,
-        settings: RunnerSettings,
+        settings: WorkerSettings,
         statuses: StatusSink,
         *,
         topics: Topics,
@@ -193,6 +178,7 @@ class JobRunner:
         on_transition: Callable[[], None] = lambda: None,
         hidden_values: Collection[str] = (),
         metrics: WorkerMetrics | None = None,
+        content: ContentSource | None = None,
     ) -> None:
         self.settings = settings
         self.statuses = statuses
@@ -224,6 +210,8 @@ class JobRunner:
             for value in [*(secret.get_secret_value() for secret in settings.environment.values()), *hidden_values]
             if len(value) >= MIN_SECRET_LENGTH
         ]
+        # Where each job's playbooks come from; `content` fetches what jobs ship.
+        self.sources = JobSources(settings, environment=self._child_environment, content=content)
         # Found once, with the PATH the jobs get; the default name falls back to the worker's own environment.
         self.ansible_playbook = find_ansible_playbook(settings.ansible_playbook_path, self._child_environment)
         if self.ansible_playbook.path is None:
@@ -242,9 +230,13 @@ class JobRunner:
         refusal = credential_error(request.credentials, request.playbook, self.settings.credentials)
         if refusal is not None:
             return refusal
+        source_error = self.sources.admission_error(request)
+        if source_error is not None:
+            return source_error
         try:
             self.policy.check_request(request)
-            if not request.git_pull:
+            # A snapshot's or shipped tree's files are known only once it is made.
+            if not request.git_pull and self.sources.uses_playbook_directory(request):
                 playbook = resolve_playbook(base, request.playbook)
                 inventory = resolve_inventory(base, request.inventory)
                 self.policy.check_paths(base, playbook, inventory)
@@ -331,10 +323,18 @@ class JobRunner:
 
     async def _run(self, job: Job) -> tuple[State, str | None]:
         request = job.request
-        base = self.settings.playbook_directory
         self.policy.check_request(request)
-        if request.git_pull:
+        if request.git_pull and request.project is None:
             await self._git_pull(job)
+        async with self.sources.open_tree(request) as tree:
+            job.tree = tree
+            if tree.revision is not None or tree.content_sha256 is not None:
+                # Said as soon as it is known, not only at the end.
+                self.statuses.post(job.status())
+            return await self._run_in(job, tree.path.resolve())
+
+    async def _run_in(self, job: Job, base: Path) -> tuple[State, str | None]:
+        request = job.request
         playbook = resolve_playbook(base, request.playbook)
         inventory = resolve_inventory(base, request.inventory)
         self.policy.check_paths(base, playbook, inventory)
@@ -357,15 +357,15 @@ class JobRunner:
                 ) as injection:
                     job.masker = Masker([*self._worker_secrets, *injection.secrets])
                     with log_secrets.masking(job.masker.text):
-                        returncode, tail = await self._run_ansible(job, run_dir, fifo, marker, argv, injection)
+                        returncode, tail = await self._run_ansible(job, base, fifo, marker, argv, injection)
             finally:
                 fifo.close()
         return self._judge(job, returncode, tail, fifo)
 
     async def _run_ansible(
-        self, job: Job, run_dir: Path, fifo: EventFifo, marker: tuple[str, str], argv: list[str], injection: Injection
+        self, job: Job, base: Path, fifo: EventFifo, marker: tuple[str, str], argv: list[str], injection: Injection
     ) -> tuple[int, OutputTail]:
-        """Run ansible-playbook for `job` with its credentials; its exit code and output tail."""
+        """Run ansible-playbook for `job` in its tree `base`, with its credentials; its exit code and output tail."""
         # The credentials' options go before the `--` that ends them.
         argv = [*argv[:-2], *injection.argv, *argv[-2:]]
         env = ansible_environment({**self._child_environment, **injection.env}, fifo.path)
@@ -374,7 +374,7 @@ class JobRunner:
         try:
             returncode = await run_with_output(
                 argv,
-                cwd=self.settings.playbook_directory,
+                cwd=base,
                 env=env,
                 marker=marker,
                 kill_grace=self.settings.kill_grace,

@@ -83,6 +83,21 @@ def _credentials(settings: Settings) -> str:
     return "; ".join(describe(name, credential) for name, credential in sorted(credentials.items()))
 
 
+def _sources(settings: Settings) -> str:
+    """Where jobs' playbooks may come from: projects (names and URLs, no credentials), shipping, the cache."""
+    from ansible_worker.run.git_source import redacted
+    from ansible_worker.run.sources import cache_root
+
+    worker = settings.worker
+    projects = ", ".join(f"{name} ({redacted(project.url)})" for name, project in sorted(worker.projects.items()))
+    shipping = "allowed" if worker.allow_shipped_content else "off"
+    root, temporary = cache_root(worker)
+    return (
+        f"projects: {projects or '(none)'}; shipped content {shipping};"
+        f" cache {root}{' (removed at exit)' if temporary else ''}"
+    )
+
+
 def _http(settings: Settings) -> str:
     http = settings.worker.http
     if http.port is None:
@@ -148,6 +163,7 @@ def summarize(settings: Settings, path: Path | None) -> str:
         f"  extra_vars    {describe_allowed(worker.allowed_special_vars)}",
         f"  signatures    {_signatures(settings)}",
         f"  http          {_http(settings)}",
+        f"  sources       {_sources(settings)}",
         "",
         f"  jobs from     {topics.tasks_subscription(shared=worker.shared_subscription)}",
         f"  status on     {topics.status('<task_id>')} (retained)",

@@ -9,11 +9,12 @@ import trio
 from ansible_worker.mqtt.options import InboundMessage
 from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.worker.admission import Admission
+from ansible_worker.worker.content_fetcher import ContentFetcher
 from ansible_worker.worker.dispatcher import Dispatcher
 from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.peers import PeerBook
-from ansible_worker.worker.router import Action, Cancel, Claim, HearClaim, HearPeer, Ignore, Refuse, Router
+from ansible_worker.worker.router import Action, Cancel, Claim, HearClaim, HearContent, HearPeer, Ignore, Refuse, Router
 from ansible_worker.worker.status_path import StatusPath
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class MessageHandler:
         self,
         router: Router,
         *,
+        content: ContentFetcher,
         claims: GroupClaims,
         dispatcher: Dispatcher,
         admission: Admission,
@@ -36,6 +38,7 @@ class MessageHandler:
         shutdown: trio.Event,
     ) -> None:
         self.router = router
+        self.content = content
         self.worker_id = router.worker_id
         self.claims = claims
         self.dispatcher = dispatcher
@@ -78,6 +81,8 @@ class MessageHandler:
                 self.claims.hear(task_id, message)
             case HearPeer(worker_id, payload):
                 self.peers.hear(worker_id, payload)
+            case HearContent(message):
+                self.content.hear(message)
             case Ignore(reason, task_id, level, refused):
                 if refused:
                     self.metrics.messages_refused += 1

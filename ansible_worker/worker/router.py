@@ -95,6 +95,13 @@ class HearClaim:
 
 
 @dataclass(frozen=True, slots=True)
+class HearContent:
+    """Shipped content, or the marker that ends a fetch of it: the content fetcher waits for these."""
+
+    message: InboundMessage
+
+
+@dataclass(frozen=True, slots=True)
 class HearPeer:
     """Another worker's presence."""
 
@@ -102,7 +109,7 @@ class HearPeer:
     payload: bytes
 
 
-Action = Claim | Refuse | Ignore | Cancel | HearClaim | HearPeer
+Action = Claim | Refuse | Ignore | Cancel | HearClaim | HearContent | HearPeer
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +128,8 @@ class Router:
     def route(self, message: InboundMessage, state: WorkerView) -> Action:
         """The action for `message`; never raises on what the network sends."""
         topics = self.topics
+        if message.topic.startswith((topics.content(""), topics.clients_prefix)):
+            return HearContent(message)
         if message.topic == topics.tasks:
             return self.route_task(message.payload, state)
         task_id = topics.task_id_of_cancel(message.topic)

@@ -16,6 +16,7 @@ from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.job import JobRunner
 from ansible_worker.worker.admission import Admission
 from ansible_worker.worker.claim_keeper import ClaimKeeper
+from ansible_worker.worker.content_fetcher import ContentFetcher
 from ansible_worker.worker.dispatcher import Dispatcher
 from ansible_worker.worker.event_publisher import EventPublisher
 from ansible_worker.worker.group_claims import GroupClaims
@@ -108,6 +109,9 @@ class Worker:
         )
         self.events = EventPublisher(self.session, qos=worker.events_qos) if worker.publish_events else None
         self.changes = Changes()
+        self.content = ContentFetcher(
+            self.session, self.topics, client_id=self.session.options.client_id, timeout=worker.content_fetch_timeout
+        )
         password = settings.mqtt.password
         self.runner = JobRunner(
             worker,
@@ -117,6 +121,7 @@ class Worker:
             on_transition=self.changes.ring,
             hidden_values=[password.get_secret_value()] if password is not None else [],
             metrics=self.metrics,
+            content=self.content,
         )
         self.dispatcher = Dispatcher(
             self.runner,
@@ -162,6 +167,7 @@ class Worker:
         )
         self.messages = MessageHandler(
             _router(settings, self.topics, self.claims, self.runner),
+            content=self.content,
             claims=self.claims,
             dispatcher=self.dispatcher,
             admission=self.admission,
@@ -224,6 +230,7 @@ class Worker:
             infrastructure.cancel_scope.cancel()
         if self.journal is not None:
             self.journal.close()
+        self.runner.sources.discard_temporary()
         log.info("worker %s stopped", self.worker_id)
 
     def readiness(self) -> str | None:

@@ -18,7 +18,6 @@ from tests.conftest import (
     free_port,
     make_settings,
     open_controller,
-    processes_mentioning,
     running_worker,
     worker_config,
     worker_process,
@@ -93,8 +92,21 @@ def inventory(playbook_dir: Path, hosts: list[SshHost], *extra: str) -> str:
     return "ssh.ini"
 
 
-def agents() -> list[str]:
-    return processes_mentioning("ssh-agent -D -a")
+def agents_of(runs: Path) -> list[int]:
+    """The ssh-agents started for runs under `runs` that are still alive (they carry the run's marker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            marked = f"ANSIBLE_WORKER_EVENT_FIFO={runs}".encode()
+            if (
+                entry.name.isdigit()
+                and b"ssh-agent" in (entry / "cmdline").read_bytes()
+                and marked in (entry / "environ").read_bytes()
+            ):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 async def test_a_key_with_a_passphrase_runs_hosts_in_parallel_and_leaves_nothing(
@@ -149,7 +161,7 @@ async def test_a_key_with_a_passphrase_runs_hosts_in_parallel_and_leaves_nothing
     assert starts["web2"] < ends["web1"]
     assert seen_files, "the watcher saw the run directory"
     assert leaked == []
-    assert agents() == []
+    assert agents_of(runs) == []
     assert list(runs.iterdir()) == []
 
 

@@ -1,0 +1,171 @@
+"""Check and unpack the tar archive a job ships, refusing anything that could leave its directory."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import posixpath
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from ansible_worker.run.command import JobRefusedError
+
+# Bytes hashed or written between checkpoints: about a millisecond of work each.
+_CHUNK = 1 << 20
+
+
+class ContentRefused(JobRefusedError):
+    """Shipped content that the worker will not unpack; the message names the entry and the rule."""
+
+
+@dataclass(frozen=True)
+class ContentLimits:
+    """Bounds on an archive once unpacked: bytes of file data, and entries of any kind."""
+
+    max_bytes: int
+    max_entries: int
+
+
+async def check_digest(data: bytes, *, sha256: str, size: int) -> None:
+    """Refuse `data` unless it is `size` bytes whose SHA-256 is `sha256`.
+
+    Cancellation: a plain checkpoint after every megabyte hashed.
+    """
+    if len(data) != size:
+        raise ContentRefused(f"shipped content {sha256[:12]} has {len(data)} bytes, not the {size} the job names")
+    digest = hashlib.sha256()
+    view = memoryview(data)
+    for start in range(0, len(view), _CHUNK):
+        digest.update(view[start : start + _CHUNK])
+        await trio.lowlevel.checkpoint()
+    if digest.hexdigest() != sha256:
+        raise ContentRefused(f"shipped content does not match its digest: sha256 {digest.hexdigest()}, not {sha256}")
+
+
+def _clean_name(name: str) -> str:
+    """The entry's path inside the tree, or a refusal for an absolute path or a `..`."""
+    if name.startswith("/"):
+        raise ContentRefused(f"shipped content refused: {name[:200]!r} is an absolute path")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ContentRefused(f"shipped content refused: {name[:200]!r} contains '..'")
+    if "\0" in name:
+        raise ContentRefused("shipped content refused: an entry name contains NUL")
+    return "/".join(parts)
+
+
+def plan(archive: tarfile.TarFile, limits: ContentLimits) -> list[tuple[str, tarfile.TarInfo]]:
+    """Every entry of `archive` with its clean path, checked before anything is written.
+
+    Refused: absolute paths, `..`, hard links, devices, FIFOs and other special files,
+    symbolic links that are absolute or lead outside the tree, entries under a symbolic
+    link, an entry named twice, and more than `limits` allow.
+    """
+    entries: list[tuple[str, tarfile.TarInfo]] = []
+    names: set[str] = set()
+    links: set[str] = set()
+    total = 0
+    for member in archive:
+        if len(entries) >= limits.max_entries:
+            raise ContentRefused(f"shipped content refused: more than {limits.max_entries} entries")
+        name = _clean_name(member.name)
+        if not name:
+            if member.isdir():
+                continue
+            raise ContentRefused(f"shipped content refused: {member.name[:200]!r} names the tree itself")
+        if name in names:
+            raise ContentRefused(f"shipped content refused: {name[:200]!r} appears twice")
+        parents = name.split("/")[:-1]
+        if any("/".join(parents[: depth + 1]) in links for depth in range(len(parents))):
+            raise ContentRefused(f"shipped content refused: {name[:200]!r} lies under a symbolic link")
+        if member.issym():
+            target = member.linkname
+            if target.startswith("/"):
+                raise ContentRefused(f"shipped content refused: symbolic link {name[:200]!r} is absolute")
+            joined = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+            if joined == ".." or joined.startswith("../"):
+                raise ContentRefused(f"shipped content refused: symbolic link {name[:200]!r} leads outside the tree")
+            links.add(name)
+        elif member.islnk():
+            raise ContentRefused(f"shipped content refused: {name[:200]!r} is a hard link")
+        elif member.isreg():
+            total += member.size
+            if total > limits.max_bytes:
+                raise ContentRefused(f"shipped content refused: more than {limits.max_bytes} bytes once unpacked")
+        elif not member.isdir():
+            raise ContentRefused(f"shipped content refused: {name[:200]!r} is a device, FIFO or other special file")
+        names.add(name)
+        entries.append((name, member))
+    return entries
+
+
+async def unpack(data: bytes, target: Path, limits: ContentLimits) -> None:
+    """Unpack the tar archive `data` into the empty directory `target`.
+
+    Every entry is checked first (`plan`), so a refused archive writes nothing. Files are
+    created new (never through a link), with their modes but never setuid, setgid or
+    sticky; directories and files stay readable by the worker. Symbolic links come last
+    and are checked once more against the real tree. The caller removes `target` when
+    this raises.
+
+    Cancellation: a plain checkpoint after every megabyte written.
+    """
+    try:
+        archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:")  # noqa: SIM115 - closed below
+        entries = plan(archive, limits)
+    except tarfile.TarError as exc:
+        raise ContentRefused(f"shipped content is not a valid tar archive: {exc}") from None
+    with archive:
+        root = _real(target)
+        modes: list[tuple[str, int]] = []
+        for name, member in entries:
+            path = os.path.join(root, name)
+            if member.isdir():
+                os.makedirs(path, mode=0o700, exist_ok=True)
+                modes.append((path, (member.mode & 0o777) | 0o700))
+            elif member.isreg():
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                await _write_file(archive, member, path)
+        for name, member in entries:
+            if member.issym():
+                path = os.path.join(root, name)
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                os.symlink(member.linkname, path)
+                if not _inside(root, path):
+                    raise ContentRefused(
+                        f"shipped content refused: symbolic link {name[:200]!r} leads outside the tree"
+                    )
+        for path, mode in reversed(modes):
+            os.chmod(path, mode)
+
+
+def _real(path: str | Path) -> str:
+    # Synchronous on purpose: a few stat calls, no waiting.
+    return os.path.realpath(path)
+
+
+def _inside(root: str, path: str) -> bool:
+    """Whether `path`, with every link resolved on disk, is `root` or lies under it."""
+    real = _real(path)
+    return real == root or real.startswith(root + os.sep)
+
+
+async def _write_file(archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
+    source = archive.extractfile(member)
+    if source is None:  # pragma: no cover - a regular member always has a file
+        raise ContentRefused(f"shipped content refused: {member.name[:200]!r} cannot be read")
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        while chunk := source.read(_CHUNK):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(descriptor, view) :]
+            await trio.lowlevel.checkpoint()
+    finally:
+        os.close(descriptor)
+    # Modes are kept, but never setuid, setgid or sticky, and always readable by the worker.
+    os.chmod(path, (member.mode & 0o777) | 0o400)

@@ -1,0 +1,214 @@
+"""Decide where a job's playbooks come from and lease it an immutable tree: a commit snapshot or shipped content."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from ansible_worker.protocol.models import ShippedContent, TaskRequest
+from ansible_worker.run.command import JobRefusedError
+from ansible_worker.run.git_source import (
+    Git,
+    GitFailed,
+    ProjectMirror,
+    environment_without,
+    git_directory_of,
+    mirror_path,
+    ssh_command_for,
+)
+from ansible_worker.run.run_trees import TreeCache, remove_tree
+from ansible_worker.run.shipped_content import ContentLimits, check_digest, unpack
+
+if TYPE_CHECKING:
+    # For its type only: the run layer never loads the settings module itself.
+    from ansible_worker.ops.config import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+# Git reads these before its own options: from the worker's environment they would point
+# every command at another repository or index.
+_GIT_LOCATION_VARIABLES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_NAMESPACE")
+
+
+class ContentSource(Protocol):
+    """Where shipped content is fetched from (the broker, through the worker's session)."""
+
+    async def fetch(self, sha256: str, size: int) -> bytes:
+        """The archive retained for `sha256`; raises `JobRefusedError` when it is not there.
+
+        Cancellation: the wait ends; nothing is left subscribed.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class RunTree:
+    """The directory a job runs from, and what the status says about it."""
+
+    path: Path
+    project: str | None = None
+    revision: str | None = None
+    content_sha256: str | None = None
+
+
+def cache_root(settings: WorkerSettings) -> tuple[Path, bool]:
+    """Where trees and mirrors are kept, and whether that place lasts only as long as the process.
+
+    `worker.source_cache`, else `state_dir`/sources, else a directory of this worker's in
+    the temp directory, removed when the worker stops.
+    """
+    if settings.source_cache is not None:
+        return settings.source_cache, False
+    if settings.state_dir is not None:
+        return settings.state_dir / "sources", False
+    return Path(tempfile.gettempdir()) / f"ansible-worker-sources-{settings.worker_id}", True
+
+
+class JobSources:
+    """The sources a worker offers: its playbook directory, its projects, and shipped content."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        environment: Mapping[str, str],
+        content: ContentSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.content = content
+        self.root, self._temporary = cache_root(settings)
+        self.trees = TreeCache(
+            self.root / "trees", max_bytes=settings.source_cache_bytes, max_age=settings.source_cache_age
+        )
+        self.git = Git(
+            program=settings.git_path,
+            environment=environment_without(environment, *_GIT_LOCATION_VARIABLES),
+            timeout=settings.git_timeout,
+            kill_grace=settings.kill_grace,
+        )
+        self.limits = ContentLimits(max_bytes=settings.max_content_bytes, max_entries=settings.max_content_entries)
+        self.mirrors: dict[str, ProjectMirror] = {}
+        for name, project in settings.projects.items():
+            extra = {key: value.get_secret_value() for key, value in project.environment.items()}
+            if project.key_file is not None:
+                extra.setdefault("GIT_SSH_COMMAND", ssh_command_for(project.key_file, project.known_hosts))
+            self.mirrors[name] = ProjectMirror(
+                name=name,
+                url=project.url,
+                branch=project.branch,
+                path=mirror_path(self.root, name),
+                update_interval=project.update_interval,
+                fetch_timeout=project.fetch_timeout or settings.git_timeout,
+                environment=extra,
+            )
+
+    def discard_temporary(self) -> None:
+        """Remove the cache when it lives in the temp directory (no `state_dir`, no `source_cache`).
+
+        Synchronous: called once, when the worker has stopped and no job holds a tree.
+        """
+        if self._temporary:
+            remove_tree(self.root)
+
+    def uses_playbook_directory(self, request: TaskRequest) -> bool:
+        """Whether the job runs from the live playbook directory, whose paths can be checked now."""
+        return (
+            request.content is None
+            and request.project is None
+            and request.revision is None
+            and git_directory_of(self.settings.playbook_directory) is None
+        )
+
+    def admission_error(self, request: TaskRequest) -> str | None:
+        """Why the job's source cannot be used here, judged from the settings alone; None if it can."""
+        if request.content is not None:
+            if request.project is not None or request.revision is not None or request.git_pull:
+                return "content cannot be combined with project, revision or git_pull"
+            if not self.settings.allow_shipped_content:
+                return "shipped content is not allowed on this worker (worker.allow_shipped_content is false)"
+            if request.content.size > self.settings.max_content_bytes:
+                return (
+                    f"shipped content too large ({request.content.size} bytes,"
+                    f" max {self.settings.max_content_bytes}: worker.max_content_bytes)"
+                )
+            if self.content is None:
+                return "shipped content cannot be fetched by this worker"
+            return None
+        if request.project is not None:
+            project = self.settings.projects.get(request.project)
+            if project is None:
+                return f"unknown project {request.project!r}"
+            if request.revision is not None and not project.allow_revision:
+                return f"revision pinning is not allowed for project {request.project!r}"
+            return None
+        if request.revision is not None and not self.settings.allow_revision:
+            return "revision pinning is not allowed for the playbook directory (worker.allow_revision is false)"
+        return None
+
+    @asynccontextmanager
+    async def open_tree(self, request: TaskRequest) -> AsyncIterator[RunTree]:
+        """Lease the tree `request` runs from, for the length of the block.
+
+        The playbook directory itself when it is not a git checkout; otherwise a snapshot
+        of the commit asked for (the checkout's HEAD by default), of a project's commit, or
+        the shipped content: each cached, read-only, and kept while any job holds it.
+
+        Errors: `JobRefusedError` (its message names the problem) for every source error.
+
+        Cancellation: git and the content fetch are ended; a half-built tree is removed.
+        """
+        error = self.admission_error(request)
+        if error is not None:
+            raise JobRefusedError(error)
+        if request.content is not None:
+            async with self._shipped(request.content) as tree:
+                yield tree
+            return
+        if request.project is not None:
+            mirror = self.mirrors[request.project]
+            commit = await mirror.commit_for(self.git, request.revision, force=request.git_pull)
+            async with self._snapshot(mirror.path, commit) as path:
+                yield RunTree(path, project=request.project, revision=commit)
+            return
+        base = self.settings.playbook_directory
+        git_dir = git_directory_of(base)
+        if git_dir is None:
+            if request.revision is not None:
+                raise JobRefusedError("revision pinning needs the playbook directory to be a git checkout")
+            yield RunTree(base)
+            return
+        wanted = request.revision or "HEAD"
+        found = await self.git.resolve(git_dir, wanted)
+        if found is None:
+            raise GitFailed(f"revision not found in the playbook directory: {wanted!r}")
+        async with self._snapshot(git_dir, found) as path:
+            yield RunTree(path, revision=found)
+
+    @asynccontextmanager
+    async def _snapshot(self, git_dir: Path, commit: str) -> AsyncIterator[Path]:
+        async def build(directory: Path) -> None:
+            log.info("making a run tree of commit %s", commit)
+            await self.git.snapshot(git_dir, commit, directory)
+
+        # A commit id names its files wherever the repository lives: trees are shared by id.
+        async with self.trees.lease(f"git-{commit}", build) as path:
+            yield path
+
+    @asynccontextmanager
+    async def _shipped(self, content: ShippedContent) -> AsyncIterator[RunTree]:
+        source = self.content
+        assert source is not None
+
+        async def build(directory: Path) -> None:
+            data = await source.fetch(content.sha256, content.size)
+            await check_digest(data, sha256=content.sha256, size=content.size)
+            await unpack(data, directory, self.limits)
+            log.info("unpacked shipped content %s (%d bytes)", content.sha256, content.size)
+
+        async with self.trees.lease(f"sha256-{content.sha256}", build) as path:
+            yield RunTree(path, content_sha256=content.sha256)
