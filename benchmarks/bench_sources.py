@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from ansible_worker.controller.client import Client, open_client, target_from_url
+from ansible_worker.protocol.models import ShippedContent
 
 BIN = Path(sys.executable).parent
 ANSIBLE_PLAYBOOK = str(BIN / "ansible-playbook")
@@ -210,19 +211,24 @@ async def timed(client: Client, job: dict[str, Any], *, ship: Path | None = None
     raise RuntimeError("the job's updates ended early")
 
 
+def _write(path: Path, data: bytes) -> None:
+    # Synchronous: a file of a few megabytes, as the worker writes a part.
+    path.write_bytes(data)
+
+
 class LocalContent:
     """Hands the worker's source code an archive from memory: the stage figures leave the broker out."""
 
     def __init__(self) -> None:
         self.archives: dict[str, bytes] = {}
 
-    async def fetch(self, sha256: str, size: int) -> bytes:
-        """The archive stored for `sha256`.
+    async def fetch(self, content: ShippedContent, into: Path) -> None:
+        """Write the archive stored for `content` into `into`.
 
         Cancellation: a plain checkpoint.
         """
         await trio.lowlevel.checkpoint()
-        return self.archives[sha256]
+        _write(into, self.archives[content.sha256])
 
 
 async def stage_figures(root: Path, *, reps: int, small: Path, large: Path, shipped: Path) -> dict[str, Any]:

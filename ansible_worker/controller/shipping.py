@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, TextIO
 
 import trio
 
+from ansible_worker.protocol.models import CONTENT_PART_BYTES
+
 if TYPE_CHECKING:
     from ansible_worker.controller.client import Client
 
@@ -23,7 +25,8 @@ DEFAULT_CONTENT_RETENTION = 86_400
 # Trees smaller than this are packed without a progress bar.
 PROGRESS_FROM_BYTES = 4 << 20
 
-Progress = Callable[[int, int], None]
+# Told (done, total, stage): bytes packed so far, then parts sent so far.
+Progress = Callable[[int, int, str], None]
 
 
 class ShipError(Exception):
@@ -63,7 +66,7 @@ def pack_tree(directory: Path, *, progress: Progress | None = None) -> tuple[byt
     The same tree always gives the same bytes: entries sorted, times, owners and names
     zeroed, so the same tree shipped twice has the same digest and is sent once. Kept:
     file modes (setuid, setgid and sticky bits dropped) and relative symbolic links.
-    `progress(done, total)` is told the bytes of file data packed so far.
+    `progress(done, total, "packing")` is told the bytes of file data packed so far.
 
     Errors: `ShipError` for a file that is neither a regular file, a directory nor a link,
     or that cannot be read.
@@ -102,7 +105,7 @@ def _pack(directory: Path, progress: Progress | None) -> tuple[bytes, int]:
                     archive.addfile(member, source)
                 done += member.size
                 if progress is not None:
-                    progress(done, total)
+                    progress(done, total, "packing")
             else:
                 raise ShipError(f"--ship: {name} is not a regular file, directory or symbolic link")
     return buffer.getvalue(), len(entries)
@@ -115,34 +118,44 @@ async def ship(
     retention: int = DEFAULT_CONTENT_RETENTION,
     progress: Progress | None = None,
 ) -> Shipment:
-    """Pack `directory` and retain it on the content topic of its digest, unless it is there already.
+    """Pack `directory` and retain it, in parts, on the content topics of its digest, unless they are there.
 
-    Whether the broker holds it is learned by subscribing to that topic and waiting for the
-    client's barrier; the archive is sent (QoS 1, retained, expiring after `retention`
-    seconds) only when it is not.
+    Part `n` of the archive (`CONTENT_PART_BYTES` each, the last one shorter) goes to
+    `<prefix>/<group>/content/<sha256>/<n>`. Which parts the broker holds is learned by
+    subscribing to them and waiting for the client's barrier; a part is sent (QoS 1,
+    retained, expiring after `retention` seconds) only when the broker does not hold
+    exactly its bytes. `progress(done, total, stage)` hears of packing, then of sending.
 
-    Cancellation: the subscription is ended; an archive cut off mid-send is not retained.
+    Cancellation: the subscription is ended; the parts already sent stay retained.
     """
     data, files = pack_tree(directory, progress=progress)
     sha256 = hashlib.sha256(data).hexdigest()
-    topic = client.topics.content(sha256)
-    receive = await client.subscribe([topic], qos=1)
+    view = memoryview(data)
+    starts = range(0, len(data), CONTENT_PART_BYTES)
+    receive = await client.subscribe([client.topics.content_parts(sha256)], qos=1)
+    held: set[int] = set()
     try:
         await client.barrier()
-        present = False
         while True:
             try:
                 message = receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-            if len(message.payload) == len(data) and hashlib.sha256(message.payload).hexdigest() == sha256:
-                present = True
+            leaf = message.topic.rpartition("/")[2]
+            if leaf.isdigit() and int(leaf) < len(starts):
+                start = starts[int(leaf)]
+                if message.payload == view[start : start + CONTENT_PART_BYTES]:
+                    held.add(int(leaf))
     finally:
-        await client.unsubscribe([topic], receive)
-    if present:
-        return Shipment(sha256, len(data), files, sent=False)
-    await client.publish(topic, data, qos=1, retain=True, expiry=retention)
-    return Shipment(sha256, len(data), files, sent=True)
+        await client.unsubscribe([client.topics.content_parts(sha256)], receive)
+    missing = [index for index in range(len(starts)) if index not in held]
+    for done, index in enumerate(missing, 1):
+        start = starts[index]
+        part = bytes(view[start : start + CONTENT_PART_BYTES])
+        await client.publish(client.topics.content_part(sha256, index), part, qos=1, retain=True, expiry=retention)
+        if progress is not None:
+            progress(done, len(missing), "sending")
+    return Shipment(sha256, len(data), files, sent=bool(missing))
 
 
 class ProgressBar:
@@ -152,23 +165,27 @@ class ProgressBar:
         self.stream = stream
         self.width = width
         self.active = stream.isatty()
-        self._shown = -1
+        self._shown: tuple[str, int] | None = None
+        self._large = False
 
-    def __call__(self, done: int, total: int) -> None:
-        if not self.active or total < PROGRESS_FROM_BYTES:
+    def __call__(self, done: int, total: int, stage: str) -> None:
+        if stage == "packing":
+            self._large = total >= PROGRESS_FROM_BYTES
+        if not self.active or not self._large or total <= 0:
             return
         percent = done * 100 // total
-        if percent == self._shown:
+        if self._shown == (stage, percent):
             return
-        self._shown = percent
+        self._shown = (stage, percent)
         filled = self.width * done // total
         bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {percent:3d}% packing {done / 1e6:.1f} of {total / 1e6:.1f} MB")
+        amount = f"{done / 1e6:.1f} of {total / 1e6:.1f} MB" if stage == "packing" else f"part {done} of {total}"
+        self.stream.write(f"\r[{bar}] {percent:3d}% {stage} {amount}   ")
         self.stream.flush()
 
     def finish(self, text: str) -> None:
         """Replace the bar (on a terminal) by a line that says what was shipped; the line is written anyway."""
-        if self.active and self._shown >= 0:
+        if self.active and self._shown is not None:
             self.stream.write("\r" + " " * (self.width + 40) + "\r")
         self.stream.write(text + "\n")
         self.stream.flush()

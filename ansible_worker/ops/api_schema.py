@@ -47,6 +47,7 @@ _PARAMETERS = {
     "task_id": {"description": "the job's task_id: 1-128 of A-Z a-z 0-9 . _ -"},
     "worker_id": {"description": "the worker's worker_id"},
     "sha256": {"description": "SHA-256 of the shipped archive, 64 lowercase hex digits"},
+    "part": {"description": "the part's number: 0, 1, 2, ... up to size / 4194304"},
 }
 
 # channel id: address, message, summary, QoS, retained, what the worker does with it.
@@ -98,11 +99,12 @@ _CHANNELS: dict[str, tuple[str, str, str, int, bool, Literal["send", "receive"]]
         "send",
     ),
     "shippedContent": (
-        "{prefix}/{group}/content/{sha256}",
+        "{prefix}/{group}/content/{sha256}/{part}",
         "content",
         "Content shipped with jobs: a tar archive (no compression) named by its SHA-256, which a"
-        " job gives as content.sha256 and content.size. Retained with an expiry by the controller"
-        " that ships it (once per tree); a worker subscribes only while it fetches one.",
+        " job gives as content.sha256 and content.size, in parts of 4 MiB (4194304 bytes; the"
+        " last one shorter) numbered from 0. Retained with an expiry by the controller that ships"
+        " it (only the parts the broker lacks); a worker subscribes only while it fetches one.",
         1,
         True,
         "receive",
@@ -166,7 +168,7 @@ def asyncapi_document() -> dict[str, Any]:
     messages["content"] = {
         "name": "content",
         "title": "ShippedArchive",
-        "summary": "A tar archive of the files a job runs from, without .git.",
+        "summary": "One part of a tar archive of the files a job runs from, without .git.",
         "contentType": "application/x-tar",
         "payload": {"type": "string", "format": "binary"},
     }

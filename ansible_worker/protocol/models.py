@@ -69,8 +69,13 @@ ProjectName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 
+# Shipped archives travel in parts of this size (the last one shorter), one retained message
+# each, so that neither side ever holds a whole large archive in one MQTT message.
+CONTENT_PART_BYTES = 4 * 1024 * 1024
+
+
 class ShippedContent(BaseModel):
-    """The tree a job carries: a tar archive retained on `<prefix>/<group>/content/<sha256>`."""
+    """The tree a job carries: a tar archive retained in parts on `<prefix>/<group>/content/<sha256>/<n>`."""
 
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 
@@ -78,6 +83,11 @@ class ShippedContent(BaseModel):
         description="SHA-256 of the archive, lowercase hex: the topic it is retained on"
     )
     size: int = Field(ge=1, description="the archive's length in bytes")
+
+    @property
+    def parts(self) -> int:
+        """How many parts the archive travels in: parts 0 to parts - 1."""
+        return -(-self.size // CONTENT_PART_BYTES)
 
 
 # A week: longer than any run a worker should hold, and finite (JSON `Infinity` parses).

@@ -51,13 +51,21 @@ class Topics:
         return f"{self.tasks}/{task_id}/events"
 
     def content(self, sha256: str) -> str:
-        """Where shipped content is retained, addressed by the SHA-256 of its archive."""
+        """Where shipped content is retained, addressed by the SHA-256 of its archive (its parts are below)."""
         return f"{self.prefix}/{self.group}/content/{sha256}"
 
     @property
     def clients_prefix(self) -> str:
         """The start of every client's private topics."""
         return f"{self.prefix}/{self.group}/clients/"
+
+    def content_part(self, sha256: str, index: int) -> str:
+        """The retained part `index` (0, 1, 2, ...) of a shipped archive."""
+        return f"{self.content(sha256)}/{index}"
+
+    def content_parts(self, sha256: str) -> str:
+        """Every part of one shipped archive."""
+        return f"{self.content(sha256)}/+"
 
     def client_sync(self, client_id: str, marker: str) -> str:
         """A client's private topic, to learn when the broker has sent every retained message."""

@@ -185,8 +185,11 @@ async def make_read_only(path: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a tree, read-only directories included; synchronous (called when a tree is let go)."""
-    if path.is_symlink() or not path.exists():
+    """Remove a tree (or a file), read-only directories included; synchronous (called when a tree is let go)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+        return
+    if not path.exists():
         return
     for directory, _dirs, _files in os.walk(path):
         with suppress(FileNotFoundError):

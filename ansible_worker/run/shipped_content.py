@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import posixpath
 import tarfile
@@ -30,18 +29,21 @@ class ContentLimits:
     max_entries: int
 
 
-async def check_digest(data: bytes, *, sha256: str, size: int) -> None:
-    """Refuse `data` unless it is `size` bytes whose SHA-256 is `sha256`.
+async def check_digest(archive: Path, *, sha256: str, size: int) -> None:
+    """Refuse the file `archive` unless it is `size` bytes whose SHA-256 is `sha256`.
+
+    Read a megabyte at a time, so a large archive never sits in memory.
 
     Cancellation: a plain checkpoint after every megabyte hashed.
     """
-    if len(data) != size:
-        raise ContentRefused(f"shipped content {sha256[:12]} has {len(data)} bytes, not the {size} the job names")
     digest = hashlib.sha256()
-    view = memoryview(data)
-    for start in range(0, len(view), _CHUNK):
-        digest.update(view[start : start + _CHUNK])
-        await trio.lowlevel.checkpoint()
+    with archive.open("rb") as source:
+        length = os.fstat(source.fileno()).st_size
+        if length != size:
+            raise ContentRefused(f"shipped content {sha256[:12]} has {length} bytes, not the {size} the job names")
+        while chunk := source.read(_CHUNK):
+            digest.update(chunk)
+            await trio.lowlevel.checkpoint()
     if digest.hexdigest() != sha256:
         raise ContentRefused(f"shipped content does not match its digest: sha256 {digest.hexdigest()}, not {sha256}")
 
@@ -103,8 +105,8 @@ def plan(archive: tarfile.TarFile, limits: ContentLimits) -> list[tuple[str, tar
     return entries
 
 
-async def unpack(data: bytes, target: Path, limits: ContentLimits) -> None:
-    """Unpack the tar archive `data` into the empty directory `target`.
+async def unpack(archive_path: Path, target: Path, limits: ContentLimits) -> None:
+    """Unpack the tar archive in the file `archive_path` into the empty directory `target`.
 
     Every entry is checked first (`plan`), so a refused archive writes nothing. Files are
     created new (never through a link), with their modes but never setuid, setgid or
@@ -115,11 +117,14 @@ async def unpack(data: bytes, target: Path, limits: ContentLimits) -> None:
     Cancellation: a plain checkpoint after every megabyte written.
     """
     try:
-        archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:")  # noqa: SIM115 - closed below
-        entries = plan(archive, limits)
+        archive = tarfile.open(archive_path, mode="r:")  # noqa: SIM115 - closed by the block below
     except tarfile.TarError as exc:
         raise ContentRefused(f"shipped content is not a valid tar archive: {exc}") from None
     with archive:
+        try:
+            entries = plan(archive, limits)
+        except tarfile.TarError as exc:
+            raise ContentRefused(f"shipped content is not a valid tar archive: {exc}") from None
         root = _real(target)
         modes: list[tuple[str, int]] = []
         for name, member in entries:

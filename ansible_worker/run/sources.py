@@ -38,8 +38,10 @@ _GIT_LOCATION_VARIABLES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OB
 class ContentSource(Protocol):
     """Where shipped content is fetched from (the broker, through the worker's session)."""
 
-    async def fetch(self, sha256: str, size: int) -> bytes:
-        """The archive retained for `sha256`; raises `JobRefusedError` when it is not there.
+    async def fetch(self, content: ShippedContent, into: Path) -> None:
+        """Write the archive `content` names into the new file `into`; `JobRefusedError` when it cannot.
+
+        The caller checks the digest and removes the file.
 
         Cancellation: the wait ends; nothing is left subscribed.
         """
@@ -205,9 +207,14 @@ class JobSources:
         assert source is not None
 
         async def build(directory: Path) -> None:
-            data = await source.fetch(content.sha256, content.size)
-            await check_digest(data, sha256=content.sha256, size=content.size)
-            await unpack(data, directory, self.limits)
+            # Beside the tree being built, never inside it, and removed whatever happens.
+            archive = directory.with_name(directory.name + ".tar")
+            try:
+                await source.fetch(content, archive)
+                await check_digest(archive, sha256=content.sha256, size=content.size)
+                await unpack(archive, directory, self.limits)
+            finally:
+                archive.unlink(missing_ok=True)
             log.info("unpacked shipped content %s (%d bytes)", content.sha256, content.size)
 
         async with self.trees.lease(f"sha256-{content.sha256}", build) as path:

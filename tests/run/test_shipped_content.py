@@ -20,7 +20,8 @@ import pytest
 import trio
 
 from ansible_worker.controller.shipping import ShipError, pack_tree
-from ansible_worker.mqtt.link import LinkOptions, open_mqtt_link
+from ansible_worker.mqtt.link import LinkOptions, MqttLink, open_mqtt_link
+from ansible_worker.protocol.models import CONTENT_PART_BYTES
 from ansible_worker.protocol.signing import Signer
 from tests.conftest import (
     PLAYBOOKS,
@@ -96,7 +97,7 @@ async def test_a_job_runs_from_shipped_content_and_the_same_tree_is_sent_once(
         client_for(broker, group) as client,
     ):
         # Counts what is published on the content topics from now on (live, not retained copies).
-        await watcher.subscribe(f"ansible/{group}/content/+", 1)
+        await watcher.subscribe(f"ansible/{group}/content/+/+", 1)
         await wait_online(client, worker.worker_id)
         first = await client.submit({"task_id": "ship-1", **JOB}, ship=tree)
         final = await first.wait()
@@ -122,6 +123,18 @@ async def test_a_job_runs_from_shipped_content_and_the_same_tree_is_sent_once(
     assert not (unpacked / ".git").exists()
     assert (unpacked / "files" / "run.sh").stat().st_mode & 0o7777 == 0o555
     assert (unpacked / "link.txt").readlink() == Path("message.txt")
+
+
+async def publish_content(
+    link: MqttLink, group: str, data: bytes, *, digest: str | None = None, only: set[int] | None = None
+) -> str:
+    """Retain `data` in parts, as `submit --ship` does (under another digest, or only some parts, when asked)."""
+    digest = digest or hashlib.sha256(data).hexdigest()
+    for index, start in enumerate(range(0, len(data), CONTENT_PART_BYTES)):
+        if only is None or index in only:
+            part = data[start : start + CONTENT_PART_BYTES]
+            await link.publish(f"ansible/{group}/content/{digest}/{index}", part, qos=1, retain=True)
+    return digest
 
 
 def archive(add: Callable[[tarfile.TarFile], None]) -> bytes:
@@ -191,7 +204,7 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         "shipped content refused: 'pipe' is a device, FIFO or other special file",
     ),
     "too-many": (archive(many_entries(30)), "shipped content refused: more than 20 entries"),
-    "too-big": (claims_huge_file(), "shipped content refused: more than 1048576 bytes once unpacked"),
+    "too-big": (claims_huge_file(), "shipped content refused: more than 8388608 bytes once unpacked"),
 }
 
 
@@ -201,26 +214,40 @@ async def test_hostile_archives_are_refused_and_leave_nothing(
     group = "g-hostile"
     state = tmp_path / "state"
     settings = worker_settings(
-        broker, empty_playbooks, group, state, max_content_entries=20, max_content_bytes=1_048_576
+        broker, empty_playbooks, group, state, max_content_entries=20, max_content_bytes=8_388_608
     )
     async with open_controller(broker, group) as controller, running_worker(settings):
         for task_id, (data, _) in HOSTILE.items():
-            digest = hashlib.sha256(data).hexdigest()
-            await controller.link.publish(f"ansible/{group}/content/{digest}", data, qos=1, retain=True)
+            digest = await publish_content(controller.link, group, data)
             await controller.submit({"task_id": task_id, **JOB, "content": {"sha256": digest, "size": len(data)}})
         # Published under the digest of other bytes: a changed archive.
         honest, changed = archive(lambda tar: None), archive(file_entry("extra.txt"))
-        digest = hashlib.sha256(honest).hexdigest()
-        await controller.link.publish(f"ansible/{group}/content/{digest}", changed, qos=1, retain=True)
+        digest = await publish_content(controller.link, group, changed, digest=hashlib.sha256(honest).hexdigest())
         await controller.submit({"task_id": "changed", **JOB, "content": {"sha256": digest, "size": len(changed)}})
         missing = "0" * 64
         await controller.submit({"task_id": "missing", **JOB, "content": {"sha256": missing, "size": 10}})
-        finals = {task_id: await controller.wait_terminal(task_id) for task_id in [*HOSTILE, "changed", "missing"]}
+        # Two parts named, one retained.
+        big = bytes(CONTENT_PART_BYTES + 10)
+        partial = await publish_content(controller.link, group, big, only={0})
+        await controller.submit({"task_id": "partial", **JOB, "content": {"sha256": partial, "size": len(big)}})
+        # A part longer than the archive the job names.
+        small = archive(file_entry("pad.txt"))
+        padded = await publish_content(controller.link, group, small + b"x", digest=hashlib.sha256(small).hexdigest())
+        await controller.submit({"task_id": "padded", **JOB, "content": {"sha256": padded, "size": len(small)}})
+        waited = [*HOSTILE, "changed", "missing", "partial", "padded"]
+        finals = {task_id: await controller.wait_terminal(task_id) for task_id in waited}
     for task_id, (_, message) in HOSTILE.items():
         assert finals[task_id]["state"] == "failed", task_id
         assert finals[task_id]["error_message"] == message, task_id
     assert finals["changed"]["error_message"].startswith("shipped content does not match its digest: sha256 ")
     assert finals["missing"]["error_message"] == f"shipped content not found on the broker: sha256 {missing}"
+    assert (
+        finals["partial"]["error_message"]
+        == f"shipped content sha256 {partial} is incomplete on the broker: 1 of 2 parts"
+    )
+    assert finals["padded"]["error_message"] == (
+        f"shipped content sha256 {padded}: part 0 has {len(small) + 1} bytes, not {len(small)}"
+    )
     assert cache_entries(state) == []
     assert not (tmp_path / "escape.txt").exists()
     assert list((tmp_path / "runs").iterdir()) == []
@@ -233,7 +260,7 @@ async def test_shipping_disabled_is_refused(broker: Broker, tree: Path, empty_pl
     digest = hashlib.sha256(data).hexdigest()
     settings = worker_settings(broker, empty_playbooks, group, state, allow_shipped_content=False)
     async with open_controller(broker, group) as controller, running_worker(settings):
-        await controller.link.publish(f"ansible/{group}/content/{digest}", data, qos=1, retain=True)
+        await publish_content(controller.link, group, data)
         await controller.submit({"task_id": "off", **JOB, "content": {"sha256": digest, "size": len(data)}})
         final = await controller.wait_terminal("off")
     assert final["state"] == "failed"
@@ -256,7 +283,7 @@ async def test_signed_job_whose_content_was_changed_is_refused(
     settings = worker_settings(broker, empty_playbooks, group, state, security=require_signatures(keys))
     signer = Signer.from_file(keys / "alice.key")
     async with open_controller(broker, group) as controller, running_worker(settings):
-        await controller.link.publish(f"ansible/{group}/content/{other_digest}", other, qos=1, retain=True)
+        await publish_content(controller.link, group, other)
         signed = signer.sign(
             f"ansible/{group}/tasks",
             {"task_id": "signed-ship", **JOB, "content": {"sha256": digest, "size": len(data)}},
