@@ -37,6 +37,7 @@ from ansible_worker.run.output_tail import OutputTail
 from ansible_worker.run.policy import JobPolicy
 from ansible_worker.run.process_group import ExitRecord, run_with_output
 from ansible_worker.run.progress import Progress
+from ansible_worker.run.warm_pool import WarmPool, open_warm_pool
 from ansible_worker.worker.event_publisher import EventPublisher, EventStream
 from ansible_worker.worker.outbox import StatusOutbox
 
@@ -172,6 +173,8 @@ class JobRunner:
         )
         self._git_lock = trio.Lock()
         self.metrics = metrics or WorkerMetrics()
+        # Set while `serve_warm_pool` runs.
+        self._warm: WarmPool | None = None
         # What Ansible and git start with; `hidden_values` are the worker's own secrets.
         self._child_environment = child_environment(
             os.environ,
@@ -184,6 +187,37 @@ class JobRunner:
             log.warning("worker.ansible_playbook_path: %s; every job will fail", self.ansible_playbook.describe())
         else:
             log.info("jobs run %s", self.ansible_playbook.describe())
+
+    async def serve_warm_pool(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the warm Ansible parents of `worker.warm_start` until cancelled (at the worker's end).
+
+        Without it (or with `warm_start: false`) every job starts cold.
+
+        Cancellation: the pool's parents are ended, and with them any job still forked from one.
+        """
+        settings = self.settings
+        if not settings.warm_start or self.ansible_playbook.path is None:
+            task_status.started()
+            return
+        async with open_warm_pool(
+            size=settings.warm_pool_size,
+            max_forks=settings.warm_max_forks,
+            max_rss_kib=settings.warm_max_rss_mb * 1024,
+            start_timeout=settings.warm_start_timeout,
+            late=(FIFO_VARIABLE,),
+            metrics=self.metrics,
+        ) as pool:
+            pool.prepare(
+                self.ansible_playbook.path,
+                cwd=settings.playbook_directory,
+                env=ansible_environment(self._child_environment, settings.playbook_directory / EVENT_FIFO_NAME),
+            )
+            self._warm = pool
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._warm = None
 
     def admission_error(self, request: TaskRequest) -> str | None:
         """Why `request` cannot run here, judged before it is queued; None if it may.
@@ -296,13 +330,18 @@ class JobRunner:
             )
             fifo = EventFifo(run_dir / EVENT_FIFO_NAME)
             tail = OutputTail(self.settings.output_limit_bytes)
+            env = ansible_environment(self._child_environment, fifo.path)
             try:
+                start = None
+                if self._warm is not None and self.ansible_playbook.path is not None:
+                    start = await self._warm.starter(self.ansible_playbook.path, cwd=base, env=env)
                 record = ExitRecord()
                 try:
                     returncode = await run_with_output(
                         argv,
                         cwd=base,
-                        env=ansible_environment(self._child_environment, fifo.path),
+                        env=env,
+                        start=start,
                         marker=(FIFO_VARIABLE, str(fifo.path)),
                         kill_grace=self.settings.kill_grace,
                         tail=tail,

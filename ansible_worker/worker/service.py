@@ -156,6 +156,7 @@ class Worker:
             capacity=worker.concurrency,
             interval=worker.heartbeat_interval,
             load=lambda: Load(self.dispatcher.running_count, self.dispatcher.queued_count, self.dispatcher.jobs_done),
+            metrics=self.metrics,
         )
         self._shutdown = trio.Event()
         self._drain_wait = trio.CancelScope()
@@ -205,6 +206,7 @@ class Worker:
             infrastructure.start_soon(self._renew_claims)
             infrastructure.start_soon(self._keep_claims_alive)
             infrastructure.start_soon(self.presence.run)
+            await infrastructure.start(self.runner.serve_warm_pool)
             if self.events is not None:
                 infrastructure.start_soon(self.events.run)
             async with trio.open_nursery() as claiming:
