@@ -17,7 +17,14 @@ from ansible_worker.run.event_fifo import EventFifo
 from ansible_worker.run.output_tail import OutputTail
 from ansible_worker.run.process_group import ExitRecord, ProcessStarter, run_with_output
 from ansible_worker.run.warm_pool import open_warm_pool
-from tests.conftest import ANSIBLE_PLAYBOOK, Broker, make_settings, open_controller, processes_mentioning, running_worker
+from tests.conftest import (
+    ANSIBLE_PLAYBOOK,
+    Broker,
+    make_settings,
+    open_controller,
+    processes_mentioning,
+    running_worker,
+)
 
 # Durations and dates that differ between any two runs.
 TIMINGS = re.compile(r"\d+\.\d+s|\d{4}-\d\d-\d\d[ T][\d:.]+|\(\d+:\d\d:\d\d\.\d+\)")
@@ -40,7 +47,13 @@ async def run_once(
     tail = OutputTail(1 << 20)
     events: list[dict[str, Any]] = []
     # One fork: with more, hosts finish in any order, in a cold run as in a warm one.
-    argv = [ANSIBLE_PLAYBOOK, f"--inventory={playbook_dir / inventory}", "--forks=1", "--", str(playbook_dir / playbook)]
+    argv = [
+        ANSIBLE_PLAYBOOK,
+        f"--inventory={playbook_dir / inventory}",
+        "--forks=1",
+        "--",
+        str(playbook_dir / playbook),
+    ]
     try:
         with trio.fail_after(120):
             code = await run_with_output(
@@ -219,10 +232,15 @@ async def test_cancel_ends_a_warm_jobs_whole_process_group(broker: Broker, playb
     marker = "7391.5"
     async with open_controller(broker, group) as controller, running_worker(settings) as worker:
         await controller.submit(
-            {"task_id": "sleepy", "playbook": "sleep.yml", "inventory": "inventory.ini", "extra_vars": {"seconds": marker}}
+            {
+                "task_id": "sleepy",
+                "playbook": "sleep.yml",
+                "inventory": "inventory.ini",
+                "extra_vars": {"seconds": marker},
+            }
         )
         with trio.fail_after(60):
-            while not processes_mentioning(f"sleep {marker}"):
+            while not processes_mentioning(f"sleep {marker}"):  # noqa: ASYNC110
                 await trio.sleep(0.05)
         await controller.link.publish(controller.topics.cancel("sleepy"), b"{}", qos=1)
         final = await controller.wait_terminal("sleepy")
@@ -238,10 +256,15 @@ async def test_a_warm_parent_that_dies_fails_its_jobs_and_is_replaced(
     marker = "7392.5"
     async with open_controller(broker, group) as controller, running_worker(settings) as worker:
         await controller.submit(
-            {"task_id": "orphan", "playbook": "sleep.yml", "inventory": "inventory.ini", "extra_vars": {"seconds": marker}}
+            {
+                "task_id": "orphan",
+                "playbook": "sleep.yml",
+                "inventory": "inventory.ini",
+                "extra_vars": {"seconds": marker},
+            }
         )
         with trio.fail_after(60):
-            while not processes_mentioning(f"sleep {marker}"):
+            while not processes_mentioning(f"sleep {marker}"):  # noqa: ASYNC110
                 await trio.sleep(0.05)
         pool = worker.runner._warm
         assert pool is not None

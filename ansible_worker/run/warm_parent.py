@@ -20,8 +20,9 @@ signalling the process group `G`. Ansible's own workers start sessions of their 
 their parent dies they are reparented to `C`, which kills all of them if the run was ended
 (SIGUSR1 from the worker, or `G` died by a signal), and then exits with `G`'s exact status.
 
-End of file on the socket (the worker exited, perhaps by a crash) ends every job and the
-parent; so does SIGTERM.
+End of file on the socket (the worker exited, perhaps by a crash) ends the parent but not
+its jobs, as a crash leaves a cold `ansible-playbook` running: the restarted worker ends them
+by the marker in their environment. SIGTERM ends the parent and every job of it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import sys
 import time
 from typing import Any
 
+_PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_PACKET = 4 * 1024 * 1024
 _END_GRACE = 5.0
@@ -88,6 +90,38 @@ def _kill_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
+def _rewrite_area(start: int, end: int, strings: list[str]) -> None:
+    """Write NUL-separated `strings` over our own initial argv or environment block, NUL-padded.
+
+    What `ps` and /proc show of a process is read from these blocks; Python copied them at
+    start-up and holds no pointer into them, so they are free to overwrite.
+    """
+    room = end - start
+    if room <= 0:
+        return
+    data = b"".join(text.encode(errors="surrogateescape") + b"\0" for text in strings)[: room - 1]
+    ctypes.memmove(start, data.ljust(room, b"\0"), room)
+
+
+def _retitle(argv: list[str], env: dict[str, str]) -> None:
+    """Make this process show the job's command line and environment, as a cold start would.
+
+    Operators (and the worker's clean-up, which finds a run's processes by a variable in
+    their environment) see the command and variables of the job, and Ansible's own forks
+    inherit them. The parent was started with padding so that both fit.
+    """
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        arg_start, arg_end, env_start, env_end = (int(value) for value in fields[45:49])
+        _rewrite_area(arg_start, arg_end, argv)
+        _rewrite_area(env_start, env_end, [f"{name}={value}" for name, value in env.items()])
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_NAME, os.path.basename(argv[0]).encode()[:15], 0, 0, 0)
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass  # only what ps shows; the run is the same
+
+
 def _run_playbook(argv: list[str], env: dict[str, str], cwd: str, fds: list[int]) -> None:
     """In `G`: become `ansible-playbook` with the job's argv, environment, cwd and streams; never returns."""
     code = 1
@@ -101,6 +135,9 @@ def _run_playbook(argv: list[str], env: dict[str, str], cwd: str, fds: list[int]
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(env)
+        # The job's own variable (the event FIFO, unique per run) first: it must survive a cut.
+        late = {name: value for name, value in env.items() if name.startswith("ANSIBLE_WORKER_")}
+        _retitle(argv, {**late, **env})
         import atexit
 
         # Only what this run registers runs at its exit, as in a process of its own.
@@ -178,7 +215,9 @@ def _job_root(argv: list[str], env: dict[str, str], cwd: str, fds: list[int], re
             _kill_descendants()
         if signalled:
             signum = os.WTERMSIG(status)
-            signal.signal(signum, signal.SIG_DFL)
+            # SIGKILL and SIGSTOP have no handler to reset.
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
         os._exit(os.WEXITSTATUS(status))
     finally:
@@ -186,20 +225,21 @@ def _job_root(argv: list[str], env: dict[str, str], cwd: str, fds: list[int], re
 
 
 def _kill_descendants() -> None:
-    """SIGKILL every process reparented to this subreaper, until none is left."""
+    """SIGKILL every process reparented to this subreaper, until none is left (bounded)."""
     me = os.getpid()
-    while True:
+    deadline = time.monotonic() + _END_GRACE
+    while time.monotonic() < deadline:
         children = _children_of(me)
+        if not children:
+            break
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        try:
-            while os.waitpid(-1, 0):
+        # Reap what died; their own children are ours now, for the next round.
+        time.sleep(0.01)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
-        except ChildProcessError:
-            return
-        except InterruptedError:
-            continue
 
 
 def _children_of(parent: int) -> list[int]:
@@ -245,7 +285,9 @@ class _Parent:
                         os.read(wake_read, 4096)
                     self._reap()
                 elif not self._take_request():
-                    self.stopping = True
+                    # The worker is gone (perhaps killed): its jobs live on, as cold ones
+                    # would, until the restarted worker ends them by their marker.
+                    return
         self._end_all()
 
     def _on_term(self, signum: int, frame: object) -> None:

@@ -10,6 +10,7 @@ with a reason). Any doubt about a job's configuration means a cold start instead
 from __future__ import annotations
 
 import array
+import contextlib
 import itertools
 import json
 import logging
@@ -41,6 +42,22 @@ FORK_REPLY_SECONDS = 15.0
 # After SIGKILL of its group a job's root reports at once; the bound covers a lost parent.
 KILLED_REPORT_SECONDS = 10.0
 _SEND_BUFFER = 4 * 1024 * 1024
+# A parent given end of file ends its jobs within five seconds, then exits.
+PARENT_STOP_SECONDS = 8.0
+PADDING_VARIABLE = "ANSIBLE_WORKER_PADDING"
+_PADDING = " " * 16384
+
+
+async def _stop_parent(sock: socket.socket, process: trio.Process) -> None:
+    """End of file tells the parent to end its jobs and exit; SIGTERM, then SIGKILL, if it does not."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    process.terminate()
+    with trio.move_on_after(PARENT_STOP_SECONDS):
+        await process.wait()
+    if process.returncode is None:
+        log.warning("warm Ansible parent %d did not exit; killing it", process.pid)
+        process.kill()
 
 
 class WarmParentLostError(JobRefusedError):
@@ -95,7 +112,9 @@ class WarmParent:
         """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
-        argv = [*self.interpreter.command, str(PARENT_SCRIPT), str(theirs.fileno()), self.interpreter.script]
+        # Room for a job's command line and environment, which its process shows in their place.
+        argv = [*self.interpreter.command, str(PARENT_SCRIPT), str(theirs.fileno()), self.interpreter.script, _PADDING]
+        env = {**self.env, PADDING_VARIABLE: _PADDING}
         task_status.started()
         code: int | None = None
         try:
@@ -107,13 +126,14 @@ class WarmParent:
                                 trio.run_process,
                                 argv,
                                 cwd=self.cwd,
-                                env=self.env,
+                                env=env,
                                 stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL,
                                 pass_fds=(theirs.fileno(),),
                                 start_new_session=True,
                                 check=False,
+                                deliver_cancel=partial(_stop_parent, ours),
                             )
                         )
                     finally:
