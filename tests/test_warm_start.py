@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from ansible_worker.ops.metrics import WorkerMetrics
@@ -103,9 +105,10 @@ async def test_worker_reports_warm_starts_and_same_statuses(broker: Broker, play
             await controller.submit({"task_id": task_id, "playbook": "stats.yml", "inventory": "inventory.ini"})
             finals[warm] = await controller.wait_terminal(task_id)
             assert worker.metrics.warm_starts == (1 if warm else 0)
-            assert worker.metrics.cold_starts == 0
+            assert worker.metrics.cold_starts == (0 if warm else 1)
             presence = json.loads(worker.presence.message())
             assert presence["warm_starts"] == (1 if warm else 0)
+            assert presence["cold_starts"] == (0 if warm else 1)
             assert presence["warm_pool_size"] == (1 if warm else 0)
     keys = ("state", "return_code", "output", "output_per_host", "tasks_total", "tasks_ok", "tasks_changed")
     assert {k: finals[True][k] for k in keys} == {k: finals[False][k] for k in keys}
@@ -114,6 +117,7 @@ async def test_worker_reports_warm_starts_and_same_statuses(broker: Broker, play
 
 MODULE = """#!/usr/bin/python
 import json
+import logging
 print(json.dumps({"changed": False, "flavour": "%s"}))
 """
 
@@ -280,3 +284,22 @@ async def test_a_warm_parent_that_dies_fails_its_jobs_and_is_replaced(
     assert final["state"] == "failed"
     assert "warm Ansible parent" in final["error_message"]
     assert after["state"] == "success"
+
+
+async def test_a_wrapper_script_starts_cold_and_says_why(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrapper = tmp_path / "ansible-playbook-wrapper"
+    wrapper.write_text(f'#!/bin/sh\nexec {ANSIBLE_PLAYBOOK} "$@"\n')
+    wrapper.chmod(0o755)
+    settings = make_settings(broker.port, playbook_dir, group, ansible_playbook_path=str(wrapper))
+    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm_pool"):
+        async with open_controller(broker, group) as controller, running_worker(settings) as worker:
+            await controller.submit({"task_id": "wrapped", "playbook": "stats.yml", "inventory": "inventory.ini"})
+            final = await controller.wait_terminal("wrapped")
+            assert (worker.metrics.warm_starts, worker.metrics.cold_starts) == (0, 1)
+    assert final["state"] == "success"
+    assert any(
+        "cold start:" in record.getMessage() and "not the standard ansible-playbook script" in record.getMessage()
+        for record in caplog.records
+    )

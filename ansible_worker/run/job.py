@@ -335,6 +335,9 @@ class JobRunner:
                 start = None
                 if self._warm is not None and self.ansible_playbook.path is not None:
                     start = await self._warm.starter(self.ansible_playbook.path, cwd=base, env=env)
+                else:
+                    # Warm start is off (or its pool is not running): every job starts cold.
+                    self.metrics.cold_starts += 1
                 record = ExitRecord()
                 try:
                     returncode = await run_with_output(
