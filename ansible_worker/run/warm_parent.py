@@ -184,6 +184,11 @@ def _job_root(argv: list[str], env: dict[str, str], cwd: str, fds: list[int], re
         ended = True
 
     try:
+        # The parent's stderr is a pipe the worker reads until it closes: a job must not hold it.
+        quiet = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(quiet, target)
+        os.close(quiet)
         signal.signal(signal.SIGUSR1, on_end)
         try:
             libc = ctypes.CDLL(None, use_errno=True)

@@ -30,6 +30,7 @@ import trio
 
 from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.run.command import JobRefusedError
+from ansible_worker.run.output_tail import OutputTail
 from ansible_worker.run.process_group import ExitRecord, ProcessStarter
 from ansible_worker.run.stray_processes import kill_marked
 from ansible_worker.run.warm_key import ColdStart, Interpreter, find_interpreter, warm_key
@@ -95,6 +96,8 @@ class WarmParent:
         self._ids = itertools.count(1)
         self._sock: trio.socket.SocketType | None = None
         self._scope = trio.CancelScope()
+        # Its last words (an import error, a traceback), for the reason a job gets.
+        self._errors = OutputTail(16384)
 
     @property
     def active(self) -> int:
@@ -129,7 +132,7 @@ class WarmParent:
                                 env=env,
                                 stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE,
                                 pass_fds=(theirs.fileno(),),
                                 start_new_session=True,
                                 check=False,
@@ -139,6 +142,8 @@ class WarmParent:
                     finally:
                         theirs.close()
                     self.pid = process.pid
+                    assert process.stderr is not None
+                    nursery.start_soon(partial(self._errors.drain, process.stderr, exited=self.ended))
                     self._sock = trio.socket.from_stdlib_socket(ours)
                     await self._read(self._sock)
                     code = await process.wait()
@@ -147,8 +152,11 @@ class WarmParent:
         finally:
             ours.close()
             if self.lost_reason is None:
-                self.lost_reason = f"the warm Ansible parent (pid {self.pid}) exited" + (
-                    f" with code {code}" if code is not None else ""
+                last = self._errors.last_lines(1)
+                self.lost_reason = (
+                    f"the warm Ansible parent (pid {self.pid}) exited"
+                    + (f" with code {code}" if code is not None else "")
+                    + (f" ({last[0][:300]})" if last else "")
                 )
             self.ended.set()
             for run in self._runs.values():
@@ -184,8 +192,8 @@ class WarmParent:
     async def start_run(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], output_fd: int) -> _Run:
         """Ask for a fork running `argv`; the run once the helper has its pid.
 
-        Cancellation: the wait for the answer is bounded; if cancelled after sending, the
-        run still starts and is ended by the caller's cancellation of its wait for the end.
+        Cancellation: the wait for the answer is shielded and bounded, so a run that was
+        forked is always known by its pid, and the caller's next wait (for its end) ends it.
 
         Errors: `ColdStart` when the helper refused before forking (nothing ran);
         `WarmParentLostError` when it died or fell silent with the request in hand.
@@ -207,7 +215,8 @@ class WarmParent:
         finally:
             os.close(devnull)
         self.forks += 1
-        with trio.move_on_after(FORK_REPLY_SECONDS):
+        # Shielded: once sent, the fork happens, and only its pid lets a cancelled job end it.
+        with trio.CancelScope(shield=True), trio.move_on_after(FORK_REPLY_SECONDS):
             await run.started.wait()
         if run.error is not None:
             raise ColdStart(f"the warm parent refused the job: {run.error}")
@@ -376,6 +385,8 @@ class WarmPool:
         cancelling it leaves the parent starting for later jobs.
         """
         try:
+            # Reads the script's first line and the few ansible.cfg candidates: small local
+            # files, cheaper than a thread hop.
             parent = self._parent_for(executable, cwd=cwd, env=env)
             with trio.move_on_after(self.start_timeout):
                 await _first(parent.ready, parent.ended)
