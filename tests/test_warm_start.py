@@ -37,6 +37,8 @@ PLAYBOOKS = [
     ("fail.yml", "inventory.ini"),
     ("options.yml", "inventory.ini"),
     ("broken.yml", "inventory.ini"),
+    ("quick.yml", "one_host.ini"),
+    ("sleep.yml", "nowhere.ini"),
 ]
 
 
@@ -303,3 +305,35 @@ async def test_a_wrapper_script_starts_cold_and_says_why(
         "cold start:" in record.getMessage() and "not the standard ansible-playbook script" in record.getMessage()
         for record in caplog.records
     )
+
+
+async def test_a_warm_job_past_its_timeout_ends_with_its_whole_group(
+    broker: Broker, playbook_dir: Path, group: str
+) -> None:
+    settings = make_settings(broker.port, playbook_dir, group, kill_grace=2)
+    marker = "7393.5"
+    job = {"task_id": "late", "playbook": "sleep.yml", "inventory": "inventory.ini", "timeout": 3}
+    async with open_controller(broker, group) as controller, running_worker(settings) as worker:
+        await controller.submit({**job, "extra_vars": {"seconds": marker}})
+        final = await controller.wait_terminal("late")
+        assert worker.metrics.warm_starts == 1
+    assert final["state"] == "timeout"
+    assert processes_mentioning(f"sleep {marker}") == []
+
+
+async def test_a_parent_is_replaced_after_its_forks(broker: Broker, playbook_dir: Path, group: str) -> None:
+    settings = make_settings(broker.port, playbook_dir, group, warm_max_forks=1)
+    async with open_controller(broker, group) as controller, running_worker(settings) as worker:
+        pids = []
+        for index in range(2):
+            await controller.submit({"task_id": f"q-{index}", "playbook": "quick.yml", "inventory": "inventory.ini"})
+            final = await controller.wait_terminal(f"q-{index}")
+            assert final["state"] == "success"
+            pool = worker.runner._warm
+            assert pool is not None
+            pids.append([parent.pid for parent in pool._parents.values()])
+        assert worker.metrics.warm_starts == 2
+        assert worker.metrics.warm_parents_started == 2
+        assert worker.metrics.warm_parents_lost == 0
+    # Each job retired the parent it came from; the next one found a new parent.
+    assert pids == [[], []]
