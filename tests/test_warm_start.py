@@ -337,3 +337,21 @@ async def test_a_parent_is_replaced_after_its_forks(broker: Broker, playbook_dir
         assert worker.metrics.warm_parents_lost == 0
     # Each job retired the parent it came from; the next one found a new parent.
     assert pids == [[], []]
+
+
+async def test_a_parent_that_cannot_start_means_cold_starts_with_the_reason(tmp_path: Path) -> None:
+    script = tmp_path / "ansible-playbook"
+    script.write_text(f"#!{tmp_path}/missing/python3\nfrom ansible.cli.playbook import main\n")
+    script.chmod(0o755)
+    metrics = WorkerMetrics()
+    env = ansible_environment(child_environment(os.environ), tmp_path / "x.fifo")
+    async with open_warm_pool(
+        size=2, max_forks=100, max_rss_kib=1 << 20, start_timeout=30, late=(FIFO_VARIABLE,), metrics=metrics
+    ) as pool:
+        first = await pool.starter(str(script), cwd=tmp_path, env=env)
+        second = await pool.starter(str(script), cwd=tmp_path, env=env)
+    assert first is None
+    assert second is None
+    assert (metrics.cold_starts, metrics.warm_starts) == (2, 0)
+    # One attempt, not one per job.
+    assert metrics.warm_parents_started == 1

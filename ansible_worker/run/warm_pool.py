@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.run.command import JobRefusedError
 from ansible_worker.run.output_tail import OutputTail
@@ -45,6 +46,8 @@ KILLED_REPORT_SECONDS = 10.0
 _SEND_BUFFER = 4 * 1024 * 1024
 # A parent given end of file ends its jobs within five seconds, then exits.
 PARENT_STOP_SECONDS = 8.0
+# Seconds a configuration whose parent could not start is given cold starts before a retry.
+START_FAILURE_BACKOFF = 60.0
 PADDING_VARIABLE = "ANSIBLE_WORKER_PADDING"
 _PADDING = " " * 16384
 
@@ -121,7 +124,7 @@ class WarmParent:
         task_status.started()
         code: int | None = None
         try:
-            with self._scope:
+            with self._scope, unwrap_lone_errors():
                 async with trio.open_nursery() as nursery:
                     try:
                         process = await nursery.start(
@@ -321,6 +324,8 @@ class WarmPool:
         self.metrics = metrics
         self._parents: OrderedDict[str, WarmParent] = OrderedDict()
         self._retired: set[WarmParent] = set()
+        # Keys whose parent died before it was ready: when, and why (bounded by `size`).
+        self._failed: dict[str, tuple[float, str]] = {}
 
     @property
     def parents(self) -> int:
@@ -346,6 +351,10 @@ class WarmPool:
             return parent
         if parent is not None:
             del self._parents[key]
+        failed = self._failed.get(key)
+        if failed is not None and trio.current_time() < failed[0] + START_FAILURE_BACKOFF:
+            raise ColdStart(f"the warm parent for this configuration could not start: {failed[1]}")
+        self._failed.pop(key, None)
         while len(self._parents) >= self.size:
             _, oldest = self._parents.popitem(last=False)
             self._retire(oldest)
@@ -357,15 +366,30 @@ class WarmPool:
         return parent
 
     async def _own(self, parent: WarmParent) -> None:
+        """The error boundary of one parent: whatever it raises ends it, never the pool."""
         try:
             await parent.run()
+        except Exception as exc:
+            log.exception("warm Ansible parent %s failed", parent.pid)
+            parent.lost_reason = f"the warm Ansible parent failed: {type(exc).__name__}: {exc}"
         finally:
             self._retired.discard(parent)
             if self._parents.get(parent.key) is parent:
                 del self._parents[parent.key]
                 if not parent.retiring:
                     self.metrics.warm_parents_lost += 1
-                    log.warning("%s; the next job with its configuration starts a new one", parent.lost_reason)
+                    if not parent.ready.is_set():
+                        # It never got as far as importing Ansible: do not retry it for every job.
+                        self._failed[parent.key] = (trio.current_time(), parent.lost_reason or "unknown")
+                        while len(self._failed) > self.size:
+                            del self._failed[next(iter(self._failed))]
+                        log.warning(
+                            "%s before it was ready; jobs with its configuration start cold for %gs",
+                            parent.lost_reason,
+                            START_FAILURE_BACKOFF,
+                        )
+                    else:
+                        log.warning("%s; the next job with its configuration starts a new one", parent.lost_reason)
             self._publish_size()
 
     def _retire(self, parent: WarmParent) -> None:
