@@ -198,6 +198,8 @@ def _job_root(argv: list[str], env: dict[str, str], cwd: str, fds: list[int], re
         leader = os.fork()
         if leader == 0:
             signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+            # As in any Python program: Ctrl-C is KeyboardInterrupt, which Ansible handles.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             os.close(report_fd)
             _run_playbook(argv, env, cwd, fds)
         for fd in fds:
@@ -270,9 +272,12 @@ class _Parent:
         # root pid -> (job id, leader pid)
         self.jobs: dict[int, tuple[int, int]] = {}
         self.stopping = False
+        self.own_fds: list[int] = []
+        self.selector: selectors.BaseSelector | None = None
 
     def serve(self) -> None:
         wake_read, wake_write = os.pipe()
+        self.own_fds = [wake_read, wake_write]
         os.set_blocking(wake_write, False)
         os.set_blocking(wake_read, False)
         signal.set_wakeup_fd(wake_write)
@@ -280,6 +285,7 @@ class _Parent:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         selector = selectors.DefaultSelector()
+        self.selector = selector
         selector.register(self.sock, selectors.EVENT_READ, "sock")
         selector.register(wake_read, selectors.EVENT_READ, "wake")
         _send(self.sock, {"ready": True, "pid": os.getpid(), "rss": _rss_kib()})
@@ -346,6 +352,11 @@ class _Parent:
                 for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
                     signal.signal(signum, signal.SIG_DFL)
                 self.sock.close()
+                # Nothing of the parent's own stays open in a job.
+                if self.selector is not None:
+                    self.selector.close()
+                for fd in self.own_fds:
+                    os.close(fd)
             finally:
                 _job_root(argv, env, cwd, fds, report_write)
         os.close(report_write)
