@@ -27,6 +27,7 @@ from tests.conftest import (
     processes_mentioning,
     running_worker,
 )
+from tests.test_operations import http_get, metric
 
 # Durations and dates that differ between any two runs.
 TIMINGS = re.compile(r"\d+\.\d+s|\d{4}-\d\d-\d\d[ T][\d:.]+|\(\d+:\d\d:\d\d\.\d+\)")
@@ -355,3 +356,18 @@ async def test_a_parent_that_cannot_start_means_cold_starts_with_the_reason(tmp_
     assert (metrics.cold_starts, metrics.warm_starts) == (2, 0)
     # One attempt, not one per job.
     assert metrics.warm_parents_started == 1
+
+
+async def test_metrics_show_warm_starts(broker: Broker, playbook_dir: Path, group: str) -> None:
+    settings = make_settings(broker.port, playbook_dir, group, http={"port": 0, "host": "127.0.0.1"})
+    async with open_controller(broker, group) as controller, running_worker(settings) as worker:
+        await controller.submit({"task_id": "seen", "playbook": "quick.yml", "inventory": "one_host.ini"})
+        assert (await controller.wait_terminal("seen"))["state"] == "success"
+        port = worker.http_port
+        assert port is not None
+        body = (await http_get(port, "/metrics"))[1]
+    assert metric(body, "ansible_worker_warm_starts_total") == 1
+    assert metric(body, "ansible_worker_cold_starts_total") == 0
+    assert metric(body, "ansible_worker_warm_pool_size") == 1
+    assert metric(body, "ansible_worker_warm_parents_started_total") == 1
+    assert metric(body, "ansible_worker_warm_parents_lost_total") == 0
