@@ -46,6 +46,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/bench_ssh.py")
     session.run("python", "benchmarks/bench_sources.py")
+    session.run("python", "benchmarks/bench_warm.py", *session.posargs)
 
 
 @nox.session

@@ -175,6 +175,12 @@ class WorkerSettings(BaseModel):
     state_dir: Path | None = None
     shared_subscription: bool = True
     ansible_playbook_path: str = Field("ansible-playbook", min_length=1)
+    # Start jobs as forks of a parent that has already imported Ansible (same configuration only).
+    warm_start: bool = True
+    warm_pool_size: int = Field(2, ge=1, le=32)
+    warm_max_forks: int = Field(200, ge=1)
+    warm_max_rss_mb: int = Field(512, ge=16)
+    warm_start_timeout: float = Field(60, gt=0, le=3600)
     git_path: str = Field("git", min_length=1)
     git_timeout: float = Field(300, gt=0)
     max_message_bytes: int = Field(1_048_576, ge=1024)

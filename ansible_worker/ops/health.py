@@ -136,6 +136,7 @@ def worker_collector(snapshot: Callable[[], Snapshot]) -> Collector:
                     now.connected,
                 ),
                 ("ansible_worker_draining", "1 while the worker shuts down.", now.draining),
+                ("ansible_worker_warm_pool_size", "Warm Ansible parents ready for jobs.", counts.warm_pool_size),
             ):
                 yield GaugeMetricFamily(name, text, value=value)
             for name, text, value in (
@@ -146,6 +147,18 @@ def worker_collector(snapshot: Callable[[], Snapshot]) -> Collector:
                     "ansible_worker_messages_refused",
                     "Task messages refused before they became jobs.",
                     counts.messages_refused,
+                ),
+                ("ansible_worker_warm_starts", "Jobs started as forks of a warm Ansible parent.", counts.warm_starts),
+                ("ansible_worker_cold_starts", "Jobs started as a fresh ansible-playbook.", counts.cold_starts),
+                (
+                    "ansible_worker_warm_parents_started",
+                    "Warm Ansible parents started.",
+                    counts.warm_parents_started,
+                ),
+                (
+                    "ansible_worker_warm_parents_lost",
+                    "Warm Ansible parents that exited unexpectedly.",
+                    counts.warm_parents_lost,
                 ),
             ):
                 yield CounterMetricFamily(name, text, value=value)

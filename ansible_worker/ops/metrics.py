@@ -51,6 +51,12 @@ class WorkerMetrics:
     events_processed: int = 0
     events_dropped: int = 0
     messages_refused: int = 0
+    # Jobs started as forks of a warm Ansible parent, and those started cold.
+    warm_starts: int = 0
+    cold_starts: int = 0
+    warm_parents_started: int = 0
+    warm_parents_lost: int = 0
+    warm_pool_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)

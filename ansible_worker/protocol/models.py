@@ -262,6 +262,9 @@ class Presence(BaseModel):
     running: int
     queued: int
     jobs_done: int
+    warm_starts: int | None = Field(None, description="jobs started as forks of a warm Ansible parent")
+    cold_starts: int | None = Field(None, description="jobs started as a fresh ansible-playbook")
+    warm_pool_size: int | None = Field(None, description="warm Ansible parents ready for jobs")
 
 
 class ClaimMessage(BaseModel):

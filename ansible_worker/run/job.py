@@ -47,6 +47,7 @@ from ansible_worker.run.sources import ContentSource, JobSources, RunTree
 if TYPE_CHECKING:
     # For its type only: the run layer never loads the settings module itself.
     from ansible_worker.ops.config import WorkerSettings
+from ansible_worker.run.warm_pool import WarmPool, open_warm_pool
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,8 @@ class JobRunner:
         )
         self._git_lock = trio.Lock()
         self.metrics = metrics or WorkerMetrics()
+        # Set while `serve_warm_pool` runs.
+        self._warm: WarmPool | None = None
         # What Ansible and git start with; `hidden_values` are the worker's own secrets.
         self._child_environment = child_environment(
             os.environ,
@@ -218,6 +221,37 @@ class JobRunner:
             log.warning("worker.ansible_playbook_path: %s; every job will fail", self.ansible_playbook.describe())
         else:
             log.info("jobs run %s", self.ansible_playbook.describe())
+
+    async def serve_warm_pool(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the warm Ansible parents of `worker.warm_start` until cancelled (at the worker's end).
+
+        Without it (or with `warm_start: false`) every job starts cold.
+
+        Cancellation: the pool's parents are ended, and with them any job still forked from one.
+        """
+        settings = self.settings
+        if not settings.warm_start or self.ansible_playbook.path is None:
+            task_status.started()
+            return
+        async with open_warm_pool(
+            size=settings.warm_pool_size,
+            max_forks=settings.warm_max_forks,
+            max_rss_kib=settings.warm_max_rss_mb * 1024,
+            start_timeout=settings.warm_start_timeout,
+            late=(FIFO_VARIABLE,),
+            metrics=self.metrics,
+        ) as pool:
+            pool.prepare(
+                self.ansible_playbook.path,
+                cwd=settings.playbook_directory,
+                env=ansible_environment(self._child_environment, settings.playbook_directory / EVENT_FIFO_NAME),
+            )
+            self._warm = pool
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._warm = None
 
     def admission_error(self, request: TaskRequest) -> str | None:
         """Why `request` cannot run here, judged before it is queued; None if it may.
@@ -370,12 +404,19 @@ class JobRunner:
         argv = [*argv[:-2], *injection.argv, *argv[-2:]]
         env = ansible_environment({**self._child_environment, **injection.env}, fifo.path)
         tail = OutputTail(self.settings.output_limit_bytes, mask=job.masker.text)
+        start = None
+        if self._warm is not None and self.ansible_playbook.path is not None:
+            start = await self._warm.starter(self.ansible_playbook.path, cwd=base, env=env)
+        else:
+            # Warm start is off (or its pool is not running): every job starts cold.
+            self.metrics.cold_starts += 1
         record = ExitRecord()
         try:
             returncode = await run_with_output(
                 argv,
                 cwd=base,
                 env=env,
+                start=start,
                 marker=marker,
                 kill_grace=self.settings.kill_grace,
                 tail=tail,

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -26,6 +27,27 @@ class ExitRecord:
 
     returncode: int | None = None
     signalled_group: bool = False
+
+
+class ProcessStarter(Protocol):
+    """What runs a job's command: `run_process_group`, or a warm start with the same contract."""
+
+    async def __call__(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        output_fd: int,
+        kill_grace: float,
+        record: ExitRecord,
+        marker: tuple[str, str] | None = None,
+    ) -> int:
+        """Run `argv` to its end and return its exit code (negative for a signal).
+
+        Cancellation: ends the run's whole process group before it returns.
+        """
+        ...
 
 
 async def run_process_group(
@@ -116,9 +138,11 @@ async def run_with_output(
     side_reader: Callable[[trio.Event], Awaitable[None]] | None = None,
     drain_seconds: float = 5.0,
     marker: tuple[str, str] | None = None,
+    start: ProcessStarter | None = None,
 ) -> int:
-    """`run_process_group` with stdout and stderr kept in `tail`, and an optional second
-    reader (the event FIFO) run alongside; readers get an event set when the process exits.
+    """`run_process_group` (or `start`, a warm start with its contract) with stdout and stderr
+    kept in `tail`, and an optional second reader (the event FIFO) run alongside; readers
+    get an event set when the process exits.
 
     The readers are shielded from the caller's cancellation so that a cancelled or timed
     out Ansible can still write its last lines instead of blocking on a full pipe while it
@@ -151,7 +175,7 @@ async def run_with_output(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_all)
             try:
-                return await run_process_group(
+                return await (start or run_process_group)(
                     argv, cwd=cwd, env=env, output_fd=write_fd, kill_grace=kill_grace, record=record, marker=marker
                 )
             finally:

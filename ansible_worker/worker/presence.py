@@ -14,6 +14,7 @@ import trio
 from ansible_worker import __version__
 from ansible_worker.mqtt.link import LinkError, Will
 from ansible_worker.mqtt.session import BrokerSession
+from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.protocol.models import Presence
 from ansible_worker.protocol.timestamps import format_utc, utc_now
 
@@ -73,6 +74,7 @@ class PresenceAnnouncer:
         interval: float,
         load: Callable[[], Load],
         changes: Changes | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.session = session
         self.topic = topic
@@ -81,6 +83,8 @@ class PresenceAnnouncer:
         self.interval = interval
         self.state = WorkerState.ONLINE
         self._load = load
+        # Where the warm and cold start counts come from, if the worker keeps them.
+        self._metrics = metrics
         self._hostname = socket.gethostname()
         self._started_at = utc_now()
         self.changes = changes or Changes()
@@ -111,6 +115,10 @@ class PresenceAnnouncer:
             queued=load.queued,
             jobs_done=load.jobs_done,
         )
+        if self._metrics is not None:
+            body.warm_starts = self._metrics.warm_starts
+            body.cold_starts = self._metrics.cold_starts
+            body.warm_pool_size = self._metrics.warm_pool_size
         return body.model_dump_json().encode()
 
     def will(self) -> Will:

@@ -139,6 +139,7 @@ class Worker:
             interval=worker.heartbeat_interval,
             load=self._load,
             changes=self.changes,
+            metrics=self.metrics,
         )
 
     def _wire_group(self, settings: Settings) -> None:
@@ -213,6 +214,7 @@ class Worker:
                 infrastructure.start_soon(serve)
             for serve in (self.keeper.serve_renewals, self.keeper.serve_keep_alive, self.presence.serve):
                 infrastructure.start_soon(serve)
+            await infrastructure.start(self.runner.serve_warm_pool)
             if self.events is not None:
                 infrastructure.start_soon(self.events.serve)
             async with trio.open_nursery() as claiming:
