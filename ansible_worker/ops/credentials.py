@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -53,8 +54,15 @@ class VaultCredential(_Credential):
     def _one_source(self) -> VaultCredential:
         if (self.password is None) == (self.password_file is None):
             raise ValueError("give exactly one of password and password_file")
-        if self.password_file is not None and not self.password_file.is_file():
-            raise ValueError(f"password_file: not a file: {self.password_file}")
+        if self.password_file is not None:
+            if not self.password_file.is_file():
+                raise ValueError(f"password_file: not a file: {self.password_file}")
+            if os.access(self.password_file, os.X_OK):
+                # Ansible would run an executable password file; the worker only reads it.
+                raise ValueError(
+                    f"password_file: {self.password_file} is executable: the worker reads it as the"
+                    " password, never runs it (give the password itself, or a plain file)"
+                )
         return self
 
     def secret(self) -> str:

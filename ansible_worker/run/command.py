@@ -93,19 +93,25 @@ def build_argv(
     return argv
 
 
+# The worker's own ssh-agent is not lent to jobs: a job gets keys only from its credentials
+# (or from `worker.environment`, where an operator can set SSH_AUTH_SOCK on purpose).
+_NOT_INHERITED = frozenset({"SSH_AUTH_SOCK"})
+
+
 def child_environment(
     base: Mapping[str, str], *, extra: Mapping[str, str] | None = None, hidden_values: Collection[str] = ()
 ) -> dict[str, str]:
     """The worker's environment for its child processes, plus `extra` (`worker.environment`).
 
-    Left out: the worker's own `ANSIBLE_WORKER_*` settings, and any variable whose value is
-    one of `hidden_values` (the broker password, however the config file referred to it).
+    Left out: the worker's own `ANSIBLE_WORKER_*` settings, its `SSH_AUTH_SOCK`, and any
+    variable whose value is one of `hidden_values` (the broker password, however the config
+    file referred to it).
     """
     hidden = {value for value in hidden_values if value}
     env = {
         name: value
         for name, value in base.items()
-        if not name.startswith(_WORKER_VARIABLE_PREFIX) and value not in hidden
+        if not name.startswith(_WORKER_VARIABLE_PREFIX) and value not in hidden and name not in _NOT_INHERITED
     }
     env.update(extra or {})
     return env

@@ -3,23 +3,20 @@
 An SSH key goes into an `ssh-agent` of the run's own, through `ssh-add -` from a pipe: the key
 is never a file of the run. A vault password is a 0600 file in the private run directory
 (removed with it) that Ansible reads through `--vault-id ID@FILE`. Environment credentials go
-into the run's environment only. The agent ends with the run (or, carrying the run's marker,
-at the next start of a worker that was killed meanwhile).
-
-SSH connections persist between tasks, as Ansible's own `ControlPersist` keeps them, in a
-ControlPath directory of each SSH credential's own: runs with the same credential share
-connections, and no run without it can ride on them.
+into the run's environment only. The agent, and the SSH connections the run made (their
+ControlPath is in the run's own socket directory), end with the run; carrying the run's
+marker, they also end at the next start of a worker that was killed meanwhile.
 """
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -27,8 +24,10 @@ from pathlib import Path
 
 import trio
 
+from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.ops.credentials import MIN_SECRET_LENGTH, EnvCredential, SshCredential, VaultCredential
 from ansible_worker.run.command import JobRefusedError
+from ansible_worker.run.stray_processes import kill_marked
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +38,38 @@ ADD_KEY_TIMEOUT = 10.0
 # Unix socket paths are limited to 108 bytes: the agent's and SSH's control sockets live in a
 # short private directory of their own, beside the run directory.
 SOCKET_DIRECTORY_PREFIX = "aw-"
-_ASKPASS = "#!/bin/sh\nprintf '%s\\n' \"$ANSIBLE_WORKER_KEY_PASSPHRASE\"\n"
+# Answers once: asked again, the passphrase was wrong, and ssh-add must stop rather than retry.
+_ASKPASS = '#!/bin/sh\n[ -e "$0.asked" ] && exit 1\n: > "$0.asked"\nprintf \'%s\\n\' "$ANSIBLE_WORKER_KEY_PASSPHRASE"\n'
 
 
-def credential_error(names: Sequence[str], playbook: str, credentials: Mapping[str, AnyCredential]) -> str | None:
-    """Why a job may not have the credentials it names, or None: unknown, or not for this playbook."""
+def credential_error(
+    names: Sequence[str],
+    playbook: str,
+    credentials: Mapping[str, AnyCredential],
+    *,
+    own_tree: bool = True,
+) -> str | None:
+    """Why a job may not have the credentials it names, or None: unknown, or not for this playbook.
+
+    `playbook` is the path the worker resolved, relative to the tree the job runs from (no
+    `..`, links followed), so that the patterns match the file that will run. A credential
+    limited by `allowed_playbooks` is only for the playbook directory's own files
+    (`own_tree`): shipped content and another project or revision could put any file at an
+    allowed name.
+    """
     for name in names:
         credential = credentials.get(name)
         if credential is None:
             return f"credential {name!r} is not defined on this worker"
         allowed = credential.allowed_playbooks
-        if allowed is not None and not any(fnmatchcase(playbook, pattern) for pattern in allowed):
+        if allowed is None:
+            continue
+        if not own_tree:
+            return (
+                f"credential {name!r} is limited to playbooks of the playbook directory"
+                " (allowed_playbooks): not for shipped content, a project or a revision"
+            )
+        if not any(fnmatchcase(playbook, pattern) for pattern in allowed):
             return f"credential {name!r} may not be used by playbook {playbook!r}"
     vaults = [credential for name in names if isinstance(credential := credentials[name], VaultCredential)]
     vault_ids = [vault.vault_id for vault in vaults]
@@ -96,6 +116,25 @@ def strict_host_keys(known_hosts: Path, environment: Mapping[str, str]) -> dict[
     }
 
 
+# What a run's SSH credentials set, each read only when a connection is made (by ssh itself,
+# or as an option of Ansible's ssh connection plugin), never when Ansible is imported.
+# (ANSIBLE_REMOTE_USER is not among them: in doubt, a parent of its own.)
+_SSH_VARIABLES = ("SSH_AUTH_SOCK", "ANSIBLE_SSH_CONTROL_PATH_DIR")
+
+
+def late_credential_variables(credentials: Iterable[AnyCredential]) -> list[str]:
+    """The variables credentials give a run that a warm Ansible may get after its fork.
+
+    The SSH ones, and the names of `env` credentials that Ansible's own configuration does not
+    read (`ANSIBLE_*` ones are read at import, so they choose a warm parent of their own).
+    """
+    names = list(_SSH_VARIABLES)
+    for credential in credentials:
+        if isinstance(credential, EnvCredential):
+            names += [name for name in credential.variables if not name.startswith("ANSIBLE_")]
+    return names
+
+
 @dataclass
 class Injection:
     """What a run gets from its credentials: environment, extra arguments, and the secrets to mask."""
@@ -127,46 +166,34 @@ async def inject(
         yield injection
         return
     sockets = Path(tempfile.mkdtemp(prefix=SOCKET_DIRECTORY_PREFIX))
-    ssh_keys = [credential for credential in credentials if isinstance(credential, SshCredential)]
     try:
-        async with trio.open_nursery() as nursery:
-            for credential in credentials:
-                match credential:
-                    case SshCredential():
-                        if "SSH_AUTH_SOCK" not in injection.env:
-                            injection.env.update(await _start_agent(nursery, sockets, environment, marker))
-                            injection.env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(_control_directory(ssh_keys))
-                        await _add_key(credential, run_dir, {**environment, **injection.env})
-                        if credential.user is not None:
-                            injection.env["ANSIBLE_REMOTE_USER"] = credential.user
-                    case VaultCredential():
-                        path = run_dir / f"vault-{credential.vault_id}"
-                        _write_private(path, credential.secret().encode())
-                        injection.argv += ["--vault-id", f"{credential.vault_id}@{path}"]
-                    case EnvCredential(variables=variables):
-                        injection.env.update({name: value.get_secret_value() for name, value in variables.items()})
-            try:
-                yield injection
-            finally:
-                nursery.cancel_scope.cancel()
+        # A setup error leaves as itself (JobRefusedError), not as a one-member group.
+        with unwrap_lone_errors():
+            async with trio.open_nursery() as nursery:
+                for credential in credentials:
+                    match credential:
+                        case SshCredential():
+                            if "SSH_AUTH_SOCK" not in injection.env:
+                                injection.env.update(await _start_agent(nursery, sockets, environment, marker))
+                                # Its own ControlPath: no other run can ride on this run's connections.
+                                injection.env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(sockets)
+                            await _add_key(credential, run_dir, {**environment, **injection.env})
+                            if credential.user is not None:
+                                injection.env["ANSIBLE_REMOTE_USER"] = credential.user
+                        case VaultCredential():
+                            path = run_dir / f"vault-{credential.vault_id}"
+                            _write_private(path, credential.secret().encode())
+                            injection.argv += ["--vault-id", f"{credential.vault_id}@{path}"]
+                        case EnvCredential(variables=variables):
+                            injection.env.update({name: value.get_secret_value() for name, value in variables.items()})
+                try:
+                    yield injection
+                finally:
+                    nursery.cancel_scope.cancel()
     finally:
-        # The agent is gone with the nursery.
+        # The agent is gone with the nursery; SSH masters that daemonized carry the marker.
+        kill_marked(*marker)
         shutil.rmtree(sockets, ignore_errors=True)
-
-
-# One ControlPath directory per set of SSH keys, for the worker process's life.
-_control_directories: dict[tuple[Path, ...], Path] = {}
-
-
-def _control_directory(keys: Sequence[SshCredential]) -> Path:
-    """The private directory (0700) of the SSH connections made with exactly these keys."""
-    identity = tuple(sorted(key.private_key_file for key in keys))
-    directory = _control_directories.get(identity)
-    if directory is None or not directory.is_dir():
-        directory = Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIRECTORY_PREFIX}cp-"))
-        _control_directories[identity] = directory
-        atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    return directory
 
 
 async def _start_agent(
@@ -221,6 +248,10 @@ async def _add_key(credential: SshCredential, run_dir: Path, env: Mapping[str, s
     if not askpass.exists():
         # The script holds no secret: the passphrase is in ssh-add's environment only.
         _write_private(askpass, _ASKPASS.encode(), mode=0o700)
+    # Asked at most once per key: the marker says the passphrase was asked for.
+    asked = f"{askpass}.asked"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(asked)
     passphrase = credential.passphrase.get_secret_value() if credential.passphrase is not None else ""
     ssh_add = shutil.which("ssh-add", path=env.get("PATH", os.defpath))
     if ssh_add is None:
@@ -250,9 +281,18 @@ async def _add_key(credential: SshCredential, run_dir: Path, env: Mapping[str, s
         raise JobRefusedError(f"ssh-add did not load the key within {ADD_KEY_TIMEOUT:g}s")
     if result.returncode != 0:
         why = result.stderr.decode(errors="replace").strip().splitlines()
+        if _was_asked(asked):
+            raise JobRefusedError(
+                f"cannot load the SSH key {credential.private_key_file.name}: wrong or missing passphrase"
+            )
         raise JobRefusedError(
             f"cannot load the SSH key {credential.private_key_file.name}: {why[-1] if why else 'ssh-add failed'}"
         )
+
+
+def _was_asked(marker: str) -> bool:
+    """Whether the askpass script was run (a local file's existence: no need to leave the loop)."""
+    return os.path.exists(marker)
 
 
 def _write_private(path: Path, data: bytes, *, mode: int = 0o600) -> None:

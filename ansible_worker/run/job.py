@@ -33,7 +33,14 @@ from ansible_worker.run.command import (
     resolve_inventory,
     resolve_playbook,
 )
-from ansible_worker.run.credentials import Injection, credential_error, inject, strict_host_keys
+from ansible_worker.run.credentials import (
+    Injection,
+    credential_error,
+    inject,
+    late_credential_variables,
+    secret_values,
+    strict_host_keys,
+)
 from ansible_worker.run.event_fifo import EventFifo
 from ansible_worker.run.event_stream import EventStream
 from ansible_worker.run.extra_vars import write_extra_vars
@@ -238,7 +245,7 @@ class JobRunner:
             max_forks=settings.warm_max_forks,
             max_rss_kib=settings.warm_max_rss_mb * 1024,
             start_timeout=settings.warm_start_timeout,
-            late=(FIFO_VARIABLE,),
+            late=(FIFO_VARIABLE, *late_credential_variables(settings.credentials.values())),
             metrics=self.metrics,
         ) as pool:
             pool.prepare(
@@ -261,7 +268,7 @@ class JobRunner:
         answer cannot replace the status of a job that ran on another worker.
         """
         base = self.settings.playbook_directory
-        refusal = credential_error(request.credentials, request.playbook, self.settings.credentials)
+        refusal = self._credential_error(request, self.settings.playbook_directory)
         if refusal is not None:
             return refusal
         source_error = self.sources.admission_error(request)
@@ -279,6 +286,18 @@ class JobRunner:
         except OSError as exc:
             return f"cannot read the playbook directory: {exc.strerror or exc}"
         return None
+
+    def _credential_error(self, request: TaskRequest, base: Path) -> str | None:
+        """Why the job may not have its credentials, judged on the playbook file under `base`."""
+        if not request.credentials:
+            return None
+        try:
+            playbook = resolve_playbook(base, request.playbook).relative_to(base.resolve()).as_posix()
+        except (JobRefusedError, OSError, ValueError):
+            # Not a file there (yet): only the tree the job runs from can tell, when it runs.
+            playbook = request.playbook
+        own_tree = request.content is None and request.project is None and request.revision is None
+        return credential_error(request.credentials, playbook, self.settings.credentials, own_tree=own_tree)
 
     def announce(self, job: Job) -> None:
         """Publish the job's current status and log the transition."""
@@ -310,8 +329,14 @@ class JobRunner:
         """
         # Names the job in every record logged while it runs (its slot's task runs one job at a time).
         naming = current_task_id.set(job.task_id)
+        # Masked from the first moment: a git error or a traceback may show a secret too.
+        known = [
+            self.settings.credentials[name] for name in job.request.credentials if name in self.settings.credentials
+        ]
+        job.masker = Masker([*self._worker_secrets, *secret_values(known)])
         try:
-            await self._execute(job)
+            with log_secrets.masking(lambda text: job.masker.text(text)):
+                await self._execute(job)
         finally:
             current_task_id.reset(naming)
 
@@ -372,6 +397,10 @@ class JobRunner:
         playbook = resolve_playbook(base, request.playbook)
         inventory = resolve_inventory(base, request.inventory)
         self.policy.check_paths(base, playbook, inventory)
+        # Judged again on the tree that runs, and with the settings of now (a job from the journal).
+        refusal = self._credential_error(request, base)
+        if refusal is not None:
+            raise JobRefusedError(refusal)
         with private_run_directory(self.settings.run_directory, job.task_id) as run_dir:
             self.statuses.started(job.task_id, run_dir)
             extra_vars = write_extra_vars(run_dir, request.extra_vars) if request.extra_vars else None
@@ -389,9 +418,7 @@ class JobRunner:
                 async with inject(
                     credentials, run_dir, environment=self._child_environment, marker=marker
                 ) as injection:
-                    job.masker = Masker([*self._worker_secrets, *injection.secrets])
-                    with log_secrets.masking(job.masker.text):
-                        returncode, tail = await self._run_ansible(job, base, fifo, marker, argv, injection)
+                    returncode, tail = await self._run_ansible(job, base, fifo, marker, argv, injection)
             finally:
                 fifo.close()
         return self._judge(job, returncode, tail, fifo)
@@ -403,7 +430,7 @@ class JobRunner:
         # The credentials' options go before the `--` that ends them.
         argv = [*argv[:-2], *injection.argv, *argv[-2:]]
         env = ansible_environment({**self._child_environment, **injection.env}, fifo.path)
-        tail = OutputTail(self.settings.output_limit_bytes, mask=job.masker.text)
+        tail = OutputTail(self.settings.output_limit_bytes, mask=job.masker.window)
         start = None
         if self._warm is not None and self.ansible_playbook.path is not None:
             start = await self._warm.starter(self.ansible_playbook.path, cwd=base, env=env)

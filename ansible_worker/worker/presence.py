@@ -34,9 +34,14 @@ class Changes:
         self._rung.set()
 
     async def wait(self) -> None:
-        """Wait for the next ring since the last `wait` returned. Cancellation: nothing changes."""
+        """Wait for the next ring since the last `wait` or `clear`. Cancellation: nothing changes."""
         await self._rung.wait()
         self._rung = trio.Event()
+
+    def clear(self) -> None:
+        """Forget the rings so far: what is about to be published shows them."""
+        if self._rung.is_set():
+            self._rung = trio.Event()
 
 
 class WorkerState(enum.StrEnum):
@@ -132,6 +137,7 @@ class PresenceAnnouncer:
         """
         while True:
             await self.session.wait_connected()
+            self.changes.clear()
             try:
                 await self.session.publish(self.topic, self.message(), qos=1, retain=True)
             except LinkError as exc:

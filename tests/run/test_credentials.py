@@ -34,6 +34,18 @@ PARALLEL = """\
   tasks:
     - name: Work a while on each host
       ansible.builtin.shell: "date +%s.%N > {{ marks }}/{{ inventory_hostname }}.start; sleep 1; date +%s.%N > {{ marks }}/{{ inventory_hostname }}.end"
+    - name: See the job's own SSH connections
+      ansible.builtin.shell: ls -A "$ANSIBLE_SSH_CONTROL_PATH_DIR"
+      delegate_to: localhost
+      run_once: true
+      vars:
+        ansible_connection: local
+        ansible_python_interpreter: "{{ ansible_playbook_python }}"
+      register: control
+    - name: They are in the job's private ControlPath directory
+      ansible.builtin.assert:
+        that: control.stdout_lines | length >= 2
+      run_once: true
 """
 
 VAULTED = """\
@@ -92,18 +104,14 @@ def inventory(playbook_dir: Path, hosts: list[SshHost], *extra: str) -> str:
     return "ssh.ini"
 
 
-def agents_of(runs: Path) -> list[int]:
-    """The ssh-agents started for runs under `runs` that are still alive (they carry the run's marker)."""
+def left_behind(runs: Path) -> list[str]:
+    """Processes of runs under `runs` still alive (the agent, SSH masters...): they carry the run's marker."""
+    marked = f"ANSIBLE_WORKER_EVENT_FIFO={runs}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            marked = f"ANSIBLE_WORKER_EVENT_FIFO={runs}".encode()
-            if (
-                entry.name.isdigit()
-                and b"ssh-agent" in (entry / "cmdline").read_bytes()
-                and marked in (entry / "environ").read_bytes()
-            ):
-                found.append(int(entry.name))
+            if entry.name.isdigit() and marked in (entry / "environ").read_bytes():
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
         except OSError:
             continue
     return found
@@ -136,7 +144,7 @@ async def test_a_key_with_a_passphrase_runs_hosts_in_parallel_and_leaves_nothing
                             pass
                 await trio.sleep(0.02)
 
-        async with running_worker(settings), open_controller(broker, group) as controller:
+        async with running_worker(settings) as worker, open_controller(broker, group) as controller:
             job = {
                 "task_id": "ssh-1",
                 "playbook": "parallel.yml",
@@ -153,7 +161,9 @@ async def test_a_key_with_a_passphrase_runs_hosts_in_parallel_and_leaves_nothing
                 final = await controller.wait_terminal("ssh-1", within=90)
                 done.set()
     assert final["state"] == "success", final["error_message"]
-    assert final["tasks_changed"] == 2
+    assert final["tasks_changed"] == 3
+    # Credentials do not cost the warm start: what they set is given to the fork, not the parent.
+    assert (worker.metrics.warm_starts, worker.metrics.cold_starts) == (1, 0)
     starts = {name: float((marks / f"{name}.start").read_text()) for name in ("web1", "web2")}
     ends = {name: float((marks / f"{name}.end").read_text()) for name in ("web1", "web2")}
     # Forks: each host started before the other ended.
@@ -161,7 +171,7 @@ async def test_a_key_with_a_passphrase_runs_hosts_in_parallel_and_leaves_nothing
     assert starts["web2"] < ends["web1"]
     assert seen_files, "the watcher saw the run directory"
     assert leaked == []
-    assert agents_of(runs) == []
+    assert left_behind(runs) == []
     assert list(runs.iterdir()) == []
 
 
@@ -319,3 +329,55 @@ async def test_secrets_are_masked_in_every_message_and_log_line(
         assert secret.encode() not in everything
         assert not [line for line in worker.lines if secret in line]
     assert any("********" in line for line in worker.lines)
+
+
+async def test_a_wrong_passphrase_fails_at_once_and_says_so(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+) -> None:
+    (playbook_dir / "ping.yml").write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - ansible.builtin.ping:\n"
+    )
+    async with lab(tmp_path, ["web1"], passphrase=PASSPHRASE) as (hosts, key, known_hosts):
+        credentials = {"deploy": {"type": "ssh", "private_key_file": str(key), "passphrase": "not the passphrase"}}
+        settings = make_settings(broker.port, playbook_dir, group, credentials=credentials, known_hosts=known_hosts)
+        async with running_worker(settings), open_controller(broker, group) as controller:
+            await controller.submit(
+                {
+                    "task_id": "bad-pass",
+                    "playbook": "ping.yml",
+                    "inventory": inventory(playbook_dir, hosts),
+                    "credentials": ["deploy"],
+                }
+            )
+            final = await controller.wait_terminal("bad-pass", within=60)
+    assert final["state"] == "failed"
+    assert final["error_message"] == "cannot load the SSH key deploy: wrong or missing passphrase"
+    # One answer, not ssh-add's retries until a timeout.
+    assert final["duration_seconds"] < 5
+    assert left_behind(playbook_dir.parent / "runs") == []
+
+
+async def test_a_restricted_credential_follows_the_file_not_the_name(
+    broker: Broker, playbook_dir: Path, group: str
+) -> None:
+    (playbook_dir / "deploy").mkdir()
+    (playbook_dir / "deploy" / "site.yml").write_text((playbook_dir / "quick.yml").read_text())
+    (playbook_dir / "evil.yml").write_text((playbook_dir / "quick.yml").read_text())
+    (playbook_dir / "deploy" / "link.yml").symlink_to("../evil.yml")
+    credentials = {"prod": {"type": "env", "variables": {"API_TOKEN": TOKEN}, "allowed_playbooks": ["deploy/*.yml"]}}
+    settings = make_settings(broker.port, playbook_dir, group, credentials=credentials)
+    job = {"inventory": "one_host.ini", "credentials": ["prod"]}
+    async with running_worker(settings), open_controller(broker, group) as controller:
+        results = {}
+        for task_id, playbook in [
+            ("ok", "deploy/site.yml"),
+            ("dots", "deploy/../evil.yml"),
+            ("link", "deploy/link.yml"),
+        ]:
+            await controller.submit({"task_id": task_id, "playbook": playbook, **job})
+            results[task_id] = await controller.wait_terminal(task_id)
+    assert results["ok"]["state"] == "success", results["ok"]["error_message"]
+    assert results["dots"]["state"] == "failed"
+    assert results["dots"]["error_message"] == "playbook must not contain '..': 'deploy/../evil.yml'"
+    assert results["link"]["state"] == "failed"
+    assert results["link"]["error_message"] == "credential 'prod' may not be used by playbook 'evil.yml'"
