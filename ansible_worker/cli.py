@@ -14,6 +14,7 @@ import trio
 
 from ansible_worker import __version__
 from ansible_worker.controller.parser import CONTROLLER_COMMANDS, add_controller_commands
+from ansible_worker.dashboard.command import add_dashboard_command
 from ansible_worker.ops.config import DEFAULT_CONFIG_FILE, ENV_PREFIX, ConfigError, Settings, load_settings
 from ansible_worker.ops.logging_setup import setup_logging
 from ansible_worker.protocol.topics import Topics
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         # SUPPRESS keeps `ansible-worker -c X run` from being reset by the subcommand's default.
         sub.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, help=config_help)
     add_controller_commands(commands)
+    add_dashboard_command(commands)
     keygen = commands.add_parser(
         "keygen",
         help="make an Ed25519 key pair for signing jobs",
@@ -127,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return keygen(args.name, args.directory)
     if args.command == "schema":
         return write_schema(args.output_dir)
+    if args.command == "dashboard":
+        from ansible_worker.dashboard.command import run_dashboard
+
+        return run_dashboard(args)
     if args.command in CONTROLLER_COMMANDS:
         # Imported only here, so that a worker process never loads the controller's (rich).
         from ansible_worker.controller.commands import run_command

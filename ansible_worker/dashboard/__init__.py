@@ -1,0 +1,1 @@
+"""The web dashboard: a controller-side page showing a group's workers and jobs live, with cancel and run again."""
