@@ -51,9 +51,9 @@ def job_state(driver: WebDriver, task_id: str) -> str:
     return text_of(driver, f'tr[data-task-id="{task_id}"] .job-state')
 
 
-def submit(broker: Broker, group: str, task_id: str, playbook: str = "quick.yml", *extra: str) -> None:
+def submit(broker: Broker, group: str, task_id: str, playbook: str = "quick.yml", *extra: str, code: int = 0) -> None:
     result = cli(broker, group, "submit", playbook, "-i", "inventory.ini", "--task-id", task_id, *extra)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == code, result.stdout + result.stderr
 
 
 def open_job(driver: WebDriver, task_id: str) -> None:
@@ -62,7 +62,9 @@ def open_job(driver: WebDriver, task_id: str) -> None:
 
 
 def post(url: str, headers: dict[str, str]) -> int:
-    request = urllib.request.Request(url, data=b"{}", method="POST", headers={"Content-Type": "application/json", **headers})
+    request = urllib.request.Request(  # noqa: S310 (our own loopback URL)
+        url, data=b"{}", method="POST", headers={"Content-Type": "application/json", **headers}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (our own loopback URL)
             return int(response.status)
@@ -83,7 +85,9 @@ def test_a_job_appears_and_goes_from_queued_to_success_live(
         wait_until(browser, lambda d: job_state(d, "quick") == "queued", message="never shown queued")
         wait_until(browser, lambda d: job_state(d, "quick") == "success", message="never shown success")
         assert browser.execute_script("return window.notReloaded === true;")
-        rows = browser.execute_script("return [...document.querySelectorAll('#jobs tbody tr')].map(r => r.dataset.taskId);")
+        rows = browser.execute_script(
+            "return [...document.querySelectorAll('#jobs tbody tr')].map(r => r.dataset.taskId);"
+        )
         assert rows[:2] == ["quick", "busy"]  # newest first
         open_job(browser, "quick")
         wait_until(browser, lambda d: "ok: [host1]" in text_of(d, "#output"), message="no Ansible output")
@@ -99,18 +103,25 @@ def test_a_job_appears_and_goes_from_queued_to_success_live(
 
 
 def test_a_failed_job_page_scrolls_to_the_failed_task(
-    broker: Broker, group: str, worker: str, tmp_path: Path, browser: WebDriver
+    broker: Broker, group: str, worker: str, playbook_dir: Path, tmp_path: Path, browser: WebDriver
 ) -> None:
+    # Forty lines of output before the failure, more than the output box shows at once.
+    tasks = [{"name": f"Step {n}", "ansible.builtin.debug": {"msg": f"step {n}"}} for n in range(20)]
+    tasks.append({"name": "Break here", "ansible.builtin.fail": {"msg": "boom"}})
+    tasks += [{"name": f"After {n}", "ansible.builtin.debug": {"msg": "never"}} for n in range(5)]
+    play = [{"name": "Long then failing", "hosts": "host1", "gather_facts": False, "tasks": tasks}]
+    (playbook_dir / "long_fail.yml").write_text(json.dumps(play))
     with dashboard(broker, group, tmp_path / "dashboard.log") as url:
-        submit(broker, group, "broken", "fail.yml", "--wait")
+        submit(broker, group, "broken", "long_fail.yml", "--wait", code=1)
         browser.get(url + "#/job/broken")
         wait_until(browser, lambda d: text_of(d, "#job-state") == "failed", message="not shown failed")
-        failed = wait_until(browser, lambda d: d.find_elements("css selector", "#output .failed"))
-        assert "boom on host1" in failed[0].text
-        assert browser.execute_script(
+        wait_until(browser, lambda d: "boom" in text_of(d, "#output .failed"), message="no failed line")
+        visible = (
             "const o = document.getElementById('output'), f = o.querySelector('.failed');"
-            "return f.offsetTop - o.offsetTop >= o.scrollTop - 1 && f.offsetTop - o.offsetTop <= o.scrollTop + o.clientHeight;"
+            "const top = f.getBoundingClientRect().top - o.getBoundingClientRect().top;"
+            "return o.scrollTop > 0 && top >= 0 && top < o.clientHeight;"
         )
+        wait_until(browser, lambda d: d.execute_script(visible), 10, "the failed task is not in view")
 
 
 def test_cancel_from_the_page_and_run_again(

@@ -5,7 +5,7 @@ const PAGE_SIZE = 50;
 const TERMINAL = new Set(["success", "failed", "cancelled", "timeout"]);
 const state = {
   config: null, token: null, stream: null, connected: true, workers: {}, jobs: new Map(),
-  job: null, page: 0, renderQueued: false,
+  job: null, page: 0, renderQueued: false, scrollToFailed: false,
 };
 
 function $(id) { return document.getElementById(id); }
@@ -64,7 +64,10 @@ function render() {
   $("list-view").hidden = jobId !== null;
   $("job-view").hidden = jobId === null || !state.job;
   $("missing-view").hidden = jobId === null || !!state.job;
-  if (jobId === null) { renderWorkers(); renderJobs(); } else if (state.job) { renderJobHeader(); }
+  if (jobId === null) { renderWorkers(); renderJobs(); } else if (state.job) {
+    renderJobHeader();
+    if (state.scrollToFailed) scrollToFailed();
+  }
 }
 
 function renderWorkers() {
@@ -225,13 +228,19 @@ function showJob(page) {
   if (!page) return;
   for (const line of page.lines) appendLine(line);
   $("no-output").hidden = page.lines.length > 0;
-  if (page.status.state === "failed") {
-    const failed = output.querySelector(".failed");
-    if (failed) {
-      output.dataset.pinned = "1";
-      requestAnimationFrame(() => { output.scrollTop = failed.offsetTop - output.offsetTop; failed.scrollIntoView({ block: "center" }); });
-    }
-  }
+  // Scrolled once the job view is shown: a hidden element has no position.
+  state.scrollToFailed = page.status.state === "failed";
+}
+
+function scrollToFailed() {
+  state.scrollToFailed = false;
+  const output = $("output");
+  const failed = output.querySelector(".failed");
+  if (!failed) return;
+  output.dataset.pinned = "1";
+  const offset = failed.getBoundingClientRect().top - output.getBoundingClientRect().top + output.scrollTop;
+  output.scrollTop = Math.max(0, offset - output.clientHeight / 3);
+  output.scrollIntoView({ block: "start" });
 }
 
 function onMessage(message) {
