@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -61,9 +62,9 @@ def open_job(driver: WebDriver, task_id: str) -> None:
     wait_until(driver, lambda d: text_of(d, "#job-id") == task_id, message="the job page did not open")
 
 
-def post(url: str, headers: dict[str, str]) -> int:
+def post(url: str, headers: dict[str, str], body: bytes = b"{}") -> int:
     request = urllib.request.Request(  # noqa: S310 (our own loopback URL)
-        url, data=b"{}", method="POST", headers={"Content-Type": "application/json", **headers}
+        url, data=body, method="POST", headers={"Content-Type": "application/json", **headers}
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (our own loopback URL)
@@ -221,3 +222,44 @@ def test_broker_loss_shows_a_banner_and_the_last_state_until_it_is_back(
         wait_until(browser, lambda d: not d.find_element("id", "banner").is_displayed(), 60, "banner stayed")
         submit(broker, group, "after", "quick.yml")
         wait_until(browser, lambda d: job_state(d, "after") == "success", message="no live updates after")
+
+
+def test_actions_are_signed_with_the_dashboards_key(
+    broker: Broker, group: str, playbook_dir: Path, keys: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "signed-worker.json"
+    worker = json.loads(worker_config(config, broker, playbook_dir, group, worker_id="w1").read_text())
+    worker["security"] = {
+        "require_signed_tasks": True,
+        "trusted_keys": {"alice": str(keys / "alice.pub")},
+        "worker_key": str(keys / "worker.key"),
+    }
+    config.write_text(json.dumps(worker))
+    alice = str(keys / "alice.key")
+    with (
+        process(["run", "-c", str(config)], tmp_path / "worker.log"),
+        dashboard(broker, group, tmp_path / "dashboard.log", "--allow-actions", "--signing-key", alice) as url,
+    ):
+        submit(broker, group, "signed", "quick.yml", "--signing-key", alice, "--wait")
+        headers = {"X-Dashboard-Action": "1", "Origin": url.rstrip("/")}
+        request = urllib.request.Request(  # noqa: S310 (our own loopback URL)
+            url + "api/jobs/signed/rerun", data=b"{}", method="POST", headers=headers
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            assert response.status == 201
+            again = json.loads(response.read())["task_id"]
+        watched = cli(broker, group, "watch", again, "--json")
+        assert watched.returncode == 0, watched.stdout + watched.stderr
+        assert broker_status(broker, group, again)["state"] == "success"
+
+        submit(broker, group, "long", "sleep.yml", "--signing-key", alice)
+        # The CLI saw the job queued; the dashboard hears the same status a moment later.
+        deadline = time.monotonic() + 10
+        while (code := post(url + "api/jobs/long/cancel", headers, b'{"reason": "signed stop"}')) == 409:
+            assert time.monotonic() < deadline, "the dashboard never heard of the job"
+            time.sleep(0.05)
+        assert code == 202
+        watched = cli(broker, group, "watch", "long", "--json")
+        assert watched.returncode == 4, watched.stdout + watched.stderr  # cancelled
+        assert broker_status(broker, group, "long")["state"] == "cancelled"
+        assert "signed stop" in json.dumps(broker_status(broker, group, "long"))

@@ -140,14 +140,16 @@ class Store:
         return rows
 
     def job_page(self, task_id: str) -> dict[str, Any] | None:
-        """Everything the job page shows, or None for a job this dashboard has not heard of."""
+        """Everything the job page shows, or None for a job this dashboard has not heard of.
+
+        Never the request itself: its extra_vars may hold secrets the page has no need for.
+        """
         status = self.jobs.get(task_id)
         if status is None:
             return None
         return {
             "status": status,
             "lines": list(self.output.get(task_id, ())),
-            "request": self.requests.get(task_id),
             "can_run_again": task_id in self.requests,
         }
 
