@@ -104,6 +104,10 @@ def dashboard(broker: Broker, group: str, log: Path, *extra: str) -> Iterator[st
     with process([*args, "--listen", f"127.0.0.1:{port}", *extra], log) as child:
         wait_for_port(port, child)
         yield f"http://127.0.0.1:{port}/"
+        # Shutdown is cancellation: SIGTERM ends it cleanly, open streams and all.
+        child.terminate()
+        assert child.wait(timeout=15) == 0, log.read_text()[-3000:]
+        assert f"dashboard at http://127.0.0.1:{port}/" in log.read_text()
 
 
 def cli(broker: Broker, group: str, *args: str) -> subprocess.CompletedProcess[str]:

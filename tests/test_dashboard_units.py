@@ -7,7 +7,7 @@ import pytest
 from ansible_worker.dashboard.access import AccessError, check_listen, parse_listen, same_origin, token_ok
 from ansible_worker.dashboard.ansi import ansi_to_html
 from ansible_worker.dashboard.feed import route
-from ansible_worker.dashboard.store import Store
+from ansible_worker.dashboard.store import OUTPUT_JOBS, REQUESTS, Store
 from ansible_worker.mqtt.link import InboundMessage
 from ansible_worker.protocol.topics import Topics
 
@@ -118,3 +118,16 @@ def test_event_lines_keep_ansible_colours_and_are_escaped() -> None:
     route(store, TOPICS, message("ansible/web/tasks/j/events", event))
     line = store.output["j"][0]
     assert line["html"] == '<span class="ansi-fg-red">fatal: [&lt;b&gt;h&lt;/b&gt;]</span>'
+
+
+def test_a_flood_of_made_up_jobs_keeps_memory_bounded() -> None:
+    store = Store()
+    for index in range(OUTPUT_JOBS + 50):
+        route(store, TOPICS, message(f"ansible/web/tasks/j{index}/events", b'{"seq": 1, "line": "x"}'))
+    for index in range(REQUESTS + 5):
+        route(store, TOPICS, message("ansible/web/tasks", f'{{"task_id": "r{index}"}}'.encode()))
+    assert len(store.output) == OUTPUT_JOBS
+    assert f"j{OUTPUT_JOBS + 49}" in store.output
+    assert "j0" not in store.output
+    assert len(store.requests) == REQUESTS
+    assert "r0" not in store.requests

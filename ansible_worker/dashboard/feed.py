@@ -38,20 +38,18 @@ async def follow_group(
     Cancellation: runs until cancelled; it owns the link watcher, which ends with it.
     """
     filters = filters_for(client.topics)
+    # Never unsubscribed: the feed lives as long as the client, which ends with the dashboard.
     receive = client.register(filters)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_link, client, store)
-            await client.renew(filters)
-            # Retained messages of a broker this slow arrive later, as changes.
-            with suppress(trio.TooSlowError):
-                await client.barrier()
-            _drain(receive, client.topics, store)
-            task_status.started()
-            async for message in receive:
-                route(store, client.topics, message)
-    finally:
-        await client.unsubscribe(filters, receive)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_link, client, store)
+        await client.renew(filters)
+        # Retained messages of a broker this slow arrive later, as changes.
+        with suppress(trio.TooSlowError):
+            await client.barrier()
+        _drain(receive, client.topics, store)
+        task_status.started()
+        async for message in receive:
+            route(store, client.topics, message)
 
 
 def _drain(receive: trio.MemoryReceiveChannel[InboundMessage], topics: Topics, store: Store) -> None:

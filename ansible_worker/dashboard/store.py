@@ -15,6 +15,10 @@ from ansible_worker.dashboard.ansi import ansi_to_html
 
 # Enough for the output of a long play; older lines of one job are dropped first.
 OUTPUT_LINES = 5000
+# Output is kept for this many jobs, and requests for run again for this many: the oldest go
+# first, so a flood of made-up task_ids cannot fill the dashboard's memory.
+OUTPUT_JOBS = 200
+REQUESTS = 10_000
 # A browser that falls this far behind loses changes rather than holding memory for ever.
 LISTENER_BUFFER = 10_000
 _SUMMARY_KEYS = (
@@ -101,7 +105,10 @@ class Store:
 
     def set_request(self, task_id: str, request: dict[str, Any]) -> None:
         """The request of a job, as published to the group: what "run again" sends."""
+        self.requests.pop(task_id, None)
         self.requests[task_id] = request
+        while len(self.requests) > REQUESTS:
+            del self.requests[next(iter(self.requests))]
 
     def add_event(self, task_id: str, event: dict[str, Any]) -> None:
         """A live event of a job: kept for its page, sent to the browsers showing that job."""
@@ -119,7 +126,14 @@ class Store:
             "task": event.get("task"),
             "event": event.get("event"),
         }
-        self.output.setdefault(task_id, deque(maxlen=OUTPUT_LINES)).append(entry)
+        lines = self.output.pop(task_id, None)
+        if lines is None:
+            lines = deque(maxlen=OUTPUT_LINES)
+        # Reinserted: the dict's order is the order of last output, oldest first.
+        self.output[task_id] = lines
+        lines.append(entry)
+        while len(self.output) > OUTPUT_JOBS:
+            del self.output[next(iter(self.output))]
         message = {"type": "line", "task_id": task_id, "line": entry}
         for listener in list(self.listeners):
             if listener.job == task_id:

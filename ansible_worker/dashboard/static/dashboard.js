@@ -228,6 +228,8 @@ function showJob(page) {
   if (!page) return;
   for (const line of page.lines) appendLine(line);
   $("no-output").hidden = page.lines.length > 0;
+  $("record-section").hidden = true;
+  if (TERMINAL.has(page.status.state)) loadRecord(page.status.task_id);
   // Scrolled once the job view is shown: a hidden element has no position.
   state.scrollToFailed = page.status.state === "failed";
 }
@@ -241,6 +243,15 @@ function scrollToFailed() {
   const offset = failed.getBoundingClientRect().top - output.getBoundingClientRect().top + output.scrollTop;
   output.scrollTop = Math.max(0, offset - output.clientHeight / 3);
   output.scrollIntoView({ block: "start" });
+}
+
+async function loadRecord(taskId) {
+  // The job's record, once the group publishes one; until then the endpoint says 404.
+  const headers = state.token ? { "X-Dashboard-Token": state.token } : {};
+  const response = await fetch(`/api/jobs/${encodeURIComponent(taskId)}/record`, { headers });
+  if (!response.ok || !state.job || state.job.status.task_id !== taskId) return;
+  $("record").textContent = JSON.stringify(await response.json(), null, 2);
+  $("record-section").hidden = false;
 }
 
 function onMessage(message) {
