@@ -11,8 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
 
+from ansible_worker.controller.client import open_client, target_from_url
 from tests.conftest import Broker, worker_config
 from tests.dashboard_browser import (
     EXECUTABLE,
@@ -263,3 +266,32 @@ def test_actions_are_signed_with_the_dashboards_key(
         assert watched.returncode == 4, watched.stdout + watched.stderr  # cancelled
         assert broker_status(broker, group, "long")["state"] == "cancelled"
         assert "signed stop" in json.dumps(broker_status(broker, group, "long"))
+
+
+async def _publish_statuses(broker: Broker, group: str, count: int) -> None:
+    async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
+        for index in range(count):
+            state = "failed" if index % 10 == 0 else "success"
+            playbook = "db.yml" if index % 4 == 0 else "web.yml"
+            created = f"2026-01-01T00:{index // 60:02d}:{index % 60:02d}Z"
+            body = {"task_id": f"j{index:03d}", "state": state, "playbook": playbook, "created_at": created}
+            await client.publish(client.topics.status(f"j{index:03d}"), json.dumps(body).encode(), qos=1, retain=True)
+
+
+def test_many_jobs_are_paged_and_filtered(broker: Broker, group: str, tmp_path: Path, browser: WebDriver) -> None:
+    trio.run(_publish_statuses, broker, group, 120)
+    rows = "return [...document.querySelectorAll('#jobs tbody tr')].map(r => r.dataset.taskId);"
+    with dashboard(broker, group, tmp_path / "dashboard.log") as url:
+        browser.get(url)
+        wait_until(browser, lambda d: text_of(d, "#page-info") == "page 1 of 3", message="not paged")
+        shown = browser.execute_script(rows)
+        assert len(shown) == 50
+        assert shown[0] == "j119"  # newest first
+        click(browser, "#next-page")
+        wait_until(browser, lambda d: d.execute_script(rows)[0] == "j069", message="no second page")
+        Select(browser.find_element("id", "state-filter")).select_by_visible_text("failed")
+        wait_until(browser, lambda d: len(d.execute_script(rows)) == 12, message="state filter")
+        assert text_of(browser, "#page-info") == "page 1 of 1"
+        browser.find_element("id", "playbook-filter").send_keys("db")
+        # failed (every 10th) and db.yml (every 4th): every 20th, 6 of 120.
+        wait_until(browser, lambda d: d.execute_script(rows) == [f"j{n:03d}" for n in range(100, -1, -20)])
