@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
+import ansible_worker.dashboard
 from ansible_worker.dashboard.access import AccessError, check_listen, parse_listen, same_origin, token_ok
 from ansible_worker.dashboard.ansi import ansi_to_html
 from ansible_worker.dashboard.feed import route
@@ -131,3 +135,16 @@ def test_a_flood_of_made_up_jobs_keeps_memory_bounded() -> None:
     assert "j0" not in store.output
     assert len(store.requests) == REQUESTS
     assert "r0" not in store.requests
+
+
+def test_the_dashboard_imports_neither_the_worker_nor_the_runner() -> None:
+    package = Path(ansible_worker.dashboard.__file__).parent
+    imported = set()
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert "ansible_worker.controller.client" in imported  # the check sees imports at all
+    assert not {name for name in imported if name.startswith(("ansible_worker.worker", "ansible_worker.run"))}
