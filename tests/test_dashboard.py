@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -295,3 +296,34 @@ def test_many_jobs_are_paged_and_filtered(broker: Broker, group: str, tmp_path: 
         browser.find_element("id", "playbook-filter").send_keys("db")
         # failed (every 10th) and db.yml (every 4th): every 20th, 6 of 120.
         wait_until(browser, lambda d: d.execute_script(rows) == [f"j{n:03d}" for n in range(100, -1, -20)])
+
+
+async def _publish_presences(broker: Broker, group: str) -> None:
+    now = datetime.now(UTC)
+    async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
+        for worker_id, beat in (("fresh", now), ("silent", now - timedelta(minutes=10))):
+            presence = {
+                "worker_id": worker_id,
+                "state": "online",
+                "heartbeat_at": beat.isoformat(),
+                "heartbeat_interval": 30,
+                "capacity": 4,
+                "running": 1,
+                "queued": 2,
+                "jobs_done": 7,
+            }
+            await client.publish(client.topics.worker(worker_id), json.dumps(presence).encode(), qos=1, retain=True)
+
+
+def test_a_worker_whose_heartbeats_stopped_looks_stale(
+    broker: Broker, group: str, tmp_path: Path, browser: WebDriver
+) -> None:
+    trio.run(_publish_presences, broker, group)
+    classes = "return [...document.querySelectorAll('#workers tbody tr')].map(r => [r.dataset.workerId, r.className]);"
+    with dashboard(broker, group, tmp_path / "dashboard.log") as url:
+        browser.get(url)
+        wait_until(browser, lambda d: len(d.execute_script(classes)) == 2, message="workers not shown")
+        assert dict(browser.execute_script(classes)) == {"fresh": "", "silent": "stale"}
+        assert "(stale)" not in text_of(browser, 'tr[data-worker-id="fresh"]')
+        row = text_of(browser, 'tr[data-worker-id="fresh"]')
+        assert row.split("\t")[2:6] == ["4", "1", "2", "7"]
