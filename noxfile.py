@@ -42,11 +42,13 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Measure the worker against running ansible-playbook directly; writes benchmarks/results.json."""
-    session.install(".")
+    # selenium drives the system Chromium for the dashboard's figures.
+    session.install(".", "selenium>=4.20")
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/bench_ssh.py")
     session.run("python", "benchmarks/bench_sources.py")
     session.run("python", "benchmarks/bench_warm.py", *session.posargs)
+    session.run("python", "benchmarks/bench_dashboard.py")
 
 
 @nox.session

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ansible_worker import __version__
 from ansible_worker.controller.parser import CONTROLLER_COMMANDS, add_controller_commands
+from ansible_worker.dashboard.command import add_dashboard_command
 from ansible_worker.ops.config_source import DEFAULT_CONFIG_FILE, ENV_PREFIX
 
 log = logging.getLogger("ansible_worker")
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         # SUPPRESS keeps `ansible-worker -c X run` from being reset by the subcommand's default.
         sub.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, help=config_help)
     add_controller_commands(commands)
+    add_dashboard_command(commands)
     keygen = commands.add_parser(
         "keygen",
         help="make an Ed25519 key pair for signing jobs",
@@ -121,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return keygen(args.name, args.directory)
     if args.command == "schema":
         return write_schema(args.output_dir)
+    if args.command == "dashboard":
+        from ansible_worker.dashboard.command import run_dashboard
+
+        return run_dashboard(args)
     if args.command in CONTROLLER_COMMANDS:
         # Imported only here, so that a worker process never loads the controller's (rich).
         from ansible_worker.controller.commands import run_command

@@ -228,6 +228,14 @@ class Client:
             await self._changed.wait()
         return self._link
 
+    async def wait_disconnected(self) -> None:
+        """Return once the current connection has dropped (at once while reconnecting).
+
+        Cancellation: waits without bound; the caller's scope ends the wait.
+        """
+        while self._link is not None:
+            await self._changed.wait()
+
     async def wait_connection_after(self, connection: int) -> None:
         """Return once a connection newer than number `connection` is up (subscriptions renewed).
 

@@ -352,6 +352,17 @@ class ClientSecuritySettings(BaseModel):
     signing_key: Path | None = None
 
 
+class DashboardSettings(BaseModel):
+    """The `dashboard` section: where `ansible-worker dashboard` listens and who may use it."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    listen: str = Field("127.0.0.1:8470", description="HOST:PORT the dashboard's web page listens on")
+    # Required for a listen address beyond loopback; the page asks for it once.
+    token: SecretStr | None = None
+    allow_actions: bool = False
+
+
 class _EnvironmentOverFile(BaseSettings):
     """Settings whose environment variables override the values read from the file."""
 
@@ -376,6 +387,8 @@ class Settings(_EnvironmentOverFile):
     mqtt: MqttSettings
     worker: WorkerSettings
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    # Read by `ansible-worker dashboard` only; allowed here so one file serves both.
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # text for people; json for log collectors: one object per line.
     log_format: Literal["text", "json"] = "text"
@@ -406,6 +419,7 @@ class ClientSettings(_EnvironmentOverFile):
     mqtt: MqttSettings
     worker: ClientGroupSettings = Field(default_factory=ClientGroupSettings)
     security: ClientSecuritySettings = Field(default_factory=ClientSecuritySettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

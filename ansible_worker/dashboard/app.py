@@ -1,0 +1,216 @@
+"""The dashboard's ASGI app: the page, its live stream of changes, and the cancel and run-again endpoints."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ansible_worker.controller.client import Client, ClientError, NoWorkerAnswered, default_requester
+from ansible_worker.dashboard.access import ACTION_HEADER, TOKEN_HEADER, is_loopback, same_origin, token_ok
+from ansible_worker.dashboard.record import job_record
+from ansible_worker.dashboard.store import Store, finite
+from ansible_worker.mqtt.link import LinkError
+
+STATIC = Path(__file__).parent / "static"
+# A comment line this often keeps proxies and the browser from closing an idle stream.
+KEEPALIVE_SECONDS = 15.0
+ACTION_WITHIN = 15.0
+_SIGNATURE_FIELDS = ("signature", "issued_at")
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+}
+
+
+def _json(data: Any, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(finite(data), status_code=status_code, headers=_HEADERS)
+
+
+def _error(message: str, status_code: int) -> JSONResponse:
+    return _json({"error": message}, status_code)
+
+
+class Dashboard:
+    """The app's state: the store it shows, the client its actions go through, and who may use it."""
+
+    def __init__(
+        self, store: Store, client: Client, *, token: str | None, allow_actions: bool, listen_host: str
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.token = token
+        self.allow_actions = allow_actions
+        self.listen_host = listen_host
+
+    def app(self) -> Starlette:
+        """The ASGI app."""
+        return Starlette(
+            routes=[
+                Route("/", self.index),
+                Route("/api/config", self.config),
+                Route("/api/stream", self.stream),
+                Route("/api/jobs/{task_id}/record", self.record),
+                Route("/api/jobs/{task_id}/cancel", self.cancel, methods=["POST"]),
+                Route("/api/jobs/{task_id}/rerun", self.rerun, methods=["POST"]),
+                Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            ]
+        )
+
+    def _host_ok(self, request: Request) -> bool:
+        # Without a token, only loopback names: a rebound DNS name must not reach the data.
+        if self.token is not None:
+            return True
+        host = (request.url.hostname or "").strip("[]")
+        return is_loopback(host) or host == self.listen_host
+
+    def _refused(self, request: Request, *, action: bool) -> Response | None:
+        if not self._host_ok(request):
+            return _error("unknown Host header", 403)
+        given = request.headers.get(TOKEN_HEADER) or request.query_params.get("token")
+        if not token_ok(self.token, given):
+            return _error("a valid dashboard token is required", 401)
+        if not action:
+            return None
+        if not self.allow_actions:
+            return _error("actions are off: start the dashboard with --allow-actions", 403)
+        if request.headers.get(ACTION_HEADER) != "1" or not same_origin(
+            request.headers.get("origin"), request.headers.get("host")
+        ):
+            return _error("cross-site request refused", 403)
+        if self.token is not None and not token_ok(self.token, request.headers.get(TOKEN_HEADER)):
+            return _error("a valid dashboard token header is required", 401)
+        return None
+
+    async def index(self, request: Request) -> Response:
+        """The page.
+
+        Cancellation: a file read, ended with the request.
+        """
+        if not self._host_ok(request):
+            return _error("unknown Host header", 403)
+        return FileResponse(STATIC / "index.html", headers=_HEADERS)
+
+    async def config(self, request: Request) -> Response:
+        """What the page needs before it asks for anything: whether a token is needed, and actions.
+
+        Cancellation: answers at once.
+        """
+        if not self._host_ok(request):
+            return _error("unknown Host header", 403)
+        return _json({"token_required": self.token is not None, "allow_actions": self.allow_actions})
+
+    async def stream(self, request: Request) -> Response:
+        """Server-Sent Events: a snapshot, then every change (and the lines of `?job=`).
+
+        Cancellation: the stream ends when the browser goes away or the server shuts down.
+        """
+        refused = self._refused(request, action=False)
+        if refused is not None:
+            return refused
+        job = request.query_params.get("job") or None
+        headers = {**_HEADERS, "X-Accel-Buffering": "no"}
+        return StreamingResponse(self._events(job), media_type="text/event-stream", headers=headers)
+
+    async def _events(self, job: str | None) -> AsyncIterator[str]:
+        with self.store.listen(job) as (first, receive):
+            yield _sse(first)
+            while True:
+                message = None
+                with trio.move_on_after(KEEPALIVE_SECONDS):
+                    message = await receive.receive()
+                yield ": keepalive\n\n" if message is None else _sse(message)
+
+    async def record(self, request: Request) -> Response:
+        """A finished job's record, or 404 while the group publishes none.
+
+        Cancellation: bounded by ACTION_WITHIN.
+        """
+        refused = self._refused(request, action=False)
+        if refused is not None:
+            return refused
+        with trio.move_on_after(ACTION_WITHIN):
+            found = await job_record(self.client, request.path_params["task_id"])
+            if found is not None:
+                return _json(found)
+        return _error("no record of this job", 404)
+
+    async def cancel(self, request: Request) -> Response:
+        """Ask the group to cancel a queued or running job, with the reason given.
+
+        Cancellation: bounded by ACTION_WITHIN; a cancel request already published stays published.
+        """
+        refused = self._refused(request, action=True)
+        if refused is not None:
+            return refused
+        task_id = request.path_params["task_id"]
+        status = self.store.jobs.get(task_id)
+        if status is None or status.get("state") not in ("queued", "running"):
+            return _error(f"job {task_id} is not queued or running", 409)
+        body = await _body(request)
+        if body is None:
+            return _error("the body must be a JSON object", 400)
+        reason = body.get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 1024):
+            return _error("reason must be a text of at most 1024 characters", 400)
+        requested_by = f"dashboard {default_requester()}"[:128]
+        try:
+            with trio.fail_after(ACTION_WITHIN):
+                await self.client.cancel(task_id, reason=reason or None, requested_by=requested_by)
+        except (trio.TooSlowError, LinkError, ClientError) as exc:
+            return _error(f"could not reach the broker: {exc or 'timed out'}", 503)
+        return _json({"task_id": task_id, "requested": "cancel"}, 202)
+
+    async def rerun(self, request: Request) -> Response:
+        """Submit a finished job's request again under a new task_id.
+
+        Cancellation: bounded by ACTION_WITHIN (the client's own answer bound is shorter).
+        """
+        refused = self._refused(request, action=True)
+        if refused is not None:
+            return refused
+        task_id = request.path_params["task_id"]
+        status = self.store.jobs.get(task_id)
+        original = self.store.requests.get(task_id)
+        if status is None or status.get("state") in ("queued", "running"):
+            return _error(f"job {task_id} has not finished", 409)
+        if original is None:
+            return _error(f"the request of job {task_id} was published before this dashboard started", 409)
+        job = {key: value for key, value in original.items() if key not in _SIGNATURE_FIELDS}
+        job["task_id"] = f"job-{uuid.uuid4().hex[:12]}"
+        try:
+            with trio.fail_after(ACTION_WITHIN):
+                handle = await self.client.submit(job, events=False)
+                await handle.close()
+        except NoWorkerAnswered as exc:
+            return _error(str(exc), 503)
+        except (trio.TooSlowError, LinkError, ClientError) as exc:
+            return _error(f"could not reach the broker: {exc or 'timed out'}", 503)
+        return _json({"task_id": job["task_id"], "again_of": task_id}, 201)
+
+
+async def _body(request: Request) -> dict[str, Any] | None:
+    raw = await request.body()
+    if len(raw) > 64 * 1024:
+        return None
+    try:
+        data = json.loads(raw or b"{}")
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _sse(message: dict[str, Any]) -> str:
+    return "data: " + json.dumps(finite(message), separators=(",", ":")) + "\n\n"

@@ -1,0 +1,122 @@
+"""Keep the dashboard's store up to date from the broker: presences, retained statuses, requests and live events."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from contextlib import suppress
+from typing import Any
+
+import trio
+
+from ansible_worker.controller.client import Client
+from ansible_worker.dashboard.store import Store
+from ansible_worker.mqtt.link import InboundMessage
+from ansible_worker.protocol.topics import Topics
+
+log = logging.getLogger(__name__)
+
+_TASK_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# A message bigger than this is not one the group's workers send; it is skipped, not parsed.
+MAX_PAYLOAD = 4 * 1024 * 1024
+
+
+def filters_for(topics: Topics) -> list[str]:
+    """The topic filters the dashboard follows."""
+    return [f"{topics.tasks}/+/status", f"{topics.tasks}/+/events", topics.workers_subscription, topics.tasks]
+
+
+async def follow_group(
+    client: Client, store: Store, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Route every message of the group into `store` and keep its `connected` flag true to the link.
+
+    Started once the retained messages of the first connection have arrived (after a barrier),
+    so the first page a browser gets already lists the known jobs.
+
+    Cancellation: runs until cancelled; it owns the link watcher, which ends with it.
+    """
+    filters = filters_for(client.topics)
+    # Never unsubscribed: the feed lives as long as the client, which ends with the dashboard.
+    receive = client.register(filters)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_link, client, store)
+        await client.renew(filters)
+        # Retained messages of a broker this slow arrive later, as changes.
+        with suppress(trio.TooSlowError):
+            await client.barrier()
+        _drain(receive, client.topics, store)
+        task_status.started()
+        async for message in receive:
+            route(store, client.topics, message)
+
+
+def _drain(receive: trio.MemoryReceiveChannel[InboundMessage], topics: Topics, store: Store) -> None:
+    while True:
+        try:
+            message = receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return
+        route(store, topics, message)
+
+
+async def _watch_link(client: Client, store: Store) -> None:
+    """Cancellation: runs until cancelled, with its owner."""
+    while True:
+        if client.connected:
+            store.set_connected(True)
+            await client.wait_disconnected()
+        else:
+            store.set_connected(False)
+            await client.wait_connection_after(client.connections)
+
+
+def route(store: Store, topics: Topics, message: InboundMessage) -> None:
+    """Put one message into the store; anything malformed is logged at debug level and skipped."""
+    if len(message.payload) > MAX_PAYLOAD:
+        log.debug("skipped a message of %d bytes on %s", len(message.payload), message.topic)
+        return
+    topic = message.topic
+    if topic == topics.tasks:
+        request = _object(message.payload)
+        task_id = request.get("task_id") if request else None
+        if request is not None and isinstance(task_id, str) and _TASK_ID.fullmatch(task_id):
+            store.set_request(task_id, request)
+        return
+    workers = topics.workers_subscription.removesuffix("+")
+    if topic.startswith(workers):
+        worker_id = topic[len(workers) :]
+        if not message.payload:
+            store.set_worker(worker_id, None)
+            return
+        presence = _object(message.payload)
+        if presence is not None:
+            store.set_worker(worker_id, presence)
+        return
+    prefix = topics.tasks + "/"
+    if not topic.startswith(prefix):
+        return
+    task_id, _, leaf = topic[len(prefix) :].partition("/")
+    if not _TASK_ID.fullmatch(task_id):
+        return
+    if leaf == "status":
+        if not message.payload:
+            store.set_status(task_id, None)
+            return
+        status = _object(message.payload)
+        if status is not None and isinstance(status.get("state"), str):
+            status["task_id"] = task_id  # the topic says which job, whatever the body claims
+            store.set_status(task_id, status)
+    elif leaf == "events":
+        event = _object(message.payload)
+        if event is not None:
+            store.add_event(task_id, event)
+
+
+def _object(payload: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,50 @@
+"""Run the dashboard: one broker client, the feed into the store, and hypercorn's Trio server, in one nursery."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from ansible_worker.controller.client import Target, open_client
+from ansible_worker.dashboard.access import Listen
+from ansible_worker.dashboard.app import Dashboard
+from ansible_worker.dashboard.feed import follow_group
+from ansible_worker.dashboard.store import Store
+
+log = logging.getLogger(__name__)
+
+
+async def serve(
+    target: Target,
+    listen: Listen,
+    *,
+    token: str | None,
+    allow_actions: bool,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Connect to the broker, then serve the page until cancelled; `task_status` gets its URL.
+
+    The client reconnects for ever: a dashboard outlives broker restarts and shows a banner meanwhile.
+
+    Cancellation: runs until cancelled; the server, the feed and the client end with it.
+    Errors: `ClientError` when the broker cannot be reached at first; `OSError` when the
+    address cannot be bound.
+    """
+    store = Store()
+    async with open_client(target, reconnect_for=math.inf) as client, trio.open_nursery() as nursery:
+        await nursery.start(follow_group, client, store)
+        dashboard = Dashboard(store, client, token=token, allow_actions=allow_actions, listen_host=listen.host)
+        config = Config()
+        config.bind = [listen.bind]
+        config.accesslog = None
+        # Streams stay open for as long as a page is shown; shutdown cancels them at once.
+        config.graceful_timeout = 0.5
+        binds = await nursery.start(hypercorn_serve, dashboard.app(), config)
+        url = binds[0] if binds else f"http://{listen.bind}"
+        # The page is at the bound address; 0.0.0.0 is not a place a browser can go.
+        print(f"dashboard at {url}/", flush=True)
+        task_status.started(url)

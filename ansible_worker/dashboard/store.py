@@ -1,0 +1,213 @@
+"""What the dashboard knows about the group: workers, jobs, their requests and output, and who listens for changes."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ansible_worker.dashboard.ansi import ansi_to_html
+
+# Enough for the output of a long play; older lines of one job are dropped first.
+OUTPUT_LINES = 5000
+# Output is kept for this many jobs, and requests for run again for this many: the oldest go
+# first, so a flood of made-up task_ids cannot fill the dashboard's memory.
+OUTPUT_JOBS = 200
+REQUESTS = 10_000
+# A browser that falls this far behind loses changes rather than holding memory for ever.
+LISTENER_BUFFER = 10_000
+_SUMMARY_KEYS = (
+    "task_id",
+    "state",
+    "playbook",
+    "worker_id",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "duration_seconds",
+    "tasks_ok",
+    "tasks_changed",
+    "tasks_failed",
+    "tasks_skipped",
+    "tasks_unreachable",
+    "current_task",
+)
+_STILL_GOING = frozenset({"queued", "running"})
+# The colours of Ansible's default output, as SGR codes.
+_STATUS_COLOURS = {"ok": "32", "changed": "33", "failed": "31", "unreachable": "1;31", "skipped": "36", "ignored": "36"}
+
+
+def summary(status: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a status the job list shows."""
+    return {key: status.get(key) for key in _SUMMARY_KEYS}
+
+
+@dataclass
+class Listener:
+    """One browser's stream of changes; `job` is the task_id whose output it also wants."""
+
+    send: trio.MemorySendChannel[dict[str, Any]]
+    job: str | None = None
+
+
+@dataclass
+class Store:
+    """The last known state of the group, kept while the broker is away."""
+
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    output: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
+    connected: bool = False
+    listeners: list[Listener] = field(default_factory=list)
+    _order: int = 0
+    _first_seen: dict[str, int] = field(default_factory=dict)
+
+    def set_connected(self, connected: bool) -> None:
+        """Say whether the broker is reachable; every browser shows or clears its banner."""
+        if connected != self.connected:
+            self.connected = connected
+            self._tell({"type": "link", "connected": connected})
+
+    def set_worker(self, worker_id: str, presence: dict[str, Any] | None) -> None:
+        """A worker's presence changed (None: its retained presence was cleared)."""
+        if presence is None:
+            self.workers.pop(worker_id, None)
+        else:
+            self.workers[worker_id] = presence
+        self._tell({"type": "worker", "worker_id": worker_id, "worker": presence})
+
+    def set_status(self, task_id: str, status: dict[str, Any] | None) -> None:
+        """A job's status arrived (None: its retained status was cleared, the job forgotten)."""
+        if status is None:
+            self.jobs.pop(task_id, None)
+            self.output.pop(task_id, None)
+            self._tell({"type": "job", "task_id": task_id, "job": None})
+            return
+        known = self.jobs.get(task_id)
+        # A refused copy of a job that a worker holds says nothing about that job.
+        if status.get("refused") and known is not None and known.get("state") in _STILL_GOING:
+            return
+        if task_id not in self._first_seen:
+            self._order += 1
+            self._first_seen[task_id] = self._order
+        self.jobs[task_id] = status
+        message = {"type": "job", "task_id": task_id, "job": self.row(task_id)}
+        for listener in list(self.listeners):
+            # The browser showing this job gets the whole status; the others the list's line.
+            full = {**message, "status": status, "can_run_again": task_id in self.requests}
+            self._send(listener, full if listener.job == task_id else message)
+
+    def set_request(self, task_id: str, request: dict[str, Any]) -> None:
+        """The request of a job, as published to the group: what "run again" sends."""
+        self.requests.pop(task_id, None)
+        self.requests[task_id] = request
+        while len(self.requests) > REQUESTS:
+            del self.requests[next(iter(self.requests))]
+
+    def add_event(self, task_id: str, event: dict[str, Any]) -> None:
+        """A live event of a job: kept for its page, sent to the browsers showing that job."""
+        line = event.get("line")
+        status = event.get("status")
+        text = None
+        if isinstance(line, str):
+            # Ansible colours its lines by result; the events carry the result, not the escapes.
+            colour = _STATUS_COLOURS.get(status) if isinstance(status, str) and "\x1b" not in line else None
+            text = ansi_to_html(f"\x1b[{colour}m{line}\x1b[0m" if colour else line)
+        entry = {
+            "seq": event.get("seq"),
+            "html": text,
+            "status": status,
+            "task": event.get("task"),
+            "event": event.get("event"),
+        }
+        lines = self.output.pop(task_id, None)
+        if lines is None:
+            lines = deque(maxlen=OUTPUT_LINES)
+        # Reinserted: the dict's order is the order of last output, oldest first.
+        self.output[task_id] = lines
+        lines.append(entry)
+        while len(self.output) > OUTPUT_JOBS:
+            del self.output[next(iter(self.output))]
+        message = {"type": "line", "task_id": task_id, "line": entry}
+        for listener in list(self.listeners):
+            if listener.job == task_id:
+                self._send(listener, message)
+
+    def row(self, task_id: str) -> dict[str, Any]:
+        """One line of the job list."""
+        row = summary(self.jobs[task_id])
+        row["order"] = self._first_seen.get(task_id, 0)
+        row["can_run_again"] = task_id in self.requests
+        return row
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every job's line, newest first (by start or creation time, then first seen)."""
+        rows = [self.row(task_id) for task_id in self.jobs]
+        rows.sort(key=lambda row: (str(row.get("created_at") or row.get("started_at") or ""), row["order"]))
+        rows.reverse()
+        return rows
+
+    def job_page(self, task_id: str) -> dict[str, Any] | None:
+        """Everything the job page shows, or None for a job this dashboard has not heard of.
+
+        Never the request itself: its extra_vars may hold secrets the page has no need for.
+        """
+        status = self.jobs.get(task_id)
+        if status is None:
+            return None
+        return {
+            "status": status,
+            "lines": list(self.output.get(task_id, ())),
+            "can_run_again": task_id in self.requests,
+        }
+
+    def snapshot(self, job: str | None) -> dict[str, Any]:
+        """The first message of a stream: everything known now, and the job page if one is asked for."""
+        return {
+            "type": "snapshot",
+            "connected": self.connected,
+            "workers": self.workers,
+            "jobs": self.rows(),
+            "job": self.job_page(job) if job else None,
+        }
+
+    @contextmanager
+    def listen(self, job: str | None) -> Iterator[tuple[dict[str, Any], trio.MemoryReceiveChannel[dict[str, Any]]]]:
+        """A snapshot and the channel of every change after it, until the block ends."""
+        send, receive = trio.open_memory_channel[dict[str, Any]](LISTENER_BUFFER)
+        listener = Listener(send, job)
+        # Taken and registered without a checkpoint in between: no change falls in the gap.
+        first = self.snapshot(job)
+        self.listeners.append(listener)
+        try:
+            yield first, receive
+        finally:
+            self.listeners.remove(listener)
+            send.close()
+            receive.close()
+
+    def _tell(self, message: dict[str, Any]) -> None:
+        for listener in list(self.listeners):
+            self._send(listener, message)
+
+    @staticmethod
+    def _send(listener: Listener, message: dict[str, Any]) -> None:
+        with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            listener.send.send_nowait(message)
+
+
+def finite(value: Any) -> Any:
+    """`value` with non-finite floats replaced by None, so it encodes as strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite(item) for item in value]
+    return value

@@ -1,0 +1,140 @@
+"""Helpers for the dashboard's browser tests: the processes a user starts, and a headless system Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.conftest import Broker, free_port
+
+EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,900",
+)
+
+
+def have_chromium() -> bool:
+    """Whether the Debian chromium and chromium-driver packages are installed."""
+    return os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)
+
+
+@contextmanager
+def chromium() -> Iterator[WebDriver]:
+    """A headless Chromium with a fresh profile, driven by the system chromedriver."""
+    profile = tempfile.mkdtemp(prefix="dashboard-browser-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_until(driver: WebDriver, condition: Any, seconds: float = 30, message: str = "") -> Any:
+    """Poll the page (not the server) until `condition(driver)` is truthy, for at most `seconds`."""
+    return WebDriverWait(driver, seconds, poll_frequency=0.05).until(condition, message)
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 20) -> None:
+    """Return once something accepts connections on 127.0.0.1:`port`; fail if `process` exits first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the dashboard exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on port {port} after {seconds}s") from None
+            time.sleep(0.02)
+
+
+@contextmanager
+def process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`ansible-worker ARGS` with its output in `log`; SIGTERM (then SIGKILL) at the end."""
+    with log.open("ab") as output:
+        child = subprocess.Popen([EXECUTABLE, *args], stdout=output, stderr=subprocess.STDOUT)
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+@contextmanager
+def dashboard(broker: Broker, group: str, log: Path, *extra: str) -> Iterator[str]:
+    """A running `ansible-worker dashboard` on a free loopback port; its URL."""
+    port = free_port()
+    args = ["dashboard", "--broker", f"mqtt://127.0.0.1:{broker.port}", "--group", group]
+    with process([*args, "--listen", f"127.0.0.1:{port}", *extra], log) as child:
+        wait_for_port(port, child)
+        yield f"http://127.0.0.1:{port}/"
+        # Shutdown is cancellation: SIGTERM ends it cleanly, open streams and all.
+        child.terminate()
+        assert child.wait(timeout=15) == 0, log.read_text()[-3000:]
+        assert f"dashboard at http://127.0.0.1:{port}/" in log.read_text()
+
+
+def cli(broker: Broker, group: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A controller command, as a user types it."""
+    command = [EXECUTABLE, args[0], "--broker", f"mqtt://127.0.0.1:{broker.port}", "--group", group, *args[1:]]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def broker_status(broker: Broker, group: str, task_id: str) -> dict[str, Any]:
+    """The status the broker holds for a job, read with `ansible-worker status --json`."""
+    result = cli(broker, group, "status", task_id, "--json")
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def text_of(driver: WebDriver, css: str) -> str:
+    """The text of the first element matching `css` now, or "" when there is none.
+
+    Read in the page in one step: the list is redrawn as changes arrive, so an element
+    looked up first and read later may be gone.
+    """
+    script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';"
+    return str(driver.execute_script(script, css))
+
+
+def click(driver: WebDriver, css: str) -> None:
+    """Click the first element matching `css`, found and clicked in one step (see `text_of`)."""
+    assert driver.execute_script(
+        "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e;", css
+    ), f"nothing to click at {css}"

@@ -1,0 +1,329 @@
+"""The dashboard in a real browser: a broker, a worker process, the dashboard process and headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import trio
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
+
+from ansible_worker.controller.client import open_client, target_from_url
+from tests.conftest import REPO, Broker, worker_config
+from tests.dashboard.browser import (
+    EXECUTABLE,
+    broker_status,
+    chromium,
+    cli,
+    click,
+    dashboard,
+    have_chromium,
+    process,
+    text_of,
+    wait_until,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not have_chromium(), reason="needs Debian's chromium and chromium-driver"),
+]
+SCREENSHOT = REPO / "docs" / "dashboard-job.png"
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    with chromium() as driver:
+        yield driver
+
+
+@pytest.fixture
+def worker(broker: Broker, playbook_dir: Path, group: str, tmp_path: Path) -> Iterator[str]:
+    """A worker process of the group, one job at a time; its worker_id."""
+    config = worker_config(tmp_path / "worker.json", broker, playbook_dir, group, worker_id="w1", heartbeat_interval=2)
+    with process(["run", "-c", str(config)], tmp_path / "worker.log"):
+        yield "w1"
+
+
+def job_state(driver: WebDriver, task_id: str) -> str:
+    return text_of(driver, f'tr[data-task-id="{task_id}"] .job-state')
+
+
+def submit(broker: Broker, group: str, task_id: str, playbook: str = "quick.yml", *extra: str, code: int = 0) -> None:
+    result = cli(broker, group, "submit", playbook, "-i", "inventory.ini", "--task-id", task_id, *extra)
+    assert result.returncode == code, result.stdout + result.stderr
+
+
+def open_job(driver: WebDriver, task_id: str) -> None:
+    click(driver, f'tr[data-task-id="{task_id}"]')
+    wait_until(driver, lambda d: text_of(d, "#job-id") == task_id, message="the job page did not open")
+
+
+def post(url: str, headers: dict[str, str], body: bytes = b"{}") -> int:
+    request = urllib.request.Request(  # noqa: S310 (our own loopback URL)
+        url, data=body, method="POST", headers={"Content-Type": "application/json", **headers}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (our own loopback URL)
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_a_job_appears_and_goes_from_queued_to_success_live(
+    broker: Broker, group: str, worker: str, tmp_path: Path, browser: WebDriver
+) -> None:
+    with dashboard(broker, group, tmp_path / "dashboard.log", "--allow-actions") as url:
+        browser.get(url)
+        wait_until(browser, lambda d: "online" in text_of(d, f'tr[data-worker-id="{worker}"]'), message="no worker")
+        browser.execute_script("window.notReloaded = true;")
+        # The worker runs one job at a time: the second waits, queued, behind the first.
+        submit(broker, group, "busy", "sleep.yml", "-e", "seconds=3")
+        submit(broker, group, "quick")
+        wait_until(browser, lambda d: job_state(d, "quick") == "queued", message="never shown queued")
+        wait_until(browser, lambda d: job_state(d, "quick") == "success", message="never shown success")
+        assert browser.execute_script("return window.notReloaded === true;")
+        rows = browser.execute_script(
+            "return [...document.querySelectorAll('#jobs tbody tr')].map(r => r.dataset.taskId);"
+        )
+        assert rows[:2] == ["quick", "busy"]  # newest first
+        open_job(browser, "quick")
+        wait_until(browser, lambda d: "ok: [host1]" in text_of(d, "#output"), message="no Ansible output")
+        output = text_of(browser, "#output")
+        assert "TASK [Say something]" in output
+        assert '"msg": "quick"' in output
+        assert browser.find_elements("css selector", "#output .ansi-fg-green"), "the ok line lost its colour"
+        assert text_of(browser, "#job-state") == "success"
+        assert text_of(browser, ".field-worker_id") == worker
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        browser.save_screenshot(str(SCREENSHOT))
+        browser.save_screenshot(str(tmp_path / "dashboard-job.png"))
+
+
+def test_a_failed_job_page_scrolls_to_the_failed_task(
+    broker: Broker, group: str, worker: str, playbook_dir: Path, tmp_path: Path, browser: WebDriver
+) -> None:
+    # Forty lines of output before the failure, more than the output box shows at once.
+    tasks = [{"name": f"Step {n}", "ansible.builtin.debug": {"msg": f"step {n}"}} for n in range(20)]
+    tasks.append({"name": "Break here", "ansible.builtin.fail": {"msg": "boom"}})
+    tasks += [{"name": f"After {n}", "ansible.builtin.debug": {"msg": "never"}} for n in range(5)]
+    play = [{"name": "Long then failing", "hosts": "host1", "gather_facts": False, "tasks": tasks}]
+    (playbook_dir / "long_fail.yml").write_text(json.dumps(play))
+    with dashboard(broker, group, tmp_path / "dashboard.log") as url:
+        submit(broker, group, "broken", "long_fail.yml", "--wait", code=1)
+        browser.get(url + "#/job/broken")
+        wait_until(browser, lambda d: text_of(d, "#job-state") == "failed", message="not shown failed")
+        wait_until(browser, lambda d: "boom" in text_of(d, "#output .failed"), message="no failed line")
+        visible = (
+            "const o = document.getElementById('output'), f = o.querySelector('.failed');"
+            "const top = f.getBoundingClientRect().top - o.getBoundingClientRect().top;"
+            "return o.scrollTop > 0 && top >= 0 && top < o.clientHeight;"
+        )
+        wait_until(browser, lambda d: d.execute_script(visible), 10, "the failed task is not in view")
+
+
+def test_cancel_from_the_page_and_run_again(
+    broker: Broker, group: str, worker: str, tmp_path: Path, browser: WebDriver
+) -> None:
+    with dashboard(broker, group, tmp_path / "dashboard.log", "--allow-actions") as url:
+        browser.get(url)
+        wait_until(browser, lambda d: d.find_elements("css selector", f'tr[data-worker-id="{worker}"]'))
+        submit(broker, group, "first", "quick.yml", "--wait")
+        submit(broker, group, "long", "sleep.yml")
+        wait_until(browser, lambda d: job_state(d, "long") == "running", message="the long job never ran")
+        open_job(browser, "long")
+        browser.find_element("id", "cancel-reason").send_keys("maintenance window closed")
+        browser.find_element("id", "cancel-button").click()
+        wait_until(browser, lambda d: text_of(d, "#job-state") == "cancelled", message="not shown cancelled")
+        status = broker_status(broker, group, "long")
+        assert status["state"] == "cancelled"
+        assert "maintenance window closed" in json.dumps(status)
+        assert "dashboard" in str(status.get("cancelled_by"))
+
+        browser.get(url + "#/job/first")
+        wait_until(browser, lambda d: text_of(d, "#job-state") == "success")
+        browser.find_element("id", "rerun-button").click()
+        wait_until(browser, lambda d: text_of(d, "#job-id") not in ("", "first"), message="no new job page")
+        again = text_of(browser, "#job-id")
+        wait_until(browser, lambda d: text_of(d, "#job-state") == "success", message="the new job did not succeed")
+        assert broker_status(broker, group, again)["state"] == "success"
+        assert broker_status(broker, group, again)["playbook"] == "quick.yml"
+
+
+def test_with_actions_off_there_are_no_buttons_and_the_endpoints_refuse(
+    broker: Broker, group: str, worker: str, tmp_path: Path, browser: WebDriver
+) -> None:
+    token = "a-token-of-enough-length"
+    with dashboard(broker, group, tmp_path / "dashboard.log", "--token", token) as url:
+        submit(broker, group, "done", "quick.yml", "--wait")
+        submit(broker, group, "long", "sleep.yml")
+        browser.get(url)
+        # The page asks for the token once; a wrong one is refused.
+        wait_until(browser, lambda d: d.find_element("id", "token-form").is_displayed())
+        browser.find_element("id", "token-input").send_keys("wrong-token-of-length\n")
+        wait_until(browser, lambda d: text_of(d, "#token-error") == "wrong token")
+        field = browser.find_element("id", "token-input")
+        field.clear()
+        field.send_keys(token + "\n")
+        wait_until(browser, lambda d: job_state(d, "long") == "running", message="no list after the token")
+        for task_id in ("long", "done"):
+            browser.get(url + "#/job/" + task_id)
+            browser.refresh()
+            wait_until(browser, lambda d, t=task_id: text_of(d, "#job-id") == t)
+            assert not browser.find_elements("css selector", "#cancel-button, #rerun-button, #actions button")
+        headers = {"X-Dashboard-Action": "1", "X-Dashboard-Token": token, "Origin": url.rstrip("/")}
+        assert post(url + "api/jobs/long/cancel", headers) == 403
+        assert post(url + "api/jobs/done/rerun", headers) == 403
+        assert post(url + "api/jobs/long/cancel", {"X-Dashboard-Action": "1"}) == 401
+        assert broker_status(broker, group, "long")["state"] == "running"
+
+
+def test_actions_refuse_cross_site_requests(broker: Broker, group: str, worker: str, tmp_path: Path) -> None:
+    with dashboard(broker, group, tmp_path / "dashboard.log", "--allow-actions") as url:
+        submit(broker, group, "long", "sleep.yml")
+        assert post(url + "api/jobs/long/cancel", {}) == 403  # no header a form could not send
+        assert post(url + "api/jobs/long/cancel", {"X-Dashboard-Action": "1", "Origin": "http://evil.example"}) == 403
+        assert post(url + "api/jobs/long/cancel", {"X-Dashboard-Action": "1", "Host": "evil.example"}) == 403
+        assert broker_status(broker, group, "long")["state"] in ("queued", "running")
+
+
+def test_a_listen_beyond_loopback_without_a_token_is_refused_at_start(broker: Broker, group: str) -> None:
+    command = [EXECUTABLE, "dashboard", "--broker", f"mqtt://127.0.0.1:{broker.port}", "--listen", "0.0.0.0:8470"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert "--token" in result.stderr
+    assert "0.0.0.0:8470" in result.stderr
+
+
+def test_a_bad_dashboard_config_key_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"mqtt": {"host": "127.0.0.1"}, "dashboard": {"allow_action": True}}))
+    command = [EXECUTABLE, "dashboard", "-c", str(config)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert "dashboard.allow_action" in result.stderr
+
+
+def test_broker_loss_shows_a_banner_and_the_last_state_until_it_is_back(
+    broker: Broker, group: str, worker: str, tmp_path: Path, browser: WebDriver
+) -> None:
+    with dashboard(broker, group, tmp_path / "dashboard.log") as url:
+        submit(broker, group, "done", "quick.yml", "--wait")
+        browser.get(url)
+        wait_until(browser, lambda d: job_state(d, "done") == "success")
+        assert not browser.find_element("id", "banner").is_displayed()
+        broker.stop()
+        wait_until(browser, lambda d: d.find_element("id", "banner").is_displayed(), message="no banner")
+        assert job_state(browser, "done") == "success"  # the last known state stays
+        broker.start()
+        wait_until(browser, lambda d: not d.find_element("id", "banner").is_displayed(), 60, "banner stayed")
+        submit(broker, group, "after", "quick.yml")
+        wait_until(browser, lambda d: job_state(d, "after") == "success", message="no live updates after")
+
+
+def test_actions_are_signed_with_the_dashboards_key(
+    broker: Broker, group: str, playbook_dir: Path, keys: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "signed-worker.json"
+    worker = json.loads(worker_config(config, broker, playbook_dir, group, worker_id="w1").read_text())
+    worker["security"] = {
+        "require_signed_tasks": True,
+        "trusted_keys": {"alice": str(keys / "alice.pub")},
+        "worker_key": str(keys / "worker.key"),
+    }
+    config.write_text(json.dumps(worker))
+    alice = str(keys / "alice.key")
+    with (
+        process(["run", "-c", str(config)], tmp_path / "worker.log"),
+        dashboard(broker, group, tmp_path / "dashboard.log", "--allow-actions", "--signing-key", alice) as url,
+    ):
+        submit(broker, group, "signed", "quick.yml", "--signing-key", alice, "--wait")
+        headers = {"X-Dashboard-Action": "1", "Origin": url.rstrip("/")}
+        request = urllib.request.Request(  # noqa: S310 (our own loopback URL)
+            url + "api/jobs/signed/rerun", data=b"{}", method="POST", headers=headers
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            assert response.status == 201
+            again = json.loads(response.read())["task_id"]
+        watched = cli(broker, group, "watch", again, "--json")
+        assert watched.returncode == 0, watched.stdout + watched.stderr
+        assert broker_status(broker, group, again)["state"] == "success"
+
+        submit(broker, group, "long", "sleep.yml", "--signing-key", alice)
+        # The CLI saw the job queued; the dashboard hears the same status a moment later.
+        deadline = time.monotonic() + 10
+        while (code := post(url + "api/jobs/long/cancel", headers, b'{"reason": "signed stop"}')) == 409:
+            assert time.monotonic() < deadline, "the dashboard never heard of the job"
+            time.sleep(0.05)
+        assert code == 202
+        watched = cli(broker, group, "watch", "long", "--json")
+        assert watched.returncode == 4, watched.stdout + watched.stderr  # cancelled
+        assert broker_status(broker, group, "long")["state"] == "cancelled"
+        assert "signed stop" in json.dumps(broker_status(broker, group, "long"))
+
+
+async def _publish_statuses(broker: Broker, group: str, count: int) -> None:
+    async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
+        for index in range(count):
+            state = "failed" if index % 10 == 0 else "success"
+            playbook = "db.yml" if index % 4 == 0 else "web.yml"
+            created = f"2026-01-01T00:{index // 60:02d}:{index % 60:02d}Z"
+            body = {"task_id": f"j{index:03d}", "state": state, "playbook": playbook, "created_at": created}
+            await client.publish(client.topics.status(f"j{index:03d}"), json.dumps(body).encode(), qos=1, retain=True)
+
+
+def test_many_jobs_are_paged_and_filtered(broker: Broker, group: str, tmp_path: Path, browser: WebDriver) -> None:
+    trio.run(_publish_statuses, broker, group, 120)
+    rows = "return [...document.querySelectorAll('#jobs tbody tr')].map(r => r.dataset.taskId);"
+    with dashboard(broker, group, tmp_path / "dashboard.log") as url:
+        browser.get(url)
+        wait_until(browser, lambda d: text_of(d, "#page-info") == "page 1 of 3", message="not paged")
+        shown = browser.execute_script(rows)
+        assert len(shown) == 50
+        assert shown[0] == "j119"  # newest first
+        click(browser, "#next-page")
+        wait_until(browser, lambda d: d.execute_script(rows)[0] == "j069", message="no second page")
+        Select(browser.find_element("id", "state-filter")).select_by_visible_text("failed")
+        wait_until(browser, lambda d: len(d.execute_script(rows)) == 12, message="state filter")
+        assert text_of(browser, "#page-info") == "page 1 of 1"
+        browser.find_element("id", "playbook-filter").send_keys("db")
+        # failed (every 10th) and db.yml (every 4th): every 20th, 6 of 120.
+        wait_until(browser, lambda d: d.execute_script(rows) == [f"j{n:03d}" for n in range(100, -1, -20)])
+
+
+async def _publish_presences(broker: Broker, group: str) -> None:
+    now = datetime.now(UTC)
+    async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
+        for worker_id, beat in (("fresh", now), ("silent", now - timedelta(minutes=10))):
+            presence = {
+                "worker_id": worker_id,
+                "state": "online",
+                "heartbeat_at": beat.isoformat(),
+                "heartbeat_interval": 30,
+                "capacity": 4,
+                "running": 1,
+                "queued": 2,
+                "jobs_done": 7,
+            }
+            await client.publish(client.topics.worker(worker_id), json.dumps(presence).encode(), qos=1, retain=True)
+
+
+def test_a_worker_whose_heartbeats_stopped_looks_stale(
+    broker: Broker, group: str, tmp_path: Path, browser: WebDriver
+) -> None:
+    trio.run(_publish_presences, broker, group)
+    classes = "return [...document.querySelectorAll('#workers tbody tr')].map(r => [r.dataset.workerId, r.className]);"
+    with dashboard(broker, group, tmp_path / "dashboard.log") as url:
+        browser.get(url)
+        wait_until(browser, lambda d: len(d.execute_script(classes)) == 2, message="workers not shown")
+        assert dict(browser.execute_script(classes)) == {"fresh": "", "silent": "stale"}
+        assert "(stale)" not in text_of(browser, 'tr[data-worker-id="fresh"]')
+        row = text_of(browser, 'tr[data-worker-id="fresh"]')
+        assert row.split("\t")[2:6] == ["4", "1", "2", "7"]

@@ -1,0 +1,150 @@
+"""The dashboard's pure parts: ANSI to HTML, listen and token checks, and what hostile broker messages do to the store."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import ansible_worker.dashboard
+from ansible_worker.dashboard.access import AccessError, check_listen, parse_listen, same_origin, token_ok
+from ansible_worker.dashboard.ansi import ansi_to_html
+from ansible_worker.dashboard.feed import route
+from ansible_worker.dashboard.store import OUTPUT_JOBS, REQUESTS, Store
+from ansible_worker.mqtt.link import InboundMessage
+from ansible_worker.protocol.topics import Topics
+
+TOPICS = Topics("ansible", "web")
+
+
+def message(topic: str, payload: bytes, *, retain: bool = False) -> InboundMessage:
+    return InboundMessage(topic=topic, payload=payload, qos=1, retain=retain)
+
+
+def test_colours_become_spans_of_our_own_classes() -> None:
+    assert ansi_to_html("\x1b[0;32mok: [h1]\x1b[0m") == '<span class="ansi-fg-green">ok: [h1]</span>'
+    assert ansi_to_html("\x1b[1;31mfatal\x1b[0m x") == '<span class="ansi-bold ansi-fg-red">fatal</span> x'
+
+
+def test_a_hostile_line_cannot_inject_markup() -> None:
+    out = ansi_to_html('<img src=x onerror="alert(1)">\x1b[31m<script>\x1b]0;title\x07\x1b[2J')
+    assert "<img" not in out
+    assert "<script" not in out
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in out
+    assert "\x1b" not in out
+    assert "\x07" not in out
+
+
+def test_listen_addresses_and_tokens() -> None:
+    assert parse_listen("127.0.0.1:8470").port == 8470
+    assert parse_listen("[::1]:80").bind == "[::1]:80"
+    with pytest.raises(AccessError, match="HOST:PORT"):
+        parse_listen("8470")
+    with pytest.raises(AccessError, match="port"):
+        parse_listen("0.0.0.0:99999")
+    check_listen(parse_listen("localhost:1"), None)
+    with pytest.raises(AccessError, match="--token"):
+        check_listen(parse_listen("0.0.0.0:8470"), None)
+    with pytest.raises(AccessError, match="16 characters"):
+        check_listen(parse_listen("0.0.0.0:8470"), "short")
+    check_listen(parse_listen("0.0.0.0:8470"), "x" * 16)
+    assert token_ok(None, None)
+    assert not token_ok("secret-token-abcdef", None)
+    assert not token_ok("secret-token-abcdef", "secret-token-abcdeg")
+    assert same_origin(None, "127.0.0.1:1")
+    assert same_origin("http://127.0.0.1:1", "127.0.0.1:1")
+    assert not same_origin("http://evil.example", "127.0.0.1:1")
+    assert not same_origin("null", "127.0.0.1:1")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"not json", b"[1,2]", b'{"state": 5}', b"{" * 100_000, b'"text"', b"\xff\xfe", b"1e999999"],
+)
+def test_hostile_messages_are_skipped_and_lose_nothing(payload: bytes) -> None:
+    store = Store()
+    route(store, TOPICS, message("ansible/web/tasks/ok/status", b'{"state": "running", "playbook": "a.yml"}'))
+    route(store, TOPICS, message("ansible/web/workers/w1", b'{"state": "online"}'))
+    for topic in (
+        "ansible/web/tasks/bad/status",
+        "ansible/web/tasks/ok/events",
+        "ansible/web/tasks/../status",
+        "ansible/web/tasks",
+        "ansible/web/workers/w2",
+        "ansible/web/tasks/ok/status/extra",
+    ):
+        if payload == b"" and topic.endswith(("bad/status", "w2")):
+            continue  # an empty retained message is a deliberate clear
+        route(store, TOPICS, message(topic, payload))
+    assert store.jobs["ok"]["state"] == "running"
+    assert store.workers["w1"]["state"] == "online"
+    assert "bad" not in store.jobs
+    assert set(store.jobs) == {"ok"}
+
+
+def test_the_topic_names_the_job_whatever_the_body_says() -> None:
+    store = Store()
+    route(store, TOPICS, message("ansible/web/tasks/real/status", b'{"task_id": "other", "state": "queued"}'))
+    assert store.jobs["real"]["task_id"] == "real"
+    assert "other" not in store.jobs
+
+
+def test_a_refused_copy_does_not_hide_a_running_job() -> None:
+    store = Store()
+    route(store, TOPICS, message("ansible/web/tasks/j/status", b'{"state": "running"}'))
+    route(store, TOPICS, message("ansible/web/tasks/j/status", b'{"state": "failed", "refused": true}'))
+    assert store.jobs["j"]["state"] == "running"
+
+
+def test_a_request_is_kept_for_run_again_and_a_cleared_status_forgets_the_job() -> None:
+    store = Store()
+    route(store, TOPICS, message("ansible/web/tasks", b'{"task_id": "j", "playbook": "a.yml", "inventory": "h"}'))
+    route(store, TOPICS, message("ansible/web/tasks", b'{"task_id": "bad id!", "playbook": "a.yml"}'))
+    route(store, TOPICS, message("ansible/web/tasks/j/status", b'{"state": "success"}'))
+    assert store.requests == {"j": {"task_id": "j", "playbook": "a.yml", "inventory": "h"}}
+    assert store.rows()[0]["can_run_again"] is True
+    route(store, TOPICS, message("ansible/web/tasks/j/status", b"", retain=True))
+    assert store.jobs == {}
+
+
+def test_jobs_are_listed_newest_first() -> None:
+    store = Store()
+    for name, created in (("a", "2026-01-01T00:00:01Z"), ("c", "2026-01-01T00:00:03Z"), ("b", "2026-01-01T00:00:02Z")):
+        status = f'{{"state": "success", "created_at": "{created}"}}'.encode()
+        route(store, TOPICS, message(f"ansible/web/tasks/{name}/status", status))
+    assert [row["task_id"] for row in store.rows()] == ["c", "b", "a"]
+
+
+def test_event_lines_keep_ansible_colours_and_are_escaped() -> None:
+    store = Store()
+    event = b'{"seq": 1, "event": "runner_on_failed", "status": "failed", "line": "fatal: [<b>h</b>]"}'
+    route(store, TOPICS, message("ansible/web/tasks/j/events", event))
+    line = store.output["j"][0]
+    assert line["html"] == '<span class="ansi-fg-red">fatal: [&lt;b&gt;h&lt;/b&gt;]</span>'
+
+
+def test_a_flood_of_made_up_jobs_keeps_memory_bounded() -> None:
+    store = Store()
+    for index in range(OUTPUT_JOBS + 50):
+        route(store, TOPICS, message(f"ansible/web/tasks/j{index}/events", b'{"seq": 1, "line": "x"}'))
+    for index in range(REQUESTS + 5):
+        route(store, TOPICS, message("ansible/web/tasks", f'{{"task_id": "r{index}"}}'.encode()))
+    assert len(store.output) == OUTPUT_JOBS
+    assert f"j{OUTPUT_JOBS + 49}" in store.output
+    assert "j0" not in store.output
+    assert len(store.requests) == REQUESTS
+    assert "r0" not in store.requests
+
+
+def test_the_dashboard_imports_neither_the_worker_nor_the_runner() -> None:
+    package = Path(ansible_worker.dashboard.__file__).parent
+    imported = set()
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert "ansible_worker.controller.client" in imported  # the check sees imports at all
+    assert not {name for name in imported if name.startswith(("ansible_worker.worker", "ansible_worker.run"))}
