@@ -119,6 +119,16 @@ class State(enum.StrEnum):
         return self not in (State.QUEUED, State.RUNNING)
 
 
+class RecordSummary(BaseModel):
+    """What the terminal status says of the job's record on `<prefix>/<group>/tasks/<task_id>/record`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bytes: int = Field(description="size of the compressed record as published")
+    events: int = Field(description="events the record holds")
+    cut: bool = Field(description="whether older events or output were left out to fit the limit")
+
+
 class JobStatus(BaseModel):
     """What the retained topic `<prefix>/<group>/tasks/<task_id>/status` says about a job.
 
@@ -155,6 +165,8 @@ class JobStatus(BaseModel):
     handed_back_by: str | None = None
     last_event_seq: int = 0
     events_dropped: int = 0
+    # The job's record, published before this terminal status; None when there is none.
+    record: RecordSummary | None = None
     # A live answer to a message that was refused before anything ran; never retained.
     refused: bool = False
 

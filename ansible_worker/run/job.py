@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from ansible_worker.ops.logging_setup import current_task_id
 from ansible_worker.ops.metrics import WorkerMetrics
-from ansible_worker.protocol.models import JobStatus, State, TaskRequest
+from ansible_worker.protocol.models import JobStatus, RecordSummary, State, TaskRequest
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.command import (
@@ -39,10 +39,13 @@ from ansible_worker.run.output_tail import OutputTail
 from ansible_worker.run.policy import JobPolicy
 from ansible_worker.run.process_group import ExitRecord, run_with_output
 from ansible_worker.run.progress import STATUS_EVENTS, Progress
+from ansible_worker.run.record import RecordCollector
 
 log = logging.getLogger(__name__)
 
 EVENT_FLUSH_SECONDS = 2.0
+# Longest a job's record may hold back its terminal status (the broker is slow or away).
+RECORD_SECONDS = 5.0
 RUN_DIRECTORY_PREFIX = "ansible-worker-"
 EVENT_FIFO_NAME = "events.fifo"
 
@@ -65,6 +68,16 @@ class EventSink(Protocol):
 
     def offer(self, stream: EventStream, raw: Mapping[str, Any]) -> None:
         """Send one callback event on `stream`, or count it dropped."""
+
+
+class RecordSink(Protocol):
+    """Where a finished job's record goes, before its terminal status."""
+
+    async def publish_record(self, status: JobStatus, record: RecordCollector) -> RecordSummary | None:
+        """Publish the record of the job that ended with `status`; what was published, or None.
+
+        Cancellation: the record may or may not have reached the broker.
+        """
 
 
 class RunnerSettings(Protocol):
@@ -113,6 +126,9 @@ class Job:
     events: EventStream | None = None
     handed_back: bool = False
     done: trio.Event = field(default_factory=trio.Event)
+    # Every event and the output, for the record published when the job ends.
+    record: RecordCollector | None = None
+    record_summary: RecordSummary | None = None
 
     @property
     def task_id(self) -> str:
@@ -162,14 +178,19 @@ class Job:
             cancelled_by=self.cancelled_by,
             last_event_seq=self.events.last_seq if self.events else 0,
             events_dropped=self.events.dropped if self.events else 0,
+            record=None if progress_only else self.record_summary,
         )
 
     def finish(self, state: State, error_message: str | None = None) -> None:
         """End the job in `state` with `error_message`: stamp `completed_at` and set `done`."""
+        self.end(state, error_message)
+        self.done.set()
+
+    def end(self, state: State, error_message: str | None = None) -> None:
+        """Put the job in its terminal `state` and stamp `completed_at`, without setting `done` yet."""
         self.state = state
         self.error_message = error_message
         self.completed_at = utc_now()
-        self.done.set()
 
 
 class JobRunner:
@@ -185,8 +206,10 @@ class JobRunner:
         on_transition: Callable[[], None] = lambda: None,
         hidden_values: Collection[str] = (),
         metrics: WorkerMetrics | None = None,
+        records: RecordSink | None = None,
     ) -> None:
         self.settings = settings
+        self.records = records
         self.statuses = statuses
         self.topics = topics
         self.events = events
@@ -274,6 +297,8 @@ class JobRunner:
         timeout = self.settings.task_timeout if job.request.timeout is None else job.request.timeout
         if self.events is not None:
             job.events = EventStream(self.topics.events(job.task_id), rate=self.settings.events_per_second)
+        if self.records is not None:
+            job.record = RecordCollector()
         job.state = State.RUNNING
         job.started_at = utc_now()
         self.announce(job)
@@ -307,8 +332,21 @@ class JobRunner:
                 with trio.CancelScope(shield=True), trio.move_on_after(EVENT_FLUSH_SECONDS):
                     await job.events.wait_flushed()
                 self.metrics.events_dropped += job.events.dropped
-            job.finish(state, error)
+            job.end(state, error)
+            await self._publish_record(job)
+            job.done.set()
             self.announce(job)
+
+    async def _publish_record(self, job: Job) -> None:
+        """Publish the job's record before its terminal status, which then names it; shielded, bounded."""
+        if self.records is None or job.record is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(RECORD_SECONDS):
+            try:
+                job.record_summary = await self.records.publish_record(job.status(), job.record)
+            except Exception:
+                # The record is an extra: whatever went wrong, the job's status goes out.
+                log.exception("task %s: its record could not be built", job.task_id)
 
     async def _run(self, job: Job) -> tuple[State, str | None]:
         request = job.request
@@ -331,6 +369,8 @@ class JobRunner:
             )
             fifo = EventFifo(run_dir / EVENT_FIFO_NAME)
             tail = OutputTail(self.settings.output_limit_bytes)
+            if job.record is not None:
+                job.record.output = tail
             try:
                 record = ExitRecord()
                 try:
@@ -355,6 +395,8 @@ class JobRunner:
     def _on_event(self, job: Job, event: dict[str, Any]) -> None:
         self.metrics.events_processed += 1
         job.progress.apply(event)
+        if job.record is not None:
+            job.record.add(event)
         if self.events is not None and job.events is not None:
             self.events.offer(job.events, event)
         if event.get("event") in STATUS_EVENTS and not job.state.terminal:
