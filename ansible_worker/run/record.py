@@ -32,6 +32,9 @@ class RecordCollector:
             event["counter"] = raw["counter"]
         if raw.get("action") is not None:
             event["action"] = raw["action"]
+        if isinstance(raw.get("hosts"), Mapping):
+            # The recap's numbers, for the tools that read them (ansible-runner's stats).
+            event["hosts"] = raw["hosts"]
         self.events.append(event)
 
     def build(self, status: JobStatus, limit: int) -> EncodedRecord:
