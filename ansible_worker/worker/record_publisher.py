@@ -21,6 +21,8 @@ MAX_ATTEMPTS = 4
 SMALLEST_LIMIT = 1024
 # How long a reconnect after a dropped link may take before the record is given up.
 RECONNECT_SECONDS = 5.0
+# How long the session may take to notice that a link it still holds is gone.
+NOTICE_SECONDS = 1.0
 
 
 class RecordPublisher:
@@ -61,12 +63,16 @@ class RecordPublisher:
             except LinkError as exc:
                 # Mosquitto drops the connection of an MQTT 3 client whose message is too large.
                 log.warning(
-                    "task %s: the link dropped while publishing its record of %d bytes (%s)",
+                    "task %s: the link dropped over its record of %d bytes (%s); publishing a smaller one",
                     status.task_id,
                     len(encoded.payload),
                     exc,
                 )
+                # The session may not have noticed the loss yet: wait until it has, then for the next link.
                 with trio.move_on_after(RECONNECT_SECONDS):
+                    if self.session.connected:
+                        with trio.move_on_after(NOTICE_SECONDS):
+                            await self.session.wait_disconnected()
                     await self.session.wait_connected()
             else:
                 return RecordSummary(bytes=len(encoded.payload), events=encoded.events, cut=encoded.cut)
