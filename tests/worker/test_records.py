@@ -131,12 +131,17 @@ async def test_record_expires_with_the_status(broker: Broker, playbook_dir: Path
     assert final["record"] is not None
     record = await retained(broker, topics.record("rec-expiry"))
     status = await retained(broker, topics.status("rec-expiry"))
-    assert record is not None and status is not None
+    assert record is not None
+    assert status is not None
     # The same expiry interval, counted down from nearly the same moment.
-    assert record[1] is not None and status[1] is not None
+    assert record[1] is not None
+    assert status[1] is not None
     assert 0 < record[1] <= status[1] <= 3
+    # Mosquitto drops an expired retained message when it is next looked at: look until then, bounded.
     with trio.fail_after(15):
-        while await retained(broker, topics.record("rec-expiry")) is not None:
+        while True:
+            if await retained(broker, topics.record("rec-expiry")) is None:
+                break
             await trio.sleep(0.25)
     assert await retained(broker, topics.status("rec-expiry")) is None
 
