@@ -31,6 +31,7 @@ _LINE_COLOURS = (
     ("[ERROR]", "red"),
     ("ERROR!", "red"),
 )
+PIPED_WIDTH = 250
 _HEADINGS = ("PLAY ", "TASK ", "RUNNING HANDLER ", "PLAY RECAP", "PLAYBOOK:")
 
 
@@ -185,5 +186,7 @@ async def jobs(client: Client, args: argparse.Namespace, console: Console) -> in
     elif not found:
         console.print(f"no jobs of group {client.topics.group!r} match", style="dim")
     else:
-        console.print(jobs_table(found))
+        # Piped, the table is not squeezed to 80 columns: one job per line, whatever reads it.
+        wide = console if console.is_terminal else Console(file=console.file, width=PIPED_WIDTH, highlight=False)
+        wide.print(jobs_table(found))
     return EXIT_SUCCESS
