@@ -204,6 +204,30 @@ class LiveEvent(BaseModel):
     line: str | None = Field(None, description="the line Ansible's own output shows for this event")
 
 
+class JobRecord(BaseModel):
+    """A finished job's record on `<prefix>/<group>/tasks/<task_id>/record`: zlib-compressed JSON, retained.
+
+    Published before the job's terminal status, with the same message expiry. Cut to
+    `worker.record_limit_bytes` (compressed) when it would be larger, keeping the newest
+    events and output; `cut` then says so.
+    """
+
+    # Describes what records.py writes, for the published schema; built only when asked for.
+    model_config = ConfigDict(extra="allow", defer_build=True)
+
+    format: Literal["ansible-worker-record/1"]
+    task_id: str
+    status: JobStatus = Field(description="the job's terminal status (its `record` field is null here)")
+    events: list[LiveEvent] = Field(
+        description="every event of the job, numbered from 1 without gaps (the newest, when cut), with the"
+        " callback's `counter`, `action`, and the recap's `hosts` on playbook_on_stats"
+    )
+    events_total: int = Field(description="how many events the job had")
+    output: str = Field(description="Ansible's output, the newest part worker.output_limit_bytes kept (less, when cut)")
+    output_bytes: int = Field(description="how many bytes of output Ansible wrote in all")
+    cut: bool = Field(description="whether older events or output were left out")
+
+
 class Presence(BaseModel):
     """A worker's retained message on `<prefix>/<group>/workers/<worker_id>`; its will says offline."""
 
