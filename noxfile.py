@@ -44,6 +44,7 @@ def bench(session: nox.Session) -> None:
     """Measure the worker against running ansible-playbook directly; writes benchmarks/results.json."""
     session.install(".")
     session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "benchmarks/bench_record.py")
 
 
 @nox.session
