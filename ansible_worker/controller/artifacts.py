@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 import uuid
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from ansible_worker.controller.view import parse_time
+from ansible_worker.protocol.models import TASK_ID_PATTERN
 
 # Runner's words for how a run ended (`status` file), by the job's terminal state.
 RUNNER_STATUS = {"success": "successful", "failed": "failed", "cancelled": "canceled", "timeout": "timeout"}
@@ -36,10 +37,11 @@ def runner_events(record: dict[str, Any]) -> list[dict[str, Any]]:
     task_uuid: str | None = None
     line = 0
     converted = []
-    for event in record.get("events", []):
+    for position, event in enumerate(record.get("events", []), 1):
         if not isinstance(event, dict):
             continue
-        seq = event.get("seq")
+        # It names a file: only a number will do, whatever the payload said.
+        seq = event.get("seq") if type(event.get("seq")) is int and event["seq"] > 0 else position
         kind = str(event.get("event", ""))
         own_uuid = playbook_uuid if kind == "playbook_on_start" else str(uuid.uuid5(_NAMESPACE, f"{task_id}/{seq}"))
         parent: str | None = None
@@ -98,7 +100,7 @@ def write_artifacts(directory: Path, record: dict[str, Any]) -> Path:
     task id cannot name a directory.
     """
     task_id = str(record.get("task_id"))
-    if not task_id or task_id in (".", "..") or "/" in task_id or os.sep in task_id:
+    if not re.fullmatch(TASK_ID_PATTERN, task_id) or task_id in (".", ".."):
         raise ValueError(f"the record's task id cannot name a directory: {task_id!r}")
     job_dir = directory / task_id
     events_dir = job_dir / "job_events"

@@ -11,6 +11,9 @@ RECORD_FORMAT = "ansible-worker-record/1"
 # Each try keeps this share of what the previous one kept: few tries, and a cut that stays close to the limit.
 SHRINK = 0.7
 MAX_TRIES = 24
+# The most a reader unpacks: a record is written to fit a broker message, but anyone allowed
+# to publish on its topic could send a small payload that unpacks to gigabytes.
+MAX_DECODED_BYTES = 256 * 1024 * 1024
 
 
 class RecordError(ValueError):
@@ -68,10 +71,17 @@ def encode_record(document: dict[str, Any], limit: int) -> EncodedRecord:
     return EncodedRecord(_compress(bare), 0, True)
 
 
-def decode_record(payload: bytes) -> dict[str, Any]:
-    """The record document in `payload`. Errors: `RecordError` when it is not one."""
+def decode_record(payload: bytes, *, max_bytes: int = MAX_DECODED_BYTES) -> dict[str, Any]:
+    """The record document in `payload`, unpacked to at most `max_bytes`.
+
+    Errors: `RecordError` when it is not one, or unpacks to more.
+    """
     try:
-        document = json.loads(zlib.decompress(payload))
+        unpacker = zlib.decompressobj()
+        data = unpacker.decompress(payload, max_bytes)
+        if unpacker.unconsumed_tail:
+            raise RecordError(f"not a job record: it unpacks to more than {max_bytes} bytes")
+        document = json.loads(data)
     except (zlib.error, ValueError) as exc:
         raise RecordError(f"not a job record: {exc}") from None
     if not isinstance(document, dict) or document.get("format") != RECORD_FORMAT:

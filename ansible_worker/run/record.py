@@ -11,9 +11,9 @@ from ansible_worker.protocol.models import JobStatus
 from ansible_worker.protocol.records import EncodedRecord, encode_record, record_document
 from ansible_worker.run.output_tail import OutputTail
 
-# Events kept in memory per job; a record holds far fewer once compressed to its limit, so
-# the oldest beyond this could never be published anyway.
-MAX_EVENTS = 200_000
+# Events kept in memory per job (about 1 KB each at most): a record compressed to its
+# default limit holds fewer, so the oldest beyond this could hardly be published anyway.
+MAX_EVENTS = 20_000
 
 
 class RecordCollector:
