@@ -60,7 +60,7 @@ def encode_record(document: dict[str, Any], limit: int) -> EncodedRecord:
     share = min(1.0, limit / len(payload)) * 0.95
     for _ in range(MAX_TRIES):
         kept_events = events[len(events) - int(len(events) * share) :] if share < 1 else events
-        kept_output = output[len(output) - int(len(output) * share) :] if share < 1 else output
+        kept_output = _newest_lines(output, int(len(output) * share)) if share < 1 else output
         cut = {**document, "events": kept_events, "output": kept_output, "cut": True}
         payload = _compress(cut)
         if len(payload) <= limit:
@@ -91,6 +91,19 @@ def decode_record(payload: bytes, *, max_bytes: int = MAX_DECODED_BYTES) -> dict
     if not isinstance(document.get("status"), dict):
         raise RecordError("not a job record: status missing")
     return document
+
+
+def _newest_lines(text: str, size: int) -> str:
+    """The last `size` characters of `text` or fewer, from the start of a line: a half line reads as garbage."""
+    if size <= 0:
+        return ""
+    if size >= len(text):
+        return text
+    tail = text[-size:]
+    if text[-size - 1] == "\n":
+        return tail
+    newline = tail.find("\n")
+    return tail[newline + 1 :] if newline >= 0 else ""
 
 
 def _compress(document: dict[str, Any]) -> bytes:
