@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +40,7 @@ from ansible_worker.controller.shipping import DEFAULT_CONTENT_RETENTION, Progre
 from ansible_worker.controller.shipping import ship as ship_tree
 from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.mqtt.link import InboundMessage, LinkError, LinkLost, LinkOptions, MqttLink, open_mqtt_link
+from ansible_worker.protocol.records import RecordError, decode_record
 from ansible_worker.protocol.topics import Topics
 
 if TYPE_CHECKING:
@@ -634,12 +636,79 @@ class Client:
         await self.publish(topic, json.dumps(request).encode(), qos=1)
 
     async def forget(self, task_id: str) -> None:
-        """Clear the job's retained status from the broker.
+        """Clear the job's retained status (and its record) from the broker.
 
         Cancellation: as `publish`: the status may or may not be cleared yet. Safe to retry:
         clearing it twice is clearing it once.
         """
         await self.publish(self.topics.status(task_id), b"", qos=1, retain=True)
+        await self.publish(self.topics.record(task_id), b"", qos=1, retain=True)
+
+    async def record(self, task_id: str) -> dict[str, Any] | None:
+        """The finished job's record (final status, events, Ansible's output), or None if the broker holds none.
+
+        Errors: `ClientError` when the retained payload is not a readable record;
+        `trio.TooSlowError` from `barrier`.
+
+        Cancellation: the record subscription is removed (as by `unsubscribe`); nothing changes
+        at the broker, and retrying is safe.
+        """
+        topic = self.topics.record(task_id)
+        receive = await self.subscribe([topic])
+        try:
+            await self.barrier()
+            payload = b""
+            while True:
+                try:
+                    payload = receive.receive_nowait().payload
+                except trio.WouldBlock:
+                    break
+            if not payload:
+                return None
+            try:
+                return decode_record(payload)
+            except RecordError as exc:
+                raise ClientError(f"{topic}: {exc}") from None
+        finally:
+            await self.unsubscribe([topic], receive)
+
+    async def jobs(
+        self, *, state: str | None = None, playbook: str | None = None, since: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """The group's jobs from their retained statuses, newest first, filtered as asked.
+
+        `state` is one state or a comma-separated list; `playbook` matches exactly or as a
+        shell-style pattern (`deploy/*`); `since` keeps the jobs created (else started) then or later.
+
+        Errors: `trio.TooSlowError` from `barrier`.
+
+        Cancellation: the status subscription is removed (as by `unsubscribe`); nothing is
+        left behind, and it is safe to call again.
+        """
+        topic_filter = self.topics.status_subscription
+        receive = await self.subscribe([topic_filter])
+        try:
+            await self.barrier()
+            found: dict[str, dict[str, Any]] = {}
+            while True:
+                try:
+                    message = receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                task_id = self.topics.task_id_of_status(message.topic)
+                status = _decode(message.payload)
+                if task_id is None:
+                    continue
+                if status is None:
+                    found.pop(task_id, None)
+                else:
+                    found[task_id] = status
+        finally:
+            await self.unsubscribe([topic_filter], receive)
+        # Here, not at the top: the history module draws tables with the view, which needs this module.
+        from ansible_worker.controller.history import select_jobs
+
+        return select_jobs(list(found.values()), state=state, playbook=playbook, since=since)
 
     async def wait_for_worker(self, worker_id: str | None = None) -> dict[str, Any]:
         """Wait until a worker of the group (or the one named) says it is online; its presence.

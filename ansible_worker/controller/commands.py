@@ -42,6 +42,13 @@ from ansible_worker.controller.parser import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
+from ansible_worker.controller.record_commands import (
+    RecordCommandError,
+    jobs,
+    logs,
+    print_record,
+    save_artifacts,
+)
 from ansible_worker.controller.shipping import DEFAULT_CONTENT_RETENTION, ProgressBar, ShipError
 from ansible_worker.controller.view import JobView, summary, workers_table
 
@@ -136,7 +143,7 @@ def run_command(args: argparse.Namespace) -> int:
         return trio.run(_with_client, target, command, args, console)
     except (CommandError, ArgumentError, ClientError, ShipError) as exc:
         errors.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        if isinstance(exc, CommandError):
+        if isinstance(exc, CommandError | RecordCommandError):
             return exc.code
         return EXIT_USAGE if isinstance(exc, ArgumentError | ShipError) else EXIT_UNAVAILABLE
 
@@ -226,7 +233,14 @@ async def submit(client: Client, args: argparse.Namespace, console: Console) -> 
                 console.print(f"{handle.task_id} {first.get('state')} by worker {first.get('worker_id')}")
                 console.print(f"follow it with: ansible-worker watch {handle.task_id}", style="dim")
             return EXIT_FAILED if first.get("state") == "failed" else EXIT_SUCCESS
-        return await follow(handle, console, as_json=args.json)
+        code = await follow(handle, console, as_json=args.json)
+    artifact_dir = getattr(args, "artifact_dir", None)
+    if artifact_dir is not None and code in _STATE_EXIT.values():
+        record = await client.record(handle.task_id)
+        if record is None:
+            raise CommandError(f"{handle.task_id} left no record to write artifacts from", EXIT_UNAVAILABLE)
+        save_artifacts(console, artifact_dir, record)
+    return code
 
 
 async def watch(client: Client, args: argparse.Namespace, console: Console) -> int:
@@ -240,6 +254,11 @@ async def watch(client: Client, args: argparse.Namespace, console: Console) -> i
         handle.take_arrived()
         if handle.latest is None:
             note(console, f"no status yet for {args.task_id}; waiting for one (Ctrl-C to stop)", as_json=args.json)
+        elif handle.latest.get("state") in _STATE_EXIT and not args.json:
+            # A finished job: what Ansible printed, from its record, before the summary.
+            record = await client.record(args.task_id)
+            if record is not None:
+                print_record(console, record, events=False)
         return await follow(handle, console, as_json=args.json)
 
 
@@ -436,6 +455,8 @@ _COMMANDS: dict[str, Command] = {
     "cancel": cancel,
     "forget": forget,
     "workers": workers,
+    "logs": logs,
+    "jobs": jobs,
 }
 
 __all__ = ["run_command"]

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 T = TypeVar("T", int, float)
 
-CONTROLLER_COMMANDS = frozenset({"submit", "watch", "status", "cancel", "forget", "workers"})
+CONTROLLER_COMMANDS = frozenset({"submit", "watch", "status", "cancel", "forget", "workers", "logs", "jobs"})
 
 EXIT_SUCCESS = 0
 EXIT_FAILED = 1
@@ -129,6 +129,12 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
     submit.add_argument("-w", "--wait", action="store_true", help="follow the job live until it ends")
     submit.add_argument("--json", action="store_true", help="print JSON lines for scripts instead of text")
     submit.add_argument(
+        "--artifact-dir",
+        type=Path,
+        metavar="DIR",
+        help="with --wait, write the finished job as ansible-runner's artifacts into DIR/<task_id>/",
+    )
+    submit.add_argument(
         "--answer-within",
         type=float,
         metavar="SECONDS",
@@ -181,3 +187,39 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
         "workers", "list the group's workers", "List the workers of the group: state, capacity, load, last heartbeat."
     )
     workers.add_argument("--json", action="store_true", help="print one JSON object per worker and line")
+    add_record_commands(command)
+
+
+def add_record_commands(command: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
+    """Add logs and jobs, which read the jobs' retained records and statuses."""
+    logs = command(
+        "logs",
+        "print a job's whole output, finished or running",
+        "Print what Ansible printed for a job: from its record once it has ended, live while it runs.\n"
+        "Coloured on a terminal, plain when piped.\n\n"
+        "examples:\n"
+        "  ansible-worker logs deploy-42\n"
+        "  ansible-worker logs deploy-42 --events | jq 'select(.status == \"failed\")'\n"
+        "  ansible-worker logs deploy-42 --artifact-dir artifacts/",
+    )
+    logs.add_argument("task_id", metavar="TASK_ID")
+    logs.add_argument("--events", action="store_true", help="print the job's events as JSON lines instead")
+    logs.add_argument(
+        "--artifact-dir",
+        type=Path,
+        metavar="DIR",
+        help="also write the job as ansible-runner's artifacts into DIR/<task_id>/",
+    )
+    jobs = command(
+        "jobs",
+        "list the group's jobs",
+        "List the group's jobs from their retained statuses, newest first:\n"
+        "id, state, playbook, worker, start, duration and counts.\n\n"
+        "examples:\n"
+        "  ansible-worker jobs --state failed --since 1d\n"
+        "  ansible-worker jobs --playbook 'deploy/*' --json",
+    )
+    jobs.add_argument("--state", help="only jobs in this state (or these, comma-separated)")
+    jobs.add_argument("--playbook", help="only jobs of this playbook (a shell pattern like 'deploy/*' works)")
+    jobs.add_argument("--since", metavar="WHEN", help="only jobs since then: an age (30m, 2h, 7d) or an ISO 8601 time")
+    jobs.add_argument("--json", action="store_true", help="print one JSON object per job and line")

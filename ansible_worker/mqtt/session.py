@@ -91,24 +91,32 @@ class BrokerSession:
                         self._link = link
                         self._down = trio.Event()
                         self._up.set()
-                        if on_connected is not None:
-                            on_connected()
-                        async for message in link.messages():
-                            await self._inbox.send(message)
+                        try:
+                            if on_connected is not None:
+                                on_connected()
+                            async for message in link.messages():
+                                await self._inbox.send(message)
+                        finally:
+                            # Before the link closes: a publisher must never reach a closed link.
+                            self._forget_link()
                 except ConnectFailed as exc:
                     reason = f"cannot connect to broker {where}: {exc}"
                 except LinkError as exc:
                     reason = f"lost broker {where}: {exc}"
                 finally:
-                    if self._link is not None:
-                        self._link = None
-                        self._up = trio.Event()
-                        self._down.set()
+                    self._forget_link()
                 delay = min(self._backoff_max, self._backoff_initial * 2**failures) * random.uniform(0.5, 1.0)
                 failures += 1
                 self.reconnects += 1
                 log.warning("%s; retrying in %.1fs (attempt %d)", reason, delay, failures)
                 await trio.sleep(delay)
+
+    def _forget_link(self) -> None:
+        """No link is up any more: publishers wait for the next one."""
+        if self._link is not None:
+            self._link = None
+            self._up = trio.Event()
+            self._down.set()
 
     async def wait_connected(self) -> None:
         """Wait until a link is up. Cancellation: nothing changes."""

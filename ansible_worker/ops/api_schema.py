@@ -16,7 +16,15 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from ansible_worker import __version__
-from ansible_worker.protocol.models import CancelRequest, ClaimMessage, JobStatus, LiveEvent, Presence, TaskRequest
+from ansible_worker.protocol.models import (
+    CancelRequest,
+    ClaimMessage,
+    JobRecord,
+    JobStatus,
+    LiveEvent,
+    Presence,
+    TaskRequest,
+)
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -27,6 +35,7 @@ MESSAGES: dict[str, tuple[type[BaseModel], Literal["validation", "serialization"
     "cancel-request": (CancelRequest, "validation"),
     "status": (JobStatus, "serialization"),
     "event": (LiveEvent, "serialization"),
+    "record": (JobRecord, "serialization"),
     "presence": (Presence, "serialization"),
     "claim": (ClaimMessage, "serialization"),
 }
@@ -88,6 +97,16 @@ _CHANNELS: dict[str, tuple[str, str, str, int, bool, Literal["send", "receive"]]
         False,
         "send",
     ),
+    "taskRecord": (
+        "{prefix}/{group}/tasks/{task_id}/record",
+        "record",
+        "A finished job's record: its terminal status, every event and Ansible's output, zlib-compressed"
+        " JSON cut to worker.record_limit_bytes. Published before the terminal status (whose `record`"
+        " field gives its size), retained with the same expiry; none with worker.publish_records off.",
+        1,
+        True,
+        "send",
+    ),
     "taskClaim": (
         "{prefix}/{group}/tasks/{task_id}/claim",
         "claim",
@@ -125,6 +144,7 @@ _MESSAGE_MODELS: dict[str, type[BaseModel]] = {
     "cancelRequest": CancelRequest,
     "status": JobStatus,
     "event": LiveEvent,
+    "record": JobRecord,
     "presence": Presence,
     "claim": ClaimMessage,
 }
@@ -159,7 +179,7 @@ def asyncapi_document() -> dict[str, Any]:
             "name": name,
             "title": model.__name__,
             "summary": (model.__doc__ or "").strip().splitlines()[0],
-            "contentType": "application/json",
+            "contentType": "application/zlib" if model is JobRecord else "application/json",
             "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
         }
         for name, model in _MESSAGE_MODELS.items()

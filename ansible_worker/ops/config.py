@@ -204,6 +204,9 @@ class WorkerSettings(BaseModel):
     heartbeat_interval: float = Field(30, gt=0, le=3600)
     # MQTT's message expiry interval is a four-byte integer.
     status_retention: int = Field(604_800, ge=0, le=2**32 - 1)
+    # A finished job's record (events and output, compressed), retained as long as its status.
+    publish_records: bool = True
+    record_limit_bytes: int = Field(1_048_576, ge=1024, le=268_435_455)
     http: HttpSettings = Field(default_factory=HttpSettings)
     # Where jobs' playbooks may come from besides the playbook directory (see sources.py).
     projects: dict[Annotated[str, StringConstraints(pattern=NAME_PATTERN)], ProjectSettings] = Field(

@@ -167,6 +167,16 @@ class State(enum.StrEnum):
         return self not in (State.QUEUED, State.RUNNING)
 
 
+class RecordSummary(BaseModel):
+    """What the terminal status says of the job's record on `<prefix>/<group>/tasks/<task_id>/record`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bytes: int = Field(description="size of the compressed record as published")
+    events: int = Field(description="events the record holds")
+    cut: bool = Field(description="whether older events or output were left out to fit the limit")
+
+
 class JobStatus(BaseModel):
     """What the retained topic `<prefix>/<group>/tasks/<task_id>/status` says about a job.
 
@@ -208,6 +218,8 @@ class JobStatus(BaseModel):
     project: str | None = None
     revision: str | None = None
     content_sha256: str | None = None
+    # The job's record, published before this terminal status; None when there is none.
+    record: RecordSummary | None = None
     # A live answer to a message that was refused before anything ran; never retained.
     refused: bool = False
 
@@ -243,6 +255,30 @@ class LiveEvent(BaseModel):
     no_log: bool | None = Field(None, description="true: the result is hidden and not sent")
     result: dict[str, Any] | None = Field(None, description="msg, rc, stdout, stderr; long texts cut")
     line: str | None = Field(None, description="the line Ansible's own output shows for this event")
+
+
+class JobRecord(BaseModel):
+    """A finished job's record on `<prefix>/<group>/tasks/<task_id>/record`: zlib-compressed JSON, retained.
+
+    Published before the job's terminal status, with the same message expiry. Cut to
+    `worker.record_limit_bytes` (compressed) when it would be larger, keeping the newest
+    events and output; `cut` then says so.
+    """
+
+    # Describes what records.py writes, for the published schema; built only when asked for.
+    model_config = ConfigDict(extra="allow", defer_build=True)
+
+    format: Literal["ansible-worker-record/1"]
+    task_id: str
+    status: JobStatus = Field(description="the job's terminal status (its `record` field is null here)")
+    events: list[LiveEvent] = Field(
+        description="every event of the job, numbered from 1 without gaps (the newest, when cut), with the"
+        " callback's `counter`, `action`, and the recap's `hosts` on playbook_on_stats"
+    )
+    events_total: int = Field(description="how many events the job had")
+    output: str = Field(description="Ansible's output, the newest part worker.output_limit_bytes kept (less, when cut)")
+    output_bytes: int = Field(description="how many bytes of output Ansible wrote in all")
+    cut: bool = Field(description="whether older events or output were left out")
 
 
 class Presence(BaseModel):

@@ -71,6 +71,19 @@ class Topics:
         """A client's private topic, to learn when the broker has sent every retained message."""
         return f"{self.prefix}/{self.group}/clients/{client_id}/sync/{marker}"
 
+    def record(self, task_id: str) -> str:
+        """The retained topic of job `task_id`'s record, published once it has ended."""
+        return f"{self.tasks}/{task_id}/record"
+
+    @property
+    def status_subscription(self) -> str:
+        """The filter of every job's status topic in the group."""
+        return f"{self.tasks}/+/status"
+
+    def task_id_of_status(self, topic: str) -> str | None:
+        """The task_id in a status topic of this group, or None if `topic` is not one."""
+        return self._task_id_in(topic, "status")
+
     def worker(self, worker_id: str) -> str:
         """The retained presence topic of worker `worker_id`."""
         return f"{self.prefix}/{self.group}/workers/{worker_id}"

@@ -20,7 +20,7 @@ from ansible_worker.ops.credentials import MIN_SECRET_LENGTH
 from ansible_worker.ops.logging_setup import current_task_id
 from ansible_worker.ops.logging_setup import secrets as log_secrets
 from ansible_worker.ops.metrics import WorkerMetrics
-from ansible_worker.protocol.models import JobStatus, State, TaskRequest
+from ansible_worker.protocol.models import JobStatus, RecordSummary, State, TaskRequest
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.command import (
@@ -54,11 +54,14 @@ from ansible_worker.run.sources import ContentSource, JobSources, RunTree
 if TYPE_CHECKING:
     # For its type only: the run layer never loads the settings module itself.
     from ansible_worker.ops.config import WorkerSettings
+from ansible_worker.run.record import RecordCollector
 from ansible_worker.run.warm_pool import WarmPool, open_warm_pool
 
 log = logging.getLogger(__name__)
 
 EVENT_FLUSH_SECONDS = 2.0
+# Longest a job's record may hold back its terminal status (the broker is slow or away).
+RECORD_SECONDS = 5.0
 RUN_DIRECTORY_PREFIX = "ansible-worker-"
 EVENT_FIFO_NAME = "events.fifo"
 
@@ -81,6 +84,16 @@ class EventSink(Protocol):
 
     def offer(self, stream: EventStream, raw: Mapping[str, Any]) -> None:
         """Send one callback event on `stream`, or count it dropped."""
+
+
+class RecordSink(Protocol):
+    """Where a finished job's record goes, before its terminal status."""
+
+    async def publish_record(self, status: JobStatus, record: RecordCollector) -> RecordSummary | None:
+        """Publish the record of the job that ended with `status`; what was published, or None.
+
+        Cancellation: the record may or may not have reached the broker.
+        """
 
 
 @dataclass(eq=False)
@@ -111,6 +124,9 @@ class Job:
     # The tree it runs from, once known: what its status reports as having run.
     tree: RunTree | None = None
     done: trio.Event = field(default_factory=trio.Event)
+    # Every event and the output, for the record published when the job ends.
+    record: RecordCollector | None = None
+    record_summary: RecordSummary | None = None
 
     @property
     def task_id(self) -> str:
@@ -163,14 +179,19 @@ class Job:
             project=self.tree.project if self.tree else self.request.project,
             revision=self.tree.revision if self.tree else None,
             content_sha256=self.request.content.sha256 if self.request.content else None,
+            record=None if progress_only else self.record_summary,
         )
 
     def finish(self, state: State, error_message: str | None = None) -> None:
         """End the job in `state` with `error_message`: stamp `completed_at` and set `done`."""
+        self.end(state, error_message)
+        self.done.set()
+
+    def end(self, state: State, error_message: str | None = None) -> None:
+        """Put the job in its terminal `state` and stamp `completed_at`, without setting `done` yet."""
         self.state = state
         self.error_message = error_message
         self.completed_at = utc_now()
-        self.done.set()
 
 
 class JobRunner:
@@ -187,8 +208,10 @@ class JobRunner:
         hidden_values: Collection[str] = (),
         metrics: WorkerMetrics | None = None,
         content: ContentSource | None = None,
+        records: RecordSink | None = None,
     ) -> None:
         self.settings = settings
+        self.records = records
         self.statuses = statuses
         self.topics = topics
         self.events = events
@@ -344,6 +367,8 @@ class JobRunner:
         timeout = self.settings.task_timeout if job.request.timeout is None else job.request.timeout
         if self.events is not None:
             job.events = EventStream(self.topics.events(job.task_id), rate=self.settings.events_per_second)
+        if self.records is not None:
+            job.record = RecordCollector()
         job.state = State.RUNNING
         job.started_at = utc_now()
         self.announce(job)
@@ -377,8 +402,21 @@ class JobRunner:
                 with trio.CancelScope(shield=True), trio.move_on_after(EVENT_FLUSH_SECONDS):
                     await job.events.wait_flushed()
                 self.metrics.events_dropped += job.events.dropped
-            job.finish(state, job.masker.text(error) if error is not None else None)
+            job.end(state, job.masker.text(error) if error is not None else None)
+            await self._publish_record(job)
+            job.done.set()
             self.announce(job)
+
+    async def _publish_record(self, job: Job) -> None:
+        """Publish the job's record before its terminal status, which then names it; shielded, bounded."""
+        if self.records is None or job.record is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(RECORD_SECONDS):
+            try:
+                job.record_summary = await self.records.publish_record(job.status(), job.record)
+            except Exception:
+                # The record is an extra: whatever went wrong, the job's status goes out.
+                log.exception("task %s: its record could not be built", job.task_id)
 
     async def _run(self, job: Job) -> tuple[State, str | None]:
         request = job.request
@@ -431,6 +469,8 @@ class JobRunner:
         argv = [*argv[:-2], *injection.argv, *argv[-2:]]
         env = ansible_environment({**self._child_environment, **injection.env}, fifo.path)
         tail = OutputTail(self.settings.output_limit_bytes, mask=job.masker.window)
+        if job.record is not None:
+            job.record.output = tail
         start = None
         if self._warm is not None and self.ansible_playbook.path is not None:
             start = await self._warm.starter(self.ansible_playbook.path, cwd=base, env=env)
@@ -459,6 +499,8 @@ class JobRunner:
         # Masked once, here: counts, output, first failure and live events all come from it.
         event = job.masker.tree(event)
         job.progress.apply(event)
+        if job.record is not None:
+            job.record.add(event)
         if self.events is not None and job.events is not None:
             self.events.offer(job.events, event)
         if event.get("event") in STATUS_EVENTS and not job.state.terminal:

@@ -24,6 +24,7 @@ from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.message_handler import MessageHandler
 from ansible_worker.worker.peers import PeerBook
 from ansible_worker.worker.presence import Changes, Load, PresenceAnnouncer, WorkerState
+from ansible_worker.worker.record_publisher import RecordPublisher
 from ansible_worker.worker.recovery import settle_journal
 from ansible_worker.worker.router import Router
 from ansible_worker.worker.status_path import StatusPath
@@ -122,6 +123,7 @@ class Worker:
             hidden_values=[password.get_secret_value()] if password is not None else [],
             metrics=self.metrics,
             content=self.content,
+            records=_record_publisher(settings, self.session, self.topics),
         )
         self.dispatcher = Dispatcher(
             self.runner,
@@ -339,6 +341,14 @@ def _group_claims(settings: Settings, session: BrokerSession, topics: Topics) ->
         signer=claim_signing[0] if claim_signing is not None else None,
         trusted=claim_signing[1] if claim_signing is not None else None,
     )
+
+
+def _record_publisher(settings: Settings, session: BrokerSession, topics: Topics) -> RecordPublisher | None:
+    """Where finished jobs' records go, unless `worker.publish_records` is off."""
+    worker = settings.worker
+    if not worker.publish_records:
+        return None
+    return RecordPublisher(session, topics, limit=worker.record_limit_bytes, retention=worker.status_retention or None)
 
 
 def _router(settings: Settings, topics: Topics, claims: GroupClaims, runner: JobRunner) -> Router:

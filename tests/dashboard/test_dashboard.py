@@ -102,6 +102,8 @@ def test_a_job_appears_and_goes_from_queued_to_success_live(
         assert browser.find_elements("css selector", "#output .ansi-fg-green"), "the ok line lost its colour"
         assert text_of(browser, "#job-state") == "success"
         assert text_of(browser, ".field-worker_id") == worker
+        # The finished job's record: Ansible's own output, as ansible-playbook printed it.
+        wait_until(browser, lambda d: "PLAY RECAP" in text_of(d, "#record"), message="no record shown")
         SCREENSHOT.parent.mkdir(exist_ok=True)
         browser.save_screenshot(str(SCREENSHOT))
         browser.save_screenshot(str(tmp_path / "dashboard-job.png"))

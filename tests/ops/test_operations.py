@@ -15,6 +15,7 @@ import yaml
 
 from ansible_worker.mqtt.link import InboundMessage, LinkOptions, open_mqtt_link
 from ansible_worker.ops.api_schema import json_schemas, write_documents
+from ansible_worker.protocol.records import decode_record
 from ansible_worker.protocol.signing import Signer
 from ansible_worker.protocol.topics import Topics
 from tests.conftest import (
@@ -211,6 +212,7 @@ async def test_every_message_on_the_wire_matches_its_schema(
         "events": "event",
         "cancel": "cancel-request",
         "claim": "claim",
+        "record": "record",
     }
     checked: dict[str, int] = {}
     for message in seen:
@@ -218,7 +220,9 @@ async def test_every_message_on_the_wire_matches_its_schema(
             continue
         leaf = message.topic.rsplit("/", 1)[-1]
         kind = "presence" if message.topic.startswith(topics.worker("")) else kinds[leaf]
-        errors = [error.message for error in validators[kind].iter_errors(json.loads(message.payload))]
+        # A record is compressed JSON; every other message is plain JSON.
+        document = decode_record(message.payload) if kind == "record" else json.loads(message.payload)
+        errors = [error.message for error in validators[kind].iter_errors(document)]
         assert errors == [], f"{message.topic}: {errors}"
         checked[kind] = checked.get(kind, 0) + 1
     assert set(checked) == set(schemas), checked

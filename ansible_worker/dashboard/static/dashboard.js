@@ -250,7 +250,11 @@ async function loadRecord(taskId) {
   const headers = state.token ? { "X-Dashboard-Token": state.token } : {};
   const response = await fetch(`/api/jobs/${encodeURIComponent(taskId)}/record`, { headers });
   if (!response.ok || !state.job || state.job.status.task_id !== taskId) return;
-  $("record").textContent = JSON.stringify(await response.json(), null, 2);
+  const record = await response.json();
+  // Ansible's own output as it printed it, then whether older parts were cut; as text, never HTML.
+  const cut = record.cut ? "\n[older output and events were cut: the record keeps the newest part]" : "";
+  $("record").textContent =
+    typeof record.output === "string" ? record.output + cut : JSON.stringify(record, null, 2);
   $("record-section").hidden = false;
 }
 

@@ -1,0 +1,192 @@
+"""The `logs` and `jobs` commands: a job's whole output, its events or runner artifacts, and the group's job list."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from ansible_worker.controller.artifacts import write_artifacts
+from ansible_worker.controller.client import Client, ClientError, JobHandle
+from ansible_worker.controller.history import job_row, jobs_table, parse_since, parse_states
+from ansible_worker.controller.parser import EXIT_FAILED, EXIT_SUCCESS, EXIT_UNAVAILABLE, EXIT_USAGE
+
+# Exit codes by terminal state, as for `watch`.
+STATE_EXIT = {"success": EXIT_SUCCESS, "failed": EXIT_FAILED, "timeout": 3, "cancelled": 4}
+# Ansible's colours for its own lines (its `COLOR_*` defaults), by how the line starts.
+_LINE_COLOURS = (
+    ("ok:", "green"),
+    ("changed:", "yellow"),
+    ("skipping:", "cyan"),
+    ("included:", "cyan"),
+    ("fatal:", "red"),
+    ("failed:", "red"),
+    ("FAILED - RETRYING", "dark_orange"),
+    ("...ignoring", "cyan"),
+    ("[WARNING]", "magenta"),
+    ("[DEPRECATION WARNING]", "magenta"),
+    ("[ERROR]", "red"),
+    ("ERROR!", "red"),
+)
+PIPED_WIDTH = 250
+_HEADINGS = ("PLAY ", "TASK ", "RUNNING HANDLER ", "PLAY RECAP", "PLAYBOOK:")
+
+
+class RecordCommandError(ClientError):
+    """A `logs` or `jobs` command that cannot do what was asked; carries its exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def print_output(console: Console, output: str) -> None:
+    """Ansible's output as it showed it: plain when piped, in Ansible's colours on a terminal."""
+    if not console.is_terminal:
+        console.file.write(output if not output or output.endswith("\n") else output + "\n")
+        console.file.flush()
+        return
+    for line in output.splitlines():
+        console.print(Text(line, style=_colour(line)), soft_wrap=True, highlight=False, markup=False)
+
+
+def _colour(line: str) -> str:
+    stripped = line.lstrip()
+    if stripped.startswith(_HEADINGS):
+        return "bold"
+    for prefix, colour in _LINE_COLOURS:
+        if stripped.startswith(prefix):
+            return colour
+    return ""
+
+
+def print_record(console: Console, record: dict[str, Any], *, events: bool) -> None:
+    """A record's output (or, with `events`, its events as JSON lines), saying first when it was cut."""
+    from ansible_worker.controller.commands import print_json_line
+
+    if events:
+        for event in record["events"]:
+            print_json_line(console, event)
+        return
+    if record.get("cut"):
+        kept, total = len(record["events"]), record.get("events_total", "?")
+        note = (
+            f"[the record was cut to fit its limit: {kept} of {total} events and the last"
+            f" {len(record['output'].encode())} of {record.get('output_bytes', '?')} bytes of output are kept]"
+        )
+        console.print(Text(note, style="dim"), soft_wrap=True)
+    print_output(console, record["output"])
+
+
+async def logs(client: Client, args: argparse.Namespace, console: Console) -> int:
+    """The `logs` command: a finished job's record, or a running job's live lines until it ends.
+
+    With `--artifact-dir`, the record is also written in ansible-runner's layout.
+
+    Errors: `RecordCommandError` with `EXIT_UNAVAILABLE` when the broker holds neither a
+    status nor a record of the job, or a finished job left no record.
+
+    Cancellation: every subscription is removed; nothing changes at the broker.
+    """
+    status = await client.status(args.task_id)
+    if status is None or status.get("state") in STATE_EXIT:
+        record = await client.record(args.task_id)
+        if record is None:
+            if status is None:
+                raise RecordCommandError(
+                    f"the broker holds no status and no record for {args.task_id}", EXIT_UNAVAILABLE
+                )
+            raise RecordCommandError(
+                f"{args.task_id} ended ({status.get('state')}) but the broker holds no record of it"
+                " (worker.publish_records off, or it has expired)",
+                EXIT_UNAVAILABLE,
+            )
+        return finish_logs(console, record, events=args.events, artifact_dir=args.artifact_dir)
+    async with await client.follow(args.task_id) as handle:
+        final, printed = await print_live(handle, console, events=args.events)
+    if printed and args.artifact_dir is None:
+        return STATE_EXIT.get(str(final.get("state")), EXIT_FAILED)
+    # It ended before a line arrived (between the two looks), or its artifacts are wanted: the record has it all.
+    record = await client.record(args.task_id)
+    if record is None:
+        raise RecordCommandError(f"{args.task_id} ended ({final.get('state')}) and left no record", EXIT_UNAVAILABLE)
+    if not printed:
+        print_record(console, record, events=args.events)
+    if args.artifact_dir is not None:
+        save_artifacts(console, args.artifact_dir, record)
+    return STATE_EXIT.get(str(final.get("state")), EXIT_FAILED)
+
+
+def finish_logs(console: Console, record: dict[str, Any], *, events: bool, artifact_dir: Path | None) -> int:
+    """Print a finished job's record, write its artifacts if asked; the exit code of its state."""
+    print_record(console, record, events=events)
+    if artifact_dir is not None:
+        save_artifacts(console, artifact_dir, record)
+    return STATE_EXIT.get(str(record["status"].get("state")), EXIT_FAILED)
+
+
+def save_artifacts(console: Console, directory: Path, record: dict[str, Any]) -> None:
+    """Write the record's runner artifacts and say where, on stderr. Errors: `RecordCommandError`."""
+    try:
+        where = write_artifacts(directory, record)
+    except (OSError, ValueError) as exc:
+        raise RecordCommandError(f"cannot write the artifacts into {directory}: {exc}", EXIT_USAGE) from None
+    Console(stderr=True, highlight=False).print(f"runner artifacts in {where}", style="dim", markup=False)
+
+
+async def print_live(handle: JobHandle, console: Console, *, events: bool) -> tuple[dict[str, Any], int]:
+    """Print a running job's live lines (or events as JSON lines) until its terminal status.
+
+    Returns that status and how many lines were printed.
+
+    Errors: `RecordCommandError` with `EXIT_UNAVAILABLE` when the job's worker went offline.
+
+    Cancellation: the handle stays open (its owner closes it); nothing changes at the broker.
+    """
+    from ansible_worker.controller.commands import print_json_line
+
+    printed = 0
+    async for update in handle.updates():
+        if update.kind == "lost":
+            raise RecordCommandError(f"the worker running {handle.task_id} went offline", EXIT_UNAVAILABLE)
+        if update.kind == "event":
+            if events:
+                print_json_line(console, update.data)
+                printed += 1
+            elif isinstance(update.data.get("line"), str):
+                print_output(console, update.data["line"])
+                printed += 1
+    final = handle.latest
+    if final is None:
+        raise RecordCommandError("the connection to the broker was closed", EXIT_UNAVAILABLE)
+    return final, printed
+
+
+async def jobs(client: Client, args: argparse.Namespace, console: Console) -> int:
+    """The `jobs` command: the group's jobs from their retained statuses, newest first.
+
+    Errors: `RecordCommandError` with `EXIT_USAGE` for a bad `--state` or `--since`.
+
+    Cancellation: as `Client.jobs`; nothing is left behind.
+    """
+    try:
+        parse_states(args.state)
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise RecordCommandError(str(exc), EXIT_USAGE) from None
+    found = await client.jobs(state=args.state, playbook=args.playbook, since=since)
+    if args.json:
+        from ansible_worker.controller.commands import print_json_line
+
+        for status in found:
+            print_json_line(console, job_row(status))
+    elif not found:
+        console.print(f"no jobs of group {client.topics.group!r} match", style="dim")
+    else:
+        # Piped, the table is not squeezed to 80 columns: one job per line, whatever reads it.
+        wide = console if console.is_terminal else Console(file=console.file, width=PIPED_WIDTH, highlight=False)
+        wide.print(jobs_table(found))
+    return EXIT_SUCCESS
