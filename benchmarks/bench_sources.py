@@ -13,16 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +26,12 @@ from typing import Any
 import trio
 
 from ansible_worker.controller.client import Client, open_client, target_from_url
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lab import GROUP, TERMINAL, Lab, rss_kib
+
 from ansible_worker.protocol.models import ShippedContent
 
-BIN = Path(sys.executable).parent
-ANSIBLE_PLAYBOOK = str(BIN / "ansible-playbook")
-TERMINAL = {"success", "failed", "cancelled", "timeout"}
-GROUP = "bench-sources"
 ONE_TASK = """\
 - hosts: all
   gather_facts: false
@@ -45,19 +41,6 @@ ONE_TASK = """\
         msg: hello
 """
 INVENTORY = 'localhost ansible_connection=local ansible_python_interpreter="{{ ansible_playbook_python }}"\n'
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def git(directory: Path, *args: str) -> str:
@@ -106,80 +89,6 @@ class Timing:
     running: float
     first_event: float
     terminal: float
-
-
-class Lab:
-    """A scratch directory with a broker and one worker process."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.playbooks = root / "playbooks"
-        write_playbooks(self.playbooks)
-        self.broker: subprocess.Popen[bytes] | None = None
-
-    def start_broker(self) -> None:
-        config = self.root / "mosquitto.conf"
-        config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
-            + ("user root\n" if os.geteuid() == 0 else "")
-        )
-        executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.broker = subprocess.Popen([executable, "-c", str(config)], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop_broker(self) -> None:
-        if self.broker is not None:
-            self.broker.terminate()
-            self.broker.wait(timeout=10)
-
-    @asynccontextmanager
-    async def worker(self, **settings: Any) -> AsyncIterator[trio.Process]:
-        """An `ansible-worker run` process with these worker settings, terminated on exit.
-
-        Cancellation: the process is terminated and waited for (shielded, bounded).
-        """
-        worker = {
-            "group_name": GROUP,
-            "worker_id": "bench-worker",
-            "playbook_directory": str(self.playbooks),
-            "ansible_playbook_path": ANSIBLE_PLAYBOOK,
-            "state_dir": str(self.root / "state"),
-            **settings,
-        }
-        config = self.root / "worker.json"
-        mqtt = {"host": "127.0.0.1", "port": self.port}
-        config.write_text(json.dumps({"mqtt": mqtt, "worker": worker, "log_level": "WARNING"}))
-        with (self.root / "worker.log").open("wb") as log:
-            command = [str(BIN / "ansible-worker"), "run", "-c", str(config)]
-            process = await trio.lowlevel.open_process(command, stdout=log, stderr=log)
-            try:
-                yield process
-            finally:
-                process.terminate()
-                with trio.CancelScope(shield=True), trio.fail_after(30):
-                    await process.wait()
-
-    async def direct(self) -> float:
-        """Seconds for one `ansible-playbook` run of the one-task playbook, started directly.
-
-        Cancellation: the process is killed by Trio.
-        """
-        start = time.perf_counter()
-        await trio.run_process(
-            [ANSIBLE_PLAYBOOK, "-i", "local.ini", "one.yml"],
-            cwd=self.playbooks,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        return time.perf_counter() - start
 
 
 async def timed(client: Client, job: dict[str, Any], *, ship: Path | None = None) -> Timing:
@@ -302,6 +211,7 @@ async def bench(root: Path, *, reps: int, files: int, ship_mb: int, memory_mb: i
     Cancellation: the worker process and the broker are stopped on the way out.
     """
     lab = Lab(root)
+    write_playbooks(lab.playbooks)
     lab.start_broker()
     results: dict[str, Any] = {"reps": reps, "files": files, "ship_mb": ship_mb, "memory_mb": memory_mb}
     try:
@@ -315,7 +225,7 @@ async def bench(root: Path, *, reps: int, files: int, ship_mb: int, memory_mb: i
         shipped = tree_of(root / "ship", ship_mb)
         big = tree_of(root / "ship-big", memory_mb)
         results.update(await stage_figures(root, reps=reps, small=small, large=large, shipped=shipped))
-        direct = [await lab.direct() for _ in range(reps)]
+        direct = [await lab.direct("one.yml", "local.ini") for _ in range(reps)]
         results["direct_ms"] = median_ms(direct)
         settings = {
             "projects": projects,
@@ -323,7 +233,10 @@ async def bench(root: Path, *, reps: int, files: int, ship_mb: int, memory_mb: i
             "max_content_bytes": (memory_mb + 16) << 20,
         }
         target = target_from_url(f"mqtt://127.0.0.1:{lab.port}", group=GROUP)
-        async with lab.worker(**settings) as process, open_client(target) as client:
+        async with (
+            lab.worker("bench-worker", state_dir=str(root / "state"), **settings) as process,
+            open_client(target) as client,
+        ):
             with trio.fail_after(30):
                 await client.wait_for_worker("bench-worker")
             job = {"playbook": "one.yml", "inventory": "local.ini"}

@@ -685,26 +685,16 @@ class Client:
         Cancellation: the status subscription is removed (as by `unsubscribe`); nothing is
         left behind, and it is safe to call again.
         """
-        topic_filter = self.topics.status_subscription
-        receive = await self.subscribe([topic_filter])
-        try:
-            await self.barrier()
-            found: dict[str, dict[str, Any]] = {}
-            while True:
-                try:
-                    message = receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                task_id = self.topics.task_id_of_status(message.topic)
-                status = _decode(message.payload)
-                if task_id is None:
-                    continue
-                if status is None:
-                    found.pop(task_id, None)
-                else:
-                    found[task_id] = status
-        finally:
-            await self.unsubscribe([topic_filter], receive)
+        found: dict[str, dict[str, Any]] = {}
+        for message in await self._retained(self.topics.status_subscription):
+            task_id = self.topics.task_id_of_status(message.topic)
+            if task_id is None:
+                continue
+            status = _decode(message.payload)
+            if status is None:
+                found.pop(task_id, None)
+            else:
+                found[task_id] = status
         # Here, not at the top: the history module draws tables with the view, which needs this module.
         from ansible_worker.controller.history import select_jobs
 
@@ -740,20 +730,27 @@ class Client:
         Cancellation: the presence subscription is removed (as by `unsubscribe`); nothing is
         left behind, and it is safe to call again.
         """
-        topic_filter = self.topics.workers_subscription
+        found: dict[str, dict[str, Any]] = {}
+        for message in await self._retained(self.topics.workers_subscription):
+            presence = _decode(message.payload)
+            if presence is not None:
+                found[message.topic.rsplit("/", 1)[-1]] = presence
+        return [found[key] for key in sorted(found)]
+
+    async def _retained(self, topic_filter: str) -> list[InboundMessage]:
+        """The messages the broker holds for `topic_filter` now (retained ones), in the order it sent them.
+
+        Cancellation: the subscription is removed; nothing is left behind.
+        """
         receive = await self.subscribe([topic_filter])
+        messages: list[InboundMessage] = []
         try:
             await self.barrier()
-            found: dict[str, dict[str, Any]] = {}
             while True:
                 try:
-                    message = receive.receive_nowait()
+                    messages.append(receive.receive_nowait())
                 except trio.WouldBlock:
-                    break
-                presence = _decode(message.payload)
-                if presence is not None:
-                    found[message.topic.rsplit("/", 1)[-1]] = presence
-            return [found[key] for key in sorted(found)]
+                    return messages
         finally:
             await self.unsubscribe([topic_filter], receive)
 
