@@ -14,17 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import trio
-
 sys.path.insert(0, str(Path(__file__).parent))
 
-from lab import Figures, Lab, direct_many, rss_kib, run_many, timed_job, wait_for_worker
-from run import machine
+from lab import Figures, Lab, direct_many, rss_kib, run_in_lab, run_many, timed_job, wait_for_worker
 
 from ansible_worker.controller.client import open_client, target_from_url
 
@@ -158,23 +153,9 @@ def main() -> int:
         if args.quick
         else {"repeats": 15, "jobs": 40, "heavy_repeats": 3}
     )
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ansible-worker-bench-warm-") as scratch:
-        lab = Lab(Path(scratch))
-        lab.start_broker()
-        try:
-            results = trio.run(bench, lab, scale)
-        finally:
-            lab.stop_broker()
-    report = {
-        "machine": machine(),
-        "quick": args.quick,
-        "duration_s": round(time.perf_counter() - started, 1),
-        "targets": TARGETS,
-        "results": results,
-    }
+    report = run_in_lab(bench, scale, prefix="ansible-worker-bench-warm-", quick=args.quick, targets=TARGETS)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    print(json.dumps(report["results"], indent=2))
     print(f"\n{report['duration_s']:.0f}s; written to {args.output}")
     return 0
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 
 import trio
 
+from ansible_worker import __version__
 from ansible_worker.controller.client import Client
 
 BIN = Path(sys.executable).parent
@@ -247,3 +250,51 @@ async def direct_many(lab: Lab, count: int, parallel: int) -> float:
         stderr=subprocess.DEVNULL,
     )
     return time.perf_counter() - start
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: CPU, cores, memory, and the versions that ran."""
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mosquitto = subprocess.run(
+        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[0]
+    ansible = subprocess.run([ANSIBLE_PLAYBOOK, "--version"], capture_output=True, text=True, check=True)
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "ansible": ansible.stdout.splitlines()[0],
+        "mosquitto": mosquitto,
+        "ansible_worker": __version__,
+    }
+
+
+def run_in_lab(
+    bench: Callable[[Lab, dict[str, int]], Awaitable[dict[str, Any]]],
+    scale: dict[str, int],
+    *,
+    prefix: str,
+    quick: bool,
+    targets: Mapping[str, object],
+) -> dict[str, Any]:
+    """Run `bench` in a fresh lab with its own broker; the report: machine, duration, targets, results."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        lab = Lab(Path(scratch))
+        lab.start_broker()
+        try:
+            results = trio.run(bench, lab, scale)
+        finally:
+            lab.stop_broker()
+    return {
+        "machine": machine(),
+        "quick": quick,
+        "duration_s": round(time.perf_counter() - started, 1),
+        "targets": targets,
+        "results": results,
+    }

@@ -9,31 +9,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import trio
 from lab import (
-    ANSIBLE_PLAYBOOK,
     FAKE_ANSIBLE,
     GROUP,
     Figures,
     Lab,
     direct_many,
     rss_kib,
+    run_in_lab,
     run_many,
     timed_job,
     wait_for_worker,
 )
 
-from ansible_worker import __version__
 from ansible_worker.controller.client import open_client, target_from_url
 
 
@@ -155,27 +147,6 @@ async def bench(lab: Lab, scale: dict[str, int]) -> dict[str, Any]:
     return results
 
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mosquitto = subprocess.run(
-        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"], capture_output=True, text=True, check=False
-    ).stdout.splitlines()[0]
-    ansible = subprocess.run([ANSIBLE_PLAYBOOK, "--version"], capture_output=True, text=True, check=True)
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "ansible": ansible.stdout.splitlines()[0],
-        "mosquitto": mosquitto,
-        "ansible_worker": __version__,
-    }
-
-
 TARGETS = {
     "overhead": "<= 3% or 20 ms",
     "running": "<= 10 ms",
@@ -270,25 +241,11 @@ def main() -> int:
         if args.quick
         else {"repeats": 25, "jobs": 200, "heavy_repeats": 3, "pipeline_jobs": 1000, "warm_up_jobs": 300}
     )
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ansible-worker-bench-") as scratch:
-        lab = Lab(Path(scratch))
-        lab.start_broker()
-        try:
-            results = trio.run(bench, lab, scale)
-        finally:
-            lab.stop_broker()
-    report = {
-        "machine": machine(),
-        "quick": args.quick,
-        "duration_s": round(time.perf_counter() - started, 1),
-        "targets": TARGETS,
-        "results": results,
-    }
+    report = run_in_lab(bench, scale, prefix="ansible-worker-bench-", quick=args.quick, targets=TARGETS)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     info = report["machine"]
     print(f"\n{info['cpu']}, {info['cores']} cores, Python {info['python']}, {info['ansible']}, {info['mosquitto']}")
-    print(table(results))
+    print(table(report["results"]))
     print(f"\n{report['duration_s']:.0f}s; written to {args.output}")
     return 0
 

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import getpass
 import logging
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Broker, free_port, make_settings, open_controller, running_worker
+from tests.run.sshd import make_key, ssh_hosts
 from tests.run.test_job_sources import JOB, Origin
-
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
 @dataclass
@@ -32,49 +27,15 @@ def origin(tmp_path: Path) -> Origin:
     return Origin(tmp_path)
 
 
-def keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-
-
 @pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[SshServer]:
-    """sshd for this user only, by key only, on 127.0.0.1 and a free port."""
-    if not Path(SSHD).exists():
-        pytest.fail("sshd is not installed (the openssh-server package)")
-    directory = tmp_path / "sshd"
-    directory.mkdir(mode=0o700)
-    keygen(directory / "host_key")
-    keygen(directory / "client_key")
-    (directory / "authorized_keys").write_text((directory / "client_key.pub").read_text())
-    port = free_port()
-    config = directory / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {directory / 'host_key'}\n"
-        f"AuthorizedKeysFile {directory / 'authorized_keys'}\nPidFile {directory / 'sshd.pid'}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
-        "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
-    )
-    # sshd insists on its privilege separation directory, even when it runs as one user.
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    with (directory / "log").open("wb") as log:
-        process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=log)
-    host_key = (directory / "host_key.pub").read_text().split()
-    known_hosts = directory / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"sshd did not start: {(directory / 'log').read_text()}") from None
-                time.sleep(0.02)
-        yield SshServer(port, directory / "client_key", known_hosts)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+async def sshd(tmp_path: Path) -> AsyncIterator[SshServer]:
+    """sshd for this user only, by key only, on 127.0.0.1 and a free port (the shared test servers)."""
+    client_key = tmp_path / "client_key"
+    public = make_key(client_key)
+    async with ssh_hosts(tmp_path / "hosts", ["git"], [public]) as (host,):
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text(host.known_hosts_line + "\n")
+        yield SshServer(host.port, client_key, known_hosts)
 
 
 async def test_private_project_over_ssh_with_a_key_file(
