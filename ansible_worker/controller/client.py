@@ -666,9 +666,13 @@ class Client:
             if not payload:
                 return None
             try:
-                return decode_record(payload)
+                document = decode_record(payload)
             except RecordError as exc:
                 raise ClientError(f"{topic}: {exc}") from None
+            # A record names its job: one retained under another job's topic is not this job's.
+            if document["status"].get("task_id") != task_id:
+                raise ClientError(f"{topic}: not a job record of {task_id}: it is the record of another job")
+            return document
         finally:
             await self.unsubscribe([topic], receive)
 

@@ -188,6 +188,11 @@ class Dashboard:
             return _error(f"job {task_id} has not finished", 409)
         if original is None:
             return _error(f"the request of job {task_id} was published before this dashboard started", 409)
+        if status.get("refused"):
+            return _error(f"job {task_id} was refused, not run: it is not run again", 409)
+        refusal = _not_ours(original, self.client)
+        if refusal is not None:
+            return _error(f"job {task_id}: {refusal}", 409)
         job = {key: value for key, value in original.items() if key not in _SIGNATURE_FIELDS}
         job["task_id"] = f"job-{uuid.uuid4().hex[:12]}"
         try:
@@ -199,6 +204,25 @@ class Dashboard:
         except (trio.TooSlowError, LinkError, ClientError) as exc:
             return _error(f"could not reach the broker: {exc or 'timed out'}", 503)
         return _json({"task_id": job["task_id"], "again_of": task_id}, 201)
+
+
+def _not_ours(original: dict[str, Any], client: Client) -> str | None:
+    """Why a heard request must not be signed again by this dashboard, or None.
+
+    Anyone who may publish on the tasks topic can send a copy of a job with other fields;
+    signing it again would lend the dashboard's key to them. So with a signing key, only a
+    request signed by that same key is run again.
+    """
+    signer = client.signer
+    if signer is None:
+        return None
+    from ansible_worker.protocol.signing import SignatureRefused, TrustedKeys
+
+    try:
+        TrustedKeys({"dashboard": signer.public_key}).verify(client.topics.tasks, original)
+    except SignatureRefused as exc:
+        return f"its request is not signed by this dashboard's key ({exc}); it is not signed again"
+    return None
 
 
 async def _body(request: Request) -> dict[str, Any] | None:

@@ -104,8 +104,13 @@ class Store:
             self._send(listener, full if listener.job == task_id else message)
 
     def set_request(self, task_id: str, request: dict[str, Any]) -> None:
-        """The request of a job, as published to the group: what "run again" sends."""
-        self.requests.pop(task_id, None)
+        """The request of a job, as published to the group: what "run again" sends.
+
+        The first copy heard is kept: a later one with the same task_id (a replay, or a forgery
+        the workers ignore because the group holds the task_id) never replaces it.
+        """
+        if task_id in self.requests:
+            return
         self.requests[task_id] = request
         while len(self.requests) > REQUESTS:
             del self.requests[next(iter(self.requests))]

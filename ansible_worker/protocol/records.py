@@ -13,7 +13,10 @@ SHRINK = 0.7
 MAX_TRIES = 24
 # The most a reader unpacks: a record is written to fit a broker message, but anyone allowed
 # to publish on its topic could send a small payload that unpacks to gigabytes.
-MAX_DECODED_BYTES = 256 * 1024 * 1024
+MAX_DECODED_BYTES = 64 * 1024 * 1024
+# JSON objects and arrays a reader builds at most: bytes alone do not bound memory ('{},' is
+# 3 bytes and a dict of about 64). A real record of 20,000 events holds a few hundred thousand.
+MAX_CONTAINERS = 2_000_000
 
 
 class RecordError(ValueError):
@@ -81,6 +84,9 @@ def decode_record(payload: bytes, *, max_bytes: int = MAX_DECODED_BYTES) -> dict
         data = unpacker.decompress(payload, max_bytes)
         if unpacker.unconsumed_tail:
             raise RecordError(f"not a job record: it unpacks to more than {max_bytes} bytes")
+        # Counted in the text before parsing (braces inside strings count too: an upper bound).
+        if data.count(b"{") + data.count(b"[") > MAX_CONTAINERS:
+            raise RecordError(f"not a job record: more than {MAX_CONTAINERS} JSON objects and arrays")
         document = json.loads(data)
     except (zlib.error, ValueError) as exc:
         raise RecordError(f"not a job record: {exc}") from None

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 import ansible_worker.dashboard
+from ansible_worker.controller.client import Client
 from ansible_worker.dashboard.access import AccessError, check_listen, parse_listen, same_origin, token_ok
 from ansible_worker.dashboard.ansi import ansi_to_html
+from ansible_worker.dashboard.app import _not_ours
 from ansible_worker.dashboard.feed import route
 from ansible_worker.dashboard.store import OUTPUT_JOBS, REQUESTS, Store
 from ansible_worker.mqtt.link import InboundMessage
+from ansible_worker.protocol.signing import Signer, generate_key_pair
 from ansible_worker.protocol.topics import Topics
 
 TOPICS = Topics("ansible", "web")
@@ -148,3 +153,26 @@ def test_the_dashboard_imports_neither_the_worker_nor_the_runner() -> None:
                 imported.update(alias.name for alias in node.names)
     assert "ansible_worker.controller.client" in imported  # the check sees imports at all
     assert not {name for name in imported if name.startswith(("ansible_worker.worker", "ansible_worker.run"))}
+
+
+def test_a_later_copy_of_a_request_never_replaces_the_first() -> None:
+    store = Store()
+    route(store, TOPICS, message("ansible/web/tasks", b'{"task_id": "j", "playbook": "site.yml", "inventory": "h"}'))
+    forged = b'{"task_id": "j", "playbook": "site.yml", "inventory": "h", "extra_vars": {"x": 1}}'
+    route(store, TOPICS, message("ansible/web/tasks", forged))
+    assert store.requests["j"] == {"task_id": "j", "playbook": "site.yml", "inventory": "h"}
+
+
+def test_run_again_signs_only_what_its_own_key_signed(tmp_path: Path) -> None:
+    generate_key_pair(tmp_path / "dash.key", tmp_path / "dash.pub")
+    generate_key_pair(tmp_path / "other.key", tmp_path / "other.pub")
+    ours, other = Signer.from_file(tmp_path / "dash.key"), Signer.from_file(tmp_path / "other.key")
+    client = cast(Client, SimpleNamespace(signer=ours, topics=TOPICS))
+    job = {"task_id": "j", "playbook": "site.yml", "inventory": "h"}
+    assert _not_ours(ours.sign(TOPICS.tasks, job), client) is None
+    for request in (job, other.sign(TOPICS.tasks, job), {**ours.sign(TOPICS.tasks, job), "extra_vars": {"x": 1}}):
+        refusal = _not_ours(request, client)
+        assert refusal is not None
+        assert "not signed by this dashboard's key" in refusal
+    # Without a key of its own the dashboard sends requests unsigned: it lends no signature.
+    assert _not_ours(job, cast(Client, SimpleNamespace(signer=None, topics=TOPICS))) is None

@@ -90,3 +90,11 @@ def test_artifacts_of_a_hostile_record_stay_inside_the_directory(tmp_path: Path)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
     with pytest.raises(ValueError, match="cannot name a directory"):
         write_artifacts(tmp_path / "out", {**hostile, "task_id": "../escape"})
+
+
+def test_a_payload_of_millions_of_tiny_objects_is_refused_before_it_is_built() -> None:
+    # 3 bytes each in the text, a dict each in memory: the bytes limit alone would allow it.
+    bomb = zlib.compress(b'{"format": "x", "events": [' + b"{}," * 3_000_000 + b"{}]}", 9)
+    assert len(bomb) < 50_000
+    with pytest.raises(RecordError, match="more than 2000000 JSON objects and arrays"):
+        decode_record(bomb)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from ansible_worker.controller.client import Client, ClientError
 from ansible_worker.mqtt.link import LinkOptions, open_mqtt_link
 from ansible_worker.protocol.records import decode_record
 from ansible_worker.protocol.topics import Topics
@@ -203,3 +204,18 @@ async def test_client_record_reads_it_and_rejects_garbage(broker: Broker, playbo
         await client.publish(client.topics.record("rec-garbage"), zlib.compress(b"[1, 2]"), qos=1, retain=True)
         with pytest.raises(Exception, match="not a job record"):
             await client.record("rec-garbage")
+        # The real record of one job, retained under another job's topic, is not that job's.
+        payload = await client_payload(client, client.topics.record("rec-client"))
+        await client.publish(client.topics.record("rec-other"), payload, qos=1, retain=True)
+        with pytest.raises(ClientError, match="not a job record of rec-other: it is the record of another job"):
+            await client.record("rec-other")
+
+
+async def client_payload(client: Client, topic: str) -> bytes:
+    """The retained payload on `topic`, as the broker holds it."""
+    receive = await client.subscribe([topic])
+    try:
+        with trio.fail_after(10):
+            return (await receive.receive()).payload
+    finally:
+        await client.unsubscribe([topic], receive)
