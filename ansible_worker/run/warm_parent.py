@@ -145,7 +145,9 @@ def _run_playbook(argv: list[str], env: dict[str, str], cwd: str, fds: list[int]
         import ansible.constants as C  # noqa: N812
 
         # Ansible made its local temporary directory at import; each run gets its own, as a cold one does.
-        C.DEFAULT_LOCAL_TMP = C.config.get_config_value("DEFAULT_LOCAL_TMP")
+        # Resolved as `ansible.constants` resolves it, with the constants as template variables
+        # (its default is '{{ ANSIBLE_HOME ~ "/tmp" }}').
+        C.DEFAULT_LOCAL_TMP = C.config.get_config_value("DEFAULT_LOCAL_TMP", variables=vars(C))
         from ansible.cli.playbook import main
 
         # Exactly what the ansible-playbook script does.
