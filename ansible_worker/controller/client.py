@@ -41,7 +41,7 @@ from ansible_worker.controller.shipping import ship as ship_tree
 from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.mqtt.link import InboundMessage, LinkError, LinkLost, LinkOptions, MqttLink, open_mqtt_link
 from ansible_worker.protocol.records import RecordError, decode_record
-from ansible_worker.protocol.topics import Topics
+from ansible_worker.protocol.topics import Topics, is_task_id
 
 if TYPE_CHECKING:
     # Only for its type: the client never loads pydantic-settings itself.
@@ -173,6 +173,17 @@ class Update:
     kind: Literal["status", "event", "lost"]
     data: dict[str, Any]
     retained: bool = False
+
+
+def _checked_task_id(task_id: object) -> str:
+    """`task_id`, if it may name a job's topics. Errors: `ValueError` saying what a task_id is.
+
+    A job's topics and filters are built from its task_id: a `+` or `#` in one would follow
+    other jobs, or make the broker library refuse the filter.
+    """
+    if not is_task_id(task_id):
+        raise ValueError(f"not a task_id: {str(task_id)[:140]!r} (1 to 128 of A-Z, a-z, 0-9, '.', '_', '-')")
+    return str(task_id)
 
 
 def _matches(topic_filter: str, topic: str) -> bool:
@@ -501,8 +512,8 @@ class Client:
 
         Errors: `NoWorkerAnswered` when no status comes within `answer_within` seconds;
         the broker then delivered the job to nobody, so nothing will run. `ValueError` for a
-        `retry_after` that is not positive or `attempts` below 1. `ShipError` for a directory
-        that cannot be packed.
+        `retry_after` that is not positive, `attempts` below 1 or a `task_id` that is not one.
+        `ShipError` for a directory that cannot be packed.
 
         Cancellation: the handle is closed (its subscriptions removed) and not returned. A job
         already published is not withdrawn: a worker may run it. To retry, give the job a
@@ -515,6 +526,7 @@ class Client:
             raise ValueError(f"attempts must be at least 1, not {attempts!r}")
         request = dict(job)
         request.setdefault("task_id", f"job-{uuid.uuid4().hex[:12]}")
+        _checked_task_id(request["task_id"])
         shipment: Shipment | None = None
         if ship is not None:
             shipment = await ship_tree(self, ship, retention=ship_retention, progress=ship_progress)
@@ -592,7 +604,7 @@ class Client:
         """A handle on a job, wherever it is now; its retained status comes first, if any.
 
         With `events=False` only statuses are received, which spares the broker and this
-        client a busy job's live events.
+        client a busy job's live events. Errors: `ValueError` for a `task_id` that is not one.
 
         Cancellation: the handle is closed (its routes and subscriptions removed) before the
         cancellation goes on; nothing is left behind, and retrying is safe.
@@ -608,7 +620,7 @@ class Client:
     async def status(self, task_id: str) -> dict[str, Any] | None:
         """The job's retained status, or None if the broker holds none.
 
-        Errors: `trio.TooSlowError` from `barrier`.
+        Errors: `trio.TooSlowError` from `barrier`; `ValueError` for a `task_id` that is not one.
 
         Cancellation: the handle is closed either way. Nothing changes at the broker; safe to retry.
         """
@@ -623,14 +635,15 @@ class Client:
     async def cancel(self, task_id: str, *, reason: str | None = None, requested_by: str | None = None) -> None:
         """Ask the group's workers to cancel job `task_id` (signed, with a `signer`); do not wait for it to end.
 
-        `requested_by` defaults to `default_requester()`. Errors: as `publish`.
+        `requested_by` defaults to `default_requester()`. Errors: as `publish`; `ValueError` for a
+        `task_id` that is not one.
 
         Cancellation: as `publish`: the request may or may not have been published, and a
         retry publishes another request (with a signature of its own) for the same job.
         """
         body = {"reason": reason, "requested_by": requested_by or default_requester()}
         request = {key: value for key, value in body.items() if value is not None}
-        topic = self.topics.cancel(task_id)
+        topic = self.topics.cancel(_checked_task_id(task_id))
         if self.signer is not None:
             request = self.signer.sign(topic, request)
         await self.publish(topic, json.dumps(request).encode(), qos=1)
@@ -638,9 +651,12 @@ class Client:
     async def forget(self, task_id: str) -> None:
         """Clear the job's retained status (and its record) from the broker.
 
+        Errors: as `publish`; `ValueError` for a `task_id` that is not one.
+
         Cancellation: as `publish`: the status may or may not be cleared yet. Safe to retry:
         clearing it twice is clearing it once.
         """
+        _checked_task_id(task_id)
         await self.publish(self.topics.status(task_id), b"", qos=1, retain=True)
         await self.publish(self.topics.record(task_id), b"", qos=1, retain=True)
 
@@ -648,12 +664,12 @@ class Client:
         """The finished job's record (final status, events, Ansible's output), or None if the broker holds none.
 
         Errors: `ClientError` when the retained payload is not a readable record;
-        `trio.TooSlowError` from `barrier`.
+        `trio.TooSlowError` from `barrier`; `ValueError` for a `task_id` that is not one.
 
         Cancellation: the record subscription is removed (as by `unsubscribe`); nothing changes
         at the broker, and retrying is safe.
         """
-        topic = self.topics.record(task_id)
+        topic = self.topics.record(_checked_task_id(task_id))
         receive = await self.subscribe([topic])
         try:
             await self.barrier()
@@ -764,7 +780,7 @@ class JobHandle:
 
     def __init__(self, client: Client, task_id: str, *, events: bool = True) -> None:
         self.client = client
-        self.task_id = task_id
+        self.task_id = _checked_task_id(task_id)
         self.latest: dict[str, Any] | None = None
         # How many times `Client.submit` published the job (0 for a followed one).
         self.attempts = 0

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from ansible_worker.protocol.topics import is_task_id
+
 T = TypeVar("T", int, float)
 
 CONTROLLER_COMMANDS = frozenset({"submit", "watch", "status", "cancel", "forget", "workers", "logs", "jobs"})
@@ -56,6 +58,13 @@ def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
         return value
 
     return convert
+
+
+def _task_id(text: str) -> str:
+    """An argparse type: a task_id, which names the job's topics and so may hold no wildcard."""
+    if not is_task_id(text):
+        raise argparse.ArgumentTypeError(f"not a task_id: {text[:140]!r} (1 to 128 of A-Z, a-z, 0-9, '.', '_', '-')")
+    return text
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +134,7 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
         metavar="SECONDS",
         help="how long the broker keeps shipped content for later jobs (default 86400)",
     )
-    submit.add_argument("--task-id", help="name the job (default: a new unique id)")
+    submit.add_argument("--task-id", type=_task_id, help="name the job (default: a new unique id)")
     submit.add_argument("-w", "--wait", action="store_true", help="follow the job live until it ends")
     submit.add_argument("--json", action="store_true", help="print JSON lines for scripts instead of text")
     submit.add_argument(
@@ -159,11 +168,11 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
         "Follow a job live: Ansible's output lines, the task now running, counts and elapsed time.\n"
         "Ctrl-C asks whether to cancel the job or just stop watching.",
     )
-    watch.add_argument("task_id", metavar="TASK_ID")
+    watch.add_argument("task_id", metavar="TASK_ID", type=_task_id)
     watch.add_argument("--json", action="store_true", help="one JSON object per status or event, for scripts")
 
     status = command("status", "show a job's current status", "Show the status the broker holds for a job.")
-    status.add_argument("task_id", metavar="TASK_ID")
+    status.add_argument("task_id", metavar="TASK_ID", type=_task_id)
     status.add_argument("--json", action="store_true", help="print the status as one JSON line")
 
     cancel = command(
@@ -172,7 +181,7 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
         "Cancel a job: a queued one leaves the queue, a running one has its processes ended.\n"
         "Waits until the worker confirms.",
     )
-    cancel.add_argument("task_id", metavar="TASK_ID")
+    cancel.add_argument("task_id", metavar="TASK_ID", type=_task_id)
     cancel.add_argument("--reason", help="why; shown in the job's final status")
     cancel.add_argument(
         "--wait-seconds", type=float, default=60, metavar="SECONDS", help="how long to wait for the worker to confirm"
@@ -181,7 +190,7 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
     forget = command(
         "forget", "clear a finished job's status", "Remove a finished job's retained status from the broker."
     )
-    forget.add_argument("task_id", metavar="TASK_ID")
+    forget.add_argument("task_id", metavar="TASK_ID", type=_task_id)
 
     workers = command(
         "workers", "list the group's workers", "List the workers of the group: state, capacity, load, last heartbeat."
@@ -202,7 +211,7 @@ def add_record_commands(command: Callable[[str, str, str], argparse.ArgumentPars
         "  ansible-worker logs deploy-42 --events | jq 'select(.status == \"failed\")'\n"
         "  ansible-worker logs deploy-42 --artifact-dir artifacts/",
     )
-    logs.add_argument("task_id", metavar="TASK_ID")
+    logs.add_argument("task_id", metavar="TASK_ID", type=_task_id)
     logs.add_argument("--events", action="store_true", help="print the job's events as JSON lines instead")
     logs.add_argument(
         "--artifact-dir",

@@ -20,6 +20,7 @@ from ansible_worker.dashboard.access import ACTION_HEADER, TOKEN_HEADER, is_loop
 from ansible_worker.dashboard.record import job_record
 from ansible_worker.dashboard.store import Store, finite
 from ansible_worker.mqtt.link import LinkError
+from ansible_worker.protocol.topics import is_task_id
 
 STATIC = Path(__file__).parent / "static"
 # A comment line this often keeps proxies and the browser from closing an idle stream.
@@ -41,6 +42,17 @@ def _json(data: Any, status_code: int = 200) -> JSONResponse:
 
 def _error(message: str, status_code: int) -> JSONResponse:
     return _json({"error": message}, status_code)
+
+
+def _not_a_task_id(task_id: str | None) -> JSONResponse | None:
+    """A 404 for a job name that is not a task_id, before it can reach a topic or filter.
+
+    `+` or `#` in a record filter would read other jobs' records or make the broker library
+    refuse the filter and drop the link; any page the user visits can ask for such a URL.
+    """
+    if task_id is None or is_task_id(task_id):
+        return None
+    return _error("not a task_id: a task_id is 1 to 128 of A-Z, a-z, 0-9, '.', '_', '-'", 404)
 
 
 class Dashboard:
@@ -121,6 +133,8 @@ class Dashboard:
         if refused is not None:
             return refused
         job = request.query_params.get("job") or None
+        if (bad := _not_a_task_id(job)) is not None:
+            return bad
         headers = {**_HEADERS, "X-Accel-Buffering": "no"}
         return StreamingResponse(self._events(job), media_type="text/event-stream", headers=headers)
 
@@ -141,8 +155,11 @@ class Dashboard:
         refused = self._refused(request, action=False)
         if refused is not None:
             return refused
+        task_id = request.path_params["task_id"]
+        if (bad := _not_a_task_id(task_id)) is not None:
+            return bad
         with trio.move_on_after(ACTION_WITHIN):
-            found = await job_record(self.client, request.path_params["task_id"])
+            found = await job_record(self.client, task_id)
             if found is not None:
                 return _json(found)
         return _error("no record of this job", 404)
@@ -156,6 +173,8 @@ class Dashboard:
         if refused is not None:
             return refused
         task_id = request.path_params["task_id"]
+        if (bad := _not_a_task_id(task_id)) is not None:
+            return bad
         status = self.store.jobs.get(task_id)
         if status is None or status.get("state") not in ("queued", "running"):
             return _error(f"job {task_id} is not queued or running", 409)
@@ -182,6 +201,8 @@ class Dashboard:
         if refused is not None:
             return refused
         task_id = request.path_params["task_id"]
+        if (bad := _not_a_task_id(task_id)) is not None:
+            return bad
         status = self.store.jobs.get(task_id)
         original = self.store.requests.get(task_id)
         if status is None or status.get("state") in ("queued", "running"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from contextlib import suppress
 from typing import Any
 
@@ -13,11 +12,10 @@ import trio
 from ansible_worker.controller.client import Client
 from ansible_worker.dashboard.store import Store
 from ansible_worker.mqtt.link import InboundMessage
-from ansible_worker.protocol.topics import Topics
+from ansible_worker.protocol.topics import Topics, is_task_id
 
 log = logging.getLogger(__name__)
 
-_TASK_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # A message bigger than this is not one the group's workers send; it is skipped, not parsed.
 MAX_PAYLOAD = 4 * 1024 * 1024
 
@@ -81,7 +79,7 @@ def route(store: Store, topics: Topics, message: InboundMessage) -> None:
     if topic == topics.tasks:
         request = _object(message.payload)
         task_id = request.get("task_id") if request else None
-        if request is not None and isinstance(task_id, str) and _TASK_ID.fullmatch(task_id):
+        if request is not None and is_task_id(task_id):
             store.set_request(task_id, request)
         return
     workers = topics.workers_subscription.removesuffix("+")
@@ -98,7 +96,7 @@ def route(store: Store, topics: Topics, message: InboundMessage) -> None:
     if not topic.startswith(prefix):
         return
     task_id, _, leaf = topic[len(prefix) :].partition("/")
-    if not _TASK_ID.fullmatch(task_id):
+    if not is_task_id(task_id):
         return
     if leaf == "status":
         if not message.payload:

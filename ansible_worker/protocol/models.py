@@ -10,7 +10,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic_core import PydanticSerializationError
 
-TASK_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+from ansible_worker.protocol.topics import TASK_ID
+
+TASK_ID_PATTERN = rf"^{TASK_ID}$"
 
 TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
 

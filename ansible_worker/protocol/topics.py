@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeGuard
 
-_TASK_ID = r"[A-Za-z0-9._-]{1,128}"
+# What a task_id may be: it is a topic level, so never a wildcard (`+`, `#`), a `/` or empty.
+TASK_ID = r"[A-Za-z0-9._-]{1,128}"
+_TASK_ID_FULL = re.compile(TASK_ID)
+
+
+def is_task_id(value: object) -> TypeGuard[str]:
+    """Whether `value` may name a job, and so be put into the job's topics and filters."""
+    return isinstance(value, str) and _TASK_ID_FULL.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,5 +110,5 @@ class Topics:
         return self._task_id_in(topic, "claim")
 
     def _task_id_in(self, topic: str, leaf: str) -> str | None:
-        match = re.fullmatch(re.escape(self.tasks) + rf"/({_TASK_ID})/{leaf}", topic)
+        match = re.fullmatch(re.escape(self.tasks) + rf"/({TASK_ID})/{leaf}", topic)
         return match.group(1) if match else None

@@ -233,6 +233,18 @@ async def test_bad_arguments_and_unreachable_broker(group: str, tmp_path: Path) 
     assert "no usable broker settings" in no_broker.stderr.decode()
 
 
+@pytest.mark.parametrize("command", [["status"], ["watch"], ["cancel"], ["forget"], ["logs"], ["submit", "a.yml"]])
+async def test_a_task_id_that_is_not_one_is_a_usage_error(group: str, command: list[str]) -> None:
+    # The broker is never asked: a wildcard in a task_id would name other jobs' topics.
+    where = ["--broker", "mqtt://127.0.0.1:1", "--group", group]
+    for bad in ("#", "a+b", "x" * 129):
+        args = [*command, "-i", "h,", "--task-id", bad] if command[0] == "submit" else [*command, bad]
+        with trio.fail_after(60):
+            result = await trio.run_process([EXECUTABLE, *args, *where], capture_stderr=True, check=False)
+        assert result.returncode == 2, (args, result.stderr.decode())
+        assert "not a task_id: " in result.stderr.decode()
+
+
 async def test_controller_reads_the_workers_config_file(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
 ) -> None:

@@ -7,8 +7,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,80 @@ def post(url: str, headers: dict[str, str], body: bytes = b"{}") -> int:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+
+
+def get(url: str) -> tuple[int, str]:
+    """The status of a GET and, unless it is a stream, its body."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (our own loopback URL)
+            streaming = response.headers.get_content_type() == "text/event-stream"
+            return int(response.status), "" if streaming else response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+    except OSError as exc:  # the server closed the connection without an answer
+        return 0, str(exc)
+
+
+def wait_for_text(path: Path, text: str, seconds: float = 10) -> str:
+    """The file's contents once `text` is in it, within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while text not in (contents := path.read_text()):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path.name}"
+        time.sleep(0.05)
+    return contents
+
+
+def answered(request: Callable[[], int]) -> int:
+    """The status code of `request()`, or 0 when the server closed the connection without one."""
+    try:
+        return request()
+    except OSError:
+        return 0
+
+
+@pytest.fixture
+def logging_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker that logs every SUBSCRIBE, UNSUBSCRIBE and PUBLISH it receives, with the topic."""
+    directory = tmp_path / "logging-broker"
+    directory.mkdir()
+    instance = Broker(directory, "log_type subscribe\nlog_type unsubscribe\nlog_type debug\n")
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+def test_a_task_id_that_is_not_one_gets_404_and_touches_nothing(
+    logging_broker: Broker, group: str, tmp_path: Path
+) -> None:
+    broker = logging_broker
+    log = tmp_path / "dashboard.log"
+    with dashboard(broker, group, log, "--allow-actions") as url:
+        headers = {"X-Dashboard-Action": "1", "Origin": url.rstrip("/")}
+        # The dashboard subscribed to the group's topics before it listened: what the log says next is ours.
+        before = len(broker.log.read_text())
+        # Wildcards, a level that holds one, too long, not ASCII, a space: what an <img> on any page can ask for.
+        answers = {}
+        for bad in ("%23", "%2B", "a%2Bb", "x%23", "x" * 129, "%C3%A9", "a%20b", "%00"):
+            answers[bad] = (
+                get(url + f"api/jobs/{bad}/record"),
+                answered(partial(post, url + f"api/jobs/{bad}/cancel", headers)),
+                answered(partial(post, url + f"api/jobs/{bad}/rerun", headers)),
+                get(url + f"api/stream?job={bad}")[0],
+            )
+        for bad, (record, cancel, rerun, stream) in answers.items():
+            assert (record[0], cancel, rerun, stream) == (404, 404, 404, 404), (bad, answers[bad])
+            assert json.loads(record[1])["error"].startswith("not a task_id: "), record
+        # A real task_id does subscribe to its record: the broker's log shows what the requests above did.
+        assert get(url + "api/jobs/fine/record")[0] == 404
+        broker_log = wait_for_text(broker.log, f"ansible/{group}/tasks/fine/record")
+        assert get(url + "api/stream?job=fine")[0] == 200
+    touched = [line for line in broker_log[before:].splitlines() if f"ansible/{group}/tasks/" in line]
+    assert touched, "the broker's log shows no topic of the group's jobs"
+    assert all("tasks/fine/record" in line for line in touched), touched
+    assert "malformed" not in broker_log
+    assert "lost the broker" not in log.read_text()
 
 
 def test_a_job_appears_and_goes_from_queued_to_success_live(
