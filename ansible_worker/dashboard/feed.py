@@ -80,7 +80,7 @@ def route(store: Store, topics: Topics, message: InboundMessage) -> None:
         request = _object(message.payload)
         task_id = request.get("task_id") if request else None
         if request is not None and is_task_id(task_id):
-            store.set_request(task_id, request)
+            store.set_request(task_id, request, size=len(message.payload))
         return
     workers = topics.workers_subscription.removesuffix("+")
     if topic.startswith(workers):
@@ -100,12 +100,12 @@ def route(store: Store, topics: Topics, message: InboundMessage) -> None:
         return
     if leaf == "status":
         if not message.payload:
-            store.set_status(task_id, None)
+            store.set_status(task_id, None, size=0)
             return
         status = _object(message.payload)
         if status is not None and isinstance(status.get("state"), str):
             status["task_id"] = task_id  # the topic says which job, whatever the body claims
-            store.set_status(task_id, status)
+            store.set_status(task_id, status, size=len(message.payload))
     elif leaf == "events":
         event = _object(message.payload)
         if event is not None:

@@ -12,13 +12,22 @@ from typing import Any
 import trio
 
 from ansible_worker.dashboard.ansi import ansi_to_html
+from ansible_worker.dashboard.limits import (
+    EVICT_BATCH,
+    MAX_JOBS,
+    OUTPUT_BYTES,
+    OUTPUT_JOBS,
+    OUTPUT_LINES,
+    REQUESTS,
+    REQUESTS_BYTES,
+    STILL_GOING,
+    cut,
+    cut_line,
+    eviction_rank,
+    kept_status,
+    when,
+)
 
-# Enough for the output of a long play; older lines of one job are dropped first.
-OUTPUT_LINES = 5000
-# Output is kept for this many jobs, and requests for run again for this many: the oldest go
-# first, so a flood of made-up task_ids cannot fill the dashboard's memory.
-OUTPUT_JOBS = 200
-REQUESTS = 10_000
 # A browser that falls this far behind loses changes rather than holding memory for ever.
 LISTENER_BUFFER = 10_000
 _SUMMARY_KEYS = (
@@ -37,14 +46,18 @@ _SUMMARY_KEYS = (
     "tasks_unreachable",
     "current_task",
 )
-_STILL_GOING = frozenset({"queued", "running"})
 # The colours of Ansible's default output, as SGR codes.
 _STATUS_COLOURS = {"ok": "32", "changed": "33", "failed": "31", "unreachable": "1;31", "skipped": "36", "ignored": "36"}
 
 
 def summary(status: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a status the job list shows."""
-    return {key: status.get(key) for key in _SUMMARY_KEYS}
+    """The fields of a status the job list shows, each short."""
+    return {key: cut(status.get(key)) for key in _SUMMARY_KEYS}
+
+
+def _line_size(entry: dict[str, Any]) -> int:
+    # What an output line costs, roughly: its text and a little for the rest of the entry.
+    return len(entry["html"] or "") + len(entry["task"] or "") + 64
 
 
 @dataclass
@@ -57,7 +70,7 @@ class Listener:
 
 @dataclass
 class Store:
-    """The last known state of the group, kept while the broker is away."""
+    """The last known state of the group, kept while the broker is away, within the bounds of `limits`."""
 
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -67,6 +80,9 @@ class Store:
     listeners: list[Listener] = field(default_factory=list)
     _order: int = 0
     _first_seen: dict[str, int] = field(default_factory=dict)
+    _output_bytes: dict[str, int] = field(default_factory=dict)
+    _request_sizes: dict[str, int] = field(default_factory=dict)
+    _request_bytes: int = 0
 
     def set_connected(self, connected: bool) -> None:
         """Say whether the broker is reachable; every browser shows or clears its banner."""
@@ -82,38 +98,69 @@ class Store:
             self.workers[worker_id] = presence
         self._tell({"type": "worker", "worker_id": worker_id, "worker": presence})
 
-    def set_status(self, task_id: str, status: dict[str, Any] | None) -> None:
-        """A job's status arrived (None: its retained status was cleared, the job forgotten)."""
+    def set_status(self, task_id: str, status: dict[str, Any] | None, *, size: int) -> None:
+        """A job's status arrived, `size` bytes on the wire (None: its retained status was cleared, the job forgotten).
+
+        Past `MAX_JOBS` jobs, the lowest ranked (`limits.eviction_rank`) are forgotten.
+        """
         if status is None:
-            self.jobs.pop(task_id, None)
-            self.output.pop(task_id, None)
-            self._tell({"type": "job", "task_id": task_id, "job": None})
+            self._forget(task_id)
             return
         known = self.jobs.get(task_id)
         # A refused copy of a job that a worker holds says nothing about that job.
-        if status.get("refused") and known is not None and known.get("state") in _STILL_GOING:
+        if status.get("refused") and known is not None and known.get("state") in STILL_GOING:
             return
         if task_id not in self._first_seen:
             self._order += 1
             self._first_seen[task_id] = self._order
+        status = kept_status(task_id, status, size)
         self.jobs[task_id] = status
+        if status.get("refused"):
+            # Not run, so never run again: its request would only take room.
+            self._drop_request(task_id)
+        if len(self.jobs) > MAX_JOBS:
+            self._make_room()
+            if task_id not in self.jobs:
+                return
         message = {"type": "job", "task_id": task_id, "job": self.row(task_id)}
         for listener in list(self.listeners):
             # The browser showing this job gets the whole status; the others the list's line.
             full = {**message, "status": status, "can_run_again": task_id in self.requests}
             self._send(listener, full if listener.job == task_id else message)
 
-    def set_request(self, task_id: str, request: dict[str, Any]) -> None:
-        """The request of a job, as published to the group: what "run again" sends.
+    def set_request(self, task_id: str, request: dict[str, Any], *, size: int) -> None:
+        """The request of a job, as published to the group (`size` bytes): what "run again" sends.
 
         The first copy heard is kept: a later one with the same task_id (a replay, or a forgery
-        the workers ignore because the group holds the task_id) never replaces it.
+        the workers ignore because the group holds the task_id) never replaces it. The oldest
+        go first past `REQUESTS` requests or `REQUESTS_BYTES` bytes.
         """
         if task_id in self.requests:
             return
         self.requests[task_id] = request
-        while len(self.requests) > REQUESTS:
-            del self.requests[next(iter(self.requests))]
+        self._request_sizes[task_id] = size
+        self._request_bytes += size
+        while len(self.requests) > REQUESTS or self._request_bytes > REQUESTS_BYTES:
+            self._drop_request(next(iter(self.requests)))
+
+    def _drop_request(self, task_id: str) -> None:
+        if self.requests.pop(task_id, None) is not None:
+            self._request_bytes -= self._request_sizes.pop(task_id)
+
+    def _make_room(self) -> None:
+        """Forget the lowest ranked jobs, down to `MAX_JOBS - EVICT_BATCH`."""
+        ranked = sorted(self.jobs, key=lambda task_id: eviction_rank(self.jobs[task_id], self._first_seen[task_id]))
+        for task_id in ranked[: len(self.jobs) - (MAX_JOBS - EVICT_BATCH)]:
+            self._forget(task_id)
+
+    def _forget(self, task_id: str) -> None:
+        """Drop all that is kept of a job, and take it off every list shown."""
+        self.jobs.pop(task_id, None)
+        self._first_seen.pop(task_id, None)
+        self.output.pop(task_id, None)
+        self._output_bytes.pop(task_id, None)
+        self._drop_request(task_id)
+        self._tell({"type": "job", "task_id": task_id, "job": None})
 
     def add_event(self, task_id: str, event: dict[str, Any]) -> None:
         """A live event of a job: kept for its page, sent to the browsers showing that job."""
@@ -121,24 +168,31 @@ class Store:
         status = event.get("status")
         text = None
         if isinstance(line, str):
+            line = cut_line(line)
             # Ansible colours its lines by result; the events carry the result, not the escapes.
             colour = _STATUS_COLOURS.get(status) if isinstance(status, str) and "\x1b" not in line else None
             text = ansi_to_html(f"\x1b[{colour}m{line}\x1b[0m" if colour else line)
         entry = {
-            "seq": event.get("seq"),
+            "seq": cut(event.get("seq")),
             "html": text,
-            "status": status,
-            "task": event.get("task"),
-            "event": event.get("event"),
+            "status": cut(status, 16),
+            "task": cut(event.get("task")),
+            "event": cut(event.get("event"), 64),
         }
         lines = self.output.pop(task_id, None)
         if lines is None:
-            lines = deque(maxlen=OUTPUT_LINES)
+            lines = deque()
         # Reinserted: the dict's order is the order of last output, oldest first.
         self.output[task_id] = lines
         lines.append(entry)
+        size = self._output_bytes.pop(task_id, 0) + _line_size(entry)
+        while len(lines) > OUTPUT_LINES or (size > OUTPUT_BYTES and len(lines) > 1):
+            size -= _line_size(lines.popleft())
+        self._output_bytes[task_id] = size
         while len(self.output) > OUTPUT_JOBS:
-            del self.output[next(iter(self.output))]
+            oldest = next(iter(self.output))
+            del self.output[oldest]
+            del self._output_bytes[oldest]
         message = {"type": "line", "task_id": task_id, "line": entry}
         for listener in list(self.listeners):
             if listener.job == task_id:
@@ -154,7 +208,7 @@ class Store:
     def rows(self) -> list[dict[str, Any]]:
         """Every job's line, newest first (by start or creation time, then first seen)."""
         rows = [self.row(task_id) for task_id in self.jobs]
-        rows.sort(key=lambda row: (str(row.get("created_at") or row.get("started_at") or ""), row["order"]))
+        rows.sort(key=lambda row: (when(row), row["order"]))
         rows.reverse()
         return rows
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
 import pytest
+import trio
 
 import ansible_worker.dashboard
 from ansible_worker.controller.client import Client
@@ -15,7 +17,18 @@ from ansible_worker.dashboard.access import AccessError, check_listen, parse_lis
 from ansible_worker.dashboard.ansi import ansi_to_html
 from ansible_worker.dashboard.app import _not_ours
 from ansible_worker.dashboard.feed import route
-from ansible_worker.dashboard.store import OUTPUT_JOBS, REQUESTS, Store
+from ansible_worker.dashboard.limits import (
+    EVICT_BATCH,
+    LINE_CHARS,
+    MAX_JOBS,
+    OUTPUT_BYTES,
+    OUTPUT_JOBS,
+    OUTPUT_LINES,
+    REQUESTS,
+    REQUESTS_BYTES,
+    STATUS_BYTES,
+)
+from ansible_worker.dashboard.store import Store
 from ansible_worker.mqtt.link import InboundMessage
 from ansible_worker.protocol.signing import Signer, generate_key_pair
 from ansible_worker.protocol.topics import Topics
@@ -176,3 +189,115 @@ def test_run_again_signs_only_what_its_own_key_signed(tmp_path: Path) -> None:
         assert "not signed by this dashboard's key" in refusal
     # Without a key of its own the dashboard sends requests unsigned: it lends no signature.
     assert _not_ours(job, cast(Client, SimpleNamespace(signer=None, topics=TOPICS))) is None
+
+
+def status(state: str, created: str, **fields: object) -> bytes:
+    return json.dumps({"state": state, "created_at": created, **fields}).encode()
+
+
+def test_past_max_jobs_refusals_go_first_then_the_oldest_finished_and_running_ones_last() -> None:
+    store = Store()
+    route(store, TOPICS, message("ansible/web/tasks/running/status", status("running", "2026-01-01T00:00:00Z")))
+    route(store, TOPICS, message("ansible/web/tasks/queued/status", status("queued", "2026-01-01T00:00:01Z")))
+    ran = MAX_JOBS - EVICT_BATCH - 2
+    for index in range(ran):
+        created = f"2026-01-02T00:00:00.{index:06d}Z"
+        route(store, TOPICS, message(f"ansible/web/tasks/ran-{index}/status", status("success", created)))
+    # Refusals, newer than every job that ran, up to one job too many: they all go, and nothing else.
+    junk = MAX_JOBS + 1 - len(store.jobs)
+    for index in range(junk):
+        refusal = status("failed", f"2026-02-01T00:00:00.{index:06d}Z", refused=True)
+        route(store, TOPICS, message(f"ansible/web/tasks/junk-{index}/status", refusal))
+    assert junk > EVICT_BATCH
+    assert set(store.jobs) == {"running", "queued", *(f"ran-{index}" for index in range(ran))}
+    with store.listen(None) as (first, receive):
+        assert len(first["jobs"]) == len(store.jobs)
+        # More jobs that ran: the oldest finished ones go, never the running one.
+        for index in range(MAX_JOBS):
+            created = f"2026-03-01T00:00:00.{index:06d}Z"
+            route(store, TOPICS, message(f"ansible/web/tasks/new-{index}/status", status("failed", created)))
+        assert len(store.jobs) <= MAX_JOBS
+        assert {"running", "queued", f"new-{MAX_JOBS - 1}"} <= set(store.jobs)
+        assert "ran-0" not in store.jobs
+        # Every browser is told which jobs left the list.
+        gone = set()
+        while True:
+            try:
+                change = receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if change["type"] == "job" and change["job"] is None:
+                gone.add(change["task_id"])
+        assert "ran-0" in gone
+        assert not gone & set(store.jobs)
+
+
+def test_when_every_job_is_still_going_the_oldest_go() -> None:
+    store = Store()
+    for index in range(MAX_JOBS + 1):
+        created = f"2026-01-01T00:00:00.{index:06d}Z"
+        route(store, TOPICS, message(f"ansible/web/tasks/r{index}/status", status("running", created)))
+    assert MAX_JOBS - EVICT_BATCH <= len(store.jobs) <= MAX_JOBS
+    assert "r0" not in store.jobs
+    assert f"r{MAX_JOBS}" in store.jobs
+
+
+def test_cleared_and_dropped_jobs_leave_nothing_behind() -> None:
+    store = Store()
+    for index in range(3 * MAX_JOBS):
+        topic = f"ansible/web/tasks/j{index}/status"
+        route(store, TOPICS, message("ansible/web/tasks", json.dumps({"task_id": f"j{index}"}).encode()))
+        route(store, TOPICS, message(f"ansible/web/tasks/j{index}/events", b'{"seq": 1, "line": "x"}'))
+        route(store, TOPICS, message(topic, status("success", "2026-01-01T00:00:00Z")))
+        if index % 2:
+            route(store, TOPICS, message(topic, b"", retain=True))
+    kept = set(store.jobs)
+    assert len(kept) <= MAX_JOBS
+    assert set(store._first_seen) == kept
+    assert set(store.requests) <= kept
+    assert set(store.output) <= kept
+
+
+def test_a_big_status_is_kept_by_its_main_fields_and_says_so() -> None:
+    store = Store()
+    big = status("success", "2026-01-01T00:00:00Z", playbook="site.yml", output={"blob": "b" * STATUS_BYTES})
+    route(store, TOPICS, message("ansible/web/tasks/big/status", big))
+    kept = store.jobs["big"]
+    assert kept["state"] == "success"
+    assert kept["playbook"] == "site.yml"
+    assert "output" not in kept
+    assert "ansible-worker status big" in kept["dashboard_note"]
+    assert len(json.dumps(store.snapshot("big"))) < 2 * 1024
+    # Each field of a list line is short, whatever the status holds.
+    route(store, TOPICS, message("ansible/web/tasks/long/status", status("failed", "x", playbook="p" * 10_000)))
+    assert len(json.dumps(store.row("long"))) < 1024
+
+
+def test_output_is_bounded_in_lines_and_bytes_per_job() -> None:
+    store = Store()
+    for seq in range(1, 41):
+        event = json.dumps({"seq": seq, "line": f"{seq}:" + "y" * 100_000, "task": "t" * 10_000}).encode()
+        route(store, TOPICS, message("ansible/web/tasks/j/events", event))
+    lines = store.output["j"]
+    assert sum(len(line["html"]) for line in lines) <= OUTPUT_BYTES
+    assert lines[-1]["seq"] == 40
+    assert all(len(line["html"]) < LINE_CHARS + 100 for line in lines)
+    assert lines[-1]["html"].endswith("more characters]")
+    assert all(len(line["task"]) <= 257 for line in lines)
+    for seq in range(41, OUTPUT_LINES + 100):
+        route(store, TOPICS, message("ansible/web/tasks/j/events", json.dumps({"seq": seq, "line": "z"}).encode()))
+    assert len(store.output["j"]) == OUTPUT_LINES
+    assert store.output["j"][-1]["seq"] == OUTPUT_LINES + 99
+
+
+def test_requests_are_bounded_in_bytes_and_a_refused_jobs_request_is_dropped() -> None:
+    store = Store()
+    padding = "v" * (1024 * 1024)
+    for index in range(100):
+        request = json.dumps({"task_id": f"r{index}", "extra_vars": {"pad": padding}}).encode()
+        route(store, TOPICS, message("ansible/web/tasks", request))
+    assert 0 < len(store.requests) <= REQUESTS_BYTES // len(padding)
+    assert "r99" in store.requests
+    assert "r0" not in store.requests
+    route(store, TOPICS, message("ansible/web/tasks/r99/status", status("failed", "x", refused=True)))
+    assert "r99" not in store.requests
