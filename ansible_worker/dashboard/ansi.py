@@ -45,7 +45,9 @@ def _plain(text: str) -> str:
 def _apply(classes: list[str], codes: str) -> list[str]:
     result = list(classes)
     for word in codes.split(";") if codes else ["0"]:
-        code = int(word) if word.isdigit() else 0
+        # An empty parameter means 0. A longer number than any code means nothing, and int()
+        # would refuse one of more than 4,300 digits.
+        code = 0 if not word else int(word) if len(word) <= 3 else -1
         if code == 0:
             result = []
         elif code == 1:

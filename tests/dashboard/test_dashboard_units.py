@@ -54,6 +54,15 @@ def test_a_hostile_line_cannot_inject_markup() -> None:
     assert "\x07" not in out
 
 
+def test_a_colour_code_of_any_length_is_dropped_not_fatal() -> None:
+    # Python refuses to turn more than 4,300 digits into an int; a task name can hold that many.
+    line = "\x1b[" + "9" * 5000 + "mx\x1b[0;" + "3" * 5000 + ";32my"
+    assert ansi_to_html(line) == 'x<span class="ansi-fg-green">y</span>'
+    store = Store()
+    route(store, TOPICS, message("ansible/web/tasks/j/events", json.dumps({"seq": 1, "line": line}).encode()))
+    assert store.output["j"][0]["html"] == 'x<span class="ansi-fg-green">y</span>'
+
+
 def test_listen_addresses_and_tokens() -> None:
     assert parse_listen("127.0.0.1:8470").port == 8470
     assert parse_listen("[::1]:80").bind == "[::1]:80"
