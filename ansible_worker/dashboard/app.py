@@ -207,10 +207,13 @@ class Dashboard:
         original = self.store.requests.get(task_id)
         if status is None or status.get("state") in ("queued", "running"):
             return _error(f"job {task_id} has not finished", 409)
-        if original is None:
-            return _error(f"the request of job {task_id} was published before this dashboard started", 409)
         if status.get("refused"):
             return _error(f"job {task_id} was refused, not run: it is not run again", 409)
+        if original is None:
+            return _error(
+                f"the request of job {task_id} was published before this dashboard started, or is no longer kept",
+                409,
+            )
         refusal = _not_ours(original, self.client)
         if refusal is not None:
             return _error(f"job {task_id}: {refusal}", 409)
