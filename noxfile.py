@@ -8,6 +8,8 @@ import nox
 
 # The official JSON Schema of AsyncAPI 3.0, from the npm package the AsyncAPI project publishes.
 ASYNCAPI_SPECS = "@asyncapi/specs@6"
+# axe-core checks the dashboard's pages for accessibility inside the browser tests.
+AXE_CORE = "axe-core@4.14.1"
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
@@ -21,6 +23,11 @@ def tests(session: nox.Session) -> None:
     schema = specs / "node_modules" / "@asyncapi" / "specs" / "schemas" / "3.0.0.json"
     if not schema.exists():
         session.run("npm", "install", "--prefix", str(specs), "--no-audit", "--no-fund", ASYNCAPI_SPECS, external=True)
+    axe_prefix = Path(session.virtualenv.location) / AXE_CORE
+    axe = axe_prefix / "node_modules" / "axe-core" / "axe.min.js"
+    if not axe.exists():
+        session.run("npm", "install", "--prefix", str(axe_prefix), "--no-audit", "--no-fund", AXE_CORE, external=True)
+    session.env["AXE_CORE_SCRIPT"] = str(axe)
     session.run("pytest", *session.posargs, env={"ASYNCAPI_SPEC_SCHEMA": str(schema)})
 
 

@@ -59,6 +59,30 @@ def chromium() -> Iterator[WebDriver]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def axe_problems(driver: WebDriver) -> list[str]:
+    """What axe-core finds serious or critical on the page as it is now: one line per rule and element.
+
+    axe-core comes from npm, installed by the nox session (its path in `AXE_CORE_SCRIPT`), and is
+    injected into the page the test has open.
+    """
+    location = os.environ.get("AXE_CORE_SCRIPT")
+    assert location, "AXE_CORE_SCRIPT is not set: run the tests through nox (nox -s tests)"
+    if not driver.execute_script("return typeof window.axe === 'object';"):
+        driver.execute_script(Path(location).read_text())
+    driver.set_script_timeout(60)
+    results = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "axe.run(document, {resultTypes: ['violations']}).then(done, (error) => done({error: String(error)}));"
+    )
+    assert "error" not in results, results
+    return [
+        f"{violation['id']} ({violation['impact']}): {violation['help']} at {node['target']}"
+        for violation in results["violations"]
+        if violation["impact"] in ("serious", "critical")
+        for node in violation["nodes"]
+    ]
+
+
 def wait_until(driver: WebDriver, condition: Any, seconds: float = 30, message: str = "") -> Any:
     """Poll the page (not the server) until `condition(driver)` is truthy, for at most `seconds`."""
     return WebDriverWait(driver, seconds, poll_frequency=0.05).until(condition, message)

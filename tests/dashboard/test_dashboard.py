@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import trio
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
@@ -22,6 +24,7 @@ from ansible_worker.controller.client import open_client, target_from_url
 from tests.conftest import REPO, Broker, client_for, worker_config
 from tests.dashboard.browser import (
     EXECUTABLE,
+    axe_problems,
     broker_status,
     chromium,
     cli,
@@ -183,6 +186,95 @@ def test_a_job_appears_and_goes_from_queued_to_success_live(
         SCREENSHOT.parent.mkdir(exist_ok=True)
         browser.save_screenshot(str(SCREENSHOT))
         browser.save_screenshot(str(tmp_path / "dashboard-job.png"))
+
+
+def focused(driver: WebDriver) -> str:
+    """What has the keyboard focus: `#id`, or the href of a link, or the tag name."""
+    script = (
+        "const e = document.activeElement;return e.id ? '#' + e.id : e.getAttribute('href') || e.tagName.toLowerCase();"
+    )
+    return str(driver.execute_script(script))
+
+
+def tab_to(driver: WebDriver, target: str, most: int = 60) -> list[str]:
+    """Press Tab until `target` (as `focused` names it) has the focus; what got it on the way."""
+    seen = [focused(driver)]
+    while seen[-1] != target:
+        assert len(seen) <= most, f"Tab never reached {target}: {seen}"
+        ActionChains(driver).send_keys(Keys.TAB).perform()
+        seen.append(focused(driver))
+    return seen
+
+
+def test_jobs_are_links_every_control_works_by_keyboard_and_axe_finds_nothing_serious(
+    broker: Broker, group: str, worker: str, playbook_dir: Path, tmp_path: Path, browser: WebDriver
+) -> None:
+    # Long enough output that the output box scrolls; and a worker whose heartbeats stopped.
+    tasks = [{"name": f"Step {n}", "ansible.builtin.debug": {"msg": f"step {n} " + "w" * 200}} for n in range(30)]
+    play = [{"name": "Long", "hosts": "host1", "gather_facts": False, "tasks": tasks}]
+    (playbook_dir / "long.yml").write_text(json.dumps(play))
+    trio.run(_publish_presences, broker, group)
+    with dashboard(broker, group, tmp_path / "dashboard.log", "--allow-actions") as url:
+        submit(broker, group, "done", "long.yml", "--wait")
+        submit(broker, group, "going", "sleep.yml")
+        browser.get(url)
+        wait_until(browser, lambda d: job_state(d, "going") == "running", message="never shown running")
+        wait_until(
+            browser,
+            lambda d: "stale" in d.find_element("css selector", 'tr[data-worker-id="silent"]').get_attribute("class"),
+        )
+        # Every job id in the list is a link to the job's page, which a new tab opens as well.
+        links = browser.execute_script(
+            "return [...document.querySelectorAll('#jobs tbody tr')].map(row => {"
+            "  const a = row.querySelector('td.task-id a');"
+            "  return [row.dataset.taskId, a && a.getAttribute('href'), a && a.textContent]; });"
+        )
+        assert sorted(links) == [["done", "#/job/done", "done"], ["going", "#/job/going", "going"]]
+        # The list and the workers view.
+        assert axe_problems(browser) == []
+        # From the top of the page, Tab reaches the filters and each job's link, and Enter opens it.
+        way = tab_to(browser, "#/job/done")
+        assert {"#state-filter", "#playbook-filter", "#/job/going"} <= set(way), way
+        # The list is drawn anew every second: the link keeps the focus.
+        browser.execute_script("window.drawn = document.querySelector('tr[data-task-id=\"done\"]');")
+        wait_until(
+            browser,
+            lambda d: d.execute_script("return document.querySelector('tr[data-task-id=\"done\"]') !== window.drawn;"),
+            message="the list was not drawn again",
+        )
+        assert focused(browser) == "#/job/done"
+        ActionChains(browser).send_keys(Keys.ENTER).perform()
+        wait_until(browser, lambda d: text_of(d, "#job-id") == "done", message="Enter did not open the job")
+        wait_until(browser, lambda d: "PLAY RECAP" in text_of(d, "#record"), message="no record shown")
+        assert focused(browser) == "#job-heading"
+        # A finished job's page, its output scrolling.
+        assert browser.execute_script(
+            "const o = document.getElementById('output'); return o.scrollHeight > o.clientHeight;"
+        )
+        assert axe_problems(browser) == []
+        tab_to(browser, "#rerun-button")
+        # Back to the list by keyboard: Shift+Tab to "all jobs", Enter; the focus is on the job's link again.
+        ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+        while focused(browser) != "#/":
+            ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+            assert focused(browser) != "body", "Shift+Tab never reached the link to all jobs"
+        ActionChains(browser).send_keys(Keys.ENTER).perform()
+        wait_until(browser, lambda d: focused(d) == "#/job/done", message="the focus did not come back to the job")
+        # A running job's page: the reason and the cancel button, by keyboard only.
+        tab_to(browser, "#/job/going")
+        ActionChains(browser).send_keys(Keys.ENTER).perform()
+        wait_until(browser, lambda d: d.find_elements("id", "cancel-button"), message="no cancel button")
+        assert axe_problems(browser) == []
+        tab_to(browser, "#cancel-reason")
+        ActionChains(browser).send_keys("typed, not clicked", Keys.TAB).perform()
+        assert focused(browser) == "#cancel-button"
+        ActionChains(browser).send_keys(Keys.ENTER).perform()
+        wait_until(browser, lambda d: text_of(d, "#job-state") == "cancelled", message="not cancelled by keyboard")
+        assert "typed, not clicked" in json.dumps(broker_status(broker, group, "going"))
+        # The same address in a new tab opens the same page.
+        browser.switch_to.new_window("tab")
+        browser.get(url + "#/job/going")
+        wait_until(browser, lambda d: text_of(d, "#job-state") == "cancelled", message="the link did not open the job")
 
 
 def test_a_failed_job_page_scrolls_to_the_failed_task(

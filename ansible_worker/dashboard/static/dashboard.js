@@ -6,6 +6,8 @@ const TERMINAL = new Set(["success", "failed", "cancelled", "timeout"]);
 const state = {
   config: null, token: null, stream: null, connected: true, workers: {}, jobs: new Map(),
   job: null, page: 0, renderQueued: false, scrollToFailed: false,
+  // After a change of view, where the keyboard focus goes once that view is drawn.
+  focus: null,
 };
 
 function $(id) { return document.getElementById(id); }
@@ -15,6 +17,10 @@ function el(tag, text, className) {
   if (text !== undefined && text !== null) node.textContent = String(text);
   if (className) node.className = className;
   return node;
+}
+
+function jobHref(taskId) {
+  return "#/job/" + encodeURIComponent(taskId);
 }
 
 function currentJobId() {
@@ -68,6 +74,27 @@ function render() {
     renderJobHeader();
     if (state.scrollToFailed) scrollToFailed();
   }
+  moveFocus(jobId);
+}
+
+function moveFocus(jobId) {
+  // A keyboard user who opens a job lands on its heading, and back on the list, on the job's link.
+  const wanted = state.focus;
+  if (wanted === null) return;
+  if (wanted.view === "job" && jobId !== null && state.job) {
+    $("job-heading").focus();
+  } else if (wanted.view === "list" && jobId === null) {
+    const link = jobLink(wanted.taskId);
+    if (link) link.focus();
+  } else {
+    return;
+  }
+  state.focus = null;
+}
+
+function jobLink(taskId) {
+  if (taskId === null) return null;
+  return $("jobs").querySelector(`tr[data-task-id="${CSS.escape(taskId)}"] a.job-link`);
 }
 
 function renderWorkers() {
@@ -115,20 +142,33 @@ function renderJobs() {
   state.page = Math.min(state.page, pages - 1);
   const shown = rows.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE);
   const body = $("jobs").tBodies[0];
+  // The list is drawn anew: the job link that had the focus gets it back.
+  const focused = document.activeElement && document.activeElement.closest("#jobs tbody tr");
   const fragment = document.createDocumentFragment();
   for (const job of shown) {
     const row = el("tr", null, "job");
     row.dataset.taskId = job.task_id;
-    row.append(el("td", job.task_id, "task-id"));
+    const link = el("a", job.task_id, "job-link");
+    link.href = jobHref(job.task_id);
+    const idCell = el("td", null, "task-id"); idCell.append(link); row.append(idCell);
     const cell = el("td", null, "job-state"); cell.append(stateBadge(job.state)); row.append(cell);
     row.append(el("td", job.playbook), el("td", job.worker_id), el("td", when(job.started_at)), el("td", duration(job)));
     for (const key of ["tasks_ok", "tasks_changed", "tasks_failed", "tasks_skipped", "tasks_unreachable"]) {
       row.append(el("td", job[key] ?? 0));
     }
-    row.addEventListener("click", () => { location.hash = "#/job/" + job.task_id; });
+    // The whole row opens the job for a mouse too; the link is what a keyboard, a new tab or a copied address use.
+    row.addEventListener("click", (event) => {
+      if (event.target.closest("a") || event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey) return;
+      if (String(window.getSelection())) return;
+      location.hash = jobHref(job.task_id);
+    });
     fragment.append(row);
   }
   body.replaceChildren(fragment);
+  if (focused) {
+    const link = jobLink(focused.dataset.taskId);
+    if (link) link.focus({ preventScroll: true });
+  }
   $("job-count").textContent = `(${rows.length} of ${state.jobs.size})`;
   $("page-info").textContent = `page ${state.page + 1} of ${pages}`;
   $("prev-page").disabled = state.page === 0;
@@ -167,19 +207,30 @@ function renderActions(status) {
   const key = status.task_id + ":" + status.state + ":" + state.job.can_run_again;
   if (actions.dataset.key === key) return;
   actions.dataset.key = key;
+  // A keyboard user whose job just ended stays among the actions: on the one that is left.
+  const hadFocus = actions.contains(document.activeElement);
   actions.replaceChildren();
+  let button;
   if (!TERMINAL.has(status.state)) {
     const reason = el("input"); reason.id = "cancel-reason"; reason.placeholder = "reason"; reason.maxLength = 1024;
-    const button = el("button", "Cancel job"); button.id = "cancel-button"; button.type = "button";
+    reason.setAttribute("aria-label", "Reason for cancelling");
+    button = el("button", "Cancel job"); button.id = "cancel-button"; button.type = "button";
     button.addEventListener("click", () => act(status.task_id, "cancel", { reason: reason.value || null }));
     actions.append(reason, button);
   } else {
-    const button = el("button", "Run again"); button.id = "rerun-button"; button.type = "button";
-    button.disabled = !state.job.can_run_again;
-    if (!state.job.can_run_again) button.title = "its request was published before this dashboard started";
+    button = el("button", "Run again"); button.id = "rerun-button"; button.type = "button";
     button.addEventListener("click", () => act(status.task_id, "rerun", {}));
     actions.append(button);
+    if (!state.job.can_run_again) {
+      // Said as text: a disabled button cannot be focused, so its title would reach no keyboard user.
+      button.disabled = true;
+      const why = status.refused
+        ? "it was refused, not run"
+        : "its request was published before this dashboard started, or is no longer kept";
+      actions.append(el("span", why, "note"));
+    }
   }
+  if (hadFocus && !button.disabled) button.focus();
 }
 
 async function act(taskId, action, body) {
@@ -329,7 +380,13 @@ function begin() {
   $("playbook-filter").addEventListener("input", () => { state.page = 0; queueRender(); });
   $("prev-page").addEventListener("click", () => { state.page -= 1; queueRender(); });
   $("next-page").addEventListener("click", () => { state.page += 1; queueRender(); });
-  window.addEventListener("hashchange", () => { state.job = null; openStream(); queueRender(); });
+  window.addEventListener("hashchange", () => {
+    const from = state.job ? state.job.status.task_id : null;
+    state.focus = currentJobId() !== null ? { view: "job" } : { view: "list", taskId: from };
+    state.job = null;
+    openStream();
+    queueRender();
+  });
   // Ages and running durations move with the clock: redraw them, without asking the server.
   setInterval(() => { if (!state.job) queueRender(); }, 1000);
   openStream();
