@@ -24,7 +24,7 @@ OUTPUT_JOBS = 100
 LINE_CHARS = 16 * 1024
 # Requests kept for "run again", oldest out first: by count, and by their size as published.
 REQUESTS = MAX_JOBS
-REQUESTS_BYTES = 64 * 1024 * 1024
+REQUESTS_BYTES = 16 * 1024 * 1024
 # A status too big to keep whole keeps these fields (text cut to a KiB).
 _BIG_STATUS_KEYS = (
     "task_id",
