@@ -239,7 +239,7 @@ async def submit(client: Client, args: argparse.Namespace, console: Console) -> 
         record = await client.record(handle.task_id)
         if record is None:
             raise CommandError(f"{handle.task_id} left no record to write artifacts from", EXIT_UNAVAILABLE)
-        save_artifacts(console, artifact_dir, record)
+        save_artifacts(console, artifact_dir, handle.task_id, record)
     return code
 
 

@@ -104,7 +104,7 @@ async def logs(client: Client, args: argparse.Namespace, console: Console) -> in
                 " (worker.publish_records off, or it has expired)",
                 EXIT_UNAVAILABLE,
             )
-        return finish_logs(console, record, events=args.events, artifact_dir=args.artifact_dir)
+        return finish_logs(console, args.task_id, record, events=args.events, artifact_dir=args.artifact_dir)
     async with await client.follow(args.task_id) as handle:
         final, printed = await print_live(handle, console, events=args.events)
     if printed and args.artifact_dir is None:
@@ -116,22 +116,24 @@ async def logs(client: Client, args: argparse.Namespace, console: Console) -> in
     if not printed:
         print_record(console, record, events=args.events)
     if args.artifact_dir is not None:
-        save_artifacts(console, args.artifact_dir, record)
+        save_artifacts(console, args.artifact_dir, args.task_id, record)
     return STATE_EXIT.get(str(final.get("state")), EXIT_FAILED)
 
 
-def finish_logs(console: Console, record: dict[str, Any], *, events: bool, artifact_dir: Path | None) -> int:
+def finish_logs(
+    console: Console, task_id: str, record: dict[str, Any], *, events: bool, artifact_dir: Path | None
+) -> int:
     """Print a finished job's record, write its artifacts if asked; the exit code of its state."""
     print_record(console, record, events=events)
     if artifact_dir is not None:
-        save_artifacts(console, artifact_dir, record)
+        save_artifacts(console, artifact_dir, task_id, record)
     return STATE_EXIT.get(str(record["status"].get("state")), EXIT_FAILED)
 
 
-def save_artifacts(console: Console, directory: Path, record: dict[str, Any]) -> None:
-    """Write the record's runner artifacts and say where, on stderr. Errors: `RecordCommandError`."""
+def save_artifacts(console: Console, directory: Path, task_id: str, record: dict[str, Any]) -> None:
+    """Write the runner artifacts of job `task_id` and say where, on stderr. Errors: `RecordCommandError`."""
     try:
-        where = write_artifacts(directory, record)
+        where = write_artifacts(directory, task_id, record)
     except (OSError, ValueError) as exc:
         raise RecordCommandError(f"cannot write the artifacts into {directory}: {exc}", EXIT_USAGE) from None
     Console(stderr=True, highlight=False).print(f"runner artifacts in {where}", style="dim", markup=False)

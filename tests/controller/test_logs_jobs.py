@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from typing import Any
 import pytest
 import trio
 
+from ansible_worker.protocol.records import decode_record
 from tests.conftest import ANSIBLE_PLAYBOOK, Broker, client_for, make_settings, open_controller, running_worker
+from tests.worker.test_records import client_payload
 
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
 FAILING: dict[str, Any] = {
@@ -238,6 +241,24 @@ async def test_artifact_dir_is_read_by_ansible_runner(
     ] == "Carry on"
     with runner.stdout as stdout:
         assert "PLAY RECAP" in stdout.read()
+
+
+async def test_a_record_that_names_another_job_is_refused_and_writes_nothing(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+) -> None:
+    await run_failing_job(broker, playbook_dir, group)
+    async with client_for(broker, group) as client:
+        topic = client.topics.record("logs-fail")
+        # The job's own record, its status untouched, but saying at the top that it is another job's.
+        document = decode_record(await client_payload(client, topic))
+        forged = zlib.compress(json.dumps({**document, "task_id": "victim"}).encode())
+        await client.publish(topic, forged, qos=1, retain=True)
+    artifacts = tmp_path / "artifacts"
+    result = await cli(broker, group, "logs", "logs-fail", "--artifact-dir", str(artifacts))
+    assert result.returncode == 5, result.stderr.decode()
+    assert f"error: {topic}: not a job record of logs-fail: its task ids disagree ('victim')" in result.stderr.decode()
+    assert result.stdout == b""
+    assert not artifacts.exists()
 
 
 async def test_submit_wait_writes_artifacts(broker: Broker, playbook_dir: Path, group: str, tmp_path: Path) -> None:
