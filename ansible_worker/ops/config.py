@@ -222,6 +222,10 @@ class WorkerSettings(BaseModel):
     # The cache of run trees (commit snapshots, unpacked content) and project mirrors:
     # `state_dir`/sources by default, else a new private directory in the temp directory.
     source_cache: Path | None = None
+    # Every process that can reach the worker's directories runs as the worker's user (a pod
+    # whose containers all run as one user): directories on the source cache's path that
+    # others may write, as Kubernetes makes every emptyDir (0777), are then accepted.
+    single_user: bool = False
     source_cache_bytes: int = Field(2_147_483_648, ge=0)
     source_cache_age: float = Field(86_400, ge=0)
     # Values are secrets as far as the worker knows: never logged, summarised by name only.

@@ -15,7 +15,7 @@ from pathlib import Path
 _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 
 
-def tamper_risk(path: Path, *, as_parent: bool = False) -> str | None:
+def tamper_risk(path: Path, *, as_parent: bool = False, single_user: bool = False) -> str | None:
     """What would let another local user replace what `path` leads to; None when only this user and root can.
 
     Every part of the absolute path, from `/` down, that exists must be a directory (not a
@@ -25,6 +25,10 @@ def tamper_risk(path: Path, *, as_parent: bool = False) -> str | None:
     `path` itself, unless `as_parent`: then `path` is where the worker makes a directory of
     its own), because others cannot rename or remove what they do not own in it. Parts
     that do not exist yet pass: the worker makes them itself, mode 0700.
+
+    With `single_user` (the operator says every process that can reach these directories
+    runs as this user, as in a pod whose volumes Kubernetes makes 0777), who may write a
+    directory is not judged; its owner and its kind still are.
 
     Synchronous: a few `lstat` calls.
     """
@@ -45,6 +49,8 @@ def tamper_risk(path: Path, *, as_parent: bool = False) -> str | None:
         if info.st_uid not in (uid, 0):
             return f"{part} belongs to another user (uid {info.st_uid})"
         above = depth < len(parts) - 1 or as_parent
+        if single_user:
+            continue
         if info.st_mode & _WRITABLE_BY_OTHERS and not (above and info.st_mode & stat.S_ISVTX):
             who = "every user" if info.st_mode & stat.S_IWOTH else "its group"
             return f"{part} may be written by {who} (mode {stat.S_IMODE(info.st_mode):o})"

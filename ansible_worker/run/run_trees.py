@@ -43,8 +43,10 @@ class TreeCache:
     holds are never removed: a running job keeps the files it started with.
     """
 
-    def __init__(self, root: Path, *, max_bytes: int, max_age: float) -> None:
+    def __init__(self, root: Path, *, max_bytes: int, max_age: float, single_user: bool = False) -> None:
         self.root = root
+        # `tamper_risk`'s: every process that reaches the cache runs as the worker's user.
+        self.single_user = single_user
         self.max_bytes = max_bytes
         self.max_age = max_age
         self._entries: dict[str, _Entry] = {}
@@ -63,7 +65,7 @@ class TreeCache:
             make_private_directory(self.root)
             # Checked once: when no one else may change a directory on the way, no one else
             # can swap a tree for one of their own later either.
-            risk = tamper_risk(self.root)
+            risk = tamper_risk(self.root, single_user=self.single_user)
             if risk is not None:
                 raise JobRefusedError(
                     f"the source cache {self.root} is not private to the worker's user: {risk}: fix or remove it"

@@ -93,10 +93,10 @@ def cache_problem(settings: WorkerSettings) -> str | None:
     root = cache_root(settings)
     if root is None:
         temp = Path(tempfile.gettempdir())
-        risk = tamper_risk(temp, as_parent=True)
+        risk = tamper_risk(temp, as_parent=True, single_user=settings.single_user)
         where, fix = f"not set, and the temp directory {temp} is no place for it", "set it, or worker.state_dir"
     else:
-        risk = tamper_risk(root)
+        risk = tamper_risk(root, single_user=settings.single_user)
         where = str(root) if settings.source_cache is not None else f"{root} (the default, under worker.state_dir)"
         fix = "use a directory that only the worker's user (or root) can change"
     if risk is None:
@@ -147,8 +147,8 @@ class JobSources:
         either, a new private directory is made in the temp directory, removed by
         `discard_temporary`. Every directory from `/` down to `trees/` and `mirrors/` must
         be owned by the worker's user or root and writable by no one else (a sticky one
-        above the cache excepted), and none may be a symbolic link. Done once; later
-        calls return the same directory.
+        above the cache excepted; with `worker.single_user`, anyone), and none may be a
+        symbolic link. Done once; later calls return the same directory.
 
         Errors: `SourceCacheError` (a `JobRefusedError`) naming `worker.source_cache`.
 
@@ -168,7 +168,7 @@ class JobSources:
             where = self._configured_root or Path(tempfile.gettempdir())
             raise SourceCacheError(f"{CACHE_KEY}: cannot make the cache in {where}: {exc.strerror or exc}") from None
         for path in (root, root / "trees", root / "mirrors"):
-            risk = tamper_risk(path)
+            risk = tamper_risk(path, single_user=self.settings.single_user)
             if risk is not None:
                 if self._configured_root is None:
                     remove_tree(root)
@@ -177,7 +177,10 @@ class JobSources:
                 )
         self._root = root
         self._trees = TreeCache(
-            root / "trees", max_bytes=self.settings.source_cache_bytes, max_age=self.settings.source_cache_age
+            root / "trees",
+            max_bytes=self.settings.source_cache_bytes,
+            max_age=self.settings.source_cache_age,
+            single_user=self.settings.single_user,
         )
         for name, project in self.settings.projects.items():
             extra = {key: value.get_secret_value() for key, value in project.environment.items()}
