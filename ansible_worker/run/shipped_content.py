@@ -85,6 +85,8 @@ def plan(archive: tarfile.TarFile, limits: ContentLimits) -> list[tuple[str, tar
         if member.issym():
             if member.linkname.startswith("/"):
                 raise ContentRefused(f"shipped content refused: symbolic link {name[:200]!r} is absolute")
+            if not member.linkname or "\0" in member.linkname:
+                raise ContentRefused(f"shipped content refused: symbolic link {name[:200]!r} has no usable target")
             links.add(name)
         elif member.islnk():
             raise ContentRefused(f"shipped content refused: {name[:200]!r} is a hard link")

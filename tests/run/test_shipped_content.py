@@ -195,6 +195,10 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         archive(special_entry("abs", tarfile.SYMTYPE, "/etc/passwd")),
         "shipped content refused: symbolic link 'abs' is absolute",
     ),
+    "link-empty": (
+        archive(special_entry("nowhere", tarfile.SYMTYPE, "")),
+        "shipped content refused: symbolic link 'nowhere' has no usable target",
+    ),
     "device": (
         archive(special_entry("null", tarfile.CHRTYPE)),
         "shipped content refused: 'null' is a device, FIFO or other special file",
