@@ -30,8 +30,9 @@ exit codes:
   2    bad arguments or configuration; logs: --artifact-dir cannot be written
   3    the job timed out
   4    the job was cancelled
-  5    no worker answered, the broker could not be reached, no such job, or
-       (logs) no usable record of it: none kept, unreadable, or naming another job
+  5    no worker answered, the broker could not be reached, the job's worker went
+       offline, no such job, or (logs) no usable record of it: none kept,
+       unreadable, or naming another job
   130  you stopped following a job with Ctrl-C; the job goes on
 """
 

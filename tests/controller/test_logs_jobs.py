@@ -391,5 +391,5 @@ def test_help_says_what_each_exit_code_means_for_the_command(command: str) -> No
     codes = shown.stdout[shown.stdout.index("exit codes:") :]
     assert command in codes.split("\n  1 ")[0], codes
     assert "logs: --artifact-dir cannot be written" in codes
-    assert "(logs) no usable record of it: none kept, unreadable, or naming another job" in codes
+    assert "(logs) no usable record of it: none kept,\n       unreadable, or naming another job" in codes
     assert "130  you stopped following a job with Ctrl-C; the job goes on" in codes
