@@ -28,9 +28,8 @@ _STATS_KEYS = {
 }
 
 
-def runner_events(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The record's events as ansible-runner job events, with uuids, parents and line numbers."""
-    task_id = str(record.get("task_id"))
+def runner_events(task_id: str, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The record's events as ansible-runner job events of `task_id`, with uuids, parents and line numbers."""
     playbook = str(record.get("status", {}).get("playbook") or "")
     playbook_uuid = str(uuid.uuid5(_NAMESPACE, f"{task_id}/playbook"))
     play_uuid: str | None = None
@@ -89,23 +88,24 @@ def runner_events(record: dict[str, Any]) -> list[dict[str, Any]]:
     return converted
 
 
-def write_artifacts(directory: Path, record: dict[str, Any]) -> Path:
-    """Write `record` as `directory/<task_id>/` in ansible-runner's layout; the job's directory.
+def write_artifacts(directory: Path, task_id: str, record: dict[str, Any]) -> Path:
+    """Write `record`, the record of job `task_id`, as `directory/<task_id>/` in ansible-runner's layout.
 
-    `job_events/<counter>-<uuid>.json`, `stdout` (Ansible's output as the record keeps it),
-    `rc` and `status` (runner's words: successful, failed, canceled, timeout). Files of an
-    earlier write of the same job are replaced.
+    Returns the job's directory: `job_events/<counter>-<uuid>.json`, `stdout` (Ansible's
+    output as the record keeps it), `rc` and `status` (runner's words: successful, failed,
+    canceled, timeout). Files of an earlier write of the same job are replaced. Everything
+    is named by `task_id`, the job that was asked for, never by what the record says of
+    itself (`Client.record` refuses a record of another job).
 
-    Errors: `OSError` when the directory cannot be written; `ValueError` when the record's
-    task id cannot name a directory.
+    Errors: `OSError` when the directory cannot be written; `ValueError` when `task_id`
+    cannot name a directory.
     """
-    task_id = str(record.get("task_id"))
     if not re.fullmatch(TASK_ID_PATTERN, task_id) or task_id in (".", ".."):
-        raise ValueError(f"the record's task id cannot name a directory: {task_id!r}")
+        raise ValueError(f"the task id cannot name a directory: {task_id!r}")
     job_dir = directory / task_id
     events_dir = job_dir / "job_events"
     events_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for event in runner_events(record):
+    for event in runner_events(task_id, record):
         path = events_dir / f"{event['counter']}-{event['uuid']}.json"
         path.write_text(json.dumps(event, default=str), encoding="utf-8")
     status = record.get("status", {})

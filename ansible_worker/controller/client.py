@@ -663,8 +663,9 @@ class Client:
     async def record(self, task_id: str) -> dict[str, Any] | None:
         """The finished job's record (final status, events, Ansible's output), or None if the broker holds none.
 
-        Errors: `ClientError` when the retained payload is not a readable record;
-        `trio.TooSlowError` from `barrier`; `ValueError` for a `task_id` that is not one.
+        Errors: `ClientError` when the retained payload is not a readable record, or is not
+        this job's: its `task_id` and its status's must both be `task_id`; `trio.TooSlowError`
+        from `barrier`; `ValueError` for a `task_id` that is not one.
 
         Cancellation: the record subscription is removed (as by `unsubscribe`); nothing changes
         at the broker, and retrying is safe.
@@ -688,6 +689,10 @@ class Client:
             # A record names its job: one retained under another job's topic is not this job's.
             if document["status"].get("task_id") != task_id:
                 raise ClientError(f"{topic}: not a job record of {task_id}: it is the record of another job")
+            # Both names, since readers name what they write by one or the other.
+            if document.get("task_id") != task_id:
+                named = str(document.get("task_id"))[:200]
+                raise ClientError(f"{topic}: not a job record of {task_id}: its task ids disagree ({named!r})")
             return document
         finally:
             await self.unsubscribe([topic], receive)

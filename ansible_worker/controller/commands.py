@@ -34,13 +34,12 @@ from ansible_worker.controller.client import (
     target_from_url,
 )
 from ansible_worker.controller.parser import (
-    EXIT_CANCELLED,
     EXIT_FAILED,
     EXIT_STOPPED_WATCHING,
     EXIT_SUCCESS,
-    EXIT_TIMEOUT,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    STATE_EXIT,
 )
 from ansible_worker.controller.record_commands import (
     RecordCommandError,
@@ -54,7 +53,6 @@ from ansible_worker.controller.view import JobView, summary, workers_table
 
 T = TypeVar("T")
 
-_STATE_EXIT = {"success": EXIT_SUCCESS, "failed": EXIT_FAILED, "timeout": EXIT_TIMEOUT, "cancelled": EXIT_CANCELLED}
 PROMPT_SECONDS = 60.0
 
 
@@ -235,11 +233,11 @@ async def submit(client: Client, args: argparse.Namespace, console: Console) -> 
             return EXIT_FAILED if first.get("state") == "failed" else EXIT_SUCCESS
         code = await follow(handle, console, as_json=args.json)
     artifact_dir = getattr(args, "artifact_dir", None)
-    if artifact_dir is not None and code in _STATE_EXIT.values():
+    if artifact_dir is not None and code in STATE_EXIT.values():
         record = await client.record(handle.task_id)
         if record is None:
             raise CommandError(f"{handle.task_id} left no record to write artifacts from", EXIT_UNAVAILABLE)
-        save_artifacts(console, artifact_dir, record)
+        save_artifacts(console, artifact_dir, handle.task_id, record)
     return code
 
 
@@ -254,7 +252,7 @@ async def watch(client: Client, args: argparse.Namespace, console: Console) -> i
         handle.take_arrived()
         if handle.latest is None:
             note(console, f"no status yet for {args.task_id}; waiting for one (Ctrl-C to stop)", as_json=args.json)
-        elif handle.latest.get("state") in _STATE_EXIT and not args.json:
+        elif handle.latest.get("state") in STATE_EXIT and not args.json:
             # A finished job: what Ansible printed, from its record, before the summary.
             record = await client.record(args.task_id)
             if record is not None:
@@ -282,7 +280,7 @@ async def follow(handle: JobHandle, console: Console, *, as_json: bool) -> int:
                 return None
             if as_json:
                 # The terminal status comes last, once, after the loop.
-                if not (update.kind == "status" and update.data.get("state") in _STATE_EXIT):
+                if not (update.kind == "status" and update.data.get("state") in STATE_EXIT):
                     print_json_line(console, {"type": update.kind, "data": update.data})
             else:
                 view.show(update)
@@ -291,14 +289,14 @@ async def follow(handle: JobHandle, console: Console, *, as_json: bool) -> int:
     with trio.open_signal_receiver(signal.SIGINT) as interrupts:
         view = JobView(console, handle.task_id, live=not as_json)
         with view:
-            final, interrupted = await _until_interrupted(show, interrupts)
+            final, interrupted = await until_interrupted(show, interrupts)
         if interrupted and interactive:
             console.print()
             if await ask_yes_no(console, f"Cancel job {handle.task_id} too? [y/N] ", interrupts):
                 await handle.cancel(reason="interrupted at the terminal")
                 console.print("cancel requested; waiting for the job to end", style="dim")
                 with view:
-                    final, interrupted = await _until_interrupted(show, interrupts)
+                    final, interrupted = await until_interrupted(show, interrupts)
         if lost is not None:
             raise CommandError(lost_message(handle.task_id, lost), EXIT_UNAVAILABLE)
         if interrupted or final is None:
@@ -313,11 +311,14 @@ async def follow(handle: JobHandle, console: Console, *, as_json: bool) -> int:
     else:
         console.print()
         console.print(summary(final))
-    return _STATE_EXIT.get(str(final.get("state")), EXIT_FAILED)
+    return STATE_EXIT.get(str(final.get("state")), EXIT_FAILED)
 
 
-async def _until_interrupted(work: Callable[[], Awaitable[T]], interrupts: AsyncIterator[int]) -> tuple[T | None, bool]:
-    """Run `work` until it returns or Ctrl-C arrives; say which happened."""
+async def until_interrupted(work: Callable[[], Awaitable[T]], interrupts: AsyncIterator[int]) -> tuple[T | None, bool]:
+    """Run `work` until it returns or Ctrl-C arrives; say which happened.
+
+    `work` should not raise: an error of its own would leave this wrapped in an exception group.
+    """
     result: T | None = None
     interrupted = False
     async with trio.open_nursery() as nursery:
@@ -349,7 +350,7 @@ async def ask_yes_no(console: Console, question: str, interrupts: AsyncIterator[
     fd = os.dup(sys.stdin.fileno())
     stream = trio.lowlevel.FdStream(fd)
     try:
-        answer, interrupted = await _until_interrupted(lambda: _read_line(stream), interrupts)
+        answer, interrupted = await until_interrupted(lambda: _read_line(stream), interrupts)
     finally:
         await stream.aclose()
         # FdStream made the shared terminal non-blocking; give the shell back a blocking one.

@@ -20,16 +20,22 @@ EXIT_TIMEOUT = 3
 EXIT_CANCELLED = 4
 EXIT_UNAVAILABLE = 5
 EXIT_STOPPED_WATCHING = 130
+# The exit code of each terminal state, for the commands that show how a job ended
+# (`submit --wait`, `watch`, `logs`); the commands that look jobs up exit 0 when they can.
+STATE_EXIT = {"success": EXIT_SUCCESS, "failed": EXIT_FAILED, "timeout": EXIT_TIMEOUT, "cancelled": EXIT_CANCELLED}
 
 EXIT_CODES_HELP = """\
 exit codes:
-  0    the job succeeded (or, without --wait, a worker queued it)
-  1    the job failed
-  2    bad arguments or configuration
+  0    submit --wait, watch, logs: the job succeeded; submit: a worker queued it;
+       status, jobs, workers, cancel, forget: done, whatever the job's state
+  1    the job failed (submit: a worker refused it)
+  2    bad arguments or configuration; logs: --artifact-dir cannot be written
   3    the job timed out
   4    the job was cancelled
-  5    no worker answered, the broker could not be reached, or no such job
-  130  you stopped watching with Ctrl-C; the job goes on
+  5    no worker answered, the broker could not be reached, the job's worker went
+       offline, no such job, or (logs) no usable record of it: none kept,
+       unreadable, or naming another job
+  130  you stopped following a job with Ctrl-C; the job goes on
 """
 
 

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 from typing import Any
 
+import trio
 from rich.console import Console
 from rich.text import Text
 
 from ansible_worker.controller.artifacts import write_artifacts
 from ansible_worker.controller.client import Client, ClientError, JobHandle
 from ansible_worker.controller.history import job_row, jobs_table, parse_since, parse_states
-from ansible_worker.controller.parser import EXIT_FAILED, EXIT_SUCCESS, EXIT_UNAVAILABLE, EXIT_USAGE
+from ansible_worker.controller.parser import (
+    EXIT_FAILED,
+    EXIT_STOPPED_WATCHING,
+    EXIT_SUCCESS,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    STATE_EXIT,
+)
 
-# Exit codes by terminal state, as for `watch`.
-STATE_EXIT = {"success": EXIT_SUCCESS, "failed": EXIT_FAILED, "timeout": 3, "cancelled": 4}
 # Ansible's colours for its own lines (its `COLOR_*` defaults), by how the line starts.
 _LINE_COLOURS = (
     ("ok:", "green"),
@@ -84,10 +91,13 @@ def print_record(console: Console, record: dict[str, Any], *, events: bool) -> N
 async def logs(client: Client, args: argparse.Namespace, console: Console) -> int:
     """The `logs` command: a finished job's record, or a running job's live lines until it ends.
 
-    With `--artifact-dir`, the record is also written in ansible-runner's layout.
+    With `--artifact-dir`, the record is also written in ansible-runner's layout. Returns the
+    exit code of the job's terminal state, as `watch` does, or `EXIT_STOPPED_WATCHING` when
+    Ctrl-C stopped following a running job (which goes on).
 
     Errors: `RecordCommandError` with `EXIT_UNAVAILABLE` when the broker holds neither a
-    status nor a record of the job, or a finished job left no record.
+    status nor a record of the job, a finished job left no record, or the job's worker went
+    offline; with `EXIT_USAGE` when the artifacts cannot be written.
 
     Cancellation: every subscription is removed; nothing changes at the broker.
     """
@@ -104,9 +114,16 @@ async def logs(client: Client, args: argparse.Namespace, console: Console) -> in
                 " (worker.publish_records off, or it has expired)",
                 EXIT_UNAVAILABLE,
             )
-        return finish_logs(console, record, events=args.events, artifact_dir=args.artifact_dir)
+        return finish_logs(console, args.task_id, record, events=args.events, artifact_dir=args.artifact_dir)
     async with await client.follow(args.task_id) as handle:
-        final, printed = await print_live(handle, console, events=args.events)
+        followed = await _follow_until_interrupted(handle, console, events=args.events)
+    if isinstance(followed, RecordCommandError):
+        raise followed
+    if followed is None:
+        stopped = f"stopped following; {args.task_id} goes on (ansible-worker logs {args.task_id})"
+        Console(stderr=True, highlight=False).print(stopped, markup=False)
+        return EXIT_STOPPED_WATCHING
+    final, printed = followed
     if printed and args.artifact_dir is None:
         return STATE_EXIT.get(str(final.get("state")), EXIT_FAILED)
     # It ended before a line arrived (between the two looks), or its artifacts are wanted: the record has it all.
@@ -116,22 +133,41 @@ async def logs(client: Client, args: argparse.Namespace, console: Console) -> in
     if not printed:
         print_record(console, record, events=args.events)
     if args.artifact_dir is not None:
-        save_artifacts(console, args.artifact_dir, record)
+        save_artifacts(console, args.artifact_dir, args.task_id, record)
     return STATE_EXIT.get(str(final.get("state")), EXIT_FAILED)
 
 
-def finish_logs(console: Console, record: dict[str, Any], *, events: bool, artifact_dir: Path | None) -> int:
+async def _follow_until_interrupted(
+    handle: JobHandle, console: Console, *, events: bool
+) -> tuple[dict[str, Any], int] | RecordCommandError | None:
+    """`print_live` until the job ends (its result, or its error), or None once Ctrl-C stops it, as in `watch`."""
+    from ansible_worker.controller.commands import until_interrupted
+
+    async def follow() -> tuple[dict[str, Any], int] | RecordCommandError:
+        try:
+            return await print_live(handle, console, events=events)
+        except RecordCommandError as exc:
+            return exc
+
+    with trio.open_signal_receiver(signal.SIGINT) as interrupts:
+        followed, interrupted = await until_interrupted(follow, interrupts)
+    return None if interrupted else followed
+
+
+def finish_logs(
+    console: Console, task_id: str, record: dict[str, Any], *, events: bool, artifact_dir: Path | None
+) -> int:
     """Print a finished job's record, write its artifacts if asked; the exit code of its state."""
     print_record(console, record, events=events)
     if artifact_dir is not None:
-        save_artifacts(console, artifact_dir, record)
+        save_artifacts(console, artifact_dir, task_id, record)
     return STATE_EXIT.get(str(record["status"].get("state")), EXIT_FAILED)
 
 
-def save_artifacts(console: Console, directory: Path, record: dict[str, Any]) -> None:
-    """Write the record's runner artifacts and say where, on stderr. Errors: `RecordCommandError`."""
+def save_artifacts(console: Console, directory: Path, task_id: str, record: dict[str, Any]) -> None:
+    """Write the runner artifacts of job `task_id` and say where, on stderr. Errors: `RecordCommandError`."""
     try:
-        where = write_artifacts(directory, record)
+        where = write_artifacts(directory, task_id, record)
     except (OSError, ValueError) as exc:
         raise RecordCommandError(f"cannot write the artifacts into {directory}: {exc}", EXIT_USAGE) from None
     Console(stderr=True, highlight=False).print(f"runner artifacts in {where}", style="dim", markup=False)

@@ -220,8 +220,12 @@ class WorkerSettings(BaseModel):
     max_content_entries: int = Field(20_000, ge=1)
     content_fetch_timeout: float = Field(30, gt=0)
     # The cache of run trees (commit snapshots, unpacked content) and project mirrors:
-    # `state_dir`/sources by default, else a directory of the worker's own in the temp directory.
+    # `state_dir`/sources by default, else a new private directory in the temp directory.
     source_cache: Path | None = None
+    # Every process that can reach the worker's directories runs as the worker's user (a pod
+    # whose containers all run as one user): directories on the source cache's path that
+    # others may write, as Kubernetes makes every emptyDir (0777), are then accepted.
+    single_user: bool = False
     source_cache_bytes: int = Field(2_147_483_648, ge=0)
     source_cache_age: float = Field(86_400, ge=0)
     # Values are secrets as far as the worker knows: never logged, summarised by name only.
@@ -266,7 +270,8 @@ class WorkerSettings(BaseModel):
     @classmethod
     def _check_source_cache(cls, value: Path | None) -> Path | None:
         if value is None or value.is_dir() or (not value.exists() and value.parent.is_dir()):
-            return value.resolve() if value is not None else None
+            # Absolute, but links kept: the worker refuses a path through a symbolic link.
+            return Path(os.path.abspath(value)) if value is not None else None
         raise ValueError(f"not a directory: {value}")
 
     @field_validator("state_dir")

@@ -3,5 +3,6 @@ FIFO, the pure progress reducer, and the callback plugin that runs inside Ansibl
 
 Knows nothing of MQTT nor of the worker that carries it: statuses and events leave through the
 `StatusSink` and `EventSink` it is given. May import `protocol` and the leaf modules
-`ops.logging_setup`, `ops.metrics` and `ops.credentials`, never `mqtt`, `worker`, `controller` or `ops.config`.
+`ops.logging_setup`, `ops.metrics`, `ops.credentials` and `ops.private_paths`, never `mqtt`,
+`worker`, `controller` or `ops.config`.
 """

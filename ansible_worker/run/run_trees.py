@@ -15,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from ansible_worker.ops.private_paths import make_private_directory, tamper_risk
 from ansible_worker.run.command import JobRefusedError
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,10 @@ class TreeCache:
     holds are never removed: a running job keeps the files it started with.
     """
 
-    def __init__(self, root: Path, *, max_bytes: int, max_age: float) -> None:
+    def __init__(self, root: Path, *, max_bytes: int, max_age: float, single_user: bool = False) -> None:
         self.root = root
+        # `tamper_risk`'s: every process that reaches the cache runs as the worker's user.
+        self.single_user = single_user
         self.max_bytes = max_bytes
         self.max_age = max_age
         self._entries: dict[str, _Entry] = {}
@@ -52,20 +55,20 @@ class TreeCache:
         self._preparing = trio.Lock()
 
     async def _prepare(self) -> None:
-        """Check the cache directory and learn the trees an earlier run of the worker left.
+        """Check the whole path of the cache directory and learn the trees an earlier run of the worker left.
 
         Cancellation: a plain checkpoint while the sizes of earlier trees are added up.
         """
         async with self._preparing:
             if self._prepared:
                 return
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            info = self.root.stat()
-            if info.st_uid != os.getuid() or info.st_mode & 0o022:
-                # Another user could swap a tree for one of their own between two jobs.
+            make_private_directory(self.root)
+            # Checked once: when no one else may change a directory on the way, no one else
+            # can swap a tree for one of their own later either.
+            risk = tamper_risk(self.root, single_user=self.single_user)
+            if risk is not None:
                 raise JobRefusedError(
-                    f"the source cache {self.root} is not private to the worker's user (owner or mode):"
-                    " fix or remove it"
+                    f"the source cache {self.root} is not private to the worker's user: {risk}: fix or remove it"
                 )
             for child in sorted(self.root.iterdir()):
                 if child.name.startswith(BUILDING_PREFIX):

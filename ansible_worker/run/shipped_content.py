@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +63,10 @@ def plan(archive: tarfile.TarFile, limits: ContentLimits) -> list[tuple[str, tar
     """Every entry of `archive` with its clean path, checked before anything is written.
 
     Refused: absolute paths, `..`, hard links, devices, FIFOs and other special files,
-    symbolic links that are absolute or lead outside the tree, entries under a symbolic
-    link, an entry named twice, and more than `limits` allow.
+    symbolic links that are absolute, lead outside the tree or pass through another
+    symbolic link, entries under a symbolic link, an entry named twice, and more than
+    `limits` allow. The links are judged once every entry is known, so the order of the
+    entries changes nothing.
     """
     entries: list[tuple[str, tarfile.TarInfo]] = []
     names: set[str] = set()
@@ -81,16 +82,11 @@ def plan(archive: tarfile.TarFile, limits: ContentLimits) -> list[tuple[str, tar
             raise ContentRefused(f"shipped content refused: {member.name[:200]!r} names the tree itself")
         if name in names:
             raise ContentRefused(f"shipped content refused: {name[:200]!r} appears twice")
-        parents = name.split("/")[:-1]
-        if any("/".join(parents[: depth + 1]) in links for depth in range(len(parents))):
-            raise ContentRefused(f"shipped content refused: {name[:200]!r} lies under a symbolic link")
         if member.issym():
-            target = member.linkname
-            if target.startswith("/"):
+            if member.linkname.startswith("/"):
                 raise ContentRefused(f"shipped content refused: symbolic link {name[:200]!r} is absolute")
-            joined = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-            if joined == ".." or joined.startswith("../"):
-                raise ContentRefused(f"shipped content refused: symbolic link {name[:200]!r} leads outside the tree")
+            if not member.linkname or "\0" in member.linkname:
+                raise ContentRefused(f"shipped content refused: symbolic link {name[:200]!r} has no usable target")
             links.add(name)
         elif member.islnk():
             raise ContentRefused(f"shipped content refused: {name[:200]!r} is a hard link")
@@ -102,7 +98,38 @@ def plan(archive: tarfile.TarFile, limits: ContentLimits) -> list[tuple[str, tar
             raise ContentRefused(f"shipped content refused: {name[:200]!r} is a device, FIFO or other special file")
         names.add(name)
         entries.append((name, member))
+    for name, member in entries:
+        parents = name.split("/")[:-1]
+        if any("/".join(parents[: depth + 1]) in links for depth in range(len(parents))):
+            raise ContentRefused(f"shipped content refused: {name[:200]!r} lies under a symbolic link")
+        if member.issym():
+            _check_link(name, member.linkname, links)
     return entries
+
+
+def _check_link(name: str, target: str, links: set[str]) -> None:
+    """Refuse a link whose target leaves the tree, or passes through another link of the archive.
+
+    The target is followed as the kernel will, one part at a time from the link's own
+    directory. A `..` after another link would climb from wherever that link leads, not from
+    where its name sits, so no link may stand before the last part of a target: then
+    reading the target by name is exactly what the kernel does. A link as the last part is
+    fine, as it is itself checked the same way.
+    """
+    where = name.split("/")[:-1]
+    parts = [part for part in target.split("/") if part not in ("", ".")]
+    for index, part in enumerate(parts):
+        if part == "..":
+            if not where:
+                raise ContentRefused(f"shipped content refused: symbolic link {name[:200]!r} leads outside the tree")
+            where.pop()
+            continue
+        where.append(part)
+        passed = "/".join(where)
+        if index < len(parts) - 1 and passed in links:
+            raise ContentRefused(
+                f"shipped content refused: symbolic link {name[:200]!r} leads through symbolic link {passed[:200]!r}"
+            )
 
 
 async def unpack(archive_path: Path, target: Path, limits: ContentLimits) -> None:
@@ -110,9 +137,9 @@ async def unpack(archive_path: Path, target: Path, limits: ContentLimits) -> Non
 
     Every entry is checked first (`plan`), so a refused archive writes nothing. Files are
     created new (never through a link), with their modes but never setuid, setgid or
-    sticky; directories and files stay readable by the worker. Symbolic links come last
-    and are checked once more against the real tree. The caller removes `target` when
-    this raises.
+    sticky; directories and files stay readable by the worker. Symbolic links come last,
+    and once all of them exist each is resolved on disk and checked once more against the
+    real tree. The caller removes `target` when this raises.
 
     Cancellation: a plain checkpoint after every megabyte written.
     """
@@ -135,15 +162,15 @@ async def unpack(archive_path: Path, target: Path, limits: ContentLimits) -> Non
             elif member.isreg():
                 os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
                 await _write_file(archive, member, path)
-        for name, member in entries:
-            if member.issym():
-                path = os.path.join(root, name)
-                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-                os.symlink(member.linkname, path)
-                if not _inside(root, path):
-                    raise ContentRefused(
-                        f"shipped content refused: symbolic link {name[:200]!r} leads outside the tree"
-                    )
+        links = [(name, member) for name, member in entries if member.issym()]
+        for name, member in links:
+            path = os.path.join(root, name)
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            os.symlink(member.linkname, path)
+        # Once all of them exist: a link may lead through one made after it.
+        for name, _ in links:
+            if not _inside(root, os.path.join(root, name)):
+                raise ContentRefused(f"shipped content refused: symbolic link {name[:200]!r} leads outside the tree")
         for path, mode in reversed(modes):
             os.chmod(path, mode)
 
@@ -155,7 +182,8 @@ def _real(path: str | Path) -> str:
 
 def _inside(root: str, path: str) -> bool:
     """Whether `path`, with every link resolved on disk, is `root` or lies under it."""
-    real = _real(path)
+    # A loop of links leaves the rest of the path unresolved, `..` included: judged as written.
+    real = os.path.normpath(_real(path))
     return real == root or real.startswith(root + os.sep)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ansible_worker.ops.private_paths import make_private_directory, tamper_risk
 from ansible_worker.protocol.models import ShippedContent, TaskRequest
 from ansible_worker.run.command import JobRefusedError
 from ansible_worker.run.git_source import (
@@ -58,17 +60,49 @@ class RunTree:
     content_sha256: str | None = None
 
 
-def cache_root(settings: WorkerSettings) -> tuple[Path, bool]:
-    """Where trees and mirrors are kept, and whether that place lasts only as long as the process.
+# The key every problem of the cache is reported under, whichever default it came from.
+CACHE_KEY = "worker.source_cache"
+TEMPORARY_PREFIX = "ansible-worker-sources-"
 
-    `worker.source_cache`, else `state_dir`/sources, else a directory of this worker's in
-    the temp directory, removed when the worker stops.
+
+class SourceCacheError(JobRefusedError):
+    """The source cache cannot be made private to the worker's user; the message names the key."""
+
+
+def cache_root(settings: WorkerSettings) -> Path | None:
+    """Where trees and mirrors are kept: `worker.source_cache`, else `state_dir`/sources.
+
+    None when neither is set: the worker then makes a directory of its own in the temp
+    directory (`tempfile.mkdtemp`: a name no one can guess, mode 0700), removed when it stops.
     """
     if settings.source_cache is not None:
-        return settings.source_cache, False
+        return settings.source_cache
     if settings.state_dir is not None:
-        return settings.state_dir / "sources", False
-    return Path(tempfile.gettempdir()) / f"ansible-worker-sources-{settings.worker_id}", True
+        return Path(os.path.abspath(settings.state_dir)) / "sources"
+    return None
+
+
+def cache_problem(settings: WorkerSettings) -> str | None:
+    """Why the source cache (or, by default, the place it would be made in) is not safe from other local users.
+
+    One line naming the key, for a configuration error; None when it is safe. Parts of the
+    path that do not exist yet are not judged: the worker makes them, mode 0700.
+
+    Synchronous: a few `lstat` calls, made before the worker starts.
+    """
+    root = cache_root(settings)
+    if root is None:
+        temp = Path(tempfile.gettempdir())
+        risk = tamper_risk(temp, as_parent=True, single_user=settings.single_user)
+        where, fix = f"not set, and the temp directory {temp} is no place for it", "set it, or worker.state_dir"
+    else:
+        risk = tamper_risk(root, single_user=settings.single_user)
+        where = str(root) if settings.source_cache is not None else f"{root} (the default, under worker.state_dir)"
+        fix = "use a directory that only the worker's user (or root) can change"
+    if risk is None:
+        return None
+    # Whoever may replace a directory on the way may replace a tree named by its digest or commit.
+    return f"{CACHE_KEY}: {where}: {risk}: another local user could replace the trees jobs run from; {fix}"
 
 
 class JobSources:
@@ -83,10 +117,9 @@ class JobSources:
     ) -> None:
         self.settings = settings
         self.content = content
-        self.root, self._temporary = cache_root(settings)
-        self.trees = TreeCache(
-            self.root / "trees", max_bytes=settings.source_cache_bytes, max_age=settings.source_cache_age
-        )
+        self._configured_root = cache_root(settings)
+        self._root: Path | None = None
+        self._trees: TreeCache | None = None
         self.git = Git(
             program=settings.git_path,
             environment=environment_without(environment, *_GIT_LOCATION_VARIABLES),
@@ -95,7 +128,61 @@ class JobSources:
         )
         self.limits = ContentLimits(max_bytes=settings.max_content_bytes, max_entries=settings.max_content_entries)
         self.mirrors: dict[str, ProjectMirror] = {}
-        for name, project in settings.projects.items():
+
+    @property
+    def root(self) -> Path | None:
+        """The cache directory once `prepare` has made it."""
+        return self._root
+
+    @property
+    def trees(self) -> TreeCache:
+        """The cache of run trees; `prepare` first."""
+        assert self._trees is not None, "JobSources.prepare was not called"
+        return self._trees
+
+    def prepare(self) -> Path:
+        """Make the cache directory (and `trees/`, `mirrors/` in it), check its whole path; the directory.
+
+        A configured one (or `state_dir`/sources) is made 0700 where missing. Without
+        either, a new private directory is made in the temp directory, removed by
+        `discard_temporary`. Every directory from `/` down to `trees/` and `mirrors/` must
+        be owned by the worker's user or root and writable by no one else (a sticky one
+        above the cache excepted; with `worker.single_user`, anyone), and none may be a
+        symbolic link. Done once; later calls return the same directory.
+
+        Errors: `SourceCacheError` (a `JobRefusedError`) naming `worker.source_cache`.
+
+        Synchronous: a few directories made and examined, at start or before the first tree.
+        """
+        if self._root is not None:
+            return self._root
+        try:
+            if self._configured_root is None:
+                root = Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX))
+            else:
+                root = self._configured_root
+                make_private_directory(root)
+            for child in ("trees", "mirrors"):
+                make_private_directory(root / child)
+        except OSError as exc:
+            where = self._configured_root or Path(tempfile.gettempdir())
+            raise SourceCacheError(f"{CACHE_KEY}: cannot make the cache in {where}: {exc.strerror or exc}") from None
+        for path in (root, root / "trees", root / "mirrors"):
+            risk = tamper_risk(path, single_user=self.settings.single_user)
+            if risk is not None:
+                if self._configured_root is None:
+                    remove_tree(root)
+                raise SourceCacheError(
+                    f"{CACHE_KEY}: {root}: {risk}: another local user could replace the trees jobs run from"
+                )
+        self._root = root
+        self._trees = TreeCache(
+            root / "trees",
+            max_bytes=self.settings.source_cache_bytes,
+            max_age=self.settings.source_cache_age,
+            single_user=self.settings.single_user,
+        )
+        for name, project in self.settings.projects.items():
             extra = {key: value.get_secret_value() for key, value in project.environment.items()}
             if project.key_file is not None:
                 extra.setdefault("GIT_SSH_COMMAND", ssh_command_for(project.key_file, project.known_hosts))
@@ -103,19 +190,21 @@ class JobSources:
                 name=name,
                 url=project.url,
                 branch=project.branch,
-                path=mirror_path(self.root, name),
+                path=mirror_path(root, name),
                 update_interval=project.update_interval,
-                fetch_timeout=project.fetch_timeout or settings.git_timeout,
+                fetch_timeout=project.fetch_timeout or self.settings.git_timeout,
                 environment=extra,
             )
+        log.info("source cache in %s%s", root, " (removed at exit)" if self._configured_root is None else "")
+        return root
 
     def discard_temporary(self) -> None:
-        """Remove the cache when it lives in the temp directory (no `state_dir`, no `source_cache`).
+        """Remove the cache when the worker made it in the temp directory (no `state_dir`, no `source_cache`).
 
         Synchronous: called once, when the worker has stopped and no job holds a tree.
         """
-        if self._temporary:
-            remove_tree(self.root)
+        if self._configured_root is None and self._root is not None:
+            remove_tree(self._root)
 
     def uses_playbook_directory(self, request: TaskRequest) -> bool:
         """Whether the job runs from the live playbook directory, whose paths can be checked now."""
@@ -172,6 +261,7 @@ class JobSources:
                 yield tree
             return
         if request.project is not None:
+            self.prepare()
             mirror = self.mirrors[request.project]
             commit = await mirror.commit_for(self.git, request.revision, force=request.git_pull)
             async with self._snapshot(mirror.path, commit) as path:
@@ -193,6 +283,8 @@ class JobSources:
 
     @asynccontextmanager
     async def _snapshot(self, git_dir: Path, commit: str) -> AsyncIterator[Path]:
+        self.prepare()
+
         async def build(directory: Path) -> None:
             log.info("making a run tree of commit %s", commit)
             await self.git.snapshot(git_dir, commit, directory)
@@ -205,6 +297,7 @@ class JobSources:
     async def _shipped(self, content: ShippedContent) -> AsyncIterator[RunTree]:
         source = self.content
         assert source is not None
+        self.prepare()
 
         async def build(directory: Path) -> None:
             # Beside the tree being built, never inside it, and removed whatever happens.

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ansible_worker.ops.credentials import describe
 from ansible_worker.ops.logging_setup import setup_logging
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.command import Executable, child_environment, find_ansible_playbook, find_executable
+from ansible_worker.run.sources import SourceCacheError, cache_problem
 from ansible_worker.run.special_vars import describe_allowed
 from ansible_worker.worker.service import Worker
 
@@ -29,10 +31,9 @@ def run_worker(config: Path | None, *, validate: bool) -> int:
     """Load the settings, then print a summary (`validate`) or serve until SIGINT/SIGTERM; the exit code."""
     try:
         settings = load_settings(config)
+        _check_paths(settings)
     except ConfigError as exc:
-        print("configuration error:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        _print_problems(exc.problems)
         return EXIT_CONFIG
     if validate:
         print(summarize(settings, config))
@@ -42,12 +43,30 @@ def run_worker(config: Path | None, *, validate: bool) -> int:
     git = executables(settings)[1]
     if git.path is None:
         log.warning("worker.git_path: %s; jobs with git_pull will fail", git.describe())
-    trio.run(_serve, settings)
-    return 0
+    return trio.run(_serve, settings)
 
 
-async def _serve(settings: Settings) -> None:
+def _print_problems(problems: list[str]) -> None:
+    print("configuration error:", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def _check_paths(settings: Settings) -> None:
+    """Refuse directories that other local users could change. Errors: `ConfigError`, naming the key."""
+    problem = cache_problem(settings.worker)
+    if problem is not None:
+        raise ConfigError([problem])
+
+
+async def _serve(settings: Settings) -> int:
     worker = Worker(settings)
+    try:
+        # Made (and checked once more) before anything starts; `serve` finds it ready.
+        worker.runner.sources.prepare()
+    except SourceCacheError as exc:
+        _print_problems([str(exc)])
+        return EXIT_CONFIG
     async with trio.open_nursery() as nursery:
         # The signal receiver stays open for the whole run, so a second signal is seen
         # too instead of killing the process with a traceback.
@@ -55,6 +74,7 @@ async def _serve(settings: Settings) -> None:
             nursery.start_soon(_watch_signals, signals, worker)
             await worker.serve()
             nursery.cancel_scope.cancel()
+    return 0
 
 
 async def _watch_signals(signals: AsyncIterator[int], worker: Worker) -> None:
@@ -91,11 +111,9 @@ def _sources(settings: Settings) -> str:
     worker = settings.worker
     projects = ", ".join(f"{name} ({redacted(project.url)})" for name, project in sorted(worker.projects.items()))
     shipping = "allowed" if worker.allow_shipped_content else "off"
-    root, temporary = cache_root(worker)
-    return (
-        f"projects: {projects or '(none)'}; shipped content {shipping};"
-        f" cache {root}{' (removed at exit)' if temporary else ''}"
-    )
+    root = cache_root(worker)
+    cache = str(root) if root is not None else f"a new private directory in {tempfile.gettempdir()}, removed at exit"
+    return f"projects: {projects or '(none)'}; shipped content {shipping}; cache {cache}"
 
 
 def _http(settings: Settings) -> str:

@@ -193,9 +193,22 @@ class Worker:
 
         Reports started once the journal is settled and jobs are taken.
 
+        Errors: `SourceCacheError`, before anything starts, when the source cache is not
+        private to the worker's user.
+
         Cancellation: running jobs end their process groups (shielded, within their kill
         grace); statuses not yet published are left in the journal, if there is one.
         """
+        # First: a cache that others could change is refused before any job is taken.
+        self.runner.sources.prepare()
+        try:
+            await self._serve_prepared(task_status)
+        finally:
+            # No job holds a tree any more: every nursery has ended.
+            self.runner.sources.discard_temporary()
+        log.info("worker %s stopped", self.worker_id)
+
+    async def _serve_prepared(self, task_status: trio.TaskStatus[None]) -> None:
         log.info(
             "worker %s starting: group %s, concurrency %d, queue %d, playbooks in %s",
             self.worker_id,
@@ -234,8 +247,6 @@ class Worker:
             infrastructure.cancel_scope.cancel()
         if self.journal is not None:
             self.journal.close()
-        self.runner.sources.discard_temporary()
-        log.info("worker %s stopped", self.worker_id)
 
     def readiness(self) -> str | None:
         """Why this worker should not be sent jobs now, or None when it should."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,9 @@ from typing import Any
 import pytest
 import trio
 
+from ansible_worker.protocol.records import decode_record
 from tests.conftest import ANSIBLE_PLAYBOOK, Broker, client_for, make_settings, open_controller, running_worker
+from tests.worker.test_records import client_payload
 
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
 FAILING: dict[str, Any] = {
@@ -240,6 +244,24 @@ async def test_artifact_dir_is_read_by_ansible_runner(
         assert "PLAY RECAP" in stdout.read()
 
 
+async def test_a_record_that_names_another_job_is_refused_and_writes_nothing(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+) -> None:
+    await run_failing_job(broker, playbook_dir, group)
+    async with client_for(broker, group) as client:
+        topic = client.topics.record("logs-fail")
+        # The job's own record, its status untouched, but saying at the top that it is another job's.
+        document = decode_record(await client_payload(client, topic))
+        forged = zlib.compress(json.dumps({**document, "task_id": "victim"}).encode())
+        await client.publish(topic, forged, qos=1, retain=True)
+    artifacts = tmp_path / "artifacts"
+    result = await cli(broker, group, "logs", "logs-fail", "--artifact-dir", str(artifacts))
+    assert result.returncode == 5, result.stderr.decode()
+    assert f"error: {topic}: not a job record of logs-fail: its task ids disagree ('victim')" in result.stderr.decode()
+    assert result.stdout == b""
+    assert not artifacts.exists()
+
+
 async def test_submit_wait_writes_artifacts(broker: Broker, playbook_dir: Path, group: str, tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
     async with running_worker(make_settings(broker.port, playbook_dir, group)):
@@ -251,3 +273,123 @@ async def test_submit_wait_writes_artifacts(broker: Broker, playbook_dir: Path, 
     assert (artifacts / "art-quick" / "status").read_text() == "successful"
     assert (artifacts / "art-quick" / "rc").read_text() == "0"
     assert any(path.name.startswith("1-") for path in (artifacts / "art-quick" / "job_events").iterdir())
+
+
+async def test_logs_exits_with_the_jobs_state_and_status_and_jobs_with_0(
+    broker: Broker, playbook_dir: Path, group: str
+) -> None:
+    sleeping = {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 120}}
+    async with (
+        running_worker(make_settings(broker.port, playbook_dir, group, kill_grace=1, concurrency=2)),
+        open_controller(broker, group) as controller,
+        client_for(broker, group) as client,
+    ):
+        await controller.submit({"task_id": "logs-timeout", **sleeping, "timeout": 1})
+        await controller.submit({"task_id": "logs-cancelled", **sleeping})
+        await controller.wait_for("logs-cancelled", {"running"})
+        await client.cancel("logs-cancelled")
+        finals = {task_id: await controller.wait_terminal(task_id) for task_id in ("logs-timeout", "logs-cancelled")}
+    assert finals["logs-timeout"]["state"] == "timeout"
+    assert finals["logs-cancelled"]["state"] == "cancelled"
+    # `logs` shows how the job ended, as `watch` does.
+    assert (await cli(broker, group, "logs", "logs-timeout")).returncode == 3
+    assert (await cli(broker, group, "logs", "logs-cancelled")).returncode == 4
+    # `status` and `jobs` only look a job up: whatever its state, finding it is a success.
+    status = await cli(broker, group, "status", "logs-timeout")
+    assert status.returncode == 0, status.stderr.decode()
+    assert status.stdout.decode().startswith("timeout")
+    listed = await cli(broker, group, "jobs", "--state", "timeout,cancelled", "--json")
+    assert listed.returncode == 0, listed.stderr.decode()
+    assert sorted(json.loads(line)["task_id"] for line in listed.stdout.decode().splitlines()) == [
+        "logs-cancelled",
+        "logs-timeout",
+    ]
+    none_yet = await cli(broker, group, "jobs", "--state", "queued")
+    assert none_yet.returncode == 0
+    assert "no jobs of group" in none_yet.stdout.decode()
+
+
+async def test_logs_status_and_jobs_exit_codes_when_they_cannot_answer(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+) -> None:
+    job = {"task_id": "logs-unrecorded", "playbook": "quick.yml", "inventory": "one_host.ini"}
+    async with (
+        running_worker(make_settings(broker.port, playbook_dir, group, publish_records=False)),
+        open_controller(broker, group) as controller,
+    ):
+        await controller.submit(job)
+        assert (await controller.wait_terminal("logs-unrecorded"))["state"] == "success"
+    unrecorded = await cli(broker, group, "logs", "logs-unrecorded")
+    assert unrecorded.returncode == 5
+    assert "logs-unrecorded ended (success) but the broker holds no record of it" in unrecorded.stderr.decode()
+    no_status = await cli(broker, group, "status", "never-ran")
+    assert no_status.returncode == 5
+    assert "the broker holds no status for never-ran" in no_status.stderr.decode()
+    # An artifact directory that cannot be made: a file stands where its parent should be.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    await run_failing_job(broker, playbook_dir, group)
+    unwritable = await cli(broker, group, "logs", "logs-fail", "--artifact-dir", str(blocker / "artifacts"))
+    assert unwritable.returncode == 2
+    assert f"cannot write the artifacts into {blocker / 'artifacts'}" in unwritable.stderr.decode()
+    for args in (["status"], ["logs"], ["jobs", "--no-such-flag"]):
+        bad = await cli(broker, group, *args)
+        assert bad.returncode == 2, args
+    for args in (["status", "x"], ["logs", "x"], ["jobs"]):
+        with trio.fail_after(60):
+            unreachable = await trio.run_process(
+                [EXECUTABLE, *args, "--broker", "mqtt://127.0.0.1:1", "--group", group],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        assert unreachable.returncode == 5, args
+        assert "broker 127.0.0.1:1: " in unreachable.stderr.decode()
+
+
+async def test_ctrl_c_stops_following_logs_and_the_job_goes_on(broker: Broker, playbook_dir: Path, group: str) -> None:
+    job = {
+        "task_id": "logs-ctrl-c",
+        "playbook": "sleep.yml",
+        "inventory": "one_host.ini",
+        "extra_vars": {"seconds": 299},
+    }
+    command = [EXECUTABLE, "logs", "logs-ctrl-c", "--broker", f"mqtt://127.0.0.1:{broker.port}", "--group", group]
+    async with (
+        running_worker(make_settings(broker.port, playbook_dir, group, kill_grace=1)),
+        open_controller(broker, group) as controller,
+        client_for(broker, group) as client,
+    ):
+        await controller.submit(job)
+        await controller.wait_for("logs-ctrl-c", {"running"})
+        process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert process.stdout is not None
+        assert process.stderr is not None
+        shown = bytearray()
+        with trio.fail_after(60):
+            while b"TASK [Sleep for a while]" not in shown:
+                chunk = await process.stdout.receive_some()
+                assert chunk, bytes(shown)
+                shown += chunk
+            process.send_signal(signal.SIGINT)
+            returncode = await process.wait()
+            said = b""
+            while chunk := await process.stderr.receive_some():
+                said += chunk
+        current = await client.status("logs-ctrl-c")
+        await client.cancel("logs-ctrl-c")
+        await controller.wait_terminal("logs-ctrl-c")
+    assert returncode == 130, said.decode()
+    assert "stopped following; logs-ctrl-c goes on (ansible-worker logs logs-ctrl-c)" in said.decode()
+    assert current is not None
+    assert current["state"] == "running"
+
+
+@pytest.mark.parametrize("command", ["logs", "status", "jobs"])
+def test_help_says_what_each_exit_code_means_for_the_command(command: str) -> None:
+    shown = subprocess.run([EXECUTABLE, command, "--help"], capture_output=True, text=True, check=True, timeout=60)
+    codes = shown.stdout[shown.stdout.index("exit codes:") :]
+    assert command in codes.split("\n  1 ")[0], codes
+    assert "logs: --artifact-dir cannot be written" in codes
+    assert "(logs) no usable record of it: none kept,\n       unreadable, or naming another job" in codes
+    assert "130  you stopped following a job with Ctrl-C; the job goes on" in codes

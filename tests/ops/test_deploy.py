@@ -15,7 +15,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from ansible_worker.dashboard.feed import MAX_PAYLOAD as DASHBOARD_MAX_PAYLOAD
 from ansible_worker.ops.config import load_settings
+from ansible_worker.protocol.models import CONTENT_PART_BYTES
+from ansible_worker.run.sources import cache_problem
 from ansible_worker.worker.service import SHUTDOWN_MARGIN
 from tests.conftest import REPO
 
@@ -101,6 +104,31 @@ def test_deployment_fits_the_shipped_config(tmp_path: Path) -> None:
     # The worker key is a Secret, mounted where the config looks for it.
     assert settings.security.worker_key is not None
     assert volumes[mounts["/etc/ansible-worker/worker-key"]]["secret"]["secretName"] == "ansible-worker-key"
+
+
+def test_the_pods_source_cache_passes_on_a_world_writable_volume(tmp_path: Path) -> None:
+    settings = shipped_settings(tmp_path)
+    state = settings.worker.state_dir
+    # As Kubernetes makes an emptyDir with the pod's fsGroup: owned by root, mode 2777.
+    state.chmod(0o2777)
+    assert cache_problem(settings.worker) is None
+    # Only because the pod runs one user: elsewhere the same directory is refused.
+    elsewhere = settings.worker.model_copy(update={"single_user": False})
+    problem = cache_problem(elsewhere)
+    assert problem is not None
+    assert f"{state} may be written by every user (mode 2777)" in problem
+
+
+def test_the_brokers_message_limit_holds_what_the_group_sends(tmp_path: Path) -> None:
+    conf = (REPO / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
+    (limit,) = (int(value) for value in re.findall(r"^message_size_limit (\d+)$", conf, re.MULTILINE))
+    worker = shipped_settings(tmp_path).worker
+    # A part of shipped content, a job request, a record: each is one message.
+    assert limit >= CONTENT_PART_BYTES
+    assert limit >= worker.max_message_bytes
+    assert limit >= worker.record_limit_bytes
+    # The dashboard skips larger messages on the group's topics, job requests included.
+    assert worker.max_message_bytes <= DASHBOARD_MAX_PAYLOAD
 
 
 def test_disruption_budget_keeps_a_worker(tmp_path: Path) -> None:

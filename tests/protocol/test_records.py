@@ -84,12 +84,12 @@ def test_artifacts_of_a_hostile_record_stay_inside_the_directory(tmp_path: Path)
         "events": [{"seq": "../../escape", "event": "runner_on_ok"}, {"seq": -3, "event": "x"}, "junk"],
         "output": "",
     }
-    job_dir = write_artifacts(tmp_path / "out", hostile)
+    job_dir = write_artifacts(tmp_path / "out", "ok-id", hostile)
     names = sorted(path.name.split("-", 1)[0] for path in (job_dir / "job_events").iterdir())
     assert names == ["1", "2"]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
     with pytest.raises(ValueError, match="cannot name a directory"):
-        write_artifacts(tmp_path / "out", {**hostile, "task_id": "../escape"})
+        write_artifacts(tmp_path / "out", "../escape", hostile)
 
 
 def test_a_payload_of_millions_of_tiny_objects_is_refused_before_it_is_built() -> None:

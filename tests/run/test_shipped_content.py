@@ -195,6 +195,10 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         archive(special_entry("abs", tarfile.SYMTYPE, "/etc/passwd")),
         "shipped content refused: symbolic link 'abs' is absolute",
     ),
+    "link-empty": (
+        archive(special_entry("nowhere", tarfile.SYMTYPE, "")),
+        "shipped content refused: symbolic link 'nowhere' has no usable target",
+    ),
     "device": (
         archive(special_entry("null", tarfile.CHRTYPE)),
         "shipped content refused: 'null' is a device, FIFO or other special file",
@@ -310,3 +314,70 @@ def test_packing_is_reproducible_and_refuses_special_files(tree: Path, tmp_path:
     os.mkfifo(copy / "pipe")
     with pytest.raises(ShipError, match="pipe is not a regular file, directory or symbolic link"):
         pack_tree(copy)
+
+
+def entries(*adds: Callable[[tarfile.TarFile], None]) -> Callable[[tarfile.TarFile], None]:
+    def add(tar: tarfile.TarFile) -> None:
+        for one in adds:
+            one(tar)
+
+    return add
+
+
+def link_entry(name: str, target: str) -> Callable[[tarfile.TarFile], None]:
+    return special_entry(name, tarfile.SYMTYPE, target)
+
+
+# A link deep in the tree that leads back to its top, and one that climbs out through it: by
+# name, the playbook's `message.txt` goes down 21 levels and back up 21, to `etc/passwd` in
+# the tree. On disk `l1` is the top of the tree itself, so the 21 levels are climbed from
+# there, past `/`, and the job would publish the worker's /etc/passwd.
+DEEP = "/".join(f"d{level}" for level in range(20))
+L1 = link_entry(f"{DEEP}/l1", "../" * 20)
+UP = link_entry("message.txt", f"{DEEP}/l1/" + "../" * 21 + "etc/passwd")
+THROUGH_L1 = f"shipped content refused: symbolic link 'message.txt' leads through symbolic link '{DEEP}/l1'"
+CHAINS: dict[str, tuple[bytes, str]] = {
+    "chain-outer-link-first": (archive(entries(UP, L1)), THROUGH_L1),
+    "chain-inner-link-first": (archive(entries(L1, UP)), THROUGH_L1),
+    "entry-before-its-link": (
+        archive(entries(file_entry("d/x.txt"), link_entry("d", "sub"), special_entry("sub", tarfile.DIRTYPE))),
+        "shipped content refused: 'd/x.txt' lies under a symbolic link",
+    ),
+    "hard-link-to-a-chain": (
+        archive(entries(UP, L1, special_entry("h", tarfile.LNKTYPE, "message.txt"))),
+        "shipped content refused: 'h' is a hard link",
+    ),
+}
+
+
+async def test_links_through_links_are_refused_whatever_their_order(
+    broker: Broker, empty_playbooks: Path, tmp_path: Path
+) -> None:
+    group = "g-chains"
+    state = tmp_path / "state"
+    # Links that end on links are fine: each one is checked, and none climbs through another.
+    fine = archive(
+        entries(
+            file_entry("texts/hello.txt", b"through two links"),
+            link_entry("alias.txt", "texts/hello.txt"),
+            link_entry("message.txt", "alias.txt"),
+        )
+    )
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(worker_settings(broker, empty_playbooks, group, state)),
+    ):
+        for task_id, (data, _) in CHAINS.items():
+            digest = await publish_content(controller.link, group, data)
+            await controller.submit({"task_id": task_id, **JOB, "content": {"sha256": digest, "size": len(data)}})
+        good = await publish_content(controller.link, group, fine)
+        await controller.submit({"task_id": "fine", **JOB, "content": {"sha256": good, "size": len(fine)}})
+        finals = {task_id: await controller.wait_terminal(task_id) for task_id in [*CHAINS, "fine"]}
+    for task_id, (_, message) in CHAINS.items():
+        assert finals[task_id]["state"] == "failed", task_id
+        assert finals[task_id]["error_message"] == message, task_id
+    assert finals["fine"]["state"] == "success", finals["fine"]["error_message"]
+    assert finals["fine"]["output"] == {"shipped": "through two links"}
+    # Nothing of a refused archive is left: not a half-built tree, not a run directory.
+    assert cache_entries(state) == [f"sha256-{good}"]
+    assert list((tmp_path / "runs").iterdir()) == []
