@@ -11,6 +11,11 @@ on, a newline, and the RFC 8785 canonical JSON of the object without `signature`
 the topic means a job signed for one group cannot run in another, and a signed job cannot
 be replayed as a cancel request (or the other way round). `key` is the SHA-256 fingerprint
 of the raw public key (first 16 bytes, hex): a hint that names the key in error messages.
+
+RFC 8785 writes each number one way, so texts that decode to different values can share one
+canonical form (`2` and `2.0`, `0` and `-0.0`), and Ansible tells those values apart. A
+message passes only when every value it holds is the one its canonical form stands for:
+what runs is exactly what was signed. `Signer.sign` returns its body in that form.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import base64
 import binascii
 import errno
 import hashlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,7 +47,9 @@ __all__ = [
     "SignatureRefused",
     "Signer",
     "TrustedKeys",
+    "UntrustedKey",
     "Verified",
+    "canonical_json",
     "check_age",
     "fingerprint",
     "generate_key_pair",
@@ -64,20 +72,73 @@ class SignatureRefused(Exception):
     """A message's signature or age is not acceptable; the message says why in plain words."""
 
 
-def signed_bytes(topic: str, body: Mapping[str, Any]) -> bytes:
-    """What a signature covers: the context, the topic and the canonical body without its signature.
+class UntrustedKey(SignatureRefused):
+    """A message names a signing key this side does not know; `fingerprint` is that name (at most 64 characters)."""
+
+    def __init__(self, fingerprint: str) -> None:
+        super().__init__(f"signed with a key this worker does not trust (fingerprint {fingerprint})")
+        self.fingerprint = fingerprint
+
+
+def canonical_json(body: Mapping[str, Any]) -> bytes:
+    """The RFC 8785 canonical JSON of `body` without its signature.
 
     Errors: `SignatureRefused` when the body has no canonical form (a float that is not
-    finite, an integer beyond 2**53).
+    finite, an integer of 2**53 or beyond, a string that is not Unicode text, nesting too deep).
     """
     import rfc8785
 
     unsigned = {key: value for key, value in body.items() if key != SIGNATURE_FIELD}
     try:
-        canonical = rfc8785.dumps(unsigned)
+        return rfc8785.dumps(unsigned)
     except rfc8785.CanonicalizationError as exc:
         raise SignatureRefused(f"the message has no canonical JSON form (RFC 8785): {exc}") from None
+    except RecursionError:
+        raise SignatureRefused("the message has no canonical JSON form (RFC 8785): nested too deeply") from None
+
+
+def signed_bytes(topic: str, body: Mapping[str, Any]) -> bytes:
+    """What a signature covers: the context, the topic and the canonical body without its signature.
+
+    Errors: as `canonical_json`.
+    """
+    return _framed(topic, canonical_json(body))
+
+
+def _framed(topic: str, canonical: bytes) -> bytes:
     return _CONTEXT + topic.encode() + b"\n" + canonical
+
+
+def _meaning_differs(document: Mapping[str, Any], canonical: bytes) -> str | None:
+    """Why `document` holds another value than its canonical form stands for, or None when it does not.
+
+    Compared type for type (an integer is not a float), without recursion: a message nested
+    as deeply as the JSON decoder allows is compared like any other.
+    """
+    try:
+        signed = json.loads(canonical)
+    except RecursionError:
+        return "nested too deeply to compare with its canonical form"
+    unsigned = {key: value for key, value in document.items() if key != SIGNATURE_FIELD}
+    pending: list[tuple[str, object, object]] = [("", unsigned, signed)]
+    while pending:
+        path, here, covered = pending.pop()
+        if isinstance(here, dict) and isinstance(covered, dict) and here.keys() == covered.keys():
+            pending += [(f"{path}.{key}" if path else key, here[key], covered[key]) for key in here]
+        elif isinstance(here, list) and isinstance(covered, list) and len(here) == len(covered):
+            pending += [(f"{path}[{index}]", item, covered[index]) for index, item in enumerate(here)]
+        elif type(here) is not type(covered) or here != covered:
+            shown = path[:200] or "the message"
+            return (
+                f"{shown} is {_short(here)} here, but its signature covers {_short(covered)}"
+                " (RFC 8785 writes each number one way: send that form, or a string)"
+            )
+    return None
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 64 else text[:61] + "..."
 
 
 def fingerprint(key: Ed25519PublicKey) -> str:
@@ -174,10 +235,18 @@ class Signer:
         return cls(load_private_key(path))
 
     def sign(self, topic: str, body: Mapping[str, Any], *, now: datetime | None = None) -> dict[str, Any]:
-        """`body` with `issued_at` set to now and a `signature` for publishing on `topic`."""
-        signed = {key: value for key, value in body.items() if key != SIGNATURE_FIELD}
-        signed[ISSUED_AT_FIELD] = format_utc(now or datetime.now(UTC), timespec="milliseconds")
-        value = self._key.sign(signed_bytes(topic, signed))
+        """`body` as its signature covers it, with `issued_at` set to now and a `signature` for `topic`.
+
+        The result holds each value in the form RFC 8785 gives it (`2.0` becomes `2`), so that
+        it passes `TrustedKeys.verify` however it is encoded. Errors: as `canonical_json`.
+        """
+        unsigned = {key: value for key, value in body.items() if key != SIGNATURE_FIELD}
+        unsigned[ISSUED_AT_FIELD] = format_utc(now or datetime.now(UTC), timespec="milliseconds")
+        canonical = canonical_json(unsigned)
+        signed: dict[str, Any] = json.loads(canonical)
+        # A whole float from 2**53 up is written as an integer that has no canonical form.
+        canonical_json(signed)
+        value = self._key.sign(_framed(topic, canonical))
         signed[SIGNATURE_FIELD] = {"key": self.fingerprint, "value": base64.b64encode(value).decode()}
         return signed
 
@@ -228,13 +297,14 @@ class TrustedKeys:
             raise SignatureRefused('malformed signature: expected {"key": FINGERPRINT, "value": BASE64}')
         hint = signature.get("key")
         if isinstance(hint, str) and hint not in self._by_fingerprint:
-            raise SignatureRefused(f"signed with a key this worker does not trust (fingerprint {hint[:64]})")
+            raise UntrustedKey(hint[:64])
 
     def verify(self, topic: str, document: Mapping[str, Any]) -> Verified:
         """Check the signature of a message received on `topic`; its age is `check_age`'s business.
 
         Errors: `SignatureRefused` saying what is wrong: unsigned, malformed, an untrusted
-        key, a signature that does not match, or no usable `issued_at`.
+        key (`UntrustedKey`), a signature that does not match, a value that is not the one
+        its canonical form stands for, or no usable `issued_at`.
         """
         self.check_key(document)
         signature = document[SIGNATURE_FIELD]
@@ -246,12 +316,16 @@ class TrustedKeys:
         candidates = [self._by_fingerprint[hint]] if isinstance(hint, str) else list(self._by_fingerprint.values())
         from cryptography.exceptions import InvalidSignature
 
-        message = signed_bytes(topic, document)
+        canonical = canonical_json(document)
+        message = _framed(topic, canonical)
         for name, key in candidates:
             try:
                 key.verify(value, message)
             except InvalidSignature:
                 continue
+            difference = _meaning_differs(document, canonical)
+            if difference is not None:
+                raise SignatureRefused(f"not in canonical form: {difference}")
             return Verified(name, issued_at(document))
         if isinstance(hint, str):
             raise SignatureRefused(f"bad signature: it does not match the message (key {candidates[0][0]!r})")

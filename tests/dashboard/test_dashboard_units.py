@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -176,3 +177,16 @@ def test_run_again_signs_only_what_its_own_key_signed(tmp_path: Path) -> None:
         assert "not signed by this dashboard's key" in refusal
     # Without a key of its own the dashboard sends requests unsigned: it lends no signature.
     assert _not_ours(job, cast(Client, SimpleNamespace(signer=None, topics=TOPICS))) is None
+
+
+def test_run_again_does_not_sign_a_copy_whose_numbers_were_rewritten(tmp_path: Path) -> None:
+    """`2` and `2.0` share one canonical form: a rewritten copy must not get the dashboard's signature."""
+    generate_key_pair(tmp_path / "dash.key", tmp_path / "dash.pub")
+    ours = Signer.from_file(tmp_path / "dash.key")
+    client = cast(Client, SimpleNamespace(signer=ours, topics=TOPICS))
+    heard = json.dumps(ours.sign(TOPICS.tasks, {"task_id": "j", "playbook": "site.yml", "extra_vars": {"v": 2}}))
+    assert _not_ours(json.loads(heard), client) is None
+    rewritten = json.loads(heard.replace('"v": 2', '"v": 2.0'))
+    refusal = _not_ours(rewritten, client)
+    assert refusal is not None
+    assert "not in canonical form: extra_vars.v is 2.0 here, but its signature covers 2" in refusal

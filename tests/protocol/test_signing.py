@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -98,6 +99,74 @@ def test_what_is_refused_and_why(keys: dict[str, Path]) -> None:
     without_time = alice.sign(TASKS, without_time)
     del without_time["issued_at"]
     assert refusal(keys, TASKS, without_time).startswith("bad signature")
+
+
+def verify_text(keys: dict[str, Path], text: str) -> str | None:
+    """Why the message `text` is refused as a worker decodes it, or None when it verifies."""
+    try:
+        trusted(keys).verify(TASKS, json.loads(text))
+    except SignatureRefused as exc:
+        return str(exc)
+    return None
+
+
+def test_a_message_runs_only_with_the_values_its_canonical_form_stands_for(keys: dict[str, Path]) -> None:
+    """Texts that decode to other values with one RFC 8785 form are refused; the same values in other texts pass."""
+    alice = signer(keys, "alice")
+    job = {**JOB, "extra_vars": {"version": 2, "offset": 0, "ratio": 0.5, "name": "caf\u00e9", "list": [1, 2]}}
+    text = json.dumps(alice.sign(TASKS, job))
+    assert verify_text(keys, text) is None
+    rewrites = {
+        ("version", "2.0"): "extra_vars.version is 2.0 here, but its signature covers 2",
+        ("version", "2.0e0"): "extra_vars.version is 2.0 here, but its signature covers 2",
+        ("version", "20e-1"): "extra_vars.version is 2.0 here, but its signature covers 2",
+        ("offset", "-0.0"): "extra_vars.offset is -0.0 here, but its signature covers 0",
+        ("offset", "0.0"): "extra_vars.offset is 0.0 here, but its signature covers 0",
+        ("list", "[1, 2.0]"): "extra_vars.list[1] is 2.0 here, but its signature covers 2",
+    }
+    for (name, value), reason in rewrites.items():
+        rewritten = re.sub(rf'"{name}": (\[[^]]*\]|[^,}}]+)', f'"{name}": {value}', text, count=1)
+        assert rewritten != text
+        assert verify_text(keys, rewritten) == f"not in canonical form: {reason}" + (
+            " (RFC 8785 writes each number one way: send that form, or a string)"
+        ), value
+    # The same values written otherwise: escapes, exponents of a fraction, spacing, order, a duplicate key
+    # (the decoder keeps the last one, and what it keeps is both what is checked and what runs).
+    same = text.replace('"ratio": 0.5', '"ratio": 5e-1').replace("caf\\u00e9", "café")
+    same = same.replace('"playbook": "site.yml"', '"playbook": "other.yml", "playbook": "site.yml"')
+    assert same != text
+    assert verify_text(keys, same) is None
+    changed = text.replace('"playbook": "site.yml"', '"playbook": "site.yml", "playbook": "other.yml"')
+    assert (verify_text(keys, changed) or "").startswith("bad signature")
+    # Unicode is compared as code points: another normal form is another message.
+    decomposed = text.replace("caf\\u00e9", "cafe\\u0301")
+    assert decomposed != text
+    assert (verify_text(keys, decomposed) or "").startswith("bad signature")
+
+
+def test_values_with_no_canonical_form_are_refused_and_signed_values_come_back_canonical(
+    keys: dict[str, Path],
+) -> None:
+    alice = signer(keys, "alice")
+    signed = alice.sign(TASKS, {**JOB, "extra_vars": {"version": 2.0, "offset": -0.0, "ratio": 0.25, "huge": 1e300}})
+    assert signed["extra_vars"] == {"version": 2, "offset": 0, "ratio": 0.25, "huge": 1e300}
+    types = {name: type(value) for name, value in signed["extra_vars"].items()}
+    assert types == {"version": int, "offset": int, "ratio": float, "huge": float}
+    assert verify_text(keys, json.dumps(signed)) is None
+    # A whole float from 2**53 up would be written as an integer beyond 2**53, which has no form either.
+    for value in (2**53, -(2**53), float("nan"), float("inf"), "\ud800", 1e16):
+        with pytest.raises(SignatureRefused, match=r"^the message has no canonical JSON form \(RFC 8785\)"):
+            alice.sign(TASKS, {**JOB, "extra_vars": {"x": value}})
+    document = alice.sign(TASKS, JOB)
+    for text in ('{"x": NaN}', '{"x": Infinity}', '{"x": 1e400}', '{"x": 9007199254740993}', '{"x": "\\ud800"}'):
+        forged = {**document, "extra_vars": json.loads(text)}
+        assert refusal(keys, TASKS, forged).startswith("the message has no canonical JSON form"), text
+    nested: dict[str, Any] = {}
+    for _ in range(5000):
+        nested = {"x": nested}
+    assert refusal(keys, TASKS, {**document, "extra_vars": nested}) == (
+        "the message has no canonical JSON form (RFC 8785): nested too deeply"
+    )
 
 
 def test_age_and_clock_skew() -> None:
