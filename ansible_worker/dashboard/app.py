@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,23 @@ class Dashboard:
     """The app's state: the store it shows, the client its actions go through, and who may use it."""
 
     def __init__(
-        self, store: Store, client: Client, *, token: str | None, allow_actions: bool, listen_host: str
+        self,
+        store: Store,
+        client: Client,
+        *,
+        token: str | None,
+        allow_actions: bool,
+        listen_host: str,
+        max_task_age: float = 300,
+        max_clock_skew: float = 60,
     ) -> None:
         self.store = store
         self.client = client
         self.token = token
         self.allow_actions = allow_actions
         self.listen_host = listen_host
+        self.max_task_age = max_task_age
+        self.max_clock_skew = max_clock_skew
 
     def app(self) -> Starlette:
         """The ASGI app."""
@@ -190,7 +201,8 @@ class Dashboard:
             return _error(f"the request of job {task_id} was published before this dashboard started", 409)
         if status.get("refused"):
             return _error(f"job {task_id} was refused, not run: it is not run again", 409)
-        refusal = _not_ours(original, self.client)
+        heard = self.store.heard_at.get(task_id)
+        refusal = _not_ours(original, self.client, heard=heard, max_age=self.max_task_age, max_skew=self.max_clock_skew)
         if refusal is not None:
             return _error(f"job {task_id}: {refusal}", 409)
         job = {key: value for key, value in original.items() if key not in _SIGNATURE_FIELDS}
@@ -206,22 +218,36 @@ class Dashboard:
         return _json({"task_id": job["task_id"], "again_of": task_id}, 201)
 
 
-def _not_ours(original: dict[str, Any], client: Client) -> str | None:
+def _not_ours(
+    original: dict[str, Any],
+    client: Client,
+    *,
+    heard: datetime | None = None,
+    max_age: float = 300,
+    max_skew: float = 60,
+) -> str | None:
     """Why a heard request must not be signed again by this dashboard, or None.
 
     Anyone who may publish on the tasks topic can send a copy of a job with other fields;
     signing it again would lend the dashboard's key to them. So with a signing key, only a
-    request signed by that same key is run again.
+    request signed by that same key is run again, and only if it was no older than
+    `max_age` (nor more than `max_skew` ahead) when it was `heard`, as a worker judges a
+    request when it arrives: a copy of one signed long ago, replayed to the dashboard, is
+    not made new by a fresh signature.
     """
     signer = client.signer
     if signer is None:
         return None
-    from ansible_worker.protocol.signing import SignatureRefused, TrustedKeys
+    from ansible_worker.protocol.signing import SignatureRefused, TrustedKeys, check_age
 
     try:
-        TrustedKeys({"dashboard": signer.public_key}).verify(client.topics.tasks, original)
+        verified = TrustedKeys({"dashboard": signer.public_key}).verify(client.topics.tasks, original)
     except SignatureRefused as exc:
         return f"its request is not signed by this dashboard's key ({exc}); it is not signed again"
+    try:
+        check_age(verified.issued_at, now=heard or datetime.now(UTC), max_age=max_age, max_skew=max_skew)
+    except SignatureRefused as exc:
+        return f"its request was too old to run when this dashboard heard it ({exc}); it is not signed again"
     return None
 
 

@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import trio
@@ -62,6 +63,8 @@ class Store:
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # When each kept request arrived, on this dashboard's clock: run again judges its age then.
+    heard_at: dict[str, datetime] = field(default_factory=dict)
     output: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
     connected: bool = False
     listeners: list[Listener] = field(default_factory=list)
@@ -112,8 +115,11 @@ class Store:
         if task_id in self.requests:
             return
         self.requests[task_id] = request
+        self.heard_at[task_id] = datetime.now(UTC)
         while len(self.requests) > REQUESTS:
-            del self.requests[next(iter(self.requests))]
+            oldest = next(iter(self.requests))
+            del self.requests[oldest]
+            self.heard_at.pop(oldest, None)
 
     def add_event(self, task_id: str, event: dict[str, Any]) -> None:
         """A live event of a job: kept for its page, sent to the browsers showing that job."""
