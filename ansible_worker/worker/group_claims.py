@@ -12,7 +12,15 @@ import trio
 
 from ansible_worker.mqtt.link import InboundMessage, LinkError, PublishRefused
 from ansible_worker.mqtt.session import BrokerSession
-from ansible_worker.protocol.claims import Claim, ClaimBook, ClaimState, claim_document, new_claim_id, read_claim
+from ansible_worker.protocol.claims import (
+    Claim,
+    ClaimBook,
+    ClaimState,
+    claim_document,
+    new_claim_id,
+    read_claim,
+    request_digest,
+)
 from ansible_worker.protocol.topics import Topics
 
 if TYPE_CHECKING:
@@ -107,9 +115,9 @@ class GroupClaims:
         """The live claim that holds `task_id` in the group now, if any."""
         return self.book.holder(task_id, now=trio.current_time())
 
-    def released(self, task_id: str) -> bool:
-        """Whether a live release of `task_id` was heard (a genuine hand-back)."""
-        return self.book.released(task_id, now=trio.current_time())
+    def released_request(self, task_id: str) -> str | None:
+        """The digest of the request a live release of `task_id` hands back, if any."""
+        return self.book.released_request(task_id, now=trio.current_time())
 
     async def claim(self, task_id: str, claim_id: str, *, also_ours: frozenset[str] = frozenset()) -> bool:
         """Claim `task_id` for this worker as `claim_id`; True if the claim that holds it is ours.
@@ -168,15 +176,26 @@ class GroupClaims:
                 # heard the claims is right.
                 log.warning("task %s: could not restore worker %s's retained claim: %s", task_id, winner.worker_id, exc)
 
-    async def release(self, task_id: str, claim_id: str) -> None:
+    async def release(self, task_id: str, claim_id: str, *, request: bytes | None = None) -> None:
         """Tell the group this worker gives back the claim `claim_id` on `task_id`.
+
+        With `request` (a hand-back), the release names that message by its digest: with
+        signed jobs, it alone is taken whatever its age while the release is valid.
 
         Errors: `LinkError` if the link drops first (the release may or may not be out).
 
         Cancellation: the release may or may not have reached the broker; the claim that holds
         the job then decides who owns it.
         """
-        await self._publish(task_id, new_claim_id(), "released", lifetime=self.release_lifetime, releases=claim_id)
+        digest = request_digest(request) if request is not None else None
+        await self._publish(
+            task_id,
+            new_claim_id(),
+            "released",
+            lifetime=self.release_lifetime,
+            releases=claim_id,
+            request_sha256=digest,
+        )
 
     async def refresh(self, task_id: str, claim_id: str) -> None:
         """Publish this worker's claim again, so that it lives a full lifetime from now.
@@ -199,11 +218,20 @@ class GroupClaims:
             await self._heard.wait()
 
     async def _publish(
-        self, task_id: str, claim_id: str, state: ClaimState, *, lifetime: float | None, releases: str | None = None
+        self,
+        task_id: str,
+        claim_id: str,
+        state: ClaimState,
+        *,
+        lifetime: float | None,
+        releases: str | None = None,
+        request_sha256: str | None = None,
     ) -> None:
         topic = self.topics.claim(task_id)
         expires_at = None if lifetime is None else datetime.now(UTC) + timedelta(seconds=lifetime)
-        document = claim_document(self.worker_id, claim_id, state, expires_at=expires_at, releases=releases)
+        document = claim_document(
+            self.worker_id, claim_id, state, expires_at=expires_at, releases=releases, request_sha256=request_sha256
+        )
         if self._signer is not None:
             document = self._signer.sign(topic, document)
         await self.session.publish(topic, json.dumps(document).encode(), qos=1, retain=True, expiry=_expiry(lifetime))

@@ -122,7 +122,8 @@ class Router:
     queue_size: int
     # Why a request cannot run here (policy, paths), or None; no broker involved.
     admission_error: Callable[[TaskRequest], str | None]
-    verify_task: Verify | None = None
+    # Checks for a job, given its payload; for a cancel request, given its task_id.
+    verify_task: Callable[[bytes], Verify] | None = None
     verify_cancel: Callable[[str], Verify] | None = None
 
     def route(self, message: InboundMessage, state: WorkerView) -> Action:
@@ -147,7 +148,8 @@ class Router:
 
     def route_task(self, payload: bytes, state: WorkerView) -> Action:
         """A message of the tasks topic: claim, refuse, or ignore it, in that order of checks."""
-        match read_task_message(payload, max_bytes=self.max_message_bytes, verify=self.verify_task):
+        verify = self.verify_task(payload) if self.verify_task is not None else None
+        match read_task_message(payload, max_bytes=self.max_message_bytes, verify=verify):
             case Dropped(reason):
                 return Ignore(
                     f"dropped a task message ({len(payload)} bytes) with no usable task_id: {reason}", refused=True

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ansible_worker.ops.config import ConfigError, load_settings
-from ansible_worker.protocol.claims import Claim, ClaimBook, ClaimState, claim_document, read_claim
+from ansible_worker.protocol.claims import Claim, ClaimBook, ClaimState, claim_document, read_claim, request_digest
 from ansible_worker.protocol.signing import (
     SignatureRefused,
     Signer,
@@ -241,6 +241,37 @@ def test_a_release_for_a_claim_never_heard_counts_until_it_expires() -> None:
     assert not book.released("t", now=11)
 
 
+def test_a_release_names_the_request_it_hands_back() -> None:
+    wall = datetime(2026, 1, 1, tzinfo=UTC)
+    digest = request_digest(b'{"task_id": "t"}')
+
+    def read(**fields: Any) -> Claim | None:
+        document = claim_document("a", "r1", "released", expires_at=wall + timedelta(seconds=60), **fields)
+        return read_claim(
+            json.dumps(document).encode(), now=0, wall_now=wall, verify=None, expiry=None, default_lifetime=None
+        )
+
+    named = read(releases="c1", request_sha256=digest)
+    assert named is not None
+    assert named.request_sha256 == digest
+    for unnamed in (read(releases="c1"), read(releases="c1", request_sha256="not a digest")):
+        assert unnamed is not None
+        assert unnamed.request_sha256 is None
+    book = ClaimBook()
+    book.record("t", claim("a", "c1"), now=0)
+    book.record("t", named, now=1)
+    assert book.released_request("t", now=2) == digest
+    # Taken by the next worker: no request skips its age any more.
+    book.record("t", claim("b", "c2"), now=3)
+    assert book.released_request("t", now=4) is None
+    # A release from an older worker names no request: none skips its age.
+    old_style = read(releases="c9")
+    assert old_style is not None
+    book.record("u", old_style, now=5)
+    assert book.released("u", now=6)
+    assert book.released_request("u", now=6) is None
+
+
 def test_claim_messages_that_are_not_claims_count_for_nothing() -> None:
     wall = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -426,16 +457,22 @@ def test_the_cheap_checks_come_before_the_signature_is_computed(keys: dict[str, 
     expired["extra_vars"] = {"big": 2**60}
     foreign = {**expired, "signature": {"key": "ff" * 16, "value": "AAAA"}}
 
-    def reason(released: bool, document: dict[str, Any]) -> str:
-        gate = SignedTaskGate(SecuritySettings(), trusted, Topics("ansible", "web"), released=lambda _: released)
+    def reason(released: bytes | None, document: dict[str, Any]) -> str:
+        """Why the gate refuses `document`, while a live release names the message `released`."""
+        digest = request_digest(released) if released is not None else None
+        gate = SignedTaskGate(SecuritySettings(), trusted, Topics("ansible", "web"), released=lambda _: digest)
         with pytest.raises(SignatureRefused) as refused:
-            gate.verify_task(document)
+            gate.task_verifier(json.dumps(document).encode())(document)
         return str(refused.value)
 
-    assert reason(False, expired).startswith("expired: issued 3600s ago")
-    assert reason(False, foreign).startswith("signed with a key this worker does not trust")
-    # Handed back by the group, it skips the age check; only then is the signature computed.
-    assert reason(True, expired).startswith("the message has no canonical JSON form")
+    assert reason(None, expired).startswith("expired: issued 3600s ago")
+    assert reason(None, foreign).startswith("signed with a key this worker does not trust")
+    # Handed back by the group as this very message, it skips the age check; only then is the
+    # signature computed.
+    assert reason(json.dumps(expired).encode(), expired).startswith("the message has no canonical JSON form")
+    # A release names one message: any other for the same task_id is as old as it is.
+    other = alice.sign(TASKS, {**JOB, "limit": "web"}, now=long_ago)
+    assert reason(json.dumps(other).encode(), expired).startswith("expired: issued 3600s ago")
 
 
 def test_a_cancel_request_is_bounded_before_it_is_read() -> None:

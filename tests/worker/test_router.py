@@ -133,7 +133,12 @@ def test_signatures_are_checked_first_and_the_signer_is_kept() -> None:
         return Verified(signer="alice", issued_at=utc_now())
 
     router = Router(
-        TOPICS, worker_id="me", max_message_bytes=4096, queue_size=3, admission_error=forbid_secret, verify_task=verify
+        TOPICS,
+        worker_id="me",
+        max_message_bytes=4096,
+        queue_size=3,
+        admission_error=forbid_secret,
+        verify_task=lambda payload: verify,
     )
     refused = router.route(task(playbook="secret.yml"), View())
     assert refused == Refuse("t1", "not signed by a trusted key")
