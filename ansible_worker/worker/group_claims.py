@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -21,19 +22,23 @@ from ansible_worker.protocol.claims import (
     read_claim,
     request_digest,
 )
+from ansible_worker.protocol.signing import UntrustedKey
 from ansible_worker.protocol.topics import Topics
 
 if TYPE_CHECKING:
     # cryptography is loaded only by workers that check signatures.
     from ansible_worker.protocol.signing import Signer, TrustedKeys
 
-__all__ = ["CLAIM_TIMEOUT", "ClaimFailed", "GroupClaims"]
+__all__ = ["CLAIM_TIMEOUT", "ClaimFailed", "GroupClaims", "UnknownClaimKeys"]
 
 CLAIM_TIMEOUT = 10.0
 # The largest MQTT message expiry interval (a four-byte integer).
 LONGEST_EXPIRY = 2**32 - 1
 # How long a loser's copy of the winner's claim may take; it only restores what is retained.
 RESTORE_TIMEOUT = 5.0
+# Unknown claim keys remembered (each warned about once); a flood of made-up ones costs no more.
+MAX_UNKNOWN_KEYS = 64
+_FINGERPRINT = re.compile(r"[0-9a-f]{32}")
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,46 @@ class ClaimFailed(Exception):
     def __init__(self, reason: str, *, permanent: bool = False) -> None:
         super().__init__(reason)
         self.permanent = permanent
+
+
+class UnknownClaimKeys:
+    """Warn once per key about claims signed by a worker key this worker does not count.
+
+    A group whose workers each have a key of their own, but do not list each other's under
+    `security.worker_keys`, hears no claim but its own: a task_id can then run twice. Each
+    such key is named once, at WARNING; past `limit` keys, once more for all the rest.
+    """
+
+    def __init__(self, *, limit: int = MAX_UNKNOWN_KEYS) -> None:
+        self._warned: set[str] = set()
+        self._limit = limit
+        self._overflowed = False
+
+    def heard(self, task_id: str, fingerprint: str, worker_id: object) -> None:
+        """A claim on `task_id` named `fingerprint`, a key this worker does not list, as its signer."""
+        if fingerprint in self._warned or not _FINGERPRINT.fullmatch(fingerprint):
+            # Not the name of any key: nothing an operator could list.
+            return
+        if len(self._warned) >= self._limit:
+            if not self._overflowed:
+                self._overflowed = True
+                log.warning(
+                    "claims are signed by more than %d worker keys this worker does not list; no longer"
+                    " naming each: check security.worker_keys on every worker of the group",
+                    self._limit,
+                )
+            return
+        self._warned.add(fingerprint)
+        who = repr(worker_id[:128]) if isinstance(worker_id, str) else "(unnamed)"
+        log.warning(
+            "task %s: a claim from worker %s is signed with key %s, which is neither this worker's worker_key"
+            " nor one of security.worker_keys, so it does not count here. If that is a worker of this group,"
+            " list its public key under security.worker_keys on every worker (or give the workers one"
+            " worker_key): until then the group can run a task_id twice. Warned once per key.",
+            task_id,
+            who,
+            fingerprint,
+        )
 
 
 class GroupClaims:
@@ -77,6 +122,7 @@ class GroupClaims:
         self._signer = signer
         self._trusted = trusted
         self.book = ClaimBook()
+        self.unknown_keys = UnknownClaimKeys()
         self._claiming: set[str] = set()
         # Claim ids this worker published and waits to hear back, whether they count or not.
         self._echoes: dict[str, trio.Event] = {}
@@ -90,7 +136,11 @@ class GroupClaims:
 
             def verify(document: object) -> object:
                 assert isinstance(document, dict)
-                return trusted.verify(topic, document)
+                try:
+                    return trusted.verify(topic, document)
+                except UntrustedKey as exc:
+                    self.unknown_keys.heard(task_id, exc.fingerprint, document.get("worker_id"))
+                    raise
 
         claim = read_claim(
             message.payload,

@@ -408,6 +408,35 @@ def test_validate_summarises_without_secrets(tmp_path: Path, keys: dict[str, Pat
     assert "tok-s3cret-42" not in result.stdout + result.stderr
 
 
+def test_validate_says_what_a_group_of_several_worker_keys_needs(tmp_path: Path, keys: dict[str, Path]) -> None:
+    generate_key_pair(tmp_path / "east.key", tmp_path / "east.pub")
+    security: dict[str, Any] = {
+        "require_signed_tasks": True,
+        "trusted_keys": {"alice": str(keys["alice"].with_suffix(".pub"))},
+        "worker_key": str(keys["mallory"].with_suffix(".key")),
+    }
+
+    def validate(security: dict[str, Any]) -> str:
+        config = write_config(tmp_path / "c.json", tmp_path, security)
+        command = [sys.executable, "-m", "ansible_worker", "validate", "-c", str(config)]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    alone = validate(security)
+    assert (
+        "  claim keys    this worker's worker_key only: the other workers of the group must share it, or each"
+        " worker must list the public keys of the others under security.worker_keys; claims signed by a key"
+        " not listed do not count, and a task_id can run twice" in alone
+    ), alone
+    listed = validate({**security, "worker_keys": {"east": str(tmp_path / "east.pub")}})
+    assert (
+        "  claim keys    this worker's worker_key and east: every worker of the group must list the public"
+        " key of each worker that does not share its worker_key; claims signed by a key not listed do not"
+        " count, and a task_id can run twice" in listed
+    ), listed
+    unsigned = validate({})
+    assert "claim keys" not in unsigned
+
+
 def test_keygen_writes_a_private_key_only_its_owner_can_read(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "ansible_worker", "keygen", "ci", "-d", str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)

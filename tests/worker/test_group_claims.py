@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import trio
 
-from ansible_worker.protocol.signing import Signer
+from ansible_worker.protocol.signing import Signer, generate_key_pair
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker import hand_back as hand_back_module
+from ansible_worker.worker.group_claims import UnknownClaimKeys
 from ansible_worker.worker.service import Worker
 from tests.conftest import (
     Broker,
@@ -426,3 +427,49 @@ async def test_a_hand_back_lets_only_the_request_it_hands_back_skip_the_age_chec
     assert final["worker_id"] == "staying"
     assert run_count("handed", new_runs) == 1
     assert run_count("handed", old_runs) == 0
+
+
+async def test_claims_signed_by_a_worker_key_this_worker_does_not_list_are_warned_about_once(
+    broker: Broker, playbook_dir: Path, group: str, keys: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two workers with keys of their own and no worker_keys: neither counts the other's claims, and says so."""
+    generate_key_pair(keys / "east.key", keys / "east.pub")
+    alice = Signer.from_file(keys / "alice.key")
+    fingerprints = {
+        "a": Signer.from_file(keys / "worker.key").fingerprint,
+        "b": Signer.from_file(keys / "east.key").fingerprint,
+    }
+    own_key = {"a": require_signatures(keys), "b": {**require_signatures(keys), "worker_key": keys / "east.key"}}
+    topics = Topics("ansible", group)
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(make_settings(broker.port, playbook_dir, group, security=own_key["a"], worker_id="a")),
+        running_worker(make_settings(broker.port, playbook_dir, group, security=own_key["b"], worker_id="b")),
+    ):
+        # Each job is claimed, and claimed again when it ends: one worker makes at least four claims.
+        for index in range(4):
+            await controller.submit(alice.sign(topics.tasks, {"task_id": f"k-{index}", **QUICK}))
+        finals = [await controller.wait_terminal(f"k-{index}") for index in range(4)]
+        await controller.sync()
+    assert [final["state"] for final in finals] == ["success"] * 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "worker_keys" in r.getMessage()]
+    claimers = {final["worker_id"] for final in finals}
+    for worker_id in claimers:
+        about = [message for message in warnings if fingerprints[worker_id] in message]
+        assert len(about) == 1, warnings
+        assert f"worker '{worker_id}'" in about[0]
+        assert "does not count here" in about[0]
+        assert "list its public key under security.worker_keys on every worker" in about[0]
+
+
+def test_unknown_claim_keys_are_named_once_each_within_a_bound(caplog: pytest.LogCaptureFixture) -> None:
+    """A flood of claims with made-up keys costs bounded memory and a bounded number of log lines."""
+    unknown = UnknownClaimKeys(limit=3)
+    for index in range(1000):
+        unknown.heard(f"t{index}", f"{index % 10:032x}", "w2")
+    unknown.heard("t", "not a fingerprint\nFAKE LOG LINE", "w2")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 4
+    assert [f"{index:032x}" in warnings[index] for index in range(3)] == [True] * 3
+    assert warnings[3].startswith("claims are signed by more than 3 worker keys this worker does not list")
+    assert not any("FAKE LOG LINE" in message for message in warnings)
