@@ -201,10 +201,13 @@ class Dashboard:
             return _error(f"the request of job {task_id} was published before this dashboard started", 409)
         if status.get("refused"):
             return _error(f"job {task_id} was refused, not run: it is not run again", 409)
-        heard = self.store.heard_at.get(task_id)
-        refusal = _not_ours(original, self.client, heard=heard, max_age=self.max_task_age, max_skew=self.max_clock_skew)
+        refusal = _not_ours(original, self.client)
         if refusal is not None:
             return _error(f"job {task_id}: {refusal}", 409)
+        heard = self.store.heard_at.get(task_id)
+        too_old = _too_old(original, self.client, heard=heard, max_age=self.max_task_age, max_skew=self.max_clock_skew)
+        if too_old is not None:
+            return _error(f"job {task_id}: {too_old}", 409)
         job = {key: value for key, value in original.items() if key not in _SIGNATURE_FIELDS}
         job["task_id"] = f"job-{uuid.uuid4().hex[:12]}"
         try:
@@ -218,34 +221,40 @@ class Dashboard:
         return _json({"task_id": job["task_id"], "again_of": task_id}, 201)
 
 
-def _not_ours(
-    original: dict[str, Any],
-    client: Client,
-    *,
-    heard: datetime | None = None,
-    max_age: float = 300,
-    max_skew: float = 60,
-) -> str | None:
+def _not_ours(original: dict[str, Any], client: Client) -> str | None:
     """Why a heard request must not be signed again by this dashboard, or None.
 
     Anyone who may publish on the tasks topic can send a copy of a job with other fields;
     signing it again would lend the dashboard's key to them. So with a signing key, only a
-    request signed by that same key is run again, and only if it was no older than
-    `max_age` (nor more than `max_skew` ahead) when it was `heard`, as a worker judges a
-    request when it arrives: a copy of one signed long ago, replayed to the dashboard, is
-    not made new by a fresh signature.
+    request signed by that same key is run again.
     """
     signer = client.signer
     if signer is None:
         return None
-    from ansible_worker.protocol.signing import SignatureRefused, TrustedKeys, check_age
+    from ansible_worker.protocol.signing import SignatureRefused, TrustedKeys
 
     try:
-        verified = TrustedKeys({"dashboard": signer.public_key}).verify(client.topics.tasks, original)
+        TrustedKeys({"dashboard": signer.public_key}).verify(client.topics.tasks, original)
     except SignatureRefused as exc:
         return f"its request is not signed by this dashboard's key ({exc}); it is not signed again"
+    return None
+
+
+def _too_old(
+    original: dict[str, Any], client: Client, *, heard: datetime | None, max_age: float, max_skew: float
+) -> str | None:
+    """Why a request this dashboard's key signed was too old to run when it was `heard` (None: now), or None.
+
+    The workers' own rule, applied when the request arrived: a copy of one signed long ago,
+    replayed to the dashboard, is not made new by a fresh signature. Not applied when the
+    button is pressed: run again is for jobs that have ended, often long after `max_age`.
+    """
+    if client.signer is None:
+        return None
+    from ansible_worker.protocol.signing import SignatureRefused, check_age, issued_at
+
     try:
-        check_age(verified.issued_at, now=heard or datetime.now(UTC), max_age=max_age, max_skew=max_skew)
+        check_age(issued_at(original), now=heard or datetime.now(UTC), max_age=max_age, max_skew=max_skew)
     except SignatureRefused as exc:
         return f"its request was too old to run when this dashboard heard it ({exc}); it is not signed again"
     return None

@@ -114,12 +114,17 @@ class Store:
         """
         if task_id in self.requests:
             return
+        self._heard(task_id)
         self.requests[task_id] = request
-        self.heard_at[task_id] = datetime.now(UTC)
         while len(self.requests) > REQUESTS:
-            oldest = next(iter(self.requests))
-            del self.requests[oldest]
-            self.heard_at.pop(oldest, None)
+            del self.requests[next(iter(self.requests))]
+
+    def _heard(self, task_id: str) -> None:
+        """Note when the request of `task_id` arrived; times of requests no longer kept go in batches."""
+        self.heard_at[task_id] = datetime.now(UTC)
+        if len(self.heard_at) > 2 * REQUESTS:
+            kept = self.requests.keys() | {task_id}
+            self.heard_at = {known: at for known, at in self.heard_at.items() if known in kept}
 
     def add_event(self, task_id: str, event: dict[str, Any]) -> None:
         """A live event of a job: kept for its page, sent to the browsers showing that job."""

@@ -10,7 +10,6 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -18,8 +17,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
 from ansible_worker.controller.client import open_client, target_from_url
-from ansible_worker.protocol.signing import Signer
-from tests.conftest import REPO, Broker, wait_online, worker_config
+from tests.conftest import REPO, Broker, worker_config
 from tests.dashboard.browser import (
     EXECUTABLE,
     broker_status,
@@ -273,7 +271,7 @@ def test_actions_are_signed_with_the_dashboards_key(
         assert "signed stop" in json.dumps(broker_status(broker, group, "long"))
 
 
-def rerun(url: str, task_id: str) -> tuple[int, dict[str, Any]]:
+def rerun(url: str, task_id: str) -> tuple[int, dict[str, str]]:
     """POST run again for `task_id` as the page does; the code and the JSON answer."""
     headers = {"X-Dashboard-Action": "1", "Origin": url.rstrip("/"), "Content-Type": "application/json"}
     request = urllib.request.Request(  # noqa: S310 (our own loopback URL)
@@ -288,6 +286,9 @@ def rerun(url: str, task_id: str) -> tuple[int, dict[str, Any]]:
 
 async def _publish_signed(broker: Broker, group: str, key: Path, task_id: str, issued: datetime) -> bytes:
     """Publish a quick job that `key` signed at `issued`; the message, as a captured copy to replay."""
+    from ansible_worker.protocol.signing import Signer
+    from tests.conftest import wait_online
+
     signer = Signer.from_file(key)
     async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
         await wait_online(client, "w1")
@@ -314,7 +315,7 @@ def test_run_again_signs_only_a_request_that_was_fresh_when_the_dashboard_heard_
         "worker_key": str(keys / "worker.key"),
     }
     config.write_text(json.dumps(worker))
-    # The dashboard's own limit: a request older than 6 s when it arrives would not run on a worker of it.
+    # The dashboard's own age rule: a request is fresh for 6 s after it was signed.
     dashboard_config = tmp_path / "dashboard.json"
     dashboard_config.write_text(json.dumps({"mqtt": {"host": "127.0.0.1"}, "security": {"max_task_age": 6}}))
     alice = keys / "alice.key"

@@ -164,19 +164,12 @@ def test_a_later_copy_of_a_request_never_replaces_the_first() -> None:
     assert store.requests["j"] == {"task_id": "j", "playbook": "site.yml", "inventory": "h"}
 
 
-def test_run_again_signs_only_what_its_own_key_signed(tmp_path: Path) -> None:
-    generate_key_pair(tmp_path / "dash.key", tmp_path / "dash.pub")
-    generate_key_pair(tmp_path / "other.key", tmp_path / "other.pub")
-    ours, other = Signer.from_file(tmp_path / "dash.key"), Signer.from_file(tmp_path / "other.key")
-    client = cast(Client, SimpleNamespace(signer=ours, topics=TOPICS))
-    job = {"task_id": "j", "playbook": "site.yml", "inventory": "h"}
-    assert _not_ours(ours.sign(TOPICS.tasks, job), client) is None
-    for request in (job, other.sign(TOPICS.tasks, job), {**ours.sign(TOPICS.tasks, job), "extra_vars": {"x": 1}}):
-        refusal = _not_ours(request, client)
-        assert refusal is not None
-        assert "not signed by this dashboard's key" in refusal
-    # Without a key of its own the dashboard sends requests unsigned: it lends no signature.
-    assert _not_ours(job, cast(Client, SimpleNamespace(signer=None, topics=TOPICS))) is None
+def test_the_times_requests_were_heard_stay_bounded() -> None:
+    store = Store()
+    for index in range(3 * REQUESTS):
+        route(store, TOPICS, message("ansible/web/tasks", f'{{"task_id": "h{index}"}}'.encode()))
+    assert len(store.heard_at) <= 2 * REQUESTS
+    assert set(store.requests) <= set(store.heard_at)
 
 
 def test_run_again_does_not_sign_a_copy_whose_numbers_were_rewritten(tmp_path: Path) -> None:
@@ -190,3 +183,18 @@ def test_run_again_does_not_sign_a_copy_whose_numbers_were_rewritten(tmp_path: P
     refusal = _not_ours(rewritten, client)
     assert refusal is not None
     assert "not in canonical form: extra_vars.v is 2.0 here, but its signature covers 2" in refusal
+
+
+def test_run_again_signs_only_what_its_own_key_signed(tmp_path: Path) -> None:
+    generate_key_pair(tmp_path / "dash.key", tmp_path / "dash.pub")
+    generate_key_pair(tmp_path / "other.key", tmp_path / "other.pub")
+    ours, other = Signer.from_file(tmp_path / "dash.key"), Signer.from_file(tmp_path / "other.key")
+    client = cast(Client, SimpleNamespace(signer=ours, topics=TOPICS))
+    job = {"task_id": "j", "playbook": "site.yml", "inventory": "h"}
+    assert _not_ours(ours.sign(TOPICS.tasks, job), client) is None
+    for request in (job, other.sign(TOPICS.tasks, job), {**ours.sign(TOPICS.tasks, job), "extra_vars": {"x": 1}}):
+        refusal = _not_ours(request, client)
+        assert refusal is not None
+        assert "not signed by this dashboard's key" in refusal
+    # Without a key of its own the dashboard sends requests unsigned: it lends no signature.
+    assert _not_ours(job, cast(Client, SimpleNamespace(signer=None, topics=TOPICS))) is None
