@@ -13,9 +13,10 @@ be replayed as a cancel request (or the other way round). `key` is the SHA-256 f
 of the raw public key (first 16 bytes, hex): a hint that names the key in error messages.
 
 RFC 8785 writes each number one way, so texts that decode to different values can share one
-canonical form (`2` and `2.0`, `0` and `-0.0`), and Ansible tells those values apart. A
-message passes only when every value it holds is the one its canonical form stands for:
-what runs is exactly what was signed. `Signer.sign` returns its body in that form.
+canonical form (`2` and `2.0`, `0` and `-0.0`), and Ansible tells those values apart. So a
+verified message is acted on as its signature covers it: `Verified.document` holds the
+values decoded from the canonical form, whatever text arrived. `Signer.sign` returns its
+body in that form too, so that what a controller sends is what it signed.
 """
 
 from __future__ import annotations
@@ -109,36 +110,13 @@ def _framed(topic: str, canonical: bytes) -> bytes:
     return _CONTEXT + topic.encode() + b"\n" + canonical
 
 
-def _meaning_differs(document: Mapping[str, Any], canonical: bytes) -> str | None:
-    """Why `document` holds another value than its canonical form stands for, or None when it does not.
-
-    Compared type for type (an integer is not a float), without recursion: a message nested
-    as deeply as the JSON decoder allows is compared like any other.
-    """
+def _values(canonical: bytes) -> dict[str, Any]:
+    """The values a canonical JSON object stands for. Errors: `SignatureRefused` for nesting too deep."""
     try:
-        signed = json.loads(canonical)
+        values: dict[str, Any] = json.loads(canonical)
     except RecursionError:
-        return "nested too deeply to compare with its canonical form"
-    unsigned = {key: value for key, value in document.items() if key != SIGNATURE_FIELD}
-    pending: list[tuple[str, object, object]] = [("", unsigned, signed)]
-    while pending:
-        path, here, covered = pending.pop()
-        if isinstance(here, dict) and isinstance(covered, dict) and here.keys() == covered.keys():
-            pending += [(f"{path}.{key}" if path else key, here[key], covered[key]) for key in here]
-        elif isinstance(here, list) and isinstance(covered, list) and len(here) == len(covered):
-            pending += [(f"{path}[{index}]", item, covered[index]) for index, item in enumerate(here)]
-        elif type(here) is not type(covered) or here != covered:
-            shown = path[:200] or "the message"
-            return (
-                f"{shown} is {_short(here)} here, but its signature covers {_short(covered)}"
-                " (RFC 8785 writes each number one way: send that form, or a string)"
-            )
-    return None
-
-
-def _short(value: object) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 64 else text[:61] + "..."
+        raise SignatureRefused("the message has no canonical JSON form (RFC 8785): nested too deeply") from None
+    return values
 
 
 def fingerprint(key: Ed25519PublicKey) -> str:
@@ -237,13 +215,14 @@ class Signer:
     def sign(self, topic: str, body: Mapping[str, Any], *, now: datetime | None = None) -> dict[str, Any]:
         """`body` as its signature covers it, with `issued_at` set to now and a `signature` for `topic`.
 
-        The result holds each value in the form RFC 8785 gives it (`2.0` becomes `2`), so that
-        it passes `TrustedKeys.verify` however it is encoded. Errors: as `canonical_json`.
+        The result holds each value as the signature covers it (`2.0` becomes `2`, the one
+        form RFC 8785 gives it), so that a worker runs what the sender sees it send.
+        Errors: as `canonical_json`; also for a whole float from 2**53 up.
         """
         unsigned = {key: value for key, value in body.items() if key != SIGNATURE_FIELD}
         unsigned[ISSUED_AT_FIELD] = format_utc(now or datetime.now(UTC), timespec="milliseconds")
         canonical = canonical_json(unsigned)
-        signed: dict[str, Any] = json.loads(canonical)
+        signed = _values(canonical)
         # A whole float from 2**53 up is written as an integer that has no canonical form.
         canonical_json(signed)
         value = self._key.sign(_framed(topic, canonical))
@@ -253,10 +232,20 @@ class Signer:
 
 @dataclass(frozen=True, slots=True)
 class Verified:
-    """Who signed a message (the worker's name for the key) and when they say they did."""
+    """Who signed a message (the worker's name for the key), when they say they did, and what they signed.
+
+    `document` is the message as its signature covers it: each value decoded from the
+    canonical form (so `2` where `2.0` arrived), and the signature. Act on it, not on the
+    message as it arrived.
+    """
 
     signer: str
     issued_at: datetime
+    document: dict[str, Any]
+
+    def payload(self) -> bytes:
+        """`document` as compact UTF-8 JSON: the message to keep, or publish again, as it was signed."""
+        return json.dumps(self.document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class TrustedKeys:
@@ -303,8 +292,7 @@ class TrustedKeys:
         """Check the signature of a message received on `topic`; its age is `check_age`'s business.
 
         Errors: `SignatureRefused` saying what is wrong: unsigned, malformed, an untrusted
-        key (`UntrustedKey`), a signature that does not match, a value that is not the one
-        its canonical form stands for, or no usable `issued_at`.
+        key (`UntrustedKey`), a signature that does not match, or no usable `issued_at`.
         """
         self.check_key(document)
         signature = document[SIGNATURE_FIELD]
@@ -323,10 +311,9 @@ class TrustedKeys:
                 key.verify(value, message)
             except InvalidSignature:
                 continue
-            difference = _meaning_differs(document, canonical)
-            if difference is not None:
-                raise SignatureRefused(f"not in canonical form: {difference}")
-            return Verified(name, issued_at(document))
+            signed = _values(canonical)
+            signed[SIGNATURE_FIELD] = document[SIGNATURE_FIELD]
+            return Verified(name, issued_at(document), signed)
         if isinstance(hint, str):
             raise SignatureRefused(f"bad signature: it does not match the message (key {candidates[0][0]!r})")
         raise SignatureRefused("bad signature: no trusted key made it")

@@ -156,8 +156,9 @@ class Router:
                 )
             case Rejected(task_id, reason):
                 return Refuse(task_id, reason)
-            case Accepted(request, signed):
-                pass
+            case Accepted(request, signed, signed_payload):
+                # A signed job is kept, journaled and handed back as its signature covers it.
+                payload = signed_payload or payload
         task_id = request.task_id
         if state.in_queue(task_id):
             return Ignore("already queued or running on this worker; ignoring the duplicate", task_id)

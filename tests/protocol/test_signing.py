@@ -110,26 +110,35 @@ def verify_text(keys: dict[str, Path], text: str) -> str | None:
     return None
 
 
-def test_a_message_runs_only_with_the_values_its_canonical_form_stands_for(keys: dict[str, Path]) -> None:
-    """Texts that decode to other values with one RFC 8785 form are refused; the same values in other texts pass."""
+def test_a_verified_message_is_read_as_its_signature_covers_it(keys: dict[str, Path]) -> None:
+    """Texts that decode to other values with one RFC 8785 form run with the values that form stands for."""
     alice = signer(keys, "alice")
-    job = {**JOB, "extra_vars": {"version": 2, "offset": 0, "ratio": 0.5, "name": "caf\u00e9", "list": [1, 2]}}
-    text = json.dumps(alice.sign(TASKS, job))
-    assert verify_text(keys, text) is None
-    rewrites = {
-        ("version", "2.0"): "extra_vars.version is 2.0 here, but its signature covers 2",
-        ("version", "2.0e0"): "extra_vars.version is 2.0 here, but its signature covers 2",
-        ("version", "20e-1"): "extra_vars.version is 2.0 here, but its signature covers 2",
-        ("offset", "-0.0"): "extra_vars.offset is -0.0 here, but its signature covers 0",
-        ("offset", "0.0"): "extra_vars.offset is 0.0 here, but its signature covers 0",
-        ("list", "[1, 2.0]"): "extra_vars.list[1] is 2.0 here, but its signature covers 2",
-    }
-    for (name, value), reason in rewrites.items():
+    extra_vars = {"version": 2, "offset": 0, "ratio": 0.5, "name": "caf\u00e9", "list": [1, 2]}
+    text = json.dumps(alice.sign(TASKS, {**JOB, "extra_vars": extra_vars}))
+
+    def check(document: Any) -> Any:
+        return trusted(keys).verify(TASKS, document)
+
+    rewrites = [
+        ("version", "2.0"),
+        ("version", "2.0e0"),
+        ("version", "20e-1"),
+        ("offset", "-0.0"),
+        ("list", "[1, 2.0]"),
+    ]
+    for name, value in rewrites:
         rewritten = re.sub(rf'"{name}": (\[[^]]*\]|[^,}}]+)', f'"{name}": {value}', text, count=1)
-        assert rewritten != text
-        assert verify_text(keys, rewritten) == f"not in canonical form: {reason}" + (
-            " (RFC 8785 writes each number one way: send that form, or a string)"
-        ), value
+        assert f'"{name}": {value}' in rewritten
+        match read_task_message(rewritten.encode(), max_bytes=4096, verify=check):
+            case Accepted(job, signed, payload) if signed is not None and payload is not None:
+                assert job.extra_vars == extra_vars
+                assert [type(job.extra_vars[key]) for key in ("version", "offset")] == [int, int]
+                assert type(job.extra_vars["list"][1]) is int
+                # What the worker keeps and hands back is the job as signed, and verifies as such.
+                assert json.loads(payload)["extra_vars"] == extra_vars
+                assert check(json.loads(payload)).signer == "alice"
+            case other:
+                pytest.fail(f"{value}: not accepted: {other}")
     # The same values written otherwise: escapes, exponents of a fraction, spacing, order, a duplicate key
     # (the decoder keeps the last one, and what it keeps is both what is checked and what runs).
     same = text.replace('"ratio": 0.5', '"ratio": 5e-1').replace("caf\\u00e9", "café")
@@ -142,6 +151,20 @@ def test_a_message_runs_only_with_the_values_its_canonical_form_stands_for(keys:
     decomposed = text.replace("caf\\u00e9", "cafe\\u0301")
     assert decomposed != text
     assert (verify_text(keys, decomposed) or "").startswith("bad signature")
+
+
+def test_a_job_that_grows_past_the_limit_as_signed_is_refused(keys: dict[str, Path]) -> None:
+    """Numbers written out in full can make the job as signed longer than the message that came."""
+    alice = signer(keys, "alice")
+    signed = alice.sign(TASKS, {**JOB, "extra_vars": {f"n{i}": 9 * 10**15 for i in range(40)}})
+    short = json.dumps(signed, separators=(",", ":")).replace("9000000000000000", "9e15").encode()
+    check = trusted(keys).verify
+    limit = len(short) + 100
+    match read_task_message(short, max_bytes=limit, verify=lambda document: check(TASKS, document)):
+        case Rejected("deploy-1", reason):
+            assert reason == f"message too large as signed ({len(short) + 40 * 12} bytes, max {limit})"
+        case other:
+            pytest.fail(f"not refused: {other}")
 
 
 def test_values_with_no_canonical_form_are_refused_and_signed_values_come_back_canonical(

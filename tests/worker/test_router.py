@@ -130,7 +130,8 @@ def test_signatures_are_checked_first_and_the_signer_is_kept() -> None:
         assert isinstance(document, dict)
         if document.get("sig") != "good":
             raise SignatureRefused("not signed by a trusted key")
-        return Verified(signer="alice", issued_at=utc_now())
+        # What the signature covers, which is not what arrived: the worker keeps the former.
+        return Verified(signer="alice", issued_at=utc_now(), document={**document, "signed": True})
 
     router = Router(
         TOPICS,
@@ -145,6 +146,7 @@ def test_signatures_are_checked_first_and_the_signer_is_kept() -> None:
     claimed = router.route(task(sig="good"), View())
     assert isinstance(claimed, Claim)
     assert claimed.signer == "alice"
+    assert json.loads(claimed.payload)["signed"] is True
 
 
 @pytest.mark.parametrize(
