@@ -312,7 +312,10 @@ class TrustedKeys:
             except InvalidSignature:
                 continue
             signed = _values(canonical)
-            signed[SIGNATURE_FIELD] = document[SIGNATURE_FIELD]
+            # Only what names and makes the signature: nothing rides along outside what is signed.
+            signed[SIGNATURE_FIELD] = (
+                {"key": hint, "value": signature["value"]} if isinstance(hint, str) else {"value": signature["value"]}
+            )
             return Verified(name, issued_at(document), signed)
         if isinstance(hint, str):
             raise SignatureRefused(f"bad signature: it does not match the message (key {candidates[0][0]!r})")

@@ -139,6 +139,12 @@ def test_a_verified_message_is_read_as_its_signature_covers_it(keys: dict[str, P
                 assert check(json.loads(payload)).signer == "alice"
             case other:
                 pytest.fail(f"{value}: not accepted: {other}")
+    # Nothing rides along in the signature object, which its signature does not cover.
+    padded = json.loads(text)
+    padded["signature"]["extra"] = "x" * 1000
+    kept = check(padded)
+    assert kept.document["signature"] == {key: padded["signature"][key] for key in ("key", "value")}
+    assert b"xxx" not in kept.payload()
     # The same values written otherwise: escapes, exponents of a fraction, spacing, order, a duplicate key
     # (the decoder keeps the last one, and what it keeps is both what is checked and what runs).
     same = text.replace('"ratio": 0.5', '"ratio": 5e-1').replace("caf\\u00e9", "café")
