@@ -510,6 +510,10 @@ class Client:
         its digest (unless the broker holds it already), and the job names it as its
         `content`, before it is signed; `handle.shipment` says what was shipped.
 
+        With a signer, the job is published as it is signed (a whole number as an integer),
+        and a job with no canonical form to sign (a number beyond 2**53, NaN, a lone
+        surrogate) raises `SignatureRefused` before anything is published.
+
         Errors: `NoWorkerAnswered` when no status comes within `answer_within` seconds;
         the broker then delivered the job to nobody, so nothing will run. `ValueError` for a
         `retry_after` that is not positive, `attempts` below 1 or a `task_id` that is not one.

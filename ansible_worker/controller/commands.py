@@ -50,6 +50,7 @@ from ansible_worker.controller.record_commands import (
 )
 from ansible_worker.controller.shipping import DEFAULT_CONTENT_RETENTION, ProgressBar, ShipError
 from ansible_worker.controller.view import JobView, summary, workers_table
+from ansible_worker.protocol.signing import SignatureRefused
 
 T = TypeVar("T")
 
@@ -209,15 +210,19 @@ async def submit(client: Client, args: argparse.Namespace, console: Console) -> 
     retry_after = RETRY_AFTER if args.retry_after is None else args.retry_after
     ship_dir: Path | None = getattr(args, "ship", None)
     bar = ProgressBar(sys.stderr)
-    handle = await client.submit(
-        args.job,
-        answer_within=answer_within,
-        retry_after=retry_after,
-        attempts=args.attempts,
-        ship=ship_dir,
-        ship_retention=getattr(args, "ship_retention", None) or DEFAULT_CONTENT_RETENTION,
-        ship_progress=bar,
-    )
+    try:
+        handle = await client.submit(
+            args.job,
+            answer_within=answer_within,
+            retry_after=retry_after,
+            attempts=args.attempts,
+            ship=ship_dir,
+            ship_retention=getattr(args, "ship_retention", None) or DEFAULT_CONTENT_RETENTION,
+            ship_progress=bar,
+        )
+    except SignatureRefused as exc:
+        # Raised before anything is published: a value of the job that no signature can cover.
+        raise CommandError(f"cannot sign the job: {exc}", EXIT_USAGE) from None
     if handle.shipment is not None:
         shipment = handle.shipment
         how = "sent" if shipment.sent else "already on the broker, not sent again"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +60,23 @@ class Dashboard:
     """The app's state: the store it shows, the client its actions go through, and who may use it."""
 
     def __init__(
-        self, store: Store, client: Client, *, token: str | None, allow_actions: bool, listen_host: str
+        self,
+        store: Store,
+        client: Client,
+        *,
+        token: str | None,
+        allow_actions: bool,
+        listen_host: str,
+        max_task_age: float = 300,
+        max_clock_skew: float = 60,
     ) -> None:
         self.store = store
         self.client = client
         self.token = token
         self.allow_actions = allow_actions
         self.listen_host = listen_host
+        self.max_task_age = max_task_age
+        self.max_clock_skew = max_clock_skew
 
     def app(self) -> Starlette:
         """The ASGI app."""
@@ -217,6 +228,10 @@ class Dashboard:
         refusal = _not_ours(original, self.client)
         if refusal is not None:
             return _error(f"job {task_id}: {refusal}", 409)
+        heard = self.store.heard_at.get(task_id)
+        too_old = _too_old(original, self.client, heard=heard, max_age=self.max_task_age, max_skew=self.max_clock_skew)
+        if too_old is not None:
+            return _error(f"job {task_id}: {too_old}", 409)
         job = {key: value for key, value in original.items() if key not in _SIGNATURE_FIELDS}
         job["task_id"] = f"job-{uuid.uuid4().hex[:12]}"
         try:
@@ -246,6 +261,26 @@ def _not_ours(original: dict[str, Any], client: Client) -> str | None:
         TrustedKeys({"dashboard": signer.public_key}).verify(client.topics.tasks, original)
     except SignatureRefused as exc:
         return f"its request is not signed by this dashboard's key ({exc}); it is not signed again"
+    return None
+
+
+def _too_old(
+    original: dict[str, Any], client: Client, *, heard: datetime | None, max_age: float, max_skew: float
+) -> str | None:
+    """Why a request this dashboard's key signed was too old to run when it was `heard` (None: now), or None.
+
+    The workers' own rule, applied when the request arrived: a copy of one signed long ago,
+    replayed to the dashboard, is not made new by a fresh signature. Not applied when the
+    button is pressed: run again is for jobs that have ended, often long after `max_age`.
+    """
+    if client.signer is None:
+        return None
+    from ansible_worker.protocol.signing import SignatureRefused, check_age, issued_at
+
+    try:
+        check_age(issued_at(original), now=heard or datetime.now(UTC), max_age=max_age, max_skew=max_skew)
+    except SignatureRefused as exc:
+        return f"its request was too old to run when this dashboard heard it ({exc}); it is not signed again"
     return None
 
 

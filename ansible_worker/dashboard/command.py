@@ -15,6 +15,7 @@ from ansible_worker.controller.parser import EXIT_UNAVAILABLE, EXIT_USAGE, add_c
 if TYPE_CHECKING:
     from ansible_worker.controller.client import Target
     from ansible_worker.dashboard.access import Listen
+    from ansible_worker.dashboard.options import DashboardOptions
 
 _DESCRIPTION = """\
 Serve a web page showing the group's workers and jobs live, with each job's output.
@@ -66,7 +67,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code if isinstance(exc, CommandError) else EXIT_USAGE
     try:
-        trio.run(partial(_until_signal, target, listen, token=options.token, allow_actions=options.allow_actions))
+        trio.run(partial(_until_signal, target, listen, options))
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -76,7 +77,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _until_signal(target: Target, listen: Listen, *, token: str | None, allow_actions: bool) -> None:
+async def _until_signal(target: Target, listen: Listen, options: DashboardOptions) -> None:
     """Run `serve` until SIGINT or SIGTERM; shutdown is cancellation.
 
     Cancellation: the signal watcher and the server share one nursery, cancelled together.
@@ -92,5 +93,12 @@ async def _until_signal(target: Target, listen: Listen, *, token: str | None, al
                     nursery.cancel_scope.cancel()
 
             nursery.start_soon(stop_on_signal)
-            await serve(target, listen, token=token, allow_actions=allow_actions)
+            await serve(
+                target,
+                listen,
+                token=options.token,
+                allow_actions=options.allow_actions,
+                max_task_age=options.max_task_age,
+                max_clock_skew=options.max_clock_skew,
+            )
             nursery.cancel_scope.cancel()

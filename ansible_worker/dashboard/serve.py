@@ -24,9 +24,14 @@ async def serve(
     *,
     token: str | None,
     allow_actions: bool,
+    max_task_age: float = 300,
+    max_clock_skew: float = 60,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Connect to the broker, then serve the page until cancelled; `task_status` gets its URL.
+
+    Run again signs a request again only if it was at most `max_task_age` seconds old (and
+    at most `max_clock_skew` ahead) when the dashboard heard it.
 
     The client reconnects for ever: a dashboard outlives broker restarts and shows a banner meanwhile.
 
@@ -37,7 +42,15 @@ async def serve(
     store = Store()
     async with open_client(target, reconnect_for=math.inf) as client, trio.open_nursery() as nursery:
         await nursery.start(follow_group, client, store)
-        dashboard = Dashboard(store, client, token=token, allow_actions=allow_actions, listen_host=listen.host)
+        dashboard = Dashboard(
+            store,
+            client,
+            token=token,
+            allow_actions=allow_actions,
+            listen_host=listen.host,
+            max_task_age=max_task_age,
+            max_clock_skew=max_clock_skew,
+        )
         config = Config()
         config.bind = [listen.bind]
         config.accesslog = None

@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import trio
@@ -75,6 +76,8 @@ class Store:
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # When each kept request arrived, on this dashboard's clock: run again judges its age then.
+    heard_at: dict[str, datetime] = field(default_factory=dict)
     output: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
     connected: bool = False
     listeners: list[Listener] = field(default_factory=list)
@@ -137,6 +140,7 @@ class Store:
         """
         if task_id in self.requests:
             return
+        self._heard(task_id)
         self.requests[task_id] = request
         self._request_sizes[task_id] = size
         self._request_bytes += size
@@ -161,6 +165,13 @@ class Store:
         self._output_bytes.pop(task_id, None)
         self._drop_request(task_id)
         self._tell({"type": "job", "task_id": task_id, "job": None})
+
+    def _heard(self, task_id: str) -> None:
+        """Note when the request of `task_id` arrived; times of requests no longer kept go in batches."""
+        self.heard_at[task_id] = datetime.now(UTC)
+        if len(self.heard_at) > 2 * REQUESTS:
+            kept = self.requests.keys() | {task_id}
+            self.heard_at = {known: at for known, at in self.heard_at.items() if known in kept}
 
     def add_event(self, task_id: str, event: dict[str, Any]) -> None:
         """A live event of a job: kept for its page, sent to the browsers showing that job."""

@@ -50,6 +50,9 @@ def _check_topic_prefix(value: str) -> str:
 
 
 TopicPrefix = Annotated[str, AfterValidator(_check_topic_prefix)]
+# How old a signed message may be, and how far ahead of this clock: workers and controllers alike.
+MaxTaskAge = Annotated[float, Field(gt=0, le=86_400)]
+MaxClockSkew = Annotated[float, Field(ge=0, le=3600)]
 
 
 def default_worker_id() -> str:
@@ -291,8 +294,8 @@ class SecuritySettings(BaseModel):
     require_signed_tasks: bool = False
     # The operator's name for each public key file; the name appears in logs as the signer.
     trusted_keys: dict[Annotated[str, StringConstraints(pattern=NAME_PATTERN)], Path] = Field(default_factory=dict)
-    max_task_age: float = Field(300, gt=0, le=86_400)
-    max_clock_skew: float = Field(60, ge=0, le=3600)
+    max_task_age: MaxTaskAge = 300
+    max_clock_skew: MaxClockSkew = 60
     # For controllers (`ansible-worker submit`, `cancel`); a worker ignores it.
     signing_key: Path | None = None
     # A worker's own private key: with signed tasks it signs the worker's claims and
@@ -358,6 +361,9 @@ class ClientSecuritySettings(BaseModel):
     model_config = ConfigDict(extra="ignore", defer_build=True)
 
     signing_key: Path | None = None
+    # The dashboard signs a request again only if it was this fresh when it heard it.
+    max_task_age: MaxTaskAge = 300
+    max_clock_skew: MaxClockSkew = 60
 
 
 class DashboardSettings(BaseModel):

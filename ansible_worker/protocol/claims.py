@@ -6,7 +6,9 @@ them in the order the broker delivers them, which is the same order for everyone
 broker: the first claim heard for a task_id holds it, and a worker that hears another
 worker's claim before its own stands back. A request for a held task_id is a duplicate (or,
 signed, a replay). A worker that hands a queued job back to the group publishes a release
-naming the claim it releases, so that the next worker may claim the task again.
+naming the claim it releases, so that the next worker may claim the task again, and the
+SHA-256 of the request it publishes again (`request_sha256`): with signed jobs, that request
+alone is taken however old it is while the release is valid.
 
 With signed jobs every claim and release is signed by a worker key the group trusts, and
 says until when it holds (`expires_at`, inside the signature): nothing else on the claim
@@ -18,8 +20,10 @@ This module is pure: it reads messages and answers questions about what was hear
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -36,6 +40,7 @@ __all__ = [
     "claim_document",
     "new_claim_id",
     "read_claim",
+    "request_digest",
 ]
 
 ClaimState = Literal["claimed", "released"]
@@ -48,6 +53,7 @@ PRUNE_EVERY = 60.0
 # jobs only a trusted worker key can add to the book, so no one else can push a claim out.
 MAX_CLAIMS = 100_000
 MAX_RELEASES_PER_TASK = 32
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,8 @@ class Claim:
     """One claim or release as heard from the broker; `expires` is on the caller's clock.
 
     `raw` is the message as it arrived, so that a worker can publish it again as it was.
+    `request_sha256` is, for a release, the digest of the request it hands back (None when
+    it names none: a claim given up, or a release from an older worker).
     """
 
     worker_id: str
@@ -65,6 +73,7 @@ class Claim:
     expires: float
     releases: str | None = None
     raw: bytes = b""
+    request_sha256: str | None = None
 
 
 def new_claim_id() -> str:
@@ -72,13 +81,26 @@ def new_claim_id() -> str:
     return secrets.token_hex(8)
 
 
+def request_digest(payload: bytes) -> str:
+    """The SHA-256 (lowercase hex) of a task message as published: how a release names it."""
+    return hashlib.sha256(payload).hexdigest()
+
+
 def claim_document(
-    worker_id: str, claim_id: str, state: ClaimState, *, expires_at: datetime | None, releases: str | None = None
+    worker_id: str,
+    claim_id: str,
+    state: ClaimState,
+    *,
+    expires_at: datetime | None,
+    releases: str | None = None,
+    request_sha256: str | None = None,
 ) -> dict[str, Any]:
     """The JSON object of a claim or release (signed by the caller when signatures are on)."""
     document: dict[str, Any] = {"state": state, "worker_id": worker_id, "claim": claim_id}
     if releases is not None:
         document["releases"] = releases
+    if request_sha256 is not None:
+        document["request_sha256"] = request_sha256
     if expires_at is not None:
         document["expires_at"] = format_utc(expires_at, timespec="milliseconds")
     return document
@@ -133,7 +155,9 @@ def read_claim(
         except SignatureRefused as exc:
             log.debug("ignoring a claim message: %s", exc)
             return None
-    return Claim(worker_id, claim_id, state, expires, releases, payload)
+    request = document.get("request_sha256")
+    handed_back = request if state == "released" and isinstance(request, str) and _SHA256.fullmatch(request) else None
+    return Claim(worker_id, claim_id, state, expires, releases, payload, handed_back)
 
 
 def _expires_at(value: object) -> datetime | None:
@@ -209,13 +233,19 @@ class ClaimBook:
 
     def released(self, task_id: str, *, now: float) -> bool:
         """Whether a worker handed `task_id` back to the group and nobody has claimed it since."""
+        return self._release(task_id, now) is not None
+
+    def released_request(self, task_id: str, *, now: float) -> str | None:
+        """The digest of the request a live release of `task_id` hands back, if it names one."""
+        release = self._release(task_id, now)
+        return release.request_sha256 if release is not None else None
+
+    def _release(self, task_id: str, now: float) -> Claim | None:
         entry = self._live(task_id, now)
-        return (
-            entry is not None
-            and self._holder_of(entry, now) is None
-            and entry.release is not None
-            and entry.release.expires > now
-        )
+        if entry is None or self._holder_of(entry, now) is not None:
+            return None
+        release = entry.release
+        return release if release is not None and release.expires > now else None
 
     @staticmethod
     def _holder_of(entry: _Entry, now: float) -> Claim | None:

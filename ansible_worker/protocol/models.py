@@ -316,4 +316,9 @@ class ClaimMessage(BaseModel):
     worker_id: str
     claim: str = Field(description="unique per claim; the first claim the broker delivers holds the task_id")
     releases: str | None = Field(None, description="for a release: the claim it releases")
+    request_sha256: Annotated[str, StringConstraints(pattern=SHA256_PATTERN)] | None = Field(
+        None,
+        description="for a release that hands a job back: SHA-256 (hex) of the task message it publishes again;"
+        " with signatures, only that message is taken past max_task_age while the release holds",
+    )
     expires_at: datetime | None = Field(None, description="until when the claim holds (required with signatures)")

@@ -11,6 +11,12 @@ on, a newline, and the RFC 8785 canonical JSON of the object without `signature`
 the topic means a job signed for one group cannot run in another, and a signed job cannot
 be replayed as a cancel request (or the other way round). `key` is the SHA-256 fingerprint
 of the raw public key (first 16 bytes, hex): a hint that names the key in error messages.
+
+RFC 8785 writes each number one way, so texts that decode to different values can share one
+canonical form (`2` and `2.0`, `0` and `-0.0`), and Ansible tells those values apart. So a
+verified message is acted on as its signature covers it: `Verified.document` holds the
+values decoded from the canonical form, whatever text arrived. `Signer.sign` returns its
+body in that form too, so that what a controller sends is what it signed.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import base64
 import binascii
 import errno
 import hashlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,7 +48,9 @@ __all__ = [
     "SignatureRefused",
     "Signer",
     "TrustedKeys",
+    "UntrustedKey",
     "Verified",
+    "canonical_json",
     "check_age",
     "fingerprint",
     "generate_key_pair",
@@ -64,20 +73,50 @@ class SignatureRefused(Exception):
     """A message's signature or age is not acceptable; the message says why in plain words."""
 
 
-def signed_bytes(topic: str, body: Mapping[str, Any]) -> bytes:
-    """What a signature covers: the context, the topic and the canonical body without its signature.
+class UntrustedKey(SignatureRefused):
+    """A message names a signing key this side does not know; `fingerprint` is that name (at most 64 characters)."""
+
+    def __init__(self, fingerprint: str) -> None:
+        super().__init__(f"signed with a key this worker does not trust (fingerprint {fingerprint})")
+        self.fingerprint = fingerprint
+
+
+def canonical_json(body: Mapping[str, Any]) -> bytes:
+    """The RFC 8785 canonical JSON of `body` without its signature.
 
     Errors: `SignatureRefused` when the body has no canonical form (a float that is not
-    finite, an integer beyond 2**53).
+    finite, an integer of 2**53 or beyond, a string that is not Unicode text, nesting too deep).
     """
     import rfc8785
 
     unsigned = {key: value for key, value in body.items() if key != SIGNATURE_FIELD}
     try:
-        canonical = rfc8785.dumps(unsigned)
+        return rfc8785.dumps(unsigned)
     except rfc8785.CanonicalizationError as exc:
         raise SignatureRefused(f"the message has no canonical JSON form (RFC 8785): {exc}") from None
+    except RecursionError:
+        raise SignatureRefused("the message has no canonical JSON form (RFC 8785): nested too deeply") from None
+
+
+def signed_bytes(topic: str, body: Mapping[str, Any]) -> bytes:
+    """What a signature covers: the context, the topic and the canonical body without its signature.
+
+    Errors: as `canonical_json`.
+    """
+    return _framed(topic, canonical_json(body))
+
+
+def _framed(topic: str, canonical: bytes) -> bytes:
     return _CONTEXT + topic.encode() + b"\n" + canonical
+
+
+def _values(canonical: bytes) -> dict[str, Any]:
+    """The values a canonical JSON object stands for. Errors: `SignatureRefused` for nesting too deep."""
+    try:
+        values: dict[str, Any] = json.loads(canonical)
+    except RecursionError:
+        raise SignatureRefused("the message has no canonical JSON form (RFC 8785): nested too deeply") from None
+    return values
 
 
 def fingerprint(key: Ed25519PublicKey) -> str:
@@ -174,20 +213,39 @@ class Signer:
         return cls(load_private_key(path))
 
     def sign(self, topic: str, body: Mapping[str, Any], *, now: datetime | None = None) -> dict[str, Any]:
-        """`body` with `issued_at` set to now and a `signature` for publishing on `topic`."""
-        signed = {key: value for key, value in body.items() if key != SIGNATURE_FIELD}
-        signed[ISSUED_AT_FIELD] = format_utc(now or datetime.now(UTC), timespec="milliseconds")
-        value = self._key.sign(signed_bytes(topic, signed))
+        """`body` as its signature covers it, with `issued_at` set to now and a `signature` for `topic`.
+
+        The result holds each value as the signature covers it (`2.0` becomes `2`, the one
+        form RFC 8785 gives it), so that a worker runs what the sender sees it send.
+        Errors: as `canonical_json`; also for a whole float from 2**53 up.
+        """
+        unsigned = {key: value for key, value in body.items() if key != SIGNATURE_FIELD}
+        unsigned[ISSUED_AT_FIELD] = format_utc(now or datetime.now(UTC), timespec="milliseconds")
+        canonical = canonical_json(unsigned)
+        signed = _values(canonical)
+        # A whole float from 2**53 up is written as an integer that has no canonical form.
+        canonical_json(signed)
+        value = self._key.sign(_framed(topic, canonical))
         signed[SIGNATURE_FIELD] = {"key": self.fingerprint, "value": base64.b64encode(value).decode()}
         return signed
 
 
 @dataclass(frozen=True, slots=True)
 class Verified:
-    """Who signed a message (the worker's name for the key) and when they say they did."""
+    """Who signed a message (the worker's name for the key), when they say they did, and what they signed.
+
+    `document` is the message as its signature covers it: each value decoded from the
+    canonical form (so `2` where `2.0` arrived), and the signature. Act on it, not on the
+    message as it arrived.
+    """
 
     signer: str
     issued_at: datetime
+    document: dict[str, Any]
+
+    def payload(self) -> bytes:
+        """`document` as compact UTF-8 JSON: the message to keep, or publish again, as it was signed."""
+        return json.dumps(self.document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class TrustedKeys:
@@ -228,13 +286,13 @@ class TrustedKeys:
             raise SignatureRefused('malformed signature: expected {"key": FINGERPRINT, "value": BASE64}')
         hint = signature.get("key")
         if isinstance(hint, str) and hint not in self._by_fingerprint:
-            raise SignatureRefused(f"signed with a key this worker does not trust (fingerprint {hint[:64]})")
+            raise UntrustedKey(hint[:64])
 
     def verify(self, topic: str, document: Mapping[str, Any]) -> Verified:
         """Check the signature of a message received on `topic`; its age is `check_age`'s business.
 
         Errors: `SignatureRefused` saying what is wrong: unsigned, malformed, an untrusted
-        key, a signature that does not match, or no usable `issued_at`.
+        key (`UntrustedKey`), a signature that does not match, or no usable `issued_at`.
         """
         self.check_key(document)
         signature = document[SIGNATURE_FIELD]
@@ -246,13 +304,19 @@ class TrustedKeys:
         candidates = [self._by_fingerprint[hint]] if isinstance(hint, str) else list(self._by_fingerprint.values())
         from cryptography.exceptions import InvalidSignature
 
-        message = signed_bytes(topic, document)
+        canonical = canonical_json(document)
+        message = _framed(topic, canonical)
         for name, key in candidates:
             try:
                 key.verify(value, message)
             except InvalidSignature:
                 continue
-            return Verified(name, issued_at(document))
+            signed = _values(canonical)
+            # Only what names and makes the signature: nothing rides along outside what is signed.
+            signed[SIGNATURE_FIELD] = (
+                {"key": hint, "value": signature["value"]} if isinstance(hint, str) else {"value": signature["value"]}
+            )
+            return Verified(name, issued_at(document), signed)
         if isinstance(hint, str):
             raise SignatureRefused(f"bad signature: it does not match the message (key {candidates[0][0]!r})")
         raise SignatureRefused("bad signature: no trusted key made it")

@@ -135,6 +135,25 @@ def _signatures(settings: Settings) -> str:
     return f"required, trusted keys: {keys}; max age {security.max_task_age:g}s{claims}"
 
 
+def _claim_keys(settings: Settings) -> list[str]:
+    """What the group's other workers need so that their claims count here (with signatures only)."""
+    security = settings.security
+    if security.claim_signing is None:
+        return []
+    consequence = "claims signed by a key not listed do not count, and a task_id can run twice"
+    if not security.worker_keys:
+        needs = (
+            "this worker's worker_key only: the other workers of the group must share it, or each worker must"
+            f" list the public keys of the others under security.worker_keys; {consequence}"
+        )
+    else:
+        needs = (
+            f"this worker's worker_key and {', '.join(sorted(security.worker_keys))}: every worker of the group"
+            f" must list the public key of each worker that does not share its worker_key; {consequence}"
+        )
+    return [f"  claim keys    {needs}"]
+
+
 def executables(settings: Settings) -> tuple[Executable, Executable]:
     """The ansible-playbook and git that jobs would run, found as the job runner finds them."""
     worker = settings.worker
@@ -180,6 +199,7 @@ def summarize(settings: Settings, path: Path | None) -> str:
         f"  host keys     {worker.known_hosts or 'SSH defaults (set worker.known_hosts for strict checking)'}",
         f"  extra_vars    {describe_allowed(worker.allowed_special_vars)}",
         f"  signatures    {_signatures(settings)}",
+        *_claim_keys(settings),
         f"  http          {_http(settings)}",
         f"  sources       {_sources(settings)}",
         "",

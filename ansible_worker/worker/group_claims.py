@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -12,20 +13,32 @@ import trio
 
 from ansible_worker.mqtt.link import InboundMessage, LinkError, PublishRefused
 from ansible_worker.mqtt.session import BrokerSession
-from ansible_worker.protocol.claims import Claim, ClaimBook, ClaimState, claim_document, new_claim_id, read_claim
+from ansible_worker.protocol.claims import (
+    Claim,
+    ClaimBook,
+    ClaimState,
+    claim_document,
+    new_claim_id,
+    read_claim,
+    request_digest,
+)
+from ansible_worker.protocol.signing import UntrustedKey
 from ansible_worker.protocol.topics import Topics
 
 if TYPE_CHECKING:
     # cryptography is loaded only by workers that check signatures.
     from ansible_worker.protocol.signing import Signer, TrustedKeys
 
-__all__ = ["CLAIM_TIMEOUT", "ClaimFailed", "GroupClaims"]
+__all__ = ["CLAIM_TIMEOUT", "ClaimFailed", "GroupClaims", "UnknownClaimKeys"]
 
 CLAIM_TIMEOUT = 10.0
 # The largest MQTT message expiry interval (a four-byte integer).
 LONGEST_EXPIRY = 2**32 - 1
 # How long a loser's copy of the winner's claim may take; it only restores what is retained.
 RESTORE_TIMEOUT = 5.0
+# Unknown claim keys remembered (each warned about once); a flood of made-up ones costs no more.
+MAX_UNKNOWN_KEYS = 64
+_FINGERPRINT = re.compile(r"[0-9a-f]{32}")
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +52,46 @@ class ClaimFailed(Exception):
     def __init__(self, reason: str, *, permanent: bool = False) -> None:
         super().__init__(reason)
         self.permanent = permanent
+
+
+class UnknownClaimKeys:
+    """Warn once per key about claims signed by a worker key this worker does not count.
+
+    A group whose workers each have a key of their own, but do not list each other's under
+    `security.worker_keys`, hears no claim but its own: a task_id can then run twice. Each
+    such key is named once, at WARNING; past `limit` keys, once more for all the rest.
+    """
+
+    def __init__(self, *, limit: int = MAX_UNKNOWN_KEYS) -> None:
+        self._warned: set[str] = set()
+        self._limit = limit
+        self._overflowed = False
+
+    def heard(self, task_id: str, fingerprint: str, worker_id: object) -> None:
+        """A claim on `task_id` named `fingerprint`, a key this worker does not list, as its signer."""
+        if fingerprint in self._warned or not _FINGERPRINT.fullmatch(fingerprint):
+            # Not the name of any key: nothing an operator could list.
+            return
+        if len(self._warned) >= self._limit:
+            if not self._overflowed:
+                self._overflowed = True
+                log.warning(
+                    "claims are signed by more than %d worker keys this worker does not list; no longer"
+                    " naming each: check security.worker_keys on every worker of the group",
+                    self._limit,
+                )
+            return
+        self._warned.add(fingerprint)
+        who = repr(worker_id[:128]) if isinstance(worker_id, str) else "(unnamed)"
+        log.warning(
+            "task %s: a claim from worker %s is signed with key %s, which is neither this worker's worker_key"
+            " nor one of security.worker_keys, so it does not count here. If that is a worker of this group,"
+            " list its public key under security.worker_keys on every worker (or give the workers one"
+            " worker_key): until then the group can run a task_id twice. Warned once per key.",
+            task_id,
+            who,
+            fingerprint,
+        )
 
 
 class GroupClaims:
@@ -69,6 +122,7 @@ class GroupClaims:
         self._signer = signer
         self._trusted = trusted
         self.book = ClaimBook()
+        self.unknown_keys = UnknownClaimKeys()
         self._claiming: set[str] = set()
         # Claim ids this worker published and waits to hear back, whether they count or not.
         self._echoes: dict[str, trio.Event] = {}
@@ -82,7 +136,11 @@ class GroupClaims:
 
             def verify(document: object) -> object:
                 assert isinstance(document, dict)
-                return trusted.verify(topic, document)
+                try:
+                    return trusted.verify(topic, document)
+                except UntrustedKey as exc:
+                    self.unknown_keys.heard(task_id, exc.fingerprint, document.get("worker_id"))
+                    raise
 
         claim = read_claim(
             message.payload,
@@ -107,9 +165,9 @@ class GroupClaims:
         """The live claim that holds `task_id` in the group now, if any."""
         return self.book.holder(task_id, now=trio.current_time())
 
-    def released(self, task_id: str) -> bool:
-        """Whether a live release of `task_id` was heard (a genuine hand-back)."""
-        return self.book.released(task_id, now=trio.current_time())
+    def released_request(self, task_id: str) -> str | None:
+        """The digest of the request a live release of `task_id` hands back, if any."""
+        return self.book.released_request(task_id, now=trio.current_time())
 
     async def claim(self, task_id: str, claim_id: str, *, also_ours: frozenset[str] = frozenset()) -> bool:
         """Claim `task_id` for this worker as `claim_id`; True if the claim that holds it is ours.
@@ -168,15 +226,26 @@ class GroupClaims:
                 # heard the claims is right.
                 log.warning("task %s: could not restore worker %s's retained claim: %s", task_id, winner.worker_id, exc)
 
-    async def release(self, task_id: str, claim_id: str) -> None:
+    async def release(self, task_id: str, claim_id: str, *, request: bytes | None = None) -> None:
         """Tell the group this worker gives back the claim `claim_id` on `task_id`.
+
+        With `request` (a hand-back), the release names that message by its digest: with
+        signed jobs, it alone is taken whatever its age while the release is valid.
 
         Errors: `LinkError` if the link drops first (the release may or may not be out).
 
         Cancellation: the release may or may not have reached the broker; the claim that holds
         the job then decides who owns it.
         """
-        await self._publish(task_id, new_claim_id(), "released", lifetime=self.release_lifetime, releases=claim_id)
+        digest = request_digest(request) if request is not None else None
+        await self._publish(
+            task_id,
+            new_claim_id(),
+            "released",
+            lifetime=self.release_lifetime,
+            releases=claim_id,
+            request_sha256=digest,
+        )
 
     async def refresh(self, task_id: str, claim_id: str) -> None:
         """Publish this worker's claim again, so that it lives a full lifetime from now.
@@ -199,11 +268,20 @@ class GroupClaims:
             await self._heard.wait()
 
     async def _publish(
-        self, task_id: str, claim_id: str, state: ClaimState, *, lifetime: float | None, releases: str | None = None
+        self,
+        task_id: str,
+        claim_id: str,
+        state: ClaimState,
+        *,
+        lifetime: float | None,
+        releases: str | None = None,
+        request_sha256: str | None = None,
     ) -> None:
         topic = self.topics.claim(task_id)
         expires_at = None if lifetime is None else datetime.now(UTC) + timedelta(seconds=lifetime)
-        document = claim_document(self.worker_id, claim_id, state, expires_at=expires_at, releases=releases)
+        document = claim_document(
+            self.worker_id, claim_id, state, expires_at=expires_at, releases=releases, request_sha256=request_sha256
+        )
         if self._signer is not None:
             document = self._signer.sign(topic, document)
         await self.session.publish(topic, json.dumps(document).encode(), qos=1, retain=True, expiry=_expiry(lifetime))

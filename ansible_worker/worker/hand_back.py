@@ -149,7 +149,8 @@ class HandBack:
     async def _release_and_republish(self, task_id: str, claim_id: str, payload: bytes) -> None:
         try:
             with trio.fail_after(HAND_BACK_TIMEOUT):
-                await self.claims.release(task_id, claim_id)
+                # Naming the request: only it may skip the age check on the next worker.
+                await self.claims.release(task_id, claim_id, request=payload)
         except (LinkError, trio.TooSlowError) as exc:
             # The release may be out or not: who owns the job is settled by a claim later.
             log.warning("task %s: its release was not confirmed (%s)", task_id, exc)

@@ -25,10 +25,16 @@ _TASK_ID = re.compile(TASK_ID_PATTERN)
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A valid job; `signed` says who signed it, when signatures are checked."""
+    """A valid job; `signed` says who signed it, and what, when signatures are checked.
+
+    A signed job is read from what its signature covers, not from the text that arrived:
+    `payload` is that, as JSON, for the worker to keep and hand back (None: unsigned, keep
+    the message as it came).
+    """
 
     request: TaskRequest
     signed: Verified | None = None
+    payload: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +57,8 @@ def read_task_message(payload: bytes, *, max_bytes: int, verify: Verify | None =
 
     A payload over `max_bytes` is still decoded, only so that its sender can be told why it
     was refused; the broker's own packet limit bounds that cost. With `verify`, a message
-    whose signature it refuses is rejected before its fields are even looked at.
+    whose signature it refuses is rejected before its fields are even looked at, and one it
+    accepts is read as its signature covers it (`2` where `2.0` arrived).
     """
     try:
         document = json.loads(payload)
@@ -78,11 +85,17 @@ def read_task_message(payload: bytes, *, max_bytes: int, verify: Verify | None =
             signed = verify(document)
         except SignatureRefused as exc:
             return Rejected(task_id, str(exc))
+    kept = None
+    if signed is not None:
+        document, kept = signed.document, signed.payload()
+        if len(kept) > max_bytes:
+            # Numbers written out in full (9e15 as 9000000000000000) can make it longer.
+            return Rejected(task_id, f"message too large as signed ({len(kept)} bytes, max {max_bytes})")
     try:
         request = TaskRequest.model_validate(document)
     except ValidationError as exc:
         return Rejected(task_id, "invalid task: " + "; ".join(describe_errors(exc)))
-    return Accepted(request, signed)
+    return Accepted(request, signed, kept)
 
 
 def read_cancel_message(payload: bytes, *, max_bytes: int, verify: Verify | None = None) -> CancelRequest | Dropped:
@@ -107,7 +120,7 @@ def read_cancel_message(payload: bytes, *, max_bytes: int, verify: Verify | None
         from ansible_worker.protocol.signing import SignatureRefused
 
         try:
-            verify(document)
+            document = verify(document).document
         except SignatureRefused as exc:
             return Dropped(str(exc))
     try:

@@ -122,7 +122,8 @@ class Router:
     queue_size: int
     # Why a request cannot run here (policy, paths), or None; no broker involved.
     admission_error: Callable[[TaskRequest], str | None]
-    verify_task: Verify | None = None
+    # Checks for a job, given its payload; for a cancel request, given its task_id.
+    verify_task: Callable[[bytes], Verify] | None = None
     verify_cancel: Callable[[str], Verify] | None = None
 
     def route(self, message: InboundMessage, state: WorkerView) -> Action:
@@ -147,15 +148,17 @@ class Router:
 
     def route_task(self, payload: bytes, state: WorkerView) -> Action:
         """A message of the tasks topic: claim, refuse, or ignore it, in that order of checks."""
-        match read_task_message(payload, max_bytes=self.max_message_bytes, verify=self.verify_task):
+        verify = self.verify_task(payload) if self.verify_task is not None else None
+        match read_task_message(payload, max_bytes=self.max_message_bytes, verify=verify):
             case Dropped(reason):
                 return Ignore(
                     f"dropped a task message ({len(payload)} bytes) with no usable task_id: {reason}", refused=True
                 )
             case Rejected(task_id, reason):
                 return Refuse(task_id, reason)
-            case Accepted(request, signed):
-                pass
+            case Accepted(request, signed, signed_payload):
+                # A signed job is kept, journaled and handed back as its signature covers it.
+                payload = signed_payload or payload
         task_id = request.task_id
         if state.in_queue(task_id):
             return Ignore("already queued or running on this worker; ignoring the duplicate", task_id)

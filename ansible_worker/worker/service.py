@@ -370,8 +370,8 @@ def _router(settings: Settings, topics: Topics, claims: GroupClaims, runner: Job
     if trusted is not None:
         from ansible_worker.worker.task_gate import SignedTaskGate
 
-        gate = SignedTaskGate(security, trusted, topics, released=claims.released)
-        verify_task, verify_cancel = gate.verify_task, gate.cancel_verifier
+        gate = SignedTaskGate(security, trusted, topics, released=claims.released_request)
+        verify_task, verify_cancel = gate.task_verifier, gate.cancel_verifier
     return Router(
         topics,
         worker_id=worker.worker_id,

@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from ansible_worker.controller.arguments import ArgumentError, parse_extra_vars, split_list
+from ansible_worker.protocol.signing import generate_key_pair
 from tests.conftest import Broker, client_for, make_settings, processes_mentioning, running_worker
 
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
@@ -335,3 +336,17 @@ def test_json_lines_are_strict_json_even_for_nan_and_infinity() -> None:
     (line,) = out.getvalue().splitlines()
     assert line == '{"a":null,"b":[1.5,null],"c":{"d":null}}'
     json.loads(line, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+
+
+async def test_submit_names_a_value_that_cannot_be_signed(broker: Broker, group: str, tmp_path: Path) -> None:
+    """A number with no canonical form is a bad argument, said before anything is published."""
+    generate_key_pair(tmp_path / "ci.key", tmp_path / "ci.pub")
+    result = await cli(
+        broker, group, "submit", "quick.yml", "-i", "one_host.ini", "--signing-key", str(tmp_path / "ci.key"),
+        "-e", '{"build": 1e16}',
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr.decode()
+    assert result.stderr.decode() == (
+        "error: cannot sign the job: the message has no canonical JSON form (RFC 8785): 10000000000000000 exceeds"
+        " safe integer domain for JSON floats\n"
+    )

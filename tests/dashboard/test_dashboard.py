@@ -439,6 +439,87 @@ def test_actions_are_signed_with_the_dashboards_key(
         assert "signed stop" in json.dumps(broker_status(broker, group, "long"))
 
 
+def rerun(url: str, task_id: str) -> tuple[int, dict[str, str]]:
+    """POST run again for `task_id` as the page does; the code and the JSON answer."""
+    headers = {"X-Dashboard-Action": "1", "Origin": url.rstrip("/"), "Content-Type": "application/json"}
+    request = urllib.request.Request(  # noqa: S310 (our own loopback URL)
+        url + f"api/jobs/{task_id}/rerun", data=b"{}", method="POST", headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (our own loopback URL)
+            return int(response.status), dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), dict(json.loads(exc.read()))
+
+
+async def _publish_signed(broker: Broker, group: str, key: Path, task_id: str, issued: datetime) -> bytes:
+    """Publish a quick job that `key` signed at `issued`; the message, as a captured copy to replay."""
+    from ansible_worker.protocol.signing import Signer
+    from tests.conftest import wait_online
+
+    signer = Signer.from_file(key)
+    async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
+        await wait_online(client, "w1")
+        job = {"task_id": task_id, "playbook": "quick.yml", "inventory": "inventory.ini"}
+        payload = json.dumps(signer.sign(client.topics.tasks, job, now=issued)).encode()
+        await client.publish(client.topics.tasks, payload, qos=2)
+    return payload
+
+
+async def _publish_again(broker: Broker, group: str, payload: bytes) -> None:
+    async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
+        await client.publish(client.topics.tasks, payload, qos=2)
+
+
+def test_run_again_signs_only_a_request_that_was_fresh_when_the_dashboard_heard_it(
+    broker: Broker, group: str, playbook_dir: Path, keys: Path, tmp_path: Path
+) -> None:
+    """A captured request its key signed long ago, replayed to the dashboard, is not signed again."""
+    config = tmp_path / "signed-worker.json"
+    worker = json.loads(worker_config(config, broker, playbook_dir, group, worker_id="w1").read_text())
+    worker["security"] = {
+        "require_signed_tasks": True,
+        "trusted_keys": {"alice": str(keys / "alice.pub")},
+        "worker_key": str(keys / "worker.key"),
+    }
+    config.write_text(json.dumps(worker))
+    # The dashboard's own age rule: a request is fresh for 6 s after it was signed.
+    dashboard_config = tmp_path / "dashboard.json"
+    dashboard_config.write_text(json.dumps({"mqtt": {"host": "127.0.0.1"}, "security": {"max_task_age": 6}}))
+    alice = keys / "alice.key"
+    with process(["run", "-c", str(config)], tmp_path / "worker.log"):
+        # A job alice signed a minute ago (the workers accept 300 s) ran before the dashboard started.
+        captured = trio.run(_publish_signed, broker, group, alice, "old", datetime.now(UTC) - timedelta(seconds=60))
+        watched = cli(broker, group, "watch", "old", "--json")
+        assert watched.returncode == 0, watched.stdout + watched.stderr
+        options = ("--allow-actions", "--signing-key", str(alice), "-c", str(dashboard_config))
+        with dashboard(broker, group, tmp_path / "dashboard.log", *options) as url:
+            # Someone who kept a copy sends it again: the group ignores it, the dashboard hears it first.
+            trio.run(_publish_again, broker, group, captured)
+            deadline = time.monotonic() + 10
+            while "before this dashboard started" in (answer := rerun(url, "old"))[1].get("error", ""):
+                assert time.monotonic() < deadline, "the dashboard never heard the copy"
+                time.sleep(0.05)
+            code, body = answer
+            assert code == 409, body
+            assert body["error"].startswith(
+                "job old: its request was too old to run when this dashboard heard it (expired: issued 6"
+            ), body
+            assert body["error"].endswith("more than security.max_task_age (6s)); it is not signed again"), body
+
+            # A request heard while fresh can be run again later, once its job has ended.
+            issued = datetime.now(UTC) - timedelta(seconds=2)
+            trio.run(_publish_signed, broker, group, alice, "fresh", issued)
+            watched = cli(broker, group, "watch", "fresh", "--json")
+            assert watched.returncode == 0, watched.stdout + watched.stderr
+            time.sleep(max(0.0, (issued + timedelta(seconds=7) - datetime.now(UTC)).total_seconds()))
+            code, body = rerun(url, "fresh")
+            assert code == 201, body
+            again = cli(broker, group, "watch", body["task_id"], "--json")
+            assert again.returncode == 0, again.stdout + again.stderr
+        assert broker_status(broker, group, "old")["state"] == "success"
+
+
 async def _publish_statuses(broker: Broker, group: str, count: int) -> None:
     async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
         for index in range(count):

@@ -185,6 +185,14 @@ def test_a_later_copy_of_a_request_never_replaces_the_first() -> None:
     assert store.requests["j"] == {"task_id": "j", "playbook": "site.yml", "inventory": "h"}
 
 
+def test_the_times_requests_were_heard_stay_bounded() -> None:
+    store = Store()
+    for index in range(3 * REQUESTS):
+        route(store, TOPICS, message("ansible/web/tasks", f'{{"task_id": "h{index}"}}'.encode()))
+    assert len(store.heard_at) <= 2 * REQUESTS
+    assert set(store.requests) <= set(store.heard_at)
+
+
 def test_run_again_signs_only_what_its_own_key_signed(tmp_path: Path) -> None:
     generate_key_pair(tmp_path / "dash.key", tmp_path / "dash.pub")
     generate_key_pair(tmp_path / "other.key", tmp_path / "other.pub")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from ansible_worker.ops.config import ConfigError, load_settings
-from ansible_worker.protocol.claims import Claim, ClaimBook, ClaimState, claim_document, read_claim
+from ansible_worker.protocol.claims import Claim, ClaimBook, ClaimState, claim_document, read_claim, request_digest
 from ansible_worker.protocol.signing import (
     SignatureRefused,
     Signer,
@@ -100,6 +101,103 @@ def test_what_is_refused_and_why(keys: dict[str, Path]) -> None:
     assert refusal(keys, TASKS, without_time).startswith("bad signature")
 
 
+def verify_text(keys: dict[str, Path], text: str) -> str | None:
+    """Why the message `text` is refused as a worker decodes it, or None when it verifies."""
+    try:
+        trusted(keys).verify(TASKS, json.loads(text))
+    except SignatureRefused as exc:
+        return str(exc)
+    return None
+
+
+def test_a_verified_message_is_read_as_its_signature_covers_it(keys: dict[str, Path]) -> None:
+    """Texts that decode to other values with one RFC 8785 form run with the values that form stands for."""
+    alice = signer(keys, "alice")
+    extra_vars = {"version": 2, "offset": 0, "ratio": 0.5, "name": "caf\u00e9", "list": [1, 2]}
+    text = json.dumps(alice.sign(TASKS, {**JOB, "extra_vars": extra_vars}))
+
+    def check(document: Any) -> Any:
+        return trusted(keys).verify(TASKS, document)
+
+    rewrites = [
+        ("version", "2.0"),
+        ("version", "2.0e0"),
+        ("version", "20e-1"),
+        ("offset", "-0.0"),
+        ("list", "[1, 2.0]"),
+    ]
+    for name, value in rewrites:
+        rewritten = re.sub(rf'"{name}": (\[[^]]*\]|[^,}}]+)', f'"{name}": {value}', text, count=1)
+        assert f'"{name}": {value}' in rewritten
+        match read_task_message(rewritten.encode(), max_bytes=4096, verify=check):
+            case Accepted(job, signed, payload) if signed is not None and payload is not None:
+                assert job.extra_vars == extra_vars
+                assert [type(job.extra_vars[key]) for key in ("version", "offset")] == [int, int]
+                assert type(job.extra_vars["list"][1]) is int
+                # What the worker keeps and hands back is the job as signed, and verifies as such.
+                assert json.loads(payload)["extra_vars"] == extra_vars
+                assert check(json.loads(payload)).signer == "alice"
+            case other:
+                pytest.fail(f"{value}: not accepted: {other}")
+    # Nothing rides along in the signature object, which its signature does not cover.
+    padded = json.loads(text)
+    padded["signature"]["extra"] = "x" * 1000
+    kept = check(padded)
+    assert kept.document["signature"] == {key: padded["signature"][key] for key in ("key", "value")}
+    assert b"xxx" not in kept.payload()
+    # The same values written otherwise: escapes, exponents of a fraction, spacing, order, a duplicate key
+    # (the decoder keeps the last one, and what it keeps is both what is checked and what runs).
+    same = text.replace('"ratio": 0.5', '"ratio": 5e-1').replace("caf\\u00e9", "café")
+    same = same.replace('"playbook": "site.yml"', '"playbook": "other.yml", "playbook": "site.yml"')
+    assert same != text
+    assert verify_text(keys, same) is None
+    changed = text.replace('"playbook": "site.yml"', '"playbook": "site.yml", "playbook": "other.yml"')
+    assert (verify_text(keys, changed) or "").startswith("bad signature")
+    # Unicode is compared as code points: another normal form is another message.
+    decomposed = text.replace("caf\\u00e9", "cafe\\u0301")
+    assert decomposed != text
+    assert (verify_text(keys, decomposed) or "").startswith("bad signature")
+
+
+def test_a_job_that_grows_past_the_limit_as_signed_is_refused(keys: dict[str, Path]) -> None:
+    """Numbers written out in full can make the job as signed longer than the message that came."""
+    alice = signer(keys, "alice")
+    signed = alice.sign(TASKS, {**JOB, "extra_vars": {f"n{i}": 9 * 10**15 for i in range(40)}})
+    short = json.dumps(signed, separators=(",", ":")).replace("9000000000000000", "9e15").encode()
+    check = trusted(keys).verify
+    limit = len(short) + 100
+    match read_task_message(short, max_bytes=limit, verify=lambda document: check(TASKS, document)):
+        case Rejected("deploy-1", reason):
+            assert reason == f"message too large as signed ({len(short) + 40 * 12} bytes, max {limit})"
+        case other:
+            pytest.fail(f"not refused: {other}")
+
+
+def test_values_with_no_canonical_form_are_refused_and_signed_values_come_back_canonical(
+    keys: dict[str, Path],
+) -> None:
+    alice = signer(keys, "alice")
+    signed = alice.sign(TASKS, {**JOB, "extra_vars": {"version": 2.0, "offset": -0.0, "ratio": 0.25, "huge": 1e300}})
+    assert signed["extra_vars"] == {"version": 2, "offset": 0, "ratio": 0.25, "huge": 1e300}
+    types = {name: type(value) for name, value in signed["extra_vars"].items()}
+    assert types == {"version": int, "offset": int, "ratio": float, "huge": float}
+    assert verify_text(keys, json.dumps(signed)) is None
+    # A whole float from 2**53 up would be written as an integer beyond 2**53, which has no form either.
+    for value in (2**53, -(2**53), float("nan"), float("inf"), "\ud800", 1e16):
+        with pytest.raises(SignatureRefused, match=r"^the message has no canonical JSON form \(RFC 8785\)"):
+            alice.sign(TASKS, {**JOB, "extra_vars": {"x": value}})
+    document = alice.sign(TASKS, JOB)
+    for text in ('{"x": NaN}', '{"x": Infinity}', '{"x": 1e400}', '{"x": 9007199254740993}', '{"x": "\\ud800"}'):
+        forged = {**document, "extra_vars": json.loads(text)}
+        assert refusal(keys, TASKS, forged).startswith("the message has no canonical JSON form"), text
+    nested: dict[str, Any] = {}
+    for _ in range(5000):
+        nested = {"x": nested}
+    assert refusal(keys, TASKS, {**document, "extra_vars": nested}) == (
+        "the message has no canonical JSON form (RFC 8785): nested too deeply"
+    )
+
+
 def test_age_and_clock_skew() -> None:
     now = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
     check_age(now - timedelta(seconds=299), now=now, max_age=300, max_skew=60)
@@ -170,6 +268,37 @@ def test_a_release_for_a_claim_never_heard_counts_until_it_expires() -> None:
     assert book.released("t", now=5)
     assert not book.record("t", claim("a", "c1"), now=6)
     assert not book.released("t", now=11)
+
+
+def test_a_release_names_the_request_it_hands_back() -> None:
+    wall = datetime(2026, 1, 1, tzinfo=UTC)
+    digest = request_digest(b'{"task_id": "t"}')
+
+    def read(**fields: Any) -> Claim | None:
+        document = claim_document("a", "r1", "released", expires_at=wall + timedelta(seconds=60), **fields)
+        return read_claim(
+            json.dumps(document).encode(), now=0, wall_now=wall, verify=None, expiry=None, default_lifetime=None
+        )
+
+    named = read(releases="c1", request_sha256=digest)
+    assert named is not None
+    assert named.request_sha256 == digest
+    for unnamed in (read(releases="c1"), read(releases="c1", request_sha256="not a digest")):
+        assert unnamed is not None
+        assert unnamed.request_sha256 is None
+    book = ClaimBook()
+    book.record("t", claim("a", "c1"), now=0)
+    book.record("t", named, now=1)
+    assert book.released_request("t", now=2) == digest
+    # Taken by the next worker: no request skips its age any more.
+    book.record("t", claim("b", "c2"), now=3)
+    assert book.released_request("t", now=4) is None
+    # A release from an older worker names no request: none skips its age.
+    old_style = read(releases="c9")
+    assert old_style is not None
+    book.record("u", old_style, now=5)
+    assert book.released("u", now=6)
+    assert book.released_request("u", now=6) is None
 
 
 def test_claim_messages_that_are_not_claims_count_for_nothing() -> None:
@@ -308,6 +437,35 @@ def test_validate_summarises_without_secrets(tmp_path: Path, keys: dict[str, Pat
     assert "tok-s3cret-42" not in result.stdout + result.stderr
 
 
+def test_validate_says_what_a_group_of_several_worker_keys_needs(tmp_path: Path, keys: dict[str, Path]) -> None:
+    generate_key_pair(tmp_path / "east.key", tmp_path / "east.pub")
+    security: dict[str, Any] = {
+        "require_signed_tasks": True,
+        "trusted_keys": {"alice": str(keys["alice"].with_suffix(".pub"))},
+        "worker_key": str(keys["mallory"].with_suffix(".key")),
+    }
+
+    def validate(security: dict[str, Any]) -> str:
+        config = write_config(tmp_path / "c.json", tmp_path, security)
+        command = [sys.executable, "-m", "ansible_worker", "validate", "-c", str(config)]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    alone = validate(security)
+    assert (
+        "  claim keys    this worker's worker_key only: the other workers of the group must share it, or each"
+        " worker must list the public keys of the others under security.worker_keys; claims signed by a key"
+        " not listed do not count, and a task_id can run twice" in alone
+    ), alone
+    listed = validate({**security, "worker_keys": {"east": str(tmp_path / "east.pub")}})
+    assert (
+        "  claim keys    this worker's worker_key and east: every worker of the group must list the public"
+        " key of each worker that does not share its worker_key; claims signed by a key not listed do not"
+        " count, and a task_id can run twice" in listed
+    ), listed
+    unsigned = validate({})
+    assert "claim keys" not in unsigned
+
+
 def test_keygen_writes_a_private_key_only_its_owner_can_read(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "ansible_worker", "keygen", "ci", "-d", str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -357,16 +515,22 @@ def test_the_cheap_checks_come_before_the_signature_is_computed(keys: dict[str, 
     expired["extra_vars"] = {"big": 2**60}
     foreign = {**expired, "signature": {"key": "ff" * 16, "value": "AAAA"}}
 
-    def reason(released: bool, document: dict[str, Any]) -> str:
-        gate = SignedTaskGate(SecuritySettings(), trusted, Topics("ansible", "web"), released=lambda _: released)
+    def reason(released: bytes | None, document: dict[str, Any]) -> str:
+        """Why the gate refuses `document`, while a live release names the message `released`."""
+        digest = request_digest(released) if released is not None else None
+        gate = SignedTaskGate(SecuritySettings(), trusted, Topics("ansible", "web"), released=lambda _: digest)
         with pytest.raises(SignatureRefused) as refused:
-            gate.verify_task(document)
+            gate.task_verifier(json.dumps(document).encode())(document)
         return str(refused.value)
 
-    assert reason(False, expired).startswith("expired: issued 3600s ago")
-    assert reason(False, foreign).startswith("signed with a key this worker does not trust")
-    # Handed back by the group, it skips the age check; only then is the signature computed.
-    assert reason(True, expired).startswith("the message has no canonical JSON form")
+    assert reason(None, expired).startswith("expired: issued 3600s ago")
+    assert reason(None, foreign).startswith("signed with a key this worker does not trust")
+    # Handed back by the group as this very message, it skips the age check; only then is the
+    # signature computed.
+    assert reason(json.dumps(expired).encode(), expired).startswith("the message has no canonical JSON form")
+    # A release names one message: any other for the same task_id is as old as it is.
+    other = alice.sign(TASKS, {**JOB, "limit": "web"}, now=long_ago)
+    assert reason(json.dumps(other).encode(), expired).startswith("expired: issued 3600s ago")
 
 
 def test_a_cancel_request_is_bounded_before_it_is_read() -> None:

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import trio
 
-from ansible_worker.protocol.signing import Signer
+from ansible_worker.protocol.signing import Signer, generate_key_pair
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker import hand_back as hand_back_module
+from ansible_worker.worker.group_claims import UnknownClaimKeys
 from ansible_worker.worker.service import Worker
 from tests.conftest import (
     Broker,
@@ -371,3 +372,104 @@ async def test_a_queue_full_of_cancelled_jobs_refuses_before_it_claims(
                 await trio.sleep(0.05)
     assert refused["refused"] is True
     assert refused["error_message"] == "queue full (max 2)"
+
+
+async def test_a_hand_back_lets_only_the_request_it_hands_back_skip_the_age_check(
+    broker: Broker, playbook_dir: Path, group: str, keys: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release names the request it hands back; an old request for the same task_id is still expired."""
+    monkeypatch.setattr(hand_back_module, "HAND_BACK_TIMEOUT", 30.0)
+    alice = Signer.from_file(keys / "alice.key")
+    topics = Topics("ansible", group)
+    security = {**require_signatures(keys), "max_task_age": 6, "max_clock_skew": 30}
+    new_runs, old_runs = tmp_path / "new", tmp_path / "old"
+    new_runs.mkdir()
+    old_runs.mkdir()
+    issued = datetime.now(UTC) - timedelta(seconds=2)
+    handed = alice.sign(topics.tasks, append_job("handed", new_runs), now=issued)
+    # A genuine request for the same task_id, signed a day ago, kept by someone who saw it.
+    day_old = alice.sign(topics.tasks, append_job("handed", old_runs), now=datetime.now(UTC) - timedelta(days=1))
+    sleeper = {"task_id": "handed-running", "playbook": "sleep.yml", "inventory": "one_host.ini"}
+    leaving_settings = make_settings(
+        broker.port, playbook_dir, group, security=security, worker_id="leaving", concurrency=1, drain_timeout=30
+    )
+    staying_settings = make_settings(broker.port, playbook_dir, group, security=security, worker_id="staying")
+    async with open_controller(broker, group) as controller, running_worker(leaving_settings) as leaving:
+        release, released, go_on = leaving.claims.release, trio.Event(), trio.Event()
+
+        async def held_release(task_id: str, claim_id: str, **options: Any) -> None:
+            # Out, but the request not yet published again: the moment a replay is sent.
+            await release(task_id, claim_id, **options)
+            released.set()
+            await go_on.wait()
+
+        leaving.claims.release = held_release  # type: ignore[method-assign]
+        await controller.submit(alice.sign(topics.tasks, {**sleeper, "extra_vars": {"seconds": 2}}))
+        await controller.submit(handed)
+        await controller.wait_for("handed", {"queued"})
+        async with running_worker(staying_settings) as staying:
+            with trio.fail_after(15):
+                while leaving.peers.online() != ["staying"]:  # noqa: ASYNC110 - presence is state, polled with a bound
+                    await trio.sleep(0.02)
+            leaving.request_shutdown()
+            with trio.fail_after(30):
+                await released.wait()
+                while staying.claims.released_request("handed") is None:  # noqa: ASYNC110 - the claim book's state, bounded
+                    await trio.sleep(0.02)
+            await controller.submit(day_old)
+            refused = await controller.wait_terminal("handed")
+            # The handed-back request is past max_task_age by now; its release still lets it in.
+            await trio.sleep(max(0.0, (issued + timedelta(seconds=7) - datetime.now(UTC)).total_seconds()))
+            go_on.set()
+            final = await controller.wait_for("handed", {"success"})
+    assert refused["refused"] is True
+    assert refused["error_message"].startswith("expired: issued 86400s ago"), refused["error_message"]
+    assert final["worker_id"] == "staying"
+    assert run_count("handed", new_runs) == 1
+    assert run_count("handed", old_runs) == 0
+
+
+async def test_claims_signed_by_a_worker_key_this_worker_does_not_list_are_warned_about_once(
+    broker: Broker, playbook_dir: Path, group: str, keys: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two workers with keys of their own and no worker_keys: neither counts the other's claims, and says so."""
+    generate_key_pair(keys / "east.key", keys / "east.pub")
+    alice = Signer.from_file(keys / "alice.key")
+    fingerprints = {
+        "a": Signer.from_file(keys / "worker.key").fingerprint,
+        "b": Signer.from_file(keys / "east.key").fingerprint,
+    }
+    own_key = {"a": require_signatures(keys), "b": {**require_signatures(keys), "worker_key": keys / "east.key"}}
+    topics = Topics("ansible", group)
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(make_settings(broker.port, playbook_dir, group, security=own_key["a"], worker_id="a")),
+        running_worker(make_settings(broker.port, playbook_dir, group, security=own_key["b"], worker_id="b")),
+    ):
+        # Each job is claimed, and claimed again when it ends: one worker makes at least four claims.
+        for index in range(4):
+            await controller.submit(alice.sign(topics.tasks, {"task_id": f"k-{index}", **QUICK}))
+        finals = [await controller.wait_terminal(f"k-{index}") for index in range(4)]
+        await controller.sync()
+    assert [final["state"] for final in finals] == ["success"] * 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "worker_keys" in r.getMessage()]
+    claimers = {final["worker_id"] for final in finals}
+    for worker_id in claimers:
+        about = [message for message in warnings if fingerprints[worker_id] in message]
+        assert len(about) == 1, warnings
+        assert f"worker '{worker_id}'" in about[0]
+        assert "does not count here" in about[0]
+        assert "list its public key under security.worker_keys on every worker" in about[0]
+
+
+def test_unknown_claim_keys_are_named_once_each_within_a_bound(caplog: pytest.LogCaptureFixture) -> None:
+    """A flood of claims with made-up keys costs bounded memory and a bounded number of log lines."""
+    unknown = UnknownClaimKeys(limit=3)
+    for index in range(1000):
+        unknown.heard(f"t{index}", f"{index % 10:032x}", "w2")
+    unknown.heard("t", "not a fingerprint\nFAKE LOG LINE", "w2")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 4
+    assert [f"{index:032x}" in warnings[index] for index in range(3)] == [True] * 3
+    assert warnings[3].startswith("claims are signed by more than 3 worker keys this worker does not list")
+    assert not any("FAKE LOG LINE" in message for message in warnings)

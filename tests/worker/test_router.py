@@ -130,16 +130,23 @@ def test_signatures_are_checked_first_and_the_signer_is_kept() -> None:
         assert isinstance(document, dict)
         if document.get("sig") != "good":
             raise SignatureRefused("not signed by a trusted key")
-        return Verified(signer="alice", issued_at=utc_now())
+        # What the signature covers, which is not what arrived: the worker keeps the former.
+        return Verified(signer="alice", issued_at=utc_now(), document={**document, "signed": True})
 
     router = Router(
-        TOPICS, worker_id="me", max_message_bytes=4096, queue_size=3, admission_error=forbid_secret, verify_task=verify
+        TOPICS,
+        worker_id="me",
+        max_message_bytes=4096,
+        queue_size=3,
+        admission_error=forbid_secret,
+        verify_task=lambda payload: verify,
     )
     refused = router.route(task(playbook="secret.yml"), View())
     assert refused == Refuse("t1", "not signed by a trusted key")
     claimed = router.route(task(sig="good"), View())
     assert isinstance(claimed, Claim)
     assert claimed.signer == "alice"
+    assert json.loads(claimed.payload)["signed"] is True
 
 
 @pytest.mark.parametrize(

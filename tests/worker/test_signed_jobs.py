@@ -280,3 +280,64 @@ async def test_an_unverified_message_cannot_touch_the_status_of_a_job_the_group_
         "task held: refused a message (unsigned: this worker requires signed messages"
         " (security.require_signed_tasks)) for a job the group holds (worker holder); its status is left alone"
     ]
+
+
+# Names an artifact after a version, as a release playbook does: Ansible renders 2 and 2.0 apart.
+ARTIFACT_PLAY = [
+    {
+        "name": "Name the artifact",
+        "hosts": "host1",
+        "gather_facts": False,
+        "tasks": [
+            {
+                "name": "Write its name",
+                "ansible.builtin.copy": {
+                    "content": "app-{{ version }}.tar.gz ({{ range(count) | length }} parts)",
+                    "dest": "{{ marker }}",
+                    "mode": "0600",
+                },
+            }
+        ],
+    }
+]
+
+
+async def test_a_signed_job_runs_with_the_numbers_its_signature_covers(
+    broker: Broker, playbook_dir: Path, group: str, keys: Path, tmp_path: Path
+) -> None:
+    """RFC 8785 writes 2 and 2.0 alike: a copy whose number was rewritten runs as signed, not as rewritten."""
+    (playbook_dir / "artifact.yml").write_text(json.dumps(ARTIFACT_PLAY))
+    alice = Signer.from_file(keys / "alice.key")
+    tasks = Topics("ansible", group).tasks
+
+    def artifact_job(task_id: str, version: float) -> dict[str, Any]:
+        marker = str(tmp_path / f"{task_id}.name")
+        return {
+            "task_id": task_id,
+            "playbook": "artifact.yml",
+            "inventory": "one_host.ini",
+            "extra_vars": {"version": version, "marker": marker, "count": 3},
+        }
+
+    def artifact(task_id: str) -> str | None:
+        path = tmp_path / f"{task_id}.name"
+        return path.read_text() if path.exists() else None
+
+    original = json.dumps(alice.sign(tasks, artifact_job("n-int", 2)))
+    # Someone who may publish on the tasks topic took the job and sent it on, its numbers rewritten.
+    rewritten = original.replace('"version": 2', '"version": 2.0').replace('"count": 3', '"count": 3.0')
+    assert rewritten.count(".0") == original.count(".0") + 2
+    settings = signed_settings(broker, playbook_dir, group, keys)
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(settings),
+        client_for(broker, group, signer=alice) as client,
+    ):
+        await controller.submit(rewritten.encode())
+        ran = await controller.wait_terminal("n-int")
+        # The Python client asked for 2.0 sends what it signs: 2, the number RFC 8785 writes.
+        from_client = await (await client.submit(artifact_job("n-client", 2.0), events=False)).wait()
+    assert ran["state"] == "success", ran["error_message"]
+    assert artifact("n-int") == "app-2.tar.gz (3 parts)"
+    assert from_client["state"] == "success", from_client["error_message"]
+    assert artifact("n-client") == "app-2.tar.gz (3 parts)"
