@@ -243,6 +243,8 @@ _PR_SET_CHILD_SUBREAPER = 36
 _MAX_PACKET = 65536
 _MAX_JOB_BYTES = 16 * 1024 * 1024
 _END_GRACE = 5.0
+# Plain numbers: an operation on socket's flag enum would leave a member in its cache, which a cold start has not.
+_TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
 # Read when a process starts or Ansible is imported, beyond modules: a change means a cold start differs.
 _READ_AT_START = ("/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
 
@@ -526,7 +528,7 @@ class _Parent:
         try:
             request = json.loads(data)
             job_id = request["id"]
-            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            if flags & _TRUNCATED:
                 raise ValueError("request truncated")
             if request.get("op") != "run" or len(fds) != 4:
                 raise ValueError("not a run request with four descriptors")

@@ -264,6 +264,11 @@ CASES: dict[str, Case] = {
         job={"playbook": "skipping.yml", "inventory": "inventory.ini"},
         worker={"environment": {"ANSIBLE_DISPLAY_SKIPPED_HOSTS": "false", "ANSIBLE_DISPLAY_ARGS_TO_STDOUT": "true"}},
     ),
+    # The parent imports with the job's PYTHONWARNINGS: what a cold import would print (or not) is printed.
+    "python_warnings_of_the_worker": Case(
+        job={"playbook": "stats.yml", "inventory": "inventory.ini"},
+        worker={"environment": {"PYTHONWARNINGS": "ignore"}},
+    ),
     "ansible_variable_of_a_credential": Case(
         files={"credential.yml": CREDENTIAL_PLAYBOOK},
         job={"playbook": "credential.yml", "inventory": "inventory.ini", "credentials": ["api"]},

@@ -551,3 +551,34 @@ async def test_a_changed_file_of_the_parent_means_a_cold_start_then_a_new_parent
     assert any(
         "cold start:" in record.getMessage() and "sitecustomize.py" in record.getMessage() for record in caplog.records
     )
+
+
+@pytest.mark.parametrize(
+    ("files", "environment", "reason"),
+    [
+        # The parent would hold the log file open for every job, as Display opens it at import.
+        ({"ansible.cfg": "[defaults]\nlog_path = ./ansible.log\n"}, {}, "left open"),
+        # What Python reports on its own start-up a fork cannot report again.
+        ({}, {"PYTHONPROFILEIMPORTTIME": "1"}, "report on its own start-up"),
+    ],
+)
+async def test_what_a_fork_cannot_hand_over_means_cold_starts_with_the_reason(
+    broker: Broker,
+    playbook_dir: Path,
+    group: str,
+    caplog: pytest.LogCaptureFixture,
+    files: dict[str, str],
+    environment: dict[str, str],
+    reason: str,
+) -> None:
+    for relative, text in files.items():
+        (playbook_dir / relative).write_text(text)
+    settings = make_settings(broker.port, playbook_dir, group, environment=environment)
+    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm_pool"):
+        async with open_controller(broker, group) as controller, running_worker(settings) as worker:
+            await controller.submit({"task_id": "refused", "playbook": "quick.yml", "inventory": "inventory.ini"})
+            final = await controller.wait_terminal("refused")
+            assert (worker.metrics.warm_starts, worker.metrics.cold_starts) == (0, 1)
+            assert worker.metrics.warm_parents_lost == 0
+    assert final["state"] == "success", final["error_message"]
+    assert any("cold start:" in record.getMessage() and reason in record.getMessage() for record in caplog.records)

@@ -39,8 +39,14 @@ DOCUMENTATION = """
 
 # Memory addresses: a fork keeps its parent's layout, a fresh process gets its own (documented).
 _ADDRESSES = re.compile(r"(_handle|_addr|_objects|_ident)$")
+_DESCRIPTORS = (staticmethod, classmethod, property, types.MemberDescriptorType)
 # Keyed by thread idents, which are addresses too.
 _BY_ADDRESS = {"threading._active"}
+
+
+def _shown(value: Any, limit: int) -> str:
+    # A repr without the addresses it holds (`at 0x…`, an id() in a registry's key).
+    return re.sub(r" at 0x[0-9a-f]+|\b\d{13,}\b", "<address>", repr(value))[:limit]
 
 
 class _Describer:
@@ -51,7 +57,7 @@ class _Describer:
 
     def describe(self, value: Any, depth: int = 0) -> Any:
         if isinstance(value, (str, int, float, bool, type(None), bytes)):
-            return repr(value)[:400]
+            return _shown(value, 400)
         if id(value) in self.seen or depth > 3:
             return f"<{type(value).__name__}>"
         self.seen.add(id(value))
@@ -60,7 +66,7 @@ class _Describer:
         if isinstance(value, (list, tuple)):
             return [self.describe(item, depth + 1) for item in list(value)[:60]]
         if isinstance(value, dict):
-            return {repr(key)[:120]: self.describe(item, depth + 1) for key, item in list(value.items())[:200]}
+            return {_shown(key, 120): self.describe(item, depth + 1) for key, item in list(value.items())[:200]}
         if isinstance(value, (types.ModuleType, types.FunctionType, type, types.BuiltinFunctionType, types.MethodType)):
             return f"<{type(value).__name__}>"
         attributes = getattr(value, "__dict__", None)
@@ -87,6 +93,15 @@ def _module_state() -> dict[str, Any]:
                 continue
             if f"{name}.{key}" in _BY_ADDRESS and isinstance(value, dict):
                 value = sorted(value.values(), key=repr)
+            if isinstance(value, type) and value.__module__ == name:
+                # A class of this module: the data it holds for all its instances (caches, registries).
+                for attribute, held in list(vars(value).items()):
+                    if attribute.startswith(("__", "_abc")) or _ADDRESSES.search(attribute):
+                        continue
+                    if callable(held) or isinstance(held, _DESCRIPTORS):
+                        continue
+                    state[f"{name}.{key}.{attribute}"] = describer.describe(held)
+                continue
             if isinstance(value, (types.ModuleType, types.FunctionType, type)):
                 continue
             state[f"{name}.{key}"] = describer.describe(value)
@@ -176,8 +191,9 @@ def _process() -> dict[str, Any]:
         "path": sys.path,
         "meta_path": [type(finder).__name__ for finder in sys.meta_path],
         "path_hooks": [getattr(hook, "__qualname__", repr(hook)) for hook in sys.path_hooks],
-        "path_importer_cache": sorted(sys.path_importer_cache),
-        "modules": sorted(sys.modules),
+        # In the order they were made: the order of first imports.
+        "path_importer_cache": list(sys.path_importer_cache),
+        "modules": list(sys.modules),
         "main": {key: type(value).__name__ for key, value in sorted(vars(main).items())},
         "main_file": getattr(main, "__file__", None),
         "warnings_filters": [repr(entry) for entry in warnings.filters],
