@@ -714,11 +714,15 @@ def _become_job(fds: list[int], imported: _Imported) -> _Job:
                 signal.signal(signum, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, imported.mask)
         os.setsid()
-        job = _read_job(fds[3])
+        # The job's streams first: a job that cannot be read says so in its own output.
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
+        job = _read_job(fds[3])
         # Only the standard streams, as `ansible-playbook` started by the worker has.
-        os.closerange(3, max(os.sysconf("SC_OPEN_MAX"), 65536))
+        for name in os.listdir("/proc/self/fd"):
+            if int(name) > 2:
+                with contextlib.suppress(OSError):
+                    os.close(int(name))
         os.chdir(job.cwd)
         os.environ.clear()
         os.environ.update(job.env)

@@ -89,7 +89,8 @@ def _module_state() -> dict[str, Any]:
         if module is None or name == __name__ or name.endswith(".warm_probe"):
             continue
         for key, value in list(getattr(module, "__dict__", {}).items()):
-            if key.startswith("__") or _ADDRESSES.search(key):
+            # Dunder names are the module's own, but for the record of warnings it has shown.
+            if (key.startswith("__") and key != "__warningregistry__") or _ADDRESSES.search(key):
                 continue
             if f"{name}.{key}" in _BY_ADDRESS and isinstance(value, dict):
                 value = sorted(value.values(), key=repr)
