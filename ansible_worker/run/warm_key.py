@@ -54,6 +54,7 @@ _READ_AT_START = frozenset(
         "RES_OPTIONS",
         "LOCALDOMAIN",
         "HOSTALIASES",
+        "__PYVENV_LAUNCHER__",
     }
 )
 

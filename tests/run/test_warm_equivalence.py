@@ -306,16 +306,22 @@ def tree_case(request: pytest.FixtureRequest) -> str:
 
 @dataclass
 class Places:
-    """Where a run may leave files: the tree, HOME, the temporary directory, the run directories."""
+    """Where a run may leave files: the tree, HOME, the temporary directory, the run directories.
+
+    `seal` is applied to each tree once built: a suite that runs the worker as another user
+    can make it root's and read-only there.
+    """
 
     tree: Path
     home: Path
     tmp: Path
     runs: Path
     probes: Path
+    seal: Callable[[Path], None] = lambda tree: None
 
     def reset(self, source: Path, case: Case) -> None:
         build_tree(self.tree, source, case)
+        self.seal(self.tree)
         for directory in (self.home, self.tmp, self.probes):
             if directory.exists():
                 shutil.rmtree(directory)

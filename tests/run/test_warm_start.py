@@ -7,7 +7,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -379,6 +381,30 @@ async def test_metrics_show_warm_starts(broker: Broker, playbook_dir: Path, grou
     assert metric(body, "ansible_worker_warm_parents_lost_total") == 0
 
 
+TreeFactory = Callable[[dict[str, str]], Path]
+
+
+@pytest.fixture
+def tree_factory(playbook_dir: Path, tmp_path: Path) -> TreeFactory:
+    """Builds a playbook tree: the test playbooks and `files` (path -> text), in a directory of its own.
+
+    A suite that runs the worker as another user can build it its own way (then owned by
+    root and read-only, say).
+    """
+    count = iter(range(1000))
+
+    def build(files: dict[str, str]) -> Path:
+        tree = tmp_path / f"tree-{next(count)}"
+        shutil.copytree(playbook_dir, tree)
+        for relative, text in files.items():
+            path = tree / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return tree
+
+    return build
+
+
 def tree_files(root: Path) -> dict[str, bytes | None]:
     """Every entry under `root` with the content of its files (None for a directory)."""
     return {
@@ -458,7 +484,7 @@ def memory_holds(pid: int, needle: bytes) -> bool:
 
 
 async def test_an_env_credential_never_reaches_a_warm_parent(
-    broker: Broker, playbook_dir: Path, group: str, caplog: pytest.LogCaptureFixture
+    broker: Broker, tree_factory: TreeFactory, group: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     secrets = {
         "ANSIBLE_DEPLOY_TOKEN": "named-" + os.urandom(12).hex(),
@@ -474,8 +500,8 @@ async def test_an_env_credential_never_reaches_a_warm_parent(
         # Part of Ansible's configuration, read when it starts: a warm parent would have to hold it.
         "early": {"type": "env", "variables": {"ANSIBLE_GALAXY_TOKEN_PATH": secrets["ANSIBLE_GALAXY_TOKEN_PATH"]}},
     }
-    (playbook_dir / "secret.yml").write_text(SECRET_PLAYBOOK)
-    settings = make_settings(broker.port, playbook_dir, group, credentials=credentials)
+    tree = tree_factory({"secret.yml": SECRET_PLAYBOOK})
+    settings = make_settings(broker.port, tree, group, credentials=credentials)
     digests = {name: hashlib.sha1(value.encode()).hexdigest() for name, value in secrets.items()}  # noqa: S324
     with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm_pool"):
         async with open_controller(broker, group) as controller, running_worker(settings) as worker:
@@ -505,13 +531,10 @@ async def test_an_env_credential_never_reaches_a_warm_parent(
 
 
 async def test_plugins_beside_the_playbook_replace_built_in_ones_when_warm(
-    broker: Broker, playbook_dir: Path, group: str
+    broker: Broker, tree_factory: TreeFactory, group: str
 ) -> None:
-    for relative, text in plugin_files().items():
-        path = playbook_dir / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    settings = make_settings(broker.port, playbook_dir, group)
+    tree = tree_factory(plugin_files())
+    settings = make_settings(broker.port, tree, group)
     async with (
         open_controller(broker, group) as controller,
         running_worker(settings) as worker,
@@ -564,16 +587,14 @@ async def test_a_changed_file_of_the_parent_means_a_cold_start_then_a_new_parent
 )
 async def test_what_a_fork_cannot_hand_over_means_cold_starts_with_the_reason(
     broker: Broker,
-    playbook_dir: Path,
+    tree_factory: TreeFactory,
     group: str,
     caplog: pytest.LogCaptureFixture,
     files: dict[str, str],
     environment: dict[str, str],
     reason: str,
 ) -> None:
-    for relative, text in files.items():
-        (playbook_dir / relative).write_text(text)
-    settings = make_settings(broker.port, playbook_dir, group, environment=environment)
+    settings = make_settings(broker.port, tree_factory(files), group, environment=environment)
     with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm_pool"):
         async with open_controller(broker, group) as controller, running_worker(settings) as worker:
             await controller.submit({"task_id": "refused", "playbook": "quick.yml", "inventory": "inventory.ini"})
