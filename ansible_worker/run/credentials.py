@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -116,32 +116,18 @@ def strict_host_keys(known_hosts: Path, environment: Mapping[str, str]) -> dict[
     }
 
 
-# What a run's SSH credentials set, each read only when a connection is made (by ssh itself,
-# or as an option of Ansible's ssh connection plugin), never when Ansible is imported.
-# (ANSIBLE_REMOTE_USER is not among them: in doubt, a parent of its own.)
-_SSH_VARIABLES = ("SSH_AUTH_SOCK", "ANSIBLE_SSH_CONTROL_PATH_DIR")
-
-
-def late_credential_variables(credentials: Iterable[AnyCredential]) -> list[str]:
-    """The variables credentials give a run that a warm Ansible may get after its fork.
-
-    The SSH ones, and the names of `env` credentials that Ansible's own configuration does not
-    read (`ANSIBLE_*` ones are read at import, so they choose a warm parent of their own).
-    """
-    names = list(_SSH_VARIABLES)
-    for credential in credentials:
-        if isinstance(credential, EnvCredential):
-            names += [name for name in credential.variables if not name.startswith("ANSIBLE_")]
-    return names
-
-
 @dataclass
 class Injection:
-    """What a run gets from its credentials: environment, extra arguments, and the secrets to mask."""
+    """What a run gets from its credentials: environment, extra arguments, and the secrets to mask.
+
+    `own` names the variables of `env` that are the run's alone (a secret, its agent's
+    socket): they go to the run's processes and nowhere else, never to a warm parent.
+    """
 
     env: dict[str, str] = field(default_factory=dict)
     argv: list[str] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list)
+    own: set[str] = field(default_factory=set)
 
 
 @asynccontextmanager
@@ -177,8 +163,10 @@ async def inject(
                                 injection.env.update(await _start_agent(nursery, sockets, environment, marker))
                                 # Its own ControlPath: no other run can ride on this run's connections.
                                 injection.env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(sockets)
+                                injection.own.update(("SSH_AUTH_SOCK", "ANSIBLE_SSH_CONTROL_PATH_DIR"))
                             await _add_key(credential, run_dir, {**environment, **injection.env})
                             if credential.user is not None:
+                                # A name, not a secret, and read when Ansible starts: it may choose a warm parent.
                                 injection.env["ANSIBLE_REMOTE_USER"] = credential.user
                         case VaultCredential():
                             path = run_dir / f"vault-{credential.vault_id}"
@@ -186,6 +174,7 @@ async def inject(
                             injection.argv += ["--vault-id", f"{credential.vault_id}@{path}"]
                         case EnvCredential(variables=variables):
                             injection.env.update({name: value.get_secret_value() for name, value in variables.items()})
+                            injection.own.update(variables)
                 try:
                     yield injection
                 finally:

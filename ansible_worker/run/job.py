@@ -37,7 +37,6 @@ from ansible_worker.run.credentials import (
     Injection,
     credential_error,
     inject,
-    late_credential_variables,
     secret_values,
     strict_host_keys,
 )
@@ -268,7 +267,7 @@ class JobRunner:
             max_forks=settings.warm_max_forks,
             max_rss_kib=settings.warm_max_rss_mb * 1024,
             start_timeout=settings.warm_start_timeout,
-            late=(FIFO_VARIABLE, *late_credential_variables(settings.credentials.values())),
+            late=(FIFO_VARIABLE,),
             metrics=self.metrics,
         ) as pool:
             pool.prepare(
@@ -473,7 +472,7 @@ class JobRunner:
             job.record.output = tail
         start = None
         if self._warm is not None and self.ansible_playbook.path is not None:
-            start = await self._warm.starter(self.ansible_playbook.path, cwd=base, env=env)
+            start = await self._warm.starter(self.ansible_playbook.path, cwd=base, env=env, late=injection.own)
         else:
             # Warm start is off (or its pool is not running): every job starts cold.
             self.metrics.cold_starts += 1

@@ -5,14 +5,18 @@ Ansible builds its configuration once, when `ansible.constants` is imported: fro
 `/etc/ansible/ansible.cfg`) and from `ANSIBLE_*` variables. A warm parent is only valid
 for the exact inputs it imported with, so the key holds all of them: the interpreter and
 the script, the working directory, every candidate configuration file (path, and content
-or absence), and the whole environment but the variables that a run reads late. Anything
-that cannot be checked gives a reason instead of a key, which means a cold start.
+or absence), the file creation mask and resource limits the parent inherits, and the whole
+environment but the variables that are the job's own (its event FIFO, its credentials).
+Those reach only the job's process, so they must be variables nothing reads at import.
+Anything that cannot be checked gives a reason instead of a key, which means a cold start.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
+import resource
 import shutil
 import stat
 from collections.abc import Collection, Mapping
@@ -20,16 +24,53 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_CONFIG_BYTES = 1_048_576
-_SCRIPT_MARKER = b"from ansible.cli.playbook import main"
-_SHEBANG_LIMIT = 4096
+_MAX_SCRIPT_BYTES = 65536
+_PLAYBOOK_MAIN = ("ansible.cli.playbook", "main")
+# Read when a process starts, by the interpreter, the C library, OpenSSL or cryptography,
+# not through `os.environ` (where the parent sees what Ansible reads and says so).
+_READ_AT_START_PREFIXES = ("PYTHON", "LC_", "OPENSSL_", "SSL_CERT_", "CRYPTOGRAPHY_", "LD_", "MALLOC_", "TERMINFO")
+_READ_AT_START = frozenset(
+    {
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TZDIR",
+        "HOME",
+        "PATH",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "USER",
+        "LOGNAME",
+        "LNAME",
+        "USERNAME",
+        "GLIBC_TUNABLES",
+        "LOCPATH",
+        "NLSPATH",
+        "GCONV_PATH",
+        "TERM",
+        "COLUMNS",
+        "LINES",
+        "RES_OPTIONS",
+        "LOCALDOMAIN",
+        "HOSTALIASES",
+        "__PYVENV_LAUNCHER__",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Interpreter:
-    """How to start a warm parent for one `ansible-playbook` script: `command` + our script."""
+    """How to start a warm parent for one `ansible-playbook` script, and what a cold start of it shows.
+
+    `command` + our script starts the parent; a cold process shows `title` + its argv as its
+    command line (what the kernel and `env` make of the `#!` line), and `name` as its name.
+    """
 
     command: tuple[str, ...]
     script: str
+    title: tuple[str, ...]
+    name: str
 
 
 class ColdStart(Exception):
@@ -37,31 +78,79 @@ class ColdStart(Exception):
 
 
 def find_interpreter(script: str, env: Mapping[str, str]) -> Interpreter:
-    """The Python that runs `script` (from its shebang), if it is Ansible's standard playbook script.
+    """The Python that runs `script` (from its `#!` line, read as the kernel reads it), if it is Ansible's own script.
 
-    Errors: `ColdStart` when the script is not a Python script that only calls
-    `ansible.cli.playbook.main` (a wrapper, a binary, something unknown).
+    The script must be imports and one `if __name__ == "__main__":` block, with `main`
+    imported from `ansible.cli.playbook`: the warm parent runs its imports, and each job
+    runs the whole of it.
+
+    Errors: `ColdStart` when it is anything else (a wrapper, a binary, something unknown).
     """
     try:
         with open(script, "rb") as handle:
-            head = handle.read(_SHEBANG_LIMIT)
+            source = handle.read(_MAX_SCRIPT_BYTES + 1)
     except OSError as exc:
         raise ColdStart(f"cannot read {script}: {exc.strerror}") from exc
-    if not head.startswith(b"#!"):
+    if not source.startswith(b"#!"):
         raise ColdStart(f"{script} has no #! line")
-    if _SCRIPT_MARKER not in head:
+    if len(source) > _MAX_SCRIPT_BYTES or not _is_playbook_script(source):
         raise ColdStart(f"{script} is not the standard ansible-playbook script")
-    words = head[2:].split(b"\n", 1)[0].decode(errors="replace").split()
-    if not words:
+    # The kernel: the interpreter up to the first blank, then at most one argument, the rest of the line.
+    line = source[2:].split(b"\n", 1)[0].decode(errors="surrogateescape").strip(" \t")
+    interpreter, _, argument = line.replace("\t", " ").partition(" ")
+    argument = argument.strip(" ")
+    if not interpreter:
         raise ColdStart(f"{script} has an empty #! line")
-    if os.path.basename(words[0]) == "env" and len(words) >= 2:
-        found = shutil.which(words[1], path=env.get("PATH", os.defpath))
+    if os.path.basename(interpreter) == "env":
+        if not argument or " " in argument or argument.startswith("-"):
+            raise ColdStart(f"{script}: a #! line with env and options")
+        found = shutil.which(argument, path=env.get("PATH", os.defpath))
         if found is None:
-            raise ColdStart(f"{script}: {words[1]} not found on PATH")
-        words = [found, *words[2:]]
-    if "python" not in os.path.basename(words[0]):
-        raise ColdStart(f"{script} is not run by Python ({words[0]})")
-    return Interpreter(tuple(words), os.path.abspath(script))
+            raise ColdStart(f"{script}: {argument} not found on PATH")
+        command: tuple[str, ...] = (found,)
+        title: tuple[str, ...] = (argument,)
+        name = os.path.basename(found)
+    else:
+        command = title = (interpreter, argument) if argument else (interpreter,)
+        name = os.path.basename(script)
+    if "python" not in os.path.basename(command[0]):
+        raise ColdStart(f"{script} is not run by Python ({command[0]})")
+    return Interpreter(command, os.path.abspath(script), title, name)
+
+
+def _is_playbook_script(source: bytes) -> bool:
+    """Imports (`from ansible.cli.playbook import main` among them), then `if __name__ == "__main__":`, nothing else."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    *imports, guard = tree.body or [ast.Pass()]
+    imports = [node for node in imports if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+    if not all(isinstance(node, ast.Import | ast.ImportFrom) for node in imports):
+        return False
+    imports_main = any(
+        isinstance(node, ast.ImportFrom)
+        and node.module == _PLAYBOOK_MAIN[0]
+        and any(alias.name == _PLAYBOOK_MAIN[1] and alias.asname is None for alias in node.names)
+        for node in imports
+    )
+    return imports_main and _is_main_guard(guard)
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    if not isinstance(node, ast.If) or node.orelse:
+        return False
+    test = node.test
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and len(test.ops) == 1
+        and isinstance(test.ops[0], ast.Eq)
+        and len(test.comparators) == 1
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value == "__main__"
+    )
 
 
 def config_candidates(cwd: Path, env: Mapping[str, str]) -> list[Path]:
@@ -84,8 +173,8 @@ def config_candidates(cwd: Path, env: Mapping[str, str]) -> list[Path]:
 def warm_key(interpreter: Interpreter, *, cwd: Path, env: Mapping[str, str], late: Collection[str]) -> str:
     """A digest of every input Ansible reads at import, for a job run in `cwd` with `env`.
 
-    `late` names variables read only while the playbook runs (the event FIFO): they are
-    per job and passed to the child, so they are not part of the key.
+    `late` names the job's own variables (the event FIFO, its credentials): they go to the
+    job's process only, so they are not part of the key (see `read_at_start`).
 
     Errors: `ColdStart` when a configuration candidate exists but cannot be read in full.
     """
@@ -107,11 +196,39 @@ def warm_key(interpreter: Interpreter, *, cwd: Path, env: Mapping[str, str], lat
     add("cwd", cwd, stat.S_IMODE(directory.st_mode))
     for candidate in config_candidates(cwd, env):
         add("config", candidate, _content(candidate))
+    # What a process inherits from the worker: the parent inherited it when it started.
+    add("umask", _umask(), "limits", *_limits())
     add("env")
     for name in sorted(env):
         if name not in late:
             add(name, env[name])
     return digest.hexdigest()
+
+
+def read_at_start(name: str, reported: Collection[str]) -> bool:
+    """Whether variable `name` may be read while Ansible is imported: then a warm parent would have to hold it.
+
+    `reported` is what the parent said: the variables read during its import (`*` if it
+    went through all of them) and those Ansible's configuration reads. Beyond it, what the
+    interpreter and the C libraries read when a process starts.
+    """
+    return name in reported or "*" in reported or name in _READ_AT_START or name.startswith(_READ_AT_START_PREFIXES)
+
+
+def _umask() -> str:
+    # Reading the mask through os.umask would change it for a moment: /proc says it.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return line.split()[1]
+    except OSError:
+        pass
+    return "?"
+
+
+def _limits() -> list[tuple[int, int]]:
+    return [resource.getrlimit(getattr(resource, name)) for name in sorted(dir(resource)) if name.startswith("RLIMIT_")]
 
 
 def _content(path: Path) -> bytes:

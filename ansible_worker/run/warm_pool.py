@@ -1,10 +1,15 @@
 """Keep a few warm Ansible parents (one per configuration key) and start jobs as fresh forks of them.
 
-A warm parent (`warm_parent.py`, run under Ansible's own Python) has imported the
-playbook CLI; a job forked from it skips that import. The pool is bounded and least
-recently used parents give way; a parent is retired after `max_forks` forks or when its
-memory grows past `max_rss_kib`, and replaced when it dies (its running jobs then fail
-with a reason). Any doubt about a job's configuration means a cold start instead.
+A warm parent (`warm_parent.py`, run under Ansible's own Python) has run the imports of
+the `ansible-playbook` script; a job forked from it skips them. The pool is bounded and
+least recently used parents give way; a parent is retired after `max_forks` forks, when
+its memory grows past `max_rss_kib`, or when a file it read has changed, and replaced
+when it dies (its running jobs then fail with a reason). Any doubt about a job's
+configuration means a cold start instead, with the reason logged.
+
+A job's own variables (its event FIFO, its credentials) never reach a parent: they are not
+in its key, and the job's argv and environment go from the worker to the job's process
+through a pipe of their own, once that process exists.
 """
 
 from __future__ import annotations
@@ -32,9 +37,9 @@ from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.run.command import JobRefusedError
 from ansible_worker.run.output_tail import OutputTail
-from ansible_worker.run.process_group import ExitRecord, ProcessStarter
+from ansible_worker.run.process_group import ExitRecord, ProcessStarter, run_process_group
 from ansible_worker.run.stray_processes import kill_marked
-from ansible_worker.run.warm_key import ColdStart, Interpreter, find_interpreter, warm_key
+from ansible_worker.run.warm_key import ColdStart, Interpreter, find_interpreter, read_at_start, warm_key
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +83,8 @@ class _Run:
     root: int | None = None
     error: str | None = None
     code: int | None = None
+    # The write end of the pipe the job's own process reads its job from.
+    job_fd: int | None = None
 
 
 class WarmParent:
@@ -95,6 +102,12 @@ class WarmParent:
         self.forks = 0
         self.retiring = False
         self.lost_reason: str | None = None
+        # What it said once imported: the variables read while Ansible was imported (and
+        # those its configuration reads), or why it cannot serve this configuration.
+        self.early: frozenset[str] = frozenset()
+        self.refusal: str | None = None
+        # A file it read has changed: it serves no more jobs.
+        self.stale = False
         self._runs: dict[int, _Run] = {}
         self._ids = itertools.count(1)
         self._sock: trio.socket.SocketType | None = None
@@ -134,8 +147,10 @@ class WarmParent:
                                 cwd=self.cwd,
                                 env=env,
                                 stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE,
+                                # One pipe for both, as a job has: what Ansible learns of its
+                                # streams when it is imported is what it would learn in a job.
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT,
                                 pass_fds=(theirs.fileno(),),
                                 start_new_session=True,
                                 check=False,
@@ -145,8 +160,8 @@ class WarmParent:
                     finally:
                         theirs.close()
                     self.pid = process.pid
-                    assert process.stderr is not None
-                    nursery.start_soon(partial(self._errors.drain, process.stderr, exited=self.ended))
+                    assert process.stdout is not None
+                    nursery.start_soon(partial(self._errors.drain, process.stdout, exited=self.ended))
                     self._sock = trio.socket.from_stdlib_socket(ours)
                     await self._read(self._sock)
                     code = await process.wait()
@@ -154,7 +169,9 @@ class WarmParent:
             self.lost_reason = f"cannot start {argv[0]}: {exc.strerror or exc}"
         finally:
             ours.close()
-            if self.lost_reason is None:
+            if self.refusal is not None:
+                self.lost_reason = f"the warm parent cannot serve this configuration: {self.refusal}"
+            elif self.lost_reason is None:
                 last = self._errors.last_lines(1)
                 self.lost_reason = (
                     f"the warm Ansible parent (pid {self.pid}) exited"
@@ -175,13 +192,18 @@ class WarmParent:
                 continue
             if message.get("ready"):
                 self.rss_kib = int(message.get("rss", 0))
+                self.early = frozenset(str(name) for name in message.get("early", ()))
                 self.ready.set()
+                continue
+            if "cold" in message:
+                self.refusal = str(message["cold"])
                 continue
             run = self._runs.get(message.get("id", -1))
             if run is None:
                 continue
             if "error" in message:
                 run.error = str(message["error"])
+                self.stale = self.stale or bool(message.get("stale"))
                 run.started.set()
                 self._runs.pop(message["id"], None)
             elif "pid" in message:
@@ -192,8 +214,10 @@ class WarmParent:
                 run.exited.set()
                 self._runs.pop(message["id"], None)
 
-    async def start_run(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], output_fd: int) -> _Run:
-        """Ask for a fork running `argv`; the run once the helper has its pid.
+    async def start_run(self, *, output_fd: int) -> _Run:
+        """Ask for a fork, with /dev/null and `output_fd` as its streams; the run once the helper has its pid.
+
+        The run's `job_fd` then takes the job itself (`send_job`): the parent never sees it.
 
         Cancellation: the wait for the answer is shielded and bounded, so a run that was
         forked is always known by its pid, and the caller's next wait (for its end) ends it.
@@ -203,24 +227,35 @@ class WarmParent:
         """
         if self._sock is None or self.ended.is_set():
             raise ColdStart("the warm parent is not running")
+        if self.stale:
+            raise ColdStart("the warm parent is being replaced")
         run_id = next(self._ids)
         run = _Run()
         self._runs[run_id] = run
-        payload = json.dumps({"op": "run", "id": run_id, "argv": list(argv), "env": dict(env), "cwd": str(cwd)})
+        job_read, run.job_fd = os.pipe()
         devnull = os.open(os.devnull, os.O_RDONLY)
         try:
-            fds = array.array("i", [devnull, output_fd, output_fd])
+            fds = array.array("i", [devnull, output_fd, output_fd, job_read])
+            payload = json.dumps({"op": "run", "id": run_id}).encode()
             try:
-                await self._sock.sendmsg([payload.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                await self._sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
             except OSError as exc:
                 self._runs.pop(run_id, None)
                 raise ColdStart(f"cannot send the job to the warm parent: {exc.strerror or exc}") from exc
+        except BaseException:
+            os.close(run.job_fd)
+            run.job_fd = None
+            raise
         finally:
             os.close(devnull)
+            os.close(job_read)
         self.forks += 1
         # Shielded: once sent, the fork happens, and only its pid lets a cancelled job end it.
         with trio.CancelScope(shield=True), trio.move_on_after(FORK_REPLY_SECONDS):
             await run.started.wait()
+        if run.pid is None:
+            os.close(run.job_fd)
+            run.job_fd = None
         if run.error is not None:
             raise ColdStart(f"the warm parent refused the job: {run.error}")
         if run.pid is None:
@@ -230,31 +265,55 @@ class WarmParent:
         return run
 
 
+async def send_job(run: _Run, job: Mapping[str, Any]) -> None:
+    """Write `job` (argv, environment, working directory, title) to the run's own process, and close the pipe.
+
+    Cancellation: the pipe is closed; the process reads an incomplete job and exits 1.
+    """
+    assert run.job_fd is not None
+    stream = trio.lowlevel.FdStream(run.job_fd)
+    run.job_fd = None
+    async with stream:
+        with contextlib.suppress(trio.BrokenResourceError):
+            # Gone already: its exit says how.
+            await stream.send_all(json.dumps(job).encode())
+
+
 async def run_forked(
     parent: WarmParent,
+    run: _Run,
     argv: Sequence[str],
     *,
     cwd: Path,
     env: Mapping[str, str],
-    output_fd: int,
     kill_grace: float,
     record: ExitRecord,
     marker: tuple[str, str] | None = None,
 ) -> int:
-    """`run_process_group` for a job forked from `parent`: the same signals, exit codes and clean-up.
+    """`run_process_group` for a job forked from `parent` (`start_run`): the same signals, exit codes and clean-up.
+
+    The job's argv, environment and working directory go to its own process first.
 
     Cancellation: the job's group gets SIGTERM (and its root SIGUSR1, which makes it kill
     every stray of the run once the leader is gone), then SIGKILL after `kill_grace`
     seconds; the wait for the end is shielded and bounded, as for a cold run.
 
-    Errors: `ColdStart` if the parent refused before anything ran; `WarmParentLostError`
-    if the parent died, in which case the job's processes have been killed.
+    Errors: `WarmParentLostError` if the parent died, in which case the job's processes
+    have been killed.
     """
-    run = await parent.start_run(argv, cwd=cwd, env=env, output_fd=output_fd)
     assert run.pid is not None
     assert run.root is not None
+    interpreter = parent.interpreter
+    job = {
+        "argv": list(argv),
+        "env": dict(env),
+        "cwd": str(cwd),
+        "title": [*interpreter.title, *argv],
+        "name": interpreter.name,
+    }
     try:
         try:
+            await send_job(run, job)
             await run.exited.wait()
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
@@ -338,13 +397,13 @@ class WarmPool:
     def prepare(self, executable: str, *, cwd: Path, env: Mapping[str, str]) -> None:
         """Start a parent for the configuration most jobs will have, so the first job is warm too."""
         try:
-            self._parent_for(executable, cwd=cwd, env=env)
+            self._parent_for(executable, cwd=cwd, env=env, late=self.late)
         except ColdStart as exc:
             log.info("no warm Ansible parent prepared: %s", exc)
 
-    def _parent_for(self, executable: str, *, cwd: Path, env: Mapping[str, str]) -> WarmParent:
+    def _parent_for(self, executable: str, *, cwd: Path, env: Mapping[str, str], late: Collection[str]) -> WarmParent:
         interpreter = find_interpreter(executable, env)
-        key = warm_key(interpreter, cwd=cwd, env=env, late=self.late)
+        key = warm_key(interpreter, cwd=cwd, env=env, late=late)
         parent = self._parents.get(key)
         if parent is not None and not parent.ended.is_set():
             self._parents.move_to_end(key)
@@ -358,7 +417,7 @@ class WarmPool:
         while len(self._parents) >= self.size:
             _, oldest = self._parents.popitem(last=False)
             self._retire(oldest)
-        parent = WarmParent(key, interpreter, cwd=cwd, env={k: v for k, v in env.items() if k not in self.late})
+        parent = WarmParent(key, interpreter, cwd=cwd, env={k: v for k, v in env.items() if k not in late})
         self._parents[key] = parent
         self.metrics.warm_parents_started += 1
         self._nursery.start_soon(self._own, parent)
@@ -376,13 +435,19 @@ class WarmPool:
             self._retired.discard(parent)
             if self._parents.get(parent.key) is parent:
                 del self._parents[parent.key]
-                if not parent.retiring:
+                if parent.refusal is not None:
+                    # Not lost: it looked at its configuration and said no.
+                    self._remember_failure(parent.key, parent.lost_reason or parent.refusal)
+                    log.info(
+                        "%s; jobs with this configuration start cold (asked again after %gs)",
+                        parent.lost_reason,
+                        START_FAILURE_BACKOFF,
+                    )
+                elif not parent.retiring:
                     self.metrics.warm_parents_lost += 1
                     if not parent.ready.is_set():
                         # It never got as far as importing Ansible: do not retry it for every job.
-                        self._failed[parent.key] = (trio.current_time(), parent.lost_reason or "unknown")
-                        while len(self._failed) > self.size:
-                            del self._failed[next(iter(self._failed))]
+                        self._remember_failure(parent.key, parent.lost_reason or "unknown")
                         log.warning(
                             "%s before it was ready; jobs with its configuration start cold for %gs",
                             parent.lost_reason,
@@ -391,6 +456,11 @@ class WarmPool:
                     else:
                         log.warning("%s; the next job with its configuration starts a new one", parent.lost_reason)
             self._publish_size()
+
+    def _remember_failure(self, key: str, reason: str) -> None:
+        self._failed[key] = (trio.current_time(), reason)
+        while len(self._failed) > self.size:
+            del self._failed[next(iter(self._failed))]
 
     def _retire(self, parent: WarmParent) -> None:
         parent.retiring = True
@@ -402,27 +472,37 @@ class WarmPool:
             parent.close()
         self._publish_size()
 
-    async def starter(self, executable: str, *, cwd: Path, env: Mapping[str, str]) -> ProcessStarter | None:
+    async def starter(
+        self, executable: str, *, cwd: Path, env: Mapping[str, str], late: Collection[str] = ()
+    ) -> ProcessStarter | None:
         """How to start this job warm, or None (logged with the reason) for a cold start.
+
+        `late` names the job's own variables (its credentials'): they go to the job's process
+        only, so none of them may be one that Ansible reads when it starts.
 
         Cancellation: the wait for a new parent to be ready is bounded by `start_timeout`;
         cancelling it leaves the parent starting for later jobs.
         """
+        own = frozenset(late) | self.late
         try:
-            # Reads the script's first line and the few ansible.cfg candidates: small local
-            # files, cheaper than a thread hop.
-            parent = self._parent_for(executable, cwd=cwd, env=env)
+            # Reads the script and the few ansible.cfg candidates: small local files, cheaper
+            # than a thread hop.
+            parent = self._parent_for(executable, cwd=cwd, env=env, late=own)
             with trio.move_on_after(self.start_timeout):
                 await _first(parent.ready, parent.ended)
             if parent.ended.is_set():
                 raise ColdStart(parent.lost_reason or "the warm parent exited")
             if not parent.ready.is_set():
                 raise ColdStart(f"the warm parent was not ready within {self.start_timeout:g}s")
+            early = sorted(name for name in own if name in env and read_at_start(name, parent.early))
+            if early:
+                raise ColdStart(
+                    f"the job's own {', '.join(early)} may be read when Ansible starts: a warm parent would hold it"
+                )
         except ColdStart as exc:
             self.metrics.cold_starts += 1
             log.info("cold start: %s", exc)
             return None
-        self.metrics.warm_starts += 1
         return partial(self._run_in, parent)
 
     async def _run_in(
@@ -438,8 +518,20 @@ class WarmPool:
         marker: tuple[str, str] | None = None,
     ) -> int:
         try:
+            try:
+                run = await parent.start_run(output_fd=output_fd)
+            except ColdStart as exc:
+                # Refused before anything ran (a file it read changed, say): this job starts cold.
+                if parent.stale:
+                    self._retire(parent)
+                self.metrics.cold_starts += 1
+                log.info("cold start: %s", exc)
+                return await run_process_group(
+                    argv, cwd=cwd, env=env, output_fd=output_fd, kill_grace=kill_grace, record=record, marker=marker
+                )
+            self.metrics.warm_starts += 1
             return await run_forked(
-                parent, argv, cwd=cwd, env=env, output_fd=output_fd, kill_grace=kill_grace, record=record, marker=marker
+                parent, run, argv, cwd=cwd, env=env, kill_grace=kill_grace, record=record, marker=marker
             )
         finally:
             self._check_retirement(parent)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +25,14 @@ from ansible_worker.run.warm_pool import open_warm_pool
 from tests.conftest import (
     ANSIBLE_PLAYBOOK,
     Broker,
+    client_for,
     make_settings,
     open_controller,
     processes_mentioning,
     running_worker,
 )
 from tests.ops.test_operations import http_get, metric
+from tests.run.test_warm_equivalence import plugin_files
 
 # Durations and dates that differ between any two runs.
 TIMINGS = re.compile(r"\d+\.\d+s|\d{4}-\d\d-\d\d[ T][\d:.]+|\(\d+:\d\d:\d\d\.\d+\)")
@@ -342,7 +347,10 @@ async def test_a_parent_is_replaced_after_its_forks(broker: Broker, playbook_dir
 
 async def test_a_parent_that_cannot_start_means_cold_starts_with_the_reason(tmp_path: Path) -> None:
     script = tmp_path / "ansible-playbook"
-    script.write_text(f"#!{tmp_path}/missing/python3\nfrom ansible.cli.playbook import main\n")
+    script.write_text(
+        f"#!{tmp_path}/missing/python3\nimport sys\nfrom ansible.cli.playbook import main\n"
+        "if __name__ == '__main__':\n    sys.exit(main())\n"
+    )
     script.chmod(0o755)
     metrics = WorkerMetrics()
     env = ansible_environment(child_environment(os.environ), tmp_path / "x.fifo")
@@ -371,3 +379,227 @@ async def test_metrics_show_warm_starts(broker: Broker, playbook_dir: Path, grou
     assert metric(body, "ansible_worker_warm_pool_size") == 1
     assert metric(body, "ansible_worker_warm_parents_started_total") == 1
     assert metric(body, "ansible_worker_warm_parents_lost_total") == 0
+
+
+TreeFactory = Callable[[dict[str, str]], Path]
+
+
+@pytest.fixture
+def tree_factory(playbook_dir: Path, tmp_path: Path) -> TreeFactory:
+    """Builds a playbook tree: the test playbooks and `files` (path -> text), in a directory of its own.
+
+    A suite that runs the worker as another user can build it its own way (then owned by
+    root and read-only, say).
+    """
+    count = iter(range(1000))
+
+    def build(files: dict[str, str]) -> Path:
+        tree = tmp_path / f"tree-{next(count)}"
+        shutil.copytree(playbook_dir, tree)
+        for relative, text in files.items():
+            path = tree / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return tree
+
+    return build
+
+
+def tree_files(root: Path) -> dict[str, bytes | None]:
+    """Every entry under `root` with the content of its files (None for a directory)."""
+    return {
+        str(path.relative_to(root)): None if path.is_dir() else path.read_bytes() for path in sorted(root.rglob("*"))
+    }
+
+
+async def test_a_warm_job_writes_nothing_into_its_tree(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    settings = make_settings(broker.port, playbook_dir, group, environment={"HOME": str(home)})
+    before = tree_files(playbook_dir)
+    async with open_controller(broker, group) as controller, running_worker(settings) as worker:
+        await controller.submit({"task_id": "tidy", "playbook": "stats.yml", "inventory": "inventory.ini"})
+        final = await controller.wait_terminal("tidy")
+        assert worker.metrics.warm_starts == 1
+        assert tree_files(playbook_dir) == before
+        # Ansible's local temporary directories are made under ANSIBLE_HOME, as a cold run makes them,
+        # and each is gone with its run: the warm parent keeps none of its own.
+        assert sorted(path.name for path in (home / ".ansible" / "tmp").iterdir()) == []
+    assert final["state"] == "success", final["error_message"]
+    assert tree_files(playbook_dir) == before
+
+
+SECRET_PLAYBOOK = """
+- name: Credentials reach the run
+  hosts: host1
+  gather_facts: false
+  tasks:
+    - name: Digests of what the run sees
+      ansible.builtin.set_stats:
+        data:
+          named: "{{ lookup('env', 'ANSIBLE_DEPLOY_TOKEN') | hash('sha1') }}"
+          plain: "{{ lookup('env', 'DEPLOY_TOKEN') | hash('sha1') }}"
+          early: "{{ lookup('env', 'ANSIBLE_GALAXY_TOKEN_PATH') | hash('sha1') }}"
+"""
+
+
+def warm_parents() -> list[int]:
+    """The warm parents of the workers running in this process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if parent == os.getpid() and b"warm_parent.py" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def process_shows(pid: int, needle: bytes) -> bool:
+    """Whether `needle` is in what /proc shows of process `pid`: its environment and command line."""
+    return any(needle in Path(f"/proc/{pid}/{name}").read_bytes() for name in ("environ", "cmdline"))
+
+
+def memory_holds(pid: int, needle: bytes) -> bool:
+    """Whether `needle` is anywhere in the readable memory of process `pid`."""
+    with open(f"/proc/{pid}/maps", encoding="ascii") as maps, open(f"/proc/{pid}/mem", "rb", 0) as memory:
+        for line in maps:
+            span, permissions = line.split()[:2]
+            if "r" not in permissions:
+                continue
+            start, end = (int(address, 16) for address in span.split("-"))
+            try:
+                memory.seek(start)
+                if needle in memory.read(end - start):
+                    return True
+            except (OSError, ValueError, OverflowError):
+                continue
+    return False
+
+
+async def test_an_env_credential_never_reaches_a_warm_parent(
+    broker: Broker, tree_factory: TreeFactory, group: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    secrets = {
+        "ANSIBLE_DEPLOY_TOKEN": "named-" + os.urandom(12).hex(),
+        "DEPLOY_TOKEN": "plain-" + os.urandom(12).hex(),
+        "ANSIBLE_GALAXY_TOKEN_PATH": "/run/early-" + os.urandom(12).hex(),
+    }
+    credentials = {
+        # Read only while the playbook runs: the job starts warm, its values go to its own process only.
+        "deploy": {
+            "type": "env",
+            "variables": {name: secrets[name] for name in ("ANSIBLE_DEPLOY_TOKEN", "DEPLOY_TOKEN")},
+        },
+        # Part of Ansible's configuration, read when it starts: a warm parent would have to hold it.
+        "early": {"type": "env", "variables": {"ANSIBLE_GALAXY_TOKEN_PATH": secrets["ANSIBLE_GALAXY_TOKEN_PATH"]}},
+    }
+    tree = tree_factory({"secret.yml": SECRET_PLAYBOOK})
+    settings = make_settings(broker.port, tree, group, credentials=credentials)
+    digests = {name: hashlib.sha1(value.encode()).hexdigest() for name, value in secrets.items()}  # noqa: S324
+    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm_pool"):
+        async with open_controller(broker, group) as controller, running_worker(settings) as worker:
+            job = {"playbook": "secret.yml", "inventory": "inventory.ini"}
+            await controller.submit({**job, "task_id": "late", "credentials": ["deploy"]})
+            late = await controller.wait_terminal("late")
+            assert (worker.metrics.warm_starts, worker.metrics.cold_starts) == (1, 0)
+            await controller.submit({**job, "task_id": "early", "credentials": ["deploy", "early"]})
+            early = await controller.wait_terminal("early")
+            assert (worker.metrics.warm_starts, worker.metrics.cold_starts) == (1, 1)
+            parents = warm_parents()
+            assert parents
+            for pid in parents:
+                for name, value in secrets.items():
+                    assert not process_shows(pid, value.encode()), name
+                    assert not memory_holds(pid, value.encode()), name
+    assert late["state"] == "success", late["error_message"]
+    assert late["output"]["named"] == digests["ANSIBLE_DEPLOY_TOKEN"]
+    assert late["output"]["plain"] == digests["DEPLOY_TOKEN"]
+    assert early["state"] == "success", early["error_message"]
+    assert early["output"]["early"] == digests["ANSIBLE_GALAXY_TOKEN_PATH"]
+    assert any(
+        "cold start:" in record.getMessage() and "ANSIBLE_GALAXY_TOKEN_PATH" in record.getMessage()
+        for record in caplog.records
+    )
+    assert not any(value in record.getMessage() for record in caplog.records for value in secrets.values())
+
+
+async def test_plugins_beside_the_playbook_replace_built_in_ones_when_warm(
+    broker: Broker, tree_factory: TreeFactory, group: str
+) -> None:
+    tree = tree_factory(plugin_files())
+    settings = make_settings(broker.port, tree, group)
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(settings) as worker,
+        client_for(broker, group) as client,
+    ):
+        await controller.submit({"task_id": "own", "playbook": "plugins.yml", "inventory": "inventory.ini"})
+        final = await controller.wait_terminal("own")
+        assert worker.metrics.warm_starts == 1
+        record = await client.record("own")
+    assert final["state"] == "success", final["error_message"]
+    assert final["output"]["action"] == "normal"
+    assert record is not None
+    assert "the strategy of the tree runs this play" in record["output"]
+    assert "the stdout callback of the tree" in record["output"]
+
+
+async def test_a_changed_file_of_the_parent_means_a_cold_start_then_a_new_parent(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("GREETING = 'first'\n")
+    settings = make_settings(broker.port, playbook_dir, group, environment={"PYTHONPATH": str(site)})
+    job = {"playbook": "quick.yml", "inventory": "inventory.ini"}
+    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm_pool"):
+        async with open_controller(broker, group) as controller, running_worker(settings) as worker:
+            await controller.submit({**job, "task_id": "before"})
+            assert (await controller.wait_terminal("before"))["state"] == "success"
+            # Imported by the parent when it started: what a cold run would import now is another file.
+            (site / "sitecustomize.py").write_text("GREETING = 'second, and longer'\n")
+            await controller.submit({**job, "task_id": "changed"})
+            assert (await controller.wait_terminal("changed"))["state"] == "success"
+            await controller.submit({**job, "task_id": "after"})
+            assert (await controller.wait_terminal("after"))["state"] == "success"
+            assert (worker.metrics.warm_starts, worker.metrics.cold_starts) == (2, 1)
+            assert worker.metrics.warm_parents_started == 2
+    assert any(
+        "cold start:" in record.getMessage() and "sitecustomize.py" in record.getMessage() for record in caplog.records
+    )
+
+
+@pytest.mark.parametrize(
+    ("files", "environment", "reason"),
+    [
+        # The parent would hold the log file open for every job, as Display opens it at import.
+        ({"ansible.cfg": "[defaults]\nlog_path = ./ansible.log\n"}, {}, "left open"),
+        # What Python reports on its own start-up a fork cannot report again.
+        ({}, {"PYTHONPROFILEIMPORTTIME": "1"}, "report on its own start-up"),
+    ],
+)
+async def test_what_a_fork_cannot_hand_over_means_cold_starts_with_the_reason(
+    broker: Broker,
+    tree_factory: TreeFactory,
+    group: str,
+    caplog: pytest.LogCaptureFixture,
+    files: dict[str, str],
+    environment: dict[str, str],
+    reason: str,
+) -> None:
+    settings = make_settings(broker.port, tree_factory(files), group, environment=environment)
+    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm_pool"):
+        async with open_controller(broker, group) as controller, running_worker(settings) as worker:
+            await controller.submit({"task_id": "refused", "playbook": "quick.yml", "inventory": "inventory.ini"})
+            final = await controller.wait_terminal("refused")
+            assert (worker.metrics.warm_starts, worker.metrics.cold_starts) == (0, 1)
+            assert worker.metrics.warm_parents_lost == 0
+    assert final["state"] == "success", final["error_message"]
+    assert any("cold start:" in record.getMessage() and reason in record.getMessage() for record in caplog.records)
