@@ -90,7 +90,9 @@ lane = pytest.mark.parametrize(
 class DeployedWorker:
     """A running worker as a test sees it, however it was deployed: its id, its presence, and its stop."""
 
-    def __init__(self, settings: Settings, *, worker: Worker | None = None, process: WorkerProcess | None = None):
+    def __init__(
+        self, settings: Settings, *, worker: Worker | None = None, process: WorkerProcess | None = None
+    ) -> None:
         self.worker_id = settings.worker.worker_id
         self._port = settings.mqtt.port
         self._topics = Topics(settings.worker.topic_prefix, settings.worker.group_name)
@@ -153,6 +155,8 @@ class Deployment:
         # Nothing is lost on the way to the file: the worker reads the same settings back.
         assert Settings.model_validate(document) == settings
         config = self.base / f"settings-{settings.worker.worker_id}.json"
+        # It holds the test's secrets in clear: root's alone (the worker gets a copy of its own).
+        config.touch(mode=0o600)
         config.write_text(json.dumps(document))
         async with self.process("run", "-c", str(config)) as process:
             await process.wait_for_line("connected to broker")
@@ -162,7 +166,7 @@ class Deployment:
             finally:
                 handle.request_shutdown()
                 code = await process.wait_exit()
-                assert code == 0, "\n".join(process.lines[-30:])
+            assert code == 0, "\n".join(process.lines[-30:])
 
     @asynccontextmanager
     async def process(self, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[WorkerProcess]:
@@ -239,9 +243,9 @@ class Deployment:
             if file.is_relative_to(self.base):
                 _let_worker_read(file)
         deployed = path.with_name(path.name + ".deployed.json")
-        deployed.write_text(json.dumps(document))
+        deployed.touch(mode=0o600)
         os.chown(deployed, WORKER_UID, WORKER_UID)
-        deployed.chmod(0o600)
+        deployed.write_text(json.dumps(document))
         return deployed
 
 
