@@ -1,40 +1,58 @@
-"""Sessions for developers and CI: tests, lint, typecheck, benchmarks, and the end-to-end demo."""
+"""Sessions for developers and CI: tests, lint, typecheck, benchmarks, the end-to-end demo, and the lock."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nox
 
+# The exact version of every package a session installs (`nox -s lock` renews it); the
+# lower bounds the project needs stay in pyproject.toml.
+LOCK = "constraints.txt"
 # The official JSON Schema of AsyncAPI 3.0, from the npm package the AsyncAPI project publishes.
-ASYNCAPI_SPECS = "@asyncapi/specs@6"
+ASYNCAPI_SPECS = ("@asyncapi/specs", "6.11.1")
 # axe-core checks the dashboard's pages for accessibility inside the browser tests.
-AXE_CORE = "axe-core@4.14.1"
+AXE_CORE = ("axe-core", "4.14.1")
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 
+def install(session: nox.Session, *requirements: str) -> None:
+    """Install `requirements` at the versions of the lock."""
+    session.install("-c", LOCK, *requirements)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite against a real Mosquitto and real ansible-playbook."""
-    session.install("-e", ".[dev]")
-    specs = Path(session.virtualenv.location) / "asyncapi-specs"
-    schema = specs / "node_modules" / "@asyncapi" / "specs" / "schemas" / "3.0.0.json"
-    if not schema.exists():
-        session.run("npm", "install", "--prefix", str(specs), "--no-audit", "--no-fund", ASYNCAPI_SPECS, external=True)
-    axe_prefix = Path(session.virtualenv.location) / AXE_CORE
-    axe = axe_prefix / "node_modules" / "axe-core" / "axe.min.js"
-    if not axe.exists():
-        session.run("npm", "install", "--prefix", str(axe_prefix), "--no-audit", "--no-fund", AXE_CORE, external=True)
-    session.env["AXE_CORE_SCRIPT"] = str(axe)
-    session.run("pytest", *session.posargs, env={"ASYNCAPI_SPEC_SCHEMA": str(schema)})
+    """Run the test suite against a real Mosquitto and real ansible-playbook (as root, also as the image's user)."""
+    install(session, "-e", ".[dev]")
+    venv = Path(session.virtualenv.location)
+    schema = npm_package(session, venv / "asyncapi-specs", ASYNCAPI_SPECS) / "schemas" / "3.0.0.json"
+    session.env["AXE_CORE_SCRIPT"] = str(npm_package(session, venv / "axe-core", AXE_CORE) / "axe.min.js")
+    # The whole suite in two processes (most of its time is spent waiting on Ansible and the
+    # broker); a subset, as given, in one.
+    arguments = session.posargs or ["--numprocesses=2"]
+    session.run("pytest", *arguments, env={"ASYNCAPI_SPEC_SCHEMA": str(schema)})
+
+
+def npm_package(session: nox.Session, prefix: Path, package: tuple[str, str]) -> Path:
+    """Install the npm `package` (name, exact version) under `prefix` unless it is there; its directory."""
+    name, version = package
+    directory = prefix / "node_modules" / name
+    installed = directory / "package.json"
+    if not installed.exists() or json.loads(installed.read_text()).get("version") != version:
+        session.run(
+            "npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", f"{name}@{version}", external=True
+        )
+    return directory
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint rules and formatting."""
-    session.install("ruff>=0.6")
+    install(session, "ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -42,7 +60,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy in strict mode over the package, the tests, the examples and this file."""
-    session.install("-e", ".[dev]")
+    install(session, "-e", ".[dev]")
     session.run("mypy")
 
 
@@ -50,7 +68,7 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Measure the worker against running ansible-playbook directly; writes benchmarks/results.json."""
     # selenium drives the system Chromium for the dashboard's figures.
-    session.install(".", "selenium>=4.20")
+    install(session, ".", "selenium")
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/bench_ssh.py")
     session.run("python", "benchmarks/bench_sources.py")
@@ -62,12 +80,45 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def soak(session: nox.Session) -> None:
     """Three workers, 1,000 jobs, random restarts: counts lost and duplicated jobs (not in CI)."""
-    session.install(".")
+    install(session, ".")
     session.run("python", "benchmarks/soak.py", *session.posargs)
 
 
 @nox.session
 def demo(session: nox.Session) -> None:
     """Start a local broker and a worker, run the bundled example playbook, show its live status."""
-    session.install(".")
+    install(session, ".")
     session.run("python", "examples/demo.py")
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """Renew constraints.txt on purpose: the newest versions pyproject.toml allows; then run the suite on them.
+
+    The resolution reads PyPI only, and no pip or uv configuration of this machine (its own
+    indexes, constraint files), for every platform and for Python 3.11 and newer.
+    """
+    install(session, "uv")
+    session.run(
+        "uv",
+        "pip",
+        "compile",
+        "pyproject.toml",
+        "--extra",
+        "dev",
+        "--universal",
+        "--python-version",
+        "3.11",
+        "--upgrade",
+        "--no-config",
+        "--default-index",
+        "https://pypi.org/simple",
+        "--custom-compile-command",
+        "nox -s lock",
+        "--output-file",
+        LOCK,
+        env={"UV_INDEX": "", "UV_EXTRA_INDEX_URL": "", "UV_FIND_LINKS": "", "UV_CONSTRAINT": ""},
+    )
+    session.notify("tests")
+    session.notify("lint")
+    session.notify("typecheck")

@@ -31,6 +31,7 @@ from ansible_worker.ops.config import Settings
 from ansible_worker.protocol.signing import Signer, generate_key_pair
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker.service import Worker
+from tests.deployment import Deployment, lane_deployment
 
 REPO = Path(__file__).parent.parent
 PLAYBOOKS = Path(__file__).parent / "playbooks"
@@ -107,6 +108,18 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         yield instance
     finally:
         instance.stop()
+
+
+@pytest.fixture
+def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """How the test runs the worker: as itself (root), unless the test is in the lane (`@lane`)."""
+    yield from lane_deployment(getattr(request, "param", "root"))
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path, deployment: Deployment) -> Path:
+    """pytest's own, or, for a worker of another user, a directory that user can reach."""
+    return deployment.base or tmp_path
 
 
 @pytest.fixture
@@ -312,20 +325,30 @@ class WorkerProcess:
                         return line
                 await self._changed.wait()
 
-    async def stop(self) -> None:
-        """SIGTERM, as Kubernetes or systemd would send; wait (bounded) for the exit and its last log line."""
+    async def stop(self) -> int:
+        """SIGTERM, as Kubernetes or systemd would send; the exit code, once it and the last log line came (bounded)."""
         self.process.send_signal(signal.SIGTERM)
-        with trio.fail_after(30):
-            await self.process.wait()
+        return await self.wait_exit()
+
+    async def wait_exit(self) -> int:
+        """The exit code, once the process has exited and its log has ended (bounded)."""
+        with trio.fail_after(60):
+            code = await self.process.wait()
             await self._log_closed.wait()
+        return code
 
 
 @asynccontextmanager
-async def worker_process(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[WorkerProcess]:
-    """`ansible-worker ARGS` as an operator starts it; killed if still running at the end."""
-    executable = str(Path(sys.executable).parent / "ansible-worker")
+async def worker_process(
+    *args: str, env: dict[str, str] | None = None, executable: str | None = None, **options: Any
+) -> AsyncIterator[WorkerProcess]:
+    """`ansible-worker ARGS` as an operator starts it; killed if still running at the end.
+
+    `options` go to `subprocess.Popen` (`user`, `cwd`, `umask`...).
+    """
+    executable = executable or str(Path(sys.executable).parent / "ansible-worker")
     async with trio.open_nursery() as nursery:
-        process = await trio.lowlevel.open_process([executable, *args], env=env, stderr=subprocess.PIPE)
+        process = await trio.lowlevel.open_process([executable, *args], env=env, stderr=subprocess.PIPE, **options)
         worker = WorkerProcess(process)
         nursery.start_soon(worker.read_log)
         try:

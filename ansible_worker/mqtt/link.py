@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import os
 import re
 import socket
 import ssl
@@ -213,14 +214,21 @@ async def open_mqtt_link(options: LinkOptions) -> AsyncIterator[MqttLink]:
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(DISCONNECT_TIMEOUT):
                     await link.close_streams()
-                # An error on exit means the link was already gone: nothing is left to close.
-                with (
-                    trio.CancelScope(shield=True),
-                    trio.move_on_after(DISCONNECT_TIMEOUT),
-                    contextlib.suppress(aiomqtt.MqttError),
-                ):
-                    await trio_asyncio.aio_as_trio(_send_disconnect, loop=loop)(client)
-                    await session.__aexit__(None, None, None)
+                connection: socket.socket | None = None
+                try:
+                    # An error on exit means the link was already gone: nothing is left to close.
+                    with (
+                        trio.CancelScope(shield=True),
+                        trio.move_on_after(DISCONNECT_TIMEOUT),
+                        contextlib.suppress(aiomqtt.MqttError),
+                    ):
+                        connection = await trio_asyncio.aio_as_trio(_send_disconnect, loop=loop)(client)
+                        await session.__aexit__(None, None, None)
+                        if connection is not None:
+                            await _wait_for_broker_close(connection)
+                finally:
+                    if connection is not None:
+                        connection.close()
 
 
 class _TrioSafeClient(aiomqtt.Client):
@@ -335,29 +343,60 @@ class _TrioSafeClient(aiomqtt.Client):
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise LinkLost(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
 
-    def send_disconnect(self) -> None:
-        """Queue DISCONNECT and write it now, rather than on a flush deferred to a later loop turn.
+    def send_disconnect(self) -> socket.socket | None:
+        """Queue DISCONNECT and write it now; a second handle on the connection, or None if none was sent.
 
         The broker must read DISCONNECT before the socket closes, or it publishes the will.
         Written here, it is on the wire before `__aexit__` waits; what the socket buffer
         cannot take yet goes out through the usual writer.
+
+        paho closes its socket as soon as DISCONNECT is written. The broker may still be
+        answering what came before it (a publish's acknowledgement, our own message coming
+        back to a subscription of ours): meeting a closed socket, such an answer is reset, and
+        Mosquitto then drops the connection as broken before it reads the DISCONNECT, and
+        publishes the will. The caller keeps the connection open on the returned duplicate,
+        reading what still comes, until the broker closes it.
         """
         if self._disconnected.done():
-            return
+            return None
+        sock = self._client.socket()
+        if sock is None:
+            return None
+        # A plain socket on a duplicate descriptor: TLS records still to come are read and dropped as bytes.
+        connection = socket.socket(fileno=os.dup(sock.fileno()))
+        connection.setblocking(False)
         if self._client.disconnect() != mqtt.MQTT_ERR_SUCCESS:
-            return
+            connection.close()
+            return None
         try:
             self._client.loop_write()
         except Exception as exc:  # a broken connection, whatever paho raises for it
             self._fail(exc)
+        return connection
 
     def _fail(self, exc: Exception) -> None:
         if not self._disconnected.done():
             self._disconnected.set_exception(exc)
 
 
-async def _send_disconnect(client: _TrioSafeClient) -> None:
-    client.send_disconnect()
+async def _send_disconnect(client: _TrioSafeClient) -> socket.socket | None:
+    return client.send_disconnect()
+
+
+async def _wait_for_broker_close(connection: socket.socket) -> None:
+    """Read and drop what the broker still sends after our DISCONNECT, until it closes the connection.
+
+    Cancellation: the caller bounds it; the connection is then closed with data unread.
+    """
+    while True:
+        await trio.lowlevel.wait_readable(connection)
+        try:
+            if not connection.recv(65536):
+                return
+        except BlockingIOError:
+            continue
+        except OSError:
+            return
 
 
 _PUBLISH_MID: contextvars.ContextVar[int] = contextvars.ContextVar("publish_mid", default=-1)

@@ -79,6 +79,14 @@ async def run_process_group(
     Errors: `OSError` when the executable cannot be started.
     """
     process: trio.Process | None = None
+
+    async def deliver_cancel(started: trio.Process) -> None:
+        nonlocal process
+        # A cancellation that arrives as the process starts may leave `nursery.start` before it
+        # returns the process (the process is then ended all the same): know it from here.
+        process = started
+        await _terminate_group(started, kill_grace=kill_grace, record=record)
+
     try:
         with unwrap_lone_errors():
             async with trio.open_nursery() as nursery:
@@ -93,7 +101,7 @@ async def run_process_group(
                         stderr=output_fd,
                         start_new_session=True,
                         check=False,
-                        deliver_cancel=partial(_terminate_group, kill_grace=kill_grace, record=record),
+                        deliver_cancel=deliver_cancel,
                     )
                 )
     finally:

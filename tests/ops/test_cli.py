@@ -13,6 +13,7 @@ import trio
 
 from ansible_worker import __version__
 from tests.conftest import ANSIBLE_PLAYBOOK, REPO, Broker, open_controller, processes_mentioning, worker_process
+from tests.deployment import Deployment, lane
 
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
 
@@ -147,12 +148,13 @@ def test_version_from_the_command_and_the_module() -> None:
     assert module.stdout.strip() == f"ansible-worker {__version__}"
 
 
+@lane
 async def test_sigterm_cancels_running_and_queued_jobs_and_exits_zero(
-    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
     config = good_config(tmp_path, broker.port, playbook_dir, group)
     sleeper = {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 293}}
-    async with open_controller(broker, group) as controller, worker_process("run", "-c", str(config)) as worker:
+    async with open_controller(broker, group) as controller, deployment.process("run", "-c", str(config)) as worker:
         await worker.wait_for_line("connected to broker")
         await controller.submit({"task_id": "sig-running", **sleeper})
         await controller.wait_for("sig-running", {"running"})

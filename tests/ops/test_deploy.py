@@ -21,6 +21,7 @@ from ansible_worker.protocol.models import CONTENT_PART_BYTES
 from ansible_worker.run.sources import cache_problem
 from ansible_worker.worker.service import SHUTDOWN_MARGIN
 from tests.conftest import REPO
+from tests.deployment import containerfile
 
 ROOT = REPO
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -138,13 +139,6 @@ def test_disruption_budget_keeps_a_worker(tmp_path: Path) -> None:
     assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
-def containerfile() -> list[tuple[str, str]]:
-    """(instruction, arguments) of the Containerfile, continuation lines joined."""
-    text = re.sub(r"\\\n", " ", (ROOT / "Containerfile").read_text())
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
-
-
 def test_image_runs_the_worker_as_a_non_root_user() -> None:
     instructions = containerfile()
     users = [arguments for instruction, arguments in instructions if instruction == "USER"]
@@ -165,3 +159,17 @@ def test_image_bakes_in_no_secret() -> None:
             assert not re.search(r"config\.yaml|\.key\b|\.pem\b|id_rsa|id_ed25519", arguments), arguments
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {"config.yaml", "*.key", "*.pem", ".git"} <= set(ignored)
+
+
+def test_ci_runs_the_test_command_of_readme() -> None:
+    """CI installs what README's test command installs, then runs the rest of it unchanged."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("**The tests**", 1)[1].split("```sh\n", 1)[1].split("\n```", 1)[0]
+    (command,) = block.splitlines()
+    steps = command.split(" && ")
+    first = next(index for index, step in enumerate(steps) if step.startswith("python3 -m venv"))
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert " && ".join(steps[first:]) in ci.splitlines()
+    packages = {name for match in re.findall(r"apt-get install -y ([^&|)]+)", command) for name in match.split()}
+    installed = {name for match in re.findall(r"apt-get install -y ([^&|)\n]+)", ci) for name in match.split()}
+    assert packages <= installed

@@ -36,13 +36,17 @@ class SshHost:
     name: str
     port: int
     known_hosts_line: str
+    # Where the host keeps its files: its remote temporary directory is there.
+    home: Path
 
     def inventory_line(self) -> str:
         """This host in an INI inventory, reached through its port on loopback."""
         # The "remote" Python is this one: interpreter discovery would find whatever the machine has.
+        # The "remote" file system is this one too: the host's temporary files must not land where
+        # the worker's own go (ANSIBLE_REMOTE_TEMP of its environment applies to every host).
         return (
             f"{self.name} ansible_host=127.0.0.1 ansible_port={self.port} ansible_user={getpass.getuser()}"
-            f" ansible_python_interpreter={sys.executable}"
+            f" ansible_python_interpreter={sys.executable} ansible_remote_tmp={self.home / 'remote-tmp'}"
         )
 
 
@@ -70,7 +74,7 @@ def _prepare(home: Path, name: str, authorized: list[str]) -> tuple[Path, SshHos
         "LogLevel ERROR\nMaxStartups 100\n"
     )
     key_type, key = Path(f"{host_key}.pub").read_text().split()[:2]
-    return config, SshHost(name, port, f"[127.0.0.1]:{port} {key_type} {key}")
+    return config, SshHost(name, port, f"[127.0.0.1]:{port} {key_type} {key}", home)
 
 
 @asynccontextmanager

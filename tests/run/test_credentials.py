@@ -22,6 +22,7 @@ from tests.conftest import (
     worker_config,
     worker_process,
 )
+from tests.deployment import Deployment, lane
 from tests.run.sshd import SshHost, make_key, ssh_hosts
 
 PASSPHRASE = "correct horse battery staple"
@@ -117,8 +118,9 @@ def left_behind(runs: Path) -> list[str]:
     return found
 
 
+@lane
 async def test_a_key_with_a_passphrase_runs_hosts_in_parallel_and_leaves_nothing(
-    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -144,7 +146,7 @@ async def test_a_key_with_a_passphrase_runs_hosts_in_parallel_and_leaves_nothing
                             pass
                 await trio.sleep(0.02)
 
-        async with running_worker(settings) as worker, open_controller(broker, group) as controller:
+        async with deployment.running(settings) as worker, open_controller(broker, group) as controller:
             job = {
                 "task_id": "ssh-1",
                 "playbook": "parallel.yml",
@@ -160,10 +162,11 @@ async def test_a_key_with_a_passphrase_runs_hosts_in_parallel_and_leaves_nothing
                 assert running["state"] == "running"
                 final = await controller.wait_terminal("ssh-1", within=90)
                 done.set()
+            warm_and_cold = await worker.starts(jobs_done=1)
     assert final["state"] == "success", final["error_message"]
     assert final["tasks_changed"] == 3
     # Credentials do not cost the warm start: what they set is given to the fork, not the parent.
-    assert (worker.metrics.warm_starts, worker.metrics.cold_starts) == (1, 0)
+    assert warm_and_cold == (1, 0)
     starts = {name: float((marks / f"{name}.start").read_text()) for name in ("web1", "web2")}
     ends = {name: float((marks / f"{name}.end").read_text()) for name in ("web1", "web2")}
     # Forks: each host started before the other ended.
@@ -235,8 +238,9 @@ async def test_an_unknown_host_key_is_refused_with_strict_checking(
     assert other.read_text() == "", "an unknown host key is never learnt"
 
 
+@lane
 async def test_a_vaulted_vars_file_needs_the_vault_credential(
-    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
     password_file = tmp_path / "vault-pass"
     password_file.write_text(VAULT_PASSWORD + "\n")
@@ -247,16 +251,18 @@ async def test_a_vaulted_vars_file_needs_the_vault_credential(
         [vault, "encrypt", "--vault-password-file", str(password_file), str(vars_file)], capture_stdout=True
     )
     assert b"swordfish" not in vars_file.read_bytes()
+    # ansible-vault leaves it 0600; a checkout of it is as readable as the other playbooks.
+    vars_file.chmod(0o644)
     (playbook_dir / "vaulted.yml").write_text(VAULTED)
     credentials = {"vault": {"type": "vault", "password_file": str(password_file)}}
     settings = make_settings(broker.port, playbook_dir, group, credentials=credentials)
-    async with running_worker(settings), open_controller(broker, group) as controller:
+    async with deployment.running(settings), open_controller(broker, group) as controller:
         job = {"playbook": "vaulted.yml", "inventory": "localhost,"}
         await controller.submit({"task_id": "with-vault", **job, "credentials": ["vault"]})
         with_vault = await controller.wait_terminal("with-vault")
         await controller.submit({"task_id": "without-vault", **job})
         without = await controller.wait_terminal("without-vault")
-    assert with_vault["state"] == "success", with_vault
+    assert with_vault["state"] == "success", with_vault["error_message"]
     assert without["state"] == "failed"
     assert "vault" in without["error_message"].lower()
     assert VAULT_PASSWORD not in json.dumps(with_vault) + json.dumps(without)

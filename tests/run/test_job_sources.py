@@ -27,6 +27,7 @@ from tests.conftest import (
     processes_mentioning,
     running_worker,
 )
+from tests.deployment import Deployment, lane
 
 # Reads version.txt, waits for the go-ahead file when asked to, then reads it again.
 SHOW = """\
@@ -164,13 +165,19 @@ async def test_two_revisions_at_once_each_see_their_own_files(broker: Broker, or
     assert seen["files-main"]["output"] == {"files": ["only-two.txt"]}, seen["files-main"]["error_message"]
 
 
-async def test_git_pull_while_a_job_runs_leaves_its_files_alone(broker: Broker, origin: Origin, tmp_path: Path) -> None:
+@lane
+async def test_git_pull_while_a_job_runs_leaves_its_files_alone(
+    broker: Broker, origin: Origin, git_daemon: str, tmp_path: Path, deployment: Deployment
+) -> None:
     before = origin.commit("one")
     checkout = tmp_path / "checkout"
-    git(tmp_path, "clone", "--quiet", "-b", "main", str(origin.bare), str(checkout))
+    # From a server, as a deployment's checkout is: git fetches from no local repository of another user.
+    git(tmp_path, "clone", "--quiet", "-b", "main", git_daemon, str(checkout))
+    # Jobs pull into the checkout: it is the worker's, as deploy/kubernetes clones it.
+    deployment.hand_over(checkout)
     go = tmp_path / "go"
     settings = make_settings(broker.port, checkout, "g-pull", concurrency=2, state_dir=tmp_path / "state")
-    async with open_controller(broker, "g-pull") as controller, running_worker(settings):
+    async with open_controller(broker, "g-pull") as controller, deployment.running(settings):
         await controller.submit({"task_id": "running", **JOB, "extra_vars": {"go_file": str(go)}})
         await wait_for_task(controller, "running", "Wait for the go-ahead")
         after = origin.commit("two")
@@ -216,14 +223,15 @@ def git_daemon(origin: Origin) -> Iterator[str]:
         process.wait(timeout=10)
 
 
+@lane
 async def test_tag_and_full_commit_id_over_git_daemon(
-    broker: Broker, origin: Origin, git_daemon: str, tmp_path: Path
+    broker: Broker, origin: Origin, git_daemon: str, tmp_path: Path, deployment: Deployment
 ) -> None:
     first = origin.commit("one", tag="v1")
     second = origin.commit("two")
     projects = {"net": {"url": git_daemon, "allow_revision": True, "update_interval": 3600}}
     settings = make_settings(broker.port, tmp_path / "seed", "g-net", projects=projects, state_dir=tmp_path / "state")
-    async with open_controller(broker, "g-net") as controller, running_worker(settings):
+    async with open_controller(broker, "g-net") as controller, deployment.running(settings):
         jobs = {"by-tag": "v1", "by-id": first, "by-branch": None}
         for task_id, revision in jobs.items():
             await controller.submit({"task_id": task_id, **JOB, "project": "net", "revision": revision})

@@ -33,6 +33,7 @@ from tests.conftest import (
     running_worker,
     wait_online,
 )
+from tests.deployment import Deployment, lane
 
 SHOW = """\
 - name: Show
@@ -84,8 +85,9 @@ def worker_settings(broker: Broker, playbooks: Path, group: str, state: Path, **
     return make_settings(broker.port, playbooks, group, **values)
 
 
+@lane
 async def test_a_job_runs_from_shipped_content_and_the_same_tree_is_sent_once(
-    broker: Broker, tree: Path, empty_playbooks: Path, tmp_path: Path
+    broker: Broker, tree: Path, empty_playbooks: Path, tmp_path: Path, deployment: Deployment
 ) -> None:
     group = "g-ship"
     state = tmp_path / "state"
@@ -93,7 +95,7 @@ async def test_a_job_runs_from_shipped_content_and_the_same_tree_is_sent_once(
     live: list[bytes] = []
     async with (
         open_mqtt_link(options) as watcher,
-        running_worker(worker_settings(broker, empty_playbooks, group, state)) as worker,
+        deployment.running(worker_settings(broker, empty_playbooks, group, state)) as worker,
         client_for(broker, group) as client,
     ):
         # Counts what is published on the content topics from now on (live, not retained copies).

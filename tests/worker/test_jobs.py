@@ -8,7 +8,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import ANSIBLE_PLAYBOOK, Broker, make_settings, open_controller, running_worker
+from tests.deployment import Deployment, lane
 
 RECAP_LINE = re.compile(r"^(\S+)\s+:\s+(ok=.*)$")
 
@@ -35,12 +38,17 @@ def play_recap(playbook_dir: Path, playbook: str, inventory: str) -> dict[str, i
     return totals
 
 
-async def test_success_status_has_every_field_and_recap_counts(broker: Broker, playbook_dir: Path, group: str) -> None:
+@lane
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+async def test_success_status_has_every_field_and_recap_counts(
+    broker: Broker, playbook_dir: Path, group: str, deployment: Deployment, warm: bool
+) -> None:
     recap = play_recap(playbook_dir, "recap.yml", "inventory.ini")
-    settings = make_settings(broker.port, playbook_dir, group)
-    async with open_controller(broker, group) as controller, running_worker(settings):
+    settings = make_settings(broker.port, playbook_dir, group, warm_start=warm)
+    async with open_controller(broker, group) as controller, deployment.running(settings) as worker:
         await controller.submit({"task_id": "recap-1", "playbook": "recap.yml", "inventory": "inventory.ini"})
         final = await controller.wait_terminal("recap-1")
+        assert await worker.starts(jobs_done=1) == ((1, 0) if warm else (0, 1))
 
     states = [status["state"] for status in controller.statuses["recap-1"]]
     assert states[0] == "queued"
@@ -102,8 +110,9 @@ async def test_set_stats_calls_merge_later_key_wins(broker: Broker, playbook_dir
     assert final["output_per_host"] == {"host1": {"mine": "host1"}}
 
 
+@lane
 async def test_extra_vars_are_data_not_templates(
-    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
     marker = tmp_path / "pwned"
     attack = "{{ lookup('pipe', 'touch " + str(marker) + "') }}"
@@ -115,7 +124,7 @@ async def test_extra_vars_are_data_not_templates(
     }
     async with (
         open_controller(broker, group) as controller,
-        running_worker(make_settings(broker.port, playbook_dir, group)),
+        deployment.running(make_settings(broker.port, playbook_dir, group)),
     ):
         await controller.submit(job)
         final = await controller.wait_terminal("vars-1")

@@ -29,6 +29,7 @@ from tests.conftest import (
     wait_online,
     worker_config,
 )
+from tests.deployment import Deployment, lane
 
 QUICK = {"playbook": "quick.yml", "inventory": "one_host.ini"}
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
@@ -118,23 +119,23 @@ async def test_second_signal_stops_waiting_for_running_jobs(broker: Broker, play
 def journaled_worker(
     tmp_path: Path, broker: Broker, playbook_dir: Path, group: str, worker_id: str
 ) -> tuple[list[str], Path]:
-    """The command line of a worker with a journal, and the journal's directory."""
+    """The arguments of a worker with a journal, and the journal's directory."""
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     config = worker_config(
         tmp_path / "w.json", broker, playbook_dir, group, worker_id=worker_id, state_dir=str(state_dir)
     )
-    return [EXECUTABLE, "run", "-c", str(config)], state_dir
+    return ["run", "-c", str(config)], state_dir
 
 
+@lane
 async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
-    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
-    command, state_dir = journaled_worker(tmp_path, broker, playbook_dir, group, "phoenix")
+    arguments, state_dir = journaled_worker(tmp_path, broker, playbook_dir, group, "phoenix")
     earlier_run_dirs = _run_directories("crash-running")
     async with client_for(broker, group) as client:
-        process = await trio.lowlevel.open_process(command, stderr=subprocess.DEVNULL)
-        try:
+        async with deployment.process(*arguments) as killed:
             await wait_online(client, "phoenix")
             running = await client.submit({"task_id": "crash-running", **sleeper(277)})
             async for status in running.statuses():
@@ -145,9 +146,9 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
                 while not processes_mentioning("sleep 277"):  # noqa: ASYNC110 - /proc has no event to wait on
                     await trio.sleep(0.05)
             await client.submit({"task_id": "crash-queued", **QUICK})
-            process.send_signal(signal.SIGKILL)
+            killed.process.send_signal(signal.SIGKILL)
             with trio.fail_after(10):
-                await process.wait()
+                await killed.process.wait()
             with pytest.raises(JobLost, match="job crash-running is lost: its worker phoenix went offline"):
                 with trio.fail_after(20):
                     await running.wait()
@@ -159,16 +160,12 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
             )
             assert watch.returncode == 5
             assert "job crash-running is lost: its worker phoenix went offline" in watch.stderr.decode()
-        finally:
-            if process.returncode is None:
-                process.kill()
         # Ansible outlived the worker it belonged to (killed alone, as systemd's KillMode=process
         # or supervisord do): the restarted worker must end it before it reports the job.
         assert processes_mentioning("sleep 277"), "the scenario needs the old run still alive"
         run_dirs = _run_directories("crash-running") - earlier_run_dirs
         assert run_dirs
-        restarted = await trio.lowlevel.open_process(command, stderr=subprocess.DEVNULL)
-        try:
+        async with deployment.process(*arguments) as restarted:
             await wait_online(client, "phoenix")
             running_again = await client.follow("crash-running")
             queued_again = await client.follow("crash-queued")
@@ -176,10 +173,7 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
                 interrupted = await running_again.wait()
                 left_over = processes_mentioning("sleep 277")
                 ran = await queued_again.wait()
-        finally:
-            restarted.send_signal(signal.SIGTERM)
-            with trio.fail_after(20):
-                await restarted.wait()
+            assert await restarted.stop() == 0
     assert interrupted["state"] == "failed"
     assert interrupted["error_message"] == "interrupted: worker restarted"
     assert interrupted["worker_id"] == "phoenix"
@@ -285,7 +279,8 @@ async def test_megabytes_of_output_keep_memory_bounded(
 async def test_unacknowledged_terminal_status_is_published_after_a_restart(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
 ) -> None:
-    command, state_dir = journaled_worker(tmp_path, broker, playbook_dir, group, "keeper")
+    arguments, state_dir = journaled_worker(tmp_path, broker, playbook_dir, group, "keeper")
+    command = [EXECUTABLE, *arguments]
     process = await trio.lowlevel.open_process(command, stderr=subprocess.DEVNULL)
     try:
         async with client_for(broker, group) as client:

@@ -1,0 +1,400 @@
+"""How a test deploys the worker: as the test process (root), or as the image's unprivileged user.
+
+The test process stays root throughout: it is the operator, who makes the directories, owns
+the playbooks and runs the broker and the SSH hosts. Only the worker changes with the
+deployment:
+
+- `root`: the worker in the test process, as most tests run it.
+- `unprivileged`: `ansible-worker run -c FILE` as uid 10001 (the Containerfile's user) with
+  a `HOME` of its own, on the system Python (a venv of `/usr/bin/python3` that the user can
+  read, with this project installed from the lock, not in editable mode); playbooks owned by
+  root that it may read but not write; its state, run and source cache directories its own.
+- `image-env`: the same, with the environment of the image (`HOME`, `ANSIBLE_HOME`,
+  `ANSIBLE_LOCAL_TEMP`, `ANSIBLE_REMOTE_TEMP` in a scratch directory, as on its `/tmp`).
+
+Tests choose the deployments with `@lane`; their `tmp_path` is then a directory under
+`/tmp` that the worker's user can reach (pytest's own is private to root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+import yaml
+from pydantic import SecretStr
+
+from ansible_worker.controller.client import open_client, target_from_url
+from ansible_worker.ops.config import Settings
+from ansible_worker.protocol.topics import Topics
+from ansible_worker.worker.service import Worker
+
+if TYPE_CHECKING:
+    from tests.conftest import WorkerProcess
+
+REPO = Path(__file__).parent.parent
+LOCK = REPO / "constraints.txt"
+
+
+def containerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) of the Containerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (REPO / "Containerfile").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def image_environment() -> dict[str, str]:
+    """The variables the image's `ENV` sets."""
+    found: dict[str, str] = {}
+    for instruction, arguments in containerfile():
+        if instruction == "ENV":
+            for word in shlex.split(arguments):
+                name, _, value = word.partition("=")
+                found[name] = value
+    return found
+
+
+# The image's user, as its USER says; created on the test machine as the image creates it.
+WORKER_UID = int(next(arguments for instruction, arguments in containerfile() if instruction == "USER").split(":")[0])
+WORKER_USER = "ansible-worker"
+SYSTEM_PYTHON = "/usr/bin/python3"
+# Shared by the runs of one checkout; root's own, and checked to be before root runs anything in it.
+LANE_ROOT = Path("/var/tmp/ansible-worker-tests")
+
+# `-m lane` selects the unprivileged runs alone.
+lane = pytest.mark.parametrize(
+    "deployment",
+    ["root", *(pytest.param(name, marks=pytest.mark.lane) for name in ("unprivileged", "image-env"))],
+    indirect=True,
+)
+
+
+class DeployedWorker:
+    """A running worker as a test sees it, however it was deployed: its id, its presence, and its stop."""
+
+    def __init__(
+        self, settings: Settings, *, worker: Worker | None = None, process: WorkerProcess | None = None
+    ) -> None:
+        self.worker_id = settings.worker.worker_id
+        self._port = settings.mqtt.port
+        self._topics = Topics(settings.worker.topic_prefix, settings.worker.group_name)
+        self._worker = worker
+        self.process = process
+        self._signals = 0
+
+    def request_shutdown(self, *, hurry: bool = False) -> None:
+        """Begin a graceful shutdown, as SIGTERM does; `hurry` as a second SIGTERM does."""
+        if self._worker is not None:
+            self._worker.request_shutdown(hurry=hurry)
+            return
+        assert self.process is not None
+        for _ in range(self._signals, 2 if hurry else 1):
+            self.process.process.send_signal(signal.SIGTERM)
+            self._signals += 1
+
+    async def starts(self, *, jobs_done: int) -> tuple[int, int]:
+        """(warm, cold) starts from the worker's presence, once it counts `jobs_done` finished jobs."""
+        target = target_from_url(f"mqtt://127.0.0.1:{self._port}", group=self._topics.group)
+        async with open_client(target) as client:
+            receive = await client.subscribe([self._topics.worker(self.worker_id)])
+            with trio.fail_after(30):
+                async for message in receive:
+                    presence = json.loads(message.payload)
+                    if presence["jobs_done"] >= jobs_done:
+                        return presence["warm_starts"], presence["cold_starts"]
+        raise AssertionError("the presence subscription ended")
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployment:
+    """One way of running the worker; see the module docstring."""
+
+    name: str
+    # For the unprivileged ones: the directory of the test's files, and the venv the worker runs from.
+    base: Path | None = None
+    venv: Path | None = None
+
+    @property
+    def unprivileged(self) -> bool:
+        return self.base is not None
+
+    def hand_over(self, directory: Path) -> None:
+        """Give `directory` to the worker's user, as a deployment does with a checkout that jobs `git pull`."""
+        if self.unprivileged:
+            _chown_tree(directory, WORKER_UID, WORKER_UID)
+
+    @asynccontextmanager
+    async def running(self, settings: Settings) -> AsyncIterator[DeployedWorker]:
+        """A worker with `settings`, connected and subscribed; shut down gracefully on exit."""
+        if not self.unprivileged:
+            from tests.conftest import running_worker
+
+            async with running_worker(settings) as worker:
+                yield DeployedWorker(settings, worker=worker)
+            return
+        assert self.base is not None
+        document = _revealed(settings.model_dump())
+        # Nothing is lost on the way to the file: the worker reads the same settings back.
+        assert Settings.model_validate(document) == settings
+        config = self.base / f"settings-{settings.worker.worker_id}.json"
+        # It holds the test's secrets in clear: root's alone (the worker gets a copy of its own).
+        config.touch(mode=0o600)
+        config.write_text(json.dumps(document))
+        async with self.process("run", "-c", str(config)) as process:
+            await process.wait_for_line("connected to broker")
+            handle = DeployedWorker(settings, process=process)
+            try:
+                yield handle
+            finally:
+                handle.request_shutdown()
+                code = await process.wait_exit()
+            assert code == 0, "\n".join(process.lines[-30:])
+
+    @asynccontextmanager
+    async def process(self, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[WorkerProcess]:
+        """`ansible-worker ARGS` as this deployment's operator starts it; killed if still running at the end.
+
+        Unprivileged, a `-c FILE` among the arguments is set up as the operator would: the
+        directories it names for the worker are made the worker's, the files it names made
+        readable to it, and it runs the system venv's `ansible-playbook`.
+        """
+        from tests.conftest import worker_process
+
+        if not self.unprivileged:
+            async with worker_process(*args, env=env) as process:
+                yield process
+            return
+        arguments = list(args)
+        if "-c" in arguments:
+            index = arguments.index("-c") + 1
+            arguments[index] = str(self._deploy_config(Path(arguments[index])))
+        assert self.venv is not None
+        environment = {**self._environment(), **(env or {})}
+        async with worker_process(
+            *arguments,
+            executable=str(self.venv / "bin" / "ansible-worker"),
+            env=environment,
+            cwd=str(self.base),
+            user=WORKER_UID,
+            group=WORKER_UID,
+            extra_groups=[],
+            umask=0o022,
+        ) as process:
+            yield process
+
+    def _environment(self) -> dict[str, str]:
+        """What the worker's process starts with: nothing of the test process's own environment."""
+        assert self.base is not None
+        assert self.venv is not None
+        path = f"{self.venv / 'bin'}:/usr/local/bin:/usr/bin:/bin"
+        if self.name == "unprivileged":
+            home = self.base / "home"
+            if not home.exists():
+                home.mkdir(mode=0o700)
+                os.chown(home, WORKER_UID, WORKER_UID)
+            return {"PATH": path, "HOME": str(home), "LANG": "C.UTF-8"}
+        # The image's ENV, with a scratch directory of the worker's own as its /tmp (the pod's
+        # emptyDir); as in the image, HOME does not exist yet.
+        scratch = self.base / "scratch"
+        if not scratch.exists():
+            scratch.mkdir(mode=0o700)
+            os.chown(scratch, WORKER_UID, WORKER_UID)
+        image = {name: re.sub(r"^/tmp(?=/|$)", str(scratch), value) for name, value in image_environment().items()}
+        assert {"HOME", "ANSIBLE_HOME", "ANSIBLE_LOCAL_TEMP"} <= image.keys()
+        return {"PATH": path, **image}
+
+    def _deploy_config(self, path: Path) -> Path:
+        """The config file at `path` as the operator deploys it for the worker's user; a copy, the worker's own."""
+        from tests.conftest import ANSIBLE_PLAYBOOK
+
+        assert self.base is not None
+        assert self.venv is not None
+        document = yaml.safe_load(path.read_text())
+        worker = document["worker"]
+        if worker.get("ansible_playbook_path") == ANSIBLE_PLAYBOOK:
+            worker["ansible_playbook_path"] = str(self.venv / "bin" / "ansible-playbook")
+        playbooks = Path(worker["playbook_directory"])
+        if not _owned_by_worker(playbooks):
+            info = playbooks.stat()
+            assert info.st_uid == 0, f"{playbooks} is root's, read-only to the worker"
+            assert not info.st_mode & 0o022, f"{playbooks} is root's, read-only to the worker"
+        for key in ("state_dir", "run_directory", "source_cache"):
+            if worker.get(key):
+                _give_directory(Path(worker[key]))
+        for file in _files_named(document):
+            if file.is_relative_to(self.base):
+                _let_worker_read(file)
+        deployed = path.with_name(path.name + ".deployed.json")
+        deployed.touch(mode=0o600)
+        os.chown(deployed, WORKER_UID, WORKER_UID)
+        deployed.write_text(json.dumps(document))
+        return deployed
+
+
+def _owned_by_worker(directory: Path) -> bool:
+    # Handed over on purpose (`hand_over`): every entry is the worker's.
+    return all(path.lstat().st_uid == WORKER_UID for path in [directory, *directory.rglob("*")])
+
+
+def _revealed(tree: Any) -> Any:
+    """Settings as plain data for a config file: secrets in clear, paths as strings."""
+    if isinstance(tree, SecretStr):
+        return tree.get_secret_value()
+    if isinstance(tree, Path):
+        return str(tree)
+    if isinstance(tree, dict):
+        return {key: _revealed(value) for key, value in tree.items() if value is not None}
+    if isinstance(tree, list | tuple):
+        return [_revealed(value) for value in tree]
+    return tree
+
+
+def _files_named(tree: Any) -> Iterator[Path]:
+    """Existing files that a config names (keys, known_hosts, password files), wherever they are."""
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _files_named(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _files_named(value)
+    elif isinstance(tree, str) and tree.startswith("/") and "\n" not in tree and Path(tree).is_file():
+        yield Path(tree)
+
+
+def _let_worker_read(file: Path) -> None:
+    """As a secret mounted for the worker's group: root's file, readable to the group, never writable."""
+    mode = file.stat().st_mode
+    if not mode & stat.S_IROTH:
+        os.chown(file, -1, WORKER_UID)
+        file.chmod(stat.S_IMODE(mode) | stat.S_IRGRP)
+
+
+def _give_directory(directory: Path) -> None:
+    """A directory of the worker's own (0700), made now if missing."""
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True)
+    _chown_tree(directory, WORKER_UID, WORKER_UID)
+    directory.chmod(0o700)
+
+
+def _chown_tree(directory: Path, uid: int, gid: int) -> None:
+    for path in [directory, *directory.rglob("*")]:
+        os.chown(path, uid, gid, follow_symlinks=False)
+
+
+# ---------------------------------------------------------------- the machine: user and system venv
+
+
+def ensure_worker_user() -> None:
+    """The image's user and group, 10001, created once on this machine as the Containerfile creates them."""
+    with contextlib.suppress(KeyError):
+        pwd.getpwuid(WORKER_UID)
+        return
+    command = [
+        "useradd",
+        "--uid",
+        str(WORKER_UID),
+        "--user-group",
+        "--no-create-home",
+        "--home-dir",
+        image_environment()["HOME"],
+        "--shell",
+        "/usr/sbin/nologin",
+        WORKER_USER,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    # Another test process may have created it meanwhile.
+    try:
+        pwd.getpwuid(WORKER_UID)
+    except KeyError:
+        raise RuntimeError(f"could not create the user {WORKER_UID}: {result.stderr.strip()}") from None
+
+
+def _root_directory(path: Path) -> Path:
+    """`path` as a directory of root's that no one else may change (made if missing); refused otherwise."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o755)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+        raise RuntimeError(f"{path} must be a directory of root's that others cannot write: refusing to use it")
+    return path
+
+
+def _source_digest() -> str:
+    """What the system venv was built from: the lock and the project's files."""
+    digest = hashlib.sha256()
+    for path in [LOCK, REPO / "pyproject.toml", *sorted((REPO / "ansible_worker").rglob("*"))]:
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def system_venv() -> Path:
+    """A venv of the system Python that the worker's user can read, with this checkout installed from the lock.
+
+    Made once per checkout and renewed when the lock or the project's files change; test
+    processes running at once wait for each other here.
+    """
+    root = _root_directory(LANE_ROOT)
+    checkout = _root_directory(root / hashlib.sha256(str(REPO.resolve()).encode()).hexdigest()[:16])
+    venv = checkout / "venv"
+    stamp = checkout / "installed"
+    wanted = _source_digest()
+    with (checkout / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists() and stamp.read_text() == wanted:
+            return venv
+        stamp.unlink(missing_ok=True)
+        if not (venv / "bin" / "python").exists():
+            subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, "-c", str(LOCK), str(REPO)], check=True)
+        # The project itself again, whatever pip thought of its unchanged version number.
+        subprocess.run([*pip, "--no-deps", "--force-reinstall", str(REPO)], check=True)
+        stamp.write_text(wanted)
+    return venv
+
+
+def private_base() -> Path:
+    """A directory for one test's files that the worker's user can reach (not write), removed by `remove_base`."""
+    base = Path(tempfile.mkdtemp(prefix="ansible-worker-lane-", dir="/tmp"))
+    base.chmod(0o755)
+    return base
+
+
+def remove_base(base: Path) -> None:
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def lane_deployment(name: str) -> Iterator[Deployment]:
+    """The deployment `name` for one test; skipped, with the reason, where the test process is not root."""
+    if name == "root":
+        yield Deployment(name)
+        return
+    if os.geteuid() != 0:
+        pytest.skip(f"the {name} deployment needs root: it starts the worker as uid {WORKER_UID}")
+    ensure_worker_user()
+    venv = system_venv()
+    base = private_base()
+    try:
+        yield Deployment(name, base=base, venv=venv)
+    finally:
+        remove_base(base)
