@@ -21,6 +21,11 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def _private(path: Path) -> bool:
+    """Whether only the owner may use `path`: a file 0600, a directory (the source cache) 0700."""
+    return _mode(path) == (0o700 if path.is_dir() else 0o600)
+
+
 async def test_journal_and_its_wal_are_private(broker: Broker, playbook_dir: Path, group: str, tmp_path: Path) -> None:
     state_dir = tmp_path / "state"  # missing: the worker creates it
     old_umask = os.umask(0o022)  # what a service usually runs with
@@ -37,12 +42,13 @@ async def test_journal_and_its_wal_are_private(broker: Broker, playbook_dir: Pat
             final = await controller.wait_terminal("private-1")
             files = sorted(state_dir.iterdir())
             modes = {path.name: _mode(path) for path in files}
+            private = {path.name: _private(path) for path in files}
     finally:
         os.umask(old_umask)
     assert final["state"] == "success"
     assert _mode(state_dir) == 0o700
     assert {"journal.sqlite3", "journal.sqlite3-wal"} <= set(modes)
-    assert all(mode == 0o600 for mode in modes.values()), modes
+    assert all(private.values()), modes
 
 
 async def test_a_journal_left_readable_is_narrowed(
@@ -56,7 +62,9 @@ async def test_a_journal_left_readable_is_narrowed(
     async with running_worker(settings):
         await trio.lowlevel.checkpoint()
         modes = {path.name: _mode(path) for path in state_dir.iterdir()}
-    assert all(mode == 0o600 for mode in modes.values()), modes
+        private = all(_private(path) for path in state_dir.iterdir())
+    assert private, modes
+    assert modes["journal.sqlite3"] == modes["journal.sqlite3-wal"] == 0o600
 
 
 def test_validate_warns_about_a_state_dir_open_to_others(tmp_path: Path, playbook_dir: Path) -> None:
