@@ -31,8 +31,8 @@ from ansible_worker.mqtt.link import InboundMessage, LinkOptions, open_mqtt_link
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.models import JobStatus
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.run.output_tail import OutputTail
-from ansible_worker.run.record import RecordCollector
+from ansible_worker.run.events.record_collector import RecordCollector
+from ansible_worker.run.process.output_tail import OutputTail
 from ansible_worker.worker.record_publisher import RecordPublisher
 
 RESULTS = Path(__file__).with_name("bench_record.json")

@@ -153,7 +153,7 @@ async def stage_figures(root: Path, *, reps: int, small: Path, large: Path, ship
     from ansible_worker.controller.shipping import pack_tree
     from ansible_worker.ops.config import WorkerSettings
     from ansible_worker.protocol.models import TaskRequest
-    from ansible_worker.run.sources import JobSources
+    from ansible_worker.run.sources.job_sources import JobSources
 
     settings = WorkerSettings.model_validate(
         {

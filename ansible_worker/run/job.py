@@ -23,38 +23,38 @@ from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.protocol.models import JobStatus, RecordSummary, State, TaskRequest
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.run.command import (
+from ansible_worker.run.argv import (
     FIFO_VARIABLE,
-    JobRefusedError,
     ansible_environment,
     build_argv,
     child_environment,
-    find_ansible_playbook,
     resolve_inventory,
     resolve_playbook,
 )
-from ansible_worker.run.credentials import (
+from ansible_worker.run.credential_injection import (
     Injection,
     credential_error,
     inject,
     secret_values,
     strict_host_keys,
 )
-from ansible_worker.run.event_fifo import EventFifo
-from ansible_worker.run.event_stream import EventStream
+from ansible_worker.run.errors import JobRefusedError
+from ansible_worker.run.events.event_fifo import EventFifo
+from ansible_worker.run.events.event_stream import EventStream
+from ansible_worker.run.events.progress import STATUS_EVENTS, Progress
+from ansible_worker.run.executables import find_ansible_playbook
 from ansible_worker.run.extra_vars import write_extra_vars
 from ansible_worker.run.masking import Masker
-from ansible_worker.run.output_tail import OutputTail
 from ansible_worker.run.policy import JobPolicy
-from ansible_worker.run.process_group import ExitRecord, run_with_output
-from ansible_worker.run.progress import STATUS_EVENTS, Progress
-from ansible_worker.run.sources import ContentSource, JobSources, RunTree
+from ansible_worker.run.process.output_tail import OutputTail
+from ansible_worker.run.process.process_group import ExitRecord, run_with_output
+from ansible_worker.run.sources.job_sources import ContentSource, JobSources, RunTree
 
 if TYPE_CHECKING:
     # For its type only: the run layer never loads the settings module itself.
     from ansible_worker.ops.config import WorkerSettings
-from ansible_worker.run.record import RecordCollector
-from ansible_worker.run.warm_pool import WarmPool, open_warm_pool
+from ansible_worker.run.events.record_collector import RecordCollector
+from ansible_worker.run.warm.pool import WarmPool, open_warm_pool
 
 log = logging.getLogger(__name__)
 

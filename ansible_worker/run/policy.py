@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ansible_worker.protocol.models import TaskRequest
-from ansible_worker.run.command import JobRefusedError
+from ansible_worker.run.errors import JobRefusedError
 from ansible_worker.run.special_vars import SETTING, refused_names, show_name
 
 

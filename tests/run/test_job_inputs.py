@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ansible_worker.protocol.models import MAX_TIMEOUT_SECONDS, TaskRequest
-from ansible_worker.run.command import JobRefusedError
+from ansible_worker.run.errors import JobRefusedError
 from ansible_worker.run.policy import JobPolicy
 from ansible_worker.run.special_vars import (
     SPECIAL_NAMES,

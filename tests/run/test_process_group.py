@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from ansible_worker.run.output_tail import OutputTail
-from ansible_worker.run.process_group import ExitRecord, run_process_group, run_with_output
+from ansible_worker.run.process.output_tail import OutputTail
+from ansible_worker.run.process.process_group import ExitRecord, run_process_group, run_with_output
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 

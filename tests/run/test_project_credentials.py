@@ -68,7 +68,7 @@ async def test_private_project_over_ssh_with_a_key_file(
 async def test_a_password_in_a_project_url_never_reaches_a_status_or_the_log(
     broker: Broker, origin: Origin, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="ansible_worker.run.git_source")
+    caplog.set_level(logging.INFO, logger="ansible_worker.run.sources.git")
     origin.commit("one")
     # Nothing listens there: git fails, naming the URL it tried.
     url = f"http://deploy:s3cret-token@127.0.0.1:{free_port()}/site.git"

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import trio
 
-from ansible_worker.run.command import ansible_environment, child_environment
+from ansible_worker.run.argv import ansible_environment, child_environment
 from tests.conftest import Broker, client_for, make_settings, open_controller, running_worker
 
 PROBE_PLUGINS = Path(__file__).parent / "probe_plugins"

@@ -17,11 +17,11 @@ import pytest
 import trio
 
 from ansible_worker.ops.metrics import WorkerMetrics
-from ansible_worker.run.command import FIFO_VARIABLE, ansible_environment, child_environment
-from ansible_worker.run.event_fifo import EventFifo
-from ansible_worker.run.output_tail import OutputTail
-from ansible_worker.run.process_group import ExitRecord, ProcessStarter, run_with_output
-from ansible_worker.run.warm_pool import open_warm_pool
+from ansible_worker.run.argv import FIFO_VARIABLE, ansible_environment, child_environment
+from ansible_worker.run.events.event_fifo import EventFifo
+from ansible_worker.run.process.output_tail import OutputTail
+from ansible_worker.run.process.process_group import ExitRecord, ProcessStarter, run_with_output
+from ansible_worker.run.warm.pool import open_warm_pool
 from tests.conftest import (
     ANSIBLE_PLAYBOOK,
     Broker,
@@ -301,7 +301,7 @@ async def test_a_wrapper_script_starts_cold_and_says_why(
     wrapper.write_text(f'#!/bin/sh\nexec {ANSIBLE_PLAYBOOK} "$@"\n')
     wrapper.chmod(0o755)
     settings = make_settings(broker.port, playbook_dir, group, ansible_playbook_path=str(wrapper))
-    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm_pool"):
+    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm.pool"):
         async with open_controller(broker, group) as controller, running_worker(settings) as worker:
             await controller.submit({"task_id": "wrapped", "playbook": "stats.yml", "inventory": "inventory.ini"})
             final = await controller.wait_terminal("wrapped")
@@ -456,7 +456,7 @@ def warm_parents() -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if parent == os.getpid() and b"warm_parent.py" in cmdline:
+        if parent == os.getpid() and b"warm/parent_script.py" in cmdline:
             found.append(int(entry.name))
     return found
 
@@ -503,7 +503,7 @@ async def test_an_env_credential_never_reaches_a_warm_parent(
     tree = tree_factory({"secret.yml": SECRET_PLAYBOOK})
     settings = make_settings(broker.port, tree, group, credentials=credentials)
     digests = {name: hashlib.sha1(value.encode()).hexdigest() for name, value in secrets.items()}  # noqa: S324
-    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm_pool"):
+    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm.pool"):
         async with open_controller(broker, group) as controller, running_worker(settings) as worker:
             job = {"playbook": "secret.yml", "inventory": "inventory.ini"}
             await controller.submit({**job, "task_id": "late", "credentials": ["deploy"]})
@@ -559,7 +559,7 @@ async def test_a_changed_file_of_the_parent_means_a_cold_start_then_a_new_parent
     (site / "sitecustomize.py").write_text("GREETING = 'first'\n")
     settings = make_settings(broker.port, playbook_dir, group, environment={"PYTHONPATH": str(site)})
     job = {"playbook": "quick.yml", "inventory": "inventory.ini"}
-    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm_pool"):
+    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm.pool"):
         async with open_controller(broker, group) as controller, running_worker(settings) as worker:
             await controller.submit({**job, "task_id": "before"})
             assert (await controller.wait_terminal("before"))["state"] == "success"
@@ -595,7 +595,7 @@ async def test_what_a_fork_cannot_hand_over_means_cold_starts_with_the_reason(
     reason: str,
 ) -> None:
     settings = make_settings(broker.port, tree_factory(files), group, environment=environment)
-    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm_pool"):
+    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm.pool"):
         async with open_controller(broker, group) as controller, running_worker(settings) as worker:
             await controller.submit({"task_id": "refused", "playbook": "quick.yml", "inventory": "inventory.ini"})
             final = await controller.wait_terminal("refused")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import trio
 
-from ansible_worker.run.command import JobRefusedError
-from ansible_worker.run.output_tail import OutputTail
-from ansible_worker.run.process_group import ExitRecord, run_with_output
+from ansible_worker.run.errors import JobRefusedError
+from ansible_worker.run.process.output_tail import OutputTail
+from ansible_worker.run.process.process_group import ExitRecord, run_with_output
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import trio
 
 from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.ops.credentials import MIN_SECRET_LENGTH, EnvCredential, SshCredential, VaultCredential
-from ansible_worker.run.command import JobRefusedError
-from ansible_worker.run.stray_processes import kill_marked
+from ansible_worker.run.errors import JobRefusedError
+from ansible_worker.run.process.stray_processes import kill_marked
 
 log = logging.getLogger(__name__)
 

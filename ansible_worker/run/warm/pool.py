@@ -1,6 +1,6 @@
 """Keep a few warm Ansible parents (one per configuration key) and start jobs as fresh forks of them.
 
-A warm parent (`warm_parent.py`, run under Ansible's own Python) has run the imports of
+A warm parent (`parent_script.py`, run under Ansible's own Python) has run the imports of
 the `ansible-playbook` script; a job forked from it skips them. The pool is bounded and
 least recently used parents give way; a parent is retired after `max_forks` forks, when
 its memory grows past `max_rss_kib`, or when a file it read has changed, and replaced
@@ -35,15 +35,15 @@ import trio
 
 from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.ops.metrics import WorkerMetrics
-from ansible_worker.run.command import JobRefusedError
-from ansible_worker.run.output_tail import OutputTail
-from ansible_worker.run.process_group import ExitRecord, ProcessStarter, run_process_group
-from ansible_worker.run.stray_processes import kill_marked
-from ansible_worker.run.warm_key import ColdStart, Interpreter, find_interpreter, read_at_start, warm_key
+from ansible_worker.run.errors import JobRefusedError
+from ansible_worker.run.process.output_tail import OutputTail
+from ansible_worker.run.process.process_group import ExitRecord, ProcessStarter, run_process_group
+from ansible_worker.run.process.stray_processes import kill_marked
+from ansible_worker.run.warm.key import ColdStart, Interpreter, find_interpreter, read_at_start, warm_key
 
 log = logging.getLogger(__name__)
 
-PARENT_SCRIPT = Path(__file__).with_name("warm_parent.py")
+PARENT_SCRIPT = Path(__file__).with_name("parent_script.py")
 # A fork answers within milliseconds; a parent silent this long is wedged.
 FORK_REPLY_SECONDS = 15.0
 # After SIGKILL of its group a job's root reports at once; the bound covers a lost parent.

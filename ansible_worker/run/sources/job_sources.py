@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from ansible_worker.ops.private_paths import make_private_directory, tamper_risk
 from ansible_worker.protocol.models import ShippedContent, TaskRequest
-from ansible_worker.run.command import JobRefusedError
-from ansible_worker.run.git_source import (
+from ansible_worker.run.errors import JobRefusedError
+from ansible_worker.run.sources.git import (
     Git,
     GitFailed,
     ProjectMirror,
@@ -23,8 +23,8 @@ from ansible_worker.run.git_source import (
     mirror_path,
     ssh_command_for,
 )
-from ansible_worker.run.run_trees import TreeCache, remove_tree
-from ansible_worker.run.shipped_content import ContentLimits, check_digest, unpack
+from ansible_worker.run.sources.run_trees import TreeCache, remove_tree
+from ansible_worker.run.sources.shipped_content import ContentLimits, check_digest, unpack
 
 if TYPE_CHECKING:
     # For its type only: the run layer never loads the settings module itself.

@@ -15,8 +15,8 @@ from typing import Protocol
 import trio
 
 from ansible_worker.lone_errors import unwrap_lone_errors
-from ansible_worker.run.output_tail import OutputTail
-from ansible_worker.run.stray_processes import kill_marked
+from ansible_worker.run.process.output_tail import OutputTail
+from ansible_worker.run.process.stray_processes import kill_marked
 
 log = logging.getLogger(__name__)
 
