@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from ansible_worker.ops.credentials import EnvCredential, VaultCredential
 from ansible_worker.run.argv import child_environment
-from ansible_worker.run.credential_injection import credential_error
 from ansible_worker.run.masking import MASK, TRUNCATED, Masker
+from ansible_worker.run.policy import credential_error
 
 SECRET = "s3cr3t-'quote\"-value"
 

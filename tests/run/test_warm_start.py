@@ -19,9 +19,10 @@ import trio
 from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.run.argv import FIFO_VARIABLE, ansible_environment, child_environment
 from ansible_worker.run.events.event_fifo import EventFifo
+from ansible_worker.run.process.launch import ExitRecord, Launch, ProcessStarter
 from ansible_worker.run.process.output_tail import OutputTail
-from ansible_worker.run.process.process_group import ExitRecord, ProcessStarter, run_with_output
-from ansible_worker.run.warm.pool import open_warm_pool
+from ansible_worker.run.process.process_group import run_process_group, run_with_output
+from ansible_worker.run.warm.pool import Configuration, WarmPolicy, WarmPool
 from tests.conftest import (
     ANSIBLE_PLAYBOOK,
     Broker,
@@ -49,7 +50,7 @@ PLAYBOOKS = [
 
 
 async def run_once(
-    playbook_dir: Path, playbook: str, inventory: str, start: ProcessStarter | None, run_dir: Path
+    playbook_dir: Path, playbook: str, inventory: str, start: ProcessStarter, run_dir: Path
 ) -> tuple[int, str, list[tuple[str, str | None]]]:
     """Exit code, stdout without timings, and (event, host) pairs of one run, warm or cold."""
     fifo = EventFifo(run_dir / "events.fifo")
@@ -67,10 +68,7 @@ async def run_once(
     try:
         with trio.fail_after(120):
             code = await run_with_output(
-                argv,
-                cwd=playbook_dir,
-                env=env,
-                kill_grace=3,
+                Launch(tuple(argv), playbook_dir, env, kill_grace=3),
                 tail=tail,
                 record=ExitRecord(),
                 side_reader=lambda exited: fifo.read_events(events.append, exited=exited),
@@ -85,17 +83,16 @@ async def run_once(
 async def test_warm_runs_match_fresh_ansible_playbook(playbook_dir: Path, tmp_path: Path) -> None:
     metrics = WorkerMetrics()
     env = ansible_environment(child_environment(os.environ), tmp_path / "x.fifo")
-    async with open_warm_pool(
-        size=2, max_forks=100, max_rss_kib=1 << 20, start_timeout=60, late=(FIFO_VARIABLE,), metrics=metrics
-    ) as pool:
+    policy = WarmPolicy(size=2, max_forks=100, max_rss_kib=1 << 20, start_timeout=60)
+    async with WarmPool(policy, metrics=metrics, late=(FIFO_VARIABLE,)).open() as pool:
         for index, (playbook, inventory) in enumerate(PLAYBOOKS):
-            start = await pool.starter(ANSIBLE_PLAYBOOK, cwd=playbook_dir, env=env)
-            assert start is not None, "the job should have started warm"
+            start = await pool.starter(Configuration(ANSIBLE_PLAYBOOK, playbook_dir, env))
+            assert metrics.cold_starts == 0, "the job should have started warm"
             warm_dir, cold_dir = tmp_path / f"warm{index}", tmp_path / f"cold{index}"
             warm_dir.mkdir()
             cold_dir.mkdir()
             warm = await run_once(playbook_dir, playbook, inventory, start, warm_dir)
-            cold = await run_once(playbook_dir, playbook, inventory, None, cold_dir)
+            cold = await run_once(playbook_dir, playbook, inventory, run_process_group, cold_dir)
             assert warm[0] == cold[0], playbook
             assert warm[1] == cold[1], playbook
             assert warm[2] == cold[2], playbook
@@ -278,8 +275,7 @@ async def test_a_warm_parent_that_dies_fails_its_jobs_and_is_replaced(
         with trio.fail_after(60):
             while not processes_mentioning(f"sleep {marker}"):  # noqa: ASYNC110
                 await trio.sleep(0.05)
-        pool = worker.runner._warm
-        assert pool is not None
+        pool = worker.runner.warm_pool
         (parent,) = pool._parents.values()
         assert parent.pid is not None
         os.kill(parent.pid, signal.SIGKILL)
@@ -335,8 +331,7 @@ async def test_a_parent_is_replaced_after_its_forks(broker: Broker, playbook_dir
             await controller.submit({"task_id": f"q-{index}", "playbook": "quick.yml", "inventory": "inventory.ini"})
             final = await controller.wait_terminal(f"q-{index}")
             assert final["state"] == "success"
-            pool = worker.runner._warm
-            assert pool is not None
+            pool = worker.runner.warm_pool
             pids.append([parent.pid for parent in pool._parents.values()])
         assert worker.metrics.warm_starts == 2
         assert worker.metrics.warm_parents_started == 2
@@ -354,13 +349,12 @@ async def test_a_parent_that_cannot_start_means_cold_starts_with_the_reason(tmp_
     script.chmod(0o755)
     metrics = WorkerMetrics()
     env = ansible_environment(child_environment(os.environ), tmp_path / "x.fifo")
-    async with open_warm_pool(
-        size=2, max_forks=100, max_rss_kib=1 << 20, start_timeout=30, late=(FIFO_VARIABLE,), metrics=metrics
-    ) as pool:
-        first = await pool.starter(str(script), cwd=tmp_path, env=env)
-        second = await pool.starter(str(script), cwd=tmp_path, env=env)
-    assert first is None
-    assert second is None
+    policy = WarmPolicy(size=2, max_forks=100, max_rss_kib=1 << 20, start_timeout=30)
+    async with WarmPool(policy, metrics=metrics, late=(FIFO_VARIABLE,)).open() as pool:
+        first = await pool.starter(Configuration(str(script), tmp_path, env))
+        second = await pool.starter(Configuration(str(script), tmp_path, env))
+    assert first is run_process_group
+    assert second is run_process_group
     assert (metrics.cold_starts, metrics.warm_starts) == (2, 0)
     # One attempt, not one per job.
     assert metrics.warm_parents_started == 1

@@ -2,65 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from functools import partial
-from pathlib import Path
-from typing import Protocol
 
 import trio
 
 from ansible_worker.lone_errors import unwrap_lone_errors
+from ansible_worker.run.process.launch import ExitRecord, Launch, ProcessStarter
 from ansible_worker.run.process.output_tail import OutputTail
-from ansible_worker.run.process.stray_processes import kill_marked
-
-log = logging.getLogger(__name__)
+from ansible_worker.run.process.termination import end_stragglers, terminate
 
 
-@dataclass
-class ExitRecord:
-    """Filled in when the process has ended, also when the run was cancelled."""
-
-    returncode: int | None = None
-    signalled_group: bool = False
-
-
-class ProcessStarter(Protocol):
-    """What runs a job's command: `run_process_group`, or a warm start with the same contract."""
-
-    async def __call__(
-        self,
-        argv: Sequence[str],
-        *,
-        cwd: Path,
-        env: Mapping[str, str],
-        output_fd: int,
-        kill_grace: float,
-        record: ExitRecord,
-        marker: tuple[str, str] | None = None,
-    ) -> int:
-        """Run `argv` to its end and return its exit code (negative for a signal).
-
-        Cancellation: ends the run's whole process group before it returns.
-        """
-        ...
-
-
-async def run_process_group(
-    argv: Sequence[str],
-    *,
-    cwd: Path,
-    env: Mapping[str, str],
-    output_fd: int,
-    kill_grace: float,
-    record: ExitRecord,
-    marker: tuple[str, str] | None = None,
-) -> int:
-    """Run `argv` (never through a shell) with stdout and stderr on `output_fd`.
+async def run_process_group(launch: Launch, record: ExitRecord) -> int:
+    """Run `launch.argv` (never through a shell) with stdout and stderr on `launch.output_fd`.
 
     Input: standard input is /dev/null, so nothing can wait for a person.
 
@@ -68,13 +24,11 @@ async def run_process_group(
     too, which is how a caller learns the code of a run it cancelled.
 
     Cancellation: the process is the leader of a new session, so Ansible's forks and
-    anything they start share its process group. On cancel the group gets SIGTERM, then
-    SIGKILL after `kill_grace` seconds; the wait for the leader is shielded, so no
-    exception leaves while it lives. Members that outlive the leader are killed too, and
-    so is every process whose environment holds `marker` (a variable unique to this run),
-    which finds those that left the group (Ansible's workers start sessions of their own).
-    The same holds when the leader was killed by a signal from elsewhere. Trio's own
-    default signals only the child, which would leave Ansible's workers behind.
+    anything they start share its process group. On cancel the group is ended by
+    `terminate` (SIGTERM, then SIGKILL after `launch.kill_grace`); the wait for the leader
+    is shielded, so no exception leaves while it lives. Then `end_stragglers` kills what
+    outlived the leader, in its group or carrying `launch.marker`. The same holds when the
+    leader was killed by a signal from elsewhere.
 
     Errors: `OSError` when the executable cannot be started.
     """
@@ -85,7 +39,7 @@ async def run_process_group(
         # A cancellation that arrives as the process starts may leave `nursery.start` before it
         # returns the process (the process is then ended all the same): know it from here.
         process = started
-        await _terminate_group(started, kill_grace=kill_grace, record=record)
+        await terminate(started.pid, kill_grace=launch.kill_grace, ended=started.wait, record=record)
 
     try:
         with unwrap_lone_errors():
@@ -93,12 +47,12 @@ async def run_process_group(
                 process = await nursery.start(
                     partial(
                         trio.run_process,
-                        list(argv),
-                        cwd=cwd,
-                        env=dict(env),
+                        list(launch.argv),
+                        cwd=launch.cwd,
+                        env=dict(launch.env),
                         stdin=subprocess.DEVNULL,
-                        stdout=output_fd,
-                        stderr=output_fd,
+                        stdout=launch.output_fd,
+                        stderr=launch.output_fd,
                         start_new_session=True,
                         check=False,
                         deliver_cancel=deliver_cancel,
@@ -107,50 +61,23 @@ async def run_process_group(
     finally:
         if process is not None:
             record.returncode = process.returncode
-            killed = process.returncode is not None and process.returncode < 0
-            if record.signalled_group or killed:
-                # The leader is gone; a straggler still in its group must not outlive the run.
-                _signal_group(process.pid, signal.SIGKILL)
-                if marker is not None:
-                    kill_marked(*marker)
+            end_stragglers(process.pid, record, launch.marker)
     assert record.returncode is not None
     return record.returncode
 
 
-async def _terminate_group(process: trio.Process, *, kill_grace: float, record: ExitRecord) -> None:
-    record.signalled_group = True
-    log.debug("sending SIGTERM to process group %d", process.pid)
-    _signal_group(process.pid, signal.SIGTERM)
-    await trio.sleep(kill_grace)
-    log.warning("process group %d still alive after %.1fs; sending SIGKILL", process.pid, kill_grace)
-    _signal_group(process.pid, signal.SIGKILL)
-
-
-def _signal_group(pgid: int, signum: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        pass  # the whole group has already exited
-    except PermissionError:
-        log.warning("not allowed to signal process group %d", pgid)
-
-
 async def run_with_output(
-    argv: Sequence[str],
+    launch: Launch,
     *,
-    cwd: Path,
-    env: Mapping[str, str],
-    kill_grace: float,
     tail: OutputTail,
     record: ExitRecord,
     side_reader: Callable[[trio.Event], Awaitable[None]] | None = None,
     drain_seconds: float = 5.0,
-    marker: tuple[str, str] | None = None,
-    start: ProcessStarter | None = None,
+    start: ProcessStarter = run_process_group,
 ) -> int:
-    """`run_process_group` (or `start`, a warm start with its contract) with stdout and stderr
-    kept in `tail`, and an optional second reader (the event FIFO) run alongside; readers
-    get an event set when the process exits.
+    """Run `launch` with `start` (a cold start by default), its stdout and stderr kept in `tail`,
+    and an optional second reader (the event FIFO) run alongside; readers get an event set
+    when the process exits.
 
     The readers are shielded from the caller's cancellation so that a cancelled or timed
     out Ansible can still write its last lines instead of blocking on a full pipe while it
@@ -183,9 +110,7 @@ async def run_with_output(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_all)
             try:
-                return await (start or run_process_group)(
-                    argv, cwd=cwd, env=env, output_fd=write_fd, kill_grace=kill_grace, record=record, marker=marker
-                )
+                return await start(launch.writing_to(write_fd), record)
             finally:
                 exited.set()
                 # Our copy of the write end would keep the pipe from ever reaching end of file.
