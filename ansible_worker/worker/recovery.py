@@ -10,7 +10,7 @@ from pathlib import Path
 from ansible_worker.protocol.models import JobStatus, State
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.run.argv import FIFO_VARIABLE
-from ansible_worker.run.job import EVENT_FIFO_NAME, RUN_DIRECTORY_PREFIX
+from ansible_worker.run.run_directory import EVENT_FIFO_NAME, RUN_DIRECTORY_PREFIX
 from ansible_worker.worker.admission import Admission
 from ansible_worker.worker.claim_keeper import ClaimKeeper
 from ansible_worker.worker.intake import Accepted, read_task_message
