@@ -28,7 +28,7 @@ TARGETS = {"one_task_ratio_max": 0.5, "throughput_ratio_min": 1.8, "event_heavy_
 
 
 def warm_parents_of(pid: int) -> list[int]:
-    """The warm parents a worker started (its children running warm/parent_script.py)."""
+    """The warm parents a worker started (its children running warm_parent.py)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -38,7 +38,7 @@ def warm_parents_of(pid: int) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat[1]) == pid and b"warm/parent_script.py" in cmdline:
+        if int(stat[1]) == pid and b"warm_parent.py" in cmdline:
             found.append(int(entry.name))
     return found
 

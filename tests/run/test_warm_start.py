@@ -450,7 +450,7 @@ def warm_parents() -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if parent == os.getpid() and b"warm/parent_script.py" in cmdline:
+        if parent == os.getpid() and b"warm_parent.py" in cmdline:
             found.append(int(entry.name))
     return found
 

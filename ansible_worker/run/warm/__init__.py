@@ -1,6 +1,7 @@
 """Warm starts: a job forked from a parent that has already imported Ansible, or a cold start and the reason.
 
-May import `run.process`, `run.errors` and `ops.metrics`, nothing else of `run`. `parent_script` is
-no module of the worker: it runs as a script under Ansible's own Python and imports only the
-standard library (and Ansible).
+`key` decides which parent may serve a job; `parent` is the handle on one parent process and
+`forked_run` runs a job forked from it; `pool` keeps the parents and chooses how each job starts.
+May import `run.process`, `run.errors` and `ops.metrics`, nothing else of `run`. `script/` is the
+parent itself, no module of the worker: it imports only the standard library (and Ansible).
 """

@@ -1,6 +1,6 @@
-"""The handle on one warm Ansible parent (`parent_script.py`): its process, its socket, and the runs forked from it.
+"""The handle on one warm Ansible parent (`script/warm_parent.py`): its process, its socket, the runs forked from it.
 
-The protocol it speaks is described in `parent_script.py`. `run` owns the parent's process
+The protocol it speaks is described in `script/warm_parent.py`. `run` owns the parent's process
 for as long as it lives; `start_run` asks it for one fork.
 """
 
@@ -30,7 +30,7 @@ from ansible_worker.run.warm.key import ColdStart, Interpreter
 
 log = logging.getLogger(__name__)
 
-PARENT_SCRIPT = Path(__file__).with_name("parent_script.py")
+PARENT_SCRIPT = Path(__file__).parent / "script" / "warm_parent.py"
 # A fork answers within milliseconds; a parent silent this long is wedged.
 FORK_REPLY_SECONDS = 15.0
 _SEND_BUFFER = 4 * 1024 * 1024

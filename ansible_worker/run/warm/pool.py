@@ -1,6 +1,6 @@
 """Keep a few warm Ansible parents (one per configuration key) and choose how each job starts: warm or cold.
 
-A warm parent (`parent_script.py`, run under Ansible's own Python) has run the imports of
+A warm parent (`script/warm_parent.py`, run under Ansible's own Python) has run the imports of
 the `ansible-playbook` script; a job forked from it skips them. The pool is bounded and
 least recently used parents give way; a parent is retired after `max_forks` forks, when
 its memory grows past `max_rss_kib`, or when a file it read has changed, and replaced
