@@ -212,7 +212,7 @@ async def bench(root: Path, *, reps: int, files: int, ship_mb: int, memory_mb: i
     """
     lab = Lab(root)
     write_playbooks(lab.playbooks)
-    lab.start_broker()
+    lab.broker.start()
     results: dict[str, Any] = {"reps": reps, "files": files, "ship_mb": ship_mb, "memory_mb": memory_mb}
     try:
         small = repository(root / "small-repo", 0)
@@ -289,7 +289,7 @@ async def bench(root: Path, *, reps: int, files: int, ship_mb: int, memory_mb: i
             }
         )
     finally:
-        lab.stop_broker()
+        lab.broker.stop()
     return results
 
 

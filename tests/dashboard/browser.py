@@ -20,7 +20,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import Broker, free_port
+from testing.ports import free_port
+from tests.conftest import Broker
 
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
 CHROMIUM = "/usr/bin/chromium"

@@ -13,9 +13,10 @@ import trio
 
 from ansible_worker.mqtt.link import open_mqtt_link
 from ansible_worker.mqtt.options import LinkOptions
+from testing.ports import free_port
+from testing.sshd import SshHost, make_key, ssh_hosts
 from tests.conftest import (
     Broker,
-    free_port,
     make_settings,
     open_controller,
     running_worker,
@@ -23,7 +24,6 @@ from tests.conftest import (
     worker_process,
 )
 from tests.deployment import Deployment, lane
-from tests.run.sshd import SshHost, make_key, ssh_hosts
 
 PASSPHRASE = "correct horse battery staple"
 TOKEN = "tok-3f9a1c77e2b04d51"

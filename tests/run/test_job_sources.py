@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import trio
 
+from testing.ports import free_port
 from tests.conftest import (
     PLAYBOOKS,
     Broker,
     Controller,
     client_for,
-    free_port,
     make_settings,
     open_controller,
     processes_mentioning,

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker, free_port, make_settings, open_controller, running_worker
-from tests.run.sshd import make_key, ssh_hosts
+from testing.ports import free_port
+from testing.sshd import make_key, ssh_hosts
+from tests.conftest import Broker, make_settings, open_controller, running_worker
 from tests.run.test_job_sources import JOB, Origin
 
 

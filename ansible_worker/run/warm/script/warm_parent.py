@@ -3,8 +3,9 @@
 This file runs as a script of its own under the Python of `ansible-playbook` (which need
 not be the worker's), so it uses only the standard library and Ansible, and nothing of
 the worker's package: once the script's imports are done it loads the modules beside it
-(`imported`, `fork_server`, `job_process`) by their paths. It is single-threaded: forking a process with threads (the worker's
-Trio runtime) is unsafe, which is why the worker does not fork itself.
+(`imported`, `fork_server`, `job_process`) by their paths. It is single-threaded: forking
+a process with threads (the worker's Trio runtime) is unsafe, which is why the worker does
+not fork itself.
 
 The parent runs the import statements of the script (which the worker checked to be
 imports and one `if __name__ == "__main__":` block) before it imports anything of its own,
