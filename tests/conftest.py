@@ -75,15 +75,8 @@ def group() -> str:
     return "g" + uuid.uuid4().hex[:10]
 
 
-def make_settings(
-    port: int,
-    playbook_dir: Path,
-    group: str,
-    mqtt: dict[str, Any] | None = None,
-    security: dict[str, Any] | None = None,
-    **worker: Any,
-) -> Settings:
-    """Settings for a worker on the test broker at `port`, with short timeouts."""
+def worker_values(playbook_dir: Path, group: str, **worker: Any) -> dict[str, Any]:
+    """The `worker` settings of a test's worker (its runs beside the playbooks, short timeouts), and `worker`."""
     runs = playbook_dir.parent / "runs"
     runs.mkdir(exist_ok=True)
     values: dict[str, Any] = {
@@ -96,6 +89,19 @@ def make_settings(
         "status_interval": 0.1,
     }
     values.update(worker)
+    return values
+
+
+def make_settings(
+    port: int,
+    playbook_dir: Path,
+    group: str,
+    mqtt: dict[str, Any] | None = None,
+    security: dict[str, Any] | None = None,
+    **worker: Any,
+) -> Settings:
+    """Settings for a worker on the test broker at `port`, with short timeouts."""
+    values = worker_values(playbook_dir, group, **worker)
     return Settings(mqtt={"host": "127.0.0.1", "port": port, **(mqtt or {})}, worker=values, security=security or {})
 
 

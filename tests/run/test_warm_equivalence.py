@@ -1,8 +1,10 @@
 """A warm job is a cold one: what it prints and reports, what it leaves on disk, and the configuration it runs with.
 
-Each case builds a playbook tree, runs one job on a worker with warm starts and the same job
-on a worker without, each time in a freshly built tree with a fresh HOME and temporary
-directory, and compares everything a user can see. A callback plugin of these tests
+Each case builds a playbook tree, runs one job with warm starts and the same job without,
+each time in a freshly built tree with a fresh HOME and temporary directory, and compares
+everything a user can see: the status, the record's output and events, the files. The jobs
+run through the worker's JobRunner with sinks of the tests' own (`runs.py`): the broker only
+carries what is compared here. A callback plugin of these tests
 (`probe_plugins/warm_probe.py`) writes down Ansible's settings and the process as each run
 sees them from inside; `ansible-config dump --only-changed`, run in the tree, says what the
 settings should be.
@@ -29,7 +31,7 @@ import pytest
 import trio
 
 from ansible_worker.run.argv import ansible_environment, child_environment
-from tests.conftest import Broker, client_for, make_settings, open_controller, running_worker
+from tests.run.runs import open_runs
 
 PROBE_PLUGINS = Path(__file__).parent / "probe_plugins"
 ANSIBLE_CONFIG = str(Path(sys.executable).parent / "ansible-config")
@@ -401,21 +403,16 @@ def normalised(text: str) -> str:
     return PER_RUN.sub(r"\1*", TIMINGS.sub("T", text))
 
 
-async def run_case(
-    broker: Broker, places: Places, source: Path, case: Case, group: str, *, warm: bool, task_id: str = "same-job"
-) -> Seen:
+async def run_case(places: Places, source: Path, case: Case, *, warm: bool, task_id: str = "same-job") -> Seen:
     places.reset(source, case)
     before = places.snapshot()
     values = equivalence_settings(places, warm=warm, **dict(case.worker))
-    settings = make_settings(broker.port, places.tree, group, **values)
-    async with running_worker(settings) as worker, open_controller(broker, group) as controller:
+    async with open_runs(places.tree, **values) as runs:
         # One fork: with more, hosts finish in any order, in a cold run as in a warm one.
-        await controller.submit({"task_id": task_id, "forks": 1, **case.job})
-        status = await controller.wait_terminal(task_id, within=120)
+        status = await runs.run({"task_id": task_id, "forks": 1, **case.job}, within=120)
         during = changes(before, places.snapshot())
-        warm_starts = worker.metrics.warm_starts
-        async with client_for(broker, group) as client:
-            record = await client.record(task_id)
+        warm_starts = runs.metrics.warm_starts
+        record = runs.sinks.records.get(task_id)
     after = changes(before, places.snapshot())
     assert record is not None
     output = [normalised(line).rstrip() for line in record["output"].splitlines()]
@@ -454,16 +451,14 @@ async def config_dump(places: Places, worker_environment: dict[str, str]) -> lis
     return [entry for entry in json.loads(result.stdout) if "name" in entry]
 
 
-async def test_a_warm_job_is_what_a_cold_one_is(
-    broker: Broker, playbook_dir: Path, group: str, tree_case: str, equivalence_places: Places
-) -> None:
+async def test_a_warm_job_is_what_a_cold_one_is(playbook_dir: Path, tree_case: str, equivalence_places: Places) -> None:
     case = CASES[tree_case]
     places = equivalence_places
-    warm = await run_case(broker, places, playbook_dir, case, group + "w", warm=True)
+    warm = await run_case(places, playbook_dir, case, warm=True)
     # The configuration the warm run had, against what Ansible's own tool says in the same tree.
     environment = equivalence_settings(places, warm=True, **dict(case.worker))["environment"]
     dumped = await config_dump(places, environment)
-    cold = await run_case(broker, places, playbook_dir, case, group + "c", warm=False)
+    cold = await run_case(places, playbook_dir, case, warm=False)
 
     assert warm.warm_starts == 1, "the warm worker must have started the job warm"
     assert cold.warm_starts == 0
@@ -488,19 +483,16 @@ async def test_a_warm_job_is_what_a_cold_one_is(
     assert warm.status["state"] in ("success", "failed")
 
 
-async def module_states(broker: Broker, places: Places, source: Path, group: str, *, warm: bool) -> list[Any]:
+async def module_states(places: Places, source: Path, *, warm: bool) -> list[Any]:
     """The global state of every module, as two jobs of one worker saw it when their playbooks started."""
     places.reset(source, CASES["plain"])
     # One hash seed for every process: the seed a warm parent draws is shared by its jobs (documented).
     worker = {"environment": {"WARM_PROBE_DEEP": "1", "PYTHONHASHSEED": "0"}}
-    settings = make_settings(broker.port, places.tree, group, **equivalence_settings(places, warm=warm, **worker))
-    async with running_worker(settings) as running, open_controller(broker, group) as controller:
+    async with open_runs(places.tree, **equivalence_settings(places, warm=warm, **worker)) as runs:
         for index in range(2):
-            await controller.submit(
-                {"task_id": f"state-{index}", "playbook": "quick.yml", "inventory": "inventory.ini"}
-            )
-            assert (await controller.wait_terminal(f"state-{index}", within=120))["state"] == "success"
-        assert running.metrics.warm_starts == (2 if warm else 0)
+            job = {"task_id": f"state-{index}", "playbook": "quick.yml", "inventory": "inventory.ini"}
+            assert (await runs.run(job, within=120))["state"] == "success"
+        assert runs.metrics.warm_starts == (2 if warm else 0)
     probes = sorted(
         (json.loads(path.read_text()) for path in places.probes.glob("*.json")), key=lambda probe: probe["pid"]
     )
@@ -526,10 +518,10 @@ def differences(first: Any, second: Any, path: str = "") -> list[str]:
 
 
 async def test_warm_jobs_have_the_module_state_of_cold_ones_and_renew_what_is_per_process(
-    broker: Broker, playbook_dir: Path, group: str, equivalence_places: Places
+    playbook_dir: Path, equivalence_places: Places
 ) -> None:
-    warm = await module_states(broker, equivalence_places, playbook_dir, group + "w", warm=True)
-    cold = await module_states(broker, equivalence_places, playbook_dir, group + "c", warm=False)
+    warm = await module_states(equivalence_places, playbook_dir, warm=True)
+    cold = await module_states(equivalence_places, playbook_dir, warm=False)
     names = set(cold[0]) | set(cold[1]) | set(warm[0]) | set(warm[1])
     per_process = {name for name in names if cold[0].get(name) != cold[1].get(name)}
     # Drawn or stamped by each process (a random value, a time, a temporary directory): new in each warm job too.
