@@ -1,8 +1,9 @@
 """run/ without a broker: a JobRunner wired as the worker wires it, reporting to sinks that keep what they are given.
 
 A job's statuses come back as a controller reads them (the JSON the worker would publish),
-its record as `Client.record` decodes it, its live events as the plugin wrote them. A job is
-cancelled as the worker's dispatcher cancels one. The warm pool is served for the length of
+its record as `Client.record` decodes it, its live events as the plugin wrote them. A message
+the request checks refuse is answered as the worker answers it; a job is cancelled as the
+worker's dispatcher cancels one. The warm pool is served for the length of
 the block, as in the worker's infrastructure nursery.
 """
 
@@ -18,8 +19,9 @@ import trio
 
 from ansible_worker.ops.config import WorkerSettings
 from ansible_worker.ops.metrics import WorkerMetrics
-from ansible_worker.protocol.models import JobStatus, RecordSummary, TaskRequest
+from ansible_worker.protocol.models import CancelRequest, JobStatus, RecordSummary, State, TaskRequest
 from ansible_worker.protocol.records import decode_record
+from ansible_worker.protocol.statuses import early_status
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.events.event_stream import EventStream
 from ansible_worker.run.events.record_collector import RecordCollector
@@ -76,9 +78,17 @@ class Runs:
     def metrics(self) -> WorkerMetrics:
         return self.runner.metrics
 
-    def refusal(self, fields: dict[str, Any]) -> str | None:
-        """Why the worker would refuse this message before queueing it (its answer's error_message), or None."""
-        return self.runner.checks.admission_error(TaskRequest.model_validate(fields))
+    async def submit(self, fields: dict[str, Any], *, within: float = 60) -> dict[str, Any]:
+        """A task message as a worker takes it: refused before it is queued (the answer), or run to its end."""
+        request = TaskRequest.model_validate(fields)
+        refusal = self.runner.checks.admission_error(request)
+        if refusal is None:
+            return await self.run(fields, within=within)
+        answer = early_status(
+            request.task_id, State.FAILED, refusal, worker_id="runs", playbook=request.playbook, live_only=True
+        )
+        self.sinks.post(answer)
+        return self.terminal(request.task_id)
 
     async def run(self, fields: dict[str, Any], *, within: float = 60) -> dict[str, Any]:
         """Run one job (a task message's fields) to its end, as a worker's slot does; its terminal status."""
@@ -93,10 +103,16 @@ class Runs:
         self._nursery.start_soon(self.runner.execute, job)
         return job
 
-    def cancel(self, job: Job, reason: str = "cancelled") -> None:
-        """What the worker's dispatcher does with a cancel request for a running job."""
-        job.cancel_reason = reason
+    def cancel(self, job: Job, *, reason: str | None = None) -> None:
+        """What the worker does with a cancel request (with `reason`) for a running job."""
+        job.cancel_reason = CancelRequest(reason=reason).describe()
         job.cancel_scope.cancel()
+
+    async def wait_for(self, task_id: str, seen: Callable[[dict[str, Any]], bool], *, within: float = 60) -> None:
+        """Until a status of `task_id` is `seen`."""
+        with trio.fail_after(within):
+            while not any(seen(status) for status in self.sinks.statuses.get(task_id, [])):
+                await self.sinks.changed.wait()
 
     async def wait_terminal(self, job: Job, *, within: float = 60) -> dict[str, Any]:
         with trio.fail_after(within):

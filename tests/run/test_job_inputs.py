@@ -31,6 +31,7 @@ from ansible_worker.run.special_vars import (
 )
 from ansible_worker.worker.intake import Accepted, Rejected, read_task_message
 from tests.conftest import ANSIBLE_PLAYBOOK, Broker, make_settings, open_controller, running_worker
+from tests.run.runs import open_runs
 
 BASE: dict[str, Any] = {"task_id": "t1", "playbook": "p.yml", "inventory": "one_host.ini"}
 
@@ -381,7 +382,7 @@ def test_timeout_within_bounds_is_kept() -> None:
         assert outcome.request.timeout == float(value)
 
 
-# ---------------------------------------------------------------- attacks through the broker
+# ---------------------------------------------------------------- attacks in a message
 
 
 def _script(path: Path, marker: Path, then: str) -> str:
@@ -390,9 +391,7 @@ def _script(path: Path, marker: Path, then: str) -> str:
     return str(path)
 
 
-async def test_extra_vars_cannot_run_commands_through_connection_variables(
-    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
-) -> None:
+async def test_extra_vars_cannot_run_commands_through_connection_variables(playbook_dir: Path, tmp_path: Path) -> None:
     """Interpreter, ProxyCommand, become_exe and a redirected host: each one refused, nothing ran."""
     touched = tmp_path / "touched"
     ran = {name: tmp_path / f"{name}.ran" for name in ("interpreter", "proxy", "become")}
@@ -425,12 +424,11 @@ async def test_extra_vars_cannot_run_commands_through_connection_variables(
             "(allow them with worker.allowed_special_vars)",
         ),
     }
-    settings = make_settings(broker.port, playbook_dir, group, concurrency=2)
-    async with open_controller(broker, group) as controller, running_worker(settings):
+    async with open_runs(playbook_dir) as runs:
+        finals = {}
         for name, (extra_vars, _) in attacks.items():
             job = {"task_id": f"attack-{name}", "playbook": "touch.yml", "inventory": "one_host.ini"}
-            await controller.submit({**job, "extra_vars": {"marker": str(touched), **extra_vars}})
-        finals = {name: await controller.wait_terminal(f"attack-{name}") for name in attacks}
+            finals[name] = await runs.submit({**job, "extra_vars": {"marker": str(touched), **extra_vars}})
     for name, (_, message) in attacks.items():
         assert (finals[name]["state"], finals[name]["error_message"]) == ("failed", message)
         assert finals[name]["return_code"] is None
@@ -439,25 +437,20 @@ async def test_extra_vars_cannot_run_commands_through_connection_variables(
     assert not touched.exists()
 
 
-async def test_an_allowed_special_var_reaches_ansible(
-    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
-) -> None:
+async def test_an_allowed_special_var_reaches_ansible(playbook_dir: Path, tmp_path: Path) -> None:
     """The operator's allowlist is the only way through, and lets exactly the named variables through."""
     touched, ran = tmp_path / "touched", tmp_path / "interpreter.ran"
     interpreter = _script(tmp_path / "python", ran, f'exec "{sys.executable}" "$@"')
     job = {"playbook": "touch.yml", "inventory": "one_host.ini"}
-    settings = make_settings(broker.port, playbook_dir, group, allowed_special_vars=["ansible_python_interpreter"])
-    async with open_controller(broker, group) as controller, running_worker(settings):
-        await controller.submit(
+    async with open_runs(playbook_dir, allowed_special_vars=["ansible_python_interpreter"]) as runs:
+        allowed = await runs.submit(
             {
                 "task_id": "allowed",
                 **job,
                 "extra_vars": {"marker": str(touched), "ansible_python_interpreter": interpreter},
             }
         )
-        await controller.submit({"task_id": "still-refused", **job, "extra_vars": {"ansible_connection": "ssh"}})
-        allowed = await controller.wait_terminal("allowed")
-        refused = await controller.wait_terminal("still-refused")
+        refused = await runs.submit({"task_id": "still-refused", **job, "extra_vars": {"ansible_connection": "ssh"}})
     assert allowed["state"] == "success", allowed["error_message"]
     assert ran.exists()
     assert touched.exists()
