@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.run.runs import open_runs
-from tests.run.test_warm_equivalence import plugin_files
+from tests.run.warm_cases import plugin_files
 
 MODULE = """#!/usr/bin/python
 import json

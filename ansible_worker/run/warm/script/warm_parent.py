@@ -149,6 +149,23 @@ def _stream_kinds(fds: list[int]) -> tuple[object, ...]:
     return tuple(kinds)
 
 
+def _import_statements(source: bytes, script: str) -> "Any":
+    """The script's top-level import statements alone, compiled to run as its own code."""
+    tree = compile(source, script, "exec", _PYCF_ONLY_AST, dont_inherit=True)
+    imports = type(tree)(body=[node for node in tree.body if type(node).__name__ in _IMPORT_NODES], type_ignores=[])
+    return compile(imports, script, "exec", dont_inherit=True)
+
+
+def _drained(fd: int) -> bytes:
+    """Everything written to the memory file `fd`, which is then closed."""
+    output = bytearray()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 65536):
+        output += chunk
+    os.close(fd)
+    return bytes(output)
+
+
 def _run_script_imports(script: str) -> dict[str, object]:
     """Run the import statements of `script` as `__main__`, as its cold start does; what they did.
 
@@ -158,9 +175,7 @@ def _run_script_imports(script: str) -> dict[str, object]:
     """
     with open(script, "rb") as handle:
         source = handle.read()
-    tree = compile(source, script, "exec", _PYCF_ONLY_AST, dont_inherit=True)
-    imports = type(tree)(body=[node for node in tree.body if type(node).__name__ in _IMPORT_NODES], type_ignores=[])
-    code = compile(imports, script, "exec", dont_inherit=True)
+    code = _import_statements(source, script)
     facts: dict[str, object] = {
         "streams": _stream_kinds([0, 1, 2]),
         # The parent compares each job's streams by the very same measure.
@@ -204,12 +219,7 @@ def _run_script_imports(script: str) -> dict[str, object]:
         os.dup2(saved[1], 2)
         for fd in saved:
             os.close(fd)
-    output = bytearray()
-    os.lseek(capture, 0, os.SEEK_SET)
-    while chunk := os.read(capture, 65536):
-        output += chunk
-    os.close(capture)
-    facts.update(output=bytes(output), early=read, exit_handlers=watch.noted)
+    facts.update(output=_drained(capture), early=read, exit_handlers=watch.noted)
     # What a cold start has loaded at this point: whatever the parent loads later is its own.
     facts["modules"] = set(sys.modules)
     facts["finders"] = set(sys.path_importer_cache)
