@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Collection
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from ansible_worker.ops.credentials import MIN_SECRET_LENGTH
@@ -88,7 +89,8 @@ def run_environment(settings: WorkerSettings, *, hidden_values: Collection[str] 
     else:
         log.info("jobs run %s", ansible_playbook.describe())
     return RunEnvironment(
-        variables=variables,
+        # Read-only: every run starts from the same environment.
+        variables=MappingProxyType(variables),
         ansible_playbook=ansible_playbook,
         worker_secrets=tuple(value for value in secrets if len(value) >= MIN_SECRET_LENGTH),
     )
