@@ -13,7 +13,7 @@ from ansible_worker.mqtt.link import InboundMessage, LinkError
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.models import CONTENT_PART_BYTES, ShippedContent
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.run.command import JobRefusedError
+from ansible_worker.run.errors import JobRefusedError
 
 log = logging.getLogger(__name__)
 

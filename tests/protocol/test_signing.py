@@ -24,7 +24,7 @@ from ansible_worker.protocol.signing import (
     generate_key_pair,
     load_public_key,
 )
-from ansible_worker.run.command import child_environment
+from ansible_worker.run.argv import child_environment
 from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
 
 TASKS = "ansible/web/tasks"

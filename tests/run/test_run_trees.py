@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from ansible_worker.run.command import JobRefusedError
-from ansible_worker.run.run_trees import TreeCache
+from ansible_worker.run.errors import JobRefusedError
+from ansible_worker.run.sources.run_trees import TreeCache
 
 
 def filler(size: int, calls: list[str]) -> Callable[[Path], Awaitable[None]]:

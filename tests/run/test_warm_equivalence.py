@@ -1,8 +1,10 @@
 """A warm job is a cold one: what it prints and reports, what it leaves on disk, and the configuration it runs with.
 
-Each case builds a playbook tree, runs one job on a worker with warm starts and the same job
-on a worker without, each time in a freshly built tree with a fresh HOME and temporary
-directory, and compares everything a user can see. A callback plugin of these tests
+Each case builds a playbook tree, runs one job with warm starts and the same job without,
+each time in a freshly built tree with a fresh HOME and temporary directory, and compares
+everything a user can see: the status, the record's output and events, the files. The jobs
+run through the worker's JobRunner with sinks of the tests' own (`runs.py`): the broker only
+carries what is compared here. A callback plugin of these tests
 (`probe_plugins/warm_probe.py`) writes down Ansible's settings and the process as each run
 sees them from inside; `ansible-config dump --only-changed`, run in the tree, says what the
 settings should be.
@@ -21,15 +23,16 @@ import shutil
 import stat
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from ansible_worker.run.command import ansible_environment, child_environment
-from tests.conftest import Broker, client_for, make_settings, open_controller, running_worker
+from ansible_worker.run.argv import ansible_environment, child_environment
+from tests.run.runs import open_runs
+from tests.run.warm_cases import CASES, Case, build_tree
 
 PROBE_PLUGINS = Path(__file__).parent / "probe_plugins"
 ANSIBLE_CONFIG = str(Path(sys.executable).parent / "ansible-config")
@@ -52,251 +55,6 @@ STATUS_FIELDS = (
     "tasks_rescued",
     "tasks_ignored",
 )
-
-TREE_PLUGIN = """
-import importlib.util
-import os
-
-import ansible.plugins.{kind} as _package
-from ansible.utils.display import Display
-
-# The built-in plugin of the same name, loaded under a name of its own to extend it.
-_spec = importlib.util.spec_from_file_location(
-    "_builtin_{kind}_{name}", os.path.join(os.path.dirname(_package.__file__), "{name}.py")
-)
-_builtin = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_builtin)
-DOCUMENTATION = getattr(_builtin, "DOCUMENTATION", "")
-
-
-class {cls}(_builtin.{cls}):
-{body}
-"""
-
-PLUGIN_BODIES = {
-    ("action", "normal", "ActionModule"): (
-        "    def run(self, tmp=None, task_vars=None):\n"
-        "        result = super().run(tmp, task_vars)\n"
-        '        result["plugin_of_the_tree"] = "normal"\n'
-        "        return result\n"
-    ),
-    ("strategy", "linear", "StrategyModule"): (
-        "    def run(self, iterator, play_context):\n"
-        '        Display().display("the strategy of the tree runs this play")\n'
-        "        return super().run(iterator, play_context)\n"
-    ),
-    ("callback", "default", "CallbackModule"): (
-        "    def v2_playbook_on_start(self, playbook):\n"
-        '        self._display.display("the stdout callback of the tree")\n'
-        "        super().v2_playbook_on_start(playbook)\n"
-    ),
-    ("connection", "local", "Connection"): (
-        "    def exec_command(self, cmd, in_data=None, sudoable=True):\n"
-        '        os.environ["CONNECTION_OF_THE_TREE"] = "local"\n'
-        "        return super().exec_command(cmd, in_data=in_data, sudoable=sudoable)\n"
-    ),
-}
-
-PLUGINS_PLAYBOOK = """
-- name: Plugins next to the playbook
-  hosts: host1
-  gather_facts: false
-  tasks:
-    - name: A module without an action plugin of its own
-      ansible.builtin.ping:
-      register: pinged
-    - name: Which plugins ran
-      ansible.builtin.set_stats:
-        data:
-          action: "{{ pinged.plugin_of_the_tree | default('built-in') }}"
-"""
-
-COLLECTION_MODULE = """#!/usr/bin/python
-from ansible.module_utils.basic import AnsibleModule
-
-
-def main():
-    module = AnsibleModule(argument_spec={"name": {"type": "str", "default": "world"}})
-    module.exit_json(changed=False, greeting="hello " + module.params["name"])
-
-
-if __name__ == "__main__":
-    main()
-"""
-
-COLLECTION_FILTER = """
-class FilterModule:
-    def filters(self):
-        return {"shout": lambda text: text.upper() + "!"}
-"""
-
-COLLECTION_PLAYBOOK = """
-- name: A collection next to the playbook
-  hosts: host1
-  gather_facts: false
-  tasks:
-    - name: Its module
-      acme.tools.hello:
-        name: tree
-      register: hello
-    - name: Its filter
-      ansible.builtin.set_stats:
-        data:
-          greeting: "{{ hello.greeting | acme.tools.shout }}"
-"""
-
-ROLE_PLAYBOOK = """
-- name: A role next to the playbook
-  hosts: all
-  gather_facts: false
-  roles:
-    - greet
-"""
-
-ROLE_TASKS = """
-- name: Greet from the role
-  ansible.builtin.debug:
-    msg: "{{ greeting }} from {{ inventory_hostname }}"
-- name: Skipped in the role
-  ansible.builtin.debug:
-    msg: never
-  when: false
-- name: Tell
-  ansible.builtin.set_stats:
-    data:
-      greeting: "{{ greeting }}"
-"""
-
-SKIPPING_PLAYBOOK = """
-- name: Settings from the environment
-  hosts: all
-  gather_facts: false
-  tasks:
-    - name: Runs
-      ansible.builtin.debug:
-        msg: "forks {{ ansible_forks }}"
-    - name: Skipped
-      ansible.builtin.debug:
-        msg: never
-      when: false
-"""
-
-CREDENTIAL_PLAYBOOK = """
-- name: Credentials in the environment
-  hosts: host1
-  gather_facts: false
-  tasks:
-    - name: Read them
-      ansible.builtin.set_stats:
-        data:
-          ansible_named: "{{ lookup('env', 'ANSIBLE_TEST_API_TOKEN') | length }}"
-          plain: "{{ lookup('env', 'TEST_API_TOKEN') | length }}"
-"""
-
-
-@dataclass
-class Case:
-    """A tree (files beside the copied test playbooks), the job to run in it, and worker settings."""
-
-    files: dict[str, str] = field(default_factory=dict)
-    job: dict[str, Any] = field(default_factory=dict)
-    worker: dict[str, Any] = field(default_factory=dict)
-    # A check of what the warm run reported, beyond its being equal to the cold one.
-    expect: Callable[[dict[str, Any], str], None] | None = None
-
-
-def _expect_tree_plugins(status: dict[str, Any], output: str) -> None:
-    assert status["output"]["action"] == "normal"
-    assert "the strategy of the tree runs this play" in output
-    assert "the stdout callback of the tree" in output
-
-
-def _expect_collection(status: dict[str, Any], output: str) -> None:
-    assert status["output"]["greeting"] == "HELLO TREE!"
-
-
-def _expect_credentials(status: dict[str, Any], output: str) -> None:
-    assert status["output"] == {"ansible_named": 24, "plain": 24}
-
-
-def plugin_files() -> dict[str, str]:
-    files = {"plugins.yml": PLUGINS_PLAYBOOK}
-    for (kind, name, cls), body in PLUGIN_BODIES.items():
-        files[f"{kind}_plugins/{name}.py"] = TREE_PLUGIN.format(kind=kind, name=name, cls=cls, body=body)
-    return files
-
-
-CASES: dict[str, Case] = {
-    "plain": Case(job={"playbook": "stats.yml", "inventory": "inventory.ini"}),
-    "own_ansible_cfg": Case(
-        files={
-            "ansible.cfg": (
-                "[defaults]\nretry_files_enabled = True\ndisplay_skipped_hosts = False\n"
-                "local_tmp = ./local-tmp\nforks = 3\nnocows = True\n"
-            )
-        },
-        job={"playbook": "fail.yml", "inventory": "inventory.ini"},
-    ),
-    "plugins_beside_the_playbook": Case(
-        files=plugin_files(),
-        job={"playbook": "plugins.yml", "inventory": "inventory.ini"},
-        expect=_expect_tree_plugins,
-    ),
-    "collection_beside_the_playbook": Case(
-        files={
-            "collection.yml": COLLECTION_PLAYBOOK,
-            "collections/ansible_collections/acme/tools/plugins/modules/hello.py": COLLECTION_MODULE,
-            "collections/ansible_collections/acme/tools/plugins/filter/shout.py": COLLECTION_FILTER,
-        },
-        job={"playbook": "collection.yml", "inventory": "inventory.ini"},
-        expect=_expect_collection,
-    ),
-    "roles": Case(
-        files={
-            "role.yml": ROLE_PLAYBOOK,
-            "roles/greet/tasks/main.yml": ROLE_TASKS,
-            "roles/greet/defaults/main.yml": "greeting: hi\n",
-        },
-        job={"playbook": "role.yml", "inventory": "inventory.ini"},
-    ),
-    "ansible_variables_of_the_worker": Case(
-        files={"skipping.yml": SKIPPING_PLAYBOOK},
-        job={"playbook": "skipping.yml", "inventory": "inventory.ini"},
-        worker={"environment": {"ANSIBLE_DISPLAY_SKIPPED_HOSTS": "false", "ANSIBLE_DISPLAY_ARGS_TO_STDOUT": "true"}},
-    ),
-    # The parent imports with the job's PYTHONWARNINGS: what a cold import would print (or not) is printed.
-    "python_warnings_of_the_worker": Case(
-        job={"playbook": "stats.yml", "inventory": "inventory.ini"},
-        worker={"environment": {"PYTHONWARNINGS": "ignore"}},
-    ),
-    "ansible_variable_of_a_credential": Case(
-        files={"credential.yml": CREDENTIAL_PLAYBOOK},
-        job={"playbook": "credential.yml", "inventory": "inventory.ini", "credentials": ["api"]},
-        worker={
-            "credentials": {
-                "api": {
-                    "type": "env",
-                    "variables": {
-                        "ANSIBLE_TEST_API_TOKEN": "tok-ansible-5f1c2e9a7b3d",
-                        "TEST_API_TOKEN": "tok-plain-8e4b6a2c9d1f03",
-                    },
-                }
-            }
-        },
-        expect=_expect_credentials,
-    ),
-}
-
-
-def build_tree(target: Path, source: Path, case: Case) -> None:
-    """The test playbooks and the case's own files at `target` (replaced if it exists)."""
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(source, target)
-    for relative, text in case.files.items():
-        path = target / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
 
 
 @pytest.fixture(params=sorted(CASES))
@@ -401,21 +159,16 @@ def normalised(text: str) -> str:
     return PER_RUN.sub(r"\1*", TIMINGS.sub("T", text))
 
 
-async def run_case(
-    broker: Broker, places: Places, source: Path, case: Case, group: str, *, warm: bool, task_id: str = "same-job"
-) -> Seen:
+async def run_case(places: Places, source: Path, case: Case, *, warm: bool, task_id: str = "same-job") -> Seen:
     places.reset(source, case)
     before = places.snapshot()
     values = equivalence_settings(places, warm=warm, **dict(case.worker))
-    settings = make_settings(broker.port, places.tree, group, **values)
-    async with running_worker(settings) as worker, open_controller(broker, group) as controller:
+    async with open_runs(places.tree, **values) as runs:
         # One fork: with more, hosts finish in any order, in a cold run as in a warm one.
-        await controller.submit({"task_id": task_id, "forks": 1, **case.job})
-        status = await controller.wait_terminal(task_id, within=120)
+        status = await runs.run({"task_id": task_id, "forks": 1, **case.job}, within=120)
         during = changes(before, places.snapshot())
-        warm_starts = worker.metrics.warm_starts
-        async with client_for(broker, group) as client:
-            record = await client.record(task_id)
+        warm_starts = runs.metrics.warm_starts
+        record = runs.sinks.records.get(task_id)
     after = changes(before, places.snapshot())
     assert record is not None
     output = [normalised(line).rstrip() for line in record["output"].splitlines()]
@@ -454,16 +207,14 @@ async def config_dump(places: Places, worker_environment: dict[str, str]) -> lis
     return [entry for entry in json.loads(result.stdout) if "name" in entry]
 
 
-async def test_a_warm_job_is_what_a_cold_one_is(
-    broker: Broker, playbook_dir: Path, group: str, tree_case: str, equivalence_places: Places
-) -> None:
+async def test_a_warm_job_is_what_a_cold_one_is(playbook_dir: Path, tree_case: str, equivalence_places: Places) -> None:
     case = CASES[tree_case]
     places = equivalence_places
-    warm = await run_case(broker, places, playbook_dir, case, group + "w", warm=True)
+    warm = await run_case(places, playbook_dir, case, warm=True)
     # The configuration the warm run had, against what Ansible's own tool says in the same tree.
     environment = equivalence_settings(places, warm=True, **dict(case.worker))["environment"]
     dumped = await config_dump(places, environment)
-    cold = await run_case(broker, places, playbook_dir, case, group + "c", warm=False)
+    cold = await run_case(places, playbook_dir, case, warm=False)
 
     assert warm.warm_starts == 1, "the warm worker must have started the job warm"
     assert cold.warm_starts == 0
@@ -488,19 +239,16 @@ async def test_a_warm_job_is_what_a_cold_one_is(
     assert warm.status["state"] in ("success", "failed")
 
 
-async def module_states(broker: Broker, places: Places, source: Path, group: str, *, warm: bool) -> list[Any]:
+async def module_states(places: Places, source: Path, *, warm: bool) -> list[Any]:
     """The global state of every module, as two jobs of one worker saw it when their playbooks started."""
     places.reset(source, CASES["plain"])
     # One hash seed for every process: the seed a warm parent draws is shared by its jobs (documented).
     worker = {"environment": {"WARM_PROBE_DEEP": "1", "PYTHONHASHSEED": "0"}}
-    settings = make_settings(broker.port, places.tree, group, **equivalence_settings(places, warm=warm, **worker))
-    async with running_worker(settings) as running, open_controller(broker, group) as controller:
+    async with open_runs(places.tree, **equivalence_settings(places, warm=warm, **worker)) as runs:
         for index in range(2):
-            await controller.submit(
-                {"task_id": f"state-{index}", "playbook": "quick.yml", "inventory": "inventory.ini"}
-            )
-            assert (await controller.wait_terminal(f"state-{index}", within=120))["state"] == "success"
-        assert running.metrics.warm_starts == (2 if warm else 0)
+            job = {"task_id": f"state-{index}", "playbook": "quick.yml", "inventory": "inventory.ini"}
+            assert (await runs.run(job, within=120))["state"] == "success"
+        assert runs.metrics.warm_starts == (2 if warm else 0)
     probes = sorted(
         (json.loads(path.read_text()) for path in places.probes.glob("*.json")), key=lambda probe: probe["pid"]
     )
@@ -526,10 +274,10 @@ def differences(first: Any, second: Any, path: str = "") -> list[str]:
 
 
 async def test_warm_jobs_have_the_module_state_of_cold_ones_and_renew_what_is_per_process(
-    broker: Broker, playbook_dir: Path, group: str, equivalence_places: Places
+    playbook_dir: Path, equivalence_places: Places
 ) -> None:
-    warm = await module_states(broker, equivalence_places, playbook_dir, group + "w", warm=True)
-    cold = await module_states(broker, equivalence_places, playbook_dir, group + "c", warm=False)
+    warm = await module_states(equivalence_places, playbook_dir, warm=True)
+    cold = await module_states(equivalence_places, playbook_dir, warm=False)
     names = set(cold[0]) | set(cold[1]) | set(warm[0]) | set(warm[1])
     per_process = {name for name in names if cold[0].get(name) != cold[1].get(name)}
     # Drawn or stamped by each process (a random value, a time, a temporary directory): new in each warm job too.

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import trio
 
-from ansible_worker.run.command import JobRefusedError
-from ansible_worker.run.output_tail import OutputTail
-from ansible_worker.run.process_group import ExitRecord, run_with_output
+from ansible_worker.run.errors import JobRefusedError
+from ansible_worker.run.process.launch import ExitRecord, Launch
+from ansible_worker.run.process.output_tail import OutputTail
+from ansible_worker.run.process.process_group import run_with_output
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,8 @@ class Git:
         tail = OutputTail(65536)
         with trio.move_on_after(limit) as bound:
             try:
-                returncode = await run_with_output(
-                    [self.program, *args],
-                    cwd=cwd,
-                    env=environment,
-                    kill_grace=self.kill_grace,
-                    tail=tail,
-                    record=ExitRecord(),
-                )
+                launch = Launch((self.program, *args), cwd, environment, kill_grace=self.kill_grace)
+                returncode = await run_with_output(launch, tail=tail, record=ExitRecord())
             except OSError as exc:
                 raise GitFailed(f"{what} failed: cannot start {self.program!r}: {exc.strerror}") from exc
         if bound.cancelled_caught:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import trio
 
-from ansible_worker.run.command import JobRefusedError
+from ansible_worker.run.errors import JobRefusedError
 
 # Bytes hashed or written between checkpoints: about a millisecond of work each.
 _CHUNK = 1 << 20

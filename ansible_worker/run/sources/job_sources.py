@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import trio
+
 from ansible_worker.ops.private_paths import make_private_directory, tamper_risk
 from ansible_worker.protocol.models import ShippedContent, TaskRequest
-from ansible_worker.run.command import JobRefusedError
-from ansible_worker.run.git_source import (
+from ansible_worker.run.errors import JobRefusedError
+from ansible_worker.run.sources.git import (
     Git,
     GitFailed,
     ProjectMirror,
@@ -23,8 +25,8 @@ from ansible_worker.run.git_source import (
     mirror_path,
     ssh_command_for,
 )
-from ansible_worker.run.run_trees import TreeCache, remove_tree
-from ansible_worker.run.shipped_content import ContentLimits, check_digest, unpack
+from ansible_worker.run.sources.run_trees import TreeCache, remove_tree
+from ansible_worker.run.sources.shipped_content import ContentLimits, check_digest, unpack
 
 if TYPE_CHECKING:
     # For its type only: the run layer never loads the settings module itself.
@@ -128,6 +130,13 @@ class JobSources:
         )
         self.limits = ContentLimits(max_bytes=settings.max_content_bytes, max_entries=settings.max_content_entries)
         self.mirrors: dict[str, ProjectMirror] = {}
+        # One `git pull` in the playbook directory at a time.
+        self._pull_lock = trio.Lock()
+
+    @property
+    def playbook_directory(self) -> Path:
+        """The worker's own playbook directory (`worker.playbook_directory`, resolved)."""
+        return self.settings.playbook_directory
 
     @property
     def root(self) -> Path | None:
@@ -205,6 +214,17 @@ class JobSources:
         """
         if self._configured_root is None and self._root is not None:
             remove_tree(self._root)
+
+    async def pull(self, task_id: str) -> None:
+        """`git pull --ff-only` in the playbook directory for the job `task_id`, one job at a time, bounded.
+
+        Errors: `GitFailed` (a `JobRefusedError`) when git cannot start, fails or runs past `worker.git_timeout`.
+
+        Cancellation: git's process group is ended before it passes.
+        """
+        async with self._pull_lock:
+            log.info("task %s: git pull in %s", task_id, self.playbook_directory)
+            await self.git.run("pull", "--ff-only", cwd=self.playbook_directory, what="git pull")
 
     def uses_playbook_directory(self, request: TaskRequest) -> bool:
         """Whether the job runs from the live playbook directory, whose paths can be checked now."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from ansible_worker.ops.private_paths import make_private_directory, tamper_risk
-from ansible_worker.run.command import JobRefusedError
+from ansible_worker.run.errors import JobRefusedError
 
 log = logging.getLogger(__name__)
 
