@@ -13,7 +13,7 @@ from rich.text import Text
 
 from ansible_worker.controller.artifacts import write_artifacts
 from ansible_worker.controller.client import Client, ClientError, JobHandle
-from ansible_worker.controller.history import job_row, jobs_table, parse_since, parse_states
+from ansible_worker.controller.job_filter import parse_since, parse_states
 from ansible_worker.controller.parser import (
     EXIT_FAILED,
     EXIT_STOPPED_WATCHING,
@@ -22,6 +22,7 @@ from ansible_worker.controller.parser import (
     EXIT_USAGE,
     STATE_EXIT,
 )
+from ansible_worker.controller.view import job_row, jobs_table
 
 # Ansible's colours for its own lines (its `COLOR_*` defaults), by how the line starts.
 _LINE_COLOURS = (
