@@ -1,8 +1,9 @@
-"""The group's JSON: read a message as the object it is, or as a job's record."""
+"""The group's JSON: read a message as the object it is, or as a job's record; write only strict JSON."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from ansible_worker.controller.errors import ClientError
@@ -40,3 +41,14 @@ def job_record(topic: str, task_id: str, payload: bytes) -> dict[str, Any] | Non
         named = str(document.get("task_id"))[:200]
         raise ClientError(f"{topic}: not a job record of {task_id}: its task ids disagree ({named!r})")
     return document
+
+
+def finite(value: Any) -> Any:
+    """`value` with non-finite floats replaced by None, so it encodes as strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value

@@ -6,20 +6,17 @@ import hashlib
 import io
 import os
 import stat
-import sys
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Protocol
 
 from ansible_worker.mqtt.options import InboundMessage
 from ansible_worker.protocol.topics import Topics
 
 # A day: long enough for a job to wait in a queue, short enough that old trees leave the broker.
 DEFAULT_CONTENT_RETENTION = 86_400
-# Trees smaller than this are packed without a progress bar.
-PROGRESS_FROM_BYTES = 4 << 20
 
 # Told (done, total, stage): bytes packed so far, then parts sent so far.
 ShipProgress = Callable[[int, int, str], None]
@@ -162,36 +159,3 @@ async def ship(
         if progress is not None:
             progress(done, len(missing), "sending")
     return Shipment(sha256, len(data), files, sent=bool(missing))
-
-
-class ProgressBar:
-    """`[#####-----] 48% packing 12.3 of 25.6 MB` on a terminal, redrawn in place; silent elsewhere."""
-
-    def __init__(self, stream: TextIO = sys.stderr, *, width: int = 30) -> None:
-        self.stream = stream
-        self.width = width
-        self.active = stream.isatty()
-        self._shown: tuple[str, int] | None = None
-        self._large = False
-
-    def __call__(self, done: int, total: int, stage: str) -> None:
-        if stage == "packing":
-            self._large = total >= PROGRESS_FROM_BYTES
-        if not self.active or not self._large or total <= 0:
-            return
-        percent = done * 100 // total
-        if self._shown == (stage, percent):
-            return
-        self._shown = (stage, percent)
-        filled = self.width * done // total
-        bar = "#" * filled + "-" * (self.width - filled)
-        amount = f"{done / 1e6:.1f} of {total / 1e6:.1f} MB" if stage == "packing" else f"part {done} of {total}"
-        self.stream.write(f"\r[{bar}] {percent:3d}% {stage} {amount}   ")
-        self.stream.flush()
-
-    def finish(self, text: str) -> None:
-        """Replace the bar (on a terminal) by a line that says what was shipped; the line is written anyway."""
-        if self.active and self._shown is not None:
-            self.stream.write("\r" + " " * (self.width + 40) + "\r")
-        self.stream.write(text + "\n")
-        self.stream.flush()

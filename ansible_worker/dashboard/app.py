@@ -17,9 +17,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ansible_worker.controller.client import Client, ClientError, NoWorkerAnswered, default_requester
+from ansible_worker.controller.payloads import finite
 from ansible_worker.dashboard.access import ACTION_HEADER, TOKEN_HEADER, is_loopback, same_origin, token_ok
 from ansible_worker.dashboard.record import job_record
-from ansible_worker.dashboard.store import Store, finite
+from ansible_worker.dashboard.store import Store
 from ansible_worker.mqtt.link import LinkError
 from ansible_worker.protocol.topics import is_task_id
 
