@@ -103,7 +103,7 @@ _COMMANDS: dict[str, Command] = {
     "forget": job_commands.forget,
     "workers": job_commands.workers,
     "logs": record_commands.logs,
-    "jobs": record_commands.jobs,
+    "jobs": job_commands.jobs,
 }
 
 __all__ = ["run_command"]

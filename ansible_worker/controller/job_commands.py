@@ -1,4 +1,4 @@
-"""The job commands: submit, watch, status, cancel, forget and workers, for people and scripts."""
+"""The job commands: submit, watch, status, cancel, forget, jobs and workers, for people and scripts."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import trio
 from rich.console import Console
 
 from ansible_worker.controller.client import ANSWER_WITHIN, RETRY_AFTER, Client, JobHandle, lost_message
+from ansible_worker.controller.job_filter import parse_since, parse_states
 from ansible_worker.controller.parser import (
     EXIT_FAILED,
     EXIT_STOPPED_WATCHING,
@@ -30,8 +31,10 @@ from ansible_worker.controller.terminal import (
     print_json_line,
     until_interrupted,
 )
-from ansible_worker.controller.view import JobView, summary, workers_table
+from ansible_worker.controller.view import JobView, job_row, jobs_table, summary, workers_table
 from ansible_worker.protocol.signing import SignatureRefused
+
+PIPED_WIDTH = 250
 
 
 async def submit(client: Client, args: argparse.Namespace, console: Console) -> int:
@@ -228,4 +231,29 @@ async def workers(client: Client, args: argparse.Namespace, console: Console) ->
         console.print(f"no worker of group {client.topics.group!r} has ever announced itself on this broker")
     else:
         console.print(workers_table(found))
+    return EXIT_SUCCESS
+
+
+async def jobs(client: Client, args: argparse.Namespace, console: Console) -> int:
+    """The `jobs` command: the group's jobs from their retained statuses, newest first.
+
+    Errors: `CommandError` with `EXIT_USAGE` for a bad `--state` or `--since`.
+
+    Cancellation: as `Client.jobs`; nothing is left behind.
+    """
+    try:
+        parse_states(args.state)
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    found = await client.jobs(state=args.state, playbook=args.playbook, since=since)
+    if args.json:
+        for status in found:
+            print_json_line(console, job_row(status))
+    elif not found:
+        console.print(f"no jobs of group {client.topics.group!r} match", style="dim")
+    else:
+        # Piped, the table is not squeezed to 80 columns: one job per line, whatever reads it.
+        wide = console if console.is_terminal else Console(file=console.file, width=PIPED_WIDTH, highlight=False)
+        wide.print(jobs_table(found))
     return EXIT_SUCCESS

@@ -1,4 +1,4 @@
-"""The `logs` and `jobs` commands: a job's whole output, its events or runner artifacts, and the group's job list."""
+"""The `logs` command, and a job's record at a terminal: its whole output, its events, runner artifacts."""
 
 from __future__ import annotations
 
@@ -13,17 +13,14 @@ from rich.text import Text
 
 from ansible_worker.controller.artifacts import write_artifacts
 from ansible_worker.controller.client import Client, JobHandle
-from ansible_worker.controller.job_filter import parse_since, parse_states
 from ansible_worker.controller.parser import (
     EXIT_FAILED,
     EXIT_STOPPED_WATCHING,
-    EXIT_SUCCESS,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     STATE_EXIT,
 )
 from ansible_worker.controller.terminal import CommandError, print_json_line, until_interrupted
-from ansible_worker.controller.view import job_row, jobs_table
 
 # Ansible's colours for its own lines (its `COLOR_*` defaults), by how the line starts.
 _LINE_COLOURS = (
@@ -40,7 +37,6 @@ _LINE_COLOURS = (
     ("[ERROR]", "red"),
     ("ERROR!", "red"),
 )
-PIPED_WIDTH = 250
 _HEADINGS = ("PLAY ", "TASK ", "RUNNING HANDLER ", "PLAY RECAP", "PLAYBOOK:")
 
 
@@ -186,28 +182,3 @@ async def print_live(handle: JobHandle, console: Console, *, events: bool) -> tu
     if final is None:
         raise CommandError("the connection to the broker was closed", EXIT_UNAVAILABLE)
     return final, printed
-
-
-async def jobs(client: Client, args: argparse.Namespace, console: Console) -> int:
-    """The `jobs` command: the group's jobs from their retained statuses, newest first.
-
-    Errors: `CommandError` with `EXIT_USAGE` for a bad `--state` or `--since`.
-
-    Cancellation: as `Client.jobs`; nothing is left behind.
-    """
-    try:
-        parse_states(args.state)
-        since = parse_since(args.since) if args.since else None
-    except ValueError as exc:
-        raise CommandError(str(exc), EXIT_USAGE) from None
-    found = await client.jobs(state=args.state, playbook=args.playbook, since=since)
-    if args.json:
-        for status in found:
-            print_json_line(console, job_row(status))
-    elif not found:
-        console.print(f"no jobs of group {client.topics.group!r} match", style="dim")
-    else:
-        # Piped, the table is not squeezed to 80 columns: one job per line, whatever reads it.
-        wide = console if console.is_terminal else Console(file=console.file, width=PIPED_WIDTH, highlight=False)
-        wide.print(jobs_table(found))
-    return EXIT_SUCCESS
