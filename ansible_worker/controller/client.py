@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import socket
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
@@ -36,7 +35,7 @@ from ansible_worker.controller.job_handle import JobHandle, Update, checked_task
 from ansible_worker.controller.payloads import job_record, json_object
 from ansible_worker.controller.retained import barrier, retained
 from ansible_worker.controller.shipping import DEFAULT_CONTENT_RETENTION, ShipProgress
-from ansible_worker.controller.shipping import ship as ship_tree
+from ansible_worker.controller.submission import job_payload, most_attempts
 from ansible_worker.controller.target import Target, load_signer, new_client_id, target_from_settings, target_from_url
 from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.mqtt.link import MqttLink
@@ -191,10 +190,12 @@ class Client:
         `task_id` of its own: a made-up one is new on each call, so the retry would be a second
         job; with the same `task_id`, a status the first publish got answers the retry at once.
         """
-        most = _most_attempts(answer_within, retry_after, attempts)
-        handle, payload = await _prepared(
-            self, job, events=events, ship=ship, retention=ship_retention, progress=ship_progress
+        most = most_attempts(answer_within, retry_after, attempts)
+        task_id, payload, shipment = await job_payload(
+            self, job, signer=self.signer, ship=ship, retention=ship_retention, progress=ship_progress
         )
+        handle = JobHandle(self, task_id, events=events)
+        handle.shipment = shipment
         try:
             with trio.move_on_after(answer_within) as waiting:
                 await handle.open()
@@ -376,46 +377,6 @@ class Client:
             if presence is not None:
                 found[message.topic.rsplit("/", 1)[-1]] = presence
         return [found[key] for key in sorted(found)]
-
-
-def _most_attempts(answer_within: float, retry_after: float, attempts: int | None) -> int | None:
-    """How many times `submit` may publish a job: `attempts`, else as often as `answer_within` allows (None: no end).
-
-    Errors: `ValueError` for a `retry_after` that is not positive, or `attempts` below 1.
-    """
-    if retry_after <= 0:
-        raise ValueError(f"retry_after must be positive, not {retry_after!r}")
-    if attempts is not None and attempts < 1:
-        raise ValueError(f"attempts must be at least 1, not {attempts!r}")
-    if attempts is None and math.isfinite(answer_within / retry_after):
-        return max(1, math.ceil(answer_within / retry_after))
-    return attempts
-
-
-async def _prepared(
-    client: Client,
-    job: Mapping[str, Any],
-    *,
-    events: bool,
-    ship: Path | None,
-    retention: int,
-    progress: ShipProgress | None,
-) -> tuple[JobHandle, bytes]:
-    """A handle on `job` (not open yet) and the bytes to publish: its task_id made up if it has none,
-    its directory shipped (`handle.shipment`), then signed as `Client.submit` says.
-
-    Errors: `ValueError` for a `task_id` that is not one; `ShipError`; `SignatureRefused`.
-    """
-    request = dict(job)
-    request.setdefault("task_id", f"job-{uuid.uuid4().hex[:12]}")
-    # Before anything is shipped: a task_id that cannot name a topic is refused at once.
-    handle = JobHandle(client, request["task_id"], events=events)
-    if ship is not None:
-        handle.shipment = await ship_tree(client, ship, retention=retention, progress=progress)
-        request["content"] = handle.shipment.content
-    if client.signer is not None:
-        request = client.signer.sign(client.topics.tasks, request)
-    return handle, json.dumps(request).encode()
 
 
 @asynccontextmanager

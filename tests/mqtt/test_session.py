@@ -18,7 +18,7 @@ from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.mqtt.link import ConnectFailed, InboundMessage, LinkLost, LinkOptions, open_mqtt_link
 from ansible_worker.mqtt.reconnect import GaveUp, Reconnect
 from ansible_worker.mqtt.session import BrokerSession
-from tests.conftest import Broker, free_port
+from tests.conftest import Broker
 
 QUICK = Reconnect(first=0.05, most=0.5)
 
@@ -113,8 +113,9 @@ async def test_a_reconnect_subscribes_again_to_exactly_the_filters_in_use(broker
         assert session.subscriptions.uses() == {"fixed/kept": 1, "live/+": 1}
 
 
-async def test_a_session_that_must_connect_first_raises_its_failure() -> None:
-    session = BrokerSession(options(free_port()), reconnect=Reconnect(first_must_connect=True))
+async def test_a_session_that_must_connect_first_raises_its_failure(broker: Broker) -> None:
+    broker.stop()
+    session = BrokerSession(options(broker.port), reconnect=Reconnect(first_must_connect=True))
     with trio.fail_after(30), pytest.raises(ConnectFailed, match="Connection refused"), unwrap_lone_errors():
         async with trio.open_nursery() as nursery:
             await nursery.start(session.serve)
