@@ -540,7 +540,7 @@ async def test_judging_an_archive_gives_way_to_other_tasks(tmp_path: Path) -> No
     async with trio.open_nursery() as nursery:
         nursery.start_soon(judge)
         # Once the judge has run up to its first checkpoint, and no further.
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         nursery.cancel_scope.cancel()
     assert judged == []
     # Left alone, the same archive passes.

@@ -360,7 +360,10 @@ async def test_a_signed_whole_float_beyond_2_53_is_refused(
     }
     value = base64.b64encode(key.sign(signed_bytes(topic, body))).decode()
     payload = json.dumps({**body, "signature": {"key": fingerprint(key.public_key()), "value": value}})
-    async with open_controller(broker, group) as controller, running_worker(signed_settings(broker, playbook_dir, group, keys)):
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(signed_settings(broker, playbook_dir, group, keys)),
+    ):
         await controller.submit(payload.encode())
         final = await controller.wait_terminal("big-float")
     assert final["state"] == "failed"
