@@ -143,7 +143,7 @@ async def test_two_revisions_at_once_each_see_their_own_files(broker: Broker, or
         # Both are inside their runs at once before either may go on.
         await wait_for_task(controller, "at-v1", "Wait for the go-ahead")
         await wait_for_task(controller, "at-main", "Wait for the go-ahead")
-        assert sorted(trees(state)) == sorted([f"git-{first}", f"git-{second}"])
+        assert sorted(trees(state)) == sorted([f"project-site-{first}", f"project-site-{second}"])
         go.write_text("go")
         old = await controller.wait_terminal("at-v1")
         new = await controller.wait_terminal("at-main")

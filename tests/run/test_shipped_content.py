@@ -425,6 +425,7 @@ def dot_entries(count: int) -> Callable[[tarfile.TarFile], None]:
 
 
 SIXTEEN_MIB = 16 << 20
+NEARLY_4096 = "/".join(["d" * 250] * 16)
 # Each of these costs the worker more than its header says, or names what the file system refuses.
 COSTLY: dict[str, tuple[bytes, str]] = {
     "sparse-negative": (
@@ -471,6 +472,11 @@ COSTLY: dict[str, tuple[bytes, str]] = {
     "long-path": (
         archive(file_entry("/".join(["d" * 200] * 21))),
         f"shipped content refused: {'/'.join(['d' * 200] * 21)[:200]!r}… is longer than 4096 bytes",
+    ),
+    # Short enough for the archive, too long once under the cache directory.
+    "long-path-here": (
+        archive(file_entry(NEARLY_4096)),
+        f"shipped content refused: {NEARLY_4096[:200]!r} cannot be written: File name too long",
     ),
 }
 
