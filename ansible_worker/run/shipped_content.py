@@ -28,6 +28,8 @@ MAX_EXTENDED_HEADER_BYTES = 65_536
 MAX_EXTENDED_TOTAL_BYTES = 16 << 20
 MAX_GLOBAL_HEADER_BYTES = 4096
 _MAX_EXTENDED_IN_A_ROW = 8
+# Linux's MAXSYMLINKS: a path that leads through more links fails with ELOOP.
+_MAX_LINKS_FOLLOWED = 40
 _EXTENDED = frozenset(
     (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
 )
@@ -237,6 +239,8 @@ async def plan(archive: tarfile.TarFile, limits: ContentLimits) -> list[tuple[st
     entries: list[tuple[str, tarfile.TarInfo]] = []
     paths = _Paths()
     links: list[tuple[int, str, str]] = []
+    # A link whose target is another link of the archive: the node it leads on to.
+    onto: dict[int, int] = {}
     total = 0
     dots = 0
     since = 0
@@ -293,14 +297,29 @@ async def plan(archive: tarfile.TarFile, limits: ContentLimits) -> list[tuple[st
             since, offset = 0, archive.offset
             await trio.lowlevel.checkpoint()
     for number, (node, name, target) in enumerate(links):
-        _check_link(paths, node, name, target)
+        ends = _check_link(paths, node, name, target)
+        if ends is not None and paths.kind[ends] == _LINK:
+            onto[node] = ends
+        if number % _CHECKPOINT_EVERY == _CHECKPOINT_EVERY - 1:
+            await trio.lowlevel.checkpoint()
+    for number, (node, name, _) in enumerate(links):
+        # The kernel follows at most 40 links in one path; a longer chain (or a loop) leads nowhere,
+        # and following it on disk would cost the square of its length.
+        step, hops = node, 0
+        while step in onto:
+            step, hops = onto[step], hops + 1
+            if hops >= _MAX_LINKS_FOLLOWED:
+                raise ContentRefused(
+                    f"shipped content refused: symbolic link {name[:200]!r} leads through more than"
+                    f" {_MAX_LINKS_FOLLOWED} symbolic links"
+                )
         if number % _CHECKPOINT_EVERY == _CHECKPOINT_EVERY - 1:
             await trio.lowlevel.checkpoint()
     return entries
 
 
-def _check_link(paths: _Paths, node: int, name: str, target: str) -> None:
-    """Refuse a link whose target leaves the tree, or passes through another link of the archive.
+def _check_link(paths: _Paths, node: int, name: str, target: str) -> int | None:
+    """Refuse a link whose target leaves the tree, or passes through another link; the node it names, if any.
 
     The target is followed as the kernel will, one part at a time from the link's own
     directory. A `..` after another link would climb from wherever that link leads, not from
@@ -334,6 +353,7 @@ def _check_link(paths: _Paths, node: int, name: str, target: str) -> None:
                 f"shipped content refused: symbolic link {name[:200]!r} leads through symbolic link {passed[:200]!r}"
             )
         where = child
+    return None if beyond else where
 
 
 async def unpack(archive_path: Path, target: Path, limits: ContentLimits) -> None:
@@ -370,11 +390,11 @@ async def unpack(archive_path: Path, target: Path, limits: ContentLimits) -> Non
         except tarfile.TarError as exc:
             raise ContentRefused(f"shipped content is not a valid tar archive: {exc}") from None
         # Once all of them exist: a link may lead through one made after it.
-        for number, (name, _) in enumerate(links):
+        for name, _ in links:
             if not _inside(root, os.path.join(root, name)):
                 raise ContentRefused(f"shipped content refused: symbolic link {name[:200]!r} leads outside the tree")
-            if number % _CHECKPOINT_EVERY == _CHECKPOINT_EVERY - 1:
-                await trio.lowlevel.checkpoint()
+            # Each is a walk of up to 40 links of up to 256 levels on disk.
+            await trio.lowlevel.checkpoint()
 
 
 async def _write_all(archive: tarfile.TarFile, entries: list[tuple[str, tarfile.TarInfo]], root: str) -> None:

@@ -25,7 +25,7 @@ from ansible_worker.controller.shipping import ShipError, pack_tree
 from ansible_worker.mqtt.link import LinkOptions, MqttLink, open_mqtt_link
 from ansible_worker.protocol.models import CONTENT_PART_BYTES
 from ansible_worker.protocol.signing import Signer
-from ansible_worker.run.shipped_content import ContentLimits, open_archive, plan
+from ansible_worker.run.shipped_content import ContentLimits, ContentRefused, open_archive, plan
 from tests.conftest import (
     PLAYBOOKS,
     Broker,
@@ -473,6 +473,10 @@ COSTLY: dict[str, tuple[bytes, str]] = {
         archive(file_entry("/".join(["d" * 200] * 21))),
         f"shipped content refused: {'/'.join(['d' * 200] * 21)[:200]!r}… is longer than 4096 bytes",
     ),
+    "link-loop": (
+        archive(entries(link_entry("a", "b"), link_entry("b", "a"))),
+        "shipped content refused: symbolic link 'a' leads through more than 40 symbolic links",
+    ),
     # Short enough for the archive, too long once under the cache directory.
     "long-path-here": (
         archive(file_entry(NEARLY_4096)),
@@ -596,3 +600,20 @@ async def test_a_deep_name_is_refused_without_stalling_the_worker(
     assert plain["state"] == "success", plain["error_message"]
     assert deep["state"] == "failed"
     assert deep["error_message"] == "shipped content refused: an extended header of 120014 bytes (at most 65536)"
+
+
+async def test_links_lead_through_at_most_as_many_links_as_the_kernel_follows(tmp_path: Path) -> None:
+    def chain(length: int) -> bytes:
+        # l0 -> l1 -> ... -> file: fine link by link, and one more each for the kernel to follow.
+        links = [link_entry(f"l{index}", f"l{index + 1}") for index in range(length)]
+        return archive(entries(*links, file_entry(f"l{length}")))
+
+    limits = ContentLimits(max_bytes=1 << 20, max_entries=1000)
+    path = tmp_path / "chain.tar"
+    path.write_bytes(chain(40))
+    with open_archive(path) as opened:
+        assert len(await plan(opened, limits)) == 2 + 40 + 1
+    path.write_bytes(chain(41))
+    with open_archive(path) as opened, pytest.raises(ContentRefused) as refused:
+        await plan(opened, limits)
+    assert str(refused.value) == "shipped content refused: symbolic link 'l0' leads through more than 40 symbolic links"
