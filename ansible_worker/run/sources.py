@@ -9,7 +9,7 @@ import os
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -93,8 +93,15 @@ def _lock(root: Path) -> int:
     Errors: `SourceCacheError` when another process holds it, naming its process id.
     """
     path = root / LOCK_NAME
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with suppress(FileNotFoundError):
+            info = os.lstat(path)
+            if info.st_uid != os.geteuid() or not stat.S_ISREG(info.st_mode):
+                # Left by someone else while the cache was open to them: they may hold it still.
+                log.warning("replacing %s, which is not a file of the worker's user", path)
+                os.unlink(path)
+        descriptor = os.open(path, flags, 0o600)
     except OSError as exc:
         raise SourceCacheError(f"{CACHE_KEY}: cannot open {path}: {exc.strerror or exc}") from None
     try:

@@ -231,6 +231,8 @@ async def test_what_another_user_left_in_the_cache_is_never_used(
             as_mallory("cp", str(planted), str(cache / "trees" / key / "site.yml"))
             as_mallory("cp", str(checkout / "one_host.ini"), str(cache / "trees" / key / "one_host.ini"))
         (cache / "trees" / f"sha256-{'d' * 64}").symlink_to(base)
+        # A lock file of theirs, which they could have kept locked.
+        as_mallory("touch", str(cache / "lock"))
         mirror = cache / "mirrors" / "site.git"
         as_mallory("git", "init", "--quiet", "--bare", str(mirror))
         marker = base / "hook-ran"
@@ -255,6 +257,7 @@ async def test_what_another_user_left_in_the_cache_is_never_used(
             kept = sorted(path.name for path in (cache / "trees").iterdir())
             owners = {path.name: path.lstat().st_uid for path in (cache / "trees").iterdir()}
             mirror_owner = mirror.lstat().st_uid
+            lock_owner = (cache / "lock").lstat().st_uid
         assert own["state"] == "success", own["error_message"]
         assert project["state"] == "success", project["error_message"]
         assert own["output"] == {"who": "the worker itself"}
@@ -262,7 +265,7 @@ async def test_what_another_user_left_in_the_cache_is_never_used(
         assert not marker.exists(), "a hook another user put in a mirror ran"
         assert kept == sorted([f"git-{commit}", f"project-site-{commit}"])
         assert set(owners.values()) == {os.geteuid()}
-        assert mirror_owner == os.geteuid()
+        assert mirror_owner == lock_owner == os.geteuid()
         assert lexists(base / "planted.yml")
         assert f"removing {mirror} from the source cache: {mirror} belongs to another user (uid {MALLORY})" in (
             caplog.text
