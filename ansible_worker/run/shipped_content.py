@@ -14,8 +14,9 @@ from ansible_worker.run.command import JobRefusedError
 
 # Bytes hashed or written between checkpoints: about a millisecond of work each.
 _CHUNK = 1 << 20
-# Entries judged or written between checkpoints.
-_CHECKPOINT_EVERY = 256
+# Entries judged or written between checkpoints: a few milliseconds of work at most, even
+# with paths 256 levels deep.
+_CHECKPOINT_EVERY = 32
 
 # A name part, a path inside the tree (and a link's target), and how deep a path may go.
 MAX_NAME_BYTES = 255
@@ -84,7 +85,8 @@ def _clean_name(name: str) -> str:
     if len(parts) > MAX_DEPTH:
         raise ContentRefused(f"shipped content refused: {clean[:200]!r}… is more than {MAX_DEPTH} levels deep")
     for part in parts:
-        if len(os.fsencode(part)) > MAX_NAME_BYTES:
+        # A character is at most 4 bytes: only a part of more than 63 may be too long.
+        if len(part) > MAX_NAME_BYTES // 4 and len(os.fsencode(part)) > MAX_NAME_BYTES:
             raise ContentRefused(
                 f"shipped content refused: {clean[:200]!r} has a name longer than {MAX_NAME_BYTES} bytes"
             )
