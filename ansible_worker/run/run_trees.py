@@ -81,6 +81,8 @@ class TreeCache:
         if left:
             log.info("removing %d run trees left by an earlier run: trees are built again, never trusted", len(left))
         for child in left:
+            if not _built_here(child):
+                log.warning("removing %s from the source cache: %s, not a tree of this worker", child, _describe(child))
             remove_tree(child)
             if os.path.lexists(child):
                 raise JobRefusedError(

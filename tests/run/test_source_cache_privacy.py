@@ -271,6 +271,8 @@ async def test_what_another_user_left_in_the_cache_is_never_used(
             caplog.text
         )
         assert "removing 3 run trees left by an earlier run" in caplog.text
+        trees = cache / "trees"
+        assert f"removing {trees / f'git-{commit}'} from the source cache: a directory of uid {MALLORY}" in caplog.text
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
