@@ -143,7 +143,7 @@ async def test_two_revisions_at_once_each_see_their_own_files(origin: Origin, tm
         # Both are inside their runs at once before either may go on.
         for task_id in jobs:
             await runs.wait_for(task_id, lambda status: status.get("current_task") == "Wait for the go-ahead")
-        assert sorted(trees(state)) == sorted([f"git-{first}", f"git-{second}"])
+        assert sorted(trees(state)) == sorted([f"project-site-{first}", f"project-site-{second}"])
         go.write_text("go")
         old = await runs.wait_terminal(jobs["at-v1"])
         new = await runs.wait_terminal(jobs["at-main"])

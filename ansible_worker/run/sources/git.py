@@ -18,6 +18,8 @@ from ansible_worker.run.process.process_group import run_with_output
 log = logging.getLogger(__name__)
 
 FULL_COMMIT = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
+# A mirror's hooks never run: git looks for them in a directory that cannot exist.
+NO_HOOKS = ("-c", "core.hooksPath=/dev/null")
 
 
 class GitFailed(JobRefusedError):
@@ -182,12 +184,16 @@ class ProjectMirror:
 
     async def _init(self, git: Git) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        await git.run("init", "--quiet", "--bare", str(self.path), cwd=self.path.parent, what="git init")
+        # Modes of the worker's user alone, whatever the umask: the check at start keeps only
+        # mirrors no one else could have written to.
+        init = ("init", "--quiet", "--bare", "--shared=0600", str(self.path))
+        await git.run(*NO_HOOKS, *init, cwd=self.path.parent, what="git init")
 
     async def _fetch(self, git: Git) -> None:
         log.info("project %s: fetching %s", self.name, redacted(self.url))
         try:
             await git.run(
+                *NO_HOOKS,
                 f"--git-dir={self.path}",
                 "fetch",
                 "--quiet",
