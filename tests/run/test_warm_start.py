@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 from collections.abc import Callable
@@ -18,9 +17,6 @@ import trio
 
 from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.run.command import FIFO_VARIABLE, ansible_environment, child_environment
-from ansible_worker.run.event_fifo import EventFifo
-from ansible_worker.run.output_tail import OutputTail
-from ansible_worker.run.process_group import ExitRecord, ProcessStarter, run_with_output
 from ansible_worker.run.warm_pool import open_warm_pool
 from tests.conftest import (
     ANSIBLE_PLAYBOOK,
@@ -31,77 +27,45 @@ from tests.conftest import (
     processes_mentioning,
     running_worker,
 )
+from tests.deployment import Deployment, lane
 from tests.ops.test_operations import http_get, metric
 from tests.run.test_warm_equivalence import plugin_files
+from tests.run.warm_and_cold import PLAYBOOKS, warm_and_cold
 
-# Durations and dates that differ between any two runs.
-TIMINGS = re.compile(r"\d+\.\d+s|\d{4}-\d\d-\d\d[ T][\d:.]+|\(\d+:\d\d:\d\d\.\d+\)")
-
-PLAYBOOKS = [
-    ("recap.yml", "inventory.ini"),
-    ("stats.yml", "inventory.ini"),
-    ("fail.yml", "inventory.ini"),
-    ("options.yml", "inventory.ini"),
-    ("broken.yml", "inventory.ini"),
-    ("quick.yml", "one_host.ini"),
-    ("sleep.yml", "nowhere.ini"),
-]
+WARM_AND_COLD = Path(__file__).with_name("warm_and_cold.py")
+TreeFactory = Callable[[dict[str, str]], Path]
 
 
-async def run_once(
-    playbook_dir: Path, playbook: str, inventory: str, start: ProcessStarter | None, run_dir: Path
-) -> tuple[int, str, list[tuple[str, str | None]]]:
-    """Exit code, stdout without timings, and (event, host) pairs of one run, warm or cold."""
-    fifo = EventFifo(run_dir / "events.fifo")
-    env = ansible_environment(child_environment(os.environ), fifo.path)
-    tail = OutputTail(1 << 20)
-    events: list[dict[str, Any]] = []
-    # One fork: with more, hosts finish in any order, in a cold run as in a warm one.
-    argv = [
-        ANSIBLE_PLAYBOOK,
-        f"--inventory={playbook_dir / inventory}",
-        "--forks=1",
-        "--",
-        str(playbook_dir / playbook),
-    ]
-    try:
-        with trio.fail_after(120):
-            code = await run_with_output(
-                argv,
-                cwd=playbook_dir,
-                env=env,
-                kill_grace=3,
-                tail=tail,
-                record=ExitRecord(),
-                side_reader=lambda exited: fifo.read_events(events.append, exited=exited),
-                start=start,
+@lane
+async def test_warm_runs_match_fresh_ansible_playbook(
+    tree_factory: TreeFactory, tmp_path: Path, deployment: Deployment
+) -> None:
+    tree = tree_factory({})
+    runs = deployment.give(tmp_path / "pool-runs")
+    if deployment.unprivileged:
+        # The pool lives in the worker's process: here, one of the worker's user on its Python.
+        command = [deployment.executable("python"), str(WARM_AND_COLD), str(tree), str(runs)]
+        with trio.fail_after(240):
+            result = await deployment.run(
+                [*command, deployment.executable("ansible-playbook")], cwd=tmp_path, env=deployment.environment()
             )
-    finally:
-        fifo.close()
-    pairs = [(event["event"], event.get("host")) for event in events]
-    return code, TIMINGS.sub("T", tail.text()), pairs
-
-
-async def test_warm_runs_match_fresh_ansible_playbook(playbook_dir: Path, tmp_path: Path) -> None:
-    metrics = WorkerMetrics()
-    env = ansible_environment(child_environment(os.environ), tmp_path / "x.fifo")
-    async with open_warm_pool(
-        size=2, max_forks=100, max_rss_kib=1 << 20, start_timeout=60, late=(FIFO_VARIABLE,), metrics=metrics
-    ) as pool:
-        for index, (playbook, inventory) in enumerate(PLAYBOOKS):
-            start = await pool.starter(ANSIBLE_PLAYBOOK, cwd=playbook_dir, env=env)
-            assert start is not None, "the job should have started warm"
-            warm_dir, cold_dir = tmp_path / f"warm{index}", tmp_path / f"cold{index}"
-            warm_dir.mkdir()
-            cold_dir.mkdir()
-            warm = await run_once(playbook_dir, playbook, inventory, start, warm_dir)
-            cold = await run_once(playbook_dir, playbook, inventory, None, cold_dir)
-            assert warm[0] == cold[0], playbook
-            assert warm[1] == cold[1], playbook
-            assert warm[2] == cold[2], playbook
-            assert "PLAY RECAP" in warm[1] or warm[0] != 0
-        assert metrics.warm_starts == len(PLAYBOOKS)
-        assert metrics.warm_parents_started == 1
+        assert result.returncode == 0, result.stderr.decode()[-3000:]
+        report = json.loads(result.stdout)
+    else:
+        report = await warm_and_cold(tree, runs, ANSIBLE_PLAYBOOK)
+    for run in report["runs"]:
+        playbook, (warm_code, warm_text, warm_pairs), (cold_code, cold_text, cold_pairs) = (
+            run["playbook"],
+            run["warm"],
+            run["cold"],
+        )
+        assert run["started_warm"], f"{playbook} should have started warm"
+        assert warm_code == cold_code, playbook
+        assert warm_text == cold_text, playbook
+        assert list(map(list, warm_pairs)) == list(map(list, cold_pairs)), playbook
+        assert "PLAY RECAP" in warm_text or warm_code != 0
+    assert report["warm_starts"] == len(PLAYBOOKS)
+    assert report["warm_parents_started"] == 1
 
 
 async def test_worker_reports_warm_starts_and_same_statuses(broker: Broker, playbook_dir: Path, group: str) -> None:
@@ -381,15 +345,11 @@ async def test_metrics_show_warm_starts(broker: Broker, playbook_dir: Path, grou
     assert metric(body, "ansible_worker_warm_parents_lost_total") == 0
 
 
-TreeFactory = Callable[[dict[str, str]], Path]
-
-
 @pytest.fixture
-def tree_factory(playbook_dir: Path, tmp_path: Path) -> TreeFactory:
+def tree_factory(playbook_dir: Path, tmp_path: Path, deployment: Deployment) -> TreeFactory:
     """Builds a playbook tree: the test playbooks and `files` (path -> text), in a directory of its own.
 
-    A suite that runs the worker as another user can build it its own way (then owned by
-    root and read-only, say).
+    The tree is the operator's and read-only to the worker, whoever it runs as (`Deployment.seal`).
     """
     count = iter(range(1000))
 
@@ -400,7 +360,7 @@ def tree_factory(playbook_dir: Path, tmp_path: Path) -> TreeFactory:
             path = tree / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-        return tree
+        return deployment.seal(tree)
 
     return build
 
@@ -412,23 +372,31 @@ def tree_files(root: Path) -> dict[str, bytes | None]:
     }
 
 
+@lane
+@pytest.mark.parametrize("writable", [False, True], ids=["read-only", "own-checkout"])
 async def test_a_warm_job_writes_nothing_into_its_tree(
-    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+    broker: Broker, tree_factory: TreeFactory, group: str, tmp_path: Path, deployment: Deployment, writable: bool
 ) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    settings = make_settings(broker.port, playbook_dir, group, environment={"HOME": str(home)})
-    before = tree_files(playbook_dir)
-    async with open_controller(broker, group) as controller, running_worker(settings) as worker:
+    tree = tree_factory({})
+    if writable:
+        # A checkout that jobs `git pull` is the worker's own: nothing stops a write but the worker itself.
+        deployment.unseal(tree)
+        deployment.hand_over(tree)
+    home = deployment.give(tmp_path / "home")
+    settings = make_settings(broker.port, tree, group, environment={"HOME": str(home)})
+    # Under ANSIBLE_HOME (HOME's .ansible), unless the deployment's environment puts it elsewhere (the image's).
+    local_tmp = Path(deployment.environment().get("ANSIBLE_LOCAL_TEMP", home / ".ansible" / "tmp"))
+    before = tree_files(tree)
+    async with open_controller(broker, group) as controller, deployment.running(settings) as worker:
         await controller.submit({"task_id": "tidy", "playbook": "stats.yml", "inventory": "inventory.ini"})
         final = await controller.wait_terminal("tidy")
-        assert worker.metrics.warm_starts == 1
-        assert tree_files(playbook_dir) == before
-        # Ansible's local temporary directories are made under ANSIBLE_HOME, as a cold run makes them,
-        # and each is gone with its run: the warm parent keeps none of its own.
-        assert sorted(path.name for path in (home / ".ansible" / "tmp").iterdir()) == []
-    assert final["state"] == "success", final["error_message"]
-    assert tree_files(playbook_dir) == before
+        assert final["state"] == "success", final["error_message"]
+        assert await worker.starts(jobs_done=1) == (1, 0)
+        assert tree_files(tree) == before
+        # Ansible's local temporary directories are made there, as a cold run makes them, and
+        # each is gone with its run: the warm parent keeps none of its own.
+        assert tree_files(local_tmp) == {}
+    assert tree_files(tree) == before
 
 
 SECRET_PLAYBOOK = """
@@ -445,8 +413,8 @@ SECRET_PLAYBOOK = """
 """
 
 
-def warm_parents() -> list[int]:
-    """The warm parents of the workers running in this process."""
+def warm_parents(worker: int) -> list[int]:
+    """The warm parents of the worker whose process is `worker`."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -456,7 +424,7 @@ def warm_parents() -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if parent == os.getpid() and b"warm_parent.py" in cmdline:
+        if parent == worker and b"warm_parent.py" in cmdline:
             found.append(int(entry.name))
     return found
 
@@ -483,8 +451,9 @@ def memory_holds(pid: int, needle: bytes) -> bool:
     return False
 
 
+@lane
 async def test_an_env_credential_never_reaches_a_warm_parent(
-    broker: Broker, tree_factory: TreeFactory, group: str, caplog: pytest.LogCaptureFixture
+    broker: Broker, tree_factory: TreeFactory, group: str, deployment: Deployment
 ) -> None:
     secrets = {
         "ANSIBLE_DEPLOY_TOKEN": "named-" + os.urandom(12).hex(),
@@ -503,46 +472,44 @@ async def test_an_env_credential_never_reaches_a_warm_parent(
     tree = tree_factory({"secret.yml": SECRET_PLAYBOOK})
     settings = make_settings(broker.port, tree, group, credentials=credentials)
     digests = {name: hashlib.sha1(value.encode()).hexdigest() for name, value in secrets.items()}  # noqa: S324
-    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm_pool"):
-        async with open_controller(broker, group) as controller, running_worker(settings) as worker:
-            job = {"playbook": "secret.yml", "inventory": "inventory.ini"}
-            await controller.submit({**job, "task_id": "late", "credentials": ["deploy"]})
-            late = await controller.wait_terminal("late")
-            assert (worker.metrics.warm_starts, worker.metrics.cold_starts) == (1, 0)
-            await controller.submit({**job, "task_id": "early", "credentials": ["deploy", "early"]})
-            early = await controller.wait_terminal("early")
-            assert (worker.metrics.warm_starts, worker.metrics.cold_starts) == (1, 1)
-            parents = warm_parents()
-            assert parents
-            for pid in parents:
-                for name, value in secrets.items():
-                    assert not process_shows(pid, value.encode()), name
-                    assert not memory_holds(pid, value.encode()), name
+    async with open_controller(broker, group) as controller, deployment.running(settings) as worker:
+        job = {"playbook": "secret.yml", "inventory": "inventory.ini"}
+        await controller.submit({**job, "task_id": "late", "credentials": ["deploy"]})
+        late = await controller.wait_terminal("late")
+        assert await worker.starts(jobs_done=1) == (1, 0)
+        await controller.submit({**job, "task_id": "early", "credentials": ["deploy", "early"]})
+        early = await controller.wait_terminal("early")
+        assert await worker.starts(jobs_done=2) == (1, 1)
+        parents = warm_parents(worker.pid)
+        assert parents
+        for pid in parents:
+            for name, value in secrets.items():
+                assert not process_shows(pid, value.encode()), name
+                assert not memory_holds(pid, value.encode()), name
+        log = list(worker.log)
     assert late["state"] == "success", late["error_message"]
     assert late["output"]["named"] == digests["ANSIBLE_DEPLOY_TOKEN"]
     assert late["output"]["plain"] == digests["DEPLOY_TOKEN"]
     assert early["state"] == "success", early["error_message"]
     assert early["output"]["early"] == digests["ANSIBLE_GALAXY_TOKEN_PATH"]
-    assert any(
-        "cold start:" in record.getMessage() and "ANSIBLE_GALAXY_TOKEN_PATH" in record.getMessage()
-        for record in caplog.records
-    )
-    assert not any(value in record.getMessage() for record in caplog.records for value in secrets.values())
+    assert any("cold start:" in line and "ANSIBLE_GALAXY_TOKEN_PATH" in line for line in log)
+    assert not any(value in line for line in log for value in secrets.values())
 
 
+@lane
 async def test_plugins_beside_the_playbook_replace_built_in_ones_when_warm(
-    broker: Broker, tree_factory: TreeFactory, group: str
+    broker: Broker, tree_factory: TreeFactory, group: str, deployment: Deployment
 ) -> None:
     tree = tree_factory(plugin_files())
     settings = make_settings(broker.port, tree, group)
     async with (
         open_controller(broker, group) as controller,
-        running_worker(settings) as worker,
+        deployment.running(settings) as worker,
         client_for(broker, group) as client,
     ):
         await controller.submit({"task_id": "own", "playbook": "plugins.yml", "inventory": "inventory.ini"})
         final = await controller.wait_terminal("own")
-        assert worker.metrics.warm_starts == 1
+        assert await worker.starts(jobs_done=1) == (1, 0)
         record = await client.record("own")
     assert final["state"] == "success", final["error_message"]
     assert final["output"]["action"] == "normal"
@@ -551,55 +518,63 @@ async def test_plugins_beside_the_playbook_replace_built_in_ones_when_warm(
     assert "the stdout callback of the tree" in record["output"]
 
 
+@lane
 async def test_a_changed_file_of_the_parent_means_a_cold_start_then_a_new_parent(
-    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    broker: Broker, tree_factory: TreeFactory, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
+    # The operator's, which the worker reads (as an image's site-packages).
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text("GREETING = 'first'\n")
-    settings = make_settings(broker.port, playbook_dir, group, environment={"PYTHONPATH": str(site)})
+    http = {"port": 0, "host": "127.0.0.1"}
+    settings = make_settings(broker.port, tree_factory({}), group, environment={"PYTHONPATH": str(site)}, http=http)
     job = {"playbook": "quick.yml", "inventory": "inventory.ini"}
-    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm_pool"):
-        async with open_controller(broker, group) as controller, running_worker(settings) as worker:
-            await controller.submit({**job, "task_id": "before"})
-            assert (await controller.wait_terminal("before"))["state"] == "success"
-            # Imported by the parent when it started: what a cold run would import now is another file.
-            (site / "sitecustomize.py").write_text("GREETING = 'second, and longer'\n")
-            await controller.submit({**job, "task_id": "changed"})
-            assert (await controller.wait_terminal("changed"))["state"] == "success"
-            await controller.submit({**job, "task_id": "after"})
-            assert (await controller.wait_terminal("after"))["state"] == "success"
-            assert (worker.metrics.warm_starts, worker.metrics.cold_starts) == (2, 1)
-            assert worker.metrics.warm_parents_started == 2
-    assert any(
-        "cold start:" in record.getMessage() and "sitecustomize.py" in record.getMessage() for record in caplog.records
-    )
+    async with open_controller(broker, group) as controller, deployment.running(settings) as worker:
+        await controller.submit({**job, "task_id": "before"})
+        assert (await controller.wait_terminal("before"))["state"] == "success"
+        # Imported by the parent when it started: what a cold run would import now is another file.
+        (site / "sitecustomize.py").write_text("GREETING = 'second, and longer'\n")
+        await controller.submit({**job, "task_id": "changed"})
+        assert (await controller.wait_terminal("changed"))["state"] == "success"
+        await controller.submit({**job, "task_id": "after"})
+        assert (await controller.wait_terminal("after"))["state"] == "success"
+        assert await worker.starts(jobs_done=3) == (2, 1)
+        assert await worker.metric("ansible_worker_warm_parents_started_total") == 2
+        log = list(worker.log)
+    assert any("cold start:" in line and "sitecustomize.py" in line for line in log)
 
 
+@lane
 @pytest.mark.parametrize(
     ("files", "environment", "reason"),
     [
-        # The parent would hold the log file open for every job, as Display opens it at import.
-        ({"ansible.cfg": "[defaults]\nlog_path = ./ansible.log\n"}, {}, "left open"),
+        # The parent would hold the log file open for every job, as Display opens it at import
+        # (in a directory of the worker's: the tree is read-only).
+        ({"ansible.cfg": "[defaults]\nlog_path = {logs}/ansible.log\n"}, {}, "left open"),
         # What Python reports on its own start-up a fork cannot report again.
         ({}, {"PYTHONPROFILEIMPORTTIME": "1"}, "report on its own start-up"),
     ],
+    ids=["log_path", "import_time"],
 )
 async def test_what_a_fork_cannot_hand_over_means_cold_starts_with_the_reason(
     broker: Broker,
     tree_factory: TreeFactory,
     group: str,
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    deployment: Deployment,
     files: dict[str, str],
     environment: dict[str, str],
     reason: str,
 ) -> None:
-    settings = make_settings(broker.port, tree_factory(files), group, environment=environment)
-    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm_pool"):
-        async with open_controller(broker, group) as controller, running_worker(settings) as worker:
-            await controller.submit({"task_id": "refused", "playbook": "quick.yml", "inventory": "inventory.ini"})
-            final = await controller.wait_terminal("refused")
-            assert (worker.metrics.warm_starts, worker.metrics.cold_starts) == (0, 1)
-            assert worker.metrics.warm_parents_lost == 0
+    logs = deployment.give(tmp_path / "logs")
+    tree = tree_factory({path: text.replace("{logs}", str(logs)) for path, text in files.items()})
+    http = {"port": 0, "host": "127.0.0.1"}
+    settings = make_settings(broker.port, tree, group, environment=environment, http=http)
+    async with open_controller(broker, group) as controller, deployment.running(settings) as worker:
+        await controller.submit({"task_id": "refused", "playbook": "quick.yml", "inventory": "inventory.ini"})
+        final = await controller.wait_terminal("refused")
+        assert await worker.starts(jobs_done=1) == (0, 1)
+        assert await worker.metric("ansible_worker_warm_parents_lost_total") == 0
+        log = list(worker.log)
     assert final["state"] == "success", final["error_message"]
-    assert any("cold start:" in record.getMessage() and reason in record.getMessage() for record in caplog.records)
+    assert any("cold start:" in line and reason in line for line in log)
