@@ -54,16 +54,12 @@ async def test_warm_runs_match_fresh_ansible_playbook(
     else:
         report = await warm_and_cold(tree, runs, ANSIBLE_PLAYBOOK)
     for run in report["runs"]:
-        playbook, (warm_code, warm_text, warm_pairs), (cold_code, cold_text, cold_pairs) = (
-            run["playbook"],
-            run["warm"],
-            run["cold"],
-        )
+        playbook, warm, cold = run["playbook"], run["warm"], run["cold"]
         assert run["started_warm"], f"{playbook} should have started warm"
-        assert warm_code == cold_code, playbook
-        assert warm_text == cold_text, playbook
-        assert list(map(list, warm_pairs)) == list(map(list, cold_pairs)), playbook
-        assert "PLAY RECAP" in warm_text or warm_code != 0
+        assert warm[0] == cold[0], playbook
+        assert warm[1] == cold[1], playbook
+        assert warm[2] == cold[2], playbook
+        assert "PLAY RECAP" in warm[1] or warm[0] != 0
     assert report["warm_starts"] == len(PLAYBOOKS)
     assert report["warm_parents_started"] == 1
 
