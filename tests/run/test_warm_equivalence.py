@@ -1,16 +1,16 @@
 """A warm job is a cold one: what it prints and reports, what it leaves on disk, and the configuration it runs with.
 
-Each case builds a playbook tree, runs one job with warm starts and the same job without,
-each time in a freshly built tree with a fresh HOME and temporary directory, and compares
-everything a user can see: the status, the record's output and events, the files. The jobs
-run through the worker's JobRunner with sinks of the tests' own (`runs.py`): the broker only
-carries what is compared here. A callback plugin of these tests
+Each case builds a playbook tree, runs one job on a worker with warm starts and the same job
+on a worker without, each time in a freshly built tree with a fresh HOME and temporary
+directory, and compares everything a user can see. It does so in every deployment
+(`tests/deployment.py`): the tree is the operator's and read-only, HOME and the temporary
+directory are the worker's own, and `ansible-config` runs as the worker's user. A callback plugin of these tests
 (`probe_plugins/warm_probe.py`) writes down Ansible's settings and the process as each run
 sees them from inside; `ansible-config dump --only-changed`, run in the tree, says what the
 settings should be.
 
-The trees and the worker's settings come from `tree_case` and `equivalence_settings`, so
-that a suite running the worker as another user can build them its own way.
+The trees and the worker's settings come from `tree_case`, `equivalence_places` (which takes
+the deployment's `seal` and `give`) and `equivalence_settings`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +29,13 @@ from typing import Any
 import pytest
 import trio
 
-from ansible_worker.run.argv import ansible_environment, child_environment
-from tests.run.runs import open_runs
+from tests.conftest import Broker, client_for, make_settings, open_controller
+from tests.deployment import Deployment, lane
 from tests.run.warm_cases import CASES, Case, build_tree
 
 PROBE_PLUGINS = Path(__file__).parent / "probe_plugins"
-ANSIBLE_CONFIG = str(Path(sys.executable).parent / "ansible-config")
+# The worker keeps an operator's own callback path (after its own): the probe comes that way.
+OPERATOR_ENVIRONMENT = {"ANSIBLE_CALLBACK_PLUGINS": str(PROBE_PLUGINS)}
 # Durations and dates, which differ between any two runs.
 TIMINGS = re.compile(r"\d+\.\d+s|\d{4}-\d\d-\d\d[ T][\d:.]+|\(\d+:\d\d:\d\d\.\d+\)")
 # Names with a process id or a random part in them: Ansible's temporary directories, the run directory.
@@ -62,12 +62,19 @@ def tree_case(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def _nothing(path: Path) -> object:
+    return None
+
+
 @dataclass
 class Places:
     """Where a run may leave files: the tree, HOME, the temporary directory, the run directories.
 
-    `seal` is applied to each tree once built: a suite that runs the worker as another user
-    can make it root's and read-only there.
+    `seal` is applied to each tree once built (`unseal` before it is built again): a suite
+    that runs the worker as another user makes it root's and read-only there. `give` makes
+    HOME, the temporary directory and the probe's directory the worker's. `scratch`, if
+    any, is where the deployment's own environment points Ansible (the image's
+    `ANSIBLE_HOME`): made anew for each run and compared too.
     """
 
     tree: Path
@@ -75,28 +82,46 @@ class Places:
     tmp: Path
     runs: Path
     probes: Path
-    seal: Callable[[Path], None] = lambda tree: None
+    seal: Callable[[Path], object] = _nothing
+    unseal: Callable[[Path], object] = _nothing
+    give: Callable[[Path], object] = _nothing
+    scratch: Path | None = None
 
     def reset(self, source: Path, case: Case) -> None:
+        self.unseal(self.tree)
         build_tree(self.tree, source, case)
         self.seal(self.tree)
-        for directory in (self.home, self.tmp, self.probes):
+        for directory in (self.home, self.tmp, self.probes, self.scratch):
+            if directory is None:
+                continue
             if directory.exists():
                 shutil.rmtree(directory)
             directory.mkdir()
+            self.give(directory)
         self.runs.mkdir(exist_ok=True)
 
     def snapshot(self) -> dict[str, dict[str, str]]:
-        return {name: files_under(getattr(self, name)) for name in ("tree", "home", "tmp", "runs")}
+        found = {name: files_under(getattr(self, name)) for name in ("tree", "home", "tmp", "runs")}
+        if self.scratch is not None:
+            found["scratch"] = files_under(self.scratch)
+        return found
 
 
 @pytest.fixture
-def equivalence_places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Places:
-    # The worker keeps an operator's own callback path (after its own): the probe comes that way.
-    monkeypatch.setenv("ANSIBLE_CALLBACK_PLUGINS", str(PROBE_PLUGINS))
+def equivalence_places(tmp_path: Path, deployment: Deployment) -> Places:
     base = tmp_path / "eq"
     base.mkdir()
-    return Places(base / "tree", base / "home", base / "tmp", base / "runs", base / "probes")
+    return Places(
+        base / "tree",
+        base / "home",
+        base / "tmp",
+        base / "runs",
+        base / "probes",
+        seal=deployment.seal,
+        unseal=deployment.unseal,
+        give=deployment.give,
+        scratch=deployment.scratch,
+    )
 
 
 def files_under(root: Path) -> dict[str, str]:
@@ -159,16 +184,32 @@ def normalised(text: str) -> str:
     return PER_RUN.sub(r"\1*", TIMINGS.sub("T", text))
 
 
-async def run_case(places: Places, source: Path, case: Case, *, warm: bool, task_id: str = "same-job") -> Seen:
+async def run_case(
+    broker: Broker,
+    places: Places,
+    source: Path,
+    case: Case,
+    group: str,
+    deployment: Deployment,
+    *,
+    warm: bool,
+    task_id: str = "same-job",
+) -> Seen:
     places.reset(source, case)
     before = places.snapshot()
     values = equivalence_settings(places, warm=warm, **dict(case.worker))
-    async with open_runs(places.tree, **values) as runs:
+    settings = make_settings(broker.port, places.tree, group, **values)
+    async with (
+        deployment.running(settings, env=OPERATOR_ENVIRONMENT) as worker,
+        open_controller(broker, group) as controller,
+    ):
         # One fork: with more, hosts finish in any order, in a cold run as in a warm one.
-        status = await runs.run({"task_id": task_id, "forks": 1, **case.job}, within=120)
+        await controller.submit({"task_id": task_id, "forks": 1, **case.job})
+        status = await controller.wait_terminal(task_id, within=120)
         during = changes(before, places.snapshot())
-        warm_starts = runs.metrics.warm_starts
-        record = runs.sinks.records.get(task_id)
+        warm_starts, _ = await worker.starts(jobs_done=1)
+        async with client_for(broker, group) as client:
+            record = await client.record(task_id)
     after = changes(before, places.snapshot())
     assert record is not None
     output = [normalised(line).rstrip() for line in record["output"].splitlines()]
@@ -189,32 +230,44 @@ def settings_seen(probe: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(normalised(json.dumps(probe["settings"], sort_keys=True))))
 
 
-async def config_dump(places: Places, worker_environment: dict[str, str]) -> list[dict[str, Any]]:
-    """`ansible-config dump --only-changed` in the tree, with the environment the worker gives its jobs."""
-    env = ansible_environment(
-        child_environment(os.environ, extra=worker_environment), places.runs / "probe-events.fifo"
-    )
+# The environment the worker gives a job, as the worker's own package computes it on the worker's Python.
+JOB_ENVIRONMENT = """
+import json, os, sys
+from pathlib import Path
+from ansible_worker.run.command import ansible_environment, child_environment
+extra, fifo = json.loads(sys.argv[1]), Path(sys.argv[2])
+print(json.dumps(ansible_environment(child_environment(os.environ, extra=extra), fifo)))
+"""
+
+
+async def config_dump(
+    places: Places, worker_environment: dict[str, str], deployment: Deployment
+) -> list[dict[str, Any]]:
+    """`ansible-config dump --only-changed` in the tree, as the worker's user, with the environment it gives its jobs."""
+    fifo = places.runs / "probe-events.fifo"
+    computed = [deployment.executable("python"), "-I", "-c", JOB_ENVIRONMENT, json.dumps(worker_environment), str(fifo)]
     with trio.fail_after(60):
-        result = await trio.run_process(
-            [ANSIBLE_CONFIG, "dump", "--only-changed", "--format", "json"],
-            cwd=places.tree,
-            env=env,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
+        found = await deployment.run(computed, cwd=places.tree, env=deployment.environment(OPERATOR_ENVIRONMENT))
+    assert found.returncode == 0, found.stderr.decode()
+    env = json.loads(found.stdout)
+    command = [deployment.executable("ansible-config"), "dump", "--only-changed", "--format", "json"]
+    with trio.fail_after(60):
+        result = await deployment.run(command, cwd=places.tree, env=env)
     assert result.returncode == 0, result.stderr.decode()
     return [entry for entry in json.loads(result.stdout) if "name" in entry]
 
 
-async def test_a_warm_job_is_what_a_cold_one_is(playbook_dir: Path, tree_case: str, equivalence_places: Places) -> None:
+@lane
+async def test_a_warm_job_is_what_a_cold_one_is(
+    broker: Broker, playbook_dir: Path, group: str, tree_case: str, equivalence_places: Places, deployment: Deployment
+) -> None:
     case = CASES[tree_case]
     places = equivalence_places
-    warm = await run_case(places, playbook_dir, case, warm=True)
+    warm = await run_case(broker, places, playbook_dir, case, group + "w", deployment, warm=True)
     # The configuration the warm run had, against what Ansible's own tool says in the same tree.
     environment = equivalence_settings(places, warm=True, **dict(case.worker))["environment"]
-    dumped = await config_dump(places, environment)
-    cold = await run_case(places, playbook_dir, case, warm=False)
+    dumped = await config_dump(places, environment, deployment)
+    cold = await run_case(broker, places, playbook_dir, case, group + "c", deployment, warm=False)
 
     assert warm.warm_starts == 1, "the warm worker must have started the job warm"
     assert cold.warm_starts == 0
@@ -239,16 +292,24 @@ async def test_a_warm_job_is_what_a_cold_one_is(playbook_dir: Path, tree_case: s
     assert warm.status["state"] in ("success", "failed")
 
 
-async def module_states(places: Places, source: Path, *, warm: bool) -> list[Any]:
+async def module_states(
+    broker: Broker, places: Places, source: Path, group: str, deployment: Deployment, *, warm: bool
+) -> list[Any]:
     """The global state of every module, as two jobs of one worker saw it when their playbooks started."""
     places.reset(source, CASES["plain"])
     # One hash seed for every process: the seed a warm parent draws is shared by its jobs (documented).
     worker = {"environment": {"WARM_PROBE_DEEP": "1", "PYTHONHASHSEED": "0"}}
-    async with open_runs(places.tree, **equivalence_settings(places, warm=warm, **worker)) as runs:
+    settings = make_settings(broker.port, places.tree, group, **equivalence_settings(places, warm=warm, **worker))
+    async with (
+        deployment.running(settings, env=OPERATOR_ENVIRONMENT) as running,
+        open_controller(broker, group) as controller,
+    ):
         for index in range(2):
-            job = {"task_id": f"state-{index}", "playbook": "quick.yml", "inventory": "inventory.ini"}
-            assert (await runs.run(job, within=120))["state"] == "success"
-        assert runs.metrics.warm_starts == (2 if warm else 0)
+            await controller.submit(
+                {"task_id": f"state-{index}", "playbook": "quick.yml", "inventory": "inventory.ini"}
+            )
+            assert (await controller.wait_terminal(f"state-{index}", within=120))["state"] == "success"
+        assert (await running.starts(jobs_done=2))[0] == (2 if warm else 0)
     probes = sorted(
         (json.loads(path.read_text()) for path in places.probes.glob("*.json")), key=lambda probe: probe["pid"]
     )
@@ -273,11 +334,12 @@ def differences(first: Any, second: Any, path: str = "") -> list[str]:
     return [] if first == second else [f"{path}: {str(first)[:200]} != {str(second)[:200]}"]
 
 
+@lane
 async def test_warm_jobs_have_the_module_state_of_cold_ones_and_renew_what_is_per_process(
-    playbook_dir: Path, equivalence_places: Places
+    broker: Broker, playbook_dir: Path, group: str, equivalence_places: Places, deployment: Deployment
 ) -> None:
-    warm = await module_states(equivalence_places, playbook_dir, warm=True)
-    cold = await module_states(equivalence_places, playbook_dir, warm=False)
+    warm = await module_states(broker, equivalence_places, playbook_dir, group + "w", deployment, warm=True)
+    cold = await module_states(broker, equivalence_places, playbook_dir, group + "c", deployment, warm=False)
     names = set(cold[0]) | set(cold[1]) | set(warm[0]) | set(warm[1])
     per_process = {name for name in names if cold[0].get(name) != cold[1].get(name)}
     # Drawn or stamped by each process (a random value, a time, a temporary directory): new in each warm job too.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,7 @@ import trio
 
 from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.run.argv import FIFO_VARIABLE, ansible_environment, child_environment
-from ansible_worker.run.events.event_fifo import EventFifo
-from ansible_worker.run.process.launch import ExitRecord, Launch, ProcessStarter
-from ansible_worker.run.process.output_tail import OutputTail
-from ansible_worker.run.process.process_group import run_process_group, run_with_output
+from ansible_worker.run.process.process_group import run_process_group
 from ansible_worker.run.warm.pool import Configuration, WarmPolicy, WarmPool
 from tests.conftest import (
     ANSIBLE_PLAYBOOK,
@@ -34,71 +30,6 @@ from tests.conftest import (
 )
 from tests.ops.test_operations import http_get, metric
 from tests.run.runs import open_runs
-
-# Durations and dates that differ between any two runs.
-TIMINGS = re.compile(r"\d+\.\d+s|\d{4}-\d\d-\d\d[ T][\d:.]+|\(\d+:\d\d:\d\d\.\d+\)")
-
-PLAYBOOKS = [
-    ("recap.yml", "inventory.ini"),
-    ("stats.yml", "inventory.ini"),
-    ("fail.yml", "inventory.ini"),
-    ("options.yml", "inventory.ini"),
-    ("broken.yml", "inventory.ini"),
-    ("quick.yml", "one_host.ini"),
-    ("sleep.yml", "nowhere.ini"),
-]
-
-
-async def run_once(
-    playbook_dir: Path, playbook: str, inventory: str, start: ProcessStarter, run_dir: Path
-) -> tuple[int, str, list[tuple[str, str | None]]]:
-    """Exit code, stdout without timings, and (event, host) pairs of one run, warm or cold."""
-    fifo = EventFifo(run_dir / "events.fifo")
-    env = ansible_environment(child_environment(os.environ), fifo.path)
-    tail = OutputTail(1 << 20)
-    events: list[dict[str, Any]] = []
-    # One fork: with more, hosts finish in any order, in a cold run as in a warm one.
-    argv = [
-        ANSIBLE_PLAYBOOK,
-        f"--inventory={playbook_dir / inventory}",
-        "--forks=1",
-        "--",
-        str(playbook_dir / playbook),
-    ]
-    try:
-        with trio.fail_after(120):
-            code = await run_with_output(
-                Launch(tuple(argv), playbook_dir, env, kill_grace=3),
-                tail=tail,
-                record=ExitRecord(),
-                side_reader=lambda exited: fifo.read_events(events.append, exited=exited),
-                start=start,
-            )
-    finally:
-        fifo.close()
-    pairs = [(event["event"], event.get("host")) for event in events]
-    return code, TIMINGS.sub("T", tail.text()), pairs
-
-
-async def test_warm_runs_match_fresh_ansible_playbook(playbook_dir: Path, tmp_path: Path) -> None:
-    metrics = WorkerMetrics()
-    env = ansible_environment(child_environment(os.environ), tmp_path / "x.fifo")
-    policy = WarmPolicy(size=2, max_forks=100, max_rss_kib=1 << 20, start_timeout=60)
-    async with WarmPool(policy, metrics=metrics, late=(FIFO_VARIABLE,)).open() as pool:
-        for index, (playbook, inventory) in enumerate(PLAYBOOKS):
-            start = await pool.starter(Configuration(ANSIBLE_PLAYBOOK, playbook_dir, env))
-            assert metrics.cold_starts == 0, "the job should have started warm"
-            warm_dir, cold_dir = tmp_path / f"warm{index}", tmp_path / f"cold{index}"
-            warm_dir.mkdir()
-            cold_dir.mkdir()
-            warm = await run_once(playbook_dir, playbook, inventory, start, warm_dir)
-            cold = await run_once(playbook_dir, playbook, inventory, run_process_group, cold_dir)
-            assert warm[0] == cold[0], playbook
-            assert warm[1] == cold[1], playbook
-            assert warm[2] == cold[2], playbook
-            assert "PLAY RECAP" in warm[1] or warm[0] != 0
-        assert metrics.warm_starts == len(PLAYBOOKS)
-        assert metrics.warm_parents_started == 1
 
 
 async def test_worker_reports_warm_starts_and_same_statuses(broker: Broker, playbook_dir: Path, group: str) -> None:
@@ -242,51 +173,3 @@ async def test_metrics_show_warm_starts(broker: Broker, playbook_dir: Path, grou
     assert metric(body, "ansible_worker_warm_pool_size") == 1
     assert metric(body, "ansible_worker_warm_parents_started_total") == 1
     assert metric(body, "ansible_worker_warm_parents_lost_total") == 0
-
-
-async def test_a_changed_file_of_the_parent_means_a_cold_start_then_a_new_parent(
-    playbook_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text("GREETING = 'first'\n")
-    job = {"playbook": "quick.yml", "inventory": "inventory.ini"}
-    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm.pool"):
-        async with open_runs(playbook_dir, environment={"PYTHONPATH": str(site)}) as runs:
-            assert (await runs.run({**job, "task_id": "before"}))["state"] == "success"
-            # Imported by the parent when it started: what a cold run would import now is another file.
-            (site / "sitecustomize.py").write_text("GREETING = 'second, and longer'\n")
-            assert (await runs.run({**job, "task_id": "changed"}))["state"] == "success"
-            assert (await runs.run({**job, "task_id": "after"}))["state"] == "success"
-            assert (runs.metrics.warm_starts, runs.metrics.cold_starts) == (2, 1)
-            assert runs.metrics.warm_parents_started == 2
-    assert any(
-        "cold start:" in record.getMessage() and "sitecustomize.py" in record.getMessage() for record in caplog.records
-    )
-
-
-@pytest.mark.parametrize(
-    ("files", "environment", "reason"),
-    [
-        # The parent would hold the log file open for every job, as Display opens it at import.
-        ({"ansible.cfg": "[defaults]\nlog_path = ./ansible.log\n"}, {}, "left open"),
-        # What Python reports on its own start-up a fork cannot report again.
-        ({}, {"PYTHONPROFILEIMPORTTIME": "1"}, "report on its own start-up"),
-    ],
-)
-async def test_what_a_fork_cannot_hand_over_means_cold_starts_with_the_reason(
-    playbook_dir: Path,
-    caplog: pytest.LogCaptureFixture,
-    files: dict[str, str],
-    environment: dict[str, str],
-    reason: str,
-) -> None:
-    for relative, text in files.items():
-        (playbook_dir / relative).write_text(text)
-    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm.pool"):
-        async with open_runs(playbook_dir, environment=environment) as runs:
-            final = await runs.run({"task_id": "refused", "playbook": "quick.yml", "inventory": "inventory.ini"})
-            assert (runs.metrics.warm_starts, runs.metrics.cold_starts) == (0, 1)
-            assert runs.metrics.warm_parents_lost == 0
-    assert final["state"] == "success", final["error_message"]
-    assert any("cold start:" in record.getMessage() and reason in record.getMessage() for record in caplog.records)

@@ -187,7 +187,8 @@ CASES: dict[str, Case] = {
         files={
             "ansible.cfg": (
                 "[defaults]\nretry_files_enabled = True\ndisplay_skipped_hosts = False\n"
-                "local_tmp = ./local-tmp\nforks = 3\nnocows = True\n"
+                # In HOME: a deployed tree is read-only, a relative one could not be made there.
+                "local_tmp = ~/local-tmp\nforks = 3\nnocows = True\n"
             )
         },
         job={"playbook": "fail.yml", "inventory": "inventory.ini"},
