@@ -234,7 +234,7 @@ def settings_seen(probe: dict[str, Any]) -> dict[str, Any]:
 JOB_ENVIRONMENT = """
 import json, os, sys
 from pathlib import Path
-from ansible_worker.run.command import ansible_environment, child_environment
+from ansible_worker.run.argv import ansible_environment, child_environment
 extra, fifo = json.loads(sys.argv[1]), Path(sys.argv[2])
 print(json.dumps(ansible_environment(child_environment(os.environ, extra=extra), fifo)))
 """
