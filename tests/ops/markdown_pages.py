@@ -112,5 +112,5 @@ def tables(text: str) -> list[Table]:
 
 
 def code_spans(text: str) -> list[str]:
-    """The contents of every code span in `text`."""
-    return _CODE_SPAN.findall(text)
+    """The contents of every code span in `text`, line by line, outside fenced code blocks."""
+    return [span for _, line in prose_lines(text) for span in _CODE_SPAN.findall(line)]
