@@ -75,6 +75,13 @@ def test_every_import_is_one_the_page_allows() -> None:
     assert forbidden_imports(import_rules(PAGE.read_text())) == []
 
 
+def test_the_test_scaffolding_imports_nothing_of_the_package() -> None:
+    """`testing/` serves tests and benchmarks alike, as the page says, and never the other way round."""
+    files = sorted((REPO / "testing").rglob("*.py"))
+    assert files
+    assert {str(path.relative_to(REPO)): imported(path) for path in files if imported(path)} == {}
+
+
 def test_a_forbidden_import_is_found() -> None:
     """Not a rubber stamp: take `mqtt` from what `worker` may import, and the worker's imports of it fail."""
     rules = import_rules(PAGE.read_text())
