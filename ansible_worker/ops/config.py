@@ -434,8 +434,9 @@ class Settings(_EnvironmentOverFile):
         """Why `lost_after` is risky for this configuration, or None."""
         if self.lost_after < 1.5 * self.mqtt.keepalive:
             return (
-                f"worker.lost_after ({self.lost_after:g}s) is below 1.5 x mqtt.keepalive ({1.5 * self.mqtt.keepalive:g}s):"
-                " a frozen worker's connection may still be open when its jobs are taken over"
+                f"worker.lost_after ({self.lost_after:g}s) is below 1.5 x mqtt.keepalive"
+                f" ({1.5 * self.mqtt.keepalive:g}s): a frozen worker's connection may still be open when its jobs"
+                " are taken over"
             )
         return None
 
