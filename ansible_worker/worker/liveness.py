@@ -17,11 +17,16 @@ reaps nobody.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-__all__ = ["Liveness", "PeerSeen", "rendezvous"]
+__all__ = ["Liveness", "PeerSeen", "PresenceHeard", "read_presence", "rendezvous"]
+
+# A presence is a few hundred bytes, signed; anything far larger is not one.
+MAX_PRESENCE_BYTES = 16_384
 
 # Workers remembered at once: far above a group's size; past it, the one heard longest ago goes.
 MAX_WORKERS = 10_000
@@ -34,6 +39,41 @@ class PeerSeen:
     last_sign: float | None
     last_heard_at: datetime | None
     stopped: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceHeard:
+    """What a presence message says of its worker's life: `alive` (online or draining), and how it stopped."""
+
+    alive: bool
+    stopped: str | None
+
+
+def read_presence(payload: bytes, *, verify: Callable[[Mapping[str, Any]], object] | None) -> PresenceHeard | None:
+    """The sign of life in one presence message, or None for one that says nothing (unreadable, unsigned).
+
+    With `verify` (signed jobs), only a presence it accepts is a sign of life; one it refuses
+    (a forgery, an unsigned message) counts as nothing. An empty payload says nothing either.
+    """
+    if not payload or len(payload) > MAX_PRESENCE_BYTES:
+        return None
+    try:
+        document = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    state, stopped = document.get("state"), document.get("stopped")
+    if state not in ("online", "draining", "offline"):
+        return None
+    if verify is not None:
+        from ansible_worker.protocol.signing import SignatureRefused
+
+        try:
+            verify(document)
+        except SignatureRefused:
+            return None
+    return PresenceHeard(state != "offline", stopped if isinstance(stopped, str) and state == "offline" else None)
 
 
 class Liveness:

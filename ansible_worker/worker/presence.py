@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, Literal
 
 import trio
 
@@ -17,6 +19,10 @@ from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.protocol.models import Presence
 from ansible_worker.protocol.timestamps import format_utc, utc_now
+
+if TYPE_CHECKING:
+    # cryptography is loaded only by workers that sign.
+    from ansible_worker.protocol.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,10 @@ class PresenceAnnouncer:
 
     It publishes on every connection (a will message may have said `offline` meanwhile),
     whenever `changed` is called, and at least every `interval` seconds as a heartbeat. The
-    will message, set on each connection, says `offline` if the worker vanishes.
+    will message, set on each connection, says `offline` if the worker vanishes (`"stopped":
+    "lost"`); a clean goodbye says `"stopped": "clean"`. With `signer` (signed jobs), every
+    presence is signed by the worker key, so that no one else can keep this worker alive in
+    the group's eyes.
     """
 
     def __init__(
@@ -80,8 +89,10 @@ class PresenceAnnouncer:
         load: Callable[[], Load],
         changes: Changes | None = None,
         metrics: WorkerMetrics | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.session = session
+        self._signer = signer
         self.topic = topic
         self.worker_id = worker_id
         self.capacity = capacity
@@ -103,8 +114,14 @@ class PresenceAnnouncer:
         self.state = state
         self.changed()
 
-    def message(self, state: WorkerState | None = None, *, heartbeat: datetime | None = None) -> bytes:
-        """The presence message now (with `state` instead of the current one, if given)."""
+    def message(
+        self,
+        state: WorkerState | None = None,
+        *,
+        heartbeat: datetime | None = None,
+        stopped: Literal["clean", "lost"] | None = None,
+    ) -> bytes:
+        """The presence message now (with `state` instead of the current one, if given), signed with a signer."""
         load = self._load()
         body = Presence(
             worker_id=self.worker_id,
@@ -119,16 +136,20 @@ class PresenceAnnouncer:
             running=load.running,
             queued=load.queued,
             jobs_done=load.jobs_done,
+            stopped=stopped,
         )
         if self._metrics is not None:
             body.warm_starts = self._metrics.warm_starts
             body.cold_starts = self._metrics.cold_starts
             body.warm_pool_size = self._metrics.warm_pool_size
-        return body.model_dump_json().encode()
+        if self._signer is None:
+            return body.model_dump_json().encode()
+        document = json.loads(body.model_dump_json(exclude_none=True))
+        return json.dumps(self._signer.sign(self.topic, document)).encode()
 
     def will(self) -> Will:
         """What the broker publishes for us if the connection dies without a goodbye."""
-        return Will(self.topic, self.message(WorkerState.OFFLINE), qos=1, retain=True)
+        return Will(self.topic, self.message(WorkerState.OFFLINE, stopped="lost"), qos=1, retain=True)
 
     async def serve(self) -> None:
         """Publish on each connection, on each change, and every `interval` as a heartbeat, for ever.
@@ -156,7 +177,7 @@ class PresenceAnnouncer:
         """
         self.state = WorkerState.OFFLINE
         try:
-            await self.session.publish(self.topic, self.message(), qos=1, retain=True)
+            await self.session.publish(self.topic, self.message(stopped="clean"), qos=1, retain=True)
         except LinkError as exc:
             log.warning("could not publish offline presence: %s", exc)
 

@@ -84,3 +84,22 @@ def test_rendezvous_orders_the_same_everywhere_and_spreads_tasks() -> None:
         order = rendezvous(f"t{n}", workers)
         if order[0] != "c":
             assert rendezvous(f"t{n}", ["a", "b"])[0] == order[0]
+
+
+def test_only_a_presence_the_check_accepts_is_a_sign_of_life() -> None:
+    from ansible_worker.protocol.signing import SignatureRefused
+    from ansible_worker.worker.liveness import PresenceHeard, read_presence
+
+    online = b'{"state": "online", "worker_id": "a"}'
+    will = b'{"state": "offline", "stopped": "lost"}'
+    assert read_presence(online, verify=None) == PresenceHeard(True, None)
+    assert read_presence(b'{"state": "draining"}', verify=None) == PresenceHeard(True, None)
+    assert read_presence(will, verify=None) == PresenceHeard(False, "lost")
+    for noise in (b"", b"[]", b"not json", b'{"state": "zombie"}', b" " * 20_000 + online):
+        assert read_presence(noise, verify=None) is None
+
+    def refuse(document: object) -> None:
+        raise SignatureRefused("unsigned")
+
+    assert read_presence(online, verify=refuse) is None
+    assert read_presence(online, verify=lambda document: None) == PresenceHeard(True, None)
