@@ -1,4 +1,9 @@
-"""This worker's side of the group's claims: claim a task_id, release it, and learn who took it."""
+"""This worker's side of the group's claims: claim a task_id, release it, take it over, and learn who took it.
+
+Each claim of this worker carries what a survivor needs to take its job over (`ClaimFacts`):
+when the group accepted the job, the digest of its request copy while it is unsettled, and
+whether it may have started. The facts live here from the claim until the job is settled.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import json
 import logging
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -29,7 +36,7 @@ if TYPE_CHECKING:
     # cryptography is loaded only by workers that check signatures.
     from ansible_worker.protocol.signing import Signer, TrustedKeys
 
-__all__ = ["CLAIM_TIMEOUT", "ClaimFailed", "GroupClaims", "UnknownClaimKeys"]
+__all__ = ["CLAIM_TIMEOUT", "ClaimFacts", "ClaimFailed", "GroupClaims", "UnknownClaimKeys"]
 
 CLAIM_TIMEOUT = 10.0
 # The largest MQTT message expiry interval (a four-byte integer).
@@ -41,6 +48,22 @@ MAX_UNKNOWN_KEYS = 64
 _FINGERPRINT = re.compile(r"[0-9a-f]{32}")
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimFacts:
+    """What this worker's claim on one job says besides who holds it; every publication of the claim carries it.
+
+    `request_sha256` names the request copy while the job is unsettled; once `settled`, the
+    next publication leaves it out, which tells the group that nothing is left to take over.
+    """
+
+    accepted_at: datetime
+    request_sha256: str | None = None
+    started_at: datetime | None = None
+    takes_over: str | None = None
+    lost_worker: str | None = None
+    settled: bool = False
 
 
 class ClaimFailed(Exception):
@@ -127,6 +150,14 @@ class GroupClaims:
         # Claim ids this worker published and waits to hear back, whether they count or not.
         self._echoes: dict[str, trio.Event] = {}
         self._heard = trio.Event()
+        # The facts of each claim this worker holds or makes, by task_id.
+        self._facts: dict[str, ClaimFacts] = {}
+        # The group's unsettled jobs as the claims tell: the claim (or hand-back release) whose
+        # request copy is kept, by task_id. Bounded by the jobs the group has not settled.
+        self.unsettled: dict[str, Claim] = {}
+        # Told of every claim of another worker that comes to hold a task_id: this worker may
+        # hold the job, and must then let it go at once (it was taken over).
+        self.on_taken: Callable[[str, Claim], None] = lambda task_id, claim: None
 
     def hear(self, task_id: str, message: InboundMessage) -> None:
         """Record a message from a claim topic, and wake whoever waits on claims."""
@@ -154,16 +185,122 @@ class GroupClaims:
             if message.payload:
                 log.debug("task %s: ignoring a message on its claim topic that is not a valid claim", task_id)
             return
-        self.book.record(task_id, claim, now=trio.current_time())
+        counted = self.book.record(task_id, claim, now=trio.current_time())
+        self._note_unsettled(task_id)
         echo = self._echoes.get(claim.claim_id)
         if echo is not None:
             echo.set()
+        if counted and claim.state == "claimed" and claim.worker_id != self.worker_id:
+            self.on_taken(task_id, claim)
         self._heard.set()
         self._heard = trio.Event()
+
+    def _note_unsettled(self, task_id: str) -> None:
+        now = trio.current_time()
+        holder = self.book.holder(task_id, now=now)
+        left = holder if holder is not None else self.book.release(task_id, now=now)
+        if left is not None and left.request_sha256 is not None:
+            self.unsettled[task_id] = left
+        else:
+            self.unsettled.pop(task_id, None)
 
     def holder(self, task_id: str) -> Claim | None:
         """The live claim that holds `task_id` in the group now, if any."""
         return self.book.holder(task_id, now=trio.current_time())
+
+    def release_of(self, task_id: str) -> Claim | None:
+        """The live release of `task_id` nobody has claimed since, if any."""
+        return self.book.release(task_id, now=trio.current_time())
+
+    def facts(self, task_id: str) -> ClaimFacts | None:
+        """What this worker's claim on `task_id` says, if it has one."""
+        return self._facts.get(task_id)
+
+    def note(self, task_id: str, facts: ClaimFacts) -> None:
+        """Say `facts` in every later publication of this worker's claim on `task_id`."""
+        self._facts[task_id] = facts
+
+    def copied(self, task_id: str, request_sha256: str) -> None:
+        """The job's request copy is retained: its claim names it from now on."""
+        facts = self._facts.get(task_id)
+        if facts is not None:
+            self._facts[task_id] = replace(facts, request_sha256=request_sha256)
+
+    def settle(self, task_id: str) -> None:
+        """The job is settled: the next publication of its claim names no request copy, and is its last here."""
+        facts = self._facts.get(task_id)
+        if facts is not None:
+            self._facts[task_id] = replace(facts, request_sha256=None, settled=True)
+
+    def forget(self, task_id: str) -> None:
+        """The job is another worker's (handed back, taken over): nothing more is said of it here."""
+        self._facts.pop(task_id, None)
+
+    async def mark_started(self, task_id: str, claim_id: str) -> bool:
+        """Publish the claim again with `started_at`, and hear it back; True if it still holds the job then.
+
+        The start fence: a job starts only once the group has heard that it may have started,
+        so that a survivor tells a queued job from one that ran. While the broker is away this
+        waits (the job waits to start); a job taken over meanwhile is not this worker's any more.
+
+        Cancellation: the claim may or may not be out with `started_at`; the job did not start.
+        """
+        facts = self._facts.get(task_id) or ClaimFacts(accepted_at=datetime.now(UTC))
+        if facts.started_at is None:
+            self._facts[task_id] = facts = replace(facts, started_at=datetime.now(UTC))
+        while True:
+            holder = self.holder(task_id)
+            if holder is not None and holder.claim_id != claim_id:
+                return False
+            echo = self._echoes[claim_id] = trio.Event()
+            try:
+                with trio.move_on_after(CLAIM_TIMEOUT):
+                    await self.session.wait_connected()
+                    await self._publish(task_id, claim_id, "claimed", lifetime=self.lifetime)
+                    await echo.wait()
+                    holder = self.holder(task_id)
+                    return holder is not None and holder.claim_id == claim_id
+            except LinkError as exc:
+                log.debug("task %s: its start claim is not out yet: %s", task_id, exc)
+            finally:
+                self._echoes.pop(claim_id, None)
+            log.warning("task %s: waiting for the broker to confirm its start", task_id)
+
+    async def take_over(self, task_id: str, lost: Claim, *, lost_worker: str) -> str | None:
+        """Take `task_id` over from `lost_worker`, whose claim (or release) `lost` holds it; the new claim id if won.
+
+        The takeover names the claim it ends, and keeps when the group accepted the job and
+        whether it may have started. The first takeover the broker delivers wins; a loser
+        stands back (None).
+
+        Errors: `ClaimFailed` when the broker does not confirm it. Cancellation: the takeover
+        may be out; whoever it names as holder settles the job.
+        """
+        claim_id = new_claim_id()
+        taken = lost.claim_id if lost.state == "claimed" else lost.releases
+        self._facts[task_id] = ClaimFacts(
+            accepted_at=lost.accepted_at or datetime.now(UTC),
+            started_at=lost.started_at,
+            takes_over=taken,
+            lost_worker=lost_worker,
+        )
+        echo = self._echoes[claim_id] = trio.Event()
+        try:
+            with trio.move_on_after(CLAIM_TIMEOUT) as bound:
+                await self._publish(task_id, claim_id, "claimed", lifetime=self.lifetime)
+                await echo.wait()
+        except LinkError as exc:
+            self._facts.pop(task_id, None)
+            raise ClaimFailed(f"the broker link failed: {exc}") from exc
+        finally:
+            self._echoes.pop(claim_id, None)
+        holder = self.holder(task_id)
+        if bound.cancelled_caught or holder is None or holder.claim_id != claim_id:
+            self._facts.pop(task_id, None)
+            if bound.cancelled_caught:
+                raise ClaimFailed(f"the broker did not confirm the takeover within {CLAIM_TIMEOUT:g}s")
+            return None
+        return claim_id
 
     def released_request(self, task_id: str) -> str | None:
         """The digest of the request a live release of `task_id` hands back, if any."""
@@ -191,6 +328,10 @@ class GroupClaims:
         if task_id in self._claiming:
             # One claim per task at a time: the one in flight decides.
             return False
+        if task_id not in self._facts:
+            # Kept from a claim made before a restart, when it is heard again; else from now.
+            accepted = held.accepted_at if held is not None and held.accepted_at is not None else datetime.now(UTC)
+            self._facts[task_id] = ClaimFacts(accepted_at=accepted)
         self._claiming.add(task_id)
         echo = self._echoes[claim_id] = trio.Event()
         try:
@@ -279,9 +420,26 @@ class GroupClaims:
     ) -> None:
         topic = self.topics.claim(task_id)
         expires_at = None if lifetime is None else datetime.now(UTC) + timedelta(seconds=lifetime)
-        document = claim_document(
-            self.worker_id, claim_id, state, expires_at=expires_at, releases=releases, request_sha256=request_sha256
-        )
+        facts = self._facts.get(task_id) if state == "claimed" else None
+        if facts is not None:
+            document = claim_document(
+                self.worker_id,
+                claim_id,
+                state,
+                expires_at=expires_at,
+                request_sha256=facts.request_sha256,
+                accepted_at=facts.accepted_at,
+                started_at=facts.started_at,
+                takes_over=facts.takes_over,
+                lost_worker=facts.lost_worker,
+            )
+            if facts.settled:
+                # Its last word: the job is settled, the claim only guards the task_id now.
+                del self._facts[task_id]
+        else:
+            document = claim_document(
+                self.worker_id, claim_id, state, expires_at=expires_at, releases=releases, request_sha256=request_sha256
+            )
         if self._signer is not None:
             document = self._signer.sign(topic, document)
         await self.session.publish(topic, json.dumps(document).encode(), qos=1, retain=True, expiry=_expiry(lifetime))

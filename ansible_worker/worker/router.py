@@ -131,6 +131,9 @@ class Router:
         topics = self.topics
         if message.topic.startswith((topics.content(""), topics.clients_prefix)):
             return HearContent(message)
+        if topics.task_id_of_status(message.topic) is not None:
+            # A status read once, by a short subscription (a worker takes a lost worker's job over).
+            return HearContent(message)
         if message.topic == topics.tasks:
             return self.route_task(message.payload, state)
         task_id = topics.task_id_of_cancel(message.topic)
