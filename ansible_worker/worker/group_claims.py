@@ -437,8 +437,16 @@ class GroupClaims:
                 # Its last word: the job is settled, the claim only guards the task_id now.
                 del self._facts[task_id]
         else:
+            # A release keeps when the group accepted the job, for whoever takes it next.
+            mine = self._facts.pop(task_id, None) if state == "released" else None
             document = claim_document(
-                self.worker_id, claim_id, state, expires_at=expires_at, releases=releases, request_sha256=request_sha256
+                self.worker_id,
+                claim_id,
+                state,
+                expires_at=expires_at,
+                releases=releases,
+                request_sha256=request_sha256,
+                accepted_at=mine.accepted_at if mine is not None else None,
             )
         if self._signer is not None:
             document = self._signer.sign(topic, document)
