@@ -8,14 +8,19 @@ collects every status on the wire, so that terminal statuses are counted too.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
+import uuid
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from ansible_worker.mqtt.link import LinkOptions, open_mqtt_link
+from ansible_worker.protocol.claims import new_claim_id
+from ansible_worker.protocol.signing import Signer
 from testing.broker import Broker
 from tests.conftest import (
     TERMINAL,
@@ -176,24 +181,11 @@ async def test_a_worker_lost_for_good_has_its_started_job_failed_and_its_queued_
 
 async def read_retained_copies(broker: Broker, group: str, task_ids: list[str]) -> dict[str, bytes]:
     """The request copies the broker retains for `task_ids`."""
-    from ansible_worker.mqtt.link import LinkOptions, open_mqtt_link
-
     found: dict[str, bytes] = {}
-    options = LinkOptions(host="127.0.0.1", port=broker.port, client_id=f"reader-{group}")
-    async with open_mqtt_link(options) as link:
-        await link.subscribe(f"ansible/{group}/tasks/+/request", 1)
-        await link.publish(f"ansible/{group}/clients/reader/sync", b"x", qos=1)
-        await link.subscribe(f"ansible/{group}/clients/reader/sync", 1)
-        await link.publish(f"ansible/{group}/clients/reader/sync", b"end", qos=1)
-        with trio.fail_after(10):
-            async for message in link.messages():
-                if message.topic.endswith("/sync"):
-                    if message.payload == b"end":
-                        break
-                    continue
-                task_id = message.topic.split("/")[-2]
-                if task_id in task_ids and message.payload:
-                    found[task_id] = message.payload
+    for task_id in task_ids:
+        copy = await retained(broker, f"ansible/{group}/tasks/{task_id}/request")
+        if copy is not None:
+            found[task_id] = copy
     return found
 
 
@@ -356,3 +348,93 @@ async def test_a_worker_late_by_less_than_lost_after_is_not_reaped(
         assert status.get("taken_over_by") is None
         assert status.get("taken_over_from") is None
         assert runs(markers / task_id) == 1
+
+
+async def retained(broker: Broker, topic: str) -> bytes | None:
+    """What the broker retains on `topic` now."""
+    reader = "reader-" + uuid.uuid4().hex[:8]
+    options = LinkOptions(host="127.0.0.1", port=broker.port, client_id=reader)
+    found: bytes | None = None
+    async with open_mqtt_link(options) as link:
+        sync = f"{reader}/sync"
+        await link.subscribe(topic, 1)
+        await link.subscribe(sync, 1)
+        await link.publish(sync, b"end", qos=1)
+        with trio.fail_after(10):
+            async for message in link.messages():
+                if message.topic == sync:
+                    break
+                found = message.payload or None
+    return found
+
+
+async def forge(broker: Broker, topic: str, document: dict[str, Any], *, retain: bool = True) -> None:
+    """Publish `document` on `topic` as someone who may write every topic of the group, but holds no worker key."""
+    options = LinkOptions(host="127.0.0.1", port=broker.port, client_id="forger")
+    async with open_mqtt_link(options) as link:
+        await link.publish(topic, json.dumps(document).encode(), qos=1, retain=retain)
+
+
+async def test_signed_a_forged_presence_request_copy_or_takeover_changes_nothing(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment, keys: Path
+) -> None:
+    markers = setup(tmp_path, playbook_dir, deployment)
+    security = {
+        "require_signed_tasks": True,
+        "trusted_keys": {"alice": str(keys / "alice.pub")},
+        "worker_key": str(keys / "worker.key"),
+    }
+    honest = config(tmp_path, broker, playbook_dir, group, "honest")
+    survivor = config(tmp_path, broker, playbook_dir, group, "survivor")
+    for path in (honest, survivor):
+        document = json.loads(path.read_text())
+        path.write_text(json.dumps({**document, "security": security}))
+    topics = f"ansible/{group}"
+    seconds = unique_seconds(274)
+    alice, mallory = Signer.from_file(keys / "alice.key"), Signer.from_file(keys / "mallory.key")
+    async with (
+        open_controller(broker, group) as controller,
+        client_for(broker, group, signer=alice) as client,
+        deployment.process("run", "-c", str(honest)) as lost,
+    ):
+        await wait_online(client, "honest")
+        running, queued = f"{group}-running", f"{group}-queued"
+        await client.submit({"task_id": running, **marked(markers / running, seconds)})
+        await controller.wait_for(running, {"running"})
+        await wait_sleeping(seconds)
+        await client.submit({"task_id": queued, **marked(markers / queued)})
+        await controller.wait_for(queued, {"queued"})
+        async with deployment.process("run", "-c", str(survivor)) as alive:
+            await wait_online(client, "survivor")
+            # A forged will, and a forged takeover of the running job: the honest worker is alive.
+            await forge(broker, f"{topics}/workers/honest", {"state": "offline", "stopped": "lost"})
+            claim = json.loads(await retained(broker, f"{topics}/tasks/{running}/claim") or b"{}")
+            takeover = {
+                "state": "claimed",
+                "worker_id": "survivor",
+                "claim": new_claim_id(),
+                "takes_over": claim["claim"],
+                "lost_worker": "honest",
+                "expires_at": "2099-01-01T00:00:00.000Z",
+            }
+            await forge(
+                broker, f"{topics}/tasks/{running}/claim", mallory.sign(f"{topics}/tasks/{running}/claim", takeover)
+            )
+            # A request the controller never signed, in place of the queued job's copy.
+            forged_job = {"task_id": queued, **marked(markers / "forged")}
+            await forge(broker, f"{topics}/tasks/{queued}/request", mallory.sign(f"{topics}/tasks", forged_job))
+            await trio.sleep(LOST_AFTER + 3)
+            await controller.sync()
+            assert terminal_statuses(controller, running) == []
+            assert all(status.get("worker_id") in (None, "honest") for status in controller.statuses[running])
+            # Now lost for good: the survivor settles both jobs, from what was genuinely signed.
+            kill_for_good(lost.process.pid, seconds)
+            ended = await settled_once(controller, [running, queued], LOST_AFTER + TAKEOVER_BOUND)
+            assert await alive.stop() == 0
+    assert ended[running]["error_message"].startswith("worker lost: honest")
+    assert ended[running]["taken_over_by"] == "survivor"
+    assert ended[queued]["state"] == "success"
+    assert ended[queued]["taken_over_from"] == "honest"
+    assert runs(markers / queued) == 1
+    assert runs(markers / "forged") == 0
+    assert runs(markers / running) == 1
