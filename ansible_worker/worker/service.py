@@ -23,6 +23,7 @@ from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.message_handler import MessageHandler
 from ansible_worker.worker.peers import PeerBook
+from ansible_worker.worker.policies import RecordPolicy, SignaturePolicy, WorkerPolicies
 from ansible_worker.worker.presence import Changes, Load, PresenceAnnouncer, WorkerState
 from ansible_worker.worker.record_publisher import RecordPublisher
 from ansible_worker.worker.recovery import settle_journal
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 # Time left after the jobs' own kill grace for their statuses to reach the broker.
 SHUTDOWN_MARGIN = 5.0
 OFFLINE_TIMEOUT = 2.0
-# Longest lifetime a claim can be given (the MQTT message expiry's limit), for "for ever".
-LONGEST_CLAIM = 2**32 - 1
 # Messages from the broker waiting for the router; the session waits when it is full.
 INBOX_SIZE = 256
 
@@ -63,10 +62,11 @@ class Worker:
 
     def __init__(self, settings: Settings) -> None:
         worker = settings.worker
+        self.policies = WorkerPolicies.of(settings)
         self.worker_id = worker.worker_id
         self.group_name = worker.group_name
-        self.drain_timeout = worker.drain_timeout
-        self.kill_grace = worker.kill_grace
+        self.drain_timeout = self.policies.drain.timeout
+        self.kill_grace = self.policies.drain.kill_grace
         self.max_message_bytes = worker.max_message_bytes
         self.http_settings = worker.http
         self.http_port: int | None = None
@@ -94,16 +94,15 @@ class Worker:
 
     def _wire_jobs(self, settings: Settings) -> None:
         """The parts that carry a job: claims, the status path, the runner, the queue, presence."""
-        worker = settings.worker
-        self.claims = _group_claims(settings, self.session, self.topics)
+        worker, policies = settings.worker, self.policies
+        self.claims = GroupClaims(self.session, self.topics, worker_id=worker.worker_id, policy=policies.claims)
         self.keeper = ClaimKeeper(self.claims)
         self.metrics = WorkerMetrics()
         self.statuses = StatusPath(
             self.session,
             self.topics,
             worker_id=worker.worker_id,
-            interval=worker.status_interval,
-            retention=worker.status_retention or None,
+            policy=policies.statuses,
             journal=self.journal,
             metrics=self.metrics,
             on_terminal_sent=self.keeper.ended,
@@ -123,22 +122,21 @@ class Worker:
             hidden_values=[password.get_secret_value()] if password is not None else [],
             metrics=self.metrics,
             content=self.content,
-            records=_record_publisher(settings, self.session, self.topics),
+            records=_record_publisher(policies.records, self.session, self.topics),
         )
         self.dispatcher = Dispatcher(
             self.runner,
             self.statuses,
             worker_id=worker.worker_id,
-            queue_size=worker.max_queue_size,
-            concurrency=worker.concurrency,
+            queue_size=policies.queue.size,
+            concurrency=policies.queue.concurrency,
         )
         self.statuses.fail_job = self.dispatcher.fail
         self.presence = PresenceAnnouncer(
             self.session,
             self.topics.worker(worker.worker_id),
             worker_id=worker.worker_id,
-            capacity=worker.concurrency,
-            interval=worker.heartbeat_interval,
+            policy=policies.presence,
             load=self._load,
             changes=self.changes,
             metrics=self.metrics,
@@ -169,7 +167,7 @@ class Worker:
             self._shutdown,
         )
         self.messages = MessageHandler(
-            _router(settings, self.topics, self.claims, self.runner),
+            _router(settings, self.policies.signatures, self.topics, self.claims, self.runner),
             content=self.content,
             claims=self.claims,
             dispatcher=self.dispatcher,
@@ -334,43 +332,23 @@ class Worker:
         await endpoint.serve(self.http_settings.host, self.http_settings.port, task_status=task_status)
 
 
-def _group_claims(settings: Settings, session: BrokerSession, topics: Topics) -> GroupClaims:
-    """The group's claims as this worker sees them, signed when its jobs are."""
-    worker, security = settings.worker, settings.security
-    claim_signing = security.claim_signing
-    # A task_id is the group's for as long as its status is kept; a signed job's claim also
-    # outlives every moment its signature could still be accepted.
-    lifetime: float | None = worker.status_retention or None
-    if claim_signing is not None:
-        lifetime = max(lifetime or LONGEST_CLAIM, security.max_task_age + 2 * security.max_clock_skew)
-    return GroupClaims(
-        session,
-        topics,
-        worker_id=worker.worker_id,
-        lifetime=lifetime,
-        release_lifetime=security.max_task_age + security.max_clock_skew,
-        signer=claim_signing[0] if claim_signing is not None else None,
-        trusted=claim_signing[1] if claim_signing is not None else None,
-    )
-
-
-def _record_publisher(settings: Settings, session: BrokerSession, topics: Topics) -> RecordPublisher | None:
+def _record_publisher(policy: RecordPolicy | None, session: BrokerSession, topics: Topics) -> RecordPublisher | None:
     """Where finished jobs' records go, unless `worker.publish_records` is off."""
-    worker = settings.worker
-    if not worker.publish_records:
+    if policy is None:
         return None
-    return RecordPublisher(session, topics, limit=worker.record_limit_bytes, retention=worker.status_retention or None)
+    return RecordPublisher(session, topics, limit=policy.limit, retention=policy.retention)
 
 
-def _router(settings: Settings, topics: Topics, claims: GroupClaims, runner: JobRunner) -> Router:
+def _router(
+    settings: Settings, signatures: SignaturePolicy | None, topics: Topics, claims: GroupClaims, runner: JobRunner
+) -> Router:
     """This worker's rules for incoming messages, with signature checks when jobs must be signed."""
-    worker, security = settings.worker, settings.security
+    worker = settings.worker
     verify_task = verify_cancel = None
-    trusted = security.trusted
-    if trusted is not None:
+    if signatures is not None:
         from ansible_worker.worker.task_gate import SignedTaskGate
 
-        gate = SignedTaskGate(security, trusted, topics, released=claims.released_request)
+        gate = SignedTaskGate(signatures, topics, released=claims.released_request)
         verify_task, verify_cancel = gate.task_verifier, gate.cancel_verifier
     return Router(
         topics,

@@ -21,6 +21,7 @@ from ansible_worker.protocol.models import JobStatus, State
 from ansible_worker.protocol.statuses import early_status
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker.outbox import StatusOutbox
+from ansible_worker.worker.policies import StatusPolicy
 
 if TYPE_CHECKING:
     # sqlite3 is loaded only by workers that keep a journal.
@@ -50,8 +51,7 @@ class StatusPath:
         topics: Topics,
         *,
         worker_id: str,
-        interval: float,
-        retention: int | None,
+        policy: StatusPolicy,
         journal: Journal | None,
         metrics: WorkerMetrics,
         on_terminal_sent: Callable[[str], None] = lambda task_id: None,
@@ -59,12 +59,12 @@ class StatusPath:
         self.session = session
         self.topics = topics
         self.worker_id = worker_id
-        self.retention = retention
+        self.retention = policy.retention
         self.journal = journal
         self.metrics = metrics
         self.on_terminal_sent = on_terminal_sent
         self.fail_job: Callable[[str, str], bool] = lambda task_id, reason: False
-        self.outbox = StatusOutbox(interval=interval)
+        self.outbox = StatusOutbox(interval=policy.interval)
         self._answers_send, self._answers_receive = trio.open_memory_channel[tuple[str, str]](MAX_PENDING_ANSWERS)
 
     # Statuses of jobs.

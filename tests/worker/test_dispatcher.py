@@ -24,6 +24,7 @@ from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.job import Job, JobRunner
 from ansible_worker.worker.dispatcher import Dispatcher
 from ansible_worker.worker.journal import Journal
+from ansible_worker.worker.policies import StatusPolicy
 from ansible_worker.worker.status_path import StatusPath
 from tests.conftest import ANSIBLE_PLAYBOOK
 
@@ -48,8 +49,7 @@ class RecordingStatuses(StatusPath):
             cast(BrokerSession, object()),
             Topics("ansible", "g"),
             worker_id="w1",
-            interval=0,
-            retention=None,
+            policy=StatusPolicy(interval=0, retention=None),
             journal=journal,
             metrics=WorkerMetrics(),
         )

@@ -17,6 +17,7 @@ from ansible_worker.protocol.statuses import early_status
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker.journal import Journal
+from ansible_worker.worker.policies import StatusPolicy
 from ansible_worker.worker.status_path import MAX_PENDING_ANSWERS, UNPUBLISHABLE, StatusPath
 
 TOPICS = Topics("ansible", "g")
@@ -65,8 +66,7 @@ def make(session: RecordingSession, journal: Journal | None = None, ended: list[
         cast(BrokerSession, session),
         TOPICS,
         worker_id="w1",
-        interval=0.25,
-        retention=3600,
+        policy=StatusPolicy(interval=0.25, retention=3600),
         journal=journal,
         metrics=WorkerMetrics(),
         on_terminal_sent=(ended.append if ended is not None else lambda task_id: None),
