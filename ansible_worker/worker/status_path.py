@@ -74,7 +74,7 @@ class StatusPath:
         if self.journal is not None:
             # As it is posted, not as it is published: with the broker away, a finished job
             # must not be remembered as running.
-            self.journal.status(status)
+            self.journal.set_status(status)
         self.outbox.post(status)
 
     def post_progress(self, task_id: str, build: Callable[[], JobStatus]) -> None:
@@ -105,22 +105,22 @@ class StatusPath:
     def accepted(self, task_id: str, payload: bytes, status: JobStatus, *, claim_id: str | None = None) -> None:
         """Journal a job before it is claimed or queued. Errors: `JournalError` (refuse the job)."""
         if self.journal is not None:
-            self.journal.accepted(task_id, payload, status, claim_id=claim_id)
+            self.journal.add(task_id, payload, status, claim_id=claim_id)
 
     def claimed(self, task_id: str, claim_ids: str) -> None:
         """Journal the claim ids (space-separated) that may hold the job after a crash."""
         if self.journal is not None:
-            self.journal.claimed(task_id, claim_ids)
+            self.journal.set_claims(task_id, claim_ids)
 
     def started(self, task_id: str, run_dir: Path) -> None:
         """Journal the run directory of a job that starts: its processes carry its name."""
         if self.journal is not None:
-            self.journal.started(task_id, run_dir)
+            self.journal.set_run_dir(task_id, run_dir)
 
     def settled(self, task_id: str) -> None:
         """Forget a job: its terminal status is out, or it was handed to another worker."""
         if self.journal is not None:
-            self.journal.settled(task_id)
+            self.journal.forget(task_id)
 
     # Waiting for the broker.
 
@@ -160,7 +160,7 @@ class StatusPath:
         while True:
             status = await self.outbox.take()
             if self.journal is not None and status.state == State.RUNNING:
-                self.journal.status(status)
+                self.journal.set_status(status)
             await self._publish(status)
 
     async def serve_answers(self) -> None:
