@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ansible_worker.protocol.models import JobStatus
+from ansible_worker.worker.phases import Write
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,34 @@ class Journal:
             self._db.execute("DELETE FROM jobs WHERE task_id = ?", (task_id,))
         except sqlite3.Error as exc:
             log.error("journal: could not forget task %s: %s", task_id, exc)
+
+    def record(
+        self,
+        write: Write,
+        task_id: str,
+        *,
+        payload: bytes = b"",
+        status: JobStatus | None = None,
+        claims: str | None = None,
+        run_dir: Path | None = None,
+    ) -> None:
+        """Make `write`, the one write of a move, with what it records. Errors: as the write's method."""
+        match write:
+            case Write.ADD:
+                assert status is not None
+                self.add(task_id, payload, status, claim_id=claims)
+            case Write.SET_CLAIMS:
+                self.set_claims(task_id, claims)
+            case Write.SET_STATUS:
+                assert status is not None
+                self.set_status(status)
+            case Write.SET_RUN_DIR:
+                assert run_dir is not None
+                self.set_run_dir(task_id, run_dir)
+            case Write.FORGET:
+                self.forget(task_id)
+            case Write.NOTHING:
+                pass
 
     def entries(self) -> list[Entry]:
         """The jobs not yet settled, oldest first; unreadable rows are dropped with a warning."""

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from ansible_worker.protocol.models import CancelRequest
 from ansible_worker.protocol.signing import Signer, generate_key_pair
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker import hand_back as hand_back_module
@@ -361,10 +362,10 @@ async def test_a_queue_full_of_cancelled_jobs_refuses_before_it_claims(
         await controller.submit({"task_id": "full-next", **QUICK})
         refused = await controller.wait_terminal("full-next")
         assert worker.claims.holder("full-next") is None
-        worker.dispatcher.cancel("full-running", "enough")
+        worker.jobs.cancel("full-running", CancelRequest(reason="enough"))
         # Refused live, so the same task_id may come again once there is room.
         with trio.fail_after(30):
-            while worker.dispatcher.buffered:  # noqa: ASYNC110 - the queue's own state, bounded
+            while worker.jobs.buffered:  # noqa: ASYNC110 - the queue's own state, bounded
                 await trio.sleep(0.05)
         await controller.submit({"task_id": "full-next", **QUICK})
         with trio.fail_after(60):
