@@ -98,9 +98,10 @@ class Claimer:
             if self.jobs.phase(task_id) is Phase.CLAIMING:
                 self.jobs.move(task_id, Move.LET_GO)
         finally:
-            # Cut short (the worker stops at once): the journal keeps the job for the next start.
-            if self.jobs.phase(task_id) is Phase.CLAIMING:
-                self.jobs.move(task_id, Move.KEEP)
+            # Cut short (the worker stops at once): the journal keeps the job for the next start,
+            # unless it was being refused.
+            if (phase := self.jobs.phase(task_id)) in (Phase.CLAIMING, Phase.REFUSING):
+                self.jobs.move(task_id, Move.KEEP if phase is Phase.CLAIMING else Move.REFUSED)
 
     async def _claim_and_place(
         self, request: TaskRequest, claim_id: str, earlier: frozenset[str], signer: str | None
@@ -152,8 +153,8 @@ class Claimer:
     async def _give_up(self, request: TaskRequest, claim_id: str, exc: ClaimFailed, *, keep: bool) -> None:
         """Stop claiming a job: the journal keeps it when there is one, else it is released and refused.
 
-        The table holds the job as `claiming` until this is done, so that a copy that comes
-        meanwhile is not claimed again.
+        The journal forgets a refused job first; the table holds it as `refusing` until its
+        refusal is out, so that a copy that comes meanwhile is not claimed again.
         """
         task_id = request.task_id
         if keep and self.jobs.journal is not None:
@@ -167,6 +168,7 @@ class Claimer:
             # Another worker holds it: no word from this one may look like its end.
             self.jobs.move(task_id, Move.LET_GO)
             return
+        self.jobs.move(task_id, Move.REFUSE)
         # The claim may have reached the broker after all: it must not hold the task_id for a
         # job that no one runs.
         with trio.move_on_after(RELEASE_TIMEOUT):
@@ -177,4 +179,4 @@ class Claimer:
         # Live only: without a confirmed claim this worker does not hold the job, and another
         # worker of the group may (its status is not ours).
         await self.jobs.statuses.send_refusal(task_id, reason)
-        self.jobs.move(task_id, Move.LET_GO)
+        self.jobs.move(task_id, Move.REFUSED)

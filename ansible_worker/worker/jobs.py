@@ -21,6 +21,7 @@ once when the job's terminal status is out.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,6 +64,12 @@ class JobEntry:
     # The job as it runs, from the moment it is queued.
     job: Job | None = None
 
+    def moved(self, phase: Phase) -> JobEntry:
+        """This entry in `phase`; settling, it keeps only its claim (its request and its run may be large)."""
+        if phase is Phase.SETTLING:
+            return JobEntry(phase, None, claim_id=self.claim_id)
+        return replace(self, phase=phase)
+
 
 class JobTable:
     """Every job this worker holds, by task_id, each in one phase, and the queue the slots take jobs from.
@@ -93,6 +100,7 @@ class JobTable:
         # Jobs that left the queue or a slot: ended, or handed back.
         self.jobs_done = 0
         self._entries: dict[str, JobEntry] = {}
+        self._counts: Counter[Phase | None] = Counter()
         self._send, self.waiting = trio.open_memory_channel[Job](queue.size)
         self._cancel_arrived = trio.Event()
 
@@ -112,8 +120,8 @@ class JobTable:
         return [task_id for task_id, entry in self._entries.items() if entry.phase in phases]
 
     def count(self, *phases: Phase) -> int:
-        """How many jobs are in one of `phases`."""
-        return len(self.in_phase(*phases))
+        """How many jobs are in one of `phases` (without a walk over the table: the router asks at each message)."""
+        return sum(self._counts[phase] for phase in phases)
 
     def holds(self, task_id: str) -> bool:
         """Whether the job is this worker's to claim, queue, run or hand back (not only to settle)."""
@@ -182,9 +190,11 @@ class JobTable:
             self._entries.pop(task_id, None)
         else:
             assert entry is not None, f"{move.value} brings no entry for {task_id}"
-            self._entries[task_id] = replace(entry, phase=after)
+            self._entries[task_id] = entry.moved(after)
         if after is before:
             return
+        self._counts[before] -= 1
+        self._counts[after] += 1
         if before in IN_SLOTS and after not in IN_SLOTS:
             self.jobs_done += 1
         self.on_change()

@@ -116,8 +116,8 @@ class MessageHandler:
         return self.jobs.in_queue(task_id)
 
     def claiming(self, task_id: str) -> bool:
-        """Whether this worker is claiming the job now."""
-        return self.jobs.phase(task_id) is Phase.CLAIMING
+        """Whether this worker is claiming the job now (or refusing it, its claim failed)."""
+        return self.jobs.phase(task_id) in (Phase.CLAIMING, Phase.REFUSING)
 
     def handing_back(self, task_id: str) -> bool:
         """Whether this worker is handing the job back now."""
@@ -129,7 +129,7 @@ class MessageHandler:
         jobs = self.jobs
         # A job cancelled while queued leaves its place in the queue only when a slot takes it.
         waiting = max(jobs.count(Phase.QUEUED), jobs.buffered)
-        return waiting + jobs.count(Phase.CLAIMING) >= jobs.queue_size
+        return waiting + jobs.count(Phase.CLAIMING, Phase.REFUSING) >= jobs.queue_size
 
     @property
     def shutting_down(self) -> bool:
@@ -140,7 +140,8 @@ class MessageHandler:
     def taking_claims(self) -> bool:
         """Whether a claim may start: the claims' nursery is open and, shutting down, has room."""
         # Shutting down, the claims waiting to be handed back are bounded as well.
-        return self.claimer.open and self.jobs.count(Phase.CLAIMING, Phase.HANDING_BACK) < self.jobs.queue_size
+        claims = self.jobs.count(Phase.CLAIMING, Phase.REFUSING, Phase.HANDING_BACK)
+        return self.claimer.open and claims < self.jobs.queue_size
 
     def holds(self, task_id: str) -> bool:
         """Whether this worker holds the job of `task_id`, or is claiming or handing it back."""

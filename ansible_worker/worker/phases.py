@@ -18,6 +18,8 @@ class Phase(enum.Enum):
 
     # The group is asked whether the job is this worker's.
     CLAIMING = "claiming"
+    # Its claim failed: the claim is released and the job refused live (the journal forgot it).
+    REFUSING = "refusing"
     # Claimed; waiting in the queue for a slot.
     QUEUED = "queued"
     # A slot runs it.
@@ -57,8 +59,12 @@ class Move(enum.Enum):
     REPLACE = "replace"
     # The broker acknowledged its terminal status: nothing is left to do.
     SENT = "sent"
-    # Another worker holds it, or it was refused before it became this worker's.
+    # Another worker holds it.
     LET_GO = "let go"
+    # Its claim failed for good: it is refused before it became this worker's.
+    REFUSE = "refuse"
+    # Its refusal is out (or given up).
+    REFUSED = "refused"
     # Left as the journal has it, for the next start.
     KEEP = "keep"
 
@@ -94,7 +100,11 @@ TRANSITIONS: dict[Phase | None, dict[Move, Phase | None]] = {
         # Claimed, but refused a place in the queue.
         Move.END: Phase.SETTLING,
         Move.LET_GO: None,
+        Move.REFUSE: Phase.REFUSING,
         Move.KEEP: None,
+    },
+    Phase.REFUSING: {
+        Move.REFUSED: None,
     },
     Phase.QUEUED: {
         Move.START: Phase.RUNNING,
@@ -135,6 +145,8 @@ JOURNAL: dict[Move, Write] = {
     Move.REPLACE: Write.SET_STATUS,
     Move.SENT: Write.FORGET,
     Move.LET_GO: Write.FORGET,
+    Move.REFUSE: Write.FORGET,
+    Move.REFUSED: Write.NOTHING,
     Move.KEEP: Write.NOTHING,
 }
 

@@ -17,6 +17,7 @@ from ansible_worker.protocol.signing import Signer, generate_key_pair
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker import hand_back as hand_back_module
 from ansible_worker.worker.group_claims import UnknownClaimKeys
+from ansible_worker.worker.journal import Journal
 from ansible_worker.worker.service import Worker
 from tests.conftest import (
     Broker,
@@ -474,3 +475,37 @@ def test_unknown_claim_keys_are_named_once_each_within_a_bound(caplog: pytest.Lo
     assert [f"{index:032x}" in warnings[index] for index in range(3)] == [True] * 3
     assert warnings[3].startswith("claims are signed by more than 3 worker keys this worker does not list")
     assert not any("FAKE LOG LINE" in message for message in warnings)
+
+
+async def test_a_claim_the_broker_refuses_refuses_the_job_and_leaves_no_journal_entry(
+    tmp_path: Path, playbook_dir: Path, group: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that may not write claims never runs a job: it is answered `failed` live, and not kept for a restart."""
+    directory = tmp_path / "acl-broker"
+    directory.mkdir()
+    acl = directory / "acl"
+    writable = ("tasks", "tasks/+/status", "tasks/+/cancel", "tasks/+/events", "workers/#")
+    acl.write_text(
+        "".join(f"topic readwrite ansible/{group}/{topic}\n" for topic in writable)
+        + f"topic read ansible/{group}/tasks/+/claim\n"
+    )
+    broker = Broker(directory, access=f"allow_anonymous true\nacl_file {acl}\n")
+    broker.start()
+    state = tmp_path / "state"
+    try:
+        settings = make_settings(broker.port, playbook_dir, group, state_dir=state)
+        async with open_controller(broker, group) as controller, running_worker(settings):
+            await controller.submit(append_job("unclaimable", tmp_path))
+            final = await controller.wait_terminal("unclaimable", within=30)
+    finally:
+        broker.stop()
+    assert final["state"] == "failed"
+    assert final["refused"] is True
+    assert final["error_message"].startswith("could not claim the job for this worker: ")
+    assert "check the broker's ACL for this worker" in final["error_message"]
+    assert run_count("unclaimable", tmp_path) == 0
+    journal = Journal(state)
+    try:
+        assert journal.entries() == []
+    finally:
+        journal.close()

@@ -21,7 +21,7 @@ from ansible_worker.run.job import Job
 from ansible_worker.worker.claiming import Claimer
 from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.hand_back import HandBack
-from ansible_worker.worker.jobs import JobTable
+from ansible_worker.worker.jobs import JobEntry, JobTable
 from ansible_worker.worker.journal import Journal
 from ansible_worker.worker.phases import JOURNAL, TRANSITIONS, Move, MoveRefused, Phase, next_phase
 from ansible_worker.worker.status_path import UNPUBLISHABLE
@@ -136,23 +136,33 @@ async def test_each_move_of_a_job_that_runs_is_journaled_once(journal: CountingJ
 
 
 def test_moves_that_give_a_job_up_write_once_or_leave_the_row(journal: CountingJournal) -> None:
-    """A lost claim forgets the row; a job kept for the next start leaves it as it was; a reclaim records both claims."""
+    """A lost claim forgets the row, a refused job too (first); a job kept for the next start leaves it; a reclaim records both claims."""
     table = job_table(journal=journal)
-    for task_id in ("lost", "kept", "back"):
+    for task_id in ("lost", "refused", "kept", "back"):
         table.accept(request(task_id), b"{}", f"claim-{task_id}")
     table.move("lost", Move.LET_GO)
+    table.move("refused", Move.REFUSE)
+    # Still this worker's business while its refusal goes out: a copy is not claimed again.
+    assert (table.phase("refused"), table.holds("refused")) == (Phase.REFUSING, True)
+    assert journal.of("refused") == ["add", "forget"]
+    table.move("refused", Move.REFUSED)
     table.move("kept", Move.KEEP)
     table.claimed("back", "claim-back")
     table.move("back", Move.HAND_BACK)
     table.move("back", Move.RECLAIM, claims="claim-back claim-again")
-    assert journal.of("lost") == ["add", "forget"]
+    assert journal.of("lost") == journal.of("refused") == ["add", "forget"]
     assert journal.of("kept") == ["add"]
     assert journal.of("back") == ["add", "set_claims"]
     assert {entry.task_id: entry.claim_id for entry in journal.entries()} == {
         "kept": "claim-kept",
         "back": "claim-back claim-again",
     }
-    assert [table.phase(task_id) for task_id in ("lost", "kept", "back")] == [None, None, Phase.HANDING_BACK]
+    assert [table.phase(task_id) for task_id in ("lost", "refused", "kept", "back")] == [
+        None,
+        None,
+        None,
+        Phase.HANDING_BACK,
+    ]
 
 
 async def test_a_late_progress_update_does_not_rewind_the_journal(journal: CountingJournal) -> None:
@@ -170,6 +180,15 @@ async def test_a_late_progress_update_does_not_rewind_the_journal(journal: Count
     published = [(await outbox.take()).state for _ in range(3)]
     assert published == [State.QUEUED, State.RUNNING, State.SUCCESS]
     assert [entry.state for entry in journal.entries()] == ["success"]
+
+
+def test_a_settling_job_keeps_only_its_claim() -> None:
+    """Once its terminal status is posted, a job's request, payload and run (output, record) are let go."""
+    table = job_table()
+    job = submitted(table, request("a"), b"x" * 4096)
+    finish(table, job)
+    assert table.entry("a") == JobEntry(Phase.SETTLING, None, claim_id="claim-a")
+    assert table.held_claims() == [("a", "claim-a")]
 
 
 def test_a_job_reported_from_the_journal_is_settled_when_its_status_is_out(journal: CountingJournal) -> None:
@@ -254,10 +273,8 @@ def test_cancel_while_claiming_waits_for_the_queue_then_ends_the_job() -> None:
     assert recorded(table).posted == []
     # The worker stops meanwhile: a job with a cancel request is not handed back, it ends here.
     assert table.place("a", "claim-a", stopping=True) is Phase.SETTLING
-    entry = table.entry("a")
-    assert entry is not None
-    assert entry.job is not None
-    assert (entry.job.state, entry.job.error_message) == (State.CANCELLED, "cancelled by alice: too early")
+    final = recorded(table).posted[-1]
+    assert (final.state, final.error_message) == (State.CANCELLED, "cancelled by alice: too early")
     assert recorded(table).states("a") == [State.QUEUED, State.CANCELLED]
 
 

@@ -171,3 +171,27 @@ async def test_refusals_are_live_only_and_a_flood_is_bounded() -> None:
     assert refusal == early_status("bad0", State.FAILED, "no", worker_id="w1", live_only=True).model_copy(
         update={"created_at": refusal.created_at, "completed_at": refusal.completed_at}
     )
+
+
+async def test_an_unpublishable_update_of_a_job_that_is_ending_adds_no_terminal_status() -> None:
+    """A job whose run has ended (its record still going out) posts its own terminal status: nothing is added.
+
+    A replacement `failed` here would be a second terminal status for the job.
+    """
+    session = RecordingSession()
+    path = make(session)
+    table = table_over(path)
+    job = submitted(table, TaskRequest(task_id="a", playbook="site.yml", inventory="hosts"))
+    job.state = State.RUNNING
+    table.post(job.status())
+    await publish_all(path, table)
+    session.published.clear()
+    session.failures = [ValueError("cannot encode")]
+    table.post_progress("a", lambda: job.status(progress_only=True))
+    job.end(State.SUCCESS)
+    await publish_all(path, table)
+    # The run posts its terminal status once its record is out.
+    table.post(job.status())
+    await publish_all(path, table)
+    assert states(session) == [("a", "success")]
+    assert not job.cancel_scope.cancel_called
