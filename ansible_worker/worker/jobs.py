@@ -356,7 +356,8 @@ class JobTable:
         if status.error_message is not None and status.error_message.startswith(UNPUBLISHABLE):
             log.error("task %s: its replacement status could not be published either; it is lost", task_id)
             return
-        if entry is None:
+        if entry is None or (entry.phase is Phase.SETTLING and not status.state.terminal):
+            # Its terminal status is on its way already.
             return
         if entry.phase in IN_SLOTS and entry.job is not None:
             # Its run posts the terminal status, with the reason unless it is ending already.

@@ -195,3 +195,21 @@ async def test_an_unpublishable_update_of_a_job_that_is_ending_adds_no_terminal_
     await publish_all(path, table)
     assert states(session) == [("a", "success")]
     assert not job.cancel_scope.cancel_called
+
+
+async def test_an_unpublishable_update_of_a_job_that_has_ended_adds_no_terminal_status() -> None:
+    """An update still waiting when its job's terminal status was posted fails: that status goes out alone."""
+    session = RecordingSession()
+    path = make(session)
+    table = table_over(path)
+    job = submitted(table, TaskRequest(task_id="a", playbook="site.yml", inventory="hosts"))
+    job.state = State.RUNNING
+    table.post(job.status())
+    await publish_all(path, table)
+    session.published.clear()
+    session.failures = [ValueError("cannot encode")]
+    table.post_progress("a", lambda: job.status(progress_only=True))
+    job.finish(State.SUCCESS)
+    table.post(job.status())
+    await publish_all(path, table)
+    assert states(session) == [("a", "success")]
