@@ -36,17 +36,19 @@ async def settle_journal(
 
     A job that was running is ended first (its processes outlive a worker killed alone),
     then reported, and its run directory removed. An entry whose task_id the table holds
-    already (a copy arrived before the journal was read) is left to that copy.
+    already (a copy arrived before the journal was read) is left to that copy, but for the
+    processes a run left.
 
     Cancellation: the kill grace of a left-over run is cut short; the entries not yet
     settled stay in the journal for the next start.
     """
     for entry in entries:
+        # A copy of the job came before the journal was read: the row is the copy's now.
+        copied = jobs.phase(entry.task_id) is not None
         if entry.state == State.QUEUED:
+            if copied:
+                continue
             match read_task_message(entry.payload, max_bytes=max_message_bytes):
-                case Accepted(_) if jobs.holds(entry.task_id):
-                    # A copy arrived before the journal was read, and is being claimed.
-                    continue
                 case Accepted(request):
                     log.info("task %s was queued before a restart: queueing it again", entry.task_id)
                     # Its claim is this worker's, unless the group gave it to another since.
@@ -54,8 +56,8 @@ async def settle_journal(
                     refusal = claimer.start(request, entry.payload, earlier=earlier, from_journal=True)
                     if refusal is not None:
                         refuse(entry.task_id, refusal)
-                    continue
-            jobs.move(entry.task_id, Move.DROP)
+                case _:
+                    jobs.move(entry.task_id, Move.DROP)
             continue
         status = JobStatus.model_validate(entry.status)
         if entry.state == State.RUNNING:
@@ -72,7 +74,7 @@ async def settle_journal(
             )
         else:
             log.info("task %s: publishing its %s status again", entry.task_id, entry.state)
-        if jobs.phase(entry.task_id) is not None:
+        if copied:
             log.warning("task %s: a copy of the job came before its journal entry was read; left to it", entry.task_id)
             continue
         # Its claim is renewed once this terminal status is out, as for any job that ends.

@@ -22,8 +22,9 @@ from ansible_worker.worker.claiming import Claimer
 from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.jobs import JobEntry, JobTable
-from ansible_worker.worker.journal import Journal
+from ansible_worker.worker.journal import Entry, Journal
 from ansible_worker.worker.phases import JOURNAL, TRANSITIONS, Move, MoveRefused, Phase, next_phase
+from ansible_worker.worker.recovery import settle_journal
 from ansible_worker.worker.status_path import UNPUBLISHABLE
 from tests.worker.tables import CountingJournal, RecordingKeeper, RecordingStatuses, job_table, submit, submitted
 
@@ -378,3 +379,28 @@ async def test_a_job_the_journal_cannot_take_is_refused(tmp_path: Path) -> None:
     assert table.phase("a") is None
     assert table.buffered == 0
     assert recorded(table).posted == []
+
+
+async def test_settling_the_journal_leaves_an_entry_to_a_copy_that_came_first(journal: CountingJournal) -> None:
+    """A copy claimed while the journal was read owns the row: an unreadable old entry does not forget it."""
+    table = job_table(journal=journal)
+    table.accept(request("x"), b"{}", "claim-x")
+    ended = Job(request("y"), worker_id="w1")
+    ended.finish(State.SUCCESS)
+    entries = [
+        Entry("x", b"not a task", "queued", {}, None, "claim-old"),
+        Entry("y", b"{}", "success", ended.status().model_dump(mode="json"), None, "claim-y"),
+    ]
+    refused: list[str] = []
+    await settle_journal(
+        entries,
+        jobs=table,
+        claimer=cast(Claimer, object()),
+        refuse=lambda task_id, reason: refused.append(task_id),
+        max_message_bytes=4096,
+        kill_grace=1,
+    )
+    assert (table.phase("x"), journal.of("x")) == (Phase.CLAIMING, ["add"])
+    assert table.phase("y") is Phase.SETTLING
+    assert recorded(table).states("y") == [State.SUCCESS]
+    assert refused == []
