@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ansible_worker.controller.client import Client, ClientError, NoWorkerAnswered, default_requester
+from ansible_worker.controller.payloads import finite
 from ansible_worker.dashboard.access import ACTION_HEADER, TOKEN_HEADER, is_loopback, same_origin, token_ok
-from ansible_worker.dashboard.record import job_record
-from ansible_worker.dashboard.store import Store, finite
+from ansible_worker.dashboard.store import Store
 from ansible_worker.mqtt.link import LinkError
 from ansible_worker.protocol.topics import is_task_id
 
@@ -170,9 +171,11 @@ class Dashboard:
         if (bad := _not_a_task_id(task_id)) is not None:
             return bad
         with trio.move_on_after(ACTION_WITHIN):
-            found = await job_record(self.client, task_id)
-            if found is not None:
-                return _json(found)
+            # A record that cannot be read counts as none (the client has said why).
+            with suppress(ClientError):
+                found = await self.client.record(task_id)
+                if found is not None:
+                    return _json(found)
         return _error("no record of this job", 404)
 
     async def cancel(self, request: Request) -> Response:

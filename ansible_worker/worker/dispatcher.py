@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import trio
 
-from ansible_worker.run.job import Job, JobRunner
+from ansible_worker.run.job import Job
+from ansible_worker.run.runner import JobRunner
 
 
 class Dispatcher:

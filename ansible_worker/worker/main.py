@@ -12,7 +12,7 @@ import trio
 
 from ansible_worker.ops.config import ConfigError, Settings, load_settings
 from ansible_worker.ops.logging_setup import setup_logging
-from ansible_worker.run.sources import SourceCacheError, cache_problem
+from ansible_worker.run.sources.job_sources import SourceCacheError, cache_problem
 from ansible_worker.worker.service import Worker
 from ansible_worker.worker.summary import executables, summarize
 

@@ -17,7 +17,7 @@ import trio
 from ansible_worker.ops.config import WorkerSettings
 from ansible_worker.protocol.models import CancelRequest, State, TaskRequest
 from ansible_worker.protocol.statuses import SHUT_DOWN_BEFORE_START
-from ansible_worker.run.job import JobRunner
+from ansible_worker.run.wiring import job_runner
 from ansible_worker.worker.dispatcher import Dispatcher
 from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.phases import Phase
@@ -60,7 +60,7 @@ def slots(
 ) -> tuple[JobTable, Dispatcher]:
     """A job table and its slots, running jobs with a real runner that posts to the table."""
     table = job_table(statuses, concurrency=concurrency)
-    runner = JobRunner(settings, table, topics=TOPICS)
+    runner = job_runner(settings, table, topics=TOPICS)
     table.announce = runner.announce
     return table, Dispatcher(runner, table.waiting, concurrency=concurrency)
 

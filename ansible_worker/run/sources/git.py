@@ -10,13 +10,16 @@ from pathlib import Path
 
 import trio
 
-from ansible_worker.run.command import JobRefusedError
-from ansible_worker.run.output_tail import OutputTail
-from ansible_worker.run.process_group import ExitRecord, run_with_output
+from ansible_worker.run.errors import JobRefusedError
+from ansible_worker.run.process.launch import ExitRecord, Launch
+from ansible_worker.run.process.output_tail import OutputTail
+from ansible_worker.run.process.process_group import run_with_output
 
 log = logging.getLogger(__name__)
 
 FULL_COMMIT = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
+# A mirror's hooks never run: git looks for them in a directory that cannot exist.
+NO_HOOKS = ("-c", "core.hooksPath=/dev/null")
 
 
 class GitFailed(JobRefusedError):
@@ -47,14 +50,8 @@ class Git:
         tail = OutputTail(65536)
         with trio.move_on_after(limit) as bound:
             try:
-                returncode = await run_with_output(
-                    [self.program, *args],
-                    cwd=cwd,
-                    env=environment,
-                    kill_grace=self.kill_grace,
-                    tail=tail,
-                    record=ExitRecord(),
-                )
+                launch = Launch((self.program, *args), cwd, environment, kill_grace=self.kill_grace)
+                returncode = await run_with_output(launch, tail=tail, record=ExitRecord())
             except OSError as exc:
                 raise GitFailed(f"{what} failed: cannot start {self.program!r}: {exc.strerror}") from exc
         if bound.cancelled_caught:
@@ -187,12 +184,16 @@ class ProjectMirror:
 
     async def _init(self, git: Git) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        await git.run("init", "--quiet", "--bare", str(self.path), cwd=self.path.parent, what="git init")
+        # Modes of the worker's user alone, whatever the umask: the check at start keeps only
+        # mirrors no one else could have written to.
+        init = ("init", "--quiet", "--bare", "--shared=0600", str(self.path))
+        await git.run(*NO_HOOKS, *init, cwd=self.path.parent, what="git init")
 
     async def _fetch(self, git: Git) -> None:
         log.info("project %s: fetching %s", self.name, redacted(self.url))
         try:
             await git.run(
+                *NO_HOOKS,
                 f"--git-dir={self.path}",
                 "fetch",
                 "--quiet",

@@ -1,4 +1,4 @@
-"""Real OpenSSH servers for the tests: each on a free loopback port, with its own host key and config.
+"""Real OpenSSH servers for tests and benchmarks: each on a free loopback port, with its own host key and config.
 
 They run as the test user with `sshd -D -e -f CONFIG`, and accept only the keys of their own
 `authorized_keys`: no system service or file is touched.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -19,14 +18,9 @@ from pathlib import Path
 
 import trio
 
+from testing.ports import free_port
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    """A TCP port free on loopback now (the benchmarks use this module too, without pytest)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)

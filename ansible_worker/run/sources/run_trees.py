@@ -7,7 +7,6 @@ import os
 import secrets
 import shutil
 import stat
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 import trio
 
 from ansible_worker.ops.private_paths import make_private_directory, tamper_risk
-from ansible_worker.run.command import JobRefusedError
+from ansible_worker.run.errors import JobRefusedError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,8 @@ class TreeCache:
     only when complete, then made read-only and shared by every job that leases it. A
     tree no job holds is removed once it is older than `max_age` seconds since its last
     use, or, oldest first, while the cache holds more than `max_bytes`. Trees that a job
-    holds are never removed: a running job keeps the files it started with.
+    holds are never removed: a running job keeps the files it started with. Only trees
+    this process built are used: `prepare` removes what an earlier run left.
     """
 
     def __init__(self, root: Path, *, max_bytes: int, max_age: float, single_user: bool = False) -> None:
@@ -52,36 +52,44 @@ class TreeCache:
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._prepared = False
-        self._preparing = trio.Lock()
 
-    async def _prepare(self) -> None:
-        """Check the whole path of the cache directory and learn the trees an earlier run of the worker left.
+    def prepare(self) -> None:
+        """Check the whole path of the cache directory, and remove every tree an earlier run left.
 
-        Cancellation: a plain checkpoint while the sizes of earlier trees are added up.
+        A tree found on disk cannot show that this worker made it as it is now: another user
+        may have put it there, or kept a way to change it, while the cache was open to them
+        (a directory they own, a file they held open before the modes were fixed), and its
+        content could only be proved by building it again. So trees are never trusted
+        across restarts: each is built again on first use, in a private directory.
+
+        Errors: `JobRefusedError` when the cache is not private to the worker's user, or an
+        entry left in it cannot be removed (one another user owns).
+
+        Synchronous: at start, before any job runs. Done once.
         """
-        async with self._preparing:
-            if self._prepared:
-                return
-            make_private_directory(self.root)
-            # Checked once: when no one else may change a directory on the way, no one else
-            # can swap a tree for one of their own later either.
-            risk = tamper_risk(self.root, single_user=self.single_user)
-            if risk is not None:
+        if self._prepared:
+            return
+        make_private_directory(self.root)
+        # Checked once: when no one else may change a directory on the way, no one else
+        # can swap a tree for one of their own later either.
+        risk = tamper_risk(self.root, single_user=self.single_user)
+        if risk is not None:
+            raise JobRefusedError(
+                f"the source cache {self.root} is not private to the worker's user: {risk}: fix or remove it"
+            )
+        left = sorted(self.root.iterdir())
+        if left:
+            log.info("removing %d run trees left by an earlier run: trees are built again, never trusted", len(left))
+        for child in left:
+            if not _built_here(child):
+                log.warning("removing %s from the source cache: %s, not a tree of this worker", child, _describe(child))
+            remove_tree(child)
+            if os.path.lexists(child):
                 raise JobRefusedError(
-                    f"the source cache {self.root} is not private to the worker's user: {risk}: fix or remove it"
+                    f"the source cache {self.root} holds {child.name}, which the worker cannot remove"
+                    f" ({_describe(child)}): remove it"
                 )
-            for child in sorted(self.root.iterdir()):
-                if child.name.startswith(BUILDING_PREFIX):
-                    # Left by a worker that stopped while building: never complete, never used.
-                    remove_tree(child)
-                elif child.is_dir() and not child.is_symlink() and child.name not in self._entries:
-                    # Known from now on, so that the size and age bounds cover it too; its age
-                    # counts from when it was made.
-                    age = max(0.0, time.time() - child.stat().st_mtime)
-                    size = await tree_size(child)
-                    self._entries[child.name] = _Entry(size=size, last_used=trio.current_time() - age)
-            self._prepared = True
-        self.evict()
+        self._prepared = True
 
     @property
     def total_bytes(self) -> int:
@@ -89,8 +97,8 @@ class TreeCache:
         return sum(entry.size for entry in self._entries.values())
 
     def holds(self, key: str) -> bool:
-        """Whether the tree of `key` is complete on disk."""
-        return (self.root / key).is_dir()
+        """Whether the tree of `key` is complete on disk, as this worker built it."""
+        return _built_here(self.root / key)
 
     @asynccontextmanager
     async def lease(self, key: str, build: Callable[[Path], Awaitable[None]]) -> AsyncIterator[Path]:
@@ -102,20 +110,17 @@ class TreeCache:
 
         Cancellation: a build cancelled halfway is removed; a lease ends with its block.
         """
-        if not self._prepared:
-            await self._prepare()
+        self.prepare()
         lock = self._locks.setdefault(key, trio.Lock())
         async with lock:
             path = self.root / key
             entry = self._entries.get(key)
-            if not path.is_dir():
-                entry = None
+            if entry is None or not _built_here(path):
+                _clear(path)
+                self._entries.pop(key, None)
                 await self._build(path, build)
                 size = await tree_size(path)
                 entry = self._entries[key] = _Entry(size=size, last_used=trio.current_time())
-            elif entry is None:
-                # Built by an earlier run of the worker.
-                entry = self._entries[key] = _Entry(size=await tree_size(path), last_used=trio.current_time())
             entry.leases += 1
         if not lock.locked() and not lock.statistics().tasks_waiting:
             self._locks.pop(key, None)
@@ -188,13 +193,55 @@ async def make_read_only(path: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a tree (or a file), read-only directories included; synchronous (called when a tree is let go)."""
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
+    """Remove a tree (or a file, or a link), read-only directories included, never following a link.
+
+    Directories are opened one by one without following links (`os.fwalk`) and made
+    writable through their own descriptors, so that a link put in the tree's place, or in
+    it, changes the mode of nothing outside it. What cannot be removed is left (the
+    caller looks).
+
+    Synchronous: called when a tree is let go, or at start.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
         return
-    if not path.exists():
-        return
-    for directory, _dirs, _files in os.walk(path):
+    if not stat.S_ISDIR(info.st_mode):
         with suppress(FileNotFoundError):
-            os.chmod(directory, 0o700)
+            path.unlink()
+        return
+    with suppress(OSError):
+        for _directory, _dirs, _files, descriptor in os.fwalk(path):
+            with suppress(OSError):
+                os.fchmod(descriptor, 0o700)
+    # Removes through descriptors too, never through a link.
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _clear(path: Path) -> None:
+    """Remove whatever is at `path`, saying so: only this worker writes in the cache once prepared."""
+    if os.path.lexists(path):
+        log.warning("run tree %s is not one this worker built (%s): removing it", path.name, _describe(path))
+        remove_tree(path)
+
+
+def _built_here(path: Path) -> bool:
+    """Whether `path` is a directory of the worker's own user, not a link: what a build of this worker leaves."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid()
+
+
+def _describe(path: Path) -> str:
+    """What `path` is, and whose, for a log line or an error."""
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a file"
+    if stat.S_ISLNK(info.st_mode):
+        kind = "a symbolic link"
+    owner = "the worker's user" if info.st_uid == os.geteuid() else f"uid {info.st_uid}"
+    return f"{kind} of {owner}"

@@ -1,4 +1,4 @@
-"""Certificates made for the tests: a CA, a broker and a worker, and some that must be refused."""
+"""Certificates for tests: a CA, a broker and a worker, and some that must be refused."""
 
 from __future__ import annotations
 

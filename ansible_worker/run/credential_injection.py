@@ -19,15 +19,14 @@ import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 import trio
 
 from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.ops.credentials import MIN_SECRET_LENGTH, EnvCredential, SshCredential, VaultCredential
-from ansible_worker.run.command import JobRefusedError
-from ansible_worker.run.stray_processes import kill_marked
+from ansible_worker.run.errors import JobRefusedError
+from ansible_worker.run.process.stray_processes import kill_marked
 
 log = logging.getLogger(__name__)
 
@@ -40,42 +39,6 @@ ADD_KEY_TIMEOUT = 10.0
 SOCKET_DIRECTORY_PREFIX = "aw-"
 # Answers once: asked again, the passphrase was wrong, and ssh-add must stop rather than retry.
 _ASKPASS = '#!/bin/sh\n[ -e "$0.asked" ] && exit 1\n: > "$0.asked"\nprintf \'%s\\n\' "$ANSIBLE_WORKER_KEY_PASSPHRASE"\n'
-
-
-def credential_error(
-    names: Sequence[str],
-    playbook: str,
-    credentials: Mapping[str, AnyCredential],
-    *,
-    own_tree: bool = True,
-) -> str | None:
-    """Why a job may not have the credentials it names, or None: unknown, or not for this playbook.
-
-    `playbook` is the path the worker resolved, relative to the tree the job runs from (no
-    `..`, links followed), so that the patterns match the file that will run. A credential
-    limited by `allowed_playbooks` is only for the playbook directory's own files
-    (`own_tree`): shipped content and another project or revision could put any file at an
-    allowed name.
-    """
-    for name in names:
-        credential = credentials.get(name)
-        if credential is None:
-            return f"credential {name!r} is not defined on this worker"
-        allowed = credential.allowed_playbooks
-        if allowed is None:
-            continue
-        if not own_tree:
-            return (
-                f"credential {name!r} is limited to playbooks of the playbook directory"
-                " (allowed_playbooks): not for shipped content, a project or a revision"
-            )
-        if not any(fnmatchcase(playbook, pattern) for pattern in allowed):
-            return f"credential {name!r} may not be used by playbook {playbook!r}"
-    vaults = [credential for name in names if isinstance(credential := credentials[name], VaultCredential)]
-    vault_ids = [vault.vault_id for vault in vaults]
-    if len(vault_ids) != len(set(vault_ids)):
-        return "two vault credentials of the job have the same vault_id"
-    return None
 
 
 def secret_values(credentials: Sequence[AnyCredential]) -> list[str]:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import trio
+
 from ansible_worker.ops.private_paths import make_private_directory, tamper_risk
 from ansible_worker.protocol.models import ShippedContent, TaskRequest
-from ansible_worker.run.command import JobRefusedError
-from ansible_worker.run.git_source import (
+from ansible_worker.run.errors import JobRefusedError
+from ansible_worker.run.sources.git import (
     Git,
     GitFailed,
     ProjectMirror,
@@ -23,8 +28,8 @@ from ansible_worker.run.git_source import (
     mirror_path,
     ssh_command_for,
 )
-from ansible_worker.run.run_trees import TreeCache, remove_tree
-from ansible_worker.run.shipped_content import ContentLimits, check_digest, unpack
+from ansible_worker.run.sources.run_trees import TreeCache, remove_tree
+from ansible_worker.run.sources.shipped_content import ContentLimits, check_digest, unpack
 
 if TYPE_CHECKING:
     # For its type only: the run layer never loads the settings module itself.
@@ -63,6 +68,8 @@ class RunTree:
 # The key every problem of the cache is reported under, whichever default it came from.
 CACHE_KEY = "worker.source_cache"
 TEMPORARY_PREFIX = "ansible-worker-sources-"
+# Held (flock) by the one worker that uses the cache: trees and mirrors are not shared.
+LOCK_NAME = "lock"
 
 
 class SourceCacheError(JobRefusedError):
@@ -79,6 +86,74 @@ def cache_root(settings: WorkerSettings) -> Path | None:
         return settings.source_cache
     if settings.state_dir is not None:
         return Path(os.path.abspath(settings.state_dir)) / "sources"
+    return None
+
+
+def _lock(root: Path) -> int:
+    """Lock the cache in `root` for this process; the descriptor that holds the lock.
+
+    Errors: `SourceCacheError` when another process holds it, naming its process id.
+    """
+    path = root / LOCK_NAME
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        with suppress(FileNotFoundError):
+            info = os.lstat(path)
+            if info.st_uid != os.geteuid() or not stat.S_ISREG(info.st_mode):
+                # Left by someone else while the cache was open to them: they may hold it still.
+                log.warning("replacing %s, which is not a file of the worker's user", path)
+                os.unlink(path)
+        descriptor = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise SourceCacheError(f"{CACHE_KEY}: cannot open {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.read(descriptor, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(descriptor)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise SourceCacheError(f"{CACHE_KEY}: cannot lock {path}: {exc.strerror or exc}") from None
+        raise SourceCacheError(
+            f"{CACHE_KEY}: {root} is in use by another worker (process {holder[:20]}): each worker needs a"
+            " source cache of its own"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    return descriptor
+
+
+def _mirror_problem(path: Path, *, single_user: bool) -> str | None:
+    """Why the mirror `path` may hold what another user put there (a hook, a config); None when it cannot.
+
+    Every entry must be a directory or a regular file of the worker's user, and, unless
+    `single_user`, writable by no one else: then nobody else could have changed it.
+    Synchronous: one `lstat` per file of the mirror, once at start.
+    """
+    uid = os.geteuid()
+
+    def problem(where: str) -> str | None:
+        info = os.lstat(where)
+        if stat.S_ISLNK(info.st_mode):
+            return f"{where} is a symbolic link"
+        if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+            return f"{where} is not a directory or a regular file"
+        if info.st_uid != uid:
+            return f"{where} belongs to another user (uid {info.st_uid})"
+        if not single_user and info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return f"{where} may be written by others (mode {stat.S_IMODE(info.st_mode):o})"
+        return None
+
+    try:
+        found = problem(str(path))
+        if found is not None or not path.is_dir():
+            return found
+        for directory, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                found = problem(os.path.join(directory, name))
+                if found is not None:
+                    return found
+    except OSError as exc:
+        return f"{exc.filename or path} cannot be examined: {exc.strerror or exc}"
     return None
 
 
@@ -120,6 +195,7 @@ class JobSources:
         self._configured_root = cache_root(settings)
         self._root: Path | None = None
         self._trees: TreeCache | None = None
+        self._lock: int | None = None
         self.git = Git(
             program=settings.git_path,
             environment=environment_without(environment, *_GIT_LOCATION_VARIABLES),
@@ -128,6 +204,13 @@ class JobSources:
         )
         self.limits = ContentLimits(max_bytes=settings.max_content_bytes, max_entries=settings.max_content_entries)
         self.mirrors: dict[str, ProjectMirror] = {}
+        # One `git pull` in the playbook directory at a time.
+        self._pull_lock = trio.Lock()
+
+    @property
+    def playbook_directory(self) -> Path:
+        """The worker's own playbook directory (`worker.playbook_directory`, resolved)."""
+        return self.settings.playbook_directory
 
     @property
     def root(self) -> Path | None:
@@ -149,6 +232,13 @@ class JobSources:
         be owned by the worker's user or root and writable by no one else (a sticky one
         above the cache excepted; with `worker.single_user`, anyone), and none may be a
         symbolic link. Done once; later calls return the same directory.
+
+        The cache is then locked (`flock` on its `lock` file) for as long as the worker
+        runs: a second worker on the same cache is refused. What an earlier run left is
+        judged as untrusted: its trees are removed (built again when used), and a project
+        mirror is kept only if it and everything in it is the worker's user's, no link
+        or special file, and (unless `single_user`) writable by no one else; any other
+        entry of `mirrors/` is removed, with a warning that says why.
 
         Errors: `SourceCacheError` (a `JobRefusedError`) naming `worker.source_cache`.
 
@@ -175,13 +265,21 @@ class JobSources:
                 raise SourceCacheError(
                     f"{CACHE_KEY}: {root}: {risk}: another local user could replace the trees jobs run from"
                 )
-        self._root = root
-        self._trees = TreeCache(
+        self._lock = _lock(root)
+        trees = TreeCache(
             root / "trees",
             max_bytes=self.settings.source_cache_bytes,
             max_age=self.settings.source_cache_age,
             single_user=self.settings.single_user,
         )
+        try:
+            trees.prepare()
+            self._check_mirrors(root / "mirrors")
+        except JobRefusedError as exc:
+            self._release()
+            raise SourceCacheError(f"{CACHE_KEY}: {exc}") from None
+        self._root = root
+        self._trees = trees
         for name, project in self.settings.projects.items():
             extra = {key: value.get_secret_value() for key, value in project.environment.items()}
             if project.key_file is not None:
@@ -199,12 +297,43 @@ class JobSources:
         return root
 
     def discard_temporary(self) -> None:
-        """Remove the cache when the worker made it in the temp directory (no `state_dir`, no `source_cache`).
+        """Let the cache go: unlock it, and remove it when the worker made it in the temp directory.
 
         Synchronous: called once, when the worker has stopped and no job holds a tree.
         """
         if self._configured_root is None and self._root is not None:
             remove_tree(self._root)
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def _check_mirrors(self, mirrors: Path) -> None:
+        """Remove every entry of `mirrors` that this worker cannot trust as a mirror it made.
+
+        Errors: `JobRefusedError` naming an entry that cannot be removed.
+        """
+        for entry in sorted(mirrors.iterdir()):
+            problem = _mirror_problem(entry, single_user=self.settings.single_user)
+            if problem is None:
+                continue
+            log.warning("removing %s from the source cache: %s; a mirror is fetched afresh when used", entry, problem)
+            remove_tree(entry)
+            if os.path.lexists(entry):
+                raise JobRefusedError(f"{entry} cannot be removed ({problem}): remove it")
+
+    async def pull(self, task_id: str) -> None:
+        """`git pull --ff-only` in the playbook directory for the job `task_id`, one job at a time, bounded.
+
+        Errors: `GitFailed` (a `JobRefusedError`) when git cannot start, fails or runs past `worker.git_timeout`.
+
+        Cancellation: git's process group is ended before it passes.
+        """
+        async with self._pull_lock:
+            log.info("task %s: git pull in %s", task_id, self.playbook_directory)
+            await self.git.run("pull", "--ff-only", cwd=self.playbook_directory, what="git pull")
 
     def uses_playbook_directory(self, request: TaskRequest) -> bool:
         """Whether the job runs from the live playbook directory, whose paths can be checked now."""
@@ -264,7 +393,7 @@ class JobSources:
             self.prepare()
             mirror = self.mirrors[request.project]
             commit = await mirror.commit_for(self.git, request.revision, force=request.git_pull)
-            async with self._snapshot(mirror.path, commit) as path:
+            async with self._snapshot(mirror.path, commit, f"project-{request.project}") as path:
                 yield RunTree(path, project=request.project, revision=commit)
             return
         base = self.settings.playbook_directory
@@ -278,19 +407,20 @@ class JobSources:
         found = await self.git.resolve(git_dir, wanted)
         if found is None:
             raise GitFailed(f"revision not found in the playbook directory: {wanted!r}")
-        async with self._snapshot(git_dir, found) as path:
+        async with self._snapshot(git_dir, found, "git") as path:
             yield RunTree(path, revision=found)
 
     @asynccontextmanager
-    async def _snapshot(self, git_dir: Path, commit: str) -> AsyncIterator[Path]:
+    async def _snapshot(self, git_dir: Path, commit: str, source: str) -> AsyncIterator[Path]:
         self.prepare()
 
         async def build(directory: Path) -> None:
             log.info("making a run tree of commit %s", commit)
             await self.git.snapshot(git_dir, commit, directory)
 
-        # A commit id names its files wherever the repository lives: trees are shared by id.
-        async with self.trees.lease(f"git-{commit}", build) as path:
+        # Keyed by source as well as commit: a repository's own settings (its attributes and
+        # filters) shape the files of a checkout, so one source's tree is never another's.
+        async with self.trees.lease(f"{source}-{commit}", build) as path:
             yield path
 
     @asynccontextmanager

@@ -1,4 +1,4 @@
-"""The group's job list: pick, order and lay out jobs from their retained statuses."""
+"""Pick the group's jobs from their statuses by state, playbook and age, newest first; read the times they carry."""
 
 from __future__ import annotations
 
@@ -8,15 +8,20 @@ from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
-from rich.table import Table
-from rich.text import Text
-
-from ansible_worker.controller.view import STATE_STYLES, parse_time
-
 STATES = frozenset({"queued", "running", "success", "failed", "cancelled", "timeout"})
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _EPOCH = datetime.min.replace(tzinfo=UTC)
+
+
+def parse_time(value: object) -> datetime | None:
+    """The moment an ISO 8601 string names (a trailing `Z` allowed), or None for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
@@ -79,45 +84,3 @@ def select_jobs(
     chosen.sort(key=lambda status: status["task_id"])
     chosen.sort(key=lambda status: job_time(status) or _EPOCH, reverse=True)
     return chosen
-
-
-def job_row(status: dict[str, Any]) -> dict[str, Any]:
-    """One job as a `jobs --json` line: what the table shows, in plain values."""
-    return {
-        "task_id": status.get("task_id"),
-        "state": status.get("state"),
-        "playbook": status.get("playbook"),
-        "worker_id": status.get("worker_id"),
-        "created_at": status.get("created_at"),
-        "started_at": status.get("started_at"),
-        "duration_seconds": status.get("duration_seconds"),
-        "ok": status.get("tasks_ok", 0),
-        "changed": status.get("tasks_changed", 0),
-        "failed": status.get("tasks_failed", 0),
-        "skipped": status.get("tasks_skipped", 0),
-        "unreachable": status.get("tasks_unreachable", 0),
-        "record_bytes": (status.get("record") or {}).get("bytes"),
-    }
-
-
-def jobs_table(statuses: list[dict[str, Any]]) -> Table:
-    """The job list as a table for a terminal."""
-    table = Table(box=None, header_style="bold")
-    numeric = ("DURATION", "OK", "CHANGED", "FAILED", "SKIPPED", "UNREACH")
-    for column in ("TASK ID", "STATE", "PLAYBOOK", "WORKER", "STARTED", *numeric):
-        table.add_column(column, justify="right" if column in numeric else "left")
-    for status in statuses:
-        row = job_row(status)
-        state = str(row["state"])
-        began = parse_time(row["started_at"]) or parse_time(row["created_at"])
-        duration = row["duration_seconds"]
-        table.add_row(
-            str(row["task_id"]),
-            Text(state, style=STATE_STYLES.get(state, "")),
-            str(row["playbook"] or "?"),
-            str(row["worker_id"] or "?"),
-            began.strftime("%Y-%m-%d %H:%M:%S") if began else "?",
-            f"{duration:.1f}s" if isinstance(duration, int | float) else "",
-            *(str(row[key]) for key in ("ok", "changed", "failed", "skipped", "unreachable")),
-        )
-    return table

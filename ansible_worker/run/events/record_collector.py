@@ -9,7 +9,7 @@ from typing import Any
 from ansible_worker.protocol.live_events import live_event
 from ansible_worker.protocol.models import JobStatus
 from ansible_worker.protocol.records import EncodedRecord, encode_record, record_document
-from ansible_worker.run.output_tail import OutputTail
+from ansible_worker.run.process.output_tail import OutputTail
 
 # Events kept in memory per job (about 1 KB each at most): a record compressed to its
 # default limit holds fewer, so the oldest beyond this could hardly be published anyway.

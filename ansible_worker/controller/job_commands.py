@@ -1,38 +1,18 @@
-"""The controller's commands: submit, watch, status, cancel, forget and workers, for people and scripts."""
+"""The job commands: submit, watch, status, cancel, forget, jobs and workers, for people and scripts."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import logging
-import math
-import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 from rich.console import Console
-from rich.markup import escape
 
-from ansible_worker.controller.arguments import ArgumentError, parse_extra_vars, split_list
-from ansible_worker.controller.client import (
-    ANSWER_WITHIN,
-    RETRY_AFTER,
-    Client,
-    ClientError,
-    JobHandle,
-    SigningKeyError,
-    Target,
-    load_signer,
-    lost_message,
-    open_client,
-    target_from_settings,
-    target_from_url,
-)
+from ansible_worker.controller.client import ANSWER_WITHIN, RETRY_AFTER, Client, JobHandle, lost_message
+from ansible_worker.controller.job_filter import parse_since, parse_states
 from ansible_worker.controller.parser import (
     EXIT_FAILED,
     EXIT_STOPPED_WATCHING,
@@ -41,163 +21,20 @@ from ansible_worker.controller.parser import (
     EXIT_USAGE,
     STATE_EXIT,
 )
-from ansible_worker.controller.record_commands import (
-    RecordCommandError,
-    jobs,
-    logs,
-    print_record,
-    save_artifacts,
+from ansible_worker.controller.record_commands import print_record, save_artifacts
+from ansible_worker.controller.shipping import DEFAULT_CONTENT_RETENTION
+from ansible_worker.controller.terminal import (
+    CommandError,
+    ProgressBar,
+    ask_yes_no,
+    note,
+    print_json_line,
+    until_interrupted,
 )
-from ansible_worker.controller.shipping import DEFAULT_CONTENT_RETENTION, ProgressBar, ShipError
-from ansible_worker.controller.view import JobView, summary, workers_table
+from ansible_worker.controller.view import JobView, job_row, jobs_table, summary, workers_table
 from ansible_worker.protocol.signing import SignatureRefused
 
-T = TypeVar("T")
-
-PROMPT_SECONDS = 60.0
-
-
-class CommandError(Exception):
-    """Ends a command with a message for the person and an exit code."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def resolve_target(args: argparse.Namespace) -> Target:
-    """The broker and group from --broker, else from the config file and environment.
-
-    The signing key is `--signing-key`, else the config's `security.signing_key`.
-    """
-    try:
-        target = _broker_target(args)
-        if args.signing_key is not None:
-            target = dataclasses.replace(target, signer=load_signer(args.signing_key))
-    except SigningKeyError as exc:
-        raise CommandError(str(exc), EXIT_USAGE) from None
-    return target
-
-
-def _broker_target(args: argparse.Namespace) -> Target:
-    if args.broker:
-        return target_from_url(args.broker, group=args.group or "default", prefix=args.prefix or "ansible")
-    # Only here: with --broker, no settings (nor pydantic-settings) are loaded at all.
-    from ansible_worker.ops.config import ClientSettings, ConfigError, load_settings
-
-    try:
-        settings = load_settings(args.config, model=ClientSettings)
-    except ConfigError as exc:
-        problems = "\n  ".join(exc.problems)
-        raise CommandError(
-            f"no usable broker settings (give --broker URL or -c FILE):\n  {problems}", EXIT_USAGE
-        ) from None
-    target = target_from_settings(settings)
-    if args.group or args.prefix:
-        topics = type(target.topics)(args.prefix or target.topics.prefix, args.group or target.topics.group)
-        target = dataclasses.replace(target, topics=topics)
-    return target
-
-
-def build_job(args: argparse.Namespace) -> dict[str, Any]:
-    """The job request of `submit`'s flags; only the flags given appear in it.
-
-    Errors: `ArgumentError` for `--extra-vars` that cannot be read.
-    """
-    job: dict[str, Any] = {"playbook": args.playbook, "inventory": args.inventory}
-    if args.task_id:
-        job["task_id"] = args.task_id
-    extra_vars = parse_extra_vars(args.extra_vars or [])
-    if extra_vars:
-        job["extra_vars"] = extra_vars
-    optional = {
-        "limit": args.limit,
-        "tags": split_list(args.tags) or None,
-        "skip_tags": split_list(args.skip_tags) or None,
-        "verbosity": args.verbose or None,
-        "check_mode": args.check or None,
-        "diff_mode": args.diff or None,
-        "forks": args.forks,
-        "timeout": args.timeout,
-        "git_pull": args.git_pull or None,
-        "credentials": args.credentials or None,
-        "project": getattr(args, "project", None),
-        "revision": getattr(args, "revision", None),
-    }
-    job.update({key: value for key, value in optional.items() if value is not None})
-    return job
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """Run one controller command to completion and return its exit code."""
-    console = Console(stderr=False, highlight=False)
-    errors = Console(stderr=True, highlight=False)
-    _show_client_warnings()
-    try:
-        if args.command == "submit":
-            # Bad flags are reported before anything touches the network.
-            args.job = build_job(args)
-        target = resolve_target(args)
-        command = _COMMANDS[args.command]
-        return trio.run(_with_client, target, command, args, console)
-    except (CommandError, ArgumentError, ClientError, ShipError) as exc:
-        errors.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        if isinstance(exc, CommandError | RecordCommandError):
-            return exc.code
-        return EXIT_USAGE if isinstance(exc, ArgumentError | ShipError) else EXIT_UNAVAILABLE
-
-
-Command = Callable[[Client, argparse.Namespace, Console], Awaitable[int]]
-
-
-class _PlainLines(logging.StreamHandler):  # type: ignore[type-arg]
-    """Log records as their bare message on stderr."""
-
-
-def _show_client_warnings() -> None:
-    """The client's warnings (a job published again, a reconnect) as plain lines on stderr."""
-    logger = logging.getLogger("ansible_worker.controller.client")
-    if not any(isinstance(handler, _PlainLines) for handler in logger.handlers):
-        handler = _PlainLines(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-
-
-def print_json_line(console: Console, value: object) -> None:
-    """One compact JSON object on one line of stdout, for scripts: `--json` prints only these.
-
-    Written past rich, which would wrap long lines and turn `:smile:` in Ansible's text into emoji.
-    """
-    try:
-        line = json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        # NaN or Infinity from an event: strict JSON has no such numbers, so they become null.
-        line = json.dumps(_finite(value), separators=(",", ":"))
-    console.file.write(line + "\n")
-    console.file.flush()
-
-
-def _finite(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
-
-
-def note(console: Console, text: str, *, as_json: bool) -> None:
-    """A remark for the person; with `--json` it goes to stderr, so stdout stays JSON lines."""
-    if as_json:
-        print(text, file=sys.stderr, flush=True)
-    else:
-        console.print(text, style="dim")
-
-
-async def _with_client(target: Target, command: Command, args: argparse.Namespace, console: Console) -> int:
-    async with open_client(target) as client:
-        return await command(client, args, console)
+PIPED_WIDTH = 250
 
 
 async def submit(client: Client, args: argparse.Namespace, console: Console) -> int:
@@ -319,63 +156,6 @@ async def follow(handle: JobHandle, console: Console, *, as_json: bool) -> int:
     return STATE_EXIT.get(str(final.get("state")), EXIT_FAILED)
 
 
-async def until_interrupted(work: Callable[[], Awaitable[T]], interrupts: AsyncIterator[int]) -> tuple[T | None, bool]:
-    """Run `work` until it returns or Ctrl-C arrives; say which happened.
-
-    `work` should not raise: an error of its own would leave this wrapped in an exception group.
-    """
-    result: T | None = None
-    interrupted = False
-    async with trio.open_nursery() as nursery:
-
-        async def run_work() -> None:
-            nonlocal result
-            result = await work()
-            nursery.cancel_scope.cancel()
-
-        async def wait_for_interrupt() -> None:
-            nonlocal interrupted
-            async for _ in interrupts:
-                interrupted = True
-                nursery.cancel_scope.cancel()
-                return
-
-        nursery.start_soon(run_work)
-        nursery.start_soon(wait_for_interrupt)
-    return result, interrupted
-
-
-async def ask_yes_no(console: Console, question: str, interrupts: AsyncIterator[int]) -> bool:
-    """Ask on the terminal; no answer within a minute, or another Ctrl-C, means no.
-
-    Cancellation: the duplicate of stdin is closed and stdin made blocking again; the
-    question stays unanswered on the terminal.
-    """
-    console.print(question, end="", markup=False)
-    fd = os.dup(sys.stdin.fileno())
-    stream = trio.lowlevel.FdStream(fd)
-    try:
-        answer, interrupted = await until_interrupted(lambda: _read_line(stream), interrupts)
-    finally:
-        await stream.aclose()
-        # FdStream made the shared terminal non-blocking; give the shell back a blocking one.
-        os.set_blocking(sys.stdin.fileno(), True)
-    if interrupted:
-        console.print()
-    return (answer or "").strip().lower() in ("y", "yes")
-
-
-async def _read_line(stream: trio.lowlevel.FdStream) -> str:
-    data = b""
-    with trio.move_on_after(PROMPT_SECONDS):
-        while not data.endswith(b"\n"):
-            chunk = await stream.receive_some(1024)
-            if not chunk:
-                break
-            data += chunk
-    return data.decode(errors="replace")
-
-
 async def status(client: Client, args: argparse.Namespace, console: Console) -> int:
     """The `status` command: print the job's retained status.
 
@@ -454,15 +234,26 @@ async def workers(client: Client, args: argparse.Namespace, console: Console) ->
     return EXIT_SUCCESS
 
 
-_COMMANDS: dict[str, Command] = {
-    "submit": submit,
-    "watch": watch,
-    "status": status,
-    "cancel": cancel,
-    "forget": forget,
-    "workers": workers,
-    "logs": logs,
-    "jobs": jobs,
-}
+async def jobs(client: Client, args: argparse.Namespace, console: Console) -> int:
+    """The `jobs` command: the group's jobs from their retained statuses, newest first.
 
-__all__ = ["run_command"]
+    Errors: `CommandError` with `EXIT_USAGE` for a bad `--state` or `--since`.
+
+    Cancellation: as `Client.jobs`; nothing is left behind.
+    """
+    try:
+        parse_states(args.state)
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    found = await client.jobs(state=args.state, playbook=args.playbook, since=since)
+    if args.json:
+        for status in found:
+            print_json_line(console, job_row(status))
+    elif not found:
+        console.print(f"no jobs of group {client.topics.group!r} match", style="dim")
+    else:
+        # Piped, the table is not squeezed to 80 columns: one job per line, whatever reads it.
+        wide = console if console.is_terminal else Console(file=console.file, width=PIPED_WIDTH, highlight=False)
+        wide.print(jobs_table(found))
+    return EXIT_SUCCESS
