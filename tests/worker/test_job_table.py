@@ -335,6 +335,37 @@ def test_cancel_of_a_settling_or_unknown_job_does_nothing() -> None:
     assert recorded(table).states("a") == [State.QUEUED, State.SUCCESS]
 
 
+def test_a_cancel_in_any_phase_journals_only_the_moves_that_end_the_job(journal: CountingJournal) -> None:
+    """A cancel writes nothing itself: a queued job's end is one write, a kept request writes when the job ends."""
+    table = job_table(journal=journal)
+    for task_id in ("claiming", "refusing", "handing-back"):
+        table.accept(request(task_id), b"{}", f"claim-{task_id}")
+    table.move("refusing", Move.REFUSE)
+    table.claimed("handing-back", "claim-handing-back")
+    table.move("handing-back", Move.HAND_BACK)
+    queued = submitted(table, request("queued"))
+    running = submitted(table, request("running"))
+    start(table, running)
+    finish(table, submitted(table, request("settling")))
+    names = ("claiming", "refusing", "handing-back", "queued", "running", "settling")
+    before = {task_id: journal.of(task_id) for task_id in names}
+    answers = {task_id: table.cancel(task_id, CancelRequest(requested_by="ops")) for task_id in names}
+    assert answers == {task_id: task_id not in ("refusing", "settling") for task_id in names}
+    assert queued.state is State.CANCELLED
+    assert {task_id: journal.of(task_id) for task_id in names} == {
+        **before,
+        "queued": sorted([*before["queued"], "set_status"]),
+    }
+    # Each kept or running cancel is written once, by the move that ends its job.
+    table.place("claiming", "claim-claiming", stopping=False)
+    finish(table, running, State.CANCELLED)
+    table.post(early_status("handing-back", State.CANCELLED, "cancelled by ops", worker_id="w1"))
+    assert journal.of("claiming") == ["add", "set_status", "set_status"]
+    assert journal.of("running") == sorted([*before["running"], "set_status"])
+    assert journal.of("handing-back") == sorted([*before["handing-back"], "set_status"])
+    assert [table.phase(task_id) for task_id in names] == [Phase.SETTLING, Phase.REFUSING, *[Phase.SETTLING] * 4]
+
+
 # What the publisher tells the table.
 
 

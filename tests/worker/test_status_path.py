@@ -16,6 +16,7 @@ from ansible_worker.protocol.models import JobStatus, State, TaskRequest
 from ansible_worker.protocol.statuses import early_status
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.protocol.topics import Topics
+from ansible_worker.run.job import Job
 from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.journal import Journal
 from ansible_worker.worker.policies import StatusPolicy
@@ -173,12 +174,8 @@ async def test_refusals_are_live_only_and_a_flood_is_bounded() -> None:
     )
 
 
-async def test_an_unpublishable_update_of_a_job_that_is_ending_adds_no_terminal_status() -> None:
-    """A job whose run has ended (its record still going out) posts its own terminal status: nothing is added.
-
-    A replacement `failed` here would be a second terminal status for the job.
-    """
-    session = RecordingSession()
+async def running_with_an_unpublishable_update(session: RecordingSession) -> tuple[StatusPath, JobTable, Job]:
+    """A running job "a" whose `running` is out and whose next update, posted, cannot be encoded."""
     path = make(session)
     table = table_over(path)
     job = submitted(table, TaskRequest(task_id="a", playbook="site.yml", inventory="hosts"))
@@ -188,6 +185,16 @@ async def test_an_unpublishable_update_of_a_job_that_is_ending_adds_no_terminal_
     session.published.clear()
     session.failures = [ValueError("cannot encode")]
     table.post_progress("a", lambda: job.status(progress_only=True))
+    return path, table, job
+
+
+async def test_an_unpublishable_update_of_a_job_that_is_ending_adds_no_terminal_status() -> None:
+    """A job whose run has ended (its record still going out) posts its own terminal status: nothing is added.
+
+    A replacement `failed` here would be a second terminal status for the job.
+    """
+    session = RecordingSession()
+    path, table, job = await running_with_an_unpublishable_update(session)
     job.end(State.SUCCESS)
     await publish_all(path, table)
     # The run posts its terminal status once its record is out.
@@ -200,15 +207,7 @@ async def test_an_unpublishable_update_of_a_job_that_is_ending_adds_no_terminal_
 async def test_an_unpublishable_update_of_a_job_that_has_ended_adds_no_terminal_status() -> None:
     """An update still waiting when its job's terminal status was posted fails: that status goes out alone."""
     session = RecordingSession()
-    path = make(session)
-    table = table_over(path)
-    job = submitted(table, TaskRequest(task_id="a", playbook="site.yml", inventory="hosts"))
-    job.state = State.RUNNING
-    table.post(job.status())
-    await publish_all(path, table)
-    session.published.clear()
-    session.failures = [ValueError("cannot encode")]
-    table.post_progress("a", lambda: job.status(progress_only=True))
+    path, table, job = await running_with_an_unpublishable_update(session)
     job.finish(State.SUCCESS)
     table.post(job.status())
     await publish_all(path, table)
