@@ -14,15 +14,12 @@ import pytest
 import trio
 import trio.testing
 
-from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.models import CancelRequest, State, TaskRequest
 from ansible_worker.protocol.statuses import early_status
 from ansible_worker.run.job import Job
 from ansible_worker.worker.claiming import Claimer
-from ansible_worker.worker.group_claims import GroupClaims
-from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.jobs import JobEntry, JobTable
-from ansible_worker.worker.journal import Entry, Journal
+from ansible_worker.worker.journal import Entry
 from ansible_worker.worker.phases import JOURNAL, TRANSITIONS, Move, MoveRefused, Phase, next_phase
 from ansible_worker.worker.recovery import settle_journal
 from ansible_worker.worker.status_path import UNPUBLISHABLE
@@ -392,24 +389,6 @@ def test_an_unpublishable_replacement_is_given_up(caplog: pytest.LogCaptureFixtu
 
 
 # Who turns the journal's refusal into an answer.
-
-
-async def test_a_job_the_journal_cannot_take_is_refused(tmp_path: Path) -> None:
-    """When the journal fails, the job is refused with the reason and not held: a restart could not settle it."""
-    journal = Journal(tmp_path / "state")
-    journal.close()
-    table = job_table(journal=journal)
-    claimer = Claimer(
-        cast(BrokerSession, object()), cast(GroupClaims, object()), table, cast(HandBack, object()), trio.Event()
-    )
-    async with trio.open_nursery() as nursery:
-        claimer.nursery = nursery
-        refusal = claimer.start(request("a"), b"{}")
-    assert refusal is not None
-    assert "could not journal" in refusal
-    assert table.phase("a") is None
-    assert table.buffered == 0
-    assert recorded(table).posted == []
 
 
 async def test_settling_the_journal_leaves_an_entry_to_a_copy_that_came_first(journal: CountingJournal) -> None:
