@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -138,6 +138,9 @@ class GroupClaims:
         # Told of every claim of another worker that comes to hold a task_id: this worker may
         # hold the job, and must then let it go at once (it was taken over).
         self.on_taken: Callable[[str, Claim], None] = lambda task_id, claim: None
+        # Waited on before a claim of a job already held is published again (a renewal, the
+        # start): after a reconnection or a freeze, what the group decided meanwhile comes first.
+        self.gate: Callable[[], Awaitable[None]] | None = None
 
     def hear(self, task_id: str, message: InboundMessage) -> None:
         """Record a message from a claim topic, and wake whoever waits on claims."""
@@ -235,7 +238,11 @@ class GroupClaims:
             echo = self._echoes[claim_id] = trio.Event()
             try:
                 with trio.move_on_after(CLAIM_TIMEOUT):
-                    await self.session.wait_connected()
+                    if self.gate is not None:
+                        await self.gate()
+                    holder = self.holder(task_id)
+                    if holder is not None and holder.claim_id != claim_id:
+                        return False
                     await self._publish(task_id, claim_id, "claimed", lifetime=self.lifetime)
                     await echo.wait()
                     holder = self.holder(task_id)
@@ -246,12 +253,13 @@ class GroupClaims:
                 self._echoes.pop(claim_id, None)
             log.warning("task %s: waiting for the broker to confirm its start", task_id)
 
-    async def take_over(self, task_id: str, lost: Claim, *, lost_worker: str) -> str | None:
+    async def take_over(self, task_id: str, lost: Claim, *, lost_worker: str, request_sha256: str | None) -> str | None:
         """Take `task_id` over from `lost_worker`, whose claim (or release) `lost` holds it; the new claim id if won.
 
         The takeover names the claim it ends, and keeps when the group accepted the job and
-        whether it may have started. The first takeover the broker delivers wins; a loser
-        stands back (None).
+        whether it may have started; `request_sha256` names the request copy that stays (None:
+        nothing is left to take over once this worker settles it). The first takeover the
+        broker delivers wins; a loser stands back (None).
 
         Errors: `ClaimFailed` when the broker does not confirm it. Cancellation: the takeover
         may be out; whoever it names as holder settles the job.
@@ -261,6 +269,7 @@ class GroupClaims:
         self._facts[task_id] = ClaimFacts(
             accepted_at=lost.accepted_at or datetime.now(UTC),
             started_at=lost.started_at,
+            request_sha256=request_sha256,
             takes_over=taken,
             lost_worker=lost_worker,
         )
@@ -286,11 +295,19 @@ class GroupClaims:
         """The digest of the request a live release of `task_id` hands back, if any."""
         return self.book.released_request(task_id, now=trio.current_time())
 
-    async def claim(self, task_id: str, claim_id: str, *, also_ours: frozenset[str] = frozenset()) -> bool:
+    async def claim(
+        self,
+        task_id: str,
+        claim_id: str,
+        *,
+        also_ours: frozenset[str] = frozenset(),
+        request_sha256: str | None = None,
+    ) -> bool:
         """Claim `task_id` for this worker as `claim_id`; True if the claim that holds it is ours.
 
         Ours is `claim_id` or one of `also_ours` (a claim this worker made before, which a
-        release it sent may not have ended). A claim the book already holds as `claim_id`
+        release it sent may not have ended); `request_sha256` names the request copy the
+        winner publishes next. A claim the book already holds as `claim_id`
         (made before a restart, and heard again) is won without a new message. The decision
         waits for the broker to send `claim_id` back: by then everything the broker ordered
         before it has been heard. A loser publishes the winner's claim again, since its own
@@ -311,7 +328,7 @@ class GroupClaims:
         if task_id not in self._facts:
             # Kept from a claim made before a restart, when it is heard again; else from now.
             accepted = held.accepted_at if held is not None and held.accepted_at is not None else datetime.now(UTC)
-            self._facts[task_id] = ClaimFacts(accepted_at=accepted)
+            self._facts[task_id] = ClaimFacts(accepted_at=accepted, request_sha256=request_sha256)
         self._claiming.add(task_id)
         echo = self._echoes[claim_id] = trio.Event()
         try:
@@ -375,6 +392,13 @@ class GroupClaims:
 
         Cancellation: the claim keeps the lifetime it had; safe to retry.
         """
+        if self.gate is not None:
+            await self.gate()
+        holder = self.holder(task_id)
+        if holder is not None and holder.claim_id != claim_id:
+            # Taken over meanwhile: publishing it again would only hide the takeover from late workers.
+            self._facts.pop(task_id, None)
+            return
         await self._publish(task_id, claim_id, "claimed", lifetime=self.lifetime)
 
     async def wait_taken(self, task_id: str, ours: frozenset[str]) -> Claim:

@@ -102,6 +102,14 @@ class HearContent:
 
 
 @dataclass(frozen=True, slots=True)
+class HearRequestCopy:
+    """The retained request of an unsettled job of the group (empty: cleared), for a takeover."""
+
+    task_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class HearPeer:
     """Another worker's presence."""
 
@@ -109,7 +117,7 @@ class HearPeer:
     payload: bytes
 
 
-Action = Claim | Refuse | Ignore | Cancel | HearClaim | HearContent | HearPeer
+Action = Claim | Refuse | Ignore | Cancel | HearClaim | HearContent | HearPeer | HearRequestCopy
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +150,9 @@ class Router:
         task_id = topics.task_id_of_claim(message.topic)
         if task_id is not None:
             return HearClaim(task_id, message)
+        task_id = topics.task_id_of_request(message.topic)
+        if task_id is not None:
+            return HearRequestCopy(task_id, message.payload)
         if message.topic.startswith(topics.worker("")):
             worker_id = message.topic.rsplit("/", 1)[-1]
             if worker_id == self.worker_id:

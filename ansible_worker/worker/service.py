@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -12,17 +14,24 @@ from ansible_worker.mqtt.link import InboundMessage, LinkOptions
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.ops.config import Settings
 from ansible_worker.ops.metrics import Snapshot, WorkerMetrics
+from ansible_worker.protocol.claims import Claim
+from ansible_worker.protocol.models import TaskRequest
 from ansible_worker.protocol.topics import Topics
+from ansible_worker.run.job import Job
 from ansible_worker.run.runner import JobRunner
 from ansible_worker.run.wiring import job_runner
 from ansible_worker.worker.claim_keeper import ClaimKeeper
+from ansible_worker.worker.claim_sync import ClaimSync
 from ansible_worker.worker.claiming import Claimer
 from ansible_worker.worker.content_fetcher import ContentFetcher
 from ansible_worker.worker.dispatcher import Dispatcher
 from ansible_worker.worker.event_publisher import EventPublisher
 from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.hand_back import HandBack
+from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_task_message
 from ansible_worker.worker.jobs import JobTable
+from ansible_worker.worker.liveness import Liveness, PresenceHeard, read_presence
+from ansible_worker.worker.lost_jobs import RequestCopies
 from ansible_worker.worker.message_handler import MessageHandler
 from ansible_worker.worker.peers import PeerBook
 from ansible_worker.worker.phases import Phase
@@ -30,10 +39,14 @@ from ansible_worker.worker.policies import RecordPolicy, SignaturePolicy, Worker
 from ansible_worker.worker.presence import Changes, Load, PresenceAnnouncer, WorkerState
 from ansible_worker.worker.record_publisher import RecordPublisher
 from ansible_worker.worker.recovery import settle_journal
+from ansible_worker.worker.request_copy import RequestCopyPublisher
 from ansible_worker.worker.router import Router
 from ansible_worker.worker.status_path import StatusPath
+from ansible_worker.worker.takeover import JobTableHands, Takeover
 
 if TYPE_CHECKING:
+    from ansible_worker.protocol.signing import Verified
+
     # sqlite3 is loaded only by workers that keep a journal, cryptography only by workers
     # that check signatures.
     from ansible_worker.worker.journal import Journal
@@ -82,6 +95,7 @@ class Worker:
         # Claims first: their retained messages reach the claim book before any job does.
         subscriptions = [
             (self.topics.claims_subscription, 1),
+            (self.topics.requests_subscription, 1),
             (self.tasks_subscription, 2),
             (self.topics.cancel_subscription, 1),
             (self.topics.workers_subscription, 1),
@@ -102,6 +116,13 @@ class Worker:
         self.statuses = StatusPath(
             self.session, self.topics, worker_id=self.worker_id, policy=policies.statuses, metrics=self.metrics
         )
+        self.content = ContentFetcher(
+            self.session, self.topics, client_id=self.session.options.client_id, timeout=worker.content_fetch_timeout
+        )
+        # Nothing is published for a job after a reconnection or a freeze until the claims are heard again.
+        self.sync = ClaimSync(self.session, self.content.sync, gap=policies.presence.lost_after / 2)
+        self.statuses.gate = self.claims.gate = self.sync.wait_synced
+        self.copies = RequestCopyPublisher(self.session, self.topics)
         self.changes = Changes()
         self.jobs = JobTable(
             self.statuses,
@@ -112,9 +133,9 @@ class Worker:
             on_change=self.changes.ring,
         )
         self.events = EventPublisher(self.session, qos=worker.events_qos) if worker.publish_events else None
-        self.content = ContentFetcher(
-            self.session, self.topics, client_id=self.session.options.client_id, timeout=worker.content_fetch_timeout
-        )
+        self.jobs.on_settled = self._settled
+        self.jobs.on_fenced = self._fenced
+        self.claims.on_taken = self._taken
         password = settings.mqtt.password
         # The table is the runner's status sink: it journals each move a status makes.
         self.runner = job_runner(
@@ -131,6 +152,7 @@ class Worker:
         # A job that never runs is announced as the runner announces the others: logged and counted.
         self.jobs.announce = self.runner.announce
         self.dispatcher = Dispatcher(self.runner, self.jobs.waiting, concurrency=policies.queue.concurrency)
+        self.dispatcher.may_start = self._may_start
         self.presence = PresenceAnnouncer(
             self.session,
             self.topics.worker(self.worker_id),
@@ -139,7 +161,29 @@ class Worker:
             load=self._load,
             changes=self.changes,
             metrics=self.metrics,
+            signer=policies.claims.signer,
         )
+
+    def _settled(self, task_id: str) -> None:
+        """A job's terminal status is acknowledged: its claim names no copy any more, and the copy goes."""
+        self.claims.settle(task_id)
+        self.copies.clear(task_id)
+
+    def _taken(self, task_id: str, claim: Claim) -> None:
+        """Another worker's claim holds `task_id` now: a job this worker holds is fenced."""
+        self.jobs.fence(task_id, claim.worker_id)
+
+    def _fenced(self, task_id: str) -> None:
+        """A job was taken over by another worker: nothing more of it is published or claimed here."""
+        self.statuses.drop(task_id)
+        self.claims.forget(task_id)
+
+    async def _may_start(self, job: Job) -> bool:
+        """The start fence: the group hears that the job may start before it does; False if it is another's now."""
+        entry = self.jobs.entry(job.task_id)
+        if entry is None or entry.claim_id is None:
+            return entry is not None
+        return await self.claims.mark_started(job.task_id, entry.claim_id)
 
     def _wire_group(self, settings: Settings) -> None:
         """The parts that deal with the group: peers, hand-backs, claiming, and the message handler."""
@@ -147,6 +191,22 @@ class Worker:
         self.peers = PeerBook()
         self.hand_back = HandBack(self.session, self.topics, self.claims, self.peers, self.jobs)
         self.claimer = Claimer(self.session, self.claims, self.jobs, self.hand_back, self._shutdown)
+        self.claimer.copies = self.copies
+        lost_after = self.policies.presence.lost_after
+        self.liveness = Liveness(own_id=self.worker_id, lost_after=lost_after)
+        self.request_copies = RequestCopies()
+        self.takeover = Takeover(
+            self.claims,
+            self.liveness,
+            self.request_copies,
+            self.sync,
+            JobTableHands(self.jobs, self.claims, self.copies, stopping=self._shutdown.is_set),
+            topics=self.topics,
+            read_retained=self.content.read_retained,
+            check_copy=_copy_check(settings, self.policies.signatures, self.topics, self.runner),
+        )
+        self._takeover_scope = trio.CancelScope()
+        self._read_presence = _presence_reader(self.policies, self.topics, lost_after)
         self.messages = MessageHandler(
             _router(settings, self.policies.signatures, self.topics, self.claims, self.runner),
             content=self.content,
@@ -157,6 +217,26 @@ class Worker:
             metrics=self.metrics,
             shutdown=self._shutdown,
         )
+        self.messages.on_peer = self._heard_peer
+        self.messages.on_request_copy = partial(self.request_copies.hear, max_bytes=settings.worker.max_message_bytes)
+
+    def _heard_peer(self, worker_id: str, payload: bytes) -> None:
+        heard = self._read_presence(worker_id, payload)
+        if heard is not None:
+            self.liveness.heard(
+                worker_id, alive=heard.alive, stopped=heard.stopped, now=trio.current_time(), wall=datetime.now(UTC)
+            )
+            if heard.stopped == "lost":
+                log.warning("worker %s went offline without a clean stop (its will)", worker_id)
+
+    def _connected(self) -> None:
+        self.presence.connected()
+        # Every worker's silence counts from now: this worker heard nothing while it was away.
+        self.liveness.connected_at(trio.current_time())
+
+    async def _serve_takeovers(self) -> None:
+        with self._takeover_scope:
+            await self.takeover.serve()
 
     def request_shutdown(self, *, hurry: bool = False) -> None:
         """Begin a graceful shutdown; with `hurry`, stop waiting for running jobs to finish."""
@@ -199,13 +279,19 @@ class Worker:
                 # First, so that liveness holds while the broker is still out of reach.
                 self.http_port = await infrastructure.start(self._serve_http)
             await infrastructure.start(
-                partial(self.session.serve, will=self.presence.will, on_connected=self.presence.connected)
+                partial(self.session.serve, will=self.presence.will, on_connected=self._connected)
             )
             infrastructure.start_soon(self.messages.serve, self._inbox_receive)
             # What the broker acknowledges goes back to the table.
             infrastructure.start_soon(self.statuses.serve_publisher, self.jobs)
             infrastructure.start_soon(self.keeper.serve_keep_alive, self.jobs.held_claims)
-            for serve in (self.statuses.serve_answers, self.keeper.serve_renewals, self.presence.serve):
+            for serve in (
+                self.statuses.serve_answers,
+                self.keeper.serve_renewals,
+                self.presence.serve,
+                self.sync.serve,
+                self.copies.serve_clearing,
+            ):
                 infrastructure.start_soon(serve)
             await infrastructure.start(self.runner.warm_pool.serve)
             if self.events is not None:
@@ -215,7 +301,10 @@ class Worker:
                 async with trio.open_nursery() as serving:
                     await serving.start(self.dispatcher.serve)
                     if self.journal is not None:
+                        # Only once the claims are heard: a job taken over meanwhile is fenced, not reported.
+                        await self.sync.wait_synced()
                         await self._settle_journal(self.journal)
+                    serving.start_soon(self._serve_takeovers)
                     task_status.started()
                     await self._shutdown.wait()
                     await self._drain(serving.cancel_scope)
@@ -257,6 +346,7 @@ class Worker:
             refuse=self.messages.refuse,
             max_message_bytes=self.max_message_bytes,
             kill_grace=self.policies.drain.kill_grace,
+            holder_of=self.claims.holder,
         )
 
     async def _drain(self, serving: trio.CancelScope) -> None:
@@ -269,6 +359,8 @@ class Worker:
             0 if self._hurry else drain.timeout,
         )
         self.presence.set_state(WorkerState.DRAINING)
+        # A draining worker takes nothing over: the others will.
+        self._takeover_scope.cancel()
         with trio.move_on_after(1):
             await self.session.unsubscribe(self.tasks_subscription)
         queued = self.jobs.stop_taking()
@@ -332,3 +424,62 @@ def _router(
         verify_task=verify_task,
         verify_cancel=verify_cancel,
     )
+
+
+def _copy_check(
+    settings: Settings, signatures: SignaturePolicy | None, topics: Topics, runner: JobRunner
+) -> Callable[[bytes, datetime | None], TaskRequest | str]:
+    """How a survivor checks a request copy before it runs it: as the first worker checked the job.
+
+    Signed, against `trusted_keys`, its age counted from when the group accepted the job.
+    """
+    max_bytes = settings.worker.max_message_bytes
+
+    def check(payload: bytes, accepted_at: datetime | None) -> TaskRequest | str:
+        verify = None
+        if signatures is not None:
+            from ansible_worker.worker.lost_jobs import check_taken_over
+
+            def verify(document: Mapping[str, Any]) -> Verified:
+                return check_taken_over(
+                    document,
+                    trusted=signatures.trusted,
+                    topic=topics.tasks,
+                    accepted_at=accepted_at,
+                    max_age=signatures.max_age,
+                    max_skew=signatures.max_skew,
+                )
+
+        match read_task_message(payload, max_bytes=max_bytes, verify=verify):
+            case Accepted(request):
+                return runner.checks.admission_error(request) or request
+            case Rejected(_, reason) | Dropped(reason):
+                return reason
+        return "unreadable"
+
+    return check
+
+
+def _presence_reader(
+    policies: WorkerPolicies, topics: Topics, lost_after: float
+) -> Callable[[str, bytes], PresenceHeard | None]:
+    """How this worker reads a presence: with signed jobs, only a worker-signed, recent one is a sign of life."""
+    trusted = policies.claims.trusted
+
+    def read(worker_id: str, payload: bytes) -> PresenceHeard | None:
+        if trusted is None:
+            return read_presence(payload, verify=None)
+        from ansible_worker.protocol.signing import check_age, issued_at
+
+        skew = policies.signatures.max_skew if policies.signatures is not None else 60.0
+
+        def verify(document: Mapping[str, Any]) -> object:
+            trusted.check_key(document)
+            if document.get("state") != "offline":
+                # A replayed old heartbeat keeps no worker alive.
+                check_age(issued_at(document), now=datetime.now(UTC), max_age=lost_after, max_skew=skew)
+            return trusted.verify(topics.worker(worker_id), document)
+
+        return read_presence(payload, verify=verify)
+
+    return read

@@ -26,6 +26,8 @@ from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker.claim_sync import ClaimSync
 from ansible_worker.worker.group_claims import ClaimFailed, GroupClaims
+from ansible_worker.worker.jobs import JobTable
+from ansible_worker.worker.journal import JournalError
 from ansible_worker.worker.liveness import Liveness, rendezvous
 from ansible_worker.worker.lost_jobs import (
     AlreadyEnded,
@@ -37,6 +39,7 @@ from ansible_worker.worker.lost_jobs import (
     decide,
     lost_reason,
 )
+from ansible_worker.worker.request_copy import RequestCopyPublisher
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +156,10 @@ class Takeover:
             return None
         last = _status(raw)
         verdict = decide(claim, copy=self.copies.matching(task_id, claim.request_sha256), last_state=_state(last))
+        # A job that runs here, or whose end is yet to be published, stays unsettled until then.
+        keeps = claim.request_sha256 if isinstance(verdict, RunHere | EndAsLost) else None
         try:
-            claim_id = await self.claims.take_over(task_id, claim, lost_worker=lost)
+            claim_id = await self.claims.take_over(task_id, claim, lost_worker=lost, request_sha256=keeps)
         except ClaimFailed as exc:
             log.warning("task %s: its takeover from worker %s was not confirmed (%s)", task_id, lost, exc)
             return None
@@ -239,3 +244,47 @@ def _status(raw: bytes | None) -> JobStatus | None:
 
 def _state(status: JobStatus | None) -> State | None:
     return status.state if status is not None else None
+
+
+class JobTableHands:
+    """A takeover's hands on this worker's job table: run a taken-over job, publish a lost job's end, settle."""
+
+    def __init__(
+        self,
+        jobs: JobTable,
+        claims: GroupClaims,
+        copies: RequestCopyPublisher,
+        *,
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.jobs = jobs
+        self.claims = claims
+        self.copies = copies
+        self._stopping = stopping
+
+    def holds(self, task_id: str) -> bool:
+        """Whether the table has the job in any phase."""
+        return self.jobs.phase(task_id) is not None
+
+    async def run_taken_over(self, request: TaskRequest, payload: bytes, claim_id: str, *, taken_from: str) -> None:
+        """Journal the job, retain its copy as this worker's, then queue it (statuses say `taken_over_from`)."""
+        task_id = request.task_id
+        try:
+            self.jobs.accept(request, payload, claim_id)
+        except JournalError as exc:
+            # Nothing ran here: the takeover claim is left to expire, or to another takeover if this worker goes.
+            log.error("task %s: taken over, but %s", task_id, exc)
+            return
+        await self.copies.publish(task_id, payload)
+        self.jobs.place(task_id, claim_id, stopping=self._stopping(), taken_from=taken_from)
+
+    def end_lost(self, status: JobStatus, claim_id: str) -> None:
+        """Publish the job's end through the table: journaled, then renewed as settled once acknowledged."""
+        self.jobs.report(status, claim_id=claim_id)
+
+    def settled(self, task_id: str, claim_id: str | None) -> None:
+        """Clear the copy, and renew the takeover claim (if kept) as settled."""
+        self.copies.clear(task_id)
+        if claim_id is not None:
+            self.claims.settle(task_id)
+            self.jobs.keeper.renew(task_id, claim_id)

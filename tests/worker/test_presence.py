@@ -247,8 +247,7 @@ def test_a_signing_worker_signs_its_presence_and_its_will(tmp_path: Path) -> Non
         cast(BrokerSession, FakeSession()),
         TOPIC,
         worker_id="w1",
-        capacity=4,
-        interval=INTERVAL,
+        policy=PresencePolicy(capacity=4, interval=INTERVAL),
         load=Loads(),
         signer=Signer.from_file(tmp_path / "w.key"),
     )
