@@ -207,6 +207,8 @@ class Takeover:
                             "current_task": None,
                             "current_play": None,
                             "taken_over_by": self.worker_id,
+                            # The worker that holds the job now, and publishes its end.
+                            "worker_id": self.worker_id,
                             "record": None,
                         }
                     ),
