@@ -307,6 +307,9 @@ class Presence(BaseModel):
     warm_starts: int | None = Field(None, description="jobs started as forks of a warm Ansible parent")
     cold_starts: int | None = Field(None, description="jobs started as a fresh ansible-playbook")
     warm_pool_size: int | None = Field(None, description="warm Ansible parents ready for jobs")
+    lost_after: float | None = Field(
+        None, description="worker.lost_after: the silence after which the group takes this worker's jobs over"
+    )
     stopped: Literal["clean", "lost"] | None = Field(
         None,
         description="with state offline: clean after a drained shutdown; lost in the will the broker publishes"

@@ -97,6 +97,7 @@ class PresenceAnnouncer:
         self.worker_id = worker_id
         self.capacity = policy.capacity
         self.interval = policy.interval
+        self.lost_after = policy.lost_after
         self.state = WorkerState.ONLINE
         self._load = load
         # Where the warm and cold start counts come from, if the worker keeps them.
@@ -136,6 +137,7 @@ class PresenceAnnouncer:
             running=load.running,
             queued=load.queued,
             jobs_done=load.jobs_done,
+            lost_after=self.lost_after,
             stopped=stopped,
         )
         if self._metrics is not None:
