@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -163,8 +164,10 @@ class ContentFetcher:
             with trio.CancelScope(shield=True), trio.move_on_after(UNSUBSCRIBE_TIMEOUT):
                 await self.session.unsubscribe(sync)
 
-    async def read_retained(self, topic: str) -> bytes | None:
+    async def read_retained(self, topic: str, *, sync: Callable[[], Awaitable[None]] | None = None) -> bytes | None:
         """The message the broker retains on `topic` now (None: none), by a short subscription.
+
+        `sync` is the round trip that tells when the broker has sent it (default: `sync`).
 
         Errors: `LinkError` when the link drops first. Cancellation: the subscription is
         ended (shielded, bounded); the caller bounds the wait.
@@ -174,7 +177,7 @@ class ContentFetcher:
         self._reading[topic] = None
         try:
             await self.session.subscribe_now(topic, 1)
-            await self.sync()
+            await (sync or self.sync)()
             return self._reading[topic] or None
         finally:
             self._reading.pop(topic, None)

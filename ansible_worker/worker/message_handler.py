@@ -21,6 +21,7 @@ from ansible_worker.worker.router import (
     Claim,
     HearClaim,
     HearContent,
+    HearOwnPresence,
     HearPeer,
     HearRequestCopy,
     Ignore,
@@ -59,6 +60,7 @@ class MessageHandler:
         # What else hears presences and request copies (the takeover's liveness and copies).
         self.on_peer: Callable[[str, bytes], None] = lambda worker_id, payload: None
         self.on_request_copy: Callable[[str, bytes], None] = lambda task_id, payload: None
+        self.on_own_presence: Callable[[bytes], None] = lambda payload: None
         self.metrics = metrics
         self._shutdown = shutdown
 
@@ -94,6 +96,8 @@ class MessageHandler:
                 self.on_peer(worker_id, payload)
             case HearRequestCopy(task_id, payload):
                 self.on_request_copy(task_id, payload)
+            case HearOwnPresence(payload):
+                self.on_own_presence(payload)
             case HearContent(message):
                 self.content.hear(message)
             case Ignore(reason, task_id, level, refused):

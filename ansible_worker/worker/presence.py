@@ -105,6 +105,8 @@ class PresenceAnnouncer:
         self._hostname = socket.gethostname()
         self._started_at = utc_now()
         self.changes = changes or Changes()
+        # Presences published by `round_trip`, waiting to be heard back.
+        self._echoes: dict[bytes, trio.Event] = {}
 
     def changed(self) -> None:
         """Publish again soon: the state or the load changed."""
@@ -182,6 +184,25 @@ class PresenceAnnouncer:
             await self.session.publish(self.topic, self.message(stopped="clean"), qos=1, retain=True)
         except LinkError as exc:
             log.warning("could not publish offline presence: %s", exc)
+
+    async def round_trip(self) -> None:
+        """Publish the presence and wait to hear it back: the broker has then sent everything it ordered before it.
+
+        Errors: `LinkError` when the link drops first. Cancellation: the caller bounds the wait.
+        """
+        payload = self.message()
+        heard = self._echoes[payload] = trio.Event()
+        try:
+            await self.session.publish(self.topic, payload, qos=1, retain=True)
+            await heard.wait()
+        finally:
+            self._echoes.pop(payload, None)
+
+    def heard_own(self, payload: bytes) -> None:
+        """This worker's own presence came back from the broker."""
+        heard = self._echoes.get(payload)
+        if heard is not None:
+            heard.set()
 
     def connected(self) -> None:
         """Called by the session after each (re)connection: publish again at once."""

@@ -102,6 +102,13 @@ class HearContent:
 
 
 @dataclass(frozen=True, slots=True)
+class HearOwnPresence:
+    """This worker's own presence, heard back."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class HearRequestCopy:
     """The retained request of an unsettled job of the group (empty: cleared), for a takeover."""
 
@@ -117,7 +124,7 @@ class HearPeer:
     payload: bytes
 
 
-Action = Claim | Refuse | Ignore | Cancel | HearClaim | HearContent | HearPeer | HearRequestCopy
+Action = Claim | Refuse | Ignore | Cancel | HearClaim | HearContent | HearPeer | HearRequestCopy | HearOwnPresence
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +163,8 @@ class Router:
         if message.topic.startswith(topics.worker("")):
             worker_id = message.topic.rsplit("/", 1)[-1]
             if worker_id == self.worker_id:
-                return Ignore("own presence", level="debug")
+                # Heard back: how a worker learns that the broker sent it everything before.
+                return HearOwnPresence(message.payload)
             return HearPeer(worker_id, message.payload)
         return Ignore(f"ignoring a message on unexpected topic {message.topic}")
 

@@ -120,7 +120,8 @@ class Worker:
             self.session, self.topics, client_id=self.session.options.client_id, timeout=worker.content_fetch_timeout
         )
         # Nothing is published for a job after a reconnection or a freeze until the claims are heard again.
-        self.sync = ClaimSync(self.session, self.content.sync, gap=policies.presence.lost_after / 2)
+        # The round trip is the presence's own echo, which every worker may publish and read.
+        self.sync = ClaimSync(self.session, self._round_trip, gap=policies.presence.lost_after / 2)
         self.statuses.gate = self.claims.gate = self.sync.wait_synced
         self.copies = RequestCopyPublisher(self.session, self.topics)
         self.changes = Changes()
@@ -202,7 +203,7 @@ class Worker:
             self.sync,
             JobTableHands(self.jobs, self.claims, self.copies, stopping=self._shutdown.is_set),
             topics=self.topics,
-            read_retained=self.content.read_retained,
+            read_retained=partial(self.content.read_retained, sync=self._round_trip),
             check_copy=_copy_check(settings, self.policies.signatures, self.topics, self.runner),
         )
         self._takeover_scope = trio.CancelScope()
@@ -218,6 +219,7 @@ class Worker:
             shutdown=self._shutdown,
         )
         self.messages.on_peer = self._heard_peer
+        self.messages.on_own_presence = self.presence.heard_own
         self.messages.on_request_copy = partial(self.request_copies.hear, max_bytes=settings.worker.max_message_bytes)
 
     def _heard_peer(self, worker_id: str, payload: bytes) -> None:
@@ -228,6 +230,9 @@ class Worker:
             )
             if heard.stopped == "lost":
                 log.warning("worker %s went offline without a clean stop (its will)", worker_id)
+
+    async def _round_trip(self) -> None:
+        await self.presence.round_trip()
 
     def _connected(self) -> None:
         self.presence.connected()
