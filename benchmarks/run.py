@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import trio
 from lab import (
     FAKE_ANSIBLE,
     GROUP,
@@ -40,6 +41,14 @@ async def bench(lab: Lab, scale: dict[str, int]) -> dict[str, Any]:
             await timed_job(client, one)  # warm the page cache and Python's bytecode cache
             await lab.direct("one.yml", "local.ini")
             direct, worker, running, first_event = Figures(), Figures(), Figures(), Figures()
+            # What the group keeps so that a survivor could take each job over: claims and request copies.
+            kept = await client.subscribe([f"{client.topics.tasks}/+/claim", f"{client.topics.tasks}/+/request"])
+            await client.barrier()
+            while True:
+                try:
+                    kept.receive_nowait()  # retained ones from the warm-up
+                except trio.WouldBlock:
+                    break
             for _ in range(scale["repeats"]):
                 direct.values.append(await lab.direct("one.yml", "local.ini"))
                 timing, _ = await timed_job(client, one)
@@ -53,6 +62,8 @@ async def bench(lab: Lab, scale: dict[str, int]) -> dict[str, Any]:
                 "added_ms": round((worker.median - direct.median) * 1000, 1),
             }
             results["latency"] = {"running_ms": running.summary(1000), "first_event_ms": first_event.summary(1000)}
+            await client.barrier()
+            results["takeover_cost"] = _per_job(kept, scale["repeats"], client.topics.tasks)
             print("  overhead and latency done", file=sys.stderr)
 
         # 3: throughput, in four interleaved quarters so that drift in the machine's speed
@@ -157,6 +168,20 @@ TARGETS = {
 }
 
 
+def _per_job(received: trio.MemoryReceiveChannel[Any], jobs: int, tasks: str) -> dict[str, float]:
+    """Messages and bytes per job on the claim and request-copy topics, from what `received` holds."""
+    counts = {"claim_messages": 0, "claim_bytes": 0, "request_copy_messages": 0, "request_copy_bytes": 0}
+    while True:
+        try:
+            message = received.receive_nowait()
+        except trio.WouldBlock:
+            break
+        kind = "claim" if message.topic.endswith("/claim") else "request_copy"
+        counts[f"{kind}_messages"] += 1
+        counts[f"{kind}_bytes"] += len(message.payload)
+    return {key: round(value / jobs, 1) for key, value in counts.items()}
+
+
 def table(results: dict[str, Any]) -> str:
     overhead, latency = results["overhead"], results["latency"]
     rows = [
@@ -171,6 +196,13 @@ def table(results: dict[str, Any]) -> str:
             f"min {latency['running_ms']['min']:.1f} / max {latency['running_ms']['max']:.1f} ms",
             f"{latency['running_ms']['median']:.1f} ms",
             TARGETS["running"],
+        ),
+        (
+            "kept for a takeover, per job",
+            "claim {claim_messages:g} msgs / {claim_bytes:g} B, request copy {request_copy_messages:g} msgs /"
+            " {request_copy_bytes:g} B".format(**results["takeover_cost"]),
+            "",
+            "",
         ),
         (
             "publish -> first event",
