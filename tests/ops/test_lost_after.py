@@ -42,3 +42,11 @@ def test_lost_after_below_one_and_a_half_keepalives_is_warned_about(tmp_path: Pa
     warning = risky.lost_after_warning()
     assert warning is not None
     assert "below 1.5 x mqtt.keepalive (90s)" in warning
+
+
+def test_validate_warns_about_a_risky_lost_after(tmp_path: Path) -> None:
+    from ansible_worker.worker.summary import summarize
+
+    risky = settings(tmp_path, worker="  heartbeat_interval: 5\n  lost_after: 20\n", mqtt="  keepalive: 60\n")
+    assert "  warning: worker.lost_after (20s) is below 1.5 x mqtt.keepalive (90s)" in summarize(risky, None)
+    assert "lost_after" not in summarize(settings(tmp_path), None)
