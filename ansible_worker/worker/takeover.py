@@ -148,18 +148,12 @@ class Takeover:
         lost = claim.worker_id
         seen = self.liveness.seen(lost)
         last_heard = seen.last_heard_at if seen is not None else None
+        # The takeover first: whatever the lost worker published before it in the broker's
+        # order is then retained, and after it that worker publishes nothing (it is fenced).
         try:
-            with trio.fail_after(STEP_TIMEOUT):
-                raw = await self._read_retained(self.topics.status(task_id))
-        except (LinkError, trio.TooSlowError) as exc:
-            log.warning("task %s: could not read its last status (%s); trying again later", task_id, exc)
-            return None
-        last = _status(raw)
-        verdict = decide(claim, copy=self.copies.matching(task_id, claim.request_sha256), last_state=_state(last))
-        # A job that runs here, or whose end is yet to be published, stays unsettled until then.
-        keeps = claim.request_sha256 if isinstance(verdict, RunHere | EndAsLost) else None
-        try:
-            claim_id = await self.claims.take_over(task_id, claim, lost_worker=lost, request_sha256=keeps)
+            claim_id = await self.claims.take_over(
+                task_id, claim, lost_worker=lost, request_sha256=claim.request_sha256
+            )
         except ClaimFailed as exc:
             log.warning("task %s: its takeover from worker %s was not confirmed (%s)", task_id, lost, exc)
             return None
@@ -172,6 +166,18 @@ class Takeover:
                 lost,
             )
             return None
+        raw: bytes | None = None
+        while True:
+            try:
+                with trio.fail_after(STEP_TIMEOUT):
+                    raw = await self._read_retained(self.topics.status(task_id))
+                break
+            except (LinkError, trio.TooSlowError) as exc:
+                # The job is this worker's now: it is settled here, once the status can be read.
+                log.warning("task %s: could not read its last status (%s); trying again", task_id, exc)
+                await trio.sleep(LOOK_EVERY)
+        last = _status(raw)
+        verdict = decide(claim, copy=self.copies.matching(task_id, claim.request_sha256), last_state=_state(last))
         when = last_heard.isoformat() if last_heard is not None else "never since this worker connected"
         log.warning("task %s: worker %s is lost (last heard %s): taken over by this worker", task_id, lost, when)
         verdict = await self._settle(task_id, claim_id, lost, verdict, last, last_heard)
