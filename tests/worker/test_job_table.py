@@ -414,3 +414,47 @@ async def test_settling_the_journal_leaves_an_entry_to_a_copy_that_came_first(jo
     assert table.phase("y") is Phase.SETTLING
     assert recorded(table).states("y") == [State.SUCCESS]
     assert refused == []
+
+
+def test_a_queued_job_taken_over_by_another_worker_is_fenced_at_once(journal: CountingJournal) -> None:
+    """Never started here: it leaves the table, the queue (a slot skips it) and the journal; nothing is posted."""
+    table = job_table(journal=journal)
+    fenced: list[str] = []
+
+    def dropped(task_id: str) -> None:
+        # As the worker wires it: the status path drops what it still holds of the job.
+        fenced.append(task_id)
+        table.statuses.drop(task_id)
+
+    table.on_fenced = dropped
+    job = submitted(table, request("a"))
+    posted = len(recorded(table).posted)
+    assert table.statuses.holds("a")
+    assert table.fence("a", "w2")
+    assert (table.phase("a"), job.settled, fenced) == (None, True, ["a"])
+    assert not table.statuses.holds("a")
+    assert journal.of("a") == ["add", "forget", "set_status"]
+    assert len(recorded(table).posted) == posted
+    # A job being claimed is the claim's business, not a fence's.
+    table.accept(request("b"), b"", "claim-b")
+    assert not table.fence("b", "w2")
+    assert table.phase("b") is Phase.CLAIMING
+
+
+def test_a_running_job_taken_over_is_ended_and_its_end_never_posted(journal: CountingJournal, tmp_path: Path) -> None:
+    """Its run is cancelled (its process group ends); the journal keeps where it runs until then, then forgets it."""
+    table = job_table(journal=journal)
+    job = submitted(table, request("a"))
+    start(table, job)
+    posted = len(recorded(table).posted)
+    assert table.fence("a", "w2")
+    assert job.cancel_scope.cancel_called
+    assert (table.phase("a"), job.fenced) == (Phase.FENCED, True)
+    assert [entry.task_id for entry in journal.entries()] == ["a"]
+    # Whatever the run still says is dropped: an update, its run directory, its end.
+    table.post_progress("a", lambda: job.status(progress_only=True))
+    table.started("a", tmp_path / "run")
+    finish(table, job, State.CANCELLED)
+    assert len(recorded(table).posted) == posted
+    assert table.phase("a") is None
+    assert journal.entries() == []
