@@ -324,7 +324,7 @@ async def test_a_worker_late_by_less_than_lost_after_is_not_reaped(
     markers = setup(tmp_path, playbook_dir, deployment)
     slow = config(tmp_path, broker, playbook_dir, group, "slow")
     other = config(tmp_path, broker, playbook_dir, group, "other")
-    seconds = unique_seconds(12)
+    seconds = unique_seconds(20)
     async with (
         open_controller(broker, group) as controller,
         client_for(broker, group) as client,
