@@ -43,8 +43,10 @@ __all__ = [
 
 # Copies kept per task_id: the genuine one and a few others (a stale one, a forgery) at most.
 MAX_COPIES_PER_TASK = 4
-# Request copies remembered at once: the group's unsettled jobs, far below this.
+# Request copies remembered at once: the group's unsettled jobs, far below this; and their
+# bytes, so that a flood of large copies (anyone who may write the topic) costs no more.
 MAX_TASKS = 100_000
+MAX_TOTAL_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +110,11 @@ class RequestCopies:
     the topic) hides nothing: `matching` picks the one a claim names.
     """
 
-    def __init__(self, *, max_tasks: int = MAX_TASKS) -> None:
+    def __init__(self, *, max_tasks: int = MAX_TASKS, max_bytes: int = MAX_TOTAL_BYTES) -> None:
         self._copies: dict[str, dict[str, bytes]] = {}
         self._max_tasks = max_tasks
+        self._max_bytes = max_bytes
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._copies)
@@ -121,18 +125,19 @@ class RequestCopies:
     def hear(self, task_id: str, payload: bytes, *, max_bytes: int) -> None:
         """A message on a request topic; an empty one (the copy cleared) forgets every copy of the task."""
         if not payload:
-            self._copies.pop(task_id, None)
+            self.forget(task_id)
             return
         if len(payload) > max_bytes:
             return
-        copies = self._copies.get(task_id)
-        if copies is None:
-            if len(self._copies) >= self._max_tasks:
-                del self._copies[next(iter(self._copies))]
-            copies = self._copies[task_id] = {}
+        while self._copies and (len(self._copies) >= self._max_tasks or self._bytes + len(payload) > self._max_bytes):
+            # The one heard of longest ago goes first.
+            self.forget(next(iter(self._copies)))
+        copies = self._copies.setdefault(task_id, {})
         if len(copies) >= MAX_COPIES_PER_TASK:
-            del copies[next(iter(copies))]
-        copies[request_digest(payload)] = payload
+            self._bytes -= len(copies.pop(next(iter(copies))))
+        digest = request_digest(payload)
+        self._bytes += len(payload) - len(copies.get(digest, b""))
+        copies[digest] = payload
 
     def task_ids(self) -> list[str]:
         """The task_ids that have a copy now: the group's unsettled jobs."""
@@ -146,7 +151,7 @@ class RequestCopies:
 
     def forget(self, task_id: str) -> None:
         """Drop what is known of `task_id`'s copies."""
-        self._copies.pop(task_id, None)
+        self._bytes -= sum(len(copy) for copy in self._copies.pop(task_id, {}).values())
 
 
 def check_taken_over(

@@ -97,3 +97,16 @@ def test_a_taken_over_signed_job_is_aged_from_when_the_group_accepted_it(tmp_pat
         check(None)
     with pytest.raises(SignatureRefused):
         check(issued + timedelta(seconds=10), topic="p/other/tasks")
+
+
+def test_the_copies_kept_are_bounded_in_number_and_bytes() -> None:
+    copies = RequestCopies(max_tasks=3, max_bytes=100)
+    for n in range(5):
+        copies.hear(f"t{n}", b"x" * 30 + str(n).encode(), max_bytes=4096)
+    # Three of 31 bytes fit in 100: the oldest went first.
+    assert copies.task_ids() == ["t2", "t3", "t4"]
+    copies.hear("t9", b"y" * 90, max_bytes=4096)
+    assert copies.task_ids() == ["t9"]
+    copies.hear("t9", b"", max_bytes=4096)
+    copies.hear("t8", b"z" * 100, max_bytes=4096)
+    assert copies.task_ids() == ["t8"]
