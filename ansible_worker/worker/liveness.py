@@ -8,7 +8,7 @@ a worker is lost only when nothing has been heard from it for `lost_after`.
 The clock only counts while this worker is connected. At each (re)connection every worker's
 silence starts again from that moment: after a broker restart every worker reconnects and
 announces itself again, and after this worker's own outage it has heard nothing for reasons
-of its own. A gap between two `tick`s longer than `lost_after / 2` (this process frozen:
+of its own. A gap between two `tick`s longer than `lost_after / 2` (at least 2.5 s; this process frozen:
 SIGSTOP, a suspended VM) counts as a reconnection too, since the messages that arrived
 meanwhile have not been read yet. So a broker restart, or an observer's outage or freeze,
 reaps nobody.
@@ -28,6 +28,8 @@ __all__ = ["Liveness", "PeerSeen", "PresenceHeard", "read_presence", "rendezvous
 # A presence is a few hundred bytes, signed; anything far larger is not one.
 MAX_PRESENCE_BYTES = 16_384
 
+# The shortest gap between two ticks taken for a freeze, in seconds (ticks come every second or so).
+MIN_FREEZE = 2.5
 # Workers remembered at once: far above a group's size; past it, the one heard longest ago goes.
 MAX_WORKERS = 10_000
 
@@ -86,6 +88,9 @@ class Liveness:
     def __init__(self, *, own_id: str, lost_after: float, max_workers: int = MAX_WORKERS) -> None:
         self.own_id = own_id
         self.lost_after = lost_after
+        # A gap between ticks longer than this is this worker's own freeze; never so short that
+        # the ticks' own lateness under load counts as one.
+        self.freeze_after = max(lost_after / 2, MIN_FREEZE)
         self._max_workers = max_workers
         self._seen: dict[str, PeerSeen] = {}
         self._since: float | None = None
@@ -107,7 +112,7 @@ class Liveness:
 
     def tick(self, now: float) -> None:
         """Called often (every second or so); a long gap since the last call is this worker's own freeze."""
-        if self._last_tick is not None and now - self._last_tick > self.lost_after / 2 and self._since is not None:
+        if self._last_tick is not None and now - self._last_tick > self.freeze_after and self._since is not None:
             self._since = now
         self._last_tick = now
 

@@ -30,7 +30,7 @@ from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_task_message
 from ansible_worker.worker.jobs import JobTable
-from ansible_worker.worker.liveness import Liveness, PresenceHeard, read_presence
+from ansible_worker.worker.liveness import MIN_FREEZE, Liveness, PresenceHeard, read_presence
 from ansible_worker.worker.lost_jobs import RequestCopies
 from ansible_worker.worker.message_handler import MessageHandler
 from ansible_worker.worker.peers import PeerBook
@@ -121,7 +121,7 @@ class Worker:
         )
         # Nothing is published for a job after a reconnection or a freeze until the claims are heard again.
         # The round trip is the presence's own echo, which every worker may publish and read.
-        self.sync = ClaimSync(self.session, self._round_trip, gap=policies.presence.lost_after / 2)
+        self.sync = ClaimSync(self.session, self._round_trip, gap=max(policies.presence.lost_after / 2, MIN_FREEZE))
         self.statuses.gate = self.claims.gate = self.sync.wait_synced
         self.copies = RequestCopyPublisher(self.session, self.topics)
         self.changes = Changes()

@@ -103,3 +103,13 @@ def test_only_a_presence_the_check_accepts_is_a_sign_of_life() -> None:
 
     assert read_presence(online, verify=refuse) is None
     assert read_presence(online, verify=lambda document: None) == PresenceHeard(True, None)
+
+
+def test_ticks_late_under_load_are_no_freeze_even_with_a_short_lost_after() -> None:
+    liveness = Liveness(own_id="me", lost_after=2)
+    liveness.connected_at(0)
+    liveness.heard("a", alive=True, stopped=None, now=0, wall=WALL)
+    # A tick every 1.2 s (the look every second, late): a gap past lost_after / 2, and no freeze.
+    for step in range(1, 5):
+        liveness.tick(step * 1.2)
+    assert liveness.lost(4.8) == ["a"]
