@@ -134,7 +134,7 @@ class JobRunner:
         naming = current_task_id.set(job.task_id)
         # Masked from the first moment: a git error or a traceback may show a secret too.
         known = [self.credentials[name] for name in job.request.credentials if name in self.credentials]
-        job.masker = Masker([*self.environment.worker_secrets, *secret_values(known)])
+        job.masker = Masker([*self.environment.worker_secrets, *secret_values(known), *job.request.secrets])
         try:
             with log_secrets.masking(lambda text: job.masker.text(text)):
                 await self._execute(job)

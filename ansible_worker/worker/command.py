@@ -21,7 +21,8 @@ from ansible_worker.run.argv import child_environment
 from ansible_worker.run.executables import Executable, find_ansible_playbook, find_executable
 from ansible_worker.run.sources.job_sources import SourceCacheError, cache_problem
 from ansible_worker.run.special_vars import describe_allowed
-from ansible_worker.worker.service import Worker
+from ansible_worker.templates.loading import TemplatesError
+from ansible_worker.worker.service import Worker, worker_templates
 
 log = logging.getLogger("ansible_worker")
 
@@ -58,6 +59,10 @@ def _check_paths(settings: Settings) -> None:
     problem = cache_problem(settings.worker)
     if problem is not None:
         raise ConfigError([problem])
+    try:
+        worker_templates(settings)
+    except TemplatesError as exc:
+        raise ConfigError(exc.problems) from None
 
 
 async def _serve(settings: Settings) -> int:
@@ -115,6 +120,15 @@ def _sources(settings: Settings) -> str:
     root = cache_root(worker)
     cache = str(root) if root is not None else f"a new private directory in {tempfile.gettempdir()}, removed at exit"
     return f"projects: {projects or '(none)'}; shipped content {shipping}; cache {cache}"
+
+
+def _templates(settings: Settings) -> str:
+    worker = settings.worker
+    if worker.templates is None:
+        return "none"
+    names = sorted(worker_templates(settings).by_name)
+    only = "; plain requests refused (templates_only)" if worker.templates_only else ""
+    return f"{len(names)} in {worker.templates} ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''}){only}"
 
 
 def _http(settings: Settings) -> str:
@@ -203,6 +217,7 @@ def summarize(settings: Settings, path: Path | None) -> str:
         *_claim_keys(settings),
         f"  http          {_http(settings)}",
         f"  sources       {_sources(settings)}",
+        f"  templates     {_templates(settings)}",
         "",
         f"  jobs from     {topics.tasks_subscription(shared=worker.shared_subscription)}",
         f"  status on     {topics.status('<task_id>')} (retained)",

@@ -11,6 +11,7 @@ from ansible_worker.protocol.models import JobStatus, State
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.run.argv import FIFO_VARIABLE
 from ansible_worker.run.run_directory import EVENT_FIFO_NAME, RUN_DIRECTORY_PREFIX
+from ansible_worker.templates.loading import NO_TEMPLATES, Templates
 from ansible_worker.worker.admission import Admission
 from ansible_worker.worker.claim_keeper import ClaimKeeper
 from ansible_worker.worker.intake import Accepted, read_task_message
@@ -32,6 +33,8 @@ async def settle_journal(
     refuse: Callable[[str, str], None],
     max_message_bytes: int,
     kill_grace: float,
+    templates: Templates = NO_TEMPLATES,
+    templates_only: bool = False,
 ) -> None:
     """Settle each entry: a queued job is claimed and queued again, a running one ended and
     reported failed, and a terminal status published again.
@@ -44,7 +47,11 @@ async def settle_journal(
     """
     for entry in entries:
         if entry.state == State.QUEUED:
-            match read_task_message(entry.payload, max_bytes=max_message_bytes):
+            # A launch is kept as it came, and expanded again with the templates of now.
+            read = read_task_message(
+                entry.payload, max_bytes=max_message_bytes, templates=templates, templates_only=templates_only
+            )
+            match read:
                 case Accepted(_) if holds(entry.task_id):
                     # A copy arrived before the journal was read, and is being claimed.
                     continue

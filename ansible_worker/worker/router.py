@@ -15,6 +15,7 @@ from typing import Protocol
 from ansible_worker.mqtt.options import InboundMessage
 from ansible_worker.protocol.models import CancelRequest, TaskRequest
 from ansible_worker.protocol.topics import Topics
+from ansible_worker.templates.loading import NO_TEMPLATES, Templates
 from ansible_worker.worker.intake import Accepted, Dropped, Rejected, Verify, read_cancel_message, read_task_message
 
 # A cancel request is a reason and a name, signed at most: anything larger is not one.
@@ -125,6 +126,9 @@ class Router:
     # Checks for a job, given its payload; for a cancel request, given its task_id.
     verify_task: Callable[[bytes], Verify] | None = None
     verify_cancel: Callable[[str], Verify] | None = None
+    # The templates a request may name, and whether it must name one.
+    templates: Templates = NO_TEMPLATES
+    templates_only: bool = False
 
     def route(self, message: InboundMessage, state: WorkerView) -> Action:
         """The action for `message`; never raises on what the network sends."""
@@ -149,7 +153,14 @@ class Router:
     def route_task(self, payload: bytes, state: WorkerView) -> Action:
         """A message of the tasks topic: claim, refuse, or ignore it, in that order of checks."""
         verify = self.verify_task(payload) if self.verify_task is not None else None
-        match read_task_message(payload, max_bytes=self.max_message_bytes, verify=verify):
+        read = read_task_message(
+            payload,
+            max_bytes=self.max_message_bytes,
+            verify=verify,
+            templates=self.templates,
+            templates_only=self.templates_only,
+        )
+        match read:
             case Dropped(reason):
                 return Ignore(
                     f"dropped a task message ({len(payload)} bytes) with no usable task_id: {reason}", refused=True

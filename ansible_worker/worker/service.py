@@ -15,7 +15,11 @@ from ansible_worker.ops.metrics import Snapshot, WorkerMetrics
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.runner import JobRunner
 from ansible_worker.run.wiring import job_runner
+from ansible_worker.templates.catalogue import build_catalogue
+from ansible_worker.templates.loading import NO_TEMPLATES, Templates, load_templates
+from ansible_worker.templates.schedules import scheduled_entries
 from ansible_worker.worker.admission import Admission
+from ansible_worker.worker.catalogue_publisher import CataloguePublisher
 from ansible_worker.worker.claim_keeper import ClaimKeeper
 from ansible_worker.worker.content_fetcher import ContentFetcher
 from ansible_worker.worker.dispatcher import Dispatcher
@@ -28,6 +32,7 @@ from ansible_worker.worker.presence import Changes, Load, PresenceAnnouncer, Wor
 from ansible_worker.worker.record_publisher import RecordPublisher
 from ansible_worker.worker.recovery import settle_journal
 from ansible_worker.worker.router import Router
+from ansible_worker.worker.scheduler import Clock, Scheduler, WallClock
 from ansible_worker.worker.status_path import StatusPath
 
 if TYPE_CHECKING:
@@ -62,7 +67,7 @@ class Worker:
     offline, and the broker session is cancelled and disconnects cleanly.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         worker = settings.worker
         self.worker_id = worker.worker_id
         self.group_name = worker.group_name
@@ -92,6 +97,26 @@ class Worker:
         self._hurry = False
         self._wire_jobs(settings)
         self._wire_group(settings)
+        self._wire_templates(settings, clock or WallClock())
+
+    def _wire_templates(self, settings: Settings, clock: Clock) -> None:
+        """The catalogue and the schedules of `worker.templates`, if it is set."""
+        self.clock = clock
+        self.scheduler: Scheduler | None = None
+        self.catalogue: CataloguePublisher | None = None
+        if settings.worker.templates is None:
+            return
+        templates, only = self.messages.router.templates, settings.worker.templates_only
+        self.scheduler = Scheduler(scheduled_entries(templates), self.topics, self._inbox_send.clone(), clock=clock)
+        history = self.scheduler.history
+        self.catalogue = CataloguePublisher(
+            self.session,
+            self.topics,
+            lambda now: build_catalogue(
+                templates, worker_id=self.worker_id, now=now, templates_only=only, history=history
+            ),
+        )
+        self.scheduler.on_change = self.catalogue.changed
 
     def _wire_jobs(self, settings: Settings) -> None:
         """The parts that carry a job: claims, the status path, the runner, the queue, presence."""
@@ -231,6 +256,9 @@ class Worker:
             for serve in (self.keeper.serve_renewals, self.keeper.serve_keep_alive, self.presence.serve):
                 infrastructure.start_soon(serve)
             await infrastructure.start(self.runner.warm_pool.serve)
+            if self.catalogue is not None and self.scheduler is not None:
+                infrastructure.start_soon(self.catalogue.serve, self.clock.now)
+                await infrastructure.start(self.scheduler.serve)
             if self.events is not None:
                 infrastructure.start_soon(self.events.serve)
             async with trio.open_nursery() as claiming:
@@ -282,6 +310,8 @@ class Worker:
             refuse=self.messages.refuse,
             max_message_bytes=self.max_message_bytes,
             kill_grace=self.kill_grace,
+            templates=self.messages.router.templates,
+            templates_only=self.messages.router.templates_only,
         )
 
     async def _drain(self, serving: trio.CancelScope) -> None:
@@ -381,4 +411,17 @@ def _router(settings: Settings, topics: Topics, claims: GroupClaims, runner: Job
         admission_error=runner.checks.admission_error,
         verify_task=verify_task,
         verify_cancel=verify_cancel,
+        templates=worker_templates(settings),
+        templates_only=worker.templates_only,
     )
+
+
+def worker_templates(settings: Settings) -> Templates:
+    """The templates of `worker.templates`, checked; none when it is unset.
+
+    Blocks (a file read). Errors: `TemplatesError`, one line per problem.
+    """
+    worker = settings.worker
+    if worker.templates is None:
+        return NO_TEMPLATES
+    return load_templates(worker.playbook_directory, worker.templates, allowed_special_vars=worker.allowed_special_vars)
