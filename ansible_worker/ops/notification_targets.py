@@ -21,9 +21,7 @@ class NotificationTarget(BaseModel):
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = None
     url: SecretStr
     format: Literal["json", "slack", "teams"] = "json"
-    on: Annotated[list[NotificationEvent], Field(min_length=1)] = Field(
-        default_factory=lambda: ["success", "failed", "timeout", "cancelled", "lost"]
-    )
+    on: Annotated[list[NotificationEvent], Field(min_length=1)] = Field(default_factory=lambda: list(EVENTS[1:]))
     # Shell-style patterns (fnmatch); a job passes when it matches one of each list that is set.
     templates: list[_Pattern] | None = None
     playbooks: list[_Pattern] | None = None

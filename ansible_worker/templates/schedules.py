@@ -50,7 +50,7 @@ class ScheduledEntry:
 
     def ticks_between(self, start: datetime, end: datetime, *, limit: int) -> list[datetime]:
         """The ticks after `start` up to and including `end`, at most `limit` of them (the first)."""
-        found = []
+        found: list[datetime] = []
         for tick in self.ticks_after(start):
             if tick > end or len(found) >= limit:
                 break

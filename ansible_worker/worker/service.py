@@ -13,6 +13,7 @@ from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.ops.config import Settings
 from ansible_worker.ops.metrics import Snapshot, WorkerMetrics
 from ansible_worker.protocol.topics import Topics
+from ansible_worker.run.job import Job
 from ansible_worker.run.runner import JobRunner
 from ansible_worker.run.wiring import job_runner
 from ansible_worker.templates.catalogue import build_catalogue
@@ -27,6 +28,7 @@ from ansible_worker.worker.event_publisher import EventPublisher
 from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.message_handler import MessageHandler
+from ansible_worker.worker.notifications import Notifier, notice_of
 from ansible_worker.worker.peers import PeerBook
 from ansible_worker.worker.presence import Changes, Load, PresenceAnnouncer, WorkerState
 from ansible_worker.worker.record_publisher import RecordPublisher
@@ -151,6 +153,21 @@ class Worker:
             content=self.content,
             records=_record_publisher(settings, self.session, self.topics),
         )
+        self.notifier: Notifier | None = None
+        if worker.notifications:
+            notifier = self.notifier = Notifier(
+                worker.notifications,
+                dashboard_url=settings.dashboard.url,
+                state_dir=worker.state_dir,
+                metrics=self.metrics,
+            )
+
+            def notify(job: Job) -> None:
+                notice = notice_of(job.status(), job.request.template, job.masker.text)
+                if notice is not None:
+                    notifier.offer(notice)
+
+            self.runner.on_announce = notify
         self.dispatcher = Dispatcher(
             self.runner,
             self.statuses,
@@ -256,6 +273,8 @@ class Worker:
             for serve in (self.keeper.serve_renewals, self.keeper.serve_keep_alive, self.presence.serve):
                 infrastructure.start_soon(serve)
             await infrastructure.start(self.runner.warm_pool.serve)
+            if self.notifier is not None:
+                infrastructure.start_soon(self.notifier.serve)
             if self.catalogue is not None and self.scheduler is not None:
                 infrastructure.start_soon(self.catalogue.serve, self.clock.now)
                 await infrastructure.start(self.scheduler.serve)

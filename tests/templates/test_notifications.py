@@ -1,0 +1,147 @@
+"""Notifications end to end: a real broker, real Ansible, and a real HTTP receiver on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import h11
+import trio
+
+from tests.conftest import Broker, make_settings, open_controller, running_worker
+
+SECRET = "receiver-key"
+
+
+@dataclass
+class Receiver:
+    """An HTTP server on loopback that answers each POST with the next of `answers` (then 200), or never."""
+
+    answers: list[int] = field(default_factory=list)
+    silent: bool = False
+    requests: list[tuple[dict[str, str], bytes, int]] = field(default_factory=list)
+    port: int = 0
+    _changed: trio.Event = field(default_factory=trio.Event)
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        connection = h11.Connection(h11.SERVER)
+        headers: dict[str, str] = {}
+        body = b""
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                connection.receive_data(data)
+            elif isinstance(event, h11.Request):
+                headers = {name.decode().lower(): value.decode() for name, value in event.headers}
+            elif isinstance(event, h11.Data):
+                body += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        if self.silent:
+            self.requests.append((headers, body, 0))
+            self._ring()
+            await trio.sleep_forever()
+        code = self.answers.pop(0) if self.answers else 200
+        self.requests.append((headers, body, code))
+        self._ring()
+        await stream.send_all(connection.send(h11.Response(status_code=code, headers=[("content-length", "0")])))
+        await stream.send_all(connection.send(h11.EndOfMessage()))
+
+    def _ring(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, count: int, within: float = 30) -> None:
+        with trio.fail_after(within):
+            while len(self.requests) < count:
+                await self._changed.wait()
+
+    def bodies(self, code: int = 200) -> list[dict[str, Any]]:
+        return [json.loads(body) for _, body, answered in self.requests if answered == code]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+
+@asynccontextmanager
+async def receiving(receiver: Receiver) -> AsyncIterator[Receiver]:
+    async with trio.open_nursery() as nursery:
+        serve = partial(trio.serve_tcp, receiver.handle, 0, host="127.0.0.1")
+        (listener,) = await nursery.start(serve)
+        receiver.port = listener.socket.getsockname()[1]
+        yield receiver
+        nursery.cancel_scope.cancel()
+
+
+def target(receiver: Receiver, **options: Any) -> dict[str, Any]:
+    return {"name": "hook", "url": receiver.url, "secret": SECRET, "backoff": 0.05, **options}
+
+
+async def test_each_terminal_event_arrives_once_signed(broker: Broker, playbook_dir: Path, group: str) -> None:
+    async with receiving(Receiver()) as receiver:
+        settings = make_settings(
+            broker.port,
+            playbook_dir,
+            group,
+            state_dir=playbook_dir.parent / "state",
+            notifications=[target(receiver, on=["success", "failed", "timeout"])],
+        )
+        async with open_controller(broker, group) as controller, running_worker(settings):
+            for task_id, playbook, extra in (
+                ("n-ok", "quick.yml", {}),
+                ("n-fail", "fail.yml", {}),
+                ("n-slow", "sleep.yml", {"timeout": 1}),
+            ):
+                await controller.submit(
+                    {"task_id": task_id, "playbook": playbook, "inventory": "one_host.ini", **extra}
+                )
+                await controller.wait_terminal(task_id)
+            await receiver.wait_for(3)
+            await controller.sync()
+    assert sorted((body["task_id"], body["event"]) for body in receiver.bodies()) == [
+        ("n-fail", "failed"),
+        ("n-ok", "success"),
+        ("n-slow", "timeout"),
+    ]
+    for headers, body, _ in receiver.requests:
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert headers["x-ansible-worker-signature"] == expected
+    # Nothing came twice: three events asked for, three requests.
+    assert len(receiver.requests) == 3
+
+
+async def test_a_500_then_200_delivers_once(broker: Broker, playbook_dir: Path, group: str) -> None:
+    async with receiving(Receiver(answers=[500])) as receiver:
+        settings = make_settings(broker.port, playbook_dir, group, notifications=[target(receiver, on=["success"])])
+        async with open_controller(broker, group) as controller, running_worker(settings):
+            await controller.submit({"task_id": "retry-1", "playbook": "quick.yml", "inventory": "one_host.ini"})
+            await controller.wait_terminal("retry-1")
+            await receiver.wait_for(2)
+    assert [code for _, _, code in receiver.requests] == [500, 200]
+    assert [body["task_id"] for body in receiver.bodies()] == ["retry-1"]
+
+
+async def test_a_target_that_never_answers_does_not_delay_the_job(
+    broker: Broker, playbook_dir: Path, group: str
+) -> None:
+    async with receiving(Receiver(silent=True)) as receiver:
+        settings = make_settings(
+            broker.port, playbook_dir, group, notifications=[target(receiver, on=["started", "success"], timeout=60)]
+        )
+        async with open_controller(broker, group) as controller, running_worker(settings):
+            await controller.submit({"task_id": "silent-1", "playbook": "quick.yml", "inventory": "one_host.ini"})
+            # The receiver holds the `started` notification open for a minute; the job ends well before.
+            final = await controller.wait_terminal("silent-1", within=20)
+            await receiver.wait_for(1)
+    assert final["state"] == "success"
