@@ -102,13 +102,14 @@ async def ask_line(console: Console, prompt: str, *, secret: bool = False) -> st
 
     Cancellation: the duplicate of stdin is closed, echo is restored and stdin made blocking again.
     """
-    console.print(prompt, end="", markup=False)
     stdin = sys.stdin.fileno()
     saved = termios.tcgetattr(stdin) if secret else None
     if saved is not None:
+        # Before the prompt shows: what is typed after it must never be echoed.
         quiet = list(saved)
         quiet[3] &= ~termios.ECHO
         termios.tcsetattr(stdin, termios.TCSADRAIN, quiet)
+    console.print(prompt, end="", markup=False)
     stream = trio.lowlevel.FdStream(os.dup(stdin))
     try:
         line = await _read_line(stream)

@@ -7,8 +7,10 @@ from collections.abc import Callable
 from datetime import datetime
 
 import trio
+from pydantic import ValidationError
 
 from ansible_worker.mqtt.link import LinkError
+from ansible_worker.mqtt.retained import retained
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.models import TemplateCatalogue
 from ansible_worker.protocol.topics import Topics
@@ -22,8 +24,10 @@ RETRY_SECONDS = 1.0
 class CataloguePublisher:
     """One task that keeps the newest catalogue retained on `<prefix>/<group>/templates`.
 
-    `changed` asks for a new copy; copies asked for while one is being published coalesce
-    into one. The catalogue is built when it is sent, from `build(now)`.
+    `changed` asks for a copy (the first too: the scheduler asks once it has learnt the
+    group's history, so that a starting worker never replaces it with an empty one); copies
+    asked for while one is being published coalesce into one. The catalogue is built when it
+    is sent, from `build(now)`.
     """
 
     def __init__(self, session: BrokerSession, topics: Topics, build: Callable[[datetime], TemplateCatalogue]) -> None:
@@ -31,14 +35,13 @@ class CataloguePublisher:
         self.topics = topics
         self.build = build
         self._wanted = trio.Event()
-        self._wanted.set()
 
     def changed(self) -> None:
         """Publish the catalogue again soon (a tick ran, or was missed)."""
         self._wanted.set()
 
     async def serve(self, now: Callable[[], datetime]) -> None:
-        """Publish once at start and after each change, until cancelled.
+        """Publish after each change, until cancelled.
 
         Cancellation: a copy in flight may or may not reach the broker; the next start publishes again.
         """
@@ -52,3 +55,19 @@ class CataloguePublisher:
                 log.warning("could not publish the template catalogue (trying again): %s", exc)
                 self._wanted.set()
                 await trio.sleep(RETRY_SECONDS)
+
+
+async def read_catalogue(session: BrokerSession, topics: Topics, *, client_id: str) -> TemplateCatalogue | None:
+    """The catalogue the broker holds for the group, or None (none, or one this worker cannot read).
+
+    Errors: `trio.TooSlowError` when the broker does not answer within the barrier's bound.
+    Cancellation: nothing is left subscribed.
+    """
+    found = await retained(session, topics.templates, topics.client_sync(client_id, "catalogue"))
+    if not found or not found[-1].payload:
+        return None
+    try:
+        return TemplateCatalogue.model_validate_json(found[-1].payload)
+    except ValidationError as exc:
+        log.warning("the retained template catalogue cannot be read (%d problems): ignored", exc.error_count())
+        return None

@@ -137,6 +137,8 @@ class Router:
             return HearContent(message)
         if message.topic == topics.tasks:
             return self.route_task(message.payload, state)
+        if message.topic == topics.templates:
+            return Ignore("the group's template catalogue (read by the scheduler)", level="debug")
         task_id = topics.task_id_of_cancel(message.topic)
         if task_id is not None:
             return self.route_cancel(task_id, message.payload, state)

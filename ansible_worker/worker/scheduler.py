@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
 import trio
 
 from ansible_worker.mqtt.options import InboundMessage
+from ansible_worker.protocol.models import TemplateCatalogue
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.templates.catalogue import EntryHistory
 from ansible_worker.templates.schedules import ScheduledEntry
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 # A tick is fired only this close to its time: a worker that wakes later (a suspended
 # process, a clock stepped forward) reports it missed rather than running it late.
 LATE_LIMIT_SECONDS = 60.0
+# Ticks counted when many passed (a minutely entry over a week's outage): the newest are reported.
+MISSED_COUNTED = 100_000
 
 
 class Clock(Protocol):
@@ -52,7 +55,14 @@ class WallClock:
 
 
 class Scheduler:
-    """The schedule entries of this worker's templates, each fired at its ticks."""
+    """The schedule entries of this worker's templates, each fired at its ticks.
+
+    `read_catalogue` gives the catalogue the broker holds (None: there is none): the group's
+    history of each entry, from which this worker starts its own, and the moment the group
+    last said anything. The ticks between that moment and this worker's start passed with no
+    worker online to fire them (each fired tick republishes the catalogue): they are logged
+    `missed` and listed in the catalogue, never run.
+    """
 
     def __init__(
         self,
@@ -61,21 +71,52 @@ class Scheduler:
         inbox: trio.MemorySendChannel[InboundMessage],
         *,
         clock: Clock,
+        read_catalogue: Callable[[], Awaitable[TemplateCatalogue | None]] | None = None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.entries = entries
         self.topics = topics
         self.inbox = inbox
         self.clock = clock
+        self.read_catalogue = read_catalogue
         self.on_change = on_change
         self.history: dict[str, EntryHistory] = {entry.name: EntryHistory() for entry in entries}
+        # Set once every entry waits for its first tick.
+        self.ready = trio.Event()
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """One task per entry, until cancelled; started once each knows its first tick."""
+    async def serve(self) -> None:
+        """Learn the group's history, then fire each entry's ticks until cancelled."""
+        start = self.clock.now()
+        if self.read_catalogue is not None:
+            try:
+                seen = await self.read_catalogue()
+            except trio.TooSlowError:
+                log.warning("the broker did not send the template catalogue in time: no missed ticks are reported")
+                seen = None
+            if seen is not None:
+                self._learn(seen, start)
+        self.on_change()
         async with trio.open_nursery() as nursery:
             for entry in self.entries:
-                await nursery.start(self._serve_entry, entry, self.clock.now())
-            task_status.started()
+                await nursery.start(self._serve_entry, entry, start)
+            self.ready.set()
+
+    def _learn(self, catalogue: TemplateCatalogue, start: datetime) -> None:
+        """Take the group's history of each entry, and report the ticks nobody was online for."""
+        for view in catalogue.templates.values():
+            for shown in view.schedule:
+                history = self.history.get(shown.entry)
+                if history is None:
+                    continue
+                if shown.last_run is not None:
+                    history.ran(shown.last_run, shown.last_task_id or "")
+                for tick in shown.missed:
+                    history.skipped(tick)
+        for entry in self.entries:
+            ticks = entry.ticks_between(catalogue.published_at, start, limit=MISSED_COUNTED)
+            passed = [tick for tick in ticks if tick < start]
+            if passed:
+                self._missed(entry, passed, why="no worker of the group was online")
 
     async def _serve_entry(self, entry: ScheduledEntry, start: datetime, *, task_status: trio.TaskStatus[None]) -> None:
         after = start
@@ -84,13 +125,15 @@ class Scheduler:
             await self.clock.sleep_until(tick)
             now = self.clock.now()
             # Every tick up to now: only the newest may still run, the rest passed unseen.
-            passed = [tick, *entry.ticks_between(tick, now, limit=1000)]
-            for missed in passed[:-1]:
-                self._missed(entry, missed)
+            passed = [tick, *entry.ticks_between(tick, now, limit=MISSED_COUNTED)]
             due = passed[-1]
-            if (now - due).total_seconds() > LATE_LIMIT_SECONDS:
-                self._missed(entry, due)
-            else:
+            late = (now - due).total_seconds() > LATE_LIMIT_SECONDS
+            skipped = passed if late else passed[:-1]
+            if skipped:
+                self._missed(
+                    entry, skipped, why="this worker woke too late to fire them (suspended, or its clock jumped)"
+                )
+            if not late:
                 self._fire(entry, due)
             after = due
 
@@ -108,11 +151,9 @@ class Scheduler:
         self.history[entry.name].ran(tick, task_id)
         self.on_change()
 
-    def _missed(self, entry: ScheduledEntry, tick: datetime) -> None:
-        log.warning(
-            "%s: tick %s missed: this worker was not running to fire it; skipped, not run late",
-            entry.describe(),
-            tick.isoformat(),
-        )
-        self.history[entry.name].skipped(tick)
+    def _missed(self, entry: ScheduledEntry, ticks: list[datetime], *, why: str) -> None:
+        more = f"{len(ticks)} ticks, the newest" if len(ticks) > 1 else "tick"
+        log.warning("%s: missed %s %s: %s; skipped, not run late", entry.describe(), more, ticks[-1].isoformat(), why)
+        for tick in ticks:
+            self.history[entry.name].skipped(tick)
         self.on_change()

@@ -20,7 +20,7 @@ from ansible_worker.templates.catalogue import build_catalogue
 from ansible_worker.templates.loading import NO_TEMPLATES, Templates, load_templates
 from ansible_worker.templates.schedules import scheduled_entries
 from ansible_worker.worker.admission import Admission
-from ansible_worker.worker.catalogue_publisher import CataloguePublisher
+from ansible_worker.worker.catalogue_publisher import CataloguePublisher, read_catalogue
 from ansible_worker.worker.claim_keeper import ClaimKeeper
 from ansible_worker.worker.content_fetcher import ContentFetcher
 from ansible_worker.worker.dispatcher import Dispatcher
@@ -109,7 +109,13 @@ class Worker:
         if settings.worker.templates is None:
             return
         templates, only = self.messages.router.templates, settings.worker.templates_only
-        self.scheduler = Scheduler(scheduled_entries(templates), self.topics, self._inbox_send.clone(), clock=clock)
+        self.scheduler = Scheduler(
+            scheduled_entries(templates),
+            self.topics,
+            self._inbox_send.clone(),
+            clock=clock,
+            read_catalogue=partial(read_catalogue, self.session, self.topics, client_id=self.session.options.client_id),
+        )
         history = self.scheduler.history
         self.catalogue = CataloguePublisher(
             self.session,
@@ -277,7 +283,8 @@ class Worker:
                 infrastructure.start_soon(self.notifier.serve)
             if self.catalogue is not None and self.scheduler is not None:
                 infrastructure.start_soon(self.catalogue.serve, self.clock.now)
-                await infrastructure.start(self.scheduler.serve)
+                # Not waited for: it reads the catalogue from the broker, which may be away.
+                infrastructure.start_soon(self.scheduler.serve)
             if self.events is not None:
                 infrastructure.start_soon(self.events.serve)
             async with trio.open_nursery() as claiming:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import trio
 import yaml
 
+from ansible_worker.mqtt.options import InboundMessage
 from ansible_worker.templates.loading import load_templates
 from ansible_worker.templates.schedules import scheduled_entries
 from ansible_worker.worker.service import Worker
-from tests.conftest import Broker, make_settings, open_controller
+from tests.conftest import Broker, client_for, make_settings, open_controller
 
 START = datetime(2026, 12, 24, 11, 59, 30, tzinfo=UTC)
 
@@ -71,8 +75,9 @@ async def test_three_workers_run_each_tick_once_and_a_one_time_entry_once(
             stack.callback(worker.request_shutdown)
             workers.append(worker)
         for worker in workers:
+            assert worker.scheduler is not None
             with trio.fail_after(15):
-                await worker.session.wait_connected()
+                await worker.scheduler.ready.wait()
         ticks = [START + timedelta(seconds=30 + 60 * n) for n in range(3)]
         for tick in ticks:
             clock.move_to(tick)
@@ -90,3 +95,72 @@ async def test_three_workers_run_each_tick_once_and_a_one_time_entry_once(
         assert len(running) == 1, (task_id, running)
     scheduled = {task_id for task_id in controller.statuses if task_id.startswith(("minutely.", "once."))}
     assert scheduled == set(run_ids)
+
+
+async def catalogue_where(
+    receive: trio.MemoryReceiveChannel[InboundMessage], wanted: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """The first catalogue on `receive` that is `wanted`."""
+    with trio.fail_after(30):
+        async for message in receive:
+            catalogue = json.loads(message.payload)
+            if wanted(catalogue):
+                return catalogue
+    raise AssertionError("the subscription ended")
+
+
+async def test_ticks_with_no_worker_online_are_missed_not_run_late(
+    broker: Broker, playbook_dir: Path, group: str
+) -> None:
+    (playbook_dir / "templates.yml").write_text(
+        yaml.safe_dump(
+            {
+                "templates": {
+                    "minutely": {
+                        "playbook": "quick.yml",
+                        "inventory": "one_host.ini",
+                        "schedule": [{"cron": "* * * * *"}],
+                    }
+                }
+            }
+        )
+    )
+    (entry,) = scheduled_entries(load_templates(playbook_dir, "templates.yml"))
+    clock = SteppedClock(START)
+    settings = make_settings(broker.port, playbook_dir, group, templates="templates.yml")
+    first_tick = START + timedelta(seconds=30)
+    async with open_controller(broker, group) as controller, client_for(broker, group) as client:
+        catalogues = await client.subscribe([client.topics.templates])
+        async with trio.open_nursery() as nursery:
+            worker = Worker(settings, clock=clock)
+            await nursery.start(worker.serve)
+            assert worker.scheduler is not None
+            with trio.fail_after(15):
+                await worker.scheduler.ready.wait()
+            clock.move_to(first_tick)
+            await controller.wait_terminal(entry.task_id(first_tick))
+            await catalogue_where(
+                catalogues, lambda c: c["templates"]["minutely"]["schedule"][0]["last_run"] is not None
+            )
+            worker.request_shutdown()
+        # Nobody is online for the next two ticks.
+        clock.move_to(first_tick + timedelta(minutes=2, seconds=10))
+        async with trio.open_nursery() as nursery:
+            worker = Worker(settings, clock=clock)
+            await nursery.start(worker.serve)
+            shown = await catalogue_where(
+                catalogues, lambda c: bool(c["templates"]["minutely"]["schedule"][0]["missed"])
+            )
+            assert worker.scheduler is not None
+            with trio.fail_after(15):
+                await worker.scheduler.ready.wait()
+            clock.move_to(first_tick + timedelta(minutes=3))
+            await controller.wait_terminal(entry.task_id(first_tick + timedelta(minutes=3)))
+            await controller.sync()
+            worker.request_shutdown()
+    schedule = shown["templates"]["minutely"]["schedule"][0]
+    missed = [first_tick + timedelta(minutes=1), first_tick + timedelta(minutes=2)]
+    assert schedule["missed"] == [moment.strftime("%Y-%m-%dT%H:%M:%SZ") for moment in missed]
+    assert schedule["last_task_id"] == entry.task_id(first_tick)
+    for moment in missed:
+        assert entry.task_id(moment) not in controller.statuses
