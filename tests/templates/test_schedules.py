@@ -103,7 +103,7 @@ async def catalogue_where(
     """The first catalogue on `receive` that is `wanted`."""
     with trio.fail_after(30):
         async for message in receive:
-            catalogue = json.loads(message.payload)
+            catalogue: dict[str, Any] = json.loads(message.payload)
             if wanted(catalogue):
                 return catalogue
     raise AssertionError("the subscription ended")
