@@ -79,6 +79,8 @@ class Store:
     heard_at: dict[str, datetime] = field(default_factory=dict)
     output: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
     connected: bool = False
+    # The group's template catalogue (`protocol.models.TemplateCatalogue`, checked by the feed), if any.
+    catalogue: dict[str, Any] | None = None
     listeners: list[Listener] = field(default_factory=list)
     _order: int = 0
     _first_seen: dict[str, int] = field(default_factory=dict)
@@ -91,6 +93,11 @@ class Store:
         if connected != self.connected:
             self.connected = connected
             self._tell({"type": "link", "connected": connected})
+
+    def set_catalogue(self, catalogue: dict[str, Any] | None) -> None:
+        """The group's template catalogue changed (None: its retained copy was cleared)."""
+        self.catalogue = catalogue
+        self._tell({"type": "catalogue", "catalogue": catalogue})
 
     def set_worker(self, worker_id: str, presence: dict[str, Any] | None) -> None:
         """A worker's presence changed (None: its retained presence was cleared)."""
@@ -242,6 +249,7 @@ class Store:
             "type": "snapshot",
             "connected": self.connected,
             "workers": self.workers,
+            "catalogue": self.catalogue,
             "jobs": self.rows(),
             "job": self.job_page(job) if job else None,
         }

@@ -4,7 +4,8 @@
 const PAGE_SIZE = 50;
 const TERMINAL = new Set(["success", "failed", "cancelled", "timeout"]);
 const state = {
-  config: null, token: null, stream: null, connected: true, workers: {}, jobs: new Map(),
+  config: null, token: null, stream: null, connected: true, workers: {}, jobs: new Map(), catalogue: null,
+  launching: null,
   job: null, page: 0, renderQueued: false, scrollToFailed: false,
   // After a change of view, where the keyboard focus goes once that view is drawn.
   focus: null,
@@ -70,7 +71,7 @@ function render() {
   $("list-view").hidden = jobId !== null;
   $("job-view").hidden = jobId === null || !state.job;
   $("missing-view").hidden = jobId === null || !!state.job;
-  if (jobId === null) { renderWorkers(); renderJobs(); } else if (state.job) {
+  if (jobId === null) { renderWorkers(); renderTemplates(); renderJobs(); } else if (state.job) {
     renderJobHeader();
     if (state.scrollToFailed) scrollToFailed();
   }
@@ -116,6 +117,139 @@ function renderWorkers() {
     for (const key of ["capacity", "running", "queued", "jobs_done"]) row.append(el("td", worker[key]));
     row.append(el("td", heartbeat === null ? "?" : seconds(heartbeat) + " ago", "heartbeat"));
     body.append(row);
+  }
+}
+
+function renderTemplates() {
+  const templates = (state.catalogue && state.catalogue.templates) || {};
+  const names = Object.keys(templates).sort();
+  $("templates-section").hidden = names.length === 0;
+  const key = JSON.stringify([state.catalogue, state.config.allow_actions]);
+  const body = $("templates").tBodies[0];
+  if (body.dataset.key === key) return;
+  body.dataset.key = key;
+  body.replaceChildren();
+  for (const name of names) {
+    const view = templates[name];
+    const row = el("tr");
+    row.dataset.template = name;
+    const cell = el("td");
+    if (state.config.allow_actions) {
+      const button = el("button", name, "launch-open");
+      button.type = "button";
+      button.setAttribute("aria-label", "Launch " + name);
+      button.addEventListener("click", () => openLaunch(name));
+      cell.append(button);
+    } else {
+      cell.textContent = name;
+    }
+    row.append(cell, el("td", view.playbook));
+    const survey = Object.entries(view.survey || {}).map(([variable, rule]) => variable + (rule.required ? "*" : "") + ": " + rule.type);
+    row.append(el("td", survey.join(", ") || "-"));
+    const next = (view.schedule || []).flatMap((entry) => entry.next_runs.slice(0, 1)).sort()[0];
+    const last = (view.schedule || []).map((entry) => entry.last_run).filter(Boolean).sort().pop();
+    const missed = (view.schedule || []).flatMap((entry) => entry.missed);
+    row.append(el("td", next ? when(next) : "-"), el("td", last ? when(last) : "-"));
+    row.append(el("td", missed.length ? missed.length + " (newest " + when(missed.sort().pop()) + ")" : "-"));
+    row.append(el("td", view.description || ""));
+    body.append(row);
+  }
+}
+
+function openLaunch(name) {
+  const view = state.catalogue.templates[name];
+  state.launching = name;
+  $("launch-name").textContent = name;
+  $("launch-result").textContent = "";
+  const fields = $("launch-fields");
+  fields.replaceChildren();
+  for (const [variable, rule] of Object.entries(view.survey || {})) fields.append(surveyField(variable, rule));
+  $("launch-form").hidden = false;
+  $("launch-heading").focus();
+}
+
+function surveyField(variable, rule) {
+  const hint = [rule.description, rule.required ? "required" : null,
+    rule.min !== null && rule.min !== undefined ? "min " + rule.min : null,
+    rule.max !== null && rule.max !== undefined ? "max " + rule.max : null,
+    rule.has_default ? "has a default" : null].filter(Boolean).join(", ");
+  if (rule.type === "multichoice") {
+    const set = el("fieldset");
+    set.dataset.variable = variable;
+    set.append(el("legend", variable));
+    for (const choice of rule.choices) {
+      const label = el("label");
+      const box = el("input");
+      box.type = "checkbox";
+      box.value = JSON.stringify(choice);
+      box.checked = Array.isArray(rule.default) && rule.default.some((item) => JSON.stringify(item) === box.value);
+      label.append(box, " " + choice);
+      set.append(label);
+    }
+    if (hint) set.append(el("span", hint, "hint"));
+    return set;
+  }
+  const label = el("label", variable + " ");
+  let input;
+  if (rule.type === "choice") {
+    input = el("select");
+    if (!rule.required || rule.default === null || rule.default === undefined) input.append(el("option", ""));
+    for (const choice of rule.choices) {
+      const option = el("option", choice);
+      option.value = String(choice);
+      option.selected = rule.default !== null && rule.default !== undefined && String(rule.default) === String(choice);
+      input.append(option);
+    }
+  } else {
+    input = el("input");
+    input.type = { boolean: "checkbox", integer: "number", number: "number", secret: "password" }[rule.type] || "text";
+    if (rule.type === "number") input.step = "any";
+    if (rule.type === "secret") input.autocomplete = "off";
+    if (rule.type === "boolean") input.checked = rule.default === true;
+    else if (rule.default !== null && rule.default !== undefined) input.value = String(rule.default);
+  }
+  input.name = variable;
+  input.dataset.variable = variable;
+  input.dataset.type = rule.type;
+  label.append(input);
+  if (hint) label.append(el("span", hint, "hint"));
+  return label;
+}
+
+function launchAnswers() {
+  const answers = {};
+  for (const node of $("launch-fields").querySelectorAll("[data-variable]")) {
+    const variable = node.dataset.variable;
+    if (node.tagName === "FIELDSET") {
+      answers[variable] = [...node.querySelectorAll("input:checked")].map((box) => JSON.parse(box.value));
+    } else if (node.dataset.type === "boolean") {
+      answers[variable] = node.checked;
+    } else {
+      // Text, read by the variable's type on the server; an empty one is no answer.
+      answers[variable] = node.value;
+    }
+  }
+  return answers;
+}
+
+async function launch(event) {
+  event.preventDefault();
+  const name = state.launching;
+  const note = $("launch-result");
+  note.textContent = "sending…";
+  const headers = { "Content-Type": "application/json", "X-Dashboard-Action": "1" };
+  if (state.token) headers["X-Dashboard-Token"] = state.token;
+  try {
+    const response = await fetch(`/api/templates/${encodeURIComponent(name)}/launch`, {
+      method: "POST", headers, body: JSON.stringify({ answers: launchAnswers() }), credentials: "same-origin",
+    });
+    const answer = await response.json();
+    if (!response.ok) { note.textContent = "refused: " + (answer.error || response.status); return; }
+    note.textContent = "";
+    $("launch-form").hidden = true;
+    location.hash = jobHref(answer.task_id);
+  } catch (error) {
+    note.textContent = "could not reach the dashboard: " + error;
   }
 }
 
@@ -313,10 +447,13 @@ function onMessage(message) {
   if (message.type === "snapshot") {
     state.connected = message.connected;
     state.workers = message.workers;
+    state.catalogue = message.catalogue;
     state.jobs = new Map(message.jobs.map((job) => [job.task_id, job]));
     showJob(message.job);
   } else if (message.type === "link") {
     state.connected = message.connected;
+  } else if (message.type === "catalogue") {
+    state.catalogue = message.catalogue;
   } else if (message.type === "worker") {
     if (message.worker) state.workers[message.worker_id] = message.worker; else delete state.workers[message.worker_id];
   } else if (message.type === "job") {
@@ -380,6 +517,8 @@ function begin() {
   $("playbook-filter").addEventListener("input", () => { state.page = 0; queueRender(); });
   $("prev-page").addEventListener("click", () => { state.page -= 1; queueRender(); });
   $("next-page").addEventListener("click", () => { state.page += 1; queueRender(); });
+  $("launch-form").addEventListener("submit", launch);
+  $("launch-close").addEventListener("click", () => { $("launch-form").hidden = true; });
   window.addEventListener("hashchange", () => {
     const from = state.job ? state.job.status.task_id : null;
     state.focus = currentJobId() !== null ? { view: "job" } : { view: "list", taskId: from };
