@@ -239,6 +239,8 @@ class JobStatus(BaseModel):
     project: str | None = None
     revision: str | None = None
     content_sha256: str | None = None
+    # The template the job was launched from, if any.
+    template: str | None = None
     # The job's record, published before this terminal status; None when there is none.
     record: RecordSummary | None = None
     # A live answer to a message that was refused before anything ran; never retained.

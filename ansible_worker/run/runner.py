@@ -101,15 +101,11 @@ class JobRunner:
         self.on_transition = on_transition
         self.metrics = metrics or WorkerMetrics()
         self.records = records
-        # Told of each status the job announces (after it is posted): notifications.
-        self.on_announce: Callable[[Job], None] | None = None
 
     def announce(self, job: Job) -> None:
         """Publish the job's current status and log the transition."""
         self.statuses.post(job.status())
         self.on_transition()
-        if self.on_announce is not None:
-            self.on_announce(job)
         if job.state.terminal:
             self.metrics.jobs_by_state[job.state.value] += 1
             if job.started_at is not None and job.completed_at is not None:

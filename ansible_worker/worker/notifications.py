@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -33,17 +33,21 @@ QUEUE_SIZE = 1000
 SENDING_AT_ONCE = 16
 SIGNATURE_HEADER = "X-Ansible-Worker-Signature"
 SENT_FILE = "notifications-sent"
+# Keys kept: far more than the jobs a journal can hold unsettled, which are all a restart posts again.
+KEYS_KEPT = 100_000
 
 
 @dataclass(frozen=True)
 class Notice:
-    """One event of one job, for every target that wants it."""
+    """One event of one job, for every target that wants it; the status is masked already, as published."""
 
     event: NotificationEvent
     status: JobStatus
-    template: str | None
-    # The job's masker: its secrets never leave in a body.
-    mask: Callable[[str], str] = lambda text: text
+
+    @property
+    def template(self) -> str | None:
+        """The template the job was launched from, if any."""
+        return self.status.template
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -54,7 +58,7 @@ def signature(secret: str, body: bytes) -> str:
 def body_of(target: NotificationTarget, notice: Notice, *, dashboard_url: str | None) -> dict[str, Any]:
     """The JSON body in the target's format."""
     status = notice.status
-    link = f"{dashboard_url.rstrip('/')}/#job={status.task_id}" if dashboard_url else None
+    link = f"{dashboard_url.rstrip('/')}/#/job/{status.task_id}" if dashboard_url else None
     what = f"template {notice.template}" if notice.template else f"playbook {status.playbook}"
     text = f"ansible-worker: job {status.task_id} ({what}) {notice.event}"
     if status.error_message:
@@ -100,11 +104,24 @@ class Notifier:
         self.targets = targets
         self.dashboard_url = dashboard_url
         self.metrics = metrics
+        self._appended = 0
+        # Set when `serve` returns after `close`: everything offered was delivered or given up.
+        self.finished = trio.Event()
         self._send, self._receive = trio.open_memory_channel[Notice](QUEUE_SIZE)
         self._sent_file = state_dir / SENT_FILE if state_dir is not None else None
+        # The newest keys, in order: what a restart must not send again (the journal holds no older job).
+        self._order: deque[str] = deque()
         self._sent: set[str] = set()
         if self._sent_file is not None and self._sent_file.exists():
-            self._sent = set(self._sent_file.read_text().split())
+            for key in self._sent_file.read_text().split()[-KEYS_KEPT:]:
+                self._remember(key)
+            self._compact()
+
+    def offer_status(self, status: JobStatus) -> None:
+        """Offer the notice of a status the worker posts (see `StatusPath.on_post`); never waits."""
+        notice = notice_of(status)
+        if notice is not None:
+            self.offer(notice)
 
     def offer(self, notice: Notice) -> None:
         """Queue `notice` for its targets; never waits (a full queue drops it, logged and counted)."""
@@ -112,35 +129,63 @@ class Notifier:
             return
         try:
             self._send.send_nowait(notice)
+        except trio.ClosedResourceError:
+            return
         except trio.WouldBlock:
             self.metrics.notifications_failed += 1
             log.warning("task %s: notification %s dropped: the queue is full", notice.status.task_id, notice.event)
 
+    def close(self) -> None:
+        """Take no more notices: `serve` returns once those offered are delivered or given up."""
+        self._send.close()
+
     async def serve(self) -> None:
-        """Send what is offered until cancelled; each delivery in its own task, at most `SENDING_AT_ONCE` at once."""
+        """Send what is offered until cancelled or closed; each delivery in its own task, `SENDING_AT_ONCE` at most.
+
+        Cancellation: deliveries in flight end where they are; a notice not yet sent is not
+        sent (its key was recorded: at most once).
+        """
         limit = trio.CapacityLimiter(SENDING_AT_ONCE)
         async with httpx.AsyncClient(follow_redirects=False) as client, trio.open_nursery() as nursery:
             async for notice in self._receive:
                 for target in self.targets:
                     if wanted(target, notice) and self._first_time(notice, target):
                         nursery.start_soon(self._deliver, client, limit, target, notice)
+        self.finished.set()
 
     def _first_time(self, notice: Notice, target: NotificationTarget) -> bool:
         key = hashlib.sha256(f"{notice.status.task_id}\0{notice.event}\0{target.label}".encode()).hexdigest()[:32]
         if key in self._sent:
             return False
-        self._sent.add(key)
+        self._remember(key)
         if self._sent_file is not None:
             # Written before the first attempt: at most once, even across a restart mid-send.
             with self._sent_file.open("a") as file:
                 file.write(key + "\n")
+            self._appended += 1
+            if self._appended > KEYS_KEPT:
+                self._compact()
         return True
+
+    def _remember(self, key: str) -> None:
+        self._order.append(key)
+        self._sent.add(key)
+        while len(self._order) > KEYS_KEPT:
+            self._sent.discard(self._order.popleft())
+
+    def _compact(self) -> None:
+        """Keep only the newest keys on disk, replaced whole so that a crash leaves one file or the other."""
+        self._appended = 0
+        if self._sent_file is None:
+            return
+        partial = self._sent_file.with_suffix(".new")
+        partial.write_text("".join(f"{key}\n" for key in self._order))
+        partial.replace(self._sent_file)
 
     async def _deliver(
         self, client: httpx.AsyncClient, limit: trio.CapacityLimiter, target: NotificationTarget, notice: Notice
     ) -> None:
         body = json.dumps(body_of(target, notice, dashboard_url=self.dashboard_url)).encode()
-        body = notice.mask(body.decode()).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "ansible-worker"}
         if target.secret is not None:
             headers[SIGNATURE_HEADER] = signature(target.secret.get_secret_value(), body)
@@ -186,7 +231,7 @@ _EVENTS: dict[str, NotificationEvent] = {
 }
 
 
-def notice_of(status: JobStatus, template: str | None, mask: Callable[[str], str]) -> Notice | None:
-    """The notice a status makes: its state's event, or None for `queued`."""
+def notice_of(status: JobStatus) -> Notice | None:
+    """The notice a posted status makes: its state's event, or None (`queued`, a live refusal)."""
     event = _EVENTS.get(status.state.value)
-    return Notice(event, status, template, mask) if event is not None else None
+    return Notice(event, status) if event is not None and not status.refused else None

@@ -13,7 +13,6 @@ from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.ops.config import Settings
 from ansible_worker.ops.metrics import Snapshot, WorkerMetrics
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.run.job import Job
 from ansible_worker.run.runner import JobRunner
 from ansible_worker.run.wiring import job_runner
 from ansible_worker.templates.catalogue import build_catalogue
@@ -28,7 +27,7 @@ from ansible_worker.worker.event_publisher import EventPublisher
 from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.message_handler import MessageHandler
-from ansible_worker.worker.notifications import Notifier, notice_of
+from ansible_worker.worker.notifications import Notifier
 from ansible_worker.worker.peers import PeerBook
 from ansible_worker.worker.presence import Changes, Load, PresenceAnnouncer, WorkerState
 from ansible_worker.worker.record_publisher import RecordPublisher
@@ -161,19 +160,13 @@ class Worker:
         )
         self.notifier: Notifier | None = None
         if worker.notifications:
-            notifier = self.notifier = Notifier(
+            self.notifier = Notifier(
                 worker.notifications,
                 dashboard_url=settings.dashboard.url,
                 state_dir=worker.state_dir,
                 metrics=self.metrics,
             )
-
-            def notify(job: Job) -> None:
-                notice = notice_of(job.status(), job.request.template, job.masker.text)
-                if notice is not None:
-                    notifier.offer(notice)
-
-            self.runner.on_announce = notify
+            self.statuses.on_post = self.notifier.offer_status
         self.dispatcher = Dispatcher(
             self.runner,
             self.statuses,
@@ -378,6 +371,14 @@ class Worker:
             await self.statuses.wait_idle()
         if flush.cancelled_caught:
             log.warning("%d statuses could not be published before exit", self.statuses.pending_count)
+        if self.notifier is not None:
+            # The jobs' last notifications, within a bound of their own: a target that never
+            # answers must not hold the worker's exit.
+            self.notifier.close()
+            with trio.move_on_after(SHUTDOWN_MARGIN) as sending:
+                await self.notifier.finished.wait()
+            if sending.cancelled_caught:
+                log.warning("notifications still being sent at exit were given up")
         # Its own bound: a slow flush must not leave the presence saying `draining` for ever.
         with trio.move_on_after(OFFLINE_TIMEOUT):
             await self.presence.publish_offline()

@@ -64,6 +64,8 @@ class StatusPath:
         self.metrics = metrics
         self.on_terminal_sent = on_terminal_sent
         self.fail_job: Callable[[str, str], bool] = lambda task_id, reason: False
+        # Told of every status posted (never a live refusal); must not block: notifications.
+        self.on_post: Callable[[JobStatus], None] = lambda status: None
         self.outbox = StatusOutbox(interval=interval)
         self._answers_send, self._answers_receive = trio.open_memory_channel[tuple[str, str]](MAX_PENDING_ANSWERS)
 
@@ -76,6 +78,7 @@ class StatusPath:
             # must not be remembered as running.
             self.journal.status(status)
         self.outbox.post(status)
+        self.on_post(status)
 
     def post_progress(self, task_id: str, build: Callable[[], JobStatus]) -> None:
         """A `running` update, built by `build` only when it is about to be published."""

@@ -14,8 +14,15 @@ from typing import Any
 
 import h11
 import trio
+import yaml
 
+from ansible_worker.ops.config import DashboardSettings
+from ansible_worker.ops.metrics import WorkerMetrics
+from ansible_worker.ops.notification_targets import NotificationTarget
+from ansible_worker.protocol.models import JobStatus, State
+from ansible_worker.worker.notifications import Notifier
 from tests.conftest import Broker, make_settings, open_controller, running_worker
+from tests.templates.test_launch import TEMPLATES
 
 SECRET = "receiver-key"
 
@@ -145,3 +152,49 @@ async def test_a_target_that_never_answers_does_not_delay_the_job(
             final = await controller.wait_terminal("silent-1", within=20)
             await receiver.wait_for(1)
     assert final["state"] == "success"
+
+
+async def test_a_template_jobs_notification_is_filtered_linked_and_masked(
+    broker: Broker, playbook_dir: Path, group: str
+) -> None:
+    (playbook_dir / "templates.yml").write_text(yaml.safe_dump(TEMPLATES))
+    async with receiving(Receiver()) as receiver:
+        settings = make_settings(
+            broker.port,
+            playbook_dir,
+            group,
+            templates="templates.yml",
+            notifications=[target(receiver, on=["success"], templates=["gr*"])],
+        )
+        settings = settings.model_copy(update={"dashboard": DashboardSettings(url="https://dash.example/")})
+        async with open_controller(broker, group) as controller, running_worker(settings):
+            await controller.submit({"task_id": "plain", "playbook": "quick.yml", "inventory": "one_host.ini"})
+            await controller.wait_terminal("plain")
+            launch = {"task_id": "templated", "template": "greet", "extra_vars": {"greeting": "secret words"}}
+            await controller.submit(launch)
+            await controller.wait_terminal("templated")
+            await receiver.wait_for(1)
+            await controller.sync()
+    # The plain job matches no template pattern: only the launch is told.
+    ((_, body, _),) = receiver.requests
+    sent = json.loads(body)
+    assert (sent["task_id"], sent["template"], sent["event"]) == ("templated", "greet", "success")
+    assert sent["dashboard_url"] == "https://dash.example/#/job/templated"
+    assert sent["status"]["output"]["greeting"] == "********"
+    assert b"secret words" not in body
+
+
+async def test_a_restart_does_not_send_again(tmp_path: Path) -> None:
+    """The key is kept in the state directory: a worker that posts the same status after a restart stays quiet."""
+    status = JobStatus(task_id="again", state=State.FAILED, playbook="fail.yml", error_message="boom")
+    async with receiving(Receiver()) as receiver:
+        targets = [NotificationTarget.model_validate(target(receiver, on=["failed"]))]
+        for _ in range(2):
+            notifier = Notifier(targets, dashboard_url=None, state_dir=tmp_path, metrics=WorkerMetrics())
+            notifier.offer_status(status)
+            notifier.offer_status(status)
+            notifier.close()
+            with trio.fail_after(30):
+                await notifier.serve()
+    assert len(receiver.requests) == 1
+    assert (tmp_path / "notifications-sent").read_text().count("\n") == 1
