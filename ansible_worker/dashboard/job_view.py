@@ -31,8 +31,9 @@ MAX_TASKS = 2000
 MAX_CELLS = 40_000
 MAX_FAILURES = 20
 FAILURE_TEXT = 1024
-# Results kept whole per host and task: a loop's items, retries, and the final one.
+# Results kept whole per host and task: a loop's items, retries, and the final one; each up to ENTRY_BYTES.
 MAX_ENTRIES = 200
+ENTRY_BYTES = 32 * 1024
 _FAILED_CODES = frozenset({"f", "u"})
 # Rough costs, in bytes, of what a view holds, so that a store can bound many views together.
 _TASK_COST = 400
@@ -288,6 +289,11 @@ class JobView:
         entry = {key: event[key] for key in _DETAIL_KEYS if event.get(key) is not None}
         # Its size as Python writes it: close to its JSON's, and three times as fast to learn.
         size = len(repr(entry))
+        if size > ENTRY_BYTES:
+            # Not one the worker sends (it cuts texts to 1 KiB and data to 4): kept by its small fields.
+            entry = {key: entry[key] for key in _DETAIL_KEYS[:6] if key in entry and len(repr(entry[key])) < 1024}
+            entry["dropped"] = f"this result is {size:,} bytes; the dashboard keeps results of up to {ENTRY_BYTES:,}"
+            size = len(repr(entry))
         key = (task, host)
         entries = self._details.get(key)
         if entries is None:

@@ -33,11 +33,6 @@ class Page:
             "events_total": self.events_total,
         }
 
-    @property
-    def cost(self) -> int:
-        """About how many bytes the page holds."""
-        return self.view.cost + sum(len(line["text"]) + 64 for line in self.lines)
-
 
 class RecordReader:
     """Builds a finished job's page from its record (as `protocol.records.decode_record` read it), in steps.

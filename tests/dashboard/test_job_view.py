@@ -205,6 +205,17 @@ def test_results_kept_whole_are_bounded_and_failures_are_kept_longest() -> None:
     newest = view.result(199, 0)
     assert newest is not None
     assert newest["results"] is not None
+    # A result far bigger than any the worker sends is kept by its small fields, and says why.
+    events.task("Huge", 300, "huge")
+    events.result("ok", "h0", 301, 0.5, "huge", result={"stdout": "x" * 4_000_000}, item="one")
+    view.add(events.items[-2])
+    view.add(events.items[-1])
+    huge = view.result(200, 0)
+    assert huge is not None
+    assert huge["results"][0]["item"] == "one"
+    assert "result" not in huge["results"][0]
+    assert huge["results"][0]["dropped"].startswith("this result is 4,000,")
+    assert view.cost < 20_000 + len(view.tasks) * 1000
 
 
 @pytest.mark.parametrize(

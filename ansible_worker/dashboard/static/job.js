@@ -633,6 +633,7 @@ function resultView(found) {
       title.append(" ", stateBadge(entry.status || "none"));
       part.append(title);
     }
+    if (entry.dropped) part.append(el("p", entry.dropped, "sub"));
     if (entry.no_log) {
       part.append(el("p", "Hidden by no_log: the worker never sends this result.", "sub"));
       box.append(part);
@@ -770,6 +771,8 @@ function countLines(job, shown) {
 
 export function showInOutput(job, anchor) {
   const find = () => job.shown.findIndex((line) => line.id === anchor);
+  // A filter just changed and its lines are not drawn yet: they are the ones to look in.
+  if (job.dirty.output === "all") renderJob(job);
   let index = find();
   if (index < 0 && (job.search || job.hostFilter)) {
     job.search = ""; $("output-search").value = "";
