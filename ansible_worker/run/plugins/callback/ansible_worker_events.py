@@ -213,7 +213,10 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
                     fields[stream] = _text(data.get(stream), OUTPUT_LIMIT)
             if data.get("diff"):
                 fields["diff"] = self._diff_text(data["diff"])
-            rest = _data(data)
+            try:
+                rest = _data(data)
+            except Exception:  # an odd value must not cost the event: its counts matter more
+                rest = {"...": "the rest of the result could not be read"}
             if rest is not None:
                 fields["data"] = rest
             stats = data.get("ansible_stats")
