@@ -1,4 +1,4 @@
-"""What the dashboard knows about the group: workers, jobs, their requests and output, and who listens for changes."""
+"""What the dashboard knows of the group: workers, jobs, requests, output and pages, and who listens for changes."""
 
 from __future__ import annotations
 
@@ -264,8 +264,8 @@ class Store:
         for name in names:
             if len(known) >= JOB_HOSTS:
                 break
-            if name not in known:
-                known.add(name[:ROW_TEXT])
+            if (short := name[:ROW_TEXT]) not in known:
+                known.add(short)
                 self._host_entries += 1
         while self._host_entries > ALL_JOB_HOSTS and len(self.job_hosts) > 1:
             self._drop_hosts(next(iter(self.job_hosts)))
@@ -321,9 +321,6 @@ class Store:
             origin["signed_by"] = None
         if task_id in self.again_of:
             origin["again_of"] = self.again_of[task_id]
-        heard = self.heard_at.get(task_id)
-        if heard is not None and task_id in self.requests:
-            origin["heard_at"] = heard.isoformat().replace("+00:00", "Z")
         return origin
 
     def row(self, task_id: str) -> dict[str, Any]:

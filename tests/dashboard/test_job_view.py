@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from ansible_worker.dashboard.job_view import MAX_CELLS, MAX_ENTRIES, MAX_HOSTS, MAX_TASKS, JobView
-from ansible_worker.dashboard.limits import JOB_HOSTS, LIVE_VIEWS_BYTES
+from ansible_worker.dashboard.limits import JOB_HOSTS, LIVE_VIEWS_BYTES, ROW_TEXT
 from ansible_worker.dashboard.output_lines import live_line, record_lines, task_anchors
 from ansible_worker.dashboard.pages import from_record
 from ansible_worker.dashboard.store import Store
@@ -345,6 +345,16 @@ def test_the_store_bounds_live_pages_and_the_hosts_it_knows() -> None:
     for index in range(JOB_HOSTS + 10):
         store.note_hosts("big", [f"more{index}"])
     assert len(store.job_hosts["big"]) == JOB_HOSTS
+
+
+def test_a_long_host_name_heard_again_is_counted_once() -> None:
+    store = Store()
+    store.set_status("j", {"task_id": "j", "state": "running"}, size=10)
+    name = "h" * (ROW_TEXT + 50)
+    for _ in range(5):
+        store.note_hosts("j", [name, "short"])
+    assert store.job_hosts["j"] == {name[:ROW_TEXT], "short"}
+    assert store._host_entries == 2
 
 
 def test_a_live_page_is_sent_to_the_browser_showing_its_job_only() -> None:
