@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_dashboard(args)
     if args.command in CONTROLLER_COMMANDS:
         # Imported only here, so that a worker process never loads the controller's (rich).
-        from ansible_worker.controller.commands import run_command
+        from ansible_worker.controller.command_line import run_command
 
         return run_command(args)
     # Imported only here, so that a controller command never loads the worker tree.

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,12 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+# The checkout's top directory: what the benchmarks share with the tests (`testing`) is there.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from ansible_worker.controller.client import Client, open_client, target_from_url
+from testing.broker import Broker
+from testing.ports import free_port, wait_listening
 
 BIN = Path(sys.executable).parent
 GROUP = "bench"
@@ -46,24 +50,6 @@ new MutationObserver(() => {
   if (count) window.seen.push([performance.timeOrigin + performance.now(), count.textContent]);
 }).observe(body, {childList: true, subtree: true, characterData: true});
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_port(port: int, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on {port}") from None
-            time.sleep(0.02)
 
 
 @contextmanager
@@ -169,12 +155,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=30)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
-    port, web = free_port(), free_port()
-    (work / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n")
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    broker, web = Broker(work), free_port()
+    port = broker.port
     try:
-        with running([mosquitto, "-c", str(work / "mosquitto.conf")], work / "mosquitto.log"):
-            wait_for_port(port)
+        broker.start()
+        try:
             trio.run(publish_jobs, port, args.jobs)
             command = [
                 str(BIN / "ansible-worker"),
@@ -187,7 +172,7 @@ def main() -> None:
                 f"127.0.0.1:{web}",
             ]
             with running(command, work / "dashboard.log") as dashboard, chromium(work / "profile") as driver:
-                wait_for_port(web)
+                wait_listening(web, seconds=20)
                 started = time.monotonic()
                 driver.get(f"http://127.0.0.1:{web}/")
                 WebDriverWait(driver, 30, poll_frequency=0.01).until(
@@ -198,6 +183,8 @@ def main() -> None:
                 latencies = trio.run(measure_latency, port, driver, args.samples)
                 rss = rss_kib(dashboard.pid)
             direct = ansible_direct(work)
+        finally:
+            broker.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     figures = {

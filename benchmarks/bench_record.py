@@ -31,8 +31,8 @@ from ansible_worker.mqtt.link import InboundMessage, LinkOptions, open_mqtt_link
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.models import JobStatus
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.run.output_tail import OutputTail
-from ansible_worker.run.record import RecordCollector
+from ansible_worker.run.events.record_collector import RecordCollector
+from ansible_worker.run.process.output_tail import OutputTail
 from ansible_worker.worker.record_publisher import RecordPublisher
 
 RESULTS = Path(__file__).with_name("bench_record.json")
@@ -119,7 +119,7 @@ async def main(rounds: int, hosts: int, tasks: int, records: int) -> dict[str, A
         from lab import heavy_playbook
 
         (lab.playbooks / "fleet.yml").write_text(heavy_playbook(tasks))
-        lab.start_broker()
+        lab.broker.start()
         try:
             target = target_from_url(f"mqtt://127.0.0.1:{lab.port}", group="on")
             async with (
@@ -154,16 +154,16 @@ async def main(rounds: int, hosts: int, tasks: int, records: int) -> dict[str, A
                 heavy_costs = await publish_cost(lab.port, record, rounds)
                 raw_size = len(json.dumps(record, separators=(",", ":")).encode())
                 payload = zlib.compress(json.dumps(record, separators=(",", ":")).encode(), 6)
-            assert lab.broker is not None
-            before = rss_kib(lab.broker.pid)
+            assert lab.broker.process is not None
+            before = rss_kib(lab.broker.process.pid)
             options = LinkOptions("127.0.0.1", lab.port, "filler")
             async with open_mqtt_link(options) as link:
                 topics = Topics("ansible", "filled")
                 for index in range(records):
                     await link.publish(topics.record(f"f-{index:05d}"), payload, qos=1, retain=True, expiry=604800)
-            after = rss_kib(lab.broker.pid)
+            after = rss_kib(lab.broker.process.pid)
         finally:
-            lab.stop_broker()
+            lab.broker.stop()
     return {
         "version": __version__,
         "rounds": rounds,

@@ -153,7 +153,7 @@ async def stage_figures(root: Path, *, reps: int, small: Path, large: Path, ship
     from ansible_worker.controller.shipping import pack_tree
     from ansible_worker.ops.config import WorkerSettings
     from ansible_worker.protocol.models import TaskRequest
-    from ansible_worker.run.sources import JobSources
+    from ansible_worker.run.sources.job_sources import JobSources
 
     settings = WorkerSettings.model_validate(
         {
@@ -212,7 +212,7 @@ async def bench(root: Path, *, reps: int, files: int, ship_mb: int, memory_mb: i
     """
     lab = Lab(root)
     write_playbooks(lab.playbooks)
-    lab.start_broker()
+    lab.broker.start()
     results: dict[str, Any] = {"reps": reps, "files": files, "ship_mb": ship_mb, "memory_mb": memory_mb}
     try:
         small = repository(root / "small-repo", 0)
@@ -289,7 +289,7 @@ async def bench(root: Path, *, reps: int, files: int, ship_mb: int, memory_mb: i
             }
         )
     finally:
-        lab.stop_broker()
+        lab.broker.stop()
     return results
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from lab import ANSIBLE_PLAYBOOK, GROUP, Lab, heavy_playbook, timed_job, wait_for_worker
 
 from ansible_worker.controller.client import open_client, target_from_url
-from tests.run.sshd import make_key, ssh_hosts
+from testing.sshd import make_key, ssh_hosts
 
 
 async def bench(lab: Lab, repeats: int) -> dict[str, Any]:
@@ -117,11 +117,11 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ansible-worker-bench-ssh-") as scratch:
         lab = Lab(Path(scratch))
-        lab.start_broker()
+        lab.broker.start()
         try:
             results = trio.run(bench, lab, args.repeats)
         finally:
-            lab.stop_broker()
+            lab.broker.stop()
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     for name, value in results.items():
         print(f"{name:28} {value}")

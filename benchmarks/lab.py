@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,8 +19,12 @@ from typing import Any
 
 import trio
 
+# The checkout's top directory: what the benchmarks share with the tests (`testing`) is there.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from ansible_worker import __version__
 from ansible_worker.controller.client import Client
+from testing.broker import MOSQUITTO, Broker
 
 BIN = Path(sys.executable).parent
 ANSIBLE_PLAYBOOK = str(BIN / "ansible-playbook")
@@ -79,12 +81,6 @@ class Figures:
         }
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -95,9 +91,12 @@ def rss_kib(pid: int) -> int:
 class Lab:
     """A scratch directory with a broker, playbooks and worker processes."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, persistent: bool = False) -> None:
         self.root = root
-        self.port = free_port()
+        # Persistent: its retained messages survive a restart, as a production broker's do.
+        persistence = root / "mosquitto-data" if persistent else None
+        self.broker = Broker(root, "max_queued_messages 100000\n", persistence=persistence)
+        self.port = self.broker.port
         self.playbooks = root / "playbooks"
         self.playbooks.mkdir()
         (self.playbooks / "one.yml").write_text(ONE_TASK)
@@ -110,29 +109,6 @@ class Lab:
             'ansible_python_interpreter="{{ ansible_playbook_python }}"\n'
         )
         (self.playbooks / "heavy.yml").write_text(heavy_playbook(40))
-        self.broker: subprocess.Popen[bytes] | None = None
-
-    def start_broker(self) -> None:
-        config = self.root / "mosquitto.conf"
-        config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
-            "max_queued_messages 100000\n" + ("user root\n" if os.geteuid() == 0 else "")
-        )
-        executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.broker = subprocess.Popen([executable, "-c", str(config)], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop_broker(self) -> None:
-        if self.broker is not None:
-            self.broker.terminate()
-            self.broker.wait(timeout=10)
 
     @asynccontextmanager
     async def worker(self, name: str, **settings: Any) -> AsyncIterator[trio.Process]:
@@ -259,9 +235,7 @@ def machine() -> dict[str, Any]:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    mosquitto = subprocess.run(
-        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"], capture_output=True, text=True, check=False
-    ).stdout.splitlines()[0]
+    mosquitto = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, check=False).stdout.splitlines()[0]
     ansible = subprocess.run([ANSIBLE_PLAYBOOK, "--version"], capture_output=True, text=True, check=True)
     return {
         "cpu": cpu,
@@ -286,11 +260,11 @@ def run_in_lab(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
         lab = Lab(Path(scratch))
-        lab.start_broker()
+        lab.broker.start()
         try:
             results = trio.run(bench, lab, scale)
         finally:
-            lab.stop_broker()
+            lab.broker.stop()
     return {
         "machine": machine(),
         "quick": quick,

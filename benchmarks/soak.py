@@ -22,12 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +31,7 @@ import uuid
 from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +41,8 @@ from ansible_worker.controller.client import Client, NoWorkerAnswered, open_clie
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lab import BIN, GROUP, TERMINAL, Lab, rss_kib, wait_for_worker
+
+from testing.broker import Broker
 
 STAND_IN = """\
 #!{python}
@@ -66,48 +65,19 @@ emit({{"event": "playbook_on_stats", "hosts": {{"h": {{"ok": 1}}}}}})
 """
 
 
-class Broker:
-    """Mosquitto on the lab's port; persistent, its retained messages survive a restart."""
+class BrokerRestarts:
+    """Restarts of the lab's broker, counted: SIGTERM (Mosquitto writes its persistence file), a pause, start."""
 
-    def __init__(self, lab: Lab, *, persistent: bool) -> None:
-        self.lab = lab
-        self.config = lab.root / "mosquitto.conf"
-        data = lab.root / "mosquitto-data"
-        data.mkdir()
-        persistence = f"persistence true\npersistence_location {data}/\n" if persistent else "persistence false\n"
-        self.config.write_text(
-            f"listener {lab.port} 127.0.0.1\nallow_anonymous true\n{persistence}set_tcp_nodelay true\n"
-            "max_queued_messages 100000\nlog_dest stderr\n" + ("user root\n" if os.geteuid() == 0 else "")
-        )
-        self.process: subprocess.Popen[bytes] | None = None
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
         self.restarts = 0
-
-    def start(self) -> None:
-        executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        with (self.lab.root / "mosquitto.log").open("ab") as log:
-            self.process = subprocess.Popen([executable, "-c", str(self.config)], stdout=log, stderr=log)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.lab.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        """SIGTERM: Mosquitto writes its persistence file and exits."""
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-            self.process = None
 
     async def restart(self) -> None:
         # Shielded: the soak never ends with the broker stopped half-way.
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self.stop)
+            await trio.to_thread.run_sync(partial(self.broker.stop, timeout=30))
             await trio.sleep(random.uniform(0, 1))
-            await trio.to_thread.run_sync(self.start)
+            await trio.to_thread.run_sync(self.broker.start)
             self.restarts += 1
 
 
@@ -187,7 +157,7 @@ class Chaos:
 
     kill: bool = False
     worker_restarts: bool = True
-    broker: Broker | None = None
+    broker: BrokerRestarts | None = None
     # Publishes per job allowed to the clients (None: the client's default within ANSWER_WITHIN).
     attempts: int | None = None
 
@@ -245,7 +215,7 @@ async def soak(lab: Lab, fleet: Fleet, jobs: int, rate: float, chaos: Chaos) -> 
                 await fleet.start(name)
                 await wait_for_worker(client, name)
 
-        async def restart_broker(broker: Broker) -> None:
+        async def restart_broker(broker: BrokerRestarts) -> None:
             while True:
                 await trio.sleep(random.uniform(2, 5))
                 await broker.restart()
@@ -347,20 +317,19 @@ def main() -> int:
     # A client's notices (a job published again, a reconnect) would be thousands of lines.
     logging.getLogger("ansible_worker.controller.client").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="ansible-worker-soak-") as scratch:
-        lab = Lab(Path(scratch))
+        lab = Lab(Path(scratch), persistent=args.broker_restarts)
         stand_in = lab.root / "stand-in-ansible-playbook"
         stand_in.write_text(STAND_IN.format(python=sys.executable, runs=str(lab.root / "runs")))
         stand_in.chmod(0o755)
         fleet = Fleet(lab, stand_in, 3)
-        broker = Broker(lab, persistent=args.broker_restarts)
         chaos = Chaos(kill=args.kill, worker_restarts=args.worker_restarts, attempts=args.attempts)
         if args.broker_restarts:
-            chaos.broker = broker
-        broker.start()
+            chaos.broker = BrokerRestarts(lab.broker)
+        lab.broker.start()
         try:
             report = trio.run(soak_fleet, lab, fleet, args.jobs, args.rate, chaos)
         finally:
-            broker.stop()
+            lab.broker.stop(timeout=30)
     print(json.dumps(report, indent=2))
     return 0 if report["lost"] == 0 and report["duplicated"] == 0 else 1
 

@@ -8,16 +8,15 @@ hoping that something has happened.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,71 +30,15 @@ from ansible_worker.ops.config import Settings
 from ansible_worker.protocol.signing import Signer, generate_key_pair
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker.service import Worker
+
+# Tests name the `broker` fixture's type from here.
+from testing.broker import Broker as Broker
 from tests.deployment import Deployment, lane_deployment
 
 REPO = Path(__file__).parent.parent
 PLAYBOOKS = Path(__file__).parent / "playbooks"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 TERMINAL = {"success", "failed", "cancelled", "timeout"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Broker:
-    """A Mosquitto process that a test can stop and start again on the same port."""
-
-    def __init__(
-        self,
-        directory: Path,
-        listener_options: str = "",
-        *,
-        access: str = "allow_anonymous true\n",
-        render: Callable[[int], str] | None = None,
-    ) -> None:
-        """A broker on a free port; `render(port)`, if given, writes the whole configuration."""
-        self.port = free_port()
-        self.directory = directory
-        self.config = directory / "mosquitto.conf"
-        self.log = directory / "mosquitto.log"
-        text = (
-            render(self.port)
-            if render is not None
-            else (
-                f"listener {self.port} 127.0.0.1\n" + listener_options + access + "persistence false\n"
-                "set_tcp_nodelay true\n"
-                "log_dest stderr\n"
-                "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
-            )
-        )
-        # Started as root, Mosquitto would drop to a user that cannot read this directory.
-        self.config.write_text(text + ("user root\n" if os.geteuid() == 0 else ""))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen([executable, "-c", str(self.config)], stdout=log, stderr=log)
-        deadline = time.monotonic() + 10
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("mosquitto did not start listening within 10s") from None
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        self.process = None
 
 
 @pytest.fixture
@@ -134,15 +77,8 @@ def group() -> str:
     return "g" + uuid.uuid4().hex[:10]
 
 
-def make_settings(
-    port: int,
-    playbook_dir: Path,
-    group: str,
-    mqtt: dict[str, Any] | None = None,
-    security: dict[str, Any] | None = None,
-    **worker: Any,
-) -> Settings:
-    """Settings for a worker on the test broker at `port`, with short timeouts."""
+def worker_values(playbook_dir: Path, group: str, **worker: Any) -> dict[str, Any]:
+    """The `worker` settings of a test's worker (its runs beside the playbooks, short timeouts), and `worker`."""
     runs = playbook_dir.parent / "runs"
     runs.mkdir(exist_ok=True)
     values: dict[str, Any] = {
@@ -155,6 +91,19 @@ def make_settings(
         "status_interval": 0.1,
     }
     values.update(worker)
+    return values
+
+
+def make_settings(
+    port: int,
+    playbook_dir: Path,
+    group: str,
+    mqtt: dict[str, Any] | None = None,
+    security: dict[str, Any] | None = None,
+    **worker: Any,
+) -> Settings:
+    """Settings for a worker on the test broker at `port`, with short timeouts."""
+    values = worker_values(playbook_dir, group, **worker)
     return Settings(mqtt={"host": "127.0.0.1", "port": port, **(mqtt or {})}, worker=values, security=security or {})
 
 
@@ -278,6 +227,14 @@ async def wait_online(client: Client, worker_id: str) -> None:
     """A shared-subscription job published before a worker subscribed would reach nobody."""
     with trio.fail_after(30):
         await client.wait_for_worker(worker_id)
+
+
+def unique_seconds(whole: int) -> str:
+    """A sleep's length that names one test run, so that tests in parallel never see each other's `sleep`."""
+    return f"{whole}.{os.getpid()}{next(_sleeps)}"
+
+
+_sleeps = itertools.count(1)
 
 
 def processes_mentioning(text: str) -> list[str]:

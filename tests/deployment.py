@@ -13,7 +13,10 @@ deployment:
   `ANSIBLE_LOCAL_TEMP`, `ANSIBLE_REMOTE_TEMP` in a scratch directory, as on its `/tmp`).
 
 Tests choose the deployments with `@lane`; their `tmp_path` is then a directory under
-`/tmp` that the worker's user can reach (pytest's own is private to root).
+`/tmp` that the worker's user can reach (pytest's own is private to root). A test builds its
+files as the operator; `give` makes a directory the worker's own, `seal` makes a playbook tree
+read-only to every deployment (root's worker included: see `seal`), and `run` runs a command
+as the worker's user would (`ansible-config`, a script on the worker's Python).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import pwd
 import re
@@ -32,8 +36,8 @@ import signal
 import stat
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,17 +92,35 @@ lane = pytest.mark.parametrize(
 
 
 class DeployedWorker:
-    """A running worker as a test sees it, however it was deployed: its id, its presence, and its stop."""
+    """A running worker as a test sees it, however it was deployed: its id, its presence, its log, its stop."""
 
     def __init__(
-        self, settings: Settings, *, worker: Worker | None = None, process: WorkerProcess | None = None
+        self,
+        settings: Settings,
+        *,
+        worker: Worker | None = None,
+        process: WorkerProcess | None = None,
+        log: list[str] | None = None,
     ) -> None:
         self.worker_id = settings.worker.worker_id
         self._port = settings.mqtt.port
         self._topics = Topics(settings.worker.topic_prefix, settings.worker.group_name)
         self._worker = worker
         self.process = process
+        self._log = log if log is not None else []
         self._signals = 0
+
+    @property
+    def pid(self) -> int:
+        """The worker's process: this one, or the `ansible-worker run` it was deployed as."""
+        if self.process is not None:
+            return self.process.process.pid
+        return os.getpid()
+
+    @property
+    def log(self) -> list[str]:
+        """What the worker has logged so far, from INFO up: its stderr, or its records in this process."""
+        return self.process.lines if self.process is not None else self._log
 
     def request_shutdown(self, *, hurry: bool = False) -> None:
         """Begin a graceful shutdown, as SIGTERM does; `hurry` as a second SIGTERM does."""
@@ -122,6 +144,64 @@ class DeployedWorker:
                         return presence["warm_starts"], presence["cold_starts"]
         raise AssertionError("the presence subscription ended")
 
+    async def metric(self, sample: str) -> float:
+        """One sample of the worker's `/metrics`, as Prometheus scrapes it (the settings must enable `http`)."""
+        from tests.ops.test_operations import http_get, metric
+
+        if self._worker is not None:
+            port = self._worker.http_port
+        else:
+            assert self.process is not None
+            line = await self.process.wait_for_line("health and metrics endpoint on http://")
+            found = re.search(r"http://[^/]+:(\d+)/", line)
+            port = int(found.group(1)) if found else None
+        assert port is not None, "the worker serves no /metrics: enable worker.http"
+        status, body = await http_get(port, "/metrics")
+        assert status == 200, body
+        return metric(body, sample)
+
+
+class _Records(logging.Handler):
+    """The worker's log records in this process, as its stderr would carry them (messages only)."""
+
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+
+@contextmanager
+def _recording(into: list[str]) -> Iterator[None]:
+    """Keep what the worker's loggers say from INFO up, as `ansible-worker run` logs it by default."""
+    logger = logging.getLogger("ansible_worker")
+    handler = _Records(into)
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@contextmanager
+def _environment_of_this_process(extra: Mapping[str, str]) -> Iterator[None]:
+    """`extra` in this process's environment while a worker runs in it; the old values back afterwards."""
+    saved = {name: os.environ.get(name) for name in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
 
 @dataclasses.dataclass(frozen=True)
 class Deployment:
@@ -131,24 +211,98 @@ class Deployment:
     # For the unprivileged ones: the directory of the test's files, and the venv the worker runs from.
     base: Path | None = None
     venv: Path | None = None
+    # Trees made read-only by `seal`, made writable again when the test ends.
+    sealed: list[Path] = dataclasses.field(default_factory=list, compare=False)
 
     @property
     def unprivileged(self) -> bool:
         return self.base is not None
+
+    @property
+    def scratch(self) -> Path | None:
+        """The image's `/tmp` of the `image-env` deployment (where its `ANSIBLE_HOME` is), else None."""
+        return self.base / "scratch" if self.name == "image-env" and self.base is not None else None
 
     def hand_over(self, directory: Path) -> None:
         """Give `directory` to the worker's user, as a deployment does with a checkout that jobs `git pull`."""
         if self.unprivileged:
             _chown_tree(directory, WORKER_UID, WORKER_UID)
 
+    def give(self, directory: Path) -> Path:
+        """`directory` (made if missing) as one of the worker's own: its HOME, a place for its logs."""
+        if self.unprivileged:
+            _give_directory(directory)
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+    def seal(self, tree: Path) -> Path:
+        """Make the playbook tree `tree` read-only, as a deployment mounts it: the operator's, writable by no one.
+
+        Unprivileged, the worker could not write a tree of root's anyway; the write bits go
+        too. Root writes whatever the modes say, so each entry is also made immutable
+        (`chattr +i`, on a file system that has the flag): a read-only volume for the worker
+        in the test process. `unseal` (or the end of the test) undoes both.
+        """
+        self.sealed.append(tree)
+        for path in [tree, *tree.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(stat.S_IMODE(path.stat().st_mode) & ~0o222)
+        if shutil.which("chattr"):
+            subprocess.run(["chattr", "-R", "+i", str(tree)], capture_output=True, check=False)
+        return tree
+
+    def unseal(self, tree: Path) -> None:
+        """Undo `seal`: the operator may change or remove the tree again."""
+        if tree not in self.sealed or not tree.exists():
+            return
+        self.sealed.remove(tree)
+        if shutil.which("chattr"):
+            subprocess.run(["chattr", "-R", "-i", str(tree)], capture_output=True, check=False)
+        for path in [tree, *tree.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(stat.S_IMODE(path.stat().st_mode) | stat.S_IWUSR)
+
+    def executable(self, name: str) -> str:
+        """The program `name` of the Python the worker runs on (`ansible-config`, `python`...)."""
+        from tests.conftest import ANSIBLE_PLAYBOOK
+
+        return str((self.venv / "bin" if self.venv is not None else Path(ANSIBLE_PLAYBOOK).parent) / name)
+
+    def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment the worker's process has, with `extra` (what `running(env=...)` adds)."""
+        base = self._environment() if self.unprivileged else dict(os.environ)
+        return {**base, **(extra or {})}
+
+    async def run(
+        self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]
+    ) -> subprocess.CompletedProcess[bytes]:
+        """`argv` as the worker's user runs it (root in the test process's deployment); its output captured.
+
+        Cancellation: as `trio.run_process` (the caller bounds the wait).
+        """
+        options: dict[str, Any] = {}
+        if self.unprivileged:
+            options = {"user": WORKER_UID, "group": WORKER_UID, "extra_groups": [], "umask": 0o022}
+        return await trio.run_process(
+            list(argv), cwd=cwd, env=dict(env), capture_stdout=True, capture_stderr=True, check=False, **options
+        )
+
     @asynccontextmanager
-    async def running(self, settings: Settings) -> AsyncIterator[DeployedWorker]:
-        """A worker with `settings`, connected and subscribed; shut down gracefully on exit."""
+    async def running(
+        self, settings: Settings, *, env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[DeployedWorker]:
+        """A worker with `settings`, connected and subscribed; shut down gracefully on exit.
+
+        `env` adds to the environment the operator starts the worker with.
+        """
         if not self.unprivileged:
             from tests.conftest import running_worker
 
-            async with running_worker(settings) as worker:
-                yield DeployedWorker(settings, worker=worker)
+            log: list[str] = []
+            with _environment_of_this_process(env or {}), _recording(log):
+                async with running_worker(settings) as worker:
+                    yield DeployedWorker(settings, worker=worker, log=log)
             return
         assert self.base is not None
         document = _revealed(settings.model_dump())
@@ -158,7 +312,7 @@ class Deployment:
         # It holds the test's secrets in clear: root's alone (the worker gets a copy of its own).
         config.touch(mode=0o600)
         config.write_text(json.dumps(document))
-        async with self.process("run", "-c", str(config)) as process:
+        async with self.process("run", "-c", str(config), env=dict(env or {})) as process:
             await process.wait_for_line("connected to broker")
             handle = DeployedWorker(settings, process=process)
             try:
@@ -387,14 +541,22 @@ def remove_base(base: Path) -> None:
 def lane_deployment(name: str) -> Iterator[Deployment]:
     """The deployment `name` for one test; skipped, with the reason, where the test process is not root."""
     if name == "root":
-        yield Deployment(name)
+        deployment = Deployment(name)
+        try:
+            yield deployment
+        finally:
+            for tree in list(deployment.sealed):
+                deployment.unseal(tree)
         return
     if os.geteuid() != 0:
         pytest.skip(f"the {name} deployment needs root: it starts the worker as uid {WORKER_UID}")
     ensure_worker_user()
     venv = system_venv()
     base = private_base()
+    deployment = Deployment(name, base=base, venv=venv)
     try:
-        yield Deployment(name, base=base, venv=venv)
+        yield deployment
     finally:
+        for tree in list(deployment.sealed):
+            deployment.unseal(tree)
         remove_base(base)

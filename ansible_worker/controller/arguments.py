@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 from pathlib import Path
@@ -66,3 +67,32 @@ def _mapping(loaded: object, where: str) -> dict[str, Any]:
 def split_list(values: list[str] | None) -> list[str]:
     """`-t a,b -t c` gives `["a", "b", "c"]`."""
     return [item.strip() for value in values or [] for item in value.split(",") if item.strip()]
+
+
+def build_job(args: argparse.Namespace) -> dict[str, Any]:
+    """The job request of `submit`'s flags; only the flags given appear in it.
+
+    Errors: `ArgumentError` for `--extra-vars` that cannot be read.
+    """
+    job: dict[str, Any] = {"playbook": args.playbook, "inventory": args.inventory}
+    if args.task_id:
+        job["task_id"] = args.task_id
+    extra_vars = parse_extra_vars(args.extra_vars or [])
+    if extra_vars:
+        job["extra_vars"] = extra_vars
+    optional = {
+        "limit": args.limit,
+        "tags": split_list(args.tags) or None,
+        "skip_tags": split_list(args.skip_tags) or None,
+        "verbosity": args.verbose or None,
+        "check_mode": args.check or None,
+        "diff_mode": args.diff or None,
+        "forks": args.forks,
+        "timeout": args.timeout,
+        "git_pull": args.git_pull or None,
+        "credentials": args.credentials or None,
+        "project": getattr(args, "project", None),
+        "revision": getattr(args, "revision", None),
+    }
+    job.update({key: value for key, value in optional.items() if value is not None})
+    return job

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from ansible_worker.controller.view import parse_time
-from ansible_worker.protocol.models import TASK_ID_PATTERN
+from ansible_worker.controller.job_filter import parse_time
+from ansible_worker.protocol.topics import is_task_id
 
 # Runner's words for how a run ended (`status` file), by the job's terminal state.
 RUNNER_STATUS = {"success": "successful", "failed": "failed", "cancelled": "canceled", "timeout": "timeout"}
@@ -100,7 +99,7 @@ def write_artifacts(directory: Path, task_id: str, record: dict[str, Any]) -> Pa
     Errors: `OSError` when the directory cannot be written; `ValueError` when `task_id`
     cannot name a directory.
     """
-    if not re.fullmatch(TASK_ID_PATTERN, task_id) or task_id in (".", ".."):
+    if not is_task_id(task_id) or task_id in (".", ".."):
         raise ValueError(f"the task id cannot name a directory: {task_id!r}")
     job_dir = directory / task_id
     events_dir = job_dir / "job_events"

@@ -1,4 +1,4 @@
-"""The `logs` and `jobs` commands: a job's whole output, its events or runner artifacts, and the group's job list."""
+"""The `logs` command, and a job's record at a terminal: its whole output, its events, runner artifacts."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ from rich.console import Console
 from rich.text import Text
 
 from ansible_worker.controller.artifacts import write_artifacts
-from ansible_worker.controller.client import Client, ClientError, JobHandle
-from ansible_worker.controller.history import job_row, jobs_table, parse_since, parse_states
+from ansible_worker.controller.client import Client, JobHandle
 from ansible_worker.controller.parser import (
     EXIT_FAILED,
     EXIT_STOPPED_WATCHING,
-    EXIT_SUCCESS,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     STATE_EXIT,
 )
+from ansible_worker.controller.terminal import CommandError, print_json_line, until_interrupted
 
 # Ansible's colours for its own lines (its `COLOR_*` defaults), by how the line starts.
 _LINE_COLOURS = (
@@ -38,16 +37,7 @@ _LINE_COLOURS = (
     ("[ERROR]", "red"),
     ("ERROR!", "red"),
 )
-PIPED_WIDTH = 250
 _HEADINGS = ("PLAY ", "TASK ", "RUNNING HANDLER ", "PLAY RECAP", "PLAYBOOK:")
-
-
-class RecordCommandError(ClientError):
-    """A `logs` or `jobs` command that cannot do what was asked; carries its exit code."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def print_output(console: Console, output: str) -> None:
@@ -72,8 +62,6 @@ def _colour(line: str) -> str:
 
 def print_record(console: Console, record: dict[str, Any], *, events: bool) -> None:
     """A record's output (or, with `events`, its events as JSON lines), saying first when it was cut."""
-    from ansible_worker.controller.commands import print_json_line
-
     if events:
         for event in record["events"]:
             print_json_line(console, event)
@@ -95,7 +83,7 @@ async def logs(client: Client, args: argparse.Namespace, console: Console) -> in
     exit code of the job's terminal state, as `watch` does, or `EXIT_STOPPED_WATCHING` when
     Ctrl-C stopped following a running job (which goes on).
 
-    Errors: `RecordCommandError` with `EXIT_UNAVAILABLE` when the broker holds neither a
+    Errors: `CommandError` with `EXIT_UNAVAILABLE` when the broker holds neither a
     status nor a record of the job, a finished job left no record, or the job's worker went
     offline; with `EXIT_USAGE` when the artifacts cannot be written.
 
@@ -106,10 +94,8 @@ async def logs(client: Client, args: argparse.Namespace, console: Console) -> in
         record = await client.record(args.task_id)
         if record is None:
             if status is None:
-                raise RecordCommandError(
-                    f"the broker holds no status and no record for {args.task_id}", EXIT_UNAVAILABLE
-                )
-            raise RecordCommandError(
+                raise CommandError(f"the broker holds no status and no record for {args.task_id}", EXIT_UNAVAILABLE)
+            raise CommandError(
                 f"{args.task_id} ended ({status.get('state')}) but the broker holds no record of it"
                 " (worker.publish_records off, or it has expired)",
                 EXIT_UNAVAILABLE,
@@ -117,7 +103,7 @@ async def logs(client: Client, args: argparse.Namespace, console: Console) -> in
         return finish_logs(console, args.task_id, record, events=args.events, artifact_dir=args.artifact_dir)
     async with await client.follow(args.task_id) as handle:
         followed = await _follow_until_interrupted(handle, console, events=args.events)
-    if isinstance(followed, RecordCommandError):
+    if isinstance(followed, CommandError):
         raise followed
     if followed is None:
         stopped = f"stopped following; {args.task_id} goes on (ansible-worker logs {args.task_id})"
@@ -129,7 +115,7 @@ async def logs(client: Client, args: argparse.Namespace, console: Console) -> in
     # It ended before a line arrived (between the two looks), or its artifacts are wanted: the record has it all.
     record = await client.record(args.task_id)
     if record is None:
-        raise RecordCommandError(f"{args.task_id} ended ({final.get('state')}) and left no record", EXIT_UNAVAILABLE)
+        raise CommandError(f"{args.task_id} ended ({final.get('state')}) and left no record", EXIT_UNAVAILABLE)
     if not printed:
         print_record(console, record, events=args.events)
     if args.artifact_dir is not None:
@@ -139,14 +125,13 @@ async def logs(client: Client, args: argparse.Namespace, console: Console) -> in
 
 async def _follow_until_interrupted(
     handle: JobHandle, console: Console, *, events: bool
-) -> tuple[dict[str, Any], int] | RecordCommandError | None:
+) -> tuple[dict[str, Any], int] | CommandError | None:
     """`print_live` until the job ends (its result, or its error), or None once Ctrl-C stops it, as in `watch`."""
-    from ansible_worker.controller.commands import until_interrupted
 
-    async def follow() -> tuple[dict[str, Any], int] | RecordCommandError:
+    async def follow() -> tuple[dict[str, Any], int] | CommandError:
         try:
             return await print_live(handle, console, events=events)
-        except RecordCommandError as exc:
+        except CommandError as exc:
             return exc
 
     with trio.open_signal_receiver(signal.SIGINT) as interrupts:
@@ -165,11 +150,11 @@ def finish_logs(
 
 
 def save_artifacts(console: Console, directory: Path, task_id: str, record: dict[str, Any]) -> None:
-    """Write the runner artifacts of job `task_id` and say where, on stderr. Errors: `RecordCommandError`."""
+    """Write the runner artifacts of job `task_id` and say where, on stderr. Errors: `CommandError`."""
     try:
         where = write_artifacts(directory, task_id, record)
     except (OSError, ValueError) as exc:
-        raise RecordCommandError(f"cannot write the artifacts into {directory}: {exc}", EXIT_USAGE) from None
+        raise CommandError(f"cannot write the artifacts into {directory}: {exc}", EXIT_USAGE) from None
     Console(stderr=True, highlight=False).print(f"runner artifacts in {where}", style="dim", markup=False)
 
 
@@ -178,16 +163,14 @@ async def print_live(handle: JobHandle, console: Console, *, events: bool) -> tu
 
     Returns that status and how many lines were printed.
 
-    Errors: `RecordCommandError` with `EXIT_UNAVAILABLE` when the job's worker went offline.
+    Errors: `CommandError` with `EXIT_UNAVAILABLE` when the job's worker went offline.
 
     Cancellation: the handle stays open (its owner closes it); nothing changes at the broker.
     """
-    from ansible_worker.controller.commands import print_json_line
-
     printed = 0
     async for update in handle.updates():
         if update.kind == "lost":
-            raise RecordCommandError(f"the worker running {handle.task_id} went offline", EXIT_UNAVAILABLE)
+            raise CommandError(f"the worker running {handle.task_id} went offline", EXIT_UNAVAILABLE)
         if update.kind == "event":
             if events:
                 print_json_line(console, update.data)
@@ -197,32 +180,5 @@ async def print_live(handle: JobHandle, console: Console, *, events: bool) -> tu
                 printed += 1
     final = handle.latest
     if final is None:
-        raise RecordCommandError("the connection to the broker was closed", EXIT_UNAVAILABLE)
+        raise CommandError("the connection to the broker was closed", EXIT_UNAVAILABLE)
     return final, printed
-
-
-async def jobs(client: Client, args: argparse.Namespace, console: Console) -> int:
-    """The `jobs` command: the group's jobs from their retained statuses, newest first.
-
-    Errors: `RecordCommandError` with `EXIT_USAGE` for a bad `--state` or `--since`.
-
-    Cancellation: as `Client.jobs`; nothing is left behind.
-    """
-    try:
-        parse_states(args.state)
-        since = parse_since(args.since) if args.since else None
-    except ValueError as exc:
-        raise RecordCommandError(str(exc), EXIT_USAGE) from None
-    found = await client.jobs(state=args.state, playbook=args.playbook, since=since)
-    if args.json:
-        from ansible_worker.controller.commands import print_json_line
-
-        for status in found:
-            print_json_line(console, job_row(status))
-    elif not found:
-        console.print(f"no jobs of group {client.topics.group!r} match", style="dim")
-    else:
-        # Piped, the table is not squeezed to 80 columns: one job per line, whatever reads it.
-        wide = console if console.is_terminal else Console(file=console.file, width=PIPED_WIDTH, highlight=False)
-        wide.print(jobs_table(found))
-    return EXIT_SUCCESS

@@ -6,27 +6,36 @@ import hashlib
 import io
 import os
 import stat
-import sys
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import Protocol
 
-import trio
-
-from ansible_worker.protocol.models import CONTENT_PART_BYTES
-
-if TYPE_CHECKING:
-    from ansible_worker.controller.client import Client
+from ansible_worker.mqtt.options import InboundMessage
+from ansible_worker.protocol.topics import Topics
 
 # A day: long enough for a job to wait in a queue, short enough that old trees leave the broker.
 DEFAULT_CONTENT_RETENTION = 86_400
-# Trees smaller than this are packed without a progress bar.
-PROGRESS_FROM_BYTES = 4 << 20
 
 # Told (done, total, stage): bytes packed so far, then parts sent so far.
-Progress = Callable[[int, int, str], None]
+ShipProgress = Callable[[int, int, str], None]
+
+
+class ContentPublisher(Protocol):
+    """What shipping needs of a broker client: the group's topics, what the broker holds, and publishing."""
+
+    @property
+    def topics(self) -> Topics:
+        """The group's topics."""
+
+    async def retained(self, topic_filter: str) -> list[InboundMessage]:
+        """The messages the broker holds for `topic_filter` now."""
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int, retain: bool = False, expiry: int | None = None
+    ) -> None:
+        """Publish one message."""
 
 
 class ShipError(Exception):
@@ -60,7 +69,7 @@ def _entries(directory: Path) -> list[Path]:
     return found
 
 
-def pack_tree(directory: Path, *, progress: Progress | None = None) -> tuple[bytes, int]:
+def pack_tree(directory: Path, *, progress: ShipProgress | None = None) -> tuple[bytes, int]:
     """A tar archive of `directory` (without `.git`) and its number of entries.
 
     The same tree always gives the same bytes: entries sorted, times, owners and names
@@ -79,7 +88,7 @@ def pack_tree(directory: Path, *, progress: Progress | None = None) -> tuple[byt
         raise ShipError(f"--ship: cannot read {exc.filename or directory}: {exc.strerror or exc}") from None
 
 
-def _pack(directory: Path, progress: Progress | None) -> tuple[bytes, int]:
+def _pack(directory: Path, progress: ShipProgress | None) -> tuple[bytes, int]:
     entries = _entries(directory)
     sizes = {path: path.lstat().st_size for path in entries if path.is_file() and not path.is_symlink()}
     total = sum(sizes.values())
@@ -112,42 +121,36 @@ def _pack(directory: Path, progress: Progress | None) -> tuple[bytes, int]:
 
 
 async def ship(
-    client: Client,
+    client: ContentPublisher,
     directory: Path,
     *,
     retention: int = DEFAULT_CONTENT_RETENTION,
-    progress: Progress | None = None,
+    progress: ShipProgress | None = None,
 ) -> Shipment:
     """Pack `directory` and retain it, in parts, on the content topics of its digest, unless they are there.
 
     Part `n` of the archive (`CONTENT_PART_BYTES` each, the last one shorter) goes to
     `<prefix>/<group>/content/<sha256>/<n>`. Which parts the broker holds is learned by
-    subscribing to them and waiting for the client's barrier; a part is sent (QoS 1,
+    asking the client what the broker retains on them; a part is sent (QoS 1,
     retained, expiring after `retention` seconds) only when the broker does not hold
     exactly its bytes. `progress(done, total, stage)` hears of packing, then of sending.
 
-    Cancellation: the subscription is ended; the parts already sent stay retained.
+    Cancellation: nothing is left subscribed; the parts already sent stay retained.
     """
+    # Here, not at the top: the protocol's models load pydantic, which no other command needs.
+    from ansible_worker.protocol.models import CONTENT_PART_BYTES
+
     data, files = pack_tree(directory, progress=progress)
     sha256 = hashlib.sha256(data).hexdigest()
     view = memoryview(data)
     starts = range(0, len(data), CONTENT_PART_BYTES)
-    receive = await client.subscribe([client.topics.content_parts(sha256)], qos=1)
     held: set[int] = set()
-    try:
-        await client.barrier()
-        while True:
-            try:
-                message = receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            leaf = message.topic.rpartition("/")[2]
-            if leaf.isdigit() and int(leaf) < len(starts):
-                start = starts[int(leaf)]
-                if message.payload == view[start : start + CONTENT_PART_BYTES]:
-                    held.add(int(leaf))
-    finally:
-        await client.unsubscribe([client.topics.content_parts(sha256)], receive)
+    for message in await client.retained(client.topics.content_parts(sha256)):
+        leaf = message.topic.rpartition("/")[2]
+        if leaf.isdigit() and int(leaf) < len(starts):
+            start = starts[int(leaf)]
+            if message.payload == view[start : start + CONTENT_PART_BYTES]:
+                held.add(int(leaf))
     missing = [index for index in range(len(starts)) if index not in held]
     for done, index in enumerate(missing, 1):
         start = starts[index]
@@ -156,36 +159,3 @@ async def ship(
         if progress is not None:
             progress(done, len(missing), "sending")
     return Shipment(sha256, len(data), files, sent=bool(missing))
-
-
-class ProgressBar:
-    """`[#####-----] 48% packing 12.3 of 25.6 MB` on a terminal, redrawn in place; silent elsewhere."""
-
-    def __init__(self, stream: TextIO = sys.stderr, *, width: int = 30) -> None:
-        self.stream = stream
-        self.width = width
-        self.active = stream.isatty()
-        self._shown: tuple[str, int] | None = None
-        self._large = False
-
-    def __call__(self, done: int, total: int, stage: str) -> None:
-        if stage == "packing":
-            self._large = total >= PROGRESS_FROM_BYTES
-        if not self.active or not self._large or total <= 0:
-            return
-        percent = done * 100 // total
-        if self._shown == (stage, percent):
-            return
-        self._shown = (stage, percent)
-        filled = self.width * done // total
-        bar = "#" * filled + "-" * (self.width - filled)
-        amount = f"{done / 1e6:.1f} of {total / 1e6:.1f} MB" if stage == "packing" else f"part {done} of {total}"
-        self.stream.write(f"\r[{bar}] {percent:3d}% {stage} {amount}   ")
-        self.stream.flush()
-
-    def finish(self, text: str) -> None:
-        """Replace the bar (on a terminal) by a line that says what was shipped; the line is written anyway."""
-        if self.active and self._shown is not None:
-            self.stream.write("\r" + " " * (self.width + 40) + "\r")
-        self.stream.write(text + "\n")
-        self.stream.flush()

@@ -12,7 +12,8 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from ansible_worker.controller.client import Update
+from ansible_worker.controller.job_filter import parse_time
+from ansible_worker.controller.job_handle import Update
 
 STATE_STYLES = {
     "queued": "cyan",
@@ -31,16 +32,6 @@ _COUNTS = ("ok", "changed", "failed", "skipped", "unreachable")
 _HEADINGS = frozenset(
     {"playbook_on_play_start", "playbook_on_task_start", "playbook_on_handler_task_start", "playbook_on_stats"}
 )
-
-
-def parse_time(value: object) -> datetime | None:
-    """The moment an ISO 8601 string names (a trailing `Z` allowed), or None for anything else."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def counts(status: dict[str, Any]) -> Text:
@@ -201,5 +192,47 @@ def workers_table(workers: list[dict[str, Any]], now: datetime | None = None) ->
             str(worker.get("queued", "?")),
             str(worker.get("jobs_done", "?")),
             age,
+        )
+    return table
+
+
+def job_row(status: dict[str, Any]) -> dict[str, Any]:
+    """One job as a `jobs --json` line: what the table shows, in plain values."""
+    return {
+        "task_id": status.get("task_id"),
+        "state": status.get("state"),
+        "playbook": status.get("playbook"),
+        "worker_id": status.get("worker_id"),
+        "created_at": status.get("created_at"),
+        "started_at": status.get("started_at"),
+        "duration_seconds": status.get("duration_seconds"),
+        "ok": status.get("tasks_ok", 0),
+        "changed": status.get("tasks_changed", 0),
+        "failed": status.get("tasks_failed", 0),
+        "skipped": status.get("tasks_skipped", 0),
+        "unreachable": status.get("tasks_unreachable", 0),
+        "record_bytes": (status.get("record") or {}).get("bytes"),
+    }
+
+
+def jobs_table(statuses: list[dict[str, Any]]) -> Table:
+    """The job list as a table for a terminal."""
+    table = Table(box=None, header_style="bold")
+    numeric = ("DURATION", "OK", "CHANGED", "FAILED", "SKIPPED", "UNREACH")
+    for column in ("TASK ID", "STATE", "PLAYBOOK", "WORKER", "STARTED", *numeric):
+        table.add_column(column, justify="right" if column in numeric else "left")
+    for status in statuses:
+        row = job_row(status)
+        state = str(row["state"])
+        began = parse_time(row["started_at"]) or parse_time(row["created_at"])
+        duration = row["duration_seconds"]
+        table.add_row(
+            str(row["task_id"]),
+            Text(state, style=STATE_STYLES.get(state, "")),
+            str(row["playbook"] or "?"),
+            str(row["worker_id"] or "?"),
+            began.strftime("%Y-%m-%d %H:%M:%S") if began else "?",
+            f"{duration:.1f}s" if isinstance(duration, int | float) else "",
+            *(str(row[key]) for key in ("ok", "changed", "failed", "skipped", "unreachable")),
         )
     return table

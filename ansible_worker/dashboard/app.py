@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ansible_worker.controller.client import Client, ClientError, NoWorkerAnswered, default_requester
+from ansible_worker.controller.payloads import finite
 from ansible_worker.dashboard.access import ACTION_HEADER, TOKEN_HEADER, is_loopback, same_origin, token_ok
 from ansible_worker.dashboard.limits import ROW_TEXT, STILL_GOING
 from ansible_worker.dashboard.pages import Page, RecordReader
-from ansible_worker.dashboard.record import job_record
-from ansible_worker.dashboard.store import Store, finite
+from ansible_worker.dashboard.store import Store
 from ansible_worker.mqtt.link import LinkError
 from ansible_worker.protocol.topics import is_task_id
 
@@ -177,10 +178,21 @@ class Dashboard:
         if (bad := _not_a_task_id(task_id)) is not None:
             return bad
         with trio.move_on_after(ACTION_WITHIN):
-            found = await job_record(self.client, task_id)
+            found = await self._record(task_id)
             if found is not None:
                 return _json(found)
         return _error("no record of this job", 404)
+
+    async def _record(self, task_id: str) -> dict[str, Any] | None:
+        """A finished job's record, or None: where the dashboard reads records from, in one place.
+
+        A record that cannot be read counts as none (the client has said why).
+
+        Cancellation: the record subscription is removed; the caller bounds the wait.
+        """
+        with suppress(ClientError):
+            return await self.client.record(task_id)
+        return None
 
     async def page(self, request: Request) -> Response:
         """A job's page data: hosts, tasks and results, and Ansible's output; from its record once it has ended.
@@ -218,7 +230,7 @@ class Dashboard:
     async def _page(self, task_id: str) -> Page | None:
         """The page of a known job: built from its record once it has ended and one is there, else from live events.
 
-        This is where a finished job's record is read: through `record.job_record`, in one place.
+        A finished job's record is read through `_record`, as the record endpoint reads it.
         """
         status = self.store.jobs.get(task_id)
         if status is None:
@@ -229,7 +241,7 @@ class Dashboard:
         if kept is not None:
             return kept
         with trio.move_on_after(ACTION_WITHIN):
-            record = await job_record(self.client, task_id)
+            record = await self._record(task_id)
             if record is not None:
                 reader = RecordReader(record)
                 # Some events at a time: the other pages' streams go on in between.

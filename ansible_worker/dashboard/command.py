@@ -13,7 +13,7 @@ import trio
 from ansible_worker.controller.parser import EXIT_UNAVAILABLE, EXIT_USAGE, add_connection_options
 
 if TYPE_CHECKING:
-    from ansible_worker.controller.client import Target
+    from ansible_worker.controller.target import Target
     from ansible_worker.dashboard.access import Listen
     from ansible_worker.dashboard.options import DashboardOptions
 
@@ -53,8 +53,9 @@ def add_dashboard_command(commands: argparse._SubParsersAction[argparse.Argument
 
 def run_dashboard(args: argparse.Namespace) -> int:
     """Run the dashboard until interrupted; the exit code."""
-    from ansible_worker.controller.client import ClientError
-    from ansible_worker.controller.commands import CommandError, resolve_target
+    from ansible_worker.controller.command_line import resolve_target
+    from ansible_worker.controller.errors import ClientError
+    from ansible_worker.controller.terminal import CommandError
     from ansible_worker.dashboard.access import AccessError, check_listen, parse_listen
     from ansible_worker.dashboard.options import dashboard_options
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import suppress
-from typing import Any
 
 import trio
 
 from ansible_worker.controller.client import Client
+from ansible_worker.controller.payloads import json_object
 from ansible_worker.dashboard.store import Store
-from ansible_worker.mqtt.link import InboundMessage
+from ansible_worker.mqtt.options import InboundMessage
+from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.topics import Topics, is_task_id
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,11 @@ async def follow_group(
     Cancellation: runs until cancelled; it owns the link watcher, which ends with it.
     """
     filters = filters_for(client.topics)
-    # Never unsubscribed: the feed lives as long as the client, which ends with the dashboard.
-    receive = client.register(filters)
+    # Never released: the feed lives as long as the client, which ends with the dashboard.
+    receive = client.session.register(filters)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_link, client, store)
-        await client.renew(filters)
+        nursery.start_soon(_watch_link, client.session, store)
+        await client.session.renew(filters)
         # Retained messages of a broker this slow arrive later, as changes.
         with suppress(trio.TooSlowError):
             await client.barrier()
@@ -59,15 +59,15 @@ def _drain(receive: trio.MemoryReceiveChannel[InboundMessage], topics: Topics, s
         route(store, topics, message)
 
 
-async def _watch_link(client: Client, store: Store) -> None:
+async def _watch_link(session: BrokerSession, store: Store) -> None:
     """Cancellation: runs until cancelled, with its owner."""
     while True:
-        if client.connected:
+        if session.connected:
             store.set_connected(True)
-            await client.wait_disconnected()
+            await session.wait_disconnected()
         else:
             store.set_connected(False)
-            await client.wait_connection_after(client.connections)
+            await session.wait_connection_after(session.connections)
 
 
 def route(store: Store, topics: Topics, message: InboundMessage) -> None:
@@ -77,7 +77,7 @@ def route(store: Store, topics: Topics, message: InboundMessage) -> None:
         return
     topic = message.topic
     if topic == topics.tasks:
-        request = _object(message.payload)
+        request = json_object(message.payload)
         task_id = request.get("task_id") if request else None
         if request is not None and is_task_id(task_id):
             store.set_request(task_id, request, size=len(message.payload))
@@ -88,7 +88,7 @@ def route(store: Store, topics: Topics, message: InboundMessage) -> None:
         if not message.payload:
             store.set_worker(worker_id, None)
             return
-        presence = _object(message.payload)
+        presence = json_object(message.payload)
         if presence is not None:
             store.set_worker(worker_id, presence)
         return
@@ -102,19 +102,11 @@ def route(store: Store, topics: Topics, message: InboundMessage) -> None:
         if not message.payload:
             store.set_status(task_id, None, size=0)
             return
-        status = _object(message.payload)
+        status = json_object(message.payload)
         if status is not None and isinstance(status.get("state"), str):
             status["task_id"] = task_id  # the topic says which job, whatever the body claims
             store.set_status(task_id, status, size=len(message.payload))
     elif leaf == "events":
-        event = _object(message.payload)
+        event = json_object(message.payload)
         if event is not None:
             store.add_event(task_id, event)
-
-
-def _object(payload: bytes) -> dict[str, Any] | None:
-    try:
-        data = json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ansible_worker.controller.commands import CommandError
 from ansible_worker.controller.parser import EXIT_USAGE
+from ansible_worker.controller.terminal import CommandError
 from ansible_worker.ops.config import (
     ClientSecuritySettings,
     ClientSettings,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -387,14 +386,3 @@ class Store:
     def _send(listener: Listener, message: dict[str, Any]) -> None:
         with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             listener.send.send_nowait(message)
-
-
-def finite(value: Any) -> Any:
-    """`value` with non-finite floats replaced by None, so it encodes as strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [finite(item) for item in value]
-    return value

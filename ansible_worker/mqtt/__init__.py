@@ -1,5 +1,7 @@
-"""The broker: the one asyncio adapter (`link`) and the session that keeps a link alive.
+"""The broker: the one asyncio adapter (`link`) and the one session that keeps links alive for worker and controller.
 
-Only `link` touches asyncio, through trio-asyncio. May import `protocol` and nothing else of
-ansible_worker.
+The session (`session`) reconnects with one backoff under its owner's `Reconnect` policy
+(`reconnect`) and keeps counted subscriptions routed to their readers (`subscriptions`).
+Only `link` touches asyncio, through trio-asyncio. May import `protocol` and `lone_errors`,
+nothing else of ansible_worker.
 """

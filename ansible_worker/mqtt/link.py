@@ -14,7 +14,6 @@ import os
 import re
 import socket
 import ssl
-import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,6 +36,14 @@ from ansible_worker.mqtt.options import (
     PublishRefused,
     SubscribeRefused,
     Will,
+)
+from ansible_worker.mqtt.sockets import (
+    close_quietly,
+    release_frames,
+    set_cork,
+    still_open,
+    tls_context,
+    wait_for_broker_close,
 )
 
 __all__ = [
@@ -197,16 +204,16 @@ async def open_mqtt_link(options: LinkOptions) -> AsyncIterator[MqttLink]:
     # The loop's own nursery would wrap errors raised in the caller's block.
     with unwrap_lone_errors():
         async with trio_asyncio.open_loop() as loop:
-            tls_context = _tls_context(options) if options.tls_enabled else None
-            client = await trio_asyncio.aio_as_trio(_make_client_aio, loop=loop)(options, tls_context)
+            context = tls_context(options) if options.tls_enabled else None
+            client = await trio_asyncio.aio_as_trio(_make_client_aio, loop=loop)(options, context)
             session = trio_asyncio.aio_as_trio(client, loop=loop)
             try:
                 with trio.fail_after(CONNECT_TIMEOUT):
                     await session.__aenter__()
             except (aiomqtt.MqttError, trio.TooSlowError, OSError, ssl.SSLError) as exc:
-                _close_socket(client)
+                close_quietly(client._client.socket())
                 reason = _connect_reason(exc)
-                _release_frames(exc)
+                release_frames(exc)
                 raise ConnectFailed(reason) from None
             link = MqttLink(client, loop)
             try:
@@ -225,7 +232,7 @@ async def open_mqtt_link(options: LinkOptions) -> AsyncIterator[MqttLink]:
                         connection = await trio_asyncio.aio_as_trio(_send_disconnect, loop=loop)(client)
                         await session.__aexit__(None, None, None)
                         if connection is not None:
-                            await _wait_for_broker_close(connection)
+                            await wait_for_broker_close(connection)
                 finally:
                     if connection is not None:
                         connection.close()
@@ -290,7 +297,7 @@ class _TrioSafeClient(aiomqtt.Client):
                 self._fail(exc)
 
         def register() -> None:
-            if _still_open(client, sock):
+            if still_open(client.socket(), sock):
                 self._loop.add_reader(sock.fileno(), read)
                 self._misc_task = self._loop.create_task(self._misc_loop())
 
@@ -308,22 +315,22 @@ class _TrioSafeClient(aiomqtt.Client):
 
     def _flush(self, client: mqtt.Client, sock: Any) -> None:
         try:
-            if not _still_open(client, sock):
+            if not still_open(client.socket(), sock):
                 return
             # paho sends each packet with its own send(); corked, the kernel packs a burst of
             # small messages into full segments and sends them when we uncork.
             cork = len(client._out_packet) > 1
             try:
                 if cork:
-                    _set_cork(sock, on=True)
+                    set_cork(sock, on=True)
                 client.loop_write()
             except Exception as exc:  # a broken connection, whatever paho raises for it
                 self._fail(exc)
                 return
             finally:
-                if cork and _still_open(client, sock):
-                    _set_cork(sock, on=False)
-            if client.want_write() and _still_open(client, sock):
+                if cork and still_open(client.socket(), sock):
+                    set_cork(sock, on=False)
+            if client.want_write() and still_open(client.socket(), sock):
                 # The socket buffer is full: wait until the kernel takes more.
                 self._writer_waiting = True
                 self._loop.add_writer(sock.fileno(), self._write_when_ready, client, sock)
@@ -383,59 +390,10 @@ async def _send_disconnect(client: _TrioSafeClient) -> socket.socket | None:
     return client.send_disconnect()
 
 
-async def _wait_for_broker_close(connection: socket.socket) -> None:
-    """Read and drop what the broker still sends after our DISCONNECT, until it closes the connection.
-
-    Cancellation: the caller bounds it; the connection is then closed with data unread.
-    """
-    while True:
-        await trio.lowlevel.wait_readable(connection)
-        try:
-            if not connection.recv(65536):
-                return
-        except BlockingIOError:
-            continue
-        except OSError:
-            return
-
-
 _PUBLISH_MID: contextvars.ContextVar[int] = contextvars.ContextVar("publish_mid", default=-1)
 
 
-def _set_cork(sock: Any, *, on: bool) -> None:
-    with contextlib.suppress(OSError, AttributeError):  # not TCP (a Unix socket), or already gone
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
-
-
-def _release_frames(exc: BaseException | None) -> None:
-    # paho's failed TLS handshake leaves its socket, unclosed, in a local of a frame on this
-    # traceback, where only the garbage collector would find it: close it, drop the frames.
-    while exc is not None:
-        frames = traceback.walk_tb(exc.__traceback__)
-        for frame, _ in frames:
-            for value in frame.f_locals.values():
-                if isinstance(value, socket.socket):
-                    value.close()
-        if exc.__traceback__ is not None:
-            traceback.clear_frames(exc.__traceback__)
-        exc = exc.__cause__ or exc.__context__
-
-
-def _close_socket(client: aiomqtt.Client) -> None:
-    # paho keeps the socket of a refused or failed connection open until the garbage
-    # collector finds it; close it now.
-    sock: Any = client._client.socket()
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
-
-
-def _still_open(client: mqtt.Client, sock: Any) -> bool:
-    current: Any = client.socket()
-    return current is not None and current is sock and current.fileno() != -1
-
-
-async def _make_client_aio(options: LinkOptions, tls_context: ssl.SSLContext | None) -> aiomqtt.Client:
+async def _make_client_aio(options: LinkOptions, context: ssl.SSLContext | None) -> aiomqtt.Client:
     # aiomqtt binds to the running asyncio loop at construction.
     will = None
     if options.will is not None:
@@ -452,19 +410,10 @@ async def _make_client_aio(options: LinkOptions, tls_context: ssl.SSLContext | N
         clean_start=True,
         keepalive=options.keepalive,
         will=will,
-        tls_context=tls_context,
+        tls_context=context,
         # paho leaves Nagle on, which stalls small QoS exchanges by ~40 ms.
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
-
-
-def _tls_context(options: LinkOptions) -> ssl.SSLContext:
-    cafile = str(options.tls_ca_cert) if options.tls_ca_cert else None
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
-    if options.tls_client_cert is not None:
-        keyfile = str(options.tls_client_key) if options.tls_client_key else None
-        context.load_cert_chain(str(options.tls_client_cert), keyfile)
-    return context
 
 
 def _connect_reason(exc: BaseException) -> str:

@@ -1,14 +1,22 @@
-"""Keep one link to the broker alive: connect, subscribe, pass messages on, reconnect with backoff."""
+"""Keep one broker session alive over a series of links: reconnect, resubscribe, and hand messages on.
+
+The worker and the controller's client share it. Each sets its own `Reconnect` policy: the
+worker waits for its broker for ever, a client gives up after a while. A session's
+subscriptions are counted uses (`Subscriptions`): fixed ones given at construction, and
+routed ones that come and go (`subscribe` and `release`); every new link subscribes to the
+filters in use, before anything is published on it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, suppress
 
 import trio
 
+from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.mqtt.link import (
     ConnectFailed,
     InboundMessage,
@@ -19,42 +27,55 @@ from ansible_worker.mqtt.link import (
     Will,
     open_mqtt_link,
 )
+from ansible_worker.mqtt.reconnect import KEEP_TRYING, Backoff, GaveUp, Reconnect
+from ansible_worker.mqtt.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
 
+# Messages a routed subscriber may fall behind before it loses the excess.
+ROUTE_BUFFER = 100_000
+# How long `release` waits for each UNSUBSCRIBE.
+UNSUBSCRIBE_WITHIN = 5.0
+
 
 class BrokerSession:
-    """A long-lived MQTT session over a series of links.
+    """A long-lived MQTT session over a series of links, shared by every task of its owner.
 
-    `serve` owns the links: each time one drops it waits an exponentially growing, jittered
-    delay (capped) and connects again, subscribing afresh. A broker that is down at start is
-    simply the first wait. Other tasks publish through `publish`, which waits for a link.
+    `serve` owns the links. Messages go first to every routed subscription whose filter they
+    match (without waiting: a reader far behind loses the excess), then, if the session has
+    one, into the `inbox`, where a full inbox holds up the link. Calls that need the broker
+    wait for a link; `connections` counts the links so far, `reconnects` the attempts after
+    a failure.
     """
 
     def __init__(
         self,
         options: LinkOptions,
-        subscriptions: Sequence[tuple[str, int]],
-        inbox: trio.MemorySendChannel[InboundMessage],
+        subscriptions: Sequence[tuple[str, int]] = (),
+        inbox: trio.MemorySendChannel[InboundMessage] | None = None,
         *,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
+        reconnect: Reconnect = KEEP_TRYING,
     ) -> None:
         self.options = options
-        self._subscriptions = list(subscriptions)
+        self.reconnect = reconnect
+        self.subscriptions = Subscriptions(subscriptions)
         self._inbox = inbox
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
         self._link: MqttLink | None = None
-        self._up = trio.Event()
-        self._down = trio.Event()
-        self._down.set()
+        self._changed = trio.Event()
+        self.connections = 0
         self.reconnects = 0
 
     @property
     def connected(self) -> bool:
         """Whether a link is up now."""
         return self._link is not None
+
+    @property
+    def link(self) -> MqttLink:
+        """The current link. Errors: `LinkLost` while there is none."""
+        if self._link is None:
+            raise LinkLost("not connected to the broker (reconnecting)")
+        return self._link
 
     async def serve(
         self,
@@ -63,82 +84,164 @@ class BrokerSession:
         on_connected: Callable[[], None] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Keep a link up for ever; reports started at once, before the first connection.
+        """Keep a link up until cancelled, or until the policy gives up.
 
-        `will` makes the will message afresh for each connection, and `on_connected` runs
-        once each link is up and subscribed. Messages go to the inbox in arrival order; a
-        full inbox holds up the link.
+        Reports started at once, or, with `Reconnect.first_must_connect`, once the first link
+        is up and subscribed. `will` makes the will message afresh for each connection;
+        `on_connected` runs once each link is up and subscribed.
+
+        Errors: with `first_must_connect`, the first link's `ConnectFailed` (or `SubscribeRefused`);
+        the loss itself when `give_up_after` is 0; `GaveUp` once that time has passed.
 
         Cancellation: the current link is closed with a clean DISCONNECT (shielded, bounded),
-        so the broker does not publish the will; `wait_disconnected` returns, while publishers
-        waiting for a link are not woken. A message on its way into a full inbox is lost, and
-        the inbox is closed, so its reader sees the end of it: do not serve this session again.
+        so the broker does not publish the will; `wait_disconnected` returns, while callers
+        waiting for a link keep waiting. A message on its way into a full inbox is lost, and
+        the inbox is closed, so its reader sees its end: do not serve a session with an inbox again.
         """
-        task_status.started()
-        where = f"{self.options.host}:{self.options.port}"
-        failures = 0
-        async with self._inbox:
+        if not self.reconnect.first_must_connect or self.connections:
+            task_status.started()
+        backoff = Backoff(self.reconnect)
+        async with AsyncExitStack() as stack:
+            if self._inbox is not None:
+                await stack.enter_async_context(self._inbox)
             while True:
-                reason = f"link to broker {where} closed"
+                error: LinkError | None = None
                 try:
-                    # The will is made afresh for each connection, so it describes the worker now.
-                    options = self.options if will is None else dataclasses.replace(self.options, will=will())
-                    async with open_mqtt_link(options) as link:
-                        for topic, qos in self._subscriptions:
-                            await link.subscribe(topic, qos)
-                        log.info("connected to broker %s as %s", where, self.options.client_id)
-                        failures = 0
-                        self._link = link
-                        self._down = trio.Event()
-                        self._up.set()
-                        try:
-                            if on_connected is not None:
-                                on_connected()
-                            async for message in link.messages():
-                                await self._inbox.send(message)
-                        finally:
-                            # Before the link closes: a publisher must never reach a closed link.
-                            self._forget_link()
-                except ConnectFailed as exc:
-                    reason = f"cannot connect to broker {where}: {exc}"
+                    await self._serve_link(will, on_connected, backoff, task_status)
                 except LinkError as exc:
-                    reason = f"lost broker {where}: {exc}"
-                finally:
-                    self._forget_link()
-                delay = min(self._backoff_max, self._backoff_initial * 2**failures) * random.uniform(0.5, 1.0)
-                failures += 1
-                self.reconnects += 1
-                log.warning("%s; retrying in %.1fs (attempt %d)", reason, delay, failures)
-                await trio.sleep(delay)
+                    if not self.connections and self.reconnect.first_must_connect:
+                        raise
+                    error = exc
+                await trio.sleep(self._wait_after(backoff, error))
 
-    def _forget_link(self) -> None:
-        """No link is up any more: publishers wait for the next one."""
-        if self._link is not None:
-            self._link = None
-            self._up = trio.Event()
-            self._down.set()
+    async def _serve_link(
+        self,
+        will: Callable[[], Will] | None,
+        on_connected: Callable[[], None] | None,
+        backoff: Backoff,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        """Open one link, subscribe to every filter in use, make it current, and pass its messages on until it drops."""
+        # The will is made afresh for each connection, so it describes its owner now.
+        options = self.options if will is None else dataclasses.replace(self.options, will=will())
+        async with open_mqtt_link(options) as link:
+            # Before the link is current: whatever is published on it comes after every
+            # subscription and its retained messages.
+            for topic_filter, _ in self.subscriptions.in_use():
+                qos = self.subscriptions.qos(topic_filter)
+                if qos is not None:  # else released meanwhile
+                    await link.subscribe(topic_filter, qos)
+            try:
+                self._set_link(link)
+                where = f"{options.host}:{options.port}"
+                if self.connections == 1:
+                    log.info("connected to broker %s as %s", where, options.client_id)
+                    if self.reconnect.first_must_connect:
+                        task_status.started()
+                else:
+                    log.warning("reconnected to broker %s as %s", where, options.client_id)
+                backoff.link_up(trio.current_time())
+                if on_connected is not None:
+                    on_connected()
+                async for message in link.messages():
+                    self.subscriptions.route(message)
+                    if self._inbox is not None:
+                        await self._inbox.send(message)
+            finally:
+                # Before the link closes: a publisher must never reach a closed link.
+                self._set_link(None)
+
+    def _wait_after(self, backoff: Backoff, error: LinkError | None) -> float:
+        """How long to wait after a link ended with `error` (None: it closed), logged.
+
+        Errors: `error` itself, or `GaveUp`, when the policy gives up.
+        """
+        where = f"{self.options.host}:{self.options.port}"
+        if isinstance(error, ConnectFailed):
+            reason = f"cannot connect to broker {where}: {error}"
+        elif error is not None:
+            reason = f"lost broker {where}: {error}"
+        else:
+            reason = f"link to broker {where} closed"
+        wait = backoff.next_wait(trio.current_time())
+        if wait is None:
+            if error is not None and self.reconnect.give_up_after <= 0:
+                raise error
+            last = (str(error) or type(error).__name__) if error is not None else "connection closed"
+            raise GaveUp(
+                f"lost the broker {where} and could not connect again within {self.reconnect.give_up_after:g}s: {last}"
+            )
+        self.reconnects += 1
+        level = logging.WARNING if backoff.failures == 1 else self.reconnect.retries_level
+        log.log(level, "%s; retrying in %.1fs (attempt %d)", reason, wait, backoff.failures)
+        return wait
+
+    def _set_link(self, link: MqttLink | None) -> None:
+        if link is self._link:
+            return
+        self._link = link
+        if link is not None:
+            self.connections += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def current_link(self) -> MqttLink:
+        """The current link, waiting for one. Cancellation: nothing changes."""
+        while self._link is None:
+            await self._changed.wait()
+        return self._link
 
     async def wait_connected(self) -> None:
         """Wait until a link is up. Cancellation: nothing changes."""
-        await self._up.wait()
+        await self.current_link()
 
     async def wait_disconnected(self) -> None:
         """Wait until no link is up. Cancellation: nothing changes."""
-        await self._down.wait()
+        while self._link is not None:
+            await self._changed.wait()
+
+    async def wait_connection_after(self, connection: int) -> None:
+        """Wait until a link newer than number `connection` is up (its subscriptions renewed).
+
+        Cancellation: nothing changes.
+        """
+        while self.connections <= connection or self._link is None:
+            await self._changed.wait()
+
+    async def unless_reconnected(self, connection: int, work: Callable[[], Awaitable[object]]) -> bool:
+        """Run `work` to its end (True), unless a link newer than number `connection` comes up first (False).
+
+        What was published before on an older link may have been lost with it: the caller
+        knows to look again. Errors: what `work` raises.
+
+        Cancellation: `work` is cancelled with it.
+        """
+        finished = False
+        with unwrap_lone_errors():
+            async with trio.open_nursery() as nursery:
+
+                async def on_reconnect() -> None:
+                    await self.wait_connection_after(connection)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(on_reconnect)
+                await work()
+                finished = True
+                nursery.cancel_scope.cancel()
+        return finished
 
     async def publish(
         self, topic: str, payload: bytes, *, qos: int, retain: bool = False, expiry: int | None = None
     ) -> None:
-        """Publish on the current link, waiting for one if there is none.
+        """Publish on the current link, waiting for one if there is none; `expiry` in seconds.
 
         Errors: `LinkError` if the link drops before the broker acknowledged, or the broker refuses.
 
         Cancellation: while it waits for a link, nothing was published; after, the message
         may or may not have reached the broker, and publishing again may deliver it twice.
         """
-        while self._link is None:
-            await self._up.wait()
-        await self._link.publish(topic, payload, qos=qos, retain=retain, expiry=expiry)
+        link = await self.current_link()
+        await link.publish(topic, payload, qos=qos, retain=retain, expiry=expiry)
 
     def publish_nowait(self, topic: str, payload: bytes) -> None:
         """QoS 0 on the current link, now or never.
@@ -152,24 +255,80 @@ class BrokerSession:
     async def subscribe_now(self, topic: str, qos: int) -> None:
         """Subscribe on the current link only, waiting for one; a later link does not renew it.
 
-        For short-lived subscriptions (one retained message wanted now): the caller
-        unsubscribes with `unsubscribe`. Errors: `LinkError` when the link drops first.
+        For short-lived subscriptions (one retained message wanted now), whose messages go to
+        the inbox, ended by `unsubscribe`. Errors: `LinkError` when the link drops first.
 
         Cancellation: the wait for a link, or for the broker's answer, ends; a subscription
         the broker made meanwhile stays until `unsubscribe`.
         """
-        while self._link is None:
-            await self._up.wait()
-        await self._link.subscribe(topic, qos)
+        link = await self.current_link()
+        await link.subscribe(topic, qos)
 
     async def unsubscribe(self, topic: str) -> None:
-        """Stop a subscription now and on every later link. Best effort on the live link.
+        """End one plain use of `topic` (given at construction, or by `subscribe_now`).
+
+        Once no one uses it, later links do not subscribe to it, and the live one is told
+        (best effort: a failure is logged).
 
         Cancellation: later links do not subscribe to it; the live one may still be.
         """
-        self._subscriptions = [(t, q) for t, q in self._subscriptions if t != topic]
-        if self._link is not None:
+        if self.subscriptions.drop([topic]) and self._link is not None:
             try:
                 await self._link.unsubscribe(topic)
             except LinkError as exc:
                 log.warning("unsubscribe from %s failed: %s", topic, exc)
+
+    def register(self, filters: list[str], qos: int = 1) -> trio.MemoryReceiveChannel[InboundMessage]:
+        """Route messages on `filters` to a new channel and count them as in use, without waiting.
+
+        `renew` then subscribes on the current link; any later link subscribes by itself."""
+        return self.subscriptions.open_route(filters, qos, ROUTE_BUFFER)
+
+    async def renew(self, filters: list[str], qos: int = 1) -> None:
+        """Subscribe to `filters` on the current link, so the broker sends their retained messages.
+
+        A link that drops meanwhile is not an error: the next link subscribes to every filter in use.
+        Errors: `SubscribeRefused` when the broker refuses a filter.
+
+        Cancellation: the filters stay registered and counted; the subscriptions sent so far hold,
+        the one in flight may or may not. Safe to retry: subscribing again only makes the broker
+        send the retained messages again.
+        """
+        for topic_filter in filters:
+            link = await self.current_link()
+            # A link that drops here is replaced by one that subscribes to every filter in use.
+            with suppress(LinkLost):
+                # Subscribing again is what makes the broker send the retained message to this
+                # new subscriber; the count only decides when to unsubscribe.
+                await link.subscribe(topic_filter, qos)
+
+    async def subscribe(self, filters: list[str], qos: int = 1) -> trio.MemoryReceiveChannel[InboundMessage]:
+        """Receive every message on `filters` (retained ones first) until `release`.
+
+        Errors: as `renew`; the registration is undone first.
+
+        Cancellation: `release` runs before the cancellation propagates: nothing is left to
+        clean up; safe to retry.
+        """
+        receive = self.register(filters, qos)
+        try:
+            await self.renew(filters, qos)
+        except BaseException:
+            await self.release(filters, receive)
+            raise
+        return receive
+
+    async def release(self, filters: list[str], receive: trio.MemoryReceiveChannel[InboundMessage]) -> None:
+        """Stop routing to `receive` and close it; unsubscribe at the broker from filters no one uses any more.
+
+        Call it once per channel that `register` or `subscribe` returned: a second call raises `KeyError`.
+        The broker is told while the link is up, each UNSUBSCRIBE bounded by `UNSUBSCRIBE_WITHIN`;
+        errors of a dropped link are ignored (the next link does not subscribe to the filter anyway).
+
+        Cancellation: cannot interrupt it. The route, counts and channel are dropped before the
+        first checkpoint, and the UNSUBSCRIBEs run shielded.
+        """
+        for topic_filter in self.subscriptions.close_route(filters, receive):
+            if self._link is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(UNSUBSCRIBE_WITHIN), suppress(LinkError):
+                    await self._link.unsubscribe(topic_filter)

@@ -292,7 +292,9 @@ class TrustedKeys:
         """Check the signature of a message received on `topic`; its age is `check_age`'s business.
 
         Errors: `SignatureRefused` saying what is wrong: unsigned, malformed, an untrusted
-        key (`UntrustedKey`), a signature that does not match, or no usable `issued_at`.
+        key (`UntrustedKey`), a signature that does not match, no usable `issued_at`, or
+        values with no canonical form once decoded as signed (a whole float from 2**53 up),
+        which `Signer.sign` refuses too.
         """
         self.check_key(document)
         signature = document[SIGNATURE_FIELD]
@@ -312,6 +314,9 @@ class TrustedKeys:
             except InvalidSignature:
                 continue
             signed = _values(canonical)
+            # As `Signer.sign` does: a whole float from 2**53 up is written as an integer that
+            # has no canonical form, so the job as signed could be kept, but never handed on.
+            canonical_json(signed)
             # Only what names and makes the signature: nothing rides along outside what is signed.
             signed[SIGNATURE_FIELD] = (
                 {"key": hint, "value": signature["value"]} if isinstance(hint, str) else {"value": signature["value"]}

@@ -1,16 +1,20 @@
-"""What a job may ask of this worker: allowed playbooks and inventories, verbosity, extra_vars size and names."""
+"""What a job may ask of this worker: its playbook, inventory, source, credentials, verbosity and extra_vars."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from ansible_worker.ops.credentials import VaultCredential
 from ansible_worker.protocol.models import TaskRequest
-from ansible_worker.run.command import JobRefusedError
+from ansible_worker.run.argv import resolve_inventory, resolve_playbook
+from ansible_worker.run.credential_injection import AnyCredential
+from ansible_worker.run.errors import JobRefusedError
+from ansible_worker.run.sources.job_sources import JobSources
 from ansible_worker.run.special_vars import SETTING, refused_names, show_name
 
 
@@ -53,6 +57,116 @@ class JobPolicy:
         _allowed(base, playbook, self.allowed_playbooks, "playbook", "worker.allowed_playbooks")
         if "," not in inventory:
             _allowed(base, Path(inventory), self.allowed_inventories, "inventory", "worker.allowed_inventories")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A request's playbook and inventory as found in the tree it runs from."""
+
+    playbook: Path
+    inventory: str
+
+
+class RequestChecks:
+    """Every check of a request: before it is queued (`admission_error`), and on the tree it runs from (`check_tree`).
+
+    A request refused before it is queued never becomes a job, so its answer cannot replace
+    the status of a job that ran on another worker.
+    """
+
+    def __init__(self, policy: JobPolicy, sources: JobSources, *, credentials: Mapping[str, AnyCredential]) -> None:
+        self.policy = policy
+        self.sources = sources
+        self.credentials = credentials
+
+    def admission_error(self, request: TaskRequest) -> str | None:
+        """Why `request` cannot run here, judged before it is queued; None if it may.
+
+        The policy and, unless the job pulls first (its files may not exist yet), the
+        playbook and inventory paths.
+        """
+        base = self.sources.playbook_directory
+        refusal = self._credential_error(request, base)
+        if refusal is not None:
+            return refusal
+        source_error = self.sources.admission_error(request)
+        if source_error is not None:
+            return source_error
+        try:
+            self.policy.check_request(request)
+            # A snapshot's or shipped tree's files are known only once it is made.
+            if not request.git_pull and self.sources.uses_playbook_directory(request):
+                self._resolve(request, base)
+        except JobRefusedError as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"cannot read the playbook directory: {exc.strerror or exc}"
+        return None
+
+    def check_tree(self, request: TaskRequest, base: Path) -> Resolved:
+        """The request's files in the tree `base` it runs from, judged again there with the settings of now.
+
+        Errors: `JobRefusedError` when a path or a credential is not allowed.
+        """
+        resolved = self._resolve(request, base)
+        # Judged again on the tree that runs, and with the settings of now (a job from the journal).
+        refusal = self._credential_error(request, base)
+        if refusal is not None:
+            raise JobRefusedError(refusal)
+        return resolved
+
+    def _resolve(self, request: TaskRequest, base: Path) -> Resolved:
+        resolved = Resolved(resolve_playbook(base, request.playbook), resolve_inventory(base, request.inventory))
+        self.policy.check_paths(base, resolved.playbook, resolved.inventory)
+        return resolved
+
+    def _credential_error(self, request: TaskRequest, base: Path) -> str | None:
+        """Why the job may not have its credentials, judged on the playbook file under `base`."""
+        if not request.credentials:
+            return None
+        try:
+            playbook = resolve_playbook(base, request.playbook).relative_to(base.resolve()).as_posix()
+        except (JobRefusedError, OSError, ValueError):
+            # Not a file there (yet): only the tree the job runs from can tell, when it runs.
+            playbook = request.playbook
+        own_tree = request.content is None and request.project is None and request.revision is None
+        return credential_error(request.credentials, playbook, self.credentials, own_tree=own_tree)
+
+
+def credential_error(
+    names: Sequence[str],
+    playbook: str,
+    credentials: Mapping[str, AnyCredential],
+    *,
+    own_tree: bool = True,
+) -> str | None:
+    """Why a job may not have the credentials it names, or None: unknown, or not for this playbook.
+
+    `playbook` is the path the worker resolved, relative to the tree the job runs from (no
+    `..`, links followed), so that the patterns match the file that will run. A credential
+    limited by `allowed_playbooks` is only for the playbook directory's own files
+    (`own_tree`): shipped content and another project or revision could put any file at an
+    allowed name.
+    """
+    for name in names:
+        credential = credentials.get(name)
+        if credential is None:
+            return f"credential {name!r} is not defined on this worker"
+        allowed = credential.allowed_playbooks
+        if allowed is None:
+            continue
+        if not own_tree:
+            return (
+                f"credential {name!r} is limited to playbooks of the playbook directory"
+                " (allowed_playbooks): not for shipped content, a project or a revision"
+            )
+        if not any(fnmatchcase(playbook, pattern) for pattern in allowed):
+            return f"credential {name!r} may not be used by playbook {playbook!r}"
+    vaults = [credential for name in names if isinstance(credential := credentials[name], VaultCredential)]
+    vault_ids = [vault.vault_id for vault in vaults]
+    if len(vault_ids) != len(set(vault_ids)):
+        return "two vault credentials of the job have the same vault_id"
+    return None
 
 
 def _check_special_vars(extra_vars: dict[str, Any], allowed: Collection[str]) -> None:

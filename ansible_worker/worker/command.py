@@ -17,8 +17,9 @@ from ansible_worker.ops.config_source import DEFAULT_CONFIG_FILE
 from ansible_worker.ops.credentials import describe
 from ansible_worker.ops.logging_setup import setup_logging
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.run.command import Executable, child_environment, find_ansible_playbook, find_executable
-from ansible_worker.run.sources import SourceCacheError, cache_problem
+from ansible_worker.run.argv import child_environment
+from ansible_worker.run.executables import Executable, find_ansible_playbook, find_executable
+from ansible_worker.run.sources.job_sources import SourceCacheError, cache_problem
 from ansible_worker.run.special_vars import describe_allowed
 from ansible_worker.worker.service import Worker
 
@@ -105,8 +106,8 @@ def _credentials(settings: Settings) -> str:
 
 def _sources(settings: Settings) -> str:
     """Where jobs' playbooks may come from: projects (names and URLs, no credentials), shipping, the cache."""
-    from ansible_worker.run.git_source import redacted
-    from ansible_worker.run.sources import cache_root
+    from ansible_worker.run.sources.git import redacted
+    from ansible_worker.run.sources.job_sources import cache_root
 
     worker = settings.worker
     projects = ", ".join(f"{name} ({redacted(project.url)})" for name, project in sorted(worker.projects.items()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -13,12 +14,14 @@ from ansible_worker.mqtt.link import InboundMessage, LinkError
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.models import CONTENT_PART_BYTES, ShippedContent
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.run.command import JobRefusedError
+from ansible_worker.run.errors import JobRefusedError
 
 log = logging.getLogger(__name__)
 
 # How long unsubscribing may take once a fetch is over, whatever ended it.
 UNSUBSCRIBE_TIMEOUT = 2.0
+# A part's number as `submit` writes it: ASCII digits, no more than any archive can have.
+_PART_NUMBER = re.compile(r"(?:0|[1-9][0-9]{0,8})", re.ASCII)
 
 
 class _Sink:
@@ -33,7 +36,7 @@ class _Sink:
     def take(self, index_text: str, payload: bytes) -> None:
         """Write one part at its place; a part that does not fit the archive fails the fetch."""
         content = self.content
-        if not index_text.isdigit() or int(index_text) >= content.parts:
+        if not _PART_NUMBER.fullmatch(index_text) or int(index_text) >= content.parts:
             # Not one of this archive's parts: someone else's mistake, nothing to write.
             log.warning("shipped content %s: ignoring part %r of %d", content.sha256, index_text[:20], content.parts)
             return

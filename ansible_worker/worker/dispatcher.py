@@ -8,7 +8,8 @@ import trio
 
 from ansible_worker.protocol.models import State, TaskRequest
 from ansible_worker.protocol.statuses import SHUT_DOWN_BEFORE_START
-from ansible_worker.run.job import Job, JobRunner
+from ansible_worker.run.job import Job
+from ansible_worker.run.runner import JobRunner
 from ansible_worker.worker.journal import JournalError
 from ansible_worker.worker.status_path import StatusPath
 

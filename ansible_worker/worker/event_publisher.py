@@ -12,7 +12,7 @@ import trio
 from ansible_worker.mqtt.link import LinkError
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.live_events import live_event
-from ansible_worker.run.event_stream import EventStream
+from ansible_worker.run.events.event_stream import EventStream
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from ansible_worker.protocol.models import CancelRequest, JobStatus, State, Task
 from ansible_worker.protocol.statuses import SHUT_DOWN_BEFORE_START, early_status
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.run.job import Job, JobRunner
+from ansible_worker.run.job import Job
+from ansible_worker.run.runner import JobRunner
 from ansible_worker.worker.claim_keeper import ClaimKeeper
 from ansible_worker.worker.group_claims import ClaimFailed, GroupClaims
 from ansible_worker.worker.peers import PeerBook

@@ -10,7 +10,7 @@ from ansible_worker.mqtt.link import LinkError, PublishRefused
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.models import JobStatus, RecordSummary
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.run.record import RecordCollector
+from ansible_worker.run.events.record_collector import RecordCollector
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ansible_worker.protocol.models import JobStatus, State
 from ansible_worker.protocol.timestamps import utc_now
-from ansible_worker.run.command import FIFO_VARIABLE
-from ansible_worker.run.job import EVENT_FIFO_NAME, RUN_DIRECTORY_PREFIX
+from ansible_worker.run.argv import FIFO_VARIABLE
+from ansible_worker.run.run_directory import EVENT_FIFO_NAME, RUN_DIRECTORY_PREFIX
 from ansible_worker.worker.admission import Admission
 from ansible_worker.worker.claim_keeper import ClaimKeeper
 from ansible_worker.worker.intake import Accepted, read_task_message
@@ -84,7 +84,7 @@ async def end_left_over_run(run_dir: Path, *, kill_grace: float) -> None:
 
     Cancellation: the processes may not all have ended; the directory is left.
     """
-    from ansible_worker.run.stray_processes import end_marked
+    from ansible_worker.run.process.stray_processes import end_marked
 
     await end_marked(FIFO_VARIABLE, str(run_dir / EVENT_FIFO_NAME), kill_grace=kill_grace)
     _remove_run_directory(run_dir)

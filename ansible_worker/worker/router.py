@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ansible_worker.mqtt.link import InboundMessage
+from ansible_worker.mqtt.options import InboundMessage
 from ansible_worker.protocol.models import CancelRequest, TaskRequest
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker.intake import Accepted, Dropped, Rejected, Verify, read_cancel_message, read_task_message

@@ -13,7 +13,8 @@ from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.ops.config import Settings
 from ansible_worker.ops.metrics import Snapshot, WorkerMetrics
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.run.job import JobRunner
+from ansible_worker.run.runner import JobRunner
+from ansible_worker.run.wiring import job_runner
 from ansible_worker.worker.admission import Admission
 from ansible_worker.worker.claim_keeper import ClaimKeeper
 from ansible_worker.worker.content_fetcher import ContentFetcher
@@ -114,7 +115,7 @@ class Worker:
             self.session, self.topics, client_id=self.session.options.client_id, timeout=worker.content_fetch_timeout
         )
         password = settings.mqtt.password
-        self.runner = JobRunner(
+        self.runner = job_runner(
             worker,
             self.statuses,
             topics=self.topics,
@@ -215,7 +216,7 @@ class Worker:
             self.group_name,
             self.dispatcher.concurrency,
             self.dispatcher.queue_size,
-            self.runner.settings.playbook_directory,
+            self.runner.sources.playbook_directory,
         )
         async with trio.open_nursery() as infrastructure:
             if self.http_settings.port is not None:
@@ -229,7 +230,7 @@ class Worker:
                 infrastructure.start_soon(serve)
             for serve in (self.keeper.serve_renewals, self.keeper.serve_keep_alive, self.presence.serve):
                 infrastructure.start_soon(serve)
-            await infrastructure.start(self.runner.serve_warm_pool)
+            await infrastructure.start(self.runner.warm_pool.serve)
             if self.events is not None:
                 infrastructure.start_soon(self.events.serve)
             async with trio.open_nursery() as claiming:
@@ -377,7 +378,7 @@ def _router(settings: Settings, topics: Topics, claims: GroupClaims, runner: Job
         worker_id=worker.worker_id,
         max_message_bytes=worker.max_message_bytes,
         queue_size=worker.max_queue_size,
-        admission_error=runner.admission_error,
+        admission_error=runner.checks.admission_error,
         verify_task=verify_task,
         verify_cancel=verify_cancel,
     )

@@ -10,19 +10,19 @@ from tests.conftest import Broker, client_for
 
 async def test_a_follow_cancelled_while_it_subscribes_leaves_nothing_behind(broker: Broker, group: str) -> None:
     async with client_for(broker, group) as client:
-        before = (list(client._routes), dict(client._subscribed))
+        before = (client.session.subscriptions.routes(), client.session.subscriptions.uses())
         # Cancelled at its first checkpoint: inside `JobHandle.open`, after the registration.
         with trio.move_on_after(0) as scope:
             await client.follow("never-ran")
         assert scope.cancelled_caught
-        assert (client._routes, client._subscribed) == before
+        assert (client.session.subscriptions.routes(), client.session.subscriptions.uses()) == before
         # And the client still works for the same job.
         assert await client.status("never-ran") is None
 
 
 async def test_a_task_id_that_is_not_one_is_refused_before_it_reaches_a_topic(broker: Broker, group: str) -> None:
     async with client_for(broker, group) as client:
-        before = (list(client._routes), dict(client._subscribed))
+        before = (client.session.subscriptions.routes(), client.session.subscriptions.uses())
         for bad in ("#", "+", "a/b", "a+b", "", "x" * 129, "é"):
             with trio.fail_after(5):
                 for call in (
@@ -35,7 +35,7 @@ async def test_a_task_id_that_is_not_one_is_refused_before_it_reaches_a_topic(br
                 ):
                     with pytest.raises(ValueError, match="not a task_id"):
                         await call()
-        assert (client._routes, client._subscribed) == before
+        assert (client.session.subscriptions.routes(), client.session.subscriptions.uses()) == before
         # The link never dropped, and a real task_id still works.
-        assert client.connections == 1
+        assert client.session.connections == 1
         assert await client.status("never-ran") is None

@@ -329,7 +329,7 @@ def test_json_lines_are_strict_json_even_for_nan_and_infinity() -> None:
 
     from rich.console import Console
 
-    from ansible_worker.controller.commands import print_json_line
+    from ansible_worker.controller.terminal import print_json_line
 
     out = io.StringIO()
     print_json_line(Console(file=out), {"a": float("nan"), "b": [1.5, float("-inf")], "c": {"d": float("inf")}})

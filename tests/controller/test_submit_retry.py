@@ -154,7 +154,7 @@ async def test_a_job_lost_in_a_broker_restart_runs_once(
     handle = submitted[0]
     assert final["state"] == "success", final
     assert runs(marker) == 1
-    assert client.connections >= 2
+    assert client.session.connections >= 2
     assert handle.attempts >= 2
     assert json.loads(first)["task_id"] == "restart-lost"
     logged = retries_logged(caplog, "restart-lost")

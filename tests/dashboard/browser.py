@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +18,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import Broker, free_port
+from testing.ports import free_port, wait_listening
+from tests.conftest import Broker
 
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
 CHROMIUM = "/usr/bin/chromium"
@@ -90,17 +89,11 @@ def wait_until(driver: WebDriver, condition: Any, seconds: float = 30, message: 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 20) -> None:
     """Return once something accepts connections on 127.0.0.1:`port`; fail if `process` exits first."""
-    deadline = time.monotonic() + seconds
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"the dashboard exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on port {port} after {seconds}s") from None
-            time.sleep(0.02)
+    wait_listening(
+        port,
+        seconds=seconds,
+        failed=lambda: None if process.poll() is None else f"the dashboard exited with {process.returncode}",
+    )
 
 
 @contextmanager

@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from ansible_worker.mqtt.link import ConnectFailed, LinkOptions, open_mqtt_link
+from testing.pki import Pki, make_pki
 from tests.conftest import Broker, make_settings, open_controller, running_worker
-from tests.pki import Pki, make_pki
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ import trio
 from ansible_worker.controller.client import Client, Target, open_client
 from ansible_worker.mqtt.link import InboundMessage, LinkOptions, PublishRefused, open_mqtt_link
 from ansible_worker.protocol.topics import Topics
+from testing.pki import Pki, make_pki
 from tests.conftest import ANSIBLE_PLAYBOOK, REPO, Broker, make_settings, running_worker, worker_process
-from tests.pki import Pki, make_pki
 
 DEPLOY = REPO / "deploy" / "mosquitto"
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")

@@ -132,7 +132,7 @@ async def test_json_logs_name_the_task_and_the_worker(
         assert record["worker_id"] == "logger-1"
         assert record["time"].endswith("Z")
     about_job = [record for record in records if record.get("task_id") == "logged"]
-    assert {record["logger"] for record in about_job} >= {"ansible_worker.run.job"}
+    assert {record["logger"] for record in about_job} >= {"ansible_worker.run.runner"}
     assert any(record["message"].startswith("task logged failed") for record in about_job)
     assert not any("task_id" in record for record in records if "starting" in record["message"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -22,9 +23,11 @@ from ansible_worker.protocol.signing import (
     TrustedKeys,
     check_age,
     generate_key_pair,
+    load_private_key,
     load_public_key,
+    signed_bytes,
 )
-from ansible_worker.run.command import child_environment
+from ansible_worker.run.argv import child_environment
 from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
 
 TASKS = "ansible/web/tasks"
@@ -190,6 +193,13 @@ def test_values_with_no_canonical_form_are_refused_and_signed_values_come_back_c
     for text in ('{"x": NaN}', '{"x": Infinity}', '{"x": 1e400}', '{"x": 9007199254740993}', '{"x": "\\ud800"}'):
         forged = {**document, "extra_vars": json.loads(text)}
         assert refusal(keys, TASKS, forged).startswith("the message has no canonical JSON form"), text
+    # Signed by another implementation over the canonical form of 1e16: a signature that
+    # matches, for values that the worker could never hand on as signed.
+    big = {**JOB, "extra_vars": {"n": 1e16}, "issued_at": document["issued_at"]}
+    key = load_private_key(keys["alice"].with_suffix(".key"))
+    value = base64.b64encode(key.sign(signed_bytes(TASKS, big))).decode()
+    foreign = {**big, "signature": {"key": alice.fingerprint, "value": value}}
+    assert refusal(keys, TASKS, foreign).startswith("the message has no canonical JSON form (RFC 8785)")
     nested: dict[str, Any] = {}
     for _ in range(5000):
         nested = {"x": nested}

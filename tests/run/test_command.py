@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from ansible_worker.protocol.models import TaskRequest
-from ansible_worker.run.command import JobRefusedError, build_argv, resolve_inventory, resolve_playbook
+from ansible_worker.run.argv import build_argv, resolve_inventory, resolve_playbook
+from ansible_worker.run.errors import JobRefusedError
 
 
 def test_argv_glues_values_to_options(tmp_path: Path) -> None:

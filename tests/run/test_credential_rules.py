@@ -11,9 +11,9 @@ import pytest
 from pydantic import ValidationError
 
 from ansible_worker.ops.credentials import EnvCredential, VaultCredential
-from ansible_worker.run.command import child_environment
-from ansible_worker.run.credentials import credential_error
+from ansible_worker.run.argv import child_environment
 from ansible_worker.run.masking import MASK, TRUNCATED, Masker
+from ansible_worker.run.policy import credential_error
 
 SECRET = "s3cr3t-'quote\"-value"
 

@@ -13,17 +13,17 @@ import trio
 
 from ansible_worker.mqtt.link import open_mqtt_link
 from ansible_worker.mqtt.options import LinkOptions
+from testing.ports import free_port
+from testing.sshd import SshHost, make_key, ssh_hosts
 from tests.conftest import (
     Broker,
-    free_port,
     make_settings,
     open_controller,
-    running_worker,
     worker_config,
     worker_process,
 )
 from tests.deployment import Deployment, lane
-from tests.run.sshd import SshHost, make_key, ssh_hosts
+from tests.run.runs import open_runs
 
 PASSPHRASE = "correct horse battery staple"
 TOKEN = "tok-3f9a1c77e2b04d51"
@@ -179,21 +179,19 @@ async def test_a_key_with_a_passphrase_runs_hosts_in_parallel_and_leaves_nothing
 
 
 async def test_without_the_credential_the_host_refuses_and_a_closed_port_is_unreachable(
-    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+    playbook_dir: Path, tmp_path: Path
 ) -> None:
     (playbook_dir / "ping.yml").write_text(
         "- hosts: all\n  gather_facts: false\n  tasks:\n    - ansible.builtin.ping:\n"
     )
     async with lab(tmp_path, ["web1"]) as (hosts, key, known_hosts):
         credentials = {"deploy": {"type": "ssh", "private_key_file": str(key)}}
-        settings = make_settings(broker.port, playbook_dir, group, credentials=credentials, known_hosts=known_hosts)
         closed = f"gone ansible_host=127.0.0.1 ansible_port={free_port()} ansible_user=root"
-        async with running_worker(settings), open_controller(broker, group) as controller:
-            await controller.submit(
+        async with open_runs(playbook_dir, credentials=credentials, known_hosts=known_hosts) as runs:
+            without = await runs.submit(
                 {"task_id": "no-key", "playbook": "ping.yml", "inventory": inventory(playbook_dir, hosts)}
             )
-            without = await controller.wait_terminal("no-key", within=60)
-            await controller.submit(
+            unreachable = await runs.submit(
                 {
                     "task_id": "closed",
                     "playbook": "ping.yml",
@@ -201,7 +199,6 @@ async def test_without_the_credential_the_host_refuses_and_a_closed_port_is_unre
                     "inventory": inventory(playbook_dir, hosts, closed),
                 }
             )
-            unreachable = await controller.wait_terminal("closed", within=60)
     assert without["state"] == "failed"
     assert without["tasks_unreachable"] == 1
     assert "Permission denied" in without["error_message"]
@@ -211,9 +208,7 @@ async def test_without_the_credential_the_host_refuses_and_a_closed_port_is_unre
     assert "Connection refused" in unreachable["error_message"]
 
 
-async def test_an_unknown_host_key_is_refused_with_strict_checking(
-    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
-) -> None:
+async def test_an_unknown_host_key_is_refused_with_strict_checking(playbook_dir: Path, tmp_path: Path) -> None:
     (playbook_dir / "ping.yml").write_text(
         "- hosts: all\n  gather_facts: false\n  tasks:\n    - ansible.builtin.ping:\n"
     )
@@ -221,9 +216,8 @@ async def test_an_unknown_host_key_is_refused_with_strict_checking(
         other = tmp_path / "other_known_hosts"
         other.write_text("")
         credentials = {"deploy": {"type": "ssh", "private_key_file": str(key)}}
-        settings = make_settings(broker.port, playbook_dir, group, credentials=credentials, known_hosts=other)
-        async with running_worker(settings), open_controller(broker, group) as controller:
-            await controller.submit(
+        async with open_runs(playbook_dir, credentials=credentials, known_hosts=other) as runs:
+            final = await runs.submit(
                 {
                     "task_id": "strict",
                     "playbook": "ping.yml",
@@ -231,7 +225,6 @@ async def test_an_unknown_host_key_is_refused_with_strict_checking(
                     "inventory": inventory(playbook_dir, hosts),
                 }
             )
-            final = await controller.wait_terminal("strict", within=60)
     assert final["state"] == "failed"
     assert final["tasks_unreachable"] == 1
     assert "Host key verification failed" in final["error_message"]
@@ -268,20 +261,15 @@ async def test_a_vaulted_vars_file_needs_the_vault_credential(
     assert VAULT_PASSWORD not in json.dumps(with_vault) + json.dumps(without)
 
 
-async def test_unknown_and_forbidden_credentials_are_refused_by_name(
-    broker: Broker, playbook_dir: Path, group: str
-) -> None:
+async def test_unknown_and_forbidden_credentials_are_refused_by_name(playbook_dir: Path) -> None:
     credentials = {"prod": {"type": "env", "variables": {"API_TOKEN": TOKEN}, "allowed_playbooks": ["deploy/*.yml"]}}
-    settings = make_settings(broker.port, playbook_dir, group, credentials=credentials)
-    async with running_worker(settings), open_controller(broker, group) as controller:
-        await controller.submit(
+    async with open_runs(playbook_dir, credentials=credentials) as runs:
+        unknown = await runs.submit(
             {"task_id": "unknown", "playbook": "quick.yml", "inventory": "localhost,", "credentials": ["nope"]}
         )
-        unknown = await controller.wait_terminal("unknown")
-        await controller.submit(
+        forbidden = await runs.submit(
             {"task_id": "forbidden", "playbook": "quick.yml", "inventory": "localhost,", "credentials": ["prod"]}
         )
-        forbidden = await controller.wait_terminal("forbidden")
     assert unknown["state"] == "failed"
     assert unknown["error_message"] == "credential 'nope' is not defined on this worker"
     assert forbidden["error_message"] == "credential 'prod' may not be used by playbook 'quick.yml'"
@@ -337,17 +325,14 @@ async def test_secrets_are_masked_in_every_message_and_log_line(
     assert any("********" in line for line in worker.lines)
 
 
-async def test_a_wrong_passphrase_fails_at_once_and_says_so(
-    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
-) -> None:
+async def test_a_wrong_passphrase_fails_at_once_and_says_so(playbook_dir: Path, tmp_path: Path) -> None:
     (playbook_dir / "ping.yml").write_text(
         "- hosts: all\n  gather_facts: false\n  tasks:\n    - ansible.builtin.ping:\n"
     )
     async with lab(tmp_path, ["web1"], passphrase=PASSPHRASE) as (hosts, key, known_hosts):
         credentials = {"deploy": {"type": "ssh", "private_key_file": str(key), "passphrase": "not the passphrase"}}
-        settings = make_settings(broker.port, playbook_dir, group, credentials=credentials, known_hosts=known_hosts)
-        async with running_worker(settings), open_controller(broker, group) as controller:
-            await controller.submit(
+        async with open_runs(playbook_dir, credentials=credentials, known_hosts=known_hosts) as runs:
+            final = await runs.submit(
                 {
                     "task_id": "bad-pass",
                     "playbook": "ping.yml",
@@ -355,7 +340,6 @@ async def test_a_wrong_passphrase_fails_at_once_and_says_so(
                     "credentials": ["deploy"],
                 }
             )
-            final = await controller.wait_terminal("bad-pass", within=60)
     assert final["state"] == "failed"
     assert final["error_message"] == "cannot load the SSH key deploy: wrong or missing passphrase"
     # One answer, not ssh-add's retries until a timeout.
@@ -363,25 +347,21 @@ async def test_a_wrong_passphrase_fails_at_once_and_says_so(
     assert left_behind(playbook_dir.parent / "runs") == []
 
 
-async def test_a_restricted_credential_follows_the_file_not_the_name(
-    broker: Broker, playbook_dir: Path, group: str
-) -> None:
+async def test_a_restricted_credential_follows_the_file_not_the_name(playbook_dir: Path) -> None:
     (playbook_dir / "deploy").mkdir()
     (playbook_dir / "deploy" / "site.yml").write_text((playbook_dir / "quick.yml").read_text())
     (playbook_dir / "evil.yml").write_text((playbook_dir / "quick.yml").read_text())
     (playbook_dir / "deploy" / "link.yml").symlink_to("../evil.yml")
     credentials = {"prod": {"type": "env", "variables": {"API_TOKEN": TOKEN}, "allowed_playbooks": ["deploy/*.yml"]}}
-    settings = make_settings(broker.port, playbook_dir, group, credentials=credentials)
     job = {"inventory": "one_host.ini", "credentials": ["prod"]}
-    async with running_worker(settings), open_controller(broker, group) as controller:
+    async with open_runs(playbook_dir, credentials=credentials) as runs:
         results = {}
         for task_id, playbook in [
             ("ok", "deploy/site.yml"),
             ("dots", "deploy/../evil.yml"),
             ("link", "deploy/link.yml"),
         ]:
-            await controller.submit({"task_id": task_id, "playbook": playbook, **job})
-            results[task_id] = await controller.wait_terminal(task_id)
+            results[task_id] = await runs.submit({"task_id": task_id, "playbook": playbook, **job})
     assert results["ok"]["state"] == "success", results["ok"]["error_message"]
     assert results["dots"]["state"] == "failed"
     assert results["dots"]["error_message"] == "playbook must not contain '..': 'deploy/../evil.yml'"

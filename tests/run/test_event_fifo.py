@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from ansible_worker.run.event_fifo import MAX_LINE_BYTES, EventFifo
+from ansible_worker.run.events.event_fifo import MAX_LINE_BYTES, EventFifo
 
 
 class Reader:

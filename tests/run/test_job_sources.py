@@ -16,18 +16,18 @@ from typing import Any
 import pytest
 import trio
 
+from testing.ports import free_port
 from tests.conftest import (
     PLAYBOOKS,
     Broker,
     Controller,
-    client_for,
-    free_port,
     make_settings,
     open_controller,
     processes_mentioning,
     running_worker,
 )
 from tests.deployment import Deployment, lane
+from tests.run.runs import open_runs
 
 # Reads version.txt, waits for the go-ahead file when asked to, then reads it again.
 SHOW = """\
@@ -122,15 +122,15 @@ FILES = """\
 """
 
 
-async def test_two_revisions_at_once_each_see_their_own_files(broker: Broker, origin: Origin, tmp_path: Path) -> None:
+async def test_two_revisions_at_once_each_see_their_own_files(origin: Origin, tmp_path: Path) -> None:
     first = origin.commit("one", tag="v1", files={"only-one.txt": "1", "files.yml": FILES})
     git(origin.seed, "rm", "--quiet", "only-one.txt")
     second = origin.commit("two", files={"only-two.txt": "2"})
     go = tmp_path / "go"
     projects = {"site": {"url": origin.url, "allow_revision": True}}
     state = tmp_path / "state"
-    settings = make_settings(broker.port, tmp_path / "seed", "g-rev", concurrency=2, projects=projects, state_dir=state)
-    async with open_controller(broker, "g-rev") as controller, running_worker(settings):
+    async with open_runs(tmp_path / "seed", projects=projects, state_dir=state) as runs:
+        jobs = {}
         for task_id, revision in (("at-v1", "v1"), ("at-main", "main")):
             job = {
                 "task_id": task_id,
@@ -139,14 +139,14 @@ async def test_two_revisions_at_once_each_see_their_own_files(broker: Broker, or
                 "revision": revision,
                 "extra_vars": {"go_file": str(go)},
             }
-            await controller.submit(job)
+            jobs[task_id] = runs.start(job)
         # Both are inside their runs at once before either may go on.
-        await wait_for_task(controller, "at-v1", "Wait for the go-ahead")
-        await wait_for_task(controller, "at-main", "Wait for the go-ahead")
-        assert sorted(trees(state)) == sorted([f"git-{first}", f"git-{second}"])
+        for task_id in jobs:
+            await runs.wait_for(task_id, lambda status: status.get("current_task") == "Wait for the go-ahead")
+        assert sorted(trees(state)) == sorted([f"project-site-{first}", f"project-site-{second}"])
         go.write_text("go")
-        old = await controller.wait_terminal("at-v1")
-        new = await controller.wait_terminal("at-main")
+        old = await runs.wait_terminal(jobs["at-v1"])
+        new = await runs.wait_terminal(jobs["at-main"])
     assert old["state"] == "success", old["error_message"]
     assert new["state"] == "success", new["error_message"]
     assert old["output"] == {"before": "one", "after": "one"}
@@ -154,13 +154,11 @@ async def test_two_revisions_at_once_each_see_their_own_files(broker: Broker, or
     assert (old["project"], old["revision"]) == ("site", first)
     assert (new["project"], new["revision"]) == ("site", second)
     seen = {}
-    async with open_controller(broker, "g-rev") as controller, running_worker(settings):
+    async with open_runs(tmp_path / "seed", projects=projects, state_dir=state) as runs:
         for task_id, revision in (("files-v1", "v1"), ("files-main", "main")):
-            await controller.submit(
+            seen[task_id] = await runs.submit(
                 {"task_id": task_id, **JOB, "playbook": "files.yml", "project": "site", "revision": revision}
             )
-        for task_id in ("files-v1", "files-main"):
-            seen[task_id] = await controller.wait_terminal(task_id)
     assert seen["files-v1"]["output"] == {"files": ["only-one.txt"]}, seen["files-v1"]["error_message"]
     assert seen["files-main"]["output"] == {"files": ["only-two.txt"]}, seen["files-main"]["error_message"]
 
@@ -290,22 +288,19 @@ async def test_each_source_error_has_its_documented_message(broker: Broker, orig
     assert trees(state) == []
 
 
-async def test_cancel_during_a_fetch_ends_git_and_leaves_no_tree(
-    broker: Broker, origin: Origin, tmp_path: Path
-) -> None:
+async def test_cancel_during_a_fetch_ends_git_and_leaves_no_tree(origin: Origin, tmp_path: Path) -> None:
     origin.commit("one")
     silent, port = hanging_listener()
     projects = {"slow": {"url": f"git://127.0.0.1:{port}/hangs.git", "fetch_timeout": 300}}
     state = tmp_path / "state"
-    settings = make_settings(broker.port, tmp_path / "seed", "g-cancel", projects=projects, state_dir=state)
     try:
-        async with running_worker(settings), client_for(broker, "g-cancel") as client:
-            job = await client.submit({"task_id": "fetching", **JOB, "project": "slow"})
+        async with open_runs(tmp_path / "seed", projects=projects, state_dir=state) as runs:
+            job = runs.start({"task_id": "fetching", **JOB, "project": "slow"})
             with trio.fail_after(30):
                 while not processes_mentioning(f"127.0.0.1:{port}/hangs.git"):  # noqa: ASYNC110 - another process
                     await trio.sleep(0.05)
-            await job.cancel(reason="wrong project")
-            final = await job.wait()
+            runs.cancel(job, reason="wrong project")
+            final = await runs.wait_terminal(job)
             assert processes_mentioning(f"127.0.0.1:{port}/hangs.git") == []
     finally:
         silent.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import trio
 
-from ansible_worker.run.command import (
+from ansible_worker.run.executables import (
     DEFAULT_ANSIBLE_PLAYBOOK,
     find_ansible_playbook,
     find_executable,

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from ansible_worker.run.output_tail import OutputTail
-from ansible_worker.run.process_group import ExitRecord, run_process_group, run_with_output
+from ansible_worker.run.process.launch import ExitRecord, Launch
+from ansible_worker.run.process.output_tail import OutputTail
+from ansible_worker.run.process.process_group import run_process_group, run_with_output
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
@@ -66,7 +67,9 @@ async def run(
     argv: list[str], tmp_path: Path, *, limit: int = 65536, kill_grace: float = 5.0
 ) -> tuple[int, OutputTail]:
     tail = OutputTail(limit)
-    code = await run_with_output(argv, cwd=tmp_path, env=ENV, kill_grace=kill_grace, tail=tail, record=ExitRecord())
+    code = await run_with_output(
+        Launch(tuple(argv), tmp_path, ENV, kill_grace=kill_grace), tail=tail, record=ExitRecord()
+    )
     return code, tail
 
 
@@ -76,9 +79,8 @@ async def test_the_exit_code_is_returned_and_recorded(tmp_path: Path) -> None:
     read_fd, write_fd = os.pipe()
     try:
         with trio.fail_after(10):
-            code = await run_process_group(
-                ["sh", "-c", "exit 3"], cwd=tmp_path, env=ENV, output_fd=write_fd, kill_grace=1, record=record
-            )
+            launch = Launch(("sh", "-c", "exit 3"), tmp_path, ENV, kill_grace=1, output_fd=write_fd)
+            code = await run_process_group(launch, record)
     finally:
         os.close(read_fd)
         os.close(write_fd)
@@ -143,10 +145,7 @@ async def test_cancellation_terminates_the_whole_group(tmp_path: Path, strays: l
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
                     lambda: run_with_output(
-                        ["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"],
-                        cwd=tmp_path,
-                        env=ENV,
-                        kill_grace=30,
+                        Launch(("sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"), tmp_path, ENV, kill_grace=30),
                         tail=OutputTail(4096),
                         record=record,
                     )
@@ -174,10 +173,7 @@ async def test_cancellation_kills_what_ignores_sigterm_after_the_grace(tmp_path:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
                     lambda: run_with_output(
-                        ["sh", "-c", script],
-                        cwd=tmp_path,
-                        env=ENV,
-                        kill_grace=grace,
+                        Launch(("sh", "-c", script), tmp_path, ENV, kill_grace=grace),
                         tail=OutputTail(4096),
                         record=record,
                     )
@@ -213,13 +209,15 @@ async def test_cancellation_kills_a_marked_process_that_left_the_group(tmp_path:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
                     lambda: run_with_output(
-                        [sys.executable, "-c", escape, str(pidfile)],
-                        cwd=tmp_path,
-                        env={**ENV, marker[0]: marker[1]},
-                        kill_grace=5,
+                        Launch(
+                            (sys.executable, "-c", escape, str(pidfile)),
+                            tmp_path,
+                            {**ENV, marker[0]: marker[1]},
+                            kill_grace=5,
+                            marker=marker,
+                        ),
                         tail=OutputTail(4096),
                         record=record,
-                        marker=marker,
                     )
                 )
                 escaped = await read_pid(pidfile)
@@ -248,10 +246,7 @@ async def test_the_side_reader_learns_when_the_process_exits(tmp_path: Path) -> 
     record = ExitRecord()
     with trio.fail_after(10):
         code = await run_with_output(
-            ["sh", "-c", "sleep 0.2"],
-            cwd=tmp_path,
-            env=ENV,
-            kill_grace=1,
+            Launch(("sh", "-c", "sleep 0.2"), tmp_path, ENV, kill_grace=1),
             tail=OutputTail(4096),
             record=record,
             side_reader=side_reader,
@@ -267,10 +262,7 @@ async def test_a_straggler_holding_the_output_open_does_not_hold_the_run(tmp_pat
     with trio.fail_after(15):
         started = trio.current_time()
         code = await run_with_output(
-            ["sh", "-c", f"sleep 300 & echo $! > {pidfile}; echo bye"],
-            cwd=tmp_path,
-            env=ENV,
-            kill_grace=1,
+            Launch(("sh", "-c", f"sleep 300 & echo $! > {pidfile}; echo bye"), tmp_path, ENV, kill_grace=1),
             tail=OutputTail(4096),
             record=record,
             drain_seconds=0.5,

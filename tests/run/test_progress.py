@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ansible_worker.run.progress import Progress
+from ansible_worker.run.events.progress import Progress
 
 
 def test_progress_counts_like_ansible_and_stats_have_the_last_word() -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker, free_port, make_settings, open_controller, running_worker
-from tests.run.sshd import make_key, ssh_hosts
+from testing.ports import free_port
+from testing.sshd import make_key, ssh_hosts
+from tests.run.runs import open_runs
 from tests.run.test_job_sources import JOB, Origin
 
 
@@ -38,9 +39,7 @@ async def sshd(tmp_path: Path) -> AsyncIterator[SshServer]:
         yield SshServer(host.port, client_key, known_hosts)
 
 
-async def test_private_project_over_ssh_with_a_key_file(
-    broker: Broker, origin: Origin, sshd: SshServer, tmp_path: Path
-) -> None:
+async def test_private_project_over_ssh_with_a_key_file(origin: Origin, sshd: SshServer, tmp_path: Path) -> None:
     commit = origin.commit("private")
     url = f"ssh://{getpass.getuser()}@127.0.0.1:{sshd.port}{origin.bare}"
     strangers = tmp_path / "no_known_hosts"
@@ -49,12 +48,9 @@ async def test_private_project_over_ssh_with_a_key_file(
         "private": {"url": url, "key_file": sshd.client_key, "known_hosts": sshd.known_hosts},
         "unknown-host": {"url": url, "key_file": sshd.client_key, "known_hosts": strangers},
     }
-    settings = make_settings(broker.port, tmp_path / "seed", "g-ssh", projects=projects, state_dir=tmp_path / "state")
-    async with open_controller(broker, "g-ssh") as controller, running_worker(settings):
-        await controller.submit({"task_id": "by-key", **JOB, "project": "private"})
-        await controller.submit({"task_id": "strict", **JOB, "project": "unknown-host"})
-        ran = await controller.wait_terminal("by-key")
-        refused = await controller.wait_terminal("strict")
+    async with open_runs(tmp_path / "seed", projects=projects, state_dir=tmp_path / "state") as runs:
+        ran = await runs.submit({"task_id": "by-key", **JOB, "project": "private"})
+        refused = await runs.submit({"task_id": "strict", **JOB, "project": "unknown-host"})
     assert ran["state"] == "success", ran["error_message"]
     assert (ran["project"], ran["revision"]) == ("private", commit)
     assert ran["output"]["after"] == "private"
@@ -66,20 +62,16 @@ async def test_private_project_over_ssh_with_a_key_file(
 
 
 async def test_a_password_in_a_project_url_never_reaches_a_status_or_the_log(
-    broker: Broker, origin: Origin, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    origin: Origin, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="ansible_worker.run.git_source")
+    caplog.set_level(logging.INFO, logger="ansible_worker.run.sources.git")
     origin.commit("one")
     # Nothing listens there: git fails, naming the URL it tried.
     url = f"http://deploy:s3cret-token@127.0.0.1:{free_port()}/site.git"
-    settings = make_settings(
-        broker.port, tmp_path / "seed", "g-pw", projects={"site": {"url": url}}, state_dir=tmp_path / "state"
-    )
-    async with open_controller(broker, "g-pw") as controller, running_worker(settings):
-        await controller.submit({"task_id": "pw", **JOB, "project": "site"})
-        final = await controller.wait_terminal("pw")
+    async with open_runs(tmp_path / "seed", projects={"site": {"url": url}}, state_dir=tmp_path / "state") as runs:
+        final = await runs.submit({"task_id": "pw", **JOB, "project": "site"})
     assert final["state"] == "failed"
     assert final["error_message"].startswith("fetch of project 'site' failed (exit 128): ")
-    assert "s3cret-token" not in str(controller.statuses["pw"])
+    assert "s3cret-token" not in str(runs.sinks.statuses["pw"])
     fetching = [record.getMessage() for record in caplog.records if "fetching" in record.getMessage()]
     assert fetching == [f"project site: fetching http://deploy:***@127.0.0.1:{url.rsplit(':', 1)[1]}"]

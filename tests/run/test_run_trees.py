@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from ansible_worker.run.command import JobRefusedError
-from ansible_worker.run.run_trees import TreeCache
+from ansible_worker.run.errors import JobRefusedError
+from ansible_worker.run.sources.run_trees import TreeCache
 
 
 def filler(size: int, calls: list[str]) -> Callable[[Path], Awaitable[None]]:
@@ -78,17 +78,43 @@ async def test_a_cache_others_may_write_is_refused(tmp_path: Path) -> None:
             pass
 
 
-async def test_trees_an_earlier_run_left_are_bounded_too(tmp_path: Path) -> None:
+async def test_nothing_an_earlier_run_left_is_trusted(tmp_path: Path) -> None:
     root = tmp_path / "trees"
     root.mkdir(mode=0o700)
-    old, recent, half = root / "git-old", root / "git-recent", root / ".building-git-x-1234"
-    for directory in (old, recent, half):
+    recent, half = root / "git-recent", root / ".building-git-x-1234"
+    for directory in (recent, half):
         directory.mkdir()
         (directory / "f").write_text("f")
-    # Made two days ago; the age bound is one day.
-    two_days_ago = os.stat(old).st_mtime - 2 * 86_400
-    os.utime(old, (two_days_ago, two_days_ago))
+    # A tree's name leading anywhere: never used, and nothing is removed or changed through it.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o555)
+    (elsewhere / "site.yml").write_text("- hosts: all\n")
+    (root / "git-linked").symlink_to(elsewhere)
     cache = TreeCache(root, max_bytes=10**9, max_age=86_400)
-    async with cache.lease("git-new", filler(1, [])):
+    calls: list[str] = []
+    async with cache.lease("git-linked", filler(1, calls)) as path:
+        assert not path.is_symlink()
+        assert sorted(child.name for child in path.iterdir()) == ["data"]
+    assert len(calls) == 1
+    assert sorted(path.name for path in root.iterdir()) == ["git-linked"]
+    assert sorted(child.name for child in elsewhere.iterdir()) == ["site.yml"]
+    assert elsewhere.stat().st_mode & 0o777 == 0o555
+
+
+async def test_a_link_put_in_place_of_a_tree_is_never_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cache = TreeCache(tmp_path / "trees", max_bytes=10**9, max_age=86_400)
+    calls: list[str] = []
+    async with cache.lease("sha256-a", filler(1, calls)):
         pass
-    assert sorted(path.name for path in root.iterdir()) == ["git-new", "git-recent"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "site.yml").write_text("- hosts: all\n")
+    key = "sha256-" + "d" * 64
+    (tmp_path / "trees" / key).symlink_to(elsewhere)
+    assert not cache.holds(key)
+    async with cache.lease(key, filler(1, calls)) as path:
+        assert not path.is_symlink()
+        assert sorted(child.name for child in path.iterdir()) == ["data"]
+    assert len(calls) == 2
+    assert (elsewhere / "site.yml").exists()
+    assert f"run tree {key} is not one this worker built (a symbolic link of the worker's user)" in caplog.text

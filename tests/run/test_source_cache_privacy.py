@@ -8,10 +8,12 @@ private directory that no one could have made beforehand.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -20,7 +22,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.conftest import PLAYBOOKS, Broker, client_for, worker_config, worker_process
+from tests.conftest import (
+    PLAYBOOKS,
+    Broker,
+    client_for,
+    make_settings,
+    open_controller,
+    running_worker,
+    worker_config,
+    worker_process,
+)
+from tests.run.test_job_sources import JOB, Origin, git, wait_for_task
 from tests.run.test_shipped_content import SHOW
 
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
@@ -168,3 +180,129 @@ async def test_the_default_cache_is_a_new_private_directory(broker: Broker, play
         assert not lexists(cache)
     finally:
         shutil.rmtree(trap, ignore_errors=True)
+
+
+MALLORY = 12345
+PLANTED = """\
+- name: Planted
+  hosts: host1
+  gather_facts: false
+  tasks:
+    - ansible.builtin.set_stats:
+        data:
+          who: another user
+"""
+REAL = PLANTED.replace("another user", "the worker itself")
+
+
+def as_mallory(*argv: str) -> None:
+    subprocess.run(argv, check=True, user=MALLORY, group=MALLORY, cwd="/", capture_output=True)
+
+
+def reachable(base: Path) -> None:
+    """`base` open to other users, with a directory for the origin repository in it."""
+    base.chmod(0o755)
+    (base / "o").mkdir()
+
+
+@as_root
+async def test_what_another_user_left_in_the_cache_is_never_used(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ansible_worker.run.sources.run_trees")
+    # Reachable by another user, as a cache that was once open to others would have been.
+    base = Path(tempfile.mkdtemp())
+    try:
+        reachable(base)
+        origin = Origin(base / "o")
+        commit = origin.commit("1", files={"site.yml": REAL})
+        checkout = base / "playbooks"
+        git(base, "clone", "--quiet", str(origin.bare), str(checkout))
+        # The cache was open to everyone for a while: another user filled it.
+        cache = base / "cache"
+        for directory in (cache, cache / "trees", cache / "mirrors"):
+            directory.mkdir()
+            directory.chmod(0o777)
+        planted = base / "planted.yml"
+        planted.write_text(PLANTED)
+        planted.chmod(0o644)
+        for key in (f"git-{commit}", f"project-site-{commit}"):
+            as_mallory("mkdir", str(cache / "trees" / key))
+            as_mallory("cp", str(planted), str(cache / "trees" / key / "site.yml"))
+            as_mallory("cp", str(checkout / "one_host.ini"), str(cache / "trees" / key / "one_host.ini"))
+        (cache / "trees" / f"sha256-{'d' * 64}").symlink_to(base)
+        # A lock file of theirs, which they could have kept locked.
+        as_mallory("touch", str(cache / "lock"))
+        mirror = cache / "mirrors" / "site.git"
+        as_mallory("git", "init", "--quiet", "--bare", str(mirror))
+        marker = base / "hook-ran"
+        hook = base / "hook.sh"
+        hook.write_text(f"#!/bin/sh\nid -u > {marker}\n")
+        hook.chmod(0o755)
+        for name in ("reference-transaction", "post-fetch", "pre-auto-gc"):
+            as_mallory("cp", str(hook), str(mirror / "hooks" / name))
+        # Then the operator fixed the modes, as the worker told them to.
+        for directory in (cache, cache / "trees", cache / "mirrors"):
+            directory.chmod(0o700)
+        settings = make_settings(
+            broker.port, checkout, "g-planted", source_cache=cache, projects={"site": {"url": origin.url}}
+        )
+        async with open_controller(broker, "g-planted") as controller, running_worker(settings):
+            await controller.submit({"task_id": "own", "playbook": "site.yml", "inventory": "one_host.ini"})
+            own = await controller.wait_terminal("own")
+            await controller.submit(
+                {"task_id": "proj", "playbook": "site.yml", "inventory": "one_host.ini", "project": "site"}
+            )
+            project = await controller.wait_terminal("proj")
+            kept = sorted(path.name for path in (cache / "trees").iterdir())
+            owners = {path.name: path.lstat().st_uid for path in (cache / "trees").iterdir()}
+            mirror_owner = mirror.lstat().st_uid
+            lock_owner = (cache / "lock").lstat().st_uid
+        assert own["state"] == "success", own["error_message"]
+        assert project["state"] == "success", project["error_message"]
+        assert own["output"] == {"who": "the worker itself"}
+        assert project["output"] == {"who": "the worker itself"}
+        assert not marker.exists(), "a hook another user put in a mirror ran"
+        assert kept == sorted([f"git-{commit}", f"project-site-{commit}"])
+        assert set(owners.values()) == {os.geteuid()}
+        assert mirror_owner == lock_owner == os.geteuid()
+        assert lexists(base / "planted.yml")
+        assert f"removing {mirror} from the source cache: {mirror} belongs to another user (uid {MALLORY})" in (
+            caplog.text
+        )
+        assert "removing 3 run trees left by an earlier run" in caplog.text
+        trees = cache / "trees"
+        assert f"removing {trees / f'git-{commit}'} from the source cache: a directory of uid {MALLORY}" in caplog.text
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_a_second_worker_on_the_same_cache_is_refused(broker: Broker, tmp_path: Path) -> None:
+    (tmp_path / "o").mkdir()
+    origin = Origin(tmp_path / "o")
+    origin.commit("held")
+    checkout = tmp_path / "playbooks"
+    git(tmp_path, "clone", "--quiet", str(origin.bare), str(checkout))
+    cache = tmp_path / "cache"
+    go = tmp_path / "go"
+    group = "g-shared-cache"
+    settings = make_settings(broker.port, checkout, group, source_cache=cache)
+    async with open_controller(broker, group) as controller, running_worker(settings):
+        await controller.submit({"task_id": "held", **JOB, "extra_vars": {"go_file": str(go)}})
+        await wait_for_task(controller, "held", "Wait for the go-ahead")
+        (tree,) = (cache / "trees").iterdir()
+        config = worker_config(tmp_path / "second.json", broker, checkout, group, source_cache=str(cache))
+        async with worker_process("run", "-c", str(config)) as second:
+            code = await second.wait_exit()
+        go.write_text("go")
+        held = await controller.wait_terminal("held")
+    assert code == 2, second.lines
+    (problem,) = [line.strip() for line in second.lines if "worker.source_cache:" in line]
+    assert problem == (
+        f"worker.source_cache: {cache} is in use by another worker (process {os.getpid()}):"
+        " each worker needs a source cache of its own"
+    )
+    assert held["state"] == "success", held["error_message"]
+    assert held["output"] == {"before": "held", "after": "held"}
+    # The second worker removed nothing of the first's, in use or not.
+    assert sorted(path.name for path in (cache / "trees").iterdir()) == [tree.name]

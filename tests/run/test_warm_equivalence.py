@@ -2,13 +2,15 @@
 
 Each case builds a playbook tree, runs one job on a worker with warm starts and the same job
 on a worker without, each time in a freshly built tree with a fresh HOME and temporary
-directory, and compares everything a user can see. A callback plugin of these tests
+directory, and compares everything a user can see. It does so in every deployment
+(`tests/deployment.py`): the tree is the operator's and read-only, HOME and the temporary
+directory are the worker's own, and `ansible-config` runs as the worker's user. A callback plugin of these tests
 (`probe_plugins/warm_probe.py`) writes down Ansible's settings and the process as each run
 sees them from inside; `ansible-config dump --only-changed`, run in the tree, says what the
 settings should be.
 
-The trees and the worker's settings come from `tree_case` and `equivalence_settings`, so
-that a suite running the worker as another user can build them its own way.
+The trees and the worker's settings come from `tree_case`, `equivalence_places` (which takes
+the deployment's `seal` and `give`) and `equivalence_settings`.
 """
 
 from __future__ import annotations
@@ -19,20 +21,21 @@ import os
 import re
 import shutil
 import stat
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from ansible_worker.run.command import ansible_environment, child_environment
-from tests.conftest import Broker, client_for, make_settings, open_controller, running_worker
+from tests.conftest import Broker, client_for, make_settings, open_controller
+from tests.deployment import Deployment, lane
+from tests.run.warm_cases import CASES, Case, build_tree
 
 PROBE_PLUGINS = Path(__file__).parent / "probe_plugins"
-ANSIBLE_CONFIG = str(Path(sys.executable).parent / "ansible-config")
+# The worker keeps an operator's own callback path (after its own): the probe comes that way.
+OPERATOR_ENVIRONMENT = {"ANSIBLE_CALLBACK_PLUGINS": str(PROBE_PLUGINS)}
 # Durations and dates, which differ between any two runs.
 TIMINGS = re.compile(r"\d+\.\d+s|\d{4}-\d\d-\d\d[ T][\d:.]+|\(\d+:\d\d:\d\d\.\d+\)")
 # Names with a process id or a random part in them: Ansible's temporary directories, the run directory.
@@ -53,263 +56,25 @@ STATUS_FIELDS = (
     "tasks_ignored",
 )
 
-TREE_PLUGIN = """
-import importlib.util
-import os
-
-import ansible.plugins.{kind} as _package
-from ansible.utils.display import Display
-
-# The built-in plugin of the same name, loaded under a name of its own to extend it.
-_spec = importlib.util.spec_from_file_location(
-    "_builtin_{kind}_{name}", os.path.join(os.path.dirname(_package.__file__), "{name}.py")
-)
-_builtin = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_builtin)
-DOCUMENTATION = getattr(_builtin, "DOCUMENTATION", "")
-
-
-class {cls}(_builtin.{cls}):
-{body}
-"""
-
-PLUGIN_BODIES = {
-    ("action", "normal", "ActionModule"): (
-        "    def run(self, tmp=None, task_vars=None):\n"
-        "        result = super().run(tmp, task_vars)\n"
-        '        result["plugin_of_the_tree"] = "normal"\n'
-        "        return result\n"
-    ),
-    ("strategy", "linear", "StrategyModule"): (
-        "    def run(self, iterator, play_context):\n"
-        '        Display().display("the strategy of the tree runs this play")\n'
-        "        return super().run(iterator, play_context)\n"
-    ),
-    ("callback", "default", "CallbackModule"): (
-        "    def v2_playbook_on_start(self, playbook):\n"
-        '        self._display.display("the stdout callback of the tree")\n'
-        "        super().v2_playbook_on_start(playbook)\n"
-    ),
-    ("connection", "local", "Connection"): (
-        "    def exec_command(self, cmd, in_data=None, sudoable=True):\n"
-        '        os.environ["CONNECTION_OF_THE_TREE"] = "local"\n'
-        "        return super().exec_command(cmd, in_data=in_data, sudoable=sudoable)\n"
-    ),
-}
-
-PLUGINS_PLAYBOOK = """
-- name: Plugins next to the playbook
-  hosts: host1
-  gather_facts: false
-  tasks:
-    - name: A module without an action plugin of its own
-      ansible.builtin.ping:
-      register: pinged
-    - name: Which plugins ran
-      ansible.builtin.set_stats:
-        data:
-          action: "{{ pinged.plugin_of_the_tree | default('built-in') }}"
-"""
-
-COLLECTION_MODULE = """#!/usr/bin/python
-from ansible.module_utils.basic import AnsibleModule
-
-
-def main():
-    module = AnsibleModule(argument_spec={"name": {"type": "str", "default": "world"}})
-    module.exit_json(changed=False, greeting="hello " + module.params["name"])
-
-
-if __name__ == "__main__":
-    main()
-"""
-
-COLLECTION_FILTER = """
-class FilterModule:
-    def filters(self):
-        return {"shout": lambda text: text.upper() + "!"}
-"""
-
-COLLECTION_PLAYBOOK = """
-- name: A collection next to the playbook
-  hosts: host1
-  gather_facts: false
-  tasks:
-    - name: Its module
-      acme.tools.hello:
-        name: tree
-      register: hello
-    - name: Its filter
-      ansible.builtin.set_stats:
-        data:
-          greeting: "{{ hello.greeting | acme.tools.shout }}"
-"""
-
-ROLE_PLAYBOOK = """
-- name: A role next to the playbook
-  hosts: all
-  gather_facts: false
-  roles:
-    - greet
-"""
-
-ROLE_TASKS = """
-- name: Greet from the role
-  ansible.builtin.debug:
-    msg: "{{ greeting }} from {{ inventory_hostname }}"
-- name: Skipped in the role
-  ansible.builtin.debug:
-    msg: never
-  when: false
-- name: Tell
-  ansible.builtin.set_stats:
-    data:
-      greeting: "{{ greeting }}"
-"""
-
-SKIPPING_PLAYBOOK = """
-- name: Settings from the environment
-  hosts: all
-  gather_facts: false
-  tasks:
-    - name: Runs
-      ansible.builtin.debug:
-        msg: "forks {{ ansible_forks }}"
-    - name: Skipped
-      ansible.builtin.debug:
-        msg: never
-      when: false
-"""
-
-CREDENTIAL_PLAYBOOK = """
-- name: Credentials in the environment
-  hosts: host1
-  gather_facts: false
-  tasks:
-    - name: Read them
-      ansible.builtin.set_stats:
-        data:
-          ansible_named: "{{ lookup('env', 'ANSIBLE_TEST_API_TOKEN') | length }}"
-          plain: "{{ lookup('env', 'TEST_API_TOKEN') | length }}"
-"""
-
-
-@dataclass
-class Case:
-    """A tree (files beside the copied test playbooks), the job to run in it, and worker settings."""
-
-    files: dict[str, str] = field(default_factory=dict)
-    job: dict[str, Any] = field(default_factory=dict)
-    worker: dict[str, Any] = field(default_factory=dict)
-    # A check of what the warm run reported, beyond its being equal to the cold one.
-    expect: Callable[[dict[str, Any], str], None] | None = None
-
-
-def _expect_tree_plugins(status: dict[str, Any], output: str) -> None:
-    assert status["output"]["action"] == "normal"
-    assert "the strategy of the tree runs this play" in output
-    assert "the stdout callback of the tree" in output
-
-
-def _expect_collection(status: dict[str, Any], output: str) -> None:
-    assert status["output"]["greeting"] == "HELLO TREE!"
-
-
-def _expect_credentials(status: dict[str, Any], output: str) -> None:
-    assert status["output"] == {"ansible_named": 24, "plain": 24}
-
-
-def plugin_files() -> dict[str, str]:
-    files = {"plugins.yml": PLUGINS_PLAYBOOK}
-    for (kind, name, cls), body in PLUGIN_BODIES.items():
-        files[f"{kind}_plugins/{name}.py"] = TREE_PLUGIN.format(kind=kind, name=name, cls=cls, body=body)
-    return files
-
-
-CASES: dict[str, Case] = {
-    "plain": Case(job={"playbook": "stats.yml", "inventory": "inventory.ini"}),
-    "own_ansible_cfg": Case(
-        files={
-            "ansible.cfg": (
-                "[defaults]\nretry_files_enabled = True\ndisplay_skipped_hosts = False\n"
-                "local_tmp = ./local-tmp\nforks = 3\nnocows = True\n"
-            )
-        },
-        job={"playbook": "fail.yml", "inventory": "inventory.ini"},
-    ),
-    "plugins_beside_the_playbook": Case(
-        files=plugin_files(),
-        job={"playbook": "plugins.yml", "inventory": "inventory.ini"},
-        expect=_expect_tree_plugins,
-    ),
-    "collection_beside_the_playbook": Case(
-        files={
-            "collection.yml": COLLECTION_PLAYBOOK,
-            "collections/ansible_collections/acme/tools/plugins/modules/hello.py": COLLECTION_MODULE,
-            "collections/ansible_collections/acme/tools/plugins/filter/shout.py": COLLECTION_FILTER,
-        },
-        job={"playbook": "collection.yml", "inventory": "inventory.ini"},
-        expect=_expect_collection,
-    ),
-    "roles": Case(
-        files={
-            "role.yml": ROLE_PLAYBOOK,
-            "roles/greet/tasks/main.yml": ROLE_TASKS,
-            "roles/greet/defaults/main.yml": "greeting: hi\n",
-        },
-        job={"playbook": "role.yml", "inventory": "inventory.ini"},
-    ),
-    "ansible_variables_of_the_worker": Case(
-        files={"skipping.yml": SKIPPING_PLAYBOOK},
-        job={"playbook": "skipping.yml", "inventory": "inventory.ini"},
-        worker={"environment": {"ANSIBLE_DISPLAY_SKIPPED_HOSTS": "false", "ANSIBLE_DISPLAY_ARGS_TO_STDOUT": "true"}},
-    ),
-    # The parent imports with the job's PYTHONWARNINGS: what a cold import would print (or not) is printed.
-    "python_warnings_of_the_worker": Case(
-        job={"playbook": "stats.yml", "inventory": "inventory.ini"},
-        worker={"environment": {"PYTHONWARNINGS": "ignore"}},
-    ),
-    "ansible_variable_of_a_credential": Case(
-        files={"credential.yml": CREDENTIAL_PLAYBOOK},
-        job={"playbook": "credential.yml", "inventory": "inventory.ini", "credentials": ["api"]},
-        worker={
-            "credentials": {
-                "api": {
-                    "type": "env",
-                    "variables": {
-                        "ANSIBLE_TEST_API_TOKEN": "tok-ansible-5f1c2e9a7b3d",
-                        "TEST_API_TOKEN": "tok-plain-8e4b6a2c9d1f03",
-                    },
-                }
-            }
-        },
-        expect=_expect_credentials,
-    ),
-}
-
-
-def build_tree(target: Path, source: Path, case: Case) -> None:
-    """The test playbooks and the case's own files at `target` (replaced if it exists)."""
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(source, target)
-    for relative, text in case.files.items():
-        path = target / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-
 
 @pytest.fixture(params=sorted(CASES))
 def tree_case(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def _nothing(path: Path) -> object:
+    return None
+
+
 @dataclass
 class Places:
     """Where a run may leave files: the tree, HOME, the temporary directory, the run directories.
 
-    `seal` is applied to each tree once built: a suite that runs the worker as another user
-    can make it root's and read-only there.
+    `seal` is applied to each tree once built (`unseal` before it is built again): a suite
+    that runs the worker as another user makes it root's and read-only there. `give` makes
+    HOME, the temporary directory and the probe's directory the worker's. `scratch`, if
+    any, is where the deployment's own environment points Ansible (the image's
+    `ANSIBLE_HOME`): made anew for each run and compared too.
     """
 
     tree: Path
@@ -317,28 +82,46 @@ class Places:
     tmp: Path
     runs: Path
     probes: Path
-    seal: Callable[[Path], None] = lambda tree: None
+    seal: Callable[[Path], object] = _nothing
+    unseal: Callable[[Path], object] = _nothing
+    give: Callable[[Path], object] = _nothing
+    scratch: Path | None = None
 
     def reset(self, source: Path, case: Case) -> None:
+        self.unseal(self.tree)
         build_tree(self.tree, source, case)
         self.seal(self.tree)
-        for directory in (self.home, self.tmp, self.probes):
+        for directory in (self.home, self.tmp, self.probes, self.scratch):
+            if directory is None:
+                continue
             if directory.exists():
                 shutil.rmtree(directory)
             directory.mkdir()
+            self.give(directory)
         self.runs.mkdir(exist_ok=True)
 
     def snapshot(self) -> dict[str, dict[str, str]]:
-        return {name: files_under(getattr(self, name)) for name in ("tree", "home", "tmp", "runs")}
+        found = {name: files_under(getattr(self, name)) for name in ("tree", "home", "tmp", "runs")}
+        if self.scratch is not None:
+            found["scratch"] = files_under(self.scratch)
+        return found
 
 
 @pytest.fixture
-def equivalence_places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Places:
-    # The worker keeps an operator's own callback path (after its own): the probe comes that way.
-    monkeypatch.setenv("ANSIBLE_CALLBACK_PLUGINS", str(PROBE_PLUGINS))
+def equivalence_places(tmp_path: Path, deployment: Deployment) -> Places:
     base = tmp_path / "eq"
     base.mkdir()
-    return Places(base / "tree", base / "home", base / "tmp", base / "runs", base / "probes")
+    return Places(
+        base / "tree",
+        base / "home",
+        base / "tmp",
+        base / "runs",
+        base / "probes",
+        seal=deployment.seal,
+        unseal=deployment.unseal,
+        give=deployment.give,
+        scratch=deployment.scratch,
+    )
 
 
 def files_under(root: Path) -> dict[str, str]:
@@ -402,18 +185,29 @@ def normalised(text: str) -> str:
 
 
 async def run_case(
-    broker: Broker, places: Places, source: Path, case: Case, group: str, *, warm: bool, task_id: str = "same-job"
+    broker: Broker,
+    places: Places,
+    source: Path,
+    case: Case,
+    group: str,
+    deployment: Deployment,
+    *,
+    warm: bool,
+    task_id: str = "same-job",
 ) -> Seen:
     places.reset(source, case)
     before = places.snapshot()
     values = equivalence_settings(places, warm=warm, **dict(case.worker))
     settings = make_settings(broker.port, places.tree, group, **values)
-    async with running_worker(settings) as worker, open_controller(broker, group) as controller:
+    async with (
+        deployment.running(settings, env=OPERATOR_ENVIRONMENT) as worker,
+        open_controller(broker, group) as controller,
+    ):
         # One fork: with more, hosts finish in any order, in a cold run as in a warm one.
         await controller.submit({"task_id": task_id, "forks": 1, **case.job})
         status = await controller.wait_terminal(task_id, within=120)
         during = changes(before, places.snapshot())
-        warm_starts = worker.metrics.warm_starts
+        warm_starts, _ = await worker.starts(jobs_done=1)
         async with client_for(broker, group) as client:
             record = await client.record(task_id)
     after = changes(before, places.snapshot())
@@ -436,34 +230,44 @@ def settings_seen(probe: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(normalised(json.dumps(probe["settings"], sort_keys=True))))
 
 
-async def config_dump(places: Places, worker_environment: dict[str, str]) -> list[dict[str, Any]]:
-    """`ansible-config dump --only-changed` in the tree, with the environment the worker gives its jobs."""
-    env = ansible_environment(
-        child_environment(os.environ, extra=worker_environment), places.runs / "probe-events.fifo"
-    )
+# The environment the worker gives a job, as the worker's own package computes it on the worker's Python.
+JOB_ENVIRONMENT = """
+import json, os, sys
+from pathlib import Path
+from ansible_worker.run.argv import ansible_environment, child_environment
+extra, fifo = json.loads(sys.argv[1]), Path(sys.argv[2])
+print(json.dumps(ansible_environment(child_environment(os.environ, extra=extra), fifo)))
+"""
+
+
+async def config_dump(
+    places: Places, worker_environment: dict[str, str], deployment: Deployment
+) -> list[dict[str, Any]]:
+    """`ansible-config dump --only-changed` in the tree, as the worker's user, with the environment it gives its jobs."""
+    fifo = places.runs / "probe-events.fifo"
+    computed = [deployment.executable("python"), "-I", "-c", JOB_ENVIRONMENT, json.dumps(worker_environment), str(fifo)]
     with trio.fail_after(60):
-        result = await trio.run_process(
-            [ANSIBLE_CONFIG, "dump", "--only-changed", "--format", "json"],
-            cwd=places.tree,
-            env=env,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
+        found = await deployment.run(computed, cwd=places.tree, env=deployment.environment(OPERATOR_ENVIRONMENT))
+    assert found.returncode == 0, found.stderr.decode()
+    env = json.loads(found.stdout)
+    command = [deployment.executable("ansible-config"), "dump", "--only-changed", "--format", "json"]
+    with trio.fail_after(60):
+        result = await deployment.run(command, cwd=places.tree, env=env)
     assert result.returncode == 0, result.stderr.decode()
     return [entry for entry in json.loads(result.stdout) if "name" in entry]
 
 
+@lane
 async def test_a_warm_job_is_what_a_cold_one_is(
-    broker: Broker, playbook_dir: Path, group: str, tree_case: str, equivalence_places: Places
+    broker: Broker, playbook_dir: Path, group: str, tree_case: str, equivalence_places: Places, deployment: Deployment
 ) -> None:
     case = CASES[tree_case]
     places = equivalence_places
-    warm = await run_case(broker, places, playbook_dir, case, group + "w", warm=True)
+    warm = await run_case(broker, places, playbook_dir, case, group + "w", deployment, warm=True)
     # The configuration the warm run had, against what Ansible's own tool says in the same tree.
     environment = equivalence_settings(places, warm=True, **dict(case.worker))["environment"]
-    dumped = await config_dump(places, environment)
-    cold = await run_case(broker, places, playbook_dir, case, group + "c", warm=False)
+    dumped = await config_dump(places, environment, deployment)
+    cold = await run_case(broker, places, playbook_dir, case, group + "c", deployment, warm=False)
 
     assert warm.warm_starts == 1, "the warm worker must have started the job warm"
     assert cold.warm_starts == 0
@@ -488,19 +292,24 @@ async def test_a_warm_job_is_what_a_cold_one_is(
     assert warm.status["state"] in ("success", "failed")
 
 
-async def module_states(broker: Broker, places: Places, source: Path, group: str, *, warm: bool) -> list[Any]:
+async def module_states(
+    broker: Broker, places: Places, source: Path, group: str, deployment: Deployment, *, warm: bool
+) -> list[Any]:
     """The global state of every module, as two jobs of one worker saw it when their playbooks started."""
     places.reset(source, CASES["plain"])
     # One hash seed for every process: the seed a warm parent draws is shared by its jobs (documented).
     worker = {"environment": {"WARM_PROBE_DEEP": "1", "PYTHONHASHSEED": "0"}}
     settings = make_settings(broker.port, places.tree, group, **equivalence_settings(places, warm=warm, **worker))
-    async with running_worker(settings) as running, open_controller(broker, group) as controller:
+    async with (
+        deployment.running(settings, env=OPERATOR_ENVIRONMENT) as running,
+        open_controller(broker, group) as controller,
+    ):
         for index in range(2):
             await controller.submit(
                 {"task_id": f"state-{index}", "playbook": "quick.yml", "inventory": "inventory.ini"}
             )
             assert (await controller.wait_terminal(f"state-{index}", within=120))["state"] == "success"
-        assert running.metrics.warm_starts == (2 if warm else 0)
+        assert (await running.starts(jobs_done=2))[0] == (2 if warm else 0)
     probes = sorted(
         (json.loads(path.read_text()) for path in places.probes.glob("*.json")), key=lambda probe: probe["pid"]
     )
@@ -525,11 +334,12 @@ def differences(first: Any, second: Any, path: str = "") -> list[str]:
     return [] if first == second else [f"{path}: {str(first)[:200]} != {str(second)[:200]}"]
 
 
+@lane
 async def test_warm_jobs_have_the_module_state_of_cold_ones_and_renew_what_is_per_process(
-    broker: Broker, playbook_dir: Path, group: str, equivalence_places: Places
+    broker: Broker, playbook_dir: Path, group: str, equivalence_places: Places, deployment: Deployment
 ) -> None:
-    warm = await module_states(broker, equivalence_places, playbook_dir, group + "w", warm=True)
-    cold = await module_states(broker, equivalence_places, playbook_dir, group + "c", warm=False)
+    warm = await module_states(broker, equivalence_places, playbook_dir, group + "w", deployment, warm=True)
+    cold = await module_states(broker, equivalence_places, playbook_dir, group + "c", deployment, warm=False)
     names = set(cold[0]) | set(cold[1]) | set(warm[0]) | set(warm[1])
     per_process = {name for name in names if cold[0].get(name) != cold[1].get(name)}
     # Drawn or stamped by each process (a random value, a time, a temporary directory): new in each warm job too.

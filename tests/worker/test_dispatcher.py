@@ -21,7 +21,8 @@ from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.protocol.models import JobStatus, State, TaskRequest
 from ansible_worker.protocol.statuses import SHUT_DOWN_BEFORE_START
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.run.job import Job, JobRunner
+from ansible_worker.run.job import Job
+from ansible_worker.run.wiring import job_runner
 from ansible_worker.worker.dispatcher import Dispatcher
 from ansible_worker.worker.journal import Journal
 from ansible_worker.worker.status_path import StatusPath
@@ -89,7 +90,7 @@ def statuses() -> RecordingStatuses:
 def dispatcher(
     settings: WorkerSettings, statuses: StatusPath, *, queue_size: int = 10, concurrency: int = 1
 ) -> Dispatcher:
-    runner = JobRunner(settings, statuses, topics=statuses.topics)
+    runner = job_runner(settings, statuses, topics=statuses.topics)
     return Dispatcher(runner, statuses, worker_id="w1", queue_size=queue_size, concurrency=concurrency)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +13,8 @@ import trio
 
 from ansible_worker.ops.config import Settings
 from ansible_worker.protocol.claims import new_claim_id
-from ansible_worker.protocol.signing import Signer
+from ansible_worker.protocol.signing import Signer, fingerprint, load_private_key, signed_bytes
+from ansible_worker.protocol.timestamps import format_utc
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker.service import Worker
 from tests.conftest import (
@@ -341,3 +343,28 @@ async def test_a_signed_job_runs_with_the_numbers_its_signature_covers(
     assert artifact("n-int") == "app-2.tar.gz (3 parts)"
     assert from_client["state"] == "success", from_client["error_message"]
     assert artifact("n-client") == "app-2.tar.gz (3 parts)"
+
+
+async def test_a_signed_whole_float_beyond_2_53_is_refused(
+    broker: Broker, playbook_dir: Path, group: str, keys: Path
+) -> None:
+    """Another implementation signs 1e16 as RFC 8785 writes it; as signed it is an integer beyond 2**53."""
+    topic = Topics("ansible", group).tasks
+    key = load_private_key(keys / "alice.key")
+    body = {
+        "task_id": "big-float",
+        "playbook": "quick.yml",
+        "inventory": "one_host.ini",
+        "extra_vars": {"n": 1e16},
+        "issued_at": format_utc(datetime.now(UTC)),
+    }
+    value = base64.b64encode(key.sign(signed_bytes(topic, body))).decode()
+    payload = json.dumps({**body, "signature": {"key": fingerprint(key.public_key()), "value": value}})
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(signed_settings(broker, playbook_dir, group, keys)),
+    ):
+        await controller.submit(payload.encode())
+        final = await controller.wait_terminal("big-float")
+    assert final["state"] == "failed"
+    assert (final["error_message"] or "").startswith("the message has no canonical JSON form (RFC 8785)")

@@ -1,0 +1,81 @@
+"""Where a controller finds the workers: a broker connection and the group's topics, as one frozen value."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from ansible_worker.controller.errors import ClientError, SigningKeyError
+from ansible_worker.mqtt.options import LinkOptions
+from ansible_worker.protocol.topics import Topics
+
+if TYPE_CHECKING:
+    # Only for its type: the controller never loads pydantic-settings itself.
+    from ansible_worker.ops.config import ClientSettings
+    from ansible_worker.protocol.signing import Signer
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the workers are: a broker connection and the group's topics.
+
+    With a `signer`, jobs and cancel requests are signed (for workers that require it).
+    """
+
+    link: LinkOptions
+    topics: Topics
+    signer: Signer | None = None
+
+
+def target_from_url(url: str, *, group: str, prefix: str = "ansible", ca_cert: Path | None = None) -> Target:
+    """`mqtt://[user[:password]@]host[:port]` or `mqtts://…` (TLS, port 8883 by default)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ClientError(f"broker URL must start with mqtt:// or mqtts://, not {url.split('://')[0]!r}")
+    if not parts.hostname:
+        raise ClientError(f"broker URL has no host: {url!r}")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ClientError(f"broker URL has an invalid port: {exc}") from None
+    link = LinkOptions(
+        host=parts.hostname,
+        port=port,
+        client_id=new_client_id(),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls_enabled=tls,
+        tls_ca_cert=ca_cert,
+    )
+    return Target(link, Topics(prefix, group))
+
+
+def target_from_settings(settings: ClientSettings) -> Target:
+    """The broker and group of a config file, and its `security.signing_key` if it names one.
+
+    Errors: `ClientError` when the signing key cannot be read.
+    """
+    # Never the workers' own client_id from their file: the broker would drop one of us.
+    link = settings.mqtt.link_options(client_id=new_client_id())
+    signing_key = settings.security.signing_key
+    signer = load_signer(signing_key) if signing_key is not None else None
+    return Target(link, Topics(settings.worker.topic_prefix, settings.worker.group_name), signer)
+
+
+def load_signer(path: Path) -> Signer:
+    """A signer for the private key in `path`. Errors: `ClientError` saying why it cannot be used."""
+    from ansible_worker.protocol.signing import KeyFileError, Signer
+
+    try:
+        return Signer.from_file(path)
+    except KeyFileError as exc:
+        raise SigningKeyError(f"signing key: {exc}") from None
+
+
+def new_client_id() -> str:
+    """A client id of its own: the broker disconnects the older of two connections that share one."""
+    return f"ansible-worker-client-{uuid.uuid4().hex[:12]}"

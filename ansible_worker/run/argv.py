@@ -1,0 +1,124 @@
+"""Turn a job into the exact `ansible-playbook` argument list and environment, refusing what is unsafe."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from pathlib import Path, PurePosixPath
+
+from ansible_worker.protocol.models import TaskRequest
+from ansible_worker.run.errors import JobRefusedError
+
+PLUGIN_DIRECTORY = Path(__file__).parent / "plugins" / "callback"
+FIFO_VARIABLE = "ANSIBLE_WORKER_EVENT_FIFO"
+# The worker's own settings may arrive as ANSIBLE_WORKER_* variables (the broker password
+# among them): a playbook could read them with lookup('env', ...), so they stay here.
+_WORKER_VARIABLE_PREFIX = "ANSIBLE_WORKER_"
+_ANSIBLE_DEFAULT_CALLBACK_PATH = "~/.ansible/plugins/callback:/usr/share/ansible/plugins/callback"
+
+
+def resolve_inside(base: Path, relative: str, what: str) -> Path:
+    """Resolve `relative` under `base`, symlinks included, and insist that it stays there.
+
+    `base` must already be resolved. Absolute paths and `..` are refused outright, before
+    the file system is asked, so the message does not depend on what exists outside.
+    """
+    pure = PurePosixPath(relative)
+    if pure.is_absolute():
+        raise JobRefusedError(f"{what} must be relative to the playbook directory: {relative!r}")
+    if ".." in pure.parts:
+        raise JobRefusedError(f"{what} must not contain '..': {relative!r}")
+    candidate = base / pure
+    if not candidate.exists():
+        raise JobRefusedError(f"{what} not found: {relative!r}")
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(base):
+        raise JobRefusedError(f"{what} resolves outside the playbook directory: {relative!r}")
+    return resolved
+
+
+def resolve_playbook(base: Path, playbook: str) -> Path:
+    """The playbook's resolved path inside `base`.
+
+    Errors: `JobRefusedError` when it is outside `base`, missing or not a file.
+    """
+    path = resolve_inside(base, playbook, "playbook")
+    if not path.is_file():
+        raise JobRefusedError(f"playbook is not a file: {playbook!r}")
+    return path
+
+
+def resolve_inventory(base: Path, inventory: str) -> str:
+    """A path inside the playbook directory, or an inline host list such as `web1,web2,`."""
+    if "," in inventory:
+        return inventory
+    return str(resolve_inside(base, inventory, "inventory"))
+
+
+def build_argv(
+    job: TaskRequest,
+    *,
+    executable: str,
+    playbook: Path,
+    inventory: str,
+    extra_vars_file: Path | None,
+) -> list[str]:
+    """Every value from the message is glued to its option (`--limit=VALUE`) so it can
+    never be read as an option of its own; the playbook path is absolute and after `--`."""
+    argv = [executable, f"--inventory={inventory}"]
+    if extra_vars_file is not None:
+        argv.append(f"--extra-vars=@{extra_vars_file}")
+    if job.limit is not None:
+        argv.append(f"--limit={job.limit}")
+    if job.tags:
+        argv.append(f"--tags={','.join(job.tags)}")
+    if job.skip_tags:
+        argv.append(f"--skip-tags={','.join(job.skip_tags)}")
+    argv.append(f"--forks={job.forks}")
+    if job.verbosity:
+        argv.append("-" + "v" * job.verbosity)
+    if job.check_mode:
+        argv.append("--check")
+    if job.diff_mode:
+        argv.append("--diff")
+    argv += ["--", str(playbook)]
+    return argv
+
+
+# The worker's own ssh-agent is not lent to jobs: a job gets keys only from its credentials
+# (or from `worker.environment`, where an operator can set SSH_AUTH_SOCK on purpose).
+_NOT_INHERITED = frozenset({"SSH_AUTH_SOCK"})
+
+
+def child_environment(
+    base: Mapping[str, str], *, extra: Mapping[str, str] | None = None, hidden_values: Collection[str] = ()
+) -> dict[str, str]:
+    """The worker's environment for its child processes, plus `extra` (`worker.environment`).
+
+    Left out: the worker's own `ANSIBLE_WORKER_*` settings, its `SSH_AUTH_SOCK`, and any
+    variable whose value is one of `hidden_values` (the broker password, however the config
+    file referred to it).
+    """
+    hidden = {value for value in hidden_values if value}
+    env = {
+        name: value
+        for name, value in base.items()
+        if not name.startswith(_WORKER_VARIABLE_PREFIX) and value not in hidden and name not in _NOT_INHERITED
+    }
+    env.update(extra or {})
+    return env
+
+
+def ansible_environment(base: Mapping[str, str], fifo: Path) -> dict[str, str]:
+    """A child environment (from `child_environment`) plus what enables the event plugin.
+
+    An operator's own `ANSIBLE_CALLBACK_PLUGINS` is kept after ours; without it Ansible's
+    default search path is kept, so other callback plugins still load.
+    """
+    env = dict(base)
+    others = env.get("ANSIBLE_CALLBACK_PLUGINS") or _ANSIBLE_DEFAULT_CALLBACK_PATH
+    env["ANSIBLE_CALLBACK_PLUGINS"] = os.pathsep.join((str(PLUGIN_DIRECTORY), others))
+    env[FIFO_VARIABLE] = str(fifo)
+    # Human output goes to a pipe, not a terminal: colour codes would only clutter it.
+    env.setdefault("ANSIBLE_NOCOLOR", "1")
+    return env

@@ -1,0 +1,275 @@
+"""Run one job from `running` to its single terminal status: the error boundary of a run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ansible_worker.ops.logging_setup import current_task_id
+from ansible_worker.ops.logging_setup import secrets as log_secrets
+from ansible_worker.ops.metrics import WorkerMetrics
+from ansible_worker.protocol.models import State
+from ansible_worker.protocol.timestamps import utc_now
+from ansible_worker.protocol.topics import Topics
+from ansible_worker.run.argv import FIFO_VARIABLE, ansible_environment, build_argv
+from ansible_worker.run.credential_injection import AnyCredential, Injection, inject, secret_values
+from ansible_worker.run.errors import JobRefusedError
+from ansible_worker.run.events.event_fifo import EventFifo
+from ansible_worker.run.events.event_stream import EventStream
+from ansible_worker.run.events.progress import STATUS_EVENTS
+from ansible_worker.run.events.record_collector import RecordCollector
+from ansible_worker.run.executables import Executable
+from ansible_worker.run.extra_vars import write_extra_vars
+from ansible_worker.run.job import Job
+from ansible_worker.run.masking import Masker
+from ansible_worker.run.policy import RequestChecks
+from ansible_worker.run.process.launch import ExitRecord, Launch
+from ansible_worker.run.process.output_tail import OutputTail
+from ansible_worker.run.process.process_group import run_with_output
+from ansible_worker.run.run_directory import EVENT_FIFO_NAME, private_run_directory
+from ansible_worker.run.sinks import EventSink, RecordSink, StatusSink
+from ansible_worker.run.sources.job_sources import JobSources
+from ansible_worker.run.verdict import judge
+from ansible_worker.run.warm.pool import Configuration, WarmPool
+
+log = logging.getLogger(__name__)
+
+EVENT_FLUSH_SECONDS = 2.0
+# Longest a job's record may hold back its terminal status (the broker is slow or away).
+RECORD_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunLimits:
+    """How long and how much one run may take, and where its private directory goes."""
+
+    task_timeout: float = 3600.0
+    kill_grace: float = 10.0
+    output_limit_bytes: int = 1_048_576
+    events_per_second: float = 200.0
+    # None: the system's temporary directory.
+    run_directory: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnvironment:
+    """What every run starts from: its environment, the `ansible-playbook` found with it, the secrets to mask.
+
+    `variables` leaves out the worker's own settings and secrets (`argv.child_environment`);
+    `worker_secrets` are the worker's own values that no job may show (masked in its output).
+    """
+
+    variables: Mapping[str, str]
+    ansible_playbook: Executable
+    worker_secrets: tuple[str, ...] = ()
+
+
+class JobRunner:
+    """Carries out jobs for one worker; `execute` is the error boundary of a job."""
+
+    def __init__(
+        self,
+        limits: RunLimits,
+        statuses: StatusSink,
+        *,
+        environment: RunEnvironment,
+        checks: RequestChecks,
+        sources: JobSources,
+        warm_pool: WarmPool,
+        topics: Topics,
+        credentials: Mapping[str, AnyCredential] | None = None,
+        events: EventSink | None = None,
+        on_transition: Callable[[], None] = lambda: None,
+        metrics: WorkerMetrics | None = None,
+        records: RecordSink | None = None,
+    ) -> None:
+        self.limits = limits
+        self.statuses = statuses
+        self.environment = environment
+        self.checks = checks
+        self.sources = sources
+        # A component of the worker's own: it serves in the worker's nursery, not here.
+        self.warm_pool = warm_pool
+        self.topics = topics
+        self.credentials = credentials or {}
+        self.events = events
+        self.on_transition = on_transition
+        self.metrics = metrics or WorkerMetrics()
+        self.records = records
+
+    def announce(self, job: Job) -> None:
+        """Publish the job's current status and log the transition."""
+        self.statuses.post(job.status())
+        self.on_transition()
+        if job.state.terminal:
+            self.metrics.jobs_by_state[job.state.value] += 1
+            if job.started_at is not None and job.completed_at is not None:
+                self.metrics.job_duration.observe((job.completed_at - job.started_at).total_seconds())
+            p = job.progress
+            counts = f"ok={p.ok} changed={p.changed} failed={p.failed} skipped={p.skipped} unreachable={p.unreachable}"
+            detail = f": {job.error_message}" if job.error_message else ""
+            log.info("task %s %s (rc=%s, %s)%s", job.task_id, job.state, job.return_code, counts, detail)
+        else:
+            log.info("task %s %s (playbook %s)", job.task_id, job.state, job.request.playbook)
+
+    async def execute(self, job: Job) -> None:
+        """Run `job` and post exactly one terminal status for it to the status sink.
+
+        Any `Exception` becomes a `failed` status; cancellation of the job's own scope (a
+        cancel request, the timeout) becomes `cancelled` (or the job's `cancel_state`) or `timeout`,
+        and `execute` returns normally.
+
+        Cancellation: from outside the job (a hurried shutdown), the process group still gets
+        SIGTERM, then SIGKILL after `kill_grace`, and its stragglers are killed, all before the
+        cancellation propagates; the run directory is removed and the job's events are flushed
+        (shielded, at most `EVENT_FLUSH_SECONDS`). The job then ends `cancelled` ("cancelled:
+        worker stopped"), its terminal status posted and `done` set. It is over: do not run it again.
+        """
+        # Names the job in every record logged while it runs (its slot's task runs one job at a time).
+        naming = current_task_id.set(job.task_id)
+        # Masked from the first moment: a git error or a traceback may show a secret too.
+        known = [self.credentials[name] for name in job.request.credentials if name in self.credentials]
+        job.masker = Masker([*self.environment.worker_secrets, *secret_values(known)])
+        try:
+            with log_secrets.masking(lambda text: job.masker.text(text)):
+                await self._execute(job)
+        finally:
+            current_task_id.reset(naming)
+
+    async def _execute(self, job: Job) -> None:
+        timeout = self.limits.task_timeout if job.request.timeout is None else job.request.timeout
+        if self.events is not None:
+            job.events = EventStream(self.topics.events(job.task_id), rate=self.limits.events_per_second)
+        if self.records is not None:
+            job.record = RecordCollector()
+        job.state = State.RUNNING
+        job.started_at = utc_now()
+        self.announce(job)
+        # Stays so only if a cancellation from outside the job (a hurried shutdown) passes.
+        state: State = State.CANCELLED
+        error: str | None = "cancelled: worker stopped"
+        try:
+            with job.cancel_scope:
+                job.cancel_scope.deadline = trio.current_time() + timeout
+                state, error = await self._bounded(job)
+            if job.cancel_scope.cancelled_caught:
+                if job.cancel_reason is not None:
+                    state, error = job.cancel_state, job.cancel_reason
+                else:
+                    state, error = State.TIMEOUT, f"timed out after {timeout:g}s"
+        finally:
+            await self._flush_events(job)
+            job.end(state, job.masker.text(error) if error is not None else None)
+            await self._publish_record(job)
+            job.done.set()
+            self.announce(job)
+
+    async def _bounded(self, job: Job) -> tuple[State, str | None]:
+        """The run's end as a state and an error: every `Exception` of it becomes `failed`."""
+        try:
+            return await self._run(job)
+        except JobRefusedError as exc:
+            return State.FAILED, str(exc)
+        except OSError as exc:
+            return State.FAILED, f"cannot start: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+        except Exception as exc:
+            log.exception("task %s: unexpected error", job.task_id)
+            return State.FAILED, f"internal error: {type(exc).__name__}: {exc}"
+
+    async def _flush_events(self, job: Job) -> None:
+        """The job's events go out before its terminal status: a watcher that sees the status has seen them all."""
+        if job.events is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(EVENT_FLUSH_SECONDS):
+            await job.events.wait_flushed()
+        self.metrics.events_dropped += job.events.dropped
+
+    async def _publish_record(self, job: Job) -> None:
+        """Publish the job's record before its terminal status, which then names it; shielded, bounded."""
+        if self.records is None or job.record is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(RECORD_SECONDS):
+            try:
+                job.record_summary = await self.records.publish_record(job.status(), job.record)
+            except Exception:
+                # The record is an extra: whatever went wrong, the job's status goes out.
+                log.exception("task %s: its record could not be built", job.task_id)
+
+    async def _run(self, job: Job) -> tuple[State, str | None]:
+        request = job.request
+        self.checks.policy.check_request(request)
+        if request.git_pull and request.project is None:
+            await self.sources.pull(job.task_id)
+        async with self.sources.open_tree(request) as tree:
+            job.tree = tree
+            if tree.revision is not None or tree.content_sha256 is not None:
+                # Said as soon as it is known, not only at the end.
+                self.statuses.post(job.status())
+            return await self._run_in(job, tree.path.resolve())
+
+    async def _run_in(self, job: Job, base: Path) -> tuple[State, str | None]:
+        request = job.request
+        resolved = self.checks.check_tree(request, base)
+        with private_run_directory(self.limits.run_directory, job.task_id) as run_dir:
+            self.statuses.started(job.task_id, run_dir)
+            extra_vars = write_extra_vars(run_dir, request.extra_vars) if request.extra_vars else None
+            argv = build_argv(
+                request,
+                executable=self.environment.ansible_playbook.command,
+                playbook=resolved.playbook,
+                inventory=resolved.inventory,
+                extra_vars_file=extra_vars,
+            )
+            fifo = EventFifo(run_dir / EVENT_FIFO_NAME)
+            marker = (FIFO_VARIABLE, str(fifo.path))
+            credentials = [self.credentials[name] for name in request.credentials]
+            try:
+                async with inject(
+                    credentials, run_dir, environment=self.environment.variables, marker=marker
+                ) as injection:
+                    # The credentials' options go before the `--` that ends them.
+                    argv = [*argv[:-2], *injection.argv, *argv[-2:]]
+                    env = ansible_environment({**self.environment.variables, **injection.env}, fifo.path)
+                    launch = Launch(tuple(argv), base, env, kill_grace=self.limits.kill_grace, marker=marker)
+                    returncode, tail = await self._run_ansible(job, launch, fifo, injection)
+            finally:
+                fifo.close()
+        return judge(returncode, job.progress, tail, fifo)
+
+    async def _run_ansible(
+        self, job: Job, launch: Launch, fifo: EventFifo, injection: Injection
+    ) -> tuple[int, OutputTail]:
+        """Run ansible-playbook for `job`, warm if it may, with its events read alongside; its exit code and output."""
+        tail = OutputTail(self.limits.output_limit_bytes, mask=job.masker.window)
+        if job.record is not None:
+            job.record.output = tail
+        start = await self.warm_pool.starter(Configuration(launch.argv[0], launch.cwd, launch.env), late=injection.own)
+        record = ExitRecord()
+        try:
+            returncode = await run_with_output(
+                launch,
+                start=start,
+                tail=tail,
+                record=record,
+                side_reader=lambda exited: fifo.read_events(lambda event: self._on_event(job, event), exited=exited),
+            )
+        finally:
+            job.return_code = record.returncode
+        return returncode, tail
+
+    def _on_event(self, job: Job, event: dict[str, Any]) -> None:
+        self.metrics.events_processed += 1
+        # Masked once, here: counts, output, first failure and live events all come from it.
+        event = job.masker.tree(event)
+        job.progress.apply(event)
+        if job.record is not None:
+            job.record.add(event)
+        if self.events is not None and job.events is not None:
+            self.events.offer(job.events, event)
+        if event.get("event") in STATUS_EVENTS and not job.state.terminal:
+            self.statuses.post_progress(job.task_id, lambda: job.status(progress_only=True))

@@ -1,0 +1,199 @@
+"""What the script's imports left in the warm parent, kept to hand the same state to each job, or why it cannot be.
+
+Part of the warm parent (`warm_parent.py`), loaded by it once the script's imports are done:
+the standard library only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import sys
+import traceback
+import types
+from collections.abc import Callable
+from typing import Any
+
+# Read when a process starts or Ansible is imported, beyond modules: a change means a cold start differs.
+_READ_AT_START = ("/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
+
+ExitHandler = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class Imported:
+    """What the script's imports left, kept to hand the same state to each job."""
+
+    def __init__(self, script: str, facts: dict[str, Any]) -> None:
+        self.script = script
+        # The whole script, run as `__main__` by each job.
+        self.code: types.CodeType = facts["code"]
+        # What the import wrote to stdout and stderr, byte for byte.
+        self.output: bytes = facts["output"]
+        # What a program can learn of its standard streams (`stream_kinds`), as the parent started.
+        self.streams: tuple[Any, ...] = facts["streams"]
+        self._stream_kinds: Callable[[list[int]], tuple[Any, ...]] = facts["stream_kinds"]
+        # Variables read during the import ("*": all), and those Ansible's configuration reads.
+        self.early: set[str] = set(facts["early"])
+        # Exit handlers registered by the import, in order.
+        self.exit_handlers: list[ExitHandler] = list(facts["exit_handlers"])
+        # Signal dispositions and mask right after the import.
+        self.handlers = _signal_handlers()
+        self.mask = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        # Settings whose value is a temporary directory made per process: the parent's own ones.
+        self.temporary: dict[str, str] = {}
+        # Closure cells of what the import put on the standard streams, with their values.
+        self.stream_cells: list[tuple[Any, Any]] = []
+        # Every file read that a cold start reads again -> its stat signature.
+        self.files: dict[str, tuple[int, ...] | None] = {}
+        # The modules and path finders there were when the imports were done.
+        self.modules: set[str] = set(facts["modules"])
+        self.finders: set[str] = set(facts["finders"])
+
+    def streams_match(self, fds: list[int]) -> bool:
+        """Whether a job's streams are of the kind the parent started with (stdin /dev/null, one pipe for both)."""
+        return bool(self._stream_kinds(fds) == self.streams)
+
+    def cleans(self, handler: ExitHandler) -> bool:
+        """Whether an exit handler is the clean-up of one of the parent's own temporary directories."""
+        args = handler[1]
+        return bool(args) and args[0] in self.temporary.values()
+
+    def changed(self) -> str | None:
+        """Which file the parent read has changed since, if any: a job forked now would differ from a cold start."""
+        for path, signature in self.files.items():
+            if _signature(path) != signature:
+                return f"{path} changed since the warm parent read it"
+        return None
+
+
+def take_over(script: str, facts: dict[str, Any]) -> tuple[Imported | None, str | None]:
+    """The state of the script's imports to hand over, or why this configuration cannot start warm."""
+    failure = facts.get("failure")
+    if failure is not None:
+        sys.stderr.buffer.write(facts["output"])
+        text = "".join(traceback.format_exception_only(type(failure), failure)).strip()
+        return None, f"the import of Ansible failed: {text[-500:]}"
+    imported = Imported(script, facts)
+    refusal = _refusal(facts, imported)
+    if refusal is not None:
+        return None, refusal
+    constants = sys.modules.get("ansible.constants")
+    if constants is not None:
+        imported.early |= _configuration_variables(constants)
+        _forget_own_temporary_directories(constants, imported)
+    imported.stream_cells = _stream_patch_cells()
+    imported.files = {path: _signature(path) for path in sorted(_files_read())}
+    return imported, None
+
+
+def _refusal(facts: dict[str, Any], imported: Imported) -> str | None:
+    """Why a job forked after this import would differ from a cold start in a way a fork cannot undo."""
+    flags = sys.flags
+    if flags.verbose or flags.inspect or "importtime" in sys._xoptions or os.environ.get("PYTHONPROFILEIMPORTTIME"):
+        return "Python is asked to report on its own start-up (verbose, import times, or inspect)"
+    now = set(os.listdir("/proc/self/fd"))
+    opened = {fd for fd in now - facts["descriptors"] if os.path.exists(f"/proc/self/fd/{fd}")}
+    if opened:
+        names = sorted(os.readlink(f"/proc/self/fd/{fd}") for fd in opened)
+        return f"the import of Ansible left open {', '.join(names)} (a log file?), which every job would share"
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > facts["threads"]:
+        return "the import of Ansible started a thread"
+    if facts["exit_handlers_before"] or atexit._ncallbacks() != len(imported.exit_handlers):
+        return "the import of Ansible registered an exit handler the warm parent could not see"
+    return None
+
+
+def _signal_handlers() -> dict[int, Any]:
+    handlers = {}
+    for signum in signal.valid_signals():
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            handler = signal.getsignal(signum)
+            if handler is not None:
+                handlers[int(signum)] = handler
+    return handlers
+
+
+def _configuration_variables(constants: Any) -> set[str]:
+    """Every variable a setting of Ansible's configuration reads (the parent's own copy of them holds)."""
+    names: set[str] = set()
+    with contextlib.suppress(Exception):
+        for definition in constants.config.get_configuration_definitions().values():
+            for entry in definition.get("env") or ():
+                if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                    names.add(entry["name"])
+    return names
+
+
+def _temporary_settings(constants: Any) -> list[str]:
+    """Settings whose value is a temporary directory made for the process that reads them."""
+    try:
+        definitions = constants.config.get_configuration_definitions()
+    except Exception:
+        return []
+    kinds = ("tmppath", "temppath", "tmp")
+    return [name for name, definition in definitions.items() if definition.get("type") in kinds]
+
+
+def _forget_own_temporary_directories(constants: Any, imported: Imported) -> None:
+    """Remove the parent's own temporary directories (it never runs a playbook), and their exit handlers.
+
+    Each job makes its own when it starts, as a cold start makes one when it is imported.
+    """
+    values = {name: getattr(constants, name, None) for name in _temporary_settings(constants)}
+    imported.temporary = {name: value for name, value in values.items() if isinstance(value, str)}
+    for path in imported.temporary.values():
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+    atexit._clear()
+    for function, args, kwargs in imported.exit_handlers:
+        if not imported.cleans((function, args, kwargs)):
+            atexit.register(function, *args, **kwargs)
+
+
+def _stream_patch_cells() -> list[tuple[Any, Any]]:
+    """The closure cells of the methods the import put on the standard streams' buffers, with their values.
+
+    Ansible wraps their writes in a lock that every fork switches off (its workers are
+    forks); in a job's process, which Ansible takes for its main one, the lock is on.
+    """
+    cells = []
+    for stream in (sys.stdout, sys.stderr):
+        buffer = getattr(stream, "buffer", None)
+        for method in (getattr(buffer, "__dict__", None) or {}).values():
+            for cell in getattr(method, "__closure__", None) or ():
+                with contextlib.suppress(ValueError):
+                    cells.append((cell, cell.cell_contents))
+    return cells
+
+
+def _files_read() -> set[str]:
+    """Files the import used (beyond Ansible's configuration, which the worker checks), to be checked for changes."""
+    files = (getattr(module, "__file__", None) for module in list(sys.modules.values()))
+    paths = {path for path in files if isinstance(path, str)}
+    for entry in sys.path:
+        # A package, a module or a .pth file added or removed changes the directory (or makes it).
+        paths.add(entry)
+        if os.path.isdir(entry):
+            with contextlib.suppress(OSError):
+                paths.update(os.path.join(entry, name) for name in os.listdir(entry) if name.endswith(".pth"))
+    manager = getattr(sys.modules.get("ansible.config.manager"), "__file__", None)
+    if isinstance(manager, str):
+        paths.add(os.path.join(os.path.dirname(manager), "base.yml"))
+    display = sys.modules.get("ansible.utils.display")
+    # Where Display looks for cowsay: whether one is there changes every banner.
+    paths.update(os.fsdecode(path) for path in getattr(display, "b_COW_PATHS", ()))
+    paths.update(_READ_AT_START)
+    return {path for path in paths if os.path.isabs(path)}
+
+
+def _signature(path: str) -> tuple[int, ...] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
