@@ -8,12 +8,12 @@ wrong type or hostile; what does not fit is left out, within the bounds below.
 from __future__ import annotations
 
 import json
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_worker.dashboard.limits import ROW_TEXT, cut
+from ansible_worker.dashboard.result_details import ResultDetails
 from ansible_worker.protocol.timestamps import from_epoch, parse_utc
 
 # One letter per host in a task's row of results; `-` where the host has none (yet).
@@ -31,9 +31,6 @@ MAX_TASKS = 2000
 MAX_CELLS = 40_000
 MAX_FAILURES = 20
 FAILURE_TEXT = 1024
-# Results kept whole per host and task: a loop's items, retries, and the final one; each up to ENTRY_BYTES.
-MAX_ENTRIES = 200
-ENTRY_BYTES = 32 * 1024
 _FAILED_CODES = frozenset({"f", "u"})
 # Rough costs, in bytes, of what a view holds, so that a store can bound many views together.
 _TASK_COST = 400
@@ -86,7 +83,6 @@ class JobView:
     """The page of one job, folded from its events in order; `detail_bytes` bounds the results kept whole."""
 
     def __init__(self, *, detail_bytes: int) -> None:
-        self.detail_bytes = detail_bytes
         self.t0: float | None = None
         self.plays: list[str] = []
         self.hosts: list[Host] = []
@@ -99,17 +95,12 @@ class JobView:
         self.missed = 0
         self.cut = False
         self.stats = False
-        self.details_dropped = 0
         self._cells = 0
         self._host_index: dict[str, int] = {}
         self._play_index: dict[str, int] = {}
         self._task_index: dict[str, int] = {}
         # Each host's results of each task, whole, oldest dropped first past `detail_bytes`.
-        self._details: dict[tuple[int, int], deque[tuple[int, dict[str, Any]]]] = {}
-        self._detail_sizes: dict[tuple[int, int], int] = {}
-        self._order: deque[tuple[int, int]] = deque()
-        self._failed_order: deque[tuple[int, int]] = deque()
-        self._detail_total = 0
+        self.details = ResultDetails(limit=detail_bytes, failed=self._failed_now)
 
     @property
     def cost(self) -> int:
@@ -118,7 +109,7 @@ class JobView:
             len(self.tasks) * _TASK_COST
             + len(self.hosts) * _HOST_COST
             + self._cells * _CELL_COST
-            + self._detail_total
+            + self.details.total
             + len(self.failures) * FAILURE_TEXT
         )
 
@@ -245,7 +236,8 @@ class JobView:
                     failure = self._failure(task, host, str(status), event)
             elif host.index not in task.finals:
                 task.cells[host.index] = max(task.cells.get(host.index, NO_RESULT), code, key=_RANK.__getitem__)
-        self._keep_detail(task.index, host.index, event)
+        final_failure = kind in _FINAL and task.cells.get(host.index) in _FAILED_CODES
+        self.details.keep((task.index, host.index), event, final_failure=final_failure)
         return Change(task=task.index, host=host.index, failure=failure, counts=counted)
 
     def _count(self, host: Host, status: str) -> None:
@@ -285,57 +277,6 @@ class JobView:
         self.failures.append(failure)
         return failure
 
-    def _keep_detail(self, task: int, host: int, event: Mapping[str, Any]) -> None:
-        entry = {key: event[key] for key in _DETAIL_KEYS if event.get(key) is not None}
-        # Its size as Python writes it: close to its JSON's, and three times as fast to learn.
-        size = len(repr(entry))
-        if size > ENTRY_BYTES:
-            # Not one the worker sends (it cuts texts to 1 KiB and data to 4): kept by its small fields.
-            entry = {key: entry[key] for key in _DETAIL_KEYS[:6] if key in entry and len(repr(entry[key])) < 1024}
-            entry["dropped"] = f"this result is {size:,} bytes; the dashboard keeps results of up to {ENTRY_BYTES:,}"
-            size = len(repr(entry))
-        key = (task, host)
-        entries = self._details.get(key)
-        if entries is None:
-            entries = self._details[key] = deque()
-            self._detail_sizes[key] = 0
-            self._order.append(key)
-        entries.append((size, entry))
-        self._detail_sizes[key] += size
-        self._detail_total += size
-        if len(entries) > MAX_ENTRIES:
-            # A long loop keeps its newest items' results.
-            dropped, _ = entries.popleft()
-            self._detail_sizes[key] -= dropped
-            self._detail_total -= dropped
-            self.details_dropped += 1
-        if self.tasks[task].cells.get(host) in _FAILED_CODES and event.get("event") in _FINAL:
-            self._failed_order.append(key)
-        self._make_room(keep=key)
-
-    def _make_room(self, *, keep: tuple[int, int]) -> None:
-        """Drop the oldest results kept whole until they fit: failures last, and never the one just added."""
-        for order, failures in ((self._order, False), (self._failed_order, True)):
-            held = None
-            while self._detail_total > self.detail_bytes and order:
-                key = order.popleft()
-                if key not in self._details:
-                    continue
-                if key == keep:
-                    held = key
-                    continue
-                task, host = key
-                if not failures and self.tasks[task].cells.get(host) in _FAILED_CODES:
-                    continue  # it waits in the order of failures
-                self._drop_detail(key)
-            if held is not None:
-                order.appendleft(held)
-
-    def _drop_detail(self, key: tuple[int, int]) -> None:
-        entries = self._details.pop(key)
-        self._detail_total -= self._detail_sizes.pop(key)
-        self.details_dropped += len(entries)
-
     # -- what the page gets ------------------------------------------------------------
 
     def page(self) -> dict[str, Any]:
@@ -351,7 +292,7 @@ class JobView:
             "missed": self.missed,
             "cut": self.cut,
             "stats": self.stats,
-            "details_dropped": self.details_dropped,
+            "details_dropped": self.details.dropped,
         }
 
     def task_row(self, index: int, *, cells: bool = True) -> dict[str, Any]:
@@ -409,7 +350,7 @@ class JobView:
         if not 0 <= task < len(self.tasks) or not 0 <= host < len(self.hosts):
             return None
         row = self.tasks[task]
-        entries = self._details.get((task, host))
+        entries = self.details.get((task, host))
         if entries is None and host not in row.cells:
             return None
         return {
@@ -417,8 +358,12 @@ class JobView:
             "host": self.hosts[host].name,
             "status": _STATUS_OF.get(row.cells.get(host, NO_RESULT)),
             "duration": row.times.get(host),
-            "results": [entry for _, entry in entries] if entries is not None else None,
+            "results": entries,
         }
+
+    def _failed_now(self, key: tuple[int, int]) -> bool:
+        task, host = key
+        return self.tasks[task].cells.get(host) in _FAILED_CODES
 
     def host_names(self) -> list[str]:
         """Every host that has a result or a line in the recap."""
@@ -430,7 +375,6 @@ class JobView:
         return round(moment - self.t0, 3)
 
 
-_DETAIL_KEYS = ("seq", "event", "status", "item", "time", "duration", "no_log", "result", "data")
 _STATUS_OF = {code: status for status, code in CODES.items()}
 
 

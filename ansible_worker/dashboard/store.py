@@ -11,11 +11,10 @@ from typing import Any
 
 import trio
 
+from ansible_worker.dashboard.job_hosts import JobHosts
 from ansible_worker.dashboard.job_view import JobView
 from ansible_worker.dashboard.limits import (
-    ALL_JOB_HOSTS,
     EVICT_BATCH,
-    JOB_HOSTS,
     LIVE_DETAIL_BYTES,
     LIVE_VIEWS_BYTES,
     MAX_JOBS,
@@ -25,7 +24,6 @@ from ansible_worker.dashboard.limits import (
     RECORD_PAGES,
     REQUESTS,
     REQUESTS_BYTES,
-    ROW_TEXT,
     STILL_GOING,
     cut,
     eviction_rank,
@@ -95,7 +93,7 @@ class Store:
     # Finished jobs' pages built from their records, the dict's order that of the last use.
     record_pages: dict[str, Page] = field(default_factory=dict)
     # The hosts a job ran on, as far as this dashboard heard, the dict's order that of the last change.
-    job_hosts: dict[str, set[str]] = field(default_factory=dict)
+    hosts: JobHosts = field(default_factory=JobHosts)
     # Jobs this dashboard ran again: the new task_id, and the one it ran again.
     again_of: dict[str, str] = field(default_factory=dict)
     connected: bool = False
@@ -107,7 +105,6 @@ class Store:
     _request_bytes: int = 0
     _view_costs: dict[str, int] = field(default_factory=dict)
     _views_bytes: int = 0
-    _host_entries: int = 0
 
     def set_connected(self, connected: bool) -> None:
         """Say whether the broker is reachable; every browser shows or clears its banner."""
@@ -187,7 +184,7 @@ class Store:
         self._output_bytes.pop(task_id, None)
         self._drop_view(task_id)
         self.record_pages.pop(task_id, None)
-        self._drop_hosts(task_id)
+        self.hosts.drop(task_id)
         self.again_of.pop(task_id, None)
         self._drop_request(task_id)
         self._tell({"type": "job", "task_id": task_id, "job": None})
@@ -249,33 +246,13 @@ class Store:
             self._views_bytes -= self._view_costs.pop(task_id)
 
     def note_hosts(self, task_id: str, names: list[str]) -> None:
-        """`task_id` ran on these hosts: the job list's host filter finds it by them.
-
-        At most `JOB_HOSTS` names a job, and `ALL_JOB_HOSTS` for all jobs together: the jobs
-        heard of least recently lose theirs first.
-        """
-        if task_id not in self.jobs:
-            return
-        known = self.job_hosts.pop(task_id, None)
-        if known is None:
-            known = set()
-        self.job_hosts[task_id] = known
-        for name in names:
-            if len(known) >= JOB_HOSTS:
-                break
-            if (short := name[:ROW_TEXT]) not in known:
-                known.add(short)
-                self._host_entries += 1
-        while self._host_entries > ALL_JOB_HOSTS and len(self.job_hosts) > 1:
-            self._drop_hosts(next(iter(self.job_hosts)))
-
-    def _drop_hosts(self, task_id: str) -> None:
-        self._host_entries -= len(self.job_hosts.pop(task_id, ()))
+        """`task_id` ran on these hosts: the job list's host filter finds it by them (see `JobHosts`)."""
+        if task_id in self.jobs:
+            self.hosts.note(task_id, names)
 
     def jobs_on_host(self, text: str) -> list[str]:
         """The task_ids of the jobs that ran on a host whose name contains `text` (any case)."""
-        wanted = text.casefold()
-        return [task_id for task_id, hosts in self.job_hosts.items() if any(wanted in h.casefold() for h in hosts)]
+        return self.hosts.jobs_on(text)
 
     def note_again(self, task_id: str, original: str) -> None:
         """This dashboard ran `original` again as `task_id`; the oldest such notes go past `REQUESTS`."""

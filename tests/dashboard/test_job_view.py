@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 import trio
 
-from ansible_worker.dashboard.job_view import MAX_CELLS, MAX_ENTRIES, MAX_HOSTS, MAX_TASKS, JobView
+from ansible_worker.dashboard.job_view import MAX_CELLS, MAX_HOSTS, MAX_TASKS, JobView
 from ansible_worker.dashboard.limits import JOB_HOSTS, LIVE_VIEWS_BYTES, ROW_TEXT
 from ansible_worker.dashboard.output_lines import live_line, record_lines, task_anchors
 from ansible_worker.dashboard.pages import from_record
+from ansible_worker.dashboard.result_details import MAX_ENTRIES
 from ansible_worker.dashboard.store import Store
 from ansible_worker.protocol.timestamps import from_epoch
 from tests.conftest import Broker, client_for, make_settings, open_controller, running_worker
@@ -193,7 +194,7 @@ def test_results_kept_whole_are_bounded_and_failures_are_kept_longest() -> None:
     for event in events.items:
         view.add(event)
     assert view.cost < 20_000 + len(view.tasks) * 1000
-    assert view.details_dropped > 0
+    assert view.details.dropped > 0
     kept = view.result(0, 0)
     assert kept is not None
     assert kept["results"] is not None
@@ -329,7 +330,7 @@ def test_the_store_bounds_live_pages_and_the_hosts_it_knows() -> None:
     for event in events.items:
         store.add_event("big", event)
     assert store.jobs_on_host("H39") == ["big"]
-    assert len(store.job_hosts["big"]) == 400
+    assert len(store.hosts.by_job["big"]) == 400
     # Many jobs heard at once: the pages of those silent longest go, within the bound.
     per_job = store.views["big"].cost
     jobs = LIVE_VIEWS_BYTES // per_job + 5
@@ -344,7 +345,7 @@ def test_the_store_bounds_live_pages_and_the_hosts_it_knows() -> None:
     # At most JOB_HOSTS names a job.
     for index in range(JOB_HOSTS + 10):
         store.note_hosts("big", [f"more{index}"])
-    assert len(store.job_hosts["big"]) == JOB_HOSTS
+    assert len(store.hosts.by_job["big"]) == JOB_HOSTS
 
 
 def test_a_long_host_name_heard_again_is_counted_once() -> None:
@@ -353,8 +354,8 @@ def test_a_long_host_name_heard_again_is_counted_once() -> None:
     name = "h" * (ROW_TEXT + 50)
     for _ in range(5):
         store.note_hosts("j", [name, "short"])
-    assert store.job_hosts["j"] == {name[:ROW_TEXT], "short"}
-    assert store._host_entries == 2
+    assert store.hosts.by_job["j"] == {name[:ROW_TEXT], "short"}
+    assert store.hosts.entries == 2
 
 
 def test_a_live_page_is_sent_to_the_browser_showing_its_job_only() -> None:
