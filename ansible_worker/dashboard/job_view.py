@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_worker.dashboard.limits import ROW_TEXT, cut
+from ansible_worker.dashboard.limits import ROW_TEXT
 from ansible_worker.dashboard.result_details import ResultDetails
 from ansible_worker.protocol.timestamps import from_epoch, parse_utc
 
@@ -60,7 +60,7 @@ class Task:
     action: str | None
     play: int | None
     handler: bool
-    anchor: Any
+    anchor: int | None
     start: float | None
     end: float | None = None
     cells: dict[int, str] = field(default_factory=dict)
@@ -170,7 +170,7 @@ class JobView:
             action=_text(event.get("action")),
             play=self._play_of(event),
             handler=event.get("event") == "playbook_on_handler_task_start",
-            anchor=cut(event.get("seq")),
+            anchor=_seq(event.get("seq")),
             start=moment,
         )
         self.tasks.append(task)
@@ -400,6 +400,11 @@ def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
         return None
     return float(value)
+
+
+def _seq(value: object) -> int | None:
+    """An event's number, by which its task finds its line in the output; anything else links nowhere."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _count_of(value: object) -> int:

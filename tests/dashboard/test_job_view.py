@@ -227,6 +227,8 @@ def test_results_kept_whole_are_bounded_and_failures_are_kept_longest() -> None:
         {"event": "runner_on_ok", "host": "h", "status": "ok", "duration": float("nan"), "time": "not a time"},
         {"event": "runner_on_ok", "host": "h", "status": "ok", "duration": -5, "seq": True, "task_uuid": 5},
         {"event": "playbook_on_task_start", "task": {"a": 1}, "task_uuid": None, "play_uuid": ["p"]},
+        {"event": "playbook_on_task_start", "task": "u", "seq": {"id": "<b>x</b>"}},
+        {"event": "playbook_on_task_start", "task": "u", "seq": True},
         {"event": "playbook_on_play_start", "play": 12},
         {"event": "playbook_on_stats", "hosts": {"h": {"ok": "many", "failures": -3, "changed": True}}},
         {"event": "playbook_on_stats", "hosts": ["h"]},
@@ -246,6 +248,8 @@ def test_what_the_network_sends_never_breaks_the_view(event: dict[str, Any]) -> 
     assert page["tasks"][0]["name"] == "t"
     for failure in page["failures"]:
         assert isinstance(failure["msg"], str)
+    # A task links to its place in the output by a line number, or not at all.
+    assert all(task["anchor"] is None or type(task["anchor"]) is int for task in page["tasks"])
 
 
 def test_a_view_holds_at_most_so_many_hosts_tasks_and_results() -> None:
