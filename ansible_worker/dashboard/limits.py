@@ -24,7 +24,7 @@ OUTPUT_JOBS = 100
 LINE_CHARS = 16 * 1024
 # A job's page (hosts, tasks, results; see `job_view`). Live, from the events heard: each
 # job's results kept whole up to LIVE_DETAIL_BYTES, all jobs' pages together up to
-# LIVE_VIEWS_BYTES, the longest silent out first. Finished, from the record: the pages of the
+# LIVE_VIEWS_BYTES and OUTPUT_JOBS pages, the longest silent out first. Finished, from the record: the pages of the
 # RECORD_PAGES jobs opened last, each with results up to RECORD_DETAIL_BYTES and the newest
 # RECORD_LINES lines (RECORD_OUTPUT_CHARS characters) of Ansible's output.
 LIVE_DETAIL_BYTES = 256 * 1024

@@ -237,7 +237,8 @@ class Store:
         cost = view.cost
         self._views_bytes += cost - self._view_costs.get(task_id, 0)
         self._view_costs[task_id] = cost
-        while self._views_bytes > LIVE_VIEWS_BYTES and len(self.views) > 1:
+        # By count too: the events of made-up jobs make pages of next to no cost.
+        while (self._views_bytes > LIVE_VIEWS_BYTES or len(self.views) > OUTPUT_JOBS) and len(self.views) > 1:
             self._drop_view(next(iter(self.views)))
         return view.delta(change)
 

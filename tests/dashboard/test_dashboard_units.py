@@ -172,6 +172,7 @@ def test_a_flood_of_made_up_jobs_keeps_memory_bounded() -> None:
     for index in range(REQUESTS + 5):
         route(store, TOPICS, message("ansible/web/tasks", f'{{"task_id": "r{index}"}}'.encode()))
     assert len(store.output) == OUTPUT_JOBS
+    assert len(store.views) <= OUTPUT_JOBS
     assert f"j{OUTPUT_JOBS + 49}" in store.output
     assert "j0" not in store.output
     assert len(store.requests) == REQUESTS
