@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -172,3 +174,17 @@ def open_job(driver: WebDriver, task_id: str) -> None:
     """Click a job's row in the list and wait for its page."""
     click(driver, f'tr[data-task-id="{task_id}"]')
     wait_until(driver, lambda d: text_of(d, "#job-id") == task_id, message="the job page did not open")
+
+
+def get_json(url: str) -> tuple[int, Any]:
+    """The status code of a GET and its JSON answer (None when it is not JSON)."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (our own loopback URL)
+            body = response.read()
+            code = int(response.status)
+    except urllib.error.HTTPError as exc:
+        body, code = exc.read(), int(exc.code)
+    try:
+        return code, json.loads(body)
+    except ValueError:
+        return code, None

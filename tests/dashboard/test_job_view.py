@@ -7,58 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
 from ansible_worker.dashboard.job_view import MAX_CELLS, MAX_HOSTS, MAX_TASKS, JobView
-from ansible_worker.dashboard.limits import JOB_HOSTS, LIVE_VIEWS_BYTES, ROW_TEXT
 from ansible_worker.dashboard.output_lines import live_line, record_lines, task_anchors
 from ansible_worker.dashboard.pages import from_record
 from ansible_worker.dashboard.result_details import MAX_ENTRIES
-from ansible_worker.dashboard.store import Store
 from ansible_worker.protocol.timestamps import from_epoch
 from tests.conftest import Broker, client_for, make_settings, open_controller, running_worker
-
-T0 = 1_800_000_000.0
-
-
-class Events:
-    """Events as the worker sends them (see protocol/live_events.py), numbered from 1, a clock in seconds."""
-
-    def __init__(self) -> None:
-        self.seq = 0
-        self.items: list[dict[str, Any]] = []
-
-    def add(self, event: str, at: float, **fields: Any) -> dict[str, Any]:
-        self.seq += 1
-        item = {"seq": self.seq, "event": event, "time": from_epoch(T0 + at), **fields}
-        self.items.append(item)
-        return item
-
-    def task(self, name: str, at: float, uuid: str, **fields: Any) -> None:
-        self.add("playbook_on_task_start", at, task=name, task_uuid=uuid, action="ansible.builtin.command", **fields)
-
-    def result(self, status: str, host: str, at: float, took: float, uuid: str, **fields: Any) -> None:
-        kind = {"ok": "runner_on_ok", "changed": "runner_on_ok", "failed": "runner_on_failed"}.get(status)
-        kind = kind or {"skipped": "runner_on_skipped", "unreachable": "runner_on_unreachable"}.get(status, status)
-        self.add(kind, at, host=host, status=status, duration=took, task_uuid=uuid, **fields)
-
-
-def two_hosts_one_failing() -> Events:
-    events = Events()
-    events.add("playbook_on_start", 0)
-    events.add("playbook_on_play_start", 0.01, play="Deploy", play_uuid="p1")
-    events.task("Check disk", 0.02, "t1")
-    events.result("ok", "web1", 0.5, 0.45, "t1", result={"rc": 0, "stdout": "31%"})
-    events.result("ok", "web2", 0.6, 0.55, "t1", result={"rc": 0, "stdout": "97%"})
-    events.task("Write config", 0.7, "t2")
-    events.result("changed", "web1", 2.7, 2.0, "t2", result={"diff": "+a\n"})
-    events.result("changed", "web2", 2.9, 2.1, "t2")
-    events.task("Stop if full", 3.0, "t3")
-    events.result("skipped", "web1", 3.1, 0.05, "t3")
-    events.result("failed", "web2", 3.2, 0.1, "t3", result={"msg": "disk /var is 97% full"}, data={"failed": True})
-    events.task("Restart", 3.3, "t4")
-    events.result("ok", "web1", 3.5, 0.2, "t4")
-    return events
+from tests.dashboard.events import T0, Events, two_hosts_one_failing
 
 
 def test_a_two_host_job_where_one_fails_says_which_host_on_which_task_and_why() -> None:
@@ -321,71 +277,6 @@ def test_a_live_line_is_text_with_its_kind() -> None:
     assert live_line({"seq": 8, "line": "TASK [x]"}) == {"id": 8, "text": "TASK [x]", "kind": "task", "host": None}
     assert live_line({"seq": 9}) is None
     assert live_line({"seq": 9, "line": ["x"], "status": {}}) is None
-
-
-def test_the_store_bounds_live_pages_and_the_hosts_it_knows() -> None:
-    store = Store()
-    store.set_status("big", {"task_id": "big", "state": "running"}, size=10)
-    events = Events()
-    events.task("Print", 0, "t1")
-    text = "x" * 1000
-    for index in range(400):
-        events.result("ok", f"h{index}", 1, 0.1, "t1", result={"stdout": text})
-    for event in events.items:
-        store.add_event("big", event)
-    assert store.jobs_on_host("H39") == ["big"]
-    assert len(store.hosts.by_job["big"]) == 400
-    # Many jobs heard at once: the pages of those silent longest go, within the bound.
-    per_job = store.views["big"].cost
-    jobs = LIVE_VIEWS_BYTES // per_job + 5
-    for job in range(jobs):
-        store.set_status(f"j{job}", {"task_id": f"j{job}", "state": "running"}, size=10)
-        for event in events.items:
-            store.add_event(f"j{job}", event)
-    assert sum(view.cost for view in store.views.values()) <= LIVE_VIEWS_BYTES
-    assert "big" not in store.views
-    assert f"j{jobs - 1}" in store.views
-    assert store.live_page("big").data()["tasks"] == []
-    # At most JOB_HOSTS names a job.
-    for index in range(JOB_HOSTS + 10):
-        store.note_hosts("big", [f"more{index}"])
-    assert len(store.hosts.by_job["big"]) == JOB_HOSTS
-
-
-def test_a_long_host_name_heard_again_is_counted_once() -> None:
-    store = Store()
-    store.set_status("j", {"task_id": "j", "state": "running"}, size=10)
-    name = "h" * (ROW_TEXT + 50)
-    for _ in range(5):
-        store.note_hosts("j", [name, "short"])
-    assert store.hosts.by_job["j"] == {name[:ROW_TEXT], "short"}
-    assert store.hosts.entries == 2
-
-
-def test_a_live_page_is_sent_to_the_browser_showing_its_job_only() -> None:
-    store = Store()
-    store.set_status("j", {"task_id": "j", "state": "running"}, size=10)
-    events = two_hosts_one_failing().items
-    with store.listen("j") as (first, receive), store.listen(None) as (_, other):
-        assert first["job"]["live"]["tasks"] == []
-        for event in events:
-            store.add_event("j", event)
-        messages = []
-        while True:
-            try:
-                messages.append(receive.receive_nowait())
-            except trio.WouldBlock:
-                break
-        with pytest.raises(trio.WouldBlock):  # the list's browser got nothing of it
-            other.receive_nowait()
-    kinds = [message["type"] for message in messages]
-    assert set(kinds) == {"event"}
-    assert messages[-1]["view"]["cell"] == [3, 0, "o", 0.2]
-    # A browser that opens the job now gets the same page whole.
-    page = store.snapshot("j")["job"]["live"]
-    assert [task["cells"] for task in page["tasks"]] == ["oo", "cc", "sf", "o-"]
-    store.set_status("j", {"task_id": "j", "state": "failed"}, size=10)
-    assert store.snapshot("j")["job"]["live"] is None  # an ended job's page comes from its record
 
 
 async def test_a_real_record_makes_the_page_and_keeps_secrets_masked(
