@@ -30,6 +30,7 @@ from tests.dashboard.browser import (
     text_of,
     wait_until,
 )
+from tests.dashboard.events import Events
 
 pytestmark = [
     pytest.mark.slow,
@@ -399,3 +400,37 @@ def test_the_page_and_result_endpoints_check_what_they_are_given(
         assert get_json(url + f"api/jobs?host={'h' * 300}&token={token}")[0] == 400
         code, found = get_json(url + f"api/jobs?host=HOST2&token={token}")
         assert (code, found["task_ids"]) == (200, ["deploy-web"])
+
+
+async def _publish_timed_job(broker: Broker, group: str, took: list[float]) -> None:
+    """A running job of one host whose tasks took these times, one after the other."""
+    events = Events()
+    events.add("playbook_on_play_start", 0, play="Timed", play_uuid="p")
+    at = 0.0
+    for index, seconds in enumerate(took):
+        events.task(f"Step {index}", at, f"t{index}")
+        at += seconds
+        events.result("ok", "h1", at, seconds, f"t{index}")
+    async with client_for(broker, group) as client:
+        status = {"task_id": "timed", "state": "running", "playbook": "timed.yml"}
+        await client.publish(client.topics.status("timed"), json.dumps(status).encode(), qos=1, retain=True)
+        for event in events.items:
+            await client.publish(client.topics.events("timed"), json.dumps(event).encode(), qos=1)
+
+
+def test_the_slowest_task_is_marked_when_others_were_slow_too(
+    broker: Broker, group: str, tmp_path: Path, browser: WebDriver
+) -> None:
+    # As a loaded machine ran the failed job's playbook: the slowest is less than twice the median.
+    took = [0.11, 2.5, 4.5, 2.8, 0.07, 0.04]
+    marked = (
+        "return [...document.querySelectorAll('#tasks tbody tr[data-task]')].map(r => r.classList.contains('slow'));"
+    )
+    with dashboard(broker, group, tmp_path / "dashboard.log") as url:
+        browser.get(url + "#/job/timed")
+        trio.run(_publish_timed_job, broker, group, took)
+        wait_until(browser, lambda d: len(d.execute_script(marked)) == len(took), message="the tasks never came")
+        wait_until(
+            browser, lambda d: d.execute_script(marked)[took.index(max(took))], message="the slowest is not marked"
+        )
+        assert not any(d for d, seconds in zip(browser.execute_script(marked), took, strict=True) if seconds < 1)

@@ -236,13 +236,16 @@ export function taskDuration(job, task, host, now) {
 }
 
 export function slowTasks(job, now = Date.now()) {
-  // The slowest few, if they stand out: each at least twice the median and a tenth of a second.
+  // The slowest few, if they stand out: each a tenth of a second or more, and twice the median or
+  // a large share of the whole (a quarter, or twice an even share), since on a loaded machine
+  // several tasks are slow and the median with them.
   const timed = job.view.tasks.filter(Boolean).map((task) => [task.i, taskDuration(job, task, null, now)]).filter(([, d]) => d !== null);
   if (timed.length < 2) return new Set();
   const sorted = timed.map(([, d]) => d).sort((a, b) => a - b);
   const median = sorted[Math.floor(sorted.length / 2)];
+  const share = sorted.reduce((sum, d) => sum + d, 0) * Math.max(0.25, 2 / timed.length);
   timed.sort((a, b) => b[1] - a[1]);
-  return new Set(timed.slice(0, SLOW_SHOWN).filter(([, d]) => d >= 0.1 && d >= 2 * median).map(([i]) => i));
+  return new Set(timed.slice(0, SLOW_SHOWN).filter(([, d]) => d >= 0.1 && (d >= 2 * median || d >= share)).map(([i]) => i));
 }
 
 function renderTasks(job, now) {
