@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 import traceback
 import types
 from collections.abc import Callable
@@ -18,6 +19,11 @@ from typing import Any
 
 # Read when a process starts or Ansible is imported, beyond modules: a change means a cold start differs.
 _READ_AT_START = ("/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
+# The clock of files' change times advances in ticks: a file whose change time is this close
+# to the start of the import may have changed during it.
+_TICK_NS = 20_000_000
+# The signature noted for a file that changed while the parent imported: no file has it.
+_CHANGED_DURING_IMPORT = (-1,)
 
 ExitHandler = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
@@ -45,8 +51,9 @@ class Imported:
         self.temporary: dict[str, str] = {}
         # Closure cells of what the import put on the standard streams, with their values.
         self.stream_cells: list[tuple[Any, Any]] = []
-        # Every file read that a cold start reads again -> its stat signature.
+        # Every file read that a cold start reads again -> its stat signature as it was read.
         self.files: dict[str, tuple[int, ...] | None] = {}
+        self.signature: Callable[[str], tuple[int, ...] | None] = facts["signature"]
         # The modules and path finders there were when the imports were done.
         self.modules: set[str] = set(facts["modules"])
         self.finders: set[str] = set(facts["finders"])
@@ -63,7 +70,9 @@ class Imported:
     def changed(self) -> str | None:
         """Which file the parent read has changed since, if any: a job forked now would differ from a cold start."""
         for path, signature in self.files.items():
-            if _signature(path) != signature:
+            if signature == _CHANGED_DURING_IMPORT:
+                return f"{path} changed while the warm parent imported Ansible"
+            if self.signature(path) != signature:
                 return f"{path} changed since the warm parent read it"
         return None
 
@@ -84,8 +93,28 @@ def take_over(script: str, facts: dict[str, Any]) -> tuple[Imported | None, str 
         imported.early |= _configuration_variables(constants)
         _forget_own_temporary_directories(constants, imported)
     imported.stream_cells = _stream_patch_cells()
-    imported.files = {path: _signature(path) for path in sorted(_files_read())}
+    imported.files = _signatures(facts, imported)
     return imported, None
+
+
+def _signatures(facts: dict[str, Any], imported: Imported) -> dict[str, tuple[int, ...] | None]:
+    """Every file read that a cold start reads again -> its signature as it was read.
+
+    Taken before the read where the parent could (`_LoadWatch`). For a file it learns of only
+    now (the cowsay paths, say), a change since the import began counts as a change.
+    """
+    signed: dict[str, tuple[int, ...] | None] = facts["signed"]
+    began, now = facts["began"] - _TICK_NS, time.time_ns() + _TICK_NS
+    files: dict[str, tuple[int, ...] | None] = {}
+    for path in sorted(_files_read(facts["path_files"]())):
+        if path in signed:
+            files[path] = signed[path]
+            continue
+        signature = imported.signature(path)
+        # A change time past now is a clock that cannot tell (a file system's own): taken as it is.
+        changed = signature is not None and began <= signature[4] <= now
+        files[path] = _CHANGED_DURING_IMPORT if changed else signature
+    return files
 
 
 def _refusal(facts: dict[str, Any], imported: Imported) -> str | None:
@@ -171,16 +200,13 @@ def _stream_patch_cells() -> list[tuple[Any, Any]]:
     return cells
 
 
-def _files_read() -> set[str]:
-    """Files the import used (beyond Ansible's configuration, which the worker checks), to be checked for changes."""
+def _files_read(path_files: set[str]) -> set[str]:
+    """Files the interpreter and the import read, and folders where they looked, to check for changes.
+
+    `path_files`: the folders of the path, the `.pth` files and what they name, the user site.
+    """
     files = (getattr(module, "__file__", None) for module in list(sys.modules.values()))
-    paths = {path for path in files if isinstance(path, str)}
-    for entry in sys.path:
-        # A package, a module or a .pth file added or removed changes the directory (or makes it).
-        paths.add(entry)
-        if os.path.isdir(entry):
-            with contextlib.suppress(OSError):
-                paths.update(os.path.join(entry, name) for name in os.listdir(entry) if name.endswith(".pth"))
+    paths = {path for path in files if isinstance(path, str)} | path_files
     manager = getattr(sys.modules.get("ansible.config.manager"), "__file__", None)
     if isinstance(manager, str):
         paths.add(os.path.join(os.path.dirname(manager), "base.yml"))
@@ -189,11 +215,3 @@ def _files_read() -> set[str]:
     paths.update(os.fsdecode(path) for path in getattr(display, "b_COW_PATHS", ()))
     paths.update(_READ_AT_START)
     return {path for path in paths if os.path.isabs(path)}
-
-
-def _signature(path: str) -> tuple[int, ...] | None:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)

@@ -139,6 +139,104 @@ class _ExitHandlerWatch:
             module.register = self.original
 
 
+def _signature(path: str) -> "tuple[int, ...] | None":
+    """What changes when a file is written, replaced or touched (None: missing or unreadable)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+class _LoadWatch:
+    """Signatures of files, each taken before the file is read, while the script's imports run.
+
+    The import system's file loaders note a module's file before they read it: its source
+    (before its cached bytecode is checked against it), its bytecode, or its shared library.
+    A file rewritten once it was read (an upgrade in place, half done) then shows as changed
+    when the next job asks, also when it was rewritten before the import was over.
+    """
+
+    def __init__(self) -> None:
+        self.signatures: dict[str, tuple[int, ...] | None] = {}
+        self._patched: list[tuple[Any, str, Any]] = []
+
+    def note(self, path: object) -> None:
+        if isinstance(path, str) and path not in self.signatures:
+            self.signatures[path] = _signature(path)
+
+    def start(self) -> None:
+        loaders = sys.modules.get("_frozen_importlib_external")
+        methods = (
+            ("FileLoader", "get_data"),
+            ("SourceFileLoader", "path_stats"),
+            ("ExtensionFileLoader", "create_module"),
+        )
+        for owner_name, method in methods:
+            owner = getattr(loaders, owner_name, None)
+            original = vars(owner).get(method) if isinstance(owner, type) else None
+            if original is not None:
+                self._patched.append((owner, method, original))
+                setattr(owner, method, self._noting(original))
+
+    def _noting(self, original: "Any") -> "Any":
+        note = self.note
+
+        def noting(loader: "Any", *args: "Any") -> "Any":
+            path = getattr(loader, "path", None)
+            note(path)
+            if getattr(loader, "name", None) == "ansible.config.manager" and isinstance(path, str):
+                # Ansible's configuration definitions, read when `ansible.constants` is imported.
+                note(os.path.join(os.path.dirname(path), "base.yml"))
+            return original(loader, *args)
+
+        return noting
+
+    def stop(self) -> None:
+        for owner, method, original in reversed(self._patched):
+            setattr(owner, method, original)
+        self._patched.clear()
+
+
+def _path_files() -> set[str]:
+    """What the import path is made of and what is found on it: to be signed before the imports look.
+
+    Its folders (a package or a module added or removed changes its folder, or makes it), the
+    `.pth` files in them, the folders those name, and the user site. The last two count even
+    when missing: `site` adds them only if they exist when the interpreter starts.
+    """
+    paths: set[str] = set()
+    for entry in sys.path:
+        paths.add(entry)
+        try:
+            names = os.listdir(entry)
+        except OSError:  # missing, or an archive
+            continue
+        for name in names:
+            if name.endswith(".pth"):
+                paths.add(os.path.join(entry, name))
+                paths.update(_pth_folders(entry, name))
+    site: Any = sys.modules.get("site")
+    user_site = getattr(site, "USER_SITE", None)
+    if getattr(site, "ENABLE_USER_SITE", False) and isinstance(user_site, str):
+        paths.add(user_site)
+    return {path for path in paths if os.path.isabs(path)}
+
+
+def _pth_folders(directory: str, name: str) -> list[str]:
+    """The folders a `.pth` file names, read as `site` reads it: each line that is not a comment or an import."""
+    try:
+        with open(os.path.join(directory, name), "rb") as handle:
+            text = handle.read().decode(errors="surrogateescape")
+    except OSError:
+        return []
+    return [
+        os.path.abspath(os.path.join(directory, line.rstrip()))
+        for line in text.splitlines()
+        if line.strip() and not line.startswith(("#", "import ", "import\t"))
+    ]
+
+
 def _stream_kinds(fds: list[int]) -> tuple[object, ...]:
     """What a program can learn of its standard streams: the kind of file, terminal or not, blocking or not, 1 = 2."""
     kinds: list[object] = []
@@ -186,7 +284,15 @@ def _run_script_imports(script: str) -> dict[str, object]:
     }
     read: set[str] = set()
     watch = _ExitHandlerWatch()
+    loads = _LoadWatch()
+    # What the interpreter loaded as it started, and where the imports will look: signed before they look.
+    for module in list(sys.modules.values()):
+        loads.note(getattr(module, "__file__", None))
+    for path in _path_files():
+        loads.note(path)
     capture = os.memfd_create(_MEMFD_NAME)
+    # Now, by the clock that stamps files' changes.
+    began = os.fstat(capture).st_ctime_ns
     saved = os.dup(1), os.dup(2)
     environs: tuple[Any, ...] = (os.environ, os.environb)
     classes = [type(environ) for environ in environs]
@@ -200,11 +306,13 @@ def _run_script_imports(script: str) -> dict[str, object]:
     for environ in environs:
         environ.__class__ = _RecordingEnviron
     sys.meta_path.insert(0, watch)
+    loads.start()
     try:
         exec(code, namespace)  # noqa: S102 - the script's own import statements
     except BaseException as exc:  # SystemExit too: the script would end the same way
         facts["failure"] = exc
     finally:
+        loads.stop()
         watch.stop()
         for environ, original in zip(environs, classes, strict=True):
             environ.__class__ = original
@@ -220,6 +328,8 @@ def _run_script_imports(script: str) -> dict[str, object]:
         for fd in saved:
             os.close(fd)
     facts.update(output=_drained(capture), early=read, exit_handlers=watch.noted)
+    # The signatures as each file was read, and the means to take more by the same measure.
+    facts.update(signed=loads.signatures, began=began, signature=_signature, path_files=_path_files)
     # What a cold start has loaded at this point: whatever the parent loads later is its own.
     facts["modules"] = set(sys.modules)
     facts["finders"] = set(sys.path_importer_cache)

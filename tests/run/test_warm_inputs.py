@@ -1,0 +1,121 @@
+"""A warm parent notices every input that a cold start would read differently, or the job starts cold.
+
+Each test runs jobs through one warm pool, changes something a fresh `ansible-playbook`
+reads when it starts (a module, a folder of the path, the environment made at start-up,
+`ansible.cfg`, OpenSSL's configuration), and holds the next warm job to a cold one run
+right after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from ansible_worker.ops.metrics import WorkerMetrics
+from ansible_worker.run.process.launch import ProcessStarter
+from ansible_worker.run.process.process_group import run_process_group
+from tests.conftest import ANSIBLE_PLAYBOOK
+from tests.run.warm_runs import (
+    PROBE,
+    PROBE_FILTER,
+    Runs,
+    base_environment,
+    debug_tree,
+    open_pool,
+    playbook_script,
+    suite_packages,
+    system_python,
+    wait_for_path,
+)
+
+# -- a module rewritten while the parent imports it ----------------------------------------------------
+
+SLOW_MODULE = """
+import os
+import time
+
+# Loaded after `marker`: holds the import until the test has rewritten it.
+open({importing!r}, "w").close()
+deadline = time.monotonic() + 60
+while not os.path.exists({go!r}) and time.monotonic() < deadline:
+    time.sleep(0.01)
+"""
+
+
+async def test_a_module_rewritten_while_the_parent_imports_it_is_not_what_a_job_gets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "marker.py").write_text("WHERE = 'the first text'\n")
+    (library / "slow_module.py").write_text(
+        SLOW_MODULE.format(importing=str(tmp_path / "importing"), go=str(tmp_path / "go"))
+    )
+    script = playbook_script(tmp_path, imports=("marker", "slow_module"))
+    tree = debug_tree(tmp_path / "tree", PROBE, {"filter_plugins/probe.py": PROBE_FILTER.format(module="marker")})
+    # No bytecode written beside the modules: the folder itself stays as it was.
+    env = base_environment(PYTHONPATH=str(library), PYTHONDONTWRITEBYTECODE="1")
+    runs = Runs(tmp_path, script, tree, env)
+    metrics = WorkerMetrics()
+    starts: list[ProcessStarter] = []
+    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm.pool"):
+        async with open_pool(metrics) as pool:
+            async with trio.open_nursery() as nursery:
+
+                async def start() -> None:
+                    starts.append(await runs.starter(pool))
+
+                nursery.start_soon(start)
+                await wait_for_path(tmp_path / "importing")
+                # An upgrade in place: the parent has loaded the old text, the file now holds the new one.
+                (library / "marker.py").write_text("WHERE = 'the second, longer text'\n")
+                (tmp_path / "go").touch()
+            warm = await runs.run(starts[0])
+            cold = await runs.run()
+    assert cold[0] == 0, cold[1]
+    assert "marker from the second, longer text" in cold[1]
+    assert warm == cold
+    assert metrics.cold_starts == 1
+    assert any("cold start:" in r.getMessage() and "marker.py" in r.getMessage() for r in caplog.records)
+
+
+# -- folders of the path that appear after the parent started -----------------------------------------
+
+
+@pytest.mark.parametrize("where", ["user site", "folder named by a .pth file"])
+async def test_a_folder_of_the_path_that_appears_later_reaches_warm_jobs(tmp_path: Path, where: str) -> None:
+    # The system Python itself (not a virtual environment), as the image runs Ansible: its user
+    # site is on. The suite's packages come first on PYTHONPATH.
+    python = system_python()
+    packages = suite_packages(tmp_path / "packages")
+    script = playbook_script(tmp_path, python=python)
+    home = tmp_path / "home"
+    home.mkdir()
+    user_site = home / ".local" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    later = tmp_path / "later"
+    if where == "user site":
+        folder = user_site
+    else:
+        user_site.mkdir(parents=True)
+        (user_site / "later.pth").write_text(f"# a folder made later\n{later}\n")
+        folder = later
+    tree = debug_tree(tmp_path / "tree", PROBE, {"filter_plugins/probe.py": PROBE_FILTER.format(module="later_probe")})
+    env = base_environment(HOME=str(home), PYTHONPATH=str(packages))
+    runs = Runs(tmp_path, script, tree, env)
+    metrics = WorkerMetrics()
+    async with open_pool(metrics) as pool:
+        before = await runs.run(await runs.starter(pool))
+        # As `pip install --user` (or a package that a .pth file names) makes it, between two jobs.
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "later_probe.py").write_text(f"WHERE = {where!r}\n")
+        warm, cold = await runs.warm_and_cold(pool)
+    assert before[0] == 0, before[1]
+    assert "later_probe missing" in before[1]
+    assert metrics.warm_starts >= 1
+    assert cold[0] == 0, cold[1]
+    assert f"later_probe from {where}" in cold[1]
+    assert warm == cold
