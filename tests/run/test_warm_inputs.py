@@ -119,3 +119,59 @@ async def test_a_folder_of_the_path_that_appears_later_reaches_warm_jobs(tmp_pat
     assert cold[0] == 0, cold[1]
     assert f"later_probe from {where}" in cold[1]
     assert warm == cold
+
+
+# -- the environment made at start-up -----------------------------------------------------------------
+
+ENVIRONMENT_PLAYBOOK = """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - ansible.builtin.command: printenv COMPANY_CA_BUNDLE
+      register: module
+      failed_when: false
+    - ansible.builtin.debug:
+        msg: "controller={{ lookup('env', 'COMPANY_CA_BUNDLE') }} module={{ module.stdout }}"
+"""
+
+
+async def test_an_environment_changed_at_start_up_means_a_cold_start_with_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    # As a base image's sitecustomize does: point every Python program at the company's CA bundle.
+    (site / "sitecustomize.py").write_text(
+        "import os\nos.environ['COMPANY_CA_BUNDLE'] = '/etc/ssl/certs/company-ca.pem'\n"
+    )
+    tree = debug_tree(tmp_path / "tree", "unused")
+    (tree / "pb.yml").write_text(ENVIRONMENT_PLAYBOOK)
+    runs = Runs(tmp_path, ANSIBLE_PLAYBOOK, tree, base_environment(PYTHONPATH=str(site)))
+    metrics = WorkerMetrics()
+    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm.pool"):
+        async with open_pool(metrics) as pool:
+            start = await runs.starter(pool)
+            warm = await runs.run(start)
+            cold = await runs.run()
+    assert cold[0] == 0, cold[1]
+    assert "controller=/etc/ssl/certs/company-ca.pem module=/etc/ssl/certs/company-ca.pem" in cold[1]
+    assert warm == cold
+    assert start is run_process_group
+    assert any(
+        "cold start:" in r.getMessage() and "COMPANY_CA_BUNDLE" in r.getMessage() and "environment" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+async def test_the_locale_python_sets_as_it_starts_reaches_warm_jobs(tmp_path: Path) -> None:
+    tree = debug_tree(tmp_path / "tree", "LC_CTYPE={{ lookup('env', 'LC_CTYPE') }}")
+    # No locale at all: the interpreter coerces the C locale to UTF-8, and says so in LC_CTYPE.
+    env = {name: value for name, value in base_environment().items() if not name.startswith(("LANG", "LC_"))}
+    runs = Runs(tmp_path, ANSIBLE_PLAYBOOK, tree, env)
+    metrics = WorkerMetrics()
+    async with open_pool(metrics) as pool:
+        warm, cold = await runs.warm_and_cold(pool)
+    assert cold[0] == 0, cold[1]
+    assert "LC_CTYPE=C.UTF-8" in cold[1] or "LC_CTYPE=C.utf8" in cold[1]
+    assert warm == cold
+    assert metrics.warm_starts == 1

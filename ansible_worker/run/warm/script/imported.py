@@ -24,6 +24,8 @@ _READ_AT_START = ("/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.
 _TICK_NS = 20_000_000
 # The signature noted for a file that changed while the parent imported: no file has it.
 _CHANGED_DURING_IMPORT = (-1,)
+# What the interpreter sets LC_CTYPE to when it coerces the C locale (PEP 538).
+_COERCED_LOCALES = (b"C.UTF-8", b"C.utf8", b"UTF-8")
 
 ExitHandler = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
@@ -54,6 +56,8 @@ class Imported:
         # Every file read that a cold start reads again -> its stat signature as it was read.
         self.files: dict[str, tuple[int, ...] | None] = {}
         self.signature: Callable[[str], tuple[int, ...] | None] = facts["signature"]
+        # Variables the interpreter set as it started, as it does in every process: given to each job.
+        self.made_at_start: dict[bytes, bytes] = {}
         # The modules and path finders there were when the imports were done.
         self.modules: set[str] = set(facts["modules"])
         self.finders: set[str] = set(facts["finders"])
@@ -127,12 +131,41 @@ def _refusal(facts: dict[str, Any], imported: Imported) -> str | None:
     if opened:
         names = sorted(os.readlink(f"/proc/self/fd/{fd}") for fd in opened)
         return f"the import of Ansible left open {', '.join(names)} (a log file?), which every job would share"
+    changed = _environment_changes(imported)
+    if changed:
+        shown = ", ".join(changed[:8]) + (", …" if len(changed) > 8 else "")
+        return f"Python's start-up or the import of Ansible changed the environment ({shown}): a job would not have it"
     threading = sys.modules.get("threading")
     if threading is not None and threading.active_count() > facts["threads"]:
         return "the import of Ansible started a thread"
     if facts["exit_handlers_before"] or atexit._ncallbacks() != len(imported.exit_handlers):
         return "the import of Ansible registered an exit handler the warm parent could not see"
     return None
+
+
+def _environment_changes(imported: Imported) -> list[str]:
+    """The variables that `os.environ` holds otherwise than this process was started with.
+
+    Set or removed by a `.pth` file, `sitecustomize`, `usercustomize` or the script's imports:
+    a cold start has them, and a job's process is given the job's environment as it was sent.
+    All but one: the interpreter sets `LC_CTYPE` when it coerces the C locale, as every start
+    with the same locale variables (in the key) does: that is noted in `imported`, for each job.
+    """
+    with open("/proc/self/environ", "rb") as handle:
+        block = handle.read()
+    started: dict[bytes, bytes] = {}
+    for entry in block.split(b"\0"):
+        name, equals, value = entry.partition(b"=")
+        if equals:
+            # As Python reads its environment: the first of a name counts.
+            started.setdefault(name, value)
+    now = dict(os.environb)
+    changed = {name for name in started.keys() | now.keys() if started.get(name) != now.get(name)}
+    coerced = now.get(b"LC_CTYPE")
+    if b"LC_CTYPE" in changed and coerced in _COERCED_LOCALES and not started.get(b"LC_ALL"):
+        changed.discard(b"LC_CTYPE")
+        imported.made_at_start[b"LC_CTYPE"] = coerced
+    return sorted(os.fsdecode(name) for name in changed)
 
 
 def _signal_handlers() -> dict[int, Any]:

@@ -149,6 +149,7 @@ def _become_job(fds: list[int], imported: Imported) -> Job:
         os.chdir(job.cwd)
         os.environ.clear()
         os.environ.update(job.env)
+        os.environb.update(imported.made_at_start)
         _retitle(job.title, job.name, job.env)
         _write_all(2, imported.output)
         for cell, value in imported.stream_cells:
