@@ -175,3 +175,77 @@ async def test_the_locale_python_sets_as_it_starts_reaches_warm_jobs(tmp_path: P
     assert "LC_CTYPE=C.UTF-8" in cold[1] or "LC_CTYPE=C.utf8" in cold[1]
     assert warm == cold
     assert metrics.warm_starts == 1
+
+
+# -- the configuration file Ansible reads --------------------------------------------------------------
+
+TIMEOUT = "timeout={{ lookup('config', 'DEFAULT_TIMEOUT') }}"
+
+
+@pytest.mark.parametrize(
+    ("setting", "variable"),
+    [("$CONFIG_FOLDER/ansible.cfg", "CONFIG_FOLDER"), ("~/ansible.cfg", "HOME")],
+)
+async def test_ansible_config_is_found_with_the_jobs_own_environment(
+    tmp_path: Path, setting: str, variable: str
+) -> None:
+    folder = tmp_path / "configuration"
+    folder.mkdir()
+    config = folder / "ansible.cfg"
+    config.write_text("[defaults]\ntimeout = 7\n")
+    tree = debug_tree(tmp_path / "tree", TIMEOUT)
+    # The worker's own environment has neither the variable nor this HOME: the job's has.
+    env = base_environment(ANSIBLE_CONFIG=setting, **{variable: str(folder)})
+    runs = Runs(tmp_path, ANSIBLE_PLAYBOOK, tree, env)
+    metrics = WorkerMetrics()
+    async with open_pool(metrics) as pool:
+        first = await runs.run(await runs.starter(pool))
+        config.write_text("[defaults]\ntimeout = 9\n")
+        warm, cold = await runs.warm_and_cold(pool)
+    assert "timeout=7" in first[1]
+    assert "timeout=9" in cold[1]
+    assert warm == cold
+    assert metrics.warm_starts == 2
+
+
+SLOW_SITE = """
+import os
+import time
+
+open({importing!r}, "w").close()
+deadline = time.monotonic() + 60
+while not os.path.exists({go!r}) and time.monotonic() < deadline:
+    time.sleep(0.01)
+"""
+
+
+async def test_a_configuration_changed_while_the_parent_starts_is_not_what_a_job_gets(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    # Holds every interpreter at its start until the test lets it go (at once, once it has).
+    (site / "sitecustomize.py").write_text(
+        SLOW_SITE.format(importing=str(tmp_path / "importing"), go=str(tmp_path / "go"))
+    )
+    tree = debug_tree(tmp_path / "tree", TIMEOUT)
+    config = tree / "ansible.cfg"
+    config.write_text("[defaults]\ntimeout = 7\n")
+    runs = Runs(tmp_path, ANSIBLE_PLAYBOOK, tree, base_environment(PYTHONPATH=str(site)))
+    metrics = WorkerMetrics()
+    starts: list[ProcessStarter] = []
+    async with open_pool(metrics) as pool:
+        async with trio.open_nursery() as nursery:
+
+            async def start() -> None:
+                # The key holds the first text; the parent reads the second.
+                starts.append(await runs.starter(pool))
+
+            nursery.start_soon(start)
+            await wait_for_path(tmp_path / "importing")
+            config.write_text("[defaults]\ntimeout = 9\n")
+            (tmp_path / "go").touch()
+        # Back to the text of the key: a job with it must get it.
+        config.write_text("[defaults]\ntimeout = 7\n")
+        warm = await runs.run(starts[0])
+        cold = await runs.run()
+    assert "timeout=7" in cold[1]
+    assert warm == cold

@@ -26,7 +26,7 @@ from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.run.errors import JobRefusedError
 from ansible_worker.run.process.output_tail import OutputTail
 from ansible_worker.run.process.termination import terminate
-from ansible_worker.run.warm.key import ColdStart, Interpreter
+from ansible_worker.run.warm.key import ColdStart, Interpreter, WarmKey, changed_since, read_elsewhere
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,9 @@ class Run:
 class WarmParent:
     """One helper process and the socket to it; `run` is its owner task."""
 
-    def __init__(self, key: str, interpreter: Interpreter, *, cwd: Path, env: Mapping[str, str]) -> None:
-        self.key = key
+    def __init__(self, key: WarmKey, interpreter: Interpreter, *, cwd: Path, env: Mapping[str, str]) -> None:
+        self.key = key.digest
+        self.configuration = key
         self.interpreter = interpreter
         self.cwd = cwd
         self.env = dict(env)
@@ -85,8 +86,9 @@ class WarmParent:
         # those its configuration reads), or why it cannot serve this configuration.
         self.early: frozenset[str] = frozenset()
         self.refusal: str | None = None
-        # A file it read has changed: it serves no more jobs.
+        # A file it read has changed (why, then): it serves no more jobs.
         self.stale = False
+        self.stale_reason = ""
         self._runs: dict[int, Run] = {}
         self._ids = itertools.count(1)
         self._sock: trio.socket.SocketType | None = None
@@ -101,6 +103,10 @@ class WarmParent:
     def close(self) -> None:
         """End the helper (its jobs too): used when retired and idle, and when the pool closes."""
         self._scope.cancel()
+
+    def _mark_stale(self, reason: str) -> None:
+        self.stale_reason = self.stale_reason or reason
+        self.stale = True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the helper and read what it says until it exits.
@@ -172,6 +178,17 @@ class WarmParent:
             if message.get("ready"):
                 self.rss_kib = int(message.get("rss", 0))
                 self.early = frozenset(str(name) for name in message.get("early", ()))
+                read = message.get("config")
+                elsewhere = read_elsewhere(self.configuration, read if isinstance(read, str) else None)
+                if elsewhere is not None:
+                    # So it would for every job with this key: as if it had refused.
+                    self.refusal = elsewhere
+                    self.close()
+                    continue
+                # A few small files, checked once per parent.
+                changed = changed_since(self.configuration, self.cwd)
+                if changed is not None:
+                    self._mark_stale(changed)
                 self.ready.set()
                 continue
             if "cold" in message:
@@ -182,7 +199,8 @@ class WarmParent:
                 continue
             if "error" in message:
                 run.error = str(message["error"])
-                self.stale = self.stale or bool(message.get("stale"))
+                if message.get("stale"):
+                    self._mark_stale(run.error)
                 run.started.set()
                 self._runs.pop(message["id"], None)
             elif "pid" in message:
@@ -207,7 +225,7 @@ class WarmParent:
         if self._sock is None or self.ended.is_set():
             raise ColdStart("the warm parent is not running")
         if self.stale:
-            raise ColdStart("the warm parent is being replaced")
+            raise ColdStart(f"the warm parent is being replaced: {self.stale_reason}")
         run_id = next(self._ids)
         run = Run()
         self._runs[run_id] = run

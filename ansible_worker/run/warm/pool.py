@@ -131,21 +131,21 @@ class WarmPool:
     def _parent_for(self, job: Configuration, *, late: Collection[str]) -> WarmParent:
         interpreter = find_interpreter(job.executable, job.env)
         key = warm_key(interpreter, cwd=job.cwd, env=job.env, late=late)
-        parent = self._parents.get(key)
+        parent = self._parents.get(key.digest)
         if parent is not None and not parent.ended.is_set():
-            self._parents.move_to_end(key)
+            self._parents.move_to_end(key.digest)
             return parent
         if parent is not None:
-            del self._parents[key]
-        failed = self._failed.get(key)
+            del self._parents[key.digest]
+        failed = self._failed.get(key.digest)
         if failed is not None and trio.current_time() < failed[0] + START_FAILURE_BACKOFF:
             raise ColdStart(f"the warm parent for this configuration could not start: {failed[1]}")
-        self._failed.pop(key, None)
+        self._failed.pop(key.digest, None)
         while len(self._parents) >= self.policy.size:
             _, oldest = self._parents.popitem(last=False)
             self._retire(oldest)
         parent = WarmParent(key, interpreter, cwd=job.cwd, env={k: v for k, v in job.env.items() if k not in late})
-        self._parents[key] = parent
+        self._parents[key.digest] = parent
         self.metrics.warm_parents_started += 1
         assert self._nursery is not None, "the warm pool is not serving"
         self._nursery.start_soon(self._own, parent)
@@ -224,6 +224,9 @@ class WarmPool:
                 raise ColdStart(parent.lost_reason or "the warm parent exited")
             if not parent.ready.is_set():
                 raise ColdStart(f"the warm parent was not ready within {self.policy.start_timeout:g}s")
+            if parent.stale:
+                self._retire(parent)
+                raise ColdStart(f"the warm parent is being replaced: {parent.stale_reason}")
             early = sorted(name for name in own if name in job.env and read_at_start(name, parent.early))
             if early:
                 raise ColdStart(

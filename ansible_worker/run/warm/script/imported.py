@@ -56,6 +56,8 @@ class Imported:
         # Every file read that a cold start reads again -> its stat signature as it was read.
         self.files: dict[str, tuple[int, ...] | None] = {}
         self.signature: Callable[[str], tuple[int, ...] | None] = facts["signature"]
+        # The configuration file Ansible read (None: none), which the worker checks against the job's key.
+        self.config_file: str | None = None
         # Variables the interpreter set as it started, as it does in every process: given to each job.
         self.made_at_start: dict[bytes, bytes] = {}
         # The modules and path finders there were when the imports were done.
@@ -97,8 +99,14 @@ def take_over(script: str, facts: dict[str, Any]) -> tuple[Imported | None, str 
         imported.early |= _configuration_variables(constants)
         _forget_own_temporary_directories(constants, imported)
     imported.stream_cells = _stream_patch_cells()
+    imported.config_file = _config_file(constants)
     imported.files = _signatures(facts, imported)
     return imported, None
+
+
+def _config_file(constants: Any) -> str | None:
+    path = getattr(getattr(constants, "config", None), "_config_file", None)
+    return path if isinstance(path, str) else None
 
 
 def _signatures(facts: dict[str, Any], imported: Imported) -> dict[str, tuple[int, ...] | None]:
@@ -118,6 +126,9 @@ def _signatures(facts: dict[str, Any], imported: Imported) -> dict[str, tuple[in
         # A change time past now is a clock that cannot tell (a file system's own): taken as it is.
         changed = signature is not None and began <= signature[4] <= now
         files[path] = _CHANGED_DURING_IMPORT if changed else signature
+    if imported.config_file is not None:
+        # The worker checks that it is as it was when the job's key was made, before this parent started.
+        files[imported.config_file] = imported.signature(imported.config_file)
     return files
 
 
