@@ -249,3 +249,46 @@ async def test_a_configuration_changed_while_the_parent_starts_is_not_what_a_job
         cold = await runs.run()
     assert "timeout=7" in cold[1]
     assert warm == cold
+
+
+# -- OpenSSL's configuration ---------------------------------------------------------------------------
+
+OPENSSL_MAIN = """openssl_conf = openssl_init
+[openssl_init]
+providers = provider_sect
+[provider_sect]
+default = default_sect
+{legacy_line}[default_sect]
+activate = 1
+{legacy_section}"""
+LEGACY_LINE = "legacy = legacy_sect\n"
+LEGACY_SECTION = "[legacy_sect]\nactivate = 1\n"
+
+
+def openssl_config(legacy: bool) -> str:
+    return OPENSSL_MAIN.format(
+        legacy_line=LEGACY_LINE if legacy else "", legacy_section=LEGACY_SECTION if legacy else ""
+    )
+
+
+@pytest.mark.parametrize("changed", ["the file", "a file it includes"])
+async def test_a_changed_openssl_configuration_reaches_warm_jobs(tmp_path: Path, changed: str) -> None:
+    main = tmp_path / "openssl.cnf"
+    if changed == "the file":
+        target = main
+    else:
+        target = tmp_path / "openssl.d" / "providers.cnf"
+        target.parent.mkdir()
+        main.write_text(f".include {target.parent}\n")
+    target.write_text(openssl_config(legacy=False))
+    tree = debug_tree(tmp_path / "tree", "{{ 'abc' | hash('md4') }}")
+    runs = Runs(tmp_path, ANSIBLE_PLAYBOOK, tree, base_environment(OPENSSL_CONF=str(main)))
+    metrics = WorkerMetrics()
+    async with open_pool(metrics) as pool:
+        before = await runs.run(await runs.starter(pool))
+        # A crypto policy that allows the legacy algorithms.
+        target.write_text(openssl_config(legacy=True))
+        warm, cold = await runs.warm_and_cold(pool)
+    assert before[0] != 0
+    assert "a448017aaf21d8525fc10ae87aa6729d" in cold[1]
+    assert warm == cold

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -113,12 +114,12 @@ def _signatures(facts: dict[str, Any], imported: Imported) -> dict[str, tuple[in
     """Every file read that a cold start reads again -> its signature as it was read.
 
     Taken before the read where the parent could (`_LoadWatch`). For a file it learns of only
-    now (the cowsay paths, say), a change since the import began counts as a change.
+    now (what OpenSSL read, say), a change since the import began counts as a change.
     """
     signed: dict[str, tuple[int, ...] | None] = facts["signed"]
     began, now = facts["began"] - _TICK_NS, time.time_ns() + _TICK_NS
     files: dict[str, tuple[int, ...] | None] = {}
-    for path in sorted(_files_read(facts["path_files"]())):
+    for path in sorted(_files_read(facts["path_files"]()) | _openssl_files()):
         if path in signed:
             files[path] = signed[path]
             continue
@@ -130,6 +131,74 @@ def _signatures(facts: dict[str, Any], imported: Imported) -> dict[str, tuple[in
         # The worker checks that it is as it was when the job's key was made, before this parent started.
         files[imported.config_file] = imported.signature(imported.config_file)
     return files
+
+
+def _openssl_files() -> set[str]:
+    """OpenSSL's configuration as each OpenSSL library loaded here read it: its file and what that includes.
+
+    The file is the one the library itself names (`OPENSSL_CONF`, or its own default).
+    """
+    libraries: set[str] = set()
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and _is_libcrypto(os.path.basename(fields[5].rstrip())):
+                    libraries.add(os.fsdecode(fields[5].rstrip()))
+    except OSError:
+        return set()
+    files: set[str] = set()
+    for library in sorted(libraries):
+        try:
+            crypto = ctypes.CDLL(library)
+            default_file, free = crypto.CONF_get1_default_config_file, crypto.CRYPTO_free
+        except (OSError, AttributeError):
+            continue  # gone since, or older than OpenSSL 1.1.1
+        default_file.restype = ctypes.c_void_p
+        free.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int)
+        pointer = default_file()
+        if pointer:
+            files.add(os.fsdecode(ctypes.string_at(pointer)))
+            free(pointer, b"", 0)
+    return _openssl_included(files)
+
+
+def _is_libcrypto(name: bytes) -> bool:
+    # libcrypto.so.3, or a copy a wheel ships under a name of its own (libcrypto-1a2b3c4d.so.3).
+    return name.startswith(b"libcrypto") and b".so" in name
+
+
+def _openssl_included(files: set[str], limit: int = 64) -> set[str]:
+    """`files` and what they include (`.include PATH`, a file or a folder of `*.cnf` and `*.conf`), up to `limit`."""
+    found: set[str] = set()
+    pending = sorted(files)
+    # Where OpenSSL looks for a relative one: this folder, or the working directory.
+    bases = [base for base in (os.environ.get("OPENSSL_CONF_INCLUDE"), os.getcwd()) if base]
+    while pending and len(found) < limit:
+        path = pending.pop()
+        if path in found:
+            continue
+        found.add(path)
+        if os.path.isdir(path):
+            with contextlib.suppress(OSError):
+                names = sorted(os.listdir(path))
+                pending.extend(os.path.join(path, name) for name in names if name.endswith((".cnf", ".conf")))
+            continue
+        try:
+            with open(path, "rb") as handle:
+                text = handle.read(1 << 20).decode(errors="surrogateescape")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            words = line.strip()
+            if not words.startswith(".include"):
+                continue
+            target = words.removeprefix(".include").strip().removeprefix("=").strip()
+            if os.path.isabs(target):
+                pending.append(target)
+            elif target:
+                pending.extend(os.path.join(base, target) for base in bases)
+    return found
 
 
 def _refusal(facts: dict[str, Any], imported: Imported) -> str | None:
