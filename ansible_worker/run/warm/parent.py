@@ -89,6 +89,7 @@ class WarmParent:
         # A file it read has changed (why, then): it serves no more jobs.
         self.stale = False
         self.stale_reason = ""
+        self._process: trio.Process | None = None
         self._runs: dict[int, Run] = {}
         self._ids = itertools.count(1)
         self._sock: trio.socket.SocketType | None = None
@@ -103,6 +104,14 @@ class WarmParent:
     def close(self) -> None:
         """End the helper (its jobs too): used when retired and idle, and when the pool closes."""
         self._scope.cancel()
+
+    def abandon(self, reason: str) -> None:
+        """Kill the helper at once and end it: it is wedged, and would not end its jobs either."""
+        self.lost_reason = self.lost_reason or reason
+        if self._process is not None and self._process.returncode is None:
+            # Also releases at once the descriptors of requests it holds unread (a job's output pipe).
+            self._process.kill()
+        self.close()
 
     def _mark_stale(self, reason: str) -> None:
         self.stale_reason = self.stale_reason or reason
@@ -145,6 +154,7 @@ class WarmParent:
                     finally:
                         theirs.close()
                     self.pid = process.pid
+                    self._process = process
                     assert process.stdout is not None
                     nursery.start_soon(partial(self._errors.drain, process.stdout, exited=self.ended))
                     self._sock = trio.socket.from_stdlib_socket(ours)
@@ -219,8 +229,9 @@ class WarmParent:
         Cancellation: the wait for the answer is shielded and bounded, so a run that was
         forked is always known by its pid, and the caller's next wait (for its end) ends it.
 
-        Errors: `ColdStart` when the helper refused before forking (nothing ran);
-        `WarmParentLostError` when it died or fell silent with the request in hand.
+        Errors: `ColdStart` when nothing of the job ran: the helper refused before forking,
+        or died or fell silent with the request in hand (a fork it made then finds the job's
+        pipe closed unwritten, and ends saying nothing). A silent helper is killed.
         """
         if self._sock is None or self.ended.is_set():
             raise ColdStart("the warm parent is not running")
@@ -256,7 +267,11 @@ class WarmParent:
         if run.error is not None:
             raise ColdStart(f"the warm parent refused the job: {run.error}")
         if run.pid is None:
-            self.lost_reason = self.lost_reason or f"the warm parent (pid {self.pid}) did not answer a fork request"
-            self.close()
-            raise WarmParentLostError(f"{self.lost_reason}; the run could not be started")
+            # A later answer is about a fork that finds no job.
+            self._runs.pop(run_id, None)
+            if not self.ended.is_set():
+                self.abandon(
+                    f"the warm parent (pid {self.pid}) did not answer a fork request within {FORK_REPLY_SECONDS:g}s"
+                )
+            raise ColdStart(f"{self.lost_reason}; nothing of the job had run")
         return run

@@ -158,10 +158,17 @@ def _become_job(fds: list[int], imported: Imported) -> Job:
         sys.argv = list(job.argv)
         sys.orig_argv = list(job.title)
         return job
+    except _Withdrawn:
+        # The worker gave up on this fork and started the job cold: nothing to say.
+        os._exit(1)
     except BaseException as exc:
         with contextlib.suppress(Exception):
             os.write(2, f"[ERROR]: warm start failed: {type(exc).__name__}: {exc}\n".encode())
         os._exit(1)
+
+
+class _Withdrawn(Exception):
+    """The pipe of a job ended before anything was written: the worker closed it unused."""
 
 
 def _read_job(fd: int) -> Job:
@@ -171,6 +178,8 @@ def _read_job(fd: int) -> Job:
         if len(data) > _MAX_JOB_BYTES:
             raise ValueError("the job is too large")
     os.close(fd)
+    if not data:
+        raise _Withdrawn
     return Job(json.loads(data))
 
 
