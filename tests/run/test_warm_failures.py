@@ -55,3 +55,21 @@ async def test_a_parent_that_does_not_answer_means_a_cold_start_and_a_new_parent
     assert replacement.pid != wedged.pid
     assert (metrics.warm_starts, metrics.cold_starts) == (1, 1)
     assert any("cold start:" in r.getMessage() and "did not answer" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_local_temporary_directory_that_cannot_be_made_fails_as_a_cold_start_fails(tmp_path: Path) -> None:
+    local = tmp_path / "local-tmp"
+    local.mkdir()
+    tree = debug_tree(tmp_path / "tree", "hello")
+    runs = Runs(tmp_path, ANSIBLE_PLAYBOOK, tree, base_environment(ANSIBLE_LOCAL_TEMP=str(local)))
+    metrics = WorkerMetrics()
+    async with open_pool(metrics) as pool:
+        start = await runs.starter(pool)
+        assert start is not run_process_group
+        # Replaced by a file after the parent started, as a full disk or a mistake would leave it.
+        shutil.rmtree(local)
+        local.write_text("not a directory\n")
+        warm = await runs.run(start)
+        cold = await runs.run()
+    assert cold[0] == 5, cold[1]
+    assert warm == cold

@@ -150,11 +150,16 @@ def _become_job(fds: list[int], imported: Imported) -> Job:
         os.environ.clear()
         os.environ.update(job.env)
         os.environb.update(imported.made_at_start)
+        try:
+            _make_own(imported)
+        except Exception:
+            # Where a cold start would fail in its import (its local temporary directory
+            # cannot be made, say): it does, here, and fails as it fails.
+            _start_cold(job)
         _retitle(job.title, job.name, job.env)
         _write_all(2, imported.output)
         for cell, value in imported.stream_cells:
             cell.cell_contents = value
-        _make_own(imported)
         sys.argv = list(job.argv)
         sys.orig_argv = list(job.title)
         return job
@@ -181,6 +186,20 @@ def _read_job(fd: int) -> Job:
     if not data:
         raise _Withdrawn
     return Job(json.loads(data))
+
+
+def _start_cold(job: Job) -> NoReturn:
+    """Become a fresh `ansible-playbook` of `job`, as the worker starts one: its program, argv and environment.
+
+    The signals as a new process of the worker's has them (Python's own ignored ones reset,
+    none blocked); the session, working directory and streams are the job's already.
+    """
+    for signum in signal.valid_signals():
+        if signum not in (signal.SIGKILL, signal.SIGSTOP):
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    os.execvpe(job.argv[0], job.argv, job.env)  # noqa: S606 - the job's own argv, as the worker starts it
 
 
 def _write_all(fd: int, data: bytes) -> None:
