@@ -73,3 +73,85 @@ async def test_a_local_temporary_directory_that_cannot_be_made_fails_as_a_cold_s
         cold = await runs.run()
     assert cold[0] == 5, cold[1]
     assert warm == cold
+
+
+CRASH_FILTER = """
+import os
+import signal
+
+
+def crash(_):
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+class FilterModule:
+    def filters(self):
+        return {"crash": crash}
+"""
+
+
+def core_command(path: Path) -> bytes:
+    """The name of the process a core file is of (its NT_PRPSINFO note)."""
+    with path.open("rb") as core:
+        header = core.read(64)
+        assert header[:4] == b"\x7fELF"
+        assert header[4] == 2, "a 64-bit core"
+        order: Literal["little", "big"] = "little" if header[5] == 1 else "big"
+        table, size, count = (
+            int.from_bytes(header[32:40], order),
+            int.from_bytes(header[54:56], order),
+            int.from_bytes(header[56:58], order),
+        )
+        for index in range(count):
+            core.seek(table + index * size)
+            entry = core.read(size)
+            if int.from_bytes(entry[0:4], order) != 4:  # PT_NOTE
+                continue
+            core.seek(int.from_bytes(entry[8:16], order))
+            notes = core.read(int.from_bytes(entry[32:40], order))
+            offset = 0
+            while offset + 12 <= len(notes):
+                name_size, desc_size, kind = (
+                    int.from_bytes(notes[offset + i : offset + i + 4], order) for i in (0, 4, 8)
+                )
+                desc = offset + 12 + (name_size + 3) // 4 * 4
+                if kind == 3:  # NT_PRPSINFO: pr_fname at 40, 16 bytes
+                    return notes[desc + 40 : desc + 56].split(b"\0")[0]
+                offset = desc + (desc_size + 3) // 4 * 4
+    raise AssertionError(f"no process information in {path}")
+
+
+@pytest.fixture
+def core_dumps() -> Iterator[None]:
+    """Core files allowed for the processes this test starts, as on a host that keeps them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    if pattern.startswith("|") or "/" in pattern or hard == 0:
+        pytest.skip(f"core files are not written beside the process here ({pattern!r}, limit {hard})")
+    resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
+
+
+@pytest.mark.usefixtures("core_dumps")
+async def test_a_crashing_job_leaves_the_core_file_a_cold_one_leaves(tmp_path: Path) -> None:
+    metrics = WorkerMetrics()
+    cores = {}
+    async with open_pool(metrics) as pool:
+        for how in ("warm", "cold"):
+            tree = debug_tree(tmp_path / how, "hello", {"filter_plugins/crash.py": CRASH_FILTER})
+            # Templated by Ansible's own process (a task's arguments would be by one of its workers).
+            (tree / "pb.yml").write_text(
+                (tree / "pb.yml").read_text().replace("hosts: all", "hosts: \"{{ 'all' | crash }}\"")
+            )
+            runs = Runs(tmp_path / f"{how}-runs", ANSIBLE_PLAYBOOK, tree, base_environment())
+            runs.base.mkdir()
+            start = await runs.starter(pool) if how == "warm" else run_process_group
+            code, output = await runs.run(start)
+            assert code == -signal.SIGSEGV, (how, output)
+            cores[how] = sorted(core_command(path) for path in tree.iterdir() if path.name.startswith("core"))
+    assert metrics.warm_starts == 1
+    assert cores["cold"] == [b"ansible-playboo"]
+    assert cores["warm"] == cores["cold"]

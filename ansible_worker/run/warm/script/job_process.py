@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from ansible_worker.run.warm.script.imported import Imported
 
+_PR_SET_DUMPABLE = 4
 _PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_JOB_BYTES = 16 * 1024 * 1024
@@ -90,6 +91,9 @@ def _reap_as_root(leader: int, fds: list[int], report_fd: int, ended: list[bool]
             # SIGKILL and SIGSTOP have no handler to reset.
             with contextlib.suppress(OSError, ValueError):
                 signal.signal(signum, signal.SIG_DFL)
+            # Without a core file of its own: `G` left the run's, as a cold start leaves one.
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
             os.kill(os.getpid(), signum)
         os._exit(os.WEXITSTATUS(status))
     finally:
