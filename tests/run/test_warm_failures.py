@@ -155,3 +155,18 @@ async def test_a_crashing_job_leaves_the_core_file_a_cold_one_leaves(tmp_path: P
     assert metrics.warm_starts == 1
     assert cores["cold"] == [b"ansible-playboo"]
     assert cores["warm"] == cores["cold"]
+
+
+async def test_configurations_a_parent_refused_are_remembered_beyond_the_pool_size(tmp_path: Path) -> None:
+    trees = [
+        debug_tree(tmp_path / f"tree-{index}", "hello", {"ansible.cfg": "[defaults]\nlog_path = ./ansible.log\n"})
+        for index in range(3)
+    ]
+    metrics = WorkerMetrics()
+    async with open_pool(metrics, size=2) as pool:
+        for index in (0, 1, 2, 0, 1, 2):
+            runs = Runs(tmp_path, ANSIBLE_PLAYBOOK, trees[index], base_environment())
+            assert await runs.starter(pool) is run_process_group
+    # Each refused once: the later jobs start cold without another parent.
+    assert metrics.warm_parents_started == 3
+    assert metrics.cold_starts == 6

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 # Seconds a configuration whose parent could not start is given cold starts before a retry.
 START_FAILURE_BACKOFF = 60.0
+# A refusal follows from the configuration itself (its `log_path`, say): it is remembered
+# longer, and for many more configurations than the pool holds parents.
+REFUSAL_BACKOFF = 600.0
+REMEMBERED_FAILURES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +85,9 @@ class WarmPool:
         self._nursery: trio.Nursery | None = None
         self._parents: OrderedDict[str, WarmParent] = OrderedDict()
         self._retired: set[WarmParent] = set()
-        # Keys whose parent died before it was ready: when, and why (bounded by `size`).
-        self._failed: dict[str, tuple[float, str]] = {}
+        # Keys whose parent refused them or died before it was ready: until when they start
+        # cold, and why (the least recently noted go first, beyond `REMEMBERED_FAILURES`).
+        self._failed: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the warm parents until cancelled (at the worker's end); started at once.
@@ -138,7 +143,7 @@ class WarmPool:
         if parent is not None:
             del self._parents[key.digest]
         failed = self._failed.get(key.digest)
-        if failed is not None and trio.current_time() < failed[0] + START_FAILURE_BACKOFF:
+        if failed is not None and trio.current_time() < failed[0]:
             raise ColdStart(f"the warm parent for this configuration could not start: {failed[1]}")
         self._failed.pop(key.digest, None)
         while len(self._parents) >= self.policy.size:
@@ -165,17 +170,17 @@ class WarmPool:
                 del self._parents[parent.key]
                 if parent.refusal is not None:
                     # Not lost: it looked at its configuration and said no.
-                    self._remember_failure(parent.key, parent.lost_reason or parent.refusal)
+                    self._remember_failure(parent.key, parent.lost_reason or parent.refusal, REFUSAL_BACKOFF)
                     log.info(
                         "%s; jobs with this configuration start cold (asked again after %gs)",
                         parent.lost_reason,
-                        START_FAILURE_BACKOFF,
+                        REFUSAL_BACKOFF,
                     )
                 elif not parent.retiring:
                     self.metrics.warm_parents_lost += 1
                     if not parent.ready.is_set():
                         # It never got as far as importing Ansible: do not retry it for every job.
-                        self._remember_failure(parent.key, parent.lost_reason or "unknown")
+                        self._remember_failure(parent.key, parent.lost_reason or "unknown", START_FAILURE_BACKOFF)
                         log.warning(
                             "%s before it was ready; jobs with its configuration start cold for %gs",
                             parent.lost_reason,
@@ -185,10 +190,11 @@ class WarmPool:
                         log.warning("%s; the next job with its configuration starts a new one", parent.lost_reason)
             self._publish_size()
 
-    def _remember_failure(self, key: str, reason: str) -> None:
-        self._failed[key] = (trio.current_time(), reason)
-        while len(self._failed) > self.policy.size:
-            del self._failed[next(iter(self._failed))]
+    def _remember_failure(self, key: str, reason: str, seconds: float) -> None:
+        self._failed[key] = (trio.current_time() + seconds, reason)
+        self._failed.move_to_end(key)
+        while len(self._failed) > REMEMBERED_FAILURES:
+            self._failed.popitem(last=False)
 
     def _retire(self, parent: WarmParent) -> None:
         parent.retiring = True
