@@ -170,3 +170,29 @@ async def test_configurations_a_parent_refused_are_remembered_beyond_the_pool_si
     # Each refused once: the later jobs start cold without another parent.
     assert metrics.warm_parents_started == 3
     assert metrics.cold_starts == 6
+
+
+UUID_MODULE = """
+import uuid
+
+# What `uuid.getnode()` gives on a host with no network interface: a random node, kept.
+uuid._node = uuid._random_getnode()
+"""
+
+
+async def test_a_random_node_of_uuid_is_drawn_again_for_each_job(tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "no_interface.py").write_text(UUID_MODULE)
+    script = playbook_script(tmp_path, imports=("no_interface",))
+    filters = "import uuid\n\n\nclass FilterModule:\n    def filters(self):\n        return {'node': lambda _: uuid.getnode()}\n"
+    tree = debug_tree(tmp_path / "tree", "{{ 'x' | node }}", {"filter_plugins/node.py": filters})
+    runs = Runs(tmp_path, script, tree, base_environment(PYTHONPATH=str(library), PYTHONDONTWRITEBYTECODE="1"))
+    metrics = WorkerMetrics()
+    async with open_pool(metrics) as pool:
+        first = await runs.run(await runs.starter(pool))
+        second = await runs.run(await runs.starter(pool))
+    assert metrics.warm_starts == 2
+    assert first[0] == second[0] == 0
+    # Each cold start draws its own.
+    assert first[1] != second[1]

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 _PR_SET_DUMPABLE = 4
 _PR_SET_NAME = 15
+# The bit `uuid` sets in a node it drew at random (no hardware address has it).
+_MULTICAST_NODE = 1 << 40
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_JOB_BYTES = 16 * 1024 * 1024
 # How long a root keeps killing the strays of a run that was ended.
@@ -224,6 +226,11 @@ def _make_own(imported: Imported) -> None:
             setattr(constants, name, _resolve(constants, name))
         else:
             atexit.register(function, *args, **kwargs)
+    uuid: Any = sys.modules.get("uuid")
+    node = getattr(uuid, "_node", None)
+    if isinstance(node, int) and node & _MULTICAST_NODE:
+        # No hardware address was found: the node is drawn per process, as `uuid` draws it.
+        uuid._node = int.from_bytes(os.urandom(6), "big") | _MULTICAST_NODE
     ids: Any = sys.modules.get("ansible.utils.vars")
     if ids is not None and isinstance(getattr(ids, "random_int", None), str):
         # As `ansible.utils.vars` draws it: part of every task's and play's id.
