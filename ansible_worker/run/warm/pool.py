@@ -3,9 +3,12 @@
 A warm parent (`script/warm_parent.py`, run under Ansible's own Python) has run the imports of
 the `ansible-playbook` script; a job forked from it skips them. The pool is bounded and
 least recently used parents give way; a parent is retired after `max_forks` forks, when
-its memory grows past `max_rss_kib`, or when a file it read has changed, and replaced
-when it dies (its running jobs then fail with a reason). Any doubt about a job's
-configuration means a cold start instead, with the reason logged.
+its memory grows past `max_rss_kib`, when a file it read has changed, or when a place where
+Ansible looks for its configuration changed while it started; it is replaced when it dies
+(its running jobs then fail with a reason) or does not answer a fork request (killed; the
+job starts cold). Any doubt about a job's configuration means a cold start instead, with
+the reason logged; a configuration a parent refused is remembered, for many more
+configurations than the pool holds parents.
 
 A job's own variables (its event FIFO, its credentials) never reach a parent: they are not
 in its key, and the job's argv and environment go from the worker to the job's process

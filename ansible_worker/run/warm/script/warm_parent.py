@@ -20,7 +20,10 @@ the same point, and runs the whole script as `__main__`:
 - what the import made for its own process made again: Ansible's local temporary
   directory (with its clean-up in its place among the exit handlers), the random part of
   Ansible's ids, multiprocessing's authentication key, logging's start time, the main
-  thread's native id;
+  thread's native id, `uuid`'s node if it was drawn at random. Where making them fails
+  as a cold start's import would fail (a temporary directory that cannot be made), `G`
+  executes the script afresh with the job's argv and environment: a cold start, which
+  fails as it fails;
 - the fork locks Ansible put on the standard streams switched on again (a fork switches
   them off, for Ansible's workers);
 - the normal end of a Python program (threads joined, exit handlers run, streams flushed,
@@ -29,19 +32,24 @@ the same point, and runs the whole script as `__main__`:
 
 What cannot be handed over makes the parent refuse its configuration once imported
 (`{"cold": reason}`): the import left a descriptor open (a log file), started a thread, or
-registered an exit handler the parent did not see; or the interpreter is asked to report
-on its own start-up. A request is refused before its fork (`"stale": true`) when a file
-the parent read has changed since (a module, a `.pth` file or a directory of the path,
-Ansible's configuration definitions, the cowsay paths, the time zone, the user database),
-or when the job's streams are not of the kind the parent started with (stdin /dev/null,
-stdout and stderr one pipe).
+registered an exit handler the parent did not see; the interpreter's start-up or the
+import changed the environment (a job's process is given the job's, as sent); or the
+interpreter is asked to report on its own start-up. A request is refused before its fork
+(`"stale": true`) when a file the parent read has changed since it read it (a module, a
+`.pth` file or a folder of the path, the user site and the folders `.pth` files name, also
+missing ones, Ansible's configuration definitions and the `ansible.cfg` it read, OpenSSL's
+configuration, the cowsay paths, the time zone, the user database), or when the job's
+streams are not of the kind the parent started with (stdin /dev/null, stdout and stderr
+one pipe). A file's signature is taken before it is read where the parent can (see
+`_LoadWatch`), so that one changed while the parent imports is a change.
 
 Protocol, on the SOCK_SEQPACKET socket whose descriptor is the first argument; each
 packet is one JSON object:
 
-- parent -> worker, once imported: `{"ready": true, "pid": N, "rss": KIB, "early": [NAME, ...]}`
-  (the variables read while Ansible was imported, `*` for all, and those its configuration
-  reads), or `{"cold": "reason"}`, after which the parent exits
+- parent -> worker, once imported: `{"ready": true, "pid": N, "rss": KIB, "early": [NAME, ...],
+  "config": PATH}` (the variables read while Ansible was imported, `*` for all, and those
+  its configuration reads; the `ansible.cfg` Ansible read, or null), or `{"cold": "reason"}`,
+  after which the parent exits
 - worker -> parent: `{"op": "run", "id": I}` with four descriptors attached (SCM_RIGHTS):
   the job's stdin, stdout and stderr, and the read end of a pipe that will carry the job
 - parent -> worker: `{"id": I, "pid": G, "root": C}` (or `{"id": I, "error": "...", "stale": BOOL}`),
@@ -49,13 +57,15 @@ packet is one JSON object:
 - worker -> `G`, on that pipe, once `G` exists: `{"argv": [...], "env": {...}, "cwd": "...",
   "title": [...], "name": "..."}`, the job itself. The parent and `C` have closed their
   copies of the pipe before the parent answers: what a job carries (its credentials) never
-  enters a process that outlives the job.
+  enters a process that outlives the job. A pipe closed with nothing written (the worker
+  gave up waiting for the answer and started the job cold) ends `G` without a word.
 
 Each job is two processes. The root `C` is a child subreaper that forks `G`, the process
 that becomes `ansible-playbook`: `G` starts its own session, so the worker ends the job by
 signalling the process group `G`. Ansible's own workers start sessions of their own; when
 their parent dies they are reparented to `C`, which kills all of them if the run was ended
-(SIGUSR1 from the worker, or `G` died by a signal), and then exits with `G`'s exact status.
+(SIGUSR1 from the worker, or `G` died by a signal), and then exits with `G`'s exact status
+(a signal without a core file of its own: `G` left the run's).
 
 End of file on the socket (the worker exited, perhaps by a crash) ends the parent but not
 its jobs, as a crash leaves a cold `ansible-playbook` running: the restarted worker ends them
