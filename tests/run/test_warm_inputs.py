@@ -292,3 +292,56 @@ async def test_a_changed_openssl_configuration_reaches_warm_jobs(tmp_path: Path,
     assert before[0] != 0
     assert "a448017aaf21d8525fc10ae87aa6729d" in cold[1]
     assert warm == cold
+
+
+# -- a shared library replaced as a package manager replaces it ----------------------------------------
+
+LIBRARY_USER = """
+import ctypes
+
+# Loaded when the script imports it, as an extension module loads the library it links.
+ZLIB = ctypes.CDLL({library!r})
+WHERE = ZLIB.zlibVersion
+WHERE.restype = ctypes.c_char_p
+WHERE = "zlib " + WHERE().decode()
+"""
+
+
+def system_zlib() -> Path:
+    """The zlib this interpreter has mapped (every CPython links or loads it)."""
+    import zlib  # noqa: F401 - maps the library, so that /proc names its file
+
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        path = line.split(maxsplit=5)[-1]
+        if "/libz.so" in path and Path(path).is_file():
+            return Path(path)
+    pytest.skip("this interpreter maps no libz.so")
+
+
+async def test_a_shared_library_replaced_after_the_parent_loaded_it_means_a_cold_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    libraries = tmp_path / "lib"
+    libraries.mkdir()
+    library = libraries / "libz-copy.so.1"
+    library.write_bytes(system_zlib().read_bytes())
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "library_user.py").write_text(LIBRARY_USER.format(library=str(library)))
+    script = playbook_script(tmp_path, imports=("library_user",))
+    tree = debug_tree(tmp_path / "tree", PROBE, {"filter_plugins/probe.py": PROBE_FILTER.format(module="library_user")})
+    env = base_environment(PYTHONPATH=str(modules), PYTHONDONTWRITEBYTECODE="1")
+    runs = Runs(tmp_path, script, tree, env)
+    metrics = WorkerMetrics()
+    with caplog.at_level(logging.INFO, logger="ansible_worker.run.warm.pool"):
+        async with open_pool(metrics) as pool:
+            before = await runs.run(await runs.starter(pool))
+            # An upgrade: the new file is written beside the old one and renamed over it.
+            (libraries / "new").write_bytes(library.read_bytes())
+            (libraries / "new").rename(library)
+            warm, cold = await runs.warm_and_cold(pool)
+    assert before[0] == 0, before[1]
+    assert metrics.warm_starts == 1
+    assert warm == cold
+    assert metrics.cold_starts == 1
+    assert any("cold start:" in r.getMessage() and str(library) in r.getMessage() for r in caplog.records)

@@ -119,7 +119,7 @@ def _signatures(facts: dict[str, Any], imported: Imported) -> dict[str, tuple[in
     signed: dict[str, tuple[int, ...] | None] = facts["signed"]
     began, now = facts["began"] - _TICK_NS, time.time_ns() + _TICK_NS
     files: dict[str, tuple[int, ...] | None] = {}
-    for path in sorted(_files_read(facts["path_files"]()) | _openssl_files()):
+    for path in sorted(_files_read(facts["path_files"]()) | _openssl_files() | _mapped_files()):
         if path in signed:
             files[path] = signed[path]
             continue
@@ -161,6 +161,28 @@ def _openssl_files() -> set[str]:
             files.add(os.fsdecode(ctypes.string_at(pointer)))
             free(pointer, b"", 0)
     return _openssl_included(files)
+
+
+def _mapped_files() -> set[str]:
+    """The files mapped into this process: the interpreter, the shared libraries its modules link.
+
+    A package manager replaces a library by renaming a new one over it; a cold start loads the
+    new one, this parent keeps the old. A mapping whose file was gone before the parent looked
+    (memfd, a deleted temporary file) has no name a cold start could open: not watched.
+    """
+    found: set[str] = set()
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6 or not fields[5].startswith(b"/"):
+                    continue  # anonymous memory, the stack, [vdso]
+                path = os.fsdecode(fields[5].rstrip(b"\n"))
+                if not path.endswith(" (deleted)") and not path.startswith(("/dev/", "/proc/", "/sys/", "/memfd:")):
+                    found.add(path)
+    except OSError:
+        return set()
+    return found
 
 
 def _is_libcrypto(name: bytes) -> bool:

@@ -197,12 +197,18 @@ def _read_job(fd: int) -> Job:
 def _start_cold(job: Job) -> NoReturn:
     """Become a fresh `ansible-playbook` of `job`, as the worker starts one: its program, argv and environment.
 
-    The signals as a new process of the worker's has them (Python's own ignored ones reset,
-    none blocked); the session, working directory and streams are the job's already.
+    The signals as a new process of the worker's has them: none blocked, handlers back to the
+    default (as exec does), an ignored signal that this process inherited (SIGHUP under
+    `nohup`) still ignored, and the two Python ignores itself (SIGPIPE, SIGXFSZ) reset, as the
+    worker resets them for every process it starts. The session, working directory and streams
+    are the job's already.
     """
+    own_ignores = {signal.SIGPIPE, signal.SIGXFSZ}
     for signum in signal.valid_signals():
-        if signum not in (signal.SIGKILL, signal.SIGSTOP):
-            with contextlib.suppress(OSError, ValueError):
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            if signum in own_ignores or signal.getsignal(signum) is not signal.SIG_IGN:
                 signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     os.execvpe(job.argv[0], job.argv, job.env)  # noqa: S606 - the job's own argv, as the worker starts it
