@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ansible_worker.mqtt.options import InboundMessage
+from ansible_worker.protocol.claims import request_digest
 from ansible_worker.protocol.models import CancelRequest, TaskRequest
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.templates.loading import NO_TEMPLATES, Templates
@@ -129,6 +130,11 @@ class Router:
     # The templates a request may name, and whether it must name one.
     templates: Templates = NO_TEMPLATES
     templates_only: bool = False
+    # The task_id prefixes of this worker's schedule entries (`template.key.`): only a tick
+    # fired here, or a tick's job another worker hands back, may use one.
+    schedule_prefixes: tuple[str, ...] = ()
+    # The digest of the request a live release of a task_id hands back, if any.
+    released: Callable[[str], str | None] = lambda task_id: None
 
     def route(self, message: InboundMessage, state: WorkerView) -> Action:
         """The action for `message`; never raises on what the network sends."""
@@ -152,8 +158,11 @@ class Router:
             return HearPeer(worker_id, message.payload)
         return Ignore(f"ignoring a message on unexpected topic {message.topic}")
 
-    def route_task(self, payload: bytes, state: WorkerView) -> Action:
-        """A message of the tasks topic: claim, refuse, or ignore it, in that order of checks."""
+    def route_task(self, payload: bytes, state: WorkerView, *, scheduled: bool = False) -> Action:
+        """A message of the tasks topic: claim, refuse, or ignore it, in that order of checks.
+
+        `scheduled`: the launch of a tick that this worker's scheduler fired, not a message.
+        """
         verify = self.verify_task(payload) if self.verify_task is not None else None
         read = read_task_message(
             payload,
@@ -173,6 +182,9 @@ class Router:
                 # A signed job is kept, journaled and handed back as its signature covers it.
                 payload = signed_payload or payload
         task_id = request.task_id
+        if not scheduled and task_id.startswith(self.schedule_prefixes) and not self._handed_back(task_id, payload):
+            # Otherwise anyone who may publish a job could run a tick early, with answers of their own.
+            return Refuse(task_id, "this task_id is a schedule's tick: only the workers' schedules launch it")
         if state.in_queue(task_id):
             return Ignore("already queued or running on this worker; ignoring the duplicate", task_id)
         if (refusal := self.admission_error(request)) is not None:
@@ -193,6 +205,9 @@ class Router:
         if not state.taking_claims:
             return Refuse(task_id, "the worker is shutting down")
         return Claim(request, payload, signed.signer if signed is not None else None)
+
+    def _handed_back(self, task_id: str, payload: bytes) -> bool:
+        return self.released(task_id) == request_digest(payload)
 
     def route_cancel(self, task_id: str, payload: bytes, state: WorkerView) -> Action:
         """A cancel request for `task_id`: where the job is decides who ends it."""

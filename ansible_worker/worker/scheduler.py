@@ -1,9 +1,9 @@
 """Fire each schedule tick on every worker that sees it; the group's claims let one of them run it.
 
-Every worker with templates keeps one task per schedule entry. At a tick each of them puts the
-same launch (its task_id derived from the template, the entry and the tick time) into its own
-inbox, as if it had come from the tasks topic: the router and the claims then do what they do
-for any copy of a job, and one worker of the group runs it. No worker is designated, and
+Every worker with templates keeps one task per schedule entry. At a tick each of them routes
+the same launch (its task_id derived from the template, the entry and the tick time) as if it
+had come from the tasks topic: the router and the claims then do what they do for any copy of
+a job, and one worker of the group runs it. No worker is designated, and
 workers may join and leave. A tick that passed while no worker was online is never run late.
 """
 
@@ -17,9 +17,7 @@ from typing import Protocol
 
 import trio
 
-from ansible_worker.mqtt.options import InboundMessage
 from ansible_worker.protocol.models import TemplateCatalogue
-from ansible_worker.protocol.topics import Topics
 from ansible_worker.templates.catalogue import EntryHistory
 from ansible_worker.templates.schedules import ScheduledEntry
 
@@ -67,16 +65,14 @@ class Scheduler:
     def __init__(
         self,
         entries: list[ScheduledEntry],
-        topics: Topics,
-        inbox: trio.MemorySendChannel[InboundMessage],
+        launch: Callable[[bytes], None],
         *,
         clock: Clock,
         read_catalogue: Callable[[], Awaitable[TemplateCatalogue | None]] | None = None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.entries = entries
-        self.topics = topics
-        self.inbox = inbox
+        self.launch = launch
         self.clock = clock
         self.read_catalogue = read_catalogue
         self.on_change = on_change
@@ -140,14 +136,9 @@ class Scheduler:
     def _fire(self, entry: ScheduledEntry, tick: datetime) -> None:
         task_id = entry.task_id(tick)
         launch = {"task_id": task_id, "template": entry.template, "extra_vars": entry.entry.extra_vars}
-        message = InboundMessage(self.topics.tasks, json.dumps(launch).encode(), qos=2, retain=False)
-        try:
-            self.inbox.send_nowait(message)
-        except trio.WouldBlock:
-            # The inbox is full of the broker's messages: this worker sits the tick out; another may run it.
-            log.warning("%s: tick %s left to the group (this worker's inbox is full)", entry.describe(), task_id)
-            return
         log.info("%s: tick %s fired as task %s", entry.describe(), tick.isoformat(), task_id)
+        # Routed as a message would be: the group's claims decide which worker runs it.
+        self.launch(json.dumps(launch).encode())
         self.history[entry.name].ran(tick, task_id)
         self.on_change()
 

@@ -108,10 +108,10 @@ class Worker:
         if settings.worker.templates is None:
             return
         templates, only = self.messages.router.templates, settings.worker.templates_only
+        entries = scheduled_entries(templates)
         self.scheduler = Scheduler(
-            scheduled_entries(templates),
-            self.topics,
-            self._inbox_send.clone(),
+            entries,
+            self.messages.launch_scheduled,
             clock=clock,
             read_catalogue=partial(read_catalogue, self.session, self.topics, client_id=self.session.options.client_id),
         )
@@ -380,6 +380,7 @@ def _router(
 
         gate = SignedTaskGate(signatures, topics, released=claims.released_request)
         verify_task, verify_cancel = gate.task_verifier, gate.cancel_verifier
+    templates = worker_templates(settings)
     return Router(
         topics,
         worker_id=worker.worker_id,
@@ -388,6 +389,8 @@ def _router(
         admission_error=runner.checks.admission_error,
         verify_task=verify_task,
         verify_cancel=verify_cancel,
-        templates=worker_templates(settings),
+        templates=templates,
         templates_only=worker.templates_only,
+        schedule_prefixes=tuple(f"{entry.name}." for entry in scheduled_entries(templates)),
+        released=claims.released_request,
     )

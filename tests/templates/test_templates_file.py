@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -255,3 +256,37 @@ def test_a_ticks_task_id_is_the_same_everywhere_and_a_valid_task_id(playbook_dir
     TaskRequest(task_id=first.task_id(tick), playbook="quick.yml", inventory="x,")
     assert second.upcoming(tick, 3) == []
     assert second.upcoming(datetime(2026, 12, 24, 19, 0, tzinfo=UTC), 3) == [tick]
+
+
+def test_only_a_schedule_launches_its_ticks_task_ids(playbook_dir: Path) -> None:
+    """A tick's task_id from the wire is refused, unless the group hands that very message back."""
+    from ansible_worker.mqtt.options import InboundMessage
+    from ansible_worker.protocol.claims import request_digest
+    from ansible_worker.protocol.topics import Topics
+    from ansible_worker.worker.router import Claim, Refuse, Router
+    from tests.worker.test_router import View
+
+    templates = loaded(playbook_dir, {"nightly": {"playbook": "quick.yml", "schedule": [{"cron": "0 3 * * *"}]}})
+    (entry,) = scheduled_entries(templates)
+    tick_id = entry.task_id(datetime(2026, 12, 24, 3, 0, tzinfo=UTC))
+    payload = json.dumps({"task_id": tick_id, "template": "nightly"}).encode()
+    released: dict[str, str] = {}
+    topics = Topics("ansible", "g")
+    router = Router(
+        topics,
+        worker_id="me",
+        max_message_bytes=4096,
+        queue_size=3,
+        admission_error=lambda request: None,
+        templates=templates,
+        schedule_prefixes=(f"{entry.name}.",),
+        released=released.get,
+    )
+    early = router.route(InboundMessage(topics.tasks, payload, qos=2, retain=False), View())
+    assert early == Refuse(tick_id, "this task_id is a schedule's tick: only the workers' schedules launch it")
+    assert isinstance(router.route_task(payload, View(), scheduled=True), Claim)
+    released[tick_id] = request_digest(payload)
+    assert isinstance(router.route(InboundMessage(topics.tasks, payload, qos=2, retain=False), View()), Claim)
+    # Any other text under that task_id is still refused.
+    other = json.dumps({"task_id": tick_id, "template": "nightly", "extra_vars": {}}).encode()
+    assert isinstance(router.route(InboundMessage(topics.tasks, other, qos=2, retain=False), View()), Refuse)
