@@ -232,6 +232,11 @@ _EVENTS: dict[str, NotificationEvent] = {
 
 
 def notice_of(status: JobStatus) -> Notice | None:
-    """The notice a posted status makes: its state's event, or None (`queued`, a live refusal)."""
+    """The notice a posted status makes: its state's event, or None (`queued`, a live refusal).
+
+    A job a survivor settles for a lost worker (its status says `taken_over_by`) is `lost`.
+    """
     event = _EVENTS.get(status.state.value)
+    if event == "failed" and getattr(status, "taken_over_by", None):
+        event = "lost"
     return Notice(event, status) if event is not None and not status.refused else None
