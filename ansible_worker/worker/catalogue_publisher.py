@@ -9,7 +9,7 @@ from datetime import datetime
 import trio
 from pydantic import ValidationError
 
-from ansible_worker.mqtt.link import LinkError
+from ansible_worker.mqtt.link import LinkError, PublishRefused
 from ansible_worker.mqtt.retained import retained
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.models import TemplateCatalogue
@@ -51,6 +51,9 @@ class CataloguePublisher:
             payload = self.build(now()).model_dump_json().encode()
             try:
                 await self.session.publish(self.topics.templates, payload, qos=1, retain=True)
+            except PublishRefused as exc:
+                # The broker's ACL: the same copy would be refused again; the next change tries.
+                log.error("the broker refused the template catalogue on %s: %s", self.topics.templates, exc)
             except LinkError as exc:
                 log.warning("could not publish the template catalogue (trying again): %s", exc)
                 self._wanted.set()
