@@ -21,7 +21,7 @@ from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.ops.notification_targets import NotificationTarget
 from ansible_worker.protocol.models import JobStatus, State
 from ansible_worker.worker.notifications import Notifier
-from tests.conftest import Broker, make_settings, open_controller, running_worker
+from tests.conftest import Broker, make_settings, open_controller, running_worker, worker_config, worker_process
 from tests.templates.test_launch import TEMPLATES
 
 SECRET = "receiver-key"
@@ -198,3 +198,30 @@ async def test_a_restart_does_not_send_again(tmp_path: Path) -> None:
                 await notifier.serve()
     assert len(receiver.requests) == 1
     assert (tmp_path / "notifications-sent").read_text().count("\n") == 1
+
+
+async def test_a_targets_url_never_reaches_the_log(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+) -> None:
+    """Slack's and Teams' URLs carry their token in the path: not even at DEBUG does the log show it."""
+    async with receiving(Receiver(answers=[500])) as receiver:
+        url = receiver.url + "/T000/B000/token-in-the-path"
+        config = worker_config(
+            tmp_path / "worker.json",
+            broker,
+            playbook_dir,
+            group,
+            notifications=[{"url": url, "on": ["success"], "backoff": 0.05}],
+        )
+        document = json.loads(config.read_text())
+        config.write_text(json.dumps({**document, "log_level": "DEBUG"}))
+        async with worker_process("run", "-c", str(config)) as worker, open_controller(broker, group) as controller:
+            await worker.wait_for_line("connected to broker")
+            await controller.submit({"task_id": "quiet-url", "playbook": "quick.yml", "inventory": "one_host.ini"})
+            await controller.wait_terminal("quiet-url")
+            await receiver.wait_for(2)
+            await worker.wait_for_line("notification success to http://127.0.0.1")
+            assert await worker.stop() == 0
+    log = "\n".join(worker.lines)
+    assert "token-in-the-path" not in log
+    assert f"to http://127.0.0.1:{receiver.port} failed (attempt 1 of 5): HTTP 500" in log
