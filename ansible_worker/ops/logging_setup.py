@@ -103,7 +103,9 @@ secrets = SecretFilter()
 
 
 def setup_logging(level: str, *, log_format: Literal["text", "json"] = "text", worker_id: str | None = None) -> None:
-    """Send log records from `level` up to stderr, as text or JSON lines; paho's and httpx's from WARNING (paho's at DEBUG too).
+    """Send log records from `level` up to stderr, as text or JSON lines; paho's and httpx's from WARNING.
+
+    paho's DEBUG lines show when `level` is DEBUG; httpx's never do (they hold whole URLs).
 
     Replaces the root logger's handlers, so calling it again changes the format rather than doubling lines.
     """
