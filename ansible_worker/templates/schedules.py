@@ -48,14 +48,27 @@ class ScheduledEntry:
         """The next `count` ticks after `moment` (fewer for an `at`)."""
         return list(islice(self.ticks_after(moment), count))
 
-    def ticks_between(self, start: datetime, end: datetime, *, limit: int) -> list[datetime]:
-        """The ticks after `start` up to and including `end`, at most `limit` of them (the first)."""
+    def ticks_before(
+        self, end: datetime, *, since: datetime, limit: int, including_end: bool = False
+    ) -> list[datetime]:
+        """The newest ticks after `since` and before `end` (or at it: `including_end`), `limit` at most.
+
+        Oldest first; counted back from `end`, so that when more passed than `limit`, the newest are kept.
+        """
+        entry = self.entry
+        if isinstance(entry, AtEntry):
+            at = entry.at.astimezone(UTC)
+            return [at] if since < at and (at < end or (including_end and at == end)) else []
+        zone = zoneinfo.ZoneInfo(entry.timezone)
         found: list[datetime] = []
-        for tick in self.ticks_after(start):
-            if tick > end or len(found) >= limit:
+        for moment in CronSim(entry.cron, end.astimezone(zone), reverse=True):
+            tick = moment.astimezone(UTC)
+            if tick > end or (tick == end and not including_end):
+                continue
+            if tick <= since or len(found) >= limit:
                 break
             found.append(tick)
-        return found
+        return found[::-1]
 
     def task_id(self, tick: datetime) -> str:
         """The same on every worker with the same file: what the group's claims are taken on."""

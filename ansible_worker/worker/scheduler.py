@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import trio
@@ -26,8 +26,11 @@ log = logging.getLogger(__name__)
 # A tick is fired only this close to its time: a worker that wakes later (a suspended
 # process, a clock stepped forward) reports it missed rather than running it late.
 LATE_LIMIT_SECONDS = 60.0
-# Ticks counted when many passed (a minutely entry over a week's outage): the newest are reported.
-MISSED_COUNTED = 100_000
+# How far back a starting worker looks for missed ticks, and how many it counts at most: each
+# is a step of cron arithmetic on the event loop, and the catalogue that says when the group
+# last spoke comes from the broker.
+MISSED_LOOKBACK = timedelta(days=7)
+MISSED_COUNTED = 1_000
 
 
 class Clock(Protocol):
@@ -109,8 +112,8 @@ class Scheduler:
                 for tick in shown.missed:
                     history.skipped(tick)
         for entry in self.entries:
-            ticks = entry.ticks_between(catalogue.published_at, start, limit=MISSED_COUNTED)
-            passed = [tick for tick in ticks if tick < start]
+            since = max(catalogue.published_at, start - MISSED_LOOKBACK)
+            passed = entry.ticks_before(start, since=since, limit=MISSED_COUNTED)
             if passed:
                 self._missed(entry, passed, why="no worker of the group was online")
 
@@ -121,7 +124,10 @@ class Scheduler:
             await self.clock.sleep_until(tick)
             now = self.clock.now()
             # Every tick up to now: only the newest may still run, the rest passed unseen.
-            passed = [tick, *entry.ticks_between(tick, now, limit=MISSED_COUNTED)]
+            later = entry.ticks_before(
+                now, since=max(tick, now - MISSED_LOOKBACK), limit=MISSED_COUNTED, including_end=True
+            )
+            passed = [tick, *later]
             due = passed[-1]
             late = (now - due).total_seconds() > LATE_LIMIT_SECONDS
             skipped = passed if late else passed[:-1]
@@ -143,8 +149,12 @@ class Scheduler:
         self.on_change()
 
     def _missed(self, entry: ScheduledEntry, ticks: list[datetime], *, why: str) -> None:
-        more = f"{len(ticks)} ticks, the newest" if len(ticks) > 1 else "tick"
-        log.warning("%s: missed %s %s: %s; skipped, not run late", entry.describe(), more, ticks[-1].isoformat(), why)
+        if len(ticks) == 1:
+            what = f"tick {ticks[0].isoformat()}"
+        else:
+            count = f"{len(ticks)} or more" if len(ticks) >= MISSED_COUNTED else str(len(ticks))
+            what = f"{count} ticks, {ticks[0].isoformat()} to {ticks[-1].isoformat()}"
+        log.warning("%s: missed %s: %s; skipped, not run late", entry.describe(), what, why)
         for tick in ticks:
             self.history[entry.name].skipped(tick)
         self.on_change()

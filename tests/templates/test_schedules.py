@@ -164,3 +164,27 @@ async def test_ticks_with_no_worker_online_are_missed_not_run_late(
     assert schedule["last_task_id"] == entry.task_id(first_tick)
     for moment in missed:
         assert entry.task_id(moment) not in controller.statuses
+
+
+async def test_a_catalogue_from_long_ago_costs_a_bounded_look_back(
+    broker: Broker, playbook_dir: Path, group: str
+) -> None:
+    """A retained catalogue saying the group last spoke ten years ago (stale, or forged): a week is looked at."""
+    (playbook_dir / "templates.yml").write_text(
+        yaml.safe_dump({"templates": {"minutely": {"playbook": "quick.yml", "schedule": [{"cron": "* * * * *"}]}}})
+    )
+    (entry,) = scheduled_entries(load_templates(playbook_dir, "templates.yml"))
+    old = {"worker_id": "gone", "published_at": "2016-12-24T12:00:00Z", "templates_only": False, "templates": {}}
+    clock = SteppedClock(START)
+    async with client_for(broker, group) as client:
+        await client.publish(client.topics.templates, json.dumps(old).encode(), qos=1, retain=True)
+        catalogues = await client.subscribe([client.topics.templates])
+        async with trio.open_nursery() as nursery:
+            worker = Worker(make_settings(broker.port, playbook_dir, group, templates="templates.yml"), clock=clock)
+            await nursery.start(worker.serve)
+            shown = await catalogue_where(catalogues, lambda c: c["worker_id"] != "gone")
+            worker.request_shutdown()
+    missed = [datetime.fromisoformat(moment) for moment in shown["templates"]["minutely"]["schedule"][0]["missed"]]
+    # Counted back from the start (at most 1,000 within the week before it): the newest ten are the last minutes.
+    assert missed == [START - timedelta(seconds=30 + 60 * n) for n in range(9, -1, -1)]
+    assert entry.name == shown["templates"]["minutely"]["schedule"][0]["entry"]
