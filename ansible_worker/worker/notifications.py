@@ -64,7 +64,9 @@ def body_of(target: NotificationTarget, notice: Notice, *, dashboard_url: str | 
     if status.error_message:
         text += f": {status.error_message}"
     if target.format == "slack":
-        return {"text": text + (f" <{link}|details>" if link else "")}
+        # Slack reads <...> as links and mentions (<!channel>): a job's text is escaped as its docs say.
+        escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return {"text": escaped + (f" <{link}|details>" if link else "")}
     if target.format == "teams":
         return {"text": text + (f" [details]({link})" if link else "")}
     return {

@@ -20,7 +20,7 @@ from ansible_worker.ops.config import DashboardSettings
 from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.ops.notification_targets import NotificationTarget
 from ansible_worker.protocol.models import JobStatus, State
-from ansible_worker.worker.notifications import Notifier
+from ansible_worker.worker.notifications import Notice, Notifier, body_of
 from tests.conftest import Broker, make_settings, open_controller, running_worker, worker_config, worker_process
 from tests.templates.test_launch import TEMPLATES
 
@@ -225,3 +225,18 @@ async def test_a_targets_url_never_reaches_the_log(
     log = "\n".join(worker.lines)
     assert "token-in-the-path" not in log
     assert f"to http://127.0.0.1:{receiver.port} failed (attempt 1 of 5): HTTP 500" in log
+
+
+def test_slack_and_teams_bodies_say_what_happened_and_escape_the_jobs_text() -> None:
+    status = JobStatus(task_id="t1", state=State.FAILED, playbook="site.yml", error_message="<!channel> & friends")
+    notice = Notice("failed", status)
+    slack = NotificationTarget.model_validate({"url": "https://hooks.example/x", "format": "slack"})
+    teams = NotificationTarget.model_validate({"url": "https://hooks.example/y", "format": "teams"})
+    link = "https://dash.example"
+    assert body_of(slack, notice, dashboard_url=link) == {
+        "text": "ansible-worker: job t1 (playbook site.yml) failed: &lt;!channel&gt; &amp; friends"
+        " <https://dash.example/#/job/t1|details>"
+    }
+    assert body_of(teams, notice, dashboard_url=None) == {
+        "text": "ansible-worker: job t1 (playbook site.yml) failed: <!channel> & friends"
+    }
