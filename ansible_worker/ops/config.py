@@ -28,7 +28,7 @@ from ansible_worker.ops.config_source import DEFAULT_CONFIG_FILE, ENV_PREFIX
 from ansible_worker.ops.connection_settings import HttpSettings, MqttSettings
 from ansible_worker.ops.credentials import Credential, CredentialName
 from ansible_worker.ops.expand import UnsetVariableError, expand_tree
-from ansible_worker.ops.notification_targets import NotificationTarget
+from ansible_worker.ops.template_settings import TemplateSettings
 from ansible_worker.protocol.validation import describe_errors
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class ProjectSettings(BaseModel):
         return value.resolve() if value is not None else None
 
 
-class WorkerSettings(BaseModel):
+class WorkerSettings(TemplateSettings):
     """What this worker does and how much of it."""
 
     model_config = ConfigDict(extra="forbid")
@@ -179,18 +179,6 @@ class WorkerSettings(BaseModel):
     credentials: dict[CredentialName, Credential] = Field(default_factory=dict)
     # The known_hosts file SSH checks host keys against (strictly); None leaves SSH's own defaults.
     known_hosts: Path | None = None
-    # The templates file, relative to the playbook directory (versioned with the playbooks).
-    templates: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
-    # Refuse every request that does not name a template: launching, not running anything.
-    templates_only: bool = False
-    # Where job notifications go (docs/templates.md).
-    notifications: list[NotificationTarget] = Field(default_factory=list, max_length=100)
-
-    @model_validator(mode="after")
-    def _templates_only_needs_templates(self) -> WorkerSettings:
-        if self.templates_only and self.templates is None:
-            raise ValueError("templates_only is true, but templates names no templates file")
-        return self
 
     @field_validator("known_hosts")
     @classmethod

@@ -23,7 +23,7 @@ import httpx
 import trio
 
 from ansible_worker.ops.metrics import WorkerMetrics
-from ansible_worker.ops.notification_targets import NotificationEvent, NotificationTarget
+from ansible_worker.ops.template_settings import NotificationEvent, NotificationTarget
 from ansible_worker.protocol.models import JobStatus
 
 log = logging.getLogger(__name__)

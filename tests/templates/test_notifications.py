@@ -18,7 +18,7 @@ import yaml
 
 from ansible_worker.ops.config import DashboardSettings
 from ansible_worker.ops.metrics import WorkerMetrics
-from ansible_worker.ops.notification_targets import NotificationTarget
+from ansible_worker.ops.template_settings import NotificationTarget
 from ansible_worker.protocol.models import JobStatus, State
 from ansible_worker.worker.notifications import Notice, Notifier, body_of
 from tests.conftest import Broker, make_settings, open_controller, running_worker, worker_config, worker_process

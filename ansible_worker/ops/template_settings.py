@@ -1,11 +1,11 @@
-"""The settings model of `worker.notifications`: where a job's events are sent, in which format, and when."""
+"""The settings of job templates: `worker.templates`, `templates_only`, and the `notifications` of job events."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
 
 NotificationEvent = Literal["started", "success", "failed", "timeout", "cancelled", "lost"]
 EVENTS: tuple[NotificationEvent, ...] = ("started", "success", "failed", "timeout", "cancelled", "lost")
@@ -48,3 +48,20 @@ class NotificationTarget(BaseModel):
         parts = urlsplit(self.url.get_secret_value())
         port = f":{parts.port}" if parts.port else ""
         return f"{parts.scheme}://{parts.hostname}{port}"
+
+
+class TemplateSettings(BaseModel):
+    """The part of the `worker` section about templates and notifications (`WorkerSettings` has it)."""
+
+    # The templates file, relative to the playbook directory (versioned with the playbooks).
+    templates: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
+    # Refuse every request that does not name a template: launching, not running anything.
+    templates_only: bool = False
+    # Where job notifications go (docs/templates.md).
+    notifications: list[NotificationTarget] = Field(default_factory=list, max_length=100)
+
+    @model_validator(mode="after")
+    def _templates_only_needs_templates(self) -> TemplateSettings:
+        if self.templates_only and self.templates is None:
+            raise ValueError("templates_only is true, but templates names no templates file")
+        return self
