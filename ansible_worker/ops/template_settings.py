@@ -36,6 +36,10 @@ class NotificationTarget(BaseModel):
     @classmethod
     def _check_url(cls, value: SecretStr) -> SecretStr:
         parts = urlsplit(value.get_secret_value())
+        try:
+            parts.port  # noqa: B018 (read for its check: a port beyond 65535 raises)
+        except ValueError:
+            raise ValueError("has a port that is not one") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
         return value

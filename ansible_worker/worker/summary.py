@@ -53,6 +53,13 @@ def _templates(settings: Settings) -> str:
     return f"{len(names)} in {worker.templates} ({shown}){only}"
 
 
+def _notifications(settings: Settings) -> str:
+    # By label: a URL may hold a token, and a secret is never printed.
+    targets = settings.worker.notifications
+    shown = ", ".join(f"{target.label} ({target.format}{', signed' if target.secret else ''})" for target in targets)
+    return shown or "none"
+
+
 def _http(settings: Settings) -> str:
     http = settings.worker.http
     if http.port is None:
@@ -140,6 +147,7 @@ def summarize(settings: Settings, path: Path | None) -> str:
         f"  http          {_http(settings)}",
         f"  sources       {_sources(settings)}",
         f"  templates     {_templates(settings)}",
+        f"  notifications {_notifications(settings)}",
         "",
         f"  jobs from     {topics.tasks_subscription(shared=worker.shared_subscription)}",
         f"  status on     {topics.status('<task_id>')} (retained)",
