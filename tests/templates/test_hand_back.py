@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import trio
 import yaml
@@ -18,12 +19,12 @@ from tests.worker.test_resilience import sleeper, wait_for_peer
 async def test_queued_launches_and_ticks_are_handed_back_and_run_elsewhere(
     broker: Broker, playbook_dir: Path, group: str
 ) -> None:
-    templates = {"templates": {**TEMPLATES["templates"]}}
-    templates["templates"]["tick"] = {
+    tick_template: dict[str, Any] = {
         "playbook": "quick.yml",
         "inventory": "one_host.ini",
         "schedule": [{"cron": "* * * * *"}],
     }
+    templates = {"templates": {**TEMPLATES["templates"], "tick": tick_template}}
     (playbook_dir / "templates.yml").write_text(yaml.safe_dump(templates))
     clock = SteppedClock(START)
     leaving_settings = make_settings(
