@@ -12,7 +12,7 @@ import trio
 from rich.console import Console
 from rich.markup import escape
 
-from ansible_worker.controller import job_commands, record_commands
+from ansible_worker.controller import job_commands, record_commands, template_commands
 from ansible_worker.controller.arguments import ArgumentError, build_job
 from ansible_worker.controller.client import Client, ClientError, SigningKeyError, Target, open_client
 from ansible_worker.controller.parser import EXIT_UNAVAILABLE, EXIT_USAGE
@@ -104,6 +104,9 @@ _COMMANDS: dict[str, Command] = {
     "workers": job_commands.workers,
     "logs": record_commands.logs,
     "jobs": job_commands.jobs,
+    "templates": template_commands.templates,
+    "schedules": template_commands.schedules,
+    "launch": template_commands.launch,
 }
 
 __all__ = ["run_command"]

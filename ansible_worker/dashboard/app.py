@@ -96,6 +96,7 @@ class Dashboard:
                 Route("/api/jobs/{task_id}/results/{task:int}/{host:int}", self.result),
                 Route("/api/jobs/{task_id}/cancel", self.cancel, methods=["POST"]),
                 Route("/api/jobs/{task_id}/rerun", self.rerun, methods=["POST"]),
+                Route("/api/templates/{name}/launch", self.launch, methods=["POST"]),
                 Mount("/static", StaticFiles(directory=STATIC), name="static"),
             ]
         )
@@ -334,6 +335,64 @@ class Dashboard:
             return _error(f"could not reach the broker: {exc or 'timed out'}", 503)
         self.store.note_again(job["task_id"], task_id)
         return _json({"task_id": job["task_id"], "again_of": task_id}, 201)
+
+    async def launch(self, request: Request) -> Response:
+        """Launch a template of the group's catalogue with the form's answers, under a new task_id.
+
+        The body is `{"answers": {variable: value}}`: a text is read by the variable's type,
+        as `launch -e NAME=VALUE` reads it; an empty text is no answer. The answers are
+        checked against the survey here, and again by the worker.
+
+        Cancellation: bounded by ACTION_WITHIN (the client's own answer bound is shorter).
+        """
+        refused = self._refused(request, action=True)
+        if refused is not None:
+            return refused
+        catalogue = self.store.catalogue or {}
+        view = catalogue.get("templates", {}).get(request.path_params["name"])
+        if view is None:
+            return _error("no such template in the group's catalogue", 404)
+        body = await _body(request)
+        given = body.get("answers", {}) if body is not None else None
+        if not isinstance(given, dict):
+            return _error('the body must be a JSON object {"answers": {...}}', 400)
+        try:
+            answers = _answers(view.get("survey", {}), given)
+        except ValueError as exc:
+            return _error(str(exc), 400)
+        job = {
+            "task_id": f"job-{uuid.uuid4().hex[:12]}",
+            "template": request.path_params["name"],
+            "extra_vars": answers,
+        }
+        try:
+            with trio.fail_after(ACTION_WITHIN):
+                handle = await self.client.submit(job, events=False)
+                await handle.close()
+        except NoWorkerAnswered as exc:
+            return _error(str(exc), 503)
+        except (trio.TooSlowError, LinkError, ClientError) as exc:
+            return _error(f"could not reach the broker: {exc or 'timed out'}", 503)
+        return _json({"task_id": job["task_id"], "template": job["template"]}, 201)
+
+
+def _answers(survey: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The form's answers as values of their survey types. Errors: `ValueError` naming the variable and the rule."""
+    from ansible_worker.protocol.survey import SurveyRule
+
+    rules = {name: SurveyRule.model_validate(rule) for name, rule in survey.items()}
+    answers: dict[str, Any] = {}
+    for name, value in given.items():
+        rule = rules.get(name)
+        if rule is None:
+            raise ValueError(f"{str(name)[:100]}: not a survey variable of this template")
+        if value == "" or value is None:
+            continue
+        answers[name] = rule.from_text(name, value) if isinstance(value, str) else rule.check(name, value)
+    for name, rule in rules.items():
+        if rule.required and name not in answers and rule.default is None and not rule.has_default:
+            raise ValueError(f"{name}: an answer is required (required)")
+    return answers
 
 
 def _not_ours(original: dict[str, Any], client: Client) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import suppress
+from typing import Any
 
 import trio
 
@@ -22,7 +23,13 @@ MAX_PAYLOAD = 4 * 1024 * 1024
 
 def filters_for(topics: Topics) -> list[str]:
     """The topic filters the dashboard follows."""
-    return [f"{topics.tasks}/+/status", f"{topics.tasks}/+/events", topics.workers_subscription, topics.tasks]
+    return [
+        f"{topics.tasks}/+/status",
+        f"{topics.tasks}/+/events",
+        topics.workers_subscription,
+        topics.tasks,
+        topics.templates,
+    ]
 
 
 async def follow_group(
@@ -76,6 +83,9 @@ def route(store: Store, topics: Topics, message: InboundMessage) -> None:
         log.debug("skipped a message of %d bytes on %s", len(message.payload), message.topic)
         return
     topic = message.topic
+    if topic == topics.templates:
+        store.set_catalogue(read_catalogue(message.payload) if message.payload else None)
+        return
     if topic == topics.tasks:
         request = json_object(message.payload)
         task_id = request.get("task_id") if request else None
@@ -110,3 +120,16 @@ def route(store: Store, topics: Topics, message: InboundMessage) -> None:
         event = json_object(message.payload)
         if event is not None:
             store.add_event(task_id, event)
+
+
+def read_catalogue(payload: bytes) -> dict[str, Any] | None:
+    """A catalogue as the page gets it, checked against its model first; None for one that is not."""
+    from pydantic import ValidationError
+
+    from ansible_worker.protocol.models import TemplateCatalogue
+
+    try:
+        return TemplateCatalogue.model_validate_json(payload).model_dump(mode="json")
+    except ValidationError as exc:
+        log.debug("skipped a template catalogue that is not one (%d problems)", exc.error_count())
+        return None

@@ -97,6 +97,8 @@ class Store:
     # Jobs this dashboard ran again: the new task_id, and the one it ran again.
     again_of: dict[str, str] = field(default_factory=dict)
     connected: bool = False
+    # The group's template catalogue (`protocol.models.TemplateCatalogue`, checked by the feed), if any.
+    catalogue: dict[str, Any] | None = None
     listeners: list[Listener] = field(default_factory=list)
     _order: int = 0
     _first_seen: dict[str, int] = field(default_factory=dict)
@@ -111,6 +113,11 @@ class Store:
         if connected != self.connected:
             self.connected = connected
             self._tell({"type": "link", "connected": connected})
+
+    def set_catalogue(self, catalogue: dict[str, Any] | None) -> None:
+        """The group's template catalogue changed (None: its retained copy was cleared)."""
+        self.catalogue = catalogue
+        self._tell({"type": "catalogue", "catalogue": catalogue})
 
     def set_worker(self, worker_id: str, presence: dict[str, Any] | None) -> None:
         """A worker's presence changed (None: its retained presence was cleared)."""
@@ -337,6 +344,7 @@ class Store:
             "type": "snapshot",
             "connected": self.connected,
             "workers": self.workers,
+            "catalogue": self.catalogue,
             "jobs": self.rows(),
             "job": self.job_page(job) if job else None,
         }

@@ -28,6 +28,7 @@ from ansible_worker.ops.config_source import DEFAULT_CONFIG_FILE, ENV_PREFIX
 from ansible_worker.ops.connection_settings import HttpSettings, MqttSettings
 from ansible_worker.ops.credentials import Credential, CredentialName
 from ansible_worker.ops.expand import UnsetVariableError, expand_tree
+from ansible_worker.ops.template_settings import TemplateSettings
 from ansible_worker.protocol.validation import describe_errors
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class ProjectSettings(BaseModel):
         return value.resolve() if value is not None else None
 
 
-class WorkerSettings(BaseModel):
+class WorkerSettings(TemplateSettings):
     """What this worker does and how much of it."""
 
     model_config = ConfigDict(extra="forbid")
@@ -314,6 +315,8 @@ class DashboardSettings(BaseModel):
     # Required for a listen address beyond loopback; the page asks for it once.
     token: SecretStr | None = None
     allow_actions: bool = False
+    # Where people reach the dashboard (https://...): notifications link a job's page there.
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)] | None = None
 
 
 class _EnvironmentOverFile(BaseSettings):

@@ -150,6 +150,12 @@ def worker_collector(snapshot: Callable[[], Snapshot]) -> Collector:
                 ),
                 ("ansible_worker_warm_starts", "Jobs started as forks of a warm Ansible parent.", counts.warm_starts),
                 ("ansible_worker_cold_starts", "Jobs started as a fresh ansible-playbook.", counts.cold_starts),
+                ("ansible_worker_notifications_sent", "Notifications a target accepted.", counts.notifications_sent),
+                (
+                    "ansible_worker_notifications_failed",
+                    "Notification attempts that failed (each retry counts), and notifications dropped.",
+                    counts.notifications_failed,
+                ),
                 (
                     "ansible_worker_warm_parents_started",
                     "Warm Ansible parents started.",

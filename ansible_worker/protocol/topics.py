@@ -63,6 +63,11 @@ class Topics:
         return f"{self.prefix}/{self.group}/content/{sha256}"
 
     @property
+    def templates(self) -> str:
+        """The retained catalogue of the group's templates."""
+        return f"{self.prefix}/{self.group}/templates"
+
+    @property
     def clients_prefix(self) -> str:
         """The start of every client's private topics."""
         return f"{self.prefix}/{self.group}/clients/"

@@ -11,6 +11,7 @@ from ansible_worker.protocol.models import JobStatus, State
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.run.argv import FIFO_VARIABLE
 from ansible_worker.run.run_directory import EVENT_FIFO_NAME, RUN_DIRECTORY_PREFIX
+from ansible_worker.templates.loading import NO_TEMPLATES, Templates
 from ansible_worker.worker.claiming import Claimer
 from ansible_worker.worker.intake import Accepted, read_task_message
 from ansible_worker.worker.jobs import JobTable
@@ -30,6 +31,8 @@ async def settle_journal(
     refuse: Callable[[str, str], None],
     max_message_bytes: int,
     kill_grace: float,
+    templates: Templates = NO_TEMPLATES,
+    templates_only: bool = False,
 ) -> None:
     """Settle each entry: a queued job is claimed and queued again, a running one ended and
     reported failed, and a terminal status published again.
@@ -48,7 +51,11 @@ async def settle_journal(
         if entry.state == State.QUEUED:
             if copied:
                 continue
-            match read_task_message(entry.payload, max_bytes=max_message_bytes):
+            # A launch is kept as it came, and expanded again with the templates of now.
+            read = read_task_message(
+                entry.payload, max_bytes=max_message_bytes, templates=templates, templates_only=templates_only
+            )
+            match read:
                 case Accepted(request):
                     log.info("task %s was queued before a restart: queueing it again", entry.task_id)
                     # Its claim is this worker's, unless the group gave it to another since.

@@ -15,6 +15,9 @@ from ansible_worker.ops.metrics import Snapshot, WorkerMetrics
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.runner import JobRunner
 from ansible_worker.run.wiring import job_runner
+from ansible_worker.templates.catalogue import build_catalogue
+from ansible_worker.templates.schedules import scheduled_entries
+from ansible_worker.worker.catalogue_publisher import CataloguePublisher, read_catalogue
 from ansible_worker.worker.claim_keeper import ClaimKeeper
 from ansible_worker.worker.claiming import Claimer
 from ansible_worker.worker.content_fetcher import ContentFetcher
@@ -24,6 +27,7 @@ from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.message_handler import MessageHandler
+from ansible_worker.worker.notifications import Notifier
 from ansible_worker.worker.peers import PeerBook
 from ansible_worker.worker.phases import Phase
 from ansible_worker.worker.policies import RecordPolicy, SignaturePolicy, WorkerPolicies
@@ -31,7 +35,9 @@ from ansible_worker.worker.presence import Changes, Load, PresenceAnnouncer, Wor
 from ansible_worker.worker.record_publisher import RecordPublisher
 from ansible_worker.worker.recovery import settle_journal
 from ansible_worker.worker.router import Router
+from ansible_worker.worker.scheduler import Clock, Scheduler, WallClock
 from ansible_worker.worker.status_path import StatusPath
+from ansible_worker.worker.templating import worker_templates
 
 if TYPE_CHECKING:
     # sqlite3 is loaded only by workers that keep a journal, cryptography only by workers
@@ -63,7 +69,7 @@ class Worker:
     offline, and the broker session is cancelled and disconnects cleanly.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         worker = settings.worker
         self.policies = WorkerPolicies.of(settings)
         self.worker_id = worker.worker_id
@@ -92,6 +98,32 @@ class Worker:
         self._hurry = False
         self._wire_jobs(settings)
         self._wire_group(settings)
+        self._wire_templates(settings, clock or WallClock())
+
+    def _wire_templates(self, settings: Settings, clock: Clock) -> None:
+        """The catalogue and the schedules of `worker.templates`, if it is set."""
+        self.clock = clock
+        self.scheduler: Scheduler | None = None
+        self.catalogue: CataloguePublisher | None = None
+        if settings.worker.templates is None:
+            return
+        templates, only = self.messages.router.templates, settings.worker.templates_only
+        entries = scheduled_entries(templates)
+        self.scheduler = Scheduler(
+            entries,
+            self.messages.launch_scheduled,
+            clock=clock,
+            read_catalogue=partial(read_catalogue, self.session, self.topics, client_id=self.session.options.client_id),
+        )
+        history = self.scheduler.history
+        self.catalogue = CataloguePublisher(
+            self.session,
+            self.topics,
+            lambda now: build_catalogue(
+                templates, worker_id=self.worker_id, now=now, templates_only=only, history=history
+            ),
+        )
+        self.scheduler.on_change = self.catalogue.changed
 
     def _wire_jobs(self, settings: Settings) -> None:
         """The parts that carry a job: claims, the status path, the job table, the runner, the slots, presence."""
@@ -131,6 +163,15 @@ class Worker:
         # A job that never runs is announced as the runner announces the others: logged and counted.
         self.jobs.announce = self.runner.announce
         self.dispatcher = Dispatcher(self.runner, self.jobs.waiting, concurrency=policies.queue.concurrency)
+        self.notifier: Notifier | None = None
+        if worker.notifications:
+            self.notifier = Notifier(
+                worker.notifications,
+                dashboard_url=settings.dashboard.url,
+                state_dir=worker.state_dir,
+                metrics=self.metrics,
+            )
+            self.statuses.on_post = self.notifier.offer_status
         self.presence = PresenceAnnouncer(
             self.session,
             self.topics.worker(self.worker_id),
@@ -208,6 +249,12 @@ class Worker:
             for serve in (self.statuses.serve_answers, self.keeper.serve_renewals, self.presence.serve):
                 infrastructure.start_soon(serve)
             await infrastructure.start(self.runner.warm_pool.serve)
+            if self.notifier is not None:
+                infrastructure.start_soon(self.notifier.serve)
+            if self.catalogue is not None and self.scheduler is not None:
+                infrastructure.start_soon(self.catalogue.serve, self.clock.now)
+                # Not waited for: it reads the catalogue from the broker, which may be away.
+                infrastructure.start_soon(self.scheduler.serve)
             if self.events is not None:
                 infrastructure.start_soon(self.events.serve)
             async with trio.open_nursery() as claiming:
@@ -257,6 +304,8 @@ class Worker:
             refuse=self.messages.refuse,
             max_message_bytes=self.max_message_bytes,
             kill_grace=self.policies.drain.kill_grace,
+            templates=self.messages.router.templates,
+            templates_only=self.messages.router.templates_only,
         )
 
     async def _drain(self, serving: trio.CancelScope) -> None:
@@ -292,6 +341,14 @@ class Worker:
             await self.statuses.wait_idle()
         if flush.cancelled_caught:
             log.warning("%d statuses could not be published before exit", self.statuses.pending_count)
+        if self.notifier is not None:
+            # The jobs' last notifications, within a bound of their own: a target that never
+            # answers must not hold the worker's exit.
+            self.notifier.close()
+            with trio.move_on_after(SHUTDOWN_MARGIN) as sending:
+                await self.notifier.finished.wait()
+            if sending.cancelled_caught:
+                log.warning("notifications still being sent at exit were given up")
         # Its own bound: a slow flush must not leave the presence saying `draining` for ever.
         with trio.move_on_after(OFFLINE_TIMEOUT):
             await self.presence.publish_offline()
@@ -323,6 +380,7 @@ def _router(
 
         gate = SignedTaskGate(signatures, topics, released=claims.released_request)
         verify_task, verify_cancel = gate.task_verifier, gate.cancel_verifier
+    templates = worker_templates(settings)
     return Router(
         topics,
         worker_id=worker.worker_id,
@@ -331,4 +389,8 @@ def _router(
         admission_error=runner.checks.admission_error,
         verify_task=verify_task,
         verify_cancel=verify_cancel,
+        templates=templates,
+        templates_only=worker.templates_only,
+        schedule_prefixes=tuple(f"{entry.name}." for entry in scheduled_entries(templates)),
+        released=claims.released_request,
     )

@@ -3,13 +3,14 @@
 
 import { $, el, TERMINAL, authHeaders, setToken } from "./util.js";
 import { renderWorkers, renderJobs, jobLink, onJobsKey } from "./lists.js";
+import { renderTemplates, listenForLaunches } from "./templates.js";
 import {
   newJob, applyPage, applyEvent, renderJob, setHostFilter, setSearch, onCellsKey, onCellsClick, onCellsFocus,
   toggleAllHosts, drawLines,
 } from "./job.js";
 
 const state = {
-  config: null, token: null, stream: null, connected: true, workers: {}, jobs: new Map(),
+  config: null, token: null, stream: null, connected: true, workers: {}, jobs: new Map(), catalogue: null,
   job: null, page: 0, renderQueued: false, hostQuery: "", hostMatches: null, hostAsked: 0,
   // After a change of view, where the keyboard focus goes once that view is drawn.
   focus: null,
@@ -37,6 +38,7 @@ function render() {
   $("missing-view").hidden = jobId === null || !!state.job;
   if (jobId === null) {
     renderWorkers(state);
+    renderTemplates(state);
     renderJobs(state);
   } else if (state.job) {
     const started = performance.now();
@@ -157,10 +159,13 @@ function onMessage(message) {
   if (message.type === "snapshot") {
     state.connected = message.connected;
     state.workers = message.workers;
+    state.catalogue = message.catalogue;
     state.jobs = new Map(message.jobs.map((job) => [job.task_id, job]));
     showJob(message.job);
   } else if (message.type === "link") {
     state.connected = message.connected;
+  } else if (message.type === "catalogue") {
+    state.catalogue = message.catalogue;
   } else if (message.type === "worker") {
     if (message.worker) state.workers[message.worker_id] = message.worker; else delete state.workers[message.worker_id];
   } else if (message.type === "job") {
@@ -252,6 +257,7 @@ function begin() {
   $("prev-page").addEventListener("click", () => { state.page -= 1; queueRender(); });
   $("next-page").addEventListener("click", () => { state.page += 1; queueRender(); });
   $("jobs").addEventListener("keydown", onJobsKey);
+  listenForLaunches();
   $("tasks").addEventListener("keydown", onCellsKey);
   $("tasks").addEventListener("click", (event) => { if (state.job) onCellsClick(state.job, event); });
   $("tasks").addEventListener("focusin", (event) => { if (state.job) onCellsFocus(state.job, event); });
