@@ -22,12 +22,14 @@ if TYPE_CHECKING:
 class Target:
     """Where the workers are: a broker connection and the group's topics.
 
-    With a `signer`, jobs and cancel requests are signed (for workers that require it).
+    With a `signer`, jobs and cancel requests are signed (for workers that require it). With
+    `history` (a database URL), finished jobs are read from that store (`ansible_worker.history`).
     """
 
     link: LinkOptions
     topics: Topics
     signer: Signer | None = None
+    history: str | None = None
 
 
 def target_from_url(url: str, *, group: str, prefix: str = "ansible", ca_cert: Path | None = None) -> Target:
@@ -63,7 +65,8 @@ def target_from_settings(settings: ClientSettings) -> Target:
     link = settings.mqtt.link_options(client_id=new_client_id())
     signing_key = settings.security.signing_key
     signer = load_signer(signing_key) if signing_key is not None else None
-    return Target(link, Topics(settings.worker.topic_prefix, settings.worker.group_name), signer)
+    topics = Topics(settings.worker.topic_prefix, settings.worker.group_name)
+    return Target(link, topics, signer, history=settings.history.url)
 
 
 def load_signer(path: Path) -> Signer:

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from ansible_worker.ops.config import ClientSettings
 
 EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 69
+# As the controller commands: 2 a usage or config mistake, 5 a service that cannot be reached.
+EXIT_UNAVAILABLE = 5
 
 _DESCRIPTION = """\
 Keep the group's job history in a database: every status, record and worker presence the

@@ -7,6 +7,7 @@ A call abandoned by cancellation finishes in its thread; its result is dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -59,6 +60,20 @@ class History:
         statuses = [status for text, _, _ in rows if (status := _object(text)) is not None]
         last = rows[-1] if rows else None
         return JobPage(statuses, (last[1], last[2]) if more and last is not None else None)
+
+    async def newest(self, query: JobQuery, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """The newest `limit` jobs that match `query`, read a page at a time, and whether more match."""
+        found: list[dict[str, Any]] = []
+        page_query = query
+        while True:
+            page_size = min(store.MAX_PAGE, limit - len(found))
+            page = await self.jobs(dataclasses.replace(page_query, limit=page_size))
+            found.extend(page.statuses)
+            if page.next is None:
+                return found, False
+            if len(found) >= limit:
+                return found, True
+            page_query = dataclasses.replace(page_query, before=page.next)
 
     async def status(self, task_id: str) -> dict[str, Any] | None:
         """The newest status the store holds of job `task_id`, or None."""
