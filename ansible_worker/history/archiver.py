@@ -32,6 +32,8 @@ INBOX = 20_000
 # One transaction: enough to amortise a commit (the cost of SQLite's), small enough to be short.
 BATCH = 2000
 BATCH_BYTES = 32 * 1024 * 1024
+# How long a batch waits for more messages after its first: the most a status waits to be written.
+LINGER = 0.05
 # How far behind (a share of INBOX) before the log warns that the broker may drop messages.
 BEHIND_SHARE = 0.8
 # Malformed messages logged one by one per batch; the rest are counted.
@@ -63,13 +65,16 @@ class Archiver:
         async for first in receive:
             batch = [first]
             size = len(first.payload)
-            while len(batch) < BATCH and size < BATCH_BYTES:
-                try:
-                    message = receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                batch.append(message)
-                size += len(message.payload)
+            # A moment for more to arrive: a transaction per message would cap the rate at the
+            # database's commits per second, while a batch costs about one commit.
+            with trio.move_on_after(LINGER):
+                while len(batch) < BATCH and size < BATCH_BYTES:
+                    try:
+                        message = await receive.receive()
+                    except trio.EndOfChannel:
+                        break
+                    batch.append(message)
+                    size += len(message.payload)
             self._note_backlog(receive)
             await self.write(batch)
 
