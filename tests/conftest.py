@@ -8,7 +8,9 @@ hoping that something has happened.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -225,6 +227,14 @@ async def wait_online(client: Client, worker_id: str) -> None:
     """A shared-subscription job published before a worker subscribed would reach nobody."""
     with trio.fail_after(30):
         await client.wait_for_worker(worker_id)
+
+
+def unique_seconds(whole: int) -> str:
+    """A sleep's length that names one test run, so that tests in parallel never see each other's `sleep`."""
+    return f"{whole}.{os.getpid()}{next(_sleeps)}"
+
+
+_sleeps = itertools.count(1)
 
 
 def processes_mentioning(text: str) -> list[str]:

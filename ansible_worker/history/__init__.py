@@ -6,6 +6,7 @@ Alembic from `migrations/`). The controller commands and the dashboard read it t
 `reader`, the one interface they call, and only when `history.url` is set: they import this
 package lazily, so a command that talks to the broker alone never loads SQLAlchemy.
 
-May import `protocol`, `mqtt`, `lone_errors`, and `ops.config` lazily (the archiver's settings);
+May import `protocol`, `mqtt`, `lone_errors`, and `ops.config` and `ops.logging_setup` lazily (the
+archiver's settings and log lines);
 never `worker`, `run`, `controller` or `dashboard`.
 """

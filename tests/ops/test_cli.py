@@ -12,7 +12,15 @@ import pytest
 import trio
 
 from ansible_worker import __version__
-from tests.conftest import ANSIBLE_PLAYBOOK, REPO, Broker, open_controller, processes_mentioning, worker_process
+from tests.conftest import (
+    ANSIBLE_PLAYBOOK,
+    REPO,
+    Broker,
+    open_controller,
+    processes_mentioning,
+    unique_seconds,
+    worker_process,
+)
 from tests.deployment import Deployment, lane
 
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
@@ -153,7 +161,8 @@ async def test_sigterm_cancels_running_and_queued_jobs_and_exits_zero(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
     config = good_config(tmp_path, broker.port, playbook_dir, group)
-    sleeper = {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": 293}}
+    seconds = unique_seconds(293)
+    sleeper = {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": seconds}}
     async with open_controller(broker, group) as controller, deployment.process("run", "-c", str(config)) as worker:
         await worker.wait_for_line("connected to broker")
         await controller.submit({"task_id": "sig-running", **sleeper})
@@ -163,14 +172,14 @@ async def test_sigterm_cancels_running_and_queued_jobs_and_exits_zero(
         # Wait until Ansible really runs the command, so the signal reaches a live group.
         # Another process appearing offers no event to wait on, hence the bounded poll.
         with trio.fail_after(30):
-            while not processes_mentioning("sleep 293"):  # noqa: ASYNC110
+            while not processes_mentioning(f"sleep {seconds}"):  # noqa: ASYNC110
                 await trio.sleep(0.05)
         worker.process.send_signal(signal.SIGTERM)
         with trio.fail_after(1 + 3 + 10):
             returncode = await worker.process.wait()
         running = await controller.wait_terminal("sig-running")
         queued = await controller.wait_terminal("sig-queued")
-        assert processes_mentioning("sleep 293") == []
+        assert processes_mentioning(f"sleep {seconds}") == []
         assert processes_mentioning(str(playbook_dir)) == []
     assert returncode == 0
     assert running["state"] == "cancelled"

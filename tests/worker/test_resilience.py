@@ -26,6 +26,7 @@ from tests.conftest import (
     processes_mentioning,
     require_signatures,
     running_worker,
+    unique_seconds,
     wait_online,
     worker_config,
 )
@@ -35,7 +36,7 @@ QUICK = {"playbook": "quick.yml", "inventory": "one_host.ini"}
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
 
 
-def sleeper(seconds: float) -> dict[str, Any]:
+def sleeper(seconds: float | str) -> dict[str, Any]:
     return {"playbook": "sleep.yml", "inventory": "one_host.ini", "extra_vars": {"seconds": seconds}}
 
 
@@ -133,17 +134,18 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
     arguments, state_dir = journaled_worker(tmp_path, broker, playbook_dir, group, "phoenix")
+    seconds = unique_seconds(277)
     earlier_run_dirs = _run_directories("crash-running")
     async with client_for(broker, group) as client:
         async with deployment.process(*arguments) as killed:
             await wait_online(client, "phoenix")
-            running = await client.submit({"task_id": "crash-running", **sleeper(277)})
+            running = await client.submit({"task_id": "crash-running", **sleeper(seconds)})
             async for status in running.statuses():
                 if status.get("current_task") == "Sleep for a while":
                     break
             # The task has started; its command may take a moment more under load.
             with trio.fail_after(30):
-                while not processes_mentioning("sleep 277"):  # noqa: ASYNC110 - /proc has no event to wait on
+                while not processes_mentioning(f"sleep {seconds}"):  # noqa: ASYNC110 - /proc has no event to wait on
                     await trio.sleep(0.05)
             await client.submit({"task_id": "crash-queued", **QUICK})
             killed.process.send_signal(signal.SIGKILL)
@@ -162,7 +164,7 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
             assert "job crash-running is lost: its worker phoenix went offline" in watch.stderr.decode()
         # Ansible outlived the worker it belonged to (killed alone, as systemd's KillMode=process
         # or supervisord do): the restarted worker must end it before it reports the job.
-        assert processes_mentioning("sleep 277"), "the scenario needs the old run still alive"
+        assert processes_mentioning(f"sleep {seconds}"), "the scenario needs the old run still alive"
         run_dirs = _run_directories("crash-running") - earlier_run_dirs
         assert run_dirs
         async with deployment.process(*arguments) as restarted:
@@ -171,7 +173,7 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
             queued_again = await client.follow("crash-queued")
             with trio.fail_after(60):
                 interrupted = await running_again.wait()
-                left_over = processes_mentioning("sleep 277")
+                left_over = processes_mentioning(f"sleep {seconds}")
                 ran = await queued_again.wait()
             assert await restarted.stop() == 0
     assert interrupted["state"] == "failed"
