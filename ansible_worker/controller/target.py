@@ -6,10 +6,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
 
 from ansible_worker.controller.errors import ClientError, SigningKeyError
-from ansible_worker.mqtt.options import LinkOptions
+from ansible_worker.mqtt.options import LinkOptions, link_from_url
 from ansible_worker.protocol.topics import Topics
 
 if TYPE_CHECKING:
@@ -34,25 +33,10 @@ class Target:
 
 def target_from_url(url: str, *, group: str, prefix: str = "ansible", ca_cert: Path | None = None) -> Target:
     """`mqtt://[user[:password]@]host[:port]` or `mqtts://…` (TLS, port 8883 by default)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ClientError(f"broker URL must start with mqtt:// or mqtts://, not {url.split('://')[0]!r}")
-    if not parts.hostname:
-        raise ClientError(f"broker URL has no host: {url!r}")
-    tls = parts.scheme == "mqtts"
     try:
-        port = parts.port or (8883 if tls else 1883)
+        link = link_from_url(url, client_id=new_client_id(), ca_cert=ca_cert)
     except ValueError as exc:
-        raise ClientError(f"broker URL has an invalid port: {exc}") from None
-    link = LinkOptions(
-        host=parts.hostname,
-        port=port,
-        client_id=new_client_id(),
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-        tls_enabled=tls,
-        tls_ca_cert=ca_cert,
-    )
+        raise ClientError(str(exc)) from None
     return Target(link, Topics(prefix, group))
 
 

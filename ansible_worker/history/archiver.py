@@ -49,6 +49,9 @@ class ArchiverStats:
     written: int = 0
     skipped: int = 0
     batches: int = 0
+    # Where the time goes: checking messages (on the Trio thread), and writing (in the store's thread).
+    check_seconds: float = 0.0
+    write_seconds: float = 0.0
 
 
 class Archiver:
@@ -99,6 +102,7 @@ class Archiver:
         """
         rows: list[Row] = []
         refused = 0
+        started = time.perf_counter()
         for message in messages:
             try:
                 row = read_message(self.topics, message.topic, message.payload)
@@ -112,8 +116,11 @@ class Archiver:
         if refused > LOGGED_PER_BATCH:
             log.warning("skipped %d more malformed messages", refused - LOGGED_PER_BATCH)
         self.stats.skipped += refused
+        checked = time.perf_counter()
+        self.stats.check_seconds += checked - started
         if rows:
             await self._write_until_done(rows)
+        self.stats.write_seconds += time.perf_counter() - checked
         self.stats.written += len(rows)
         self.stats.batches += 1
 

@@ -41,7 +41,7 @@ OWN_KEY_NAME = "worker_key"
 ENVIRONMENT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 
-def _check_topic_prefix(value: str) -> str:
+def check_topic_prefix(value: str) -> str:
     if not value or value.startswith("/") or value.endswith("/") or "//" in value:
         raise ValueError("must be one or more topic levels without empty levels, e.g. 'ansible'")
     if any(ch in value for ch in "+#$\0"):
@@ -49,7 +49,7 @@ def _check_topic_prefix(value: str) -> str:
     return value
 
 
-TopicPrefix = Annotated[str, AfterValidator(_check_topic_prefix)]
+TopicPrefix = Annotated[str, AfterValidator(check_topic_prefix)]
 # How old a signed message may be, and how far ahead of this clock: workers and controllers alike.
 MaxTaskAge = Annotated[float, Field(gt=0, le=86_400)]
 MaxClockSkew = Annotated[float, Field(ge=0, le=3600)]
