@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from contextlib import suppress
 
 import trio
 
@@ -41,21 +40,39 @@ async def follow_group(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_link, client.session, store)
         await client.session.renew(filters)
-        # Retained messages of a broker this slow arrive later, as changes.
-        with suppress(trio.TooSlowError):
+        # Retained messages of a broker this slow arrive later, as changes; the page says so.
+        try:
             await client.barrier()
-        _drain(receive, client.topics, store)
+        except trio.TooSlowError:
+            store.set_loaded(False)
+        store.first_heard = _drain(receive, client.topics, store)
         task_status.started()
+        if not store.loaded:
+            nursery.start_soon(_note_when_loaded, client, store)
         async for message in receive:
             route(store, client.topics, message)
 
 
-def _drain(receive: trio.MemoryReceiveChannel[InboundMessage], topics: Topics, store: Store) -> None:
+async def _note_when_loaded(client: Client, store: Store) -> None:
+    """Once a barrier passes, every retained status has arrived. Cancellation: with the feed."""
+    while True:
+        try:
+            await client.barrier()
+        except trio.TooSlowError:
+            continue
+        store.set_loaded(True)
+        return
+
+
+def _drain(receive: trio.MemoryReceiveChannel[InboundMessage], topics: Topics, store: Store) -> int:
+    """Route what has arrived; how many of those were statuses."""
+    statuses = 0
     while True:
         try:
             message = receive.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
-            return
+            return statuses
+        statuses += message.topic.endswith("/status")
         route(store, topics, message)
 
 

@@ -5,7 +5,9 @@ const PAGE_SIZE = 50;
 const TERMINAL = new Set(["success", "failed", "cancelled", "timeout"]);
 const state = {
   config: null, token: null, stream: null, connected: true, workers: {}, jobs: new Map(),
-  job: null, page: 0, renderQueued: false, scrollToFailed: false,
+  job: null, page: 0, renderQueued: false, scrollToFailed: false, partial: null,
+  // With a history store: the page of jobs it gave, and the cursor each page was asked with.
+  stored: null, cursors: [null], storedAsked: 0,
   // After a change of view, where the keyboard focus goes once that view is drawn.
   focus: null,
 };
@@ -136,11 +138,76 @@ function filteredJobs() {
   return rows;
 }
 
+function newestFirst(a, b) {
+  const ka = String(a.created_at || a.started_at || ""), kb = String(b.created_at || b.started_at || "");
+  if (ka !== kb) return ka < kb ? 1 : -1;
+  return b.order - a.order;
+}
+
+function matchesFilters(job) {
+  const wanted = $("state-filter").value;
+  const playbook = $("playbook-filter").value.trim().toLowerCase();
+  return (!wanted || job.state === wanted) && (!playbook || String(job.playbook || "").toLowerCase().includes(playbook));
+}
+
+// With a history store, the list is the store's page, each line as the broker last said it; on the
+// first page, the jobs heard live since that page was asked for come on top.
+function storedRows() {
+  const rows = new Map();
+  for (const job of (state.stored ? state.stored.jobs : [])) rows.set(job.task_id, state.jobs.get(job.task_id) || job);
+  if (state.page === 0) {
+    for (const job of state.jobs.values()) if (!rows.has(job.task_id) && job.heard > state.storedAsked && matchesFilters(job)) rows.set(job.task_id, job);
+  }
+  return Array.from(rows.values()).sort(newestFirst);
+}
+
+async function fetchStored() {
+  const params = new URLSearchParams();
+  if ($("state-filter").value) params.set("state", $("state-filter").value);
+  const playbook = $("playbook-filter").value.trim();
+  if (playbook) params.set("playbook", playbook);
+  const before = state.cursors[state.page];
+  if (before) params.set("before", before);
+  const headers = state.token ? { "X-Dashboard-Token": state.token } : {};
+  const asked = Date.now();
+  const key = params.toString();
+  state.storedKey = key;
+  const response = await fetch("/api/jobs?" + key, { headers });
+  const answer = await response.json();
+  if (state.storedKey !== key) return;  // a newer question was asked meanwhile
+  state.stored = response.ok ? answer : { jobs: [], next: null, error: answer.error || String(response.status) };
+  state.storedAsked = asked;
+  queueRender();
+}
+
+function renderPartial() {
+  const note = $("partial-note");
+  const partial = state.partial;
+  let text = "";
+  if (state.config.history) {
+    text = state.stored && state.stored.error ? "The history store cannot be read: " + state.stored.error : "";
+  } else if (partial && partial.dropped > 0) {
+    text = `Showing the newest ${state.jobs.size.toLocaleString()} jobs: the dashboard keeps at most ` +
+      `${partial.kept.toLocaleString()}, and ${partial.dropped.toLocaleString()} older ones the broker retains are` +
+      " not listed here. Set history.url for all of them.";
+  } else if (partial && partial.maybe_dropped) {
+    text = `The broker sent ${partial.first_heard.toLocaleString()} jobs when the dashboard started: a broker that` +
+      " queues fewer messages per client than it retains (Mosquitto's max_queued_messages, 1,000 by default)" +
+      " drops the rest without a word, so older jobs may be missing here. Set history.url for all of them.";
+  } else if (partial && !partial.loaded) {
+    text = "The broker has not yet sent every job it retains: the list fills in as they arrive.";
+  }
+  note.textContent = text;
+  note.hidden = !text;
+}
+
 function renderJobs() {
-  const rows = filteredJobs();
-  const pages = Math.max(1, Math.ceil(rows.length / PAGE_SIZE));
+  renderPartial();
+  const stored = state.config.history;
+  const rows = stored ? storedRows() : filteredJobs();
+  const pages = stored ? state.page + 1 : Math.max(1, Math.ceil(rows.length / PAGE_SIZE));
   state.page = Math.min(state.page, pages - 1);
-  const shown = rows.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE);
+  const shown = stored ? rows : rows.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE);
   const body = $("jobs").tBodies[0];
   // The list is drawn anew: the job link that had the focus gets it back.
   const focused = document.activeElement && document.activeElement.closest("#jobs tbody tr");
@@ -168,6 +235,13 @@ function renderJobs() {
   if (focused) {
     const link = jobLink(focused.dataset.taskId);
     if (link) link.focus({ preventScroll: true });
+  }
+  if (stored) {
+    $("job-count").textContent = "(from the history store)";
+    $("page-info").textContent = `page ${state.page + 1}`;
+    $("prev-page").disabled = state.page === 0;
+    $("next-page").disabled = !(state.stored && state.stored.next);
+    return;
   }
   $("job-count").textContent = `(${rows.length} of ${state.jobs.size})`;
   $("page-info").textContent = `page ${state.page + 1} of ${pages}`;
@@ -314,13 +388,18 @@ function onMessage(message) {
     state.connected = message.connected;
     state.workers = message.workers;
     state.jobs = new Map(message.jobs.map((job) => [job.task_id, job]));
+    state.partial = message.partial;
     showJob(message.job);
+    if (state.config.history && !message.job) fetchStored();
   } else if (message.type === "link") {
     state.connected = message.connected;
   } else if (message.type === "worker") {
     if (message.worker) state.workers[message.worker_id] = message.worker; else delete state.workers[message.worker_id];
+  } else if (message.type === "partial") {
+    state.partial = message;
   } else if (message.type === "job") {
-    if (message.job) state.jobs.set(message.task_id, message.job); else state.jobs.delete(message.task_id);
+    if (message.job) state.jobs.set(message.task_id, { ...message.job, heard: Date.now() });
+    else state.jobs.delete(message.task_id);
     if (state.job && state.job.status.task_id === message.task_id && message.status) {
       state.job.status = message.status;
       state.job.can_run_again = message.can_run_again;
@@ -376,10 +455,18 @@ function askForToken() {
 }
 
 function begin() {
-  $("state-filter").addEventListener("change", () => { state.page = 0; queueRender(); });
-  $("playbook-filter").addEventListener("input", () => { state.page = 0; queueRender(); });
-  $("prev-page").addEventListener("click", () => { state.page -= 1; queueRender(); });
-  $("next-page").addEventListener("click", () => { state.page += 1; queueRender(); });
+  // With a history store, filters and pages are questions to the store; without, to the jobs held here.
+  const changed = () => { if (state.config.history) fetchStored(); else queueRender(); };
+  let typing = null;
+  const refilter = () => { state.page = 0; state.cursors = [null]; changed(); };
+  $("state-filter").addEventListener("change", refilter);
+  $("playbook-filter").addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(refilter, 250); });
+  $("prev-page").addEventListener("click", () => { state.page -= 1; changed(); });
+  $("next-page").addEventListener("click", () => {
+    if (state.config.history) state.cursors[state.page + 1] = state.stored.next;
+    state.page += 1;
+    changed();
+  });
   window.addEventListener("hashchange", () => {
     const from = state.job ? state.job.status.task_id : null;
     state.focus = currentJobId() !== null ? { view: "job" } : { view: "list", taskId: from };
