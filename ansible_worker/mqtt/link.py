@@ -70,21 +70,6 @@ DISCONNECT_TIMEOUT = 2.0
 _LINK_ERRORS = (aiomqtt.MqttError, asyncio.CancelledError)
 
 
-# Packets read in one wake of the loop while more are waiting on the socket.
-READS_PER_WAKE = 64
-
-
-def _readable(sock: Any) -> bool:
-    """Whether bytes wait on `sock` now, without taking them."""
-    try:
-        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except (BlockingIOError, InterruptedError):
-        return False
-    except (OSError, ValueError):
-        # A closed or broken socket: the next loop_read says so.
-        return False
-
-
 class MqttLink:
     """A connected client. Methods raise `LinkLost` when the connection is gone."""
 
@@ -303,13 +288,10 @@ class _TrioSafeClient(aiomqtt.Client):
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         def read() -> None:
             try:
-                # paho reads one packet per call when none of its own are in flight: a stream of
-                # inbound messages would cost a wake of the loop each. Read on while more wait,
-                # at most READS_PER_WAKE, so that one busy link cannot hold the loop for long.
-                for _ in range(READS_PER_WAKE):
+                while True:
                     client.loop_read()
                     # An SSL socket may hold decoded bytes that loop_read did not consume.
-                    if not (hasattr(sock, "pending") and sock.pending() > 0) and not _readable(sock):
+                    if not (hasattr(sock, "pending") and sock.pending() > 0):
                         break
             except Exception as exc:  # a broken connection, whatever paho raises for it
                 self._fail(exc)
