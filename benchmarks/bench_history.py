@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from ansible_worker.history.archiver import serve_archiver
-from ansible_worker.history.messages import Row, read_record, read_status
+from ansible_worker.history.messages import RecordRow, Row, StatusRow, read_record
 from ansible_worker.history.reader import History, open_history
 from ansible_worker.history.store import JobQuery, write_rows
 from ansible_worker.mqtt.link import LinkOptions, open_mqtt_link
@@ -37,12 +38,12 @@ from testing.broker import Broker
 from testing.postgres import Postgres
 
 TOPICS = Topics("ansible", "bench")
-SEED_BATCH = 2000
+SEED_BATCH = 20_000
 PUBLISHERS = 16
 
 
-def job(number: int, now: datetime, span: float) -> tuple[dict[str, Any], bytes]:
-    """A finished job spread over `span` seconds before `now`: its status and its record."""
+def job_status(number: int, now: datetime, span: float) -> tuple[dict[str, Any], list[str]]:
+    """A finished job spread over `span` seconds before `now`: its status and the hosts it ran on."""
     rng = random.Random(number)
     began = now - timedelta(seconds=span * number / max(1, JOBS))
     state = "failed" if rng.random() < 0.05 else "success"
@@ -62,6 +63,12 @@ def job(number: int, now: datetime, span: float) -> tuple[dict[str, Any], bytes]
         "tasks_failed": int(state == "failed"),
         "return_code": 2 if state == "failed" else 0,
     }
+    return status, list(dict.fromkeys(hosts))
+
+
+def job(number: int, now: datetime, span: float) -> tuple[dict[str, Any], bytes]:
+    """A finished job spread over `span` seconds before `now`: its status and its record."""
+    status, hosts = job_status(number, now, span)
     events = [
         {"event": "runner_on_ok", "host": host, "task": f"task {t}", "seq": t, "line": f"ok: [{host}]"}
         for t in range(12)
@@ -73,22 +80,52 @@ def job(number: int, now: datetime, span: float) -> tuple[dict[str, Any], bytes]
 
 
 JOBS = 700_000
+# Distinct records generated per host count; the other jobs reuse one of them (see `seed`).
+RECORD_POOL = 500
 
 
-def seed(history: History, jobs: int, now: datetime) -> tuple[float, int]:
-    """Write `jobs` jobs over the last 7 days; seconds taken and bytes of records."""
+def _moment(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def seed(history: History, jobs: int, now: datetime, own: set[int]) -> tuple[float, int]:
+    """Write `jobs` jobs over the last 7 days, SEED_BATCH per transaction; seconds taken and bytes of records.
+
+    Building and compressing a record costs more than writing it, so only the jobs in `own`
+    (those the bench reads) get their own; every other job stores one of RECORD_POOL real
+    records with as many hosts, of the same size and compressibility. Rows are built directly,
+    as the archiver's checks (`messages`) would build them: those are timed by the ingest figure.
+    """
     engine = history._engine
+    pool: dict[int, list[bytes]] = {}
+    for number in range(RECORD_POOL * 4):
+        status, payload = job(number, now, 7 * 86400)
+        pool.setdefault(len(read_record(status["task_id"], payload).hosts), []).append(payload)
     started = time.perf_counter()
     record_bytes = 0
     for first in range(0, jobs, SEED_BATCH):
         rows: list[Row] = []
         for number in range(first, min(jobs, first + SEED_BATCH)):
-            status, payload = job(number, now, 7 * 86400)
+            status, hosts = job_status(number, now, 7 * 86400)
+            text = json.dumps(status, separators=(",", ":"))
+            began = _moment(status["created_at"])
+            row = StatusRow(
+                status["task_id"],
+                status["state"],
+                2,
+                status["playbook"],
+                status["worker_id"],
+                began,
+                _moment(status["completed_at"]),
+                text,
+            )
+            if number in own:
+                payload = job(number, now, 7 * 86400)[1]
+            else:
+                choices = pool[len(hosts)]
+                payload = choices[number % len(choices)]
             record_bytes += len(payload)
-            rows.append(read_record(status["task_id"], payload))
-            row = read_status(status["task_id"], json.dumps(status).encode())
-            assert row is not None
-            rows.append(row)
+            rows.append(RecordRow(status["task_id"], payload, row, tuple(hosts)))
         write_rows(engine, rows)
     return time.perf_counter() - started, record_bytes
 
@@ -114,47 +151,101 @@ async def reads(history: History, jobs: int) -> dict[str, float]:
     return {name: round(seconds, 4) for name, seconds in figures.items()}
 
 
-async def ingest(url: str, statuses: int) -> float:
-    """Statuses per second an archiver writes, published as fast as a link sends them."""
+def ingest_payloads(statuses: int) -> list[tuple[str, bytes]]:
+    now = datetime.now(UTC)
+    payloads = []
+    for number in range(statuses):
+        status, _ = job_status(number, now, 3600)
+        status["task_id"] = f"ingest-{uuid.uuid4().hex[:8]}-{number}"
+        payloads.append((TOPICS.status(status["task_id"]), json.dumps(status).encode()))
+    return payloads
+
+
+async def ingest(url: str, statuses: int, *, alone: bool) -> dict[str, float]:
+    """Statuses per second an archiver writes, and where its time goes.
+
+    `alone`: the statuses are retained on the broker first, then an archiver starts and drains
+    them (what it does after a restart, and its own ceiling). Otherwise: published while it
+    runs by PUBLISHERS links at once, each waiting for its PUBACK, like a busy group.
+    """
     with tempfile.TemporaryDirectory() as directory:
         # The archiver's broker settings (docs/history.md): no cap on a client's queue.
         broker = Broker(Path(directory), "max_queued_messages 0\n")
         broker.start()
         try:
-            link_options = LinkOptions("127.0.0.1", broker.port, "bench-archiver")
-            async with open_history(url, migrate=True) as history, trio.open_nursery() as nursery:
-                archiver = await nursery.start(serve_archiver, history, link_options, TOPICS)
-                with trio.fail_after(30):
-                    # The broker's log is the only sign that the archiver has subscribed.
-                    while not archiver.stats.batches and not await _connected(broker):  # noqa: ASYNC110
-                        await trio.sleep(0.05)
-                await trio.sleep(0.5)
-                now = datetime.now(UTC)
-                payloads = []
-                for number in range(statuses):
-                    status, _ = job(number, now, 3600)
-                    status["task_id"] = f"ingest-{uuid.uuid4().hex[:8]}-{number}"
-                    payloads.append((TOPICS.status(status["task_id"]), json.dumps(status).encode()))
-                started = time.perf_counter()
-                # Like a busy group: many workers publishing at once, each waiting for its PUBACK.
+            payloads = ingest_payloads(statuses)
+            if alone:
                 async with trio.open_nursery() as publishers:
                     for share in range(PUBLISHERS):
-                        publishers.start_soon(publish, broker, payloads[share::PUBLISHERS])
-                with trio.fail_after(300):
+                        publishers.start_soon(publish, broker, payloads[share::PUBLISHERS], True)
+            link_options = LinkOptions("127.0.0.1", broker.port, "bench-archiver")
+            async with open_history(url, migrate=True) as history, trio.open_nursery() as nursery:
+                started, cpu = time.perf_counter(), time.process_time()
+                archiver = await nursery.start(serve_archiver, history, link_options, TOPICS)
+                if not alone:
+                    with trio.fail_after(30):
+                        # The broker's log is the only sign that the archiver has subscribed.
+                        while not await _connected(broker):  # noqa: ASYNC110
+                            await trio.sleep(0.05)
+                    await trio.sleep(0.5)
+                    started, cpu = time.perf_counter(), time.process_time()
+                    async with trio.open_nursery() as publishers:
+                        for share in range(PUBLISHERS):
+                            publishers.start_soon(publish, broker, payloads[share::PUBLISHERS], False)
+                with trio.fail_after(600):
                     # A counter no event announces: look again, within the bound.
                     while archiver.stats.written < statuses:  # noqa: ASYNC110
                         await trio.sleep(0.01)
-                seconds = time.perf_counter() - started
+                seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
                 nursery.cancel_scope.cancel()
-            return statuses / seconds
+            stats = archiver.stats
+            return {
+                "statuses/s": round(statuses / seconds),
+                # On a shared machine the wall clock counts other people's work; this does not
+                # (with publishers, it counts theirs too: they run in this process).
+                "statuses per CPU second": round(statuses / cpu),
+                "share checking": round(stats.check_seconds / seconds, 2),
+                "share writing": round(stats.write_seconds / seconds, 2),
+                "statuses per batch": round(stats.written / max(1, stats.batches)),
+            }
         finally:
             broker.stop()
 
 
-async def publish(broker: Broker, payloads: list[tuple[str, bytes]]) -> None:
+async def publish(broker: Broker, payloads: list[tuple[str, bytes]], retain: bool) -> None:
     async with open_mqtt_link(LinkOptions("127.0.0.1", broker.port, f"bench-pub-{uuid.uuid4().hex[:6]}")) as link:
         for topic, payload in payloads:
-            await link.publish(topic, payload, qos=1)
+            await link.publish(topic, payload, qos=1, retain=retain)
+
+
+async def jobs_without_store(retained: int, broker_settings: str) -> dict[str, Any]:
+    """`ansible-worker jobs --json` against a broker retaining `retained` statuses: seconds, jobs listed, peak RSS."""
+    with tempfile.TemporaryDirectory() as directory:
+        broker = Broker(Path(directory), broker_settings)
+        broker.start()
+        try:
+            async with trio.open_nursery() as publishers:
+                payloads = ingest_payloads(retained)
+                for share in range(PUBLISHERS):
+                    publishers.start_soon(publish, broker, payloads[share::PUBLISHERS], True)
+            # GNU time's last line on stderr: the command's peak RSS, in KiB.
+            command = [
+                *("/usr/bin/time", "-f", "%M", sys.executable, "-m", "ansible_worker", "jobs", "--json"),
+                *("--broker", f"mqtt://127.0.0.1:{broker.port}", "--group", TOPICS.group),
+            ]
+            started = time.perf_counter()
+            done = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+            seconds = time.perf_counter() - started
+            *said, peak = done.stderr.decode().strip().splitlines()
+            return {
+                "seconds": round(seconds, 2),
+                "exit code": done.returncode,
+                "jobs listed": len(done.stdout.splitlines()),
+                "peak RSS MiB": round(int(peak) / 1024),
+                "said": said[-3:],
+            }
+        finally:
+            broker.stop()
 
 
 async def _connected(broker: Broker) -> bool:
@@ -167,9 +258,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="50,000 jobs instead of 700,000")
     parser.add_argument("--jobs", type=int, help="how many jobs to seed")
-    parser.add_argument("--ingest", type=int, default=20_000, help="statuses for the ingest figure")
+    parser.add_argument("--ingest", type=int, default=20_000, help="statuses for the ingest figures")
+    parser.add_argument("--only", choices=["sqlite", "postgresql"], help="measure one database only")
+    parser.add_argument(
+        "--without-store", action="store_true", help="only `jobs` from retained statuses, at 1,000, 10,000 and 50,000"
+    )
     args = parser.parse_args()
     JOBS = args.jobs or (50_000 if args.quick else 700_000)
+    if args.without_store:
+        figures: dict[str, Any] = {}
+        for retained in (1000, 10_000, 50_000):
+            for name, settings in (("no queue cap", "max_queued_messages 0\n"), ("stock Mosquitto", "")):
+                figures[f"{retained} retained, {name}"] = trio.run(jobs_without_store, retained, settings)
+                print(retained, name, figures[f"{retained} retained, {name}"], flush=True)
+        (Path(__file__).parent / "bench_jobs_without_store.json").write_text(json.dumps(figures, indent=2) + "\n")
+        return
     results: dict[str, Any] = {"jobs": JOBS}
     now = datetime.now(UTC)
     with tempfile.TemporaryDirectory() as directory:
@@ -177,10 +280,13 @@ def main() -> None:
         postgres.start()
         try:
             for name, url in (("sqlite", f"sqlite:///{directory}/history.db"), ("postgresql", postgres.new_database())):
+                if args.only not in (None, name):
+                    continue
 
                 async def run(url: str = url) -> dict[str, Any]:
                     async with open_history(url, migrate=True) as history:
-                        seconds, record_bytes = await trio.to_thread.run_sync(seed, history, JOBS, now)
+                        own = {JOBS - 1}
+                        seconds, record_bytes = await trio.to_thread.run_sync(seed, history, JOBS, now, own)
                         figures: dict[str, Any] = {"seed seconds": round(seconds, 1)}
                         figures["record bytes per job"] = round(record_bytes / JOBS)
                         figures.update(await reads(history, JOBS))
@@ -190,9 +296,11 @@ def main() -> None:
                 if name == "sqlite":
                     size = sum(path.stat().st_size for path in Path(directory).glob("history.db*"))
                     figures["store bytes per job"] = round(size / JOBS)
-                figures["archiver ingest statuses/s"] = round(
-                    trio.run(ingest, f"sqlite:///{directory}/ingest.db" if name == "sqlite" else url, args.ingest)
-                )
+                for alone, label in ((True, "archiver ingest, alone"), (False, "archiver ingest, 16 publishers")):
+                    ingest_url = (
+                        f"sqlite:///{directory}/ingest-{alone}.db" if name == "sqlite" else postgres.new_database()
+                    )
+                    figures[label] = trio.run(partial(ingest, ingest_url, args.ingest, alone=alone))
                 results[name] = figures
                 print(name, json.dumps(figures, indent=2), flush=True)
         finally:
