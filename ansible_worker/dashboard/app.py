@@ -21,6 +21,8 @@ from starlette.staticfiles import StaticFiles
 from ansible_worker.controller.client import Client, ClientError, NoWorkerAnswered, default_requester
 from ansible_worker.controller.payloads import finite
 from ansible_worker.dashboard.access import ACTION_HEADER, TOKEN_HEADER, is_loopback, same_origin, token_ok
+from ansible_worker.dashboard.limits import ROW_TEXT, STILL_GOING
+from ansible_worker.dashboard.pages import Page, RecordReader
 from ansible_worker.dashboard.store import Store, summary
 from ansible_worker.mqtt.link import LinkError
 from ansible_worker.protocol.topics import is_task_id
@@ -37,6 +39,10 @@ ACTION_WITHIN = 15.0
 STORED_PAGE = 50
 # What a stored job's list line shows may be filtered by: the states a status can have.
 _STATES = ("queued", "running", "success", "failed", "cancelled", "timeout")
+# The job list's time filter: how far back each choice reaches, in seconds.
+_SINCE = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
+# Events of a record read between two checkpoints: about 20 ms of work.
+READ_STEP = 1000
 _SIGNATURE_FIELDS = ("signature", "issued_at")
 _HEADERS = {
     "Cache-Control": "no-store",
@@ -99,6 +105,8 @@ class Dashboard:
                 Route("/api/stream", self.stream),
                 Route("/api/jobs", self.jobs),
                 Route("/api/jobs/{task_id}/record", self.record),
+                Route("/api/jobs/{task_id}/page", self.page),
+                Route("/api/jobs/{task_id}/results/{task:int}/{host:int}", self.result),
                 Route("/api/jobs/{task_id}/cancel", self.cancel, methods=["POST"]),
                 Route("/api/jobs/{task_id}/rerun", self.rerun, methods=["POST"]),
                 Mount("/static", StaticFiles(directory=STATIC), name="static"),
@@ -185,13 +193,16 @@ class Dashboard:
         return None
 
     async def jobs(self, request: Request) -> Response:
-        """A page of jobs from the history store, newest first, filtered there: `state`, `playbook`, `before`.
+        """A page of jobs from the history store, newest first, filtered there; or, with `?host=`, `jobs_on_host`.
 
-        `playbook` matches where the name contains it; `before` is the `next` of the previous page.
-        Without a store: 404, and the page lists what the dashboard holds.
+        Filters: `state`, `playbook` (where the name contains it), `worker` (its id), `since` (one of
+        `_SINCE`'s spans back from now); `before` is the `next` of the previous page. Without a
+        store: 404, and the page lists what the dashboard holds.
 
         Cancellation: bounded by ACTION_WITHIN.
         """
+        if "host" in request.query_params:
+            return await self.jobs_on_host(request)
         refused = self._refused(request, action=False)
         if refused is not None:
             return refused
@@ -205,6 +216,12 @@ class Dashboard:
         playbook = request.query_params.get("playbook", "").strip()
         if len(playbook) > 256:
             return _error("playbook filter: at most 256 characters", 400)
+        worker = request.query_params.get("worker") or None
+        if worker is not None and len(worker) > ROW_TEXT:
+            return _error(f"worker filter: at most {ROW_TEXT} characters", 400)
+        span = request.query_params.get("since") or None
+        if span is not None and span not in _SINCE:
+            return _error(f"since must be one of {', '.join(_SINCE)}", 400)
         try:
             before = _cursor(request.query_params.get("before"))
         except ValueError:
@@ -212,6 +229,8 @@ class Dashboard:
         query = JobQuery(
             states=frozenset({wanted}) if wanted else None,
             playbook=f"*{playbook}*" if playbook else None,
+            worker=worker,
+            since=None if span is None else datetime.now(UTC).timestamp() - _SINCE[span],
             limit=STORED_PAGE,
             before=before,
         )
@@ -251,20 +270,103 @@ class Dashboard:
         if (bad := _not_a_task_id(task_id)) is not None:
             return bad
         with trio.move_on_after(ACTION_WITHIN):
-            if self.history is not None:
-                from ansible_worker.history.reader import HistoryError
-
-                # The store's copy first: the broker's may have expired; a bad one counts as none.
-                with suppress(HistoryError):
-                    found = await self.history.record(task_id)
-                    if found is not None:
-                        return _json(found)
-            # A record that cannot be read counts as none (the client has said why).
-            with suppress(ClientError):
-                found = await self.client.record(task_id)
-                if found is not None:
-                    return _json(found)
+            found = await self._record(task_id)
+            if found is not None:
+                return _json(found)
         return _error("no record of this job", 404)
+
+    async def _record(self, task_id: str) -> dict[str, Any] | None:
+        """A finished job's record, or None: where the dashboard reads records from, in one place.
+
+        The history store's copy first, when there is a store: the broker's may have expired. A
+        record that cannot be read counts as none (the client or the store has said why).
+
+        Cancellation: the record subscription is removed; the caller bounds the wait.
+        """
+        if self.history is not None:
+            from ansible_worker.history.reader import HistoryError
+
+            with suppress(HistoryError):
+                found = await self.history.record(task_id)
+                if found is not None:
+                    return found
+        with suppress(ClientError):
+            return await self.client.record(task_id)
+        return None
+
+    async def page(self, request: Request) -> Response:
+        """A job's page data: hosts, tasks and results, and Ansible's output; from its record once it has ended.
+
+        Cancellation: bounded by ACTION_WITHIN; without the record in time, the live page.
+        """
+        refused = self._refused(request, action=False)
+        if refused is not None:
+            return refused
+        task_id = request.path_params["task_id"]
+        if (bad := _not_a_task_id(task_id)) is not None:
+            return bad
+        page = await self._page(task_id)
+        if page is None:
+            return _error("this dashboard has not heard of this job", 404)
+        return _json(page.data())
+
+    async def result(self, request: Request) -> Response:
+        """One host's result of one task (by their numbers on the page), whole as its events carried it.
+
+        Cancellation: as `page`.
+        """
+        refused = self._refused(request, action=False)
+        if refused is not None:
+            return refused
+        task_id = request.path_params["task_id"]
+        if (bad := _not_a_task_id(task_id)) is not None:
+            return bad
+        page = await self._page(task_id)
+        found = page.view.result(request.path_params["task"], request.path_params["host"]) if page else None
+        if found is None:
+            return _error("no such result of this job", 404)
+        return _json(found)
+
+    async def _page(self, task_id: str) -> Page | None:
+        """The page of a known job: built from its record once it has ended and one is there, else from live events.
+
+        A job this dashboard does not hold is known when the history store has it. A finished
+        job's record is read through `_record`, as the record endpoint reads it.
+        """
+        status = self.store.jobs.get(task_id)
+        if status is None:
+            status = await self._stored_status(task_id)
+        if status is None:
+            return None
+        if status.get("state") in STILL_GOING:
+            return self.store.live_page(task_id)
+        kept = self.store.record_page(task_id)
+        if kept is not None:
+            return kept
+        with trio.move_on_after(ACTION_WITHIN):
+            record = await self._record(task_id)
+            if record is not None:
+                reader = RecordReader(record)
+                # Some events at a time: the other pages' streams go on in between.
+                for _ in reader.steps(READ_STEP):
+                    await trio.lowlevel.checkpoint()
+                page = reader.page()
+                self.store.keep_record_page(task_id, page)
+                return page
+        return self.store.live_page(task_id)
+
+    async def jobs_on_host(self, request: Request) -> Response:
+        """The task_ids of the jobs known to have run on a host whose name contains `?host=` (any case).
+
+        Cancellation: answers at once.
+        """
+        refused = self._refused(request, action=False)
+        if refused is not None:
+            return refused
+        host = request.query_params.get("host", "")
+        if not host or len(host) > ROW_TEXT:
+            return _error(f"host must be a text of 1 to {ROW_TEXT} characters", 400)
+        return _json({"host": host, "task_ids": self.store.jobs_on_host(host)})
 
     async def cancel(self, request: Request) -> Response:
         """Ask the group to cancel a queued or running job, with the reason given.
@@ -333,6 +435,7 @@ class Dashboard:
             return _error(str(exc), 503)
         except (trio.TooSlowError, LinkError, ClientError) as exc:
             return _error(f"could not reach the broker: {exc or 'timed out'}", 503)
+        self.store.note_again(job["task_id"], task_id)
         return _json({"task_id": job["task_id"], "again_of": task_id}, 201)
 
 

@@ -1,4 +1,4 @@
-"""What the dashboard knows about the group: workers, jobs, their requests and output, and who listens for changes."""
+"""What the dashboard knows of the group: workers, jobs, requests, output and pages, and who listens for changes."""
 
 from __future__ import annotations
 
@@ -13,22 +13,27 @@ from typing import Any
 import trio
 
 from ansible_worker.controller.job_listing import COMMON_QUEUE_CAP
-from ansible_worker.dashboard.ansi import ansi_to_html
+from ansible_worker.dashboard.job_hosts import JobHosts
+from ansible_worker.dashboard.job_view import JobView
 from ansible_worker.dashboard.limits import (
     EVICT_BATCH,
+    LIVE_DETAIL_BYTES,
+    LIVE_VIEWS_BYTES,
     MAX_JOBS,
     OUTPUT_BYTES,
     OUTPUT_JOBS,
     OUTPUT_LINES,
+    RECORD_PAGES,
     REQUESTS,
     REQUESTS_BYTES,
     STILL_GOING,
     cut,
-    cut_line,
     eviction_rank,
     kept_status,
     when,
 )
+from ansible_worker.dashboard.output_lines import live_line
+from ansible_worker.dashboard.pages import Page, from_live
 
 # A browser that falls this far behind loses changes rather than holding memory for ever.
 LISTENER_BUFFER = 10_000
@@ -46,10 +51,15 @@ _SUMMARY_KEYS = (
     "tasks_failed",
     "tasks_skipped",
     "tasks_unreachable",
+    "tasks_rescued",
+    "tasks_ignored",
     "current_task",
+    "error_message",
+    "project",
+    "revision",
 )
-# The colours of Ansible's default output, as SGR codes.
-_STATUS_COLOURS = {"ok": "32", "changed": "33", "failed": "31", "unreachable": "1;31", "skipped": "36", "ignored": "36"}
+# What a request may say of who or what started its job, shown on its page: never the request itself.
+_ORIGIN_KEYS = ("requested_by", "template", "schedule")
 
 
 def summary(status: dict[str, Any]) -> dict[str, Any]:
@@ -58,8 +68,8 @@ def summary(status: dict[str, Any]) -> dict[str, Any]:
 
 
 def _line_size(entry: dict[str, Any]) -> int:
-    # What an output line costs, roughly: its text and a little for the rest of the entry.
-    return len(entry["html"] or "") + len(entry["task"] or "") + 64
+    # What an output line costs, roughly: its text (twice, with colours) and a little for the rest.
+    return len(entry["text"]) * (2 if "parts" in entry else 1) + 64
 
 
 @dataclass
@@ -80,6 +90,14 @@ class Store:
     # When each kept request arrived, on this dashboard's clock: run again judges its age then.
     heard_at: dict[str, datetime] = field(default_factory=dict)
     output: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
+    # Live pages, the dict's order that of the last event (oldest first), and their costs.
+    views: dict[str, JobView] = field(default_factory=dict)
+    # Finished jobs' pages built from their records, the dict's order that of the last use.
+    record_pages: dict[str, Page] = field(default_factory=dict)
+    # The hosts a job ran on, as far as this dashboard heard, the dict's order that of the last change.
+    hosts: JobHosts = field(default_factory=JobHosts)
+    # Jobs this dashboard ran again: the new task_id, and the one it ran again.
+    again_of: dict[str, str] = field(default_factory=dict)
     connected: bool = False
     listeners: list[Listener] = field(default_factory=list)
     # Jobs forgotten to make room (not cleared by the group): the list shows only part of the group's.
@@ -94,6 +112,8 @@ class Store:
     _output_bytes: dict[str, int] = field(default_factory=dict)
     _request_sizes: dict[str, int] = field(default_factory=dict)
     _request_bytes: int = 0
+    _view_costs: dict[str, int] = field(default_factory=dict)
+    _views_bytes: int = 0
 
     def set_connected(self, connected: bool) -> None:
         """Say whether the broker is reachable; every browser shows or clears its banner."""
@@ -190,6 +210,10 @@ class Store:
         self._first_seen.pop(task_id, None)
         self.output.pop(task_id, None)
         self._output_bytes.pop(task_id, None)
+        self._drop_view(task_id)
+        self.record_pages.pop(task_id, None)
+        self.hosts.drop(task_id)
+        self.again_of.pop(task_id, None)
         self._drop_request(task_id)
         self._tell({"type": "job", "task_id": task_id, "job": None})
 
@@ -201,22 +225,19 @@ class Store:
             self.heard_at = {known: at for known, at in self.heard_at.items() if known in kept}
 
     def add_event(self, task_id: str, event: dict[str, Any]) -> None:
-        """A live event of a job: kept for its page, sent to the browsers showing that job."""
-        line = event.get("line")
-        status = event.get("status")
-        text = None
-        if isinstance(line, str):
-            line = cut_line(line)
-            # Ansible colours its lines by result; the events carry the result, not the escapes.
-            colour = _STATUS_COLOURS.get(status) if isinstance(status, str) and "\x1b" not in line else None
-            text = ansi_to_html(f"\x1b[{colour}m{line}\x1b[0m" if colour else line)
-        entry = {
-            "seq": cut(event.get("seq")),
-            "html": text,
-            "status": cut(status, 16),
-            "task": cut(event.get("task")),
-            "event": cut(event.get("event"), 64),
-        }
+        """A live event of a job: its line and its page's change kept, and sent to the browsers showing that job."""
+        line = live_line(event)
+        if line is not None:
+            self._add_line(task_id, line)
+        delta = self._add_to_view(task_id, event)
+        if line is None and delta is None:
+            return
+        message = {"type": "event", "task_id": task_id, "line": line, "view": delta}
+        for listener in list(self.listeners):
+            if listener.job == task_id:
+                self._send(listener, message)
+
+    def _add_line(self, task_id: str, entry: dict[str, Any]) -> None:
         lines = self.output.pop(task_id, None)
         if lines is None:
             lines = deque()
@@ -231,10 +252,81 @@ class Store:
             oldest = next(iter(self.output))
             del self.output[oldest]
             del self._output_bytes[oldest]
-        message = {"type": "line", "task_id": task_id, "line": entry}
-        for listener in list(self.listeners):
-            if listener.job == task_id:
-                self._send(listener, message)
+
+    def _add_to_view(self, task_id: str, event: dict[str, Any]) -> dict[str, Any] | None:
+        view = self.views.pop(task_id, None)
+        if view is None:
+            view = JobView(detail_bytes=LIVE_DETAIL_BYTES)
+        # Reinserted: the dict's order is the order of the last event, oldest first.
+        self.views[task_id] = view
+        change = view.add(event)
+        if change.host is not None:
+            self.note_hosts(task_id, [view.hosts[change.host].name])
+        cost = view.cost
+        self._views_bytes += cost - self._view_costs.get(task_id, 0)
+        self._view_costs[task_id] = cost
+        # By count too: the events of made-up jobs make pages of next to no cost.
+        while (self._views_bytes > LIVE_VIEWS_BYTES or len(self.views) > OUTPUT_JOBS) and len(self.views) > 1:
+            self._drop_view(next(iter(self.views)))
+        return view.delta(change)
+
+    def _drop_view(self, task_id: str) -> None:
+        if self.views.pop(task_id, None) is not None:
+            self._views_bytes -= self._view_costs.pop(task_id)
+
+    def note_hosts(self, task_id: str, names: list[str]) -> None:
+        """`task_id` ran on these hosts: the job list's host filter finds it by them (see `JobHosts`)."""
+        if task_id in self.jobs:
+            self.hosts.note(task_id, names)
+
+    def jobs_on_host(self, text: str) -> list[str]:
+        """The task_ids of the jobs that ran on a host whose name contains `text` (any case)."""
+        return self.hosts.jobs_on(text)
+
+    def note_again(self, task_id: str, original: str) -> None:
+        """This dashboard ran `original` again as `task_id`; the oldest such notes go past `REQUESTS`."""
+        self.again_of[task_id] = original
+        while len(self.again_of) > REQUESTS:
+            del self.again_of[next(iter(self.again_of))]
+
+    def keep_record_page(self, task_id: str, page: Page) -> None:
+        """Keep the page built from a finished job's record, for the next browser that opens it."""
+        if task_id not in self.jobs:
+            return
+        self.record_pages.pop(task_id, None)
+        self.record_pages[task_id] = page
+        while len(self.record_pages) > RECORD_PAGES:
+            del self.record_pages[next(iter(self.record_pages))]
+        self.note_hosts(task_id, page.view.host_names())
+
+    def record_page(self, task_id: str) -> Page | None:
+        """The page kept of a finished job's record, or None."""
+        page = self.record_pages.pop(task_id, None)
+        if page is not None:
+            self.record_pages[task_id] = page
+        return page
+
+    def live_page(self, task_id: str) -> Page:
+        """The page of a job from the live events heard of it (empty when none were)."""
+        return from_live(self.views.get(task_id), self.output.get(task_id, ()))
+
+    def origin(self, task_id: str) -> dict[str, Any]:
+        """What this dashboard knows of who or what started a job: never its request, which may hold secrets."""
+        origin: dict[str, Any] = {}
+        request = self.requests.get(task_id) or {}
+        status = self.jobs.get(task_id) or {}
+        for key in _ORIGIN_KEYS:
+            value = status.get(key) if isinstance(status.get(key), str) else request.get(key)
+            if isinstance(value, str) and value:
+                origin[key] = cut(value)
+        signature = request.get("signature")
+        if isinstance(signature, dict) and isinstance(signature.get("key"), str):
+            origin["signed_by"] = cut(signature["key"])
+        elif task_id in self.requests:
+            origin["signed_by"] = None
+        if task_id in self.again_of:
+            origin["again_of"] = self.again_of[task_id]
+        return origin
 
     def row(self, task_id: str) -> dict[str, Any]:
         """One line of the job list."""
@@ -258,9 +350,12 @@ class Store:
         status = self.jobs.get(task_id)
         if status is None:
             return None
+        # A job that has ended is shown from its record, which the page asks for (`/api/jobs/ID/page`).
+        going = status.get("state") in STILL_GOING
         return {
             "status": status,
-            "lines": list(self.output.get(task_id, ())),
+            "origin": self.origin(task_id),
+            "live": self.live_page(task_id).data() if going else None,
             "can_run_again": task_id in self.requests,
         }
 
@@ -271,7 +366,9 @@ class Store:
         """
         page = self.job_page(job) if job else None
         if page is None and stored is not None and job is not None:
-            page = {"status": kept_status(job, stored, len(json.dumps(stored))), "lines": [], "can_run_again": False}
+            status = kept_status(job, stored, len(json.dumps(stored)))
+            # Its hosts, tasks and output come from its record, which the page asks for as for any ended job.
+            page = {"status": status, "origin": {}, "live": None, "can_run_again": False}
         return {
             "type": "snapshot",
             "connected": self.connected,

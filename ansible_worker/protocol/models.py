@@ -255,8 +255,20 @@ class LiveEvent(BaseModel):
     duration: float | None = None
     status: Literal["ok", "changed", "failed", "ignored", "skipped", "unreachable", "retry"] | None = None
     no_log: bool | None = Field(None, description="true: the result is hidden and not sent")
-    result: dict[str, Any] | None = Field(None, description="msg, rc, stdout, stderr; long texts cut")
+    result: dict[str, Any] | None = Field(
+        None, description="msg, rc, stdout, stderr, and diff (as Ansible prints it); long texts cut"
+    )
     line: str | None = Field(None, description="the line Ansible's own output shows for this event")
+    action: str | None = Field(None, description="the task's module, e.g. ansible.builtin.command")
+    play_uuid: str | None = Field(None, description="Ansible's id of the play: plays of one name told apart")
+    task_uuid: str | None = Field(
+        None, description="Ansible's id of the task, on task starts and results: tasks of one name told apart"
+    )
+    data: dict[str, Any] | None = Field(
+        None,
+        description="the rest of the module's result as JSON: no internal `_ansible_` keys, no module arguments"
+        " (`invocation`), texts cut; at most about 4 KiB",
+    )
 
 
 class JobRecord(BaseModel):

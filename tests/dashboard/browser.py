@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -155,3 +157,34 @@ def click(driver: WebDriver, css: str) -> None:
     assert driver.execute_script(
         "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e;", css
     ), f"nothing to click at {css}"
+
+
+def job_state(driver: WebDriver, task_id: str) -> str:
+    """The state the job list shows for a job, or "" while it shows none."""
+    return text_of(driver, f'tr[data-task-id="{task_id}"] .job-state')
+
+
+def submit(broker: Broker, group: str, task_id: str, playbook: str = "quick.yml", *extra: str, code: int = 0) -> None:
+    """`ansible-worker submit PLAYBOOK -i inventory.ini --task-id TASK_ID ...`, which must exit with `code`."""
+    result = cli(broker, group, "submit", playbook, "-i", "inventory.ini", "--task-id", task_id, *extra)
+    assert result.returncode == code, result.stdout + result.stderr
+
+
+def open_job(driver: WebDriver, task_id: str) -> None:
+    """Click a job's row in the list and wait for its page."""
+    click(driver, f'tr[data-task-id="{task_id}"]')
+    wait_until(driver, lambda d: text_of(d, "#job-id") == task_id, message="the job page did not open")
+
+
+def get_json(url: str) -> tuple[int, Any]:
+    """The status code of a GET and its JSON answer (None when it is not JSON)."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (our own loopback URL)
+            body = response.read()
+            code = int(response.status)
+    except urllib.error.HTTPError as exc:
+        body, code = exc.read(), int(exc.code)
+    try:
+        return code, json.loads(body)
+    except ValueError:
+        return code, None

@@ -90,7 +90,7 @@ def test_the_list_filters_pages_and_a_jobs_page_come_from_the_store(
         # A job only the store holds has its page, with its record.
         browser.get(page + "#/job/old-003")
         wait_until(browser, lambda d: text_of(d, "#job-state") == "success", message="no page for a stored job")
-        wait_until(browser, lambda d: "PLAY [old-003]" in text_of(d, "#record"), message="no record from the store")
+        wait_until(browser, lambda d: "PLAY [old-003]" in text_of(d, "#output"), message="no record from the store")
         # The endpoint refuses what is not a state, a playbook filter or a cursor.
         for query in ("state=pwned", "before=nan,old-1", "before=1,a%2Fb", "playbook=" + "x" * 300):
             assert get(page + "api/jobs?" + query)[0] == 400, query
