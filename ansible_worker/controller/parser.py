@@ -89,6 +89,11 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="sign jobs and cancel requests with this Ed25519 private key (default: security.signing_key)",
     )
+    group.add_argument(
+        "--history",
+        metavar="URL",
+        help="read finished jobs from this history store: sqlite:///PATH or postgresql://… (default: history.url)",
+    )
 
 
 def add_delivery_options(parser: argparse.ArgumentParser) -> None:
@@ -273,13 +278,21 @@ def add_record_commands(command: Callable[[str, str, str], argparse.ArgumentPars
     jobs = command(
         "jobs",
         "list the group's jobs",
-        "List the group's jobs from their retained statuses, newest first:\n"
-        "id, state, playbook, worker, start, duration and counts.\n\n"
+        "List the group's jobs, newest first: id, state, playbook, worker, start, duration and\n"
+        "counts. From the history store when one is set (history.url, --history), else from\n"
+        "the broker's retained statuses.\n\n"
         "examples:\n"
         "  ansible-worker jobs --state failed --since 1d\n"
+        "  ansible-worker jobs --host web3 --since 7d\n"
         "  ansible-worker jobs --playbook 'deploy/*' --json",
     )
     jobs.add_argument("--state", help="only jobs in this state (or these, comma-separated)")
     jobs.add_argument("--playbook", help="only jobs of this playbook (a shell pattern like 'deploy/*' works)")
     jobs.add_argument("--since", metavar="WHEN", help="only jobs since then: an age (30m, 2h, 7d) or an ISO 8601 time")
+    jobs.add_argument("--until", metavar="WHEN", help="only jobs before then: an age or an ISO 8601 time")
+    jobs.add_argument("--worker", help="only jobs of this worker id")
+    jobs.add_argument("--host", help="only jobs that ran on this inventory host (needs a history store)")
+    jobs.add_argument(
+        "--limit", type=_positive(int), default=1000, help="print at most this many jobs, the newest (default: 1000)"
+    )
     jobs.add_argument("--json", action="store_true", help="print one JSON object per job and line")

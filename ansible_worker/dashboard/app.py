@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from starlette.applications import Starlette
@@ -22,14 +23,24 @@ from ansible_worker.controller.payloads import finite
 from ansible_worker.dashboard.access import ACTION_HEADER, TOKEN_HEADER, is_loopback, same_origin, token_ok
 from ansible_worker.dashboard.limits import ROW_TEXT, STILL_GOING
 from ansible_worker.dashboard.pages import Page, RecordReader
-from ansible_worker.dashboard.store import Store
+from ansible_worker.dashboard.store import Store, summary
 from ansible_worker.mqtt.link import LinkError
 from ansible_worker.protocol.topics import is_task_id
+
+if TYPE_CHECKING:
+    # Only for its type: the history package is loaded only when a store is configured.
+    from ansible_worker.history.reader import History
 
 STATIC = Path(__file__).parent / "static"
 # A comment line this often keeps proxies and the browser from closing an idle stream.
 KEEPALIVE_SECONDS = 15.0
 ACTION_WITHIN = 15.0
+# A page of jobs from the history store: as many as the page shows at once.
+STORED_PAGE = 50
+# What a stored job's list line shows may be filtered by: the states a status can have.
+_STATES = ("queued", "running", "success", "failed", "cancelled", "timeout")
+# The job list's time filter: how far back each choice reaches, in seconds.
+_SINCE = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 # Events of a record read between two checkpoints: about 20 ms of work.
 READ_STEP = 1000
 _SIGNATURE_FIELDS = ("signature", "issued_at")
@@ -74,8 +85,10 @@ class Dashboard:
         listen_host: str,
         max_task_age: float = 300,
         max_clock_skew: float = 60,
+        history: History | None = None,
     ) -> None:
         self.store = store
+        self.history = history
         self.client = client
         self.token = token
         self.allow_actions = allow_actions
@@ -90,7 +103,7 @@ class Dashboard:
                 Route("/", self.index),
                 Route("/api/config", self.config),
                 Route("/api/stream", self.stream),
-                Route("/api/jobs", self.jobs_on_host),
+                Route("/api/jobs", self.jobs),
                 Route("/api/jobs/{task_id}/record", self.record),
                 Route("/api/jobs/{task_id}/page", self.page),
                 Route("/api/jobs/{task_id}/results/{task:int}/{host:int}", self.result),
@@ -142,7 +155,13 @@ class Dashboard:
         """
         if not self._host_ok(request):
             return _error("unknown Host header", 403)
-        return _json({"token_required": self.token is not None, "allow_actions": self.allow_actions})
+        return _json(
+            {
+                "token_required": self.token is not None,
+                "allow_actions": self.allow_actions,
+                "history": bool(self.history),
+            }
+        )
 
     async def stream(self, request: Request) -> Response:
         """Server-Sent Events: a snapshot, then every change (and the lines of `?job=`).
@@ -155,11 +174,84 @@ class Dashboard:
         job = request.query_params.get("job") or None
         if (bad := _not_a_task_id(job)) is not None:
             return bad
+        stored = None
+        if job is not None and job not in self.store.jobs:
+            stored = await self._stored_status(job)
         headers = {**_HEADERS, "X-Accel-Buffering": "no"}
-        return StreamingResponse(self._events(job), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(self._events(job, stored), media_type="text/event-stream", headers=headers)
 
-    async def _events(self, job: str | None) -> AsyncIterator[str]:
-        with self.store.listen(job) as (first, receive):
+    async def _stored_status(self, task_id: str) -> dict[str, Any] | None:
+        """Job `task_id`'s status from the history store, or None (no store, no such job, or the store away)."""
+        if self.history is None:
+            return None
+        from ansible_worker.history.reader import HistoryError
+
+        with trio.move_on_after(ACTION_WITHIN):
+            try:
+                return await self.history.status(task_id)
+            except HistoryError:
+                return None
+        return None
+
+    async def jobs(self, request: Request) -> Response:
+        """A page of jobs from the history store, newest first, filtered there; or, with `?host=`, `jobs_on_host`.
+
+        Filters: `state`, `playbook` (where the name contains it), `worker` (its id), `since` (one of
+        `_SINCE`'s spans back from now); `before` is the `next` of the previous page. Without a
+        store: 404, and the page lists what the dashboard holds.
+
+        Cancellation: bounded by ACTION_WITHIN.
+        """
+        if "host" in request.query_params:
+            return await self.jobs_on_host(request)
+        refused = self._refused(request, action=False)
+        if refused is not None:
+            return refused
+        if self.history is None:
+            return _error("no history store: set history.url", 404)
+        from ansible_worker.history.reader import HistoryError, JobQuery
+
+        wanted = request.query_params.get("state") or None
+        if wanted is not None and wanted not in _STATES:
+            return _error(f"state must be one of {', '.join(_STATES)}", 400)
+        playbook = request.query_params.get("playbook", "").strip()
+        if len(playbook) > 256:
+            return _error("playbook filter: at most 256 characters", 400)
+        worker = request.query_params.get("worker") or None
+        if worker is not None and len(worker) > ROW_TEXT:
+            return _error(f"worker filter: at most {ROW_TEXT} characters", 400)
+        span = request.query_params.get("since") or None
+        if span is not None and span not in _SINCE:
+            return _error(f"since must be one of {', '.join(_SINCE)}", 400)
+        try:
+            before = _cursor(request.query_params.get("before"))
+        except ValueError:
+            return _error("before: the `next` of a previous page", 400)
+        query = JobQuery(
+            states=frozenset({wanted}) if wanted else None,
+            playbook=f"*{playbook}*" if playbook else None,
+            worker=worker,
+            since=None if span is None else datetime.now(UTC).timestamp() - _SINCE[span],
+            limit=STORED_PAGE,
+            before=before,
+        )
+        with trio.move_on_after(ACTION_WITHIN):
+            try:
+                page = await self.history.jobs(query)
+            except HistoryError as exc:
+                return _error(str(exc), 503)
+            rows = []
+            for status in page.statuses:
+                task_id = str(status.get("task_id"))
+                row = self.store.row(task_id) if task_id in self.store.jobs else {**summary(status), "order": 0}
+                row.setdefault("can_run_again", task_id in self.store.requests)
+                rows.append(row)
+            following = None if page.next is None else f"{page.next[0]!r},{page.next[1]}"
+            return _json({"jobs": rows, "next": following})
+        return _error("the history store did not answer in time", 503)
+
+    async def _events(self, job: str | None, stored: dict[str, Any] | None) -> AsyncIterator[str]:
+        with self.store.listen(job, stored) as (first, receive):
             yield _sse(first)
             while True:
                 message = None
@@ -187,10 +279,18 @@ class Dashboard:
     async def _record(self, task_id: str) -> dict[str, Any] | None:
         """A finished job's record, or None: where the dashboard reads records from, in one place.
 
-        A record that cannot be read counts as none (the client has said why).
+        The history store's copy first, when there is a store: the broker's may have expired. A
+        record that cannot be read counts as none (the client or the store has said why).
 
         Cancellation: the record subscription is removed; the caller bounds the wait.
         """
+        if self.history is not None:
+            from ansible_worker.history.reader import HistoryError
+
+            with suppress(HistoryError):
+                found = await self.history.record(task_id)
+                if found is not None:
+                    return found
         with suppress(ClientError):
             return await self.client.record(task_id)
         return None
@@ -231,9 +331,12 @@ class Dashboard:
     async def _page(self, task_id: str) -> Page | None:
         """The page of a known job: built from its record once it has ended and one is there, else from live events.
 
-        A finished job's record is read through `_record`, as the record endpoint reads it.
+        A job this dashboard does not hold is known when the history store has it. A finished
+        job's record is read through `_record`, as the record endpoint reads it.
         """
         status = self.store.jobs.get(task_id)
+        if status is None:
+            status = await self._stored_status(task_id)
         if status is None:
             return None
         if status.get("state") in STILL_GOING:
@@ -443,6 +546,17 @@ async def _body(request: Request) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _cursor(text: str | None) -> tuple[float, str] | None:
+    """A page's `before` (`began,task_id`), or None when absent. Errors: `ValueError` when it is not one."""
+    if not text:
+        return None
+    began, _, task_id = text.partition(",")
+    moment = float(began)
+    if not is_task_id(task_id) or not math.isfinite(moment):
+        raise ValueError(text)
+    return moment, task_id
 
 
 def _sse(message: dict[str, Any]) -> str:

@@ -17,6 +17,8 @@ from ansible_worker.protocol.topics import Topics, is_task_id
 
 log = logging.getLogger(__name__)
 
+# How long the first page waits for the broker's retained messages before it is served.
+FIRST_PAGE_WITHIN = 3.0
 # A message bigger than this is not one the group's workers send; it is skipped, not parsed.
 MAX_PAYLOAD = 4 * 1024 * 1024
 
@@ -38,7 +40,9 @@ async def follow_group(
     """Route every message of the group into `store` and keep its `connected` flag true to the link.
 
     Started once the retained messages of the first connection have arrived (after a barrier),
-    so the first page a browser gets already lists the known jobs.
+    so the first page a browser gets already lists the known jobs; or after `FIRST_PAGE_WITHIN`
+    seconds, when the broker retains more than that lets through: the rest arrive while the
+    dashboard serves, and the page says so until they have.
 
     Cancellation: runs until cancelled; it owns the link watcher, which ends with it.
     """
@@ -48,21 +52,41 @@ async def follow_group(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_link, client.session, store)
         await client.session.renew(filters)
-        # Retained messages of a broker this slow arrive later, as changes.
-        with suppress(trio.TooSlowError):
+        # Retained messages of a broker this slow, or this many, arrive later, as changes.
+        store.set_loaded(False)
+        with trio.move_on_after(FIRST_PAGE_WITHIN), suppress(trio.TooSlowError):
             await client.barrier()
-        _drain(receive, client.topics, store)
+            store.set_loaded(True)
+        store.first_heard = _drain(receive, client.topics, store)
         task_status.started()
+        if not store.loaded:
+            nursery.start_soon(_note_when_loaded, client, store)
         async for message in receive:
+            # Until every retained status has come, each one counts towards what the broker sent.
+            store.first_heard += not store.loaded and message.topic.endswith("/status")
             route(store, client.topics, message)
 
 
-def _drain(receive: trio.MemoryReceiveChannel[InboundMessage], topics: Topics, store: Store) -> None:
+async def _note_when_loaded(client: Client, store: Store) -> None:
+    """Once a barrier passes, every retained status has arrived. Cancellation: with the feed."""
+    while True:
+        try:
+            await client.barrier()
+        except trio.TooSlowError:
+            continue
+        store.set_loaded(True)
+        return
+
+
+def _drain(receive: trio.MemoryReceiveChannel[InboundMessage], topics: Topics, store: Store) -> int:
+    """Route what has arrived; how many of those were statuses."""
+    statuses = 0
     while True:
         try:
             message = receive.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
-            return
+            return statuses
+        statuses += message.topic.endswith("/status")
         route(store, topics, message)
 
 

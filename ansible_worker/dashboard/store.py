@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -11,6 +12,7 @@ from typing import Any
 
 import trio
 
+from ansible_worker.controller.job_listing import COMMON_QUEUE_CAP
 from ansible_worker.dashboard.job_hosts import JobHosts
 from ansible_worker.dashboard.job_view import JobView
 from ansible_worker.dashboard.limits import (
@@ -100,6 +102,13 @@ class Store:
     # The group's template catalogue (`protocol.models.TemplateCatalogue`, checked by the feed), if any.
     catalogue: dict[str, Any] | None = None
     listeners: list[Listener] = field(default_factory=list)
+    # Jobs forgotten to make room (not cleared by the group): the list shows only part of the group's.
+    dropped: int = 0
+    # False while the broker's retained statuses had not all come when the dashboard began to serve.
+    loaded: bool = True
+    # Statuses the broker sent on the first connection: as many as it queues for one client, and
+    # it may have dropped the rest without a word.
+    first_heard: int = 0
     _order: int = 0
     _first_seen: dict[str, int] = field(default_factory=dict)
     _output_bytes: dict[str, int] = field(default_factory=dict)
@@ -182,6 +191,25 @@ class Store:
         ranked = sorted(self.jobs, key=lambda task_id: eviction_rank(self.jobs[task_id], self._first_seen[task_id]))
         for task_id in ranked[: len(self.jobs) - (MAX_JOBS - EVICT_BATCH)]:
             self._forget(task_id)
+            self.dropped += 1
+        self._tell(self.partial())
+
+    def set_loaded(self, loaded: bool) -> None:
+        """Say whether every retained status has arrived; the page says so while not."""
+        if loaded != self.loaded:
+            self.loaded = loaded
+            self._tell(self.partial())
+
+    def partial(self) -> dict[str, Any]:
+        """How much of the group's jobs the list holds: jobs dropped to stay within `MAX_JOBS`, and whether all came."""
+        return {
+            "type": "partial",
+            "dropped": self.dropped,
+            "kept": MAX_JOBS,
+            "loaded": self.loaded,
+            "first_heard": self.first_heard,
+            "maybe_dropped": self.first_heard >= COMMON_QUEUE_CAP,
+        }
 
     def _forget(self, task_id: str) -> None:
         """Drop all that is kept of a job, and take it off every list shown."""
@@ -338,24 +366,35 @@ class Store:
             "can_run_again": task_id in self.requests,
         }
 
-    def snapshot(self, job: str | None) -> dict[str, Any]:
-        """The first message of a stream: everything known now, and the job page if one is asked for."""
+    def snapshot(self, job: str | None, stored: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The first message of a stream: everything known now, and the job page if one is asked for.
+
+        `stored`: the job's status from the history store, for a job this dashboard does not hold.
+        """
+        page = self.job_page(job) if job else None
+        if page is None and stored is not None and job is not None:
+            status = kept_status(job, stored, len(json.dumps(stored)))
+            # Its hosts, tasks and output come from its record, which the page asks for as for any ended job.
+            page = {"status": status, "origin": {}, "live": None, "can_run_again": False}
         return {
             "type": "snapshot",
             "connected": self.connected,
             "workers": self.workers,
             "catalogue": self.catalogue,
             "jobs": self.rows(),
-            "job": self.job_page(job) if job else None,
+            "job": page,
+            "partial": self.partial(),
         }
 
     @contextmanager
-    def listen(self, job: str | None) -> Iterator[tuple[dict[str, Any], trio.MemoryReceiveChannel[dict[str, Any]]]]:
+    def listen(
+        self, job: str | None, stored: dict[str, Any] | None = None
+    ) -> Iterator[tuple[dict[str, Any], trio.MemoryReceiveChannel[dict[str, Any]]]]:
         """A snapshot and the channel of every change after it, until the block ends."""
         send, receive = trio.open_memory_channel[dict[str, Any]](LISTENER_BUFFER)
         listener = Listener(send, job)
         # Taken and registered without a checkpoint in between: no change falls in the gap.
-        first = self.snapshot(job)
+        first = self.snapshot(job, stored)
         self.listeners.append(listener)
         try:
             yield first, receive

@@ -42,7 +42,7 @@ OWN_KEY_NAME = "worker_key"
 ENVIRONMENT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 
-def _check_topic_prefix(value: str) -> str:
+def check_topic_prefix(value: str) -> str:
     if not value or value.startswith("/") or value.endswith("/") or "//" in value:
         raise ValueError("must be one or more topic levels without empty levels, e.g. 'ansible'")
     if any(ch in value for ch in "+#$\0"):
@@ -50,7 +50,7 @@ def _check_topic_prefix(value: str) -> str:
     return value
 
 
-TopicPrefix = Annotated[str, AfterValidator(_check_topic_prefix)]
+TopicPrefix = Annotated[str, AfterValidator(check_topic_prefix)]
 # How old a signed message may be, and how far ahead of this clock: workers and controllers alike.
 MaxTaskAge = Annotated[float, Field(gt=0, le=86_400)]
 MaxClockSkew = Annotated[float, Field(ge=0, le=3600)]
@@ -319,6 +319,59 @@ class DashboardSettings(BaseModel):
     url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)] | None = None
 
 
+_DURATION = r"^\s*(\d+)\s*([smhdw])\s*$"
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration_seconds(text: str) -> int:
+    """`90d`, `12h`, `2w`, `30m` or `45s` as seconds. Errors: `ValueError` naming the accepted forms."""
+    import re
+
+    match = re.match(_DURATION, text)
+    if match is None:
+        raise ValueError("must be a whole number and a unit: s, m, h, d or w (e.g. 90d)")
+    return int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+
+
+def _check_duration(value: str | None) -> str | None:
+    if value is not None and duration_seconds(value) <= 0:
+        raise ValueError("must be longer than 0")
+    return value
+
+
+def _check_history_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme not in ("sqlite", "postgresql", "postgres", "postgresql+psycopg"):
+        raise ValueError("must be sqlite:///PATH or postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE")
+    if scheme == "sqlite" and value in ("sqlite://", "sqlite:///", "sqlite:///:memory:"):
+        raise ValueError("must name a file: sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    return value
+
+
+class HistorySettings(BaseModel):
+    """The `history` section: the database that holds the group's finished jobs, and how long it keeps them."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    # None: no store; the controller and the dashboard read the broker's retained messages.
+    url: Annotated[str | None, AfterValidator(_check_history_url)] = Field(
+        None, description="sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE"
+    )
+    # None: keep every job. Removed in the background, in batches of `purge_batch`.
+    keep: Annotated[str | None, AfterValidator(_check_duration)] = Field(
+        None, description="how long the store keeps a job after it began, e.g. 90d"
+    )
+    purge_every: float = Field(600, gt=0, le=86_400, description="seconds between two clean-ups")
+    purge_batch: int = Field(1000, ge=1, le=100_000, description="jobs removed per transaction")
+
+    @property
+    def keep_seconds(self) -> int | None:
+        """`keep` in seconds, or None to keep every job."""
+        return None if self.keep is None else duration_seconds(self.keep)
+
+
 class _EnvironmentOverFile(BaseSettings):
     """Settings whose environment variables override the values read from the file."""
 
@@ -345,6 +398,8 @@ class Settings(_EnvironmentOverFile):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     # Read by `ansible-worker dashboard` only; allowed here so one file serves both.
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    # Read by `ansible-worker archive`, the controller commands and the dashboard; never by a worker.
+    history: HistorySettings = Field(default_factory=HistorySettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # text for people; json for log collectors: one object per line.
     log_format: Literal["text", "json"] = "text"
@@ -376,6 +431,7 @@ class ClientSettings(_EnvironmentOverFile):
     worker: ClientGroupSettings = Field(default_factory=ClientGroupSettings)
     security: ClientSecuritySettings = Field(default_factory=ClientSecuritySettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    history: HistorySettings = Field(default_factory=HistorySettings)
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -89,6 +89,15 @@ class Topics:
         return f"{self.tasks}/{task_id}/record"
 
     @property
+    def record_subscription(self) -> str:
+        """The filter of every job's record topic in the group."""
+        return f"{self.tasks}/+/record"
+
+    def task_id_of_record(self, topic: str) -> str | None:
+        """The task_id in a record topic of this group, or None if `topic` is not one."""
+        return self._task_id_in(topic, "record")
+
+    @property
     def status_subscription(self) -> str:
         """The filter of every job's status topic in the group."""
         return f"{self.tasks}/+/status"

@@ -2,7 +2,7 @@
 "use strict";
 
 import { $, el, TERMINAL, authHeaders, setToken } from "./util.js";
-import { renderWorkers, renderJobs, jobLink, onJobsKey } from "./lists.js";
+import { renderWorkers, renderJobs, fetchStored, jobLink, onJobsKey } from "./lists.js";
 import { renderTemplates, listenForLaunches } from "./templates.js";
 import {
   newJob, applyPage, applyEvent, renderJob, setHostFilter, setSearch, onCellsKey, onCellsClick, onCellsFocus,
@@ -11,7 +11,9 @@ import {
 
 const state = {
   config: null, token: null, stream: null, connected: true, workers: {}, jobs: new Map(), catalogue: null,
-  job: null, page: 0, renderQueued: false, hostQuery: "", hostMatches: null, hostAsked: 0,
+  job: null, page: 0, renderQueued: false, hostQuery: "", hostMatches: null, hostAsked: 0, partial: null,
+  // With a history store: the page of jobs it gave, and the cursor each page was asked with.
+  stored: null, cursors: [null], storedAsked: 0,
   // After a change of view, where the keyboard focus goes once that view is drawn.
   focus: null,
 };
@@ -161,15 +163,21 @@ function onMessage(message) {
     state.workers = message.workers;
     state.catalogue = message.catalogue;
     state.jobs = new Map(message.jobs.map((job) => [job.task_id, job]));
+    state.partial = message.partial;
     showJob(message.job);
+    if (state.config.history && !message.job) askStore();
   } else if (message.type === "link") {
     state.connected = message.connected;
   } else if (message.type === "catalogue") {
     state.catalogue = message.catalogue;
   } else if (message.type === "worker") {
     if (message.worker) state.workers[message.worker_id] = message.worker; else delete state.workers[message.worker_id];
+  } else if (message.type === "partial") {
+    state.partial = message;
   } else if (message.type === "job") {
-    if (message.job) state.jobs.set(message.task_id, message.job); else state.jobs.delete(message.task_id);
+    // When it was heard: with a history store, jobs heard since its page was asked for go on top.
+    if (message.job) state.jobs.set(message.task_id, { ...message.job, heard: Date.now() });
+    else state.jobs.delete(message.task_id);
     const job = state.job;
     if (job && job.taskId === message.task_id && message.status) {
       const ended = !TERMINAL.has(job.status.state) && TERMINAL.has(message.status.state);
@@ -248,14 +256,25 @@ function onHostFilter() {
   }, 200);
 }
 
+function askStore() { fetchStored(state, queueRender); }
+
 function begin() {
-  for (const id of ["state-filter", "worker-filter", "time-filter"]) {
-    $(id).addEventListener("change", () => { state.page = 0; queueRender(); });
-  }
-  $("playbook-filter").addEventListener("input", () => { state.page = 0; queueRender(); });
+  // With a history store, filters and pages are questions to the store; without, to the jobs held here.
+  const changed = () => { if (state.config.history) askStore(); else queueRender(); };
+  const refilter = () => { state.page = 0; state.cursors = [null]; changed(); };
+  let typing = null;
+  for (const id of ["state-filter", "worker-filter", "time-filter"]) $(id).addEventListener("change", refilter);
+  $("playbook-filter").addEventListener("input", () => {
+    clearTimeout(typing);
+    if (state.config.history) typing = setTimeout(refilter, 250); else refilter();
+  });
   $("host-filter").addEventListener("input", onHostFilter);
-  $("prev-page").addEventListener("click", () => { state.page -= 1; queueRender(); });
-  $("next-page").addEventListener("click", () => { state.page += 1; queueRender(); });
+  $("prev-page").addEventListener("click", () => { state.page -= 1; changed(); });
+  $("next-page").addEventListener("click", () => {
+    if (state.config.history) state.cursors[state.page + 1] = state.stored.next;
+    state.page += 1;
+    changed();
+  });
   $("jobs").addEventListener("keydown", onJobsKey);
   listenForLaunches();
   $("tasks").addEventListener("keydown", onCellsKey);

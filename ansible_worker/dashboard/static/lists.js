@@ -1,7 +1,7 @@
 // The front page: the workers with their load, and the jobs, filtered and paged, each row a link.
 "use strict";
 
-import { $, el, jobHref, duration, parseTime, timeElement, stateBadge, countBar, countWords, plural } from "./util.js";
+import { $, el, authHeaders, jobHref, duration, parseTime, timeElement, stateBadge, countBar, countWords, plural } from "./util.js";
 
 const PAGE_SIZE = 50;
 const RUNNING_SHOWN = 3;
@@ -86,30 +86,92 @@ function runningCell(jobs) {
   return cell;
 }
 
-export function filteredJobs(state) {
+// The filters as chosen now: one test of a job's list line.
+function filterOf(state) {
   const wanted = $("state-filter").value;
   const playbook = $("playbook-filter").value.trim().toLowerCase();
   const worker = $("worker-filter").value;
   const since = SINCE[$("time-filter").value];
   const oldest = since ? Date.now() - since : null;
-  const rows = [];
-  for (const job of state.jobs.values()) {
-    if (wanted && job.state !== wanted) continue;
-    if (playbook && !String(job.playbook || "").toLowerCase().includes(playbook)) continue;
-    if (worker && job.worker_id !== worker) continue;
-    if (state.hostMatches && !state.hostMatches.has(job.task_id)) continue;
+  return (job) => {
+    if (wanted && job.state !== wanted) return false;
+    if (playbook && !String(job.playbook || "").toLowerCase().includes(playbook)) return false;
+    if (worker && job.worker_id !== worker) return false;
+    if (state.hostMatches && !state.hostMatches.has(job.task_id)) return false;
     if (oldest !== null) {
       const at = parseTime(job.created_at || job.started_at);
-      if (at === null || at < oldest) continue;
+      if (at === null || at < oldest) return false;
     }
-    rows.push(job);
+    return true;
+  };
+}
+
+function newestFirst(a, b) {
+  const ka = String(a.created_at || a.started_at || ""), kb = String(b.created_at || b.started_at || "");
+  if (ka !== kb) return ka < kb ? 1 : -1;
+  return b.order - a.order;
+}
+
+export function filteredJobs(state) {
+  const matches = filterOf(state);
+  return Array.from(state.jobs.values()).filter(matches).sort(newestFirst);
+}
+
+// With a history store, the list is the store's page, each line as the broker last said it; on the
+// first page, the jobs heard live since that page was asked for come on top. The host filter, which
+// the store matches whole, keeps the jobs this dashboard knows ran on a matching host.
+function storedRows(state) {
+  const matches = filterOf(state);
+  const rows = new Map();
+  for (const job of (state.stored ? state.stored.jobs : [])) rows.set(job.task_id, state.jobs.get(job.task_id) || job);
+  if (state.page === 0) {
+    for (const job of state.jobs.values()) {
+      if (!rows.has(job.task_id) && job.heard > state.storedAsked) rows.set(job.task_id, job);
+    }
   }
-  rows.sort((a, b) => {
-    const ka = String(a.created_at || a.started_at || ""), kb = String(b.created_at || b.started_at || "");
-    if (ka !== kb) return ka < kb ? 1 : -1;
-    return b.order - a.order;
-  });
-  return rows;
+  return Array.from(rows.values()).filter(matches).sort(newestFirst);
+}
+
+// Asks the history store for the page of jobs the filters and the pager choose; `done` once it is kept.
+export async function fetchStored(state, done) {
+  const params = new URLSearchParams();
+  if ($("state-filter").value) params.set("state", $("state-filter").value);
+  const playbook = $("playbook-filter").value.trim();
+  if (playbook) params.set("playbook", playbook);
+  if ($("worker-filter").value) params.set("worker", $("worker-filter").value);
+  if ($("time-filter").value) params.set("since", $("time-filter").value);
+  const before = state.cursors[state.page];
+  if (before) params.set("before", before);
+  const asked = Date.now();
+  const key = params.toString();
+  state.storedKey = key;
+  const response = await fetch("/api/jobs?" + key, { headers: authHeaders() });
+  const answer = await response.json();
+  if (state.storedKey !== key) return;  // a newer question was asked meanwhile
+  state.stored = response.ok ? answer : { jobs: [], next: null, error: answer.error || String(response.status) };
+  state.storedAsked = asked;
+  done();
+}
+
+function renderPartial(state) {
+  const note = $("partial-note");
+  const partial = state.partial;
+  let text = "";
+  if (state.config.history) {
+    text = state.stored && state.stored.error ? "The history store cannot be read: " + state.stored.error : "";
+  } else if (partial && partial.dropped > 0) {
+    text = `Showing the newest ${state.jobs.size.toLocaleString()} jobs: the dashboard keeps at most ` +
+      `${partial.kept.toLocaleString()}, and ${partial.dropped.toLocaleString()} older ones the broker retains are` +
+      " not listed here. Set history.url for all of them.";
+  } else if (partial && partial.maybe_dropped) {
+    text = `The broker sent ${partial.first_heard.toLocaleString()} jobs when the dashboard started: a broker that` +
+      " queues fewer messages per client than it retains (Mosquitto's max_queued_messages, 1,000 by default)" +
+      " drops the rest without a word, so older jobs may be missing here. Set history.url for all of them.";
+  } else if (partial && !partial.loaded) {
+    text = "The broker has not yet sent every job it retains: the list fills in as they arrive.";
+  }
+  note.textContent = text;
+  note.hidden = !text;
 }
 
 function jobDuration(job) {
@@ -121,10 +183,12 @@ function jobDuration(job) {
 
 export function renderJobs(state) {
   renderWorkerChoices(state);
-  const rows = filteredJobs(state);
-  const pages = Math.max(1, Math.ceil(rows.length / PAGE_SIZE));
+  renderPartial(state);
+  const stored = state.config.history;
+  const rows = stored ? storedRows(state) : filteredJobs(state);
+  const pages = stored ? state.page + 1 : Math.max(1, Math.ceil(rows.length / PAGE_SIZE));
   state.page = Math.min(state.page, pages - 1);
-  const shown = rows.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE);
+  const shown = stored ? rows : rows.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE);
   const body = $("jobs").tBodies[0];
   // The list is drawn anew: the job link that had the focus gets it back.
   const focused = document.activeElement && document.activeElement.closest("#jobs tbody tr");
@@ -135,12 +199,19 @@ export function renderJobs(state) {
     const link = jobLink(focused.dataset.taskId);
     if (link) link.focus({ preventScroll: true });
   }
-  $("job-count").textContent = `(${rows.length} of ${state.jobs.size})`;
   $("no-jobs").hidden = rows.length > 0;
-  $("no-jobs").textContent = state.jobs.size ? "No job matches these filters." : "No job has been heard of yet.";
-  $("page-info").textContent = `page ${state.page + 1} of ${pages}`;
   $("prev-page").disabled = state.page === 0;
-  $("next-page").disabled = state.page >= pages - 1;
+  if (stored) {
+    $("job-count").textContent = "(from the history store)";
+    $("no-jobs").textContent = state.stored ? "No job matches these filters." : "Asking the history store…";
+    $("page-info").textContent = `page ${state.page + 1}`;
+    $("next-page").disabled = !(state.stored && state.stored.next);
+  } else {
+    $("job-count").textContent = `(${rows.length} of ${state.jobs.size})`;
+    $("no-jobs").textContent = state.jobs.size ? "No job matches these filters." : "No job has been heard of yet.";
+    $("page-info").textContent = `page ${state.page + 1} of ${pages}`;
+    $("next-page").disabled = state.page >= pages - 1;
+  }
   $("host-note").textContent = state.hostMatches
     ? `${plural(state.hostMatches.size, "job")} known to have run on a host matching “${state.hostQuery}”`
     : "";
@@ -191,6 +262,7 @@ function renderWorkerChoices(state) {
   const select = $("worker-filter");
   const names = new Set(Object.keys(state.workers));
   for (const job of state.jobs.values()) if (job.worker_id) names.add(job.worker_id);
+  for (const job of (state.stored ? state.stored.jobs : [])) if (job.worker_id) names.add(job.worker_id);
   const wanted = [...names].sort();
   const key = wanted.join("\n");
   if (select.dataset.key === key) return;
