@@ -25,16 +25,16 @@ from ansible_worker.run.sources.run_trees import TreeCache, remove_tree
 from ansible_worker.run.sources.shipped_content import ContentLimits, check_digest, unpack
 from ansible_worker.run.sources.source_cache import (
     CACHE_KEY,
-    cache_root,
     lock_cache,
     make_cache_directory,
     mirror_problem,
     project_mirrors,
 )
 
-# Re-exported: the worker's start checks the cache through this module.
+# Re-exported: the worker's start and its summary reach the cache through this module.
 from ansible_worker.run.sources.source_cache import SourceCacheError as SourceCacheError
 from ansible_worker.run.sources.source_cache import cache_problem as cache_problem
+from ansible_worker.run.sources.source_cache import cache_root as cache_root
 
 if TYPE_CHECKING:
     # For its type only: the run layer never loads the settings module itself.
