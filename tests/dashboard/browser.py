@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -43,6 +44,13 @@ CHROMIUM_FLAGS = (
 def have_chromium() -> bool:
     """Whether the Debian chromium and chromium-driver packages are installed."""
     return os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)
+
+
+# The marks of every test that drives Chromium: slow, and skipped where there is none.
+BROWSER_TESTS = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not have_chromium(), reason="needs Debian's chromium and chromium-driver"),
+]
 
 
 @contextmanager

@@ -18,13 +18,13 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from ansible_worker.controller.client import open_client, target_from_url
 from tests.conftest import Broker
 from tests.dashboard.browser import (
+    BROWSER_TESTS,
     EXECUTABLE,
     answered,
     axe_problems,
     broker_status,
     dashboard,
     get,
-    have_chromium,
     job_state,
     open_job,
     post,
@@ -34,10 +34,7 @@ from tests.dashboard.browser import (
     wait_until,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not have_chromium(), reason="needs Debian's chromium and chromium-driver"),
-]
+pytestmark = BROWSER_TESTS
 
 
 @pytest.fixture

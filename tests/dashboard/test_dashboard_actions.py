@@ -9,17 +9,16 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 import trio
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from ansible_worker.controller.client import open_client, target_from_url
 from tests.conftest import Broker, worker_config
 from tests.dashboard.browser import (
+    BROWSER_TESTS,
     broker_status,
     cli,
     dashboard,
-    have_chromium,
     job_state,
     open_job,
     post,
@@ -29,10 +28,7 @@ from tests.dashboard.browser import (
     wait_until,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not have_chromium(), reason="needs Debian's chromium and chromium-driver"),
-]
+pytestmark = BROWSER_TESTS
 
 
 def test_cancel_from_the_page_and_run_again(
@@ -100,9 +96,8 @@ def test_actions_refuse_cross_site_requests(broker: Broker, group: str, worker: 
         assert broker_status(broker, group, "long")["state"] in ("queued", "running")
 
 
-def test_actions_are_signed_with_the_dashboards_key(
-    broker: Broker, group: str, playbook_dir: Path, keys: Path, tmp_path: Path
-) -> None:
+def signed_worker_config(tmp_path: Path, broker: Broker, playbook_dir: Path, group: str, keys: Path) -> Path:
+    """The config file of worker `w1`, which runs only what alice signed and signs its claims with its own key."""
     config = tmp_path / "signed-worker.json"
     worker = json.loads(worker_config(config, broker, playbook_dir, group, worker_id="w1").read_text())
     worker["security"] = {
@@ -111,6 +106,13 @@ def test_actions_are_signed_with_the_dashboards_key(
         "worker_key": str(keys / "worker.key"),
     }
     config.write_text(json.dumps(worker))
+    return config
+
+
+def test_actions_are_signed_with_the_dashboards_key(
+    broker: Broker, group: str, playbook_dir: Path, keys: Path, tmp_path: Path
+) -> None:
+    config = signed_worker_config(tmp_path, broker, playbook_dir, group, keys)
     alice = str(keys / "alice.key")
     with (
         process(["run", "-c", str(config)], tmp_path / "worker.log"),
@@ -177,14 +179,7 @@ def test_run_again_signs_only_a_request_that_was_fresh_when_the_dashboard_heard_
     broker: Broker, group: str, playbook_dir: Path, keys: Path, tmp_path: Path
 ) -> None:
     """A captured request its key signed long ago, replayed to the dashboard, is not signed again."""
-    config = tmp_path / "signed-worker.json"
-    worker = json.loads(worker_config(config, broker, playbook_dir, group, worker_id="w1").read_text())
-    worker["security"] = {
-        "require_signed_tasks": True,
-        "trusted_keys": {"alice": str(keys / "alice.pub")},
-        "worker_key": str(keys / "worker.key"),
-    }
-    config.write_text(json.dumps(worker))
+    config = signed_worker_config(tmp_path, broker, playbook_dir, group, keys)
     # The dashboard's own age rule: a request is fresh for 15 s after it was signed (long enough for
     # a loaded machine to hear the fresh one in time, short enough to wait out).
     dashboard_config = tmp_path / "dashboard.json"

@@ -9,7 +9,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
@@ -17,17 +16,14 @@ from selenium.webdriver.support.ui import Select
 from ansible_worker.controller.client import open_client, target_from_url
 from tests.conftest import Broker, client_for
 from tests.dashboard.browser import (
+    BROWSER_TESTS,
     click,
     dashboard,
-    have_chromium,
     text_of,
     wait_until,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not have_chromium(), reason="needs Debian's chromium and chromium-driver"),
-]
+pytestmark = BROWSER_TESTS
 
 
 # README's figures: the dashboard keeps this many jobs, and statuses up to this size whole.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import trio
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
@@ -14,10 +13,10 @@ from selenium.webdriver.support.ui import Select
 
 from tests.conftest import Broker, client_for
 from tests.dashboard.browser import (
+    BROWSER_TESTS,
     axe_problems,
     cli,
     dashboard,
-    have_chromium,
     job_state,
     submit,
     text_of,
@@ -25,10 +24,7 @@ from tests.dashboard.browser import (
 )
 from tests.dashboard.test_job_page import DOCS, ROWS, set_dark
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not have_chromium(), reason="needs Debian's chromium and chromium-driver"),
-]
+pytestmark = BROWSER_TESTS
 
 
 async def _publish_old_jobs(broker: Broker, group: str) -> None:

@@ -9,7 +9,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
 import trio
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
@@ -18,12 +17,12 @@ from selenium.webdriver.support.ui import Select
 
 from tests.conftest import REPO, Broker, client_for
 from tests.dashboard.browser import (
+    BROWSER_TESTS,
     axe_problems,
     cli,
     click,
     dashboard,
     get_json,
-    have_chromium,
     job_state,
     submit,
     text_of,
@@ -31,10 +30,7 @@ from tests.dashboard.browser import (
 )
 from tests.dashboard.events import Events
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not have_chromium(), reason="needs Debian's chromium and chromium-driver"),
-]
+pytestmark = BROWSER_TESTS
 # The screenshots README and docs/dashboard.md show: the suite takes them of the jobs it runs.
 DOCS = REPO / "docs"
 
