@@ -6,17 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.conftest import Broker, client_for
-from tests.dashboard.browser import click, dashboard, get_json, have_chromium, text_of, wait_until
+from tests.dashboard.browser import BROWSER_TESTS, click, dashboard, get_json, text_of, wait_until
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not have_chromium(), reason="needs Debian's chromium and chromium-driver"),
-]
+pytestmark = BROWSER_TESTS
 
 # Markup that runs script if it ever becomes markup: every text of the hostile job carries some.
 EVIL = '<img src=x onerror="window.owned=1"><svg onload="window.owned=1"></svg><script>window.owned=1</script>'

@@ -9,7 +9,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
 import trio
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
@@ -18,12 +17,12 @@ from selenium.webdriver.support.ui import Select
 
 from tests.conftest import REPO, Broker, client_for
 from tests.dashboard.browser import (
+    BROWSER_TESTS,
     axe_problems,
     cli,
     click,
     dashboard,
     get_json,
-    have_chromium,
     job_state,
     submit,
     text_of,
@@ -31,10 +30,7 @@ from tests.dashboard.browser import (
 )
 from tests.dashboard.events import Events
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not have_chromium(), reason="needs Debian's chromium and chromium-driver"),
-]
+pytestmark = BROWSER_TESTS
 # The screenshots README and docs/dashboard.md show: the suite takes them of the jobs it runs.
 DOCS = REPO / "docs"
 
@@ -86,6 +82,105 @@ def no_sideways_scroll(driver: WebDriver) -> bool:
     return bool(driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1;"))
 
 
+def check_hosts_and_why_one_failed(driver: WebDriver) -> None:
+    """The hosts, the one that failed first with each one's counts; which task failed and why."""
+    # The host that failed comes first, with the counts of each host.
+    hosts = driver.execute_script(ROWS, "#hosts tbody tr")
+    header = ["ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignored"]
+    counts = {row[0]: dict(zip(header, map(int, row[1:8]), strict=True)) for row in hosts}
+    assert [row[0] for row in hosts] == ["host2", "host1"]
+    assert counts["host2"] == {**dict.fromkeys(header, 0), "ok": 2, "changed": 2, "failed": 1}
+    assert counts["host1"] == {**dict.fromkeys(header, 0), "ok": 3, "changed": 2, "skipped": 1}
+    # Within a glance: which host, which task, why.
+    failed = text_of(driver, "#failures")
+    assert "host2 failed on “Stop if the disk is full”" in failed
+    assert "disk /var is 97% full" in failed
+    assert "disk /var is 97% full" in text_of(driver, "#job-error")
+    assert text_of(driver, "#job-summary").startswith("Failed after ")
+
+
+def check_tasks_their_results_and_times(driver: WebDriver, url: str) -> None:
+    """Each task with each host's result, in order; a time for each, the slowest marked; a bar per task."""
+    # Each task with each host's result, in order, and a time; the slow one is marked.
+    shown = cells(driver)
+    assert list(shown) == [
+        "Prepare",
+        "Check disk",
+        "Write the config",
+        "Wait for the service",
+        "Stop if the disk is full",
+        "Report",
+    ]
+    assert shown["Stop if the disk is full"] == ["host1: skipped", "host2: failed"]
+    assert shown["Report"] == ["host1: ok", "host2: no result yet"]
+    times = driver.execute_script(
+        "return [...document.querySelectorAll('#tasks tbody tr[data-task]')]"
+        ".map(r => [r.querySelector('.task-duration .time').textContent, r.classList.contains('slow')]);"
+    )
+    assert all(text for text, _ in times), times
+    tasks = get_json(url + "api/jobs/deploy-web/page")[1]["tasks"]
+    spans = [task["end"] - task["start"] for task in tasks]
+    assert times[spans.index(max(spans))][1], f"the slowest task is not marked: {times}"
+    assert not times[spans.index(min(spans))][1], f"the quickest task is marked: {times}"
+    # The timeline: a bar per task.
+    assert driver.execute_script("return document.querySelectorAll('#timeline g.tl-row rect').length;") == 6
+
+
+def check_a_result_whole_and_by_keyboard(driver: WebDriver) -> None:
+    """The failed result in its dialog; Escape closes it, and the arrow keys move along the results."""
+    # The failed result, whole: its message, and all of it as JSON.
+    click(driver, "#tasks button.cell-failed")
+    wait_until(driver, lambda d: "disk /var is 97% full" in text_of(d, "#result-body"), message="no result")
+    assert text_of(driver, "#result-title") == "Stop if the disk is full on host2"
+    assert "The whole result (JSON)" in text_of(driver, "#result-body")
+    DOCS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(DOCS / "dashboard-result.png"))
+    ActionChains(driver).send_keys(Keys.ESCAPE).perform()
+    wait_until(driver, lambda d: not d.execute_script("return document.getElementById('result-dialog').open;"))
+    # Keyboard: the focus went back to the cell, and the arrow keys move along the results.
+    wait_until(driver, lambda d: focused_label(d) == "host2: failed", message="focus is not on host2: failed")
+    ActionChains(driver).send_keys(Keys.ARROW_LEFT).perform()
+    wait_until(driver, lambda d: focused_label(d) == "host1: skipped", message="focus is not on host1: skipped")
+    ActionChains(driver).send_keys(Keys.ARROW_UP, Keys.ARROW_UP, Keys.ENTER).perform()
+    wait_until(driver, lambda d: "+port: 8080" in text_of(d, "#result-body"), message="no diff")
+    assert text_of(driver, "#result-title") == "Write the config on host1"
+    ActionChains(driver).send_keys(Keys.ESCAPE).perform()
+
+
+def check_the_host_filter_and_the_output(driver: WebDriver) -> None:
+    """Filtered to one host, only its results and lines; Ansible's output searched, a task linked to its place."""
+    # Filtered to one host: only its results, and only its lines of output.
+    Select(driver.find_element("id", "job-host")).select_by_visible_text("host1")
+    wait_until(driver, lambda d: cells(d)["Report"] == ["host1: ok"], message="the host filter did nothing")
+    assert all(len(labels) == 1 for labels in cells(driver).values())
+    assert "host2" not in text_of(driver, "#output")
+    assert "ok: [host1]" in text_of(driver, "#output")
+    Select(driver.find_element("id", "job-host")).select_by_visible_text("all hosts")
+    # Ansible's own output: search it, and a task links to its place in it.
+    driver.find_element("id", "output-search").send_keys("PLAY RECAP")
+    wait_until(driver, lambda d: text_of(d, "#output").startswith("PLAY RECAP"), message="search found nothing")
+    assert text_of(driver, "#output-count").startswith("1 of ")
+    driver.find_element("id", "output-search").clear()
+    driver.find_element("id", "output-search").send_keys(" ")
+    click(driver, '#tasks tr[data-task="3"] td.go button')
+    wait_until(driver, lambda d: text_of(d, "#output .target").startswith("TASK [Wait for the service]"))
+    # No set_stats: its section is not shown.
+    assert not driver.find_element("id", "stats-section").is_displayed()
+
+
+def check_dark_mode_and_a_phone(driver: WebDriver) -> None:
+    """Dark mode and a phone's width: nothing axe finds serious, nothing wider than the screen."""
+    # Dark mode, and a phone's width.
+    set_dark(driver, True)
+    driver.execute_script("window.scrollTo(0, 0);")
+    assert axe_problems(driver) == []
+    driver.set_window_size(390, 844)
+    wait_until(driver, no_sideways_scroll, message="the page is wider than a phone")
+    driver.execute_script("window.scrollTo(0, 0);")
+    driver.save_screenshot(str(DOCS / "dashboard-phone-dark.png"))
+    assert axe_problems(driver) == []
+
+
 def test_a_failed_job_shows_which_host_failed_on_which_task_and_why(
     broker: Broker, group: str, worker: str, playbook_dir: Path, tmp_path: Path, browser: WebDriver
 ) -> None:
@@ -95,89 +190,15 @@ def test_a_failed_job_shows_which_host_failed_on_which_task_and_why(
         browser.set_window_size(1280, 1100)
         browser.get(url + "#/job/deploy-web")
         wait_until(browser, lambda d: d.execute_script(RECORD_SHOWN), message="the record was never shown")
-        # The host that failed comes first, with the counts of each host.
-        hosts = browser.execute_script(ROWS, "#hosts tbody tr")
-        header = ["ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignored"]
-        counts = {row[0]: dict(zip(header, map(int, row[1:8]), strict=True)) for row in hosts}
-        assert [row[0] for row in hosts] == ["host2", "host1"]
-        assert counts["host2"] == {**dict.fromkeys(header, 0), "ok": 2, "changed": 2, "failed": 1}
-        assert counts["host1"] == {**dict.fromkeys(header, 0), "ok": 3, "changed": 2, "skipped": 1}
-        # Within a glance: which host, which task, why.
-        failed = text_of(browser, "#failures")
-        assert "host2 failed on “Stop if the disk is full”" in failed
-        assert "disk /var is 97% full" in failed
-        assert "disk /var is 97% full" in text_of(browser, "#job-error")
-        assert text_of(browser, "#job-summary").startswith("Failed after ")
-        # Each task with each host's result, in order, and a time; the slow one is marked.
-        shown = cells(browser)
-        assert list(shown) == [
-            "Prepare",
-            "Check disk",
-            "Write the config",
-            "Wait for the service",
-            "Stop if the disk is full",
-            "Report",
-        ]
-        assert shown["Stop if the disk is full"] == ["host1: skipped", "host2: failed"]
-        assert shown["Report"] == ["host1: ok", "host2: no result yet"]
-        times = browser.execute_script(
-            "return [...document.querySelectorAll('#tasks tbody tr[data-task]')]"
-            ".map(r => [r.querySelector('.task-duration .time').textContent, r.classList.contains('slow')]);"
-        )
-        assert all(text for text, _ in times), times
-        tasks = get_json(url + "api/jobs/deploy-web/page")[1]["tasks"]
-        spans = [task["end"] - task["start"] for task in tasks]
-        assert times[spans.index(max(spans))][1], f"the slowest task is not marked: {times}"
-        assert not times[spans.index(min(spans))][1], f"the quickest task is marked: {times}"
-        # The timeline: a bar per task.
-        assert browser.execute_script("return document.querySelectorAll('#timeline g.tl-row rect').length;") == 6
-        # The failed result, whole: its message, and all of it as JSON.
-        click(browser, "#tasks button.cell-failed")
-        wait_until(browser, lambda d: "disk /var is 97% full" in text_of(d, "#result-body"), message="no result")
-        assert text_of(browser, "#result-title") == "Stop if the disk is full on host2"
-        assert "The whole result (JSON)" in text_of(browser, "#result-body")
-        DOCS.mkdir(exist_ok=True)
-        browser.save_screenshot(str(DOCS / "dashboard-result.png"))
-        ActionChains(browser).send_keys(Keys.ESCAPE).perform()
-        wait_until(browser, lambda d: not d.execute_script("return document.getElementById('result-dialog').open;"))
-        # Keyboard: the focus went back to the cell, and the arrow keys move along the results.
-        wait_until(browser, lambda d: focused_label(d) == "host2: failed", message="focus is not on host2: failed")
-        ActionChains(browser).send_keys(Keys.ARROW_LEFT).perform()
-        wait_until(browser, lambda d: focused_label(d) == "host1: skipped", message="focus is not on host1: skipped")
-        ActionChains(browser).send_keys(Keys.ARROW_UP, Keys.ARROW_UP, Keys.ENTER).perform()
-        wait_until(browser, lambda d: "+port: 8080" in text_of(d, "#result-body"), message="no diff")
-        assert text_of(browser, "#result-title") == "Write the config on host1"
-        ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+        check_hosts_and_why_one_failed(browser)
+        check_tasks_their_results_and_times(browser, url)
+        check_a_result_whole_and_by_keyboard(browser)
         # The page as a person opening the failed job sees it.
         browser.execute_script("document.activeElement.blur(); window.scrollTo(0, 0);")
         browser.save_screenshot(str(DOCS / "dashboard-job.png"))
         assert axe_problems(browser) == []
-        # Filtered to one host: only its results, and only its lines of output.
-        Select(browser.find_element("id", "job-host")).select_by_visible_text("host1")
-        wait_until(browser, lambda d: cells(d)["Report"] == ["host1: ok"], message="the host filter did nothing")
-        assert all(len(labels) == 1 for labels in cells(browser).values())
-        assert "host2" not in text_of(browser, "#output")
-        assert "ok: [host1]" in text_of(browser, "#output")
-        Select(browser.find_element("id", "job-host")).select_by_visible_text("all hosts")
-        # Ansible's own output: search it, and a task links to its place in it.
-        browser.find_element("id", "output-search").send_keys("PLAY RECAP")
-        wait_until(browser, lambda d: text_of(d, "#output").startswith("PLAY RECAP"), message="search found nothing")
-        assert text_of(browser, "#output-count").startswith("1 of ")
-        browser.find_element("id", "output-search").clear()
-        browser.find_element("id", "output-search").send_keys(" ")
-        click(browser, '#tasks tr[data-task="3"] td.go button')
-        wait_until(browser, lambda d: text_of(d, "#output .target").startswith("TASK [Wait for the service]"))
-        # No set_stats: its section is not shown.
-        assert not browser.find_element("id", "stats-section").is_displayed()
-        # Dark mode, and a phone's width.
-        set_dark(browser, True)
-        browser.execute_script("window.scrollTo(0, 0);")
-        assert axe_problems(browser) == []
-        browser.set_window_size(390, 844)
-        wait_until(browser, no_sideways_scroll, message="the page is wider than a phone")
-        browser.execute_script("window.scrollTo(0, 0);")
-        browser.save_screenshot(str(DOCS / "dashboard-phone-dark.png"))
-        assert axe_problems(browser) == []
+        check_the_host_filter_and_the_output(browser)
+        check_dark_mode_and_a_phone(browser)
 
 
 def test_set_stats_data_is_shown_under_its_own_name(
@@ -289,96 +310,6 @@ def test_a_fifty_host_forty_task_job_renders_whole_and_stays_usable(
     }
     # How fast is for benchmarks/bench_dashboard.py to measure; here, that it all works.
     print(f"50 hosts x 40 tasks: {figures}")
-
-
-async def _publish_old_jobs(broker: Broker, group: str) -> None:
-    """Two finished jobs of another worker, a week old."""
-    async with client_for(broker, group) as client:
-        for task_id, playbook in (("old-db", "db.yml"), ("old-web", "web.yml")):
-            body = {
-                "task_id": task_id,
-                "state": "success",
-                "playbook": playbook,
-                "worker_id": "w9",
-                "created_at": "2026-01-01T00:00:00Z",
-                "duration_seconds": 64.2,
-                "tasks_ok": 3,
-            }
-            await client.publish(client.topics.status(task_id), json.dumps(body).encode(), qos=1, retain=True)
-
-
-def listed(driver: WebDriver) -> list[str]:
-    return list(
-        driver.execute_script("return [...document.querySelectorAll('#jobs tbody tr')].map(r => r.dataset.taskId);")
-    )
-
-
-def test_the_job_list_filters_by_state_playbook_worker_host_and_time(
-    broker: Broker, group: str, worker: str, playbook_dir: Path, tmp_path: Path, browser: WebDriver
-) -> None:
-    play = [{"name": "Everywhere", "hosts": "all", "gather_facts": False, "tasks": [{"ansible.builtin.ping": {}}]}]
-    (playbook_dir / "everywhere.yml").write_text(json.dumps(play))
-    trio.run(_publish_old_jobs, broker, group)
-    with dashboard(broker, group, tmp_path / "dashboard.log") as url:
-        browser.set_window_size(1280, 900)
-        browser.get(url)
-        wait_until(browser, lambda d: "online" in text_of(d, f'tr[data-worker-id="{worker}"]'), message="no worker")
-        # The hosts a job ran on are known from its events: quick.yml runs on host1, the other here on host2.
-        submit(broker, group, "quick", "quick.yml", "--wait")
-        result = cli(
-            broker, group, "submit", "everywhere.yml", "-i", "inventory.ini", "-l", "host2", "--task-id", "other"
-        )
-        assert result.returncode == 0, result.stderr
-        wait_until(browser, lambda d: job_state(d, "other") == "success", 60, "never shown success")
-        assert listed(browser) == ["other", "quick", "old-web", "old-db"]
-        row = browser.execute_script(ROWS, 'tr[data-task-id="old-web"]')[0]
-        assert row[5] == "1m 04s"
-        assert "ago" in row[4]
-        Select(browser.find_element("id", "worker-filter")).select_by_visible_text("w9")
-        wait_until(browser, lambda d: listed(d) == ["old-web", "old-db"], message="worker filter")
-        browser.find_element("id", "playbook-filter").send_keys("web")
-        wait_until(browser, lambda d: listed(d) == ["old-web"], message="playbook filter")
-        browser.find_element("id", "playbook-filter").clear()
-        browser.find_element("id", "playbook-filter").send_keys(" ")
-        Select(browser.find_element("id", "worker-filter")).select_by_visible_text("all")
-        Select(browser.find_element("id", "time-filter")).select_by_visible_text("last 24 hours")
-        wait_until(browser, lambda d: listed(d) == ["other", "quick"], message="time filter")
-        host = browser.find_element("id", "host-filter")
-        host.send_keys("HOST2")
-        wait_until(browser, lambda d: listed(d) == ["other"], message="host filter")
-        assert "1 job known to have run on a host" in text_of(browser, "#host-note")
-        host.clear()
-        host.send_keys(" ")
-        wait_until(browser, lambda d: listed(d) == ["other", "quick"], message="host filter cleared")
-        Select(browser.find_element("id", "time-filter")).select_by_visible_text("any time")
-        wait_until(browser, lambda d: len(listed(d)) == 4)
-        # The keyboard: Down and Up move between the jobs, Enter opens one.
-        browser.execute_script("document.querySelector('tr[data-task-id=\"other\"] a.job-link').focus();")
-        ActionChains(browser).send_keys(Keys.ARROW_DOWN).perform()
-        wait_until(
-            browser,
-            lambda d: d.execute_script("return document.activeElement.textContent;") == "quick",
-            message="the focus is not on quick",
-        )
-        ActionChains(browser).send_keys(Keys.ARROW_UP).perform()
-        wait_until(
-            browser,
-            lambda d: d.execute_script("return document.activeElement.textContent;") == "other",
-            message="the focus is not on other",
-        )
-        ActionChains(browser).send_keys(Keys.ARROW_DOWN, Keys.ENTER).perform()
-        wait_until(browser, lambda d: text_of(d, "#job-id") == "quick", message="Enter did not open the job")
-        # A failed job and a running one, for the list and its workers as a person sees them.
-        browser.get(url)
-        submit(broker, group, "broken", "fail.yml", "--wait", code=1)
-        submit(broker, group, "long", "sleep.yml", "-e", "seconds=60")
-        running = f'tr[data-worker-id="{worker}"] .running-now'
-        wait_until(browser, lambda d: text_of(d, running) == "long Sleep for a while", message="not shown running")
-        browser.execute_script("document.activeElement.blur();")
-        browser.save_screenshot(str(DOCS / "dashboard-list.png"))
-        assert axe_problems(browser) == []
-        set_dark(browser, True)
-        assert axe_problems(browser) == []
 
 
 def test_the_page_and_result_endpoints_check_what_they_are_given(

@@ -279,10 +279,8 @@ def test_a_live_line_is_text_with_its_kind() -> None:
     assert live_line({"seq": 9, "line": ["x"], "status": {}}) is None
 
 
-async def test_a_real_record_makes_the_page_and_keeps_secrets_masked(
-    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
-) -> None:
-    secret = "s3cr3t-value-7f2a"
+def write_page_playbook(playbook_dir: Path, tmp_path: Path) -> None:
+    """`page.yml`: a command that prints a secret, a file written with its diff, a failure on host2, a loop."""
     (playbook_dir / "page.yml").write_text(
         json.dumps(
             [
@@ -312,6 +310,13 @@ async def test_a_real_record_makes_the_page_and_keeps_secrets_masked(
             ]
         )
     )
+
+
+async def test_a_real_record_makes_the_page_and_keeps_secrets_masked(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path
+) -> None:
+    secret = "s3cr3t-value-7f2a"
+    write_page_playbook(playbook_dir, tmp_path)
     settings = make_settings(
         broker.port,
         playbook_dir,
