@@ -79,7 +79,12 @@ async def settle_journal(
 
 
 def _queue_again(
-    entry: Entry, read: Accepted | Rejected | Dropped, *, jobs: JobTable, claimer: Claimer, refuse: Callable[[str, str], None]
+    entry: Entry,
+    read: Accepted | Rejected | Dropped,
+    *,
+    jobs: JobTable,
+    claimer: Claimer,
+    refuse: Callable[[str, str], None],
 ) -> None:
     """Claim and queue again a job the journal kept queued, or drop it when its message no longer reads."""
     match read:
