@@ -14,8 +14,8 @@ import trio
 import ansible_worker.dashboard
 from ansible_worker.controller.client import Client
 from ansible_worker.dashboard.access import AccessError, check_listen, parse_listen, same_origin, token_ok
+from ansible_worker.dashboard.actions import _not_ours
 from ansible_worker.dashboard.ansi import ansi_parts
-from ansible_worker.dashboard.app import _not_ours
 from ansible_worker.dashboard.feed import route
 from ansible_worker.dashboard.limits import (
     EVICT_BATCH,
