@@ -9,7 +9,8 @@ more matches than shown, or as many statuses as a broker commonly queues for one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from ansible_worker.controller.retained import barrier
 
 if TYPE_CHECKING:
     from ansible_worker.controller.client import Client
+    from ansible_worker.mqtt.options import InboundMessage
 
 # How long a listing reads before it shows what it has.
 LIST_WITHIN = 20.0
@@ -54,9 +56,6 @@ async def newest_jobs(
     Cancellation: the subscriptions are released; nothing is left behind.
     """
     topic_filter = client.topics.status_subscription
-    found: dict[str, dict[str, Any]] = {}
-    read = 0
-    matched = 0
     finished = False
 
     def keep(statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -67,6 +66,7 @@ async def newest_jobs(
             if (worker is None or status.get("worker_id") == worker) and not _after(status, until)
         ]
 
+    newest = _Newest(keep, limit)
     receive = await client.session.subscribe([topic_filter])
     try:
         with trio.move_on_after(within):
@@ -83,39 +83,61 @@ async def newest_jobs(
 
                 nursery.start_soon(wait_for_all)
                 async for message in receive:
-                    task_id = client.topics.task_id_of_status(message.topic)
-                    status = json_object(message.payload) if task_id is not None else None
-                    if status is None or status.get("task_id") != task_id:
-                        continue
-                    read += 1
-                    if keep([status]):
-                        matched += 1
-                        found[str(task_id)] = status
-                        if len(found) > 2 * limit:
-                            found = {job["task_id"]: job for job in keep(list(found.values()))[:limit]}
+                    if (found := _status_of(client, message)) is not None:
+                        newest.read += 1
+                        newest.add(*found, prune=True)
         # What arrived before the marker, still in the channel.
         while finished:
             try:
                 message = receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-            task_id = client.topics.task_id_of_status(message.topic)
-            status = json_object(message.payload) if task_id is not None else None
-            if status is not None and status.get("task_id") == task_id and keep([status]):
-                matched += 1
-                found[str(task_id)] = status
+            if (found := _status_of(client, message)) is not None:
+                newest.add(*found, prune=False)
     finally:
         await client.session.release([topic_filter], receive)
-    shown = keep(list(found.values()))[:limit]
-    total = read
-    partial = None
-    if not finished:
-        partial = f"stopped reading after {within:g}s"
-    elif total >= COMMON_QUEUE_CAP:
-        partial = f"the broker sent {total} statuses, and may have dropped more (its queue per client)"
-    elif matched > len(shown):
-        partial = "more jobs match"
-    return Listing(shown, total, matched, partial)
+    return newest.listing(finished=finished, within=within)
+
+
+@dataclass(slots=True)
+class _Newest:
+    """What a listing holds while it reads: the newest matches (at most twice `limit`), and its counts."""
+
+    keep: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+    limit: int
+    found: dict[str, dict[str, Any]] = field(default_factory=dict)
+    read: int = 0
+    matched: int = 0
+
+    def add(self, task_id: str, status: dict[str, Any], *, prune: bool) -> None:
+        """Hold `status` if it matches; with `prune`, drop all but the newest `limit` once twice that are held."""
+        if not self.keep([status]):
+            return
+        self.matched += 1
+        self.found[task_id] = status
+        if prune and len(self.found) > 2 * self.limit:
+            self.found = {job["task_id"]: job for job in self.keep(list(self.found.values()))[: self.limit]}
+
+    def listing(self, *, finished: bool, within: float) -> Listing:
+        """What is shown, and why it may be only part of what matches."""
+        shown = self.keep(list(self.found.values()))[: self.limit]
+        partial = None
+        if not finished:
+            partial = f"stopped reading after {within:g}s"
+        elif self.read >= COMMON_QUEUE_CAP:
+            partial = f"the broker sent {self.read} statuses, and may have dropped more (its queue per client)"
+        elif self.matched > len(shown):
+            partial = "more jobs match"
+        return Listing(shown, self.read, self.matched, partial)
+
+
+def _status_of(client: Client, message: InboundMessage) -> tuple[str, dict[str, Any]] | None:
+    """A status message's task_id and status, or None when it is not one a job's status topic should carry."""
+    task_id = client.topics.task_id_of_status(message.topic)
+    status = json_object(message.payload) if task_id is not None else None
+    if status is None or status.get("task_id") != task_id:
+        return None
+    return str(task_id), status
 
 
 def _after(status: dict[str, Any], until: datetime | None) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -14,15 +13,9 @@ import trio
 
 from ansible_worker.controller.job_listing import COMMON_QUEUE_CAP
 from ansible_worker.dashboard.job_hosts import JobHosts
-from ansible_worker.dashboard.job_view import JobView
 from ansible_worker.dashboard.limits import (
     EVICT_BATCH,
-    LIVE_DETAIL_BYTES,
-    LIVE_VIEWS_BYTES,
     MAX_JOBS,
-    OUTPUT_BYTES,
-    OUTPUT_JOBS,
-    OUTPUT_LINES,
     RECORD_PAGES,
     REQUESTS,
     REQUESTS_BYTES,
@@ -32,8 +25,9 @@ from ansible_worker.dashboard.limits import (
     kept_status,
     when,
 )
+from ansible_worker.dashboard.live_jobs import LiveJobs
 from ansible_worker.dashboard.output_lines import live_line
-from ansible_worker.dashboard.pages import Page, from_live
+from ansible_worker.dashboard.pages import Page
 
 # A browser that falls this far behind loses changes rather than holding memory for ever.
 LISTENER_BUFFER = 10_000
@@ -67,11 +61,6 @@ def summary(status: dict[str, Any]) -> dict[str, Any]:
     return {key: cut(status.get(key)) for key in _SUMMARY_KEYS}
 
 
-def _line_size(entry: dict[str, Any]) -> int:
-    # What an output line costs, roughly: its text (twice, with colours) and a little for the rest.
-    return len(entry["text"]) * (2 if "parts" in entry else 1) + 64
-
-
 @dataclass
 class Listener:
     """One browser's stream of changes; `job` is the task_id whose output it also wants."""
@@ -89,9 +78,8 @@ class Store:
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)
     # When each kept request arrived, on this dashboard's clock: run again judges its age then.
     heard_at: dict[str, datetime] = field(default_factory=dict)
-    output: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
-    # Live pages, the dict's order that of the last event (oldest first), and their costs.
-    views: dict[str, JobView] = field(default_factory=dict)
+    # Running jobs' output lines and live pages.
+    live: LiveJobs = field(default_factory=LiveJobs)
     # Finished jobs' pages built from their records, the dict's order that of the last use.
     record_pages: dict[str, Page] = field(default_factory=dict)
     # The hosts a job ran on, as far as this dashboard heard, the dict's order that of the last change.
@@ -111,11 +99,8 @@ class Store:
     first_heard: int = 0
     _order: int = 0
     _first_seen: dict[str, int] = field(default_factory=dict)
-    _output_bytes: dict[str, int] = field(default_factory=dict)
     _request_sizes: dict[str, int] = field(default_factory=dict)
     _request_bytes: int = 0
-    _view_costs: dict[str, int] = field(default_factory=dict)
-    _views_bytes: int = 0
 
     def set_connected(self, connected: bool) -> None:
         """Say whether the broker is reachable; every browser shows or clears its banner."""
@@ -215,9 +200,7 @@ class Store:
         """Drop all that is kept of a job, and take it off every list shown."""
         self.jobs.pop(task_id, None)
         self._first_seen.pop(task_id, None)
-        self.output.pop(task_id, None)
-        self._output_bytes.pop(task_id, None)
-        self._drop_view(task_id)
+        self.live.drop(task_id)
         self.record_pages.pop(task_id, None)
         self.hosts.drop(task_id)
         self.again_of.pop(task_id, None)
@@ -235,51 +218,16 @@ class Store:
         """A live event of a job: its line and its page's change kept, and sent to the browsers showing that job."""
         line = live_line(event)
         if line is not None:
-            self._add_line(task_id, line)
-        delta = self._add_to_view(task_id, event)
+            self.live.add_line(task_id, line)
+        delta, host = self.live.add_to_view(task_id, event)
+        if host is not None:
+            self.note_hosts(task_id, [host])
         if line is None and delta is None:
             return
         message = {"type": "event", "task_id": task_id, "line": line, "view": delta}
         for listener in list(self.listeners):
             if listener.job == task_id:
                 self._send(listener, message)
-
-    def _add_line(self, task_id: str, entry: dict[str, Any]) -> None:
-        lines = self.output.pop(task_id, None)
-        if lines is None:
-            lines = deque()
-        # Reinserted: the dict's order is the order of last output, oldest first.
-        self.output[task_id] = lines
-        lines.append(entry)
-        size = self._output_bytes.pop(task_id, 0) + _line_size(entry)
-        while len(lines) > OUTPUT_LINES or (size > OUTPUT_BYTES and len(lines) > 1):
-            size -= _line_size(lines.popleft())
-        self._output_bytes[task_id] = size
-        while len(self.output) > OUTPUT_JOBS:
-            oldest = next(iter(self.output))
-            del self.output[oldest]
-            del self._output_bytes[oldest]
-
-    def _add_to_view(self, task_id: str, event: dict[str, Any]) -> dict[str, Any] | None:
-        view = self.views.pop(task_id, None)
-        if view is None:
-            view = JobView(detail_bytes=LIVE_DETAIL_BYTES)
-        # Reinserted: the dict's order is the order of the last event, oldest first.
-        self.views[task_id] = view
-        change = view.add(event)
-        if change.host is not None:
-            self.note_hosts(task_id, [view.hosts[change.host].name])
-        cost = view.cost
-        self._views_bytes += cost - self._view_costs.get(task_id, 0)
-        self._view_costs[task_id] = cost
-        # By count too: the events of made-up jobs make pages of next to no cost.
-        while (self._views_bytes > LIVE_VIEWS_BYTES or len(self.views) > OUTPUT_JOBS) and len(self.views) > 1:
-            self._drop_view(next(iter(self.views)))
-        return view.delta(change)
-
-    def _drop_view(self, task_id: str) -> None:
-        if self.views.pop(task_id, None) is not None:
-            self._views_bytes -= self._view_costs.pop(task_id)
 
     def note_hosts(self, task_id: str, names: list[str]) -> None:
         """`task_id` ran on these hosts: the job list's host filter finds it by them (see `JobHosts`)."""
@@ -315,7 +263,7 @@ class Store:
 
     def live_page(self, task_id: str) -> Page:
         """The page of a job from the live events heard of it (empty when none were)."""
-        return from_live(self.views.get(task_id), self.output.get(task_id, ()))
+        return self.live.page(task_id)
 
     def origin(self, task_id: str) -> dict[str, Any]:
         """What this dashboard knows of who or what started a job: never its request, which may hold secrets."""

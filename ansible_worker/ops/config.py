@@ -7,7 +7,7 @@ import secrets
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, overload
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 import yaml
 from pydantic import (
@@ -15,12 +15,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     SecretStr,
     StringConstraints,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -28,18 +26,13 @@ from ansible_worker.ops.config_source import DEFAULT_CONFIG_FILE, ENV_PREFIX
 from ansible_worker.ops.connection_settings import HttpSettings, MqttSettings
 from ansible_worker.ops.credentials import Credential, CredentialName
 from ansible_worker.ops.expand import UnsetVariableError, expand_tree
+from ansible_worker.ops.history_settings import HistorySettings
+from ansible_worker.ops.history_settings import duration_seconds as duration_seconds
+from ansible_worker.ops.names import ENVIRONMENT_NAME_PATTERN, NAME_PATTERN
+from ansible_worker.ops.security_settings import ClientSecuritySettings as ClientSecuritySettings
+from ansible_worker.ops.security_settings import SecuritySettings
 from ansible_worker.ops.template_settings import TemplateSettings
 from ansible_worker.protocol.validation import describe_errors
-
-if TYPE_CHECKING:
-    from ansible_worker.protocol.signing import Signer, TrustedKeys
-
-
-_NAME_CHARS = "A-Za-z0-9._-"
-NAME_PATTERN = rf"^[{_NAME_CHARS}]{{1,128}}$"
-# The name a worker's own public key goes by among the keys whose claims it trusts.
-OWN_KEY_NAME = "worker_key"
-ENVIRONMENT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 
 def check_topic_prefix(value: str) -> str:
@@ -51,9 +44,6 @@ def check_topic_prefix(value: str) -> str:
 
 
 TopicPrefix = Annotated[str, AfterValidator(check_topic_prefix)]
-# How old a signed message may be, and how far ahead of this clock: workers and controllers alike.
-MaxTaskAge = Annotated[float, Field(gt=0, le=86_400)]
-MaxClockSkew = Annotated[float, Field(ge=0, le=3600)]
 
 
 def default_worker_id() -> str:
@@ -226,86 +216,6 @@ class WorkerSettings(TemplateSettings):
         raise ValueError(f"not a directory: {value}")
 
 
-class SecuritySettings(BaseModel):
-    """Who may make the worker do what: signed messages, and the controller's own signing key."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    require_signed_tasks: bool = False
-    # The operator's name for each public key file; the name appears in logs as the signer.
-    trusted_keys: dict[Annotated[str, StringConstraints(pattern=NAME_PATTERN)], Path] = Field(default_factory=dict)
-    max_task_age: MaxTaskAge = 300
-    max_clock_skew: MaxClockSkew = 60
-    # For controllers (`ansible-worker submit`, `cancel`); a worker ignores it.
-    signing_key: Path | None = None
-    # A worker's own private key: with signed tasks it signs the worker's claims and
-    # releases, which the group trusts by `worker_keys` (its own public key always).
-    worker_key: Path | None = None
-    worker_keys: dict[Annotated[str, StringConstraints(pattern=NAME_PATTERN)], Path] = Field(default_factory=dict)
-    _trusted: TrustedKeys | None = PrivateAttr(None)
-    _claim_signer: Signer | None = PrivateAttr(None)
-    _claim_keys: TrustedKeys | None = PrivateAttr(None)
-
-    @model_validator(mode="after")
-    def _load_trusted_keys(self) -> SecuritySettings:
-        if self.require_signed_tasks and not self.trusted_keys:
-            raise ValueError("require_signed_tasks is true, but trusted_keys names no key")
-        from ansible_worker.protocol.signing import KeyFileError, Signer, TrustedKeys
-
-        # Read here, before the event loop starts: file reads block.
-        if self.trusted_keys:
-            try:
-                self._trusted = TrustedKeys.from_files(self.trusted_keys)
-            except KeyFileError as exc:
-                raise ValueError(f"trusted_keys: {exc}") from None
-        if self.require_signed_tasks and self.worker_key is None:
-            raise ValueError(
-                "require_signed_tasks is true, but worker_key is not set: a worker signs its claims on jobs"
-                " with a key of its own (make one with `ansible-worker keygen NAME`)"
-            )
-        if self.require_signed_tasks and self.worker_key is not None:
-            try:
-                self._claim_signer = Signer.from_file(self.worker_key)
-            except KeyFileError as exc:
-                raise ValueError(f"worker_key: {exc}") from None
-            try:
-                others = TrustedKeys.from_files(self.worker_keys)
-            except KeyFileError as exc:
-                raise ValueError(f"worker_keys: {exc}") from None
-            if self._trusted is not None and self._claim_signer.fingerprint in self._trusted.fingerprints:
-                raise ValueError("worker_key is also one of trusted_keys: a worker key must not be able to sign jobs")
-            if self._trusted is not None and others.fingerprints & self._trusted.fingerprints:
-                raise ValueError(
-                    "worker_keys names a key that is also one of trusted_keys: a worker key must not be able"
-                    " to sign jobs"
-                )
-            self._claim_keys = others.including(OWN_KEY_NAME, self._claim_signer.public_key)
-        return self
-
-    @property
-    def trusted(self) -> TrustedKeys | None:
-        """The loaded public keys, when signed messages are required."""
-        return self._trusted if self.require_signed_tasks else None
-
-    @property
-    def claim_signing(self) -> tuple[Signer, TrustedKeys] | None:
-        """This worker's claim signer and the keys whose claims count, when signed messages are required."""
-        if self._claim_signer is None or self._claim_keys is None:
-            return None
-        return self._claim_signer, self._claim_keys
-
-
-class ClientSecuritySettings(BaseModel):
-    """The part of the `security` section a controller needs."""
-
-    model_config = ConfigDict(extra="ignore", defer_build=True)
-
-    signing_key: Path | None = None
-    # The dashboard signs a request again only if it was this fresh when it heard it.
-    max_task_age: MaxTaskAge = 300
-    max_clock_skew: MaxClockSkew = 60
-
-
 class DashboardSettings(BaseModel):
     """The `dashboard` section: where `ansible-worker dashboard` listens and who may use it."""
 
@@ -317,59 +227,6 @@ class DashboardSettings(BaseModel):
     allow_actions: bool = False
     # Where people reach the dashboard (https://...): notifications link a job's page there.
     url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)] | None = None
-
-
-_DURATION = r"^\s*(\d+)\s*([smhdw])\s*$"
-_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def duration_seconds(text: str) -> int:
-    """`90d`, `12h`, `2w`, `30m` or `45s` as seconds. Errors: `ValueError` naming the accepted forms."""
-    import re
-
-    match = re.match(_DURATION, text)
-    if match is None:
-        raise ValueError("must be a whole number and a unit: s, m, h, d or w (e.g. 90d)")
-    return int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
-
-
-def _check_duration(value: str | None) -> str | None:
-    if value is not None and duration_seconds(value) <= 0:
-        raise ValueError("must be longer than 0")
-    return value
-
-
-def _check_history_url(value: str | None) -> str | None:
-    if value is None:
-        return None
-    scheme = value.split("://", 1)[0] if "://" in value else ""
-    if scheme not in ("sqlite", "postgresql", "postgres", "postgresql+psycopg"):
-        raise ValueError("must be sqlite:///PATH or postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE")
-    if scheme == "sqlite" and value in ("sqlite://", "sqlite:///", "sqlite:///:memory:"):
-        raise ValueError("must name a file: sqlite:///relative/path.db or sqlite:////absolute/path.db")
-    return value
-
-
-class HistorySettings(BaseModel):
-    """The `history` section: the database that holds the group's finished jobs, and how long it keeps them."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-    # None: no store; the controller and the dashboard read the broker's retained messages.
-    url: Annotated[str | None, AfterValidator(_check_history_url)] = Field(
-        None, description="sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE"
-    )
-    # None: keep every job. Removed in the background, in batches of `purge_batch`.
-    keep: Annotated[str | None, AfterValidator(_check_duration)] = Field(
-        None, description="how long the store keeps a job after it began, e.g. 90d"
-    )
-    purge_every: float = Field(600, gt=0, le=86_400, description="seconds between two clean-ups")
-    purge_batch: int = Field(1000, ge=1, le=100_000, description="jobs removed per transaction")
-
-    @property
-    def keep_seconds(self) -> int | None:
-        """`keep` in seconds, or None to keep every job."""
-        return None if self.keep is None else duration_seconds(self.keep)
 
 
 class _EnvironmentOverFile(BaseSettings):

@@ -103,27 +103,9 @@ class Worker:
     def _wire_templates(self, settings: Settings, clock: Clock) -> None:
         """The catalogue and the schedules of `worker.templates`, if it is set."""
         self.clock = clock
-        self.scheduler: Scheduler | None = None
-        self.catalogue: CataloguePublisher | None = None
-        if settings.worker.templates is None:
-            return
-        templates, only = self.messages.router.templates, settings.worker.templates_only
-        entries = scheduled_entries(templates)
-        self.scheduler = Scheduler(
-            entries,
-            self.messages.launch_scheduled,
-            clock=clock,
-            read_catalogue=partial(read_catalogue, self.session, self.topics, client_id=self.session.options.client_id),
+        self.scheduler, self.catalogue = _schedules_and_catalogue(
+            settings, self.session, self.topics, self.messages, clock
         )
-        history = self.scheduler.history
-        self.catalogue = CataloguePublisher(
-            self.session,
-            self.topics,
-            lambda now: build_catalogue(
-                templates, worker_id=self.worker_id, now=now, templates_only=only, history=history
-            ),
-        )
-        self.scheduler.on_change = self.catalogue.changed
 
     def _wire_jobs(self, settings: Settings) -> None:
         """The parts that carry a job: claims, the status path, the job table, the runner, the slots, presence."""
@@ -360,6 +342,30 @@ class Worker:
         endpoint = HealthEndpoint(ready=self.readiness, collector=worker_collector(self.snapshot))
         assert self.http_settings.port is not None
         await endpoint.serve(self.http_settings.host, self.http_settings.port, task_status=task_status)
+
+
+def _schedules_and_catalogue(
+    settings: Settings, session: BrokerSession, topics: Topics, messages: MessageHandler, clock: Clock
+) -> tuple[Scheduler | None, CataloguePublisher | None]:
+    """The scheduler and the catalogue publisher of `worker.templates`, or neither when it is not set."""
+    if settings.worker.templates is None:
+        return None, None
+    templates, only = messages.router.templates, settings.worker.templates_only
+    worker_id = settings.worker.worker_id
+    scheduler = Scheduler(
+        scheduled_entries(templates),
+        messages.launch_scheduled,
+        clock=clock,
+        read_catalogue=partial(read_catalogue, session, topics, client_id=session.options.client_id),
+    )
+    history = scheduler.history
+    catalogue = CataloguePublisher(
+        session,
+        topics,
+        lambda now: build_catalogue(templates, worker_id=worker_id, now=now, templates_only=only, history=history),
+    )
+    scheduler.on_change = catalogue.changed
+    return scheduler, catalogue
 
 
 def _record_publisher(policy: RecordPolicy | None, session: BrokerSession, topics: Topics) -> RecordPublisher | None:

@@ -18,8 +18,7 @@ from ansible_worker.history.reader import open_history
 from ansible_worker.mqtt.link import LinkOptions, open_mqtt_link
 from ansible_worker.protocol.topics import Topics
 from testing.broker import Broker
-from tests.dashboard.browser import chromium, click, dashboard, have_chromium, text_of, wait_until
-from tests.dashboard.test_dashboard import get
+from tests.dashboard.browser import chromium, click, dashboard, get, have_chromium, text_of, wait_until
 from tests.history.helpers import record, status
 
 pytestmark = [

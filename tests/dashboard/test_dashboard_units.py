@@ -14,8 +14,8 @@ import trio
 import ansible_worker.dashboard
 from ansible_worker.controller.client import Client
 from ansible_worker.dashboard.access import AccessError, check_listen, parse_listen, same_origin, token_ok
+from ansible_worker.dashboard.actions import _not_ours
 from ansible_worker.dashboard.ansi import ansi_parts
-from ansible_worker.dashboard.app import _not_ours
 from ansible_worker.dashboard.feed import route
 from ansible_worker.dashboard.limits import (
     EVICT_BATCH,
@@ -71,7 +71,7 @@ def test_a_colour_code_of_any_length_is_dropped_not_fatal() -> None:
     assert ansi_parts(line) == ("xy", [("", "x"), ("ansi-fg-green", "y")])
     store = Store()
     route(store, TOPICS, message("ansible/web/tasks/j/events", json.dumps({"seq": 1, "line": line}).encode()))
-    assert store.output["j"][0]["parts"] == [("", "x"), ("ansi-fg-green", "y")]
+    assert store.live.output["j"][0]["parts"] == [("", "x"), ("ansi-fg-green", "y")]
 
 
 def test_listen_addresses_and_tokens() -> None:
@@ -160,7 +160,7 @@ def test_event_lines_keep_ansible_colours_as_kinds_and_stay_text() -> None:
         b'{"seq": 1, "event": "runner_on_failed", "status": "failed", "host": "<b>h</b>", "line": "fatal: [<b>h</b>]"}'
     )
     route(store, TOPICS, message("ansible/web/tasks/j/events", event))
-    line = store.output["j"][0]
+    line = store.live.output["j"][0]
     # Coloured by the page from its kind, and set there as text: `<b>` is shown, never made bold.
     assert line == {"id": 1, "text": "fatal: [<b>h</b>]", "kind": "failed", "host": "<b>h</b>"}
 
@@ -171,10 +171,10 @@ def test_a_flood_of_made_up_jobs_keeps_memory_bounded() -> None:
         route(store, TOPICS, message(f"ansible/web/tasks/j{index}/events", b'{"seq": 1, "line": "x"}'))
     for index in range(REQUESTS + 5):
         route(store, TOPICS, message("ansible/web/tasks", f'{{"task_id": "r{index}"}}'.encode()))
-    assert len(store.output) == OUTPUT_JOBS
-    assert len(store.views) <= OUTPUT_JOBS
-    assert f"j{OUTPUT_JOBS + 49}" in store.output
-    assert "j0" not in store.output
+    assert len(store.live.output) == OUTPUT_JOBS
+    assert len(store.live.views) <= OUTPUT_JOBS
+    assert f"j{OUTPUT_JOBS + 49}" in store.live.output
+    assert "j0" not in store.live.output
     assert len(store.requests) == REQUESTS
     assert "r0" not in store.requests
 
@@ -287,7 +287,7 @@ def test_cleared_and_dropped_jobs_leave_nothing_behind() -> None:
     assert len(kept) <= MAX_JOBS
     assert set(store._first_seen) == kept
     assert set(store.requests) <= kept
-    assert set(store.output) <= kept
+    assert set(store.live.output) <= kept
 
 
 def test_a_big_status_is_kept_by_its_main_fields_and_says_so() -> None:
@@ -310,7 +310,7 @@ def test_output_is_bounded_in_lines_and_bytes_per_job() -> None:
     for seq in range(1, 41):
         event = json.dumps({"seq": seq, "line": f"{seq}:" + "y" * 100_000, "host": "h" * 10_000}).encode()
         route(store, TOPICS, message("ansible/web/tasks/j/events", event))
-    lines = store.output["j"]
+    lines = store.live.output["j"]
     assert sum(len(line["text"]) for line in lines) <= OUTPUT_BYTES
     assert lines[-1]["id"] == 40
     assert all(len(line["text"]) < LINE_CHARS + 100 for line in lines)
@@ -318,8 +318,8 @@ def test_output_is_bounded_in_lines_and_bytes_per_job() -> None:
     assert all(len(line["host"]) <= 257 for line in lines)
     for seq in range(41, OUTPUT_LINES + 100):
         route(store, TOPICS, message("ansible/web/tasks/j/events", json.dumps({"seq": seq, "line": "z"}).encode()))
-    assert len(store.output["j"]) == OUTPUT_LINES
-    assert store.output["j"][-1]["id"] == OUTPUT_LINES + 99
+    assert len(store.live.output["j"]) == OUTPUT_LINES
+    assert store.live.output["j"][-1]["id"] == OUTPUT_LINES + 99
 
 
 def test_requests_are_bounded_in_bytes_and_a_refused_jobs_request_is_dropped() -> None:

@@ -23,15 +23,15 @@ def test_the_store_bounds_live_pages_and_the_hosts_it_knows() -> None:
     assert store.jobs_on_host("H39") == ["big"]
     assert len(store.hosts.by_job["big"]) == 400
     # Many jobs heard at once: the pages of those silent longest go, within the bound.
-    per_job = store.views["big"].cost
+    per_job = store.live.views["big"].cost
     jobs = LIVE_VIEWS_BYTES // per_job + 5
     for job in range(jobs):
         store.set_status(f"j{job}", {"task_id": f"j{job}", "state": "running"}, size=10)
         for event in events.items:
             store.add_event(f"j{job}", event)
-    assert sum(view.cost for view in store.views.values()) <= LIVE_VIEWS_BYTES
-    assert "big" not in store.views
-    assert f"j{jobs - 1}" in store.views
+    assert sum(view.cost for view in store.live.views.values()) <= LIVE_VIEWS_BYTES
+    assert "big" not in store.live.views
+    assert f"j{jobs - 1}" in store.live.views
     assert store.live_page("big").data()["tasks"] == []
     # At most JOB_HOSTS names a job.
     for index in range(JOB_HOSTS + 10):

@@ -221,7 +221,7 @@ def test_intake_rejects_before_reading_fields_and_keeps_the_signer(keys: dict[st
 
 def test_the_cheap_checks_come_before_the_signature_is_computed(keys: dict[str, Path]) -> None:
     """A flood of stale or foreign messages costs no canonical JSON: that is refused first."""
-    from ansible_worker.ops.config import SecuritySettings
+    from ansible_worker.ops.security_settings import SecuritySettings
     from ansible_worker.protocol.topics import Topics
     from ansible_worker.worker.policies import SignaturePolicy
     from ansible_worker.worker.task_gate import SignedTaskGate
