@@ -96,14 +96,9 @@ class Actions:
             return error_response(f"job {task_id}: {too_old}", 409)
         job = {key: value for key, value in original.items() if key not in _SIGNATURE_FIELDS}
         job["task_id"] = f"job-{uuid.uuid4().hex[:12]}"
-        try:
-            with trio.fail_after(ACTION_WITHIN):
-                handle = await self.client.submit(job, events=False)
-                await handle.close()
-        except NoWorkerAnswered as exc:
-            return error_response(str(exc), 503)
-        except (trio.TooSlowError, LinkError, ClientError) as exc:
-            return error_response(f"could not reach the broker: {exc or 'timed out'}", 503)
+        failed = await self._submit(job)
+        if failed is not None:
+            return failed
         self.store.note_again(job["task_id"], task_id)
         return json_response({"task_id": job["task_id"], "again_of": task_id}, 201)
 
@@ -136,6 +131,13 @@ class Actions:
             "template": request.path_params["name"],
             "extra_vars": answers,
         }
+        failed = await self._submit(job)
+        if failed is not None:
+            return failed
+        return json_response({"task_id": job["task_id"], "template": job["template"]}, 201)
+
+    async def _submit(self, job: dict[str, Any]) -> Response | None:
+        """Publish `job` as the client does; None once a worker answered, else the error answer."""
         try:
             with trio.fail_after(ACTION_WITHIN):
                 handle = await self.client.submit(job, events=False)
@@ -144,7 +146,7 @@ class Actions:
             return error_response(str(exc), 503)
         except (trio.TooSlowError, LinkError, ClientError) as exc:
             return error_response(f"could not reach the broker: {exc or 'timed out'}", 503)
-        return json_response({"task_id": job["task_id"], "template": job["template"]}, 201)
+        return None
 
 
 def _answers(survey: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
