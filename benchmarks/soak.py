@@ -223,6 +223,55 @@ LOST_AFTER = 4
 ANSWER_WITHIN = 120.0
 
 
+async def publish_jobs(
+    senders: list[Client], ids: list[str], rate: float, chaos: Chaos, submissions: Submissions
+) -> tuple[float, int]:
+    """Publish a job for each of `ids` at `rate` a second; the seconds it took, and the broker restarts meanwhile.
+
+    The first sender publishes alone, unless the broker restarts: then they take turns, each
+    submitting with retries.
+    """
+    client = senders[0]
+    started = time.monotonic()
+    async with trio.open_nursery() as submitting:
+        for index, task_id in enumerate(ids):
+            job = {
+                "task_id": task_id,
+                "playbook": "one.yml",
+                "inventory": "local.ini",
+                "extra_vars": {"soak_marker": task_id},
+            }
+            if chaos.broker is not None:
+                sender = senders[index % len(senders)]
+                submitting.start_soon(submit_with_retries, sender, job, submissions, chaos.attempts)
+            else:
+                await client.link.publish(client.topics.tasks, json.dumps(job).encode(), qos=2)
+            pause = started + (index + 1) / rate - time.monotonic()
+            await trio.sleep_until(trio.current_time() + max(0.0, pause))
+        published = time.monotonic() - started
+        restarts_while_publishing = chaos.broker.restarts if chaos.broker is not None else 0
+    return published, restarts_while_publishing
+
+
+def tally(lab: Lab, ids: list[str], seen: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """What became of the jobs: terminal statuses seen, jobs lost, duplicated, run twice or never, final states."""
+    distinct = {
+        task_id: {(s["state"], s.get("completed_at"), s.get("worker_id")) for s in seen[task_id]} for task_id in seen
+    }
+    runs_file = lab.root / "runs"
+    ran = Counter(runs_file.read_text().split()) if runs_file.exists() else Counter()
+    twice = {task_id for task_id in ids if ran[task_id] > 1}
+    return {
+        "terminal_statuses_seen": sum(len(statuses) for statuses in seen.values()),
+        "jobs_with_terminal_status": len(set(ids) & seen.keys()),
+        "lost": len(set(ids) - seen.keys()),
+        "duplicated": sum(1 for task_id in ids if len(distinct.get(task_id, ())) > 1 or task_id in twice),
+        "ran_more_than_once": len(twice),
+        "never_ran": sum(1 for task_id in ids if ran[task_id] == 0),
+        "states": {state: sum(1 for t in ids if seen.get(t) and seen[t][-1]["state"] == state) for state in TERMINAL},
+    }
+
+
 async def soak(lab: Lab, fleet: Fleet, jobs: int, rate: float, chaos: Chaos) -> dict[str, Any]:
     seen: dict[str, list[dict[str, Any]]] = {}
     ids = [f"soak-{uuid.uuid4().hex[:10]}" for _ in range(jobs)]
@@ -269,46 +318,17 @@ async def soak(lab: Lab, fleet: Fleet, jobs: int, rate: float, chaos: Chaos) -> 
             nursery.start_soon(restart_workers)
         if chaos.broker is not None:
             nursery.start_soon(restart_broker, chaos.broker)
-        started = time.monotonic()
-        async with trio.open_nursery() as submitting:
-            for index, task_id in enumerate(ids):
-                job = {
-                    "task_id": task_id,
-                    "playbook": "one.yml",
-                    "inventory": "local.ini",
-                    "extra_vars": {"soak_marker": task_id},
-                }
-                if chaos.broker is not None:
-                    sender = senders[index % len(senders)]
-                    submitting.start_soon(submit_with_retries, sender, job, submissions, chaos.attempts)
-                else:
-                    await client.link.publish(client.topics.tasks, json.dumps(job).encode(), qos=2)
-                pause = started + (index + 1) / rate - time.monotonic()
-                await trio.sleep_until(trio.current_time() + max(0.0, pause))
-            published = time.monotonic() - started
-            restarts_while_publishing = chaos.broker.restarts if chaos.broker is not None else 0
+        published, restarts_while_publishing = await publish_jobs(senders, ids, rate, chaos, submissions)
         # Whatever has not ended three minutes after the last publish counts as lost.
         with trio.move_on_after(180):
             await all_seen.wait()
         nursery.cancel_scope.cancel()
     memory_after = {name: _rss_or_none(process.pid) for name, process in fleet.processes.items()}
-    distinct = {
-        task_id: {(s["state"], s.get("completed_at"), s.get("worker_id")) for s in seen[task_id]} for task_id in seen
-    }
-    runs_file = lab.root / "runs"
-    ran = Counter(runs_file.read_text().split()) if runs_file.exists() else Counter()
-    twice = {task_id for task_id in ids if ran[task_id] > 1}
     taken_from = {task_id: _taken_over_from(seen.get(task_id, [])) for task_id in ids}
     report: dict[str, Any] = {
         "jobs_submitted": jobs,
         "publish_seconds": round(published, 1),
-        "terminal_statuses_seen": sum(len(statuses) for statuses in seen.values()),
-        "jobs_with_terminal_status": len(set(ids) & seen.keys()),
-        "lost": len(set(ids) - seen.keys()),
-        "duplicated": sum(1 for task_id in ids if len(distinct.get(task_id, ())) > 1 or task_id in twice),
-        "ran_more_than_once": len(twice),
-        "never_ran": sum(1 for task_id in ids if ran[task_id] == 0),
-        "states": {state: sum(1 for t in ids if seen.get(t) and seen[t][-1]["state"] == state) for state in TERMINAL},
+        **tally(lab, ids, seen),
         "restarts": restarts,
         "taken_over": sum(1 for worker in taken_from.values() if worker is not None),
         "falsely_reaped": sum(1 for worker in taken_from.values() if worker is not None and worker not in fleet.lost),

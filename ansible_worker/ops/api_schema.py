@@ -24,6 +24,7 @@ from ansible_worker.protocol.models import (
     LiveEvent,
     Presence,
     TaskRequest,
+    TemplateCatalogue,
 )
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -38,6 +39,7 @@ MESSAGES: dict[str, tuple[type[BaseModel], Literal["validation", "serialization"
     "record": (JobRecord, "serialization"),
     "presence": (Presence, "serialization"),
     "claim": (ClaimMessage, "serialization"),
+    "catalogue": (TemplateCatalogue, "serialization"),
 }
 
 
@@ -139,6 +141,16 @@ _CHANNELS: dict[str, tuple[str, str, str, int, bool, Literal["send", "receive"]]
         True,
         "receive",
     ),
+    "templateCatalogue": (
+        "{prefix}/{group}/templates",
+        "catalogue",
+        "The group's job templates: each one's description, playbook, survey (never a secret's"
+        " default) and schedule with its next and last runs. Retained; published by each worker with"
+        " worker.templates when it starts and after each tick of a schedule.",
+        1,
+        True,
+        "send",
+    ),
     "workerPresence": (
         "{prefix}/{group}/workers/{worker_id}",
         "presence",
@@ -159,6 +171,7 @@ _MESSAGE_MODELS: dict[str, type[BaseModel]] = {
     "record": JobRecord,
     "presence": Presence,
     "claim": ClaimMessage,
+    "catalogue": TemplateCatalogue,
 }
 
 

@@ -7,9 +7,10 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StringConstraints
 from pydantic_core import PydanticSerializationError
 
+from ansible_worker.protocol.survey import SurveyRule
 from ansible_worker.protocol.topics import TASK_ID
 
 TASK_ID_PATTERN = rf"^{TASK_ID}$"
@@ -131,9 +132,27 @@ class TaskRequest(BaseModel):
     project: ProjectName | None = None
     revision: Revision | None = None
     content: ShippedContent | None = None
+    # A launch: the worker's template of this name sets every field above but `extra_vars`,
+    # which then holds the survey's answers only (see docs/templates.md).
+    template: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")] | None = Field(
+        None, description="the name of one of the workers' templates to launch, with its survey answers in extra_vars"
+    )
     # Required by workers with security.require_signed_tasks; checked before this model.
     issued_at: str | None = Field(None, description="RFC 3339 time the message was signed")
     signature: Signature | None = None
+    # Values masked like credentials in all the job reports: a template's secret answers.
+    _secrets: tuple[str, ...] = PrivateAttr(())
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The request's own secret values (a template's `secret` answers), to mask wherever the job reports."""
+        return self._secrets
+
+    def with_secrets(self, values: list[str]) -> TaskRequest:
+        """This request, whose `secrets` are `values`."""
+        copy = self.model_copy()
+        copy._secrets = tuple(str(value) for value in values)
+        return copy
 
 
 class CancelRequest(BaseModel):
@@ -224,6 +243,8 @@ class JobStatus(BaseModel):
     project: str | None = None
     revision: str | None = None
     content_sha256: str | None = None
+    # The template the job was launched from, if any.
+    template: str | None = None
     # The job's record, published before this terminal status; None when there is none.
     record: RecordSummary | None = None
     # A live answer to a message that was refused before anything ran; never retained.
@@ -259,8 +280,20 @@ class LiveEvent(BaseModel):
     duration: float | None = None
     status: Literal["ok", "changed", "failed", "ignored", "skipped", "unreachable", "retry"] | None = None
     no_log: bool | None = Field(None, description="true: the result is hidden and not sent")
-    result: dict[str, Any] | None = Field(None, description="msg, rc, stdout, stderr; long texts cut")
+    result: dict[str, Any] | None = Field(
+        None, description="msg, rc, stdout, stderr, and diff (as Ansible prints it); long texts cut"
+    )
     line: str | None = Field(None, description="the line Ansible's own output shows for this event")
+    action: str | None = Field(None, description="the task's module, e.g. ansible.builtin.command")
+    play_uuid: str | None = Field(None, description="Ansible's id of the play: plays of one name told apart")
+    task_uuid: str | None = Field(
+        None, description="Ansible's id of the task, on task starts and results: tasks of one name told apart"
+    )
+    data: dict[str, Any] | None = Field(
+        None,
+        description="the rest of the module's result as JSON: no internal `_ansible_` keys, no module arguments"
+        " (`invocation`), texts cut; at most about 4 KiB",
+    )
 
 
 class JobRecord(BaseModel):
@@ -343,3 +376,42 @@ class ClaimMessage(BaseModel):
     takes_over: str | None = Field(None, description="for a takeover: the lost worker's claim it replaces")
     lost_worker: str | None = Field(None, description="for a takeover: the worker judged lost")
     expires_at: datetime | None = Field(None, description="until when the claim holds (required with signatures)")
+
+
+class ScheduleView(BaseModel):
+    """One schedule entry of a template as the catalogue shows it: when it runs next, when it last ran."""
+
+    model_config = ConfigDict(extra="allow")
+
+    entry: str = Field(description="`template.key`: the entry named by what it says; part of each tick's task_id")
+    cron: str | None = None
+    timezone: str | None = None
+    at: datetime | None = None
+    next_runs: list[datetime] = Field(description="the next ticks, UTC, as of `published_at`")
+    last_run: datetime | None = Field(None, description="the newest tick the group ran, as far as the publisher knows")
+    last_task_id: str | None = None
+    missed: list[datetime] = Field(
+        default_factory=list, description="ticks skipped because no worker was online (the newest ten)"
+    )
+
+
+class TemplateView(BaseModel):
+    """One template of the catalogue: what a launcher needs, never a secret's default."""
+
+    model_config = ConfigDict(extra="allow")
+
+    description: str | None = None
+    playbook: str
+    survey: dict[str, SurveyRule] = Field(default_factory=dict)
+    schedule: list[ScheduleView] = Field(default_factory=list)
+
+
+class TemplateCatalogue(BaseModel):
+    """The group's templates, retained on `<prefix>/<group>/templates` by its workers."""
+
+    model_config = ConfigDict(extra="allow")
+
+    worker_id: str = Field(description="the worker that published this copy")
+    published_at: datetime
+    templates_only: bool = Field(description="whether the publisher refuses requests that name no template")
+    templates: dict[str, TemplateView]

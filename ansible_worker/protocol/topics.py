@@ -76,6 +76,11 @@ class Topics:
         return f"{self.prefix}/{self.group}/content/{sha256}"
 
     @property
+    def templates(self) -> str:
+        """The retained catalogue of the group's templates."""
+        return f"{self.prefix}/{self.group}/templates"
+
+    @property
     def clients_prefix(self) -> str:
         """The start of every client's private topics."""
         return f"{self.prefix}/{self.group}/clients/"
@@ -95,6 +100,15 @@ class Topics:
     def record(self, task_id: str) -> str:
         """The retained topic of job `task_id`'s record, published once it has ended."""
         return f"{self.tasks}/{task_id}/record"
+
+    @property
+    def record_subscription(self) -> str:
+        """The filter of every job's record topic in the group."""
+        return f"{self.tasks}/+/record"
+
+    def task_id_of_record(self, topic: str) -> str | None:
+        """The task_id in a record topic of this group, or None if `topic` is not one."""
+        return self._task_id_in(topic, "record")
 
     @property
     def status_subscription(self) -> str:

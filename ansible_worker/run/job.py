@@ -92,6 +92,7 @@ class Job:
             output=progress.output,
             worker_id=self.worker_id,
             playbook=self.request.playbook,
+            template=self.request.template,
             current_play=progress.current_play,
             current_task=progress.current_task if not state.terminal else None,
             tasks_rescued=progress.rescued,

@@ -115,7 +115,8 @@ class JobRunner:
             detail = f": {job.error_message}" if job.error_message else ""
             log.info("task %s %s (rc=%s, %s)%s", job.task_id, job.state, job.return_code, counts, detail)
         else:
-            log.info("task %s %s (playbook %s)", job.task_id, job.state, job.request.playbook)
+            template = f"template {job.request.template}, " if job.request.template else ""
+            log.info("task %s %s (%splaybook %s)", job.task_id, job.state, template, job.request.playbook)
 
     async def execute(self, job: Job) -> None:
         """Run `job` and post exactly one terminal status for it to the status sink.
@@ -134,7 +135,7 @@ class JobRunner:
         naming = current_task_id.set(job.task_id)
         # Masked from the first moment: a git error or a traceback may show a secret too.
         known = [self.credentials[name] for name in job.request.credentials if name in self.credentials]
-        job.masker = Masker([*self.environment.worker_secrets, *secret_values(known)])
+        job.masker = Masker([*self.environment.worker_secrets, *secret_values(known), *job.request.secrets])
         try:
             with log_secrets.masking(lambda text: job.masker.text(text)):
                 await self._execute(job)

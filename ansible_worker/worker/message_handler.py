@@ -77,6 +77,13 @@ class MessageHandler:
                 except Exception:
                     log.exception("could not handle a message on %s", message.topic)
 
+    def launch_scheduled(self, payload: bytes) -> None:
+        """A tick the scheduler fired: routed as a task message that may use a schedule's task_id."""
+        try:
+            self.carry_out(self.router.route_task(payload, self, scheduled=True))
+        except Exception:
+            log.exception("could not launch a schedule's tick")
+
     def carry_out(self, action: Action) -> None:
         """Do what `action` says."""
         match action:

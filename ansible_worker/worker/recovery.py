@@ -12,8 +12,9 @@ from ansible_worker.protocol.models import JobStatus, State
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.run.argv import FIFO_VARIABLE
 from ansible_worker.run.run_directory import EVENT_FIFO_NAME, RUN_DIRECTORY_PREFIX
+from ansible_worker.templates.loading import NO_TEMPLATES, Templates
 from ansible_worker.worker.claiming import Claimer
-from ansible_worker.worker.intake import Accepted, read_task_message
+from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_task_message
 from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.journal import Entry
 from ansible_worker.worker.phases import Move
@@ -32,6 +33,8 @@ async def settle_journal(
     max_message_bytes: int,
     kill_grace: float,
     holder_of: Callable[[str], Claim | None] = lambda task_id: None,
+    templates: Templates = NO_TEMPLATES,
+    templates_only: bool = False,
 ) -> None:
     """Settle each entry: a queued job is claimed and queued again, a running one ended and
     reported failed, and a terminal status published again.
@@ -62,18 +65,12 @@ async def settle_journal(
         # A copy of the job came before the journal was read: the row is the copy's now.
         copied = jobs.phase(entry.task_id) is not None
         if entry.state == State.QUEUED:
-            if copied:
-                continue
-            match read_task_message(entry.payload, max_bytes=max_message_bytes):
-                case Accepted(request):
-                    log.info("task %s was queued before a restart: queueing it again", entry.task_id)
-                    # Its claim is this worker's, unless the group gave it to another since.
-                    earlier = frozenset((entry.claim_id or "").split())
-                    refusal = claimer.start(request, entry.payload, earlier=earlier, from_journal=True)
-                    if refusal is not None:
-                        refuse(entry.task_id, refusal)
-                case _:
-                    jobs.move(entry.task_id, Move.DROP)
+            if not copied:
+                # A launch is kept as it came, and expanded again with the templates of now.
+                read = read_task_message(
+                    entry.payload, max_bytes=max_message_bytes, templates=templates, templates_only=templates_only
+                )
+                _queue_again(entry, read, jobs=jobs, claimer=claimer, refuse=refuse)
             continue
         status = JobStatus.model_validate(entry.status)
         if entry.state == State.RUNNING:
@@ -95,6 +92,27 @@ async def settle_journal(
             continue
         # Its claim is renewed once this terminal status is out, as for any job that ends.
         jobs.report(status, claim_id=entry.claim_id.split()[-1] if entry.claim_id else None)
+
+
+def _queue_again(
+    entry: Entry,
+    read: Accepted | Rejected | Dropped,
+    *,
+    jobs: JobTable,
+    claimer: Claimer,
+    refuse: Callable[[str, str], None],
+) -> None:
+    """Claim and queue again a job the journal kept queued, or drop it when its message no longer reads."""
+    match read:
+        case Accepted(request):
+            log.info("task %s was queued before a restart: queueing it again", entry.task_id)
+            # Its claim is this worker's, unless the group gave it to another since.
+            earlier = frozenset((entry.claim_id or "").split())
+            refusal = claimer.start(request, entry.payload, earlier=earlier, from_journal=True)
+            if refusal is not None:
+                refuse(entry.task_id, refusal)
+        case _:
+            jobs.move(entry.task_id, Move.DROP)
 
 
 async def end_left_over_run(run_dir: Path, *, kill_grace: float) -> None:

@@ -20,6 +20,9 @@ from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.job import Job
 from ansible_worker.run.runner import JobRunner
 from ansible_worker.run.wiring import job_runner
+from ansible_worker.templates.catalogue import build_catalogue
+from ansible_worker.templates.schedules import scheduled_entries
+from ansible_worker.worker.catalogue_publisher import CataloguePublisher, read_catalogue
 from ansible_worker.worker.claim_keeper import ClaimKeeper
 from ansible_worker.worker.claim_sync import ClaimSync
 from ansible_worker.worker.claiming import Claimer
@@ -33,6 +36,7 @@ from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.liveness import MIN_FREEZE, Liveness, PresenceHeard, read_presence
 from ansible_worker.worker.lost_jobs import RequestCopies
 from ansible_worker.worker.message_handler import MessageHandler
+from ansible_worker.worker.notifications import Notifier
 from ansible_worker.worker.peers import PeerBook
 from ansible_worker.worker.phases import Phase
 from ansible_worker.worker.policies import RecordPolicy, SignaturePolicy, WorkerPolicies
@@ -41,8 +45,10 @@ from ansible_worker.worker.record_publisher import RecordPublisher
 from ansible_worker.worker.recovery import settle_journal
 from ansible_worker.worker.request_copy import RequestCopyPublisher
 from ansible_worker.worker.router import Router
+from ansible_worker.worker.scheduler import Clock, Scheduler, WallClock
 from ansible_worker.worker.status_path import StatusPath
 from ansible_worker.worker.takeover import JobTableHands, Takeover
+from ansible_worker.worker.templating import worker_templates
 
 if TYPE_CHECKING:
     from ansible_worker.protocol.signing import Verified
@@ -76,7 +82,7 @@ class Worker:
     offline, and the broker session is cancelled and disconnects cleanly.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         worker = settings.worker
         self.policies = WorkerPolicies.of(settings)
         self.worker_id = worker.worker_id
@@ -106,6 +112,14 @@ class Worker:
         self._hurry = False
         self._wire_jobs(settings)
         self._wire_group(settings)
+        self._wire_templates(settings, clock or WallClock())
+
+    def _wire_templates(self, settings: Settings, clock: Clock) -> None:
+        """The catalogue and the schedules of `worker.templates`, if it is set."""
+        self.clock = clock
+        self.scheduler, self.catalogue = _schedules_and_catalogue(
+            settings, self.session, self.topics, self.messages, clock
+        )
 
     def _wire_jobs(self, settings: Settings) -> None:
         """The parts that carry a job: claims, the status path, the job table, the runner, the slots, presence."""
@@ -154,6 +168,15 @@ class Worker:
         self.jobs.announce = self.runner.announce
         self.dispatcher = Dispatcher(self.runner, self.jobs.waiting, concurrency=policies.queue.concurrency)
         self.dispatcher.may_start = self._may_start
+        self.notifier: Notifier | None = None
+        if worker.notifications:
+            self.notifier = Notifier(
+                worker.notifications,
+                dashboard_url=settings.dashboard.url,
+                state_dir=worker.state_dir,
+                metrics=self.metrics,
+            )
+            self.statuses.on_post = self.notifier.offer_status
         self.presence = PresenceAnnouncer(
             self.session,
             self.topics.worker(self.worker_id),
@@ -194,6 +217,7 @@ class Worker:
         self.claimer = Claimer(self.session, self.claims, self.jobs, self.hand_back, self._shutdown)
         self.claimer.copies = self.copies
         lost_after = self.policies.presence.lost_after
+        router = _router(settings, self.policies.signatures, self.topics, self.claims, self.runner)
         self.liveness = Liveness(own_id=self.worker_id, lost_after=lost_after)
         self.request_copies = RequestCopies()
         self.takeover = Takeover(
@@ -204,12 +228,12 @@ class Worker:
             JobTableHands(self.jobs, self.claims, self.copies, stopping=self._shutdown.is_set),
             topics=self.topics,
             read_retained=partial(self.content.read_retained, sync=self._round_trip),
-            check_copy=_copy_check(settings, self.policies.signatures, self.topics, self.runner),
+            check_copy=_copy_check(settings, self.policies.signatures, self.topics, self.runner, router),
         )
         self._takeover_scope = trio.CancelScope()
         self._read_presence = _presence_reader(self.policies, self.topics, lost_after)
         self.messages = MessageHandler(
-            _router(settings, self.policies.signatures, self.topics, self.claims, self.runner),
+            router,
             content=self.content,
             claims=self.claims,
             jobs=self.jobs,
@@ -299,6 +323,12 @@ class Worker:
             ):
                 infrastructure.start_soon(serve)
             await infrastructure.start(self.runner.warm_pool.serve)
+            if self.notifier is not None:
+                infrastructure.start_soon(self.notifier.serve)
+            if self.catalogue is not None and self.scheduler is not None:
+                infrastructure.start_soon(self.catalogue.serve, self.clock.now)
+                # Not waited for: it reads the catalogue from the broker, which may be away.
+                infrastructure.start_soon(self.scheduler.serve)
             if self.events is not None:
                 infrastructure.start_soon(self.events.serve)
             async with trio.open_nursery() as claiming:
@@ -352,6 +382,8 @@ class Worker:
             max_message_bytes=self.max_message_bytes,
             kill_grace=self.policies.drain.kill_grace,
             holder_of=self.claims.holder,
+            templates=self.messages.router.templates,
+            templates_only=self.messages.router.templates_only,
         )
 
     async def _drain(self, serving: trio.CancelScope) -> None:
@@ -389,6 +421,14 @@ class Worker:
             await self.statuses.wait_idle()
         if flush.cancelled_caught:
             log.warning("%d statuses could not be published before exit", self.statuses.pending_count)
+        if self.notifier is not None:
+            # The jobs' last notifications, within a bound of their own: a target that never
+            # answers must not hold the worker's exit.
+            self.notifier.close()
+            with trio.move_on_after(SHUTDOWN_MARGIN) as sending:
+                await self.notifier.finished.wait()
+            if sending.cancelled_caught:
+                log.warning("notifications still being sent at exit were given up")
         # Its own bound: a slow flush must not leave the presence saying `draining` for ever.
         with trio.move_on_after(OFFLINE_TIMEOUT):
             await self.presence.publish_offline()
@@ -400,6 +440,30 @@ class Worker:
         endpoint = HealthEndpoint(ready=self.readiness, collector=worker_collector(self.snapshot))
         assert self.http_settings.port is not None
         await endpoint.serve(self.http_settings.host, self.http_settings.port, task_status=task_status)
+
+
+def _schedules_and_catalogue(
+    settings: Settings, session: BrokerSession, topics: Topics, messages: MessageHandler, clock: Clock
+) -> tuple[Scheduler | None, CataloguePublisher | None]:
+    """The scheduler and the catalogue publisher of `worker.templates`, or neither when it is not set."""
+    if settings.worker.templates is None:
+        return None, None
+    templates, only = messages.router.templates, settings.worker.templates_only
+    worker_id = settings.worker.worker_id
+    scheduler = Scheduler(
+        scheduled_entries(templates),
+        messages.launch_scheduled,
+        clock=clock,
+        read_catalogue=partial(read_catalogue, session, topics, client_id=session.options.client_id),
+    )
+    history = scheduler.history
+    catalogue = CataloguePublisher(
+        session,
+        topics,
+        lambda now: build_catalogue(templates, worker_id=worker_id, now=now, templates_only=only, history=history),
+    )
+    scheduler.on_change = catalogue.changed
+    return scheduler, catalogue
 
 
 def _record_publisher(policy: RecordPolicy | None, session: BrokerSession, topics: Topics) -> RecordPublisher | None:
@@ -420,6 +484,7 @@ def _router(
 
         gate = SignedTaskGate(signatures, topics, released=claims.released_request)
         verify_task, verify_cancel = gate.task_verifier, gate.cancel_verifier
+    templates = worker_templates(settings)
     return Router(
         topics,
         worker_id=worker.worker_id,
@@ -428,15 +493,20 @@ def _router(
         admission_error=runner.checks.admission_error,
         verify_task=verify_task,
         verify_cancel=verify_cancel,
+        templates=templates,
+        templates_only=worker.templates_only,
+        schedule_prefixes=tuple(f"{entry.name}." for entry in scheduled_entries(templates)),
+        released=claims.released_request,
     )
 
 
 def _copy_check(
-    settings: Settings, signatures: SignaturePolicy | None, topics: Topics, runner: JobRunner
+    settings: Settings, signatures: SignaturePolicy | None, topics: Topics, runner: JobRunner, router: Router
 ) -> Callable[[bytes, datetime | None], TaskRequest | str]:
     """How a survivor checks a request copy before it runs it: as the first worker checked the job.
 
-    Signed, against `trusted_keys`, its age counted from when the group accepted the job.
+    Signed, against `trusted_keys`, its age counted from when the group accepted the job; a
+    launch is expanded with this worker's templates, as a journal entry is after a restart.
     """
     max_bytes = settings.worker.max_message_bytes
 
@@ -455,7 +525,13 @@ def _copy_check(
                     max_skew=signatures.max_skew,
                 )
 
-        match read_task_message(payload, max_bytes=max_bytes, verify=verify):
+        match read_task_message(
+            payload,
+            max_bytes=max_bytes,
+            verify=verify,
+            templates=router.templates,
+            templates_only=router.templates_only,
+        ):
             case Accepted(request):
                 return runner.checks.admission_error(request) or request
             case Rejected(_, reason) | Dropped(reason):

@@ -54,6 +54,8 @@ class StatusPath:
         self.retention = policy.retention
         self.metrics = metrics
         self.outbox = StatusOutbox(interval=policy.interval)
+        # Told of every status posted (never a live refusal); must not block: notifications.
+        self.on_post: Callable[[JobStatus], None] = lambda status: None
         self._answers_send, self._answers_receive = trio.open_memory_channel[tuple[str, str]](MAX_PENDING_ANSWERS)
         # Waited on before each publish: after a reconnection or a freeze, the claims are heard
         # again first, so that a job taken over meanwhile is fenced before anything of it goes out.
@@ -71,6 +73,7 @@ class StatusPath:
     def post(self, status: JobStatus) -> None:
         """Send `status` (a change of state, or a terminal status); never blocks."""
         self.outbox.post(status)
+        self.on_post(status)
 
     def post_progress(self, task_id: str, build: Callable[[], JobStatus]) -> None:
         """A `running` update, built by `build` only when it is about to be published."""

@@ -182,7 +182,13 @@ async def test_every_message_on_the_wire_matches_its_schema(
     validators = {name: jsonschema.Draft202012Validator(schema) for name, schema in schemas.items()}
     topics = Topics("ansible", group)
     seen: list[InboundMessage] = []
-    settings = make_settings(broker.port, playbook_dir, group, security=require_signatures(keys))
+    (playbook_dir / "templates.yml").write_text(
+        "templates:\n  quick:\n    playbook: quick.yml\n    survey: {n: {type: integer, default: 1}}\n"
+        "    schedule: [{cron: '0 3 * * *', timezone: Europe/Berlin}]\n"
+    )
+    settings = make_settings(
+        broker.port, playbook_dir, group, security=require_signatures(keys), templates="templates.yml"
+    )
     signer = Signer.from_file(keys / "alice.key")
 
     async def record(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -213,6 +219,7 @@ async def test_every_message_on_the_wire_matches_its_schema(
         "cancel": "cancel-request",
         "claim": "claim",
         "record": "record",
+        "templates": "catalogue",
     }
     checked: dict[str, int] = {}
     for message in seen:
@@ -220,6 +227,7 @@ async def test_every_message_on_the_wire_matches_its_schema(
             continue
         leaf = message.topic.rsplit("/", 1)[-1]
         kind = "presence" if message.topic.startswith(topics.worker("")) else kinds[leaf]
+        kind = "catalogue" if message.topic == topics.templates else kind
         # A record is compressed JSON; every other message is plain JSON.
         document = decode_record(message.payload) if kind == "record" else json.loads(message.payload)
         errors = [error.message for error in validators[kind].iter_errors(document)]
