@@ -203,7 +203,6 @@ def _per_job(received: trio.MemoryReceiveChannel[Any], jobs: int, tasks: str) ->
     return {key: round(value / jobs, 1) for key, value in counts.items()}
 
 
-
 def job_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """The rows of one-task jobs: overhead, latency, throughput."""
     overhead, latency = results["overhead"], results["latency"]
