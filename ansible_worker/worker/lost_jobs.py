@@ -8,11 +8,15 @@ the takeover does:
 - `AlreadyEnded`: the job's last status is terminal (the worker died after it, before it
   cleared the copy); nothing is published but the copy's clearing.
 - `EndAsLost`: the claim says the job may have started (`started_at`), or its last status
-  says `running`: a half-run playbook is not safe to repeat, so it ends `failed`.
+  says `running`: a half-run playbook is not safe to repeat, so it ends `failed`. A job
+  whose `queued` status was published but that cannot be run here (no copy matches its
+  claim, as with a claim of a worker from before request copies, or the copy is refused)
+  ends `failed` too, with `why`: a controller already saw it accepted, so it must not stay
+  `queued`.
 - `RunHere`: it never started: the copy is checked again and the job runs on the survivor.
-- `Free`: no copy matches the claim (the worker was lost between its claim and its copy, or
-  the copy was replaced): nothing ran and no status was published; the takeover is released,
-  so that a controller's retry runs the job once.
+- `Free`: no copy matches the claim and no status was published (the worker was lost
+  between its claim and its copy): nothing ran; the takeover is released, so that a
+  controller's retry runs the job once.
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ class AlreadyEnded:
 
 @dataclass(frozen=True, slots=True)
 class EndAsLost:
-    """The job may have started on the lost worker: it ends `failed`, not run again."""
+    """The job may have started on the lost worker, or cannot be run here (`why`): it ends `failed`."""
+
+    why: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,18 +90,21 @@ def decide(claim: Claim, *, copy: bytes | None, last_state: State | None) -> Ver
     if claim.started_at is not None or last_state is State.RUNNING:
         return EndAsLost()
     if copy is None:
+        if last_state is not None:
+            return EndAsLost("no request copy matches its claim")
         return Free("no request copy matches its claim")
     return RunHere(copy, claim.accepted_at)
 
 
-def lost_reason(worker_id: str, last_heard_at: datetime | None) -> str:
-    """The `error_message` of a started job whose worker was lost."""
+def lost_reason(worker_id: str, last_heard_at: datetime | None, why: str | None = None) -> str:
+    """The `error_message` of a job whose worker was lost: one that may have started, or one not run here (`why`)."""
     when = (
         format_utc(last_heard_at, timespec="seconds")
         if last_heard_at is not None
         else "never, since this worker connected"
     )
-    return f"worker lost: {worker_id} (last heard {when})"
+    reason = f"worker lost: {worker_id} (last heard {when})"
+    return reason if why is None else f"{reason}; it had not started, and was not run here: {why}"
 
 
 def copy_digest(claim: Claim) -> str | None:

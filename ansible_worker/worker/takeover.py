@@ -196,19 +196,21 @@ class Takeover:
         if isinstance(verdict, RunHere):
             checked = self._check_copy(verdict.payload, verdict.accepted_at)
             if isinstance(checked, str):
-                verdict = Free(f"its request copy was refused: {checked}")
+                refused = f"its request copy was refused: {checked}"
+                # A job the controller saw accepted ends; one nobody heard of is freed for a retry.
+                verdict = Free(refused) if last is None else EndAsLost(refused)
             else:
                 log.info("task %s: never started on worker %s: running it here", task_id, lost)
                 await self.hands.run_taken_over(checked, verdict.payload, claim_id, taken_from=lost)
                 return verdict
         match verdict:
-            case EndAsLost():
+            case EndAsLost(why):
                 base = last or JobStatus(task_id=task_id, state=State.FAILED, worker_id=lost)
                 self.hands.end_lost(
                     base.model_copy(
                         update={
                             "state": State.FAILED,
-                            "error_message": lost_reason(lost, last_heard),
+                            "error_message": lost_reason(lost, last_heard, why),
                             "completed_at": utc_now(),
                             "current_task": None,
                             "current_play": None,
@@ -220,7 +222,10 @@ class Takeover:
                     ),
                     claim_id,
                 )
-                log.warning("task %s: it may have started on worker %s: ended failed, not run again", task_id, lost)
+                if why is None:
+                    log.warning("task %s: it may have started on worker %s: ended failed, not run again", task_id, lost)
+                else:
+                    log.warning("task %s: not run here (%s): ended failed", task_id, why)
             case AlreadyEnded():
                 log.info("task %s: it had ended on worker %s; only its request copy is cleared", task_id, lost)
                 self.hands.settled(task_id, claim_id)

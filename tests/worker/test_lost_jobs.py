@@ -60,6 +60,15 @@ def test_a_claim_with_no_matching_copy_is_freed() -> None:
     assert isinstance(decide(claim(), copy=None, last_state=None), Free)
 
 
+def test_an_accepted_job_with_no_matching_copy_ends_failed_and_never_stays_queued() -> None:
+    # A controller saw it queued (a claim of a worker from before request copies, or a copy replaced).
+    assert decide(claim(), copy=None, last_state=State.QUEUED) == EndAsLost("no request copy matches its claim")
+    assert lost_reason("w1", WALL, "no request copy matches its claim") == (
+        "worker lost: w1 (last heard 2026-01-01T00:00:00Z); it had not started, and was not run here:"
+        " no request copy matches its claim"
+    )
+
+
 def test_the_reason_names_the_worker_and_when_it_was_last_heard() -> None:
     assert lost_reason("w1", WALL) == "worker lost: w1 (last heard 2026-01-01T00:00:00Z)"
 

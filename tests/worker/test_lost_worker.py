@@ -438,3 +438,41 @@ async def test_signed_a_forged_presence_request_copy_or_takeover_changes_nothing
     assert runs(markers / queued) == 1
     assert runs(markers / "forged") == 0
     assert runs(markers / running) == 1
+
+
+async def test_a_queued_job_whose_copy_is_gone_ends_failed_and_never_stays_queued(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
+) -> None:
+    markers = setup(tmp_path, playbook_dir, deployment)
+    doomed = config(tmp_path, broker, playbook_dir, group, "doomed")
+    survivor = config(tmp_path, broker, playbook_dir, group, "survivor")
+    seconds = unique_seconds(275)
+    async with (
+        open_controller(broker, group) as controller,
+        client_for(broker, group) as client,
+        deployment.process("run", "-c", str(doomed)) as lost,
+    ):
+        await wait_online(client, "doomed")
+        running, queued = await hold_jobs(controller, markers, group, seconds)
+        # Someone who may write the request topics deletes one copy: the group cannot run it.
+        await forge_clear(broker, f"ansible/{group}/tasks/{queued[0]}/request")
+        async with deployment.process("run", "-c", str(survivor)) as alive:
+            await wait_online(client, "survivor")
+            kill_for_good(lost.process.pid, seconds)
+            ended = await settled_once(controller, [running, *queued], LOST_AFTER + TAKEOVER_BOUND)
+            assert await alive.stop() == 0
+    gone = ended[queued[0]]
+    assert gone["state"] == "failed"
+    assert gone["error_message"].startswith("worker lost: doomed (last heard 20")
+    assert gone["error_message"].endswith("it had not started, and was not run here: no request copy matches its claim")
+    assert gone["taken_over_by"] == "survivor"
+    assert runs(markers / queued[0]) == 0
+    assert ended[queued[1]]["state"] == "success"
+    assert runs(markers / queued[1]) == 1
+
+
+async def forge_clear(broker: Broker, topic: str) -> None:
+    """Delete the message retained on `topic`, as anyone who may write it can."""
+    options = LinkOptions(host="127.0.0.1", port=broker.port, client_id="eraser")
+    async with open_mqtt_link(options) as link:
+        await link.publish(topic, b"", qos=1, retain=True)
