@@ -218,6 +218,7 @@ async def test_every_message_on_the_wire_matches_its_schema(
         "events": "event",
         "cancel": "cancel-request",
         "claim": "claim",
+        "request": "task-request",
         "record": "record",
         "templates": "catalogue",
     }
