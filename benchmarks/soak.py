@@ -272,6 +272,26 @@ def tally(lab: Lab, ids: list[str], seen: dict[str, list[dict[str, Any]]]) -> di
     }
 
 
+async def restart_workers(fleet: Fleet, client: Client, chaos: Chaos, restarts: dict[str, int]) -> None:
+    """Restart a random worker every few seconds, for ever: stopped, killed, or lost for good as `chaos` says."""
+    while True:
+        await trio.sleep(random.uniform(2, 5))
+        name = random.choice(sorted(fleet.configs))
+        if chaos.lose and random.random() < 0.3:
+            restarts["lost"] += 1
+            joining = await fleet.lose(name)
+            await wait_for_worker(client, joining)
+            # The group needs lost_after to take the jobs over; losing the next one sooner
+            # would lose the survivor too, which the soak does not set out to test.
+            await trio.sleep(LOST_AFTER)
+            continue
+        how = signal.SIGKILL if chaos.kill and random.random() < 0.3 else signal.SIGTERM
+        restarts[how.name] += 1
+        await fleet.stop(name, how)
+        await fleet.start(name)
+        await wait_for_worker(client, name)
+
+
 async def soak(lab: Lab, fleet: Fleet, jobs: int, rate: float, chaos: Chaos) -> dict[str, Any]:
     seen: dict[str, list[dict[str, Any]]] = {}
     ids = [f"soak-{uuid.uuid4().hex[:10]}" for _ in range(jobs)]
@@ -291,31 +311,13 @@ async def soak(lab: Lab, fleet: Fleet, jobs: int, rate: float, chaos: Chaos) -> 
             await wait_for_worker(client, name)
         memory_before = {name: rss_kib(process.pid) for name, process in fleet.processes.items()}
 
-        async def restart_workers() -> None:
-            while True:
-                await trio.sleep(random.uniform(2, 5))
-                name = random.choice(sorted(fleet.configs))
-                if chaos.lose and random.random() < 0.3:
-                    restarts["lost"] += 1
-                    joining = await fleet.lose(name)
-                    await wait_for_worker(client, joining)
-                    # The group needs lost_after to take the jobs over; losing the next one sooner
-                    # would lose the survivor too, which the soak does not set out to test.
-                    await trio.sleep(LOST_AFTER)
-                    continue
-                how = signal.SIGKILL if chaos.kill and random.random() < 0.3 else signal.SIGTERM
-                restarts[how.name] += 1
-                await fleet.stop(name, how)
-                await fleet.start(name)
-                await wait_for_worker(client, name)
-
         async def restart_broker(broker: BrokerRestarts) -> None:
             while True:
                 await trio.sleep(random.uniform(2, 5))
                 await broker.restart()
 
         if chaos.worker_restarts:
-            nursery.start_soon(restart_workers)
+            nursery.start_soon(restart_workers, fleet, client, chaos, restarts)
         if chaos.broker is not None:
             nursery.start_soon(restart_broker, chaos.broker)
         published, restarts_while_publishing = await publish_jobs(senders, ids, rate, chaos, submissions)

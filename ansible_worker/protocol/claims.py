@@ -187,6 +187,11 @@ def read_claim(
         except SignatureRefused as exc:
             log.debug("ignoring a claim message: %s", exc)
             return None
+    return _claim_of(document, payload, state, expires)
+
+
+def _claim_of(document: Mapping[str, Any], payload: bytes, state: ClaimState, expires: float) -> Claim | None:
+    """The `Claim` a checked message holds, with the takeover fields it carries; None for a malformed takeover."""
     request = document.get("request_sha256")
     digest = request if isinstance(request, str) and _SHA256.fullmatch(request) else None
     takes_over, lost_worker = document.get("takes_over"), document.get("lost_worker")
@@ -197,11 +202,11 @@ def read_claim(
     else:
         takes_over = lost_worker = None
     return Claim(
-        worker_id,
-        claim_id,
+        document["worker_id"],
+        document["claim"],
         state,
         expires,
-        releases,
+        document.get("releases"),
         payload,
         digest,
         accepted_at=_moment(document.get("accepted_at")),

@@ -10,56 +10,29 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import trio
 
 from ansible_worker.mqtt.link import InboundMessage, LinkError, PublishRefused
 from ansible_worker.mqtt.session import BrokerSession
-from ansible_worker.protocol.claims import (
-    Claim,
-    ClaimBook,
-    ClaimState,
-    claim_document,
-    new_claim_id,
-    read_claim,
-    request_digest,
-)
-from ansible_worker.protocol.signing import UntrustedKey
+from ansible_worker.protocol.claims import Claim, ClaimBook, ClaimState, new_claim_id, read_claim, request_digest
 from ansible_worker.protocol.topics import Topics
+from ansible_worker.worker.claim_facts import ClaimFacts, claim_message
 from ansible_worker.worker.policies import ClaimPolicy
+from ansible_worker.worker.unknown_claim_keys import UnknownClaimKeys
 
-__all__ = ["CLAIM_TIMEOUT", "ClaimFacts", "ClaimFailed", "GroupClaims", "UnknownClaimKeys"]
+__all__ = ["CLAIM_TIMEOUT", "ClaimFacts", "ClaimFailed", "GroupClaims"]
 
 CLAIM_TIMEOUT = 10.0
 # The largest MQTT message expiry interval (a four-byte integer).
 LONGEST_EXPIRY = 2**32 - 1
 # How long a loser's copy of the winner's claim may take; it only restores what is retained.
 RESTORE_TIMEOUT = 5.0
-# Unknown claim keys remembered (each warned about once); a flood of made-up ones costs no more.
-MAX_UNKNOWN_KEYS = 64
-_FINGERPRINT = re.compile(r"[0-9a-f]{32}")
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimFacts:
-    """What this worker's claim on one job says besides who holds it; every publication of the claim carries it.
-
-    `request_sha256` names the request copy while the job is unsettled; once `settled`, the
-    next publication leaves it out, which tells the group that nothing is left to take over.
-    """
-
-    accepted_at: datetime
-    request_sha256: str | None = None
-    started_at: datetime | None = None
-    takes_over: str | None = None
-    lost_worker: str | None = None
-    settled: bool = False
 
 
 class ClaimFailed(Exception):
@@ -73,46 +46,6 @@ class ClaimFailed(Exception):
         self.permanent = permanent
 
 
-class UnknownClaimKeys:
-    """Warn once per key about claims signed by a worker key this worker does not count.
-
-    A group whose workers each have a key of their own, but do not list each other's under
-    `security.worker_keys`, hears no claim but its own: a task_id can then run twice. Each
-    such key is named once, at WARNING; past `limit` keys, once more for all the rest.
-    """
-
-    def __init__(self, *, limit: int = MAX_UNKNOWN_KEYS) -> None:
-        self._warned: set[str] = set()
-        self._limit = limit
-        self._overflowed = False
-
-    def heard(self, task_id: str, fingerprint: str, worker_id: object) -> None:
-        """A claim on `task_id` named `fingerprint`, a key this worker does not list, as its signer."""
-        if fingerprint in self._warned or not _FINGERPRINT.fullmatch(fingerprint):
-            # Not the name of any key: nothing an operator could list.
-            return
-        if len(self._warned) >= self._limit:
-            if not self._overflowed:
-                self._overflowed = True
-                log.warning(
-                    "claims are signed by more than %d worker keys this worker does not list; no longer"
-                    " naming each: check security.worker_keys on every worker of the group",
-                    self._limit,
-                )
-            return
-        self._warned.add(fingerprint)
-        who = repr(worker_id[:128]) if isinstance(worker_id, str) else "(unnamed)"
-        log.warning(
-            "task %s: a claim from worker %s is signed with key %s, which is neither this worker's worker_key"
-            " nor one of security.worker_keys, so it does not count here. If that is a worker of this group,"
-            " list its public key under security.worker_keys on every worker (or give the workers one"
-            " worker_key): until then the group can run a task_id twice. Warned once per key.",
-            task_id,
-            who,
-            fingerprint,
-        )
-
-
 class GroupClaims:
     """Claims made and heard by one worker, over its broker session, as its `ClaimPolicy` says."""
 
@@ -120,10 +53,8 @@ class GroupClaims:
         self.session = session
         self.topics = topics
         self.worker_id = worker_id
-        self.lifetime = policy.lifetime
-        self.release_lifetime = policy.release_lifetime
-        self._signer = policy.signer
-        self._trusted = policy.trusted
+        self.lifetime, self.release_lifetime = policy.lifetime, policy.release_lifetime
+        self._signer, self._trusted = policy.signer, policy.trusted
         self.book = ClaimBook()
         self.unknown_keys = UnknownClaimKeys()
         self._claiming: set[str] = set()
@@ -146,16 +77,7 @@ class GroupClaims:
         """Record a message from a claim topic, and wake whoever waits on claims."""
         verify = None
         if self._trusted is not None:
-            trusted, topic = self._trusted, self.topics.claim(task_id)
-
-            def verify(document: object) -> object:
-                assert isinstance(document, dict)
-                try:
-                    return trusted.verify(topic, document)
-                except UntrustedKey as exc:
-                    self.unknown_keys.heard(task_id, exc.fingerprint, document.get("worker_id"))
-                    raise
-
+            verify = self.unknown_keys.verifier(self._trusted, self.topics.claim(task_id), task_id)
         claim = read_claim(
             message.payload,
             now=trio.current_time(),
@@ -191,24 +113,6 @@ class GroupClaims:
         """The live claim that holds `task_id` in the group now, if any."""
         return self.book.holder(task_id, now=trio.current_time())
 
-    def release_of(self, task_id: str) -> Claim | None:
-        """The live release of `task_id` nobody has claimed since, if any."""
-        return self.book.release(task_id, now=trio.current_time())
-
-    def facts(self, task_id: str) -> ClaimFacts | None:
-        """What this worker's claim on `task_id` says, if it has one."""
-        return self._facts.get(task_id)
-
-    def note(self, task_id: str, facts: ClaimFacts) -> None:
-        """Say `facts` in every later publication of this worker's claim on `task_id`."""
-        self._facts[task_id] = facts
-
-    def copied(self, task_id: str, request_sha256: str) -> None:
-        """The job's request copy is retained: its claim names it from now on."""
-        facts = self._facts.get(task_id)
-        if facts is not None:
-            self._facts[task_id] = replace(facts, request_sha256=request_sha256)
-
     def settle(self, task_id: str) -> None:
         """The job is settled: the next publication of its claim names no request copy, and is its last here."""
         facts = self._facts.get(task_id)
@@ -232,25 +136,17 @@ class GroupClaims:
         if facts.started_at is None:
             self._facts[task_id] = facts = replace(facts, started_at=datetime.now(UTC))
         while True:
+            if self.gate is not None:
+                await self.gate()
             holder = self.holder(task_id)
             if holder is not None and holder.claim_id != claim_id:
                 return False
-            echo = self._echoes[claim_id] = trio.Event()
             try:
-                with trio.move_on_after(CLAIM_TIMEOUT):
-                    if self.gate is not None:
-                        await self.gate()
-                    holder = self.holder(task_id)
-                    if holder is not None and holder.claim_id != claim_id:
-                        return False
-                    await self._publish(task_id, claim_id, "claimed", lifetime=self.lifetime)
-                    await echo.wait()
+                if await self._heard_back(task_id, claim_id):
                     holder = self.holder(task_id)
                     return holder is not None and holder.claim_id == claim_id
             except LinkError as exc:
                 log.debug("task %s: its start claim is not out yet: %s", task_id, exc)
-            finally:
-                self._echoes.pop(claim_id, None)
             log.warning("task %s: waiting for the broker to confirm its start", task_id)
 
     async def take_over(self, task_id: str, lost: Claim, *, lost_worker: str, request_sha256: str | None) -> str | None:
@@ -273,20 +169,15 @@ class GroupClaims:
             takes_over=taken,
             lost_worker=lost_worker,
         )
-        echo = self._echoes[claim_id] = trio.Event()
         try:
-            with trio.move_on_after(CLAIM_TIMEOUT) as bound:
-                await self._publish(task_id, claim_id, "claimed", lifetime=self.lifetime)
-                await echo.wait()
+            heard = await self._heard_back(task_id, claim_id)
         except LinkError as exc:
             self._facts.pop(task_id, None)
             raise ClaimFailed(f"the broker link failed: {exc}") from exc
-        finally:
-            self._echoes.pop(claim_id, None)
         holder = self.holder(task_id)
-        if bound.cancelled_caught or holder is None or holder.claim_id != claim_id:
+        if not heard or holder is None or holder.claim_id != claim_id:
             self._facts.pop(task_id, None)
-            if bound.cancelled_caught:
+            if not heard:
                 raise ClaimFailed(f"the broker did not confirm the takeover within {CLAIM_TIMEOUT:g}s")
             return None
         return claim_id
@@ -330,20 +221,15 @@ class GroupClaims:
             accepted = held.accepted_at if held is not None and held.accepted_at is not None else datetime.now(UTC)
             self._facts[task_id] = ClaimFacts(accepted_at=accepted, request_sha256=request_sha256)
         self._claiming.add(task_id)
-        echo = self._echoes[claim_id] = trio.Event()
         try:
-            with trio.move_on_after(CLAIM_TIMEOUT) as bound:
-                await self._publish(task_id, claim_id, "claimed", lifetime=self.lifetime)
-                # Our own claim comes back through our subscription, in the broker's order.
-                await echo.wait()
+            heard = await self._heard_back(task_id, claim_id)
         except PublishRefused as exc:
             raise ClaimFailed(f"{exc} (check the broker's ACL for this worker)", permanent=True) from exc
         except LinkError as exc:
             raise ClaimFailed(f"the broker link failed: {exc}") from exc
         finally:
             self._claiming.discard(task_id)
-            del self._echoes[claim_id]
-        if bound.cancelled_caught:
+        if not heard:
             raise ClaimFailed(f"the broker did not confirm the claim within {CLAIM_TIMEOUT:g}s")
         holder = self.holder(task_id)
         if holder is not None and holder.claim_id in ours:
@@ -351,6 +237,22 @@ class GroupClaims:
         if holder is not None:
             await self._restore(task_id, holder)
         return False
+
+    async def _heard_back(self, task_id: str, claim_id: str) -> bool:
+        """Publish this worker's claim `claim_id` on `task_id` and hear it back; False if not within `CLAIM_TIMEOUT`.
+
+        Errors: `LinkError` (`PublishRefused` among them). Cancellation: the claim may be out.
+        """
+        echo = self._echoes[claim_id] = trio.Event()
+        try:
+            with trio.move_on_after(CLAIM_TIMEOUT):
+                await self._publish(task_id, claim_id, "claimed", lifetime=self.lifetime)
+                # Our own claim comes back through our subscription, in the broker's order.
+                await echo.wait()
+                return True
+            return False
+        finally:
+            self._echoes.pop(claim_id, None)
 
     async def _restore(self, task_id: str, winner: Claim) -> None:
         remaining = winner.expires - trio.current_time()
@@ -425,33 +327,21 @@ class GroupClaims:
         topic = self.topics.claim(task_id)
         expires_at = None if lifetime is None else datetime.now(UTC) + timedelta(seconds=lifetime)
         facts = self._facts.get(task_id) if state == "claimed" else None
-        if facts is not None:
-            document = claim_document(
-                self.worker_id,
-                claim_id,
-                state,
-                expires_at=expires_at,
-                request_sha256=facts.request_sha256,
-                accepted_at=facts.accepted_at,
-                started_at=facts.started_at,
-                takes_over=facts.takes_over,
-                lost_worker=facts.lost_worker,
-            )
-            if facts.settled:
-                # Its last word: the job is settled, the claim only guards the task_id now.
-                del self._facts[task_id]
-        else:
-            # A release keeps when the group accepted the job, for whoever takes it next.
-            mine = self._facts.pop(task_id, None) if state == "released" else None
-            document = claim_document(
-                self.worker_id,
-                claim_id,
-                state,
-                expires_at=expires_at,
-                releases=releases,
-                request_sha256=request_sha256,
-                accepted_at=mine.accepted_at if mine is not None else None,
-            )
+        # A release keeps when the group accepted the job, for whoever takes it next.
+        mine = self._facts.pop(task_id, None) if state == "released" else None
+        document = claim_message(
+            self.worker_id,
+            claim_id,
+            state,
+            facts=facts,
+            expires_at=expires_at,
+            releases=releases,
+            request_sha256=request_sha256,
+            accepted_at=mine.accepted_at if mine is not None else None,
+        )
+        if facts is not None and facts.settled:
+            # Its last word: the job is settled, the claim only guards the task_id now.
+            del self._facts[task_id]
         if self._signer is not None:
             document = self._signer.sign(topic, document)
         await self.session.publish(topic, json.dumps(document).encode(), qos=1, retain=True, expiry=_expiry(lifetime))

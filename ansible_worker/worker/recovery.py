@@ -52,15 +52,7 @@ async def settle_journal(
     for entry in entries:
         holder = holder_of(entry.task_id)
         if holder is not None and holder.claim_id not in (entry.claim_id or "").split():
-            log.warning(
-                "task %s: taken over by %s while this worker was away; ended here, nothing published",
-                entry.task_id,
-                holder.worker_id,
-            )
-            if entry.state == State.RUNNING and entry.run_dir is not None:
-                await end_left_over_run(Path(entry.run_dir), kill_grace=kill_grace)
-            if jobs.phase(entry.task_id) is None:
-                jobs.move(entry.task_id, Move.DROP)
+            await _fence(entry, holder, jobs=jobs, kill_grace=kill_grace)
             continue
         # A copy of the job came before the journal was read: the row is the copy's now.
         copied = jobs.phase(entry.task_id) is not None
@@ -92,6 +84,19 @@ async def settle_journal(
             continue
         # Its claim is renewed once this terminal status is out, as for any job that ends.
         jobs.report(status, claim_id=entry.claim_id.split()[-1] if entry.claim_id else None)
+
+
+async def _fence(entry: Entry, holder: Claim, *, jobs: JobTable, kill_grace: float) -> None:
+    """An entry taken over by `holder` while this worker was away: its left-over run ends, nothing is published."""
+    log.warning(
+        "task %s: taken over by %s while this worker was away; ended here, nothing published",
+        entry.task_id,
+        holder.worker_id,
+    )
+    if entry.state == State.RUNNING and entry.run_dir is not None:
+        await end_left_over_run(Path(entry.run_dir), kill_grace=kill_grace)
+    if jobs.phase(entry.task_id) is None:
+        jobs.move(entry.task_id, Move.DROP)
 
 
 def _queue_again(

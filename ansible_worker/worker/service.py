@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -14,10 +12,7 @@ from ansible_worker.mqtt.link import InboundMessage, LinkOptions
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.ops.config import Settings
 from ansible_worker.ops.metrics import Snapshot, WorkerMetrics
-from ansible_worker.protocol.claims import Claim
-from ansible_worker.protocol.models import TaskRequest
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.run.job import Job
 from ansible_worker.run.runner import JobRunner
 from ansible_worker.run.wiring import job_runner
 from ansible_worker.templates.catalogue import build_catalogue
@@ -28,40 +23,34 @@ from ansible_worker.worker.claim_sync import ClaimSync
 from ansible_worker.worker.claiming import Claimer
 from ansible_worker.worker.content_fetcher import ContentFetcher
 from ansible_worker.worker.dispatcher import Dispatcher
+from ansible_worker.worker.drain import Drain
 from ansible_worker.worker.event_publisher import EventPublisher
 from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.hand_back import HandBack
-from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_task_message
 from ansible_worker.worker.jobs import JobTable
-from ansible_worker.worker.liveness import MIN_FREEZE, Liveness, PresenceHeard, read_presence
-from ansible_worker.worker.lost_jobs import RequestCopies
+from ansible_worker.worker.liveness import MIN_FREEZE
+from ansible_worker.worker.lost_workers import LostWorkers, copy_check
 from ansible_worker.worker.message_handler import MessageHandler
 from ansible_worker.worker.notifications import Notifier
 from ansible_worker.worker.peers import PeerBook
 from ansible_worker.worker.phases import Phase
 from ansible_worker.worker.policies import RecordPolicy, SignaturePolicy, WorkerPolicies
-from ansible_worker.worker.presence import Changes, Load, PresenceAnnouncer, WorkerState
+from ansible_worker.worker.presence import Changes, Load, PresenceAnnouncer
 from ansible_worker.worker.record_publisher import RecordPublisher
 from ansible_worker.worker.recovery import settle_journal
 from ansible_worker.worker.request_copy import RequestCopyPublisher
 from ansible_worker.worker.router import Router
 from ansible_worker.worker.scheduler import Clock, Scheduler, WallClock
 from ansible_worker.worker.status_path import StatusPath
-from ansible_worker.worker.takeover import JobTableHands, Takeover
 from ansible_worker.worker.templating import worker_templates
 
 if TYPE_CHECKING:
-    from ansible_worker.protocol.signing import Verified
-
     # sqlite3 is loaded only by workers that keep a journal, cryptography only by workers
     # that check signatures.
     from ansible_worker.worker.journal import Journal
 
 log = logging.getLogger(__name__)
 
-# Time left after the jobs' own kill grace for their statuses to reach the broker.
-SHUTDOWN_MARGIN = 5.0
-OFFLINE_TIMEOUT = 2.0
 # Messages from the broker waiting for the router; the session waits when it is full.
 INBOX_SIZE = 256
 
@@ -108,8 +97,6 @@ class Worker:
         ]
         self.session = BrokerSession(link_options(settings), subscriptions, self._inbox_send)
         self._shutdown = trio.Event()
-        self._drain_wait = trio.CancelScope()
-        self._hurry = False
         self._wire_jobs(settings)
         self._wire_group(settings)
         self._wire_templates(settings, clock or WallClock())
@@ -148,9 +135,6 @@ class Worker:
             on_change=self.changes.ring,
         )
         self.events = EventPublisher(self.session, qos=worker.events_qos) if worker.publish_events else None
-        self.jobs.on_settled = self._settled
-        self.jobs.on_fenced = self._fenced
-        self.claims.on_taken = self._taken
         password = settings.mqtt.password
         # The table is the runner's status sink: it journals each move a status makes.
         self.runner = job_runner(
@@ -167,16 +151,7 @@ class Worker:
         # A job that never runs is announced as the runner announces the others: logged and counted.
         self.jobs.announce = self.runner.announce
         self.dispatcher = Dispatcher(self.runner, self.jobs.waiting, concurrency=policies.queue.concurrency)
-        self.dispatcher.may_start = self._may_start
-        self.notifier: Notifier | None = None
-        if worker.notifications:
-            self.notifier = Notifier(
-                worker.notifications,
-                dashboard_url=settings.dashboard.url,
-                state_dir=worker.state_dir,
-                metrics=self.metrics,
-            )
-            self.statuses.on_post = self.notifier.offer_status
+        self.notifier = _notifier(settings, self.metrics, self.statuses)
         self.presence = PresenceAnnouncer(
             self.session,
             self.topics.worker(self.worker_id),
@@ -188,27 +163,6 @@ class Worker:
             signer=policies.claims.signer,
         )
 
-    def _settled(self, task_id: str) -> None:
-        """A job's terminal status is acknowledged: its claim names no copy any more, and the copy goes."""
-        self.claims.settle(task_id)
-        self.copies.clear(task_id)
-
-    def _taken(self, task_id: str, claim: Claim) -> None:
-        """Another worker's claim holds `task_id` now: a job this worker holds is fenced."""
-        self.jobs.fence(task_id, claim.worker_id)
-
-    def _fenced(self, task_id: str) -> None:
-        """A job was taken over by another worker: nothing more of it is published or claimed here."""
-        self.statuses.drop(task_id)
-        self.claims.forget(task_id)
-
-    async def _may_start(self, job: Job) -> bool:
-        """The start fence: the group hears that the job may start before it does; False if it is another's now."""
-        entry = self.jobs.entry(job.task_id)
-        if entry is None or entry.claim_id is None:
-            return entry is not None
-        return await self.claims.mark_started(job.task_id, entry.claim_id)
-
     def _wire_group(self, settings: Settings) -> None:
         """The parts that deal with the group: peers, hand-backs, claiming, and the message handler."""
         # The state of every other worker of the group, from their presence messages.
@@ -216,22 +170,22 @@ class Worker:
         self.hand_back = HandBack(self.session, self.topics, self.claims, self.peers, self.jobs)
         self.claimer = Claimer(self.session, self.claims, self.jobs, self.hand_back, self._shutdown)
         self.claimer.copies = self.copies
-        lost_after = self.policies.presence.lost_after
         router = _router(settings, self.policies.signatures, self.topics, self.claims, self.runner)
-        self.liveness = Liveness(own_id=self.worker_id, lost_after=lost_after)
-        self.request_copies = RequestCopies()
-        self.takeover = Takeover(
-            self.claims,
-            self.liveness,
-            self.request_copies,
-            self.sync,
-            JobTableHands(self.jobs, self.claims, self.copies, stopping=self._shutdown.is_set),
-            topics=self.topics,
+        self.lost = LostWorkers(
+            self.policies,
+            self.topics,
+            worker_id=self.worker_id,
+            claims=self.claims,
+            sync=self.sync,
+            jobs=self.jobs,
+            statuses=self.statuses,
+            copies=self.copies,
+            stopping=self._shutdown.is_set,
             read_retained=partial(self.content.read_retained, sync=self._round_trip),
-            check_copy=_copy_check(settings, self.policies.signatures, self.topics, self.runner, router),
+            check_copy=copy_check(
+                settings.worker.max_message_bytes, self.policies.signatures, self.topics, self.runner, router
+            ),
         )
-        self._takeover_scope = trio.CancelScope()
-        self._read_presence = _presence_reader(self.policies, self.topics, lost_after)
         self.messages = MessageHandler(
             router,
             content=self.content,
@@ -242,37 +196,34 @@ class Worker:
             metrics=self.metrics,
             shutdown=self._shutdown,
         )
-        self.messages.on_peer = self._heard_peer
+        self.messages.on_peer = self.lost.heard_peer
         self.messages.on_own_presence = self.presence.heard_own
-        self.messages.on_request_copy = partial(self.request_copies.hear, max_bytes=settings.worker.max_message_bytes)
-
-    def _heard_peer(self, worker_id: str, payload: bytes) -> None:
-        heard = self._read_presence(worker_id, payload)
-        if heard is not None:
-            self.liveness.heard(
-                worker_id, alive=heard.alive, stopped=heard.stopped, now=trio.current_time(), wall=datetime.now(UTC)
-            )
-            if heard.stopped == "lost":
-                log.warning("worker %s went offline without a clean stop (its will)", worker_id)
+        self.messages.on_request_copy = partial(self.lost.hear_copy, max_bytes=settings.worker.max_message_bytes)
+        self.dispatcher.may_start = self.lost.may_start
+        self.drain = Drain(
+            self.policies.drain,
+            session=self.session,
+            tasks_subscription=self.tasks_subscription,
+            jobs=self.jobs,
+            hand_back=self.hand_back,
+            presence=self.presence,
+            statuses=self.statuses,
+            lost=self.lost,
+            notifier=self.notifier,
+        )
 
     async def _round_trip(self) -> None:
         await self.presence.round_trip()
 
     def _connected(self) -> None:
         self.presence.connected()
-        # Every worker's silence counts from now: this worker heard nothing while it was away.
-        self.liveness.connected_at(trio.current_time())
-
-    async def _serve_takeovers(self) -> None:
-        with self._takeover_scope:
-            await self.takeover.serve()
+        self.lost.connected()
 
     def request_shutdown(self, *, hurry: bool = False) -> None:
         """Begin a graceful shutdown; with `hurry`, stop waiting for running jobs to finish."""
         self._shutdown.set()
         if hurry:
-            self._hurry = True
-            self._drain_wait.cancel()
+            self.drain.hurry()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the worker until a shutdown was asked for and its drain is over.
@@ -339,13 +290,13 @@ class Worker:
                         # Only once the claims are heard: a job taken over meanwhile is fenced, not reported.
                         await self.sync.wait_synced()
                         await self._settle_journal(self.journal)
-                    serving.start_soon(self._serve_takeovers)
+                    serving.start_soon(self.lost.serve)
                     task_status.started()
                     await self._shutdown.wait()
-                    await self._drain(serving.cancel_scope)
+                    await self.drain.run(serving.cancel_scope)
                 # Before the nursery closes: a job arriving now is refused, not lost.
                 self.claimer.nursery = None
-            await self._say_goodbye()
+            await self.drain.say_goodbye()
             infrastructure.cancel_scope.cancel()
         if self.journal is not None:
             self.journal.close()
@@ -385,53 +336,6 @@ class Worker:
             templates=self.messages.router.templates,
             templates_only=self.messages.router.templates_only,
         )
-
-    async def _drain(self, serving: trio.CancelScope) -> None:
-        """Stop taking jobs, hand queued ones back, let running ones finish in time, or end them."""
-        drain = self.policies.drain
-        log.info(
-            "draining: no new jobs; %d queued to hand back, %d running (waiting up to %gs)",
-            self.jobs.count(Phase.QUEUED),
-            self.jobs.running_count,
-            0 if self._hurry else drain.timeout,
-        )
-        self.presence.set_state(WorkerState.DRAINING)
-        # A draining worker takes nothing over: the others will.
-        self._takeover_scope.cancel()
-        with trio.move_on_after(1):
-            await self.session.unsubscribe(self.tasks_subscription)
-        queued = self.jobs.stop_taking()
-        async with trio.open_nursery() as handing_back:
-            # All at once, each step bounded: with the broker away, one at a time would add up.
-            for task_id in queued:
-                handing_back.start_soon(self.hand_back.hand_back, task_id)
-            self._drain_wait.deadline = trio.current_time() + drain.timeout
-            with self._drain_wait:
-                await self.jobs.wait_idle()
-            if left := self.jobs.count(Phase.QUEUED, Phase.RUNNING):
-                reason = "a second signal" if self._hurry else f"the drain timeout ({drain.timeout:g}s)"
-                log.info("cancelling %d running jobs after %s", left, reason)
-                self.jobs.end_running("cancelled: worker shutting down")
-        # The jobs end their process groups (SIGTERM, kill_grace, SIGKILL), then the slots stop.
-        serving.deadline = trio.current_time() + drain.kill_grace + SHUTDOWN_MARGIN
-
-    async def _say_goodbye(self) -> None:
-        """Flush the statuses, then say offline; each bounded."""
-        with trio.move_on_after(SHUTDOWN_MARGIN) as flush:
-            await self.statuses.wait_idle()
-        if flush.cancelled_caught:
-            log.warning("%d statuses could not be published before exit", self.statuses.pending_count)
-        if self.notifier is not None:
-            # The jobs' last notifications, within a bound of their own: a target that never
-            # answers must not hold the worker's exit.
-            self.notifier.close()
-            with trio.move_on_after(SHUTDOWN_MARGIN) as sending:
-                await self.notifier.finished.wait()
-            if sending.cancelled_caught:
-                log.warning("notifications still being sent at exit were given up")
-        # Its own bound: a slow flush must not leave the presence saying `draining` for ever.
-        with trio.move_on_after(OFFLINE_TIMEOUT):
-            await self.presence.publish_offline()
 
     async def _serve_http(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         # Loaded only when asked for: prometheus_client and h11 are of no use otherwise.
@@ -500,67 +404,13 @@ def _router(
     )
 
 
-def _copy_check(
-    settings: Settings, signatures: SignaturePolicy | None, topics: Topics, runner: JobRunner, router: Router
-) -> Callable[[bytes, datetime | None], TaskRequest | str]:
-    """How a survivor checks a request copy before it runs it: as the first worker checked the job.
-
-    Signed, against `trusted_keys`, its age counted from when the group accepted the job; a
-    launch is expanded with this worker's templates, as a journal entry is after a restart.
-    """
-    max_bytes = settings.worker.max_message_bytes
-
-    def check(payload: bytes, accepted_at: datetime | None) -> TaskRequest | str:
-        verify = None
-        if signatures is not None:
-            from ansible_worker.worker.lost_jobs import check_taken_over
-
-            def verify(document: Mapping[str, Any]) -> Verified:
-                return check_taken_over(
-                    document,
-                    trusted=signatures.trusted,
-                    topic=topics.tasks,
-                    accepted_at=accepted_at,
-                    max_age=signatures.max_age,
-                    max_skew=signatures.max_skew,
-                )
-
-        match read_task_message(
-            payload,
-            max_bytes=max_bytes,
-            verify=verify,
-            templates=router.templates,
-            templates_only=router.templates_only,
-        ):
-            case Accepted(request):
-                return runner.checks.admission_error(request) or request
-            case Rejected(_, reason) | Dropped(reason):
-                return reason
-        return "unreadable"
-
-    return check
-
-
-def _presence_reader(
-    policies: WorkerPolicies, topics: Topics, lost_after: float
-) -> Callable[[str, bytes], PresenceHeard | None]:
-    """How this worker reads a presence: with signed jobs, only a worker-signed, recent one is a sign of life."""
-    trusted = policies.claims.trusted
-
-    def read(worker_id: str, payload: bytes) -> PresenceHeard | None:
-        if trusted is None:
-            return read_presence(payload, verify=None)
-        from ansible_worker.protocol.signing import check_age, issued_at
-
-        skew = policies.signatures.max_skew if policies.signatures is not None else 60.0
-
-        def verify(document: Mapping[str, Any]) -> object:
-            trusted.check_key(document)
-            if document.get("state") != "offline":
-                # A replayed old heartbeat keeps no worker alive.
-                check_age(issued_at(document), now=datetime.now(UTC), max_age=lost_after, max_skew=skew)
-            return trusted.verify(topics.worker(worker_id), document)
-
-        return read_presence(payload, verify=verify)
-
-    return read
+def _notifier(settings: Settings, metrics: WorkerMetrics, statuses: StatusPath) -> Notifier | None:
+    """The webhooks of `worker.notifications`, offered every status the worker posts; None without any."""
+    worker = settings.worker
+    if not worker.notifications:
+        return None
+    notifier = Notifier(
+        worker.notifications, dashboard_url=settings.dashboard.url, state_dir=worker.state_dir, metrics=metrics
+    )
+    statuses.on_post = notifier.offer_status
+    return notifier

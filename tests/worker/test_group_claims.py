@@ -13,9 +13,9 @@ import trio
 from ansible_worker.protocol.models import CancelRequest
 from ansible_worker.protocol.signing import Signer, generate_key_pair
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.worker.group_claims import UnknownClaimKeys
 from ansible_worker.worker.journal import Journal
 from ansible_worker.worker.service import Worker
+from ansible_worker.worker.unknown_claim_keys import UnknownClaimKeys
 from tests.conftest import (
     Broker,
     Controller,

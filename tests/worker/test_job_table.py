@@ -14,37 +14,26 @@ import pytest
 import trio
 import trio.testing
 
-from ansible_worker.protocol.models import CancelRequest, State, TaskRequest
+from ansible_worker.protocol.models import CancelRequest, State
 from ansible_worker.protocol.statuses import early_status
 from ansible_worker.run.job import Job
 from ansible_worker.worker.claiming import Claimer
-from ansible_worker.worker.jobs import JobEntry, JobTable
+from ansible_worker.worker.jobs import JobEntry
 from ansible_worker.worker.journal import Entry
 from ansible_worker.worker.phases import JOURNAL, TRANSITIONS, Move, MoveRefused, Phase, next_phase
 from ansible_worker.worker.recovery import settle_journal
 from ansible_worker.worker.status_path import UNPUBLISHABLE
-from tests.worker.tables import CountingJournal, RecordingKeeper, RecordingStatuses, job_table, submit, submitted
-
-
-def request(task_id: str) -> TaskRequest:
-    return TaskRequest(task_id=task_id, playbook="site.yml", inventory="hosts")
-
-
-def recorded(table: JobTable) -> RecordingStatuses:
-    assert isinstance(table.statuses, RecordingStatuses)
-    return table.statuses
-
-
-def start(table: JobTable, job: Job) -> None:
-    """What the runner does when a slot takes the job: it says `running`."""
-    job.state = State.RUNNING
-    table.post(job.status())
-
-
-def finish(table: JobTable, job: Job, state: State = State.SUCCESS) -> None:
-    """What the runner does when the job ends: its terminal status."""
-    job.finish(state)
-    table.post(job.status())
+from tests.worker.tables import (
+    CountingJournal,
+    RecordingKeeper,
+    finish,
+    job_table,
+    recorded,
+    request,
+    start,
+    submit,
+    submitted,
+)
 
 
 @pytest.fixture
@@ -414,47 +403,3 @@ async def test_settling_the_journal_leaves_an_entry_to_a_copy_that_came_first(jo
     assert table.phase("y") is Phase.SETTLING
     assert recorded(table).states("y") == [State.SUCCESS]
     assert refused == []
-
-
-def test_a_queued_job_taken_over_by_another_worker_is_fenced_at_once(journal: CountingJournal) -> None:
-    """Never started here: it leaves the table, the queue (a slot skips it) and the journal; nothing is posted."""
-    table = job_table(journal=journal)
-    fenced: list[str] = []
-
-    def dropped(task_id: str) -> None:
-        # As the worker wires it: the status path drops what it still holds of the job.
-        fenced.append(task_id)
-        table.statuses.drop(task_id)
-
-    table.on_fenced = dropped
-    job = submitted(table, request("a"))
-    posted = len(recorded(table).posted)
-    assert table.statuses.holds("a")
-    assert table.fence("a", "w2")
-    assert (table.phase("a"), job.settled, fenced) == (None, True, ["a"])
-    assert not table.statuses.holds("a")
-    assert journal.of("a") == ["add", "forget", "set_status"]
-    assert len(recorded(table).posted) == posted
-    # A job being claimed is the claim's business, not a fence's.
-    table.accept(request("b"), b"", "claim-b")
-    assert not table.fence("b", "w2")
-    assert table.phase("b") is Phase.CLAIMING
-
-
-def test_a_running_job_taken_over_is_ended_and_its_end_never_posted(journal: CountingJournal, tmp_path: Path) -> None:
-    """Its run is cancelled (its process group ends); the journal keeps where it runs until then, then forgets it."""
-    table = job_table(journal=journal)
-    job = submitted(table, request("a"))
-    start(table, job)
-    posted = len(recorded(table).posted)
-    assert table.fence("a", "w2")
-    assert job.cancel_scope.cancel_called
-    assert (table.phase("a"), job.fenced) == (Phase.FENCED, True)
-    assert [entry.task_id for entry in journal.entries()] == ["a"]
-    # Whatever the run still says is dropped: an update, its run directory, its end.
-    table.post_progress("a", lambda: job.status(progress_only=True))
-    table.started("a", tmp_path / "run")
-    finish(table, job, State.CANCELLED)
-    assert len(recorded(table).posted) == posted
-    assert table.phase("a") is None
-    assert journal.entries() == []
