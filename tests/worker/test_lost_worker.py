@@ -23,16 +23,19 @@ from tests.conftest import (
     wait_online,
 )
 from tests.deployment import Deployment, lane
+from tests.templates.test_notifications import Receiver, receiving
 from tests.worker.takeovers import (
     LOST_AFTER,
     TAKEOVER_BOUND,
     config,
     hold_jobs,
     kill_for_good,
+    marked,
     read_retained_copies,
     runs,
     settled_once,
     setup,
+    wait_sleeping,
 )
 
 
@@ -235,3 +238,32 @@ async def test_a_worker_late_by_less_than_lost_after_is_not_reaped(
         assert status.get("taken_over_by") is None
         assert status.get("taken_over_from") is None
         assert runs(markers / task_id) == 1
+
+
+async def test_a_job_settled_for_a_lost_worker_notifies_lost_once(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
+) -> None:
+    markers = setup(tmp_path, playbook_dir, deployment)
+    seconds = unique_seconds(276)
+    async with receiving(Receiver()) as receiver:
+        hook = {"name": "hook", "url": receiver.url, "on": ["lost", "failed"], "backoff": 0.05}
+        doomed = config(tmp_path, broker, playbook_dir, group, "doomed")
+        survivor = config(tmp_path, broker, playbook_dir, group, "survivor", notifications=[hook])
+        async with (
+            open_controller(broker, group) as controller,
+            client_for(broker, group) as client,
+            deployment.process("run", "-c", str(doomed)) as lost,
+        ):
+            await wait_online(client, "doomed")
+            running = f"{group}-running"
+            await controller.submit({"task_id": running, **marked(markers / running, seconds)})
+            await controller.wait_for(running, {"running"})
+            await wait_sleeping(seconds)
+            async with deployment.process("run", "-c", str(survivor)) as alive:
+                await wait_online(client, "survivor")
+                kill_for_good(lost.process.pid, seconds)
+                await settled_once(controller, [running], LOST_AFTER + TAKEOVER_BOUND)
+                await receiver.wait_for(1)
+                assert await alive.stop() == 0
+    # `lost`, not `failed`, and only once.
+    assert [(body["task_id"], body["event"]) for body in receiver.bodies()] == [(running, "lost")]
