@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import trio
 from lab import (
     FAKE_ANSIBLE,
     GROUP,
@@ -37,6 +38,14 @@ async def overhead_and_latency(lab: Lab, client: Client, one: dict[str, Any], re
         await timed_job(client, one)  # warm the page cache and Python's bytecode cache
         await lab.direct("one.yml", "local.ini")
         direct, worker, running, first_event = Figures(), Figures(), Figures(), Figures()
+        # What the group keeps so that a survivor could take each job over: claims and request copies.
+        kept = await client.subscribe([f"{client.topics.tasks}/+/claim", f"{client.topics.tasks}/+/request"])
+        await client.barrier()
+        while True:
+            try:
+                kept.receive_nowait()  # retained ones from the warm-up
+            except trio.WouldBlock:
+                break
         for _ in range(repeats):
             direct.values.append(await lab.direct("one.yml", "local.ini"))
             timing, _ = await timed_job(client, one)
@@ -50,8 +59,10 @@ async def overhead_and_latency(lab: Lab, client: Client, one: dict[str, Any], re
             "added_ms": round((worker.median - direct.median) * 1000, 1),
         }
         latency = {"running_ms": running.summary(1000), "first_event_ms": first_event.summary(1000)}
+        await client.barrier()
+        takeover_cost = _per_job(kept, repeats, client.topics.tasks)
         print("  overhead and latency done", file=sys.stderr)
-    return {"overhead": overhead, "latency": latency}
+    return {"overhead": overhead, "latency": latency, "takeover_cost": takeover_cost}
 
 
 async def throughput(lab: Lab, client: Client, one: dict[str, Any], jobs: int) -> dict[str, Any]:
@@ -178,6 +189,20 @@ TARGETS = {
 }
 
 
+def _per_job(received: trio.MemoryReceiveChannel[Any], jobs: int, tasks: str) -> dict[str, float]:
+    """Messages and bytes per job on the claim and request-copy topics, from what `received` holds."""
+    counts = {"claim_messages": 0, "claim_bytes": 0, "request_copy_messages": 0, "request_copy_bytes": 0}
+    while True:
+        try:
+            message = received.receive_nowait()
+        except trio.WouldBlock:
+            break
+        kind = "claim" if message.topic.endswith("/claim") else "request_copy"
+        counts[f"{kind}_messages"] += 1
+        counts[f"{kind}_bytes"] += len(message.payload)
+    return {key: round(value / jobs, 1) for key, value in counts.items()}
+
+
 def job_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """The rows of one-task jobs: overhead, latency, throughput."""
     overhead, latency = results["overhead"], results["latency"]
@@ -193,6 +218,13 @@ def job_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"min {latency['running_ms']['min']:.1f} / max {latency['running_ms']['max']:.1f} ms",
             f"{latency['running_ms']['median']:.1f} ms",
             TARGETS["running"],
+        ),
+        (
+            "kept for a takeover, per job",
+            "claim {claim_messages:g} msgs / {claim_bytes:g} B, request copy {request_copy_messages:g} msgs /"
+            " {request_copy_bytes:g} B".format(**results["takeover_cost"]),
+            "",
+            "",
         ),
         (
             "publish -> first event",

@@ -119,6 +119,17 @@ _CHANNELS: dict[str, tuple[str, str, str, int, bool, Literal["send", "receive"]]
         True,
         "send",
     ),
+    "taskRequestCopy": (
+        "{prefix}/{group}/tasks/{task_id}/request",
+        "taskRequest",
+        "The request of a job the group holds and has not settled, byte for byte as the worker that"
+        " claimed it took it (signature included), so that a survivor can take the job over if that"
+        " worker is lost. Retained from the claim until the job is settled, then cleared (an empty"
+        " retained message). Workers only.",
+        1,
+        True,
+        "send",
+    ),
     "shippedContent": (
         "{prefix}/{group}/content/{sha256}/{part}",
         "content",
@@ -144,7 +155,8 @@ _CHANNELS: dict[str, tuple[str, str, str, int, bool, Literal["send", "receive"]]
         "{prefix}/{group}/workers/{worker_id}",
         "presence",
         "Each worker's presence and load, refreshed every worker.heartbeat_interval; retained. The"
-        " broker publishes the worker's will (state offline) when it loses the worker.",
+        " broker publishes the worker's will (state offline, stopped lost) when it loses the worker;"
+        " a clean shutdown says offline, stopped clean. Signed by the worker key with signatures.",
         1,
         True,
         "send",

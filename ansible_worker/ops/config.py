@@ -18,6 +18,7 @@ from pydantic import (
     SecretStr,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -135,6 +136,9 @@ class WorkerSettings(TemplateSettings):
     events_qos: Literal[0, 1] = 0
     events_per_second: float = Field(200, gt=0)
     heartbeat_interval: float = Field(30, gt=0, le=3600)
+    # Seconds of silence (no presence heard while the observer is connected) after which the
+    # group takes a worker's unsettled jobs over. None: 3 x heartbeat_interval + mqtt.keepalive.
+    lost_after: float | None = Field(None, gt=0, le=86_400)
     # MQTT's message expiry interval is a four-byte integer.
     status_retention: int = Field(604_800, ge=0, le=2**32 - 1)
     # A finished job's record (events and output, compressed), retained as long as its status.
@@ -169,6 +173,17 @@ class WorkerSettings(TemplateSettings):
     credentials: dict[CredentialName, Credential] = Field(default_factory=dict)
     # The known_hosts file SSH checks host keys against (strictly); None leaves SSH's own defaults.
     known_hosts: Path | None = None
+
+    @field_validator("lost_after")
+    @classmethod
+    def _check_lost_after(cls, value: float | None, info: ValidationInfo) -> float | None:
+        heartbeat = info.data.get("heartbeat_interval")
+        if value is not None and isinstance(heartbeat, float | int) and value <= heartbeat:
+            raise ValueError(
+                f"must be longer than worker.heartbeat_interval ({heartbeat:g}s): a worker would be judged lost"
+                " between two of its heartbeats"
+            )
+        return value
 
     @field_validator("known_hosts")
     @classmethod
@@ -260,6 +275,24 @@ class Settings(_EnvironmentOverFile):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # text for people; json for log collectors: one object per line.
     log_format: Literal["text", "json"] = "text"
+
+    @property
+    def lost_after(self) -> float:
+        """Seconds of silence after which a worker is lost: `worker.lost_after`, or 3 heartbeats plus the keepalive."""
+        worker = self.worker
+        if worker.lost_after is not None:
+            return worker.lost_after
+        return 3 * worker.heartbeat_interval + self.mqtt.keepalive
+
+    def lost_after_warning(self) -> str | None:
+        """Why `lost_after` is risky for this configuration, or None."""
+        if self.lost_after < 1.5 * self.mqtt.keepalive:
+            return (
+                f"worker.lost_after ({self.lost_after:g}s) is below 1.5 x mqtt.keepalive"
+                f" ({1.5 * self.mqtt.keepalive:g}s): a frozen worker's connection may still be open when its jobs"
+                " are taken over"
+            )
+        return None
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -232,6 +232,10 @@ class JobStatus(BaseModel):
     output_per_host: dict[str, dict[str, Any]] = Field(default_factory=dict)
     cancelled_by: str | None = None
     handed_back_by: str | None = None
+    # A job of a lost worker: who it was taken over from (a queued job run again here), or
+    # who settled it (a job that had started there, ended `failed`).
+    taken_over_from: str | None = None
+    taken_over_by: str | None = None
     last_event_seq: int = 0
     events_dropped: int = 0
     # What ran: the project (None: the playbook directory), its full commit id, or the
@@ -336,6 +340,14 @@ class Presence(BaseModel):
     warm_starts: int | None = Field(None, description="jobs started as forks of a warm Ansible parent")
     cold_starts: int | None = Field(None, description="jobs started as a fresh ansible-playbook")
     warm_pool_size: int | None = Field(None, description="warm Ansible parents ready for jobs")
+    lost_after: float | None = Field(
+        None, description="worker.lost_after: the silence after which the group takes this worker's jobs over"
+    )
+    stopped: Literal["clean", "lost"] | None = Field(
+        None,
+        description="with state offline: clean after a drained shutdown; lost in the will the broker publishes"
+        " when the connection died without one",
+    )
 
 
 class ClaimMessage(BaseModel):
@@ -351,9 +363,18 @@ class ClaimMessage(BaseModel):
     releases: str | None = Field(None, description="for a release: the claim it releases")
     request_sha256: Annotated[str, StringConstraints(pattern=SHA256_PATTERN)] | None = Field(
         None,
-        description="for a release that hands a job back: SHA-256 (hex) of the task message it publishes again;"
-        " with signatures, only that message is taken past max_task_age while the release holds",
+        description="for a claim: SHA-256 (hex) of the request copy retained on the job's request topic; for a"
+        " release that hands a job back: of the task message it publishes again; with signatures, only that"
+        " message is taken past max_task_age while the release holds",
     )
+    accepted_at: datetime | None = Field(
+        None, description="when the group first accepted the job; every later claim on it keeps it"
+    )
+    started_at: datetime | None = Field(
+        None, description="set once the job may have started: a job taken over with it is never run again"
+    )
+    takes_over: str | None = Field(None, description="for a takeover: the lost worker's claim it replaces")
+    lost_worker: str | None = Field(None, description="for a takeover: the worker judged lost")
     expires_at: datetime | None = Field(None, description="until when the claim holds (required with signatures)")
 
 

@@ -54,6 +54,19 @@ class Topics:
         """Every worker of the group hears every claim on a signed job (not shared)."""
         return f"{self.tasks}/+/claim"
 
+    def request(self, task_id: str) -> str:
+        """The retained copy of an unsettled job's request, kept by the worker that holds it."""
+        return f"{self.tasks}/{task_id}/request"
+
+    @property
+    def requests_subscription(self) -> str:
+        """Every worker of the group hears the request copies of the group's unsettled jobs (not shared)."""
+        return f"{self.tasks}/+/request"
+
+    def task_id_of_request(self, topic: str) -> str | None:
+        """The task_id in a request copy topic of this group, or None if `topic` is not one."""
+        return self._task_id_in(topic, "request")
+
     def events(self, task_id: str) -> str:
         """The topic of job `task_id`'s live events."""
         return f"{self.tasks}/{task_id}/events"

@@ -41,6 +41,10 @@ class Job:
     # The job's secrets (its credentials', the worker's environment's), masked in what it reports.
     masker: Masker = field(default_factory=lambda: Masker(()))
     handed_back: bool = False
+    # Taken over by another worker while this one was away: nothing is published for it here.
+    fenced: bool = False
+    # The lost worker this job was taken over from, never started there.
+    taken_over_from: str | None = None
     # The tree it runs from, once known: what its status reports as having run.
     tree: RunTree | None = None
     done: trio.Event = field(default_factory=trio.Event)
@@ -55,8 +59,8 @@ class Job:
 
     @property
     def settled(self) -> bool:
-        """Nothing more for this worker to do: ended, or given back to the group."""
-        return self.state.terminal or self.handed_back
+        """Nothing more for this worker to do: ended, given back to the group, or taken over by another worker."""
+        return self.state.terminal or self.handed_back or self.fenced
 
     def status(self, *, progress_only: bool = False) -> JobStatus:
         """The status now; with `progress_only`, a `running` status with the counts so far.
@@ -101,6 +105,7 @@ class Job:
             revision=self.tree.revision if self.tree else None,
             content_sha256=self.request.content.sha256 if self.request.content else None,
             record=None if progress_only else self.record_summary,
+            taken_over_from=self.taken_over_from,
         )
 
     def finish(self, state: State, error_message: str | None = None) -> None:

@@ -192,7 +192,8 @@ class JobRunner:
 
     async def _publish_record(self, job: Job) -> None:
         """Publish the job's record before its terminal status, which then names it; shielded, bounded."""
-        if self.records is None or job.record is None:
+        if self.records is None or job.record is None or job.fenced:
+            # A fenced job's end is another worker's to publish.
             return
         with trio.CancelScope(shield=True), trio.move_on_after(RECORD_SECONDS):
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 
 from ansible_worker.run.job import Job
@@ -21,6 +23,8 @@ class Dispatcher:
         self.runner = runner
         self.queue = queue
         self.concurrency = concurrency
+        # The start fence: awaited before a job runs; False when the job is not this worker's any more.
+        self.may_start: Callable[[Job], Awaitable[bool]] | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run `concurrency` slots that take jobs from the queue, until it is closed and drained.
@@ -35,5 +39,9 @@ class Dispatcher:
 
     async def _serve_slot(self) -> None:
         async for job in self.queue:
+            if job.settled:
+                continue
+            if self.may_start is not None and not await self.may_start(job):
+                continue
             if not job.settled:
                 await self.runner.execute(job)

@@ -39,6 +39,8 @@ def run_worker(config: Path | None, *, validate: bool) -> int:
     git = executables(settings)[1]
     if git.path is None:
         log.warning("worker.git_path: %s; jobs with git_pull will fail", git.describe())
+    if (risk := settings.lost_after_warning()) is not None:
+        log.warning("%s", risk)
     return trio.run(_serve, settings)
 
 

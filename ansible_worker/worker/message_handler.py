@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -14,7 +15,19 @@ from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.peers import PeerBook
 from ansible_worker.worker.phases import Phase
-from ansible_worker.worker.router import Action, Cancel, Claim, HearClaim, HearContent, HearPeer, Ignore, Refuse, Router
+from ansible_worker.worker.router import (
+    Action,
+    Cancel,
+    Claim,
+    HearClaim,
+    HearContent,
+    HearOwnPresence,
+    HearPeer,
+    HearRequestCopy,
+    Ignore,
+    Refuse,
+    Router,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +57,10 @@ class MessageHandler:
         self.jobs = jobs
         self.claimer = claimer
         self.peers = peers
+        # What else hears presences and request copies (the takeover's liveness and copies).
+        self.on_peer: Callable[[str, bytes], None] = lambda worker_id, payload: None
+        self.on_request_copy: Callable[[str, bytes], None] = lambda task_id, payload: None
+        self.on_own_presence: Callable[[bytes], None] = lambda payload: None
         self.metrics = metrics
         self._shutdown = shutdown
 
@@ -83,6 +100,11 @@ class MessageHandler:
                 self.claims.hear(task_id, message)
             case HearPeer(worker_id, payload):
                 self.peers.hear(worker_id, payload)
+                self.on_peer(worker_id, payload)
+            case HearRequestCopy(task_id, payload):
+                self.on_request_copy(task_id, payload)
+            case HearOwnPresence(payload):
+                self.on_own_presence(payload)
             case HearContent(message):
                 self.content.hear(message)
             case Ignore(reason, task_id, level, refused):

@@ -239,6 +239,6 @@ def notice_of(status: JobStatus) -> Notice | None:
     A job a survivor settles for a lost worker (its status says `taken_over_by`) is `lost`.
     """
     event = _EVENTS.get(status.state.value)
-    if event == "failed" and getattr(status, "taken_over_by", None):
+    if event == "failed" and status.taken_over_by:
         event = "lost"
     return Notice(event, status) if event is not None and not status.refused else None

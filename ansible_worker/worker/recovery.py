@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from ansible_worker.protocol.claims import Claim
 from ansible_worker.protocol.models import JobStatus, State
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.run.argv import FIFO_VARIABLE
@@ -31,6 +32,7 @@ async def settle_journal(
     refuse: Callable[[str, str], None],
     max_message_bytes: int,
     kill_grace: float,
+    holder_of: Callable[[str], Claim | None] = lambda task_id: None,
     templates: Templates = NO_TEMPLATES,
     templates_only: bool = False,
 ) -> None:
@@ -40,12 +42,18 @@ async def settle_journal(
     A job that was running is ended first (its processes outlive a worker killed alone),
     then reported, and its run directory removed. An entry whose task_id the table holds
     already (a copy arrived before the journal was read) is left to that copy, but for the
-    processes a run left.
+    processes a run left. An entry whose job another worker's claim holds now (it was taken
+    over while this worker was away; `holder_of` answers from the claims, which the caller
+    has synced) is fenced: its left-over run is ended, nothing is published, the row goes.
 
     Cancellation: the kill grace of a left-over run is cut short; the entries not yet
     settled stay in the journal for the next start.
     """
     for entry in entries:
+        holder = holder_of(entry.task_id)
+        if holder is not None and holder.claim_id not in (entry.claim_id or "").split():
+            await _fence(entry, holder, jobs=jobs, kill_grace=kill_grace)
+            continue
         # A copy of the job came before the journal was read: the row is the copy's now.
         copied = jobs.phase(entry.task_id) is not None
         if entry.state == State.QUEUED:
@@ -76,6 +84,19 @@ async def settle_journal(
             continue
         # Its claim is renewed once this terminal status is out, as for any job that ends.
         jobs.report(status, claim_id=entry.claim_id.split()[-1] if entry.claim_id else None)
+
+
+async def _fence(entry: Entry, holder: Claim, *, jobs: JobTable, kill_grace: float) -> None:
+    """An entry taken over by `holder` while this worker was away: its left-over run ends, nothing is published."""
+    log.warning(
+        "task %s: taken over by %s while this worker was away; ended here, nothing published",
+        entry.task_id,
+        holder.worker_id,
+    )
+    if entry.state == State.RUNNING and entry.run_dir is not None:
+        await end_left_over_run(Path(entry.run_dir), kill_grace=kill_grace)
+    if jobs.phase(entry.task_id) is None:
+        jobs.move(entry.task_id, Move.DROP)
 
 
 def _queue_again(

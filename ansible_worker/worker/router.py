@@ -104,6 +104,21 @@ class HearContent:
 
 
 @dataclass(frozen=True, slots=True)
+class HearOwnPresence:
+    """This worker's own presence, heard back."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HearRequestCopy:
+    """The retained request of an unsettled job of the group (empty: cleared), for a takeover."""
+
+    task_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class HearPeer:
     """Another worker's presence."""
 
@@ -111,7 +126,7 @@ class HearPeer:
     payload: bytes
 
 
-Action = Claim | Refuse | Ignore | Cancel | HearClaim | HearContent | HearPeer
+Action = Claim | Refuse | Ignore | Cancel | HearClaim | HearContent | HearPeer | HearRequestCopy | HearOwnPresence
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +156,9 @@ class Router:
         topics = self.topics
         if message.topic.startswith((topics.content(""), topics.clients_prefix)):
             return HearContent(message)
+        if topics.task_id_of_status(message.topic) is not None:
+            # A status read once, by a short subscription (a worker takes a lost worker's job over).
+            return HearContent(message)
         if message.topic == topics.tasks:
             return self.route_task(message.payload, state)
         if message.topic == topics.templates:
@@ -151,10 +169,14 @@ class Router:
         task_id = topics.task_id_of_claim(message.topic)
         if task_id is not None:
             return HearClaim(task_id, message)
+        task_id = topics.task_id_of_request(message.topic)
+        if task_id is not None:
+            return HearRequestCopy(task_id, message.payload)
         if message.topic.startswith(topics.worker("")):
             worker_id = message.topic.rsplit("/", 1)[-1]
             if worker_id == self.worker_id:
-                return Ignore("own presence", level="debug")
+                # Heard back: how a worker learns that the broker sent it everything before.
+                return HearOwnPresence(message.payload)
             return HearPeer(worker_id, message.payload)
         return Ignore(f"ignoring a message on unexpected topic {message.topic}")
 

@@ -19,21 +19,26 @@ from ansible_worker.templates.catalogue import build_catalogue
 from ansible_worker.templates.schedules import scheduled_entries
 from ansible_worker.worker.catalogue_publisher import CataloguePublisher, read_catalogue
 from ansible_worker.worker.claim_keeper import ClaimKeeper
+from ansible_worker.worker.claim_sync import ClaimSync
 from ansible_worker.worker.claiming import Claimer
 from ansible_worker.worker.content_fetcher import ContentFetcher
 from ansible_worker.worker.dispatcher import Dispatcher
+from ansible_worker.worker.drain import Drain
 from ansible_worker.worker.event_publisher import EventPublisher
 from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.jobs import JobTable
+from ansible_worker.worker.liveness import MIN_FREEZE
+from ansible_worker.worker.lost_workers import LostWorkers, copy_check
 from ansible_worker.worker.message_handler import MessageHandler
 from ansible_worker.worker.notifications import Notifier
 from ansible_worker.worker.peers import PeerBook
 from ansible_worker.worker.phases import Phase
 from ansible_worker.worker.policies import RecordPolicy, SignaturePolicy, WorkerPolicies
-from ansible_worker.worker.presence import Changes, Load, PresenceAnnouncer, WorkerState
+from ansible_worker.worker.presence import Changes, Load, PresenceAnnouncer
 from ansible_worker.worker.record_publisher import RecordPublisher
 from ansible_worker.worker.recovery import settle_journal
+from ansible_worker.worker.request_copy import RequestCopyPublisher
 from ansible_worker.worker.router import Router
 from ansible_worker.worker.scheduler import Clock, Scheduler, WallClock
 from ansible_worker.worker.status_path import StatusPath
@@ -46,9 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Time left after the jobs' own kill grace for their statuses to reach the broker.
-SHUTDOWN_MARGIN = 5.0
-OFFLINE_TIMEOUT = 2.0
 # Messages from the broker waiting for the router; the session waits when it is full.
 INBOX_SIZE = 256
 
@@ -88,14 +90,13 @@ class Worker:
         # Claims first: their retained messages reach the claim book before any job does.
         subscriptions = [
             (self.topics.claims_subscription, 1),
+            (self.topics.requests_subscription, 1),
             (self.tasks_subscription, 2),
             (self.topics.cancel_subscription, 1),
             (self.topics.workers_subscription, 1),
         ]
         self.session = BrokerSession(link_options(settings), subscriptions, self._inbox_send)
         self._shutdown = trio.Event()
-        self._drain_wait = trio.CancelScope()
-        self._hurry = False
         self._wire_jobs(settings)
         self._wire_group(settings)
         self._wire_templates(settings, clock or WallClock())
@@ -116,6 +117,14 @@ class Worker:
         self.statuses = StatusPath(
             self.session, self.topics, worker_id=self.worker_id, policy=policies.statuses, metrics=self.metrics
         )
+        self.content = ContentFetcher(
+            self.session, self.topics, client_id=self.session.options.client_id, timeout=worker.content_fetch_timeout
+        )
+        # Nothing is published for a job after a reconnection or a freeze until the claims are heard again.
+        # The round trip is the presence's own echo, which every worker may publish and read.
+        self.sync = ClaimSync(self.session, self._round_trip, gap=max(policies.presence.lost_after / 2, MIN_FREEZE))
+        self.statuses.gate = self.claims.gate = self.sync.wait_synced
+        self.copies = RequestCopyPublisher(self.session, self.topics)
         self.changes = Changes()
         self.jobs = JobTable(
             self.statuses,
@@ -126,9 +135,6 @@ class Worker:
             on_change=self.changes.ring,
         )
         self.events = EventPublisher(self.session, qos=worker.events_qos) if worker.publish_events else None
-        self.content = ContentFetcher(
-            self.session, self.topics, client_id=self.session.options.client_id, timeout=worker.content_fetch_timeout
-        )
         password = settings.mqtt.password
         # The table is the runner's status sink: it journals each move a status makes.
         self.runner = job_runner(
@@ -145,15 +151,7 @@ class Worker:
         # A job that never runs is announced as the runner announces the others: logged and counted.
         self.jobs.announce = self.runner.announce
         self.dispatcher = Dispatcher(self.runner, self.jobs.waiting, concurrency=policies.queue.concurrency)
-        self.notifier: Notifier | None = None
-        if worker.notifications:
-            self.notifier = Notifier(
-                worker.notifications,
-                dashboard_url=settings.dashboard.url,
-                state_dir=worker.state_dir,
-                metrics=self.metrics,
-            )
-            self.statuses.on_post = self.notifier.offer_status
+        self.notifier = _notifier(settings, self.metrics, self.statuses)
         self.presence = PresenceAnnouncer(
             self.session,
             self.topics.worker(self.worker_id),
@@ -162,6 +160,7 @@ class Worker:
             load=self._load,
             changes=self.changes,
             metrics=self.metrics,
+            signer=policies.claims.signer,
         )
 
     def _wire_group(self, settings: Settings) -> None:
@@ -170,8 +169,25 @@ class Worker:
         self.peers = PeerBook()
         self.hand_back = HandBack(self.session, self.topics, self.claims, self.peers, self.jobs)
         self.claimer = Claimer(self.session, self.claims, self.jobs, self.hand_back, self._shutdown)
+        self.claimer.copies = self.copies
+        router = _router(settings, self.policies.signatures, self.topics, self.claims, self.runner)
+        self.lost = LostWorkers(
+            self.policies,
+            self.topics,
+            worker_id=self.worker_id,
+            claims=self.claims,
+            sync=self.sync,
+            jobs=self.jobs,
+            statuses=self.statuses,
+            copies=self.copies,
+            stopping=self._shutdown.is_set,
+            read_retained=partial(self.content.read_retained, sync=self._round_trip),
+            check_copy=copy_check(
+                settings.worker.max_message_bytes, self.policies.signatures, self.topics, self.runner, router
+            ),
+        )
         self.messages = MessageHandler(
-            _router(settings, self.policies.signatures, self.topics, self.claims, self.runner),
+            router,
             content=self.content,
             claims=self.claims,
             jobs=self.jobs,
@@ -180,13 +196,34 @@ class Worker:
             metrics=self.metrics,
             shutdown=self._shutdown,
         )
+        self.messages.on_peer = self.lost.heard_peer
+        self.messages.on_own_presence = self.presence.heard_own
+        self.messages.on_request_copy = partial(self.lost.hear_copy, max_bytes=settings.worker.max_message_bytes)
+        self.dispatcher.may_start = self.lost.may_start
+        self.drain = Drain(
+            self.policies.drain,
+            session=self.session,
+            tasks_subscription=self.tasks_subscription,
+            jobs=self.jobs,
+            hand_back=self.hand_back,
+            presence=self.presence,
+            statuses=self.statuses,
+            lost=self.lost,
+            notifier=self.notifier,
+        )
+
+    async def _round_trip(self) -> None:
+        await self.presence.round_trip()
+
+    def _connected(self) -> None:
+        self.presence.connected()
+        self.lost.connected()
 
     def request_shutdown(self, *, hurry: bool = False) -> None:
         """Begin a graceful shutdown; with `hurry`, stop waiting for running jobs to finish."""
         self._shutdown.set()
         if hurry:
-            self._hurry = True
-            self._drain_wait.cancel()
+            self.drain.hurry()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the worker until a shutdown was asked for and its drain is over.
@@ -222,13 +259,19 @@ class Worker:
                 # First, so that liveness holds while the broker is still out of reach.
                 self.http_port = await infrastructure.start(self._serve_http)
             await infrastructure.start(
-                partial(self.session.serve, will=self.presence.will, on_connected=self.presence.connected)
+                partial(self.session.serve, will=self.presence.will, on_connected=self._connected)
             )
             infrastructure.start_soon(self.messages.serve, self._inbox_receive)
             # What the broker acknowledges goes back to the table.
             infrastructure.start_soon(self.statuses.serve_publisher, self.jobs)
             infrastructure.start_soon(self.keeper.serve_keep_alive, self.jobs.held_claims)
-            for serve in (self.statuses.serve_answers, self.keeper.serve_renewals, self.presence.serve):
+            for serve in (
+                self.statuses.serve_answers,
+                self.keeper.serve_renewals,
+                self.presence.serve,
+                self.sync.serve,
+                self.copies.serve_clearing,
+            ):
                 infrastructure.start_soon(serve)
             await infrastructure.start(self.runner.warm_pool.serve)
             if self.notifier is not None:
@@ -244,13 +287,16 @@ class Worker:
                 async with trio.open_nursery() as serving:
                     await serving.start(self.dispatcher.serve)
                     if self.journal is not None:
+                        # Only once the claims are heard: a job taken over meanwhile is fenced, not reported.
+                        await self.sync.wait_synced()
                         await self._settle_journal(self.journal)
+                    serving.start_soon(self.lost.serve)
                     task_status.started()
                     await self._shutdown.wait()
-                    await self._drain(serving.cancel_scope)
+                    await self.drain.run(serving.cancel_scope)
                 # Before the nursery closes: a job arriving now is refused, not lost.
                 self.claimer.nursery = None
-            await self._say_goodbye()
+            await self.drain.say_goodbye()
             infrastructure.cancel_scope.cancel()
         if self.journal is not None:
             self.journal.close()
@@ -286,54 +332,10 @@ class Worker:
             refuse=self.messages.refuse,
             max_message_bytes=self.max_message_bytes,
             kill_grace=self.policies.drain.kill_grace,
+            holder_of=self.claims.holder,
             templates=self.messages.router.templates,
             templates_only=self.messages.router.templates_only,
         )
-
-    async def _drain(self, serving: trio.CancelScope) -> None:
-        """Stop taking jobs, hand queued ones back, let running ones finish in time, or end them."""
-        drain = self.policies.drain
-        log.info(
-            "draining: no new jobs; %d queued to hand back, %d running (waiting up to %gs)",
-            self.jobs.count(Phase.QUEUED),
-            self.jobs.running_count,
-            0 if self._hurry else drain.timeout,
-        )
-        self.presence.set_state(WorkerState.DRAINING)
-        with trio.move_on_after(1):
-            await self.session.unsubscribe(self.tasks_subscription)
-        queued = self.jobs.stop_taking()
-        async with trio.open_nursery() as handing_back:
-            # All at once, each step bounded: with the broker away, one at a time would add up.
-            for task_id in queued:
-                handing_back.start_soon(self.hand_back.hand_back, task_id)
-            self._drain_wait.deadline = trio.current_time() + drain.timeout
-            with self._drain_wait:
-                await self.jobs.wait_idle()
-            if left := self.jobs.count(Phase.QUEUED, Phase.RUNNING):
-                reason = "a second signal" if self._hurry else f"the drain timeout ({drain.timeout:g}s)"
-                log.info("cancelling %d running jobs after %s", left, reason)
-                self.jobs.end_running("cancelled: worker shutting down")
-        # The jobs end their process groups (SIGTERM, kill_grace, SIGKILL), then the slots stop.
-        serving.deadline = trio.current_time() + drain.kill_grace + SHUTDOWN_MARGIN
-
-    async def _say_goodbye(self) -> None:
-        """Flush the statuses, then say offline; each bounded."""
-        with trio.move_on_after(SHUTDOWN_MARGIN) as flush:
-            await self.statuses.wait_idle()
-        if flush.cancelled_caught:
-            log.warning("%d statuses could not be published before exit", self.statuses.pending_count)
-        if self.notifier is not None:
-            # The jobs' last notifications, within a bound of their own: a target that never
-            # answers must not hold the worker's exit.
-            self.notifier.close()
-            with trio.move_on_after(SHUTDOWN_MARGIN) as sending:
-                await self.notifier.finished.wait()
-            if sending.cancelled_caught:
-                log.warning("notifications still being sent at exit were given up")
-        # Its own bound: a slow flush must not leave the presence saying `draining` for ever.
-        with trio.move_on_after(OFFLINE_TIMEOUT):
-            await self.presence.publish_offline()
 
     async def _serve_http(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         # Loaded only when asked for: prometheus_client and h11 are of no use otherwise.
@@ -400,3 +402,15 @@ def _router(
         schedule_prefixes=tuple(f"{entry.name}." for entry in scheduled_entries(templates)),
         released=claims.released_request,
     )
+
+
+def _notifier(settings: Settings, metrics: WorkerMetrics, statuses: StatusPath) -> Notifier | None:
+    """The webhooks of `worker.notifications`, offered every status the worker posts; None without any."""
+    worker = settings.worker
+    if not worker.notifications:
+        return None
+    notifier = Notifier(
+        worker.notifications, dashboard_url=settings.dashboard.url, state_dir=worker.state_dir, metrics=metrics
+    )
+    statuses.on_post = notifier.offer_status
+    return notifier

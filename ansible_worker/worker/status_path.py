@@ -8,7 +8,7 @@ what the broker does with each is told back to the table (`PublishOutcomes`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
@@ -57,6 +57,16 @@ class StatusPath:
         # Told of every status posted (never a live refusal); must not block: notifications.
         self.on_post: Callable[[JobStatus], None] = lambda status: None
         self._answers_send, self._answers_receive = trio.open_memory_channel[tuple[str, str]](MAX_PENDING_ANSWERS)
+        # Waited on before each publish: after a reconnection or a freeze, the claims are heard
+        # again first, so that a job taken over meanwhile is fenced before anything of it goes out.
+        self.gate: Callable[[], Awaitable[None]] | None = None
+        # Jobs fenced: whatever of them is still pending is dropped, not published.
+        self._fenced: set[str] = set()
+
+    def drop(self, task_id: str) -> None:
+        """The job was taken over by another worker: publish nothing more of it."""
+        self._fenced.add(task_id)
+        self.outbox.drop(task_id)
 
     # Statuses of jobs.
 
@@ -136,6 +146,11 @@ class StatusPath:
                 await self.send_refusal(task_id, reason)
 
     async def _publish(self, status: JobStatus, outcomes: PublishOutcomes) -> None:
+        if self.gate is not None:
+            await self.gate()
+        if status.task_id in self._fenced:
+            self.outbox.sent(status)
+            return
         expiry = self.retention if status.state.terminal and self.retention else None
         try:
             sent_at = trio.current_time()

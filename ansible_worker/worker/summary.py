@@ -156,6 +156,8 @@ def summarize(settings: Settings, path: Path | None) -> str:
         lines.append(f"  problem: worker.ansible_playbook_path: {ansible_playbook.describe()}: every job will fail")
     if git.path is None:
         lines.append(f"  warning: worker.git_path: {git.describe()}: jobs with git_pull will fail")
+    if (risk := settings.lost_after_warning()) is not None:
+        lines.append(f"  warning: {risk}")
     if worker.state_dir is not None:
         from ansible_worker.worker.journal import exposure
 

@@ -215,6 +215,14 @@ async def test_two_archivers_on_one_postgresql_write_each_job_once(broker: Broke
         running_archiver(broker, url) as (_, second),
         publisher(broker) as link,
     ):
+        # Both have subscribed once both have written the first job: an archiver reports started
+        # before it is connected, and one that subscribed late would see only retained messages.
+        await publish_status(link, status("job-first", "success"))
+
+        async def both_subscribed() -> bool:
+            return first.stats.written >= 1 and second.stats.written >= 1
+
+        await wait_until(both_subscribed, within=60)
         for number in range(200):
             await publish_status(link, status(f"job-{number}", "running"))
             final = status(f"job-{number}", "success")
@@ -222,10 +230,10 @@ async def test_two_archivers_on_one_postgresql_write_each_job_once(broker: Broke
             await link.publish(TOPICS.record(f"job-{number}"), record(final, ("web1",)), qos=1, retain=True)
 
         async def both_done() -> bool:
-            return first.stats.written >= 600 and second.stats.written >= 600
+            return first.stats.written >= 601 and second.stats.written >= 601
 
         await wait_until(both_done, within=60)
-        assert await history.count() == 200
+        assert await history.count() == 201
         page = await history.jobs(JobQuery(host="web1", limit=1000))
         assert len(page.statuses) == 200
         assert {job["state"] for job in page.statuses} == {"success"}

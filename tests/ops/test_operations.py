@@ -174,6 +174,19 @@ def test_asyncapi_document_is_valid_asyncapi_3() -> None:
     assert document["operations"]["sendTaskStatus"]["bindings"]["mqtt"]["retain"] is True
 
 
+# The schema of each message, by the last level of its topic.
+WIRE_KINDS = {
+    "tasks": "task-request",
+    "status": "status",
+    "events": "event",
+    "cancel": "cancel-request",
+    "claim": "claim",
+    "request": "task-request",
+    "record": "record",
+    "templates": "catalogue",
+}
+
+
 async def test_every_message_on_the_wire_matches_its_schema(
     broker: Broker, playbook_dir: Path, group: str, keys: Path
 ) -> None:
@@ -212,21 +225,12 @@ async def test_every_message_on_the_wire_matches_its_schema(
             await client.barrier()
         nursery.cancel_scope.cancel()
 
-    kinds = {
-        "tasks": "task-request",
-        "status": "status",
-        "events": "event",
-        "cancel": "cancel-request",
-        "claim": "claim",
-        "record": "record",
-        "templates": "catalogue",
-    }
     checked: dict[str, int] = {}
     for message in seen:
         if not message.payload or "/clients/" in message.topic:
             continue
         leaf = message.topic.rsplit("/", 1)[-1]
-        kind = "presence" if message.topic.startswith(topics.worker("")) else kinds[leaf]
+        kind = "presence" if message.topic.startswith(topics.worker("")) else WIRE_KINDS[leaf]
         kind = "catalogue" if message.topic == topics.templates else kind
         # A record is compressed JSON; every other message is plain JSON.
         document = decode_record(message.payload) if kind == "record" else json.loads(message.payload)
