@@ -7,8 +7,10 @@ collects every status on the wire, so that terminal statuses are counted too.
 
 from __future__ import annotations
 
+import hmac
 import shutil
 import signal
+from hashlib import sha256
 from pathlib import Path
 
 import trio
@@ -23,7 +25,7 @@ from tests.conftest import (
     wait_online,
 )
 from tests.deployment import Deployment, lane
-from tests.templates.test_notifications import Receiver, receiving
+from tests.templates.test_notifications import SECRET, Receiver, receiving, target
 from tests.worker.takeovers import (
     LOST_AFTER,
     TAKEOVER_BOUND,
@@ -246,7 +248,7 @@ async def test_a_job_settled_for_a_lost_worker_notifies_lost_once(
     markers = setup(tmp_path, playbook_dir, deployment)
     seconds = unique_seconds(276)
     async with receiving(Receiver()) as receiver:
-        hook = {"name": "hook", "url": receiver.url, "on": ["lost", "failed"], "backoff": 0.05}
+        hook = target(receiver, on=["lost", "failed"])
         doomed = config(tmp_path, broker, playbook_dir, group, "doomed")
         survivor = config(tmp_path, broker, playbook_dir, group, "survivor", notifications=[hook])
         async with (
@@ -265,5 +267,7 @@ async def test_a_job_settled_for_a_lost_worker_notifies_lost_once(
                 await settled_once(controller, [running], LOST_AFTER + TAKEOVER_BOUND)
                 await receiver.wait_for(1)
                 assert await alive.stop() == 0
-    # `lost`, not `failed`, and only once.
+    # `lost`, not `failed`, and only once, signed as every notification is.
     assert [(body["task_id"], body["event"]) for body in receiver.bodies()] == [(running, "lost")]
+    ((headers, body, _),) = receiver.requests
+    assert headers["x-ansible-worker-signature"] == "sha256=" + hmac.new(SECRET.encode(), body, sha256).hexdigest()
