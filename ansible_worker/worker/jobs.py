@@ -211,10 +211,13 @@ class JobTable:
         """
         task_id = request.task_id
         arrived = JobStatus(task_id=task_id, state=State.QUEUED, created_at=utc_now(), playbook=request.playbook)
+        # A job of this task_id fenced here before (taken over, then released for a retry) is done with.
+        self.statuses.undrop(task_id)
         self.move(task_id, Move.ACCEPT, JobEntry(Phase.CLAIMING, request, payload), status=arrived, claims=claim_id)
 
     def resume(self, request: TaskRequest, payload: bytes, claim_ids: str) -> None:
         """A job the journal kept as queued, claimed again; any of `claim_ids` may hold it. Errors: `JournalError`."""
+        self.statuses.undrop(request.task_id)
         self.move(request.task_id, Move.RESUME, JobEntry(Phase.CLAIMING, request, payload), claims=claim_ids)
 
     def claimed(self, task_id: str, claim_id: str) -> None:
