@@ -341,11 +341,15 @@ class JobTable:
         if entry is None or entry.phase not in (Phase.QUEUED, Phase.RUNNING, Phase.SETTLING):
             return False
         job = entry.job
-        if entry.phase is Phase.RUNNING and job is not None and not job.state.terminal:
+        if entry.phase is Phase.RUNNING:
+            # Its run may be over already, its terminal status not yet posted (its record is
+            # being published): that post then ends it here, as any end of a fenced run does.
             self.move(task_id, Move.FENCE_RUN)
-            job.fenced = True
-            job.cancel_reason = f"taken over by {holder}"
-            job.cancel_scope.cancel()
+            if job is not None:
+                job.fenced = True
+                if not job.state.terminal:
+                    job.cancel_reason = f"taken over by {holder}"
+                    job.cancel_scope.cancel()
         else:
             if job is not None:
                 job.fenced = True

@@ -134,7 +134,11 @@ class LostWorkers:
         except ValidationError:
             return
         if status is not None and status.worker_id is not None and status.worker_id != self.worker_id:
-            self.jobs.fence(task_id, status.worker_id)
+            try:
+                self.jobs.fence(task_id, status.worker_id)
+            except Exception:
+                # The error boundary of one job's check: what the broker retains never stops the worker.
+                log.exception("task %s: could not fence it", task_id)
 
     async def may_start(self, job: Job) -> bool:
         """The start fence: the group hears that the job may start before it does; False if it is another's now."""
