@@ -271,7 +271,7 @@ class JobRunner:
         job.progress.apply(event)
         if job.record is not None:
             job.record.add(event)
-        if self.events is not None and job.events is not None:
+        if self.events is not None and job.events is not None and not job.fenced:
             self.events.offer(job.events, event)
         if event.get("event") in STATUS_EVENTS and not job.state.terminal:
             self.statuses.post_progress(job.task_id, lambda: job.status(progress_only=True))

@@ -42,6 +42,9 @@ class ClaimSync:
         self._changed = trio.Event()
         # Rung whenever the claims are synced again after a reconnection or a freeze.
         self.on_synced: Callable[[], None] = lambda: None
+        # Run after each sync round trip, before the claims count as synced: what this worker
+        # must learn from the broker, besides the claims, before it publishes for its jobs again.
+        self.verify: Callable[[], Awaitable[None]] | None = None
 
     @property
     def synced(self) -> bool:
@@ -74,6 +77,8 @@ class ClaimSync:
                 try:
                     with trio.move_on_after(SYNC_TIMEOUT):
                         await self._sync()
+                        if self.verify is not None:
+                            await self.verify()
                         if self.session.connections == connection and self.session.connected:
                             self._synced_on = connection
                             log.debug("claims synced on link %d", connection)

@@ -211,10 +211,13 @@ class JobTable:
         """
         task_id = request.task_id
         arrived = JobStatus(task_id=task_id, state=State.QUEUED, created_at=utc_now(), playbook=request.playbook)
+        # A job of this task_id fenced here before (taken over, then released for a retry) is done with.
+        self.statuses.undrop(task_id)
         self.move(task_id, Move.ACCEPT, JobEntry(Phase.CLAIMING, request, payload), status=arrived, claims=claim_id)
 
     def resume(self, request: TaskRequest, payload: bytes, claim_ids: str) -> None:
         """A job the journal kept as queued, claimed again; any of `claim_ids` may hold it. Errors: `JournalError`."""
+        self.statuses.undrop(request.task_id)
         self.move(request.task_id, Move.RESUME, JobEntry(Phase.CLAIMING, request, payload), claims=claim_ids)
 
     def claimed(self, task_id: str, claim_id: str) -> None:
@@ -338,11 +341,15 @@ class JobTable:
         if entry is None or entry.phase not in (Phase.QUEUED, Phase.RUNNING, Phase.SETTLING):
             return False
         job = entry.job
-        if entry.phase is Phase.RUNNING and job is not None and not job.state.terminal:
+        if entry.phase is Phase.RUNNING:
+            # Its run may be over already, its terminal status not yet posted (its record is
+            # being published): that post then ends it here, as any end of a fenced run does.
             self.move(task_id, Move.FENCE_RUN)
-            job.fenced = True
-            job.cancel_reason = f"taken over by {holder}"
-            job.cancel_scope.cancel()
+            if job is not None:
+                job.fenced = True
+                if not job.state.terminal:
+                    job.cancel_reason = f"taken over by {holder}"
+                    job.cancel_scope.cancel()
         else:
             if job is not None:
                 job.fenced = True

@@ -14,9 +14,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
+from pydantic import ValidationError
 
 from ansible_worker.protocol.claims import Claim
-from ansible_worker.protocol.models import TaskRequest
+from ansible_worker.protocol.models import JobStatus, TaskRequest
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.job import Job
 from ansible_worker.run.runner import JobRunner
@@ -26,6 +27,7 @@ from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_task_
 from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.liveness import Liveness, PresenceHeard, read_presence
 from ansible_worker.worker.lost_jobs import RequestCopies
+from ansible_worker.worker.phases import Phase
 from ansible_worker.worker.policies import SignaturePolicy, WorkerPolicies
 from ansible_worker.worker.request_copy import RequestCopyPublisher
 from ansible_worker.worker.router import Router
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
 __all__ = ["LostWorkers"]
 
 log = logging.getLogger(__name__)
+
+# Retained statuses read at once when checking the jobs held after a reconnection.
+CHECKS_AT_ONCE = 16
 
 
 class LostWorkers:
@@ -74,6 +79,8 @@ class LostWorkers:
         )
         self._scope = trio.CancelScope()
         self._read_presence = presence_reader(policies, topics, lost_after)
+        self.worker_id, self.topics, self._read_retained = worker_id, topics, read_retained
+        sync.verify = self.check_held
         jobs.on_settled = self._settled
         jobs.on_fenced = self._fenced
         claims.on_taken = self._taken
@@ -104,6 +111,34 @@ class LostWorkers:
     def stop(self) -> None:
         """A draining worker takes nothing over: the others will."""
         self._scope.cancel()
+
+    async def check_held(self) -> None:
+        """After a reconnection or a freeze: fence each held job whose retained status another worker wrote.
+
+        The claims heard again may not show a takeover any more (its claim was released or
+        replaced since, the broker retaining only the newest message of a topic); a job another
+        worker took over has that worker's statuses, whatever became of its claims since.
+        Errors: `LinkError` when the link drops (the sync is tried again).
+        """
+        held = self.jobs.in_phase(Phase.QUEUED, Phase.RUNNING, Phase.SETTLING)
+        limiter = trio.CapacityLimiter(CHECKS_AT_ONCE)
+        async with trio.open_nursery() as nursery:
+            for task_id in held:
+                nursery.start_soon(self._check_one, task_id, limiter)
+
+    async def _check_one(self, task_id: str, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            raw = await self._read_retained(self.topics.status(task_id))
+        try:
+            status = JobStatus.model_validate_json(raw) if raw else None
+        except ValidationError:
+            return
+        if status is not None and status.worker_id is not None and status.worker_id != self.worker_id:
+            try:
+                self.jobs.fence(task_id, status.worker_id)
+            except Exception:
+                # The error boundary of one job's check: what the broker retains never stops the worker.
+                log.exception("task %s: could not fence it", task_id)
 
     async def may_start(self, job: Job) -> bool:
         """The start fence: the group hears that the job may start before it does; False if it is another's now."""

@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -105,6 +106,10 @@ class Notifier:
     ) -> None:
         self.targets = targets
         self.dashboard_url = dashboard_url
+        # Waited on before each notice, as before a status; a notice of a job another worker took
+        # over (fenced here) is not sent: that worker settles it, and notifies.
+        self.gate: Callable[[], Awaitable[None]] | None = None
+        self.fenced: Callable[[str], bool] = lambda task_id: False
         self.metrics = metrics
         self._appended = 0
         # Set when `serve` returns after `close`: everything offered was delivered or given up.
@@ -150,6 +155,12 @@ class Notifier:
         limit = trio.CapacityLimiter(SENDING_AT_ONCE)
         async with httpx.AsyncClient(follow_redirects=False) as client, trio.open_nursery() as nursery:
             async for notice in self._receive:
+                if self.gate is not None:
+                    # After a reconnection or a freeze, the claims first: the job may be another's now.
+                    await self.gate()
+                if self.fenced(notice.status.task_id):
+                    log.info("task %s: %s not sent: the job was taken over", notice.status.task_id, notice.event)
+                    continue
                 for target in self.targets:
                     if wanted(target, notice) and self._first_time(notice, target):
                         nursery.start_soon(self._deliver, client, limit, target, notice)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -33,6 +34,10 @@ class RecordPublisher:
         self.topics = topics
         self.limit = limit
         self.retention = retention
+        # Waited on before a record goes out, as before a status: the claims are heard first,
+        # and the record of a job another worker took over meanwhile (fenced) is not published.
+        self.gate: Callable[[], Awaitable[None]] | None = None
+        self.fenced: Callable[[str], bool] = lambda task_id: False
 
     async def publish_record(self, status: JobStatus, record: RecordCollector) -> RecordSummary | None:
         """Publish the record of the job that ended with `status`; what the broker took, or None.
@@ -44,6 +49,11 @@ class RecordPublisher:
 
         Cancellation: the record may or may not have reached the broker; the summary is lost.
         """
+        if self.gate is not None:
+            await self.gate()
+        if self.fenced(status.task_id):
+            log.info("task %s: its record is not published: the job was taken over", status.task_id)
+            return None
         topic = self.topics.record(status.task_id)
         limit = self.limit
         for _ in range(MAX_ATTEMPTS):

@@ -146,7 +146,7 @@ class Worker:
             hidden_values=[password.get_secret_value()] if password is not None else [],
             metrics=self.metrics,
             content=self.content,
-            records=_record_publisher(policies.records, self.session, self.topics),
+            records=_record_publisher(policies.records, self.session, self.topics, self.statuses),
         )
         # A job that never runs is announced as the runner announces the others: logged and counted.
         self.jobs.announce = self.runner.announce
@@ -370,11 +370,15 @@ def _schedules_and_catalogue(
     return scheduler, catalogue
 
 
-def _record_publisher(policy: RecordPolicy | None, session: BrokerSession, topics: Topics) -> RecordPublisher | None:
-    """Where finished jobs' records go, unless `worker.publish_records` is off."""
+def _record_publisher(
+    policy: RecordPolicy | None, session: BrokerSession, topics: Topics, statuses: StatusPath
+) -> RecordPublisher | None:
+    """Where finished jobs' records go, unless `worker.publish_records` is off; gated and fenced as the statuses."""
     if policy is None:
         return None
-    return RecordPublisher(session, topics, limit=policy.limit, retention=policy.retention)
+    records = RecordPublisher(session, topics, limit=policy.limit, retention=policy.retention)
+    records.gate, records.fenced = statuses.gate, statuses.fenced
+    return records
 
 
 def _router(
@@ -413,4 +417,5 @@ def _notifier(settings: Settings, metrics: WorkerMetrics, statuses: StatusPath) 
         worker.notifications, dashboard_url=settings.dashboard.url, state_dir=worker.state_dir, metrics=metrics
     )
     statuses.on_post = notifier.offer_status
+    notifier.gate, notifier.fenced = statuses.gate, statuses.fenced
     return notifier

@@ -68,6 +68,14 @@ class StatusPath:
         self._fenced.add(task_id)
         self.outbox.drop(task_id)
 
+    def fenced(self, task_id: str) -> bool:
+        """Whether the job of `task_id` was taken over by another worker (`drop`)."""
+        return task_id in self._fenced
+
+    def undrop(self, task_id: str) -> None:
+        """A new job of `task_id` is this worker's (a retry after a fenced one): its statuses go out again."""
+        self._fenced.discard(task_id)
+
     # Statuses of jobs.
 
     def post(self, status: JobStatus) -> None:

@@ -62,3 +62,20 @@ def test_a_running_job_taken_over_is_ended_and_its_end_never_posted(journal: Cou
     assert len(recorded(table).posted) == posted
     assert table.phase("a") is None
     assert journal.entries() == []
+
+
+def test_a_job_whose_run_is_over_but_not_yet_posted_is_fenced_and_its_end_never_posted(
+    journal: CountingJournal,
+) -> None:
+    """Between its run's end and its terminal status (its record being published): fenced, never refused."""
+    table = job_table(journal=journal)
+    job = submitted(table, request("a"))
+    start(table, job)
+    job.finish(State.SUCCESS)
+    posted = len(recorded(table).posted)
+    assert table.fence("a", "w2")
+    assert (table.phase("a"), job.fenced) == (Phase.FENCED, True)
+    table.post(job.status())
+    assert len(recorded(table).posted) == posted
+    assert table.phase("a") is None
+    assert journal.entries() == []
