@@ -119,7 +119,7 @@ class Takeover:
             owner = claim.worker_id
             if owner == self.worker_id or task_id in self._busy:
                 continue
-            self.liveness.know(owner)
+            self.liveness.know(owner, now)
             if not self.liveness.is_lost(owner, now):
                 self._due.pop(task_id, None)
                 continue
