@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ansible_worker.ops.config import MIN_FREEZE
+
 if TYPE_CHECKING:
     from ansible_worker.protocol.signing import Verified
 
@@ -35,8 +37,6 @@ __all__ = ["Liveness", "PeerSeen", "PresenceHeard", "read_presence", "rendezvous
 # A presence is a few hundred bytes, signed; anything far larger is not one.
 MAX_PRESENCE_BYTES = 16_384
 
-# The shortest gap between two ticks taken for a freeze, in seconds (ticks come every second or so).
-MIN_FREEZE = 2.5
 # Workers remembered at once: far above a group's size; past it, the one heard longest ago goes.
 MAX_WORKERS = 10_000
 

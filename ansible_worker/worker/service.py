@@ -28,7 +28,7 @@ from ansible_worker.worker.event_publisher import EventPublisher
 from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.jobs import JobTable
-from ansible_worker.worker.liveness import MIN_FREEZE
+from ansible_worker.ops.config import MIN_FREEZE
 from ansible_worker.worker.lost_workers import LostWorkers, copy_check
 from ansible_worker.worker.message_handler import MessageHandler
 from ansible_worker.worker.notifications import Notifier
