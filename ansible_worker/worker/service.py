@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ansible_worker.mqtt.link import InboundMessage, LinkOptions
+from ansible_worker.mqtt.reconnect import keep_trying_within
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.ops.config import Settings
 from ansible_worker.ops.metrics import Snapshot, WorkerMetrics
@@ -95,7 +96,12 @@ class Worker:
             (self.topics.cancel_subscription, 1),
             (self.topics.workers_subscription, 1),
         ]
-        self.session = BrokerSession(link_options(settings), subscriptions, self._inbox_send)
+        self.session = BrokerSession(
+            link_options(settings),
+            subscriptions,
+            self._inbox_send,
+            reconnect=keep_trying_within(self.policies.presence.lost_after),
+        )
         self._shutdown = trio.Event()
         self._wire_jobs(settings)
         self._wire_group(settings)
