@@ -119,6 +119,21 @@ class GroupClaims:
         if facts is not None:
             self._facts[task_id] = replace(facts, request_sha256=None, settled=True)
 
+    def resume_takeover(self, task_id: str, takeover: Claim) -> None:
+        """This worker settles again its own `takeover`, which it won but did not settle: its facts are the claim's.
+
+        Kept if this worker still has them; else (a restart without the journal) read back
+        from the claim, so that its next publication says what it said.
+        """
+        if task_id not in self._facts:
+            self._facts[task_id] = ClaimFacts(
+                accepted_at=takeover.accepted_at or datetime.now(UTC),
+                started_at=takeover.started_at,
+                request_sha256=takeover.request_sha256,
+                takes_over=takeover.takes_over,
+                lost_worker=takeover.lost_worker,
+            )
+
     def forget(self, task_id: str) -> None:
         """The job is another worker's (handed back, taken over): nothing more is said of it here."""
         self._facts.pop(task_id, None)
