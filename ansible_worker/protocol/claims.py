@@ -237,11 +237,14 @@ class _Entry:
 class ClaimBook:
     """What the group's claims say, task by task, until they expire."""
 
-    def __init__(self, *, max_claims: int = MAX_CLAIMS) -> None:
+    def __init__(self, *, max_claims: int = MAX_CLAIMS, on_forget: Callable[[str], None] | None = None) -> None:
         self._entries: dict[str, _Entry] = {}
         self._next_prune = 0.0
         self._max_claims = max_claims
         self._evicted = 0
+        # Told of each task_id the book forgets (expired, or evicted), so that what is kept
+        # beside it goes too.
+        self._on_forget = on_forget or (lambda task_id: None)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -325,14 +328,18 @@ class ClaimBook:
     def _live(self, task_id: str, now: float) -> _Entry | None:
         entry = self._entries.get(task_id)
         if entry is not None and entry.expires <= now:
-            del self._entries[task_id]
+            self._forget(task_id)
             return None
         return entry
+
+    def _forget(self, task_id: str) -> None:
+        del self._entries[task_id]
+        self._on_forget(task_id)
 
     def _evict_oldest(self) -> None:
         # Insertion order: the first entry is the task heard of longest ago (expired ones
         # are pruned every PRUNE_EVERY seconds anyway).
-        del self._entries[next(iter(self._entries))]
+        self._forget(next(iter(self._entries)))
         self._evicted += 1
         if self._evicted == 1 or self._evicted % 10_000 == 0:
             log.warning(
@@ -346,4 +353,4 @@ class ClaimBook:
             return
         self._next_prune = now + PRUNE_EVERY
         for task_id in [task_id for task_id, entry in self._entries.items() if entry.expires <= now]:
-            del self._entries[task_id]
+            self._forget(task_id)

@@ -55,7 +55,7 @@ class GroupClaims:
         self.worker_id = worker_id
         self.lifetime, self.release_lifetime = policy.lifetime, policy.release_lifetime
         self._signer, self._trusted = policy.signer, policy.trusted
-        self.book = ClaimBook()
+        self.book = ClaimBook(on_forget=self._forgotten)
         self.unknown_keys = UnknownClaimKeys()
         self._claiming: set[str] = set()
         # Claim ids this worker published and waits to hear back, whether they count or not.
@@ -108,6 +108,10 @@ class GroupClaims:
             self.unsettled[task_id] = left
         else:
             self.unsettled.pop(task_id, None)
+
+    def _forgotten(self, task_id: str) -> None:
+        # The book forgot the claim (expired, or evicted by a flood): nothing is left to take over.
+        self.unsettled.pop(task_id, None)
 
     def holder(self, task_id: str) -> Claim | None:
         """The live claim that holds `task_id` in the group now, if any."""

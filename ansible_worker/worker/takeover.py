@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 LOOK_EVERY = 1.0
 # Reading a job's last status, and each other step of a takeover, has this bound.
 STEP_TIMEOUT = 10.0
+# Takeovers in flight at once: a lost worker's many jobs are taken over a batch at a time,
+# each batch's round trips bounded, rather than all at once.
+MAX_TAKEOVERS = 32
 
 # Checks a request copy before it runs here: the request, or why it may not run.
 CheckCopy = Callable[[bytes, datetime | None], TaskRequest | str]
@@ -113,7 +116,7 @@ class Takeover:
                     nursery.start_soon(self._take_over_bounded, task_id)
 
     def due(self, now: float) -> list[str]:
-        """The task_ids this worker should take over now."""
+        """The task_ids this worker should take over now: at most `MAX_TAKEOVERS` in flight."""
         found = []
         alive = self.liveness.alive(now)
         for task_id, claim in list(self.claims.unsettled.items()):
@@ -134,7 +137,8 @@ class Takeover:
                 found.append(task_id)
         for task_id in [task_id for task_id in self._due if task_id not in self.claims.unsettled]:
             del self._due[task_id]
-        return found
+        # The rest are due again at the next look.
+        return found[: max(0, MAX_TAKEOVERS - len(self._busy))]
 
     def _unfinished(self, task_id: str, claim: Claim, now: float) -> bool:
         """Whether `claim`, this worker's own, is a takeover it won but never settled; due after a while.
