@@ -253,6 +253,8 @@ class GroupClaims:
         holder = self.holder(task_id)
         if holder is not None and holder.claim_id in ours:
             return True
+        # Lost: nothing of this claim is published again, and a later claim starts afresh.
+        self._facts.pop(task_id, None)
         if holder is not None:
             await self._restore(task_id, holder)
         return False

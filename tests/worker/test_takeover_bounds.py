@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import trio
 
 from ansible_worker.mqtt.options import InboundMessage
 from ansible_worker.protocol.claims import claim_document, request_digest
+from ansible_worker.worker.group_claims import GroupClaims
+from ansible_worker.worker.policies import ClaimPolicy
 from ansible_worker.worker.takeover import MAX_TAKEOVERS
 from tests.worker.test_unfinished_takeovers import COPY, LOST_AFTER, TOPICS, world
 
@@ -36,3 +39,34 @@ async def test_a_lost_workers_many_jobs_are_taken_over_a_batch_at_a_time() -> No
     due = takeover.due(start + LOST_AFTER + 1)
     assert len(due) == MAX_TAKEOVERS
     assert len(set(due)) == MAX_TAKEOVERS
+
+
+class Relay:
+    """A broker session that delivers what is published, after whatever another worker published first."""
+
+    def __init__(self) -> None:
+        self.claims: GroupClaims | None = None
+        self.first: list[dict[str, Any]] = []
+        self.published: list[dict[str, Any]] = []
+
+    async def publish(self, topic: str, payload: bytes, **options: object) -> None:
+        assert self.claims is not None
+        document = json.loads(payload)
+        self.published.append(document)
+        for message in [*self.first, document]:
+            self.claims.hear("t", InboundMessage(topic, json.dumps(message).encode(), 1, False))
+        self.first = []
+
+
+async def test_a_claim_lost_leaves_nothing_behind_for_a_later_claim() -> None:
+    relay = Relay()
+    claims = relay.claims = GroupClaims(relay, TOPICS, worker_id="me", policy=ClaimPolicy(lifetime=3600, release_lifetime=360))  # type: ignore[arg-type]
+    first, handed_back = request_digest(b"first"), request_digest(b"handed back")
+    relay.first = [claim_document("w2", "theirs", "claimed", expires_at=None, request_sha256=first)]
+    assert not await claims.claim("t", "mine", request_sha256=first)
+    # The winner hands the job back; this worker claims it again for the request handed back.
+    release = claim_document("w2", "r", "released", expires_at=None, releases="theirs", request_sha256=handed_back)
+    claims.hear("t", InboundMessage(TOPICS.claim("t"), json.dumps(release).encode(), 1, False))
+    assert await claims.claim("t", "again", request_sha256=handed_back)
+    mine = [document for document in relay.published if document["claim"] == "again"]
+    assert [document.get("request_sha256") for document in mine] == [handed_back]
