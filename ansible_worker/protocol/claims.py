@@ -278,9 +278,11 @@ class ClaimBook:
                 entry.released.add(taken)
                 if holder is not None and holder.claim_id == taken:
                     holder = None
-            if holder is not None and holder.expires > claim.expires:
-                # An older copy of the same claim: it does not shorten what is known.
-                claim = holder
+            if holder is not None and holder.claim_id == claim.claim_id and claim.started_at is None:
+                # The same claim again: the newer message (the broker orders one topic) says
+                # how long it holds, but a start once heard stays, even when an older copy is
+                # published again (a loser restores the retained claim it replaced).
+                claim = replace(claim, started_at=holder.started_at)
             entry.holder, entry.release = claim, None
         else:
             assert claim.releases is not None
