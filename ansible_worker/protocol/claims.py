@@ -232,6 +232,8 @@ class _Entry:
     # Claims released for this task: never a holder again, whatever arrives later.
     released: set[str] = field(default_factory=set)
     expires: float = 0.0
+    # The newest message of the claim the last takeover ended, as it held until then.
+    taken: Claim | None = None
 
 
 class ClaimBook:
@@ -277,7 +279,7 @@ class ClaimBook:
                 # Taken over: the lost worker's claim, heard again, never holds again.
                 entry.released.add(taken)
                 if holder is not None and holder.claim_id == taken:
-                    holder = None
+                    entry.taken, holder = holder, None
             if holder is not None and holder.claim_id == claim.claim_id and claim.started_at is None:
                 # The same claim again: the newer message (the broker orders one topic) says
                 # how long it holds, but a start once heard stays, even when an older copy is
@@ -301,6 +303,12 @@ class ClaimBook:
         """The live claim on `task_id`, if a worker of the group holds it."""
         entry = self._live(task_id, now)
         return None if entry is None else self._holder_of(entry, now)
+
+    def taken_over(self, task_id: str, claim_id: str, *, now: float) -> Claim | None:
+        """The claim `claim_id` as its newest message said when a takeover ended it, if one did."""
+        entry = self._live(task_id, now)
+        taken = entry.taken if entry is not None else None
+        return taken if taken is not None and taken.claim_id == claim_id else None
 
     def released(self, task_id: str, *, now: float) -> bool:
         """Whether a worker handed `task_id` back to the group and nobody has claimed it since."""

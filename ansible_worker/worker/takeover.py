@@ -181,6 +181,7 @@ class Takeover:
             if taken is None:
                 return None
             claim_id = taken
+            claim = await self._newest(task_id, claim, claim_id)
         seen = self.liveness.seen(lost)
         last_heard = seen.last_heard_at if seen is not None else None
         raw: bytes | None = None
@@ -221,6 +222,19 @@ class Takeover:
                 lost,
             )
         return claim_id
+
+    async def _newest(self, task_id: str, claim: Claim, claim_id: str) -> Claim:
+        """The lost worker's `claim` as its newest message said before the takeover `claim_id` ended it.
+
+        It may have said meanwhile that the job may have started: the takeover then says so
+        too, before anything is published for the job, so that whoever settles the takeover
+        again (this worker after a restart) never runs the job.
+        """
+        newest = self.claims.book.taken_over(task_id, claim.claim_id, now=trio.current_time()) or claim
+        if newest.started_at is not None and claim.started_at is None:
+            with trio.move_on_after(STEP_TIMEOUT):
+                await self.claims.mark_started(task_id, claim_id)
+        return newest
 
     async def _settle(
         self,

@@ -1,4 +1,4 @@
-"""A takeover this worker won but did not settle is settled again by it: never stuck in its name.
+"""A takeover decides on the newest word of the lost worker, and one this worker won but did not settle is settled again.
 
 The group's claims are heard as the broker would deliver them; the broker session, the
 job table and the status topic are stand-ins that record what the takeover asks of them.
@@ -14,12 +14,12 @@ import trio
 
 from ansible_worker.mqtt.options import InboundMessage
 from ansible_worker.protocol.claims import claim_document, request_digest
-from ansible_worker.protocol.models import JobStatus, TaskRequest
+from ansible_worker.protocol.models import JobStatus, State, TaskRequest
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker.claim_sync import ClaimSync
 from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.liveness import Liveness
-from ansible_worker.worker.lost_jobs import Free, RequestCopies, RunHere
+from ansible_worker.worker.lost_jobs import EndAsLost, Free, RequestCopies, RunHere
 from ansible_worker.worker.policies import ClaimPolicy
 from ansible_worker.worker.takeover import Takeover
 
@@ -169,3 +169,34 @@ async def test_a_takeover_the_table_holds_is_not_settled_again() -> None:
     assert takeover.due(start + LOST_AFTER * 10) == []
     assert await takeover.take_over("t") is None
     assert hands.ran == []
+
+
+class Relay(Session):
+    """A broker session that delivers what is published, after what the lost worker published first."""
+
+    def __init__(self, claims: GroupClaims, first: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.claims, self.first = claims, first
+
+    async def publish(self, topic: str, payload: bytes, **options: object) -> None:
+        await super().publish(topic, payload)
+        for document in [*self.first, json.loads(payload)]:
+            hear(self.claims, document)
+        self.first = []
+
+
+async def test_a_takeover_decides_on_the_lost_workers_newest_claim_heard_before_it() -> None:
+    claims, takeover, hands, _ = world()
+    hear(claims, lost_claim(request_digest(COPY)))
+    # Its worker said the job may have started just before the takeover reached the broker.
+    started = {**lost_claim(request_digest(COPY)), "started_at": "2026-01-01T00:00:05.000Z"}
+    relay = claims.session = Relay(claims, [started])  # type: ignore[assignment]
+    assert isinstance(await takeover.take_over("t"), EndAsLost)
+    assert hands.ran == []
+    [(status, claim_id)] = hands.ended
+    assert (status.state, status.taken_over_by) == (State.FAILED, "me")
+    # The takeover says so too, before anything is published for the job: settled again
+    # (after a restart), it is never run.
+    takeover_claims = [document for _, document in relay.published if document["claim"] == claim_id]
+    assert "started_at" not in takeover_claims[0]
+    assert takeover_claims[-1]["started_at"]
