@@ -208,7 +208,9 @@ class Takeover:
         # The takeover first: whatever the lost worker published before it in the broker's
         # order is then retained, and after it that worker publishes nothing (it is fenced).
         try:
-            claim_id = await self.claims.take_over(task_id, claim, lost_worker=lost, request_sha256=claim.request_sha256)
+            claim_id = await self.claims.take_over(
+                task_id, claim, lost_worker=lost, request_sha256=claim.request_sha256
+            )
         except ClaimFailed as exc:
             # It may be retained all the same: then it is this worker's, and settled at a later look.
             log.warning("task %s: its takeover from worker %s was not confirmed (%s)", task_id, lost, exc)

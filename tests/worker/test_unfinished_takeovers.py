@@ -64,7 +64,8 @@ class Hands:
 
 def world() -> tuple[GroupClaims, Takeover, Hands, Session]:
     session = Session()
-    claims = GroupClaims(session, TOPICS, worker_id="me", policy=ClaimPolicy(lifetime=3600, release_lifetime=360))  # type: ignore[arg-type]
+    policy = ClaimPolicy(lifetime=3600, release_lifetime=360)
+    claims = GroupClaims(session, TOPICS, worker_id="me", policy=policy)  # type: ignore[arg-type]
     liveness = Liveness(own_id="me", lost_after=LOST_AFTER)
     liveness.connected_at(trio.current_time())
     copies = RequestCopies()
