@@ -239,7 +239,7 @@ class _Entry:
 class ClaimBook:
     """What the group's claims say, task by task, until they expire."""
 
-    def __init__(self, *, max_claims: int = MAX_CLAIMS, on_forget: Callable[[str], None] | None = None) -> None:
+    def __init__(self, *, max_claims: int = MAX_CLAIMS, on_forget: Callable[[str], object] | None = None) -> None:
         self._entries: dict[str, _Entry] = {}
         self._next_prune = 0.0
         self._max_claims = max_claims
