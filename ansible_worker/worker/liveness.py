@@ -152,8 +152,8 @@ class Liveness:
         """A presence of `worker_id`: a sign of life if `alive`, else (offline) only how it stopped.
 
         A signed one (`issued`) is a sign of life only when issued after the last one taken
-        as such: the same heartbeat heard again, or an older one replayed, changes nothing.
-        Returns whether it was a sign of life.
+        as such since its last `offline`: the same heartbeat heard again, or an older one
+        replayed, changes nothing. Returns whether it was a sign of life.
         """
         if worker_id == self.own_id:
             return False
@@ -169,7 +169,8 @@ class Liveness:
         self._seen.pop(worker_id, None)
         last_sign = before.last_sign if before is not None else None
         last_heard_at = before.last_heard_at if before is not None else None
-        self._remember(worker_id, PeerSeen(last_sign, last_heard_at, stopped, last_issued, known_at))
+        # Offline: its next process (whose clock may have been set back meanwhile) starts afresh.
+        self._remember(worker_id, PeerSeen(last_sign, last_heard_at, stopped, None, known_at))
         return False
 
     def know(self, worker_id: str, now: float) -> None:

@@ -135,6 +135,12 @@ def test_a_replayed_or_repeated_signed_presence_is_no_sign_of_life(tmp_path: Pat
         hear(liveness, reader, newest, now)
         hear(liveness, reader, older, now)
     assert liveness.is_lost("a", 33)
+    # Gone offline, its next process may sign with a clock set back: its presences count.
+    will = json.loads(presence(signer, wall + timedelta(seconds=1)))
+    will["state"] = "offline"
+    hear(liveness, reader, json.dumps(signer.sign(TOPICS.worker("a"), will, now=wall)).encode(), 40)
+    hear(liveness, reader, presence(signer, wall - timedelta(hours=1)), 41)
+    assert not liveness.is_lost("a", 70)
     # A forgery says nothing at all.
     forged = json.loads(presence(signer, wall + timedelta(seconds=1)))
     forged["state"] = "draining"
