@@ -278,7 +278,7 @@ def test_signed_presences_are_issued_ever_later_even_when_the_clock_steps_back(
 
     class SteppingClock(datetime):
         @classmethod
-        def now(cls, tz: Any = None) -> SteppingClock:  # type: ignore[override]
+        def now(cls, tz: Any = None) -> SteppingClock:
             reading = next(readings)
             return cls.fromtimestamp(reading.timestamp(), tz=UTC)
 
