@@ -43,6 +43,16 @@ class Reconnect:
 KEEP_TRYING = Reconnect()
 
 
+def keep_trying_within(lost_after: float) -> Reconnect:
+    """A worker's policy when the group judges it lost after `lost_after` seconds of silence.
+
+    Never a longer wait than `lost_after / 4`: once the broker is back, every worker of the
+    group is connected again within that (and the time to connect), so however long the
+    outage, the spread of their returns never makes one look lost to another that came back first.
+    """
+    return Reconnect(most=min(KEEP_TRYING.most, lost_after / 4))
+
+
 class Backoff:
     """One session's run of failed attempts under a `Reconnect` policy; pure, the time is given."""
 

@@ -35,6 +35,10 @@ from ansible_worker.ops.security_settings import SecuritySettings
 from ansible_worker.ops.template_settings import TemplateSettings
 from ansible_worker.protocol.validation import describe_errors
 
+# The shortest gap in its own run a worker takes for a freeze (SIGSTOP, a suspended VM), in
+# seconds: its ticks come every second or so, and may be late under load.
+MIN_FREEZE = 2.5
+
 
 def check_topic_prefix(value: str) -> str:
     if not value or value.startswith("/") or value.endswith("/") or "//" in value:
@@ -178,10 +182,23 @@ class WorkerSettings(TemplateSettings):
     @classmethod
     def _check_lost_after(cls, value: float | None, info: ValidationInfo) -> float | None:
         heartbeat = info.data.get("heartbeat_interval")
-        if value is not None and isinstance(heartbeat, float | int) and value <= heartbeat:
+        if value is None or not isinstance(heartbeat, float | int):
+            return value
+        if value <= heartbeat:
             raise ValueError(
                 f"must be longer than worker.heartbeat_interval ({heartbeat:g}s): a worker would be judged lost"
                 " between two of its heartbeats"
+            )
+        # A worker notices its own freeze (and publishes nothing until it has heard the claims
+        # again) only after a gap of max(lost_after / 2, MIN_FREEZE); the group may judge it lost
+        # after a freeze of lost_after - heartbeat_interval. Every freeze that can be reaped must
+        # be noticed.
+        least = max(2 * heartbeat, heartbeat + MIN_FREEZE)
+        if value < least:
+            raise ValueError(
+                f"must be at least 2 x worker.heartbeat_interval and worker.heartbeat_interval + {MIN_FREEZE:g}s"
+                f" ({least:g}s here): a worker frozen for less than lost_after could be taken over without"
+                " noticing it, and publish for jobs no longer its own"
             )
         return value
 

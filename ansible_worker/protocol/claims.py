@@ -232,16 +232,21 @@ class _Entry:
     # Claims released for this task: never a holder again, whatever arrives later.
     released: set[str] = field(default_factory=set)
     expires: float = 0.0
+    # The newest message of the claim the last takeover ended, as it held until then.
+    taken: Claim | None = None
 
 
 class ClaimBook:
     """What the group's claims say, task by task, until they expire."""
 
-    def __init__(self, *, max_claims: int = MAX_CLAIMS) -> None:
+    def __init__(self, *, max_claims: int = MAX_CLAIMS, on_forget: Callable[[str], object] | None = None) -> None:
         self._entries: dict[str, _Entry] = {}
         self._next_prune = 0.0
         self._max_claims = max_claims
         self._evicted = 0
+        # Told of each task_id the book forgets (expired, or evicted), so that what is kept
+        # beside it goes too.
+        self._on_forget = on_forget or (lambda task_id: None)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -274,10 +279,12 @@ class ClaimBook:
                 # Taken over: the lost worker's claim, heard again, never holds again.
                 entry.released.add(taken)
                 if holder is not None and holder.claim_id == taken:
-                    holder = None
-            if holder is not None and holder.expires > claim.expires:
-                # An older copy of the same claim: it does not shorten what is known.
-                claim = holder
+                    entry.taken, holder = holder, None
+            if holder is not None and holder.claim_id == claim.claim_id and claim.started_at is None:
+                # The same claim again: the newer message (the broker orders one topic) says
+                # how long it holds, but a start once heard stays, even when an older copy is
+                # published again (a loser restores the retained claim it replaced).
+                claim = replace(claim, started_at=holder.started_at)
             entry.holder, entry.release = claim, None
         else:
             assert claim.releases is not None
@@ -296,6 +303,12 @@ class ClaimBook:
         """The live claim on `task_id`, if a worker of the group holds it."""
         entry = self._live(task_id, now)
         return None if entry is None else self._holder_of(entry, now)
+
+    def taken_over(self, task_id: str, claim_id: str, *, now: float) -> Claim | None:
+        """The claim `claim_id` as its newest message said when a takeover ended it, if one did."""
+        entry = self._live(task_id, now)
+        taken = entry.taken if entry is not None else None
+        return taken if taken is not None and taken.claim_id == claim_id else None
 
     def released(self, task_id: str, *, now: float) -> bool:
         """Whether a worker handed `task_id` back to the group and nobody has claimed it since."""
@@ -325,14 +338,18 @@ class ClaimBook:
     def _live(self, task_id: str, now: float) -> _Entry | None:
         entry = self._entries.get(task_id)
         if entry is not None and entry.expires <= now:
-            del self._entries[task_id]
+            self._forget(task_id)
             return None
         return entry
+
+    def _forget(self, task_id: str) -> None:
+        del self._entries[task_id]
+        self._on_forget(task_id)
 
     def _evict_oldest(self) -> None:
         # Insertion order: the first entry is the task heard of longest ago (expired ones
         # are pruned every PRUNE_EVERY seconds anyway).
-        del self._entries[next(iter(self._entries))]
+        self._forget(next(iter(self._entries)))
         self._evicted += 1
         if self._evicted == 1 or self._evicted % 10_000 == 0:
             log.warning(
@@ -346,4 +363,4 @@ class ClaimBook:
             return
         self._next_prune = now + PRUNE_EVERY
         for task_id in [task_id for task_id, entry in self._entries.items() if entry.expires <= now]:
-            del self._entries[task_id]
+            self._forget(task_id)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
-from ansible_worker.protocol.claims import ClaimState, claim_document
+from ansible_worker.protocol.claims import Claim, ClaimState, claim_document
 
 __all__ = ["ClaimFacts", "claim_message"]
 
@@ -25,6 +25,18 @@ class ClaimFacts:
     takes_over: str | None = None
     lost_worker: str | None = None
     settled: bool = False
+
+    @classmethod
+    def of(cls, claim: Claim, **changes: Any) -> ClaimFacts:
+        """The facts `claim` says, with `changes`; a claim that does not say when the job was accepted: now."""
+        said = cls(
+            accepted_at=claim.accepted_at or datetime.now(UTC),
+            request_sha256=claim.request_sha256,
+            started_at=claim.started_at,
+            takes_over=claim.takes_over,
+            lost_worker=claim.lost_worker,
+        )
+        return replace(said, **changes)
 
 
 def claim_message(

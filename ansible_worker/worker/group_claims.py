@@ -55,16 +55,16 @@ class GroupClaims:
         self.worker_id = worker_id
         self.lifetime, self.release_lifetime = policy.lifetime, policy.release_lifetime
         self._signer, self._trusted = policy.signer, policy.trusted
-        self.book = ClaimBook()
+        self.book = ClaimBook(on_forget=lambda task_id: self.unsettled.pop(task_id, None))
         self.unknown_keys = UnknownClaimKeys()
         self._claiming: set[str] = set()
         # Claim ids this worker published and waits to hear back, whether they count or not.
         self._echoes: dict[str, trio.Event] = {}
         self._heard = trio.Event()
-        # The facts of each claim this worker holds or makes, by task_id.
+        # The facts of each claim this worker holds or makes (and has not lost), by task_id.
         self._facts: dict[str, ClaimFacts] = {}
         # The group's unsettled jobs as the claims tell: the claim (or hand-back release) whose
-        # request copy is kept, by task_id. Bounded by the jobs the group has not settled.
+        # request copy is kept, by task_id; forgotten with the book's entry (expired, evicted).
         self.unsettled: dict[str, Claim] = {}
         # Told of every claim of another worker that comes to hold a task_id: this worker may
         # hold the job, and must then let it go at once (it was taken over).
@@ -119,6 +119,10 @@ class GroupClaims:
         if facts is not None:
             self._facts[task_id] = replace(facts, request_sha256=None, settled=True)
 
+    def resume_takeover(self, task_id: str, takeover: Claim) -> None:
+        """This worker settles again its own `takeover`: its facts, if gone (no journal), are read from the claim."""
+        self._facts.setdefault(task_id, ClaimFacts.of(takeover))
+
     def forget(self, task_id: str) -> None:
         """The job is another worker's (handed back, taken over): nothing more is said of it here."""
         self._facts.pop(task_id, None)
@@ -162,12 +166,8 @@ class GroupClaims:
         """
         claim_id = new_claim_id()
         taken = lost.claim_id if lost.state == "claimed" else lost.releases
-        self._facts[task_id] = ClaimFacts(
-            accepted_at=lost.accepted_at or datetime.now(UTC),
-            started_at=lost.started_at,
-            request_sha256=request_sha256,
-            takes_over=taken,
-            lost_worker=lost_worker,
+        self._facts[task_id] = ClaimFacts.of(
+            lost, request_sha256=request_sha256, takes_over=taken, lost_worker=lost_worker
         )
         try:
             heard = await self._heard_back(task_id, claim_id)
@@ -234,6 +234,7 @@ class GroupClaims:
         holder = self.holder(task_id)
         if holder is not None and holder.claim_id in ours:
             return True
+        self._facts.pop(task_id, None)
         if holder is not None:
             await self._restore(task_id, holder)
         return False

@@ -1,7 +1,11 @@
 """Which workers of the group are lost: silent for longer than `lost_after` on this worker's own clock. Pure.
 
 A sign of life is a presence saying `online` or `draining` (with signatures, signed by a
-trusted worker key), heard at a moment of this worker's monotonic clock. The will (`offline`,
+trusted worker key and issued after the last one accepted from that worker, so that a replay
+of an old heartbeat, or the retained one heard again, is none), heard at a moment of this
+worker's monotonic clock. No wall clock is compared with another's: a worker whose clock is
+off is judged as any other. Silence counts from the last sign of life, or, for a worker known
+only from its claims, from when this worker first knew it. The will (`offline`,
 `"stopped": "lost"`) is not one, and neither is a clean `offline`: whatever a presence says,
 a worker is lost only when nothing has been heard from it for `lost_after`.
 
@@ -21,37 +25,52 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ansible_worker.ops.config import MIN_FREEZE
+
+if TYPE_CHECKING:
+    from ansible_worker.protocol.signing import Verified
 
 __all__ = ["Liveness", "PeerSeen", "PresenceHeard", "read_presence", "rendezvous"]
 
 # A presence is a few hundred bytes, signed; anything far larger is not one.
 MAX_PRESENCE_BYTES = 16_384
 
-# The shortest gap between two ticks taken for a freeze, in seconds (ticks come every second or so).
-MIN_FREEZE = 2.5
 # Workers remembered at once: far above a group's size; past it, the one heard longest ago goes.
 MAX_WORKERS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class PeerSeen:
-    """What this worker knows of another: its last sign of life (monotonic and wall clock), how it last stopped."""
+    """What this worker knows of another: its last sign of life (monotonic and wall clock), how it last stopped.
+
+    `last_issued` is the `issued_at` of the last signed presence taken as a sign of life;
+    `known_at` when this worker first knew of it (monotonic).
+    """
 
     last_sign: float | None
     last_heard_at: datetime | None
     stopped: str | None
+    last_issued: datetime | None = None
+    known_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PresenceHeard:
-    """What a presence message says of its worker's life: `alive` (online or draining), and how it stopped."""
+    """What a presence message says of its worker's life: `alive` (online or draining), and how it stopped.
+
+    `issued` is when its worker signed it (signed presences only), on that worker's clock.
+    """
 
     alive: bool
     stopped: str | None
+    issued: datetime | None = None
 
 
-def read_presence(payload: bytes, *, verify: Callable[[Mapping[str, Any]], object] | None) -> PresenceHeard | None:
+def read_presence(
+    payload: bytes, *, verify: Callable[[Mapping[str, Any]], Verified | None] | None
+) -> PresenceHeard | None:
     """The sign of life in one presence message, or None for one that says nothing (unreadable, unsigned).
 
     With `verify` (signed jobs), only a presence it accepts is a sign of life; one it refuses
@@ -68,14 +87,18 @@ def read_presence(payload: bytes, *, verify: Callable[[Mapping[str, Any]], objec
     state, stopped = document.get("state"), document.get("stopped")
     if state not in ("online", "draining", "offline"):
         return None
+    issued = None
     if verify is not None:
         from ansible_worker.protocol.signing import SignatureRefused
 
         try:
-            verify(document)
+            verified = verify(document)
         except SignatureRefused:
             return None
-    return PresenceHeard(state != "offline", stopped if isinstance(stopped, str) and state == "offline" else None)
+        issued = verified.issued_at if verified is not None else None
+    return PresenceHeard(
+        state != "offline", stopped if isinstance(stopped, str) and state == "offline" else None, issued
+    )
 
 
 class Liveness:
@@ -116,21 +139,47 @@ class Liveness:
             self._since = now
         self._last_tick = now
 
-    def heard(self, worker_id: str, *, alive: bool, stopped: str | None, now: float, wall: datetime) -> None:
-        """A presence of `worker_id`: a sign of life if `alive`, else (offline) only how it stopped."""
-        if worker_id == self.own_id:
-            return
-        before = self._seen.pop(worker_id, None)
-        if alive:
-            seen = PeerSeen(now, wall, None)
-        else:
-            seen = PeerSeen(before.last_sign if before else None, before.last_heard_at if before else None, stopped)
-        self._remember(worker_id, seen)
+    def heard(
+        self,
+        worker_id: str,
+        *,
+        alive: bool,
+        stopped: str | None,
+        now: float,
+        wall: datetime,
+        issued: datetime | None = None,
+    ) -> bool:
+        """A presence of `worker_id`: a sign of life if `alive`, else (offline) only how it stopped.
 
-    def know(self, worker_id: str) -> None:
-        """`worker_id` holds something in the group (a claim): judge it even if it was never heard."""
+        A signed one (`issued`) is a sign of life only when issued after the last one taken
+        as such since its last `offline`: the same heartbeat heard again, or an older one
+        replayed, changes nothing. Returns whether it was a sign of life.
+        """
+        if worker_id == self.own_id:
+            return False
+        before = self._seen.get(worker_id)
+        last_issued = before.last_issued if before is not None else None
+        known_at = before.known_at if before is not None else now
+        if alive and not (issued is not None and last_issued is not None and issued <= last_issued):
+            self._seen.pop(worker_id, None)
+            self._remember(worker_id, PeerSeen(now, wall, None, issued or last_issued, known_at))
+            return True
+        if alive:
+            return False
+        self._seen.pop(worker_id, None)
+        last_sign = before.last_sign if before is not None else None
+        last_heard_at = before.last_heard_at if before is not None else None
+        # Offline: its next process (whose clock may have been set back meanwhile) starts afresh.
+        self._remember(worker_id, PeerSeen(last_sign, last_heard_at, stopped, None, known_at))
+        return False
+
+    def know(self, worker_id: str, now: float) -> None:
+        """`worker_id` holds something in the group (a claim) at `now`: judge it even if it was never heard.
+
+        Its silence counts from `now` at the earliest: this worker cannot have heard from it before it knew it.
+        """
         if worker_id != self.own_id and worker_id not in self._seen:
-            self._remember(worker_id, PeerSeen(None, None, None))
+            self._remember(worker_id, PeerSeen(None, None, None, None, now))
 
     def seen(self, worker_id: str) -> PeerSeen | None:
         """What is known of `worker_id`, if anything."""
@@ -144,8 +193,10 @@ class Liveness:
             return 0.0
         seen = self._seen.get(worker_id)
         last = self._since
-        if seen is not None and seen.last_sign is not None:
-            last = max(last, seen.last_sign)
+        if seen is not None:
+            for moment in (seen.last_sign, seen.known_at):
+                if moment is not None:
+                    last = max(last, moment)
         return max(0.0, now - last)
 
     def is_lost(self, worker_id: str, now: float) -> bool:

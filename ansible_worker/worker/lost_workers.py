@@ -35,7 +35,7 @@ from ansible_worker.worker.status_path import StatusPath
 from ansible_worker.worker.takeover import JobTableHands, Takeover
 
 if TYPE_CHECKING:
-    from ansible_worker.protocol.signing import Verified
+    from ansible_worker.protocol.signing import TrustedKeys, Verified
 
 __all__ = ["LostWorkers"]
 
@@ -78,7 +78,7 @@ class LostWorkers:
             check_copy=check_copy,
         )
         self._scope = trio.CancelScope()
-        self._read_presence = presence_reader(policies, topics, lost_after)
+        self._read_presence = presence_reader(policies.claims.trusted, topics)
         self.worker_id, self.topics, self._read_retained = worker_id, topics, read_retained
         sync.verify = self.check_held
         jobs.on_settled = self._settled
@@ -94,7 +94,12 @@ class LostWorkers:
         heard = self._read_presence(worker_id, payload)
         if heard is not None:
             self.liveness.heard(
-                worker_id, alive=heard.alive, stopped=heard.stopped, now=trio.current_time(), wall=datetime.now(UTC)
+                worker_id,
+                alive=heard.alive,
+                stopped=heard.stopped,
+                now=trio.current_time(),
+                wall=datetime.now(UTC),
+                issued=heard.issued,
             )
             if heard.stopped == "lost":
                 log.warning("worker %s went offline without a clean stop (its will)", worker_id)
@@ -200,24 +205,19 @@ def copy_check(
     return check
 
 
-def presence_reader(
-    policies: WorkerPolicies, topics: Topics, lost_after: float
-) -> Callable[[str, bytes], PresenceHeard | None]:
-    """How this worker reads a presence: with signed jobs, only a worker-signed, recent one is a sign of life."""
-    trusted = policies.claims.trusted
+def presence_reader(trusted: TrustedKeys | None, topics: Topics) -> Callable[[str, bytes], PresenceHeard | None]:
+    """How this worker reads a presence: with signed jobs, only one signed by a trusted worker key says anything.
+
+    Its `issued_at` is passed on, never compared with this worker's clock: `Liveness` takes
+    it as a sign of life only when it is newer than the last one from that worker.
+    """
 
     def read(worker_id: str, payload: bytes) -> PresenceHeard | None:
         if trusted is None:
             return read_presence(payload, verify=None)
-        from ansible_worker.protocol.signing import check_age, issued_at
-
-        skew = policies.signatures.max_skew if policies.signatures is not None else 60.0
 
         def verify(document: Mapping[str, Any]) -> Verified:
             trusted.check_key(document)
-            if document.get("state") != "offline":
-                # A replayed old heartbeat keeps no worker alive.
-                check_age(issued_at(document), now=datetime.now(UTC), max_age=lost_after, max_skew=skew)
             return trusted.verify(topics.worker(worker_id), document)
 
         return read_presence(payload, verify=verify)

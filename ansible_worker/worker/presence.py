@@ -8,7 +8,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 import trio
@@ -107,6 +107,9 @@ class PresenceAnnouncer:
         self.changes = changes or Changes()
         # Presences published by `round_trip`, waiting to be heard back.
         self._echoes: dict[bytes, trio.Event] = {}
+        # The last `issued_at` signed: the group takes a signed presence as a sign of life only
+        # when it is newer than the last one, so a clock stepped back must not hold them up.
+        self._last_issued: datetime | None = None
 
     def changed(self) -> None:
         """Publish again soon: the state or the load changed."""
@@ -149,7 +152,13 @@ class PresenceAnnouncer:
         if self._signer is None:
             return body.model_dump_json().encode()
         document = json.loads(body.model_dump_json(exclude_none=True))
-        return json.dumps(self._signer.sign(self.topic, document)).encode()
+        now = datetime.now(UTC)
+        # Signed to the millisecond: compared at that precision.
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        if self._last_issued is not None and now <= self._last_issued:
+            now = self._last_issued + timedelta(milliseconds=1)
+        self._last_issued = now
+        return json.dumps(self._signer.sign(self.topic, document, now=now)).encode()
 
     def will(self) -> Will:
         """What the broker publishes for us if the connection dies without a goodbye."""

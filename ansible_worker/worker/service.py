@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from ansible_worker.mqtt.link import InboundMessage, LinkOptions
+from ansible_worker.mqtt.reconnect import keep_trying_within
 from ansible_worker.mqtt.session import BrokerSession
-from ansible_worker.ops.config import Settings
+from ansible_worker.ops.config import MIN_FREEZE, Settings
 from ansible_worker.ops.metrics import Snapshot, WorkerMetrics
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.runner import JobRunner
@@ -28,7 +29,6 @@ from ansible_worker.worker.event_publisher import EventPublisher
 from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.jobs import JobTable
-from ansible_worker.worker.liveness import MIN_FREEZE
 from ansible_worker.worker.lost_workers import LostWorkers, copy_check
 from ansible_worker.worker.message_handler import MessageHandler
 from ansible_worker.worker.notifications import Notifier
@@ -95,7 +95,12 @@ class Worker:
             (self.topics.cancel_subscription, 1),
             (self.topics.workers_subscription, 1),
         ]
-        self.session = BrokerSession(link_options(settings), subscriptions, self._inbox_send)
+        self.session = BrokerSession(
+            link_options(settings),
+            subscriptions,
+            self._inbox_send,
+            reconnect=keep_trying_within(self.policies.presence.lost_after),
+        )
         self._shutdown = trio.Event()
         self._wire_jobs(settings)
         self._wire_group(settings)

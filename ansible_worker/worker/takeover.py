@@ -21,6 +21,7 @@ import trio
 from pydantic import ValidationError
 
 from ansible_worker.mqtt.link import LinkError
+from ansible_worker.protocol.claims import Claim
 from ansible_worker.protocol.models import JobStatus, State, TaskRequest
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.protocol.topics import Topics
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 LOOK_EVERY = 1.0
 # Reading a job's last status, and each other step of a takeover, has this bound.
 STEP_TIMEOUT = 10.0
+# Takeovers in flight at once: a lost worker's many jobs are taken over a batch at a time,
+# each batch's round trips bounded, rather than all at once.
+MAX_TAKEOVERS = 32
 
 # Checks a request copy before it runs here: the request, or why it may not run.
 CheckCopy = Callable[[bytes, datetime | None], TaskRequest | str]
@@ -112,14 +116,18 @@ class Takeover:
                     nursery.start_soon(self._take_over_bounded, task_id)
 
     def due(self, now: float) -> list[str]:
-        """The task_ids this worker should take over now."""
+        """The task_ids this worker should take over now: at most `MAX_TAKEOVERS` in flight."""
         found = []
         alive = self.liveness.alive(now)
         for task_id, claim in list(self.claims.unsettled.items()):
             owner = claim.worker_id
-            if owner == self.worker_id or task_id in self._busy:
+            if task_id in self._busy:
                 continue
-            self.liveness.know(owner)
+            if owner == self.worker_id:
+                if self._unfinished(task_id, claim, now):
+                    found.append(task_id)
+                continue
+            self.liveness.know(owner, now)
             if not self.liveness.is_lost(owner, now):
                 self._due.pop(task_id, None)
                 continue
@@ -129,7 +137,22 @@ class Takeover:
                 found.append(task_id)
         for task_id in [task_id for task_id in self._due if task_id not in self.claims.unsettled]:
             del self._due[task_id]
-        return found
+        # The rest are due again at the next look.
+        return found[: max(0, MAX_TAKEOVERS - len(self._busy))]
+
+    def _unfinished(self, task_id: str, claim: Claim, now: float) -> bool:
+        """Whether `claim`, this worker's own, is a takeover it won but never settled; due after a while.
+
+        Its settling was cut short: its confirmation came too late (the claim was retained
+        all the same), its release timed out, or this worker restarted without its journal.
+        Nobody else settles it: it holds the job in this worker's name. The wait lets a
+        settling in flight (a status on its way, a renewal) finish first.
+        """
+        if claim.takes_over is None or self.hands.holds(task_id):
+            self._due.pop(task_id, None)
+            return False
+        first = self._due.setdefault(task_id, now)
+        return now - first >= self.liveness.lost_after / 2
 
     async def _take_over_bounded(self, task_id: str) -> None:
         try:
@@ -145,27 +168,22 @@ class Takeover:
         claim = self.claims.unsettled.get(task_id)
         if claim is None or self.hands.holds(task_id):
             return None
-        lost = claim.worker_id
+        if claim.worker_id == self.worker_id:
+            # A takeover of this worker's that was never settled: it holds the job already.
+            if claim.takes_over is None or claim.lost_worker is None:
+                return None
+            lost, claim_id = claim.lost_worker, claim.claim_id
+            self.claims.resume_takeover(task_id, claim)
+            log.warning("task %s: settling again its takeover from worker %s, left unfinished", task_id, lost)
+        else:
+            lost = claim.worker_id
+            taken = await self._claim(task_id, claim)
+            if taken is None:
+                return None
+            claim_id = taken
+            claim = await self._newest(task_id, claim, claim_id)
         seen = self.liveness.seen(lost)
         last_heard = seen.last_heard_at if seen is not None else None
-        # The takeover first: whatever the lost worker published before it in the broker's
-        # order is then retained, and after it that worker publishes nothing (it is fenced).
-        try:
-            claim_id = await self.claims.take_over(
-                task_id, claim, lost_worker=lost, request_sha256=claim.request_sha256
-            )
-        except ClaimFailed as exc:
-            log.warning("task %s: its takeover from worker %s was not confirmed (%s)", task_id, lost, exc)
-            return None
-        if claim_id is None:
-            holder = self.claims.holder(task_id)
-            log.info(
-                "task %s: worker %s took it over from lost worker %s first",
-                task_id,
-                holder.worker_id if holder is not None else "(unknown)",
-                lost,
-            )
-            return None
         raw: bytes | None = None
         while True:
             try:
@@ -183,6 +201,42 @@ class Takeover:
         verdict = await self._settle(task_id, claim_id, lost, verdict, last, last_heard)
         self.on_lost(task_id, lost, verdict)
         return verdict
+
+    async def _claim(self, task_id: str, claim: Claim) -> str | None:
+        """Take the job over from the worker whose `claim` holds it; the takeover's claim id if this worker won."""
+        lost = claim.worker_id
+        # The takeover first: whatever the lost worker published before it in the broker's
+        # order is then retained, and after it that worker publishes nothing (it is fenced).
+        try:
+            claim_id = await self.claims.take_over(
+                task_id, claim, lost_worker=lost, request_sha256=claim.request_sha256
+            )
+        except ClaimFailed as exc:
+            # It may be retained all the same: then it is this worker's, and settled at a later look.
+            log.warning("task %s: its takeover from worker %s was not confirmed (%s)", task_id, lost, exc)
+            return None
+        if claim_id is None:
+            holder = self.claims.holder(task_id)
+            log.info(
+                "task %s: worker %s took it over from lost worker %s first",
+                task_id,
+                holder.worker_id if holder is not None else "(unknown)",
+                lost,
+            )
+        return claim_id
+
+    async def _newest(self, task_id: str, claim: Claim, claim_id: str) -> Claim:
+        """The lost worker's `claim` as its newest message said before the takeover `claim_id` ended it.
+
+        It may have said meanwhile that the job may have started: the takeover then says so
+        too, before anything is published for the job, so that whoever settles the takeover
+        again (this worker after a restart) never runs the job.
+        """
+        newest = self.claims.book.taken_over(task_id, claim.claim_id, now=trio.current_time()) or claim
+        if newest.started_at is not None and claim.started_at is None:
+            with trio.move_on_after(STEP_TIMEOUT):
+                await self.claims.mark_started(task_id, claim_id)
+        return newest
 
     async def _settle(
         self,

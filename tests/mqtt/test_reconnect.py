@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ansible_worker.mqtt.reconnect import KEEP_TRYING, Backoff, Reconnect
+from ansible_worker.mqtt.reconnect import KEEP_TRYING, Backoff, Reconnect, keep_trying_within
 
 
 def waits(backoff: Backoff, count: int, now: float = 0.0) -> list[float]:
@@ -28,6 +28,13 @@ def test_the_wait_doubles_up_to_its_most_jittered_down_by_at_most_half() -> None
 def test_a_session_waiting_a_day_for_its_broker_still_waits_at_most_its_most() -> None:
     # Thousands of attempts in a row: the exponent must not outgrow what a float holds.
     assert max(waits(Backoff(KEEP_TRYING), 5000)) <= KEEP_TRYING.most
+
+
+def test_a_worker_never_waits_longer_than_a_quarter_of_lost_after() -> None:
+    for lost_after, most in ((6.0, 1.5), (20.0, 5.0), (150.0, 30.0), (86_400.0, 30.0)):
+        policy = keep_trying_within(lost_after)
+        assert (policy.first, policy.most, policy.give_up_after) == (0.5, most, math.inf)
+        assert max(waits(Backoff(policy), 100)) <= most
 
 
 def test_only_a_steady_link_starts_the_count_afresh() -> None:

@@ -22,7 +22,7 @@ def test_lost_after_defaults_to_three_heartbeats_and_the_keepalive(tmp_path: Pat
     tuned = settings(tmp_path, worker="  heartbeat_interval: 5\n", mqtt="  keepalive: 10\n")
     assert tuned.lost_after == 25
     assert tuned.lost_after_warning() is None
-    assert settings(tmp_path, worker="  lost_after: 40\n").lost_after == 40
+    assert settings(tmp_path, worker="  lost_after: 70\n").lost_after == 70
 
 
 def test_lost_after_no_longer_than_a_heartbeat_is_refused_by_name(tmp_path: Path) -> None:
@@ -35,6 +35,24 @@ def test_lost_after_no_longer_than_a_heartbeat_is_refused_by_name(tmp_path: Path
     with pytest.raises(ConfigError) as caught:
         settings(tmp_path, worker="  lost_after: -1\n")
     assert "worker.lost_after: Input should be greater than 0 (got -1)" in caught.value.problems
+
+
+def test_lost_after_with_which_a_freeze_could_be_reaped_unnoticed_is_refused_by_name(tmp_path: Path) -> None:
+    # A worker notices its freeze after max(lost_after / 2, 2.5) s; the group may reap it
+    # after a freeze of lost_after - heartbeat_interval.
+    for heartbeat, lost_after, least in (("30", "40", "60"), ("1", "3", "3.5"), ("2", "3.9", "4.5")):
+        with pytest.raises(ConfigError) as caught:
+            settings(tmp_path, worker=f"  heartbeat_interval: {heartbeat}\n  lost_after: {lost_after}\n")
+        assert caught.value.problems == [
+            f"worker.lost_after: must be at least 2 x worker.heartbeat_interval and worker.heartbeat_interval + 2.5s"
+            f" ({least}s here): a worker frozen for less than lost_after could be taken over without noticing it,"
+            " and publish for jobs no longer its own"
+        ]
+    for heartbeat, lost_after in (("30", "60"), ("1", "3.5"), ("1", "4"), ("1", "6"), ("5", "20")):
+        worker = f"  heartbeat_interval: {heartbeat}\n  lost_after: {lost_after}\n"
+        assert settings(tmp_path, worker=worker).lost_after == float(lost_after)
+    # The default always passes: 3 heartbeats plus a keepalive of at least 5 s.
+    assert settings(tmp_path, worker="  heartbeat_interval: 0.1\n", mqtt="  keepalive: 5\n").lost_after == 5.3
 
 
 def test_lost_after_below_one_and_a_half_keepalives_is_warned_about(tmp_path: Path) -> None:

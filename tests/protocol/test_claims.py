@@ -134,3 +134,17 @@ def test_the_claim_book_is_bounded_and_forgets_the_oldest_first() -> None:
     book.record("t200", claim("flood", "r", "released", releases="c200", expires=300), now=1)
     assert book.released("t200", now=1)
     assert len(book) == 100
+
+
+def test_the_claim_book_tells_which_tasks_it_forgets() -> None:
+    forgotten: list[str] = []
+    book = ClaimBook(max_claims=3, on_forget=forgotten.append)
+    for index in range(5):
+        book.record(f"t{index}", claim("flood", f"c{index}", expires=10 + index), now=0)
+    # Evicted, oldest first.
+    assert forgotten == ["t0", "t1"]
+    # Expired: forgotten when looked at, or pruned.
+    assert book.holder("t2", now=12.5) is None
+    assert forgotten == ["t0", "t1", "t2"]
+    book.record("t5", claim("flood", "c5", expires=300), now=100)
+    assert forgotten == ["t0", "t1", "t2", "t3", "t4"]

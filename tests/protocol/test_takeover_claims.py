@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,3 +69,23 @@ def test_a_takeover_heard_by_a_worker_that_never_heard_the_lost_claim_still_ends
     holder = book.holder("t", now=2)
     assert holder is not None
     assert holder.worker_id == "b"
+
+
+def test_the_same_claim_heard_again_is_as_its_newest_message_says_and_a_start_once_heard_stays() -> None:
+    digest = request_digest(b'{"task_id": "t"}')
+    accepted = WALL - timedelta(seconds=30)
+    book = ClaimBook()
+    claimed = read("a", "c1", request_sha256=digest, accepted_at=accepted)
+    book.record("t", claimed, now=1)
+    # Its worker's clock stepped back 2 s before the start claim: it says it holds 2 s less.
+    started = replace(read("a", "c1", request_sha256=digest, accepted_at=accepted, started_at=WALL), expires=598)
+    assert book.record("t", started, now=2)
+    holder = book.holder("t", now=3)
+    assert holder is not None
+    assert (holder.started_at, holder.expires) == (WALL, 598)
+    # The first message published again (a loser restores the retained claim it replaced):
+    # the start is not forgotten.
+    assert book.record("t", claimed, now=4)
+    holder = book.holder("t", now=5)
+    assert holder is not None
+    assert holder.started_at == WALL

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from ansible_worker.worker.liveness import Liveness, rendezvous
+from ansible_worker.protocol.signing import Signer, TrustedKeys, generate_key_pair
+from ansible_worker.protocol.topics import Topics
+from ansible_worker.worker.liveness import Liveness, PresenceHeard, rendezvous
+from ansible_worker.worker.lost_workers import presence_reader
 
 WALL = datetime(2026, 1, 1, tzinfo=UTC)
+TOPICS = Topics("p", "g")
 
 
 def tracker() -> Liveness:
@@ -68,10 +75,82 @@ def test_the_observers_own_freeze_counts_as_a_reconnection() -> None:
 
 def test_a_worker_known_only_by_its_claims_is_judged_from_the_connection() -> None:
     liveness = tracker()
-    liveness.know("ghost")
-    liveness.know("me")
+    liveness.know("ghost", 0)
+    liveness.know("me", 0)
     assert liveness.lost(30) == []
     assert liveness.lost(31) == ["ghost"]
+
+
+def test_a_worker_first_known_from_a_claim_long_after_the_connection_is_judged_from_then() -> None:
+    liveness = tracker()
+    # Connected for an hour; a worker's first claim arrives before its first presence.
+    liveness.know("newcomer", 3600)
+    assert not liveness.is_lost("newcomer", 3600.1)
+    assert liveness.lost(3630) == []
+    assert liveness.lost(3631) == ["newcomer"]
+    # Known again later: still judged from when it was first known.
+    liveness.know("newcomer", 3625)
+    assert liveness.is_lost("newcomer", 3631)
+    # A reconnection of this worker counts from then, as for every other worker.
+    liveness.connected_at(4000)
+    assert not liveness.is_lost("newcomer", 4030)
+
+
+def signed_presences(tmp_path: Path) -> tuple[Callable[[str, bytes], PresenceHeard | None], Signer]:
+    generate_key_pair(tmp_path / "w.key", tmp_path / "w.pub")
+    trusted = TrustedKeys.from_files({"worker": tmp_path / "w.pub"})
+    return presence_reader(trusted, TOPICS), Signer.from_file(tmp_path / "w.key")
+
+
+def hear(liveness: Liveness, reader: Callable[[str, bytes], PresenceHeard | None], payload: bytes, now: float) -> None:
+    heard = reader("a", payload)
+    assert heard is not None
+    liveness.heard("a", alive=heard.alive, stopped=heard.stopped, now=now, wall=WALL, issued=heard.issued)
+
+
+def test_a_signed_presence_is_a_sign_of_life_whatever_the_clocks_say(tmp_path: Path) -> None:
+    reader, signer = signed_presences(tmp_path)
+    liveness = tracker()
+    wall = datetime.now(UTC)
+    # The worker's clock far ahead of this one's, then stepped far behind: each newer heartbeat counts.
+    for now, issued in ((1, wall + timedelta(seconds=61)), (25, wall + timedelta(seconds=62))):
+        hear(liveness, reader, presence(signer, issued), now)
+    assert not liveness.is_lost("a", 50)
+    behind = tracker()
+    for now, issued in ((1, wall - timedelta(days=2)), (25, wall - timedelta(days=2, seconds=-20))):
+        hear(behind, reader, presence(signer, issued), now)
+    assert not behind.is_lost("a", 50)
+    assert behind.is_lost("a", 56)
+
+
+def test_a_replayed_or_repeated_signed_presence_is_no_sign_of_life(tmp_path: Path) -> None:
+    reader, signer = signed_presences(tmp_path)
+    liveness = tracker()
+    wall = datetime.now(UTC)
+    older, newest = presence(signer, wall - timedelta(seconds=30)), presence(signer, wall)
+    hear(liveness, reader, older, 1)
+    hear(liveness, reader, newest, 2)
+    # The retained heartbeat heard again, and an older one replayed, keep nobody alive.
+    for now in range(10, 40, 5):
+        hear(liveness, reader, newest, now)
+        hear(liveness, reader, older, now)
+    assert liveness.is_lost("a", 33)
+    # Gone offline, its next process may sign with a clock set back: its presences count.
+    will = json.loads(presence(signer, wall + timedelta(seconds=1)))
+    will["state"] = "offline"
+    hear(liveness, reader, json.dumps(signer.sign(TOPICS.worker("a"), will, now=wall)).encode(), 40)
+    hear(liveness, reader, presence(signer, wall - timedelta(hours=1)), 41)
+    assert not liveness.is_lost("a", 70)
+    # A forgery says nothing at all.
+    forged = json.loads(presence(signer, wall + timedelta(seconds=1)))
+    forged["state"] = "draining"
+    assert reader("a", json.dumps(forged).encode()) is None
+    # Signed for another worker's topic: nothing either.
+    assert reader("b", presence(signer, wall + timedelta(seconds=2))) is None
+
+
+def presence(signer: Signer, issued: datetime) -> bytes:
+    return json.dumps(signer.sign(TOPICS.worker("a"), {"worker_id": "a", "state": "online"}, now=issued)).encode()
 
 
 def test_rendezvous_orders_the_same_everywhere_and_spreads_tasks() -> None:

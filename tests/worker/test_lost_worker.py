@@ -10,11 +10,13 @@ from __future__ import annotations
 import hmac
 import shutil
 import signal
+from datetime import UTC, datetime
 from hashlib import sha256
 from pathlib import Path
 
 import trio
 
+from ansible_worker.protocol.timestamps import parse_utc
 from testing.broker import Broker
 from tests.conftest import (
     TERMINAL,
@@ -39,6 +41,9 @@ from tests.worker.takeovers import (
     setup,
     wait_sleeping,
 )
+
+# A broker outage longer than lost_after, and than the reconnection backoff takes to grow to its longest wait.
+OUTAGE = 35
 
 
 @lane
@@ -183,7 +188,7 @@ async def test_a_broker_restart_longer_than_lost_after_reaps_nobody(
         markers = setup(tmp_path, playbook_dir, deployment)
         steady = config(tmp_path, broker, playbook_dir, group, "steady")
         other = config(tmp_path, broker, playbook_dir, group, "other")
-        seconds = unique_seconds(14)
+        seconds = unique_seconds(50)
         async with client_for(broker, group) as client, deployment.process("run", "-c", str(steady)) as first:
             async with open_controller(broker, group) as controller:
                 await wait_online(client, "steady")
@@ -191,8 +196,10 @@ async def test_a_broker_restart_longer_than_lost_after_reaps_nobody(
             async with deployment.process("run", "-c", str(other)) as second:
                 await wait_online(client, "other")
                 broker.stop()
-                await trio.sleep(LOST_AFTER + 3)
+                # Long enough for the reconnection backoff to reach its longest wait.
+                await trio.sleep(OUTAGE)
                 broker.start()
+                back = datetime.now(UTC)
                 async with open_controller(broker, group) as controller:
                     with trio.fail_after(120):
                         ended = {
@@ -208,6 +215,13 @@ async def test_a_broker_restart_longer_than_lost_after_reaps_nobody(
         assert status.get("taken_over_by") is None
         assert status.get("taken_over_from") is None
         assert runs(markers / task_id) == 1
+    # Every worker was back within lost_after / 4 of the broker (and a margin for connecting):
+    # no reconnection spread, however long the outage, makes one look lost to another.
+    for process in (first, second):
+        returns = [line[:24] for line in process.lines if "reconnected to broker" in line]
+        assert returns, process.lines[-30:]
+        delay = (parse_utc(returns[-1]) - back).total_seconds()
+        assert delay < LOST_AFTER / 2, (delay, process.lines[-30:])
 
 
 async def test_a_worker_late_by_less_than_lost_after_is_not_reaped(

@@ -257,6 +257,36 @@ def test_a_signing_worker_signs_its_presence_and_its_will(tmp_path: Path) -> Non
         assert trusted.verify(TOPIC, document).signer == "w"
 
 
+def test_signed_presences_are_issued_ever_later_even_when_the_clock_steps_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group takes a signed presence as a sign of life only when newer than the last one."""
+    from ansible_worker.protocol.signing import Signer, generate_key_pair
+    from ansible_worker.worker import presence as module
+
+    generate_key_pair(tmp_path / "w.key", tmp_path / "w.pub")
+    presence = PresenceAnnouncer(
+        cast(BrokerSession, FakeSession()),
+        TOPIC,
+        worker_id="w1",
+        policy=PresencePolicy(capacity=4, interval=INTERVAL),
+        load=Loads(),
+        signer=Signer.from_file(tmp_path / "w.key"),
+    )
+    # The wall clock reads the same instant twice, then steps back a minute.
+    readings = iter([datetime(2026, 1, 1, 0, 1, 0, 400, tzinfo=UTC)] * 2 + [datetime(2026, 1, 1, tzinfo=UTC)])
+
+    class SteppingClock(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> SteppingClock:
+            reading = next(readings)
+            return cls.fromtimestamp(reading.timestamp(), tz=UTC)
+
+    monkeypatch.setattr(module, "datetime", SteppingClock)
+    issued = [parse_utc(json.loads(presence.message())["issued_at"]) for _ in range(3)]
+    assert issued[0] < issued[1] < issued[2]
+
+
 async def test_publish_offline_says_goodbye(autojump_clock: trio.testing.MockClock) -> None:
     """`publish_offline` publishes `offline`, retained at QoS 1, and leaves the announcer's state offline."""
     session = FakeSession()
