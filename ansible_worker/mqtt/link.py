@@ -212,9 +212,9 @@ async def open_mqtt_link(options: LinkOptions) -> AsyncIterator[MqttLink]:
     triggered by a clean exit.
 
     Cancellation: while connecting, the attempt is abandoned and the asyncio loop closed
-    with it. Inside the block, a cancellation leaves it as any exit does: the message
-    iterators are closed and DISCONNECT sent, shielded and bounded by `DISCONNECT_TIMEOUT`,
-    so the broker does not publish the will.
+    with it. Inside the block, a cancellation leaves it as any exit does: DISCONNECT is
+    sent, shielded and bounded by `DISCONNECT_TIMEOUT`, so the broker does not publish the
+    will. What the broker still sends meanwhile is read and dropped, not decoded.
     """
     # The loop's own nursery would wrap errors raised in the caller's block.
     with unwrap_lone_errors():

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # Messages a routed subscriber may fall behind before it loses the excess.
 ROUTE_BUFFER = 100_000
+# Messages a held route's reader may fall behind before the session waits for it.
+HELD_ROUTE_BUFFER = 1000
 # How long `release` waits for each UNSUBSCRIBE.
 UNSUBSCRIBE_WITHIN = 5.0
 
@@ -42,8 +44,10 @@ class BrokerSession:
     """A long-lived MQTT session over a series of links, shared by every task of its owner.
 
     `serve` owns the links. Messages go first to every routed subscription whose filter they
-    match (without waiting: a reader far behind loses the excess), then, if the session has
-    one, into the `inbox`, where a full inbox holds up the link. Calls that need the broker
+    match (without waiting: a reader far behind loses the excess; but a held route's reader
+    that falls behind holds up the link), then, if the session has one, into the `inbox`,
+    where a full inbox holds up the link. A link held up stops reading from the broker,
+    which queues for this client (up to its own limit). Calls that need the broker
     wait for a link; `connections` counts the links so far, `reconnects` the attempts after
     a failure.
     """
@@ -144,7 +148,10 @@ class BrokerSession:
                 if on_connected is not None:
                     on_connected()
                 async for message in link.messages():
-                    self.subscriptions.route(message)
+                    for held in self.subscriptions.route(message):
+                        # Its reader may release it meanwhile.
+                        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                            await held.send(message)
                     if self._inbox is not None:
                         await self._inbox.send(message)
             finally:
@@ -278,11 +285,18 @@ class BrokerSession:
             except LinkError as exc:
                 log.warning("unsubscribe from %s failed: %s", topic, exc)
 
-    def register(self, filters: list[str], qos: int = 1) -> trio.MemoryReceiveChannel[InboundMessage]:
+    def register(
+        self, filters: list[str], qos: int = 1, *, hold: bool = False
+    ) -> trio.MemoryReceiveChannel[InboundMessage]:
         """Route messages on `filters` to a new channel and count them as in use, without waiting.
 
+        The channel holds `ROUTE_BUFFER` messages, beyond which its reader loses the excess;
+        with `hold`, it holds `HELD_ROUTE_BUFFER`, beyond which the session waits for the
+        reader, and with it every other reader and the link: for a reader that keeps reading
+        and would rather slow the broker down than lose messages or memory.
+
         `renew` then subscribes on the current link; any later link subscribes by itself."""
-        return self.subscriptions.open_route(filters, qos, ROUTE_BUFFER)
+        return self.subscriptions.open_route(filters, qos, HELD_ROUTE_BUFFER if hold else ROUTE_BUFFER, hold=hold)
 
     async def renew(self, filters: list[str], qos: int = 1) -> None:
         """Subscribe to `filters` on the current link, so the broker sends their retained messages.
@@ -302,15 +316,17 @@ class BrokerSession:
                 # new subscriber; the count only decides when to unsubscribe.
                 await link.subscribe(topic_filter, qos)
 
-    async def subscribe(self, filters: list[str], qos: int = 1) -> trio.MemoryReceiveChannel[InboundMessage]:
-        """Receive every message on `filters` (retained ones first) until `release`.
+    async def subscribe(
+        self, filters: list[str], qos: int = 1, *, hold: bool = False
+    ) -> trio.MemoryReceiveChannel[InboundMessage]:
+        """Receive every message on `filters` (retained ones first) until `release`; `hold` as in `register`.
 
         Errors: as `renew`; the registration is undone first.
 
         Cancellation: `release` runs before the cancellation propagates: nothing is left to
         clean up; safe to retry.
         """
-        receive = self.register(filters, qos)
+        receive = self.register(filters, qos, hold=hold)
         try:
             await self.renew(filters, qos)
         except BaseException:

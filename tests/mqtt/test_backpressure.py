@@ -1,0 +1,89 @@
+"""A reader that falls behind holds the broker back: the link stops reading, keeps its connection, and loses nothing.
+
+Against a real Mosquitto with no cap on what it queues for a client, so that whatever the
+link does not read waits at the broker (and in the kernel's socket buffers), not in our memory.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+import uuid
+from pathlib import Path
+
+import trio
+
+from ansible_worker.mqtt.link import INCOMING_LIMIT, LinkOptions, MqttLink, open_mqtt_link
+from testing.broker import Broker
+
+MESSAGES = 4000
+PAYLOAD = 4000
+PUBLISHERS = 20
+# Mosquitto drops a client silent for 1.5 keepalives; paho gives up on a broker silent for 2.
+KEEPALIVE = 2
+# Longer than both: a link that let its keepalive lapse while it is held would be gone by then.
+STOPPED_FOR = 5.0
+
+
+def options(port: int, keepalive: int = 60) -> LinkOptions:
+    return LinkOptions("127.0.0.1", port, f"backpressure-{uuid.uuid4().hex[:8]}", keepalive=keepalive)
+
+
+async def retain(port: int, count: int, prefix: str) -> None:
+    """Retain `count` QoS 1 messages of PAYLOAD bytes under `prefix/`, from links of their own."""
+
+    async def publish_share(share: int) -> None:
+        async with open_mqtt_link(options(port)) as link:
+            for index in range(share, count, PUBLISHERS):
+                await link.publish(f"{prefix}/{index}", b"%06d" % index + b"x" * (PAYLOAD - 6), qos=1, retain=True)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for share in range(PUBLISHERS):
+                nursery.start_soon(publish_share, share)
+
+
+async def read_all(link: MqttLink, count: int) -> set[str]:
+    """The topics of the next `count` messages, each checked to be QoS 1 and whole."""
+    topics = set()
+    with trio.fail_after(60):
+        async for message in link.messages():
+            assert message.qos == 1
+            assert len(message.payload) == PAYLOAD
+            assert int(message.payload[:6]) == int(message.topic.rsplit("/", 1)[1])
+            topics.add(message.topic)
+            if len(topics) == count:
+                return topics
+    raise AssertionError(f"the link ended after {len(topics)} messages")
+
+
+async def test_a_reader_that_stops_holds_the_broker_back_keeps_its_link_and_loses_nothing(tmp_path: Path) -> None:
+    """A subscriber stops reading for longer than its keepalive allows silence, while the broker has 16 MB for it.
+
+    What the link holds meanwhile stays near `INCOMING_LIMIT` messages (the rest waits in
+    the kernel and at the broker); the connection survives the pause; and once the reader
+    reads again, every message comes, once, at QoS 1.
+    """
+    broker = Broker(tmp_path, "max_queued_messages 0\nmax_queued_bytes 0\n")
+    broker.start()
+    try:
+        await retain(broker.port, MESSAGES, "held")
+        tracemalloc.start()
+        try:
+            async with open_mqtt_link(options(broker.port, KEEPALIVE)) as link:
+                before, _ = tracemalloc.get_traced_memory()
+                await link.subscribe("held/#", 1)
+                # The reader does nothing for a while: the scenario, not a wait for a condition.
+                await trio.sleep(STOPPED_FOR)
+                grown = tracemalloc.get_traced_memory()[0] - before
+                held = link.held
+                topics = await read_all(link, MESSAGES)
+                assert link.pauses >= 1
+        finally:
+            tracemalloc.stop()
+    finally:
+        broker.stop()
+    assert held <= INCOMING_LIMIT
+    # Every message held would be MESSAGES * PAYLOAD = 16 MB; the link's limit is about a quarter of it.
+    assert grown < 2 * INCOMING_LIMIT * PAYLOAD, f"{grown} bytes more while the reader did not read"
+    assert topics == {f"held/{index}" for index in range(MESSAGES)}
+    assert "exceeded timeout" not in broker.log.read_text()
