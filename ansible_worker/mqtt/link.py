@@ -14,7 +14,6 @@ import os
 import re
 import socket
 import ssl
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -122,6 +121,15 @@ class MqttLink:
         except _LINK_ERRORS as exc:
             raise LinkLost(f"unsubscribe from {topic!r} failed: {str(exc) or 'connection closed'}") from exc
 
+    def unsubscribe_nowait(self, topic: str) -> None:
+        """Send UNSUBSCRIBE from `topic` without waiting for the broker's answer.
+
+        For a reader that is done with `topic`, when the broker may still be sending a long
+        backlog in front of the answer. Errors: `LinkLost` when not connected.
+        """
+        assert isinstance(self._client, _TrioSafeClient)
+        self._client.unsubscribe_nowait(topic)
+
     async def publish(
         self, topic: str, payload: bytes, *, qos: int, retain: bool = False, expiry: int | None = None
     ) -> None:
@@ -143,7 +151,7 @@ class MqttLink:
         except _LINK_ERRORS as exc:
             raise LinkLost(f"publish to {topic!r} failed: {str(exc) or 'connection closed'}") from exc
 
-    def publish_nowait(self, topic: str, payload: bytes) -> None:
+    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish at QoS 0 without waiting: the message joins paho's outgoing queue now.
 
         For high-rate, best-effort messages (live events), where a round trip through the
@@ -151,10 +159,10 @@ class MqttLink:
         not connected or when the outgoing queue is full (the broker is not keeping up).
         """
         assert isinstance(self._client, _TrioSafeClient)
-        self._client.publish_nowait(topic, payload)
+        self._client.publish_nowait(topic, payload, retain=retain)
 
     def messages(self) -> AsyncIterator[InboundMessage]:
-        """Messages of every subscription, in arrival order; ends with `LinkLost` once those read before the loss are out.
+        """Messages of every subscription, in arrival order; `LinkLost` once those read before a loss are out.
 
         Backpressure: the link reads from the broker only while fewer than `INCOMING_LIMIT`
         messages wait to be taken, so a reader that falls behind holds the broker back (which
@@ -454,10 +462,29 @@ class _TrioSafeClient(aiomqtt.Client):
         self._flush_pending = True
         self._flush(client, sock)
 
-    def publish_nowait(self, topic: str, payload: bytes) -> None:
+    def unsubscribe_nowait(self, topic: str) -> None:
+        result, _ = self._client.unsubscribe(topic)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            raise LinkLost(f"unsubscribe from {topic!r} failed: {mqtt.error_string(result)}")
+
+    # An answer to a call whose caller stopped waiting (or never waited) has no one to tell:
+    # aiomqtt would log it as an error.
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any = None
+    ) -> None:
+        if mid in self._pending_subscribes:
+            super()._on_subscribe(client, userdata, mid, reason_codes, properties)
+
+    def _on_unsubscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any = None
+    ) -> None:
+        if mid in self._pending_unsubscribes:
+            super()._on_unsubscribe(client, userdata, mid, reason_codes, properties)
+
+    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         if len(self._client._out_packet) >= OUTGOING_LIMIT:
             raise LinkLost(f"publish to {topic!r} failed: {OUTGOING_LIMIT} messages already wait to be sent")
-        info = self._client.publish(topic, payload, qos=0)
+        info = self._client.publish(topic, payload, qos=0, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise LinkLost(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
 

@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 ROUTE_BUFFER = 100_000
 # Messages a held route's reader may fall behind before the session waits for it.
 HELD_ROUTE_BUFFER = 1000
-# How long `release` waits for each UNSUBSCRIBE.
-UNSUBSCRIBE_WITHIN = 5.0
 
 
 class BrokerSession:
@@ -338,13 +336,15 @@ class BrokerSession:
         """Stop routing to `receive` and close it; unsubscribe at the broker from filters no one uses any more.
 
         Call it once per channel that `register` or `subscribe` returned: a second call raises `KeyError`.
-        The broker is told while the link is up, each UNSUBSCRIBE bounded by `UNSUBSCRIBE_WITHIN`;
-        errors of a dropped link are ignored (the next link does not subscribe to the filter anyway).
+        The broker is told while the link is up, without waiting for its answer: the answer
+        comes behind whatever the broker still has to send (all the retained messages of a
+        large subscription, say), and nothing here needs it. What still comes on those filters
+        goes nowhere. Errors of a dropped link are ignored (the next link does not subscribe to
+        the filter anyway).
 
-        Cancellation: cannot interrupt it. The route, counts and channel are dropped before the
-        first checkpoint, and the UNSUBSCRIBEs run shielded.
+        Cancellation: cannot interrupt it; it does not wait.
         """
         for topic_filter in self.subscriptions.close_route(filters, receive):
             if self._link is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(UNSUBSCRIBE_WITHIN), suppress(LinkError):
-                    await self._link.unsubscribe(topic_filter)
+                with suppress(LinkError):
+                    self._link.unsubscribe_nowait(topic_filter)
