@@ -126,35 +126,48 @@ class BrokerSession:
         """Open one link, subscribe to every filter in use, make it current, and pass its messages on until it drops."""
         # The will is made afresh for each connection, so it describes its owner now.
         options = self.options if will is None else dataclasses.replace(self.options, will=will())
-        async with open_mqtt_link(options) as link:
-            # Before the link is current: whatever is published on it comes after every
-            # subscription and its retained messages.
-            for topic_filter, _ in self.subscriptions.in_use():
-                qos = self.subscriptions.qos(topic_filter)
-                if qos is not None:  # else released meanwhile
-                    await link.subscribe(topic_filter, qos)
-            try:
-                self._set_link(link)
-                where = f"{options.host}:{options.port}"
-                if self.connections == 1:
-                    log.info("connected to broker %s as %s", where, options.client_id)
-                    if self.reconnect.first_must_connect:
-                        task_status.started()
-                else:
-                    log.warning("reconnected to broker %s as %s", where, options.client_id)
-                backoff.link_up(trio.current_time())
-                if on_connected is not None:
-                    on_connected()
-                async for message in link.messages():
-                    for held in self.subscriptions.route(message):
-                        # Its reader may release it meanwhile.
-                        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                            await held.send(message)
-                    if self._inbox is not None:
-                        await self._inbox.send(message)
-            finally:
-                # Before the link closes: a publisher must never reach a closed link.
-                self._set_link(None)
+        # A lone error of the nursery (the link's loss, a refused subscription) is raised as itself.
+        with unwrap_lone_errors():
+            async with open_mqtt_link(options) as link, trio.open_nursery() as nursery:
+                # From the start: the broker's answer to a SUBSCRIBE comes behind the retained
+                # messages of those before it, which the link stops reading once its readers fall behind.
+                nursery.start_soon(self._pass_on, link)
+                # Before the link is current: whatever is published on it comes after every
+                # subscription and its retained messages.
+                for topic_filter, _ in self.subscriptions.in_use():
+                    qos = self.subscriptions.qos(topic_filter)
+                    if qos is not None:  # else released meanwhile
+                        await link.subscribe(topic_filter, qos)
+                try:
+                    self._set_link(link)
+                    where = f"{options.host}:{options.port}"
+                    if self.connections == 1:
+                        log.info("connected to broker %s as %s", where, options.client_id)
+                        if self.reconnect.first_must_connect:
+                            task_status.started()
+                    else:
+                        log.warning("reconnected to broker %s as %s", where, options.client_id)
+                    backoff.link_up(trio.current_time())
+                    if on_connected is not None:
+                        on_connected()
+                    # `_pass_on` ends the link, with its loss.
+                    await trio.sleep_forever()
+                finally:
+                    # Before the link closes: a publisher must never reach a closed link.
+                    self._set_link(None)
+
+    async def _pass_on(self, link: MqttLink) -> None:
+        """Hand each message of `link` to its routes and the inbox, waiting where they are held, until it drops.
+
+        Errors: `LinkLost` when the link drops.
+        """
+        async for message in link.messages():
+            for held in self.subscriptions.route(message):
+                # Its reader may release it meanwhile.
+                with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await held.send(message)
+            if self._inbox is not None:
+                await self._inbox.send(message)
 
     def _wait_after(self, backoff: Backoff, error: LinkError | None) -> float:
         """How long to wait after a link ended with `error` (None: it closed), logged.
