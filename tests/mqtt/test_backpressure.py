@@ -12,7 +12,8 @@ from pathlib import Path
 
 import trio
 
-from ansible_worker.mqtt.link import INCOMING_LIMIT, LinkOptions, MqttLink, open_mqtt_link
+from ansible_worker.mqtt.link import INCOMING_LIMIT, InboundMessage, LinkOptions, MqttLink, open_mqtt_link
+from ansible_worker.mqtt.session import BrokerSession
 from testing.broker import Broker
 
 MESSAGES = 4000
@@ -87,3 +88,40 @@ async def test_a_reader_that_stops_holds_the_broker_back_keeps_its_link_and_lose
     assert grown < 2 * INCOMING_LIMIT * PAYLOAD, f"{grown} bytes more while the reader did not read"
     assert topics == {f"held/{index}" for index in range(MESSAGES)}
     assert "exceeded timeout" not in broker.log.read_text()
+
+
+async def test_a_session_subscribes_to_every_filter_while_the_first_ones_retained_messages_flood_in(
+    tmp_path: Path,
+) -> None:
+    """The SUBACK of a session's second filter comes behind the retained messages of its first.
+
+    Those are more than the link holds for its readers, so the session must pass them on
+    while it subscribes; else the link stops reading in front of the SUBACK, and the
+    subscription times out.
+    """
+    broker = Broker(tmp_path, "max_queued_messages 0\nmax_queued_bytes 0\n")
+    broker.start()
+    try:
+        flood = 3 * INCOMING_LIMIT
+        async with open_mqtt_link(options(broker.port)) as link:
+            for index in range(flood):
+                link.publish_nowait(f"first/{index}", b"retained", retain=True)
+            await link.publish("second/only", b"last", qos=1, retain=True)
+        inbox_send, inbox = trio.open_memory_channel[InboundMessage](16)
+        session = BrokerSession(options(broker.port), [("first/#", 1), ("second/#", 1)], inbox_send)
+        topics = set()
+        # Less than a subscription's own time limit: a link lost to it would not count.
+        with trio.fail_after(8):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(session.serve)
+                async for message in inbox:
+                    topics.add(message.topic)
+                    if len(topics) == flood + 1:
+                        break
+                await session.wait_connected()
+                nursery.cancel_scope.cancel()
+    finally:
+        broker.stop()
+    assert session.connections == 1
+    assert session.reconnects == 0
+    assert topics == {f"first/{index}" for index in range(flood)} | {"second/only"}
