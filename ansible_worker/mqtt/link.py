@@ -66,8 +66,10 @@ OUTGOING_LIMIT = 10_000
 DISCONNECT_TIMEOUT = 2.0
 # Messages read from the broker and not yet taken by the reader, at which the link stops
 # reading the socket (the broker then queues, and TCP holds it back); it reads again once
-# the reader has taken them. A reader that takes nothing holds at most about this many.
+# the reader has taken them. A reader that takes nothing holds at most about this many,
+# or this many payload bytes and one message more.
 INCOMING_LIMIT = 1000
+INCOMING_BYTES_LIMIT = 8 << 20
 # Packets read in one wake of the loop at most, so that writes and timers are not held up.
 READ_BURST = 256
 # Bytes taken from the socket in one recv; paho asks for a packet a few bytes at a time.
@@ -165,9 +167,11 @@ class MqttLink:
         """Messages of every subscription, in arrival order; `LinkLost` once those read before a loss are out.
 
         Backpressure: the link reads from the broker only while fewer than `INCOMING_LIMIT`
-        messages wait to be taken, so a reader that falls behind holds the broker back (which
-        queues for this client, up to its own limit) instead of filling memory. While it is
-        held, the link still sends its keepalive, so the broker keeps the connection.
+        messages (and `INCOMING_BYTES_LIMIT` bytes) wait to be taken, so a reader that falls
+        behind holds the broker back (which queues for this client, up to its own limit)
+        instead of filling memory. While it is held, the link still sends its keepalive, so
+        the broker keeps the connection. The broker's answers (SUBACK, PUBACK) wait behind the
+        messages not yet read: a reader must go on taking messages while it waits for one.
         """
         assert isinstance(self._client, _TrioSafeClient)
         return _Messages(trio_asyncio.aio_as_trio(self._client.take_messages, loop=self._loop))
@@ -278,7 +282,7 @@ class _TrioSafeClient(aiomqtt.Client):
 
     Backpressure: aiomqtt's incoming queue has no bound, and paho reads (and acknowledges)
     whatever the broker sends. Here the socket's reader is removed once `INCOMING_LIMIT`
-    messages wait, and put back when the reader takes them. While it is held, paho's
+    messages (or `INCOMING_BYTES_LIMIT` bytes) wait, and put back when the reader takes them. While it is held, paho's
     keepalive would take the unread PINGRESP for a dead broker: the silence is ours, so the
     misc loop tells paho that bytes are arriving, and paho goes on sending PINGREQ.
 
@@ -292,6 +296,7 @@ class _TrioSafeClient(aiomqtt.Client):
         self._writer_waiting = False
         # Messages read and not yet taken by a reader, and whether the socket is being read.
         self.incoming: deque[InboundMessage] = deque()
+        self._incoming_bytes = 0
         self.reading = True
         self.pauses = 0
         self._arrived = asyncio.Event()
@@ -370,9 +375,11 @@ class _TrioSafeClient(aiomqtt.Client):
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         expiry = getattr(message.properties, "MessageExpiryInterval", None) if message.properties else None
-        self.incoming.append(InboundMessage(message.topic, bytes(message.payload), message.qos, message.retain, expiry))
+        inbound = InboundMessage(message.topic, bytes(message.payload), message.qos, message.retain, expiry)
+        self.incoming.append(inbound)
+        self._incoming_bytes += len(inbound.payload)
         self._arrived.set()
-        if len(self.incoming) >= INCOMING_LIMIT:
+        if len(self.incoming) >= INCOMING_LIMIT or self._incoming_bytes >= INCOMING_BYTES_LIMIT:
             self._hold()
 
     def _hold(self) -> None:
@@ -409,6 +416,7 @@ class _TrioSafeClient(aiomqtt.Client):
                 arrived.cancel()
         taken = list(self.incoming)
         self.incoming.clear()
+        self._incoming_bytes = 0
         self._release()
         return taken
 

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import trio
 
-from ansible_worker.mqtt.link import INCOMING_LIMIT, InboundMessage, LinkOptions, MqttLink, open_mqtt_link
+from ansible_worker.mqtt.link import (
+    INCOMING_BYTES_LIMIT,
+    INCOMING_LIMIT,
+    InboundMessage,
+    LinkOptions,
+    MqttLink,
+    open_mqtt_link,
+)
 from ansible_worker.mqtt.session import BrokerSession
 from testing.broker import Broker
 
@@ -125,3 +132,32 @@ async def test_a_session_subscribes_to_every_filter_while_the_first_ones_retaine
     assert session.connections == 1
     assert session.reconnects == 0
     assert topics == {f"first/{index}" for index in range(flood)} | {"second/only"}
+
+
+async def test_large_messages_are_held_back_by_their_bytes(tmp_path: Path) -> None:
+    """Forty messages of 1 MiB: far fewer than `INCOMING_LIMIT`, but the link stops at its bytes."""
+    broker = Broker(tmp_path, "max_queued_messages 0\nmax_queued_bytes 0\n")
+    broker.start()
+    size, count = 1 << 20, 40
+    try:
+        async with open_mqtt_link(options(broker.port)) as link:
+            for index in range(count):
+                await link.publish(f"large/{index}", bytes([index]) * size, qos=1, retain=True)
+        async with open_mqtt_link(options(broker.port)) as link:
+            await link.subscribe("large/#", 1)
+            with trio.fail_after(15):
+                # A state the link reaches by itself, with no event to wait on: look again, within the bound.
+                while link.reading:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            held = link.held
+            topics = set()
+            with trio.fail_after(30):
+                async for message in link.messages():
+                    assert message.payload == bytes([int(message.topic.rsplit("/", 1)[1])]) * size
+                    topics.add(message.topic)
+                    if len(topics) == count:
+                        break
+    finally:
+        broker.stop()
+    assert held <= INCOMING_BYTES_LIMIT // size + 1
+    assert topics == {f"large/{index}" for index in range(count)}
