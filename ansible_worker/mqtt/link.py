@@ -89,6 +89,9 @@ class MqttLink:
         # descendants of the task that opened it.
         self._client = client
         self._loop = loop
+        # Taken from the asyncio side and not yet handed out; shared, so that a reader that
+        # stops iterating leaves the rest to the next.
+        self._taken: deque[InboundMessage] = deque()
         assert isinstance(client, _TrioSafeClient)
         self._publish = trio_asyncio.aio_as_trio(client.publish_checked, loop=loop)
         self._subscribe = trio_asyncio.aio_as_trio(client.subscribe, loop=loop)
@@ -174,7 +177,7 @@ class MqttLink:
         messages not yet read: a reader must go on taking messages while it waits for one.
         """
         assert isinstance(self._client, _TrioSafeClient)
-        return _Messages(trio_asyncio.aio_as_trio(self._client.take_messages, loop=self._loop))
+        return _Messages(trio_asyncio.aio_as_trio(self._client.take_messages, loop=self._loop), self._taken)
 
     @property
     def reading(self) -> bool:
@@ -186,7 +189,7 @@ class MqttLink:
     def held(self) -> int:
         """Messages read from the broker that no reader has taken yet."""
         assert isinstance(self._client, _TrioSafeClient)
-        return len(self._client.incoming)
+        return len(self._client.incoming) + len(self._taken)
 
     @property
     def pauses(self) -> int:
@@ -198,9 +201,9 @@ class MqttLink:
 class _Messages:
     """A reader of the link: takes what has arrived in one trip to the asyncio loop, and hands it out one by one."""
 
-    def __init__(self, take: Any) -> None:
+    def __init__(self, take: Any, taken: deque[InboundMessage]) -> None:
         self._take = take
-        self._taken: deque[InboundMessage] = deque()
+        self._taken = taken
 
     def __aiter__(self) -> _Messages:
         return self

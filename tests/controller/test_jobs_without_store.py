@@ -61,9 +61,9 @@ def unlimited_broker(tmp_path: Path) -> Iterator[Broker]:
 async def test_a_listing_that_cannot_keep_up_holds_the_broker_back_instead_of_filling_memory(
     unlimited_broker: Broker,
 ) -> None:
-    """20,000 statuses of 2 KB each: whatever the listing has not looked at yet waits at the broker."""
+    """10,000 statuses of 4 KB each: whatever the listing has not looked at yet waits at the broker."""
     group = "g" + uuid.uuid4().hex[:10]
-    await retain_statuses(unlimited_broker, group, 20_000, 2000)
+    await retain_statuses(unlimited_broker, group, 10_000, 4000)
     tracemalloc.start()
     try:
         async with client_for(unlimited_broker, group) as client:
@@ -74,10 +74,10 @@ async def test_a_listing_that_cannot_keep_up_holds_the_broker_back_instead_of_fi
     finally:
         tracemalloc.stop()
     # Every status at once would be 40 MB and more.
-    assert peak < 16_000_000, f"{peak} bytes at most while listing"
-    assert listing.read == 20_000
+    assert peak < 24_000_000, f"{peak} bytes at most while listing"
+    assert listing.read == 10_000
     assert listing.partial is not None
-    assert [status["task_id"] for status in listing.statuses] == [f"job-{n:06d}" for n in range(19_999, 19_989, -1)]
+    assert [status["task_id"] for status in listing.statuses] == [f"job-{n:06d}" for n in range(9_999, 9_989, -1)]
 
 
 async def test_a_listing_stopped_by_its_bound_returns_at_once_while_the_broker_still_sends(

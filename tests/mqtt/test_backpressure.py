@@ -161,3 +161,24 @@ async def test_large_messages_are_held_back_by_their_bytes(tmp_path: Path) -> No
         broker.stop()
     assert held <= INCOMING_BYTES_LIMIT // size + 1
     assert topics == {f"large/{index}" for index in range(count)}
+
+
+async def test_a_reader_that_stops_iterating_leaves_the_rest_to_the_next(tmp_path: Path) -> None:
+    """Messages come out in batches, but one reader's leaving does not take the rest of its batch with it."""
+    broker = Broker(tmp_path)
+    broker.start()
+    try:
+        async with open_mqtt_link(options(broker.port)) as link:
+            for index in range(5):
+                await link.publish(f"rest/{index}", b"%d" % index, qos=1, retain=True)
+        async with open_mqtt_link(options(broker.port)) as link:
+            await link.subscribe("rest/#", 1)
+            payloads = []
+            with trio.fail_after(10):
+                for _ in range(5):
+                    async for message in link.messages():
+                        payloads.append(message.payload)
+                        break
+    finally:
+        broker.stop()
+    assert sorted(payloads) == [b"0", b"1", b"2", b"3", b"4"]
