@@ -285,9 +285,10 @@ class _TrioSafeClient(aiomqtt.Client):
 
     Backpressure: aiomqtt's incoming queue has no bound, and paho reads (and acknowledges)
     whatever the broker sends. Here the socket's reader is removed once `INCOMING_LIMIT`
-    messages (or `INCOMING_BYTES_LIMIT` bytes) wait, and put back when the reader takes them. While it is held, paho's
-    keepalive would take the unread PINGRESP for a dead broker: the silence is ours, so the
-    misc loop tells paho that bytes are arriving, and paho goes on sending PINGREQ.
+    messages (or `INCOMING_BYTES_LIMIT` bytes) wait, and put back when the reader takes
+    them. While it is held, paho's keepalive would take the unread PINGRESP for a dead
+    broker: the silence is ours, so the misc loop tells paho that bytes are arriving, and
+    paho goes on sending PINGREQ.
 
     These overrides follow aiomqtt 2.x's and paho 2.x's private callbacks and fields, hence
     the `<3` pin.

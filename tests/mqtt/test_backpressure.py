@@ -182,3 +182,39 @@ async def test_a_reader_that_stops_iterating_leaves_the_rest_to_the_next(tmp_pat
     finally:
         broker.stop()
     assert sorted(payloads) == [b"0", b"1", b"2", b"3", b"4"]
+
+
+async def test_a_session_whose_inbox_is_not_read_for_a_while_keeps_its_link(tmp_path: Path) -> None:
+    """A worker's or an archiver's inbox stops being read (a slow database) for longer than the keepalive allows.
+
+    The session waits on the full inbox, the link holds back, and its keepalive goes on: the
+    same link, no reconnection, and every message once the inbox is read again.
+    """
+    broker = Broker(tmp_path, "max_queued_messages 0\nmax_queued_bytes 0\n")
+    broker.start()
+    try:
+        flood = 3 * INCOMING_LIMIT
+        async with open_mqtt_link(options(broker.port)) as link:
+            for index in range(flood):
+                link.publish_nowait(f"slow/{index}", b"retained", retain=True)
+            await link.publish("slow/last", b"last", qos=1, retain=True)
+        inbox_send, inbox = trio.open_memory_channel[InboundMessage](16)
+        session = BrokerSession(options(broker.port, KEEPALIVE), [("slow/#", 1)], inbox_send)
+        topics = set()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(session.serve)
+            with trio.fail_after(10):
+                await session.wait_connected()
+            # The inbox's reader is busy elsewhere: the scenario, not a wait for a condition.
+            await trio.sleep(STOPPED_FOR)
+            with trio.fail_after(30):
+                async for message in inbox:
+                    topics.add(message.topic)
+                    if len(topics) == flood + 1:
+                        break
+            nursery.cancel_scope.cancel()
+    finally:
+        broker.stop()
+    assert session.connections == 1
+    assert session.reconnects == 0
+    assert topics == {f"slow/{index}" for index in range(flood)} | {"slow/last"}
