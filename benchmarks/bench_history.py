@@ -263,11 +263,14 @@ def main() -> None:
     parser.add_argument(
         "--without-store", action="store_true", help="only `jobs` from retained statuses, at 1,000, 10,000 and 50,000"
     )
+    parser.add_argument(
+        "--retained", type=int, nargs="+", default=[1000, 10_000, 50_000], help="retained statuses for --without-store"
+    )
     args = parser.parse_args()
     JOBS = args.jobs or (50_000 if args.quick else 700_000)
     if args.without_store:
         figures: dict[str, Any] = {}
-        for retained in (1000, 10_000, 50_000):
+        for retained in args.retained:
             for name, settings in (("no queue cap", "max_queued_messages 0\n"), ("stock Mosquitto", "")):
                 figures[f"{retained} retained, {name}"] = trio.run(jobs_without_store, retained, settings)
                 print(retained, name, figures[f"{retained} retained, {name}"], flush=True)

@@ -67,7 +67,8 @@ async def newest_jobs(
         ]
 
     newest = _Newest(keep, limit)
-    receive = await client.session.subscribe([topic_filter])
+    # Held: a listing that cannot keep up slows the broker down, rather than fill memory.
+    receive = await client.session.subscribe([topic_filter], hold=True)
     try:
         with trio.move_on_after(within):
             async with trio.open_nursery() as nursery:
@@ -93,6 +94,7 @@ async def newest_jobs(
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
             if (found := _status_of(client, message)) is not None:
+                newest.read += 1
                 newest.add(*found, prune=False)
     finally:
         await client.session.release([topic_filter], receive)

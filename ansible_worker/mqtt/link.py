@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -63,6 +64,16 @@ CONNECT_TIMEOUT = 10.0
 # QoS 0 messages that may wait in paho's queue before publish_nowait refuses more.
 OUTGOING_LIMIT = 10_000
 DISCONNECT_TIMEOUT = 2.0
+# Messages read from the broker and not yet taken by the reader, at which the link stops
+# reading the socket (the broker then queues, and TCP holds it back); it reads again once
+# the reader has taken them. A reader that takes nothing holds at most about this many,
+# or this many payload bytes and one message more.
+INCOMING_LIMIT = 1000
+INCOMING_BYTES_LIMIT = 8 << 20
+# Packets read in one wake of the loop at most, so that writes and timers are not held up.
+READ_BURST = 256
+# Bytes taken from the socket in one recv; paho asks for a packet a few bytes at a time.
+RECV_CHUNK = 65536
 
 
 # asyncio's CancelledError reaches a Trio caller only when the link's own loop is closing
@@ -78,7 +89,9 @@ class MqttLink:
         # descendants of the task that opened it.
         self._client = client
         self._loop = loop
-        self._streams: list[_Messages] = []
+        # Taken from the asyncio side and not yet handed out; shared, so that a reader that
+        # stops iterating leaves the rest to the next.
+        self._taken: deque[InboundMessage] = deque()
         assert isinstance(client, _TrioSafeClient)
         self._publish = trio_asyncio.aio_as_trio(client.publish_checked, loop=loop)
         self._subscribe = trio_asyncio.aio_as_trio(client.subscribe, loop=loop)
@@ -113,6 +126,15 @@ class MqttLink:
         except _LINK_ERRORS as exc:
             raise LinkLost(f"unsubscribe from {topic!r} failed: {str(exc) or 'connection closed'}") from exc
 
+    def unsubscribe_nowait(self, topic: str) -> None:
+        """Send UNSUBSCRIBE from `topic` without waiting for the broker's answer.
+
+        For a reader that is done with `topic`, when the broker may still be sending a long
+        backlog in front of the answer. Errors: `LinkLost` when not connected.
+        """
+        assert isinstance(self._client, _TrioSafeClient)
+        self._client.unsubscribe_nowait(topic)
+
     async def publish(
         self, topic: str, payload: bytes, *, qos: int, retain: bool = False, expiry: int | None = None
     ) -> None:
@@ -134,7 +156,7 @@ class MqttLink:
         except _LINK_ERRORS as exc:
             raise LinkLost(f"publish to {topic!r} failed: {str(exc) or 'connection closed'}") from exc
 
-    def publish_nowait(self, topic: str, payload: bytes) -> None:
+    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish at QoS 0 without waiting: the message joins paho's outgoing queue now.
 
         For high-rate, best-effort messages (live events), where a round trip through the
@@ -142,49 +164,57 @@ class MqttLink:
         not connected or when the outgoing queue is full (the broker is not keeping up).
         """
         assert isinstance(self._client, _TrioSafeClient)
-        self._client.publish_nowait(topic, payload)
+        self._client.publish_nowait(topic, payload, retain=retain)
 
     def messages(self) -> AsyncIterator[InboundMessage]:
-        """Messages of every subscription, in arrival order; ends with `LinkLost`."""
-        stream = _Messages(trio_asyncio.aio_as_trio(self._client.messages, loop=self._loop))
-        self._streams.append(stream)
-        return stream
+        """Messages of every subscription, in arrival order; `LinkLost` once those read before a loss are out.
 
-    async def close_streams(self) -> None:
-        """Finish the message iterators while their loop runs, not in the garbage collector.
-
-        Cancellation: the iterators not yet finished are left for the garbage collector;
-        `open_mqtt_link` calls this shielded and bounded, so there it completes or times out.
+        Backpressure: the link reads from the broker only while fewer than `INCOMING_LIMIT`
+        messages (and `INCOMING_BYTES_LIMIT` bytes) wait to be taken, so a reader that falls
+        behind holds the broker back (which queues for this client, up to its own limit)
+        instead of filling memory. While it is held, the link still sends its keepalive, so
+        the broker keeps the connection. The broker's answers (SUBACK, PUBACK) wait behind the
+        messages not yet read: a reader must go on taking messages while it waits for one.
         """
-        for stream in self._streams:
-            await stream.aclose()
-        self._streams.clear()
+        assert isinstance(self._client, _TrioSafeClient)
+        return _Messages(trio_asyncio.aio_as_trio(self._client.take_messages, loop=self._loop), self._taken)
+
+    @property
+    def reading(self) -> bool:
+        """Whether the link reads the socket now (False: held back by a reader that fell behind)."""
+        assert isinstance(self._client, _TrioSafeClient)
+        return self._client.reading
+
+    @property
+    def held(self) -> int:
+        """Messages read from the broker that no reader has taken yet."""
+        assert isinstance(self._client, _TrioSafeClient)
+        return len(self._client.incoming) + len(self._taken)
+
+    @property
+    def pauses(self) -> int:
+        """How many times the link stopped reading because its readers fell behind."""
+        assert isinstance(self._client, _TrioSafeClient)
+        return self._client.pauses
 
 
 class _Messages:
-    def __init__(self, source: Any) -> None:
-        # trio-asyncio iterates through an async generator, which must be closed explicitly.
-        self._source = source.__aiter__()
+    """A reader of the link: takes what has arrived in one trip to the asyncio loop, and hands it out one by one."""
+
+    def __init__(self, take: Any, taken: deque[InboundMessage]) -> None:
+        self._take = take
+        self._taken = taken
 
     def __aiter__(self) -> _Messages:
         return self
 
-    async def aclose(self) -> None:
-        with contextlib.suppress(RuntimeError, aiomqtt.MqttError, asyncio.CancelledError):
-            await self._source.aclose()
-
     async def __anext__(self) -> InboundMessage:
-        try:
-            message = await self._source.__anext__()
-        except _LINK_ERRORS as exc:
-            raise LinkLost(str(exc) or "connection closed") from exc
-        payload = message.payload
-        if isinstance(payload, str):
-            payload = payload.encode()
-        elif not isinstance(payload, bytes | bytearray):
-            payload = b"" if payload is None else str(payload).encode()
-        expiry = getattr(message.properties, "MessageExpiryInterval", None) if message.properties else None
-        return InboundMessage(str(message.topic), bytes(payload), message.qos, message.retain, expiry)
+        if not self._taken:
+            try:
+                self._taken.extend(await self._take())
+            except _LINK_ERRORS as exc:
+                raise LinkLost(str(exc) or "connection closed") from exc
+        return self._taken.popleft()
 
 
 @asynccontextmanager
@@ -197,9 +227,9 @@ async def open_mqtt_link(options: LinkOptions) -> AsyncIterator[MqttLink]:
     triggered by a clean exit.
 
     Cancellation: while connecting, the attempt is abandoned and the asyncio loop closed
-    with it. Inside the block, a cancellation leaves it as any exit does: the message
-    iterators are closed and DISCONNECT sent, shielded and bounded by `DISCONNECT_TIMEOUT`,
-    so the broker does not publish the will.
+    with it. Inside the block, a cancellation leaves it as any exit does: DISCONNECT is
+    sent, shielded and bounded by `DISCONNECT_TIMEOUT`, so the broker does not publish the
+    will. What the broker still sends meanwhile is read and dropped, not decoded.
     """
     # The loop's own nursery would wrap errors raised in the caller's block.
     with unwrap_lone_errors():
@@ -219,8 +249,6 @@ async def open_mqtt_link(options: LinkOptions) -> AsyncIterator[MqttLink]:
             try:
                 yield link
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(DISCONNECT_TIMEOUT):
-                    await link.close_streams()
                 connection: socket.socket | None = None
                 try:
                     # An error on exit means the link was already gone: nothing is left to close.
@@ -250,15 +278,39 @@ class _TrioSafeClient(aiomqtt.Client):
     Speed: aiomqtt answers each "paho wants to write" with `add_writer`, which trio-asyncio
     serves with a new Trio task per call: a task, an epoll registration and a teardown per
     message. Here the writes asked for within one loop turn are flushed together at once,
-    and only a full socket buffer makes us wait for writability.
+    and only a full socket buffer makes us wait for writability. Reading, paho asks the
+    socket for each packet a few bytes at a time: here it reads from a buffer filled
+    `RECV_CHUNK` bytes at a time, up to `READ_BURST` packets per wake, and the reader takes
+    every message waiting in one trip through trio-asyncio rather than one trip each.
 
-    These overrides follow aiomqtt 2.x's private callbacks, hence the `<3` pin.
+    Backpressure: aiomqtt's incoming queue has no bound, and paho reads (and acknowledges)
+    whatever the broker sends. Here the socket's reader is removed once `INCOMING_LIMIT`
+    messages (or `INCOMING_BYTES_LIMIT` bytes) wait, and put back when the reader takes
+    them. While it is held, paho's keepalive would take the unread PINGRESP for a dead
+    broker: the silence is ours, so the misc loop tells paho that bytes are arriving, and
+    paho goes on sending PINGREQ.
+
+    These overrides follow aiomqtt 2.x's and paho 2.x's private callbacks and fields, hence
+    the `<3` pin.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._flush_pending = False
         self._writer_waiting = False
+        # Messages read and not yet taken by a reader, and whether the socket is being read.
+        self.incoming: deque[InboundMessage] = deque()
+        self._incoming_bytes = 0
+        self.reading = True
+        self.pauses = 0
+        self._arrived = asyncio.Event()
+        self._socket: Any = None
+        # What the last recv brought that paho has not asked for yet, and whether the socket ran dry.
+        self._chunk = b""
+        self._offset = 0
+        self._drained = False
+        self._paho_recv = self._client._sock_recv
+        self._client._sock_recv = self._recv_buffered  # type: ignore[method-assign]
         # Failure reason codes of acknowledgements, by message id, until their publisher looks.
         self._refused: dict[int, str] = {}
         paho_publish = self._client.publish
@@ -286,22 +338,101 @@ class _TrioSafeClient(aiomqtt.Client):
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        def read() -> None:
-            try:
-                while True:
-                    client.loop_read()
-                    # An SSL socket may hold decoded bytes that loop_read did not consume.
-                    if not (hasattr(sock, "pending") and sock.pending() > 0):
-                        break
-            except Exception as exc:  # a broken connection, whatever paho raises for it
-                self._fail(exc)
-
         def register() -> None:
             if still_open(client.socket(), sock):
-                self._loop.add_reader(sock.fileno(), read)
+                self._socket = sock
+                self._loop.add_reader(sock.fileno(), self._read)
                 self._misc_task = self._loop.create_task(self._misc_loop())
 
         self._loop.call_soon_threadsafe(register)
+
+    def _read(self) -> None:
+        """Read packets until the socket runs dry, the readers fall behind, or the burst is spent."""
+        client, sock = self._client, self._socket
+        try:
+            for _ in range(READ_BURST):
+                if not self.reading or not still_open(client.socket(), sock):
+                    return
+                self._drained = False
+                if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or self._drained:
+                    return
+        except Exception as exc:  # a broken connection, whatever paho raises for it
+            self._fail(exc)
+            return
+        # Bytes already in our buffer (or decoded by TLS) wake no reader: come back for them.
+        self._loop.call_soon(self._read)
+
+    def _recv_buffered(self, bufsize: int) -> bytes:
+        """paho's recv, served from one large read of the socket; notes when the socket has nothing more."""
+        if self._offset >= len(self._chunk):
+            try:
+                data = self._paho_recv(RECV_CHUNK)
+            except BlockingIOError:
+                self._drained = True
+                raise
+            if len(data) <= bufsize:
+                return data
+            self._chunk, self._offset = data, 0
+        start = self._offset
+        self._offset = start + bufsize
+        return self._chunk[start : start + bufsize]
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        expiry = getattr(message.properties, "MessageExpiryInterval", None) if message.properties else None
+        inbound = InboundMessage(message.topic, bytes(message.payload), message.qos, message.retain, expiry)
+        self.incoming.append(inbound)
+        self._incoming_bytes += len(inbound.payload)
+        self._arrived.set()
+        if len(self.incoming) >= INCOMING_LIMIT or self._incoming_bytes >= INCOMING_BYTES_LIMIT:
+            self._hold()
+
+    def _hold(self) -> None:
+        """Stop reading the socket: the broker's messages wait in the kernel, then at the broker."""
+        if not self.reading:
+            return
+        self.reading = False
+        self.pauses += 1
+        if still_open(self._client.socket(), self._socket):
+            self._loop.remove_reader(self._socket.fileno())
+
+    def _release(self) -> None:
+        """Read the socket again, starting with what is buffered already."""
+        if self.reading:
+            return
+        self.reading = True
+        if still_open(self._client.socket(), self._socket):
+            self._loop.add_reader(self._socket.fileno(), self._read)
+            self._loop.call_soon(self._read)
+
+    async def take_messages(self) -> list[InboundMessage]:
+        """Every message read so far, waiting for one; then `MqttError` once the connection is gone.
+
+        Messages read before the connection dropped come out first: paho acknowledged them already.
+        """
+        while not self.incoming:
+            if self._disconnected.done():
+                raise aiomqtt.MqttError("Disconnected during message iteration") from self._disconnected.exception()
+            self._arrived.clear()
+            arrived = self._loop.create_task(self._arrived.wait())
+            try:
+                await asyncio.wait((arrived, self._disconnected), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrived.cancel()
+        taken = list(self.incoming)
+        self.incoming.clear()
+        self._incoming_bytes = 0
+        self._release()
+        return taken
+
+    async def _misc_loop(self) -> None:
+        while True:
+            if not self.reading:
+                # Held back by us, the broker's packets (its PINGRESP among them) wait unread.
+                self._client._last_bytes_received = mqtt.time_func()
+                self._client._ping_t = 0
+            if self._client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
+                return
+            await asyncio.sleep(1)
 
     def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         if self._flush_pending or self._writer_waiting:
@@ -343,10 +474,29 @@ class _TrioSafeClient(aiomqtt.Client):
         self._flush_pending = True
         self._flush(client, sock)
 
-    def publish_nowait(self, topic: str, payload: bytes) -> None:
+    def unsubscribe_nowait(self, topic: str) -> None:
+        result, _ = self._client.unsubscribe(topic)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            raise LinkLost(f"unsubscribe from {topic!r} failed: {mqtt.error_string(result)}")
+
+    # An answer to a call whose caller stopped waiting (or never waited) has no one to tell:
+    # aiomqtt would log it as an error.
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any = None
+    ) -> None:
+        if mid in self._pending_subscribes:
+            super()._on_subscribe(client, userdata, mid, reason_codes, properties)
+
+    def _on_unsubscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any = None
+    ) -> None:
+        if mid in self._pending_unsubscribes:
+            super()._on_unsubscribe(client, userdata, mid, reason_codes, properties)
+
+    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         if len(self._client._out_packet) >= OUTGOING_LIMIT:
             raise LinkLost(f"publish to {topic!r} failed: {OUTGOING_LIMIT} messages already wait to be sent")
-        info = self._client.publish(topic, payload, qos=0)
+        info = self._client.publish(topic, payload, qos=0, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise LinkLost(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
 

@@ -34,16 +34,18 @@ log = logging.getLogger(__name__)
 
 # Messages a routed subscriber may fall behind before it loses the excess.
 ROUTE_BUFFER = 100_000
-# How long `release` waits for each UNSUBSCRIBE.
-UNSUBSCRIBE_WITHIN = 5.0
+# Messages a held route's reader may fall behind before the session waits for it.
+HELD_ROUTE_BUFFER = 1000
 
 
 class BrokerSession:
     """A long-lived MQTT session over a series of links, shared by every task of its owner.
 
     `serve` owns the links. Messages go first to every routed subscription whose filter they
-    match (without waiting: a reader far behind loses the excess), then, if the session has
-    one, into the `inbox`, where a full inbox holds up the link. Calls that need the broker
+    match (without waiting: a reader far behind loses the excess; but a held route's reader
+    that falls behind holds up the link), then, if the session has one, into the `inbox`,
+    where a full inbox holds up the link. A link held up stops reading from the broker,
+    which queues for this client (up to its own limit). Calls that need the broker
     wait for a link; `connections` counts the links so far, `reconnects` the attempts after
     a failure.
     """
@@ -124,32 +126,48 @@ class BrokerSession:
         """Open one link, subscribe to every filter in use, make it current, and pass its messages on until it drops."""
         # The will is made afresh for each connection, so it describes its owner now.
         options = self.options if will is None else dataclasses.replace(self.options, will=will())
-        async with open_mqtt_link(options) as link:
-            # Before the link is current: whatever is published on it comes after every
-            # subscription and its retained messages.
-            for topic_filter, _ in self.subscriptions.in_use():
-                qos = self.subscriptions.qos(topic_filter)
-                if qos is not None:  # else released meanwhile
-                    await link.subscribe(topic_filter, qos)
-            try:
-                self._set_link(link)
-                where = f"{options.host}:{options.port}"
-                if self.connections == 1:
-                    log.info("connected to broker %s as %s", where, options.client_id)
-                    if self.reconnect.first_must_connect:
-                        task_status.started()
-                else:
-                    log.warning("reconnected to broker %s as %s", where, options.client_id)
-                backoff.link_up(trio.current_time())
-                if on_connected is not None:
-                    on_connected()
-                async for message in link.messages():
-                    self.subscriptions.route(message)
-                    if self._inbox is not None:
-                        await self._inbox.send(message)
-            finally:
-                # Before the link closes: a publisher must never reach a closed link.
-                self._set_link(None)
+        # A lone error of the nursery (the link's loss, a refused subscription) is raised as itself.
+        with unwrap_lone_errors():
+            async with open_mqtt_link(options) as link, trio.open_nursery() as nursery:
+                # From the start: the broker's answer to a SUBSCRIBE comes behind the retained
+                # messages of those before it, which the link stops reading once its readers fall behind.
+                nursery.start_soon(self._pass_on, link)
+                # Before the link is current: whatever is published on it comes after every
+                # subscription and its retained messages.
+                for topic_filter, _ in self.subscriptions.in_use():
+                    qos = self.subscriptions.qos(topic_filter)
+                    if qos is not None:  # else released meanwhile
+                        await link.subscribe(topic_filter, qos)
+                try:
+                    self._set_link(link)
+                    where = f"{options.host}:{options.port}"
+                    if self.connections == 1:
+                        log.info("connected to broker %s as %s", where, options.client_id)
+                        if self.reconnect.first_must_connect:
+                            task_status.started()
+                    else:
+                        log.warning("reconnected to broker %s as %s", where, options.client_id)
+                    backoff.link_up(trio.current_time())
+                    if on_connected is not None:
+                        on_connected()
+                    # `_pass_on` ends the link, with its loss.
+                    await trio.sleep_forever()
+                finally:
+                    # Before the link closes: a publisher must never reach a closed link.
+                    self._set_link(None)
+
+    async def _pass_on(self, link: MqttLink) -> None:
+        """Hand each message of `link` to its routes and the inbox, waiting where they are held, until it drops.
+
+        Errors: `LinkLost` when the link drops.
+        """
+        async for message in link.messages():
+            for held in self.subscriptions.route(message):
+                # Its reader may release it meanwhile.
+                with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await held.send(message)
+            if self._inbox is not None:
+                await self._inbox.send(message)
 
     def _wait_after(self, backoff: Backoff, error: LinkError | None) -> float:
         """How long to wait after a link ended with `error` (None: it closed), logged.
@@ -278,11 +296,18 @@ class BrokerSession:
             except LinkError as exc:
                 log.warning("unsubscribe from %s failed: %s", topic, exc)
 
-    def register(self, filters: list[str], qos: int = 1) -> trio.MemoryReceiveChannel[InboundMessage]:
+    def register(
+        self, filters: list[str], qos: int = 1, *, hold: bool = False
+    ) -> trio.MemoryReceiveChannel[InboundMessage]:
         """Route messages on `filters` to a new channel and count them as in use, without waiting.
 
+        The channel holds `ROUTE_BUFFER` messages, beyond which its reader loses the excess;
+        with `hold`, it holds `HELD_ROUTE_BUFFER`, beyond which the session waits for the
+        reader, and with it every other reader and the link: for a reader that keeps reading
+        and would rather slow the broker down than lose messages or memory.
+
         `renew` then subscribes on the current link; any later link subscribes by itself."""
-        return self.subscriptions.open_route(filters, qos, ROUTE_BUFFER)
+        return self.subscriptions.open_route(filters, qos, HELD_ROUTE_BUFFER if hold else ROUTE_BUFFER, hold=hold)
 
     async def renew(self, filters: list[str], qos: int = 1) -> None:
         """Subscribe to `filters` on the current link, so the broker sends their retained messages.
@@ -302,15 +327,17 @@ class BrokerSession:
                 # new subscriber; the count only decides when to unsubscribe.
                 await link.subscribe(topic_filter, qos)
 
-    async def subscribe(self, filters: list[str], qos: int = 1) -> trio.MemoryReceiveChannel[InboundMessage]:
-        """Receive every message on `filters` (retained ones first) until `release`.
+    async def subscribe(
+        self, filters: list[str], qos: int = 1, *, hold: bool = False
+    ) -> trio.MemoryReceiveChannel[InboundMessage]:
+        """Receive every message on `filters` (retained ones first) until `release`; `hold` as in `register`.
 
         Errors: as `renew`; the registration is undone first.
 
         Cancellation: `release` runs before the cancellation propagates: nothing is left to
         clean up; safe to retry.
         """
-        receive = self.register(filters, qos)
+        receive = self.register(filters, qos, hold=hold)
         try:
             await self.renew(filters, qos)
         except BaseException:
@@ -322,13 +349,15 @@ class BrokerSession:
         """Stop routing to `receive` and close it; unsubscribe at the broker from filters no one uses any more.
 
         Call it once per channel that `register` or `subscribe` returned: a second call raises `KeyError`.
-        The broker is told while the link is up, each UNSUBSCRIBE bounded by `UNSUBSCRIBE_WITHIN`;
-        errors of a dropped link are ignored (the next link does not subscribe to the filter anyway).
+        The broker is told while the link is up, without waiting for its answer: the answer
+        comes behind whatever the broker still has to send (all the retained messages of a
+        large subscription, say), and nothing here needs it. What still comes on those filters
+        goes nowhere. Errors of a dropped link are ignored (the next link does not subscribe to
+        the filter anyway).
 
-        Cancellation: cannot interrupt it. The route, counts and channel are dropped before the
-        first checkpoint, and the UNSUBSCRIBEs run shielded.
+        Cancellation: cannot interrupt it; it does not wait.
         """
         for topic_filter in self.subscriptions.close_route(filters, receive):
             if self._link is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(UNSUBSCRIBE_WITHIN), suppress(LinkError):
-                    await self._link.unsubscribe(topic_filter)
+                with suppress(LinkError):
+                    self._link.unsubscribe_nowait(topic_filter)

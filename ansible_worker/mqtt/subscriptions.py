@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import suppress
 
 import trio
 
@@ -26,7 +25,8 @@ class Subscriptions:
 
     A filter stays subscribed while anyone uses it, at the highest QoS any use asked for. A
     use is a route (a channel that gets the filter's messages) or a plain use, whose messages
-    the session's inbox gets.
+    the session's inbox gets. A route loses what does not fit in its buffer, unless it is
+    held: then the session waits for its reader.
     """
 
     def __init__(self, filters: Iterable[tuple[str, int]] = ()) -> None:
@@ -34,6 +34,7 @@ class Subscriptions:
         self._qos: dict[str, int] = {}
         self._routes: list[tuple[str, trio.MemorySendChannel[InboundMessage]]] = []
         self._senders: dict[int, trio.MemorySendChannel[InboundMessage]] = {}
+        self._held: set[int] = set()
         for topic_filter, qos in filters:
             self.add([topic_filter], qos)
 
@@ -56,10 +57,14 @@ class Subscriptions:
             unused.append(topic_filter)
         return unused
 
-    def open_route(self, filters: list[str], qos: int, buffer: int) -> trio.MemoryReceiveChannel[InboundMessage]:
-        """A use of each filter whose messages go to a new channel of `buffer` messages."""
+    def open_route(
+        self, filters: list[str], qos: int, buffer: int, *, hold: bool = False
+    ) -> trio.MemoryReceiveChannel[InboundMessage]:
+        """A use of each filter whose messages go to a new channel of `buffer` messages; `hold`: a held route."""
         send, receive = trio.open_memory_channel[InboundMessage](buffer)
         self._senders[id(receive)] = send
+        if hold:
+            self._held.add(id(send))
         self._routes.extend((topic_filter, send) for topic_filter in filters)
         self.add(filters, qos)
         return receive
@@ -70,20 +75,29 @@ class Subscriptions:
         Errors: `KeyError` for a channel that has no route (closed already).
         """
         send = self._senders.pop(id(receive))
+        self._held.discard(id(send))
         self._routes = [(f, channel) for f, channel in self._routes if channel is not send]
         send.close()
         receive.close()
         return self.drop(filters)
 
-    def route(self, message: InboundMessage) -> None:
-        """Hand `message` to every route whose filter it matches, without waiting.
+    def route(self, message: InboundMessage) -> list[trio.MemorySendChannel[InboundMessage]]:
+        """Hand `message` to every route whose filter it matches, without waiting; the held routes that are full.
 
-        A reader more than its buffer behind, or gone, loses the message rather than stall the others.
+        A reader more than its buffer behind, or gone, loses the message rather than stall the
+        others, unless its route is held: the caller then sends it there, waiting.
         """
+        full = []
         for topic_filter, channel in list(self._routes):
             if matches(topic_filter, message.topic):
-                with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                try:
                     channel.send_nowait(message)
+                except trio.WouldBlock:
+                    if id(channel) in self._held:
+                        full.append(channel)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+        return full
 
     def in_use(self) -> list[tuple[str, int]]:
         """Every filter in use and its QoS, in the order they were first used."""
