@@ -14,6 +14,7 @@ from ansible_worker.protocol.models import TASK_ID_PATTERN, CancelRequest, TaskR
 from ansible_worker.protocol.validation import describe_errors
 from ansible_worker.templates.expansion import TemplateRefused, expand_request
 from ansible_worker.templates.loading import NO_TEMPLATES, Templates
+from ansible_worker.templates.ticks import TickCheck
 
 if TYPE_CHECKING:
     # Imported where a check is asked for: a worker that checks no signatures never loads it.
@@ -61,6 +62,7 @@ def read_task_message(
     verify: Verify | None = None,
     templates: Templates = NO_TEMPLATES,
     templates_only: bool = False,
+    ticks: TickCheck | None = None,
 ) -> Accepted | Rejected | Dropped:
     """Classify one payload from the tasks topic. Pure: never raises on any input.
 
@@ -70,6 +72,10 @@ def read_task_message(
     accepts is read as its signature covers it (`2` where `2.0` arrived). A message that
     names a `template` is expanded into the template's job after that (the signature covers
     the launch as sent); with `templates_only`, one that names none is rejected.
+
+    With `verify` and `ticks`, a message whose task_id is one of this worker's ticks is
+    judged by `ticks` instead: it runs unsigned if it is exactly the tick this worker's
+    schedule makes, and is rejected otherwise, signed or not.
     """
     try:
         document = json.loads(payload)
@@ -89,7 +95,11 @@ def read_task_message(
     if len(payload) > max_bytes:
         return Rejected(task_id, f"message too large ({len(payload)} bytes, max {max_bytes})")
     signed = None
-    if verify is not None:
+    if verify is not None and ticks is not None and ticks.is_tick_id(task_id):
+        # Made by the workers from their own templates, never signed: only the tick itself passes.
+        if (refusal := ticks.refusal(document)) is not None:
+            return Rejected(task_id, refusal)
+    elif verify is not None:
         from ansible_worker.protocol.signing import SignatureRefused
 
         try:
