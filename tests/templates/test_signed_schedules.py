@@ -16,6 +16,7 @@ from typing import Any
 import trio
 import yaml
 
+from ansible_worker.controller.client import Client
 from ansible_worker.ops.config import Settings
 from ansible_worker.protocol.claims import claim_document, new_claim_id, request_digest
 from ansible_worker.protocol.signing import Signer
@@ -158,6 +159,26 @@ async def test_a_forged_tick_on_the_tasks_topic_never_runs(
     assert (runs(genuine), runs(forged)) == (1, 0)
 
 
+async def leave_a_lost_job(
+    client: Client, topics: Topics, worker_key: Signer, document: dict[str, Any], accepted_at: datetime
+) -> None:
+    """What a worker "ghost" leaves of a queued job when it is lost: its signed claim, its request copy, `queued`."""
+    task_id, payload = document["task_id"], json.dumps(document).encode()
+    claim = claim_document(
+        "ghost",
+        new_claim_id(),
+        "claimed",
+        expires_at=datetime.now(UTC) + timedelta(hours=1),
+        request_sha256=request_digest(payload),
+        accepted_at=accepted_at,
+    )
+    claim_topic = topics.claim(task_id)
+    await client.publish(claim_topic, json.dumps(worker_key.sign(claim_topic, claim)).encode(), qos=1, retain=True)
+    await client.publish(topics.request(task_id), payload, qos=1, retain=True)
+    queued = {"task_id": task_id, "state": "queued", "worker_id": "ghost"}
+    await client.publish(topics.status(task_id), json.dumps(queued).encode(), qos=1, retain=True)
+
+
 async def test_a_lost_workers_request_copy_runs_only_if_it_is_a_genuine_recent_tick(
     broker: Broker, playbook_dir: Path, group: str, keys: Path, tmp_path: Path
 ) -> None:
@@ -196,22 +217,7 @@ async def test_a_lost_workers_request_copy_runs_only_if_it_is_a_genuine_recent_t
         AsyncExitStack() as stack,
     ):
         for document, accepted_at, _ in copies.values():
-            task_id, payload = document["task_id"], json.dumps(document).encode()
-            claim = claim_document(
-                "ghost",
-                new_claim_id(),
-                "claimed",
-                expires_at=datetime.now(UTC) + timedelta(hours=1),
-                request_sha256=request_digest(payload),
-                accepted_at=accepted_at,
-            )
-            claim_topic = topics.claim(task_id)
-            await forger.publish(
-                claim_topic, json.dumps(worker_key.sign(claim_topic, claim)).encode(), qos=1, retain=True
-            )
-            await forger.publish(topics.request(task_id), payload, qos=1, retain=True)
-            queued = {"task_id": task_id, "state": "queued", "worker_id": "ghost"}
-            await forger.publish(topics.status(task_id), json.dumps(queued).encode(), qos=1, retain=True)
+            await leave_a_lost_job(forger, topics, worker_key, document, accepted_at)
         # The survivor's schedule never reaches these ticks: only a takeover can run them.
         await start_workers(nursery, stack, [settings], SteppedClock(START))
         ended = {name: await controller.wait_terminal(document["task_id"]) for name, (document, _, _) in copies.items()}

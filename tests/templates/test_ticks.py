@@ -124,8 +124,8 @@ def test_with_signed_jobs_a_tick_is_read_unsigned_and_nothing_else_under_its_tas
             assert (signed, kept) == (None, None)
         case other:
             raise AssertionError(other)
-    signed = json.dumps({**nightly.launch(SPRING), "signature": {"key": "alice", "value": "..."}}).encode()
-    refused = read_task_message(signed, max_bytes=4096, verify=verify, ticks=check)
+    with_signature = json.dumps({**nightly.launch(SPRING), "signature": {"key": "alice", "value": "..."}}).encode()
+    refused = read_task_message(with_signature, max_bytes=4096, verify=verify, ticks=check)
     assert isinstance(refused, Rejected)
     assert refused.reason.startswith("not a tick this worker's schedule makes: its launch")
     assert asked == []
