@@ -2,8 +2,10 @@
 
 `model` is the file's shape (strict: an unknown key is refused by name), `loading` reads and
 checks it against the playbook directory, `expansion` turns a request that names a template
-into the full request, `schedules` computes each entry's ticks and their task ids, and
-`catalogue` describes the templates for launchers (never a secret's default).
+into the full request, `schedules` computes each entry's ticks and their task ids, `ticks`
+tells whether a launch under a tick's task id is that tick (what runs unsigned where jobs
+must be signed), and `catalogue` describes the templates for launchers (never a secret's
+default).
 
 May import `protocol`, `run.argv`, `run.errors` and `run.special_vars` (the path and name
 checks jobs pass), nothing else of ansible_worker: it opens no socket and runs no process.

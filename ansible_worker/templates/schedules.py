@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
+from typing import Any
 
 from cronsim import CronSim
 
@@ -73,6 +74,10 @@ class ScheduledEntry:
     def task_id(self, tick: datetime) -> str:
         """The same on every worker with the same file: what the group's claims are taken on."""
         return f"{self.name}.{tick.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+
+    def launch(self, tick: datetime) -> dict[str, Any]:
+        """The launch every worker routes at `tick`: the same object wherever the file is the same."""
+        return {"task_id": self.task_id(tick), "template": self.template, "extra_vars": self.entry.extra_vars}
 
     def describe(self) -> str:
         """The entry as a person reads it in a log line."""

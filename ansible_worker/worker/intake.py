@@ -14,6 +14,7 @@ from ansible_worker.protocol.models import TASK_ID_PATTERN, CancelRequest, TaskR
 from ansible_worker.protocol.validation import describe_errors
 from ansible_worker.templates.expansion import TemplateRefused, expand_request
 from ansible_worker.templates.loading import NO_TEMPLATES, Templates
+from ansible_worker.templates.ticks import TickCheck
 
 if TYPE_CHECKING:
     # Imported where a check is asked for: a worker that checks no signatures never loads it.
@@ -61,6 +62,7 @@ def read_task_message(
     verify: Verify | None = None,
     templates: Templates = NO_TEMPLATES,
     templates_only: bool = False,
+    ticks: TickCheck | None = None,
 ) -> Accepted | Rejected | Dropped:
     """Classify one payload from the tasks topic. Pure: never raises on any input.
 
@@ -69,7 +71,8 @@ def read_task_message(
     whose signature it refuses is rejected before its fields are even looked at, and one it
     accepts is read as its signature covers it (`2` where `2.0` arrived). A message that
     names a `template` is expanded into the template's job after that (the signature covers
-    the launch as sent); with `templates_only`, one that names none is rejected.
+    the launch as sent); with `templates_only`, one that names none is rejected. With `verify`,
+    a tick's task_id (`ticks`) asks for no signature, but for exactly that tick.
     """
     try:
         document = json.loads(payload)
@@ -88,14 +91,9 @@ def read_task_message(
         return Dropped(f"task_id {task_id[:140]!r} is not 1-128 characters of A-Z a-z 0-9 . _ -")
     if len(payload) > max_bytes:
         return Rejected(task_id, f"message too large ({len(payload)} bytes, max {max_bytes})")
-    signed = None
-    if verify is not None:
-        from ansible_worker.protocol.signing import SignatureRefused
-
-        try:
-            signed = verify(document)
-        except SignatureRefused as exc:
-            return Rejected(task_id, str(exc))
+    signed = _check_signature(document, task_id, verify, ticks) if verify is not None else None
+    if isinstance(signed, Rejected):
+        return signed
     kept = None
     if signed is not None:
         document, kept = signed.document, signed.payload()
@@ -113,6 +111,22 @@ def read_task_message(
     if expanded.secrets:
         request = request.with_secrets(expanded.secrets)
     return Accepted(request, signed, kept)
+
+
+def _check_signature(
+    document: Mapping[str, Any], task_id: str, verify: Verify, ticks: TickCheck | None
+) -> Verified | Rejected | None:
+    """Who signed `document`, or why it is refused; None for a tick of this worker's, which is never signed."""
+    if ticks is not None and ticks.is_tick_id(task_id):
+        # Made by the workers from their own templates: only the tick itself passes.
+        refusal = ticks.refusal(document)
+        return Rejected(task_id, refusal) if refusal is not None else None
+    from ansible_worker.protocol.signing import SignatureRefused
+
+    try:
+        return verify(document)
+    except SignatureRefused as exc:
+        return Rejected(task_id, str(exc))
 
 
 def read_cancel_message(payload: bytes, *, max_bytes: int, verify: Verify | None = None) -> CancelRequest | Dropped:

@@ -173,12 +173,16 @@ def copy_check(
     """How a survivor checks a request copy before it runs it: as the first worker checked the job.
 
     Signed, against `trusted_keys`, its age counted from when the group accepted the job; a
-    launch is expanded with this worker's templates, as a journal entry is after a restart.
+    launch is expanded with this worker's templates, as a journal entry is after a restart. A
+    schedule's tick is not signed: it runs only as the very tick this worker's schedule
+    makes, taken by the group within `max_task_age` of its time.
     """
 
     def check(payload: bytes, accepted_at: datetime | None) -> TaskRequest | str:
-        verify = None
+        verify = ticks = None
         if signatures is not None:
+            # A tick's copy is unsigned: it must be the tick itself, and was as fresh then as a signed job.
+            ticks = router.ticks.taken_over(accepted_at, max_age=signatures.max_age, max_skew=signatures.max_skew)
             from ansible_worker.worker.lost_jobs import check_taken_over
 
             verify = partial(
@@ -195,6 +199,7 @@ def copy_check(
             verify=verify,
             templates=router.templates,
             templates_only=router.templates_only,
+            ticks=ticks,
         ):
             case Accepted(request):
                 return runner.checks.admission_error(request) or request

@@ -9,7 +9,7 @@ costs anything, and one that is not for this worker is dropped with the reason.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ansible_worker.mqtt.options import InboundMessage
@@ -17,6 +17,7 @@ from ansible_worker.protocol.claims import request_digest
 from ansible_worker.protocol.models import CancelRequest, TaskRequest
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.templates.loading import NO_TEMPLATES, Templates
+from ansible_worker.templates.ticks import TickCheck
 from ansible_worker.worker.intake import Accepted, Dropped, Rejected, Verify, read_cancel_message, read_task_message
 
 # A cancel request is a reason and a name, signed at most: anything larger is not one.
@@ -145,9 +146,9 @@ class Router:
     # The templates a request may name, and whether it must name one.
     templates: Templates = NO_TEMPLATES
     templates_only: bool = False
-    # The task_id prefixes of this worker's schedule entries (`template.key.`): only a tick
-    # fired here, or a tick's job another worker hands back, may use one.
-    schedule_prefixes: tuple[str, ...] = ()
+    # This worker's schedule entries: only a tick fired here, or a tick's job another worker
+    # hands back, may use a task_id of theirs; with signed jobs, only the tick itself, unsigned.
+    ticks: TickCheck = field(default_factory=TickCheck)
     # The digest of the request a live release of a task_id hands back, if any.
     released: Callable[[str], str | None] = lambda task_id: None
 
@@ -183,15 +184,17 @@ class Router:
     def route_task(self, payload: bytes, state: WorkerView, *, scheduled: bool = False) -> Action:
         """A message of the tasks topic: claim, refuse, or ignore it, in that order of checks.
 
-        `scheduled`: the launch of a tick that this worker's scheduler fired, not a message.
+        `scheduled`: the launch of a tick that this worker's scheduler fired, not a message: it
+        never came from the network, so no signature is asked of it.
         """
-        verify = self.verify_task(payload) if self.verify_task is not None else None
+        verify = self.verify_task(payload) if self.verify_task is not None and not scheduled else None
         read = read_task_message(
             payload,
             max_bytes=self.max_message_bytes,
             verify=verify,
             templates=self.templates,
             templates_only=self.templates_only,
+            ticks=self.ticks,
         )
         match read:
             case Dropped(reason):
@@ -204,7 +207,7 @@ class Router:
                 # A signed job is kept, journaled and handed back as its signature covers it.
                 payload = signed_payload or payload
         task_id = request.task_id
-        if not scheduled and task_id.startswith(self.schedule_prefixes) and not self._handed_back(task_id, payload):
+        if not scheduled and self.ticks.is_tick_id(task_id) and not self._handed_back(task_id, payload):
             # Otherwise anyone who may publish a job could run a tick early, with answers of their own.
             return Refuse(task_id, "this task_id is a schedule's tick: only the workers' schedules launch it")
         if state.in_queue(task_id):

@@ -140,8 +140,8 @@ class Scheduler:
             after = due
 
     def _fire(self, entry: ScheduledEntry, tick: datetime) -> None:
-        task_id = entry.task_id(tick)
-        launch = {"task_id": task_id, "template": entry.template, "extra_vars": entry.entry.extra_vars}
+        launch = entry.launch(tick)
+        task_id = launch["task_id"]
         log.info("%s: tick %s fired as task %s", entry.describe(), tick.isoformat(), task_id)
         # Routed as a message would be: the group's claims decide which worker runs it.
         self.launch(json.dumps(launch).encode())

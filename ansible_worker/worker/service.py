@@ -18,6 +18,7 @@ from ansible_worker.run.runner import JobRunner
 from ansible_worker.run.wiring import job_runner
 from ansible_worker.templates.catalogue import build_catalogue
 from ansible_worker.templates.schedules import scheduled_entries
+from ansible_worker.templates.ticks import TickCheck
 from ansible_worker.worker.catalogue_publisher import CataloguePublisher, read_catalogue
 from ansible_worker.worker.claim_keeper import ClaimKeeper
 from ansible_worker.worker.claim_sync import ClaimSync
@@ -408,7 +409,7 @@ def _router(
         verify_cancel=verify_cancel,
         templates=templates,
         templates_only=worker.templates_only,
-        schedule_prefixes=tuple(f"{entry.name}." for entry in scheduled_entries(templates)),
+        ticks=TickCheck.of(scheduled_entries(templates)),
         released=claims.released_request,
     )
 

@@ -263,6 +263,7 @@ def test_only_a_schedule_launches_its_ticks_task_ids(playbook_dir: Path) -> None
     from ansible_worker.mqtt.options import InboundMessage
     from ansible_worker.protocol.claims import request_digest
     from ansible_worker.protocol.topics import Topics
+    from ansible_worker.templates.ticks import TickCheck
     from ansible_worker.worker.router import Claim, Refuse, Router
     from tests.worker.test_router import View
 
@@ -279,7 +280,7 @@ def test_only_a_schedule_launches_its_ticks_task_ids(playbook_dir: Path) -> None
         queue_size=3,
         admission_error=lambda request: None,
         templates=templates,
-        schedule_prefixes=(f"{entry.name}.",),
+        ticks=TickCheck.of([entry]),
         released=released.get,
     )
     early = router.route(InboundMessage(topics.tasks, payload, qos=2, retain=False), View())
