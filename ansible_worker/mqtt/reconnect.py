@@ -7,7 +7,9 @@ import math
 import random
 from dataclasses import dataclass
 
-from ansible_worker.mqtt.options import LinkLost
+from ansible_worker.mqtt.options import ConnectFailed, LinkError, LinkLost
+
+log = logging.getLogger(__name__)
 
 
 class GaveUp(LinkLost):
@@ -80,4 +82,27 @@ class Backoff:
         # The exponent stops growing long before `most` does: 2.0**1024 would not be a float at all.
         wait = min(policy.most, policy.first * 2.0 ** min(self.failures, 64)) * random.uniform(0.5, 1.0)
         self.failures += 1
+        return wait
+
+    def wait_after(self, error: LinkError | None, where: str, now: float) -> float:
+        """How long to wait after a link to `where` ended at `now` with `error` (None: it closed), logged.
+
+        Errors: `error` itself, or `GaveUp`, when the policy gives up.
+        """
+        if isinstance(error, ConnectFailed):
+            reason = f"cannot connect to broker {where}: {error}"
+        elif error is not None:
+            reason = f"lost broker {where}: {error}"
+        else:
+            reason = f"link to broker {where} closed"
+        wait = self.next_wait(now)
+        if wait is None:
+            if error is not None and self.policy.give_up_after <= 0:
+                raise error
+            last = (str(error) or type(error).__name__) if error is not None else "connection closed"
+            raise GaveUp(
+                f"lost the broker {where} and could not connect again within {self.policy.give_up_after:g}s: {last}"
+            )
+        level = logging.WARNING if self.failures == 1 else self.policy.retries_level
+        log.log(level, "%s; retrying in %.1fs (attempt %d)", reason, wait, self.failures)
         return wait

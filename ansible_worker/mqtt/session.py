@@ -18,7 +18,6 @@ import trio
 
 from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.mqtt.link import (
-    ConnectFailed,
     InboundMessage,
     LinkError,
     LinkLost,
@@ -27,7 +26,7 @@ from ansible_worker.mqtt.link import (
     Will,
     open_mqtt_link,
 )
-from ansible_worker.mqtt.reconnect import KEEP_TRYING, Backoff, GaveUp, Reconnect
+from ansible_worker.mqtt.reconnect import KEEP_TRYING, Backoff, Reconnect
 from ansible_worker.mqtt.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
@@ -114,7 +113,9 @@ class BrokerSession:
                     if not self.connections and self.reconnect.first_must_connect:
                         raise
                     error = exc
-                await trio.sleep(self._wait_after(backoff, error))
+                wait = backoff.wait_after(error, f"{self.options.host}:{self.options.port}", trio.current_time())
+                self.reconnects += 1
+                await trio.sleep(wait)
 
     async def _serve_link(
         self,
@@ -168,31 +169,6 @@ class BrokerSession:
                     await held.send(message)
             if self._inbox is not None:
                 await self._inbox.send(message)
-
-    def _wait_after(self, backoff: Backoff, error: LinkError | None) -> float:
-        """How long to wait after a link ended with `error` (None: it closed), logged.
-
-        Errors: `error` itself, or `GaveUp`, when the policy gives up.
-        """
-        where = f"{self.options.host}:{self.options.port}"
-        if isinstance(error, ConnectFailed):
-            reason = f"cannot connect to broker {where}: {error}"
-        elif error is not None:
-            reason = f"lost broker {where}: {error}"
-        else:
-            reason = f"link to broker {where} closed"
-        wait = backoff.next_wait(trio.current_time())
-        if wait is None:
-            if error is not None and self.reconnect.give_up_after <= 0:
-                raise error
-            last = (str(error) or type(error).__name__) if error is not None else "connection closed"
-            raise GaveUp(
-                f"lost the broker {where} and could not connect again within {self.reconnect.give_up_after:g}s: {last}"
-            )
-        self.reconnects += 1
-        level = logging.WARNING if backoff.failures == 1 else self.reconnect.retries_level
-        log.log(level, "%s; retrying in %.1fs (attempt %d)", reason, wait, backoff.failures)
-        return wait
 
     def _set_link(self, link: MqttLink | None) -> None:
         if link is self._link:
