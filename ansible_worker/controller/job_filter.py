@@ -32,7 +32,10 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     match = _AGO.match(text.strip())
     if match:
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+        try:
+            return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+        except OverflowError:
+            raise ValueError(f"--since {text[:40]!r}: an age that reaches before year 1") from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:

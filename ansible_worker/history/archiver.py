@@ -111,6 +111,11 @@ class Archiver:
                 if refused <= LOGGED_PER_BATCH:
                     log.warning("skipped a message on %s: %s", message.topic[:300], exc)
                 continue
+            except Exception:
+                # The error boundary of one message: nothing the broker sends stops the archiver.
+                refused += 1
+                log.exception("skipped a message on %s that could not be read", message.topic[:300])
+                continue
             if row is not None:
                 rows.append(row)
         if refused > LOGGED_PER_BATCH:

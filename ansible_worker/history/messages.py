@@ -132,7 +132,8 @@ def read_record(task_id: str, payload: bytes) -> RecordRow:
     if document.get("task_id") != task_id:
         raise Malformed(f"record names task_id {_shown(document.get('task_id'))}, not {task_id} of its topic")
     status = document["status"]
-    if status.get("state") not in STATES or STATES[status["state"]] != TERMINAL_RANK:
+    state = status.get("state")
+    if not isinstance(state, str) or state not in STATES or STATES[state] != TERMINAL_RANK:
         raise Malformed(f"record's status is not terminal: {_shown(status.get('state'))}")
     try:
         text = json.dumps(status, separators=(",", ":"))

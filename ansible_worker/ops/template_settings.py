@@ -42,6 +42,11 @@ class NotificationTarget(BaseModel):
             raise ValueError("has a port that is not one") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
+        try:
+            # As the sender will resolve it: a host name that cannot be encoded is refused now, not at the first job.
+            parts.hostname.encode("idna").decode("idna")
+        except UnicodeError:
+            raise ValueError("is not a URL that can be sent to (its host name is not a valid one)") from None
         return value
 
     @property

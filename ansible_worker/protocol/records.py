@@ -88,8 +88,8 @@ def decode_record(payload: bytes, *, max_bytes: int = MAX_DECODED_BYTES) -> dict
         if data.count(b"{") + data.count(b"[") > MAX_CONTAINERS:
             raise RecordError(f"not a job record: more than {MAX_CONTAINERS} JSON objects and arrays")
         document = json.loads(data)
-    except (zlib.error, ValueError) as exc:
-        raise RecordError(f"not a job record: {exc}") from None
+    except (zlib.error, ValueError, RecursionError) as exc:
+        raise RecordError(f"not a job record: {type(exc).__name__}: {exc}"[:300]) from None
     if not isinstance(document, dict) or document.get("format") != RECORD_FORMAT:
         raise RecordError("not a job record: unknown format")
     if not isinstance(document.get("events"), list) or not isinstance(document.get("output"), str):

@@ -78,7 +78,8 @@ def read_task_message(
         document = json.loads(payload)
     except UnicodeDecodeError:
         return Dropped("payload is not UTF-8 text")
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError: JSONDecodeError, and a number of more digits than Python converts.
         return Dropped(f"invalid JSON: {exc}")
     if not isinstance(document, dict):
         return Dropped(f"payload is a JSON {_json_kind(document)}, not an object")
@@ -143,7 +144,8 @@ def read_cancel_message(payload: bytes, *, max_bytes: int, verify: Verify | None
         return CancelRequest()
     try:
         document = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError: UnicodeDecodeError, JSONDecodeError, and a number of more digits than Python converts.
         return Dropped(f"invalid JSON: {exc}")
     if not isinstance(document, dict):
         return Dropped(f"payload is a JSON {_json_kind(document)}, not an object")

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 1000
 # Deliveries in flight at once, over all targets.
 SENDING_AT_ONCE = 16
+# Deliveries of one target sending or waiting at once; past it that target's notices are dropped (counted, logged).
+PENDING_PER_TARGET = 100
 SIGNATURE_HEADER = "X-Ansible-Worker-Signature"
 SENT_FILE = "notifications-sent"
 # Keys kept: far more than the jobs a journal can hold unsettled, which are all a restart posts again.
@@ -115,6 +117,8 @@ class Notifier:
         # Set when `serve` returns after `close`: everything offered was delivered or given up.
         self.finished = trio.Event()
         self._send, self._receive = trio.open_memory_channel[Notice](QUEUE_SIZE)
+        self._pending = [0] * len(targets)
+        self._per_target = [trio.CapacityLimiter(SENDING_AT_ONCE // 4) for _ in targets]
         self._sent_file = state_dir / SENT_FILE if state_dir is not None else None
         # The newest keys, in order: what a restart must not send again (the journal holds no older job).
         self._order: deque[str] = deque()
@@ -161,13 +165,43 @@ class Notifier:
                 if self.fenced(notice.status.task_id):
                     log.info("task %s: %s not sent: the job was taken over", notice.status.task_id, notice.event)
                     continue
-                for target in self.targets:
-                    if wanted(target, notice) and self._first_time(notice, target):
-                        nursery.start_soon(self._deliver, client, limit, target, notice)
+                for index, target in enumerate(self.targets):
+                    if not (wanted(target, notice) and self._first_time(notice, target)):
+                        continue
+                    if self._pending[index] >= PENDING_PER_TARGET:
+                        # A target that keeps others waiting (it never answers) loses its excess, not the others.
+                        self.metrics.notifications_failed += 1
+                        log.warning(
+                            "task %s: notification %s to %s dropped: %d are waiting for that target already",
+                            notice.status.task_id,
+                            notice.event,
+                            target.label,
+                            PENDING_PER_TARGET,
+                        )
+                        continue
+                    self._pending[index] += 1
+                    nursery.start_soon(self._deliver_counted, client, limit, index, notice)
         self.finished.set()
 
+    async def _deliver_counted(
+        self, client: httpx.AsyncClient, limit: trio.CapacityLimiter, index: int, notice: Notice
+    ) -> None:
+        target = self.targets[index]
+        try:
+            # One slot in `limit` per target at most: a target that never answers holds one, not all.
+            async with self._per_target[index]:
+                await self._deliver(client, limit, target, notice)
+        except Exception:
+            # The error boundary of one delivery: a target's trouble never stops the worker.
+            self.metrics.notifications_failed += 1
+            log.exception("task %s: notification %s to %s failed", notice.status.task_id, notice.event, target.label)
+        finally:
+            self._pending[index] -= 1
+
     def _first_time(self, notice: Notice, target: NotificationTarget) -> bool:
-        key = hashlib.sha256(f"{notice.status.task_id}\0{notice.event}\0{target.label}".encode()).hexdigest()[:32]
+        # The whole URL (hashed, never written out), not the label: two targets on one host are two targets.
+        where = target.name or target.url.get_secret_value()
+        key = hashlib.sha256(f"{notice.status.task_id}\0{notice.event}\0{where}".encode()).hexdigest()[:32]
         if key in self._sent:
             return False
         self._remember(key)

@@ -237,3 +237,22 @@ async def test_two_archivers_on_one_postgresql_write_each_job_once(broker: Broke
         page = await history.jobs(JobQuery(host="web1", limit=1000))
         assert len(page.statuses) == 200
         assert {job["state"] for job in page.statuses} == {"success"}
+
+
+def _hostile_record(task_id: str, status_value: object) -> bytes:
+    document = {"format": "ansible-worker-record/1", "task_id": task_id, "status": status_value}
+    return zlib.compress(json.dumps({**document, "events": [], "output": ""}).encode())
+
+
+async def test_a_hostile_record_is_skipped_and_the_archiver_goes_on(broker: Broker, sqlite_url: str) -> None:
+    async with running_archiver(broker, sqlite_url) as (history, archiver), publisher(broker) as link:
+        # A state that is no string, and a record nested deeper than a parser recurses.
+        await link.publish(
+            TOPICS.record("job1"), _hostile_record("job1", {"task_id": "job1", "state": []}), qos=1, retain=True
+        )
+        deep = b'{"format": "ansible-worker-record/1", "status": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+        await link.publish(TOPICS.record("job2"), zlib.compress(deep), qos=1, retain=True)
+        await publish_status(link, status("honest", "success"))
+        await wait_until(lambda: _has(history, "honest"))
+        await wait_until(lambda: _true(archiver.stats.skipped == 2))
+        assert await history.count() == 1

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import h11
+import pytest
 import trio
 import yaml
 
@@ -240,3 +241,24 @@ def test_slack_and_teams_bodies_say_what_happened_and_escape_the_jobs_text() -> 
     assert body_of(teams, notice, dashboard_url=None) == {
         "text": "ansible-worker: job t1 (playbook site.yml) failed: <!channel> & friends"
     }
+
+
+async def test_two_unnamed_targets_on_one_host_each_get_the_notice() -> None:
+    status = JobStatus(task_id="both", state=State.FAILED, playbook="fail.yml", error_message="boom")
+    async with receiving(Receiver()) as receiver:
+        targets = [
+            NotificationTarget.model_validate({"url": f"{receiver.url}/{channel}", "on": ["failed"], "backoff": 0.05})
+            for channel in ("T1", "T2")
+        ]
+        notifier = Notifier(targets, dashboard_url=None, state_dir=None, metrics=WorkerMetrics())
+        notifier.offer_status(status)
+        notifier.close()
+        with trio.fail_after(30):
+            await notifier.serve()
+    assert len(receiver.requests) == 2
+
+
+def test_a_target_url_that_cannot_be_sent_to_is_refused_when_the_settings_are_read() -> None:
+    for url in ("http://a..b/hook", "http://xn--/hook"):
+        with pytest.raises(ValueError, match="is not a URL that can be sent to"):
+            NotificationTarget.model_validate({"url": url, "on": ["failed"]})

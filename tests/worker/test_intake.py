@@ -22,3 +22,17 @@ def test_intake_classifies_every_kind_of_message() -> None:
     deep = read_task_message(b"[" * 100_000, max_bytes=1 << 20)
     assert isinstance(deep, Dropped)
     assert deep.reason.startswith("invalid JSON")
+
+
+def test_a_number_of_more_digits_than_python_converts_is_dropped_not_raised() -> None:
+    payload = b'{"task_id": "a", "playbook": "site.yml", "inventory": "hosts", "n": ' + b"1" * 5000 + b"}"
+    read = read_task_message(payload, max_bytes=1_000_000)
+    assert isinstance(read, Dropped)
+    assert read.reason.startswith("invalid JSON")
+
+
+def test_an_age_before_year_one_is_a_clear_error() -> None:
+    from ansible_worker.controller.job_filter import parse_since
+
+    with pytest.raises(ValueError, match="--since '999999d': an age that reaches before year 1"):
+        parse_since("999999d")
