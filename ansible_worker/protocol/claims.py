@@ -216,6 +216,22 @@ def _claim_of(document: Mapping[str, Any], payload: bytes, state: ClaimState, ex
     )
 
 
+def _newer_copy(held: Claim, heard: Claim) -> Claim:
+    """Of two copies of one claim (one claim id), the one that says what holds now.
+
+    A claim is unsettled while it names a request copy, and settled once its worker publishes
+    it again without one, which it does only after the job's terminal status reached the
+    broker: a settled copy then says how long the claim holds, even if sooner than before,
+    and an unsettled copy heard after it (an older message) changes nothing. Otherwise the
+    copy that holds longer counts: an older copy does not shorten what is known.
+    """
+    if held.request_sha256 is not None and heard.request_sha256 is None:
+        return heard
+    if held.request_sha256 is None and heard.request_sha256 is not None:
+        return held
+    return held if held.expires > heard.expires else heard
+
+
 def _moment(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -231,6 +247,8 @@ class _Entry:
     release: Claim | None = None
     # Claims released for this task: never a holder again, whatever arrives later.
     released: set[str] = field(default_factory=set)
+    # Until when what the entry knows besides its holder (releases, claims released) matters.
+    floor: float = 0.0
     expires: float = 0.0
 
 
@@ -244,6 +262,12 @@ class ClaimBook:
         self._evicted = 0
 
     def __len__(self) -> int:
+        return len(self._entries)
+
+    def live(self, *, now: float) -> int:
+        """How many task_ids a live claim or release speaks for now (the expired ones are forgotten first)."""
+        self._next_prune = 0.0
+        self._prune(now)
         return len(self._entries)
 
     def record(self, task_id: str, claim: Claim, *, now: float) -> bool:
@@ -274,10 +298,10 @@ class ClaimBook:
                 # Taken over: the lost worker's claim, heard again, never holds again.
                 entry.released.add(taken)
                 if holder is not None and holder.claim_id == taken:
+                    entry.floor = max(entry.floor, holder.expires)
                     holder = None
-            if holder is not None and holder.expires > claim.expires:
-                # An older copy of the same claim: it does not shorten what is known.
-                claim = holder
+            if holder is not None:
+                claim = _newer_copy(holder, claim)
             entry.holder, entry.release = claim, None
         else:
             assert claim.releases is not None
@@ -287,9 +311,11 @@ class ClaimBook:
                 # A genuine task is handed back a few times; a flood of releases is not.
                 return False
             entry.released.add(claim.releases)
+            entry.floor = max(entry.floor, claim.expires, holder.expires if holder is not None else 0.0)
             # Only a holder's message is ever published again: keep no copy of a release.
             entry.holder, entry.release = None, replace(claim, raw=b"")
-        entry.expires = max(entry.expires, claim.expires)
+        # A settled holder may shorten the entry's life; nothing else it knows is forgotten sooner.
+        entry.expires = max(entry.floor, entry.holder.expires if entry.holder is not None else 0.0)
         return True
 
     def holder(self, task_id: str, *, now: float) -> Claim | None:

@@ -54,6 +54,7 @@ class GroupClaims:
         self.topics = topics
         self.worker_id = worker_id
         self.lifetime, self.release_lifetime = policy.lifetime, policy.release_lifetime
+        self.settled_lifetime = policy.settled_lifetime if policy.settled_lifetime is not None else policy.lifetime
         self._signer, self._trusted = policy.signer, policy.trusted
         self.book = ClaimBook()
         self.unknown_keys = UnknownClaimKeys()
@@ -108,6 +109,10 @@ class GroupClaims:
             self.unsettled[task_id] = left
         else:
             self.unsettled.pop(task_id, None)
+
+    def known(self) -> int:
+        """How many task_ids the live claims and releases heard speak for: the group's live jobs, not its past."""
+        return self.book.live(now=trio.current_time())
 
     def holder(self, task_id: str) -> Claim | None:
         """The live claim that holds `task_id` in the group now, if any."""
@@ -325,8 +330,11 @@ class GroupClaims:
         request_sha256: str | None = None,
     ) -> None:
         topic = self.topics.claim(task_id)
-        expires_at = None if lifetime is None else datetime.now(UTC) + timedelta(seconds=lifetime)
         facts = self._facts.get(task_id) if state == "claimed" else None
+        if state == "claimed" and not _unsettled(facts):
+            # Settled: the claim only has to outlast the copies that may still arrive.
+            lifetime = self.settled_lifetime
+        expires_at = None if lifetime is None else datetime.now(UTC) + timedelta(seconds=lifetime)
         # A release keeps when the group accepted the job, for whoever takes it next.
         mine = self._facts.pop(task_id, None) if state == "released" else None
         document = claim_message(
@@ -345,6 +353,16 @@ class GroupClaims:
         if self._signer is not None:
             document = self._signer.sign(topic, document)
         await self.session.publish(topic, json.dumps(document).encode(), qos=1, retain=True, expiry=_expiry(lifetime))
+
+
+def _unsettled(facts: ClaimFacts | None) -> bool:
+    """Whether a claim with `facts` must hold for the unsettled lifetime.
+
+    A job not yet settled, so that a survivor can take it over however long the group is
+    away; and a takeover, settled or not, so that the lost worker, should it come back, is
+    fenced as long as the job's status is kept (its journal may still hold the job).
+    """
+    return facts is not None and (not facts.settled or facts.takes_over is not None)
 
 
 def _expiry(seconds: float | None) -> int | None:
