@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import sys
 import tempfile
 import time
 import uuid
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from lab import GROUP, Lab, rss_kib, timed_job, wait_for_worker
+from lab import GROUP, Lab, rss_kib, timed_job
 
 from ansible_worker.controller.client import open_client, target_from_url
 from ansible_worker.mqtt.link import LinkOptions, open_mqtt_link
