@@ -12,8 +12,28 @@ import pytest
 import trio
 
 from ansible_worker.worker.service import Worker
-from tests.conftest import Broker, Controller, client_for, make_settings, open_controller, running_worker
+from tests.conftest import (
+    Broker,
+    Controller,
+    client_for,
+    make_settings,
+    open_controller,
+    running_worker,
+    unique_seconds,
+    wait_online,
+)
+from tests.deployment import Deployment
 from tests.worker.group_jobs import QUICK, append_job, run_count
+from tests.worker.takeovers import (
+    LOST_AFTER,
+    TAKEOVER_BOUND,
+    config,
+    hold_jobs,
+    kill_for_good,
+    runs,
+    settled_once,
+    setup,
+)
 
 # Short enough for a test to outwait, long enough for a job to settle under it.
 CLAIM_LIFETIME = 2
@@ -118,6 +138,48 @@ async def test_a_worker_started_after_many_settled_jobs_holds_none_of_their_clai
             await controller.submit({"task_id": "live-one", **QUICK})
             await controller.wait_for("live-one", {"queued", "running", "success"})
             assert fresh.claims.holder("live-one") is not None
+
+
+async def test_a_worker_restarted_long_after_its_jobs_were_taken_over_is_still_fenced(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
+) -> None:
+    """A takeover's claim outlives `claim_lifetime` once settled: the lost worker's journal still finds it held."""
+    markers = setup(tmp_path, playbook_dir, deployment)
+    state_dir = tmp_path / "phoenix-state"
+    state_dir.mkdir()
+    short = {"claim_lifetime": CLAIM_LIFETIME}
+    phoenix = config(tmp_path, broker, playbook_dir, group, "phoenix", state_dir=str(state_dir), **short)
+    survivor = config(tmp_path, broker, playbook_dir, group, "survivor", **short)
+    seconds = unique_seconds(274)
+    async with (
+        open_controller(broker, group) as controller,
+        client_for(broker, group) as client,
+        deployment.process("run", "-c", str(phoenix)) as killed,
+    ):
+        await wait_online(client, "phoenix")
+        running, queued = await hold_jobs(controller, markers, group, seconds)
+        async with deployment.process("run", "-c", str(survivor)) as alive:
+            await wait_online(client, "survivor")
+            # The worker and its run, for good; its journal stays.
+            kill_for_good(killed.process.pid, seconds)
+            with trio.fail_after(10):
+                await killed.process.wait()
+            with trio.fail_after(LOST_AFTER + TAKEOVER_BOUND):
+                for task_id in (running, *queued):
+                    await controller.wait_terminal(task_id)
+            # Every settled claim but a takeover's has lapsed by now.
+            await trio.sleep(CLAIM_LIFETIME + 1)
+            async with deployment.process("run", "-c", str(phoenix)) as restarted:
+                await restarted.wait_for_line(f"task {running}: taken over by survivor")
+                ended = await settled_once(controller, [running, *queued], 30)
+                assert await restarted.stop() == 0
+            assert await alive.stop() == 0
+    assert ended[running]["error_message"].startswith("worker lost: phoenix")
+    for task_id in (running, *queued):
+        assert runs(markers / task_id) == 1
+        assert all(
+            status.get("error_message") != "interrupted: worker restarted" for status in controller.statuses[task_id]
+        )
 
 
 def test_claim_lifetime_shorter_than_a_signed_jobs_window_is_refused_naming_the_key(
