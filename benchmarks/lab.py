@@ -12,7 +12,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,11 +110,13 @@ class Lab:
         )
         (self.playbooks / "heavy.yml").write_text(heavy_playbook(40))
 
+    def worker(self, name: str, **settings: Any) -> AbstractAsyncContextManager[trio.Process]:
+        """An `ansible-worker run` process named `name` in the lab's group."""
+        return self.worker_as([str(BIN / "ansible-worker"), "run"], name, **settings)
+
     @asynccontextmanager
-    async def worker(
-        self, name: str, *, command: list[str] | None = None, **settings: Any
-    ) -> AsyncIterator[trio.Process]:
-        """An `ansible-worker run` process (or `command`, given the config file) named `name` in the lab's group."""
+    async def worker_as(self, command: list[str], name: str, **settings: Any) -> AsyncIterator[trio.Process]:
+        """`command`, given `-c` and the config file of a worker named `name` in the lab's group."""
         worker = {
             "group_name": GROUP,
             "worker_id": name,
@@ -128,7 +130,7 @@ class Lab:
         mqtt = {"host": "127.0.0.1", "port": self.port}
         config.write_text(json.dumps({"mqtt": mqtt, "worker": worker, "log_level": "WARNING"}))
         with (self.root / f"{name}.log").open("wb") as log:
-            argv = [*(command or [str(BIN / "ansible-worker"), "run"]), "-c", str(config)]
+            argv = [*command, "-c", str(config)]
             process = await trio.lowlevel.open_process(argv, stdout=log, stderr=log)
             try:
                 yield process

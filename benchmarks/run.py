@@ -39,10 +39,10 @@ async def overhead_and_latency(
     status: its publish -> running, alternating with the others', is what the check costs.
     """
     # 1 and 2: overhead per job and start latency, alternating direct and worker runs.
-    baseline = [sys.executable, str(Path(__file__).parent / "unchecked_worker.py")]
+    baseline = [sys.executable, str(Path(__file__).parent / "unchecked_worker.py"), "run"]
     async with (
         lab.worker("w-single"),
-        lab.worker("w-unchecked", command=baseline, group_name=unchecked.topics.group),
+        lab.worker_as(baseline, "w-unchecked", group_name=unchecked.topics.group),
     ):
         await wait_for_worker(client, "w-single")
         await wait_for_worker(unchecked, "w-unchecked")

@@ -18,5 +18,4 @@ async def _no_past(self: Claimer, task_id: str, digest: str | None) -> bytes | N
 
 if __name__ == "__main__":
     Claimer._status_of_the_past = _no_past  # type: ignore[method-assign]
-    sys.argv[1:1] = ["run"]
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

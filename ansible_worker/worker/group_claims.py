@@ -54,8 +54,7 @@ class GroupClaims:
         self.topics = topics
         self.worker_id = worker_id
         self.lifetime, self.release_lifetime = policy.lifetime, policy.release_lifetime
-        self.settled_lifetime = policy.settled_lifetime if policy.settled_lifetime is not None else policy.lifetime
-        self._signer, self._trusted = policy.signer, policy.trusted
+        self.policy = policy
         self.book = ClaimBook()
         self.unknown_keys = UnknownClaimKeys()
         self._claiming: set[str] = set()
@@ -77,8 +76,8 @@ class GroupClaims:
     def hear(self, task_id: str, message: InboundMessage) -> None:
         """Record a message from a claim topic, and wake whoever waits on claims."""
         verify = None
-        if self._trusted is not None:
-            verify = self.unknown_keys.verifier(self._trusted, self.topics.claim(task_id), task_id)
+        if self.policy.trusted is not None:
+            verify = self.unknown_keys.verifier(self.policy.trusted, self.topics.claim(task_id), task_id)
         claim = read_claim(
             message.payload,
             now=trio.current_time(),
@@ -109,10 +108,6 @@ class GroupClaims:
             self.unsettled[task_id] = left
         else:
             self.unsettled.pop(task_id, None)
-
-    def known(self) -> int:
-        """How many task_ids the live claims and releases heard speak for: the group's live jobs, not its past."""
-        return self.book.live(now=trio.current_time())
 
     def holder(self, task_id: str) -> Claim | None:
         """The live claim that holds `task_id` in the group now, if any."""
@@ -331,9 +326,7 @@ class GroupClaims:
     ) -> None:
         topic = self.topics.claim(task_id)
         facts = self._facts.get(task_id) if state == "claimed" else None
-        if state == "claimed" and not _unsettled(facts):
-            # Settled: the claim only has to outlast the copies that may still arrive.
-            lifetime = self.settled_lifetime
+        lifetime = lifetime if state == "released" or _unsettled(facts) else self.policy.settled_lifetime
         expires_at = None if lifetime is None else datetime.now(UTC) + timedelta(seconds=lifetime)
         # A release keeps when the group accepted the job, for whoever takes it next.
         mine = self._facts.pop(task_id, None) if state == "released" else None
@@ -350,13 +343,13 @@ class GroupClaims:
         if facts is not None and facts.settled:
             # Its last word: the job is settled, the claim only guards the task_id now.
             del self._facts[task_id]
-        if self._signer is not None:
-            document = self._signer.sign(topic, document)
+        if self.policy.signer is not None:
+            document = self.policy.signer.sign(topic, document)
         await self.session.publish(topic, json.dumps(document).encode(), qos=1, retain=True, expiry=_expiry(lifetime))
 
 
 def _unsettled(facts: ClaimFacts | None) -> bool:
-    """Whether a claim with `facts` must hold for the unsettled lifetime.
+    """Whether a claim with `facts` holds for the unsettled lifetime; else `settled_lifetime`, all a copy needs.
 
     A job not yet settled, so that a survivor can take it over however long the group is
     away; and a takeover, settled or not, so that the lost worker, should it come back, is

@@ -59,7 +59,7 @@ class ClaimPolicy:
 
     lifetime: float | None
     release_lifetime: float
-    settled_lifetime: float | None = None
+    settled_lifetime: float | None
     signer: Signer | None = None
     trusted: TrustedKeys | None = None
 

@@ -324,7 +324,7 @@ class Worker:
             connected=self.session.connected,
             draining=self._shutdown.is_set(),
             reconnects=self.session.reconnects,
-            claims=self.claims.known(),
+            claims=self.claims.book.live(now=trio.current_time()),
         )
 
     def _load(self) -> Load:

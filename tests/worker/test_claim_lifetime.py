@@ -129,11 +129,11 @@ async def test_a_worker_started_after_many_settled_jobs_holds_none_of_their_clai
                 assert (await controller.wait_terminal(task_id))["state"] == "success"
             for task_id in jobs:
                 await wait_claim_expired(busy, task_id)
-            assert busy.claims.known() == 0
+            assert busy.snapshot().claims == 0
         assert await retained_claims(broker, group) == {}
         async with running_worker(make_settings(broker.port, playbook_dir, group, worker_id="fresh")) as fresh:
             await fresh.sync.wait_synced()
-            assert fresh.claims.known() == 0
+            assert fresh.snapshot().claims == 0
             # A new job is claimed, and held while it is live.
             await controller.submit({"task_id": "live-one", **QUICK})
             await controller.wait_for("live-one", {"queued", "running", "success"})
