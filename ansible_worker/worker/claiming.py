@@ -34,6 +34,10 @@ CLAIM_RETRY_PAUSE = 5.0
 RELEASE_TIMEOUT = 5.0
 # How long the broker may take to say whether it retains a status for a task_id.
 STATUS_CHECK_TIMEOUT = 10.0
+# Between two tries to read a status topic that another part of the worker is reading.
+BUSY_PAUSE = 0.1
+# A status larger than this is not read for the log (a genuine one is a few KiB).
+MAX_DESCRIBED_BYTES = 256 * 1024
 _WORKER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
@@ -211,7 +215,12 @@ class Claimer:
             return None
         try:
             with trio.fail_after(STATUS_CHECK_TIMEOUT):
-                return await self.read_status(task_id)
+                while True:
+                    try:
+                        return await self.read_status(task_id)
+                    except RuntimeError:
+                        # The topic is being read already (a takeover of the same job), for a round trip.
+                        await trio.sleep(BUSY_PAUSE)
         except trio.TooSlowError:
             raise StatusUnknown(
                 f"the broker did not say within {STATUS_CHECK_TIMEOUT:g}s whether it retains a status for it"
@@ -224,9 +233,6 @@ class Claimer:
             ) from exc
         except LinkError as exc:
             raise StatusUnknown(f"its retained status could not be read: {exc}") from exc
-        except RuntimeError as exc:
-            # The topic is being read already (a takeover of the same job): ask again shortly.
-            raise StatusUnknown(str(exc)) from exc
 
     async def _give_up(self, request: TaskRequest, claim_id: str, exc: ClaimFailed, *, keep: bool) -> None:
         """Stop claiming a job: the journal keeps it when there is one, else it is released and refused.
@@ -263,6 +269,8 @@ class Claimer:
 
 def _describe(status: bytes) -> str:
     """What a retained status says of its job, for the log: its state and worker, when it names them plainly."""
+    if len(status) > MAX_DESCRIBED_BYTES:
+        return f"{len(status)} bytes"
     try:
         document = json.loads(status)
     except (ValueError, RecursionError):
