@@ -65,7 +65,7 @@ async def overhead_and_latency(
             worker.values.append(timing.terminal)
             running.values.append(timing.running)
             first_event.values.append(timing.first_event)
-            timing, _ = await timed_job(unchecked, one, watch_events=False)
+            timing, _ = await timed_job(unchecked, one)
             running_unchecked.values.append(timing.running)
         overhead = {
             "direct_s": direct.summary(),
