@@ -105,7 +105,7 @@ async def seed(lab: Lab, jobs: int, *, claims_kept: bool) -> tuple[float, int]:
     return time.perf_counter() - started, claims
 
 
-async def start_up(lab: Lab, name: str) -> dict[str, float]:
+async def start_up(lab: Lab, name: str) -> dict[str, Any]:
     """Start a worker, publish one job once it is online: seconds to online and to `running`, and its RSS then."""
     target = target_from_url(f"mqtt://127.0.0.1:{lab.port}", group=GROUP)
     one = {"playbook": "one.yml", "inventory": "local.ini"}
