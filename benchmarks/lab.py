@@ -12,7 +12,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,11 +91,11 @@ def rss_kib(pid: int) -> int:
 class Lab:
     """A scratch directory with a broker, playbooks and worker processes."""
 
-    def __init__(self, root: Path, *, persistent: bool = False) -> None:
+    def __init__(self, root: Path, *, persistent: bool = False, max_queued: int = 100_000) -> None:
         self.root = root
         # Persistent: its retained messages survive a restart, as a production broker's do.
         persistence = root / "mosquitto-data" if persistent else None
-        self.broker = Broker(root, "max_queued_messages 100000\n", persistence=persistence)
+        self.broker = Broker(root, f"max_queued_messages {max_queued}\n", persistence=persistence)
         self.port = self.broker.port
         self.playbooks = root / "playbooks"
         self.playbooks.mkdir()
@@ -110,8 +110,13 @@ class Lab:
         )
         (self.playbooks / "heavy.yml").write_text(heavy_playbook(40))
 
+    def worker(self, name: str, **settings: Any) -> AbstractAsyncContextManager[trio.Process]:
+        """An `ansible-worker run` process named `name` in the lab's group."""
+        return self.worker_as([str(BIN / "ansible-worker"), "run"], name, **settings)
+
     @asynccontextmanager
-    async def worker(self, name: str, **settings: Any) -> AsyncIterator[trio.Process]:
+    async def worker_as(self, command: list[str], name: str, **settings: Any) -> AsyncIterator[trio.Process]:
+        """`command`, given `-c` and the config file of a worker named `name` in the lab's group."""
         worker = {
             "group_name": GROUP,
             "worker_id": name,
@@ -125,8 +130,8 @@ class Lab:
         mqtt = {"host": "127.0.0.1", "port": self.port}
         config.write_text(json.dumps({"mqtt": mqtt, "worker": worker, "log_level": "WARNING"}))
         with (self.root / f"{name}.log").open("wb") as log:
-            command = [str(BIN / "ansible-worker"), "run", "-c", str(config)]
-            process = await trio.lowlevel.open_process(command, stdout=log, stderr=log)
+            argv = [*command, "-c", str(config)]
+            process = await trio.lowlevel.open_process(argv, stdout=log, stderr=log)
             try:
                 yield process
             finally:

@@ -30,14 +30,27 @@ from lab import (
 from ansible_worker.controller.client import Client, open_client, target_from_url
 
 
-async def overhead_and_latency(lab: Lab, client: Client, one: dict[str, Any], repeats: int) -> dict[str, Any]:
-    """One-task jobs run directly and through the worker, alternating: the added time, and the time to start."""
+async def overhead_and_latency(
+    lab: Lab, client: Client, unchecked: Client, one: dict[str, Any], repeats: int
+) -> dict[str, Any]:
+    """One-task jobs run directly and through the worker, alternating: the added time, and the time to start.
+
+    Beside them, in a group of its own, a worker that does not check a new task_id's retained
+    status: its publish -> running, alternating with the others', is what the check costs.
+    """
     # 1 and 2: overhead per job and start latency, alternating direct and worker runs.
-    async with lab.worker("w-single"):
+    baseline = [sys.executable, str(Path(__file__).parent / "unchecked_worker.py"), "run"]
+    async with (
+        lab.worker("w-single"),
+        lab.worker_as(baseline, "w-unchecked", group_name=unchecked.topics.group),
+    ):
         await wait_for_worker(client, "w-single")
+        await wait_for_worker(unchecked, "w-unchecked")
         await timed_job(client, one)  # warm the page cache and Python's bytecode cache
+        await timed_job(unchecked, one)
         await lab.direct("one.yml", "local.ini")
         direct, worker, running, first_event = Figures(), Figures(), Figures(), Figures()
+        running_unchecked = Figures()
         # What the group keeps so that a survivor could take each job over: claims and request copies.
         kept = await client.subscribe([f"{client.topics.tasks}/+/claim", f"{client.topics.tasks}/+/request"])
         await client.barrier()
@@ -52,13 +65,19 @@ async def overhead_and_latency(lab: Lab, client: Client, one: dict[str, Any], re
             worker.values.append(timing.terminal)
             running.values.append(timing.running)
             first_event.values.append(timing.first_event)
+            timing, _ = await timed_job(unchecked, one)
+            running_unchecked.values.append(timing.running)
         overhead = {
             "direct_s": direct.summary(),
             "worker_s": worker.summary(),
             "ratio": round(worker.median / direct.median, 4),
             "added_ms": round((worker.median - direct.median) * 1000, 1),
         }
-        latency = {"running_ms": running.summary(1000), "first_event_ms": first_event.summary(1000)}
+        latency = {
+            "running_ms": running.summary(1000),
+            "running_without_status_check_ms": running_unchecked.summary(1000),
+            "first_event_ms": first_event.summary(1000),
+        }
         await client.barrier()
         takeover_cost = _per_job(kept, repeats, client.topics.tasks)
         print("  overhead and latency done", file=sys.stderr)
@@ -171,8 +190,9 @@ async def bench(lab: Lab, scale: dict[str, int]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     target = target_from_url(f"mqtt://127.0.0.1:{lab.port}", group=GROUP)
     one = {"playbook": "one.yml", "inventory": "local.ini"}
-    async with open_client(target) as client:
-        results.update(await overhead_and_latency(lab, client, one, scale["repeats"]))
+    baseline = target_from_url(f"mqtt://127.0.0.1:{lab.port}", group=f"{GROUP}-unchecked")
+    async with open_client(target) as client, open_client(baseline) as unchecked:
+        results.update(await overhead_and_latency(lab, client, unchecked, one, scale["repeats"]))
         results["throughput"] = await throughput(lab, client, one, scale["jobs"])
         results["event_heavy"] = await event_heavy(lab, client, scale["heavy_repeats"])
         results.update(await pipeline_and_memory(lab, client, one, scale))
@@ -203,6 +223,10 @@ def _per_job(received: trio.MemoryReceiveChannel[Any], jobs: int, tasks: str) ->
     return {key: round(value / jobs, 1) for key, value in counts.items()}
 
 
+def _check_cost(latency: dict[str, Any]) -> float:
+    return float(latency["running_ms"]["median"] - latency["running_without_status_check_ms"]["median"])
+
+
 def job_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """The rows of one-task jobs: overhead, latency, throughput."""
     overhead, latency = results["overhead"], results["latency"]
@@ -218,6 +242,12 @@ def job_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"min {latency['running_ms']['min']:.1f} / max {latency['running_ms']['max']:.1f} ms",
             f"{latency['running_ms']['median']:.1f} ms",
             TARGETS["running"],
+        ),
+        (
+            "publish -> running, no status check",
+            f"the check of a new task_id's retained status: +{_check_cost(latency):.1f} ms (medians)",
+            f"{latency['running_without_status_check_ms']['median']:.1f} ms",
+            "",
         ),
         (
             "kept for a takeover, per job",

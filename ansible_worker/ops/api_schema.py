@@ -114,7 +114,8 @@ _CHANNELS: dict[str, tuple[str, str, str, int, bool, Literal["send", "receive"]]
         "claim",
         "A worker's claim on a task_id before it queues the job, so that it runs once in the group"
         " (and a replayed signed job nowhere); a release when it hands the job back. Retained for"
-        " status_retention; signed by a worker key with signatures. Workers only.",
+        " status_retention while the job is unsettled, then worker.claim_lifetime; signed by a worker"
+        " key with signatures. Workers only.",
         1,
         True,
         "send",

@@ -20,6 +20,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -145,6 +146,10 @@ class WorkerSettings(TemplateSettings):
     lost_after: float | None = Field(None, gt=0, le=86_400)
     # MQTT's message expiry interval is a four-byte integer.
     status_retention: int = Field(604_800, ge=0, le=2**32 - 1)
+    # How long the claim of a settled job keeps its task_id from running again, in seconds: as
+    # long as a copy of it may still arrive (a controller's retries, a hand-back, a signed
+    # job's accepted age). An older task_id is checked against its retained status instead.
+    claim_lifetime: int = Field(3600, ge=1, le=2**32 - 1)
     # A finished job's record (events and output, compressed), retained as long as its status.
     publish_records: bool = True
     record_limit_bytes: int = Field(1_048_576, ge=1024, le=268_435_455)
@@ -310,6 +315,18 @@ class Settings(_EnvironmentOverFile):
                 " are taken over"
             )
         return None
+
+    @model_validator(mode="after")
+    def _check_claim_lifetime(self) -> Settings:
+        security = self.security
+        window = security.max_task_age + 2 * security.max_clock_skew
+        if security.require_signed_tasks and self.worker.claim_lifetime < window:
+            raise ValueError(
+                f"worker.claim_lifetime ({self.worker.claim_lifetime}s) is shorter than security.max_task_age"
+                f" + 2 x security.max_clock_skew ({window:g}s): a signed job's claim must outlive every moment its"
+                " signature is accepted, or a captured copy could run again once its retained status is gone"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -147,6 +147,11 @@ def _gauges(now: Snapshot) -> tuple[tuple[str, str, float], ...]:
             now.connected,
         ),
         ("ansible_worker_draining", "1 while the worker shuts down.", now.draining),
+        (
+            "ansible_worker_claims_known",
+            "Task_ids the group's live claims hold, as this worker heard them (not the group's history).",
+            now.claims,
+        ),
         ("ansible_worker_warm_pool_size", "Warm Ansible parents ready for jobs.", counts.warm_pool_size),
     )
 

@@ -73,3 +73,5 @@ class Snapshot:
     connected: bool
     draining: bool
     reconnects: int
+    # Task_ids the group's live claims and releases speak for, as this worker heard them.
+    claims: int = 0

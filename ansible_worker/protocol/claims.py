@@ -216,6 +216,22 @@ def _claim_of(document: Mapping[str, Any], payload: bytes, state: ClaimState, ex
     )
 
 
+def _newer_copy(held: Claim, heard: Claim) -> Claim:
+    """Of two copies of one claim (one claim id), the one that says what holds now.
+
+    A claim is unsettled while it names a request copy, and settled once its worker publishes
+    it again without one, which it does only after the job's terminal status reached the
+    broker: a settled copy then says how long the claim holds, even if sooner than before,
+    and an unsettled copy heard after it (an older message) changes nothing. Otherwise the
+    copy that holds longer counts: an older copy does not shorten what is known.
+    """
+    if held.request_sha256 is not None and heard.request_sha256 is None:
+        return heard
+    if held.request_sha256 is None and heard.request_sha256 is not None:
+        return held
+    return held if held.expires > heard.expires else heard
+
+
 def _moment(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -231,6 +247,8 @@ class _Entry:
     release: Claim | None = None
     # Claims released for this task: never a holder again, whatever arrives later.
     released: set[str] = field(default_factory=set)
+    # Until when what the entry knows besides its holder (releases, claims released) matters.
+    floor: float = 0.0
     expires: float = 0.0
     # The newest message of the claim the last takeover ended, as it held until then.
     taken: Claim | None = None
@@ -249,6 +267,12 @@ class ClaimBook:
         self._on_forget = on_forget or (lambda task_id: None)
 
     def __len__(self) -> int:
+        return len(self._entries)
+
+    def live(self, *, now: float) -> int:
+        """How many task_ids a live claim or release speaks for now (the expired ones are forgotten first)."""
+        self._next_prune = 0.0
+        self._prune(now)
         return len(self._entries)
 
     def record(self, task_id: str, claim: Claim, *, now: float) -> bool:
@@ -279,12 +303,16 @@ class ClaimBook:
                 # Taken over: the lost worker's claim, heard again, never holds again.
                 entry.released.add(taken)
                 if holder is not None and holder.claim_id == taken:
+                    entry.floor = max(entry.floor, holder.expires)
                     entry.taken, holder = holder, None
-            if holder is not None and holder.claim_id == claim.claim_id and claim.started_at is None:
-                # The same claim again: the newer message (the broker orders one topic) says
-                # how long it holds, but a start once heard stays, even when an older copy is
-                # published again (a loser restores the retained claim it replaced).
-                claim = replace(claim, started_at=holder.started_at)
+            if holder is not None:
+                # The same claim again: `_newer_copy` says which copy tells how long it holds, and
+                # a start once heard stays, even when an older copy is published again (a loser
+                # restores the retained claim it replaced).
+                started = holder.started_at or claim.started_at
+                claim = _newer_copy(holder, claim)
+                if claim.started_at is None and started is not None:
+                    claim = replace(claim, started_at=started)
             entry.holder, entry.release = claim, None
         else:
             assert claim.releases is not None
@@ -294,9 +322,11 @@ class ClaimBook:
                 # A genuine task is handed back a few times; a flood of releases is not.
                 return False
             entry.released.add(claim.releases)
+            entry.floor = max(entry.floor, claim.expires, holder.expires if holder is not None else 0.0)
             # Only a holder's message is ever published again: keep no copy of a release.
             entry.holder, entry.release = None, replace(claim, raw=b"")
-        entry.expires = max(entry.expires, claim.expires)
+        # A settled holder may shorten the entry's life; nothing else it knows is forgotten sooner.
+        entry.expires = max(entry.floor, entry.holder.expires if entry.holder is not None else 0.0)
         return True
 
     def holder(self, task_id: str, *, now: float) -> Claim | None:

@@ -1,12 +1,21 @@
-"""Claim each job the router lets in, then place it: the group agrees before this worker queues anything."""
+"""Claim each job the router lets in, then place it: the group agrees before this worker queues anything.
+
+A task_id that no live claim speaks for may still have run long ago: its claim expired
+(`worker.claim_lifetime` after the job was settled) while its status is retained. So before
+it claims such a task_id, the worker reads the status the broker retains for it: any status
+makes the copy a duplicate, refused as one that a live claim holds.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+from collections.abc import Awaitable, Callable
 
 import trio
 
-from ansible_worker.mqtt.link import LinkError
+from ansible_worker.mqtt.link import LinkError, PublishRefused
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.claims import new_claim_id, request_digest
 from ansible_worker.protocol.models import TaskRequest
@@ -23,6 +32,17 @@ log = logging.getLogger(__name__)
 CLAIM_RETRY_PAUSE = 5.0
 # How long a claim given up (never confirmed) may take to be released.
 RELEASE_TIMEOUT = 5.0
+# How long the broker may take to say whether it retains a status for a task_id.
+STATUS_CHECK_TIMEOUT = 10.0
+# Between two tries to read a status topic that another part of the worker is reading.
+BUSY_PAUSE = 0.1
+# A status larger than this is not read for the log (a genuine one is a few KiB).
+MAX_DESCRIBED_BYTES = 256 * 1024
+_WORKER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+class StatusUnknown(ClaimFailed):
+    """The broker did not say whether it retains a status for the task_id: nothing was claimed, nothing may run."""
 
 
 class Claimer:
@@ -45,6 +65,9 @@ class Claimer:
         self.nursery: trio.Nursery | None = None
         # Where the request copies go; None keeps none (a worker that no survivor could replace).
         self.copies: RequestCopyPublisher | None = None
+        # The status the broker retains for a task_id (None: none), by a bounded round trip;
+        # None checks no task_id's past (a group whose claims live as long as its statuses).
+        self.read_status: Callable[[str], Awaitable[bytes | None]] | None = None
 
     @property
     def open(self) -> bool:
@@ -119,7 +142,7 @@ class Claimer:
         ACL refuses is refused at once.
         """
         task_id = request.task_id
-        won = await self._claim(request, claim_id, earlier)
+        won = await self._claim(request, claim_id, earlier, signer)
         if won is None:
             return None
         if not won:
@@ -143,13 +166,30 @@ class Claimer:
             task_id, holder.claim_id if holder is not None else claim_id, stopping=self.shutdown.is_set()
         )
 
-    async def _claim(self, request: TaskRequest, claim_id: str, earlier: frozenset[str]) -> bool | None:
-        """Whether this worker won the claim; None when it gave up (and the table let the job go or kept it)."""
+    async def _claim(
+        self, request: TaskRequest, claim_id: str, earlier: frozenset[str], signer: str | None
+    ) -> bool | None:
+        """Whether this worker won the claim; None when it gave up, or refused a task_id that ran before.
+
+        Either way the table let the job go or kept it.
+        """
+        task_id = request.task_id
         while True:
             try:
-                entry = self.jobs.entry(request.task_id)
+                entry = self.jobs.entry(task_id)
                 digest = request_digest(entry.payload) if entry is not None and entry.payload else None
-                return await self.claims.claim(request.task_id, claim_id, also_ours=earlier, request_sha256=digest)
+                status = await self._status_of_the_past(task_id, digest)
+                if status is not None:
+                    log.warning(
+                        "task %s: refused %s: the group already took this task_id (its status is retained: %s);"
+                        " the original job's status is left alone",
+                        task_id,
+                        f"a replay signed by {signer}" if signer is not None else "a duplicate",
+                        _describe(status),
+                    )
+                    self.jobs.move(task_id, Move.LET_GO)
+                    return None
+                return await self.claims.claim(task_id, claim_id, also_ours=earlier, request_sha256=digest)
             except ClaimFailed as exc:
                 if exc.permanent or self.shutdown.is_set():
                     await self._give_up(request, claim_id, exc, keep=not exc.permanent)
@@ -158,6 +198,41 @@ class Claimer:
                 # Bounded, so that a shutdown meanwhile is noticed.
                 with trio.move_on_after(CLAIM_RETRY_PAUSE):
                     await self.session.wait_connected()
+
+    async def _status_of_the_past(self, task_id: str, digest: str | None) -> bytes | None:
+        """The status the broker retains for `task_id`, when no live claim or hand-back speaks for it; else None.
+
+        A live claim decides on its own (another worker's refuses the copy; this worker's,
+        from before a restart, keeps the job), and so does a live release that hands back
+        this very request (`digest`): its `queued` status says who handed it back.
+
+        Errors: `StatusUnknown` when the broker does not answer within `STATUS_CHECK_TIMEOUT`,
+        or the link drops. Cancellation: the short subscription is ended (shielded, bounded).
+        """
+        if self.read_status is None or self.claims.holder(task_id) is not None:
+            return None
+        if digest is not None and self.claims.released_request(task_id) == digest:
+            return None
+        try:
+            with trio.fail_after(STATUS_CHECK_TIMEOUT):
+                while True:
+                    try:
+                        return await self.read_status(task_id)
+                    except RuntimeError:
+                        # The topic is being read already (a takeover of the same job), for a round trip.
+                        await trio.sleep(BUSY_PAUSE)
+        except trio.TooSlowError:
+            raise StatusUnknown(
+                f"the broker did not say within {STATUS_CHECK_TIMEOUT:g}s whether it retains a status for it"
+            ) from None
+        except PublishRefused as exc:
+            # Its sync marker is refused: asking again would be refused again.
+            raise StatusUnknown(
+                f"its retained status could not be read: {exc} (check the broker's ACL for this worker)",
+                permanent=True,
+            ) from exc
+        except LinkError as exc:
+            raise StatusUnknown(f"its retained status could not be read: {exc}") from exc
 
     async def _give_up(self, request: TaskRequest, claim_id: str, exc: ClaimFailed, *, keep: bool) -> None:
         """Stop claiming a job: the journal keeps it when there is one, else it is released and refused.
@@ -178,14 +253,33 @@ class Claimer:
             self.jobs.move(task_id, Move.LET_GO)
             return
         self.jobs.move(task_id, Move.REFUSE)
-        # The claim may have reached the broker after all: it must not hold the task_id for a
-        # job that no one runs.
-        with trio.move_on_after(RELEASE_TIMEOUT):
-            try:
-                await self.claims.release(task_id, claim_id)
-            except LinkError as release_error:
-                log.debug("task %s: could not release the claim: %s", task_id, release_error)
+        if not isinstance(exc, StatusUnknown):
+            # The claim may have reached the broker after all: it must not hold the task_id for a
+            # job that no one runs. (Stopped at the status check, nothing was claimed.)
+            with trio.move_on_after(RELEASE_TIMEOUT):
+                try:
+                    await self.claims.release(task_id, claim_id)
+                except LinkError as release_error:
+                    log.debug("task %s: could not release the claim: %s", task_id, release_error)
         # Live only: without a confirmed claim this worker does not hold the job, and another
         # worker of the group may (its status is not ours).
         await self.jobs.statuses.send_refusal(task_id, reason)
         self.jobs.move(task_id, Move.REFUSED)
+
+
+def _describe(status: bytes) -> str:
+    """What a retained status says of its job, for the log: its state and worker, when it names them plainly."""
+    if len(status) > MAX_DESCRIBED_BYTES:
+        return f"{len(status)} bytes"
+    try:
+        document = json.loads(status)
+    except (ValueError, RecursionError):
+        return f"{len(status)} bytes that are not JSON"
+    if not isinstance(document, dict):
+        return "not a JSON object"
+    state = document.get("state")
+    said = [state if isinstance(state, str) and state.isalpha() and len(state) <= 16 else "state unknown"]
+    worker = document.get("worker_id")
+    if isinstance(worker, str) and _WORKER_ID.fullmatch(worker):
+        said.append(f"worker {worker}")
+    return ", ".join(said)

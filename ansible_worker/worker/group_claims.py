@@ -50,11 +50,9 @@ class GroupClaims:
     """Claims made and heard by one worker, over its broker session, as its `ClaimPolicy` says."""
 
     def __init__(self, session: BrokerSession, topics: Topics, *, worker_id: str, policy: ClaimPolicy) -> None:
-        self.session = session
-        self.topics = topics
-        self.worker_id = worker_id
+        self.session, self.topics, self.worker_id = session, topics, worker_id
         self.lifetime, self.release_lifetime = policy.lifetime, policy.release_lifetime
-        self._signer, self._trusted = policy.signer, policy.trusted
+        self.policy = policy
         self.book = ClaimBook(on_forget=lambda task_id: self.unsettled.pop(task_id, None))
         self.unknown_keys = UnknownClaimKeys()
         self._claiming: set[str] = set()
@@ -76,8 +74,8 @@ class GroupClaims:
     def hear(self, task_id: str, message: InboundMessage) -> None:
         """Record a message from a claim topic, and wake whoever waits on claims."""
         verify = None
-        if self._trusted is not None:
-            verify = self.unknown_keys.verifier(self._trusted, self.topics.claim(task_id), task_id)
+        if self.policy.trusted is not None:
+            verify = self.unknown_keys.verifier(self.policy.trusted, self.topics.claim(task_id), task_id)
         claim = read_claim(
             message.payload,
             now=trio.current_time(),
@@ -326,8 +324,9 @@ class GroupClaims:
         request_sha256: str | None = None,
     ) -> None:
         topic = self.topics.claim(task_id)
-        expires_at = None if lifetime is None else datetime.now(UTC) + timedelta(seconds=lifetime)
         facts = self._facts.get(task_id) if state == "claimed" else None
+        lifetime = lifetime if state == "released" or _unsettled(facts) else self.policy.settled_lifetime
+        expires_at = None if lifetime is None else datetime.now(UTC) + timedelta(seconds=lifetime)
         # A release keeps when the group accepted the job, for whoever takes it next.
         mine = self._facts.pop(task_id, None) if state == "released" else None
         document = claim_message(
@@ -343,9 +342,19 @@ class GroupClaims:
         if facts is not None and facts.settled:
             # Its last word: the job is settled, the claim only guards the task_id now.
             del self._facts[task_id]
-        if self._signer is not None:
-            document = self._signer.sign(topic, document)
+        if self.policy.signer is not None:
+            document = self.policy.signer.sign(topic, document)
         await self.session.publish(topic, json.dumps(document).encode(), qos=1, retain=True, expiry=_expiry(lifetime))
+
+
+def _unsettled(facts: ClaimFacts | None) -> bool:
+    """Whether a claim with `facts` holds for the unsettled lifetime; else `settled_lifetime`, all a copy needs.
+
+    A job not yet settled, so that a survivor can take it over however long the group is
+    away; and a takeover, settled or not, so that the lost worker, should it come back, is
+    fenced as long as the job's status is kept (its journal may still hold the job).
+    """
+    return facts is not None and (not facts.settled or facts.takes_over is not None)
 
 
 def _expiry(seconds: float | None) -> int | None:

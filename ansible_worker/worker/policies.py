@@ -49,13 +49,17 @@ class StatusPolicy:
 class ClaimPolicy:
     """How long claims hold, and who signs them.
 
-    `lifetime` is how long a claim holds a task_id (None: until the broker forgets it);
-    `release_lifetime` how long a release lets another worker take a handed-back job.
-    With `signer`, claims and releases are signed, and only those that `trusted` verifies count.
+    `lifetime` is how long a claim holds a task_id while its job is unsettled (None: until
+    the broker forgets it), renewed every half of it; `settled_lifetime` how long the claim
+    of a settled job still holds it, which is all a duplicate needs, since an older task_id is
+    checked against its retained status; `release_lifetime` how long a release lets another
+    worker take a handed-back job. With `signer`, claims and releases are signed, and only
+    those that `trusted` verifies count.
     """
 
     lifetime: float | None
     release_lifetime: float
+    settled_lifetime: float | None
     signer: Signer | None = None
     trusted: TrustedKeys | None = None
 
@@ -128,10 +132,20 @@ def _claim_policy(settings: Settings, retention: int | None) -> ClaimPolicy:
     security = settings.security
     signing = security.claim_signing
     release_lifetime = security.max_task_age + security.max_clock_skew
+    # Settled, a claim guards against copies that may still arrive; never longer than the
+    # status it stands for, which then guards the task_id on its own.
+    settled = min(settings.worker.claim_lifetime, retention or LONGEST_CLAIM)
     if signing is None:
-        # A task_id is the group's for as long as its status is kept.
-        return ClaimPolicy(lifetime=retention, release_lifetime=release_lifetime)
+        # An unsettled job's task_id is the group's for as long as its status is kept.
+        return ClaimPolicy(lifetime=retention, release_lifetime=release_lifetime, settled_lifetime=settled)
     # A signed job's claim also outlives every moment its signature could still be accepted.
-    lifetime = max(retention or LONGEST_CLAIM, security.max_task_age + 2 * security.max_clock_skew)
+    window = security.max_task_age + 2 * security.max_clock_skew
+    lifetime = max(retention or LONGEST_CLAIM, window)
     signer, trusted = signing
-    return ClaimPolicy(lifetime=lifetime, release_lifetime=release_lifetime, signer=signer, trusted=trusted)
+    return ClaimPolicy(
+        lifetime=lifetime,
+        release_lifetime=release_lifetime,
+        settled_lifetime=max(settled, window),
+        signer=signer,
+        trusted=trusted,
+    )

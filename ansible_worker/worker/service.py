@@ -176,6 +176,7 @@ class Worker:
         self.hand_back = HandBack(self.session, self.topics, self.claims, self.peers, self.jobs)
         self.claimer = Claimer(self.session, self.claims, self.jobs, self.hand_back, self._shutdown)
         self.claimer.copies = self.copies
+        self.claimer.read_status = self._retained_status
         router = _router(settings, self.policies.signatures, self.topics, self.claims, self.runner)
         self.lost = LostWorkers(
             self.policies,
@@ -217,6 +218,10 @@ class Worker:
             lost=self.lost,
             notifier=self.notifier,
         )
+
+    async def _retained_status(self, task_id: str) -> bytes | None:
+        # Its own sync marker per read: any number of reads may be in flight at once.
+        return await self.content.read_retained(self.topics.status(task_id))
 
     async def _round_trip(self) -> None:
         await self.presence.round_trip()
@@ -325,6 +330,7 @@ class Worker:
             connected=self.session.connected,
             draining=self._shutdown.is_set(),
             reconnects=self.session.reconnects,
+            claims=self.claims.book.live(now=trio.current_time()),
         )
 
     def _load(self) -> Load:

@@ -148,3 +148,37 @@ def test_the_claim_book_tells_which_tasks_it_forgets() -> None:
     assert forgotten == ["t0", "t1", "t2"]
     book.record("t5", claim("flood", "c5", expires=300), now=100)
     assert forgotten == ["t0", "t1", "t2", "t3", "t4"]
+
+
+def test_a_settled_copy_of_a_claim_ends_it_sooner_and_an_older_copy_does_not_bring_it_back() -> None:
+    """Once settled, a claim holds only its settled lifetime in the book, and the book forgets the task then."""
+    book = ClaimBook()
+    copy = "a" * 64
+    unsettled = Claim("a", "c1", "claimed", 1000, request_sha256=copy)
+    assert book.record("t", unsettled, now=0)
+    assert book.record("t", Claim("a", "c1", "claimed", 50), now=10)
+    holder = book.holder("t", now=20)
+    assert holder is not None
+    assert holder.expires == 50
+    # The unsettled copy again (a late delivery, a replay) neither extends nor reopens it.
+    assert book.record("t", unsettled, now=30)
+    holder = book.holder("t", now=40)
+    assert holder is not None
+    assert (holder.expires, holder.request_sha256) == (50, None)
+    assert book.holder("t", now=51) is None
+    assert book.live(now=51) == 0
+
+
+def test_what_a_task_released_keeps_outlives_a_settled_claim() -> None:
+    """A claim released (handed back) never holds again while it could: a shorter settled claim after it does not end that."""
+    book = ClaimBook()
+    copy = "b" * 64
+    assert book.record("t", Claim("a", "c1", "claimed", 1000, request_sha256=copy), now=0)
+    assert book.record("t", Claim("a", "r1", "released", 60, "c1", request_sha256=copy), now=1)
+    assert book.record("t", Claim("b", "c2", "claimed", 900, request_sha256=copy), now=2)
+    assert book.record("t", Claim("b", "c2", "claimed", 50), now=10)
+    assert book.holder("t", now=51) is None
+    assert book.live(now=51) == 1
+    # The released claim, heard again while it could still be valid, holds nothing.
+    assert not book.record("t", Claim("a", "c1", "claimed", 1000, request_sha256=copy), now=100)
+    assert book.holder("t", now=100) is None

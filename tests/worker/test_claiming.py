@@ -1,4 +1,4 @@
-"""The claimer on its own: a job the journal cannot take, and a claim the broker refuses for good.
+"""The claimer on its own: a job the journal cannot take, a claim the broker refuses for good, a task_id with a past.
 
 No broker: the group's claims and the session are stand-ins that record what the worker
 does, and when; the job table and the journal are the real ones.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 import trio
 
 from ansible_worker.mqtt.session import BrokerSession
@@ -104,3 +105,92 @@ async def test_a_claim_refused_for_good_is_forgotten_before_it_is_released_and_a
     # Live only: the refusal is not a status of a job this worker holds.
     assert isinstance(table.statuses, RecordingStatuses)
     assert table.statuses.posted == []
+
+
+class UncheckedClaims:
+    """Claims that nobody holds: every claim and release this worker would make is recorded, and none is confirmed."""
+
+    def __init__(self) -> None:
+        self.made: list[str] = []
+
+    async def claim(
+        self, task_id: str, claim_id: str, *, also_ours: frozenset[str], request_sha256: str | None = None
+    ) -> bool:
+        self.made.append(f"claim {task_id}")
+        return True
+
+    def holder(self, task_id: str) -> Claim | None:
+        return None
+
+    def released_request(self, task_id: str) -> str | None:
+        return None
+
+    async def release(self, task_id: str, claim_id: str, **options: Any) -> None:
+        self.made.append(f"release {task_id}")
+
+
+class PublishedStatuses:
+    """A session that only records the statuses published through it."""
+
+    def __init__(self) -> None:
+        self.published: list[JobStatus] = []
+
+    async def publish(self, topic: str, payload: bytes, **options: Any) -> None:
+        self.published.append(JobStatus.model_validate_json(payload))
+
+
+async def test_a_task_id_whose_past_the_broker_does_not_tell_is_never_claimed(autojump_clock: object) -> None:
+    """Unanswered, the check runs nothing and claims nothing; at shutdown the job is refused saying why."""
+    session = PublishedStatuses()
+    table = job_table(RecordingStatuses(session))
+    claims = UncheckedClaims()
+    stopping = trio.Event()
+    stopping.set()
+    claimer = Claimer(
+        cast(BrokerSession, object()), cast(GroupClaims, claims), table, cast(HandBack, object()), stopping
+    )
+
+    async def no_answer(task_id: str) -> bytes | None:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    claimer.read_status = no_answer
+    async with trio.open_nursery() as nursery:
+        claimer.nursery = nursery
+        assert claimer.start(request("quiet"), b"{}") is None
+    assert claims.made == []
+    assert table.phase("quiet") is None
+    [refusal] = session.published
+    assert refusal.state.value == "failed"
+    assert refusal.error_message == (
+        "could not claim the job for this worker: the broker did not say within 10s whether it retains a status for it"
+    )
+
+
+async def test_a_task_id_whose_status_is_retained_is_let_go_unclaimed(caplog: pytest.LogCaptureFixture) -> None:
+    """Any retained status makes the copy a duplicate: nothing claimed, nothing published, the reason logged."""
+    session = PublishedStatuses()
+    table = job_table(RecordingStatuses(session))
+    claims = UncheckedClaims()
+    claimer = Claimer(
+        cast(BrokerSession, object()), cast(GroupClaims, claims), table, cast(HandBack, object()), trio.Event()
+    )
+    asked: list[str] = []
+
+    async def retained(task_id: str) -> bytes | None:
+        asked.append(task_id)
+        return b'{"task_id": "old", "state": "success", "worker_id": "w9"}'
+
+    claimer.read_status = retained
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            claimer.nursery = nursery
+            assert claimer.start(request("old"), b"{}") is None
+    assert asked == ["old"]
+    assert claims.made == []
+    assert session.published == []
+    assert table.phase("old") is None
+    assert (
+        "task old: refused a duplicate: the group already took this task_id (its status is retained: success,"
+        " worker w9); the original job's status is left alone"
+    ) in caplog.text

@@ -60,7 +60,7 @@ class Relay:
 
 async def test_a_claim_lost_leaves_nothing_behind_for_a_later_claim() -> None:
     relay = Relay()
-    policy = ClaimPolicy(lifetime=3600, release_lifetime=360)
+    policy = ClaimPolicy(lifetime=3600, release_lifetime=360, settled_lifetime=3600)
     claims = relay.claims = GroupClaims(relay, TOPICS, worker_id="me", policy=policy)  # type: ignore[arg-type]
     first, handed_back = request_digest(b"first"), request_digest(b"handed back")
     relay.first = [claim_document("w2", "theirs", "claimed", expires_at=None, request_sha256=first)]

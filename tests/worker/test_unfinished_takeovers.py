@@ -64,7 +64,7 @@ class Hands:
 
 def world() -> tuple[GroupClaims, Takeover, Hands, Session]:
     session = Session()
-    policy = ClaimPolicy(lifetime=3600, release_lifetime=360)
+    policy = ClaimPolicy(lifetime=3600, release_lifetime=360, settled_lifetime=3600)
     claims = GroupClaims(session, TOPICS, worker_id="me", policy=policy)  # type: ignore[arg-type]
     liveness = Liveness(own_id="me", lost_after=LOST_AFTER)
     liveness.connected_at(trio.current_time())
