@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ansible_worker.controller import job_commands, record_commands
-from ansible_worker.controller.arguments import ArgumentError, build_job
+from ansible_worker.controller.arguments import ArgumentError, build_adhoc_job, build_job
 from ansible_worker.controller.client import Client, ClientError, SigningKeyError, Target, open_client
 from ansible_worker.controller.parser import EXIT_UNAVAILABLE, EXIT_USAGE
 from ansible_worker.controller.shipping import ShipError
@@ -66,6 +66,8 @@ def run_command(args: argparse.Namespace) -> int:
         if args.command == "submit":
             # Bad flags are reported before anything touches the network.
             args.job = build_job(args)
+        elif args.command == "adhoc":
+            args.job = build_adhoc_job(args)
         target = resolve_target(args)
         command = _COMMANDS[args.command]
         return trio.run(_with_client, target, command, args, console)
@@ -97,6 +99,7 @@ async def _with_client(target: Target, command: Command, args: argparse.Namespac
 
 _COMMANDS: dict[str, Command] = {
     "submit": job_commands.submit,
+    "adhoc": job_commands.submit,
     "watch": job_commands.watch,
     "status": job_commands.status,
     "cancel": job_commands.cancel,

@@ -11,7 +11,7 @@ from ansible_worker.protocol.topics import is_task_id
 
 T = TypeVar("T", int, float)
 
-CONTROLLER_COMMANDS = frozenset({"submit", "watch", "status", "cancel", "forget", "workers", "logs", "jobs"})
+CONTROLLER_COMMANDS = frozenset({"submit", "adhoc", "watch", "status", "cancel", "forget", "workers", "logs", "jobs"})
 
 EXIT_SUCCESS = 0
 EXIT_FAILED = 1
@@ -168,6 +168,8 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
         help="publish the job at most N times in all (default: as often as --answer-within allows; 1: never again)",
     )
 
+    add_adhoc_command(command)
+
     watch = command(
         "watch",
         "follow a job live, from wherever it is now",
@@ -203,6 +205,43 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
     )
     workers.add_argument("--json", action="store_true", help="print one JSON object per worker and line")
     add_record_commands(command)
+
+
+_ADHOC_HELP = """\
+Publish an ad-hoc command for the workers of a group, like running `ansible` there.
+The module must be in the workers' worker.ad_hoc_modules. ARGS is Ansible's
+key=value or free-form text, or a JSON object whose strings reach the module as data.
+
+examples:
+  ansible-worker adhoc all -m ping -i inventories/prod --wait
+  ansible-worker adhoc web -m ansible.builtin.service -a 'name=nginx state=restarted' -i hosts.ini --wait
+  ansible-worker adhoc db1 -m shell -a 'sleep 600' -B 3600 -P 0 -i hosts.ini
+"""
+
+
+def add_adhoc_command(command: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
+    """Add adhoc, the ad-hoc command's counterpart of submit."""
+    adhoc = command("adhoc", "publish an ad-hoc command (like ansible, on a worker)", _ADHOC_HELP)
+    adhoc.add_argument("hosts", metavar="HOSTS", help="the host pattern (all, web, 'db1:db2')")
+    adhoc.add_argument("-m", "--module-name", dest="module", required=True, help="the module to run")
+    adhoc.add_argument("-a", "--args", dest="module_args", metavar="ARGS", help="the module's arguments")
+    adhoc.add_argument("-i", "--inventory", required=True, help="inventory path, or a host list with a comma")
+    adhoc.add_argument("-e", "--extra-vars", action="append", metavar="VARS", help="as submit's -e; repeatable")
+    adhoc.add_argument("-l", "--limit", help="further limit to these hosts or groups")
+    adhoc.add_argument("-B", "--background", type=_positive(int), metavar="SECONDS", help="run asynchronously")
+    adhoc.add_argument("-P", "--poll", type=int, metavar="SECONDS", help="with -B, poll this often; 0: do not wait")
+    adhoc.add_argument("-C", "--check", action="store_true", help="check mode: change nothing")
+    adhoc.add_argument("-D", "--diff", action="store_true", help="show the differences of changed files")
+    adhoc.add_argument("-v", "--verbose", action="count", default=0, help="more Ansible output (up to -vvvv)")
+    adhoc.add_argument("-f", "--forks", type=int, help="parallel processes (default 5)")
+    adhoc.add_argument("--timeout", type=float, metavar="SECONDS", help="end the job after this long")
+    adhoc.add_argument("--credential", action="append", dest="credentials", metavar="NAME", help="as submit's")
+    adhoc.add_argument("--task-id", type=_task_id, help="name the job (default: a new unique id)")
+    adhoc.add_argument("-w", "--wait", action="store_true", help="follow the job live until it ends")
+    adhoc.add_argument("--json", action="store_true", help="print JSON lines for scripts instead of text")
+    adhoc.add_argument("--answer-within", type=float, metavar="SECONDS", help="as submit's (default 10)")
+    adhoc.add_argument("--retry-after", type=_positive(float), metavar="SECONDS", help="as submit's (default 5)")
+    adhoc.add_argument("--attempts", type=_positive(int), metavar="N", help="as submit's")
 
 
 def add_record_commands(command: Callable[[str, str, str], argparse.ArgumentParser]) -> None:

@@ -152,6 +152,8 @@ def summary(status: dict[str, Any]) -> RenderableType:
     head.append(f"  {status.get('task_id')}")
     if status.get("playbook"):
         head.append(f"  {status['playbook']}", style="dim")
+    elif status.get("module"):
+        head.append(f"  ad-hoc {status['module']}", style="dim")
     if status.get("worker_id"):
         head.append(f"  on {status['worker_id']}")
     if isinstance(status.get("duration_seconds"), int | float):
@@ -202,6 +204,7 @@ def job_row(status: dict[str, Any]) -> dict[str, Any]:
         "task_id": status.get("task_id"),
         "state": status.get("state"),
         "playbook": status.get("playbook"),
+        "module": status.get("module"),
         "worker_id": status.get("worker_id"),
         "created_at": status.get("created_at"),
         "started_at": status.get("started_at"),
@@ -229,7 +232,7 @@ def jobs_table(statuses: list[dict[str, Any]]) -> Table:
         table.add_row(
             str(row["task_id"]),
             Text(state, style=STATE_STYLES.get(state, "")),
-            str(row["playbook"] or "?"),
+            str(row["playbook"] or (f"ad-hoc {row['module']}" if row["module"] else "?")),
             str(row["worker_id"] or "?"),
             began.strftime("%Y-%m-%d %H:%M:%S") if began else "?",
             f"{duration:.1f}s" if isinstance(duration, int | float) else "",

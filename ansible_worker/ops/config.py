@@ -198,6 +198,11 @@ class WorkerSettings(BaseModel):
     max_extra_vars_depth: int = Field(10, ge=1)
     # extra_vars names that Ansible reads itself (ansible_*, magic, reserved) and that jobs may
     # set anyway, matched exactly; empty refuses them all (see special_vars.py).
+    # Modules an ad-hoc command (`module` instead of `playbook`) may run; empty: no ad-hoc
+    # commands. `command`, `shell`, `raw` and `script` run anything on the hosts.
+    ad_hoc_modules: list[
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,3}$")]
+    ] = Field(default_factory=list)
     allowed_special_vars: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(
         default_factory=list
     )

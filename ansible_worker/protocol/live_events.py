@@ -9,7 +9,7 @@ from typing import Any
 from ansible_worker.protocol.timestamps import from_epoch
 
 RESULT_TEXT_LIMIT = 1024
-_RESULT_KEYS = ("msg", "rc", "stdout", "stderr")
+_RESULT_KEYS = ("msg", "rc", "stdout", "stderr", "ansible_job_id", "finished")
 _DEBUG_ACTIONS = frozenset({"debug", "ansible.builtin.debug", "ansible.legacy.debug"})
 
 

@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 from pydantic_core import PydanticSerializationError
 
 from ansible_worker.protocol.topics import TASK_ID
@@ -52,6 +52,63 @@ Limit = Annotated[
     AfterValidator(_no_option_like),
     AfterValidator(_no_limit_file),
 ]
+
+
+MAX_MODULE_ARGS_LENGTH = 65536
+# Ansible renders these wherever it templates: the play's host pattern and a task's arguments.
+_TEMPLATE_MARKERS = ("{{", "{%", "{#")
+
+
+def _no_template(value: str) -> str:
+    # Ansible templates an ad-hoc command's host pattern and its arguments on the worker, so
+    # `{{ lookup('pipe', ...) }}` there would run a command on the worker itself.
+    if any(marker in value for marker in _TEMPLATE_MARKERS):
+        raise ValueError("must not contain '{{', '{%' or '{#': Ansible would template it on the worker")
+    return value
+
+
+def _plain_module_args(value: str | dict[str, Any]) -> str | dict[str, Any]:
+    if isinstance(value, dict):
+        return _plain_keys(value)
+    # Ansible decodes escapes such as \u007b in `key=value` arguments (before templating) and
+    # reads a string in braces as JSON (whose escapes decode too): either could spell '{{'.
+    if len(value) > MAX_MODULE_ARGS_LENGTH:
+        raise ValueError(f"a string may hold at most {MAX_MODULE_ARGS_LENGTH} characters")
+    if "\\" in value:
+        raise ValueError("a string must not contain a backslash: give module_args as an object instead")
+    if value.lstrip().startswith("{"):
+        raise ValueError("a string must not start with '{': give module_args as an object instead")
+    return _no_template(value)
+
+
+def _plain_keys(value: dict[str, Any]) -> dict[str, Any]:
+    # The worker marks each string value as data (argv.module_arguments); a key cannot be
+    # marked, so it may not look like a template. Ansible's JSON decoder reads `__ansible_vault`
+    # and `__ansible_unsafe` objects as tagged data.
+    def walk(item: Any) -> None:
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if key.startswith("__ansible"):
+                    raise ValueError(f"must not use the key {key!r}: Ansible reads it as tagged data")
+                _no_template(key)
+                walk(inner)
+        elif isinstance(item, list):
+            for inner in item:
+                walk(inner)
+
+    walk(value)
+    return value
+
+
+HostPattern = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=65536),
+    AfterValidator(_no_option_like),
+    AfterValidator(_no_limit_file),
+    AfterValidator(_no_template),
+]
+ModuleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,3}$")]
+ModuleArgs = Annotated[str | dict[str, Any], AfterValidator(_plain_module_args)]
 
 
 def _no_dotdot(value: str) -> str:
@@ -111,7 +168,8 @@ class TaskRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 
     task_id: TaskId
-    playbook: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    # A playbook job names `playbook`; an ad-hoc command names `module` instead.
+    playbook: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
     inventory: Annotated[str, StringConstraints(min_length=1, max_length=65536)]
     extra_vars: dict[str, Any] = Field(default_factory=dict)
     limit: Limit | None = None
@@ -132,8 +190,51 @@ class TaskRequest(BaseModel):
     revision: Revision | None = None
     content: ShippedContent | None = None
     # Required by workers with security.require_signed_tasks; checked before this model.
+    # An ad-hoc command (Ansible's `ansible` CLI), allowed by `worker.ad_hoc_modules`.
+    module: ModuleName | None = Field(None, description="ad-hoc: the module to run instead of a playbook (-m)")
+    module_args: ModuleArgs | None = Field(
+        None,
+        description="ad-hoc: the module's arguments (-a); a string is Ansible's key=value or free-form text,"
+        " an object reaches the module as data, never templated",
+    )
+    hosts: HostPattern = Field("all", description="ad-hoc: the host pattern to run on")
+    background: int | None = Field(
+        None, ge=1, le=MAX_TIMEOUT_SECONDS, description="ad-hoc: run asynchronously, for at most this long (-B)"
+    )
+    poll: int | None = Field(
+        None, ge=0, le=MAX_TIMEOUT_SECONDS, description="ad-hoc: with background, poll every N seconds; 0: do not (-P)"
+    )
+    # Required by workers with security.require_signed_tasks; checked before this model.
     issued_at: str | None = Field(None, description="RFC 3339 time the message was signed")
     signature: Signature | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TaskRequest:
+        """A playbook or a module, and each kind's own fields only."""
+        if (self.playbook is None) == (self.module is None):
+            raise ValueError("name either a playbook or a module (an ad-hoc command), not both or neither")
+        if self.playbook is not None:
+            ad_hoc = [name for name in ("module_args", "background", "poll") if getattr(self, name) is not None]
+            if self.hosts != "all":
+                ad_hoc.append("hosts")
+            if ad_hoc:
+                raise ValueError(f"{', '.join(ad_hoc)} belong to ad-hoc commands (module), not to a playbook")
+        else:
+            if self.tags or self.skip_tags:
+                raise ValueError("tags and skip_tags belong to playbooks, not to ad-hoc commands")
+            if self.poll is not None and self.background is None:
+                raise ValueError("poll needs background")
+        return self
+
+    @property
+    def ad_hoc(self) -> bool:
+        """Whether this is an ad-hoc command (a module) rather than a playbook."""
+        return self.module is not None
+
+    @property
+    def what(self) -> str:
+        """What runs, for logs: `playbook PATH` or `ad-hoc MODULE`."""
+        return f"playbook {self.playbook}" if self.playbook is not None else f"ad-hoc {self.module}"
 
 
 class CancelRequest(BaseModel):
@@ -206,6 +307,7 @@ class JobStatus(BaseModel):
     # Additions to protocol v1.
     worker_id: str | None = None
     playbook: str | None = None
+    module: str | None = Field(None, description="an ad-hoc command's module (its playbook is null)")
     current_play: str | None = None
     current_task: str | None = None
     tasks_rescued: int = 0
@@ -255,7 +357,9 @@ class LiveEvent(BaseModel):
     duration: float | None = None
     status: Literal["ok", "changed", "failed", "ignored", "skipped", "unreachable", "retry"] | None = None
     no_log: bool | None = Field(None, description="true: the result is hidden and not sent")
-    result: dict[str, Any] | None = Field(None, description="msg, rc, stdout, stderr; long texts cut")
+    result: dict[str, Any] | None = Field(
+        None, description="msg, rc, stdout, stderr, long texts cut; a background task's ansible_job_id and finished"
+    )
     line: str | None = Field(None, description="the line Ansible's own output shows for this event")
 
 

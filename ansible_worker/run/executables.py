@@ -84,3 +84,20 @@ def find_ansible_playbook(setting: str, environment: Mapping[str, str]) -> Execu
     """
     fallback = own_scripts_directories() if setting == DEFAULT_ANSIBLE_PLAYBOOK else []
     return find_executable(setting, search_path=environment.get("PATH", os.defpath), fallback=fallback)
+
+
+def find_ansible_beside(ansible_playbook: Executable) -> Executable:
+    """The ad-hoc `ansible` CLI: the one installed beside the `ansible-playbook` that jobs run.
+
+    The same installation of Ansible runs both kinds of job; a wrapper script named by
+    `worker.ansible_playbook_path` with no `ansible` beside it means no ad-hoc commands.
+    """
+    setting = "ansible"
+    if ansible_playbook.path is None:
+        return Executable(
+            setting, None, "", f"beside ansible-playbook, which was not found ({ansible_playbook.searched})"
+        )
+    candidate = Path(ansible_playbook.path).with_name(setting)
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return Executable(setting, str(candidate), f"beside {ansible_playbook.path}", str(candidate.parent))
+    return Executable(setting, None, "", f"not beside {ansible_playbook.path}")

@@ -88,6 +88,7 @@ class Job:
             output=progress.output,
             worker_id=self.worker_id,
             playbook=self.request.playbook,
+            module=self.request.module,
             current_play=progress.current_play,
             current_task=progress.current_task if not state.terminal else None,
             tasks_rescued=progress.rescued,

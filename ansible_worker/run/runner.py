@@ -13,10 +13,10 @@ import trio
 from ansible_worker.ops.logging_setup import current_task_id
 from ansible_worker.ops.logging_setup import secrets as log_secrets
 from ansible_worker.ops.metrics import WorkerMetrics
-from ansible_worker.protocol.models import State
+from ansible_worker.protocol.models import State, TaskRequest
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.run.argv import FIFO_VARIABLE, ansible_environment, build_argv
+from ansible_worker.run.argv import FIFO_VARIABLE, ansible_environment, build_adhoc_argv, build_argv
 from ansible_worker.run.credential_injection import AnyCredential, Injection, inject, secret_values
 from ansible_worker.run.errors import JobRefusedError
 from ansible_worker.run.events.event_fifo import EventFifo
@@ -27,10 +27,10 @@ from ansible_worker.run.executables import Executable
 from ansible_worker.run.extra_vars import write_extra_vars
 from ansible_worker.run.job import Job
 from ansible_worker.run.masking import Masker
-from ansible_worker.run.policy import RequestChecks
-from ansible_worker.run.process.launch import ExitRecord, Launch
+from ansible_worker.run.policy import RequestChecks, Resolved
+from ansible_worker.run.process.launch import ExitRecord, Launch, ProcessStarter
 from ansible_worker.run.process.output_tail import OutputTail
-from ansible_worker.run.process.process_group import run_with_output
+from ansible_worker.run.process.process_group import run_process_group, run_with_output
 from ansible_worker.run.run_directory import EVENT_FIFO_NAME, private_run_directory
 from ansible_worker.run.sinks import EventSink, RecordSink, StatusSink
 from ansible_worker.run.sources.job_sources import JobSources
@@ -58,7 +58,7 @@ class RunLimits:
 
 @dataclass(frozen=True, slots=True)
 class RunEnvironment:
-    """What every run starts from: its environment, the `ansible-playbook` found with it, the secrets to mask.
+    """What every run starts from: its environment, the Ansible CLIs found with it, the secrets to mask.
 
     `variables` leaves out the worker's own settings and secrets (`argv.child_environment`);
     `worker_secrets` are the worker's own values that no job may show (masked in its output).
@@ -67,6 +67,8 @@ class RunEnvironment:
     variables: Mapping[str, str]
     ansible_playbook: Executable
     worker_secrets: tuple[str, ...] = ()
+    # The ad-hoc CLI, from the same installation as `ansible_playbook`.
+    ansible: Executable | None = None
 
 
 class JobRunner:
@@ -115,7 +117,7 @@ class JobRunner:
             detail = f": {job.error_message}" if job.error_message else ""
             log.info("task %s %s (rc=%s, %s)%s", job.task_id, job.state, job.return_code, counts, detail)
         else:
-            log.info("task %s %s (playbook %s)", job.task_id, job.state, job.request.playbook)
+            log.info("task %s %s (%s)", job.task_id, job.state, job.request.what)
 
     async def execute(self, job: Job) -> None:
         """Run `job` and post exactly one terminal status for it to the status sink.
@@ -218,13 +220,7 @@ class JobRunner:
         with private_run_directory(self.limits.run_directory, job.task_id) as run_dir:
             self.statuses.started(job.task_id, run_dir)
             extra_vars = write_extra_vars(run_dir, request.extra_vars) if request.extra_vars else None
-            argv = build_argv(
-                request,
-                executable=self.environment.ansible_playbook.command,
-                playbook=resolved.playbook,
-                inventory=resolved.inventory,
-                extra_vars_file=extra_vars,
-            )
+            argv = self._argv(request, resolved, extra_vars)
             fifo = EventFifo(run_dir / EVENT_FIFO_NAME)
             marker = (FIFO_VARIABLE, str(fifo.path))
             credentials = [self.credentials[name] for name in request.credentials]
@@ -234,21 +230,51 @@ class JobRunner:
                 ) as injection:
                     # The credentials' options go before the `--` that ends them.
                     argv = [*argv[:-2], *injection.argv, *argv[-2:]]
-                    env = ansible_environment({**self.environment.variables, **injection.env}, fifo.path)
+                    env = ansible_environment(
+                        {**self.environment.variables, **injection.env}, fifo.path, ad_hoc=request.ad_hoc
+                    )
                     launch = Launch(tuple(argv), base, env, kill_grace=self.limits.kill_grace, marker=marker)
                     returncode, tail = await self._run_ansible(job, launch, fifo, injection)
             finally:
                 fifo.close()
         return judge(returncode, job.progress, tail, fifo)
 
+    def _argv(self, request: TaskRequest, resolved: Resolved, extra_vars: Path | None) -> list[str]:
+        """The command line of the job: `ansible-playbook`, or `ansible` for an ad-hoc command."""
+        if resolved.playbook is not None:
+            return build_argv(
+                request,
+                executable=self.environment.ansible_playbook.command,
+                playbook=resolved.playbook,
+                inventory=resolved.inventory,
+                extra_vars_file=extra_vars,
+            )
+        ansible = self.environment.ansible
+        if ansible is None or ansible.path is None:
+            where = ansible.describe() if ansible is not None else "not looked for"
+            raise JobRefusedError(f"ad-hoc commands need Ansible's `ansible` CLI: {where}")
+        return build_adhoc_argv(
+            request, executable=ansible.path, inventory=resolved.inventory, extra_vars_file=extra_vars
+        )
+
     async def _run_ansible(
         self, job: Job, launch: Launch, fifo: EventFifo, injection: Injection
     ) -> tuple[int, OutputTail]:
-        """Run ansible-playbook for `job`, warm if it may, with its events read alongside; its exit code and output."""
+        """Run Ansible for `job`, warm if it may, with its events read alongside; its exit code and output.
+
+        An ad-hoc command starts cold: warm parents hold `ansible-playbook`'s imports, and an
+        ad-hoc command is rare enough that a parent of its own would cost more than it saves.
+        """
         tail = OutputTail(self.limits.output_limit_bytes, mask=job.masker.window)
         if job.record is not None:
             job.record.output = tail
-        start = await self.warm_pool.starter(Configuration(launch.argv[0], launch.cwd, launch.env), late=injection.own)
+        start: ProcessStarter
+        if job.request.ad_hoc:
+            self.metrics.cold_starts += 1
+            start = run_process_group
+        else:
+            configuration = Configuration(launch.argv[0], launch.cwd, launch.env)
+            start = await self.warm_pool.starter(configuration, late=injection.own)
         record = ExitRecord()
         try:
             returncode = await run_with_output(
