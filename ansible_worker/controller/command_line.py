@@ -12,7 +12,7 @@ import trio
 from rich.console import Console
 from rich.markup import escape
 
-from ansible_worker.controller import job_commands, record_commands
+from ansible_worker.controller import job_commands, record_commands, relaunch_command
 from ansible_worker.controller.arguments import ArgumentError, build_adhoc_job, build_job
 from ansible_worker.controller.client import Client, ClientError, SigningKeyError, Target, open_client
 from ansible_worker.controller.parser import EXIT_UNAVAILABLE, EXIT_USAGE
@@ -100,6 +100,7 @@ async def _with_client(target: Target, command: Command, args: argparse.Namespac
 _COMMANDS: dict[str, Command] = {
     "submit": job_commands.submit,
     "adhoc": job_commands.submit,
+    "relaunch": relaunch_command.relaunch,
     "watch": job_commands.watch,
     "status": job_commands.status,
     "cancel": job_commands.cancel,

@@ -11,7 +11,9 @@ from ansible_worker.protocol.topics import is_task_id
 
 T = TypeVar("T", int, float)
 
-CONTROLLER_COMMANDS = frozenset({"submit", "adhoc", "watch", "status", "cancel", "forget", "workers", "logs", "jobs"})
+CONTROLLER_COMMANDS = frozenset(
+    {"submit", "adhoc", "relaunch", "watch", "status", "cancel", "forget", "workers", "logs", "jobs"}
+)
 
 EXIT_SUCCESS = 0
 EXIT_FAILED = 1
@@ -169,6 +171,21 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
     )
 
     add_adhoc_command(command)
+    relaunch = command(
+        "relaunch",
+        "publish a finished job again, on every host or on those that failed",
+        "Publish a job's request again under a new task_id, from the job's record.\n"
+        "--failed limits it to the hosts that failed or were unreachable.\n\n"
+        "examples:\n"
+        "  ansible-worker relaunch deploy-42 --failed --wait",
+    )
+    relaunch.add_argument("task_id", metavar="TASK_ID", type=_task_id)
+    relaunch.add_argument("--failed", action="store_true", help="only the hosts that failed or were unreachable")
+    relaunch.add_argument("--task-id", dest="new_task_id", type=_task_id, help="name the new job (default: a new id)")
+    relaunch.add_argument("-w", "--wait", action="store_true", help="follow the new job live until it ends")
+    relaunch.add_argument("--json", action="store_true", help="print JSON lines for scripts instead of text")
+    relaunch.add_argument("--answer-within", type=float, metavar="SECONDS", help="as submit's (default 10)")
+    relaunch.set_defaults(retry_after=None, attempts=None)
 
     watch = command(
         "watch",

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import suppress
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 
 from ansible_worker.controller.client import Client, ClientError, NoWorkerAnswered, default_requester
 from ansible_worker.controller.payloads import finite
+from ansible_worker.controller.relaunch import RelaunchError, failed_hosts, not_ours, relaunch_request, too_old
 from ansible_worker.dashboard.access import ACTION_HEADER, TOKEN_HEADER, is_loopback, same_origin, token_ok
 from ansible_worker.dashboard.store import Store
 from ansible_worker.mqtt.link import LinkError
@@ -28,7 +27,6 @@ STATIC = Path(__file__).parent / "static"
 # A comment line this often keeps proxies and the browser from closing an idle stream.
 KEEPALIVE_SECONDS = 15.0
 ACTION_WITHIN = 15.0
-_SIGNATURE_FIELDS = ("signature", "issued_at")
 _HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -175,7 +173,8 @@ class Dashboard:
             with suppress(ClientError):
                 found = await self.client.record(task_id)
                 if found is not None:
-                    return _json(found)
+                    # Its request's extra_vars may hold secrets: the page never gets them.
+                    return _json({key: value for key, value in found.items() if key != "request"})
         return _error("no record of this job", 404)
 
     async def cancel(self, request: Request) -> Response:
@@ -207,7 +206,10 @@ class Dashboard:
         return _json({"task_id": task_id, "requested": "cancel"}, 202)
 
     async def rerun(self, request: Request) -> Response:
-        """Submit a finished job's request again under a new task_id.
+        """Submit a finished job's request again under a new task_id; with `{"failed": true}`, on its failed hosts.
+
+        The failed hosts come from the job's record; the request, as for a whole run again,
+        from what this dashboard heard.
 
         Cancellation: bounded by ACTION_WITHIN (the client's own answer bound is shorter).
         """
@@ -228,15 +230,28 @@ class Dashboard:
                 f"the request of job {task_id} was published before this dashboard started, or is no longer kept",
                 409,
             )
-        refusal = _not_ours(original, self.client)
+        refusal = not_ours(original, self.client, key="this dashboard's key")
         if refusal is not None:
             return _error(f"job {task_id}: {refusal}", 409)
         heard = self.store.heard_at.get(task_id)
-        too_old = _too_old(original, self.client, heard=heard, max_age=self.max_task_age, max_skew=self.max_clock_skew)
-        if too_old is not None:
-            return _error(f"job {task_id}: {too_old}", 409)
-        job = {key: value for key, value in original.items() if key not in _SIGNATURE_FIELDS}
-        job["task_id"] = f"job-{uuid.uuid4().hex[:12]}"
+        old = too_old(
+            original,
+            self.client,
+            heard=heard,
+            by="this dashboard heard it",
+            max_age=self.max_task_age,
+            max_skew=self.max_clock_skew,
+        )
+        if old is not None:
+            return _error(f"job {task_id}: {old}", 409)
+        body = await _body(request)
+        if body is None or not isinstance(body.get("failed", False), bool):
+            return _error("the body must be a JSON object whose failed, if given, is true or false", 400)
+        try:
+            hosts = await self._failed_hosts(task_id) if body.get("failed") else None
+            job = relaunch_request(original, only_hosts=hosts)
+        except RelaunchError as exc:
+            return _error(f"job {task_id}: {exc}", 409)
         try:
             with trio.fail_after(ACTION_WITHIN):
                 handle = await self.client.submit(job, events=False)
@@ -247,44 +262,17 @@ class Dashboard:
             return _error(f"could not reach the broker: {exc or 'timed out'}", 503)
         return _json({"task_id": job["task_id"], "again_of": task_id}, 201)
 
+    async def _failed_hosts(self, task_id: str) -> list[str]:
+        """The hosts of `task_id` that failed or were unreachable, from its record.
 
-def _not_ours(original: dict[str, Any], client: Client) -> str | None:
-    """Why a heard request must not be signed again by this dashboard, or None.
-
-    Anyone who may publish on the tasks topic can send a copy of a job with other fields;
-    signing it again would lend the dashboard's key to them. So with a signing key, only a
-    request signed by that same key is run again.
-    """
-    signer = client.signer
-    if signer is None:
-        return None
-    from ansible_worker.protocol.signing import SignatureRefused, TrustedKeys
-
-    try:
-        TrustedKeys({"dashboard": signer.public_key}).verify(client.topics.tasks, original)
-    except SignatureRefused as exc:
-        return f"its request is not signed by this dashboard's key ({exc}); it is not signed again"
-    return None
-
-
-def _too_old(
-    original: dict[str, Any], client: Client, *, heard: datetime | None, max_age: float, max_skew: float
-) -> str | None:
-    """Why a request this dashboard's key signed was too old to run when it was `heard` (None: now), or None.
-
-    The workers' own rule, applied when the request arrived: a copy of one signed long ago,
-    replayed to the dashboard, is not made new by a fresh signature. Not applied when the
-    button is pressed: run again is for jobs that have ended, often long after `max_age`.
-    """
-    if client.signer is None:
-        return None
-    from ansible_worker.protocol.signing import SignatureRefused, check_age, issued_at
-
-    try:
-        check_age(issued_at(original), now=heard or datetime.now(UTC), max_age=max_age, max_skew=max_skew)
-    except SignatureRefused as exc:
-        return f"its request was too old to run when this dashboard heard it ({exc}); it is not signed again"
-    return None
+        Errors: `RelaunchError` when there is no usable record. Cancellation: bounded by ACTION_WITHIN.
+        """
+        record = None
+        with trio.move_on_after(ACTION_WITHIN), suppress(ClientError):
+            record = await self.client.record(task_id)
+        if record is None:
+            raise RelaunchError("its record, which says which hosts failed, cannot be read")
+        return failed_hosts(record)
 
 
 async def _body(request: Request) -> dict[str, Any] | None:

@@ -162,6 +162,22 @@ class Signature(BaseModel):
     value: str = Field(description="the signature, base64")
 
 
+RetryOn = Literal["unreachable", "failed"]
+
+
+class Retry(BaseModel):
+    """Run the hosts that ended in one of the `on` states again, in the same job."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    attempts: int = Field(ge=1, le=10, description="how many times at most the hosts are run again")
+    delay: float = Field(0, ge=0, le=3600, allow_inf_nan=False, description="seconds to wait before each new attempt")
+    on: Annotated[list[RetryOn], Field(min_length=1)] = Field(
+        default_factory=lambda: list[RetryOn](["unreachable"]),
+        description="which hosts run again: unreachable, failed or both",
+    )
+
+
 class TaskRequest(BaseModel):
     """A job as a controller publishes it to `<prefix>/<group>/tasks`. Unknown fields are ignored."""
 
@@ -204,6 +220,7 @@ class TaskRequest(BaseModel):
     poll: int | None = Field(
         None, ge=0, le=MAX_TIMEOUT_SECONDS, description="ad-hoc: with background, poll every N seconds; 0: do not (-P)"
     )
+    retry: Retry | None = Field(None, description="run the hosts that failed or were unreachable again")
     # Required by workers with security.require_signed_tasks; checked before this model.
     issued_at: str | None = Field(None, description="RFC 3339 time the message was signed")
     signature: Signature | None = None
@@ -280,6 +297,19 @@ class RecordSummary(BaseModel):
     cut: bool = Field(description="whether older events or output were left out to fit the limit")
 
 
+class Attempt(BaseModel):
+    """One run of Ansible within a job that may run hosts again (`retry`): where it ran and how they ended."""
+
+    model_config = ConfigDict(frozen=True)
+
+    attempt: int = Field(description="1 for the first run, then 2, 3…")
+    limit: str | None = Field(description="the limit it ran with: the request's, then the hosts run again")
+    return_code: int | None = None
+    hosts: list[str] = Field(default_factory=list, description="every host of its recap")
+    failed: list[str] = Field(default_factory=list, description="hosts with a failed task")
+    unreachable: list[str] = Field(default_factory=list, description="hosts that could not be reached")
+
+
 class JobStatus(BaseModel):
     """What the retained topic `<prefix>/<group>/tasks/<task_id>/status` says about a job.
 
@@ -326,6 +356,8 @@ class JobStatus(BaseModel):
     record: RecordSummary | None = None
     # A live answer to a message that was refused before anything ran; never retained.
     refused: bool = False
+    # With `retry`: each run of Ansible so far; the counts above add up every attempt's.
+    attempts: list[Attempt] = Field(default_factory=list)
 
     def to_json(self) -> bytes:
         """The status as UTF-8 JSON, whatever text Ansible put in it.
@@ -377,6 +409,11 @@ class JobRecord(BaseModel):
     format: Literal["ansible-worker-record/1"]
     task_id: str
     status: JobStatus = Field(description="the job's terminal status (its `record` field is null here)")
+    request: dict[str, Any] | None = Field(
+        None,
+        description="the task message as the worker accepted it, signature and extra_vars included:"
+        " what relaunch publishes again",
+    )
     events: list[LiveEvent] = Field(
         description="every event of the job, numbered from 1 without gaps (the newest, when cut), with the"
         " callback's `counter`, `action`, and the recap's `hosts` on playbook_on_stats"

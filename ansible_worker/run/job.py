@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import trio
 
-from ansible_worker.protocol.models import JobStatus, RecordSummary, State, TaskRequest
+from ansible_worker.protocol.models import Attempt, JobStatus, RecordSummary, State, TaskRequest
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.run.events.event_stream import EventStream
 from ansible_worker.run.events.progress import Progress
@@ -47,6 +49,8 @@ class Job:
     # Every event and the output, for the record published when the job ends.
     record: RecordCollector | None = None
     record_summary: RecordSummary | None = None
+    # With `retry`: each run of Ansible that has ended.
+    attempts: list[Attempt] = field(default_factory=list)
 
     @property
     def task_id(self) -> str:
@@ -57,6 +61,17 @@ class Job:
     def settled(self) -> bool:
         """Nothing more for this worker to do: ended, or given back to the group."""
         return self.state.terminal or self.handed_back
+
+    def request_document(self) -> dict[str, Any]:
+        """The task message as it arrived (a signed one verifies as it was); the request's fields without it."""
+        if self.payload:
+            try:
+                document = json.loads(self.payload)
+            except ValueError:
+                document = None
+            if isinstance(document, dict):
+                return document
+        return self.request.model_dump(mode="json", exclude_defaults=True)
 
     def status(self, *, progress_only: bool = False) -> JobStatus:
         """The status now; with `progress_only`, a `running` status with the counts so far.
@@ -101,6 +116,7 @@ class Job:
             revision=self.tree.revision if self.tree else None,
             content_sha256=self.request.content.sha256 if self.request.content else None,
             record=None if progress_only else self.record_summary,
+            attempts=list(self.attempts),
         )
 
     def finish(self, state: State, error_message: str | None = None) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ from ansible_worker.run.policy import RequestChecks, Resolved
 from ansible_worker.run.process.launch import ExitRecord, Launch, ProcessStarter
 from ansible_worker.run.process.output_tail import OutputTail
 from ansible_worker.run.process.process_group import run_process_group, run_with_output
+from ansible_worker.run.retries import attempt_summary, final_verdict, hosts_to_retry, limit_of
 from ansible_worker.run.run_directory import EVENT_FIFO_NAME, private_run_directory
 from ansible_worker.run.sinks import EventSink, RecordSink, StatusSink
 from ansible_worker.run.sources.job_sources import JobSources
@@ -149,6 +154,7 @@ class JobRunner:
             job.events = EventStream(self.topics.events(job.task_id), rate=self.limits.events_per_second)
         if self.records is not None:
             job.record = RecordCollector()
+            job.record.request = job.masker.tree(job.request_document())
         job.state = State.RUNNING
         job.started_at = utc_now()
         self.announce(job)
@@ -220,23 +226,56 @@ class JobRunner:
         with private_run_directory(self.limits.run_directory, job.task_id) as run_dir:
             self.statuses.started(job.task_id, run_dir)
             extra_vars = write_extra_vars(run_dir, request.extra_vars) if request.extra_vars else None
-            argv = self._argv(request, resolved, extra_vars)
-            fifo = EventFifo(run_dir / EVENT_FIFO_NAME)
-            marker = (FIFO_VARIABLE, str(fifo.path))
+            fifo_path = run_dir / EVENT_FIFO_NAME
+            marker = (FIFO_VARIABLE, str(fifo_path))
             credentials = [self.credentials[name] for name in request.credentials]
-            try:
-                async with inject(
-                    credentials, run_dir, environment=self.environment.variables, marker=marker
-                ) as injection:
-                    # The credentials' options go before the `--` that ends them.
-                    argv = [*argv[:-2], *injection.argv, *argv[-2:]]
-                    env = ansible_environment(
-                        {**self.environment.variables, **injection.env}, fifo.path, ad_hoc=request.ad_hoc
-                    )
-                    launch = Launch(tuple(argv), base, env, kill_grace=self.limits.kill_grace, marker=marker)
-                    returncode, tail = await self._run_ansible(job, launch, fifo, injection)
-            finally:
-                fifo.close()
+            async with inject(credentials, run_dir, environment=self.environment.variables, marker=marker) as injection:
+                env = ansible_environment(
+                    {**self.environment.variables, **injection.env}, fifo_path, ad_hoc=request.ad_hoc
+                )
+                launch = Launch((), base, env, kill_grace=self.limits.kill_grace, marker=marker)
+                run = partial(self._attempt, job, launch, injection, fifo_path)
+                verdict = await run(self._argv(request, resolved, extra_vars))
+                retry = request.retry
+                if retry is None:
+                    return verdict
+                first_error = verdict[1]
+                self._note_attempt(job, request.limit)
+                while len(job.attempts) <= retry.attempts:
+                    again = hosts_to_retry(job.attempts[-1], retry.on)
+                    if not again:
+                        break
+                    log.info("task %s: attempt %d on %s", job.task_id, len(job.attempts) + 1, ", ".join(again))
+                    await trio.sleep(retry.delay)
+                    limited = request.model_copy(update={"limit": limit_of(again)})
+                    job.progress.next_attempt()
+                    verdict = await run(self._argv(limited, resolved, extra_vars))
+                    self._note_attempt(job, limited.limit)
+                return final_verdict(verdict, first_error, job.attempts)
+
+    def _note_attempt(self, job: Job, limit: str | None) -> None:
+        """Add the run of Ansible that just ended to the job's attempts, and publish them."""
+        job.attempts.append(attempt_summary(len(job.attempts) + 1, limit, job.return_code, job.progress.recap))
+        self.statuses.post(job.status())
+
+    async def _attempt(
+        self, job: Job, base: Launch, injection: Injection, fifo_path: Path, argv: list[str]
+    ) -> tuple[State, str | None]:
+        """One run of Ansible with `argv` (and `base`'s directory and environment); its verdict.
+
+        Each run reads its events from a new FIFO at the same path: the path marks the job's
+        processes (`base.marker`) for as long as its credentials are injected.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(fifo_path)
+        fifo = EventFifo(fifo_path)
+        try:
+            # The credentials' options go before the `--` that ends them.
+            argv = [*argv[:-2], *injection.argv, *argv[-2:]]
+            launch = dataclasses.replace(base, argv=tuple(argv))
+            returncode, tail = await self._run_ansible(job, launch, fifo, injection)
+        finally:
+            fifo.close()
         return judge(returncode, job.progress, tail, fifo)
 
     def _argv(self, request: TaskRequest, resolved: Resolved, extra_vars: Path | None) -> list[str]:

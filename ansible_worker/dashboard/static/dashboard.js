@@ -221,6 +221,12 @@ function renderActions(status) {
     button = el("button", "Run again"); button.id = "rerun-button"; button.type = "button";
     button.addEventListener("click", () => act(status.task_id, "rerun", {}));
     actions.append(button);
+    const someFailed = (status.tasks_failed || 0) + (status.tasks_unreachable || 0) > 0;
+    if (someFailed && state.job.can_run_again) {
+      const failed = el("button", "Run again on failed hosts"); failed.id = "rerun-failed-button"; failed.type = "button";
+      failed.addEventListener("click", () => act(status.task_id, "rerun", { failed: true }));
+      actions.append(failed);
+    }
     if (!state.job.can_run_again) {
       // Said as text: a disabled button cannot be focused, so its title would reach no keyboard user.
       button.disabled = true;
