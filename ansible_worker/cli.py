@@ -133,6 +133,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_command(args)
     # Imported only here, so that a controller command never loads the worker tree.
-    from ansible_worker.worker.command import run_worker
+    from ansible_worker.worker.main import run_worker
 
     return run_worker(args.config, validate=args.validate or args.command == "validate")

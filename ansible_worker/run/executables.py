@@ -54,13 +54,15 @@ def own_scripts_directories() -> list[Path]:
 def find_executable(setting: str, *, search_path: str, fallback: Sequence[Path] = ()) -> Executable:
     """Resolve `setting` as exec would, with `search_path` as PATH; then try `fallback` directories.
 
-    A setting with a `/` is a path and is used as given. A bare name is looked up on
-    `search_path` (the PATH that the job's processes get), and, only if it is not there, in
-    `fallback`. The result is an absolute path, so that what runs is what was reported.
+    A setting with a `/` is a path, taken from the worker's working directory, never from the
+    job's (a relative one would otherwise name a file of the job's tree). A bare name is looked
+    up on `search_path` (the PATH that the job's processes get), and, only if it is not there,
+    in `fallback`. The result is an absolute path, so that what runs is what was reported.
     """
     if "/" in setting:
-        found = shutil.which(setting)
-        return Executable(setting, setting if found else None, "as configured", "not an executable file")
+        absolute = os.path.abspath(setting)
+        found = shutil.which(absolute)
+        return Executable(absolute, absolute if found else None, "as configured", "not an executable file")
     on_path = shutil.which(setting, path=search_path)
     if on_path is not None:
         return Executable(setting, os.path.abspath(on_path), "PATH", search_path)

@@ -7,7 +7,6 @@ import logging
 import math
 import re
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -24,10 +23,7 @@ from ansible_worker.protocol.claims import (
 )
 from ansible_worker.protocol.signing import UntrustedKey
 from ansible_worker.protocol.topics import Topics
-
-if TYPE_CHECKING:
-    # cryptography is loaded only by workers that check signatures.
-    from ansible_worker.protocol.signing import Signer, TrustedKeys
+from ansible_worker.worker.policies import ClaimPolicy
 
 __all__ = ["CLAIM_TIMEOUT", "ClaimFailed", "GroupClaims", "UnknownClaimKeys"]
 
@@ -95,32 +91,16 @@ class UnknownClaimKeys:
 
 
 class GroupClaims:
-    """Claims made and heard by one worker, over its broker session.
+    """Claims made and heard by one worker, over its broker session, as its `ClaimPolicy` says."""
 
-    `lifetime` is how long a claim holds a task_id (None: until the broker forgets it);
-    `release_lifetime` how long a release lets another worker take a handed-back job.
-    With `signer`, claims and releases are signed, and only those that `trusted` verifies
-    count.
-    """
-
-    def __init__(
-        self,
-        session: BrokerSession,
-        topics: Topics,
-        *,
-        worker_id: str,
-        lifetime: float | None,
-        release_lifetime: float,
-        signer: Signer | None = None,
-        trusted: TrustedKeys | None = None,
-    ) -> None:
+    def __init__(self, session: BrokerSession, topics: Topics, *, worker_id: str, policy: ClaimPolicy) -> None:
         self.session = session
         self.topics = topics
         self.worker_id = worker_id
-        self.lifetime = lifetime
-        self.release_lifetime = release_lifetime
-        self._signer = signer
-        self._trusted = trusted
+        self.lifetime = policy.lifetime
+        self.release_lifetime = policy.release_lifetime
+        self._signer = policy.signer
+        self._trusted = policy.trusted
         self.book = ClaimBook()
         self.unknown_keys = UnknownClaimKeys()
         self._claiming: set[str] = set()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ansible_worker.protocol.models import JobStatus
+from ansible_worker.worker.phases import Write
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class Journal:
     A row is written when a job is accepted (before its `queued` status is published),
     updated with each status before that status is published, and deleted once the broker
     has acknowledged the terminal status, or the job was handed back to the group: the
-    journal holds only what a restart still has to settle.
+    journal holds only what a restart still has to settle. The job table is its only
+    writer: each method here is one kind of write (`phases.Write`), made by one move.
 
     Writes are synchronous on the event loop: in WAL mode with `synchronous=NORMAL` a
     commit is a write to the operating system's cache, tens of microseconds, and it
@@ -71,7 +73,7 @@ class Journal:
         if "claim_id" not in columns:
             self._db.execute("ALTER TABLE jobs ADD COLUMN claim_id TEXT")
 
-    def accepted(self, task_id: str, payload: bytes, status: JobStatus, *, claim_id: str | None = None) -> None:
+    def add(self, task_id: str, payload: bytes, status: JobStatus, *, claim_id: str | None = None) -> None:
         """Remember a job before it is claimed or announced; `claim_id` is this worker's claim on it.
 
         A job remembered already keeps its claim id unless a new one is given.
@@ -89,17 +91,17 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalError(f"could not journal the job: {exc}") from exc
 
-    def claimed(self, task_id: str, claim_id: str | None) -> None:
-        """Record this worker's claim id on a job the journal holds (None: it holds none now).
+    def set_claims(self, task_id: str, claim_id: str | None) -> None:
+        """Record this worker's claim ids on a job the journal holds (None: it holds none now).
 
-        Errors: `JournalError`, as `accepted`.
+        Errors: `JournalError`, as `add`.
         """
         try:
             self._db.execute("UPDATE jobs SET claim_id = ? WHERE task_id = ?", (claim_id, task_id))
         except sqlite3.Error as exc:
             raise JournalError(f"could not journal the job: {exc}") from exc
 
-    def status(self, status: JobStatus) -> None:
+    def set_status(self, status: JobStatus) -> None:
         """Record the newest status of a job the journal holds (others are left alone).
 
         A database error is logged, not raised: the job goes on and its status is still
@@ -113,19 +115,47 @@ class Journal:
         except sqlite3.Error as exc:
             log.error("journal: could not record the %s status of task %s: %s", status.state, status.task_id, exc)
 
-    def started(self, task_id: str, run_dir: Path) -> None:
+    def set_run_dir(self, task_id: str, run_dir: Path) -> None:
         """Record where a job runs, so that a restart can end what it left behind."""
         try:
             self._db.execute("UPDATE jobs SET run_dir = ? WHERE task_id = ?", (str(run_dir), task_id))
         except sqlite3.Error as exc:
             log.error("journal: could not record where task %s runs: %s", task_id, exc)
 
-    def settled(self, task_id: str) -> None:
+    def forget(self, task_id: str) -> None:
         """Forget `task_id`: nothing about it is left for a restart to settle (errors are logged)."""
         try:
             self._db.execute("DELETE FROM jobs WHERE task_id = ?", (task_id,))
         except sqlite3.Error as exc:
-            log.error("journal: could not settle task %s: %s", task_id, exc)
+            log.error("journal: could not forget task %s: %s", task_id, exc)
+
+    def record(
+        self,
+        write: Write,
+        task_id: str,
+        *,
+        payload: bytes = b"",
+        status: JobStatus | None = None,
+        claims: str | None = None,
+        run_dir: Path | None = None,
+    ) -> None:
+        """Make `write`, the one write of a move, with what it records. Errors: as the write's method."""
+        match write:
+            case Write.ADD:
+                assert status is not None
+                self.add(task_id, payload, status, claim_id=claims)
+            case Write.SET_CLAIMS:
+                self.set_claims(task_id, claims)
+            case Write.SET_STATUS:
+                assert status is not None
+                self.set_status(status)
+            case Write.SET_RUN_DIR:
+                assert run_dir is not None
+                self.set_run_dir(task_id, run_dir)
+            case Write.FORGET:
+                self.forget(task_id)
+            case Write.NOTHING:
+                pass
 
     def entries(self) -> list[Entry]:
         """The jobs not yet settled, oldest first; unreadable rows are dropped with a warning."""
@@ -138,7 +168,7 @@ class Journal:
                 entries.append(Entry(task_id, bytes(payload), state, json.loads(status), run_dir, claim_id))
             except ValueError:
                 log.warning("journal: dropping an unreadable entry for task %s", task_id)
-                self.settled(task_id)
+                self.forget(task_id)
         return entries
 
     def close(self) -> None:

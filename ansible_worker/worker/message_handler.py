@@ -8,20 +8,22 @@ import trio
 
 from ansible_worker.mqtt.options import InboundMessage
 from ansible_worker.ops.metrics import WorkerMetrics
-from ansible_worker.worker.admission import Admission
+from ansible_worker.worker.claiming import Claimer
 from ansible_worker.worker.content_fetcher import ContentFetcher
-from ansible_worker.worker.dispatcher import Dispatcher
 from ansible_worker.worker.group_claims import GroupClaims
-from ansible_worker.worker.hand_back import HandBack
+from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.peers import PeerBook
+from ansible_worker.worker.phases import Phase
 from ansible_worker.worker.router import Action, Cancel, Claim, HearClaim, HearContent, HearPeer, Ignore, Refuse, Router
-from ansible_worker.worker.status_path import StatusPath
 
 log = logging.getLogger(__name__)
 
 
 class MessageHandler:
-    """Routes each message with `router`, then acts on the parts; it is the router's `WorkerView`."""
+    """Routes each message with `router`, then acts on the parts; it is the router's `WorkerView`.
+
+    What it answers about jobs comes from the job table.
+    """
 
     def __init__(
         self,
@@ -29,11 +31,9 @@ class MessageHandler:
         *,
         content: ContentFetcher,
         claims: GroupClaims,
-        dispatcher: Dispatcher,
-        admission: Admission,
-        hand_back: HandBack,
+        jobs: JobTable,
+        claimer: Claimer,
         peers: PeerBook,
-        statuses: StatusPath,
         metrics: WorkerMetrics,
         shutdown: trio.Event,
     ) -> None:
@@ -41,11 +41,9 @@ class MessageHandler:
         self.content = content
         self.worker_id = router.worker_id
         self.claims = claims
-        self.dispatcher = dispatcher
-        self.admission = admission
-        self.hand_back = hand_back
+        self.jobs = jobs
+        self.claimer = claimer
         self.peers = peers
-        self.statuses = statuses
         self.metrics = metrics
         self._shutdown = shutdown
 
@@ -66,17 +64,14 @@ class MessageHandler:
         """Do what `action` says."""
         match action:
             case Claim(request, payload, signer):
-                refusal = self.admission.start(request, payload, signer=signer)
+                refusal = self.claimer.start(request, payload, signer=signer)
                 if refusal is not None:
                     self.refuse(request.task_id, refusal)
             case Refuse(task_id, reason):
                 self.refuse(task_id, reason)
-            case Cancel(task_id, request, "queue"):
-                self.dispatcher.cancel(task_id, request.describe(), requested_by=request.requested_by)
-            case Cancel(task_id, request, "claim"):
-                self.admission.cancel(task_id, request)
             case Cancel(task_id, request, _):
-                self.hand_back.cancel(task_id, request)
+                # Wherever the router found it, the table ends it as its phase allows.
+                self.jobs.cancel(task_id, request)
             case HearClaim(task_id, message):
                 self.claims.hear(task_id, message)
             case HearPeer(worker_id, payload):
@@ -107,7 +102,7 @@ class MessageHandler:
             )
             return
         log.warning("task %s refused: %s", task_id, reason)
-        self.statuses.refuse(task_id, reason)
+        self.jobs.statuses.refuse(task_id, reason)
 
     # What the router may ask (`router.WorkerView`).
 
@@ -118,23 +113,23 @@ class MessageHandler:
 
     def in_queue(self, task_id: str) -> bool:
         """Whether the job is queued or running here."""
-        job = self.dispatcher.jobs.get(task_id)
-        return job is not None and not job.state.terminal
+        return self.jobs.in_queue(task_id)
 
     def claiming(self, task_id: str) -> bool:
-        """Whether this worker is claiming the job now."""
-        return task_id in self.admission
+        """Whether this worker is claiming the job now (or refusing it, its claim failed)."""
+        return self.jobs.phase(task_id) in (Phase.CLAIMING, Phase.REFUSING)
 
     def handing_back(self, task_id: str) -> bool:
         """Whether this worker is handing the job back now."""
-        return task_id in self.hand_back
+        return self.jobs.phase(task_id) is Phase.HANDING_BACK
 
     @property
     def queue_full(self) -> bool:
         """Whether a new job would find no room; claims in flight will take room too."""
+        jobs = self.jobs
         # A job cancelled while queued leaves its place in the queue only when a slot takes it.
-        waiting = max(self.dispatcher.queued_count, self.dispatcher.buffered)
-        return waiting + len(self.admission) >= self.dispatcher.queue_size
+        waiting = max(jobs.count(Phase.QUEUED), jobs.buffered)
+        return waiting + jobs.count(Phase.CLAIMING, Phase.REFUSING) >= jobs.queue_size
 
     @property
     def shutting_down(self) -> bool:
@@ -145,8 +140,9 @@ class MessageHandler:
     def taking_claims(self) -> bool:
         """Whether a claim may start: the claims' nursery is open and, shutting down, has room."""
         # Shutting down, the claims waiting to be handed back are bounded as well.
-        return self.admission.open and len(self.admission) + len(self.hand_back) < self.dispatcher.queue_size
+        claims = self.jobs.count(Phase.CLAIMING, Phase.REFUSING, Phase.HANDING_BACK)
+        return self.claimer.open and claims < self.jobs.queue_size
 
     def holds(self, task_id: str) -> bool:
         """Whether this worker holds the job of `task_id`, or is claiming or handing it back."""
-        return task_id in self.dispatcher.jobs or task_id in self.admission or task_id in self.hand_back
+        return self.jobs.holds(task_id)

@@ -17,6 +17,7 @@ from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.protocol.models import Presence
 from ansible_worker.protocol.timestamps import format_utc, utc_now
+from ansible_worker.worker.policies import PresencePolicy
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class PresenceAnnouncer:
     """Publishes `<prefix>/<group>/workers/<worker_id>` (QoS 1, retained).
 
     It publishes on every connection (a will message may have said `offline` meanwhile),
-    whenever `changed` is called, and at least every `interval` seconds as a heartbeat. The
+    whenever `changed` is called, and at least every `policy.interval` seconds as a heartbeat. The
     will message, set on each connection, says `offline` if the worker vanishes.
     """
 
@@ -75,8 +76,7 @@ class PresenceAnnouncer:
         topic: str,
         *,
         worker_id: str,
-        capacity: int,
-        interval: float,
+        policy: PresencePolicy,
         load: Callable[[], Load],
         changes: Changes | None = None,
         metrics: WorkerMetrics | None = None,
@@ -84,8 +84,8 @@ class PresenceAnnouncer:
         self.session = session
         self.topic = topic
         self.worker_id = worker_id
-        self.capacity = capacity
-        self.interval = interval
+        self.capacity = policy.capacity
+        self.interval = policy.interval
         self.state = WorkerState.ONLINE
         self._load = load
         # Where the warm and cold start counts come from, if the worker keeps them.

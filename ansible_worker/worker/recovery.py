@@ -11,11 +11,11 @@ from ansible_worker.protocol.models import JobStatus, State
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.run.argv import FIFO_VARIABLE
 from ansible_worker.run.run_directory import EVENT_FIFO_NAME, RUN_DIRECTORY_PREFIX
-from ansible_worker.worker.admission import Admission
-from ansible_worker.worker.claim_keeper import ClaimKeeper
+from ansible_worker.worker.claiming import Claimer
 from ansible_worker.worker.intake import Accepted, read_task_message
+from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.journal import Entry
-from ansible_worker.worker.status_path import StatusPath
+from ansible_worker.worker.phases import Move
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,8 @@ INTERRUPTED = "interrupted: worker restarted"
 async def settle_journal(
     entries: list[Entry],
     *,
-    statuses: StatusPath,
-    admission: Admission,
-    keeper: ClaimKeeper,
-    holds: Callable[[str], bool],
+    jobs: JobTable,
+    claimer: Claimer,
     refuse: Callable[[str, str], None],
     max_message_bytes: int,
     kill_grace: float,
@@ -37,26 +35,29 @@ async def settle_journal(
     reported failed, and a terminal status published again.
 
     A job that was running is ended first (its processes outlive a worker killed alone),
-    then reported, and its run directory removed.
+    then reported, and its run directory removed. An entry whose task_id the table holds
+    already (a copy arrived before the journal was read) is left to that copy, but for the
+    processes a run left.
 
     Cancellation: the kill grace of a left-over run is cut short; the entries not yet
     settled stay in the journal for the next start.
     """
     for entry in entries:
+        # A copy of the job came before the journal was read: the row is the copy's now.
+        copied = jobs.phase(entry.task_id) is not None
         if entry.state == State.QUEUED:
+            if copied:
+                continue
             match read_task_message(entry.payload, max_bytes=max_message_bytes):
-                case Accepted(_) if holds(entry.task_id):
-                    # A copy arrived before the journal was read, and is being claimed.
-                    continue
                 case Accepted(request):
                     log.info("task %s was queued before a restart: queueing it again", entry.task_id)
                     # Its claim is this worker's, unless the group gave it to another since.
                     earlier = frozenset((entry.claim_id or "").split())
-                    refusal = admission.start(request, entry.payload, earlier=earlier, from_journal=True)
+                    refusal = claimer.start(request, entry.payload, earlier=earlier, from_journal=True)
                     if refusal is not None:
                         refuse(entry.task_id, refusal)
-                    continue
-            statuses.settled(entry.task_id)
+                case _:
+                    jobs.move(entry.task_id, Move.DROP)
             continue
         status = JobStatus.model_validate(entry.status)
         if entry.state == State.RUNNING:
@@ -73,10 +74,11 @@ async def settle_journal(
             )
         else:
             log.info("task %s: publishing its %s status again", entry.task_id, entry.state)
-        if entry.claim_id:
-            # Renewed once this terminal status is out, as for any job that ends.
-            keeper.hold(entry.task_id, entry.claim_id.split()[-1])
-        statuses.post(status)
+        if copied:
+            log.warning("task %s: a copy of the job came before its journal entry was read; left to it", entry.task_id)
+            continue
+        # Its claim is renewed once this terminal status is out, as for any job that ends.
+        jobs.report(status, claim_id=entry.claim_id.split()[-1] if entry.claim_id else None)
 
 
 async def end_left_over_run(run_dir: Path, *, kill_grace: float) -> None:

@@ -15,15 +15,18 @@ from ansible_worker.ops.metrics import Snapshot, WorkerMetrics
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.runner import JobRunner
 from ansible_worker.run.wiring import job_runner
-from ansible_worker.worker.admission import Admission
 from ansible_worker.worker.claim_keeper import ClaimKeeper
+from ansible_worker.worker.claiming import Claimer
 from ansible_worker.worker.content_fetcher import ContentFetcher
 from ansible_worker.worker.dispatcher import Dispatcher
 from ansible_worker.worker.event_publisher import EventPublisher
 from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.hand_back import HandBack
+from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.message_handler import MessageHandler
 from ansible_worker.worker.peers import PeerBook
+from ansible_worker.worker.phases import Phase
+from ansible_worker.worker.policies import RecordPolicy, SignaturePolicy, WorkerPolicies
 from ansible_worker.worker.presence import Changes, Load, PresenceAnnouncer, WorkerState
 from ansible_worker.worker.record_publisher import RecordPublisher
 from ansible_worker.worker.recovery import settle_journal
@@ -40,8 +43,6 @@ log = logging.getLogger(__name__)
 # Time left after the jobs' own kill grace for their statuses to reach the broker.
 SHUTDOWN_MARGIN = 5.0
 OFFLINE_TIMEOUT = 2.0
-# Longest lifetime a claim can be given (the MQTT message expiry's limit), for "for ever".
-LONGEST_CLAIM = 2**32 - 1
 # Messages from the broker waiting for the router; the session waits when it is full.
 INBOX_SIZE = 256
 
@@ -64,10 +65,9 @@ class Worker:
 
     def __init__(self, settings: Settings) -> None:
         worker = settings.worker
+        self.policies = WorkerPolicies.of(settings)
         self.worker_id = worker.worker_id
         self.group_name = worker.group_name
-        self.drain_timeout = worker.drain_timeout
-        self.kill_grace = worker.kill_grace
         self.max_message_bytes = worker.max_message_bytes
         self.http_settings = worker.http
         self.http_port: int | None = None
@@ -94,90 +94,66 @@ class Worker:
         self._wire_group(settings)
 
     def _wire_jobs(self, settings: Settings) -> None:
-        """The parts that carry a job: claims, the status path, the runner, the queue, presence."""
-        worker = settings.worker
-        self.claims = _group_claims(settings, self.session, self.topics)
+        """The parts that carry a job: claims, the status path, the job table, the runner, the slots, presence."""
+        worker, policies = settings.worker, self.policies
+        self.claims = GroupClaims(self.session, self.topics, worker_id=self.worker_id, policy=policies.claims)
         self.keeper = ClaimKeeper(self.claims)
         self.metrics = WorkerMetrics()
         self.statuses = StatusPath(
-            self.session,
-            self.topics,
-            worker_id=worker.worker_id,
-            interval=worker.status_interval,
-            retention=worker.status_retention or None,
+            self.session, self.topics, worker_id=self.worker_id, policy=policies.statuses, metrics=self.metrics
+        )
+        self.changes = Changes()
+        self.jobs = JobTable(
+            self.statuses,
+            self.keeper,
+            worker_id=self.worker_id,
+            queue=policies.queue,
             journal=self.journal,
-            metrics=self.metrics,
-            on_terminal_sent=self.keeper.ended,
+            on_change=self.changes.ring,
         )
         self.events = EventPublisher(self.session, qos=worker.events_qos) if worker.publish_events else None
-        self.changes = Changes()
         self.content = ContentFetcher(
             self.session, self.topics, client_id=self.session.options.client_id, timeout=worker.content_fetch_timeout
         )
         password = settings.mqtt.password
+        # The table is the runner's status sink: it journals each move a status makes.
         self.runner = job_runner(
             worker,
-            self.statuses,
+            self.jobs,
             topics=self.topics,
             events=self.events,
             on_transition=self.changes.ring,
             hidden_values=[password.get_secret_value()] if password is not None else [],
             metrics=self.metrics,
             content=self.content,
-            records=_record_publisher(settings, self.session, self.topics),
+            records=_record_publisher(policies.records, self.session, self.topics),
         )
-        self.dispatcher = Dispatcher(
-            self.runner,
-            self.statuses,
-            worker_id=worker.worker_id,
-            queue_size=worker.max_queue_size,
-            concurrency=worker.concurrency,
-        )
-        self.statuses.fail_job = self.dispatcher.fail
+        # A job that never runs is announced as the runner announces the others: logged and counted.
+        self.jobs.announce = self.runner.announce
+        self.dispatcher = Dispatcher(self.runner, self.jobs.waiting, concurrency=policies.queue.concurrency)
         self.presence = PresenceAnnouncer(
             self.session,
-            self.topics.worker(worker.worker_id),
-            worker_id=worker.worker_id,
-            capacity=worker.concurrency,
-            interval=worker.heartbeat_interval,
+            self.topics.worker(self.worker_id),
+            worker_id=self.worker_id,
+            policy=policies.presence,
             load=self._load,
             changes=self.changes,
             metrics=self.metrics,
         )
 
     def _wire_group(self, settings: Settings) -> None:
-        """The parts that deal with the group: peers, hand-backs, admission, and the message handler."""
-        worker = settings.worker
+        """The parts that deal with the group: peers, hand-backs, claiming, and the message handler."""
         # The state of every other worker of the group, from their presence messages.
         self.peers = PeerBook()
-        self.hand_back = HandBack(
-            self.session,
-            self.topics,
-            self.claims,
-            self.keeper,
-            self.peers,
-            self.statuses,
-            self.runner,
-            worker_id=worker.worker_id,
-        )
-        self.admission = Admission(
-            self.session,
-            self.claims,
-            self.keeper,
-            self.statuses,
-            self.dispatcher,
-            self.hand_back,
-            self._shutdown,
-        )
+        self.hand_back = HandBack(self.session, self.topics, self.claims, self.peers, self.jobs)
+        self.claimer = Claimer(self.session, self.claims, self.jobs, self.hand_back, self._shutdown)
         self.messages = MessageHandler(
-            _router(settings, self.topics, self.claims, self.runner),
+            _router(settings, self.policies.signatures, self.topics, self.claims, self.runner),
             content=self.content,
             claims=self.claims,
-            dispatcher=self.dispatcher,
-            admission=self.admission,
-            hand_back=self.hand_back,
+            jobs=self.jobs,
+            claimer=self.claimer,
             peers=self.peers,
-            statuses=self.statuses,
             metrics=self.metrics,
             shutdown=self._shutdown,
         )
@@ -214,8 +190,8 @@ class Worker:
             "worker %s starting: group %s, concurrency %d, queue %d, playbooks in %s",
             self.worker_id,
             self.group_name,
-            self.dispatcher.concurrency,
-            self.dispatcher.queue_size,
+            self.policies.queue.concurrency,
+            self.policies.queue.size,
             self.runner.sources.playbook_directory,
         )
         async with trio.open_nursery() as infrastructure:
@@ -226,15 +202,16 @@ class Worker:
                 partial(self.session.serve, will=self.presence.will, on_connected=self.presence.connected)
             )
             infrastructure.start_soon(self.messages.serve, self._inbox_receive)
-            for serve in (self.statuses.serve_publisher, self.statuses.serve_answers):
-                infrastructure.start_soon(serve)
-            for serve in (self.keeper.serve_renewals, self.keeper.serve_keep_alive, self.presence.serve):
+            # What the broker acknowledges goes back to the table.
+            infrastructure.start_soon(self.statuses.serve_publisher, self.jobs)
+            infrastructure.start_soon(self.keeper.serve_keep_alive, self.jobs.held_claims)
+            for serve in (self.statuses.serve_answers, self.keeper.serve_renewals, self.presence.serve):
                 infrastructure.start_soon(serve)
             await infrastructure.start(self.runner.warm_pool.serve)
             if self.events is not None:
                 infrastructure.start_soon(self.events.serve)
             async with trio.open_nursery() as claiming:
-                self.admission.nursery = claiming
+                self.claimer.nursery = claiming
                 async with trio.open_nursery() as serving:
                     await serving.start(self.dispatcher.serve)
                     if self.journal is not None:
@@ -243,7 +220,7 @@ class Worker:
                     await self._shutdown.wait()
                     await self._drain(serving.cancel_scope)
                 # Before the nursery closes: a job arriving now is refused, not lost.
-                self.admission.nursery = None
+                self.claimer.nursery = None
             await self._say_goodbye()
             infrastructure.cancel_scope.cancel()
         if self.journal is not None:
@@ -261,60 +238,53 @@ class Worker:
         """What the metrics endpoint shows now."""
         return Snapshot(
             counts=self.metrics,
-            queued=self.dispatcher.queued_count,
-            running=self.dispatcher.running_count,
-            capacity=self.dispatcher.concurrency,
+            queued=self.jobs.count(Phase.QUEUED),
+            running=self.jobs.running_count,
+            capacity=self.policies.queue.concurrency,
             connected=self.session.connected,
             draining=self._shutdown.is_set(),
             reconnects=self.session.reconnects,
         )
 
     def _load(self) -> Load:
-        return Load(self.dispatcher.running_count, self.dispatcher.queued_count, self.dispatcher.jobs_done)
+        return Load(self.jobs.running_count, self.jobs.count(Phase.QUEUED), self.jobs.jobs_done)
 
     async def _settle_journal(self, journal: Journal) -> None:
         await settle_journal(
             journal.entries(),
-            statuses=self.statuses,
-            admission=self.admission,
-            keeper=self.keeper,
-            holds=self.messages.holds,
+            jobs=self.jobs,
+            claimer=self.claimer,
             refuse=self.messages.refuse,
             max_message_bytes=self.max_message_bytes,
-            kill_grace=self.kill_grace,
+            kill_grace=self.policies.drain.kill_grace,
         )
 
     async def _drain(self, serving: trio.CancelScope) -> None:
         """Stop taking jobs, hand queued ones back, let running ones finish in time, or end them."""
+        drain = self.policies.drain
         log.info(
             "draining: no new jobs; %d queued to hand back, %d running (waiting up to %gs)",
-            self.dispatcher.queued_count,
-            self.dispatcher.running_count,
-            0 if self._hurry else self.drain_timeout,
+            self.jobs.count(Phase.QUEUED),
+            self.jobs.running_count,
+            0 if self._hurry else drain.timeout,
         )
         self.presence.set_state(WorkerState.DRAINING)
         with trio.move_on_after(1):
             await self.session.unsubscribe(self.tasks_subscription)
-        queued = self.dispatcher.stop_taking()
+        queued = self.jobs.stop_taking()
         async with trio.open_nursery() as handing_back:
             # All at once, each step bounded: with the broker away, one at a time would add up.
-            for job in queued:
-                claim_id = self.keeper.get(job.task_id)
-                if claim_id is None:
-                    # Not claimed through this worker (cannot happen): no release could free it.
-                    self.hand_back.cancel_unstarted(job.request, job)
-                    continue
-                self.hand_back.begin(job.task_id)
-                handing_back.start_soon(self.hand_back.hand_back, job.request, job.payload, claim_id, job)
-            self._drain_wait.deadline = trio.current_time() + self.drain_timeout
+            for task_id in queued:
+                handing_back.start_soon(self.hand_back.hand_back, task_id)
+            self._drain_wait.deadline = trio.current_time() + drain.timeout
             with self._drain_wait:
-                await self.dispatcher.wait_idle()
-            if self.dispatcher.jobs:
-                reason = "a second signal" if self._hurry else f"the drain timeout ({self.drain_timeout:g}s)"
-                log.info("cancelling %d running jobs after %s", len(self.dispatcher.jobs), reason)
-                self.dispatcher.cancel_running("cancelled: worker shutting down")
+                await self.jobs.wait_idle()
+            if left := self.jobs.count(Phase.QUEUED, Phase.RUNNING):
+                reason = "a second signal" if self._hurry else f"the drain timeout ({drain.timeout:g}s)"
+                log.info("cancelling %d running jobs after %s", left, reason)
+                self.jobs.end_running("cancelled: worker shutting down")
         # The jobs end their process groups (SIGTERM, kill_grace, SIGKILL), then the slots stop.
-        serving.deadline = trio.current_time() + self.kill_grace + SHUTDOWN_MARGIN
+        serving.deadline = trio.current_time() + drain.kill_grace + SHUTDOWN_MARGIN
 
     async def _say_goodbye(self) -> None:
         """Flush the statuses, then say offline; each bounded."""
@@ -335,43 +305,23 @@ class Worker:
         await endpoint.serve(self.http_settings.host, self.http_settings.port, task_status=task_status)
 
 
-def _group_claims(settings: Settings, session: BrokerSession, topics: Topics) -> GroupClaims:
-    """The group's claims as this worker sees them, signed when its jobs are."""
-    worker, security = settings.worker, settings.security
-    claim_signing = security.claim_signing
-    # A task_id is the group's for as long as its status is kept; a signed job's claim also
-    # outlives every moment its signature could still be accepted.
-    lifetime: float | None = worker.status_retention or None
-    if claim_signing is not None:
-        lifetime = max(lifetime or LONGEST_CLAIM, security.max_task_age + 2 * security.max_clock_skew)
-    return GroupClaims(
-        session,
-        topics,
-        worker_id=worker.worker_id,
-        lifetime=lifetime,
-        release_lifetime=security.max_task_age + security.max_clock_skew,
-        signer=claim_signing[0] if claim_signing is not None else None,
-        trusted=claim_signing[1] if claim_signing is not None else None,
-    )
-
-
-def _record_publisher(settings: Settings, session: BrokerSession, topics: Topics) -> RecordPublisher | None:
+def _record_publisher(policy: RecordPolicy | None, session: BrokerSession, topics: Topics) -> RecordPublisher | None:
     """Where finished jobs' records go, unless `worker.publish_records` is off."""
-    worker = settings.worker
-    if not worker.publish_records:
+    if policy is None:
         return None
-    return RecordPublisher(session, topics, limit=worker.record_limit_bytes, retention=worker.status_retention or None)
+    return RecordPublisher(session, topics, limit=policy.limit, retention=policy.retention)
 
 
-def _router(settings: Settings, topics: Topics, claims: GroupClaims, runner: JobRunner) -> Router:
+def _router(
+    settings: Settings, signatures: SignaturePolicy | None, topics: Topics, claims: GroupClaims, runner: JobRunner
+) -> Router:
     """This worker's rules for incoming messages, with signature checks when jobs must be signed."""
-    worker, security = settings.worker, settings.security
+    worker = settings.worker
     verify_task = verify_cancel = None
-    trusted = security.trusted
-    if trusted is not None:
+    if signatures is not None:
         from ansible_worker.worker.task_gate import SignedTaskGate
 
-        gate = SignedTaskGate(security, trusted, topics, released=claims.released_request)
+        gate = SignedTaskGate(signatures, topics, released=claims.released_request)
         verify_task, verify_cancel = gate.task_verifier, gate.cancel_verifier
     return Router(
         topics,

@@ -1,16 +1,15 @@
-"""The one path of every status to the broker: outbox, journal, publisher, and live refusals.
+"""The one path of every status to the broker: outbox, publisher, and live refusals.
 
 Every status of every job (accepted, refused, handed back, recovered from the journal) is
-posted here, and one task publishes them in order. This is also the only writer of the
-journal, so what the journal says and what the broker was sent cannot drift apart.
+posted here by the job table, which journals it first, and one task publishes them in order;
+what the broker does with each is told back to the table (`PublishOutcomes`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
@@ -21,10 +20,7 @@ from ansible_worker.protocol.models import JobStatus, State
 from ansible_worker.protocol.statuses import early_status
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker.outbox import StatusOutbox
-
-if TYPE_CHECKING:
-    # sqlite3 is loaded only by workers that keep a journal.
-    from ansible_worker.worker.journal import Journal
+from ansible_worker.worker.policies import StatusPolicy
 
 log = logging.getLogger(__name__)
 
@@ -36,45 +32,34 @@ ANSWER_TIMEOUT = 5.0
 PUBLISH_RETRY_PAUSE = 0.2
 
 
-class StatusPath:
-    """Statuses in (`post`, `post_progress`, `refuse`), the broker and the journal out.
+class PublishOutcomes(Protocol):
+    """What the publisher tells the owner of the jobs (the job table) about the statuses it sent."""
 
-    `on_terminal_sent(task_id)` runs once a job's terminal status is acknowledged by the
-    broker; `fail_job(task_id, reason)` ends a running job whose status cannot be
-    serialized, and returns False when there is none to end.
-    """
+    def sent(self, status: JobStatus) -> None:
+        """The broker acknowledged `status`."""
+
+    def unpublishable(self, status: JobStatus, reason: str) -> None:
+        """`status` can never be sent (it does not serialize); `reason` says why."""
+
+
+class StatusPath:
+    """Statuses in (`post`, `post_progress`, `refuse`), the broker out."""
 
     def __init__(
-        self,
-        session: BrokerSession,
-        topics: Topics,
-        *,
-        worker_id: str,
-        interval: float,
-        retention: int | None,
-        journal: Journal | None,
-        metrics: WorkerMetrics,
-        on_terminal_sent: Callable[[str], None] = lambda task_id: None,
+        self, session: BrokerSession, topics: Topics, *, worker_id: str, policy: StatusPolicy, metrics: WorkerMetrics
     ) -> None:
         self.session = session
         self.topics = topics
         self.worker_id = worker_id
-        self.retention = retention
-        self.journal = journal
+        self.retention = policy.retention
         self.metrics = metrics
-        self.on_terminal_sent = on_terminal_sent
-        self.fail_job: Callable[[str, str], bool] = lambda task_id, reason: False
-        self.outbox = StatusOutbox(interval=interval)
+        self.outbox = StatusOutbox(interval=policy.interval)
         self._answers_send, self._answers_receive = trio.open_memory_channel[tuple[str, str]](MAX_PENDING_ANSWERS)
 
     # Statuses of jobs.
 
     def post(self, status: JobStatus) -> None:
-        """Send `status` (a change of state, or a terminal status); journaled first, never blocks."""
-        if self.journal is not None:
-            # As it is posted, not as it is published: with the broker away, a finished job
-            # must not be remembered as running.
-            self.journal.status(status)
+        """Send `status` (a change of state, or a terminal status); never blocks."""
         self.outbox.post(status)
 
     def post_progress(self, task_id: str, build: Callable[[], JobStatus]) -> None:
@@ -99,28 +84,6 @@ class StatusPath:
                 await self.session.publish(self.topics.status(task_id), status.to_json(), qos=1)
         except (LinkError, trio.TooSlowError) as exc:
             log.warning("task %s: could not send its refusal: %s", task_id, exc)
-
-    # The journal: only this component writes it.
-
-    def accepted(self, task_id: str, payload: bytes, status: JobStatus, *, claim_id: str | None = None) -> None:
-        """Journal a job before it is claimed or queued. Errors: `JournalError` (refuse the job)."""
-        if self.journal is not None:
-            self.journal.accepted(task_id, payload, status, claim_id=claim_id)
-
-    def claimed(self, task_id: str, claim_ids: str) -> None:
-        """Journal the claim ids (space-separated) that may hold the job after a crash."""
-        if self.journal is not None:
-            self.journal.claimed(task_id, claim_ids)
-
-    def started(self, task_id: str, run_dir: Path) -> None:
-        """Journal the run directory of a job that starts: its processes carry its name."""
-        if self.journal is not None:
-            self.journal.started(task_id, run_dir)
-
-    def settled(self, task_id: str) -> None:
-        """Forget a job: its terminal status is out, or it was handed to another worker."""
-        if self.journal is not None:
-            self.journal.settled(task_id)
 
     # Waiting for the broker.
 
@@ -149,19 +112,16 @@ class StatusPath:
 
     # The tasks.
 
-    async def serve_publisher(self) -> None:
-        """Publish statuses for ever: QoS 1, retained, in the order jobs made them.
+    async def serve_publisher(self, outcomes: PublishOutcomes) -> None:
+        """Publish statuses for ever: QoS 1, retained, in the order jobs made them; tell `outcomes` how each went.
 
-        A status that cannot be sent for any reason but the link fails its own job, with
-        the reason, and the worker goes on.
+        A status that cannot be sent for any reason but the link is given to
+        `outcomes.unpublishable`, and the worker goes on.
 
         Cancellation: the status being published is left in the outbox, unsent.
         """
         while True:
-            status = await self.outbox.take()
-            if self.journal is not None and status.state == State.RUNNING:
-                self.journal.status(status)
-            await self._publish(status)
+            await self._publish(await self.outbox.take(), outcomes)
 
     async def serve_answers(self) -> None:
         """Send the live answers to refused messages, one at a time, each bounded.
@@ -172,7 +132,7 @@ class StatusPath:
             async for task_id, reason in self._answers_receive:
                 await self.send_refusal(task_id, reason)
 
-    async def _publish(self, status: JobStatus) -> None:
+    async def _publish(self, status: JobStatus, outcomes: PublishOutcomes) -> None:
         expiry = self.retention if status.state.terminal and self.retention else None
         try:
             sent_at = trio.current_time()
@@ -192,28 +152,9 @@ class StatusPath:
         except Exception as exc:
             log.exception("task %s: its %s status could not be published", status.task_id, status.state)
             # Its replacement first, so that the outbox is never idle in between.
-            self._fail_unpublishable(status, f"{UNPUBLISHABLE}: {exc}")
+            outcomes.unpublishable(status, f"{UNPUBLISHABLE}: {exc}"[:1000])
             self.outbox.sent(status)
         else:
             self.metrics.status_publish_latency.observe(trio.current_time() - sent_at)
             self.outbox.sent(status)
-            if status.state.terminal:
-                self.settled(status.task_id)
-                self.on_terminal_sent(status.task_id)
-
-    def _fail_unpublishable(self, status: JobStatus, reason: str) -> None:
-        """End the job whose status could not be sent; its terminal status carries the reason.
-
-        The replacement is tried once: if even it cannot be sent, the status is lost (logged)
-        rather than retried for ever.
-        """
-        reason = reason[:1000]
-        if status.error_message is not None and status.error_message.startswith(UNPUBLISHABLE):
-            log.error("task %s: its replacement status could not be published either; it is lost", status.task_id)
-            return
-        if not status.state.terminal and self.fail_job(status.task_id, reason):
-            return
-        # Nothing left to end: send the little that is certain to serialize.
-        self.post(
-            early_status(status.task_id, State.FAILED, reason, worker_id=self.worker_id, created_at=status.created_at)
-        )
+            outcomes.sent(status)

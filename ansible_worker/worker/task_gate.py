@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ansible_worker.ops.config import SecuritySettings
 from ansible_worker.protocol.claims import request_digest
-from ansible_worker.protocol.signing import TrustedKeys, Verified, check_age, issued_at
+from ansible_worker.protocol.signing import Verified, check_age, issued_at
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker.intake import Verify
+from ansible_worker.worker.policies import SignaturePolicy
 
 
 class SignedTaskGate:
@@ -24,18 +24,11 @@ class SignedTaskGate:
     once is the claims' business.
     """
 
-    def __init__(
-        self,
-        security: SecuritySettings,
-        trusted: TrustedKeys,
-        topics: Topics,
-        *,
-        released: Callable[[str], str | None],
-    ) -> None:
-        self.trusted = trusted
+    def __init__(self, policy: SignaturePolicy, topics: Topics, *, released: Callable[[str], str | None]) -> None:
+        self.trusted = policy.trusted
         self.topics = topics
-        self.max_age = security.max_task_age
-        self.max_skew = security.max_clock_skew
+        self.max_age = policy.max_age
+        self.max_skew = policy.max_skew
         self._released = released
 
     def task_verifier(self, payload: bytes) -> Verify:

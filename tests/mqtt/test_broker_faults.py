@@ -68,8 +68,11 @@ async def test_job_finishing_while_broker_is_down_reports_after_it_returns(
     async with running_worker(settings) as worker:
         await start_then_lose_broker(broker, group, worker, "outage", seconds=2)
         # The job goes on without the broker and ends while it is away.
+        entry = worker.jobs.entry("outage")
+        assert entry is not None
+        assert entry.job is not None
         with trio.fail_after(60):
-            await worker.dispatcher.jobs["outage"].done.wait()
+            await entry.job.done.wait()
         assert worker.statuses.pending_count >= 1
         broker.start()
         # Mosquitto here keeps nothing across a restart, so what arrives was sent afterwards.
@@ -86,7 +89,7 @@ async def test_broker_restart_while_job_runs(broker: Broker, playbook_dir: Path,
         broker.start()
         async with open_controller(broker, group) as controller:
             final = await controller.wait_terminal("bounce", within=60)
-        assert "bounce" not in worker.dispatcher.jobs
+        assert not worker.jobs.holds("bounce")
     assert final["state"] == "success"
 
 

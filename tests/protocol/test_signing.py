@@ -515,9 +515,11 @@ def test_the_cheap_checks_come_before_the_signature_is_computed(keys: dict[str, 
     """A flood of stale or foreign messages costs no canonical JSON: that is refused first."""
     from ansible_worker.ops.config import SecuritySettings
     from ansible_worker.protocol.topics import Topics
+    from ansible_worker.worker.policies import SignaturePolicy
     from ansible_worker.worker.task_gate import SignedTaskGate
 
     trusted = TrustedKeys.from_files({"alice": keys["alice"].with_suffix(".pub")})
+    defaults = SecuritySettings()
     alice = Signer.from_file(keys["alice"].with_suffix(".key"))
     long_ago = datetime.now(UTC) - timedelta(hours=1)
     expired = alice.sign(TASKS, JOB, now=long_ago)
@@ -528,7 +530,8 @@ def test_the_cheap_checks_come_before_the_signature_is_computed(keys: dict[str, 
     def reason(released: bytes | None, document: dict[str, Any]) -> str:
         """Why the gate refuses `document`, while a live release names the message `released`."""
         digest = request_digest(released) if released is not None else None
-        gate = SignedTaskGate(SecuritySettings(), trusted, Topics("ansible", "web"), released=lambda _: digest)
+        policy = SignaturePolicy(trusted, max_age=defaults.max_task_age, max_skew=defaults.max_clock_skew)
+        gate = SignedTaskGate(policy, Topics("ansible", "web"), released=lambda _: digest)
         with pytest.raises(SignatureRefused) as refused:
             gate.task_verifier(json.dumps(document).encode())(document)
         return str(refused.value)

@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from ansible_worker.run.executables import (
@@ -122,6 +123,18 @@ def test_which_ansible_playbook_is_chosen(tmp_path: Path) -> None:
     configured = find_executable(str(on_path), search_path="", fallback=[own.parent])
     assert (configured.path, configured.source) == (str(on_path), "as configured")
     assert find_executable(str(empty / "nope"), search_path="", fallback=[own.parent]).path is None
+
+
+def test_a_relative_path_is_the_worker_s_never_the_job_tree_s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    worker_directory = tmp_path / "worker"
+    own = _script(worker_directory / "bin", "ansible-playbook")
+    monkeypatch.chdir(worker_directory)
+    found = find_executable("bin/ansible-playbook", search_path="", fallback=[])
+    assert (found.path, found.command) == (str(own), str(own))
+    # Not there: what runs (and fails) is still the worker's path, whatever the job's directory holds.
+    missing = find_executable("other/ansible-playbook", search_path="", fallback=[])
+    assert missing.path is None
+    assert missing.command == str(worker_directory / "other" / "ansible-playbook")
 
 
 def test_only_the_default_name_falls_back_to_the_own_environment(tmp_path: Path) -> None:

@@ -27,8 +27,8 @@ def journal(tmp_path: Path) -> Journal:
 
 
 def test_an_accepted_job_is_an_entry_with_its_payload_and_status(journal: Journal) -> None:
-    """`accepted` stores the message as it arrived and the status as JSON, and `entries` reads them back."""
-    journal.accepted("j1", b'{"task_id": "j1"}', status("j1"), claim_id="c1")
+    """`add` stores the message as it arrived and the status as JSON, and `entries` reads them back."""
+    journal.add("j1", b'{"task_id": "j1"}', status("j1"), claim_id="c1")
     [entry] = journal.entries()
     assert entry == Entry("j1", b'{"task_id": "j1"}', "queued", entry.status, None, "c1")
     assert entry.status["task_id"] == "j1"
@@ -36,49 +36,49 @@ def test_an_accepted_job_is_an_entry_with_its_payload_and_status(journal: Journa
 
 
 def test_accepting_again_keeps_the_claim_unless_a_new_one_is_given(journal: Journal) -> None:
-    """A repeated `accepted` replaces payload and status; the claim id survives a None and yields to a new one."""
-    journal.accepted("j1", b"one", status("j1"), claim_id="c1")
-    journal.accepted("j1", b"two", status("j1", State.RUNNING))
+    """A repeated `add` replaces payload and status; the claim id survives a None and yields to a new one."""
+    journal.add("j1", b"one", status("j1"), claim_id="c1")
+    journal.add("j1", b"two", status("j1", State.RUNNING))
     [entry] = journal.entries()
     assert (entry.payload, entry.state, entry.claim_id) == (b"two", "running", "c1")
-    journal.accepted("j1", b"three", status("j1"), claim_id="c2")
+    journal.add("j1", b"three", status("j1"), claim_id="c2")
     [entry] = journal.entries()
     assert (entry.payload, entry.claim_id) == (b"three", "c2")
 
 
 def test_claimed_sets_and_clears_the_claim_id(journal: Journal) -> None:
-    """`claimed` records a claim on a held job, None removes it, and an unknown job gains no row."""
-    journal.accepted("j1", b"", status("j1"))
-    journal.claimed("j1", "c9")
+    """`set_claims` records a claim on a held job, None removes it, and an unknown job gains no row."""
+    journal.add("j1", b"", status("j1"))
+    journal.set_claims("j1", "c9")
     assert [e.claim_id for e in journal.entries()] == ["c9"]
-    journal.claimed("j1", None)
+    journal.set_claims("j1", None)
     assert [e.claim_id for e in journal.entries()] == [None]
-    journal.claimed("unknown", "c1")
+    journal.set_claims("unknown", "c1")
     assert [e.task_id for e in journal.entries()] == ["j1"]
 
 
 def test_status_updates_a_held_job_and_leaves_others_alone(journal: Journal) -> None:
-    """`status` rewrites state and status of a job the journal holds, and never creates a row."""
-    journal.accepted("j1", b"", status("j1"))
-    journal.status(status("j1", State.RUNNING, tasks_total=3))
-    journal.status(status("stranger", State.SUCCESS))
+    """`set_status` rewrites state and status of a job the journal holds, and never creates a row."""
+    journal.add("j1", b"", status("j1"))
+    journal.set_status(status("j1", State.RUNNING, tasks_total=3))
+    journal.set_status(status("stranger", State.SUCCESS))
     [entry] = journal.entries()
     assert (entry.task_id, entry.state, entry.status["tasks_total"]) == ("j1", "running", 3)
 
 
 def test_started_records_the_run_directory(journal: Journal, tmp_path: Path) -> None:
-    """`started` stores where a job runs, so that a restart can find its processes."""
-    journal.accepted("j1", b"", status("j1"))
-    journal.started("j1", tmp_path / "run-j1")
+    """`set_run_dir` stores where a job runs, so that a restart can find its processes."""
+    journal.add("j1", b"", status("j1"))
+    journal.set_run_dir("j1", tmp_path / "run-j1")
     assert [e.run_dir for e in journal.entries()] == [str(tmp_path / "run-j1")]
 
 
 def test_settled_removes_only_that_job(journal: Journal) -> None:
-    """`settled` deletes the job's row; the others stay, in the order they were accepted."""
+    """`forget` deletes the job's row; the others stay, in the order they were accepted."""
     for task_id in ("a", "b", "c"):
-        journal.accepted(task_id, task_id.encode(), status(task_id))
-    journal.settled("b")
-    journal.settled("never-there")
+        journal.add(task_id, task_id.encode(), status(task_id))
+    journal.forget("b")
+    journal.forget("never-there")
     assert [e.task_id for e in journal.entries()] == ["a", "c"]
 
 
@@ -86,10 +86,10 @@ def test_reopening_after_close_keeps_the_entries(tmp_path: Path) -> None:
     """What one worker process journaled is there, unchanged and in order, for the next one."""
     directory = tmp_path / "state"
     first = Journal(directory)
-    first.accepted("b", b"payload-b", status("b"), claim_id="cb")
-    first.accepted("a", b"payload-a", status("a"))
-    first.status(status("a", State.SUCCESS, return_code=0))
-    first.started("b", tmp_path / "run")
+    first.add("b", b"payload-b", status("b"), claim_id="cb")
+    first.add("a", b"payload-a", status("a"))
+    first.set_status(status("a", State.SUCCESS, return_code=0))
+    first.set_run_dir("b", tmp_path / "run")
     before = first.entries()
     first.close()
     second = Journal(directory)
@@ -106,8 +106,8 @@ def test_reopening_after_close_keeps_the_entries(tmp_path: Path) -> None:
 
 def test_an_unreadable_entry_is_dropped_and_settled(journal: Journal) -> None:
     """A row whose status is not JSON is left out of `entries` and deleted, the others kept."""
-    journal.accepted("good", b"", status("good"))
-    journal.accepted("bad", b"", status("bad"))
+    journal.add("good", b"", status("good"))
+    journal.add("bad", b"", status("bad"))
     with sqlite3.connect(journal.path) as raw:
         raw.execute("UPDATE jobs SET status = 'not json {' WHERE task_id = 'bad'")
     assert [e.task_id for e in journal.entries()] == ["good"]
@@ -116,12 +116,12 @@ def test_an_unreadable_entry_is_dropped_and_settled(journal: Journal) -> None:
 
 
 def test_accepted_raises_journal_error_when_the_database_cannot_take_it(journal: Journal) -> None:
-    """`accepted` and `claimed` turn a database failure into `JournalError`, so the job can be refused."""
+    """`add` and `set_claims` turn a database failure into `JournalError`, so the job can be refused."""
     journal.close()
     with pytest.raises(JournalError):
-        journal.accepted("j1", b"", status("j1"))
+        journal.add("j1", b"", status("j1"))
     with pytest.raises(JournalError):
-        journal.claimed("j1", "c1")
+        journal.set_claims("j1", "c1")
 
 
 def test_status_started_and_settled_only_log_a_database_failure(
@@ -129,9 +129,9 @@ def test_status_started_and_settled_only_log_a_database_failure(
 ) -> None:
     """The calls a running job makes never raise on a database failure; each logs an error."""
     journal.close()
-    journal.status(status("j1", State.RUNNING))
-    journal.started("j1", tmp_path)
-    journal.settled("j1")
+    journal.set_status(status("j1", State.RUNNING))
+    journal.set_run_dir("j1", tmp_path)
+    journal.forget("j1")
     errors = [r for r in caplog.records if r.levelname == "ERROR" and r.name == "ansible_worker.worker.journal"]
     assert len(errors) == 3
 
@@ -140,7 +140,7 @@ def test_a_missing_state_directory_is_created_private(tmp_path: Path) -> None:
     """A new state directory is 0700 and the database file 0600, also its WAL companions."""
     directory = tmp_path / "a" / "state"
     journal = Journal(directory)
-    journal.accepted("j1", b"secret", status("j1"))
+    journal.add("j1", b"secret", status("j1"))
     try:
         assert mode(directory) == 0o700
         assert mode(journal.path) == 0o600
@@ -206,8 +206,8 @@ def test_a_journal_from_an_older_version_gains_the_new_columns(tmp_path: Path) -
     journal = Journal(directory)
     try:
         assert journal.entries() == [Entry("old", b"{}", "running", {"task_id": "old"}, None, None)]
-        journal.claimed("old", "c1")
-        journal.started("old", tmp_path)
+        journal.set_claims("old", "c1")
+        journal.set_run_dir("old", tmp_path)
         [entry] = journal.entries()
         assert (entry.claim_id, entry.run_dir) == ("c1", str(tmp_path))
     finally:
@@ -215,7 +215,7 @@ def test_a_journal_from_an_older_version_gains_the_new_columns(tmp_path: Path) -
 
 
 def test_a_foreign_database_refuses_jobs(tmp_path: Path) -> None:
-    """An SQLite file of some other program with its own `jobs` table: `accepted` raises `JournalError`."""
+    """An SQLite file of some other program with its own `jobs` table: `add` raises `JournalError`."""
     directory = tmp_path / "state"
     directory.mkdir(mode=0o700)
     with sqlite3.connect(directory / "journal.sqlite3") as raw:
@@ -224,7 +224,7 @@ def test_a_foreign_database_refuses_jobs(tmp_path: Path) -> None:
     journal = Journal(directory)
     try:
         with pytest.raises(JournalError):
-            journal.accepted("j1", b"", status("j1"))
+            journal.add("j1", b"", status("j1"))
     finally:
         journal.close()
     with sqlite3.connect(directory / "journal.sqlite3") as raw:

@@ -17,6 +17,7 @@ from ansible_worker.mqtt.link import LinkLost
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.models import Presence
 from ansible_worker.protocol.timestamps import parse_utc
+from ansible_worker.worker.policies import PresencePolicy
 from ansible_worker.worker.presence import Load, PresenceAnnouncer, WorkerState
 
 TOPIC = "ansible/g/workers/w1"
@@ -82,7 +83,11 @@ class Loads:
 
 def announcer(session: FakeSession, loads: Loads | None = None, *, interval: float = INTERVAL) -> PresenceAnnouncer:
     return PresenceAnnouncer(
-        cast(BrokerSession, session), TOPIC, worker_id="w1", capacity=4, interval=interval, load=loads or Loads()
+        cast(BrokerSession, session),
+        TOPIC,
+        worker_id="w1",
+        policy=PresencePolicy(capacity=4, interval=interval),
+        load=loads or Loads(),
     )
 
 

@@ -224,7 +224,7 @@ async def test_a_cancel_that_arrives_while_the_claim_is_in_flight_is_kept(
         cancel = alice.sign(topics.cancel("c-early"), {"reason": "too early", "requested_by": "alice"})
         await controller.link.publish(topics.cancel("c-early"), json.dumps(cancel).encode(), qos=1)
         with trio.fail_after(10):
-            while worker.admission.cancel_for("c-early") is None:  # noqa: ASYNC110 - the worker's own state, bounded
+            while worker.jobs.pending_cancel("c-early") is None:  # noqa: ASYNC110 - the worker's own state, bounded
                 await trio.sleep(0.01)
         go_on.set()
         final = await controller.wait_terminal("c-early", within=30)

@@ -9,6 +9,10 @@ or absence), the file creation mask and resource limits the parent inherits, and
 environment but the variables that are the job's own (its event FIFO, its credentials).
 Those reach only the job's process, so they must be variables nothing reads at import.
 Anything that cannot be checked gives a reason instead of a key, which means a cold start.
+
+The configuration files are found as Ansible finds them, with the job's environment, and
+signed before they are read: once a parent has imported Ansible, `changed_since` and
+`read_elsewhere` tell whether it read what the key holds.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
+import pwd
+import re
 import resource
 import shutil
 import stat
@@ -153,24 +159,70 @@ def _is_main_guard(node: ast.stmt) -> bool:
     )
 
 
+Signature = tuple[int, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class WarmKey:
+    """The key of a job's configuration, and what to check once a parent for it has imported Ansible.
+
+    `configs`: each place Ansible looks for `ansible.cfg`, with its signature (None: missing)
+    taken before its content went into the key; `cwd_mode`: the mode of the working directory.
+    """
+
+    digest: str
+    configs: tuple[tuple[str, Signature | None], ...]
+    cwd_mode: int
+
+
 def config_candidates(cwd: Path, env: Mapping[str, str]) -> list[Path]:
-    """Where Ansible looks for `ansible.cfg`, in its order (each may be missing)."""
+    """Where Ansible looks for `ansible.cfg`, in its order (each may be missing), as it looks with `env`.
+
+    As `ansible.config.manager.find_ini_config_file`: `ANSIBLE_CONFIG` with its variables and
+    `~` expanded from the job's environment, relative to the working directory, a folder
+    meaning its `ansible.cfg`; then the working directory, `~/.ansible.cfg`, `/etc/ansible`.
+    """
     candidates: list[Path] = []
     from_env = env.get("ANSIBLE_CONFIG")
     if from_env is not None:
-        path = Path(os.path.expanduser(os.path.expandvars(from_env)))
-        if not path.is_absolute():
-            path = cwd / path
-        candidates.append(path / "ansible.cfg" if path.is_dir() else path)
+        path = os.path.normpath(os.path.join(cwd, expand_user(expand_variables(from_env, env), env)))
+        candidates.append(Path(path, "ansible.cfg") if os.path.isdir(path) else Path(path))
     candidates.append(cwd / "ansible.cfg")
-    home = env.get("HOME")
-    if home:
-        candidates.append(Path(home) / ".ansible.cfg")
+    candidates.append(Path(os.path.normpath(os.path.join(cwd, expand_user("~/.ansible.cfg", env)))))
     candidates.append(Path("/etc/ansible/ansible.cfg"))
     return candidates
 
 
-def warm_key(interpreter: Interpreter, *, cwd: Path, env: Mapping[str, str], late: Collection[str]) -> str:
+_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)
+
+
+def expand_variables(text: str, env: Mapping[str, str]) -> str:
+    """`os.path.expandvars` with `env` for the environment: `$NAME` and `${NAME}` of a set variable."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1).removeprefix("{").removesuffix("}")
+        return env.get(name, match.group(0))
+
+    return _VARIABLE.sub(value, text)
+
+
+def expand_user(text: str, env: Mapping[str, str]) -> str:
+    """`os.path.expanduser` with `env` for the environment: `~` is its `HOME` (else the user's), `~NAME` that user's."""
+    if not text.startswith("~"):
+        return text
+    end = text.find("/", 1)
+    end = len(text) if end < 0 else end
+    try:
+        if end == 1:
+            home = env["HOME"] if "HOME" in env else pwd.getpwuid(os.getuid()).pw_dir
+        else:
+            home = pwd.getpwnam(text[1:end]).pw_dir
+    except KeyError:
+        return text
+    return (home.rstrip("/") + text[end:]) or "/"
+
+
+def warm_key(interpreter: Interpreter, *, cwd: Path, env: Mapping[str, str], late: Collection[str]) -> WarmKey:
     """A digest of every input Ansible reads at import, for a job run in `cwd` with `env`.
 
     `late` names the job's own variables (the event FIFO, its credentials): they go to the
@@ -193,16 +245,55 @@ def warm_key(interpreter: Interpreter, *, cwd: Path, env: Mapping[str, str], lat
     except OSError as exc:
         raise ColdStart(f"cannot inspect {exc.filename}: {exc.strerror}") from exc
     # Ansible skips ./ansible.cfg in a world-writable directory.
-    add("cwd", cwd, stat.S_IMODE(directory.st_mode))
+    cwd_mode = stat.S_IMODE(directory.st_mode)
+    add("cwd", cwd, cwd_mode)
+    configs: list[tuple[str, Signature | None]] = []
     for candidate in config_candidates(cwd, env):
-        add("config", candidate, _content(candidate))
+        signature, content = _content(candidate)
+        add("config", candidate, content)
+        configs.append((str(candidate), signature))
     # What a process inherits from the worker: the parent inherited it when it started.
     add("umask", _umask(), "limits", *_limits())
     add("env")
     for name in sorted(env):
         if name not in late:
             add(name, env[name])
-    return digest.hexdigest()
+    return WarmKey(digest.hexdigest(), tuple(configs), cwd_mode)
+
+
+def changed_since(key: WarmKey, cwd: Path) -> str | None:
+    """Why a place where Ansible looks for its configuration may not be as it was when `key` read it.
+
+    Checked once a parent for `key` has imported Ansible: a file written meanwhile has
+    another change time (whatever its content now), so the parent may hold another text.
+    """
+    for path, signature in key.configs:
+        try:
+            now: Signature | None = signature_of(os.stat(path))
+        except FileNotFoundError:
+            now = None
+        except OSError as exc:
+            return f"cannot inspect {path}: {exc.strerror}"
+        if now != signature:
+            return f"{path} changed while the warm parent started"
+    try:
+        if stat.S_IMODE(os.stat(cwd).st_mode) != key.cwd_mode:
+            return f"the mode of {cwd} changed while the warm parent started"
+    except OSError as exc:
+        return f"cannot inspect {cwd}: {exc.strerror}"
+    return None
+
+
+def read_elsewhere(key: WarmKey, read: str | None) -> str | None:
+    """Why `read`, the configuration file a parent for `key` read (None: none), is not one the key holds."""
+    if read is None or os.path.realpath(read) in {os.path.realpath(path) for path, _ in key.configs}:
+        return None
+    return f"Ansible read its configuration from {read}, which is not where the worker looked"
+
+
+def signature_of(info: os.stat_result) -> Signature:
+    """What changes when a file is written, replaced or touched."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def read_at_start(name: str, reported: Collection[str]) -> bool:
@@ -231,18 +322,20 @@ def _limits() -> list[tuple[int, int]]:
     return [resource.getrlimit(getattr(resource, name)) for name in sorted(dir(resource)) if name.startswith("RLIMIT_")]
 
 
-def _content(path: Path) -> bytes:
+def _content(path: Path) -> tuple[Signature | None, bytes]:
+    """The signature of `path` (None: missing), then its content or what it is instead."""
     try:
         info = path.stat()
     except FileNotFoundError:
-        return b"\x00missing"
+        return None, b"\x00missing"
     except OSError as exc:
         raise ColdStart(f"cannot inspect {path}: {exc.strerror}") from exc
+    signature = signature_of(info)
     if not stat.S_ISREG(info.st_mode):
-        return f"\x00not a file {stat.S_IFMT(info.st_mode)}".encode()
+        return signature, f"\x00not a file {stat.S_IFMT(info.st_mode)}".encode()
     if info.st_size > MAX_CONFIG_BYTES:
         raise ColdStart(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        return path.read_bytes()
+        return signature, path.read_bytes()
     except OSError as exc:
         raise ColdStart(f"cannot read {path}: {exc.strerror}") from exc

@@ -26,7 +26,7 @@ from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.run.errors import JobRefusedError
 from ansible_worker.run.process.output_tail import OutputTail
 from ansible_worker.run.process.termination import terminate
-from ansible_worker.run.warm.key import ColdStart, Interpreter
+from ansible_worker.run.warm.key import ColdStart, Interpreter, WarmKey, changed_since, read_elsewhere
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,9 @@ class Run:
 class WarmParent:
     """One helper process and the socket to it; `run` is its owner task."""
 
-    def __init__(self, key: str, interpreter: Interpreter, *, cwd: Path, env: Mapping[str, str]) -> None:
-        self.key = key
+    def __init__(self, key: WarmKey, interpreter: Interpreter, *, cwd: Path, env: Mapping[str, str]) -> None:
+        self.key = key.digest
+        self.configuration = key
         self.interpreter = interpreter
         self.cwd = cwd
         self.env = dict(env)
@@ -85,8 +86,10 @@ class WarmParent:
         # those its configuration reads), or why it cannot serve this configuration.
         self.early: frozenset[str] = frozenset()
         self.refusal: str | None = None
-        # A file it read has changed: it serves no more jobs.
+        # A file it read has changed (why, then): it serves no more jobs.
         self.stale = False
+        self.stale_reason = ""
+        self._process: trio.Process | None = None
         self._runs: dict[int, Run] = {}
         self._ids = itertools.count(1)
         self._sock: trio.socket.SocketType | None = None
@@ -101,6 +104,18 @@ class WarmParent:
     def close(self) -> None:
         """End the helper (its jobs too): used when retired and idle, and when the pool closes."""
         self._scope.cancel()
+
+    def abandon(self, reason: str) -> None:
+        """Kill the helper at once and end it: it is wedged, and would not end its jobs either."""
+        self.lost_reason = self.lost_reason or reason
+        if self._process is not None and self._process.returncode is None:
+            # Also releases at once the descriptors of requests it holds unread (a job's output pipe).
+            self._process.kill()
+        self.close()
+
+    def _mark_stale(self, reason: str) -> None:
+        self.stale_reason = self.stale_reason or reason
+        self.stale = True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the helper and read what it says until it exits.
@@ -139,6 +154,7 @@ class WarmParent:
                     finally:
                         theirs.close()
                     self.pid = process.pid
+                    self._process = process
                     assert process.stdout is not None
                     nursery.start_soon(partial(self._errors.drain, process.stdout, exited=self.ended))
                     self._sock = trio.socket.from_stdlib_socket(ours)
@@ -172,6 +188,17 @@ class WarmParent:
             if message.get("ready"):
                 self.rss_kib = int(message.get("rss", 0))
                 self.early = frozenset(str(name) for name in message.get("early", ()))
+                read = message.get("config")
+                elsewhere = read_elsewhere(self.configuration, read if isinstance(read, str) else None)
+                if elsewhere is not None:
+                    # So it would for every job with this key: as if it had refused.
+                    self.refusal = elsewhere
+                    self.close()
+                    continue
+                # A few small files, checked once per parent.
+                changed = changed_since(self.configuration, self.cwd)
+                if changed is not None:
+                    self._mark_stale(changed)
                 self.ready.set()
                 continue
             if "cold" in message:
@@ -182,7 +209,8 @@ class WarmParent:
                 continue
             if "error" in message:
                 run.error = str(message["error"])
-                self.stale = self.stale or bool(message.get("stale"))
+                if message.get("stale"):
+                    self._mark_stale(run.error)
                 run.started.set()
                 self._runs.pop(message["id"], None)
             elif "pid" in message:
@@ -201,13 +229,14 @@ class WarmParent:
         Cancellation: the wait for the answer is shielded and bounded, so a run that was
         forked is always known by its pid, and the caller's next wait (for its end) ends it.
 
-        Errors: `ColdStart` when the helper refused before forking (nothing ran);
-        `WarmParentLostError` when it died or fell silent with the request in hand.
+        Errors: `ColdStart` when nothing of the job ran: the helper refused before forking,
+        or died or fell silent with the request in hand (a fork it made then finds the job's
+        pipe closed unwritten, and ends saying nothing). A silent helper is killed.
         """
         if self._sock is None or self.ended.is_set():
             raise ColdStart("the warm parent is not running")
         if self.stale:
-            raise ColdStart("the warm parent is being replaced")
+            raise ColdStart(f"the warm parent is being replaced: {self.stale_reason}")
         run_id = next(self._ids)
         run = Run()
         self._runs[run_id] = run
@@ -238,7 +267,11 @@ class WarmParent:
         if run.error is not None:
             raise ColdStart(f"the warm parent refused the job: {run.error}")
         if run.pid is None:
-            self.lost_reason = self.lost_reason or f"the warm parent (pid {self.pid}) did not answer a fork request"
-            self.close()
-            raise WarmParentLostError(f"{self.lost_reason}; the run could not be started")
+            # A later answer is about a fork that finds no job.
+            self._runs.pop(run_id, None)
+            if not self.ended.is_set():
+                self.abandon(
+                    f"the warm parent (pid {self.pid}) did not answer a fork request within {FORK_REPLY_SECONDS:g}s"
+                )
+            raise ColdStart(f"{self.lost_reason}; nothing of the job had run")
         return run

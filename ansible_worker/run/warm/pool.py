@@ -3,9 +3,12 @@
 A warm parent (`script/warm_parent.py`, run under Ansible's own Python) has run the imports of
 the `ansible-playbook` script; a job forked from it skips them. The pool is bounded and
 least recently used parents give way; a parent is retired after `max_forks` forks, when
-its memory grows past `max_rss_kib`, or when a file it read has changed, and replaced
-when it dies (its running jobs then fail with a reason). Any doubt about a job's
-configuration means a cold start instead, with the reason logged.
+its memory grows past `max_rss_kib`, when a file it read has changed, or when a place where
+Ansible looks for its configuration changed while it started; it is replaced when it dies
+(its running jobs then fail with a reason) or does not answer a fork request (killed; the
+job starts cold). Any doubt about a job's configuration means a cold start instead, with
+the reason logged; a configuration a parent refused is remembered, for many more
+configurations than the pool holds parents.
 
 A job's own variables (its event FIFO, its credentials) never reach a parent: they are not
 in its key, and the job's argv and environment go from the worker to the job's process
@@ -35,6 +38,10 @@ log = logging.getLogger(__name__)
 
 # Seconds a configuration whose parent could not start is given cold starts before a retry.
 START_FAILURE_BACKOFF = 60.0
+# A refusal follows from the configuration itself (its `log_path`, say): it is remembered
+# longer, and for many more configurations than the pool holds parents.
+REFUSAL_BACKOFF = 600.0
+REMEMBERED_FAILURES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +88,9 @@ class WarmPool:
         self._nursery: trio.Nursery | None = None
         self._parents: OrderedDict[str, WarmParent] = OrderedDict()
         self._retired: set[WarmParent] = set()
-        # Keys whose parent died before it was ready: when, and why (bounded by `size`).
-        self._failed: dict[str, tuple[float, str]] = {}
+        # Keys whose parent refused them or died before it was ready: until when they start
+        # cold, and why (the least recently noted go first, beyond `REMEMBERED_FAILURES`).
+        self._failed: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the warm parents until cancelled (at the worker's end); started at once.
@@ -131,21 +139,21 @@ class WarmPool:
     def _parent_for(self, job: Configuration, *, late: Collection[str]) -> WarmParent:
         interpreter = find_interpreter(job.executable, job.env)
         key = warm_key(interpreter, cwd=job.cwd, env=job.env, late=late)
-        parent = self._parents.get(key)
+        parent = self._parents.get(key.digest)
         if parent is not None and not parent.ended.is_set():
-            self._parents.move_to_end(key)
+            self._parents.move_to_end(key.digest)
             return parent
         if parent is not None:
-            del self._parents[key]
-        failed = self._failed.get(key)
-        if failed is not None and trio.current_time() < failed[0] + START_FAILURE_BACKOFF:
+            del self._parents[key.digest]
+        failed = self._failed.get(key.digest)
+        if failed is not None and trio.current_time() < failed[0]:
             raise ColdStart(f"the warm parent for this configuration could not start: {failed[1]}")
-        self._failed.pop(key, None)
+        self._failed.pop(key.digest, None)
         while len(self._parents) >= self.policy.size:
             _, oldest = self._parents.popitem(last=False)
             self._retire(oldest)
         parent = WarmParent(key, interpreter, cwd=job.cwd, env={k: v for k, v in job.env.items() if k not in late})
-        self._parents[key] = parent
+        self._parents[key.digest] = parent
         self.metrics.warm_parents_started += 1
         assert self._nursery is not None, "the warm pool is not serving"
         self._nursery.start_soon(self._own, parent)
@@ -165,17 +173,17 @@ class WarmPool:
                 del self._parents[parent.key]
                 if parent.refusal is not None:
                     # Not lost: it looked at its configuration and said no.
-                    self._remember_failure(parent.key, parent.lost_reason or parent.refusal)
+                    self._remember_failure(parent.key, parent.lost_reason or parent.refusal, REFUSAL_BACKOFF)
                     log.info(
                         "%s; jobs with this configuration start cold (asked again after %gs)",
                         parent.lost_reason,
-                        START_FAILURE_BACKOFF,
+                        REFUSAL_BACKOFF,
                     )
                 elif not parent.retiring:
                     self.metrics.warm_parents_lost += 1
                     if not parent.ready.is_set():
                         # It never got as far as importing Ansible: do not retry it for every job.
-                        self._remember_failure(parent.key, parent.lost_reason or "unknown")
+                        self._remember_failure(parent.key, parent.lost_reason or "unknown", START_FAILURE_BACKOFF)
                         log.warning(
                             "%s before it was ready; jobs with its configuration start cold for %gs",
                             parent.lost_reason,
@@ -185,10 +193,11 @@ class WarmPool:
                         log.warning("%s; the next job with its configuration starts a new one", parent.lost_reason)
             self._publish_size()
 
-    def _remember_failure(self, key: str, reason: str) -> None:
-        self._failed[key] = (trio.current_time(), reason)
-        while len(self._failed) > self.policy.size:
-            del self._failed[next(iter(self._failed))]
+    def _remember_failure(self, key: str, reason: str, seconds: float) -> None:
+        self._failed[key] = (trio.current_time() + seconds, reason)
+        self._failed.move_to_end(key)
+        while len(self._failed) > REMEMBERED_FAILURES:
+            self._failed.popitem(last=False)
 
     def _retire(self, parent: WarmParent) -> None:
         parent.retiring = True
@@ -224,6 +233,9 @@ class WarmPool:
                 raise ColdStart(parent.lost_reason or "the warm parent exited")
             if not parent.ready.is_set():
                 raise ColdStart(f"the warm parent was not ready within {self.policy.start_timeout:g}s")
+            if parent.stale:
+                self._retire(parent)
+                raise ColdStart(f"the warm parent is being replaced: {parent.stale_reason}")
             early = sorted(name for name in own if name in job.env and read_at_start(name, parent.early))
             if early:
                 raise ColdStart(

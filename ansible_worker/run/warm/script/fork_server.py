@@ -81,7 +81,8 @@ class Parent:
         self.selector = selector
         selector.register(self.sock, selectors.EVENT_READ, "sock")
         selector.register(wake_read, selectors.EVENT_READ, "wake")
-        send(self.sock, {"ready": True, "pid": os.getpid(), "rss": _rss_kib(), "early": sorted(self.imported.early)})
+        ready = {"ready": True, "pid": os.getpid(), "rss": _rss_kib(), "early": sorted(self.imported.early)}
+        send(self.sock, {**ready, "config": self.imported.config_file})
         while not self.stopping:
             for key, _ in selector.select():
                 if key.data == "wake":

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import signal
 import sys
+import time
 import traceback
 import types
 from collections.abc import Callable
@@ -18,6 +20,13 @@ from typing import Any
 
 # Read when a process starts or Ansible is imported, beyond modules: a change means a cold start differs.
 _READ_AT_START = ("/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
+# The clock of files' change times advances in ticks: a file whose change time is this close
+# to the start of the import may have changed during it.
+_TICK_NS = 20_000_000
+# The signature noted for a file that changed while the parent imported: no file has it.
+_CHANGED_DURING_IMPORT = (-1,)
+# What the interpreter sets LC_CTYPE to when it coerces the C locale (PEP 538).
+_COERCED_LOCALES = (b"C.UTF-8", b"C.utf8", b"UTF-8")
 
 ExitHandler = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
@@ -45,8 +54,13 @@ class Imported:
         self.temporary: dict[str, str] = {}
         # Closure cells of what the import put on the standard streams, with their values.
         self.stream_cells: list[tuple[Any, Any]] = []
-        # Every file read that a cold start reads again -> its stat signature.
+        # Every file read that a cold start reads again -> its stat signature as it was read.
         self.files: dict[str, tuple[int, ...] | None] = {}
+        self.signature: Callable[[str], tuple[int, ...] | None] = facts["signature"]
+        # The configuration file Ansible read (None: none), which the worker checks against the job's key.
+        self.config_file: str | None = None
+        # Variables the interpreter set as it started, as it does in every process: given to each job.
+        self.made_at_start: dict[bytes, bytes] = {}
         # The modules and path finders there were when the imports were done.
         self.modules: set[str] = set(facts["modules"])
         self.finders: set[str] = set(facts["finders"])
@@ -63,7 +77,9 @@ class Imported:
     def changed(self) -> str | None:
         """Which file the parent read has changed since, if any: a job forked now would differ from a cold start."""
         for path, signature in self.files.items():
-            if _signature(path) != signature:
+            if signature == _CHANGED_DURING_IMPORT:
+                return f"{path} changed while the warm parent imported Ansible"
+            if self.signature(path) != signature:
                 return f"{path} changed since the warm parent read it"
         return None
 
@@ -84,8 +100,127 @@ def take_over(script: str, facts: dict[str, Any]) -> tuple[Imported | None, str 
         imported.early |= _configuration_variables(constants)
         _forget_own_temporary_directories(constants, imported)
     imported.stream_cells = _stream_patch_cells()
-    imported.files = {path: _signature(path) for path in sorted(_files_read())}
+    imported.config_file = _config_file(constants)
+    imported.files = _signatures(facts, imported)
     return imported, None
+
+
+def _config_file(constants: Any) -> str | None:
+    path = getattr(getattr(constants, "config", None), "_config_file", None)
+    return path if isinstance(path, str) else None
+
+
+def _signatures(facts: dict[str, Any], imported: Imported) -> dict[str, tuple[int, ...] | None]:
+    """Every file read that a cold start reads again -> its signature as it was read.
+
+    Taken before the read where the parent could (`_LoadWatch`). For a file it learns of only
+    now (what OpenSSL read, say), a change since the import began counts as a change.
+    """
+    signed: dict[str, tuple[int, ...] | None] = facts["signed"]
+    began, now = facts["began"] - _TICK_NS, time.time_ns() + _TICK_NS
+    files: dict[str, tuple[int, ...] | None] = {}
+    for path in sorted(_files_read(facts["path_files"]()) | _openssl_files() | _mapped_files()):
+        if path in signed:
+            files[path] = signed[path]
+            continue
+        signature = imported.signature(path)
+        # A change time past now is a clock that cannot tell (a file system's own): taken as it is.
+        changed = signature is not None and began <= signature[4] <= now
+        files[path] = _CHANGED_DURING_IMPORT if changed else signature
+    if imported.config_file is not None:
+        # The worker checks that it is as it was when the job's key was made, before this parent started.
+        files[imported.config_file] = imported.signature(imported.config_file)
+    return files
+
+
+def _openssl_files() -> set[str]:
+    """OpenSSL's configuration as each OpenSSL library loaded here read it: its file and what that includes.
+
+    The file is the one the library itself names (`OPENSSL_CONF`, or its own default).
+    """
+    libraries: set[str] = set()
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and _is_libcrypto(os.path.basename(fields[5].rstrip())):
+                    libraries.add(os.fsdecode(fields[5].rstrip()))
+    except OSError:
+        return set()
+    files: set[str] = set()
+    for library in sorted(libraries):
+        try:
+            crypto = ctypes.CDLL(library)
+            default_file, free = crypto.CONF_get1_default_config_file, crypto.CRYPTO_free
+        except (OSError, AttributeError):
+            continue  # gone since, or older than OpenSSL 1.1.1
+        default_file.restype = ctypes.c_void_p
+        free.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int)
+        pointer = default_file()
+        if pointer:
+            files.add(os.fsdecode(ctypes.string_at(pointer)))
+            free(pointer, b"", 0)
+    return _openssl_included(files)
+
+
+def _mapped_files() -> set[str]:
+    """The files mapped into this process: the interpreter, the shared libraries its modules link.
+
+    A package manager replaces a library by renaming a new one over it; a cold start loads the
+    new one, this parent keeps the old. A mapping whose file was gone before the parent looked
+    (memfd, a deleted temporary file) has no name a cold start could open: not watched.
+    """
+    found: set[str] = set()
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6 or not fields[5].startswith(b"/"):
+                    continue  # anonymous memory, the stack, [vdso]
+                path = os.fsdecode(fields[5].rstrip(b"\n"))
+                if not path.endswith(" (deleted)") and not path.startswith(("/dev/", "/proc/", "/sys/", "/memfd:")):
+                    found.add(path)
+    except OSError:
+        return set()
+    return found
+
+
+def _is_libcrypto(name: bytes) -> bool:
+    # libcrypto.so.3, or a copy a wheel ships under a name of its own (libcrypto-1a2b3c4d.so.3).
+    return name.startswith(b"libcrypto") and b".so" in name
+
+
+def _openssl_included(files: set[str], limit: int = 64) -> set[str]:
+    """`files` and what they include (`.include PATH`, a file or a folder of `*.cnf` and `*.conf`), up to `limit`."""
+    found: set[str] = set()
+    pending = sorted(files)
+    # Where OpenSSL looks for a relative one: this folder, or the working directory.
+    bases = [base for base in (os.environ.get("OPENSSL_CONF_INCLUDE"), os.getcwd()) if base]
+    while pending and len(found) < limit:
+        path = pending.pop()
+        if path in found:
+            continue
+        found.add(path)
+        if os.path.isdir(path):
+            with contextlib.suppress(OSError):
+                names = sorted(os.listdir(path))
+                pending.extend(os.path.join(path, name) for name in names if name.endswith((".cnf", ".conf")))
+            continue
+        try:
+            with open(path, "rb") as handle:
+                text = handle.read(1 << 20).decode(errors="surrogateescape")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            words = line.strip()
+            if not words.startswith(".include"):
+                continue
+            target = words.removeprefix(".include").strip().removeprefix("=").strip()
+            if os.path.isabs(target):
+                pending.append(target)
+            elif target:
+                pending.extend(os.path.join(base, target) for base in bases)
+    return found
 
 
 def _refusal(facts: dict[str, Any], imported: Imported) -> str | None:
@@ -98,12 +233,41 @@ def _refusal(facts: dict[str, Any], imported: Imported) -> str | None:
     if opened:
         names = sorted(os.readlink(f"/proc/self/fd/{fd}") for fd in opened)
         return f"the import of Ansible left open {', '.join(names)} (a log file?), which every job would share"
+    changed = _environment_changes(imported)
+    if changed:
+        shown = ", ".join(changed[:8]) + (", …" if len(changed) > 8 else "")
+        return f"Python's start-up or the import of Ansible changed the environment ({shown}): a job would not have it"
     threading = sys.modules.get("threading")
     if threading is not None and threading.active_count() > facts["threads"]:
         return "the import of Ansible started a thread"
     if facts["exit_handlers_before"] or atexit._ncallbacks() != len(imported.exit_handlers):
         return "the import of Ansible registered an exit handler the warm parent could not see"
     return None
+
+
+def _environment_changes(imported: Imported) -> list[str]:
+    """The variables that `os.environ` holds otherwise than this process was started with.
+
+    Set or removed by a `.pth` file, `sitecustomize`, `usercustomize` or the script's imports:
+    a cold start has them, and a job's process is given the job's environment as it was sent.
+    All but one: the interpreter sets `LC_CTYPE` when it coerces the C locale, as every start
+    with the same locale variables (in the key) does: that is noted in `imported`, for each job.
+    """
+    with open("/proc/self/environ", "rb") as handle:
+        block = handle.read()
+    started: dict[bytes, bytes] = {}
+    for entry in block.split(b"\0"):
+        name, equals, value = entry.partition(b"=")
+        if equals:
+            # As Python reads its environment: the first of a name counts.
+            started.setdefault(name, value)
+    now = dict(os.environb)
+    changed = {name for name in started.keys() | now.keys() if started.get(name) != now.get(name)}
+    coerced = now.get(b"LC_CTYPE")
+    if b"LC_CTYPE" in changed and coerced in _COERCED_LOCALES and not started.get(b"LC_ALL"):
+        changed.discard(b"LC_CTYPE")
+        imported.made_at_start[b"LC_CTYPE"] = coerced
+    return sorted(os.fsdecode(name) for name in changed)
 
 
 def _signal_handlers() -> dict[int, Any]:
@@ -171,16 +335,13 @@ def _stream_patch_cells() -> list[tuple[Any, Any]]:
     return cells
 
 
-def _files_read() -> set[str]:
-    """Files the import used (beyond Ansible's configuration, which the worker checks), to be checked for changes."""
+def _files_read(path_files: set[str]) -> set[str]:
+    """Files the interpreter and the import read, and folders where they looked, to check for changes.
+
+    `path_files`: the folders of the path, the `.pth` files and what they name, the user site.
+    """
     files = (getattr(module, "__file__", None) for module in list(sys.modules.values()))
-    paths = {path for path in files if isinstance(path, str)}
-    for entry in sys.path:
-        # A package, a module or a .pth file added or removed changes the directory (or makes it).
-        paths.add(entry)
-        if os.path.isdir(entry):
-            with contextlib.suppress(OSError):
-                paths.update(os.path.join(entry, name) for name in os.listdir(entry) if name.endswith(".pth"))
+    paths = {path for path in files if isinstance(path, str)} | path_files
     manager = getattr(sys.modules.get("ansible.config.manager"), "__file__", None)
     if isinstance(manager, str):
         paths.add(os.path.join(os.path.dirname(manager), "base.yml"))
@@ -189,11 +350,3 @@ def _files_read() -> set[str]:
     paths.update(os.fsdecode(path) for path in getattr(display, "b_COW_PATHS", ()))
     paths.update(_READ_AT_START)
     return {path for path in paths if os.path.isabs(path)}
-
-
-def _signature(path: str) -> tuple[int, ...] | None:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)

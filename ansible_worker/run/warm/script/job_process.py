@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from ansible_worker.run.warm.script.imported import Imported
 
+_PR_SET_DUMPABLE = 4
 _PR_SET_NAME = 15
+# The bit `uuid` sets in a node it drew at random (no hardware address has it).
+_MULTICAST_NODE = 1 << 40
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_JOB_BYTES = 16 * 1024 * 1024
 # How long a root keeps killing the strays of a run that was ended.
@@ -90,6 +93,9 @@ def _reap_as_root(leader: int, fds: list[int], report_fd: int, ended: list[bool]
             # SIGKILL and SIGSTOP have no handler to reset.
             with contextlib.suppress(OSError, ValueError):
                 signal.signal(signum, signal.SIG_DFL)
+            # Without a core file of its own: `G` left the run's, as a cold start leaves one.
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
             os.kill(os.getpid(), signum)
         os._exit(os.WEXITSTATUS(status))
     finally:
@@ -149,18 +155,31 @@ def _become_job(fds: list[int], imported: Imported) -> Job:
         os.chdir(job.cwd)
         os.environ.clear()
         os.environ.update(job.env)
+        os.environb.update(imported.made_at_start)
+        try:
+            _make_own(imported)
+        except Exception:
+            # Where a cold start would fail in its import (its local temporary directory
+            # cannot be made, say): it does, here, and fails as it fails.
+            _start_cold(job)
         _retitle(job.title, job.name, job.env)
         _write_all(2, imported.output)
         for cell, value in imported.stream_cells:
             cell.cell_contents = value
-        _make_own(imported)
         sys.argv = list(job.argv)
         sys.orig_argv = list(job.title)
         return job
+    except _Withdrawn:
+        # The worker gave up on this fork and started the job cold: nothing to say.
+        os._exit(1)
     except BaseException as exc:
         with contextlib.suppress(Exception):
             os.write(2, f"[ERROR]: warm start failed: {type(exc).__name__}: {exc}\n".encode())
         os._exit(1)
+
+
+class _Withdrawn(Exception):
+    """The pipe of a job ended before anything was written: the worker closed it unused."""
 
 
 def _read_job(fd: int) -> Job:
@@ -170,7 +189,29 @@ def _read_job(fd: int) -> Job:
         if len(data) > _MAX_JOB_BYTES:
             raise ValueError("the job is too large")
     os.close(fd)
+    if not data:
+        raise _Withdrawn
     return Job(json.loads(data))
+
+
+def _start_cold(job: Job) -> NoReturn:
+    """Become a fresh `ansible-playbook` of `job`, as the worker starts one: its program, argv and environment.
+
+    The signals as a new process of the worker's has them: none blocked, handlers back to the
+    default (as exec does), an ignored signal that this process inherited (SIGHUP under
+    `nohup`) still ignored, and the two Python ignores itself (SIGPIPE, SIGXFSZ) reset, as the
+    worker resets them for every process it starts. The session, working directory and streams
+    are the job's already.
+    """
+    own_ignores = {signal.SIGPIPE, signal.SIGXFSZ}
+    for signum in signal.valid_signals():
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            if signum in own_ignores or signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    os.execvpe(job.argv[0], job.argv, job.env)  # noqa: S606 - the job's own argv, as the worker starts it
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -191,6 +232,11 @@ def _make_own(imported: Imported) -> None:
             setattr(constants, name, _resolve(constants, name))
         else:
             atexit.register(function, *args, **kwargs)
+    uuid: Any = sys.modules.get("uuid")
+    node = getattr(uuid, "_node", None)
+    if isinstance(node, int) and node & _MULTICAST_NODE:
+        # No hardware address was found: the node is drawn per process, as `uuid` draws it.
+        uuid._node = int.from_bytes(os.urandom(6), "big") | _MULTICAST_NODE
     ids: Any = sys.modules.get("ansible.utils.vars")
     if ids is not None and isinstance(getattr(ids, "random_int", None), str):
         # As `ansible.utils.vars` draws it: part of every task's and play's id.

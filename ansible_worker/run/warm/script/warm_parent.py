@@ -20,7 +20,10 @@ the same point, and runs the whole script as `__main__`:
 - what the import made for its own process made again: Ansible's local temporary
   directory (with its clean-up in its place among the exit handlers), the random part of
   Ansible's ids, multiprocessing's authentication key, logging's start time, the main
-  thread's native id;
+  thread's native id, `uuid`'s node if it was drawn at random. Where making them fails
+  as a cold start's import would fail (a temporary directory that cannot be made), `G`
+  executes the script afresh with the job's argv and environment: a cold start, which
+  fails as it fails;
 - the fork locks Ansible put on the standard streams switched on again (a fork switches
   them off, for Ansible's workers);
 - the normal end of a Python program (threads joined, exit handlers run, streams flushed,
@@ -29,19 +32,24 @@ the same point, and runs the whole script as `__main__`:
 
 What cannot be handed over makes the parent refuse its configuration once imported
 (`{"cold": reason}`): the import left a descriptor open (a log file), started a thread, or
-registered an exit handler the parent did not see; or the interpreter is asked to report
-on its own start-up. A request is refused before its fork (`"stale": true`) when a file
-the parent read has changed since (a module, a `.pth` file or a directory of the path,
-Ansible's configuration definitions, the cowsay paths, the time zone, the user database),
-or when the job's streams are not of the kind the parent started with (stdin /dev/null,
-stdout and stderr one pipe).
+registered an exit handler the parent did not see; the interpreter's start-up or the
+import changed the environment (a job's process is given the job's, as sent); or the
+interpreter is asked to report on its own start-up. A request is refused before its fork
+(`"stale": true`) when a file the parent read has changed since it read it (a module, a
+`.pth` file or a folder of the path, the user site and the folders `.pth` files name, also
+missing ones, Ansible's configuration definitions and the `ansible.cfg` it read, OpenSSL's
+configuration, the cowsay paths, the time zone, the user database), or when the job's
+streams are not of the kind the parent started with (stdin /dev/null, stdout and stderr
+one pipe). A file's signature is taken before it is read where the parent can (see
+`_LoadWatch`), so that one changed while the parent imports is a change.
 
 Protocol, on the SOCK_SEQPACKET socket whose descriptor is the first argument; each
 packet is one JSON object:
 
-- parent -> worker, once imported: `{"ready": true, "pid": N, "rss": KIB, "early": [NAME, ...]}`
-  (the variables read while Ansible was imported, `*` for all, and those its configuration
-  reads), or `{"cold": "reason"}`, after which the parent exits
+- parent -> worker, once imported: `{"ready": true, "pid": N, "rss": KIB, "early": [NAME, ...],
+  "config": PATH}` (the variables read while Ansible was imported, `*` for all, and those
+  its configuration reads; the `ansible.cfg` Ansible read, or null), or `{"cold": "reason"}`,
+  after which the parent exits
 - worker -> parent: `{"op": "run", "id": I}` with four descriptors attached (SCM_RIGHTS):
   the job's stdin, stdout and stderr, and the read end of a pipe that will carry the job
 - parent -> worker: `{"id": I, "pid": G, "root": C}` (or `{"id": I, "error": "...", "stale": BOOL}`),
@@ -49,13 +57,15 @@ packet is one JSON object:
 - worker -> `G`, on that pipe, once `G` exists: `{"argv": [...], "env": {...}, "cwd": "...",
   "title": [...], "name": "..."}`, the job itself. The parent and `C` have closed their
   copies of the pipe before the parent answers: what a job carries (its credentials) never
-  enters a process that outlives the job.
+  enters a process that outlives the job. A pipe closed with nothing written (the worker
+  gave up waiting for the answer and started the job cold) ends `G` without a word.
 
 Each job is two processes. The root `C` is a child subreaper that forks `G`, the process
 that becomes `ansible-playbook`: `G` starts its own session, so the worker ends the job by
 signalling the process group `G`. Ansible's own workers start sessions of their own; when
 their parent dies they are reparented to `C`, which kills all of them if the run was ended
-(SIGUSR1 from the worker, or `G` died by a signal), and then exits with `G`'s exact status.
+(SIGUSR1 from the worker, or `G` died by a signal), and then exits with `G`'s exact status
+(a signal without a core file of its own: `G` left the run's).
 
 End of file on the socket (the worker exited, perhaps by a crash) ends the parent but not
 its jobs, as a crash leaves a cold `ansible-playbook` running: the restarted worker ends them
@@ -139,6 +149,104 @@ class _ExitHandlerWatch:
             module.register = self.original
 
 
+def _signature(path: str) -> "tuple[int, ...] | None":
+    """What changes when a file is written, replaced or touched (None: missing or unreadable)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+class _LoadWatch:
+    """Signatures of files, each taken before the file is read, while the script's imports run.
+
+    The import system's file loaders note a module's file before they read it: its source
+    (before its cached bytecode is checked against it), its bytecode, or its shared library.
+    A file rewritten once it was read (an upgrade in place, half done) then shows as changed
+    when the next job asks, also when it was rewritten before the import was over.
+    """
+
+    def __init__(self) -> None:
+        self.signatures: dict[str, tuple[int, ...] | None] = {}
+        self._patched: list[tuple[Any, str, Any]] = []
+
+    def note(self, path: object) -> None:
+        if isinstance(path, str) and path not in self.signatures:
+            self.signatures[path] = _signature(path)
+
+    def start(self) -> None:
+        loaders = sys.modules.get("_frozen_importlib_external")
+        methods = (
+            ("FileLoader", "get_data"),
+            ("SourceFileLoader", "path_stats"),
+            ("ExtensionFileLoader", "create_module"),
+        )
+        for owner_name, method in methods:
+            owner = getattr(loaders, owner_name, None)
+            original = vars(owner).get(method) if isinstance(owner, type) else None
+            if original is not None:
+                self._patched.append((owner, method, original))
+                setattr(owner, method, self._noting(original))
+
+    def _noting(self, original: "Any") -> "Any":
+        note = self.note
+
+        def noting(loader: "Any", *args: "Any") -> "Any":
+            path = getattr(loader, "path", None)
+            note(path)
+            if getattr(loader, "name", None) == "ansible.config.manager" and isinstance(path, str):
+                # Ansible's configuration definitions, read when `ansible.constants` is imported.
+                note(os.path.join(os.path.dirname(path), "base.yml"))
+            return original(loader, *args)
+
+        return noting
+
+    def stop(self) -> None:
+        for owner, method, original in reversed(self._patched):
+            setattr(owner, method, original)
+        self._patched.clear()
+
+
+def _path_files() -> set[str]:
+    """What the import path is made of and what is found on it: to be signed before the imports look.
+
+    Its folders (a package or a module added or removed changes its folder, or makes it), the
+    `.pth` files in them, the folders those name, and the user site. The last two count even
+    when missing: `site` adds them only if they exist when the interpreter starts.
+    """
+    paths: set[str] = set()
+    for entry in sys.path:
+        paths.add(entry)
+        try:
+            names = os.listdir(entry)
+        except OSError:  # missing, or an archive
+            continue
+        for name in names:
+            if name.endswith(".pth"):
+                paths.add(os.path.join(entry, name))
+                paths.update(_pth_folders(entry, name))
+    site: Any = sys.modules.get("site")
+    user_site = getattr(site, "USER_SITE", None)
+    if getattr(site, "ENABLE_USER_SITE", False) and isinstance(user_site, str):
+        paths.add(user_site)
+    return {path for path in paths if os.path.isabs(path)}
+
+
+def _pth_folders(directory: str, name: str) -> list[str]:
+    """The folders a `.pth` file names, read as `site` reads it: each line that is not a comment or an import."""
+    try:
+        with open(os.path.join(directory, name), "rb") as handle:
+            text = handle.read().decode(errors="surrogateescape")
+    except OSError:
+        return []
+    return [
+        os.path.abspath(os.path.join(directory, line.rstrip()))
+        for line in text.splitlines()
+        if line.strip() and not line.startswith(("#", "import ", "import\t"))
+    ]
+
+
 def _stream_kinds(fds: list[int]) -> tuple[object, ...]:
     """What a program can learn of its standard streams: the kind of file, terminal or not, blocking or not, 1 = 2."""
     kinds: list[object] = []
@@ -186,7 +294,15 @@ def _run_script_imports(script: str) -> dict[str, object]:
     }
     read: set[str] = set()
     watch = _ExitHandlerWatch()
+    loads = _LoadWatch()
+    # What the interpreter loaded as it started, and where the imports will look: signed before they look.
+    for module in list(sys.modules.values()):
+        loads.note(getattr(module, "__file__", None))
+    for path in _path_files():
+        loads.note(path)
     capture = os.memfd_create(_MEMFD_NAME)
+    # Now, by the clock that stamps files' changes.
+    began = os.fstat(capture).st_ctime_ns
     saved = os.dup(1), os.dup(2)
     environs: tuple[Any, ...] = (os.environ, os.environb)
     classes = [type(environ) for environ in environs]
@@ -200,11 +316,13 @@ def _run_script_imports(script: str) -> dict[str, object]:
     for environ in environs:
         environ.__class__ = _RecordingEnviron
     sys.meta_path.insert(0, watch)
+    loads.start()
     try:
         exec(code, namespace)  # noqa: S102 - the script's own import statements
     except BaseException as exc:  # SystemExit too: the script would end the same way
         facts["failure"] = exc
     finally:
+        loads.stop()
         watch.stop()
         for environ, original in zip(environs, classes, strict=True):
             environ.__class__ = original
@@ -220,6 +338,8 @@ def _run_script_imports(script: str) -> dict[str, object]:
         for fd in saved:
             os.close(fd)
     facts.update(output=_drained(capture), early=read, exit_handlers=watch.noted)
+    # The signatures as each file was read, and the means to take more by the same measure.
+    facts.update(signed=loads.signatures, began=began, signature=_signature, path_files=_path_files)
     # What a cold start has loaded at this point: whatever the parent loads later is its own.
     facts["modules"] = set(sys.modules)
     facts["finders"] = set(sys.path_importer_cache)

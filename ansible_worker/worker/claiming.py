@@ -1,0 +1,182 @@
+"""Claim each job the router lets in, then place it: the group agrees before this worker queues anything."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from ansible_worker.mqtt.link import LinkError
+from ansible_worker.mqtt.session import BrokerSession
+from ansible_worker.protocol.claims import new_claim_id
+from ansible_worker.protocol.models import TaskRequest
+from ansible_worker.worker.group_claims import ClaimFailed, GroupClaims
+from ansible_worker.worker.hand_back import HandBack
+from ansible_worker.worker.jobs import JobTable
+from ansible_worker.worker.journal import JournalError
+from ansible_worker.worker.phases import Move, Phase
+
+log = logging.getLogger(__name__)
+
+# Between attempts to claim a job while the broker does not answer.
+CLAIM_RETRY_PAUSE = 5.0
+# How long a claim given up (never confirmed) may take to be released.
+RELEASE_TIMEOUT = 5.0
+
+
+class Claimer:
+    """Asks the group for each new job, and hands the job table what it answers.
+
+    Claims run in the `claiming` nursery that the worker opens (`nursery`) and closes before
+    it stops: shutdown waits for them, since a job in a claim belongs to no one else yet.
+    While a claim is out the table holds the job as `claiming`, with any cancel request that
+    comes meanwhile; won, the job is queued (or handed back, when the worker is stopping).
+    """
+
+    def __init__(
+        self, session: BrokerSession, claims: GroupClaims, jobs: JobTable, hand_back: HandBack, shutdown: trio.Event
+    ) -> None:
+        self.session = session
+        self.claims = claims
+        self.jobs = jobs
+        self.hand_back = hand_back
+        self.shutdown = shutdown
+        self.nursery: trio.Nursery | None = None
+
+    @property
+    def open(self) -> bool:
+        """Whether new claims may start."""
+        return self.nursery is not None
+
+    def start(
+        self,
+        request: TaskRequest,
+        payload: bytes,
+        *,
+        signer: str | None = None,
+        earlier: frozenset[str] = frozenset(),
+        from_journal: bool = False,
+    ) -> str | None:
+        """Journal the job with a new claim id, then claim and place it in the background.
+
+        `earlier` holds this worker's claims on the job before a restart (`from_journal`).
+        Returns why the job must be refused (the journal cannot take it), or None.
+        """
+        assert self.nursery is not None
+        task_id = request.task_id
+        if (phase := self.jobs.phase(task_id)) is not None:
+            log.warning("task %s is %s on this worker; ignoring the copy", task_id, phase.value)
+            return None
+        claim_id = new_claim_id()
+        # On disk with its claim id before the claim: a worker killed now finds the job at its
+        # next start (the broker will not send it again) and knows its claim.
+        try:
+            if from_journal:
+                # Any of them may hold the job once this claim is out.
+                self.jobs.resume(request, payload, " ".join([*sorted(earlier), claim_id]))
+            else:
+                self.jobs.accept(request, payload, claim_id)
+        except JournalError as exc:
+            log.error("task %s: %s", task_id, exc)
+            return str(exc)
+        self.nursery.start_soon(self._claim_job, request, claim_id, earlier, signer, self.nursery)
+        return None
+
+    async def _claim_job(
+        self, request: TaskRequest, claim_id: str, earlier: frozenset[str], signer: str | None, nursery: trio.Nursery
+    ) -> None:
+        """The error boundary of one claim: any error fails this job's claim, not the worker.
+
+        A job claimed while the worker stops is handed back in `nursery`, the claims' own.
+        """
+        task_id = request.task_id
+        try:
+            if await self._claim_and_place(request, claim_id, earlier, signer) is Phase.HANDING_BACK:
+                nursery.start_soon(self.hand_back.hand_back, task_id)
+        except Exception:
+            log.exception("task %s: could not claim and queue it", task_id)
+            if self.jobs.phase(task_id) is Phase.CLAIMING:
+                self.jobs.move(task_id, Move.LET_GO)
+        finally:
+            # Cut short (the worker stops at once): the journal keeps the job for the next start,
+            # unless it was being refused.
+            if (phase := self.jobs.phase(task_id)) in (Phase.CLAIMING, Phase.REFUSING):
+                self.jobs.move(task_id, Move.KEEP if phase is Phase.CLAIMING else Move.REFUSED)
+
+    async def _claim_and_place(
+        self, request: TaskRequest, claim_id: str, earlier: frozenset[str], signer: str | None
+    ) -> Phase | None:
+        """Place a job once the group agrees it is this worker's, and return its phase then.
+
+        Placed, it is queued, or handed back when the worker stops (`JobTable.place`); a job
+        another worker took is left to it. While the broker does not confirm the claim, it is
+        tried again once connected (a claim that did reach the broker comes back as this
+        worker's), until the worker shuts down: then the journal keeps the job for the next
+        start, or without one the claim is released and the job refused. A claim the broker's
+        ACL refuses is refused at once.
+        """
+        task_id = request.task_id
+        won = await self._claim(request, claim_id, earlier)
+        if won is None:
+            return None
+        if not won:
+            holder = self.claims.holder(task_id)
+            log.warning(
+                "task %s: refused %s: worker %s claimed it first; the original job's status is left alone",
+                task_id,
+                f"a replay signed by {signer}" if signer is not None else "a copy",
+                holder.worker_id if holder is not None else "(unknown)",
+            )
+            self.jobs.move(task_id, Move.LET_GO)
+            return None
+        log.info("task %s: %sclaimed for this worker", task_id, f"signed by {signer}, " if signer else "")
+        holder = self.claims.holder(task_id)
+        # The claim that holds it: this one, or one made before a restart.
+        return self.jobs.place(
+            task_id, holder.claim_id if holder is not None else claim_id, stopping=self.shutdown.is_set()
+        )
+
+    async def _claim(self, request: TaskRequest, claim_id: str, earlier: frozenset[str]) -> bool | None:
+        """Whether this worker won the claim; None when it gave up (and the table let the job go or kept it)."""
+        while True:
+            try:
+                return await self.claims.claim(request.task_id, claim_id, also_ours=earlier)
+            except ClaimFailed as exc:
+                if exc.permanent or self.shutdown.is_set():
+                    await self._give_up(request, claim_id, exc, keep=not exc.permanent)
+                    return None
+                log.warning("task %s: could not claim it yet (%s); trying again", request.task_id, exc)
+                # Bounded, so that a shutdown meanwhile is noticed.
+                with trio.move_on_after(CLAIM_RETRY_PAUSE):
+                    await self.session.wait_connected()
+
+    async def _give_up(self, request: TaskRequest, claim_id: str, exc: ClaimFailed, *, keep: bool) -> None:
+        """Stop claiming a job: the journal keeps it when there is one, else it is released and refused.
+
+        The journal forgets a refused job first; the table holds it as `refusing` until its
+        refusal is out, so that a copy that comes meanwhile is not claimed again.
+        """
+        task_id = request.task_id
+        if keep and self.jobs.journal is not None:
+            log.warning("task %s: could not claim it (%s); the journal keeps it for the next start", task_id, exc)
+            self.jobs.move(task_id, Move.KEEP)
+            return
+        reason = f"could not claim the job for this worker: {exc}"
+        log.error("task %s: %s", task_id, reason)
+        holder = self.claims.holder(task_id)
+        if holder is not None and holder.claim_id != claim_id:
+            # Another worker holds it: no word from this one may look like its end.
+            self.jobs.move(task_id, Move.LET_GO)
+            return
+        self.jobs.move(task_id, Move.REFUSE)
+        # The claim may have reached the broker after all: it must not hold the task_id for a
+        # job that no one runs.
+        with trio.move_on_after(RELEASE_TIMEOUT):
+            try:
+                await self.claims.release(task_id, claim_id)
+            except LinkError as release_error:
+                log.debug("task %s: could not release the claim: %s", task_id, release_error)
+        # Live only: without a confirmed claim this worker does not hold the job, and another
+        # worker of the group may (its status is not ours).
+        await self.jobs.statuses.send_refusal(task_id, reason)
+        self.jobs.move(task_id, Move.REFUSED)

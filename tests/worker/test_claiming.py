@@ -1,0 +1,104 @@
+"""The claimer on its own: a job the journal cannot take, and a claim the broker refuses for good.
+
+No broker: the group's claims and the session are stand-ins that record what the worker
+does, and when; the job table and the journal are the real ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import trio
+
+from ansible_worker.mqtt.session import BrokerSession
+from ansible_worker.protocol.claims import Claim
+from ansible_worker.protocol.models import JobStatus, TaskRequest
+from ansible_worker.worker.claiming import Claimer
+from ansible_worker.worker.group_claims import ClaimFailed, GroupClaims
+from ansible_worker.worker.hand_back import HandBack
+from ansible_worker.worker.jobs import JobTable
+from ansible_worker.worker.journal import Journal
+from tests.worker.tables import CountingJournal, RecordingStatuses, job_table
+
+
+def request(task_id: str) -> TaskRequest:
+    return TaskRequest(task_id=task_id, playbook="site.yml", inventory="hosts")
+
+
+class Witness:
+    """What the journal held, and whether the table held the job, at each step the worker took."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.table: JobTable | None = None
+        self.steps: list[tuple[str, list[str], bool]] = []
+
+    def saw(self, step: str, task_id: str) -> None:
+        assert self.table is not None
+        rows = [entry.task_id for entry in self.journal.entries()]
+        self.steps.append((step, rows, self.table.holds(task_id)))
+
+
+class RefusedClaims:
+    """Claims the broker refuses for good (its ACL); a release is recorded with what the worker held then."""
+
+    def __init__(self, witness: Witness) -> None:
+        self.witness = witness
+
+    async def claim(self, task_id: str, claim_id: str, *, also_ours: frozenset[str]) -> bool:
+        raise ClaimFailed("not authorized", permanent=True)
+
+    def holder(self, task_id: str) -> Claim | None:
+        return None
+
+    async def release(self, task_id: str, claim_id: str, **options: Any) -> None:
+        self.witness.saw("release", task_id)
+
+
+class RefusalSession:
+    """A session whose publishes (here, the live refusal) are recorded with what the worker held then."""
+
+    def __init__(self, witness: Witness) -> None:
+        self.witness = witness
+
+    async def publish(self, topic: str, payload: bytes, **options: Any) -> None:
+        self.witness.saw(JobStatus.model_validate_json(payload).state.value, topic.split("/")[-2])
+
+
+async def test_a_job_the_journal_cannot_take_is_refused(tmp_path: Path) -> None:
+    """When the journal fails, the job is refused with the reason and not held: a restart could not settle it."""
+    journal = Journal(tmp_path / "state")
+    journal.close()
+    table = job_table(journal=journal)
+    claimer = Claimer(
+        cast(BrokerSession, object()), cast(GroupClaims, object()), table, cast(HandBack, object()), trio.Event()
+    )
+    async with trio.open_nursery() as nursery:
+        claimer.nursery = nursery
+        refusal = claimer.start(request("a"), b"{}")
+    assert refusal is not None
+    assert "could not journal" in refusal
+    assert table.phase("a") is None
+    assert table.buffered == 0
+    assert isinstance(table.statuses, RecordingStatuses)
+    assert table.statuses.posted == []
+
+
+async def test_a_claim_refused_for_good_is_forgotten_before_it_is_released_and_answered(tmp_path: Path) -> None:
+    """A restart must not run a job that was refused; a copy arriving meanwhile is still not claimed again."""
+    journal = CountingJournal(tmp_path / "state")
+    witness = Witness(journal)
+    table = witness.table = job_table(RecordingStatuses(RefusalSession(witness)), journal=journal)
+    claims = cast(GroupClaims, RefusedClaims(witness))
+    claimer = Claimer(cast(BrokerSession, object()), claims, table, cast(HandBack, object()), trio.Event())
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            claimer.nursery = nursery
+            assert claimer.start(request("a"), b"{}") is None
+    # No row by the time the claim is released or the refusal sent; the table held the job until then.
+    assert witness.steps == [("release", [], True), ("failed", [], True)]
+    assert (table.phase("a"), journal.of("a")) == (None, ["add", "forget"])
+    # Live only: the refusal is not a status of a job this worker holds.
+    assert isinstance(table.statuses, RecordingStatuses)
+    assert table.statuses.posted == []
