@@ -22,6 +22,7 @@ from ansible_worker.protocol.models import (
     JobRecord,
     JobStatus,
     LiveEvent,
+    LockMessage,
     Presence,
     TaskRequest,
 )
@@ -38,6 +39,7 @@ MESSAGES: dict[str, tuple[type[BaseModel], Literal["validation", "serialization"
     "record": (JobRecord, "serialization"),
     "presence": (Presence, "serialization"),
     "claim": (ClaimMessage, "serialization"),
+    "lock": (LockMessage, "serialization"),
 }
 
 
@@ -117,6 +119,16 @@ _CHANNELS: dict[str, tuple[str, str, str, int, bool, Literal["send", "receive"]]
         True,
         "send",
     ),
+    "groupLocks": (
+        "{prefix}/{group}/locks",
+        "lock",
+        "The group's host locks: every request, renewal and release, on one topic so that every worker"
+        " hears them in the same order; the first to ask is served first, all its locks at once."
+        " Not retained; signed by a worker key with signatures. Workers only.",
+        1,
+        False,
+        "send",
+    ),
     "shippedContent": (
         "{prefix}/{group}/content/{sha256}/{part}",
         "content",
@@ -147,6 +159,7 @@ _MESSAGE_MODELS: dict[str, type[BaseModel]] = {
     "record": JobRecord,
     "presence": Presence,
     "claim": ClaimMessage,
+    "lock": LockMessage,
 }
 
 

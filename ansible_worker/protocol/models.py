@@ -165,6 +165,11 @@ class Signature(BaseModel):
 RetryOn = Literal["unreachable", "failed"]
 
 
+# A lock is a name: a host of the inventory, or any name a request gives.
+LockName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
+MAX_LOCKS = 5000
+
+
 class Retry(BaseModel):
     """Run the hosts that ended in one of the `on` states again, in the same job."""
 
@@ -221,6 +226,17 @@ class TaskRequest(BaseModel):
         None, ge=0, le=MAX_TIMEOUT_SECONDS, description="ad-hoc: with background, poll every N seconds; 0: do not (-P)"
     )
     retry: Retry | None = Field(None, description="run the hosts that failed or were unreachable again")
+    locks: Annotated[list[LockName], Field(max_length=MAX_LOCKS)] | None = Field(
+        None,
+        description="the group-wide locks the job holds while it runs; default: the hosts its inventory and"
+        " limit resolve to; []: none",
+    )
+    max_concurrent: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="at most this many jobs of this playbook (or module) run at once in the group",
+    )
     # Required by workers with security.require_signed_tasks; checked before this model.
     issued_at: str | None = Field(None, description="RFC 3339 time the message was signed")
     signature: Signature | None = None
@@ -358,6 +374,8 @@ class JobStatus(BaseModel):
     refused: bool = False
     # With `retry`: each run of Ansible so far; the counts above add up every attempt's.
     attempts: list[Attempt] = Field(default_factory=list)
+    # Why a job does not run Ansible yet: {"queue_position": 2, ...}, {"locks": [...], "held_by": ...}.
+    waiting_for: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         """The status as UTF-8 JSON, whatever text Ansible put in it.
@@ -444,6 +462,36 @@ class Presence(BaseModel):
     warm_starts: int | None = Field(None, description="jobs started as forks of a warm Ansible parent")
     cold_starts: int | None = Field(None, description="jobs started as a fresh ansible-playbook")
     warm_pool_size: int | None = Field(None, description="warm Ansible parents ready for jobs")
+
+
+class LockRequestDocument(BaseModel):
+    """One job's request for its locks, in an acquire or a renewal."""
+
+    model_config = ConfigDict(extra="allow", defer_build=True)
+
+    claim: str = Field(description="unique per request")
+    task_id: str
+    locks: list[str] = Field(description="the names it holds: hosts, or the request's own locks")
+    limits: dict[str, int] = Field(
+        default_factory=dict, description="max_concurrent: a name (project/playbook or module) and its cap"
+    )
+
+
+class LockMessage(BaseModel):
+    """A message of the group's locks topic, `<prefix>/<group>/locks`, in the one order the broker gives it."""
+
+    # Describes what locks.py writes, for the published schema; built only when asked for.
+    # With signed jobs it also carries `issued_at` and `signature`, signed by a worker key.
+    model_config = ConfigDict(extra="allow", defer_build=True)
+
+    type: Literal["acquire", "renew", "release", "sync"] = Field(
+        description="acquire: a job asks; renew: every request of the worker, kept alive (also the answer to a"
+        " sync); release: a job gives its locks back; sync: a worker that has just started asks what is held"
+    )
+    worker_id: str
+    requests: list[LockRequestDocument] | None = Field(None, description="acquire and renew")
+    releases: list[str] | None = Field(None, description="release: the claims given back")
+    expires_at: datetime | None = Field(None, description="acquire and renew: until when the requests hold")
 
 
 class ClaimMessage(BaseModel):

@@ -88,13 +88,13 @@ def find_ansible_playbook(setting: str, environment: Mapping[str, str]) -> Execu
     return find_executable(setting, search_path=environment.get("PATH", os.defpath), fallback=fallback)
 
 
-def find_ansible_beside(ansible_playbook: Executable) -> Executable:
-    """The ad-hoc `ansible` CLI: the one installed beside the `ansible-playbook` that jobs run.
+def find_ansible_beside(ansible_playbook: Executable, setting: str = "ansible") -> Executable:
+    """Another Ansible CLI (`ansible`, `ansible-inventory`): the one installed beside the `ansible-playbook` jobs run.
 
-    The same installation of Ansible runs both kinds of job; a wrapper script named by
-    `worker.ansible_playbook_path` with no `ansible` beside it means no ad-hoc commands.
+    The same installation of Ansible serves every kind of job; a wrapper script named by
+    `worker.ansible_playbook_path` with nothing beside it means no ad-hoc commands, and no
+    host locks resolved from inventories.
     """
-    setting = "ansible"
     if ansible_playbook.path is None:
         return Executable(
             setting, None, "", f"beside ansible-playbook, which was not found ({ansible_playbook.searched})"

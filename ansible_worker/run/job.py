@@ -51,6 +51,10 @@ class Job:
     record_summary: RecordSummary | None = None
     # With `retry`: each run of Ansible that has ended.
     attempts: list[Attempt] = field(default_factory=list)
+    # Why it does not run Ansible yet (its queue position, its locks, ...); None once it does.
+    waiting_for: dict[str, Any] | None = None
+    # Set when the job leaves this worker without ending here (handed back to the group).
+    left: trio.Event = field(default_factory=trio.Event)
 
     @property
     def task_id(self) -> str:
@@ -61,6 +65,22 @@ class Job:
     def settled(self) -> bool:
         """Nothing more for this worker to do: ended, or given back to the group."""
         return self.state.terminal or self.handed_back
+
+    def hand_back(self) -> None:
+        """The job goes back to the group: no slot may start it, and whatever waits for it stops."""
+        self.handed_back = True
+        self.left.set()
+
+    async def wait_left(self) -> None:
+        """Until the job has ended or gone back to the group."""
+        async with trio.open_nursery() as nursery:
+            for event in (self.done, self.left):
+
+                async def wait(event: trio.Event = event) -> None:
+                    await event.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(wait)
 
     def request_document(self) -> dict[str, Any]:
         """The task message as it arrived (a signed one verifies as it was); the request's fields without it."""
@@ -117,6 +137,7 @@ class Job:
             content_sha256=self.request.content.sha256 if self.request.content else None,
             record=None if progress_only else self.record_summary,
             attempts=list(self.attempts),
+            waiting_for=None if state.terminal else self.waiting_for,
         )
 
     def finish(self, state: State, error_message: str | None = None) -> None:

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from ansible_worker.ops.credentials import EnvCredential
 from ansible_worker.ops.logging_setup import current_task_id
 from ansible_worker.ops.logging_setup import secrets as log_secrets
 from ansible_worker.ops.metrics import WorkerMetrics
@@ -30,6 +31,8 @@ from ansible_worker.run.events.record_collector import RecordCollector
 from ansible_worker.run.executables import Executable
 from ansible_worker.run.extra_vars import write_extra_vars
 from ansible_worker.run.job import Job
+from ansible_worker.run.job_locks import JobLocks
+from ansible_worker.run.lock_targets import LockTargets
 from ansible_worker.run.masking import Masker
 from ansible_worker.run.policy import RequestChecks, Resolved
 from ansible_worker.run.process.launch import ExitRecord, Launch, ProcessStarter
@@ -45,6 +48,8 @@ from ansible_worker.run.warm.pool import Configuration, WarmPool
 log = logging.getLogger(__name__)
 
 EVENT_FLUSH_SECONDS = 2.0
+# A wait of a running job shorter than this (a fetch, a warm parent) is not said in its status.
+SAY_WAITING_AFTER = 0.5
 # Longest a job's record may hold back its terminal status (the broker is slow or away).
 RECORD_SECONDS = 5.0
 
@@ -72,8 +77,9 @@ class RunEnvironment:
     variables: Mapping[str, str]
     ansible_playbook: Executable
     worker_secrets: tuple[str, ...] = ()
-    # The ad-hoc CLI, from the same installation as `ansible_playbook`.
+    # The ad-hoc CLI and ansible-inventory, from the same installation as `ansible_playbook`.
     ansible: Executable | None = None
+    ansible_inventory: Executable | None = None
 
 
 class JobRunner:
@@ -94,6 +100,8 @@ class JobRunner:
         on_transition: Callable[[], None] = lambda: None,
         metrics: WorkerMetrics | None = None,
         records: RecordSink | None = None,
+        locks: JobLocks | None = None,
+        lock_targets: LockTargets | None = None,
     ) -> None:
         self.limits = limits
         self.statuses = statuses
@@ -108,6 +116,10 @@ class JobRunner:
         self.on_transition = on_transition
         self.metrics = metrics or WorkerMetrics()
         self.records = records
+        # The group's locks (none without a worker's broker session: `max_concurrent` and host locks off).
+        self.locks = locks or JobLocks(None, host_locks=False)
+        inventory = environment.ansible_inventory
+        self.lock_targets = lock_targets or LockTargets(inventory.path if inventory is not None else None)
 
     def announce(self, job: Job) -> None:
         """Publish the job's current status and log the transition."""
@@ -155,27 +167,84 @@ class JobRunner:
         if self.records is not None:
             job.record = RecordCollector()
             job.record.request = job.masker.tree(job.request_document())
-        job.state = State.RUNNING
-        job.started_at = utc_now()
-        self.announce(job)
         # Stays so only if a cancellation from outside the job (a hurried shutdown) passes.
         state: State = State.CANCELLED
         error: str | None = "cancelled: worker stopped"
+        gone = False
         try:
-            with job.cancel_scope:
-                job.cancel_scope.deadline = trio.current_time() + timeout
-                state, error = await self._bounded(job)
-            if job.cancel_scope.cancelled_caught:
-                if job.cancel_reason is not None:
-                    state, error = job.cancel_state, job.cancel_reason
+            # Its locks first, waiting in `queued`; the timeout counts from the start of the run.
+            async with self.locks.held(job, partial(self._lock_hosts, job), partial(self._say, job)) as held:
+                if held.gone:
+                    # Ended (cancelled) or handed back while it waited: the job table said so.
+                    gone = True
+                    return
+                job.waiting_for = None
+                job.state = State.RUNNING
+                job.started_at = utc_now()
+                self.announce(job)
+                if held.error is not None:
+                    state, error = State.FAILED, held.error
                 else:
-                    state, error = State.TIMEOUT, f"timed out after {timeout:g}s"
+                    with job.cancel_scope:
+                        job.cancel_scope.deadline = trio.current_time() + timeout
+                        state, error = await self._bounded(job)
+                    if job.cancel_scope.cancelled_caught:
+                        if job.cancel_reason is not None:
+                            state, error = job.cancel_state, job.cancel_reason
+                        else:
+                            state, error = State.TIMEOUT, f"timed out after {timeout:g}s"
         finally:
-            await self._flush_events(job)
-            job.end(state, job.masker.text(error) if error is not None else None)
-            await self._publish_record(job)
-            job.done.set()
-            self.announce(job)
+            if not gone:
+                await self._end(job, state, error)
+
+    @contextlib.asynccontextmanager
+    async def _waiting(self, job: Job, reason: dict[str, Any]) -> AsyncIterator[None]:
+        """For the block, `reason` is why the job waits, said in its status once the block lasts `SAY_WAITING_AFTER`."""
+
+        async def say() -> None:
+            await trio.sleep(SAY_WAITING_AFTER)
+            job.waiting_for = reason
+            self.statuses.post(job.status(progress_only=True))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(say)
+                try:
+                    yield
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            if job.waiting_for is reason:
+                job.waiting_for = None
+                self.statuses.post(job.status(progress_only=True))
+
+    def _say(self, job: Job) -> None:
+        """Publish the status of a job that is waiting, with its `waiting_for`."""
+        self.statuses.post(job.status())
+
+    async def _lock_hosts(self, job: Job) -> frozenset[str]:
+        """The hosts the job's inventory and limit resolve to, in the tree it runs from, with its environment.
+
+        Errors: `JobRefusedError` when they cannot be told (ansible-inventory fails, a path is refused).
+        """
+        request = job.request
+        async with self.sources.open_tree(request) as tree:
+            base = tree.path.resolve()
+            resolved = self.checks.check_tree(request, base)
+            env = dict(self.environment.variables)
+            for name in request.credentials:
+                credential = self.credentials.get(name)
+                if isinstance(credential, EnvCredential):
+                    env.update({key: value.get_secret_value() for key, value in credential.variables.items()})
+            return await self.lock_targets.hosts(resolved.inventory, request.limit, cwd=base, env=env)
+
+    async def _end(self, job: Job, state: State, error: str | None) -> None:
+        """Flush the job's events, end it, publish its record, then its terminal status."""
+        await self._flush_events(job)
+        job.end(state, job.masker.text(error) if error is not None else None)
+        await self._publish_record(job)
+        job.done.set()
+        self.announce(job)
 
     async def _bounded(self, job: Job) -> tuple[State, str | None]:
         """The run's end as a state and an error: every `Exception` of it becomes `failed`."""
@@ -211,9 +280,14 @@ class JobRunner:
     async def _run(self, job: Job) -> tuple[State, str | None]:
         request = job.request
         self.checks.policy.check_request(request)
+        fetched = {"project_fetch": request.project or "playbook directory"}
         if request.git_pull and request.project is None:
-            await self.sources.pull(job.task_id)
-        async with self.sources.open_tree(request) as tree:
+            async with self._waiting(job, fetched):
+                await self.sources.pull(job.task_id)
+        async with contextlib.AsyncExitStack() as stack:
+            async with self._waiting(job, fetched):
+                # A project's tree may need a fetch first.
+                tree = await stack.enter_async_context(self.sources.open_tree(request))
             job.tree = tree
             if tree.revision is not None or tree.content_sha256 is not None:
                 # Said as soon as it is known, not only at the end.
@@ -313,7 +387,8 @@ class JobRunner:
             start = run_process_group
         else:
             configuration = Configuration(launch.argv[0], launch.cwd, launch.env)
-            start = await self.warm_pool.starter(configuration, late=injection.own)
+            async with self._waiting(job, {"warm_parent": "starting"}):
+                start = await self.warm_pool.starter(configuration, late=injection.own)
         record = ExitRecord()
         try:
             returncode = await run_with_output(

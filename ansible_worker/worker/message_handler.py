@@ -11,10 +11,22 @@ from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.worker.claiming import Claimer
 from ansible_worker.worker.content_fetcher import ContentFetcher
 from ansible_worker.worker.group_claims import GroupClaims
+from ansible_worker.worker.group_locks import GroupLocks
 from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.peers import PeerBook
 from ansible_worker.worker.phases import Phase
-from ansible_worker.worker.router import Action, Cancel, Claim, HearClaim, HearContent, HearPeer, Ignore, Refuse, Router
+from ansible_worker.worker.router import (
+    Action,
+    Cancel,
+    Claim,
+    HearClaim,
+    HearContent,
+    HearLocks,
+    HearPeer,
+    Ignore,
+    Refuse,
+    Router,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +48,7 @@ class MessageHandler:
         peers: PeerBook,
         metrics: WorkerMetrics,
         shutdown: trio.Event,
+        locks: GroupLocks | None = None,
     ) -> None:
         self.router = router
         self.content = content
@@ -44,6 +57,7 @@ class MessageHandler:
         self.jobs = jobs
         self.claimer = claimer
         self.peers = peers
+        self.locks = locks
         self.metrics = metrics
         self._shutdown = shutdown
 
@@ -76,6 +90,12 @@ class MessageHandler:
                 self.claims.hear(task_id, message)
             case HearPeer(worker_id, payload):
                 self.peers.hear(worker_id, payload)
+                if self.locks is not None:
+                    # Its will, a cleared presence, or its return: what its locks are worth.
+                    self.locks.peer_state(worker_id, self.peers.get(worker_id))
+            case HearLocks(message):
+                if self.locks is not None:
+                    self.locks.hear(message)
             case HearContent(message):
                 self.content.hear(message)
             case Ignore(reason, task_id, level, refused):

@@ -102,6 +102,13 @@ class HearContent:
 
 
 @dataclass(frozen=True, slots=True)
+class HearLocks:
+    """A message of the group's locks topic: the lock book reads it."""
+
+    message: InboundMessage
+
+
+@dataclass(frozen=True, slots=True)
 class HearPeer:
     """Another worker's presence."""
 
@@ -109,7 +116,7 @@ class HearPeer:
     payload: bytes
 
 
-Action = Claim | Refuse | Ignore | Cancel | HearClaim | HearContent | HearPeer
+Action = Claim | Refuse | Ignore | Cancel | HearClaim | HearContent | HearPeer | HearLocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +140,8 @@ class Router:
             return HearContent(message)
         if message.topic == topics.tasks:
             return self.route_task(message.payload, state)
+        if message.topic == topics.locks:
+            return HearLocks(message)
         task_id = topics.task_id_of_cancel(message.topic)
         if task_id is not None:
             return self.route_cancel(task_id, message.payload, state)

@@ -21,6 +21,7 @@ from ansible_worker.worker.content_fetcher import ContentFetcher
 from ansible_worker.worker.dispatcher import Dispatcher
 from ansible_worker.worker.event_publisher import EventPublisher
 from ansible_worker.worker.group_claims import GroupClaims
+from ansible_worker.worker.group_locks import GroupLocks, LockPolicy
 from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.message_handler import MessageHandler
@@ -85,6 +86,7 @@ class Worker:
             (self.tasks_subscription, 2),
             (self.topics.cancel_subscription, 1),
             (self.topics.workers_subscription, 1),
+            (self.topics.locks, 1),
         ]
         self.session = BrokerSession(link_options(settings), subscriptions, self._inbox_send)
         self._shutdown = trio.Event()
@@ -97,6 +99,15 @@ class Worker:
         """The parts that carry a job: claims, the status path, the job table, the runner, the slots, presence."""
         worker, policies = settings.worker, self.policies
         self.claims = GroupClaims(self.session, self.topics, worker_id=self.worker_id, policy=policies.claims)
+        # The state of every other worker of the group, from their presence messages.
+        self.peers = PeerBook()
+        self.locks = GroupLocks(
+            self.session,
+            self.topics,
+            worker_id=self.worker_id,
+            policy=LockPolicy(policies.claims.signer, policies.claims.trusted),
+            online_peers=self.peers.online,
+        )
         self.keeper = ClaimKeeper(self.claims)
         self.metrics = WorkerMetrics()
         self.statuses = StatusPath(
@@ -127,10 +138,13 @@ class Worker:
             metrics=self.metrics,
             content=self.content,
             records=_record_publisher(policies.records, self.session, self.topics),
+            locks=self.locks,
         )
         # A job that never runs is announced as the runner announces the others: logged and counted.
         self.jobs.announce = self.runner.announce
-        self.dispatcher = Dispatcher(self.runner, self.jobs.waiting, concurrency=policies.queue.concurrency)
+        self.dispatcher = Dispatcher(
+            self.runner, self.jobs.waiting, concurrency=policies.queue.concurrency, taken=self.jobs.taken
+        )
         self.presence = PresenceAnnouncer(
             self.session,
             self.topics.worker(self.worker_id),
@@ -143,8 +157,6 @@ class Worker:
 
     def _wire_group(self, settings: Settings) -> None:
         """The parts that deal with the group: peers, hand-backs, claiming, and the message handler."""
-        # The state of every other worker of the group, from their presence messages.
-        self.peers = PeerBook()
         self.hand_back = HandBack(self.session, self.topics, self.claims, self.peers, self.jobs)
         self.claimer = Claimer(self.session, self.claims, self.jobs, self.hand_back, self._shutdown)
         self.messages = MessageHandler(
@@ -156,6 +168,7 @@ class Worker:
             peers=self.peers,
             metrics=self.metrics,
             shutdown=self._shutdown,
+            locks=self.locks,
         )
 
     def request_shutdown(self, *, hurry: bool = False) -> None:
@@ -208,6 +221,7 @@ class Worker:
             for serve in (self.statuses.serve_answers, self.keeper.serve_renewals, self.presence.serve):
                 infrastructure.start_soon(serve)
             await infrastructure.start(self.runner.warm_pool.serve)
+            await infrastructure.start(self.locks.serve)
             if self.events is not None:
                 infrastructure.start_soon(self.events.serve)
             async with trio.open_nursery() as claiming:

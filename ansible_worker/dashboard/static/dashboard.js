@@ -176,10 +176,10 @@ function renderJobs() {
 }
 
 const FIELDS = [
-  "state", "playbook", "worker_id", "created_at", "started_at", "completed_at", "duration_seconds", "return_code",
+  "state", "waiting_for", "playbook", "module", "worker_id", "created_at", "started_at", "completed_at", "duration_seconds", "return_code",
   "error_message", "current_play", "current_task", "tasks_total", "tasks_ok", "tasks_changed", "tasks_failed",
   "tasks_skipped", "tasks_unreachable", "tasks_rescued", "tasks_ignored", "cancelled_by", "handed_back_by",
-  "commit", "digest", "source", "events_dropped", "dashboard_note",
+  "commit", "digest", "source", "events_dropped", "attempts", "dashboard_note",
 ];
 
 function renderJobHeader() {

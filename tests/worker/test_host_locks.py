@@ -1,0 +1,197 @@
+"""Group-wide host locks: two jobs on one host never run at once on any workers of the group, and a waiting job says why.
+
+Real broker, real Ansible, two workers. Each job's playbook writes when it started and ended;
+the tests compare those times, not what the workers say of themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.conftest import (
+    Controller,
+    WorkerProcess,
+    client_for,
+    make_settings,
+    open_controller,
+    processes_mentioning,
+    running_worker,
+    unique_seconds,
+    wait_online,
+    worker_config,
+    worker_process,
+)
+
+# Holds its hosts for `seconds`; writes <name>.start and <name>.end (epoch seconds) once per run.
+STAMP = """\
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: Start
+      ansible.builtin.shell: date +%s.%N > {{ log_dir }}/{{ name }}.start
+      run_once: true
+    - name: Hold the hosts
+      ansible.builtin.command: sleep {{ seconds }}
+    - name: End
+      ansible.builtin.shell: date +%s.%N > {{ log_dir }}/{{ name }}.end
+      run_once: true
+"""
+HOSTS = "".join(
+    f'web{n} ansible_connection=local ansible_python_interpreter="{{{{ ansible_playbook_python }}}}"\n'
+    for n in range(1, 5)
+)
+
+
+@pytest.fixture
+def playbook_dir(playbook_dir: Path) -> Path:
+    (playbook_dir / "stamp.yml").write_text(STAMP)
+    (playbook_dir / "web.ini").write_text(HOSTS)
+    return playbook_dir
+
+
+@pytest.fixture
+def stamps(tmp_path: Path) -> Path:
+    directory = tmp_path / "stamps"
+    directory.mkdir()
+    return directory
+
+
+def stamp_job(name: str, stamps: Path, *, limit: str | None, seconds: float | str = 3, **fields: Any) -> dict[str, Any]:
+    job: dict[str, Any] = {
+        "task_id": name,
+        "playbook": "stamp.yml",
+        "inventory": "web.ini",
+        "extra_vars": {"log_dir": str(stamps), "name": name, "seconds": seconds},
+        **fields,
+    }
+    if limit is not None:
+        job["limit"] = limit
+    return job
+
+
+def interval(name: str, stamps: Path) -> tuple[float, float]:
+    return float((stamps / f"{name}.start").read_text()), float((stamps / f"{name}.end").read_text())
+
+
+def overlap(first: tuple[float, float], second: tuple[float, float]) -> bool:
+    return first[0] < second[1] and second[0] < first[1]
+
+
+async def waiting_status(controller: Controller, task_id: str, key: str) -> dict[str, Any]:
+    """The first status of `task_id` whose waiting_for names `key`."""
+    with trio.fail_after(60):
+        while True:
+            for status in controller.statuses.get(task_id, []):
+                if key in (status.get("waiting_for") or {}):
+                    return status
+            await controller._changed.wait()
+
+
+async def test_jobs_on_one_host_never_overlap_while_others_run_beside_them(
+    broker: Any, playbook_dir: Path, group: str, stamps: Path
+) -> None:
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="a", concurrency=3)),
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="b", concurrency=3)),
+    ):
+        await controller.submit(stamp_job("first", stamps, limit="web1:web2", seconds=4))
+        first_running = await controller.wait_for("first", {"running"})
+        # web2 is taken by "first": "second" waits; "beside" wants web4 alone and runs at once.
+        await controller.submit(stamp_job("second", stamps, limit="web2:web3"))
+        await controller.submit(stamp_job("beside", stamps, limit="web4"))
+        waiting = await waiting_status(controller, "second", "locks")
+        finals = {name: await controller.wait_terminal(name) for name in ("first", "second", "beside")}
+    assert waiting["state"] == "queued"
+    assert waiting["waiting_for"]["locks"] == ["web2"]
+    assert waiting["waiting_for"]["held_by"] == f"first on {first_running['worker_id']}"
+    assert {name: status["state"] for name, status in finals.items()} == dict.fromkeys(finals, "success")
+    assert not overlap(interval("first", stamps), interval("second", stamps))
+    assert overlap(interval("first", stamps), interval("beside", stamps))
+    # Running, a job no longer says it waits.
+    assert all(
+        status.get("waiting_for") is None for status in controller.statuses["second"] if status["state"] != "queued"
+    )
+
+
+async def test_explicit_locks_and_none(broker: Any, playbook_dir: Path, group: str, stamps: Path) -> None:
+    """`locks` replaces the inventory's hosts; `locks: []` takes none, so it runs beside a holder of its hosts."""
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="a", concurrency=3)),
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="b", concurrency=3)),
+    ):
+        await controller.submit(stamp_job("db", stamps, limit="web1", locks=["database"], seconds=4))
+        await controller.wait_for("db", {"running"})
+        await controller.submit(stamp_job("migrate", stamps, limit="web3", locks=["database"]))
+        await controller.submit(stamp_job("free", stamps, limit="web1", locks=[]))
+        waiting = await waiting_status(controller, "migrate", "locks")
+        for name in ("db", "migrate", "free"):
+            assert (await controller.wait_terminal(name))["state"] == "success"
+    assert waiting["waiting_for"]["locks"] == ["database"]
+    assert not overlap(interval("db", stamps), interval("migrate", stamps))
+    assert overlap(interval("db", stamps), interval("free", stamps))
+
+
+async def test_max_concurrent_holds_across_two_workers(
+    broker: Any, playbook_dir: Path, group: str, stamps: Path
+) -> None:
+    names = [f"capped{n}" for n in range(4)]
+    async with (
+        open_controller(broker, group) as controller,
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="a", concurrency=4)),
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="b", concurrency=4)),
+    ):
+        for index, name in enumerate(names):
+            job = stamp_job(name, stamps, limit=f"web{index + 1}", max_concurrent=2, seconds=3)
+            await controller.submit(job)
+        finals = [await controller.wait_terminal(name, within=120) for name in names]
+    assert [final["state"] for final in finals] == ["success"] * 4
+    intervals = [interval(name, stamps) for name in names]
+    # At every job's start, at most two jobs of the playbook are running: it and one other.
+    for start, _ in intervals:
+        assert sum(begin <= start < end for begin, end in intervals) <= 2
+    # And two did run at once: a cap, not a queue of one.
+    assert any(overlap(one, other) for index, one in enumerate(intervals) for other in intervals[index + 1 :])
+    waited = [status for name in names for status in controller.statuses[name] if status.get("waiting_for")]
+    assert any(status["waiting_for"].get("max_concurrent") == 2 for status in waited)
+
+
+async def test_a_killed_workers_locks_are_freed(
+    broker: Any, playbook_dir: Path, group: str, stamps: Path, tmp_path: Path
+) -> None:
+    config = worker_config(tmp_path / "lost.json", broker, playbook_dir, group, worker_id="lost", drain_timeout=120)
+    seconds = unique_seconds(300)
+    try:
+        async with open_controller(broker, group) as controller, worker_process("run", "-c", str(config)) as lost:
+            final = await _lose_a_holder(controller, lost, broker, playbook_dir, group, stamps, seconds)
+    finally:
+        # Ansible outlives a worker killed alone; this test ends it.
+        for line in processes_mentioning(f"sleep {seconds}"):
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+    assert final["state"] == "success"
+    assert final["worker_id"] == "survivor"
+
+
+async def _lose_a_holder(
+    controller: Controller, lost: WorkerProcess, broker: Any, playbook_dir: Path, group: str, stamps: Path, seconds: str
+) -> dict[str, Any]:
+    """Kill the worker whose running job holds web2 while a job of another worker waits for it; that job's end."""
+    async with client_for(broker, group) as client:
+        await wait_online(client, "lost")
+    await controller.submit(stamp_job("holder", stamps, limit="web2", seconds=seconds))
+    await controller.wait_for("holder", {"running"})
+    # Draining, the worker takes no more jobs and keeps its running one (and its locks).
+    lost.process.send_signal(signal.SIGTERM)
+    async with running_worker(make_settings(broker.port, playbook_dir, group, worker_id="survivor")):
+        await controller.submit(stamp_job("next", stamps, limit="web2", seconds=0))
+        waiting = await waiting_status(controller, "next", "locks")
+        assert waiting["waiting_for"]["held_by"] == "holder on lost"
+        os.kill(lost.process.pid, signal.SIGKILL)
+        return await controller.wait_terminal("next")
