@@ -27,7 +27,7 @@ TARGETS = {"cached_extra_s_max": 0.25}
 
 
 async def bench(lab: Lab, scale: dict[str, int]) -> dict[str, Any]:
-    one = {"playbook": "one.yml", "inventory": "local.ini"}
+    one: dict[str, Any] = {"playbook": "one.yml", "inventory": "local.ini"}
     inventory = lab.playbooks / "local.ini"
     original = inventory.read_text()
     figures = {name: Figures() for name in ("off", "explicit", "cached", "resolved")}

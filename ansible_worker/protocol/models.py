@@ -7,8 +7,18 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
-from pydantic_core import PydanticSerializationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticSerializationError
 
 from ansible_worker.protocol.topics import TASK_ID
 
@@ -241,11 +251,29 @@ class TaskRequest(BaseModel):
     issued_at: str | None = Field(None, description="RFC 3339 time the message was signed")
     signature: Signature | None = None
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _playbook_unless_module(cls, data: Any, handler: ModelWrapValidatorHandler[TaskRequest]) -> TaskRequest:
+        """Without `module`, `playbook` is required, and said to be missing as any required field is."""
+        missing = isinstance(data, dict) and "playbook" not in data and "module" not in data
+        if not missing:
+            return handler(data)
+        required = InitErrorDetails(type="missing", loc=("playbook",), input=data)
+        try:
+            handler(data)
+        except ValidationError as exc:
+            others = [
+                InitErrorDetails(type=error["type"], loc=error["loc"], input=error["input"], ctx=error.get("ctx", {}))
+                for error in exc.errors()
+            ]
+            raise ValidationError.from_exception_data(cls.__name__, [required, *others]) from None
+        raise ValidationError.from_exception_data(cls.__name__, [required])
+
     @model_validator(mode="after")
     def _one_kind(self) -> TaskRequest:
         """A playbook or a module, and each kind's own fields only."""
         if (self.playbook is None) == (self.module is None):
-            raise ValueError("name either a playbook or a module (an ad-hoc command), not both or neither")
+            raise ValueError("name either a playbook or a module (an ad-hoc command), not both")
         if self.playbook is not None:
             ad_hoc = [name for name in ("module_args", "background", "poll") if getattr(self, name) is not None]
             if self.hosts != "all":

@@ -88,6 +88,16 @@ def find_ansible_playbook(setting: str, environment: Mapping[str, str]) -> Execu
     return find_executable(setting, search_path=environment.get("PATH", os.defpath), fallback=fallback)
 
 
+def find_ansible_inventory(ansible_playbook: Executable, environment: Mapping[str, str]) -> Executable:
+    """The `ansible-inventory` that resolves jobs' hosts for their locks: beside `ansible-playbook`, else as
+    `ansible-playbook`'s default name is found (the jobs' PATH, then the worker's own environment)."""
+    beside = find_ansible_beside(ansible_playbook, "ansible-inventory")
+    if beside.path is not None:
+        return beside
+    name = "ansible-inventory"
+    return find_executable(name, search_path=environment.get("PATH", os.defpath), fallback=own_scripts_directories())
+
+
 def find_ansible_beside(ansible_playbook: Executable, setting: str = "ansible") -> Executable:
     """Another Ansible CLI (`ansible`, `ansible-inventory`): the one installed beside the `ansible-playbook` jobs run.
 

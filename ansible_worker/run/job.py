@@ -55,6 +55,10 @@ class Job:
     waiting_for: dict[str, Any] | None = None
     # Set when the job leaves this worker without ending here (handed back to the group).
     left: trio.Event = field(default_factory=trio.Event)
+    # A slot took it: it is this worker's to start (its locks may still keep it queued).
+    in_slot: bool = False
+    # Its `git pull` is done (before its hosts were resolved for its locks).
+    pulled: bool = False
 
     @property
     def task_id(self) -> str:

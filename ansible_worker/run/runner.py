@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.ops.credentials import EnvCredential
 from ansible_worker.ops.logging_setup import current_task_id
 from ansible_worker.ops.logging_setup import secrets as log_secrets
@@ -207,16 +208,25 @@ class JobRunner:
             self.statuses.post(job.status(progress_only=True))
 
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(say)
-                try:
-                    yield
-                finally:
-                    nursery.cancel_scope.cancel()
+            # The block's own error leaves as itself (a failed fetch keeps its message).
+            with unwrap_lone_errors():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(say)
+                    try:
+                        yield
+                    finally:
+                        nursery.cancel_scope.cancel()
         finally:
             if job.waiting_for is reason:
                 job.waiting_for = None
                 self.statuses.post(job.status(progress_only=True))
+
+    async def _pull(self, job: Job) -> None:
+        """`git pull` the playbook directory, if the job asks, once: before its hosts are resolved or it runs."""
+        if job.request.git_pull and job.request.project is None and not job.pulled:
+            job.pulled = True
+            async with self._waiting(job, {"project_fetch": "playbook directory"}):
+                await self.sources.pull(job.task_id)
 
     def _say(self, job: Job) -> None:
         """Publish the status of a job that is waiting, with its `waiting_for`."""
@@ -228,6 +238,7 @@ class JobRunner:
         Errors: `JobRefusedError` when they cannot be told (ansible-inventory fails, a path is refused).
         """
         request = job.request
+        await self._pull(job)
         async with self.sources.open_tree(request) as tree:
             base = tree.path.resolve()
             resolved = self.checks.check_tree(request, base)
@@ -281,9 +292,7 @@ class JobRunner:
         request = job.request
         self.checks.policy.check_request(request)
         fetched = {"project_fetch": request.project or "playbook directory"}
-        if request.git_pull and request.project is None:
-            async with self._waiting(job, fetched):
-                await self.sources.pull(job.task_id)
+        await self._pull(job)
         async with contextlib.AsyncExitStack() as stack:
             async with self._waiting(job, fetched):
                 # A project's tree may need a fetch first.

@@ -17,7 +17,7 @@ from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.argv import FIFO_VARIABLE, ansible_environment, child_environment
 from ansible_worker.run.credential_injection import strict_host_keys
-from ansible_worker.run.executables import find_ansible_beside, find_ansible_playbook
+from ansible_worker.run.executables import find_ansible_beside, find_ansible_inventory, find_ansible_playbook
 from ansible_worker.run.job_locks import JobLocks, LockService
 from ansible_worker.run.policy import JobPolicy, RequestChecks
 from ansible_worker.run.run_directory import EVENT_FIFO_NAME
@@ -95,7 +95,7 @@ def run_environment(settings: WorkerSettings, *, hidden_values: Collection[str] 
         variables=MappingProxyType(variables),
         ansible_playbook=ansible_playbook,
         ansible=find_ansible_beside(ansible_playbook),
-        ansible_inventory=find_ansible_beside(ansible_playbook, "ansible-inventory"),
+        ansible_inventory=find_ansible_inventory(ansible_playbook, variables),
         worker_secrets=tuple(value for value in secrets if len(value) >= MIN_SECRET_LENGTH),
     )
 

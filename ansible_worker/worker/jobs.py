@@ -256,8 +256,13 @@ class JobTable:
             self._end(job, State.CANCELLED, entry.cancel.describe(), entry.cancel.requested_by)
         return self.phase(task_id)
 
+    def _in_slot(self, task_id: str) -> bool:
+        job = self._entries[task_id].job
+        return job is not None and job.in_slot
+
     def taken(self, job: Job) -> None:
         """A slot took `job` from the queue: the jobs behind it move up, and the first of them say so."""
+        job.in_slot = True
         while self._line and self._line[0] is not job:
             self._line.popleft()
         if self._line:
@@ -276,13 +281,14 @@ class JobTable:
                 self.post(waiting.status())
 
     def stop_taking(self) -> list[str]:
-        """Take no more jobs, and hand back the queued ones, which no slot will start any more.
+        """Take no more jobs, and hand back the queued ones no slot has taken, which none will start any more.
 
         Returns their task_ids, for the worker to hand back; the slots finish the running
         jobs, then stop.
         """
         self._send.close()
-        queued = self.in_phase(Phase.QUEUED)
+        # A job a slot took is started here, even while its locks keep it queued.
+        queued = [task_id for task_id in self.in_phase(Phase.QUEUED) if not self._in_slot(task_id)]
         for task_id in queued:
             job = self._entries[task_id].job
             assert job is not None
