@@ -118,9 +118,10 @@ class GroupLocks:
             return
         now = trio.current_time()
         if state in ("offline", None):
-            self._offline.add(worker_id)
             lapsing = self.book.expire_worker(worker_id, at=now + OFFLINE_GRACE)
             if lapsing:
+                # Bounded: only workers that hold requests are remembered.
+                self._offline.add(worker_id)
                 log.info(
                     "worker %s went offline: the locks of %s are freed in %gs unless it comes back",
                     worker_id,
