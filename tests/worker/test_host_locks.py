@@ -98,8 +98,8 @@ async def test_jobs_on_one_host_never_overlap_while_others_run_beside_them(
 ) -> None:
     async with (
         open_controller(broker, group) as controller,
-        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="a", concurrency=3)),
-        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="b", concurrency=3)),
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="a", concurrency=3, host_locks=True)),
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="b", concurrency=3, host_locks=True)),
     ):
         await controller.submit(stamp_job("first", stamps, limit="web1:web2", seconds=4))
         first_running = await controller.wait_for("first", {"running"})
@@ -124,8 +124,8 @@ async def test_explicit_locks_and_none(broker: Any, playbook_dir: Path, group: s
     """`locks` replaces the inventory's hosts; `locks: []` takes none, so it runs beside a holder of its hosts."""
     async with (
         open_controller(broker, group) as controller,
-        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="a", concurrency=3)),
-        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="b", concurrency=3)),
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="a", concurrency=3, host_locks=True)),
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="b", concurrency=3, host_locks=True)),
     ):
         await controller.submit(stamp_job("db", stamps, limit="web1", locks=["database"], seconds=4))
         await controller.wait_for("db", {"running"})
@@ -145,8 +145,8 @@ async def test_max_concurrent_holds_across_two_workers(
     names = [f"capped{n}" for n in range(4)]
     async with (
         open_controller(broker, group) as controller,
-        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="a", concurrency=4)),
-        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="b", concurrency=4)),
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="a", concurrency=4, host_locks=True)),
+        running_worker(make_settings(broker.port, playbook_dir, group, worker_id="b", concurrency=4, host_locks=True)),
     ):
         for index, name in enumerate(names):
             job = stamp_job(name, stamps, limit=f"web{index + 1}", max_concurrent=2, seconds=3)
@@ -166,7 +166,9 @@ async def test_max_concurrent_holds_across_two_workers(
 async def test_a_killed_workers_locks_are_freed(
     broker: Any, playbook_dir: Path, group: str, stamps: Path, tmp_path: Path
 ) -> None:
-    config = worker_config(tmp_path / "lost.json", broker, playbook_dir, group, worker_id="lost", drain_timeout=120)
+    config = worker_config(
+        tmp_path / "lost.json", broker, playbook_dir, group, worker_id="lost", drain_timeout=120, host_locks=True
+    )
     seconds = unique_seconds(300)
     try:
         async with open_controller(broker, group) as controller, worker_process("run", "-c", str(config)) as lost:
@@ -189,7 +191,7 @@ async def _lose_a_holder(
     await controller.wait_for("holder", {"running"})
     # Draining, the worker takes no more jobs and keeps its running one (and its locks).
     lost.process.send_signal(signal.SIGTERM)
-    async with running_worker(make_settings(broker.port, playbook_dir, group, worker_id="survivor")):
+    async with running_worker(make_settings(broker.port, playbook_dir, group, worker_id="survivor", host_locks=True)):
         await controller.submit(stamp_job("next", stamps, limit="web2", seconds=0))
         waiting = await waiting_status(controller, "next", "locks")
         assert waiting["waiting_for"]["held_by"] == "holder on lost"
