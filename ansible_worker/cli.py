@@ -11,6 +11,7 @@ from pathlib import Path
 from ansible_worker import __version__
 from ansible_worker.controller.parser import CONTROLLER_COMMANDS, add_controller_commands
 from ansible_worker.dashboard.command import add_dashboard_command
+from ansible_worker.history.command import add_archive_command
 from ansible_worker.ops.config_source import DEFAULT_CONFIG_FILE, ENV_PREFIX
 
 log = logging.getLogger("ansible_worker")
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, help=config_help)
     add_controller_commands(commands)
     add_dashboard_command(commands)
+    add_archive_command(commands)
     keygen = commands.add_parser(
         "keygen",
         help="make an Ed25519 key pair for signing jobs",
@@ -123,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return keygen(args.name, args.directory)
     if args.command == "schema":
         return write_schema(args.output_dir)
+    if args.command == "archive":
+        from ansible_worker.history.command import run_archive
+
+        return run_archive(args)
     if args.command == "dashboard":
         from ansible_worker.dashboard.command import run_dashboard
 

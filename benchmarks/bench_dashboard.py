@@ -46,8 +46,8 @@ OBSERVE = """
 window.seen = [];
 const body = document.querySelector('#jobs tbody');
 new MutationObserver(() => {
-  const row = body.querySelector('tr[data-task-id="watched"]');
-  if (row) window.seen.push([performance.timeOrigin + performance.now(), row.children[6].textContent]);
+  const count = body.querySelector('tr[data-task-id="watched"] .n-ok');
+  if (count) window.seen.push([performance.timeOrigin + performance.now(), count.textContent]);
 }).observe(body, {childList: true, subtree: true, characterData: true});
 """
 

@@ -108,17 +108,73 @@ async def publish_cost(port: int, record: dict[str, Any], rounds: int) -> list[f
     return costs
 
 
+def write_fleet(lab: Lab, hosts: int, tasks: int) -> None:
+    """The event-heavy playbook: `tasks` tasks on `hosts` local hosts."""
+    host_lines = "".join(f"host{index:02d}\n" for index in range(hosts))
+    (lab.playbooks / "fleet.ini").write_text(
+        f"[fleet]\n{host_lines}\n[fleet:vars]\nansible_connection=local\n"
+        'ansible_python_interpreter="{{ ansible_playbook_python }}"\n'
+    )
+    from lab import heavy_playbook
+
+    (lab.playbooks / "fleet.yml").write_text(heavy_playbook(tasks))
+
+
+async def broker_memory(lab: Lab, payload: bytes, records: int) -> dict[str, Any]:
+    """The broker's resident memory before and after `records` copies of `payload` are retained."""
+    assert lab.broker.process is not None
+    before = rss_kib(lab.broker.process.pid)
+    options = LinkOptions("127.0.0.1", lab.port, "filler")
+    async with open_mqtt_link(options) as link:
+        topics = Topics("ansible", "filled")
+        for index in range(records):
+            await link.publish(topics.record(f"f-{index:05d}"), payload, qos=1, retain=True, expiry=604800)
+    after = rss_kib(lab.broker.process.pid)
+    return {
+        "retained_records": records,
+        "record_bytes": len(payload),
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "rss_per_record_kib": round((after - before) / records, 2) if records else None,
+    }
+
+
+async def one_task_rounds(lab: Lab, client: Client, rounds: int) -> tuple[list[float], ...]:
+    """Seconds of one-task jobs with records on, off, and run directly; the gaps from record to status."""
+    on: list[float] = []
+    off: list[float] = []
+    direct: list[float] = []
+    gaps: list[float] = []
+    for _ in range(rounds):
+        # Interleaved, so that a slow moment of the machine hits both alike.
+        on.append((await time_to_terminal(client, "on", "one.yml", "local.ini"))[0])
+        off.append((await time_to_terminal(client, "off", "one.yml", "local.ini"))[0])
+        direct.append(await lab.direct("one.yml", "local.ini"))
+        gaps.append(await record_gap(lab.port, "on", client, "one.yml", "local.ini"))
+    return on, off, direct, gaps
+
+
+def one_task_figures(
+    on: list[float], off: list[float], direct: list[float], gaps: list[float], costs: list[float], one: dict[str, Any]
+) -> dict[str, Any]:
+    """The one-task figures: medians of each side, what the record adds, and its publishing cost."""
+    return {
+        "records_on_median": round(statistics.median(on), 4),
+        "records_off_median": round(statistics.median(off), 4),
+        "ansible_playbook_direct_median": round(statistics.median(direct), 4),
+        "added_by_record_median_ms": round((statistics.median(on) - statistics.median(off)) * 1000, 2),
+        "record_publish_median_ms": round(statistics.median(costs) * 1000, 2),
+        "record_publish_max_ms": round(max(costs) * 1000, 2),
+        "record_bytes": one["record"]["bytes"],
+        "record_to_status_gap_median_ms": round(statistics.median(gaps) * 1000, 2),
+        "record_to_status_gap_max_ms": round(max(gaps) * 1000, 2),
+    }
+
+
 async def main(rounds: int, hosts: int, tasks: int, records: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-record-") as scratch:
         lab = Lab(Path(scratch))
-        host_lines = "".join(f"host{index:02d}\n" for index in range(hosts))
-        (lab.playbooks / "fleet.ini").write_text(
-            f"[fleet]\n{host_lines}\n[fleet:vars]\nansible_connection=local\n"
-            'ansible_python_interpreter="{{ ansible_playbook_python }}"\n'
-        )
-        from lab import heavy_playbook
-
-        (lab.playbooks / "fleet.yml").write_text(heavy_playbook(tasks))
+        write_fleet(lab, hosts, tasks)
         lab.broker.start()
         try:
             target = target_from_url(f"mqtt://127.0.0.1:{lab.port}", group="on")
@@ -131,16 +187,7 @@ async def main(rounds: int, hosts: int, tasks: int, records: int) -> dict[str, A
                 await wait_for_worker(client, "records-on")
                 client.topics = Topics("ansible", "off")
                 await wait_for_worker(client, "records-off")
-                on: list[float] = []
-                off: list[float] = []
-                direct: list[float] = []
-                gaps: list[float] = []
-                for _ in range(rounds):
-                    # Interleaved, so that a slow moment of the machine hits both alike.
-                    on.append((await time_to_terminal(client, "on", "one.yml", "local.ini"))[0])
-                    off.append((await time_to_terminal(client, "off", "one.yml", "local.ini"))[0])
-                    direct.append(await lab.direct("one.yml", "local.ini"))
-                    gaps.append(await record_gap(lab.port, "on", client, "one.yml", "local.ini"))
+                on, off, direct, gaps = await one_task_rounds(lab, client, rounds)
                 _, one = await time_to_terminal(client, "on", "one.yml", "local.ini")
                 client.topics = Topics("ansible", "on")
                 one_record = await client.record(one["task_id"])
@@ -154,30 +201,13 @@ async def main(rounds: int, hosts: int, tasks: int, records: int) -> dict[str, A
                 heavy_costs = await publish_cost(lab.port, record, rounds)
                 raw_size = len(json.dumps(record, separators=(",", ":")).encode())
                 payload = zlib.compress(json.dumps(record, separators=(",", ":")).encode(), 6)
-            assert lab.broker.process is not None
-            before = rss_kib(lab.broker.process.pid)
-            options = LinkOptions("127.0.0.1", lab.port, "filler")
-            async with open_mqtt_link(options) as link:
-                topics = Topics("ansible", "filled")
-                for index in range(records):
-                    await link.publish(topics.record(f"f-{index:05d}"), payload, qos=1, retain=True, expiry=604800)
-            after = rss_kib(lab.broker.process.pid)
+            broker = await broker_memory(lab, payload, records)
         finally:
             lab.broker.stop()
     return {
         "version": __version__,
         "rounds": rounds,
-        "one_task_seconds": {
-            "records_on_median": round(statistics.median(on), 4),
-            "records_off_median": round(statistics.median(off), 4),
-            "ansible_playbook_direct_median": round(statistics.median(direct), 4),
-            "added_by_record_median_ms": round((statistics.median(on) - statistics.median(off)) * 1000, 2),
-            "record_publish_median_ms": round(statistics.median(one_costs) * 1000, 2),
-            "record_publish_max_ms": round(max(one_costs) * 1000, 2),
-            "record_bytes": one["record"]["bytes"],
-            "record_to_status_gap_median_ms": round(statistics.median(gaps) * 1000, 2),
-            "record_to_status_gap_max_ms": round(max(gaps) * 1000, 2),
-        },
+        "one_task_seconds": one_task_figures(on, off, direct, gaps, one_costs, one),
         "event_heavy": {
             "hosts": hosts,
             "tasks": tasks,
@@ -191,13 +221,7 @@ async def main(rounds: int, hosts: int, tasks: int, records: int) -> dict[str, A
             "worker_seconds": round(heavy_seconds, 3),
             "ansible_playbook_direct_seconds": round(heavy_direct, 3),
         },
-        "broker": {
-            "retained_records": records,
-            "record_bytes": len(payload),
-            "rss_before_kib": before,
-            "rss_after_kib": after,
-            "rss_per_record_kib": round((after - before) / records, 2) if records else None,
-        },
+        "broker": broker,
     }
 
 

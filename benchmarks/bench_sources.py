@@ -205,6 +205,67 @@ def median_ms(values: list[float]) -> float:
     return round(statistics.median(values) * 1000, 1)
 
 
+async def ship_rounds(
+    client: Client, job: dict[str, Any], shipped: Path, reps: int
+) -> tuple[list[Timing], list[Timing]]:
+    """Each round ships a new tree twice: the first time it is sent and unpacked, the second it is cached."""
+    first_ship = []
+    second_ship = []
+    for _ in range(reps):
+        # A new tree each time: one changed file gives a new digest.
+        (shipped / "nonce.txt").write_text(uuid.uuid4().hex)
+        first_ship.append(await timed(client, job, ship=shipped))
+        second_ship.append(await timed(client, job, ship=shipped))
+    return first_ship, second_ship
+
+
+async def rss_while_shipping(pid: int, client: Client, job: dict[str, Any], big: Path) -> tuple[int, int]:
+    """The worker's resident memory (KiB) before, and at its peak while it runs one job shipping `big`."""
+    baseline = rss_kib(pid)
+    peak = baseline
+    async with trio.open_nursery() as nursery:
+
+        async def sample() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, rss_kib(pid))
+                await trio.sleep(0.01)
+
+        nursery.start_soon(sample)
+        await timed(client, job, ship=big)
+        nursery.cancel_scope.cancel()
+    return baseline, peak
+
+
+def job_figures(
+    plain: list[Timing],
+    cached: list[Timing],
+    fresh: list[Timing],
+    first_ship: list[Timing],
+    second_ship: list[Timing],
+    baseline: int,
+    peak: int,
+) -> dict[str, Any]:
+    """The end-to-end figures: each kind of source against a plain job, and the worker's memory."""
+    plain_end = median_ms([t.terminal for t in plain])
+    plain_event = median_ms([t.first_event for t in plain])
+    return {
+        "plain_job_ms": plain_end,
+        "plain_first_event_ms": plain_event,
+        "cached_revision_ms": median_ms([t.terminal for t in cached]),
+        "cached_revision_overhead_ms": round(median_ms([t.terminal for t in cached]) - plain_end, 1),
+        "new_revision_ms": median_ms([t.terminal for t in fresh]),
+        "new_revision_overhead_ms": round(median_ms([t.terminal for t in fresh]) - plain_end, 1),
+        "ship_submit_to_running_ms": median_ms([t.running for t in first_ship]),
+        "ship_first_event_overhead_ms": round(median_ms([t.first_event for t in first_ship]) - plain_event, 1),
+        "ship_overhead_ms": round(median_ms([t.terminal for t in first_ship]) - plain_end, 1),
+        "ship_again_overhead_ms": round(median_ms([t.terminal for t in second_ship]) - plain_end, 1),
+        "worker_rss_before_kib": baseline,
+        "worker_rss_peak_kib": peak,
+        "worker_rss_growth_mb": round((peak - baseline) / 1024, 1),
+    }
+
+
 async def bench(root: Path, *, reps: int, files: int, ship_mb: int, memory_mb: int) -> dict[str, Any]:
     """Every figure of this benchmark, by name.
 
@@ -249,45 +310,9 @@ async def bench(root: Path, *, reps: int, files: int, ship_mb: int, memory_mb: i
             for _ in range(reps):
                 commit = new_commit(large)
                 fresh.append(await timed(client, {**job, "project": "large", "revision": commit}))
-            first_ship = []
-            second_ship = []
-            for _ in range(reps):
-                # A new tree each time: one changed file gives a new digest.
-                (shipped / "nonce.txt").write_text(uuid.uuid4().hex)
-                first_ship.append(await timed(client, job, ship=shipped))
-                second_ship.append(await timed(client, job, ship=shipped))
-            baseline = rss_kib(process.pid)
-            peak = baseline
-            async with trio.open_nursery() as nursery:
-
-                async def sample() -> None:
-                    nonlocal peak
-                    while True:
-                        peak = max(peak, rss_kib(process.pid))
-                        await trio.sleep(0.01)
-
-                nursery.start_soon(sample)
-                await timed(client, job, ship=big)
-                nursery.cancel_scope.cancel()
-        plain_end = median_ms([t.terminal for t in plain])
-        plain_event = median_ms([t.first_event for t in plain])
-        results.update(
-            {
-                "plain_job_ms": plain_end,
-                "plain_first_event_ms": plain_event,
-                "cached_revision_ms": median_ms([t.terminal for t in cached]),
-                "cached_revision_overhead_ms": round(median_ms([t.terminal for t in cached]) - plain_end, 1),
-                "new_revision_ms": median_ms([t.terminal for t in fresh]),
-                "new_revision_overhead_ms": round(median_ms([t.terminal for t in fresh]) - plain_end, 1),
-                "ship_submit_to_running_ms": median_ms([t.running for t in first_ship]),
-                "ship_first_event_overhead_ms": round(median_ms([t.first_event for t in first_ship]) - plain_event, 1),
-                "ship_overhead_ms": round(median_ms([t.terminal for t in first_ship]) - plain_end, 1),
-                "ship_again_overhead_ms": round(median_ms([t.terminal for t in second_ship]) - plain_end, 1),
-                "worker_rss_before_kib": baseline,
-                "worker_rss_peak_kib": peak,
-                "worker_rss_growth_mb": round((peak - baseline) / 1024, 1),
-            }
-        )
+            first_ship, second_ship = await ship_rounds(client, job, shipped, reps)
+            baseline, peak = await rss_while_shipping(process.pid, client, job, big)
+        results.update(job_figures(plain, cached, fresh, first_ship, second_ship, baseline, peak))
     finally:
         lab.broker.stop()
     return results

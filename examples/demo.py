@@ -4,7 +4,8 @@ Starts Mosquitto on a free loopback port, starts `ansible-worker run` with a con
 points at `examples/playbooks`, publishes a job for `hello.yml` as any MQTT controller
 would and prints each status the worker publishes on the retained status topic until the
 terminal one. Then it runs the same playbook with the bundled controller command,
-`ansible-worker submit --wait`, lists the workers, and stops everything.
+`ansible-worker submit --wait`, lists the templates of `examples/playbooks/templates.yml`,
+launches one with a survey answer, lists the workers, and stops everything.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def write_worker_config(directory: Path, port: int) -> Path:
         f"worker:\n  group_name: {GROUP}\n  playbook_directory: {HERE / 'playbooks'}\n"
         f"  ansible_playbook_path: {Path(sys.executable).parent / 'ansible-playbook'}\n"
         "  status_interval: 0.2\n"
+        "  templates: templates.yml\n"
     )
     return config
 
@@ -133,6 +135,11 @@ def main() -> int:
             command = ["submit", "hello.yml", "-i", "inventory.ini", "-e", "greeting=hi", "--wait"]
             print(f"\n$ ansible-worker {' '.join(command)}")
             submitted = subprocess.run([controller, *command, *broker_options], check=False)
+            print("\n$ ansible-worker templates")
+            subprocess.run([controller, "templates", *broker_options], check=False)
+            command = ["launch", "hello", "-e", "greeting='hello from a template'", "--wait"]
+            print(f"\n$ ansible-worker {' '.join(command)}")
+            launched = subprocess.run([controller, *command, *broker_options], check=False)
             print("\n$ ansible-worker workers")
             subprocess.run([controller, "workers", *broker_options], check=False)
         finally:
@@ -143,7 +150,7 @@ def main() -> int:
             worker_log.close()
             print("\nworker log:")
             print((directory / "worker.log").read_text().rstrip())
-        return 0 if final["state"] == "success" and submitted.returncode == 0 else 1
+        return 0 if final["state"] == "success" and submitted.returncode == launched.returncode == 0 else 1
 
 
 if __name__ == "__main__":

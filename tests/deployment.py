@@ -21,21 +21,15 @@ as the worker's user would (`ansible-config`, a script on the worker's Python).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
-import hashlib
 import json
 import logging
 import os
-import pwd
 import re
-import shlex
 import shutil
 import signal
 import stat
 import subprocess
-import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -50,38 +44,26 @@ from ansible_worker.controller.client import open_client, target_from_url
 from ansible_worker.ops.config import Settings
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker.service import Worker
+from tests.lane_machine import (
+    REPO,
+    SYSTEM_PYTHON,
+    WORKER_UID,
+    chown_tree,
+    containerfile,
+    ensure_worker_user,
+    give_directory,
+    image_environment,
+    let_worker_read,
+    owned_by_worker,
+    private_base,
+    remove_base,
+    system_venv,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import WorkerProcess
 
-REPO = Path(__file__).parent.parent
-LOCK = REPO / "constraints.txt"
-
-
-def containerfile() -> list[tuple[str, str]]:
-    """(instruction, arguments) of the Containerfile, continuation lines joined."""
-    text = re.sub(r"\\\n", " ", (REPO / "Containerfile").read_text())
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
-
-
-def image_environment() -> dict[str, str]:
-    """The variables the image's `ENV` sets."""
-    found: dict[str, str] = {}
-    for instruction, arguments in containerfile():
-        if instruction == "ENV":
-            for word in shlex.split(arguments):
-                name, _, value = word.partition("=")
-                found[name] = value
-    return found
-
-
-# The image's user, as its USER says; created on the test machine as the image creates it.
-WORKER_UID = int(next(arguments for instruction, arguments in containerfile() if instruction == "USER").split(":")[0])
-WORKER_USER = "ansible-worker"
-SYSTEM_PYTHON = "/usr/bin/python3"
-# Shared by the runs of one checkout; root's own, and checked to be before root runs anything in it.
-LANE_ROOT = Path("/var/tmp/ansible-worker-tests")
+__all__ = ["REPO", "SYSTEM_PYTHON", "Deployment", "containerfile", "lane", "lane_deployment"]
 
 # `-m lane` selects the unprivileged runs alone.
 lane = pytest.mark.parametrize(
@@ -226,12 +208,12 @@ class Deployment:
     def hand_over(self, directory: Path) -> None:
         """Give `directory` to the worker's user, as a deployment does with a checkout that jobs `git pull`."""
         if self.unprivileged:
-            _chown_tree(directory, WORKER_UID, WORKER_UID)
+            chown_tree(directory, WORKER_UID, WORKER_UID)
 
     def give(self, directory: Path) -> Path:
         """`directory` (made if missing) as one of the worker's own: its HOME, a place for its logs."""
         if self.unprivileged:
-            _give_directory(directory)
+            give_directory(directory)
         else:
             directory.mkdir(parents=True, exist_ok=True)
         return directory
@@ -386,26 +368,21 @@ class Deployment:
         if worker.get("ansible_playbook_path") == ANSIBLE_PLAYBOOK:
             worker["ansible_playbook_path"] = str(self.venv / "bin" / "ansible-playbook")
         playbooks = Path(worker["playbook_directory"])
-        if not _owned_by_worker(playbooks):
+        if not owned_by_worker(playbooks):
             info = playbooks.stat()
             assert info.st_uid == 0, f"{playbooks} is root's, read-only to the worker"
             assert not info.st_mode & 0o022, f"{playbooks} is root's, read-only to the worker"
         for key in ("state_dir", "run_directory", "source_cache"):
             if worker.get(key):
-                _give_directory(Path(worker[key]))
+                give_directory(Path(worker[key]))
         for file in _files_named(document):
             if file.is_relative_to(self.base):
-                _let_worker_read(file)
+                let_worker_read(file)
         deployed = path.with_name(path.name + ".deployed.json")
         deployed.touch(mode=0o600)
         os.chown(deployed, WORKER_UID, WORKER_UID)
         deployed.write_text(json.dumps(document))
         return deployed
-
-
-def _owned_by_worker(directory: Path) -> bool:
-    # Handed over on purpose (`hand_over`): every entry is the worker's.
-    return all(path.lstat().st_uid == WORKER_UID for path in [directory, *directory.rglob("*")])
 
 
 def _revealed(tree: Any) -> Any:
@@ -431,111 +408,6 @@ def _files_named(tree: Any) -> Iterator[Path]:
             yield from _files_named(value)
     elif isinstance(tree, str) and tree.startswith("/") and "\n" not in tree and Path(tree).is_file():
         yield Path(tree)
-
-
-def _let_worker_read(file: Path) -> None:
-    """As a secret mounted for the worker's group: root's file, readable to the group, never writable."""
-    mode = file.stat().st_mode
-    if not mode & stat.S_IROTH:
-        os.chown(file, -1, WORKER_UID)
-        file.chmod(stat.S_IMODE(mode) | stat.S_IRGRP)
-
-
-def _give_directory(directory: Path) -> None:
-    """A directory of the worker's own (0700), made now if missing."""
-    if not directory.exists():
-        directory.mkdir(mode=0o700, parents=True)
-    _chown_tree(directory, WORKER_UID, WORKER_UID)
-    directory.chmod(0o700)
-
-
-def _chown_tree(directory: Path, uid: int, gid: int) -> None:
-    for path in [directory, *directory.rglob("*")]:
-        os.chown(path, uid, gid, follow_symlinks=False)
-
-
-# ---------------------------------------------------------------- the machine: user and system venv
-
-
-def ensure_worker_user() -> None:
-    """The image's user and group, 10001, created once on this machine as the Containerfile creates them."""
-    with contextlib.suppress(KeyError):
-        pwd.getpwuid(WORKER_UID)
-        return
-    command = [
-        "useradd",
-        "--uid",
-        str(WORKER_UID),
-        "--user-group",
-        "--no-create-home",
-        "--home-dir",
-        image_environment()["HOME"],
-        "--shell",
-        "/usr/sbin/nologin",
-        WORKER_USER,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    # Another test process may have created it meanwhile.
-    try:
-        pwd.getpwuid(WORKER_UID)
-    except KeyError:
-        raise RuntimeError(f"could not create the user {WORKER_UID}: {result.stderr.strip()}") from None
-
-
-def _root_directory(path: Path) -> Path:
-    """`path` as a directory of root's that no one else may change (made if missing); refused otherwise."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o755)
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
-        raise RuntimeError(f"{path} must be a directory of root's that others cannot write: refusing to use it")
-    return path
-
-
-def _source_digest() -> str:
-    """What the system venv was built from: the lock and the project's files."""
-    digest = hashlib.sha256()
-    for path in [LOCK, REPO / "pyproject.toml", *sorted((REPO / "ansible_worker").rglob("*"))]:
-        if path.is_file() and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def system_venv() -> Path:
-    """A venv of the system Python that the worker's user can read, with this checkout installed from the lock.
-
-    Made once per checkout and renewed when the lock or the project's files change; test
-    processes running at once wait for each other here.
-    """
-    root = _root_directory(LANE_ROOT)
-    checkout = _root_directory(root / hashlib.sha256(str(REPO.resolve()).encode()).hexdigest()[:16])
-    venv = checkout / "venv"
-    stamp = checkout / "installed"
-    wanted = _source_digest()
-    with (checkout / "lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.exists() and stamp.read_text() == wanted:
-            return venv
-        stamp.unlink(missing_ok=True)
-        if not (venv / "bin" / "python").exists():
-            subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)
-        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        subprocess.run([*pip, "-c", str(LOCK), str(REPO)], check=True)
-        # The project itself again, whatever pip thought of its unchanged version number.
-        subprocess.run([*pip, "--no-deps", "--force-reinstall", str(REPO)], check=True)
-        stamp.write_text(wanted)
-    return venv
-
-
-def private_base() -> Path:
-    """A directory for one test's files that the worker's user can reach (not write), removed by `remove_base`."""
-    base = Path(tempfile.mkdtemp(prefix="ansible-worker-lane-", dir="/tmp"))
-    base.chmod(0o755)
-    return base
-
-
-def remove_base(base: Path) -> None:
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def lane_deployment(name: str) -> Iterator[Deployment]:

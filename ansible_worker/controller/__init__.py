@@ -6,8 +6,8 @@ Three layers, each importing only the ones below it: the commands (`command_line
 `mqtt.session.BrokerSession`; and leaves that import nothing of the controller but its
 errors (`errors`, `payloads`, `job_filter`, `parser`, `arguments`).
 
-May import `protocol`, `mqtt` and `lone_errors`, and `ops.config` only where a command reads a
-config file (lazily); never `worker` or `run`. Settings reach the client as a frozen `Target`; `target`
-names the settings model only for its type, so the client loads neither pydantic-settings
-nor the worker tree.
+May import `protocol`, `mqtt` and `lone_errors`, `ops.config` only where a command reads a
+config file (lazily), and `history` only when `history.url` is set (lazily); never `worker` or
+`run`. Settings reach the client as a frozen `Target`; `target` names the settings model only
+for its type, so the client loads neither pydantic-settings nor the worker tree.
 """

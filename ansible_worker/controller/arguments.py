@@ -26,6 +26,22 @@ def parse_extra_vars(values: list[str]) -> dict[str, Any]:
     return merged
 
 
+def parse_answers(values: list[str]) -> tuple[dict[str, Any], set[str]]:
+    """A launch's `-e` values, as `parse_extra_vars` reads them, and the names given as `KEY=VALUE` text.
+
+    Text is read by each variable's survey type (`port=8080` is the integer 8080); an answer
+    from a file or a JSON object keeps its own type. Later values win.
+    """
+    merged: dict[str, Any] = {}
+    as_text: set[str] = set()
+    for value in values:
+        one = _one_extra_vars(value)
+        text = not value.strip().startswith(("@", "{"))
+        merged.update(one)
+        as_text = (as_text | set(one)) if text else (as_text - set(one))
+    return merged, as_text
+
+
 def _one_extra_vars(value: str) -> dict[str, Any]:
     text = value.strip()
     if text.startswith("@"):

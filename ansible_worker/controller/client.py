@@ -29,11 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ansible_worker.controller.errors import ClientError, JobLost, NoWorkerAnswered, SigningKeyError, no_worker_answered
+from ansible_worker.controller.errors import (
+    CatalogueUnreadable,
+    ClientError,
+    JobLost,
+    NoWorkerAnswered,
+    SigningKeyError,
+    no_worker_answered,
+)
 from ansible_worker.controller.job_filter import select_jobs
 from ansible_worker.controller.job_handle import JobHandle, Update, checked_task_id, lost_message
 from ansible_worker.controller.payloads import job_record, json_object
-from ansible_worker.controller.retained import barrier, retained
 from ansible_worker.controller.shipping import DEFAULT_CONTENT_RETENTION, ShipProgress
 from ansible_worker.controller.submission import job_payload, most_attempts
 from ansible_worker.controller.target import Target, load_signer, new_client_id, target_from_settings, target_from_url
@@ -41,10 +47,12 @@ from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.mqtt.link import MqttLink
 from ansible_worker.mqtt.options import InboundMessage, LinkError, LinkLost
 from ansible_worker.mqtt.reconnect import GaveUp, Reconnect
+from ansible_worker.mqtt.retained import barrier, retained
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.topics import Topics
 
 if TYPE_CHECKING:
+    from ansible_worker.protocol.group_messages import TemplateCatalogue
     from ansible_worker.protocol.signing import Signer
 
 __all__ = [
@@ -377,6 +385,27 @@ class Client:
             if presence is not None:
                 found[message.topic.rsplit("/", 1)[-1]] = presence
         return [found[key] for key in sorted(found)]
+
+    async def catalogue(self) -> TemplateCatalogue | None:
+        """The group's template catalogue as the broker holds it, or None when no worker published one.
+
+        Errors: `trio.TooSlowError` from `barrier`; `CatalogueUnreadable` for a copy that is
+        not a catalogue. Cancellation: nothing is left subscribed.
+        """
+        # Here, not at the top: the protocol's models load pydantic, which most commands never need.
+        from pydantic import ValidationError
+
+        from ansible_worker.protocol.group_messages import TemplateCatalogue
+
+        found = await self.retained(self.topics.templates)
+        if not found or not found[-1].payload:
+            return None
+        try:
+            return TemplateCatalogue.model_validate_json(found[-1].payload)
+        except ValidationError as exc:
+            raise CatalogueUnreadable(
+                f"the template catalogue on the broker cannot be read ({exc.error_count()} problems)"
+            ) from None
 
 
 @asynccontextmanager

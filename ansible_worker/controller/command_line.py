@@ -12,7 +12,7 @@ import trio
 from rich.console import Console
 from rich.markup import escape
 
-from ansible_worker.controller import job_commands, record_commands, relaunch_command
+from ansible_worker.controller import job_commands, record_commands, relaunch_command, template_commands
 from ansible_worker.controller.arguments import ArgumentError, build_adhoc_job, build_job
 from ansible_worker.controller.client import Client, ClientError, SigningKeyError, Target, open_client
 from ansible_worker.controller.parser import EXIT_UNAVAILABLE, EXIT_USAGE
@@ -32,6 +32,8 @@ def resolve_target(args: argparse.Namespace) -> Target:
         target = _broker_target(args)
         if args.signing_key is not None:
             target = dataclasses.replace(target, signer=load_signer(args.signing_key))
+        if getattr(args, "history", None):
+            target = dataclasses.replace(target, history=args.history)
     except SigningKeyError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
     return target
@@ -93,8 +95,19 @@ def _show_client_warnings() -> None:
 
 
 async def _with_client(target: Target, command: Command, args: argparse.Namespace, console: Console) -> int:
-    async with open_client(target) as client:
-        return await command(client, args, console)
+    if target.history is None:
+        args.history = None
+        async with open_client(target) as client:
+            return await command(client, args, console)
+    # Only with a store: a command that talks to the broker alone never loads SQLAlchemy.
+    from ansible_worker.history.reader import HistoryError, open_history
+
+    try:
+        async with open_history(target.history) as history, open_client(target) as client:
+            args.history = history
+            return await command(client, args, console)
+    except HistoryError as exc:
+        raise CommandError(str(exc), EXIT_UNAVAILABLE) from None
 
 
 _COMMANDS: dict[str, Command] = {
@@ -108,6 +121,9 @@ _COMMANDS: dict[str, Command] = {
     "workers": job_commands.workers,
     "logs": record_commands.logs,
     "jobs": job_commands.jobs,
+    "templates": template_commands.templates,
+    "schedules": template_commands.schedules,
+    "launch": template_commands.launch,
 }
 
 __all__ = ["run_command"]

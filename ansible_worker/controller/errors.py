@@ -17,6 +17,10 @@ class SigningKeyError(ClientError):
     """The signing key named by the settings or the command line cannot be used."""
 
 
+class CatalogueUnreadable(ClientError):
+    """The retained template catalogue is not one this client can read."""
+
+
 class JobLost(ClientError):
     """The worker holding the job went offline (its will message) before the job ended."""
 

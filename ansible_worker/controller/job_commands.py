@@ -13,6 +13,7 @@ from rich.console import Console
 
 from ansible_worker.controller.client import ANSWER_WITHIN, RETRY_AFTER, Client, JobHandle, lost_message
 from ansible_worker.controller.job_filter import parse_since, parse_states
+from ansible_worker.controller.job_listing import newest_jobs
 from ansible_worker.controller.parser import (
     EXIT_FAILED,
     EXIT_STOPPED_WATCHING,
@@ -163,7 +164,15 @@ async def status(client: Client, args: argparse.Namespace, console: Console) -> 
 
     Cancellation: as `Client.status`; nothing changes at the broker.
     """
-    current = await client.status(args.task_id)
+    current = None
+    history = getattr(args, "history", None)
+    if history is not None:
+        # A finished job's status is final: the store answers without asking the broker.
+        stored = await history.status(args.task_id)
+        if stored is not None and stored.get("state") in STATE_EXIT:
+            current = stored
+    if current is None:
+        current = await client.status(args.task_id)
     if current is None:
         raise CommandError(f"the broker holds no status for {args.task_id}", EXIT_UNAVAILABLE)
     if args.json:
@@ -235,18 +244,53 @@ async def workers(client: Client, args: argparse.Namespace, console: Console) ->
 
 
 async def jobs(client: Client, args: argparse.Namespace, console: Console) -> int:
-    """The `jobs` command: the group's jobs from their retained statuses, newest first.
+    """The `jobs` command: the group's jobs, newest first, from the history store if there is one, else the broker.
 
-    Errors: `CommandError` with `EXIT_USAGE` for a bad `--state` or `--since`.
+    Errors: `CommandError` with `EXIT_USAGE` for a bad `--state`, `--since` or `--until`, or
+    `--host` without a store.
 
-    Cancellation: as `Client.jobs`; nothing is left behind.
+    Cancellation: every subscription is released; nothing is left behind.
     """
     try:
-        parse_states(args.state)
+        states = parse_states(args.state)
         since = parse_since(args.since) if args.since else None
+        until = parse_since(args.until) if getattr(args, "until", None) else None
     except ValueError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
-    found = await client.jobs(state=args.state, playbook=args.playbook, since=since)
+    limit: int = getattr(args, "limit", None) or 1000
+    history = getattr(args, "history", None)
+    if history is not None:
+        from ansible_worker.history.store import JobQuery
+
+        query = JobQuery(
+            states=states,
+            playbook=args.playbook,
+            worker=getattr(args, "worker", None),
+            host=getattr(args, "host", None),
+            since=since.timestamp() if since else None,
+            until=until.timestamp() if until else None,
+        )
+        found, more = await history.newest(query, limit)
+        partial = f"showing the newest {len(found)}; --limit for more" if more else None
+    else:
+        if getattr(args, "host", None):
+            raise CommandError("--host needs a history store: set history.url (or --history URL)", EXIT_USAGE)
+        listing = await newest_jobs(
+            client,
+            limit=limit,
+            state=args.state,
+            playbook=args.playbook,
+            since=since,
+            until=until,
+            worker=getattr(args, "worker", None),
+        )
+        found = listing.statuses
+        partial = None
+        if listing.partial is not None:
+            partial = (
+                f"showing the newest {len(found)} of at least {max(listing.matched, len(found))}"
+                f" ({listing.partial}); configure history.url for more"
+            )
     if args.json:
         for status in found:
             print_json_line(console, job_row(status))
@@ -256,4 +300,6 @@ async def jobs(client: Client, args: argparse.Namespace, console: Console) -> in
         # Piped, the table is not squeezed to 80 columns: one job per line, whatever reads it.
         wide = console if console.is_terminal else Console(file=console.file, width=PIPED_WIDTH, highlight=False)
         wide.print(jobs_table(found))
+    if partial is not None:
+        Console(stderr=True, highlight=False).print(partial, markup=False, soft_wrap=True)
     return EXIT_SUCCESS

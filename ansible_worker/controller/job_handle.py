@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,12 +34,18 @@ def checked_task_id(task_id: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """One thing heard about a job, in arrival order: a status, a live event, or that it was
-    lost (its worker went offline before the job ended; `data` is that worker's presence)."""
+    """One thing heard about a job, in arrival order: a status, a live event, that its worker
+    went offline without a clean stop and the group may take the job over (`away`), or that it
+    was lost (its worker went offline before the job ended, and nobody took it over in time;
+    `data` is that worker's presence)."""
 
-    kind: Literal["status", "event", "lost"]
+    kind: Literal["status", "event", "away", "lost"]
     data: dict[str, Any]
     retained: bool = False
+
+
+# Time for the takeover itself, beyond a survivor's wait.
+TAKEOVER_MARGIN = 10.0
 
 
 class JobOwner(Protocol):
@@ -65,7 +72,9 @@ class JobHandle:
         self._filters = [client.topics.status(task_id), client.topics.workers_subscription]
         if events:
             self._filters.append(client.topics.events(task_id))
-        self._offline: set[str] = set()
+        self._offline: dict[str, dict[str, Any]] = {}
+        # While the job's worker is away and the group may take the job over: until when to wait.
+        self._takeover_deadline: float | None = None
         self._receive: trio.MemoryReceiveChannel[InboundMessage] | None = None
         self._backlog: deque[Update] = deque()
         self._finished = False
@@ -190,9 +199,13 @@ class JobHandle:
             raise ClientError(f"the handle on {self.task_id} is closed")
         while True:
             try:
-                message = await self._receive.receive()
+                with trio.move_on_at(self._takeover_deadline or math.inf) as waiting:
+                    message = await self._receive.receive()
             except trio.EndOfChannel:
                 raise ClientError("the connection to the broker was closed") from None
+            if waiting.cancelled_caught:
+                worker_id = str((self.latest or {}).get("worker_id"))
+                return self._lost(self._offline.get(worker_id, {"worker_id": worker_id, "state": "offline"}))
             update = self._interpret(message)
             if update is not None:
                 return update
@@ -209,8 +222,15 @@ class JobHandle:
                 return None
             self.latest = data
             self._finished = data.get("state") in TERMINAL_STATES
-            if not self._finished and data.get("worker_id") in self._offline:
-                return self._lost({"worker_id": data["worker_id"], "state": "offline"})
+            worker_id = data.get("worker_id")
+            if not self._finished and isinstance(worker_id, str) and worker_id in self._offline:
+                presence = self._offline[worker_id]
+                if _takeover_after(presence) is None:
+                    return self._lost(presence)
+                self._wait_for_takeover(presence)
+            else:
+                # Another worker holds the job now (it took it over), or it ended.
+                self._takeover_deadline = None
             return Update("status", data, message.retain)
         if message.topic.endswith("/events"):
             return Update("event", data, message.retain)
@@ -218,13 +238,22 @@ class JobHandle:
 
     def _presence(self, worker_id: str, presence: dict[str, Any]) -> Update | None:
         if presence.get("state") != "offline":
-            self._offline.discard(worker_id)
+            self._offline.pop(worker_id, None)
             return None
-        self._offline.add(worker_id)
+        self._offline[worker_id] = presence
         latest = self.latest or {}
         if self._finished or latest.get("worker_id") != worker_id:
             return None
-        return self._lost(presence)
+        if _takeover_after(presence) is None:
+            return self._lost(presence)
+        self._wait_for_takeover(presence)
+        return Update("away", presence)
+
+    def _wait_for_takeover(self, presence: dict[str, Any]) -> None:
+        """The job's worker was lost: another worker of the group may take the job over within the bound."""
+        wait = _takeover_after(presence)
+        if wait is not None and self._takeover_deadline is None:
+            self._takeover_deadline = trio.current_time() + wait
 
     def _lost(self, presence: dict[str, Any]) -> Update:
         self._finished = True
@@ -261,9 +290,24 @@ class _StatusData:
         return (await self._updates.__anext__()).data
 
 
+def _takeover_after(presence: dict[str, Any]) -> float | None:
+    """How long to wait for the group to take over a job of a worker that went offline without a clean stop.
+
+    None when its presence says nothing of takeovers (an older worker) or says it stopped cleanly.
+    """
+    lost_after = presence.get("lost_after")
+    if presence.get("stopped") != "lost" or isinstance(lost_after, bool) or not isinstance(lost_after, int | float):
+        return None
+    if not 0 < lost_after <= 86_400:
+        return None
+    # Its silence, then a survivor that is not the first choice, then the takeover's round trips.
+    return 1.5 * lost_after + TAKEOVER_MARGIN
+
+
 def lost_message(task_id: str, presence: dict[str, Any]) -> str:
     """The plain words of a `JobLost`: job `task_id` is lost, as the worker of `presence` went offline."""
     return (
         f"job {task_id} is lost: its worker {presence.get('worker_id')} went offline before the job ended"
         " (it may report the job when it comes back with the same state_dir)"
+        + (" and no other worker took it over" if _takeover_after(presence) is not None else "")
     )

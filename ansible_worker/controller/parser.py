@@ -12,7 +12,21 @@ from ansible_worker.protocol.topics import is_task_id
 T = TypeVar("T", int, float)
 
 CONTROLLER_COMMANDS = frozenset(
-    {"submit", "adhoc", "relaunch", "watch", "status", "cancel", "forget", "workers", "logs", "jobs"}
+    {
+        "submit",
+        "adhoc",
+        "relaunch",
+        "watch",
+        "status",
+        "cancel",
+        "forget",
+        "workers",
+        "logs",
+        "jobs",
+        "templates",
+        "schedules",
+        "launch",
+    }
 )
 
 EXIT_SUCCESS = 0
@@ -28,15 +42,16 @@ STATE_EXIT = {"success": EXIT_SUCCESS, "failed": EXIT_FAILED, "timeout": EXIT_TI
 
 EXIT_CODES_HELP = """\
 exit codes:
-  0    submit --wait, watch, logs: the job succeeded; submit: a worker queued it;
-       status, jobs, workers, cancel, forget: done, whatever the job's state
-  1    the job failed (submit: a worker refused it)
-  2    bad arguments or configuration; logs: --artifact-dir cannot be written
+  0    submit/launch --wait, watch, logs: the job succeeded; submit, launch: a worker
+       queued it; status, jobs, workers, cancel, forget, templates, schedules: done
+  1    the job failed (submit, launch: a worker refused it)
+  2    bad arguments or configuration; logs: --artifact-dir cannot be written;
+       launch: a survey answer that is wrong, or missing where none can be asked
   3    the job timed out
   4    the job was cancelled
   5    no worker answered, the broker could not be reached, the job's worker went
        offline, no such job, or (logs) no usable record of it: none kept,
-       unreadable, or naming another job
+       unreadable, or naming another job; no template catalogue
   130  you stopped following a job with Ctrl-C; the job goes on
 """
 
@@ -87,6 +102,42 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="sign jobs and cancel requests with this Ed25519 private key (default: security.signing_key)",
+    )
+    group.add_argument(
+        "--history",
+        metavar="URL",
+        help="read finished jobs from this history store: sqlite:///PATH or postgresql://… (default: history.url)",
+    )
+
+
+def add_delivery_options(parser: argparse.ArgumentParser) -> None:
+    """The flags of `submit` and `launch` that say how a job is sent and followed."""
+    parser.add_argument("--task-id", type=_task_id, help="name the job (default: a new unique id)")
+    parser.add_argument("-w", "--wait", action="store_true", help="follow the job live until it ends")
+    parser.add_argument("--json", action="store_true", help="print JSON lines for scripts instead of text")
+    parser.add_argument(
+        "--artifact-dir",
+        type=Path,
+        metavar="DIR",
+        help="with --wait, write the finished job as ansible-runner's artifacts into DIR/<task_id>/",
+    )
+    parser.add_argument(
+        "--answer-within",
+        type=float,
+        metavar="SECONDS",
+        help="give up if no worker answers within this long (default 10)",
+    )
+    parser.add_argument(
+        "--retry-after",
+        type=_positive(float),
+        metavar="SECONDS",
+        help="publish the same job again when no worker answered within this long (default 5)",
+    )
+    parser.add_argument(
+        "--attempts",
+        type=_positive(int),
+        metavar="N",
+        help="publish the job at most N times in all (default: as often as --answer-within allows; 1: never again)",
     )
 
 
@@ -142,33 +193,7 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
         metavar="SECONDS",
         help="how long the broker keeps shipped content for later jobs (default 86400)",
     )
-    submit.add_argument("--task-id", type=_task_id, help="name the job (default: a new unique id)")
-    submit.add_argument("-w", "--wait", action="store_true", help="follow the job live until it ends")
-    submit.add_argument("--json", action="store_true", help="print JSON lines for scripts instead of text")
-    submit.add_argument(
-        "--artifact-dir",
-        type=Path,
-        metavar="DIR",
-        help="with --wait, write the finished job as ansible-runner's artifacts into DIR/<task_id>/",
-    )
-    submit.add_argument(
-        "--answer-within",
-        type=float,
-        metavar="SECONDS",
-        help="give up if no worker answers within this long (default 10)",
-    )
-    submit.add_argument(
-        "--retry-after",
-        type=_positive(float),
-        metavar="SECONDS",
-        help="publish the same job again when no worker answered within this long (default 5)",
-    )
-    submit.add_argument(
-        "--attempts",
-        type=_positive(int),
-        metavar="N",
-        help="publish the job at most N times in all (default: as often as --answer-within allows; 1: never again)",
-    )
+    add_delivery_options(submit)
 
     add_adhoc_command(command)
     relaunch = command(
@@ -222,6 +247,43 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
     )
     workers.add_argument("--json", action="store_true", help="print one JSON object per worker and line")
     add_record_commands(command)
+    add_template_commands(command)
+
+
+def add_template_commands(command: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
+    """Add templates, schedules and launch, which read the group's retained template catalogue."""
+    templates = command(
+        "templates",
+        "list the group's job templates",
+        "List the job templates the group's workers publish: playbook, survey (* marks a required\n"
+        "answer), schedule and description.",
+    )
+    templates.add_argument("--json", action="store_true", help="print one JSON object per template and line")
+    schedules = command(
+        "schedules",
+        "list the templates' schedules: next and last runs",
+        "List each schedule entry of the group's templates: when it runs, its next runs, the last\n"
+        "tick the group ran, and ticks missed while no worker was online.",
+    )
+    schedules.add_argument("--json", action="store_true", help="print one JSON object per entry and line")
+    launch = command(
+        "launch",
+        "launch a job template with survey answers",
+        "Launch one of the group's templates. Answers are checked against its survey first; on a\n"
+        "terminal, each required answer not given is asked for (a secret without echo).\n\n"
+        "examples:\n"
+        "  ansible-worker launch deploy -e version=1.2.0 -e replicas=3 --wait\n"
+        "  ansible-worker launch deploy -e @answers.yml --json",
+    )
+    launch.add_argument("template", metavar="NAME", help="the template's name (see `ansible-worker templates`)")
+    launch.add_argument(
+        "-e",
+        "--extra-vars",
+        action="append",
+        metavar="ANSWERS",
+        help="survey answers: NAME=VALUE (read by the variable's type), @FILE or a JSON object; repeatable",
+    )
+    add_delivery_options(launch)
 
 
 _ADHOC_HELP = """\
@@ -284,13 +346,21 @@ def add_record_commands(command: Callable[[str, str, str], argparse.ArgumentPars
     jobs = command(
         "jobs",
         "list the group's jobs",
-        "List the group's jobs from their retained statuses, newest first:\n"
-        "id, state, playbook, worker, start, duration and counts.\n\n"
+        "List the group's jobs, newest first: id, state, playbook, worker, start, duration and\n"
+        "counts. From the history store when one is set (history.url, --history), else from\n"
+        "the broker's retained statuses.\n\n"
         "examples:\n"
         "  ansible-worker jobs --state failed --since 1d\n"
+        "  ansible-worker jobs --host web3 --since 7d\n"
         "  ansible-worker jobs --playbook 'deploy/*' --json",
     )
     jobs.add_argument("--state", help="only jobs in this state (or these, comma-separated)")
     jobs.add_argument("--playbook", help="only jobs of this playbook (a shell pattern like 'deploy/*' works)")
     jobs.add_argument("--since", metavar="WHEN", help="only jobs since then: an age (30m, 2h, 7d) or an ISO 8601 time")
+    jobs.add_argument("--until", metavar="WHEN", help="only jobs before then: an age or an ISO 8601 time")
+    jobs.add_argument("--worker", help="only jobs of this worker id")
+    jobs.add_argument("--host", help="only jobs that ran on this inventory host (needs a history store)")
+    jobs.add_argument(
+        "--limit", type=_positive(int), default=1000, help="print at most this many jobs, the newest (default: 1000)"
+    )
     jobs.add_argument("--json", action="store_true", help="print one JSON object per job and line")

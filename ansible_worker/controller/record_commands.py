@@ -89,6 +89,12 @@ async def logs(client: Client, args: argparse.Namespace, console: Console) -> in
 
     Cancellation: every subscription is removed; nothing changes at the broker.
     """
+    history = getattr(args, "history", None)
+    if history is not None:
+        # A finished job's record, from the store: the broker is not asked at all.
+        stored = await history.record(args.task_id)
+        if stored is not None:
+            return finish_logs(console, args.task_id, stored, events=args.events, artifact_dir=args.artifact_dir)
     status = await client.status(args.task_id)
     if status is None or status.get("state") in STATE_EXIT:
         record = await client.record(args.task_id)

@@ -6,10 +6,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
 
 from ansible_worker.controller.errors import ClientError, SigningKeyError
-from ansible_worker.mqtt.options import LinkOptions
+from ansible_worker.mqtt.options import LinkOptions, link_from_url
 from ansible_worker.protocol.topics import Topics
 
 if TYPE_CHECKING:
@@ -22,35 +21,22 @@ if TYPE_CHECKING:
 class Target:
     """Where the workers are: a broker connection and the group's topics.
 
-    With a `signer`, jobs and cancel requests are signed (for workers that require it).
+    With a `signer`, jobs and cancel requests are signed (for workers that require it). With
+    `history` (a database URL), finished jobs are read from that store (`ansible_worker.history`).
     """
 
     link: LinkOptions
     topics: Topics
     signer: Signer | None = None
+    history: str | None = None
 
 
 def target_from_url(url: str, *, group: str, prefix: str = "ansible", ca_cert: Path | None = None) -> Target:
     """`mqtt://[user[:password]@]host[:port]` or `mqtts://…` (TLS, port 8883 by default)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ClientError(f"broker URL must start with mqtt:// or mqtts://, not {url.split('://')[0]!r}")
-    if not parts.hostname:
-        raise ClientError(f"broker URL has no host: {url!r}")
-    tls = parts.scheme == "mqtts"
     try:
-        port = parts.port or (8883 if tls else 1883)
+        link = link_from_url(url, client_id=new_client_id(), ca_cert=ca_cert)
     except ValueError as exc:
-        raise ClientError(f"broker URL has an invalid port: {exc}") from None
-    link = LinkOptions(
-        host=parts.hostname,
-        port=port,
-        client_id=new_client_id(),
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-        tls_enabled=tls,
-        tls_ca_cert=ca_cert,
-    )
+        raise ClientError(str(exc)) from None
     return Target(link, Topics(prefix, group))
 
 
@@ -63,7 +49,8 @@ def target_from_settings(settings: ClientSettings) -> Target:
     link = settings.mqtt.link_options(client_id=new_client_id())
     signing_key = settings.security.signing_key
     signer = load_signer(signing_key) if signing_key is not None else None
-    return Target(link, Topics(settings.worker.topic_prefix, settings.worker.group_name), signer)
+    topics = Topics(settings.worker.topic_prefix, settings.worker.group_name)
+    return Target(link, topics, signer, history=settings.history.url)
 
 
 def load_signer(path: Path) -> Signer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import termios
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TextIO, TypeVar
 
@@ -94,6 +95,31 @@ async def ask_yes_no(console: Console, question: str, interrupts: AsyncIterator[
     if interrupted:
         console.print()
     return (answer or "").strip().lower() in ("y", "yes")
+
+
+async def ask_line(console: Console, prompt: str, *, secret: bool = False) -> str | None:
+    """Ask for one line on the terminal; a secret is not echoed. None when no answer came within a minute.
+
+    Cancellation: the duplicate of stdin is closed, echo is restored and stdin made blocking again.
+    """
+    stdin = sys.stdin.fileno()
+    saved = termios.tcgetattr(stdin) if secret else None
+    if saved is not None:
+        # Before the prompt shows: what is typed after it must never be echoed.
+        quiet = list(saved)
+        quiet[3] &= ~termios.ECHO
+        termios.tcsetattr(stdin, termios.TCSADRAIN, quiet)
+    console.print(prompt, end="", markup=False)
+    stream = trio.lowlevel.FdStream(os.dup(stdin))
+    try:
+        line = await _read_line(stream)
+    finally:
+        await stream.aclose()
+        os.set_blocking(stdin, True)
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+            console.print()
+    return line.rstrip("\r\n") if line.endswith("\n") else None
 
 
 async def _read_line(stream: trio.lowlevel.FdStream) -> str:

@@ -89,6 +89,7 @@ class JobView:
         self._progress = _ProgressLine(task_id)
         self._live: Live | None = None
         self._last_state: str | None = None
+        self._taken: str | None = None
 
     def __enter__(self) -> JobView:
         if self.live and self.console.is_terminal:
@@ -113,7 +114,22 @@ class JobView:
         if update.kind == "event":
             self._show_event(update.data)
             return
+        if update.kind == "away":
+            worker = update.data.get("worker_id") or "?"
+            wait = update.data.get("lost_after")
+            self.console.print(
+                Text(
+                    f"worker {worker} went offline without a clean stop; the group takes its jobs over"
+                    + (f" after {wait:g}s of silence" if isinstance(wait, int | float) else ""),
+                    style="yellow",
+                )
+            )
+            return
         status = update.data
+        taken = taken_over_line(status)
+        if taken is not None and taken != self._taken:
+            self._taken = taken
+            self.console.print(Text(f"{self.task_id} {taken}", style="yellow"))
         self._progress.status = status
         state = status.get("state")
         if state != self._last_state and state in ("queued", "running"):
@@ -135,6 +151,15 @@ class JobView:
             self.console.print(Text(line, style="bold"), soft_wrap=True)
             return
         self.console.print(Text(line, style=_LINE_STYLES.get(str(event.get("status")), "")), soft_wrap=True)
+
+
+def taken_over_line(status: dict[str, Any]) -> str | None:
+    """Who took the job over from a lost worker, if anyone: `taken over by w2 from lost worker w1`."""
+    if status.get("taken_over_from"):
+        return f"taken over by {status.get('worker_id') or '?'} from lost worker {status['taken_over_from']}"
+    if status.get("taken_over_by"):
+        return f"taken over by {status['taken_over_by']}: it had started on a lost worker, and was not run again"
+    return None
 
 
 def source_line(status: dict[str, Any]) -> str | None:
@@ -171,6 +196,9 @@ def summary(status: dict[str, Any]) -> RenderableType:
         grid.add_row(Text(f"output: {json.dumps(status['output'])}"))
     if status.get("events_dropped"):
         grid.add_row(Text(f"{status['events_dropped']} live events were dropped (rate limit)", style="dim"))
+    taken = taken_over_line(status)
+    if taken is not None:
+        grid.add_row(Text(taken, style="yellow"))
     source = source_line(status)
     if source is None:
         return Group(top, grid)
@@ -186,12 +214,15 @@ def workers_table(workers: list[dict[str, Any]], now: datetime | None = None) ->
         table.add_column(column, justify="right" if column in ("CAPACITY", "RUNNING", "QUEUED", "DONE") else "left")
     for worker in workers:
         state = str(worker.get("state", "?"))
+        if state == "offline" and worker.get("stopped") == "lost":
+            # Its will: it vanished without a clean stop.
+            state = "offline (lost)"
         beat = parse_time(worker.get("heartbeat_at"))
         age = f"{max(0, int((now - beat).total_seconds()))}s ago" if beat else "?"
         table.add_row(
             str(worker.get("worker_id", "?")),
             str(worker.get("hostname", "?")),
-            Text(state, style=STATE_STYLES.get(state, "")),
+            Text(state, style=STATE_STYLES.get(state.split()[0], "")),
             str(worker.get("capacity", "?")),
             str(worker.get("running", "?")),
             str(worker.get("queued", "?")),
@@ -253,7 +284,7 @@ def jobs_table(statuses: list[dict[str, Any]]) -> Table:
         waiting = waiting_text(row["waiting_for"])
         table.add_row(
             str(row["task_id"]),
-            Text(state + (f" ({waiting})" if waiting else ""), style=STATE_STYLES.get(state, "")),
+            Text(state + (f" ({waiting})" if waiting else ""), style=STATE_STYLES.get(state.split()[0], "")),
             str(row["playbook"] or (f"ad-hoc {row['module']}" if row["module"] else "?")),
             str(row["worker_id"] or "?"),
             began.strftime("%Y-%m-%d %H:%M:%S") if began else "?",

@@ -1,8 +1,7 @@
-"""Turn a line of terminal output with ANSI colour codes into safe HTML spans."""
+"""Split a line of terminal output with ANSI colour codes into plain text and coloured parts, never markup."""
 
 from __future__ import annotations
 
-import html
 import re
 
 # SGR sequences carry the colours; every other escape sequence is dropped.
@@ -10,36 +9,44 @@ _ESCAPE = re.compile(r"\x1b\[([0-9;]*)([A-Za-z])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _COLOURS = {30: "black", 31: "red", 32: "green", 33: "yellow", 34: "blue", 35: "magenta", 36: "cyan", 37: "white"}
 
+Parts = list[tuple[str, str]]
 
-def ansi_to_html(text: str) -> str:
-    """HTML for `text`: every character escaped, SGR colours and bold as `<span class>`, other codes dropped.
 
-    Only class names of our own reach the markup, so a hostile line cannot inject anything.
+def ansi_parts(text: str) -> tuple[str, Parts | None]:
+    """`text` without escape codes or control characters, and its parts as (classes, text) when it has colours.
+
+    The page sets each part as text with the dashboard's own class names, so a hostile line
+    cannot inject anything: no markup is ever made of it.
     """
-    parts: list[str] = []
+    if "\x1b" not in text:
+        plain = _plain(text)
+        return plain, None
+    parts: Parts = []
     classes: list[str] = []
     position = 0
-    open_span = False
     for match in _ESCAPE.finditer(text):
-        parts.append(_plain(text[position : match.start()]))
+        _add(parts, classes, text[position : match.start()])
         position = match.end()
-        if match.group(2) != "m":
-            continue
-        classes = _apply(classes, match.group(1))
-        if open_span:
-            parts.append("</span>")
-            open_span = False
-        if classes:
-            parts.append(f'<span class="{" ".join(classes)}">')
-            open_span = True
-    parts.append(_plain(text[position:]))
-    if open_span:
-        parts.append("</span>")
-    return "".join(parts)
+        if match.group(2) == "m":
+            classes = _apply(classes, match.group(1))
+    _add(parts, classes, text[position:])
+    plain = "".join(piece for _, piece in parts)
+    return plain, parts if any(names for names, _ in parts) else None
+
+
+def _add(parts: Parts, classes: list[str], text: str) -> None:
+    piece = _plain(text)
+    if not piece:
+        return
+    names = " ".join(classes)
+    if parts and parts[-1][0] == names:
+        parts[-1] = (names, parts[-1][1] + piece)
+    else:
+        parts.append((names, piece))
 
 
 def _plain(text: str) -> str:
-    return html.escape(_CONTROL.sub("", text.replace("\x1b", "")), quote=True)
+    return _CONTROL.sub("", text.replace("\x1b", ""))
 
 
 def _apply(classes: list[str], codes: str) -> list[str]:

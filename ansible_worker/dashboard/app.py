@@ -1,58 +1,45 @@
-"""The dashboard's ASGI app: the page, its live stream of changes, and the cancel and run-again endpoints."""
+"""The dashboard's ASGI app: the page, its live stream of changes, the jobs and pages it reads, and its routes."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import suppress
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ansible_worker.controller.client import Client, ClientError, NoWorkerAnswered, default_requester
-from ansible_worker.controller.payloads import finite
-from ansible_worker.controller.relaunch import RelaunchError, failed_hosts, not_ours, relaunch_request, too_old
+from ansible_worker.controller.client import Client, ClientError
 from ansible_worker.dashboard.access import ACTION_HEADER, TOKEN_HEADER, is_loopback, same_origin, token_ok
-from ansible_worker.dashboard.store import Store
-from ansible_worker.mqtt.link import LinkError
-from ansible_worker.protocol.topics import is_task_id
+from ansible_worker.dashboard.actions import Actions
+from ansible_worker.dashboard.limits import ROW_TEXT, STILL_GOING
+from ansible_worker.dashboard.pages import Page, RecordReader
+from ansible_worker.dashboard.responses import (
+    ACTION_WITHIN,
+    HEADERS,
+    error_response,
+    json_response,
+    not_a_task_id,
+    sse,
+)
+from ansible_worker.dashboard.store import Store, summary
+from ansible_worker.dashboard.stored_jobs import job_query
+
+if TYPE_CHECKING:
+    # Only for its type: the history package is loaded only when a store is configured.
+    from ansible_worker.history.reader import History
 
 STATIC = Path(__file__).parent / "static"
 # A comment line this often keeps proxies and the browser from closing an idle stream.
 KEEPALIVE_SECONDS = 15.0
-ACTION_WITHIN = 15.0
-_HEADERS = {
-    "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
-}
-
-
-def _json(data: Any, status_code: int = 200) -> JSONResponse:
-    return JSONResponse(finite(data), status_code=status_code, headers=_HEADERS)
-
-
-def _error(message: str, status_code: int) -> JSONResponse:
-    return _json({"error": message}, status_code)
-
-
-def _not_a_task_id(task_id: str | None) -> JSONResponse | None:
-    """A 404 for a job name that is not a task_id, before it can reach a topic or filter.
-
-    `+` or `#` in a record filter would read other jobs' records or make the broker library
-    refuse the filter and drop the link; any page the user visits can ask for such a URL.
-    """
-    if task_id is None or is_task_id(task_id):
-        return None
-    return _error("not a task_id: a task_id is 1 to 128 of A-Z, a-z, 0-9, '.', '_', '-'", 404)
+# Events of a record read between two checkpoints: about 20 ms of work.
+READ_STEP = 1000
 
 
 class Dashboard:
@@ -68,14 +55,23 @@ class Dashboard:
         listen_host: str,
         max_task_age: float = 300,
         max_clock_skew: float = 60,
+        history: History | None = None,
     ) -> None:
         self.store = store
+        self.history = history
         self.client = client
         self.token = token
         self.allow_actions = allow_actions
         self.listen_host = listen_host
-        self.max_task_age = max_task_age
-        self.max_clock_skew = max_clock_skew
+        self.actions = Actions(
+            store,
+            client,
+            refused=partial(self._refused, action=True),
+            max_task_age=max_task_age,
+            max_clock_skew=max_clock_skew,
+        )
+        # Run again on failed hosts reads the record where the page does: the history store first.
+        self.actions.read_record = self._record
 
     def app(self) -> Starlette:
         """The ASGI app."""
@@ -84,9 +80,13 @@ class Dashboard:
                 Route("/", self.index),
                 Route("/api/config", self.config),
                 Route("/api/stream", self.stream),
+                Route("/api/jobs", self.jobs),
                 Route("/api/jobs/{task_id}/record", self.record),
-                Route("/api/jobs/{task_id}/cancel", self.cancel, methods=["POST"]),
-                Route("/api/jobs/{task_id}/rerun", self.rerun, methods=["POST"]),
+                Route("/api/jobs/{task_id}/page", self.page),
+                Route("/api/jobs/{task_id}/results/{task:int}/{host:int}", self.result),
+                Route("/api/jobs/{task_id}/cancel", self.actions.cancel, methods=["POST"]),
+                Route("/api/jobs/{task_id}/rerun", self.actions.rerun, methods=["POST"]),
+                Route("/api/templates/{name}/launch", self.actions.launch, methods=["POST"]),
                 Mount("/static", StaticFiles(directory=STATIC), name="static"),
             ]
         )
@@ -100,20 +100,20 @@ class Dashboard:
 
     def _refused(self, request: Request, *, action: bool) -> Response | None:
         if not self._host_ok(request):
-            return _error("unknown Host header", 403)
+            return error_response("unknown Host header", 403)
         given = request.headers.get(TOKEN_HEADER) or request.query_params.get("token")
         if not token_ok(self.token, given):
-            return _error("a valid dashboard token is required", 401)
+            return error_response("a valid dashboard token is required", 401)
         if not action:
             return None
         if not self.allow_actions:
-            return _error("actions are off: start the dashboard with --allow-actions", 403)
+            return error_response("actions are off: start the dashboard with --allow-actions", 403)
         if request.headers.get(ACTION_HEADER) != "1" or not same_origin(
             request.headers.get("origin"), request.headers.get("host")
         ):
-            return _error("cross-site request refused", 403)
+            return error_response("cross-site request refused", 403)
         if self.token is not None and not token_ok(self.token, request.headers.get(TOKEN_HEADER)):
-            return _error("a valid dashboard token header is required", 401)
+            return error_response("a valid dashboard token header is required", 401)
         return None
 
     async def index(self, request: Request) -> Response:
@@ -122,8 +122,8 @@ class Dashboard:
         Cancellation: a file read, ended with the request.
         """
         if not self._host_ok(request):
-            return _error("unknown Host header", 403)
-        return FileResponse(STATIC / "index.html", headers=_HEADERS)
+            return error_response("unknown Host header", 403)
+        return FileResponse(STATIC / "index.html", headers=HEADERS)
 
     async def config(self, request: Request) -> Response:
         """What the page needs before it asks for anything: whether a token is needed, and actions.
@@ -131,8 +131,14 @@ class Dashboard:
         Cancellation: answers at once.
         """
         if not self._host_ok(request):
-            return _error("unknown Host header", 403)
-        return _json({"token_required": self.token is not None, "allow_actions": self.allow_actions})
+            return error_response("unknown Host header", 403)
+        return json_response(
+            {
+                "token_required": self.token is not None,
+                "allow_actions": self.allow_actions,
+                "history": bool(self.history),
+            }
+        )
 
     async def stream(self, request: Request) -> Response:
         """Server-Sent Events: a snapshot, then every change (and the lines of `?job=`).
@@ -143,19 +149,72 @@ class Dashboard:
         if refused is not None:
             return refused
         job = request.query_params.get("job") or None
-        if (bad := _not_a_task_id(job)) is not None:
+        if (bad := not_a_task_id(job)) is not None:
             return bad
-        headers = {**_HEADERS, "X-Accel-Buffering": "no"}
-        return StreamingResponse(self._events(job), media_type="text/event-stream", headers=headers)
+        stored = None
+        if job is not None and job not in self.store.jobs:
+            stored = await self._stored_status(job)
+        headers = {**HEADERS, "X-Accel-Buffering": "no"}
+        return StreamingResponse(self._events(job, stored), media_type="text/event-stream", headers=headers)
 
-    async def _events(self, job: str | None) -> AsyncIterator[str]:
-        with self.store.listen(job) as (first, receive):
-            yield _sse(first)
+    async def _stored_status(self, task_id: str) -> dict[str, Any] | None:
+        """Job `task_id`'s status from the history store, or None (no store, no such job, or the store away)."""
+        if self.history is None:
+            return None
+        from ansible_worker.history.reader import HistoryError
+
+        with trio.move_on_after(ACTION_WITHIN):
+            try:
+                return await self.history.status(task_id)
+            except HistoryError:
+                return None
+        return None
+
+    async def jobs(self, request: Request) -> Response:
+        """A page of jobs from the history store, newest first, filtered there; or, with `?host=`, `jobs_on_host`.
+
+        Filters: `state`, `playbook` (where the name contains it), `worker` (its id), `since` (one of
+        `stored_jobs.SINCE`'s spans back from now); `before` is the `next` of the previous page. Without a
+        store: 404, and the page lists what the dashboard holds.
+
+        Cancellation: bounded by ACTION_WITHIN.
+        """
+        if "host" in request.query_params:
+            return await self.jobs_on_host(request)
+        refused = self._refused(request, action=False)
+        if refused is not None:
+            return refused
+        if self.history is None:
+            return error_response("no history store: set history.url", 404)
+        from ansible_worker.history.reader import HistoryError
+
+        try:
+            query = job_query(request.query_params)
+        except ValueError as exc:
+            return error_response(str(exc), 400)
+        with trio.move_on_after(ACTION_WITHIN):
+            try:
+                page = await self.history.jobs(query)
+            except HistoryError as exc:
+                return error_response(str(exc), 503)
+            rows = []
+            for status in page.statuses:
+                task_id = str(status.get("task_id"))
+                row = self.store.row(task_id) if task_id in self.store.jobs else {**summary(status), "order": 0}
+                row.setdefault("can_run_again", task_id in self.store.requests)
+                rows.append(row)
+            following = None if page.next is None else f"{page.next[0]!r},{page.next[1]}"
+            return json_response({"jobs": rows, "next": following})
+        return error_response("the history store did not answer in time", 503)
+
+    async def _events(self, job: str | None, stored: dict[str, Any] | None) -> AsyncIterator[str]:
+        with self.store.listen(job, stored) as (first, receive):
+            yield sse(first)
             while True:
                 message = None
                 with trio.move_on_after(KEEPALIVE_SECONDS):
                     message = await receive.receive()
-                yield ": keepalive\n\n" if message is None else _sse(message)
+                yield ": keepalive\n\n" if message is None else sse(message)
 
     async def record(self, request: Request) -> Response:
         """A finished job's record, or 404 while the group publishes none.
@@ -166,125 +225,104 @@ class Dashboard:
         if refused is not None:
             return refused
         task_id = request.path_params["task_id"]
-        if (bad := _not_a_task_id(task_id)) is not None:
+        if (bad := not_a_task_id(task_id)) is not None:
             return bad
         with trio.move_on_after(ACTION_WITHIN):
-            # A record that cannot be read counts as none (the client has said why).
-            with suppress(ClientError):
-                found = await self.client.record(task_id)
+            found = await self._record(task_id)
+            if found is not None:
+                # Its request's extra_vars may hold secrets: the page never gets them.
+                return json_response({key: value for key, value in found.items() if key != "request"})
+        return error_response("no record of this job", 404)
+
+    async def _record(self, task_id: str) -> dict[str, Any] | None:
+        """A finished job's record, or None: where the dashboard reads records from, in one place.
+
+        The history store's copy first, when there is a store: the broker's may have expired. A
+        record that cannot be read counts as none (the client or the store has said why).
+
+        Cancellation: the record subscription is removed; the caller bounds the wait.
+        """
+        if self.history is not None:
+            from ansible_worker.history.reader import HistoryError
+
+            with suppress(HistoryError):
+                found = await self.history.record(task_id)
                 if found is not None:
-                    # Its request's extra_vars may hold secrets: the page never gets them.
-                    return _json({key: value for key, value in found.items() if key != "request"})
-        return _error("no record of this job", 404)
+                    return found
+        with suppress(ClientError):
+            return await self.client.record(task_id)
+        return None
 
-    async def cancel(self, request: Request) -> Response:
-        """Ask the group to cancel a queued or running job, with the reason given.
+    async def page(self, request: Request) -> Response:
+        """A job's page data: hosts, tasks and results, and Ansible's output; from its record once it has ended.
 
-        Cancellation: bounded by ACTION_WITHIN; a cancel request already published stays published.
+        Cancellation: bounded by ACTION_WITHIN; without the record in time, the live page.
         """
-        refused = self._refused(request, action=True)
+        refused = self._refused(request, action=False)
         if refused is not None:
             return refused
         task_id = request.path_params["task_id"]
-        if (bad := _not_a_task_id(task_id)) is not None:
+        if (bad := not_a_task_id(task_id)) is not None:
             return bad
-        status = self.store.jobs.get(task_id)
-        if status is None or status.get("state") not in ("queued", "running"):
-            return _error(f"job {task_id} is not queued or running", 409)
-        body = await _body(request)
-        if body is None:
-            return _error("the body must be a JSON object", 400)
-        reason = body.get("reason")
-        if reason is not None and (not isinstance(reason, str) or len(reason) > 1024):
-            return _error("reason must be a text of at most 1024 characters", 400)
-        requested_by = f"dashboard {default_requester()}"[:128]
-        try:
-            with trio.fail_after(ACTION_WITHIN):
-                await self.client.cancel(task_id, reason=reason or None, requested_by=requested_by)
-        except (trio.TooSlowError, LinkError, ClientError) as exc:
-            return _error(f"could not reach the broker: {exc or 'timed out'}", 503)
-        return _json({"task_id": task_id, "requested": "cancel"}, 202)
+        page = await self._page(task_id)
+        if page is None:
+            return error_response("this dashboard has not heard of this job", 404)
+        return json_response(page.data())
 
-    async def rerun(self, request: Request) -> Response:
-        """Submit a finished job's request again under a new task_id; with `{"failed": true}`, on its failed hosts.
+    async def result(self, request: Request) -> Response:
+        """One host's result of one task (by their numbers on the page), whole as its events carried it.
 
-        The failed hosts come from the job's record; the request, as for a whole run again,
-        from what this dashboard heard.
-
-        Cancellation: bounded by ACTION_WITHIN (the client's own answer bound is shorter).
+        Cancellation: as `page`.
         """
-        refused = self._refused(request, action=True)
+        refused = self._refused(request, action=False)
         if refused is not None:
             return refused
         task_id = request.path_params["task_id"]
-        if (bad := _not_a_task_id(task_id)) is not None:
+        if (bad := not_a_task_id(task_id)) is not None:
             return bad
-        status = self.store.jobs.get(task_id)
-        original = self.store.requests.get(task_id)
-        if status is None or status.get("state") in ("queued", "running"):
-            return _error(f"job {task_id} has not finished", 409)
-        if status.get("refused"):
-            return _error(f"job {task_id} was refused, not run: it is not run again", 409)
-        if original is None:
-            return _error(
-                f"the request of job {task_id} was published before this dashboard started, or is no longer kept",
-                409,
-            )
-        refusal = not_ours(original, self.client, key="this dashboard's key")
-        if refusal is not None:
-            return _error(f"job {task_id}: {refusal}", 409)
-        heard = self.store.heard_at.get(task_id)
-        old = too_old(
-            original,
-            self.client,
-            heard=heard,
-            by="this dashboard heard it",
-            max_age=self.max_task_age,
-            max_skew=self.max_clock_skew,
-        )
-        if old is not None:
-            return _error(f"job {task_id}: {old}", 409)
-        body = await _body(request)
-        if body is None or not isinstance(body.get("failed", False), bool):
-            return _error("the body must be a JSON object whose failed, if given, is true or false", 400)
-        try:
-            hosts = await self._failed_hosts(task_id) if body.get("failed") else None
-            job = relaunch_request(original, only_hosts=hosts)
-        except RelaunchError as exc:
-            return _error(f"job {task_id}: {exc}", 409)
-        try:
-            with trio.fail_after(ACTION_WITHIN):
-                handle = await self.client.submit(job, events=False)
-                await handle.close()
-        except NoWorkerAnswered as exc:
-            return _error(str(exc), 503)
-        except (trio.TooSlowError, LinkError, ClientError) as exc:
-            return _error(f"could not reach the broker: {exc or 'timed out'}", 503)
-        return _json({"task_id": job["task_id"], "again_of": task_id}, 201)
+        page = await self._page(task_id)
+        found = page.view.result(request.path_params["task"], request.path_params["host"]) if page else None
+        if found is None:
+            return error_response("no such result of this job", 404)
+        return json_response(found)
 
-    async def _failed_hosts(self, task_id: str) -> list[str]:
-        """The hosts of `task_id` that failed or were unreachable, from its record.
+    async def _page(self, task_id: str) -> Page | None:
+        """The page of a known job: built from its record once it has ended and one is there, else from live events.
 
-        Errors: `RelaunchError` when there is no usable record. Cancellation: bounded by ACTION_WITHIN.
+        A job this dashboard does not hold is known when the history store has it. A finished
+        job's record is read through `_record`, as the record endpoint reads it.
         """
-        record = None
-        with trio.move_on_after(ACTION_WITHIN), suppress(ClientError):
-            record = await self.client.record(task_id)
-        if record is None:
-            raise RelaunchError("its record, which says which hosts failed, cannot be read")
-        return failed_hosts(record)
+        status = self.store.jobs.get(task_id)
+        if status is None:
+            status = await self._stored_status(task_id)
+        if status is None:
+            return None
+        if status.get("state") in STILL_GOING:
+            return self.store.live_page(task_id)
+        kept = self.store.record_page(task_id)
+        if kept is not None:
+            return kept
+        with trio.move_on_after(ACTION_WITHIN):
+            record = await self._record(task_id)
+            if record is not None:
+                reader = RecordReader(record)
+                # Some events at a time: the other pages' streams go on in between.
+                for _ in reader.steps(READ_STEP):
+                    await trio.lowlevel.checkpoint()
+                page = reader.page()
+                self.store.keep_record_page(task_id, page)
+                return page
+        return self.store.live_page(task_id)
 
+    async def jobs_on_host(self, request: Request) -> Response:
+        """The task_ids of the jobs known to have run on a host whose name contains `?host=` (any case).
 
-async def _body(request: Request) -> dict[str, Any] | None:
-    raw = await request.body()
-    if len(raw) > 64 * 1024:
-        return None
-    try:
-        data = json.loads(raw or b"{}")
-    except (ValueError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _sse(message: dict[str, Any]) -> str:
-    return "data: " + json.dumps(finite(message), separators=(",", ":")) + "\n\n"
+        Cancellation: answers at once.
+        """
+        refused = self._refused(request, action=False)
+        if refused is not None:
+            return refused
+        host = request.query_params.get("host", "")
+        if not host or len(host) > ROW_TEXT:
+            return error_response(f"host must be a text of 1 to {ROW_TEXT} characters", 400)
+        return json_response({"host": host, "task_ids": self.store.jobs_on_host(host)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import suppress
+from typing import Any
 
 import trio
 
@@ -16,13 +17,21 @@ from ansible_worker.protocol.topics import Topics, is_task_id
 
 log = logging.getLogger(__name__)
 
+# How long the first page waits for the broker's retained messages before it is served.
+FIRST_PAGE_WITHIN = 3.0
 # A message bigger than this is not one the group's workers send; it is skipped, not parsed.
 MAX_PAYLOAD = 4 * 1024 * 1024
 
 
 def filters_for(topics: Topics) -> list[str]:
     """The topic filters the dashboard follows."""
-    return [f"{topics.tasks}/+/status", f"{topics.tasks}/+/events", topics.workers_subscription, topics.tasks]
+    return [
+        f"{topics.tasks}/+/status",
+        f"{topics.tasks}/+/events",
+        topics.workers_subscription,
+        topics.tasks,
+        topics.templates,
+    ]
 
 
 async def follow_group(
@@ -31,7 +40,9 @@ async def follow_group(
     """Route every message of the group into `store` and keep its `connected` flag true to the link.
 
     Started once the retained messages of the first connection have arrived (after a barrier),
-    so the first page a browser gets already lists the known jobs.
+    so the first page a browser gets already lists the known jobs; or after `FIRST_PAGE_WITHIN`
+    seconds, when the broker retains more than that lets through: the rest arrive while the
+    dashboard serves, and the page says so until they have.
 
     Cancellation: runs until cancelled; it owns the link watcher, which ends with it.
     """
@@ -41,21 +52,41 @@ async def follow_group(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_link, client.session, store)
         await client.session.renew(filters)
-        # Retained messages of a broker this slow arrive later, as changes.
-        with suppress(trio.TooSlowError):
+        # Retained messages of a broker this slow, or this many, arrive later, as changes.
+        store.set_loaded(False)
+        with trio.move_on_after(FIRST_PAGE_WITHIN), suppress(trio.TooSlowError):
             await client.barrier()
-        _drain(receive, client.topics, store)
+            store.set_loaded(True)
+        store.first_heard = _drain(receive, client.topics, store)
         task_status.started()
+        if not store.loaded:
+            nursery.start_soon(_note_when_loaded, client, store)
         async for message in receive:
+            # Until every retained status has come, each one counts towards what the broker sent.
+            store.first_heard += not store.loaded and message.topic.endswith("/status")
             route(store, client.topics, message)
 
 
-def _drain(receive: trio.MemoryReceiveChannel[InboundMessage], topics: Topics, store: Store) -> None:
+async def _note_when_loaded(client: Client, store: Store) -> None:
+    """Once a barrier passes, every retained status has arrived. Cancellation: with the feed."""
+    while True:
+        try:
+            await client.barrier()
+        except trio.TooSlowError:
+            continue
+        store.set_loaded(True)
+        return
+
+
+def _drain(receive: trio.MemoryReceiveChannel[InboundMessage], topics: Topics, store: Store) -> int:
+    """Route what has arrived; how many of those were statuses."""
+    statuses = 0
     while True:
         try:
             message = receive.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
-            return
+            return statuses
+        statuses += message.topic.endswith("/status")
         route(store, topics, message)
 
 
@@ -76,6 +107,9 @@ def route(store: Store, topics: Topics, message: InboundMessage) -> None:
         log.debug("skipped a message of %d bytes on %s", len(message.payload), message.topic)
         return
     topic = message.topic
+    if topic == topics.templates:
+        store.set_catalogue(read_catalogue(message.payload) if message.payload else None)
+        return
     if topic == topics.tasks:
         request = json_object(message.payload)
         task_id = request.get("task_id") if request else None
@@ -110,3 +144,16 @@ def route(store: Store, topics: Topics, message: InboundMessage) -> None:
         event = json_object(message.payload)
         if event is not None:
             store.add_event(task_id, event)
+
+
+def read_catalogue(payload: bytes) -> dict[str, Any] | None:
+    """A catalogue as the page gets it, checked against its model first; None for one that is not."""
+    from pydantic import ValidationError
+
+    from ansible_worker.protocol.group_messages import TemplateCatalogue
+
+    try:
+        return TemplateCatalogue.model_validate_json(payload).model_dump(mode="json")
+    except ValidationError as exc:
+        log.debug("skipped a template catalogue that is not one (%d problems)", exc.error_count())
+        return None

@@ -22,6 +22,20 @@ OUTPUT_LINES = 5000
 OUTPUT_BYTES = 512 * 1024
 OUTPUT_JOBS = 100
 LINE_CHARS = 16 * 1024
+# A job's page (hosts, tasks, results; see `job_view`). Live, from the events heard: each
+# job's results kept whole up to LIVE_DETAIL_BYTES, all jobs' pages together up to
+# LIVE_VIEWS_BYTES and OUTPUT_JOBS pages, the longest silent out first. Finished, from the record: the pages of the
+# RECORD_PAGES jobs opened last, each with results up to RECORD_DETAIL_BYTES and the newest
+# RECORD_LINES lines (RECORD_OUTPUT_CHARS characters) of Ansible's output.
+LIVE_DETAIL_BYTES = 256 * 1024
+LIVE_VIEWS_BYTES = 64 * 1024 * 1024
+RECORD_PAGES = 4
+RECORD_DETAIL_BYTES = 8 * 1024 * 1024
+RECORD_LINES = 20_000
+RECORD_OUTPUT_CHARS = 2 * 1024 * 1024
+# Hosts known per job for the list's host filter, and for all jobs together (oldest jobs' out first).
+JOB_HOSTS = 1000
+ALL_JOB_HOSTS = 200_000
 # Requests kept for "run again", oldest out first: by count, and by their size as published.
 REQUESTS = MAX_JOBS
 REQUESTS_BYTES = 16 * 1024 * 1024

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import AsyncExitStack
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from ansible_worker.controller.client import Target, open_client
+from ansible_worker.controller.client import ClientError, Target, open_client
 from ansible_worker.dashboard.access import Listen
 from ansible_worker.dashboard.app import Dashboard
 from ansible_worker.dashboard.feed import follow_group
@@ -36,11 +37,25 @@ async def serve(
     The client reconnects for ever: a dashboard outlives broker restarts and shows a banner meanwhile.
 
     Cancellation: runs until cancelled; the server, the feed and the client end with it.
-    Errors: `ClientError` when the broker cannot be reached at first; `OSError` when the
-    address cannot be bound.
+    With `target.history`, the job list, its filters and a job's page read the history store;
+    live changes still come from the broker.
+
+    Errors: `ClientError` when the broker or the history store cannot be reached at first;
+    `OSError` when the address cannot be bound.
     """
     store = Store()
-    async with open_client(target, reconnect_for=math.inf) as client, trio.open_nursery() as nursery:
+    async with AsyncExitStack() as stack:
+        history = None
+        if target.history is not None:
+            # Only with a store: a dashboard of the broker alone never loads SQLAlchemy.
+            from ansible_worker.history.reader import HistoryError, open_history
+
+            try:
+                history = await stack.enter_async_context(open_history(target.history))
+            except HistoryError as exc:
+                raise ClientError(str(exc)) from None
+        client = await stack.enter_async_context(open_client(target, reconnect_for=math.inf))
+        nursery = await stack.enter_async_context(trio.open_nursery())
         await nursery.start(follow_group, client, store)
         dashboard = Dashboard(
             store,
@@ -50,6 +65,7 @@ async def serve(
             listen_host=listen.host,
             max_task_age=max_task_age,
             max_clock_skew=max_clock_skew,
+            history=history,
         )
         config = Config()
         config.bind = [listen.bind]

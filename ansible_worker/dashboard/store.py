@@ -1,8 +1,8 @@
-"""What the dashboard knows about the group: workers, jobs, their requests and output, and who listens for changes."""
+"""What the dashboard knows of the group: workers, jobs, requests, output and pages, and who listens for changes."""
 
 from __future__ import annotations
 
-from collections import deque
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -11,22 +11,23 @@ from typing import Any
 
 import trio
 
-from ansible_worker.dashboard.ansi import ansi_to_html
+from ansible_worker.controller.job_listing import COMMON_QUEUE_CAP
+from ansible_worker.dashboard.job_hosts import JobHosts
 from ansible_worker.dashboard.limits import (
     EVICT_BATCH,
     MAX_JOBS,
-    OUTPUT_BYTES,
-    OUTPUT_JOBS,
-    OUTPUT_LINES,
+    RECORD_PAGES,
     REQUESTS,
     REQUESTS_BYTES,
     STILL_GOING,
     cut,
-    cut_line,
     eviction_rank,
     kept_status,
     when,
 )
+from ansible_worker.dashboard.live_jobs import LiveJobs
+from ansible_worker.dashboard.output_lines import live_line
+from ansible_worker.dashboard.pages import Page
 
 # A browser that falls this far behind loses changes rather than holding memory for ever.
 LISTENER_BUFFER = 10_000
@@ -44,20 +45,20 @@ _SUMMARY_KEYS = (
     "tasks_failed",
     "tasks_skipped",
     "tasks_unreachable",
+    "tasks_rescued",
+    "tasks_ignored",
     "current_task",
+    "error_message",
+    "project",
+    "revision",
 )
-# The colours of Ansible's default output, as SGR codes.
-_STATUS_COLOURS = {"ok": "32", "changed": "33", "failed": "31", "unreachable": "1;31", "skipped": "36", "ignored": "36"}
+# What a request may say of who or what started its job, shown on its page: never the request itself.
+_ORIGIN_KEYS = ("requested_by", "template", "schedule")
 
 
 def summary(status: dict[str, Any]) -> dict[str, Any]:
     """The fields of a status the job list shows, each short."""
     return {key: cut(status.get(key)) for key in _SUMMARY_KEYS}
-
-
-def _line_size(entry: dict[str, Any]) -> int:
-    # What an output line costs, roughly: its text and a little for the rest of the entry.
-    return len(entry["html"] or "") + len(entry["task"] or "") + 64
 
 
 @dataclass
@@ -77,12 +78,27 @@ class Store:
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)
     # When each kept request arrived, on this dashboard's clock: run again judges its age then.
     heard_at: dict[str, datetime] = field(default_factory=dict)
-    output: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
+    # Running jobs' output lines and live pages.
+    live: LiveJobs = field(default_factory=LiveJobs)
+    # Finished jobs' pages built from their records, the dict's order that of the last use.
+    record_pages: dict[str, Page] = field(default_factory=dict)
+    # The hosts a job ran on, as far as this dashboard heard, the dict's order that of the last change.
+    hosts: JobHosts = field(default_factory=JobHosts)
+    # Jobs this dashboard ran again: the new task_id, and the one it ran again.
+    again_of: dict[str, str] = field(default_factory=dict)
     connected: bool = False
+    # The group's template catalogue (`protocol.models.TemplateCatalogue`, checked by the feed), if any.
+    catalogue: dict[str, Any] | None = None
     listeners: list[Listener] = field(default_factory=list)
+    # Jobs forgotten to make room (not cleared by the group): the list shows only part of the group's.
+    dropped: int = 0
+    # False while the broker's retained statuses had not all come when the dashboard began to serve.
+    loaded: bool = True
+    # Statuses the broker sent on the first connection: as many as it queues for one client, and
+    # it may have dropped the rest without a word.
+    first_heard: int = 0
     _order: int = 0
     _first_seen: dict[str, int] = field(default_factory=dict)
-    _output_bytes: dict[str, int] = field(default_factory=dict)
     _request_sizes: dict[str, int] = field(default_factory=dict)
     _request_bytes: int = 0
 
@@ -91,6 +107,11 @@ class Store:
         if connected != self.connected:
             self.connected = connected
             self._tell({"type": "link", "connected": connected})
+
+    def set_catalogue(self, catalogue: dict[str, Any] | None) -> None:
+        """The group's template catalogue changed (None: its retained copy was cleared)."""
+        self.catalogue = catalogue
+        self._tell({"type": "catalogue", "catalogue": catalogue})
 
     def set_worker(self, worker_id: str, presence: dict[str, Any] | None) -> None:
         """A worker's presence changed (None: its retained presence was cleared)."""
@@ -155,13 +176,34 @@ class Store:
         ranked = sorted(self.jobs, key=lambda task_id: eviction_rank(self.jobs[task_id], self._first_seen[task_id]))
         for task_id in ranked[: len(self.jobs) - (MAX_JOBS - EVICT_BATCH)]:
             self._forget(task_id)
+            self.dropped += 1
+        self._tell(self.partial())
+
+    def set_loaded(self, loaded: bool) -> None:
+        """Say whether every retained status has arrived; the page says so while not."""
+        if loaded != self.loaded:
+            self.loaded = loaded
+            self._tell(self.partial())
+
+    def partial(self) -> dict[str, Any]:
+        """How much of the group's jobs the list holds: jobs dropped to stay within `MAX_JOBS`, and whether all came."""
+        return {
+            "type": "partial",
+            "dropped": self.dropped,
+            "kept": MAX_JOBS,
+            "loaded": self.loaded,
+            "first_heard": self.first_heard,
+            "maybe_dropped": self.first_heard >= COMMON_QUEUE_CAP,
+        }
 
     def _forget(self, task_id: str) -> None:
         """Drop all that is kept of a job, and take it off every list shown."""
         self.jobs.pop(task_id, None)
         self._first_seen.pop(task_id, None)
-        self.output.pop(task_id, None)
-        self._output_bytes.pop(task_id, None)
+        self.live.drop(task_id)
+        self.record_pages.pop(task_id, None)
+        self.hosts.drop(task_id)
+        self.again_of.pop(task_id, None)
         self._drop_request(task_id)
         self._tell({"type": "job", "task_id": task_id, "job": None})
 
@@ -173,40 +215,73 @@ class Store:
             self.heard_at = {known: at for known, at in self.heard_at.items() if known in kept}
 
     def add_event(self, task_id: str, event: dict[str, Any]) -> None:
-        """A live event of a job: kept for its page, sent to the browsers showing that job."""
-        line = event.get("line")
-        status = event.get("status")
-        text = None
-        if isinstance(line, str):
-            line = cut_line(line)
-            # Ansible colours its lines by result; the events carry the result, not the escapes.
-            colour = _STATUS_COLOURS.get(status) if isinstance(status, str) and "\x1b" not in line else None
-            text = ansi_to_html(f"\x1b[{colour}m{line}\x1b[0m" if colour else line)
-        entry = {
-            "seq": cut(event.get("seq")),
-            "html": text,
-            "status": cut(status, 16),
-            "task": cut(event.get("task")),
-            "event": cut(event.get("event"), 64),
-        }
-        lines = self.output.pop(task_id, None)
-        if lines is None:
-            lines = deque()
-        # Reinserted: the dict's order is the order of last output, oldest first.
-        self.output[task_id] = lines
-        lines.append(entry)
-        size = self._output_bytes.pop(task_id, 0) + _line_size(entry)
-        while len(lines) > OUTPUT_LINES or (size > OUTPUT_BYTES and len(lines) > 1):
-            size -= _line_size(lines.popleft())
-        self._output_bytes[task_id] = size
-        while len(self.output) > OUTPUT_JOBS:
-            oldest = next(iter(self.output))
-            del self.output[oldest]
-            del self._output_bytes[oldest]
-        message = {"type": "line", "task_id": task_id, "line": entry}
+        """A live event of a job: its line and its page's change kept, and sent to the browsers showing that job."""
+        line = live_line(event)
+        if line is not None:
+            self.live.add_line(task_id, line)
+        delta, host = self.live.add_to_view(task_id, event)
+        if host is not None:
+            self.note_hosts(task_id, [host])
+        if line is None and delta is None:
+            return
+        message = {"type": "event", "task_id": task_id, "line": line, "view": delta}
         for listener in list(self.listeners):
             if listener.job == task_id:
                 self._send(listener, message)
+
+    def note_hosts(self, task_id: str, names: list[str]) -> None:
+        """`task_id` ran on these hosts: the job list's host filter finds it by them (see `JobHosts`)."""
+        if task_id in self.jobs:
+            self.hosts.note(task_id, names)
+
+    def jobs_on_host(self, text: str) -> list[str]:
+        """The task_ids of the jobs that ran on a host whose name contains `text` (any case)."""
+        return self.hosts.jobs_on(text)
+
+    def note_again(self, task_id: str, original: str) -> None:
+        """This dashboard ran `original` again as `task_id`; the oldest such notes go past `REQUESTS`."""
+        self.again_of[task_id] = original
+        while len(self.again_of) > REQUESTS:
+            del self.again_of[next(iter(self.again_of))]
+
+    def keep_record_page(self, task_id: str, page: Page) -> None:
+        """Keep the page built from a finished job's record, for the next browser that opens it."""
+        if task_id not in self.jobs:
+            return
+        self.record_pages.pop(task_id, None)
+        self.record_pages[task_id] = page
+        while len(self.record_pages) > RECORD_PAGES:
+            del self.record_pages[next(iter(self.record_pages))]
+        self.note_hosts(task_id, page.view.host_names())
+
+    def record_page(self, task_id: str) -> Page | None:
+        """The page kept of a finished job's record, or None."""
+        page = self.record_pages.pop(task_id, None)
+        if page is not None:
+            self.record_pages[task_id] = page
+        return page
+
+    def live_page(self, task_id: str) -> Page:
+        """The page of a job from the live events heard of it (empty when none were)."""
+        return self.live.page(task_id)
+
+    def origin(self, task_id: str) -> dict[str, Any]:
+        """What this dashboard knows of who or what started a job: never its request, which may hold secrets."""
+        origin: dict[str, Any] = {}
+        request = self.requests.get(task_id) or {}
+        status = self.jobs.get(task_id) or {}
+        for key in _ORIGIN_KEYS:
+            value = status.get(key) if isinstance(status.get(key), str) else request.get(key)
+            if isinstance(value, str) and value:
+                origin[key] = cut(value)
+        signature = request.get("signature")
+        if isinstance(signature, dict) and isinstance(signature.get("key"), str):
+            origin["signed_by"] = cut(signature["key"])
+        elif task_id in self.requests:
+            origin["signed_by"] = None
+        if task_id in self.again_of:
+            origin["again_of"] = self.again_of[task_id]
+        return origin
 
     def row(self, task_id: str) -> dict[str, Any]:
         """One line of the job list."""
@@ -230,29 +305,44 @@ class Store:
         status = self.jobs.get(task_id)
         if status is None:
             return None
+        # A job that has ended is shown from its record, which the page asks for (`/api/jobs/ID/page`).
+        going = status.get("state") in STILL_GOING
         return {
             "status": status,
-            "lines": list(self.output.get(task_id, ())),
+            "origin": self.origin(task_id),
+            "live": self.live_page(task_id).data() if going else None,
             "can_run_again": task_id in self.requests,
         }
 
-    def snapshot(self, job: str | None) -> dict[str, Any]:
-        """The first message of a stream: everything known now, and the job page if one is asked for."""
+    def snapshot(self, job: str | None, stored: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The first message of a stream: everything known now, and the job page if one is asked for.
+
+        `stored`: the job's status from the history store, for a job this dashboard does not hold.
+        """
+        page = self.job_page(job) if job else None
+        if page is None and stored is not None and job is not None:
+            status = kept_status(job, stored, len(json.dumps(stored)))
+            # Its hosts, tasks and output come from its record, which the page asks for as for any ended job.
+            page = {"status": status, "origin": {}, "live": None, "can_run_again": False}
         return {
             "type": "snapshot",
             "connected": self.connected,
             "workers": self.workers,
+            "catalogue": self.catalogue,
             "jobs": self.rows(),
-            "job": self.job_page(job) if job else None,
+            "job": page,
+            "partial": self.partial(),
         }
 
     @contextmanager
-    def listen(self, job: str | None) -> Iterator[tuple[dict[str, Any], trio.MemoryReceiveChannel[dict[str, Any]]]]:
+    def listen(
+        self, job: str | None, stored: dict[str, Any] | None = None
+    ) -> Iterator[tuple[dict[str, Any], trio.MemoryReceiveChannel[dict[str, Any]]]]:
         """A snapshot and the channel of every change after it, until the block ends."""
         send, receive = trio.open_memory_channel[dict[str, Any]](LISTENER_BUFFER)
         listener = Listener(send, job)
         # Taken and registered without a checkpoint in between: no change falls in the gap.
-        first = self.snapshot(job)
+        first = self.snapshot(job, stored)
         self.listeners.append(listener)
         try:
             yield first, receive

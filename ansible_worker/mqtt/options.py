@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 
 class LinkError(Exception):
@@ -55,6 +56,32 @@ class LinkOptions:
     tls_client_cert: Path | None = None
     tls_client_key: Path | None = None
     will: Will | None = None
+
+
+def link_from_url(url: str, *, client_id: str, ca_cert: Path | None = None) -> LinkOptions:
+    """`mqtt://[user[:password]@]host[:port]` or `mqtts://…` (TLS, port 8883 by default).
+
+    Errors: `ValueError` saying what is wrong with `url`.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"broker URL must start with mqtt:// or mqtts://, not {url.split('://')[0]!r}")
+    if not parts.hostname:
+        raise ValueError(f"broker URL has no host: {url!r}")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ValueError(f"broker URL has an invalid port: {exc}") from None
+    return LinkOptions(
+        host=parts.hostname,
+        port=port,
+        client_id=client_id,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls_enabled=tls,
+        tls_ca_cert=ca_cert,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,16 +16,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from ansible_worker import __version__
-from ansible_worker.protocol.models import (
-    CancelRequest,
-    ClaimMessage,
-    JobRecord,
-    JobStatus,
-    LiveEvent,
-    LockMessage,
-    Presence,
-    TaskRequest,
-)
+from ansible_worker.protocol.group_messages import ClaimMessage, LockMessage, Presence, TemplateCatalogue
+from ansible_worker.protocol.models import CancelRequest, JobRecord, JobStatus, LiveEvent, TaskRequest
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -40,6 +32,7 @@ MESSAGES: dict[str, tuple[type[BaseModel], Literal["validation", "serialization"
     "presence": (Presence, "serialization"),
     "claim": (ClaimMessage, "serialization"),
     "lock": (LockMessage, "serialization"),
+    "catalogue": (TemplateCatalogue, "serialization"),
 }
 
 
@@ -129,6 +122,17 @@ _CHANNELS: dict[str, tuple[str, str, str, int, bool, Literal["send", "receive"]]
         False,
         "send",
     ),
+    "taskRequestCopy": (
+        "{prefix}/{group}/tasks/{task_id}/request",
+        "taskRequest",
+        "The request of a job the group holds and has not settled, byte for byte as the worker that"
+        " claimed it took it (signature included), so that a survivor can take the job over if that"
+        " worker is lost. Retained from the claim until the job is settled, then cleared (an empty"
+        " retained message). Workers only.",
+        1,
+        True,
+        "send",
+    ),
     "shippedContent": (
         "{prefix}/{group}/content/{sha256}/{part}",
         "content",
@@ -140,11 +144,22 @@ _CHANNELS: dict[str, tuple[str, str, str, int, bool, Literal["send", "receive"]]
         True,
         "receive",
     ),
+    "templateCatalogue": (
+        "{prefix}/{group}/templates",
+        "catalogue",
+        "The group's job templates: each one's description, playbook, survey (never a secret's"
+        " default) and schedule with its next and last runs. Retained; published by each worker with"
+        " worker.templates when it starts and after each tick of a schedule.",
+        1,
+        True,
+        "send",
+    ),
     "workerPresence": (
         "{prefix}/{group}/workers/{worker_id}",
         "presence",
         "Each worker's presence and load, refreshed every worker.heartbeat_interval; retained. The"
-        " broker publishes the worker's will (state offline) when it loses the worker.",
+        " broker publishes the worker's will (state offline, stopped lost) when it loses the worker;"
+        " a clean shutdown says offline, stopped clean. Signed by the worker key with signatures.",
         1,
         True,
         "send",
@@ -160,6 +175,7 @@ _MESSAGE_MODELS: dict[str, type[BaseModel]] = {
     "presence": Presence,
     "claim": ClaimMessage,
     "lock": LockMessage,
+    "catalogue": TemplateCatalogue,
 }
 
 

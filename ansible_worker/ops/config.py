@@ -7,7 +7,7 @@ import secrets
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, overload
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 import yaml
 from pydantic import (
@@ -15,33 +15,28 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     SecretStr,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ansible_worker.mqtt.options import LinkOptions
 from ansible_worker.ops.config_source import DEFAULT_CONFIG_FILE, ENV_PREFIX
+from ansible_worker.ops.connection_settings import HttpSettings, MqttSettings
 from ansible_worker.ops.credentials import Credential, CredentialName
 from ansible_worker.ops.expand import UnsetVariableError, expand_tree
+from ansible_worker.ops.history_settings import HistorySettings
+from ansible_worker.ops.history_settings import duration_seconds as duration_seconds
+from ansible_worker.ops.names import ENVIRONMENT_NAME_PATTERN, NAME_PATTERN
+from ansible_worker.ops.security_settings import ClientSecuritySettings as ClientSecuritySettings
+from ansible_worker.ops.security_settings import SecuritySettings
+from ansible_worker.ops.template_settings import TemplateSettings
 from ansible_worker.protocol.validation import describe_errors
 
-if TYPE_CHECKING:
-    from ansible_worker.protocol.signing import Signer, TrustedKeys
 
-
-_NAME_CHARS = "A-Za-z0-9._-"
-NAME_PATTERN = rf"^[{_NAME_CHARS}]{{1,128}}$"
-# The name a worker's own public key goes by among the keys whose claims it trusts.
-OWN_KEY_NAME = "worker_key"
-ENVIRONMENT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
-
-
-def _check_topic_prefix(value: str) -> str:
+def check_topic_prefix(value: str) -> str:
     if not value or value.startswith("/") or value.endswith("/") or "//" in value:
         raise ValueError("must be one or more topic levels without empty levels, e.g. 'ansible'")
     if any(ch in value for ch in "+#$\0"):
@@ -49,77 +44,13 @@ def _check_topic_prefix(value: str) -> str:
     return value
 
 
-TopicPrefix = Annotated[str, AfterValidator(_check_topic_prefix)]
-# How old a signed message may be, and how far ahead of this clock: workers and controllers alike.
-MaxTaskAge = Annotated[float, Field(gt=0, le=86_400)]
-MaxClockSkew = Annotated[float, Field(ge=0, le=3600)]
+TopicPrefix = Annotated[str, AfterValidator(check_topic_prefix)]
 
 
 def default_worker_id() -> str:
     """Host name plus a short random suffix: unique per process, readable in a listing."""
     host = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in socket.gethostname())
     return f"{host[:100] or 'worker'}-{secrets.token_hex(3)}"
-
-
-class MqttSettings(BaseModel):
-    """How to reach the broker."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    host: str = Field(min_length=1)
-    port: int = Field(1883, ge=1, le=65535)
-    username: str | None = None
-    password: SecretStr | None = None
-    keepalive: int = Field(60, ge=5, le=65535)
-    client_id: str | None = Field(None, min_length=1, max_length=128)
-    tls_enabled: bool = False
-    tls_ca_cert: Path | None = None
-    tls_client_cert: Path | None = None
-    tls_client_key: Path | None = None
-
-    def link_options(self, *, client_id: str) -> LinkOptions:
-        """How to open a connection with these settings (the password in plain text)."""
-        return LinkOptions(
-            host=self.host,
-            port=self.port,
-            client_id=client_id,
-            username=self.username,
-            password=self.password.get_secret_value() if self.password is not None else None,
-            keepalive=self.keepalive,
-            tls_enabled=self.tls_enabled,
-            tls_ca_cert=self.tls_ca_cert,
-            tls_client_cert=self.tls_client_cert,
-            tls_client_key=self.tls_client_key,
-        )
-
-    @field_validator("username", "password", "client_id", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # `${MQTT_PASSWORD:-}` in a file yields "" when the variable is unset: that means none.
-        return None if value == "" else value
-
-    @model_validator(mode="after")
-    def _check_tls_files(self) -> MqttSettings:
-        if self.tls_client_key is not None and self.tls_client_cert is None:
-            raise ValueError("tls_client_key is set but tls_client_cert is not")
-        for name in ("tls_ca_cert", "tls_client_cert", "tls_client_key"):
-            path: Path | None = getattr(self, name)
-            if path is not None and not self.tls_enabled:
-                raise ValueError(f"{name} is set but tls_enabled is false")
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name}: no such file: {path}")
-        return self
-
-
-class HttpSettings(BaseModel):
-    """The optional HTTP endpoint for probes and metrics: /healthz, /readyz, /metrics."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # None: no endpoint. 0: a free port, which the log names (for tests).
-    port: int | None = Field(None, ge=0, le=65535)
-    # All interfaces, so that the kubelet and Prometheus reach it from outside the pod.
-    host: str = Field("0.0.0.0", min_length=1)  # noqa: S104
 
 
 class ProjectSettings(BaseModel):
@@ -161,7 +92,7 @@ class ProjectSettings(BaseModel):
         return value.resolve() if value is not None else None
 
 
-class WorkerSettings(BaseModel):
+class WorkerSettings(TemplateSettings):
     """What this worker does and how much of it."""
 
     model_config = ConfigDict(extra="forbid")
@@ -213,6 +144,9 @@ class WorkerSettings(BaseModel):
     events_qos: Literal[0, 1] = 0
     events_per_second: float = Field(200, gt=0)
     heartbeat_interval: float = Field(30, gt=0, le=3600)
+    # Seconds of silence (no presence heard while the observer is connected) after which the
+    # group takes a worker's unsettled jobs over. None: 3 x heartbeat_interval + mqtt.keepalive.
+    lost_after: float | None = Field(None, gt=0, le=86_400)
     # MQTT's message expiry interval is a four-byte integer.
     status_retention: int = Field(604_800, ge=0, le=2**32 - 1)
     # A finished job's record (events and output, compressed), retained as long as its status.
@@ -247,6 +181,17 @@ class WorkerSettings(BaseModel):
     credentials: dict[CredentialName, Credential] = Field(default_factory=dict)
     # The known_hosts file SSH checks host keys against (strictly); None leaves SSH's own defaults.
     known_hosts: Path | None = None
+
+    @field_validator("lost_after")
+    @classmethod
+    def _check_lost_after(cls, value: float | None, info: ValidationInfo) -> float | None:
+        heartbeat = info.data.get("heartbeat_interval")
+        if value is not None and isinstance(heartbeat, float | int) and value <= heartbeat:
+            raise ValueError(
+                f"must be longer than worker.heartbeat_interval ({heartbeat:g}s): a worker would be judged lost"
+                " between two of its heartbeats"
+            )
+        return value
 
     @field_validator("known_hosts")
     @classmethod
@@ -294,86 +239,6 @@ class WorkerSettings(BaseModel):
         raise ValueError(f"not a directory: {value}")
 
 
-class SecuritySettings(BaseModel):
-    """Who may make the worker do what: signed messages, and the controller's own signing key."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    require_signed_tasks: bool = False
-    # The operator's name for each public key file; the name appears in logs as the signer.
-    trusted_keys: dict[Annotated[str, StringConstraints(pattern=NAME_PATTERN)], Path] = Field(default_factory=dict)
-    max_task_age: MaxTaskAge = 300
-    max_clock_skew: MaxClockSkew = 60
-    # For controllers (`ansible-worker submit`, `cancel`); a worker ignores it.
-    signing_key: Path | None = None
-    # A worker's own private key: with signed tasks it signs the worker's claims and
-    # releases, which the group trusts by `worker_keys` (its own public key always).
-    worker_key: Path | None = None
-    worker_keys: dict[Annotated[str, StringConstraints(pattern=NAME_PATTERN)], Path] = Field(default_factory=dict)
-    _trusted: TrustedKeys | None = PrivateAttr(None)
-    _claim_signer: Signer | None = PrivateAttr(None)
-    _claim_keys: TrustedKeys | None = PrivateAttr(None)
-
-    @model_validator(mode="after")
-    def _load_trusted_keys(self) -> SecuritySettings:
-        if self.require_signed_tasks and not self.trusted_keys:
-            raise ValueError("require_signed_tasks is true, but trusted_keys names no key")
-        from ansible_worker.protocol.signing import KeyFileError, Signer, TrustedKeys
-
-        # Read here, before the event loop starts: file reads block.
-        if self.trusted_keys:
-            try:
-                self._trusted = TrustedKeys.from_files(self.trusted_keys)
-            except KeyFileError as exc:
-                raise ValueError(f"trusted_keys: {exc}") from None
-        if self.require_signed_tasks and self.worker_key is None:
-            raise ValueError(
-                "require_signed_tasks is true, but worker_key is not set: a worker signs its claims on jobs"
-                " with a key of its own (make one with `ansible-worker keygen NAME`)"
-            )
-        if self.require_signed_tasks and self.worker_key is not None:
-            try:
-                self._claim_signer = Signer.from_file(self.worker_key)
-            except KeyFileError as exc:
-                raise ValueError(f"worker_key: {exc}") from None
-            try:
-                others = TrustedKeys.from_files(self.worker_keys)
-            except KeyFileError as exc:
-                raise ValueError(f"worker_keys: {exc}") from None
-            if self._trusted is not None and self._claim_signer.fingerprint in self._trusted.fingerprints:
-                raise ValueError("worker_key is also one of trusted_keys: a worker key must not be able to sign jobs")
-            if self._trusted is not None and others.fingerprints & self._trusted.fingerprints:
-                raise ValueError(
-                    "worker_keys names a key that is also one of trusted_keys: a worker key must not be able"
-                    " to sign jobs"
-                )
-            self._claim_keys = others.including(OWN_KEY_NAME, self._claim_signer.public_key)
-        return self
-
-    @property
-    def trusted(self) -> TrustedKeys | None:
-        """The loaded public keys, when signed messages are required."""
-        return self._trusted if self.require_signed_tasks else None
-
-    @property
-    def claim_signing(self) -> tuple[Signer, TrustedKeys] | None:
-        """This worker's claim signer and the keys whose claims count, when signed messages are required."""
-        if self._claim_signer is None or self._claim_keys is None:
-            return None
-        return self._claim_signer, self._claim_keys
-
-
-class ClientSecuritySettings(BaseModel):
-    """The part of the `security` section a controller needs."""
-
-    model_config = ConfigDict(extra="ignore", defer_build=True)
-
-    signing_key: Path | None = None
-    # The dashboard signs a request again only if it was this fresh when it heard it.
-    max_task_age: MaxTaskAge = 300
-    max_clock_skew: MaxClockSkew = 60
-
-
 class DashboardSettings(BaseModel):
     """The `dashboard` section: where `ansible-worker dashboard` listens and who may use it."""
 
@@ -383,6 +248,8 @@ class DashboardSettings(BaseModel):
     # Required for a listen address beyond loopback; the page asks for it once.
     token: SecretStr | None = None
     allow_actions: bool = False
+    # Where people reach the dashboard (https://...): notifications link a job's page there.
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)] | None = None
 
 
 class _EnvironmentOverFile(BaseSettings):
@@ -411,9 +278,29 @@ class Settings(_EnvironmentOverFile):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     # Read by `ansible-worker dashboard` only; allowed here so one file serves both.
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    # Read by `ansible-worker archive`, the controller commands and the dashboard; never by a worker.
+    history: HistorySettings = Field(default_factory=HistorySettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # text for people; json for log collectors: one object per line.
     log_format: Literal["text", "json"] = "text"
+
+    @property
+    def lost_after(self) -> float:
+        """Seconds of silence after which a worker is lost: `worker.lost_after`, or 3 heartbeats plus the keepalive."""
+        worker = self.worker
+        if worker.lost_after is not None:
+            return worker.lost_after
+        return 3 * worker.heartbeat_interval + self.mqtt.keepalive
+
+    def lost_after_warning(self) -> str | None:
+        """Why `lost_after` is risky for this configuration, or None."""
+        if self.lost_after < 1.5 * self.mqtt.keepalive:
+            return (
+                f"worker.lost_after ({self.lost_after:g}s) is below 1.5 x mqtt.keepalive"
+                f" ({1.5 * self.mqtt.keepalive:g}s): a frozen worker's connection may still be open when its jobs"
+                " are taken over"
+            )
+        return None
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -442,6 +329,7 @@ class ClientSettings(_EnvironmentOverFile):
     worker: ClientGroupSettings = Field(default_factory=ClientGroupSettings)
     security: ClientSecuritySettings = Field(default_factory=ClientSecuritySettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    history: HistorySettings = Field(default_factory=HistorySettings)
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -126,44 +126,62 @@ def worker_collector(snapshot: Callable[[], Snapshot]) -> Collector:
                 "From sending a status to the broker's acknowledgement.",
                 counts.status_publish_latency,
             )
-            for name, text, value in (
-                ("ansible_worker_queued_jobs", "Jobs waiting for a slot.", now.queued),
-                ("ansible_worker_running_jobs", "Jobs running now.", now.running),
-                ("ansible_worker_capacity", "Jobs this worker runs at once (worker.concurrency).", now.capacity),
-                (
-                    "ansible_worker_broker_connected",
-                    "1 while connected and subscribed to the broker.",
-                    now.connected,
-                ),
-                ("ansible_worker_draining", "1 while the worker shuts down.", now.draining),
-                ("ansible_worker_warm_pool_size", "Warm Ansible parents ready for jobs.", counts.warm_pool_size),
-            ):
+            for name, text, value in _gauges(now):
                 yield GaugeMetricFamily(name, text, value=value)
-            for name, text, value in (
-                ("ansible_worker_broker_reconnects", "Connections to the broker after the first.", now.reconnects),
-                ("ansible_worker_events_processed", "Ansible events read from jobs.", counts.events_processed),
-                ("ansible_worker_events_dropped", "Live events not published (rate limit).", counts.events_dropped),
-                (
-                    "ansible_worker_messages_refused",
-                    "Task messages refused before they became jobs.",
-                    counts.messages_refused,
-                ),
-                ("ansible_worker_warm_starts", "Jobs started as forks of a warm Ansible parent.", counts.warm_starts),
-                ("ansible_worker_cold_starts", "Jobs started as a fresh ansible-playbook.", counts.cold_starts),
-                (
-                    "ansible_worker_warm_parents_started",
-                    "Warm Ansible parents started.",
-                    counts.warm_parents_started,
-                ),
-                (
-                    "ansible_worker_warm_parents_lost",
-                    "Warm Ansible parents that exited unexpectedly.",
-                    counts.warm_parents_lost,
-                ),
-            ):
+            for name, text, value in _counters(now):
                 yield CounterMetricFamily(name, text, value=value)
 
     return _WorkerCollector()
+
+
+def _gauges(now: Snapshot) -> tuple[tuple[str, str, float], ...]:
+    """The worker's numbers that go up and down: name, help text and value."""
+    counts = now.counts
+    return (
+        ("ansible_worker_queued_jobs", "Jobs waiting for a slot.", now.queued),
+        ("ansible_worker_running_jobs", "Jobs running now.", now.running),
+        ("ansible_worker_capacity", "Jobs this worker runs at once (worker.concurrency).", now.capacity),
+        (
+            "ansible_worker_broker_connected",
+            "1 while connected and subscribed to the broker.",
+            now.connected,
+        ),
+        ("ansible_worker_draining", "1 while the worker shuts down.", now.draining),
+        ("ansible_worker_warm_pool_size", "Warm Ansible parents ready for jobs.", counts.warm_pool_size),
+    )
+
+
+def _counters(now: Snapshot) -> tuple[tuple[str, str, float], ...]:
+    """The worker's numbers that only go up: name, help text and value."""
+    counts = now.counts
+    return (
+        ("ansible_worker_broker_reconnects", "Connections to the broker after the first.", now.reconnects),
+        ("ansible_worker_events_processed", "Ansible events read from jobs.", counts.events_processed),
+        ("ansible_worker_events_dropped", "Live events not published (rate limit).", counts.events_dropped),
+        (
+            "ansible_worker_messages_refused",
+            "Task messages refused before they became jobs.",
+            counts.messages_refused,
+        ),
+        ("ansible_worker_warm_starts", "Jobs started as forks of a warm Ansible parent.", counts.warm_starts),
+        ("ansible_worker_cold_starts", "Jobs started as a fresh ansible-playbook.", counts.cold_starts),
+        ("ansible_worker_notifications_sent", "Notifications a target accepted.", counts.notifications_sent),
+        (
+            "ansible_worker_notifications_failed",
+            "Notification attempts that failed (each retry counts), and notifications dropped.",
+            counts.notifications_failed,
+        ),
+        (
+            "ansible_worker_warm_parents_started",
+            "Warm Ansible parents started.",
+            counts.warm_parents_started,
+        ),
+        (
+            "ansible_worker_warm_parents_lost",
+            "Warm Ansible parents that exited unexpectedly.",
+            counts.warm_parents_lost,
+        ),
+    )
 
 
 def _histogram(name: str, text: str, histogram: Histogram) -> Any:

@@ -103,7 +103,9 @@ secrets = SecretFilter()
 
 
 def setup_logging(level: str, *, log_format: Literal["text", "json"] = "text", worker_id: str | None = None) -> None:
-    """Send log records from `level` up to stderr, as text or JSON lines; paho's from WARNING unless at DEBUG.
+    """Send log records from `level` up to stderr, as text or JSON lines; paho's and httpx's from WARNING.
+
+    paho's DEBUG lines show when `level` is DEBUG; httpx's never do (they hold whole URLs).
 
     Replaces the root logger's handlers, so calling it again changes the format rather than doubling lines.
     """
@@ -118,3 +120,7 @@ def setup_logging(level: str, *, log_format: Literal["text", "json"] = "text", w
     root.setLevel(level)
     # paho logs every packet at DEBUG; keep it for when the operator asks for DEBUG.
     logging.getLogger("mqtt").setLevel(level if level == "DEBUG" else "WARNING")
+    # httpx logs each request's whole URL at INFO, and a webhook's URL holds its token (Slack's,
+    # Teams'): never, whatever the level. The notifier says itself what failed, by target.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel("WARNING")

@@ -57,6 +57,9 @@ class WorkerMetrics:
     warm_parents_started: int = 0
     warm_parents_lost: int = 0
     warm_pool_size: int = 0
+    # Notification attempts that reached their target, and those that failed (each retry counts).
+    notifications_sent: int = 0
+    notifications_failed: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,14 @@ naming the claim it releases, so that the next worker may claim the task again, 
 SHA-256 of the request it publishes again (`request_sha256`): with signed jobs, that request
 alone is taken however old it is while the release is valid.
 
+A claim also says what a worker that takes the job over needs: when the group first accepted
+the job (`accepted_at`, kept by every later claim on it), the SHA-256 of the request copy
+retained for it (`request_sha256`), and, once the job may have started, `started_at`. A
+takeover claim, made by a survivor for a lost worker's job, names the claim it takes over
+(`takes_over`) and the lost worker (`lost_worker`): it counts only when it names the claim
+that holds the job (or the job is free), and the claim it takes over never holds again. So
+of several survivors the first heard takes over, and the others stand back.
+
 With signed jobs every claim and release is signed by a worker key the group trusts, and
 says until when it holds (`expires_at`, inside the signature): nothing else on the claim
 topic can make a worker forget, release or extend a claim. A claim once released never
@@ -64,7 +72,10 @@ class Claim:
 
     `raw` is the message as it arrived, so that a worker can publish it again as it was.
     `request_sha256` is, for a release, the digest of the request it hands back (None when
-    it names none: a claim given up, or a release from an older worker).
+    it names none: a claim given up, or a release from an older worker); for a claim, the
+    digest of the request copy retained for the job. `accepted_at` is when the group first
+    accepted the job, `started_at` set once the job may have started, and `takes_over` and
+    `lost_worker` name, for a takeover, the claim and the worker it takes the job from.
     """
 
     worker_id: str
@@ -74,6 +85,15 @@ class Claim:
     releases: str | None = None
     raw: bytes = b""
     request_sha256: str | None = None
+    accepted_at: datetime | None = None
+    started_at: datetime | None = None
+    takes_over: str | None = None
+    lost_worker: str | None = None
+
+    @property
+    def handed_back(self) -> str | None:
+        """For a release that hands a job back, the digest of the request it names; else None."""
+        return self.request_sha256 if self.state == "released" else None
 
 
 def new_claim_id() -> str:
@@ -94,6 +114,10 @@ def claim_document(
     expires_at: datetime | None,
     releases: str | None = None,
     request_sha256: str | None = None,
+    accepted_at: datetime | None = None,
+    started_at: datetime | None = None,
+    takes_over: str | None = None,
+    lost_worker: str | None = None,
 ) -> dict[str, Any]:
     """The JSON object of a claim or release (signed by the caller when signatures are on)."""
     document: dict[str, Any] = {"state": state, "worker_id": worker_id, "claim": claim_id}
@@ -101,6 +125,14 @@ def claim_document(
         document["releases"] = releases
     if request_sha256 is not None:
         document["request_sha256"] = request_sha256
+    if accepted_at is not None:
+        document["accepted_at"] = format_utc(accepted_at, timespec="milliseconds")
+    if started_at is not None:
+        document["started_at"] = format_utc(started_at, timespec="milliseconds")
+    if takes_over is not None:
+        document["takes_over"] = takes_over
+    if lost_worker is not None:
+        document["lost_worker"] = lost_worker
     if expires_at is not None:
         document["expires_at"] = format_utc(expires_at, timespec="milliseconds")
     return document
@@ -138,7 +170,7 @@ def read_claim(
         return None
     if releases is not None and not isinstance(releases, str):
         return None
-    until = _expires_at(document.get("expires_at"))
+    until = _moment(document.get("expires_at"))
     if until is not None:
         expires = now + (until - wall_now).total_seconds()
         if expires <= now:
@@ -155,12 +187,36 @@ def read_claim(
         except SignatureRefused as exc:
             log.debug("ignoring a claim message: %s", exc)
             return None
+    return _claim_of(document, payload, state, expires)
+
+
+def _claim_of(document: Mapping[str, Any], payload: bytes, state: ClaimState, expires: float) -> Claim | None:
+    """The `Claim` a checked message holds, with the takeover fields it carries; None for a malformed takeover."""
     request = document.get("request_sha256")
-    handed_back = request if state == "released" and isinstance(request, str) and _SHA256.fullmatch(request) else None
-    return Claim(worker_id, claim_id, state, expires, releases, payload, handed_back)
+    digest = request if isinstance(request, str) and _SHA256.fullmatch(request) else None
+    takes_over, lost_worker = document.get("takes_over"), document.get("lost_worker")
+    if state == "claimed" and takes_over is not None:
+        if not isinstance(takes_over, str) or not isinstance(lost_worker, str):
+            # A takeover must say whose claim it ends and whom it takes the job from.
+            return None
+    else:
+        takes_over = lost_worker = None
+    return Claim(
+        document["worker_id"],
+        document["claim"],
+        state,
+        expires,
+        document.get("releases"),
+        payload,
+        digest,
+        accepted_at=_moment(document.get("accepted_at")),
+        started_at=_moment(document.get("started_at")) if state == "claimed" else None,
+        takes_over=takes_over,
+        lost_worker=lost_worker,
+    )
 
 
-def _expires_at(value: object) -> datetime | None:
+def _moment(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
@@ -194,8 +250,10 @@ class ClaimBook:
         """Record one claim or release heard for `task_id`, in delivery order; True if it counted.
 
         A claim counts when nobody holds the task (or holds it with this very claim, heard
-        again) and it was never released. A release counts when it names the holder's claim,
-        or when nothing holds the task here (a worker that never heard the claim).
+        again) and it was never released. A takeover claim counts, as well, when it names the
+        holder's claim, which then never holds again: a release and a claim in one. A release
+        counts when it names the holder's claim, or when nothing holds the task here (a worker
+        that never heard the claim).
         """
         self._prune(now)
         entry = self._live(task_id, now)
@@ -207,8 +265,16 @@ class ClaimBook:
         if claim.state == "claimed":
             if claim.claim_id in entry.released:
                 return False
-            if holder is not None and holder.claim_id != claim.claim_id:
+            taken = claim.takes_over
+            if holder is not None and holder.claim_id not in (claim.claim_id, taken):
                 return False
+            if taken is not None and taken != claim.claim_id:
+                if taken not in entry.released and len(entry.released) >= MAX_RELEASES_PER_TASK:
+                    return False
+                # Taken over: the lost worker's claim, heard again, never holds again.
+                entry.released.add(taken)
+                if holder is not None and holder.claim_id == taken:
+                    holder = None
             if holder is not None and holder.expires > claim.expires:
                 # An older copy of the same claim: it does not shorten what is known.
                 claim = holder
@@ -238,7 +304,11 @@ class ClaimBook:
     def released_request(self, task_id: str, *, now: float) -> str | None:
         """The digest of the request a live release of `task_id` hands back, if it names one."""
         release = self._release(task_id, now)
-        return release.request_sha256 if release is not None else None
+        return release.handed_back if release is not None else None
+
+    def release(self, task_id: str, *, now: float) -> Claim | None:
+        """The live release of `task_id` that nobody has claimed since, if any."""
+        return self._release(task_id, now)
 
     def _release(self, task_id: str, now: float) -> Claim | None:
         entry = self._live(task_id, now)

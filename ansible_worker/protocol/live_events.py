@@ -9,7 +9,11 @@ from typing import Any
 from ansible_worker.protocol.timestamps import from_epoch
 
 RESULT_TEXT_LIMIT = 1024
-_RESULT_KEYS = ("msg", "rc", "stdout", "stderr", "ansible_job_id", "finished")
+# The callback plugin sends at most 4 KiB of `data`; masking can lengthen it a little.
+DATA_LIMIT = 8192
+# Ansible ids and module names are far shorter.
+ID_LIMIT = 128
+_RESULT_KEYS = ("msg", "rc", "stdout", "stderr", "diff", "ansible_job_id", "finished")
 _DEBUG_ACTIONS = frozenset({"debug", "ansible.builtin.debug", "ansible.legacy.debug"})
 
 
@@ -23,6 +27,9 @@ def live_event(raw: Mapping[str, Any], seq: int) -> dict[str, Any]:
     for key in ("play", "task", "host", "item", "duration"):
         if raw.get(key) is not None:
             event[key] = raw[key]
+    for key in ("play_uuid", "task_uuid", "action"):
+        if isinstance(raw.get(key), str):
+            event[key] = raw[key][:ID_LIMIT]
     status = _status(kind, raw)
     if status is not None:
         event["status"] = status
@@ -32,6 +39,9 @@ def live_event(raw: Mapping[str, Any], seq: int) -> dict[str, Any]:
         result = {key: _cap(raw[key]) for key in _RESULT_KEYS if raw.get(key) is not None}
         if result:
             event["result"] = result
+        data = _data(raw.get("data"))
+        if data is not None:
+            event["data"] = data
     line = _line(kind, raw, status)
     if line is not None:
         event["line"] = line
@@ -112,6 +122,16 @@ def _recap(hosts: object) -> str:
                 )
                 lines.append(f"{host:<26}: {counts}")
     return "\n".join(lines)
+
+
+def _data(value: object) -> dict[str, Any] | None:
+    """The rest of a result as the plugin sent it, or a note when it is not an object of a bounded size."""
+    if not isinstance(value, Mapping):
+        return None
+    size = len(json.dumps(value, separators=(",", ":"), default=str))
+    if size > DATA_LIMIT:
+        return {"...": f"the rest of the result is {size:,} characters of JSON: not sent"}
+    return dict(value)
 
 
 def _cap(value: Any) -> Any:

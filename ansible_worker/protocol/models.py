@@ -1,4 +1,4 @@
-"""The messages of protocol v1: task and cancel requests in; statuses, events, presence and claims out."""
+"""The messages of protocol v1 about jobs: task and cancel requests in; statuses, events and records out."""
 
 from __future__ import annotations
 
@@ -8,134 +8,35 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticSerializationError
 
+from ansible_worker.protocol.request_fields import (
+    MAX_LOCKS,
+    SHA256_PATTERN,
+    HostPattern,
+    Limit,
+    LockName,
+    ModuleArgs,
+    ModuleName,
+    ProjectName,
+    Retry,
+    Revision,
+    TagList,
+)
 from ansible_worker.protocol.topics import TASK_ID
 
 TASK_ID_PATTERN = rf"^{TASK_ID}$"
 
 TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
-
-
-def _split_commas(value: object) -> object:
-    """Accept `"a,b"` as well as `["a", "b"]`: both forms are common in controllers."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-def _no_option_like(value: str) -> str:
-    # Defence in depth: values are passed as `--opt=VALUE`, but a leading dash still reads
-    # as a mistake and `@file` would make Ansible read a file on the worker.
-    if value.startswith(("-", "@")):
-        raise ValueError("must not start with '-' or '@'")
-    return value
-
-
-def _no_limit_file(value: str) -> str:
-    # Ansible splits a limit on commas, or else on colons and whitespace, strips each pattern
-    # (Unicode whitespace too) and reads host names from a file for every pattern that then
-    # starts with '@' (`split_host_pattern` and `InventoryManager.subset` in
-    # ansible/inventory/manager.py): "web, @/etc/shadow" reads /etc/shadow. '@' means nothing
-    # else in Ansible's patterns and no valid host name holds it, so any '@' is refused: a rule
-    # that needs no copy of Ansible's parsing, and that answers alike whether the file exists.
-    if "@" in value:
-        raise ValueError("must not contain '@': Ansible reads '@file' patterns from a file on the worker")
-    return value
-
-
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_no_option_like)]
-TagList = Annotated[list[Tag], BeforeValidator(_split_commas)]
-Limit = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=65536),
-    AfterValidator(_no_option_like),
-    AfterValidator(_no_limit_file),
-]
-
-
-MAX_MODULE_ARGS_LENGTH = 65536
-# Ansible renders these wherever it templates: the play's host pattern and a task's arguments.
-_TEMPLATE_MARKERS = ("{{", "{%", "{#")
-
-
-def _no_template(value: str) -> str:
-    # Ansible templates an ad-hoc command's host pattern and its arguments on the worker, so
-    # `{{ lookup('pipe', ...) }}` there would run a command on the worker itself.
-    if any(marker in value for marker in _TEMPLATE_MARKERS):
-        raise ValueError("must not contain '{{', '{%' or '{#': Ansible would template it on the worker")
-    return value
-
-
-def _plain_module_args(value: str | dict[str, Any]) -> str | dict[str, Any]:
-    if isinstance(value, dict):
-        return _plain_keys(value)
-    # Ansible decodes escapes such as \u007b in `key=value` arguments (before templating) and
-    # reads a string in braces as JSON (whose escapes decode too): either could spell '{{'.
-    if len(value) > MAX_MODULE_ARGS_LENGTH:
-        raise ValueError(f"a string may hold at most {MAX_MODULE_ARGS_LENGTH} characters")
-    if "\\" in value:
-        raise ValueError("a string must not contain a backslash: give module_args as an object instead")
-    if value.lstrip().startswith("{"):
-        raise ValueError("a string must not start with '{': give module_args as an object instead")
-    return _no_template(value)
-
-
-def _plain_keys(value: dict[str, Any]) -> dict[str, Any]:
-    # The worker marks each string value as data (argv.module_arguments); a key cannot be
-    # marked, so it may not look like a template. Ansible's JSON decoder reads `__ansible_vault`
-    # and `__ansible_unsafe` objects as tagged data.
-    def walk(item: Any) -> None:
-        if isinstance(item, dict):
-            for key, inner in item.items():
-                if key.startswith("__ansible"):
-                    raise ValueError(f"must not use the key {key!r}: Ansible reads it as tagged data")
-                _no_template(key)
-                walk(inner)
-        elif isinstance(item, list):
-            for inner in item:
-                walk(inner)
-
-    walk(value)
-    return value
-
-
-HostPattern = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=65536),
-    AfterValidator(_no_option_like),
-    AfterValidator(_no_limit_file),
-    AfterValidator(_no_template),
-]
-ModuleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,3}$")]
-ModuleArgs = Annotated[str | dict[str, Any], AfterValidator(_plain_module_args)]
-
-
-def _no_dotdot(value: str) -> str:
-    # Git reads `a..b` as a range and `@{` as a reflog selector: neither names one commit.
-    if ".." in value or "@{" in value or value.endswith((".lock", "/", ".")):
-        raise ValueError("must name one commit, tag or branch (no '..', '@{', or a trailing '/', '.' or '.lock')")
-    return value
-
-
-# A commit id (full or abbreviated), a tag or a branch; never an option, range or reflog entry.
-Revision = Annotated[
-    str,
-    StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/+-]{0,254}$"),
-    AfterValidator(_no_dotdot),
-]
-ProjectName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 
 # Shipped archives travel in parts of this size (the last one shorter), one retained message
@@ -172,27 +73,6 @@ class Signature(BaseModel):
     value: str = Field(description="the signature, base64")
 
 
-RetryOn = Literal["unreachable", "failed"]
-
-
-# A lock is a name: a host of the inventory, or any name a request gives.
-LockName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
-MAX_LOCKS = 5000
-
-
-class Retry(BaseModel):
-    """Run the hosts that ended in one of the `on` states again, in the same job."""
-
-    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
-
-    attempts: int = Field(ge=1, le=10, description="how many times at most the hosts are run again")
-    delay: float = Field(0, ge=0, le=3600, allow_inf_nan=False, description="seconds to wait before each new attempt")
-    on: Annotated[list[RetryOn], Field(min_length=1)] = Field(
-        default_factory=lambda: list[RetryOn](["unreachable"]),
-        description="which hosts run again: unreachable, failed or both",
-    )
-
-
 class TaskRequest(BaseModel):
     """A job as a controller publishes it to `<prefix>/<group>/tasks`. Unknown fields are ignored."""
 
@@ -220,6 +100,11 @@ class TaskRequest(BaseModel):
     project: ProjectName | None = None
     revision: Revision | None = None
     content: ShippedContent | None = None
+    # A launch: the worker's template of this name sets every field above but `extra_vars`,
+    # which then holds the survey's answers only (see docs/templates.md).
+    template: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")] | None = Field(
+        None, description="the name of one of the workers' templates to launch, with its survey answers in extra_vars"
+    )
     # Required by workers with security.require_signed_tasks; checked before this model.
     # An ad-hoc command (Ansible's `ansible` CLI), allowed by `worker.ad_hoc_modules`.
     module: ModuleName | None = Field(None, description="ad-hoc: the module to run instead of a playbook (-m)")
@@ -250,6 +135,19 @@ class TaskRequest(BaseModel):
     # Required by workers with security.require_signed_tasks; checked before this model.
     issued_at: str | None = Field(None, description="RFC 3339 time the message was signed")
     signature: Signature | None = None
+    # Values masked like credentials in all the job reports: a template's secret answers.
+    _secrets: tuple[str, ...] = PrivateAttr(())
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The request's own secret values (a template's `secret` answers), to mask wherever the job reports."""
+        return self._secrets
+
+    def with_secrets(self, values: list[str]) -> TaskRequest:
+        """This request, whose `secrets` are `values`."""
+        copy = self.model_copy()
+        copy._secrets = tuple(str(value) for value in values)
+        return copy
 
     @model_validator(mode="wrap")
     @classmethod
@@ -389,6 +287,10 @@ class JobStatus(BaseModel):
     output_per_host: dict[str, dict[str, Any]] = Field(default_factory=dict)
     cancelled_by: str | None = None
     handed_back_by: str | None = None
+    # A job of a lost worker: who it was taken over from (a queued job run again here), or
+    # who settled it (a job that had started there, ended `failed`).
+    taken_over_from: str | None = None
+    taken_over_by: str | None = None
     last_event_seq: int = 0
     events_dropped: int = 0
     # What ran: the project (None: the playbook directory), its full commit id, or the
@@ -396,6 +298,8 @@ class JobStatus(BaseModel):
     project: str | None = None
     revision: str | None = None
     content_sha256: str | None = None
+    # The template the job was launched from, if any.
+    template: str | None = None
     # The job's record, published before this terminal status; None when there is none.
     record: RecordSummary | None = None
     # A live answer to a message that was refused before anything ran; never retained.
@@ -436,9 +340,21 @@ class LiveEvent(BaseModel):
     status: Literal["ok", "changed", "failed", "ignored", "skipped", "unreachable", "retry"] | None = None
     no_log: bool | None = Field(None, description="true: the result is hidden and not sent")
     result: dict[str, Any] | None = Field(
-        None, description="msg, rc, stdout, stderr, long texts cut; a background task's ansible_job_id and finished"
+        None,
+        description="msg, rc, stdout, stderr, and diff (as Ansible prints it), long texts cut; a background"
+        " task's ansible_job_id and finished",
     )
     line: str | None = Field(None, description="the line Ansible's own output shows for this event")
+    action: str | None = Field(None, description="the task's module, e.g. ansible.builtin.command")
+    play_uuid: str | None = Field(None, description="Ansible's id of the play: plays of one name told apart")
+    task_uuid: str | None = Field(
+        None, description="Ansible's id of the task, on task starts and results: tasks of one name told apart"
+    )
+    data: dict[str, Any] | None = Field(
+        None,
+        description="the rest of the module's result as JSON: no internal `_ansible_` keys, no module arguments"
+        " (`invocation`), texts cut; at most about 4 KiB",
+    )
 
 
 class JobRecord(BaseModel):
@@ -468,74 +384,3 @@ class JobRecord(BaseModel):
     output: str = Field(description="Ansible's output, the newest part worker.output_limit_bytes kept (less, when cut)")
     output_bytes: int = Field(description="how many bytes of output Ansible wrote in all")
     cut: bool = Field(description="whether older events or output were left out")
-
-
-class Presence(BaseModel):
-    """A worker's retained message on `<prefix>/<group>/workers/<worker_id>`; its will says offline."""
-
-    model_config = ConfigDict(extra="allow")
-
-    worker_id: str
-    hostname: str
-    version: str
-    protocol: int
-    state: Literal["online", "draining", "offline"]
-    started_at: str
-    heartbeat_at: str
-    heartbeat_interval: float
-    capacity: int
-    running: int
-    queued: int
-    jobs_done: int
-    warm_starts: int | None = Field(None, description="jobs started as forks of a warm Ansible parent")
-    cold_starts: int | None = Field(None, description="jobs started as a fresh ansible-playbook")
-    warm_pool_size: int | None = Field(None, description="warm Ansible parents ready for jobs")
-
-
-class LockRequestDocument(BaseModel):
-    """One job's request for its locks, in an acquire or a renewal."""
-
-    model_config = ConfigDict(extra="allow", defer_build=True)
-
-    claim: str = Field(description="unique per request")
-    task_id: str
-    locks: list[str] = Field(description="the names it holds: hosts, or the request's own locks")
-    limits: dict[str, int] = Field(
-        default_factory=dict, description="max_concurrent: a name (project/playbook or module) and its cap"
-    )
-
-
-class LockMessage(BaseModel):
-    """A message of the group's locks topic, `<prefix>/<group>/locks`, in the one order the broker gives it."""
-
-    # Describes what locks.py writes, for the published schema; built only when asked for.
-    # With signed jobs it also carries `issued_at` and `signature`, signed by a worker key.
-    model_config = ConfigDict(extra="allow", defer_build=True)
-
-    type: Literal["acquire", "renew", "release", "sync"] = Field(
-        description="acquire: a job asks; renew: every request of the worker, kept alive (also the answer to a"
-        " sync); release: a job gives its locks back; sync: a worker that has just started asks what is held"
-    )
-    worker_id: str
-    requests: list[LockRequestDocument] | None = Field(None, description="acquire and renew")
-    releases: list[str] | None = Field(None, description="release: the claims given back")
-    expires_at: datetime | None = Field(None, description="acquire and renew: until when the requests hold")
-
-
-class ClaimMessage(BaseModel):
-    """A worker's retained claim on a job, `<prefix>/<group>/tasks/<task_id>/claim`."""
-
-    # Describes what claims.py writes, for the published schema; built only when asked for.
-    # With signed jobs it also carries `issued_at` and `signature`, as task requests do.
-    model_config = ConfigDict(extra="allow", defer_build=True)
-
-    state: Literal["claimed", "released"]
-    worker_id: str
-    claim: str = Field(description="unique per claim; the first claim the broker delivers holds the task_id")
-    releases: str | None = Field(None, description="for a release: the claim it releases")
-    request_sha256: Annotated[str, StringConstraints(pattern=SHA256_PATTERN)] | None = Field(
-        None,
-        description="for a release that hands a job back: SHA-256 (hex) of the task message it publishes again;"
-        " with signatures, only that message is taken past max_task_age while the release holds",
-    )
-    expires_at: datetime | None = Field(None, description="until when the claim holds (required with signatures)")

@@ -59,6 +59,19 @@ class Topics:
         """Every worker of the group hears every claim on a signed job (not shared)."""
         return f"{self.tasks}/+/claim"
 
+    def request(self, task_id: str) -> str:
+        """The retained copy of an unsettled job's request, kept by the worker that holds it."""
+        return f"{self.tasks}/{task_id}/request"
+
+    @property
+    def requests_subscription(self) -> str:
+        """Every worker of the group hears the request copies of the group's unsettled jobs (not shared)."""
+        return f"{self.tasks}/+/request"
+
+    def task_id_of_request(self, topic: str) -> str | None:
+        """The task_id in a request copy topic of this group, or None if `topic` is not one."""
+        return self._task_id_in(topic, "request")
+
     def events(self, task_id: str) -> str:
         """The topic of job `task_id`'s live events."""
         return f"{self.tasks}/{task_id}/events"
@@ -66,6 +79,11 @@ class Topics:
     def content(self, sha256: str) -> str:
         """Where shipped content is retained, addressed by the SHA-256 of its archive (its parts are below)."""
         return f"{self.prefix}/{self.group}/content/{sha256}"
+
+    @property
+    def templates(self) -> str:
+        """The retained catalogue of the group's templates."""
+        return f"{self.prefix}/{self.group}/templates"
 
     @property
     def clients_prefix(self) -> str:
@@ -87,6 +105,15 @@ class Topics:
     def record(self, task_id: str) -> str:
         """The retained topic of job `task_id`'s record, published once it has ended."""
         return f"{self.tasks}/{task_id}/record"
+
+    @property
+    def record_subscription(self) -> str:
+        """The filter of every job's record topic in the group."""
+        return f"{self.tasks}/+/record"
+
+    def task_id_of_record(self, topic: str) -> str | None:
+        """The task_id in a record topic of this group, or None if `topic` is not one."""
+        return self._task_id_in(topic, "record")
 
     @property
     def status_subscription(self) -> str:

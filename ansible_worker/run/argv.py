@@ -10,6 +10,7 @@ from typing import Any
 
 from ansible_worker.protocol.models import TaskRequest
 from ansible_worker.run.errors import JobRefusedError
+from ansible_worker.run.executables import Executable
 
 PLUGIN_DIRECTORY = Path(__file__).parent / "plugins" / "callback"
 FIFO_VARIABLE = "ANSIBLE_WORKER_EVENT_FIFO"
@@ -119,6 +120,33 @@ def build_adhoc_argv(
 
 # `ansible -B N` without `-P` polls every 15 seconds; said here so the argument list shows it.
 _ANSIBLE_DEFAULT_POLL = 15
+
+
+def job_argv(
+    request: TaskRequest,
+    *,
+    playbook: Path | None,
+    inventory: str,
+    extra_vars_file: Path | None,
+    ansible_playbook: Executable,
+    ansible: Executable | None,
+) -> list[str]:
+    """The command line of a job: `ansible-playbook` with its resolved `playbook`, or `ansible` for an ad-hoc command.
+
+    Errors: `JobRefusedError` for an ad-hoc command when Ansible's `ansible` CLI was not found.
+    """
+    if playbook is not None:
+        return build_argv(
+            request,
+            executable=ansible_playbook.command,
+            playbook=playbook,
+            inventory=inventory,
+            extra_vars_file=extra_vars_file,
+        )
+    if ansible is None or ansible.path is None:
+        where = ansible.describe() if ansible is not None else "not looked for"
+        raise JobRefusedError(f"ad-hoc commands need Ansible's `ansible` CLI: {where}")
+    return build_adhoc_argv(request, executable=ansible.path, inventory=inventory, extra_vars_file=extra_vars_file)
 
 
 def module_arguments(value: str | dict[str, Any]) -> str:

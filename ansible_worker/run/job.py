@@ -43,6 +43,10 @@ class Job:
     # The job's secrets (its credentials', the worker's environment's), masked in what it reports.
     masker: Masker = field(default_factory=lambda: Masker(()))
     handed_back: bool = False
+    # Taken over by another worker while this one was away: nothing is published for it here.
+    fenced: bool = False
+    # The lost worker this job was taken over from, never started there.
+    taken_over_from: str | None = None
     # The tree it runs from, once known: what its status reports as having run.
     tree: RunTree | None = None
     done: trio.Event = field(default_factory=trio.Event)
@@ -53,7 +57,7 @@ class Job:
     attempts: list[Attempt] = field(default_factory=list)
     # Why it does not run Ansible yet (its queue position, its locks, ...); None once it does.
     waiting_for: dict[str, Any] | None = None
-    # Set when the job leaves this worker without ending here (handed back to the group).
+    # Set when the job leaves this worker without ending here (handed back, or taken over by another worker).
     left: trio.Event = field(default_factory=trio.Event)
     # A slot took it: it is this worker's to start (its locks may still keep it queued).
     in_slot: bool = False
@@ -67,12 +71,17 @@ class Job:
 
     @property
     def settled(self) -> bool:
-        """Nothing more for this worker to do: ended, or given back to the group."""
-        return self.state.terminal or self.handed_back
+        """Nothing more for this worker to do: ended, given back to the group, or taken over by another worker."""
+        return self.state.terminal or self.handed_back or self.fenced
 
     def hand_back(self) -> None:
         """The job goes back to the group: no slot may start it, and whatever waits for it stops."""
         self.handed_back = True
+        self.left.set()
+
+    def fence(self) -> None:
+        """Another worker took the job over: nothing more is published for it here, and whatever waits for it stops."""
+        self.fenced = True
         self.left.set()
 
     async def wait_left(self) -> None:
@@ -128,6 +137,7 @@ class Job:
             worker_id=self.worker_id,
             playbook=self.request.playbook,
             module=self.request.module,
+            template=self.request.template,
             current_play=progress.current_play,
             current_task=progress.current_task if not state.terminal else None,
             tasks_rescued=progress.rescued,
@@ -142,6 +152,7 @@ class Job:
             record=None if progress_only else self.record_summary,
             attempts=list(self.attempts),
             waiting_for=None if state.terminal else self.waiting_for,
+            taken_over_from=self.taken_over_from,
         )
 
     def finish(self, state: State, error_message: str | None = None) -> None:

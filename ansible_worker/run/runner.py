@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -14,15 +14,14 @@ from typing import Any
 
 import trio
 
-from ansible_worker.lone_errors import unwrap_lone_errors
 from ansible_worker.ops.credentials import EnvCredential
 from ansible_worker.ops.logging_setup import current_task_id
 from ansible_worker.ops.logging_setup import secrets as log_secrets
 from ansible_worker.ops.metrics import WorkerMetrics
-from ansible_worker.protocol.models import State, TaskRequest
+from ansible_worker.protocol.models import State
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.run.argv import FIFO_VARIABLE, ansible_environment, build_adhoc_argv, build_argv
+from ansible_worker.run.argv import FIFO_VARIABLE, ansible_environment, job_argv
 from ansible_worker.run.credential_injection import AnyCredential, Injection, inject, secret_values
 from ansible_worker.run.errors import JobRefusedError
 from ansible_worker.run.events.event_fifo import EventFifo
@@ -35,22 +34,21 @@ from ansible_worker.run.job import Job
 from ansible_worker.run.job_locks import JobLocks
 from ansible_worker.run.lock_targets import LockTargets
 from ansible_worker.run.masking import Masker
-from ansible_worker.run.policy import RequestChecks, Resolved
+from ansible_worker.run.policy import RequestChecks
 from ansible_worker.run.process.launch import ExitRecord, Launch, ProcessStarter
 from ansible_worker.run.process.output_tail import OutputTail
 from ansible_worker.run.process.process_group import run_process_group, run_with_output
-from ansible_worker.run.retries import attempt_summary, final_verdict, hosts_to_retry, limit_of
+from ansible_worker.run.retry_loop import run_attempts
 from ansible_worker.run.run_directory import EVENT_FIFO_NAME, private_run_directory
 from ansible_worker.run.sinks import EventSink, RecordSink, StatusSink
 from ansible_worker.run.sources.job_sources import JobSources
 from ansible_worker.run.verdict import judge
+from ansible_worker.run.waiting import waiting
 from ansible_worker.run.warm.pool import Configuration, WarmPool
 
 log = logging.getLogger(__name__)
 
 EVENT_FLUSH_SECONDS = 2.0
-# A wait of a running job shorter than this (a fetch, a warm parent) is not said in its status.
-SAY_WAITING_AFTER = 0.5
 # Longest a job's record may hold back its terminal status (the broker is slow or away).
 RECORD_SECONDS = 5.0
 
@@ -121,6 +119,8 @@ class JobRunner:
         self.locks = locks or JobLocks(None, host_locks=False)
         inventory = environment.ansible_inventory
         self.lock_targets = lock_targets or LockTargets(inventory.path if inventory is not None else None)
+        # The start fence, awaited once the job holds its locks: False when it is not this worker's any more.
+        self.may_start: Callable[[Job], Awaitable[bool]] | None = None
 
     def announce(self, job: Job) -> None:
         """Publish the job's current status and log the transition."""
@@ -135,7 +135,8 @@ class JobRunner:
             detail = f": {job.error_message}" if job.error_message else ""
             log.info("task %s %s (rc=%s, %s)%s", job.task_id, job.state, job.return_code, counts, detail)
         else:
-            log.info("task %s %s (%s)", job.task_id, job.state, job.request.what)
+            template = f"template {job.request.template}, " if job.request.template else ""
+            log.info("task %s %s (%s%s)", job.task_id, job.state, template, job.request.what)
 
     async def execute(self, job: Job) -> None:
         """Run `job` and post exactly one terminal status for it to the status sink.
@@ -154,7 +155,7 @@ class JobRunner:
         naming = current_task_id.set(job.task_id)
         # Masked from the first moment: a git error or a traceback may show a secret too.
         known = [self.credentials[name] for name in job.request.credentials if name in self.credentials]
-        job.masker = Masker([*self.environment.worker_secrets, *secret_values(known)])
+        job.masker = Masker([*self.environment.worker_secrets, *secret_values(known), *job.request.secrets])
         try:
             with log_secrets.masking(lambda text: job.masker.text(text)):
                 await self._execute(job)
@@ -173,10 +174,10 @@ class JobRunner:
         error: str | None = "cancelled: worker stopped"
         gone = False
         try:
-            # Its locks first, waiting in `queued`; the timeout counts from the start of the run.
+            # Its locks first, waiting in `queued`; then the start fence; the timeout counts from the start of the run.
             async with self.locks.held(job, partial(self._lock_hosts, job), partial(self._say, job)) as held:
-                if held.gone:
-                    # Ended (cancelled) or handed back while it waited: the job table said so.
+                if held.gone or not await self._may_start(job):
+                    # Ended (cancelled), handed back or taken over while it waited: the job table said so.
                     gone = True
                     return
                 job.waiting_for = None
@@ -198,35 +199,22 @@ class JobRunner:
             if not gone:
                 await self._end(job, state, error)
 
-    @contextlib.asynccontextmanager
-    async def _waiting(self, job: Job, reason: dict[str, Any]) -> AsyncIterator[None]:
-        """For the block, `reason` is why the job waits, said in its status once the block lasts `SAY_WAITING_AFTER`."""
-
-        async def say() -> None:
-            await trio.sleep(SAY_WAITING_AFTER)
-            job.waiting_for = reason
-            self.statuses.post(job.status(progress_only=True))
-
-        try:
-            # The block's own error leaves as itself (a failed fetch keeps its message).
-            with unwrap_lone_errors():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(say)
-                    try:
-                        yield
-                    finally:
-                        nursery.cancel_scope.cancel()
-        finally:
-            if job.waiting_for is reason:
-                job.waiting_for = None
-                self.statuses.post(job.status(progress_only=True))
-
     async def _pull(self, job: Job) -> None:
         """`git pull` the playbook directory, if the job asks, once: before its hosts are resolved or it runs."""
         if job.request.git_pull and job.request.project is None and not job.pulled:
             job.pulled = True
-            async with self._waiting(job, {"project_fetch": "playbook directory"}):
+            async with waiting(job, self.statuses, {"project_fetch": "playbook directory"}):
                 await self.sources.pull(job.task_id)
+
+    async def _may_start(self, job: Job) -> bool:
+        """The start fence: the group hears that the job may start before it does; False if it is not this worker's.
+
+        Only once its locks are held: a job waiting for them has not started in the group's eyes,
+        so that a takeover runs it elsewhere rather than ending it as lost.
+        """
+        if self.may_start is not None and not await self.may_start(job):
+            return False
+        return not job.settled
 
     def _say(self, job: Job) -> None:
         """Publish the status of a job that is waiting, with its `waiting_for`."""
@@ -279,7 +267,8 @@ class JobRunner:
 
     async def _publish_record(self, job: Job) -> None:
         """Publish the job's record before its terminal status, which then names it; shielded, bounded."""
-        if self.records is None or job.record is None:
+        if self.records is None or job.record is None or job.fenced:
+            # A fenced job's end is another worker's to publish.
             return
         with trio.CancelScope(shield=True), trio.move_on_after(RECORD_SECONDS):
             try:
@@ -294,7 +283,7 @@ class JobRunner:
         fetched = {"project_fetch": request.project or "playbook directory"}
         await self._pull(job)
         async with contextlib.AsyncExitStack() as stack:
-            async with self._waiting(job, fetched):
+            async with waiting(job, self.statuses, fetched):
                 # A project's tree may need a fetch first.
                 tree = await stack.enter_async_context(self.sources.open_tree(request))
             job.tree = tree
@@ -318,28 +307,15 @@ class JobRunner:
                 )
                 launch = Launch((), base, env, kill_grace=self.limits.kill_grace, marker=marker)
                 run = partial(self._attempt, job, launch, injection, fifo_path)
-                verdict = await run(self._argv(request, resolved, extra_vars))
-                retry = request.retry
-                if retry is None:
-                    return verdict
-                first_error = verdict[1]
-                self._note_attempt(job, request.limit)
-                while len(job.attempts) <= retry.attempts:
-                    again = hosts_to_retry(job.attempts[-1], retry.on)
-                    if not again:
-                        break
-                    log.info("task %s: attempt %d on %s", job.task_id, len(job.attempts) + 1, ", ".join(again))
-                    await trio.sleep(retry.delay)
-                    limited = request.model_copy(update={"limit": limit_of(again)})
-                    job.progress.next_attempt()
-                    verdict = await run(self._argv(limited, resolved, extra_vars))
-                    self._note_attempt(job, limited.limit)
-                return final_verdict(verdict, first_error, job.attempts)
-
-    def _note_attempt(self, job: Job, limit: str | None) -> None:
-        """Add the run of Ansible that just ended to the job's attempts, and publish them."""
-        job.attempts.append(attempt_summary(len(job.attempts) + 1, limit, job.return_code, job.progress.recap))
-        self.statuses.post(job.status())
+                argv = partial(
+                    job_argv,
+                    playbook=resolved.playbook,
+                    inventory=resolved.inventory,
+                    extra_vars_file=extra_vars,
+                    ansible_playbook=self.environment.ansible_playbook,
+                    ansible=self.environment.ansible,
+                )
+                return await run_attempts(job, lambda again: run(argv(again)), self.statuses)
 
     async def _attempt(
         self, job: Job, base: Launch, injection: Injection, fifo_path: Path, argv: list[str]
@@ -361,24 +337,6 @@ class JobRunner:
             fifo.close()
         return judge(returncode, job.progress, tail, fifo)
 
-    def _argv(self, request: TaskRequest, resolved: Resolved, extra_vars: Path | None) -> list[str]:
-        """The command line of the job: `ansible-playbook`, or `ansible` for an ad-hoc command."""
-        if resolved.playbook is not None:
-            return build_argv(
-                request,
-                executable=self.environment.ansible_playbook.command,
-                playbook=resolved.playbook,
-                inventory=resolved.inventory,
-                extra_vars_file=extra_vars,
-            )
-        ansible = self.environment.ansible
-        if ansible is None or ansible.path is None:
-            where = ansible.describe() if ansible is not None else "not looked for"
-            raise JobRefusedError(f"ad-hoc commands need Ansible's `ansible` CLI: {where}")
-        return build_adhoc_argv(
-            request, executable=ansible.path, inventory=resolved.inventory, extra_vars_file=extra_vars
-        )
-
     async def _run_ansible(
         self, job: Job, launch: Launch, fifo: EventFifo, injection: Injection
     ) -> tuple[int, OutputTail]:
@@ -396,7 +354,7 @@ class JobRunner:
             start = run_process_group
         else:
             configuration = Configuration(launch.argv[0], launch.cwd, launch.env)
-            async with self._waiting(job, {"warm_parent": "starting"}):
+            async with waiting(job, self.statuses, {"warm_parent": "starting"}):
                 start = await self.warm_pool.starter(configuration, late=injection.own)
         record = ExitRecord()
         try:

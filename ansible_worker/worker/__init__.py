@@ -5,5 +5,5 @@ The job table (`jobs`) owns every job's lifecycle: its phase, pending cancel and
 the journal, which nothing else writes. Only `policies` (which builds them once), `service`,
 `main` and `summary` read the settings model: the other parts are given its frozen values.
 
-May import `protocol`, `mqtt`, `run` and `ops`, never `controller`.
+May import `protocol`, `mqtt`, `run`, `ops` and `templates`, never `controller`.
 """

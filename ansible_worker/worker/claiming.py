@@ -8,13 +8,14 @@ import trio
 
 from ansible_worker.mqtt.link import LinkError
 from ansible_worker.mqtt.session import BrokerSession
-from ansible_worker.protocol.claims import new_claim_id
+from ansible_worker.protocol.claims import new_claim_id, request_digest
 from ansible_worker.protocol.models import TaskRequest
 from ansible_worker.worker.group_claims import ClaimFailed, GroupClaims
 from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.journal import JournalError
 from ansible_worker.worker.phases import Move, Phase
+from ansible_worker.worker.request_copy import RequestCopyPublisher
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class Claimer:
         self.hand_back = hand_back
         self.shutdown = shutdown
         self.nursery: trio.Nursery | None = None
+        # Where the request copies go; None keeps none (a worker that no survivor could replace).
+        self.copies: RequestCopyPublisher | None = None
 
     @property
     def open(self) -> bool:
@@ -130,6 +133,10 @@ class Claimer:
             self.jobs.move(task_id, Move.LET_GO)
             return None
         log.info("task %s: %sclaimed for this worker", task_id, f"signed by {signer}, " if signer else "")
+        entry = self.jobs.entry(task_id)
+        if self.copies is not None and entry is not None:
+            # Won: the group keeps the request until the job is settled, before its `queued`.
+            await self.copies.publish(task_id, entry.payload)
         holder = self.claims.holder(task_id)
         # The claim that holds it: this one, or one made before a restart.
         return self.jobs.place(
@@ -140,7 +147,9 @@ class Claimer:
         """Whether this worker won the claim; None when it gave up (and the table let the job go or kept it)."""
         while True:
             try:
-                return await self.claims.claim(request.task_id, claim_id, also_ours=earlier)
+                entry = self.jobs.entry(request.task_id)
+                digest = request_digest(entry.payload) if entry is not None and entry.payload else None
+                return await self.claims.claim(request.task_id, claim_id, also_ours=earlier, request_sha256=digest)
             except ClaimFailed as exc:
                 if exc.permanent or self.shutdown.is_set():
                     await self._give_up(request, claim_id, exc, keep=not exc.permanent)

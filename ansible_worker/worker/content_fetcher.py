@@ -1,4 +1,9 @@
-"""Fetch the archive a job ships from its retained parts, through the worker's own broker session."""
+"""Fetch retained messages through the worker's own broker session: a job's shipped archive, one topic, or a sync.
+
+Whether the broker has sent everything it ordered before a moment is known without waiting
+out a bound: the fetcher publishes a marker on its own client topic, which the broker
+delivers after the retained messages of every earlier subscription.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -79,6 +85,8 @@ class ContentFetcher:
         self._sync_prefix = topics.client_sync(client_id, "")
         self._sinks: dict[str, _Sink] = {}
         self._markers: dict[str, trio.Event] = {}
+        # Single topics being read: the newest payload heard on each.
+        self._reading: dict[str, bytes | None] = {}
 
     def hear(self, message: InboundMessage) -> bool:
         """Take a message if it is one of a fetch's; True when it was (also when it came too late)."""
@@ -87,6 +95,9 @@ class ContentFetcher:
             marker = self._markers.get(topic)
             if marker is not None:
                 marker.set()
+            return True
+        if topic in self._reading:
+            self._reading[topic] = message.payload
             return True
         if not topic.startswith(self._content_prefix):
             return False
@@ -134,6 +145,44 @@ class ContentFetcher:
             with trio.CancelScope(shield=True), trio.move_on_after(UNSUBSCRIBE_TIMEOUT):
                 await self.session.unsubscribe(self.topics.content_parts(content.sha256))
                 await self.session.unsubscribe(sync)
+
+    async def sync(self) -> None:
+        """Return once the broker has sent this session everything it ordered before the call.
+
+        Errors: `LinkError` when the link drops first. Cancellation: the marker's
+        subscription is ended (shielded, bounded); the caller bounds the wait.
+        """
+        marker_text = secrets.token_hex(8)
+        sync = self.topics.client_sync(self.client_id, marker_text)
+        marker = self._markers[sync] = trio.Event()
+        try:
+            await self.session.subscribe_now(sync, 1)
+            await self.session.publish(sync, marker_text.encode(), qos=1)
+            await marker.wait()
+        finally:
+            self._markers.pop(sync, None)
+            with trio.CancelScope(shield=True), trio.move_on_after(UNSUBSCRIBE_TIMEOUT):
+                await self.session.unsubscribe(sync)
+
+    async def read_retained(self, topic: str, *, sync: Callable[[], Awaitable[None]] | None = None) -> bytes | None:
+        """The message the broker retains on `topic` now (None: none), by a short subscription.
+
+        `sync` is the round trip that tells when the broker has sent it (default: `sync`).
+
+        Errors: `LinkError` when the link drops first. Cancellation: the subscription is
+        ended (shielded, bounded); the caller bounds the wait.
+        """
+        if topic in self._reading:
+            raise RuntimeError(f"{topic} is being read already")
+        self._reading[topic] = None
+        try:
+            await self.session.subscribe_now(topic, 1)
+            await (sync or self.sync)()
+            return self._reading[topic] or None
+        finally:
+            self._reading.pop(topic, None)
+            with trio.CancelScope(shield=True), trio.move_on_after(UNSUBSCRIBE_TIMEOUT):
+                await self.session.unsubscribe(topic)
 
     @staticmethod
     def _judge(sink: _Sink) -> None:

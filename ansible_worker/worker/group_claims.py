@@ -1,40 +1,36 @@
-"""This worker's side of the group's claims: claim a task_id, release it, and learn who took it."""
+"""This worker's side of the group's claims: claim a task_id, release it, take it over, and learn who took it.
+
+Each claim of this worker carries what a survivor needs to take its job over (`ClaimFacts`):
+when the group accepted the job, the digest of its request copy while it is unsettled, and
+whether it may have started. The facts live here from the claim until the job is settled.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import re
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import trio
 
 from ansible_worker.mqtt.link import InboundMessage, LinkError, PublishRefused
 from ansible_worker.mqtt.session import BrokerSession
-from ansible_worker.protocol.claims import (
-    Claim,
-    ClaimBook,
-    ClaimState,
-    claim_document,
-    new_claim_id,
-    read_claim,
-    request_digest,
-)
-from ansible_worker.protocol.signing import UntrustedKey
+from ansible_worker.protocol.claims import Claim, ClaimBook, ClaimState, new_claim_id, read_claim, request_digest
 from ansible_worker.protocol.topics import Topics
+from ansible_worker.worker.claim_facts import ClaimFacts, claim_message
 from ansible_worker.worker.policies import ClaimPolicy
+from ansible_worker.worker.unknown_claim_keys import UnknownClaimKeys
 
-__all__ = ["CLAIM_TIMEOUT", "ClaimFailed", "GroupClaims", "UnknownClaimKeys"]
+__all__ = ["CLAIM_TIMEOUT", "ClaimFacts", "ClaimFailed", "GroupClaims"]
 
 CLAIM_TIMEOUT = 10.0
 # The largest MQTT message expiry interval (a four-byte integer).
 LONGEST_EXPIRY = 2**32 - 1
 # How long a loser's copy of the winner's claim may take; it only restores what is retained.
 RESTORE_TIMEOUT = 5.0
-# Unknown claim keys remembered (each warned about once); a flood of made-up ones costs no more.
-MAX_UNKNOWN_KEYS = 64
-_FINGERPRINT = re.compile(r"[0-9a-f]{32}")
 
 log = logging.getLogger(__name__)
 
@@ -50,46 +46,6 @@ class ClaimFailed(Exception):
         self.permanent = permanent
 
 
-class UnknownClaimKeys:
-    """Warn once per key about claims signed by a worker key this worker does not count.
-
-    A group whose workers each have a key of their own, but do not list each other's under
-    `security.worker_keys`, hears no claim but its own: a task_id can then run twice. Each
-    such key is named once, at WARNING; past `limit` keys, once more for all the rest.
-    """
-
-    def __init__(self, *, limit: int = MAX_UNKNOWN_KEYS) -> None:
-        self._warned: set[str] = set()
-        self._limit = limit
-        self._overflowed = False
-
-    def heard(self, task_id: str, fingerprint: str, worker_id: object) -> None:
-        """A claim on `task_id` named `fingerprint`, a key this worker does not list, as its signer."""
-        if fingerprint in self._warned or not _FINGERPRINT.fullmatch(fingerprint):
-            # Not the name of any key: nothing an operator could list.
-            return
-        if len(self._warned) >= self._limit:
-            if not self._overflowed:
-                self._overflowed = True
-                log.warning(
-                    "claims are signed by more than %d worker keys this worker does not list; no longer"
-                    " naming each: check security.worker_keys on every worker of the group",
-                    self._limit,
-                )
-            return
-        self._warned.add(fingerprint)
-        who = repr(worker_id[:128]) if isinstance(worker_id, str) else "(unnamed)"
-        log.warning(
-            "task %s: a claim from worker %s is signed with key %s, which is neither this worker's worker_key"
-            " nor one of security.worker_keys, so it does not count here. If that is a worker of this group,"
-            " list its public key under security.worker_keys on every worker (or give the workers one"
-            " worker_key): until then the group can run a task_id twice. Warned once per key.",
-            task_id,
-            who,
-            fingerprint,
-        )
-
-
 class GroupClaims:
     """Claims made and heard by one worker, over its broker session, as its `ClaimPolicy` says."""
 
@@ -97,31 +53,31 @@ class GroupClaims:
         self.session = session
         self.topics = topics
         self.worker_id = worker_id
-        self.lifetime = policy.lifetime
-        self.release_lifetime = policy.release_lifetime
-        self._signer = policy.signer
-        self._trusted = policy.trusted
+        self.lifetime, self.release_lifetime = policy.lifetime, policy.release_lifetime
+        self._signer, self._trusted = policy.signer, policy.trusted
         self.book = ClaimBook()
         self.unknown_keys = UnknownClaimKeys()
         self._claiming: set[str] = set()
         # Claim ids this worker published and waits to hear back, whether they count or not.
         self._echoes: dict[str, trio.Event] = {}
         self._heard = trio.Event()
+        # The facts of each claim this worker holds or makes, by task_id.
+        self._facts: dict[str, ClaimFacts] = {}
+        # The group's unsettled jobs as the claims tell: the claim (or hand-back release) whose
+        # request copy is kept, by task_id. Bounded by the jobs the group has not settled.
+        self.unsettled: dict[str, Claim] = {}
+        # Told of every claim of another worker that comes to hold a task_id: this worker may
+        # hold the job, and must then let it go at once (it was taken over).
+        self.on_taken: Callable[[str, Claim], None] = lambda task_id, claim: None
+        # Waited on before a claim of a job already held is published again (a renewal, the
+        # start): after a reconnection or a freeze, what the group decided meanwhile comes first.
+        self.gate: Callable[[], Awaitable[None]] | None = None
 
     def hear(self, task_id: str, message: InboundMessage) -> None:
         """Record a message from a claim topic, and wake whoever waits on claims."""
         verify = None
         if self._trusted is not None:
-            trusted, topic = self._trusted, self.topics.claim(task_id)
-
-            def verify(document: object) -> object:
-                assert isinstance(document, dict)
-                try:
-                    return trusted.verify(topic, document)
-                except UntrustedKey as exc:
-                    self.unknown_keys.heard(task_id, exc.fingerprint, document.get("worker_id"))
-                    raise
-
+            verify = self.unknown_keys.verifier(self._trusted, self.topics.claim(task_id), task_id)
         claim = read_claim(
             message.payload,
             now=trio.current_time(),
@@ -134,26 +90,115 @@ class GroupClaims:
             if message.payload:
                 log.debug("task %s: ignoring a message on its claim topic that is not a valid claim", task_id)
             return
-        self.book.record(task_id, claim, now=trio.current_time())
+        counted = self.book.record(task_id, claim, now=trio.current_time())
+        self._note_unsettled(task_id)
         echo = self._echoes.get(claim.claim_id)
         if echo is not None:
             echo.set()
+        if counted and claim.state == "claimed" and claim.worker_id != self.worker_id:
+            self.on_taken(task_id, claim)
         self._heard.set()
         self._heard = trio.Event()
+
+    def _note_unsettled(self, task_id: str) -> None:
+        now = trio.current_time()
+        holder = self.book.holder(task_id, now=now)
+        left = holder if holder is not None else self.book.release(task_id, now=now)
+        if left is not None and left.request_sha256 is not None:
+            self.unsettled[task_id] = left
+        else:
+            self.unsettled.pop(task_id, None)
 
     def holder(self, task_id: str) -> Claim | None:
         """The live claim that holds `task_id` in the group now, if any."""
         return self.book.holder(task_id, now=trio.current_time())
 
+    def settle(self, task_id: str) -> None:
+        """The job is settled: the next publication of its claim names no request copy, and is its last here."""
+        facts = self._facts.get(task_id)
+        if facts is not None:
+            self._facts[task_id] = replace(facts, request_sha256=None, settled=True)
+
+    def forget(self, task_id: str) -> None:
+        """The job is another worker's (handed back, taken over): nothing more is said of it here."""
+        self._facts.pop(task_id, None)
+
+    async def mark_started(self, task_id: str, claim_id: str) -> bool:
+        """Publish the claim again with `started_at`, and hear it back; True if it still holds the job then.
+
+        The start fence: a job starts only once the group has heard that it may have started,
+        so that a survivor tells a queued job from one that ran. While the broker is away this
+        waits (the job waits to start); a job taken over meanwhile is not this worker's any more.
+
+        Cancellation: the claim may or may not be out with `started_at`; the job did not start.
+        """
+        facts = self._facts.get(task_id) or ClaimFacts(accepted_at=datetime.now(UTC))
+        if facts.started_at is None:
+            self._facts[task_id] = facts = replace(facts, started_at=datetime.now(UTC))
+        while True:
+            if self.gate is not None:
+                await self.gate()
+            holder = self.holder(task_id)
+            if holder is not None and holder.claim_id != claim_id:
+                return False
+            try:
+                if await self._heard_back(task_id, claim_id):
+                    holder = self.holder(task_id)
+                    return holder is not None and holder.claim_id == claim_id
+            except LinkError as exc:
+                log.debug("task %s: its start claim is not out yet: %s", task_id, exc)
+            log.warning("task %s: waiting for the broker to confirm its start", task_id)
+
+    async def take_over(self, task_id: str, lost: Claim, *, lost_worker: str, request_sha256: str | None) -> str | None:
+        """Take `task_id` over from `lost_worker`, whose claim (or release) `lost` holds it; the new claim id if won.
+
+        The takeover names the claim it ends, and keeps when the group accepted the job and
+        whether it may have started; `request_sha256` names the request copy that stays (None:
+        nothing is left to take over once this worker settles it). The first takeover the
+        broker delivers wins; a loser stands back (None).
+
+        Errors: `ClaimFailed` when the broker does not confirm it. Cancellation: the takeover
+        may be out; whoever it names as holder settles the job.
+        """
+        claim_id = new_claim_id()
+        taken = lost.claim_id if lost.state == "claimed" else lost.releases
+        self._facts[task_id] = ClaimFacts(
+            accepted_at=lost.accepted_at or datetime.now(UTC),
+            started_at=lost.started_at,
+            request_sha256=request_sha256,
+            takes_over=taken,
+            lost_worker=lost_worker,
+        )
+        try:
+            heard = await self._heard_back(task_id, claim_id)
+        except LinkError as exc:
+            self._facts.pop(task_id, None)
+            raise ClaimFailed(f"the broker link failed: {exc}") from exc
+        holder = self.holder(task_id)
+        if not heard or holder is None or holder.claim_id != claim_id:
+            self._facts.pop(task_id, None)
+            if not heard:
+                raise ClaimFailed(f"the broker did not confirm the takeover within {CLAIM_TIMEOUT:g}s")
+            return None
+        return claim_id
+
     def released_request(self, task_id: str) -> str | None:
         """The digest of the request a live release of `task_id` hands back, if any."""
         return self.book.released_request(task_id, now=trio.current_time())
 
-    async def claim(self, task_id: str, claim_id: str, *, also_ours: frozenset[str] = frozenset()) -> bool:
+    async def claim(
+        self,
+        task_id: str,
+        claim_id: str,
+        *,
+        also_ours: frozenset[str] = frozenset(),
+        request_sha256: str | None = None,
+    ) -> bool:
         """Claim `task_id` for this worker as `claim_id`; True if the claim that holds it is ours.
 
         Ours is `claim_id` or one of `also_ours` (a claim this worker made before, which a
-        release it sent may not have ended). A claim the book already holds as `claim_id`
+        release it sent may not have ended); `request_sha256` names the request copy the
+        winner publishes next. A claim the book already holds as `claim_id`
         (made before a restart, and heard again) is won without a new message. The decision
         waits for the broker to send `claim_id` back: by then everything the broker ordered
         before it has been heard. A loser publishes the winner's claim again, since its own
@@ -171,21 +216,20 @@ class GroupClaims:
         if task_id in self._claiming:
             # One claim per task at a time: the one in flight decides.
             return False
+        if task_id not in self._facts:
+            # Kept from a claim made before a restart, when it is heard again; else from now.
+            accepted = held.accepted_at if held is not None and held.accepted_at is not None else datetime.now(UTC)
+            self._facts[task_id] = ClaimFacts(accepted_at=accepted, request_sha256=request_sha256)
         self._claiming.add(task_id)
-        echo = self._echoes[claim_id] = trio.Event()
         try:
-            with trio.move_on_after(CLAIM_TIMEOUT) as bound:
-                await self._publish(task_id, claim_id, "claimed", lifetime=self.lifetime)
-                # Our own claim comes back through our subscription, in the broker's order.
-                await echo.wait()
+            heard = await self._heard_back(task_id, claim_id)
         except PublishRefused as exc:
             raise ClaimFailed(f"{exc} (check the broker's ACL for this worker)", permanent=True) from exc
         except LinkError as exc:
             raise ClaimFailed(f"the broker link failed: {exc}") from exc
         finally:
             self._claiming.discard(task_id)
-            del self._echoes[claim_id]
-        if bound.cancelled_caught:
+        if not heard:
             raise ClaimFailed(f"the broker did not confirm the claim within {CLAIM_TIMEOUT:g}s")
         holder = self.holder(task_id)
         if holder is not None and holder.claim_id in ours:
@@ -193,6 +237,22 @@ class GroupClaims:
         if holder is not None:
             await self._restore(task_id, holder)
         return False
+
+    async def _heard_back(self, task_id: str, claim_id: str) -> bool:
+        """Publish this worker's claim `claim_id` on `task_id` and hear it back; False if not within `CLAIM_TIMEOUT`.
+
+        Errors: `LinkError` (`PublishRefused` among them). Cancellation: the claim may be out.
+        """
+        echo = self._echoes[claim_id] = trio.Event()
+        try:
+            with trio.move_on_after(CLAIM_TIMEOUT):
+                await self._publish(task_id, claim_id, "claimed", lifetime=self.lifetime)
+                # Our own claim comes back through our subscription, in the broker's order.
+                await echo.wait()
+                return True
+            return False
+        finally:
+            self._echoes.pop(claim_id, None)
 
     async def _restore(self, task_id: str, winner: Claim) -> None:
         remaining = winner.expires - trio.current_time()
@@ -234,6 +294,13 @@ class GroupClaims:
 
         Cancellation: the claim keeps the lifetime it had; safe to retry.
         """
+        if self.gate is not None:
+            await self.gate()
+        holder = self.holder(task_id)
+        if holder is not None and holder.claim_id != claim_id:
+            # Taken over meanwhile: publishing it again would only hide the takeover from late workers.
+            self._facts.pop(task_id, None)
+            return
         await self._publish(task_id, claim_id, "claimed", lifetime=self.lifetime)
 
     async def wait_taken(self, task_id: str, ours: frozenset[str]) -> Claim:
@@ -259,9 +326,22 @@ class GroupClaims:
     ) -> None:
         topic = self.topics.claim(task_id)
         expires_at = None if lifetime is None else datetime.now(UTC) + timedelta(seconds=lifetime)
-        document = claim_document(
-            self.worker_id, claim_id, state, expires_at=expires_at, releases=releases, request_sha256=request_sha256
+        facts = self._facts.get(task_id) if state == "claimed" else None
+        # A release keeps when the group accepted the job, for whoever takes it next.
+        mine = self._facts.pop(task_id, None) if state == "released" else None
+        document = claim_message(
+            self.worker_id,
+            claim_id,
+            state,
+            facts=facts,
+            expires_at=expires_at,
+            releases=releases,
+            request_sha256=request_sha256,
+            accepted_at=mine.accepted_at if mine is not None else None,
         )
+        if facts is not None and facts.settled:
+            # Its last word: the job is settled, the claim only guards the task_id now.
+            del self._facts[task_id]
         if self._signer is not None:
             document = self._signer.sign(topic, document)
         await self.session.publish(topic, json.dumps(document).encode(), qos=1, retain=True, expiry=_expiry(lifetime))

@@ -12,6 +12,8 @@ from pydantic import ValidationError
 
 from ansible_worker.protocol.models import TASK_ID_PATTERN, CancelRequest, TaskRequest
 from ansible_worker.protocol.validation import describe_errors
+from ansible_worker.templates.expansion import TemplateRefused, expand_request
+from ansible_worker.templates.loading import NO_TEMPLATES, Templates
 
 if TYPE_CHECKING:
     # Imported where a check is asked for: a worker that checks no signatures never loads it.
@@ -52,13 +54,22 @@ class Dropped:
     reason: str
 
 
-def read_task_message(payload: bytes, *, max_bytes: int, verify: Verify | None = None) -> Accepted | Rejected | Dropped:
+def read_task_message(
+    payload: bytes,
+    *,
+    max_bytes: int,
+    verify: Verify | None = None,
+    templates: Templates = NO_TEMPLATES,
+    templates_only: bool = False,
+) -> Accepted | Rejected | Dropped:
     """Classify one payload from the tasks topic. Pure: never raises on any input.
 
     A payload over `max_bytes` is still decoded, only so that its sender can be told why it
     was refused; the broker's own packet limit bounds that cost. With `verify`, a message
     whose signature it refuses is rejected before its fields are even looked at, and one it
-    accepts is read as its signature covers it (`2` where `2.0` arrived).
+    accepts is read as its signature covers it (`2` where `2.0` arrived). A message that
+    names a `template` is expanded into the template's job after that (the signature covers
+    the launch as sent); with `templates_only`, one that names none is rejected.
     """
     try:
         document = json.loads(payload)
@@ -92,9 +103,15 @@ def read_task_message(payload: bytes, *, max_bytes: int, verify: Verify | None =
             # Numbers written out in full (9e15 as 9000000000000000) can make it longer.
             return Rejected(task_id, f"message too large as signed ({len(kept)} bytes, max {max_bytes})")
     try:
-        request = TaskRequest.model_validate(document)
+        expanded = expand_request(document, templates, templates_only=templates_only)
+    except TemplateRefused as exc:
+        return Rejected(task_id, str(exc))
+    try:
+        request = TaskRequest.model_validate(expanded.document)
     except ValidationError as exc:
         return Rejected(task_id, "invalid task: " + "; ".join(describe_errors(exc)))
+    if expanded.secrets:
+        request = request.with_secrets(expanded.secrets)
     return Accepted(request, signed, kept)
 
 

@@ -99,6 +99,10 @@ class JobTable:
         # Rung when a job changes phase: what the presence shows may have changed.
         self.on_change = on_change
         self.announce: Callable[[Job], None] = lambda job: self.post(job.status())
+        # Told when a job is settled (its terminal status acknowledged), before its claim is renewed.
+        self.on_settled: Callable[[str], None] = lambda task_id: None
+        # Told when a job is fenced: its pending statuses are to be dropped.
+        self.on_fenced: Callable[[str], None] = lambda task_id: None
         # Jobs that left the queue or a slot: ended, or handed back.
         self.jobs_done = 0
         self._entries: dict[str, JobEntry] = {}
@@ -222,7 +226,7 @@ class JobTable:
         """The group agreed: the job is this worker's, under `claim_id`."""
         self._entries[task_id] = replace(self._entries[task_id], claim_id=claim_id)
 
-    def place(self, task_id: str, claim_id: str, *, stopping: bool) -> Phase | None:
+    def place(self, task_id: str, claim_id: str, *, stopping: bool, taken_from: str | None = None) -> Phase | None:
         """The group agreed the job is this worker's, under `claim_id`: queue it, and return its phase then.
 
         Its `queued` status goes out; a full queue ends it `failed` instead, a closed one (the
@@ -239,7 +243,7 @@ class JobTable:
         if stopping and entry.cancel is None:
             self.move(task_id, Move.HAND_BACK)
             return Phase.HANDING_BACK
-        job = Job(request, worker_id=self.worker_id, payload=entry.payload)
+        job = Job(request, worker_id=self.worker_id, payload=entry.payload, taken_over_from=taken_from)
         self._entries[task_id] = replace(entry, job=job)
         try:
             self._send.send_nowait(job)
@@ -346,12 +350,47 @@ class JobTable:
     # The runner's status sink (`run.job.StatusSink`).
 
     def post(self, status: JobStatus) -> None:
-        """A status of a job the table holds: journaled as the move it makes, then sent."""
+        """A status of a job the table holds: journaled as the move it makes, then sent (never for a fenced one)."""
+        if self.phase(status.task_id) is Phase.FENCED:
+            if status.state.terminal:
+                # Its run is over: its processes have ended.
+                self.move(status.task_id, Move.FENCED_ENDED)
+            return
         self.move(status.task_id, status_move(self.phase(status.task_id), status.state), status=status)
         self.statuses.post(status)
 
+    def fence(self, task_id: str, holder: str) -> bool:
+        """Another worker's claim (`holder`'s) holds a job of this table: end it here and publish nothing for it.
+
+        Queued or settling, it goes at once; running, its process group is ended (SIGTERM,
+        `kill_grace`, SIGKILL) and it leaves the table once its run is over. A job being
+        claimed or handed back is left to those, whose outcome is the claims' anyway.
+        Returns whether the job was fenced.
+        """
+        entry = self._entries.get(task_id)
+        if entry is None or entry.phase not in (Phase.QUEUED, Phase.RUNNING, Phase.SETTLING):
+            return False
+        job = entry.job
+        if entry.phase is Phase.RUNNING and job is not None and not job.state.terminal:
+            self.move(task_id, Move.FENCE_RUN)
+            job.fence()
+            job.cancel_reason = f"taken over by {holder}"
+            job.cancel_scope.cancel()
+        else:
+            if job is not None:
+                job.fence()
+            self.move(task_id, Move.FENCE)
+        self.on_fenced(task_id)
+        log.warning(
+            "task %s: taken over by %s while this worker was away; ended here, nothing published", task_id, holder
+        )
+        return True
+
     def post_progress(self, task_id: str, build: Callable[[], JobStatus]) -> None:
         """A `running` update, built (and then journaled) only when it is about to be published."""
+
+        if self.phase(task_id) is Phase.FENCED:
+            return
 
         def journaled() -> JobStatus:
             status = build()
@@ -374,6 +413,7 @@ class JobTable:
         if not status.state.terminal or entry is None or entry.phase is not Phase.SETTLING:
             return
         self.move(status.task_id, Move.SENT)
+        self.on_settled(status.task_id)
         if entry.claim_id is not None:
             # So that the claim lasts as long as the status it protects.
             self.keeper.renew(status.task_id, entry.claim_id)
@@ -389,7 +429,11 @@ class JobTable:
         if status.error_message is not None and status.error_message.startswith(UNPUBLISHABLE):
             log.error("task %s: its replacement status could not be published either; it is lost", task_id)
             return
-        if entry is None or (entry.phase is Phase.SETTLING and not status.state.terminal):
+        if (
+            entry is None
+            or entry.phase is Phase.FENCED
+            or (entry.phase is Phase.SETTLING and not status.state.terminal)
+        ):
             # Its terminal status is on its way already.
             return
         if entry.phase in IN_SLOTS and entry.job is not None:

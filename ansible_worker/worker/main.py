@@ -13,8 +13,10 @@ import trio
 from ansible_worker.ops.config import ConfigError, Settings, load_settings
 from ansible_worker.ops.logging_setup import setup_logging
 from ansible_worker.run.sources.job_sources import SourceCacheError, cache_problem
+from ansible_worker.templates.loading import TemplatesError
 from ansible_worker.worker.service import Worker
 from ansible_worker.worker.summary import executables, summarize
+from ansible_worker.worker.templating import worker_templates
 
 log = logging.getLogger("ansible_worker")
 
@@ -37,6 +39,8 @@ def run_worker(config: Path | None, *, validate: bool) -> int:
     git = executables(settings)[1]
     if git.path is None:
         log.warning("worker.git_path: %s; jobs with git_pull will fail", git.describe())
+    if (risk := settings.lost_after_warning()) is not None:
+        log.warning("%s", risk)
     return trio.run(_serve, settings)
 
 
@@ -47,10 +51,17 @@ def _print_problems(problems: list[str]) -> None:
 
 
 def _check_paths(settings: Settings) -> None:
-    """Refuse directories that other local users could change. Errors: `ConfigError`, naming the key."""
+    """Refuse directories that other local users could change, and a templates file that cannot be used.
+
+    Errors: `ConfigError`, naming the key.
+    """
     problem = cache_problem(settings.worker)
     if problem is not None:
         raise ConfigError([problem])
+    try:
+        worker_templates(settings)
+    except TemplatesError as exc:
+        raise ConfigError(exc.problems) from None
 
 
 async def _serve(settings: Settings) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -22,7 +23,9 @@ from ansible_worker.worker.router import (
     HearClaim,
     HearContent,
     HearLocks,
+    HearOwnPresence,
     HearPeer,
+    HearRequestCopy,
     Ignore,
     Refuse,
     Router,
@@ -58,6 +61,10 @@ class MessageHandler:
         self.claimer = claimer
         self.peers = peers
         self.locks = locks
+        # What else hears presences and request copies (the takeover's liveness and copies).
+        self.on_peer: Callable[[str, bytes], None] = lambda worker_id, payload: None
+        self.on_request_copy: Callable[[str, bytes], None] = lambda task_id, payload: None
+        self.on_own_presence: Callable[[bytes], None] = lambda payload: None
         self.metrics = metrics
         self._shutdown = shutdown
 
@@ -73,6 +80,13 @@ class MessageHandler:
                     self.carry_out(self.router.route(message, self))
                 except Exception:
                     log.exception("could not handle a message on %s", message.topic)
+
+    def launch_scheduled(self, payload: bytes) -> None:
+        """A tick the scheduler fired: routed as a task message that may use a schedule's task_id."""
+        try:
+            self.carry_out(self.router.route_task(payload, self, scheduled=True))
+        except Exception:
+            log.exception("could not launch a schedule's tick")
 
     def carry_out(self, action: Action) -> None:
         """Do what `action` says."""
@@ -90,12 +104,14 @@ class MessageHandler:
                 self.claims.hear(task_id, message)
             case HearPeer(worker_id, payload):
                 self.peers.hear(worker_id, payload)
-                if self.locks is not None:
-                    # Its will, a cleared presence, or its return: what its locks are worth.
-                    self.locks.peer_state(worker_id, self.peers.get(worker_id))
+                self.on_peer(worker_id, payload)
             case HearLocks(message):
                 if self.locks is not None:
                     self.locks.hear(message)
+            case HearRequestCopy(task_id, payload):
+                self.on_request_copy(task_id, payload)
+            case HearOwnPresence(payload):
+                self.on_own_presence(payload)
             case HearContent(message):
                 self.content.hear(message)
             case Ignore(reason, task_id, level, refused):

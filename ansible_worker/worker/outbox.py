@@ -109,6 +109,15 @@ class StatusOutbox:
             queue.insert(0, _Entry(status.state, _snapshot(status)))
         self._finish_one(status.task_id)
 
+    def drop(self, task_id: str) -> None:
+        """Forget every status of `task_id` waiting to be published (one being published is the caller's)."""
+        if self._pending.pop(task_id, None) is not None:
+            self._last_sent.pop(task_id, None)
+            self._progress.set()
+            self._progress = trio.Event()
+            if not self._pending and not self._flying:
+                self._idle.set()
+
     @property
     def pending_count(self) -> int:
         """Statuses waiting or being published."""

@@ -28,6 +28,9 @@ class Phase(enum.Enum):
     HANDING_BACK = "handing back"
     # Its terminal status is posted; the broker has not acknowledged it yet.
     SETTLING = "settling"
+    # Another worker took it over while this one was away: its processes are being ended,
+    # and nothing is published for it.
+    FENCED = "fenced"
 
 
 class Move(enum.Enum):
@@ -67,6 +70,12 @@ class Move(enum.Enum):
     REFUSED = "refused"
     # Left as the journal has it, for the next start.
     KEEP = "keep"
+    # Another worker's claim holds it (a takeover): dropped here, nothing published.
+    FENCE = "fence"
+    # The same for a running job: its process group is ended first.
+    FENCE_RUN = "fence the run of"
+    # A fenced job's run is over.
+    FENCED_ENDED = "forget the fenced run of"
 
 
 class Write(enum.Enum):
@@ -112,11 +121,19 @@ TRANSITIONS: dict[Phase | None, dict[Move, Phase | None]] = {
         Move.UPDATE: Phase.QUEUED,
         Move.HAND_BACK: Phase.HANDING_BACK,
         Move.END: Phase.SETTLING,
+        # It never started here: nothing to end.
+        Move.FENCE: None,
     },
     Phase.RUNNING: {
         Move.RUN_IN: Phase.RUNNING,
         Move.UPDATE: Phase.RUNNING,
         Move.END: Phase.SETTLING,
+        # Its process group is ended first; the journal keeps where it runs until then.
+        Move.FENCE_RUN: Phase.FENCED,
+    },
+    Phase.FENCED: {
+        Move.RUN_IN: Phase.FENCED,
+        Move.FENCED_ENDED: None,
     },
     Phase.HANDING_BACK: {
         Move.UPDATE: Phase.HANDING_BACK,
@@ -128,6 +145,7 @@ TRANSITIONS: dict[Phase | None, dict[Move, Phase | None]] = {
     Phase.SETTLING: {
         Move.REPLACE: Phase.SETTLING,
         Move.SENT: None,
+        Move.FENCE: None,
     },
 }
 
@@ -150,6 +168,10 @@ JOURNAL: dict[Move, Write] = {
     Move.REFUSE: Write.FORGET,
     Move.REFUSED: Write.NOTHING,
     Move.KEEP: Write.NOTHING,
+    # A queued or settling job goes at once; a running one keeps its row (where it runs) until it ended.
+    Move.FENCE: Write.FORGET,
+    Move.FENCE_RUN: Write.NOTHING,
+    Move.FENCED_ENDED: Write.FORGET,
 }
 
 

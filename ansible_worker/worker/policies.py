@@ -66,6 +66,8 @@ class PresencePolicy:
 
     capacity: int
     interval: float
+    # Seconds of silence after which the group takes a worker's jobs over (`worker.lost_after`).
+    lost_after: float = 150.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,9 @@ class WorkerPolicies:
             drain=DrainPolicy(timeout=worker.drain_timeout, kill_grace=worker.kill_grace),
             statuses=StatusPolicy(interval=worker.status_interval, retention=retention),
             claims=_claim_policy(settings, retention),
-            presence=PresencePolicy(capacity=worker.concurrency, interval=worker.heartbeat_interval),
+            presence=PresencePolicy(
+                capacity=worker.concurrency, interval=worker.heartbeat_interval, lost_after=settings.lost_after
+            ),
             signatures=(
                 SignaturePolicy(trusted, max_age=security.max_task_age, max_skew=security.max_clock_skew)
                 if trusted is not None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, Literal
 
 import trio
 
@@ -15,9 +17,13 @@ from ansible_worker import __version__
 from ansible_worker.mqtt.link import LinkError, Will
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.ops.metrics import WorkerMetrics
-from ansible_worker.protocol.models import Presence
+from ansible_worker.protocol.group_messages import Presence
 from ansible_worker.protocol.timestamps import format_utc, utc_now
 from ansible_worker.worker.policies import PresencePolicy
+
+if TYPE_CHECKING:
+    # cryptography is loaded only by workers that sign.
+    from ansible_worker.protocol.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +72,11 @@ class PresenceAnnouncer:
     """Publishes `<prefix>/<group>/workers/<worker_id>` (QoS 1, retained).
 
     It publishes on every connection (a will message may have said `offline` meanwhile),
-    whenever `changed` is called, and at least every `policy.interval` seconds as a heartbeat. The
-    will message, set on each connection, says `offline` if the worker vanishes.
+    whenever `changed` is called, and at least every `policy.interval` seconds as a heartbeat.
+    The will message, set on each connection, says `offline` if the worker vanishes
+    (`"stopped": "lost"`); a clean goodbye says `"stopped": "clean"`. With `signer` (signed
+    jobs), every presence is signed by the worker key, so that no one else can keep this
+    worker alive in the group's eyes.
     """
 
     def __init__(
@@ -80,12 +89,15 @@ class PresenceAnnouncer:
         load: Callable[[], Load],
         changes: Changes | None = None,
         metrics: WorkerMetrics | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.session = session
+        self._signer = signer
         self.topic = topic
         self.worker_id = worker_id
         self.capacity = policy.capacity
         self.interval = policy.interval
+        self.lost_after = policy.lost_after
         self.state = WorkerState.ONLINE
         self._load = load
         # Where the warm and cold start counts come from, if the worker keeps them.
@@ -93,6 +105,8 @@ class PresenceAnnouncer:
         self._hostname = socket.gethostname()
         self._started_at = utc_now()
         self.changes = changes or Changes()
+        # Presences published by `round_trip`, waiting to be heard back.
+        self._echoes: dict[bytes, trio.Event] = {}
 
     def changed(self) -> None:
         """Publish again soon: the state or the load changed."""
@@ -103,8 +117,14 @@ class PresenceAnnouncer:
         self.state = state
         self.changed()
 
-    def message(self, state: WorkerState | None = None, *, heartbeat: datetime | None = None) -> bytes:
-        """The presence message now (with `state` instead of the current one, if given)."""
+    def message(
+        self,
+        state: WorkerState | None = None,
+        *,
+        heartbeat: datetime | None = None,
+        stopped: Literal["clean", "lost"] | None = None,
+    ) -> bytes:
+        """The presence message now (with `state` instead of the current one, if given), signed with a signer."""
         load = self._load()
         body = Presence(
             worker_id=self.worker_id,
@@ -119,16 +139,21 @@ class PresenceAnnouncer:
             running=load.running,
             queued=load.queued,
             jobs_done=load.jobs_done,
+            lost_after=self.lost_after,
+            stopped=stopped,
         )
         if self._metrics is not None:
             body.warm_starts = self._metrics.warm_starts
             body.cold_starts = self._metrics.cold_starts
             body.warm_pool_size = self._metrics.warm_pool_size
-        return body.model_dump_json().encode()
+        if self._signer is None:
+            return body.model_dump_json().encode()
+        document = json.loads(body.model_dump_json(exclude_none=True))
+        return json.dumps(self._signer.sign(self.topic, document)).encode()
 
     def will(self) -> Will:
         """What the broker publishes for us if the connection dies without a goodbye."""
-        return Will(self.topic, self.message(WorkerState.OFFLINE), qos=1, retain=True)
+        return Will(self.topic, self.message(WorkerState.OFFLINE, stopped="lost"), qos=1, retain=True)
 
     async def serve(self) -> None:
         """Publish on each connection, on each change, and every `interval` as a heartbeat, for ever.
@@ -156,9 +181,28 @@ class PresenceAnnouncer:
         """
         self.state = WorkerState.OFFLINE
         try:
-            await self.session.publish(self.topic, self.message(), qos=1, retain=True)
+            await self.session.publish(self.topic, self.message(stopped="clean"), qos=1, retain=True)
         except LinkError as exc:
             log.warning("could not publish offline presence: %s", exc)
+
+    async def round_trip(self) -> None:
+        """Publish the presence and wait to hear it back: the broker has then sent everything it ordered before it.
+
+        Errors: `LinkError` when the link drops first. Cancellation: the caller bounds the wait.
+        """
+        payload = self.message()
+        heard = self._echoes[payload] = trio.Event()
+        try:
+            await self.session.publish(self.topic, payload, qos=1, retain=True)
+            await heard.wait()
+        finally:
+            self._echoes.pop(payload, None)
+
+    def heard_own(self, payload: bytes) -> None:
+        """This worker's own presence came back from the broker."""
+        heard = self._echoes.get(payload)
+        if heard is not None:
+            heard.set()
 
     def connected(self) -> None:
         """Called by the session after each (re)connection: publish again at once."""

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ansible_worker.mqtt.options import InboundMessage
+from ansible_worker.protocol.claims import request_digest
 from ansible_worker.protocol.models import CancelRequest, TaskRequest
 from ansible_worker.protocol.topics import Topics
+from ansible_worker.templates.loading import NO_TEMPLATES, Templates
 from ansible_worker.worker.intake import Accepted, Dropped, Rejected, Verify, read_cancel_message, read_task_message
 
 # A cancel request is a reason and a name, signed at most: anything larger is not one.
@@ -109,6 +111,21 @@ class HearLocks:
 
 
 @dataclass(frozen=True, slots=True)
+class HearOwnPresence:
+    """This worker's own presence, heard back."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HearRequestCopy:
+    """The retained request of an unsettled job of the group (empty: cleared), for a takeover."""
+
+    task_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class HearPeer:
     """Another worker's presence."""
 
@@ -116,7 +133,18 @@ class HearPeer:
     payload: bytes
 
 
-Action = Claim | Refuse | Ignore | Cancel | HearClaim | HearContent | HearPeer | HearLocks
+Action = (
+    Claim
+    | Refuse
+    | Ignore
+    | Cancel
+    | HearClaim
+    | HearContent
+    | HearPeer
+    | HearRequestCopy
+    | HearOwnPresence
+    | HearLocks
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,33 +160,60 @@ class Router:
     # Checks for a job, given its payload; for a cancel request, given its task_id.
     verify_task: Callable[[bytes], Verify] | None = None
     verify_cancel: Callable[[str], Verify] | None = None
+    # The templates a request may name, and whether it must name one.
+    templates: Templates = NO_TEMPLATES
+    templates_only: bool = False
+    # The task_id prefixes of this worker's schedule entries (`template.key.`): only a tick
+    # fired here, or a tick's job another worker hands back, may use one.
+    schedule_prefixes: tuple[str, ...] = ()
+    # The digest of the request a live release of a task_id hands back, if any.
+    released: Callable[[str], str | None] = lambda task_id: None
 
     def route(self, message: InboundMessage, state: WorkerView) -> Action:
         """The action for `message`; never raises on what the network sends."""
         topics = self.topics
         if message.topic.startswith((topics.content(""), topics.clients_prefix)):
             return HearContent(message)
+        if topics.task_id_of_status(message.topic) is not None:
+            # A status read once, by a short subscription (a worker takes a lost worker's job over).
+            return HearContent(message)
         if message.topic == topics.tasks:
             return self.route_task(message.payload, state)
         if message.topic == topics.locks:
             return HearLocks(message)
+        if message.topic == topics.templates:
+            return Ignore("the group's template catalogue (read by the scheduler)", level="debug")
         task_id = topics.task_id_of_cancel(message.topic)
         if task_id is not None:
             return self.route_cancel(task_id, message.payload, state)
         task_id = topics.task_id_of_claim(message.topic)
         if task_id is not None:
             return HearClaim(task_id, message)
+        task_id = topics.task_id_of_request(message.topic)
+        if task_id is not None:
+            return HearRequestCopy(task_id, message.payload)
         if message.topic.startswith(topics.worker("")):
             worker_id = message.topic.rsplit("/", 1)[-1]
             if worker_id == self.worker_id:
-                return Ignore("own presence", level="debug")
+                # Heard back: how a worker learns that the broker sent it everything before.
+                return HearOwnPresence(message.payload)
             return HearPeer(worker_id, message.payload)
         return Ignore(f"ignoring a message on unexpected topic {message.topic}")
 
-    def route_task(self, payload: bytes, state: WorkerView) -> Action:
-        """A message of the tasks topic: claim, refuse, or ignore it, in that order of checks."""
+    def route_task(self, payload: bytes, state: WorkerView, *, scheduled: bool = False) -> Action:
+        """A message of the tasks topic: claim, refuse, or ignore it, in that order of checks.
+
+        `scheduled`: the launch of a tick that this worker's scheduler fired, not a message.
+        """
         verify = self.verify_task(payload) if self.verify_task is not None else None
-        match read_task_message(payload, max_bytes=self.max_message_bytes, verify=verify):
+        read = read_task_message(
+            payload,
+            max_bytes=self.max_message_bytes,
+            verify=verify,
+            templates=self.templates,
+            templates_only=self.templates_only,
+        )
+        match read:
             case Dropped(reason):
                 return Ignore(
                     f"dropped a task message ({len(payload)} bytes) with no usable task_id: {reason}", refused=True
@@ -169,6 +224,9 @@ class Router:
                 # A signed job is kept, journaled and handed back as its signature covers it.
                 payload = signed_payload or payload
         task_id = request.task_id
+        if not scheduled and task_id.startswith(self.schedule_prefixes) and not self._handed_back(task_id, payload):
+            # Otherwise anyone who may publish a job could run a tick early, with answers of their own.
+            return Refuse(task_id, "this task_id is a schedule's tick: only the workers' schedules launch it")
         if state.in_queue(task_id):
             return Ignore("already queued or running on this worker; ignoring the duplicate", task_id)
         if (refusal := self.admission_error(request)) is not None:
@@ -189,6 +247,9 @@ class Router:
         if not state.taking_claims:
             return Refuse(task_id, "the worker is shutting down")
         return Claim(request, payload, signed.signer if signed is not None else None)
+
+    def _handed_back(self, task_id: str, payload: bytes) -> bool:
+        return self.released(task_id) == request_digest(payload)
 
     def route_cancel(self, task_id: str, payload: bytes, state: WorkerView) -> Action:
         """A cancel request for `task_id`: where the job is decides who ends it."""

@@ -15,24 +15,35 @@ from ansible_worker.ops.metrics import Snapshot, WorkerMetrics
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.runner import JobRunner
 from ansible_worker.run.wiring import job_runner
+from ansible_worker.templates.catalogue import build_catalogue
+from ansible_worker.templates.schedules import scheduled_entries
+from ansible_worker.worker.catalogue_publisher import CataloguePublisher, read_catalogue
 from ansible_worker.worker.claim_keeper import ClaimKeeper
+from ansible_worker.worker.claim_sync import ClaimSync
 from ansible_worker.worker.claiming import Claimer
 from ansible_worker.worker.content_fetcher import ContentFetcher
 from ansible_worker.worker.dispatcher import Dispatcher
+from ansible_worker.worker.drain import Drain
 from ansible_worker.worker.event_publisher import EventPublisher
 from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.group_locks import GroupLocks, LockPolicy
 from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.jobs import JobTable
+from ansible_worker.worker.liveness import MIN_FREEZE
+from ansible_worker.worker.lost_workers import LostWorkers, copy_check
 from ansible_worker.worker.message_handler import MessageHandler
+from ansible_worker.worker.notifications import Notifier
 from ansible_worker.worker.peers import PeerBook
 from ansible_worker.worker.phases import Phase
 from ansible_worker.worker.policies import RecordPolicy, SignaturePolicy, WorkerPolicies
-from ansible_worker.worker.presence import Changes, Load, PresenceAnnouncer, WorkerState
+from ansible_worker.worker.presence import Changes, Load, PresenceAnnouncer
 from ansible_worker.worker.record_publisher import RecordPublisher
 from ansible_worker.worker.recovery import settle_journal
+from ansible_worker.worker.request_copy import RequestCopyPublisher
 from ansible_worker.worker.router import Router
+from ansible_worker.worker.scheduler import Clock, Scheduler, WallClock
 from ansible_worker.worker.status_path import StatusPath
+from ansible_worker.worker.templating import worker_templates
 
 if TYPE_CHECKING:
     # sqlite3 is loaded only by workers that keep a journal, cryptography only by workers
@@ -41,9 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Time left after the jobs' own kill grace for their statuses to reach the broker.
-SHUTDOWN_MARGIN = 5.0
-OFFLINE_TIMEOUT = 2.0
 # Messages from the broker waiting for the router; the session waits when it is full.
 INBOX_SIZE = 256
 
@@ -64,7 +72,7 @@ class Worker:
     offline, and the broker session is cancelled and disconnects cleanly.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         worker = settings.worker
         self.policies = WorkerPolicies.of(settings)
         self.worker_id = worker.worker_id
@@ -83,6 +91,7 @@ class Worker:
         # Claims first: their retained messages reach the claim book before any job does.
         subscriptions = [
             (self.topics.claims_subscription, 1),
+            (self.topics.requests_subscription, 1),
             (self.tasks_subscription, 2),
             (self.topics.cancel_subscription, 1),
             (self.topics.workers_subscription, 1),
@@ -90,10 +99,17 @@ class Worker:
         ]
         self.session = BrokerSession(link_options(settings), subscriptions, self._inbox_send)
         self._shutdown = trio.Event()
-        self._drain_wait = trio.CancelScope()
-        self._hurry = False
         self._wire_jobs(settings)
+        self._wire_presence(settings)
         self._wire_group(settings)
+        self._wire_templates(settings, clock or WallClock())
+
+    def _wire_templates(self, settings: Settings, clock: Clock) -> None:
+        """The catalogue and the schedules of `worker.templates`, if it is set."""
+        self.clock = clock
+        self.scheduler, self.catalogue = _schedules_and_catalogue(
+            settings, self.session, self.topics, self.messages, clock
+        )
 
     def _wire_jobs(self, settings: Settings) -> None:
         """The parts that carry a job: claims, the status path, the job table, the runner, the slots, presence."""
@@ -101,18 +117,23 @@ class Worker:
         self.claims = GroupClaims(self.session, self.topics, worker_id=self.worker_id, policy=policies.claims)
         # The state of every other worker of the group, from their presence messages.
         self.peers = PeerBook()
+        lock_signing = LockPolicy(policies.claims.signer, policies.claims.trusted)
         self.locks = GroupLocks(
-            self.session,
-            self.topics,
-            worker_id=self.worker_id,
-            policy=LockPolicy(policies.claims.signer, policies.claims.trusted),
-            online_peers=self.peers.online,
+            self.session, self.topics, worker_id=self.worker_id, policy=lock_signing, online_peers=self.peers.online
         )
         self.keeper = ClaimKeeper(self.claims)
         self.metrics = WorkerMetrics()
         self.statuses = StatusPath(
             self.session, self.topics, worker_id=self.worker_id, policy=policies.statuses, metrics=self.metrics
         )
+        self.content = ContentFetcher(
+            self.session, self.topics, client_id=self.session.options.client_id, timeout=worker.content_fetch_timeout
+        )
+        # Nothing is published for a job after a reconnection or a freeze until the claims are heard again.
+        # The round trip is the presence's own echo, which every worker may publish and read.
+        self.sync = ClaimSync(self.session, self._round_trip, gap=max(policies.presence.lost_after / 2, MIN_FREEZE))
+        self.statuses.gate = self.claims.gate = self.sync.wait_synced
+        self.copies = RequestCopyPublisher(self.session, self.topics)
         self.changes = Changes()
         self.jobs = JobTable(
             self.statuses,
@@ -123,9 +144,6 @@ class Worker:
             on_change=self.changes.ring,
         )
         self.events = EventPublisher(self.session, qos=worker.events_qos) if worker.publish_events else None
-        self.content = ContentFetcher(
-            self.session, self.topics, client_id=self.session.options.client_id, timeout=worker.content_fetch_timeout
-        )
         password = settings.mqtt.password
         # The table is the runner's status sink: it journals each move a status makes.
         self.runner = job_runner(
@@ -145,6 +163,11 @@ class Worker:
         self.dispatcher = Dispatcher(
             self.runner, self.jobs.waiting, concurrency=policies.queue.concurrency, taken=self.jobs.taken
         )
+
+    def _wire_presence(self, settings: Settings) -> None:
+        """What the worker tells the group of itself (its presence) and the world of its jobs (notifications)."""
+        policies = self.policies
+        self.notifier = _notifier(settings, self.metrics, self.statuses)
         self.presence = PresenceAnnouncer(
             self.session,
             self.topics.worker(self.worker_id),
@@ -153,14 +176,32 @@ class Worker:
             load=self._load,
             changes=self.changes,
             metrics=self.metrics,
+            signer=policies.claims.signer,
         )
 
     def _wire_group(self, settings: Settings) -> None:
         """The parts that deal with the group: peers, hand-backs, claiming, and the message handler."""
         self.hand_back = HandBack(self.session, self.topics, self.claims, self.peers, self.jobs)
         self.claimer = Claimer(self.session, self.claims, self.jobs, self.hand_back, self._shutdown)
+        self.claimer.copies = self.copies
+        router = _router(settings, self.policies.signatures, self.topics, self.claims, self.runner)
+        self.lost = LostWorkers(
+            self.policies,
+            self.topics,
+            worker_id=self.worker_id,
+            claims=self.claims,
+            sync=self.sync,
+            jobs=self.jobs,
+            statuses=self.statuses,
+            copies=self.copies,
+            stopping=self._shutdown.is_set,
+            read_retained=partial(self.content.read_retained, sync=self._round_trip),
+            check_copy=copy_check(
+                settings.worker.max_message_bytes, self.policies.signatures, self.topics, self.runner, router
+            ),
+        )
         self.messages = MessageHandler(
-            _router(settings, self.policies.signatures, self.topics, self.claims, self.runner),
+            router,
             content=self.content,
             claims=self.claims,
             jobs=self.jobs,
@@ -170,13 +211,34 @@ class Worker:
             shutdown=self._shutdown,
             locks=self.locks,
         )
+        self.messages.on_peer = self.lost.heard_peer
+        self.messages.on_own_presence = self.presence.heard_own
+        self.messages.on_request_copy = partial(self.lost.hear_copy, max_bytes=settings.worker.max_message_bytes)
+        self.runner.may_start = self.lost.may_start
+        self.drain = Drain(
+            self.policies.drain,
+            session=self.session,
+            tasks_subscription=self.tasks_subscription,
+            jobs=self.jobs,
+            hand_back=self.hand_back,
+            presence=self.presence,
+            statuses=self.statuses,
+            lost=self.lost,
+            notifier=self.notifier,
+        )
+
+    async def _round_trip(self) -> None:
+        await self.presence.round_trip()
+
+    def _connected(self) -> None:
+        self.presence.connected()
+        self.lost.connected()
 
     def request_shutdown(self, *, hurry: bool = False) -> None:
         """Begin a graceful shutdown; with `hurry`, stop waiting for running jobs to finish."""
         self._shutdown.set()
         if hurry:
-            self._hurry = True
-            self._drain_wait.cancel()
+            self.drain.hurry()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the worker until a shutdown was asked for and its drain is over.
@@ -212,16 +274,28 @@ class Worker:
                 # First, so that liveness holds while the broker is still out of reach.
                 self.http_port = await infrastructure.start(self._serve_http)
             await infrastructure.start(
-                partial(self.session.serve, will=self.presence.will, on_connected=self.presence.connected)
+                partial(self.session.serve, will=self.presence.will, on_connected=self._connected)
             )
             infrastructure.start_soon(self.messages.serve, self._inbox_receive)
             # What the broker acknowledges goes back to the table.
             infrastructure.start_soon(self.statuses.serve_publisher, self.jobs)
             infrastructure.start_soon(self.keeper.serve_keep_alive, self.jobs.held_claims)
-            for serve in (self.statuses.serve_answers, self.keeper.serve_renewals, self.presence.serve):
+            for serve in (
+                self.statuses.serve_answers,
+                self.keeper.serve_renewals,
+                self.presence.serve,
+                self.sync.serve,
+                self.copies.serve_clearing,
+            ):
                 infrastructure.start_soon(serve)
             await infrastructure.start(self.runner.warm_pool.serve)
             await infrastructure.start(self.locks.serve)
+            if self.notifier is not None:
+                infrastructure.start_soon(self.notifier.serve)
+            if self.catalogue is not None and self.scheduler is not None:
+                infrastructure.start_soon(self.catalogue.serve, self.clock.now)
+                # Not waited for: it reads the catalogue from the broker, which may be away.
+                infrastructure.start_soon(self.scheduler.serve)
             if self.events is not None:
                 infrastructure.start_soon(self.events.serve)
             async with trio.open_nursery() as claiming:
@@ -229,13 +303,16 @@ class Worker:
                 async with trio.open_nursery() as serving:
                     await serving.start(self.dispatcher.serve)
                     if self.journal is not None:
+                        # Only once the claims are heard: a job taken over meanwhile is fenced, not reported.
+                        await self.sync.wait_synced()
                         await self._settle_journal(self.journal)
+                    serving.start_soon(self.lost.serve)
                     task_status.started()
                     await self._shutdown.wait()
-                    await self._drain(serving.cancel_scope)
+                    await self.drain.run(serving.cancel_scope)
                 # Before the nursery closes: a job arriving now is refused, not lost.
                 self.claimer.nursery = None
-            await self._say_goodbye()
+            await self.drain.say_goodbye()
             infrastructure.cancel_scope.cancel()
         if self.journal is not None:
             self.journal.close()
@@ -271,44 +348,10 @@ class Worker:
             refuse=self.messages.refuse,
             max_message_bytes=self.max_message_bytes,
             kill_grace=self.policies.drain.kill_grace,
+            holder_of=self.claims.holder,
+            templates=self.messages.router.templates,
+            templates_only=self.messages.router.templates_only,
         )
-
-    async def _drain(self, serving: trio.CancelScope) -> None:
-        """Stop taking jobs, hand queued ones back, let running ones finish in time, or end them."""
-        drain = self.policies.drain
-        log.info(
-            "draining: no new jobs; %d queued to hand back, %d running (waiting up to %gs)",
-            self.jobs.count(Phase.QUEUED),
-            self.jobs.running_count,
-            0 if self._hurry else drain.timeout,
-        )
-        self.presence.set_state(WorkerState.DRAINING)
-        with trio.move_on_after(1):
-            await self.session.unsubscribe(self.tasks_subscription)
-        queued = self.jobs.stop_taking()
-        async with trio.open_nursery() as handing_back:
-            # All at once, each step bounded: with the broker away, one at a time would add up.
-            for task_id in queued:
-                handing_back.start_soon(self.hand_back.hand_back, task_id)
-            self._drain_wait.deadline = trio.current_time() + drain.timeout
-            with self._drain_wait:
-                await self.jobs.wait_idle()
-            if left := self.jobs.count(Phase.QUEUED, Phase.RUNNING):
-                reason = "a second signal" if self._hurry else f"the drain timeout ({drain.timeout:g}s)"
-                log.info("cancelling %d running jobs after %s", left, reason)
-                self.jobs.end_running("cancelled: worker shutting down")
-        # The jobs end their process groups (SIGTERM, kill_grace, SIGKILL), then the slots stop.
-        serving.deadline = trio.current_time() + drain.kill_grace + SHUTDOWN_MARGIN
-
-    async def _say_goodbye(self) -> None:
-        """Flush the statuses, then say offline; each bounded."""
-        with trio.move_on_after(SHUTDOWN_MARGIN) as flush:
-            await self.statuses.wait_idle()
-        if flush.cancelled_caught:
-            log.warning("%d statuses could not be published before exit", self.statuses.pending_count)
-        # Its own bound: a slow flush must not leave the presence saying `draining` for ever.
-        with trio.move_on_after(OFFLINE_TIMEOUT):
-            await self.presence.publish_offline()
 
     async def _serve_http(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         # Loaded only when asked for: prometheus_client and h11 are of no use otherwise.
@@ -317,6 +360,30 @@ class Worker:
         endpoint = HealthEndpoint(ready=self.readiness, collector=worker_collector(self.snapshot))
         assert self.http_settings.port is not None
         await endpoint.serve(self.http_settings.host, self.http_settings.port, task_status=task_status)
+
+
+def _schedules_and_catalogue(
+    settings: Settings, session: BrokerSession, topics: Topics, messages: MessageHandler, clock: Clock
+) -> tuple[Scheduler | None, CataloguePublisher | None]:
+    """The scheduler and the catalogue publisher of `worker.templates`, or neither when it is not set."""
+    if settings.worker.templates is None:
+        return None, None
+    templates, only = messages.router.templates, settings.worker.templates_only
+    worker_id = settings.worker.worker_id
+    scheduler = Scheduler(
+        scheduled_entries(templates),
+        messages.launch_scheduled,
+        clock=clock,
+        read_catalogue=partial(read_catalogue, session, topics, client_id=session.options.client_id),
+    )
+    history = scheduler.history
+    catalogue = CataloguePublisher(
+        session,
+        topics,
+        lambda now: build_catalogue(templates, worker_id=worker_id, now=now, templates_only=only, history=history),
+    )
+    scheduler.on_change = catalogue.changed
+    return scheduler, catalogue
 
 
 def _record_publisher(policy: RecordPolicy | None, session: BrokerSession, topics: Topics) -> RecordPublisher | None:
@@ -337,6 +404,7 @@ def _router(
 
         gate = SignedTaskGate(signatures, topics, released=claims.released_request)
         verify_task, verify_cancel = gate.task_verifier, gate.cancel_verifier
+    templates = worker_templates(settings)
     return Router(
         topics,
         worker_id=worker.worker_id,
@@ -345,4 +413,20 @@ def _router(
         admission_error=runner.checks.admission_error,
         verify_task=verify_task,
         verify_cancel=verify_cancel,
+        templates=templates,
+        templates_only=worker.templates_only,
+        schedule_prefixes=tuple(f"{entry.name}." for entry in scheduled_entries(templates)),
+        released=claims.released_request,
     )
+
+
+def _notifier(settings: Settings, metrics: WorkerMetrics, statuses: StatusPath) -> Notifier | None:
+    """The webhooks of `worker.notifications`, offered every status the worker posts; None without any."""
+    worker = settings.worker
+    if not worker.notifications:
+        return None
+    notifier = Notifier(
+        worker.notifications, dashboard_url=settings.dashboard.url, state_dir=worker.state_dir, metrics=metrics
+    )
+    statuses.on_post = notifier.offer_status
+    return notifier

@@ -8,7 +8,7 @@ what the broker does with each is told back to the table (`PublishOutcomes`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
@@ -54,13 +54,26 @@ class StatusPath:
         self.retention = policy.retention
         self.metrics = metrics
         self.outbox = StatusOutbox(interval=policy.interval)
+        # Told of every status posted (never a live refusal); must not block: notifications.
+        self.on_post: Callable[[JobStatus], None] = lambda status: None
         self._answers_send, self._answers_receive = trio.open_memory_channel[tuple[str, str]](MAX_PENDING_ANSWERS)
+        # Waited on before each publish: after a reconnection or a freeze, the claims are heard
+        # again first, so that a job taken over meanwhile is fenced before anything of it goes out.
+        self.gate: Callable[[], Awaitable[None]] | None = None
+        # Jobs fenced: whatever of them is still pending is dropped, not published.
+        self._fenced: set[str] = set()
+
+    def drop(self, task_id: str) -> None:
+        """The job was taken over by another worker: publish nothing more of it."""
+        self._fenced.add(task_id)
+        self.outbox.drop(task_id)
 
     # Statuses of jobs.
 
     def post(self, status: JobStatus) -> None:
         """Send `status` (a change of state, or a terminal status); never blocks."""
         self.outbox.post(status)
+        self.on_post(status)
 
     def post_progress(self, task_id: str, build: Callable[[], JobStatus]) -> None:
         """A `running` update, built by `build` only when it is about to be published."""
@@ -133,6 +146,11 @@ class StatusPath:
                 await self.send_refusal(task_id, reason)
 
     async def _publish(self, status: JobStatus, outcomes: PublishOutcomes) -> None:
+        if self.gate is not None:
+            await self.gate()
+        if status.task_id in self._fenced:
+            self.outbox.sent(status)
+            return
         expiry = self.retention if status.state.terminal and self.retention else None
         try:
             sent_at = trio.current_time()

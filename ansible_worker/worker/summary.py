@@ -14,6 +14,7 @@ from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.argv import child_environment
 from ansible_worker.run.executables import Executable, find_ansible_playbook, find_executable
 from ansible_worker.run.special_vars import describe_allowed
+from ansible_worker.worker.templating import worker_templates
 
 
 def _names(environment: Mapping[str, object]) -> str:
@@ -40,6 +41,23 @@ def _sources(settings: Settings) -> str:
     root = cache_root(worker)
     cache = str(root) if root is not None else f"a new private directory in {tempfile.gettempdir()}, removed at exit"
     return f"projects: {projects or '(none)'}; shipped content {shipping}; cache {cache}"
+
+
+def _templates(settings: Settings) -> str:
+    worker = settings.worker
+    if worker.templates is None:
+        return "none"
+    names = sorted(worker_templates(settings).by_name)
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    only = "; plain requests refused (templates_only)" if worker.templates_only else ""
+    return f"{len(names)} in {worker.templates} ({shown}){only}"
+
+
+def _notifications(settings: Settings) -> str:
+    # By label: a URL may hold a token, and a secret is never printed.
+    targets = settings.worker.notifications
+    shown = ", ".join(f"{target.label} ({target.format}{', signed' if target.secret else ''})" for target in targets)
+    return shown or "none"
 
 
 def _http(settings: Settings) -> str:
@@ -128,6 +146,8 @@ def summarize(settings: Settings, path: Path | None) -> str:
         *_claim_keys(settings),
         f"  http          {_http(settings)}",
         f"  sources       {_sources(settings)}",
+        f"  templates     {_templates(settings)}",
+        f"  notifications {_notifications(settings)}",
         "",
         f"  jobs from     {topics.tasks_subscription(shared=worker.shared_subscription)}",
         f"  status on     {topics.status('<task_id>')} (retained)",
@@ -136,6 +156,8 @@ def summarize(settings: Settings, path: Path | None) -> str:
         lines.append(f"  problem: worker.ansible_playbook_path: {ansible_playbook.describe()}: every job will fail")
     if git.path is None:
         lines.append(f"  warning: worker.git_path: {git.describe()}: jobs with git_pull will fail")
+    if (risk := settings.lost_after_warning()) is not None:
+        lines.append(f"  warning: {risk}")
     if worker.state_dir is not None:
         from ansible_worker.worker.journal import exposure
 

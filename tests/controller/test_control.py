@@ -84,6 +84,7 @@ async def test_no_log_results_never_published(broker: Broker, playbook_dir: Path
     hidden = [u.data for u in updates if u.kind == "event" and u.data.get("task") == "Hidden" and "status" in u.data]
     assert hidden[0]["no_log"] is True
     assert "result" not in hidden[0]
+    assert "data" not in hidden[0]
 
 
 # own_session.yml's command starts a session of its own, as Ansible's own worker processes do:

@@ -104,6 +104,41 @@ async def test_submit_json_and_status_watch_forget(broker: Broker, playbook_dir:
     assert "the broker holds no status for cli-j" in after.stderr.decode()
 
 
+async def watch_before_the_job_then_submit_it(
+    broker: Broker, group: str, base: list[str]
+) -> tuple[subprocess.CompletedProcess[bytes], subprocess.CompletedProcess[bytes]]:
+    """`watch --json` of `json-wait` before it exists, until it says so; then `submit --wait --json` of it; both."""
+    async with trio.open_nursery() as nursery:
+        # `watch` of a job that does not exist yet: it says so while it waits, then follows it.
+        early_watch = await trio.lowlevel.open_process(
+            [base[0], "watch", "json-wait", "--json", *base[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        seen = {"stdout": bytearray(), "stderr": bytearray()}
+        arrived = trio.Event()
+
+        async def read(name: str, stream: trio.abc.ReceiveStream) -> None:
+            async for chunk in stream:
+                seen[name] += chunk
+                arrived.set()
+
+        assert early_watch.stdout is not None
+        assert early_watch.stderr is not None
+        nursery.start_soon(read, "stdout", early_watch.stdout)
+        nursery.start_soon(read, "stderr", early_watch.stderr)
+        with trio.fail_after(60):
+            while b"no status yet" not in seen["stdout"] + seen["stderr"]:
+                await arrived.wait()
+                arrived = trio.Event()
+        submitted = await cli(
+            broker, group, "submit", "options.yml", "-i", "one_host.ini", "-e", '{"greeting": ":thumbs_up: [red]x"}',
+            "--task-id", "json-wait", "--wait", "--json",
+        )  # fmt: skip
+        with trio.fail_after(60):
+            returncode = await early_watch.wait()
+    watched = subprocess.CompletedProcess(early_watch.args, returncode, bytes(seen["stdout"]), bytes(seen["stderr"]))
+    return watched, submitted
+
+
 async def test_every_json_output_is_json_lines(broker: Broker, playbook_dir: Path, group: str) -> None:
     """Each command with --json, as a script reads it: every stdout line is one JSON object, nothing else."""
     base = [EXECUTABLE, "--broker", f"mqtt://127.0.0.1:{broker.port}", "--group", group]
@@ -112,36 +147,9 @@ async def test_every_json_output_is_json_lines(broker: Broker, playbook_dir: Pat
         running_worker(make_settings(broker.port, playbook_dir, group, worker_id="lines-1")),
         running_worker(make_settings(broker.port, playbook_dir, group, worker_id="lines-2")),
     ):
-        async with trio.open_nursery() as nursery:
-            # `watch` of a job that does not exist yet: it says so while it waits, then follows it.
-            early_watch = await trio.lowlevel.open_process(
-                [base[0], "watch", "json-wait", "--json", *base[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-            )
-            seen = {"stdout": bytearray(), "stderr": bytearray()}
-            arrived = trio.Event()
-
-            async def read(name: str, stream: trio.abc.ReceiveStream) -> None:
-                async for chunk in stream:
-                    seen[name] += chunk
-                    arrived.set()
-
-            assert early_watch.stdout is not None
-            assert early_watch.stderr is not None
-            nursery.start_soon(read, "stdout", early_watch.stdout)
-            nursery.start_soon(read, "stderr", early_watch.stderr)
-            with trio.fail_after(60):
-                while b"no status yet" not in seen["stdout"] + seen["stderr"]:
-                    await arrived.wait()
-                    arrived = trio.Event()
-            outputs["submit --wait --json"] = await cli(
-                broker, group, "submit", "options.yml", "-i", "one_host.ini", "-e", '{"greeting": ":thumbs_up: [red]x"}',
-                "--task-id", "json-wait", "--wait", "--json",
-            )  # fmt: skip
-            with trio.fail_after(60):
-                returncode = await early_watch.wait()
-        outputs["watch --json (before the job)"] = subprocess.CompletedProcess(
-            early_watch.args, returncode, bytes(seen["stdout"]), bytes(seen["stderr"])
-        )
+        watched, submitted = await watch_before_the_job_then_submit_it(broker, group, base)
+        outputs["submit --wait --json"] = submitted
+        outputs["watch --json (before the job)"] = watched
         outputs["submit --json"] = await cli(
             broker, group, "submit", "quick.yml", "-i", "one_host.ini", "--task-id", "json-queued", "--json"
         )

@@ -349,13 +349,16 @@ async def test_logs_status_and_jobs_exit_codes_when_they_cannot_answer(
         assert "broker 127.0.0.1:1: " in unreachable.stderr.decode()
 
 
+# One short task after another: whenever `logs` starts following, a TASK line is still to come
+# (it shows the lines printed from then on).
+NAPS = "- name: Naps\n  hosts: host1\n  gather_facts: false\n  tasks:\n" + 150 * (
+    "    - name: Sleep for a while\n      ansible.builtin.command: sleep 2\n"
+)
+
+
 async def test_ctrl_c_stops_following_logs_and_the_job_goes_on(broker: Broker, playbook_dir: Path, group: str) -> None:
-    job = {
-        "task_id": "logs-ctrl-c",
-        "playbook": "sleep.yml",
-        "inventory": "one_host.ini",
-        "extra_vars": {"seconds": 299},
-    }
+    (playbook_dir / "naps.yml").write_text(NAPS)
+    job = {"task_id": "logs-ctrl-c", "playbook": "naps.yml", "inventory": "one_host.ini"}
     command = [EXECUTABLE, "logs", "logs-ctrl-c", "--broker", f"mqtt://127.0.0.1:{broker.port}", "--group", group]
     async with (
         running_worker(make_settings(broker.port, playbook_dir, group, kill_grace=1)),

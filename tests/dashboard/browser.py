@@ -8,11 +8,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -40,6 +44,13 @@ CHROMIUM_FLAGS = (
 def have_chromium() -> bool:
     """Whether the Debian chromium and chromium-driver packages are installed."""
     return os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)
+
+
+# The marks of every test that drives Chromium: slow, and skipped where there is none.
+BROWSER_TESTS = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not have_chromium(), reason="needs Debian's chromium and chromium-driver"),
+]
 
 
 @contextmanager
@@ -155,3 +166,74 @@ def click(driver: WebDriver, css: str) -> None:
     assert driver.execute_script(
         "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e;", css
     ), f"nothing to click at {css}"
+
+
+def job_state(driver: WebDriver, task_id: str) -> str:
+    """The state the job list shows for a job, or "" while it shows none."""
+    return text_of(driver, f'tr[data-task-id="{task_id}"] .job-state')
+
+
+def submit(broker: Broker, group: str, task_id: str, playbook: str = "quick.yml", *extra: str, code: int = 0) -> None:
+    """`ansible-worker submit PLAYBOOK -i inventory.ini --task-id TASK_ID ...`, which must exit with `code`."""
+    result = cli(broker, group, "submit", playbook, "-i", "inventory.ini", "--task-id", task_id, *extra)
+    assert result.returncode == code, result.stdout + result.stderr
+
+
+def open_job(driver: WebDriver, task_id: str) -> None:
+    """Click a job's row in the list and wait for its page."""
+    click(driver, f'tr[data-task-id="{task_id}"]')
+    wait_until(driver, lambda d: text_of(d, "#job-id") == task_id, message="the job page did not open")
+
+
+def get_json(url: str) -> tuple[int, Any]:
+    """The status code of a GET and its JSON answer (None when it is not JSON)."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (our own loopback URL)
+            body = response.read()
+            code = int(response.status)
+    except urllib.error.HTTPError as exc:
+        body, code = exc.read(), int(exc.code)
+    try:
+        return code, json.loads(body)
+    except ValueError:
+        return code, None
+
+
+def post(url: str, headers: dict[str, str], body: bytes = b"{}") -> int:
+    request = urllib.request.Request(  # noqa: S310 (our own loopback URL)
+        url, data=body, method="POST", headers={"Content-Type": "application/json", **headers}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (our own loopback URL)
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def get(url: str) -> tuple[int, str]:
+    """The status of a GET and, unless it is a stream, its body."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (our own loopback URL)
+            streaming = response.headers.get_content_type() == "text/event-stream"
+            return int(response.status), "" if streaming else response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+    except OSError as exc:  # the server closed the connection without an answer
+        return 0, str(exc)
+
+
+def wait_for_text(path: Path, text: str, seconds: float = 10) -> str:
+    """The file's contents once `text` is in it, within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while text not in (contents := path.read_text()):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path.name}"
+        time.sleep(0.05)
+    return contents
+
+
+def answered(request: Callable[[], int]) -> int:
+    """The status code of `request()`, or 0 when the server closed the connection without one."""
+    try:
+        return request()
+    except OSError:
+        return 0

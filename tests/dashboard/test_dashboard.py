@@ -4,111 +4,37 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import Select
 
 from ansible_worker.controller.client import open_client, target_from_url
-from tests.conftest import REPO, Broker, client_for, worker_config
+from tests.conftest import Broker
 from tests.dashboard.browser import (
+    BROWSER_TESTS,
     EXECUTABLE,
+    answered,
     axe_problems,
     broker_status,
-    chromium,
-    cli,
-    click,
     dashboard,
-    have_chromium,
-    process,
+    get,
+    job_state,
+    open_job,
+    post,
+    submit,
     text_of,
+    wait_for_text,
     wait_until,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not have_chromium(), reason="needs Debian's chromium and chromium-driver"),
-]
-SCREENSHOT = REPO / "docs" / "dashboard-job.png"
-
-
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    with chromium() as driver:
-        yield driver
-
-
-@pytest.fixture
-def worker(broker: Broker, playbook_dir: Path, group: str, tmp_path: Path) -> Iterator[str]:
-    """A worker process of the group, one job at a time; its worker_id."""
-    config = worker_config(tmp_path / "worker.json", broker, playbook_dir, group, worker_id="w1", heartbeat_interval=2)
-    with process(["run", "-c", str(config)], tmp_path / "worker.log"):
-        yield "w1"
-
-
-def job_state(driver: WebDriver, task_id: str) -> str:
-    return text_of(driver, f'tr[data-task-id="{task_id}"] .job-state')
-
-
-def submit(broker: Broker, group: str, task_id: str, playbook: str = "quick.yml", *extra: str, code: int = 0) -> None:
-    result = cli(broker, group, "submit", playbook, "-i", "inventory.ini", "--task-id", task_id, *extra)
-    assert result.returncode == code, result.stdout + result.stderr
-
-
-def open_job(driver: WebDriver, task_id: str) -> None:
-    click(driver, f'tr[data-task-id="{task_id}"]')
-    wait_until(driver, lambda d: text_of(d, "#job-id") == task_id, message="the job page did not open")
-
-
-def post(url: str, headers: dict[str, str], body: bytes = b"{}") -> int:
-    request = urllib.request.Request(  # noqa: S310 (our own loopback URL)
-        url, data=body, method="POST", headers={"Content-Type": "application/json", **headers}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (our own loopback URL)
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-
-
-def get(url: str) -> tuple[int, str]:
-    """The status of a GET and, unless it is a stream, its body."""
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (our own loopback URL)
-            streaming = response.headers.get_content_type() == "text/event-stream"
-            return int(response.status), "" if streaming else response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read().decode()
-    except OSError as exc:  # the server closed the connection without an answer
-        return 0, str(exc)
-
-
-def wait_for_text(path: Path, text: str, seconds: float = 10) -> str:
-    """The file's contents once `text` is in it, within `seconds`."""
-    deadline = time.monotonic() + seconds
-    while text not in (contents := path.read_text()):
-        assert time.monotonic() < deadline, f"{text!r} never appeared in {path.name}"
-        time.sleep(0.05)
-    return contents
-
-
-def answered(request: Callable[[], int]) -> int:
-    """The status code of `request()`, or 0 when the server closed the connection without one."""
-    try:
-        return request()
-    except OSError:
-        return 0
+pytestmark = BROWSER_TESTS
 
 
 @pytest.fixture
@@ -178,14 +104,11 @@ def test_a_job_appears_and_goes_from_queued_to_success_live(
         output = text_of(browser, "#output")
         assert "TASK [Say something]" in output
         assert '"msg": "quick"' in output
-        assert browser.find_elements("css selector", "#output .ansi-fg-green"), "the ok line lost its colour"
+        assert browser.find_elements("css selector", "#output .k-ok"), "the ok line lost its colour"
         assert text_of(browser, "#job-state") == "success"
         assert text_of(browser, ".field-worker_id") == worker
         # The finished job's record: Ansible's own output, as ansible-playbook printed it.
-        wait_until(browser, lambda d: "PLAY RECAP" in text_of(d, "#record"), message="no record shown")
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        browser.save_screenshot(str(SCREENSHOT))
-        browser.save_screenshot(str(tmp_path / "dashboard-job.png"))
+        wait_until(browser, lambda d: "PLAY RECAP" in text_of(d, '#output[data-source="record"]'), message="no record")
 
 
 def focused(driver: WebDriver) -> str:
@@ -206,13 +129,46 @@ def tab_to(driver: WebDriver, target: str, most: int = 60) -> list[str]:
     return seen
 
 
+def write_long_playbook(playbook_dir: Path) -> None:
+    """`long.yml`: thirty tasks of long lines, more output than the output box shows at once."""
+    tasks = [{"name": f"Step {n}", "ansible.builtin.debug": {"msg": f"step {n} " + "w" * 200}} for n in range(30)]
+    play = [{"name": "Long", "hosts": "host1", "gather_facts": False, "tasks": tasks}]
+    (playbook_dir / "long.yml").write_text(json.dumps(play))
+
+
+def job_links(driver: WebDriver) -> list[list[str]]:
+    """Each row of the job list: its task_id, and the href and text of the link in its id cell."""
+    return list(
+        driver.execute_script(
+            "return [...document.querySelectorAll('#jobs tbody tr')].map(row => {"
+            "  const a = row.querySelector('td.task-id a');"
+            "  return [row.dataset.taskId, a && a.getAttribute('href'), a && a.textContent]; });"
+        )
+    )
+
+
+def back_to_the_list_by_keyboard(driver: WebDriver) -> None:
+    """From a job's page: Shift+Tab until the link to all jobs has the focus, then Enter."""
+    ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+    while focused(driver) != "#/":
+        ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+        assert focused(driver) != "body", "Shift+Tab never reached the link to all jobs"
+    ActionChains(driver).send_keys(Keys.ENTER).perform()
+
+
+def cancel_by_keyboard(driver: WebDriver, reason: str) -> None:
+    """On a running job's page: Tab to the reason, type it, Tab to the cancel button, Enter."""
+    tab_to(driver, "#cancel-reason")
+    ActionChains(driver).send_keys(reason, Keys.TAB).perform()
+    assert focused(driver) == "#cancel-button"
+    ActionChains(driver).send_keys(Keys.ENTER).perform()
+
+
 def test_jobs_are_links_every_control_works_by_keyboard_and_axe_finds_nothing_serious(
     broker: Broker, group: str, worker: str, playbook_dir: Path, tmp_path: Path, browser: WebDriver
 ) -> None:
     # Long enough output that the output box scrolls; and a worker whose heartbeats stopped.
-    tasks = [{"name": f"Step {n}", "ansible.builtin.debug": {"msg": f"step {n} " + "w" * 200}} for n in range(30)]
-    play = [{"name": "Long", "hosts": "host1", "gather_facts": False, "tasks": tasks}]
-    (playbook_dir / "long.yml").write_text(json.dumps(play))
+    write_long_playbook(playbook_dir)
     trio.run(_publish_presences, broker, group)
     with dashboard(broker, group, tmp_path / "dashboard.log", "--allow-actions") as url:
         submit(broker, group, "done", "long.yml", "--wait")
@@ -224,12 +180,7 @@ def test_jobs_are_links_every_control_works_by_keyboard_and_axe_finds_nothing_se
             lambda d: "stale" in d.find_element("css selector", 'tr[data-worker-id="silent"]').get_attribute("class"),
         )
         # Every job id in the list is a link to the job's page, which a new tab opens as well.
-        links = browser.execute_script(
-            "return [...document.querySelectorAll('#jobs tbody tr')].map(row => {"
-            "  const a = row.querySelector('td.task-id a');"
-            "  return [row.dataset.taskId, a && a.getAttribute('href'), a && a.textContent]; });"
-        )
-        assert sorted(links) == [["done", "#/job/done", "done"], ["going", "#/job/going", "going"]]
+        assert sorted(job_links(browser)) == [["done", "#/job/done", "done"], ["going", "#/job/going", "going"]]
         # The list and the workers view.
         assert axe_problems(browser) == []
         # From the top of the page, Tab reaches the filters and each job's link, and Enter opens it.
@@ -245,7 +196,9 @@ def test_jobs_are_links_every_control_works_by_keyboard_and_axe_finds_nothing_se
         assert focused(browser) == "#/job/done"
         ActionChains(browser).send_keys(Keys.ENTER).perform()
         wait_until(browser, lambda d: text_of(d, "#job-id") == "done", message="Enter did not open the job")
-        wait_until(browser, lambda d: "PLAY RECAP" in text_of(d, "#record"), message="no record shown")
+        wait_until(
+            browser, lambda d: d.find_elements("css selector", '#output[data-source="record"]'), message="no record"
+        )
         assert focused(browser) == "#job-heading"
         # A finished job's page, its output scrolling.
         assert browser.execute_script(
@@ -254,21 +207,14 @@ def test_jobs_are_links_every_control_works_by_keyboard_and_axe_finds_nothing_se
         assert axe_problems(browser) == []
         tab_to(browser, "#rerun-button")
         # Back to the list by keyboard: Shift+Tab to "all jobs", Enter; the focus is on the job's link again.
-        ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
-        while focused(browser) != "#/":
-            ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
-            assert focused(browser) != "body", "Shift+Tab never reached the link to all jobs"
-        ActionChains(browser).send_keys(Keys.ENTER).perform()
+        back_to_the_list_by_keyboard(browser)
         wait_until(browser, lambda d: focused(d) == "#/job/done", message="the focus did not come back to the job")
         # A running job's page: the reason and the cancel button, by keyboard only.
         tab_to(browser, "#/job/going")
         ActionChains(browser).send_keys(Keys.ENTER).perform()
         wait_until(browser, lambda d: d.find_elements("id", "cancel-button"), message="no cancel button")
         assert axe_problems(browser) == []
-        tab_to(browser, "#cancel-reason")
-        ActionChains(browser).send_keys("typed, not clicked", Keys.TAB).perform()
-        assert focused(browser) == "#cancel-button"
-        ActionChains(browser).send_keys(Keys.ENTER).perform()
+        cancel_by_keyboard(browser, "typed, not clicked")
         wait_until(browser, lambda d: text_of(d, "#job-state") == "cancelled", message="not cancelled by keyboard")
         assert "typed, not clicked" in json.dumps(broker_status(broker, group, "going"))
         # The same address in a new tab opens the same page.
@@ -290,78 +236,13 @@ def test_a_failed_job_page_scrolls_to_the_failed_task(
         submit(broker, group, "broken", "long_fail.yml", "--wait", code=1)
         browser.get(url + "#/job/broken")
         wait_until(browser, lambda d: text_of(d, "#job-state") == "failed", message="not shown failed")
-        wait_until(browser, lambda d: "boom" in text_of(d, "#output .failed"), message="no failed line")
+        wait_until(browser, lambda d: "boom" in text_of(d, "#output .k-failed"), message="no failed line")
         visible = (
-            "const o = document.getElementById('output'), f = o.querySelector('.failed');"
+            "const o = document.getElementById('output'), f = o.querySelector('.k-failed');"
             "const top = f.getBoundingClientRect().top - o.getBoundingClientRect().top;"
             "return o.scrollTop > 0 && top >= 0 && top < o.clientHeight;"
         )
         wait_until(browser, lambda d: d.execute_script(visible), 10, "the failed task is not in view")
-
-
-def test_cancel_from_the_page_and_run_again(
-    broker: Broker, group: str, worker: str, tmp_path: Path, browser: WebDriver
-) -> None:
-    with dashboard(broker, group, tmp_path / "dashboard.log", "--allow-actions") as url:
-        browser.get(url)
-        wait_until(browser, lambda d: d.find_elements("css selector", f'tr[data-worker-id="{worker}"]'))
-        submit(broker, group, "first", "quick.yml", "--wait")
-        submit(broker, group, "long", "sleep.yml")
-        wait_until(browser, lambda d: job_state(d, "long") == "running", message="the long job never ran")
-        open_job(browser, "long")
-        browser.find_element("id", "cancel-reason").send_keys("maintenance window closed")
-        browser.find_element("id", "cancel-button").click()
-        wait_until(browser, lambda d: text_of(d, "#job-state") == "cancelled", message="not shown cancelled")
-        status = broker_status(broker, group, "long")
-        assert status["state"] == "cancelled"
-        assert "maintenance window closed" in json.dumps(status)
-        assert "dashboard" in str(status.get("cancelled_by"))
-
-        browser.get(url + "#/job/first")
-        wait_until(browser, lambda d: text_of(d, "#job-state") == "success")
-        browser.find_element("id", "rerun-button").click()
-        wait_until(browser, lambda d: text_of(d, "#job-id") not in ("", "first"), message="no new job page")
-        again = text_of(browser, "#job-id")
-        wait_until(browser, lambda d: text_of(d, "#job-state") == "success", message="the new job did not succeed")
-        assert broker_status(broker, group, again)["state"] == "success"
-        assert broker_status(broker, group, again)["playbook"] == "quick.yml"
-
-
-def test_with_actions_off_there_are_no_buttons_and_the_endpoints_refuse(
-    broker: Broker, group: str, worker: str, tmp_path: Path, browser: WebDriver
-) -> None:
-    token = "a-token-of-enough-length"
-    with dashboard(broker, group, tmp_path / "dashboard.log", "--token", token) as url:
-        submit(broker, group, "done", "quick.yml", "--wait")
-        submit(broker, group, "long", "sleep.yml")
-        browser.get(url)
-        # The page asks for the token once; a wrong one is refused.
-        wait_until(browser, lambda d: d.find_element("id", "token-form").is_displayed())
-        browser.find_element("id", "token-input").send_keys("wrong-token-of-length\n")
-        wait_until(browser, lambda d: text_of(d, "#token-error") == "wrong token")
-        field = browser.find_element("id", "token-input")
-        field.clear()
-        field.send_keys(token + "\n")
-        wait_until(browser, lambda d: job_state(d, "long") == "running", message="no list after the token")
-        for task_id in ("long", "done"):
-            browser.get(url + "#/job/" + task_id)
-            browser.refresh()
-            wait_until(browser, lambda d, t=task_id: text_of(d, "#job-id") == t)
-            assert not browser.find_elements("css selector", "#cancel-button, #rerun-button, #actions button")
-        headers = {"X-Dashboard-Action": "1", "X-Dashboard-Token": token, "Origin": url.rstrip("/")}
-        assert post(url + "api/jobs/long/cancel", headers) == 403
-        assert post(url + "api/jobs/done/rerun", headers) == 403
-        assert post(url + "api/jobs/long/cancel", {"X-Dashboard-Action": "1"}) == 401
-        assert broker_status(broker, group, "long")["state"] == "running"
-
-
-def test_actions_refuse_cross_site_requests(broker: Broker, group: str, worker: str, tmp_path: Path) -> None:
-    with dashboard(broker, group, tmp_path / "dashboard.log", "--allow-actions") as url:
-        submit(broker, group, "long", "sleep.yml")
-        assert post(url + "api/jobs/long/cancel", {}) == 403  # no header a form could not send
-        assert post(url + "api/jobs/long/cancel", {"X-Dashboard-Action": "1", "Origin": "http://evil.example"}) == 403
-        assert post(url + "api/jobs/long/cancel", {"X-Dashboard-Action": "1", "Host": "evil.example"}) == 403
-        assert broker_status(broker, group, "long")["state"] in ("queued", "running")
 
 
 def test_a_listen_beyond_loopback_without_a_token_is_refused_at_start(broker: Broker, group: str) -> None:
@@ -396,227 +277,6 @@ def test_broker_loss_shows_a_banner_and_the_last_state_until_it_is_back(
         wait_until(browser, lambda d: not d.find_element("id", "banner").is_displayed(), 60, "banner stayed")
         submit(broker, group, "after", "quick.yml")
         wait_until(browser, lambda d: job_state(d, "after") == "success", message="no live updates after")
-
-
-def test_actions_are_signed_with_the_dashboards_key(
-    broker: Broker, group: str, playbook_dir: Path, keys: Path, tmp_path: Path
-) -> None:
-    config = tmp_path / "signed-worker.json"
-    worker = json.loads(worker_config(config, broker, playbook_dir, group, worker_id="w1").read_text())
-    worker["security"] = {
-        "require_signed_tasks": True,
-        "trusted_keys": {"alice": str(keys / "alice.pub")},
-        "worker_key": str(keys / "worker.key"),
-    }
-    config.write_text(json.dumps(worker))
-    alice = str(keys / "alice.key")
-    with (
-        process(["run", "-c", str(config)], tmp_path / "worker.log"),
-        dashboard(broker, group, tmp_path / "dashboard.log", "--allow-actions", "--signing-key", alice) as url,
-    ):
-        submit(broker, group, "signed", "quick.yml", "--signing-key", alice, "--wait")
-        headers = {"X-Dashboard-Action": "1", "Origin": url.rstrip("/")}
-        request = urllib.request.Request(  # noqa: S310 (our own loopback URL)
-            url + "api/jobs/signed/rerun", data=b"{}", method="POST", headers=headers
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-            assert response.status == 201
-            again = json.loads(response.read())["task_id"]
-        watched = cli(broker, group, "watch", again, "--json")
-        assert watched.returncode == 0, watched.stdout + watched.stderr
-        assert broker_status(broker, group, again)["state"] == "success"
-
-        submit(broker, group, "long", "sleep.yml", "--signing-key", alice)
-        # The CLI saw the job queued; the dashboard hears the same status a moment later.
-        deadline = time.monotonic() + 10
-        while (code := post(url + "api/jobs/long/cancel", headers, b'{"reason": "signed stop"}')) == 409:
-            assert time.monotonic() < deadline, "the dashboard never heard of the job"
-            time.sleep(0.05)
-        assert code == 202
-        watched = cli(broker, group, "watch", "long", "--json")
-        assert watched.returncode == 4, watched.stdout + watched.stderr  # cancelled
-        assert broker_status(broker, group, "long")["state"] == "cancelled"
-        assert "signed stop" in json.dumps(broker_status(broker, group, "long"))
-
-
-def rerun(url: str, task_id: str) -> tuple[int, dict[str, str]]:
-    """POST run again for `task_id` as the page does; the code and the JSON answer."""
-    headers = {"X-Dashboard-Action": "1", "Origin": url.rstrip("/"), "Content-Type": "application/json"}
-    request = urllib.request.Request(  # noqa: S310 (our own loopback URL)
-        url + f"api/jobs/{task_id}/rerun", data=b"{}", method="POST", headers=headers
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (our own loopback URL)
-            return int(response.status), dict(json.loads(response.read()))
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), dict(json.loads(exc.read()))
-
-
-async def _publish_signed(broker: Broker, group: str, key: Path, task_id: str, issued: datetime) -> bytes:
-    """Publish a quick job that `key` signed at `issued`; the message, as a captured copy to replay."""
-    from ansible_worker.protocol.signing import Signer
-    from tests.conftest import wait_online
-
-    signer = Signer.from_file(key)
-    async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
-        await wait_online(client, "w1")
-        job = {"task_id": task_id, "playbook": "quick.yml", "inventory": "inventory.ini"}
-        payload = json.dumps(signer.sign(client.topics.tasks, job, now=issued)).encode()
-        await client.publish(client.topics.tasks, payload, qos=2)
-    return payload
-
-
-async def _publish_again(broker: Broker, group: str, payload: bytes) -> None:
-    async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
-        await client.publish(client.topics.tasks, payload, qos=2)
-
-
-def test_run_again_signs_only_a_request_that_was_fresh_when_the_dashboard_heard_it(
-    broker: Broker, group: str, playbook_dir: Path, keys: Path, tmp_path: Path
-) -> None:
-    """A captured request its key signed long ago, replayed to the dashboard, is not signed again."""
-    config = tmp_path / "signed-worker.json"
-    worker = json.loads(worker_config(config, broker, playbook_dir, group, worker_id="w1").read_text())
-    worker["security"] = {
-        "require_signed_tasks": True,
-        "trusted_keys": {"alice": str(keys / "alice.pub")},
-        "worker_key": str(keys / "worker.key"),
-    }
-    config.write_text(json.dumps(worker))
-    # The dashboard's own age rule: a request is fresh for 6 s after it was signed.
-    dashboard_config = tmp_path / "dashboard.json"
-    dashboard_config.write_text(json.dumps({"mqtt": {"host": "127.0.0.1"}, "security": {"max_task_age": 6}}))
-    alice = keys / "alice.key"
-    with process(["run", "-c", str(config)], tmp_path / "worker.log"):
-        # A job alice signed a minute ago (the workers accept 300 s) ran before the dashboard started.
-        captured = trio.run(_publish_signed, broker, group, alice, "old", datetime.now(UTC) - timedelta(seconds=60))
-        watched = cli(broker, group, "watch", "old", "--json")
-        assert watched.returncode == 0, watched.stdout + watched.stderr
-        options = ("--allow-actions", "--signing-key", str(alice), "-c", str(dashboard_config))
-        with dashboard(broker, group, tmp_path / "dashboard.log", *options) as url:
-            # Someone who kept a copy sends it again: the group ignores it, the dashboard hears it first.
-            trio.run(_publish_again, broker, group, captured)
-            deadline = time.monotonic() + 10
-            while "before this dashboard started" in (answer := rerun(url, "old"))[1].get("error", ""):
-                assert time.monotonic() < deadline, "the dashboard never heard the copy"
-                time.sleep(0.05)
-            code, body = answer
-            assert code == 409, body
-            assert body["error"].startswith(
-                "job old: its request was too old to run when this dashboard heard it (expired: issued 6"
-            ), body
-            assert body["error"].endswith("more than security.max_task_age (6s)); it is not signed again"), body
-
-            # A request heard while fresh can be run again later, once its job has ended.
-            issued = datetime.now(UTC) - timedelta(seconds=2)
-            trio.run(_publish_signed, broker, group, alice, "fresh", issued)
-            watched = cli(broker, group, "watch", "fresh", "--json")
-            assert watched.returncode == 0, watched.stdout + watched.stderr
-            time.sleep(max(0.0, (issued + timedelta(seconds=7) - datetime.now(UTC)).total_seconds()))
-            code, body = rerun(url, "fresh")
-            assert code == 201, body
-            again = cli(broker, group, "watch", body["task_id"], "--json")
-            assert again.returncode == 0, again.stdout + again.stderr
-        assert broker_status(broker, group, "old")["state"] == "success"
-
-
-async def _publish_statuses(broker: Broker, group: str, count: int) -> None:
-    async with open_client(target_from_url(f"mqtt://127.0.0.1:{broker.port}", group=group)) as client:
-        for index in range(count):
-            state = "failed" if index % 10 == 0 else "success"
-            playbook = "db.yml" if index % 4 == 0 else "web.yml"
-            created = f"2026-01-01T00:{index // 60:02d}:{index % 60:02d}Z"
-            body = {"task_id": f"j{index:03d}", "state": state, "playbook": playbook, "created_at": created}
-            await client.publish(client.topics.status(f"j{index:03d}"), json.dumps(body).encode(), qos=1, retain=True)
-
-
-def test_many_jobs_are_paged_and_filtered(broker: Broker, group: str, tmp_path: Path, browser: WebDriver) -> None:
-    trio.run(_publish_statuses, broker, group, 120)
-    rows = "return [...document.querySelectorAll('#jobs tbody tr')].map(r => r.dataset.taskId);"
-    with dashboard(broker, group, tmp_path / "dashboard.log") as url:
-        browser.get(url)
-        wait_until(browser, lambda d: text_of(d, "#page-info") == "page 1 of 3", message="not paged")
-        shown = browser.execute_script(rows)
-        assert len(shown) == 50
-        assert shown[0] == "j119"  # newest first
-        click(browser, "#next-page")
-        wait_until(browser, lambda d: d.execute_script(rows)[0] == "j069", message="no second page")
-        Select(browser.find_element("id", "state-filter")).select_by_visible_text("failed")
-        wait_until(browser, lambda d: len(d.execute_script(rows)) == 12, message="state filter")
-        assert text_of(browser, "#page-info") == "page 1 of 1"
-        browser.find_element("id", "playbook-filter").send_keys("db")
-        # failed (every 10th) and db.yml (every 4th): every 20th, 6 of 120.
-        wait_until(browser, lambda d: d.execute_script(rows) == [f"j{n:03d}" for n in range(100, -1, -20)])
-
-
-# README's figures: the dashboard keeps this many jobs, and statuses up to this size whole.
-KEPT_JOBS = 2000
-KEPT_STATUS_BYTES = 16 * 1024
-
-
-def first_message(url: str) -> tuple[dict[str, Any], int]:
-    """The first message of the dashboard's event stream at `url`, and its size in bytes."""
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (our own loopback URL)
-        line = response.readline()
-    assert line.startswith(b"data: "), line[:200]
-    return dict(json.loads(line[len(b"data: ") :])), len(line)
-
-
-def status_body(task_id: str, state: str, created: str, **fields: Any) -> bytes:
-    return json.dumps({"task_id": task_id, "state": state, "created_at": created, **fields}).encode()
-
-
-async def _publish_jobs(broker: Broker, group: str) -> None:
-    """What the broker holds before the dashboard starts: a job running since long ago, two finished."""
-    async with client_for(broker, group) as client:
-        jobs = {
-            "long-running": status_body("long-running", "running", "2026-01-01T00:00:00Z", playbook="deploy.yml"),
-            "old-done": status_body("old-done", "success", "2026-01-02T00:00:00Z", playbook="deploy.yml"),
-            # A status far bigger than a list line: its `output` holds a megabyte.
-            "big": status_body("big", "success", "2026-01-03T00:00:00Z", output={"blob": "b" * 1024 * 1024}),
-        }
-        for task_id, body in jobs.items():
-            await client.publish(client.topics.status(task_id), body, qos=1, retain=True)
-
-
-async def _refuse_junk(broker: Broker, group: str, count: int) -> None:
-    """The live refusals a worker sends for messages with made-up task_ids, then one real job."""
-    async with client_for(broker, group) as client:
-        for index in range(count):
-            created = f"2026-02-01T{index // 3600:02d}:{index // 60 % 60:02d}:{index % 60:02d}Z"
-            refusal = status_body(
-                f"junk-{index}", "failed", created, refused=True, playbook="p" * 1000, error_message="e" * 2000
-            )
-            await client.publish(client.topics.status(f"junk-{index}"), refusal, qos=1)
-        last = status_body("last", "success", "2026-03-01T00:00:00Z", playbook="site.yml")
-        await client.publish(client.topics.status("last"), last, qos=1, retain=True)
-
-
-def test_a_flood_of_refused_jobs_keeps_the_list_bounded_and_the_jobs_that_ran(
-    broker: Broker, group: str, tmp_path: Path
-) -> None:
-    trio.run(_publish_jobs, broker, group)
-    with dashboard(broker, group, tmp_path / "dashboard.log") as url:
-        trio.run(_refuse_junk, broker, group, KEPT_JOBS + 300)
-        deadline = time.monotonic() + 60
-        while True:
-            first, size = first_message(url + "api/stream")
-            listed = {row["task_id"] for row in first["jobs"]}
-            if "last" in listed:
-                break
-            assert time.monotonic() < deadline, "the dashboard never listed the last job"
-            time.sleep(0.2)
-        page = first_message(url + "api/stream?job=big")[0]["job"]
-    assert len(listed) <= KEPT_JOBS
-    # Refusals go first, then the oldest finished jobs; a running job only after every finished one.
-    assert {"long-running", "old-done", "big", "last"} <= listed
-    assert f"junk-{KEPT_JOBS + 299}" in listed
-    assert "junk-0" not in listed
-    # Each line of the list is short, whatever the status holds.
-    assert size <= KEPT_JOBS * 1024, size
-    assert len(json.dumps(page)) <= KEPT_STATUS_BYTES
-    assert page["status"]["state"] == "success"
-    assert "ansible-worker status big" in page["status"]["dashboard_note"]
 
 
 async def _publish_presences(broker: Broker, group: str) -> None:

@@ -1,4 +1,4 @@
-"""The dashboard's pure parts: ANSI to HTML, listen and token checks, and what hostile broker messages do to the store."""
+"""The dashboard's pure parts: ANSI colours, listen and token checks, and what hostile broker messages do to the store."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import ansible_worker.dashboard
 from ansible_worker.controller.client import Client
 from ansible_worker.controller.relaunch import not_ours
 from ansible_worker.dashboard.access import AccessError, check_listen, parse_listen, same_origin, token_ok
-from ansible_worker.dashboard.ansi import ansi_to_html
+from ansible_worker.dashboard.ansi import ansi_parts
 from ansible_worker.dashboard.feed import route
 from ansible_worker.dashboard.limits import (
     EVICT_BATCH,
@@ -40,27 +40,38 @@ def message(topic: str, payload: bytes, *, retain: bool = False) -> InboundMessa
     return InboundMessage(topic=topic, payload=payload, qos=1, retain=retain)
 
 
-def test_colours_become_spans_of_our_own_classes() -> None:
-    assert ansi_to_html("\x1b[0;32mok: [h1]\x1b[0m") == '<span class="ansi-fg-green">ok: [h1]</span>'
-    assert ansi_to_html("\x1b[1;31mfatal\x1b[0m x") == '<span class="ansi-bold ansi-fg-red">fatal</span> x'
+def test_colours_become_parts_with_our_own_classes() -> None:
+    assert ansi_parts("\x1b[0;32mok: [h1]\x1b[0m") == ("ok: [h1]", [("ansi-fg-green", "ok: [h1]")])
+    assert ansi_parts("\x1b[1;31mfatal\x1b[0m x") == ("fatal x", [("ansi-bold ansi-fg-red", "fatal"), ("", " x")])
+    assert ansi_parts("plain") == ("plain", None)
 
 
-def test_a_hostile_line_cannot_inject_markup() -> None:
-    out = ansi_to_html('<img src=x onerror="alert(1)">\x1b[31m<script>\x1b]0;title\x07\x1b[2J')
-    assert "<img" not in out
-    assert "<script" not in out
-    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in out
-    assert "\x1b" not in out
-    assert "\x07" not in out
+def test_a_hostile_line_stays_text_and_loses_its_escapes() -> None:
+    text, parts = ansi_parts('<img src=x onerror="alert(1)">\x1b[31m<script>\x1b]0;title\x07\x1b[2J')
+    # Text, never markup: the page sets it with textContent, with no class but the dashboard's own.
+    assert text == '<img src=x onerror="alert(1)"><script>]0;title'
+    assert parts == [("", '<img src=x onerror="alert(1)">'), ("ansi-fg-red", "<script>]0;title")]
+    assert "\x1b" not in text
+    assert "\x07" not in text
+
+
+def test_the_page_never_makes_markup_of_text() -> None:
+    static = Path(ansible_worker.dashboard.__file__).parent / "static"
+    scripts = sorted(static.glob("*.js"))
+    assert len(scripts) >= 4
+    for script in scripts:
+        source = script.read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+            assert sink not in source, f"{script.name} uses {sink}"
 
 
 def test_a_colour_code_of_any_length_is_dropped_not_fatal() -> None:
     # Python refuses to turn more than 4,300 digits into an int; a task name can hold that many.
     line = "\x1b[" + "9" * 5000 + "mx\x1b[0;" + "3" * 5000 + ";32my"
-    assert ansi_to_html(line) == 'x<span class="ansi-fg-green">y</span>'
+    assert ansi_parts(line) == ("xy", [("", "x"), ("ansi-fg-green", "y")])
     store = Store()
     route(store, TOPICS, message("ansible/web/tasks/j/events", json.dumps({"seq": 1, "line": line}).encode()))
-    assert store.output["j"][0]["html"] == 'x<span class="ansi-fg-green">y</span>'
+    assert store.live.output["j"][0]["parts"] == [("", "x"), ("ansi-fg-green", "y")]
 
 
 def test_listen_addresses_and_tokens() -> None:
@@ -143,12 +154,15 @@ def test_jobs_are_listed_newest_first() -> None:
     assert [row["task_id"] for row in store.rows()] == ["c", "b", "a"]
 
 
-def test_event_lines_keep_ansible_colours_and_are_escaped() -> None:
+def test_event_lines_keep_ansible_colours_as_kinds_and_stay_text() -> None:
     store = Store()
-    event = b'{"seq": 1, "event": "runner_on_failed", "status": "failed", "line": "fatal: [<b>h</b>]"}'
+    event = (
+        b'{"seq": 1, "event": "runner_on_failed", "status": "failed", "host": "<b>h</b>", "line": "fatal: [<b>h</b>]"}'
+    )
     route(store, TOPICS, message("ansible/web/tasks/j/events", event))
-    line = store.output["j"][0]
-    assert line["html"] == '<span class="ansi-fg-red">fatal: [&lt;b&gt;h&lt;/b&gt;]</span>'
+    line = store.live.output["j"][0]
+    # Coloured by the page from its kind, and set there as text: `<b>` is shown, never made bold.
+    assert line == {"id": 1, "text": "fatal: [<b>h</b>]", "kind": "failed", "host": "<b>h</b>"}
 
 
 def test_a_flood_of_made_up_jobs_keeps_memory_bounded() -> None:
@@ -157,9 +171,10 @@ def test_a_flood_of_made_up_jobs_keeps_memory_bounded() -> None:
         route(store, TOPICS, message(f"ansible/web/tasks/j{index}/events", b'{"seq": 1, "line": "x"}'))
     for index in range(REQUESTS + 5):
         route(store, TOPICS, message("ansible/web/tasks", f'{{"task_id": "r{index}"}}'.encode()))
-    assert len(store.output) == OUTPUT_JOBS
-    assert f"j{OUTPUT_JOBS + 49}" in store.output
-    assert "j0" not in store.output
+    assert len(store.live.output) == OUTPUT_JOBS
+    assert len(store.live.views) <= OUTPUT_JOBS
+    assert f"j{OUTPUT_JOBS + 49}" in store.live.output
+    assert "j0" not in store.live.output
     assert len(store.requests) == REQUESTS
     assert "r0" not in store.requests
 
@@ -272,7 +287,7 @@ def test_cleared_and_dropped_jobs_leave_nothing_behind() -> None:
     assert len(kept) <= MAX_JOBS
     assert set(store._first_seen) == kept
     assert set(store.requests) <= kept
-    assert set(store.output) <= kept
+    assert set(store.live.output) <= kept
 
 
 def test_a_big_status_is_kept_by_its_main_fields_and_says_so() -> None:
@@ -293,18 +308,18 @@ def test_a_big_status_is_kept_by_its_main_fields_and_says_so() -> None:
 def test_output_is_bounded_in_lines_and_bytes_per_job() -> None:
     store = Store()
     for seq in range(1, 41):
-        event = json.dumps({"seq": seq, "line": f"{seq}:" + "y" * 100_000, "task": "t" * 10_000}).encode()
+        event = json.dumps({"seq": seq, "line": f"{seq}:" + "y" * 100_000, "host": "h" * 10_000}).encode()
         route(store, TOPICS, message("ansible/web/tasks/j/events", event))
-    lines = store.output["j"]
-    assert sum(len(line["html"]) for line in lines) <= OUTPUT_BYTES
-    assert lines[-1]["seq"] == 40
-    assert all(len(line["html"]) < LINE_CHARS + 100 for line in lines)
-    assert lines[-1]["html"].endswith("more characters]")
-    assert all(len(line["task"]) <= 257 for line in lines)
+    lines = store.live.output["j"]
+    assert sum(len(line["text"]) for line in lines) <= OUTPUT_BYTES
+    assert lines[-1]["id"] == 40
+    assert all(len(line["text"]) < LINE_CHARS + 100 for line in lines)
+    assert lines[-1]["text"].endswith("more characters]")
+    assert all(len(line["host"]) <= 257 for line in lines)
     for seq in range(41, OUTPUT_LINES + 100):
         route(store, TOPICS, message("ansible/web/tasks/j/events", json.dumps({"seq": seq, "line": "z"}).encode()))
-    assert len(store.output["j"]) == OUTPUT_LINES
-    assert store.output["j"][-1]["seq"] == OUTPUT_LINES + 99
+    assert len(store.live.output["j"]) == OUTPUT_LINES
+    assert store.live.output["j"][-1]["id"] == OUTPUT_LINES + 99
 
 
 def test_requests_are_bounded_in_bytes_and_a_refused_jobs_request_is_dropped() -> None:

@@ -158,11 +158,10 @@ async def observe(secure: SecureBroker, seen: list[InboundMessage], *, task_stat
             seen.append(message)
 
 
-async def test_signed_production_run_keeps_every_secret(
+def write_production_configs(
     secure_broker: SecureBroker, playbook_dir: Path, keys: Path, tmp_path: Path
-) -> None:
-    """Worker and CLI as an operator runs them; no password or token shows up anywhere."""
-    worker_password, token = PASSWORDS["ansible-worker"], "deploy-token-Vb61sQ0"
+) -> tuple[Path, Path]:
+    """A signed worker's config (its secrets as `${VAR}`) and its controller's, as an operator writes them."""
     worker_mqtt = {**secure_broker.mqtt_settings("ansible-worker"), "password": "${MQTT_PASSWORD}"}
     worker_file = tmp_path / "worker.yaml"
     worker_file.write_text(
@@ -195,6 +194,15 @@ async def test_signed_production_run_keeps_every_secret(
             }
         )
     )
+    return worker_file, controller_file
+
+
+async def test_signed_production_run_keeps_every_secret(
+    secure_broker: SecureBroker, playbook_dir: Path, keys: Path, tmp_path: Path
+) -> None:
+    """Worker and CLI as an operator runs them; no password or token shows up anywhere."""
+    worker_password, token = PASSWORDS["ansible-worker"], "deploy-token-Vb61sQ0"
+    worker_file, controller_file = write_production_configs(secure_broker, playbook_dir, keys, tmp_path)
     environment = {**os.environ, "MQTT_PASSWORD": worker_password, "DEPLOY_TOKEN": token}
     seen: list[InboundMessage] = []
     outputs: list[bytes] = []

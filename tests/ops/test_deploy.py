@@ -19,7 +19,7 @@ from ansible_worker.dashboard.feed import MAX_PAYLOAD as DASHBOARD_MAX_PAYLOAD
 from ansible_worker.ops.config import load_settings
 from ansible_worker.protocol.models import CONTENT_PART_BYTES
 from ansible_worker.run.sources.job_sources import cache_problem
-from ansible_worker.worker.service import SHUTDOWN_MARGIN
+from ansible_worker.worker.drain import SHUTDOWN_MARGIN
 from tests.conftest import REPO
 from tests.deployment import containerfile
 

@@ -174,6 +174,20 @@ def test_asyncapi_document_is_valid_asyncapi_3() -> None:
     assert document["operations"]["sendTaskStatus"]["bindings"]["mqtt"]["retain"] is True
 
 
+# The schema of each message, by the last level of its topic.
+WIRE_KINDS = {
+    "tasks": "task-request",
+    "status": "status",
+    "events": "event",
+    "cancel": "cancel-request",
+    "claim": "claim",
+    "request": "task-request",
+    "record": "record",
+    "templates": "catalogue",
+    "locks": "lock",
+}
+
+
 async def test_every_message_on_the_wire_matches_its_schema(
     broker: Broker, playbook_dir: Path, group: str, keys: Path
 ) -> None:
@@ -182,7 +196,13 @@ async def test_every_message_on_the_wire_matches_its_schema(
     validators = {name: jsonschema.Draft202012Validator(schema) for name, schema in schemas.items()}
     topics = Topics("ansible", group)
     seen: list[InboundMessage] = []
-    settings = make_settings(broker.port, playbook_dir, group, security=require_signatures(keys))
+    (playbook_dir / "templates.yml").write_text(
+        "templates:\n  quick:\n    playbook: quick.yml\n    survey: {n: {type: integer, default: 1}}\n"
+        "    schedule: [{cron: '0 3 * * *', timezone: Europe/Berlin}]\n"
+    )
+    settings = make_settings(
+        broker.port, playbook_dir, group, security=require_signatures(keys), templates="templates.yml"
+    )
     signer = Signer.from_file(keys / "alice.key")
 
     async def record(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -206,20 +226,13 @@ async def test_every_message_on_the_wire_matches_its_schema(
             await client.barrier()
         nursery.cancel_scope.cancel()
 
-    kinds = {
-        "tasks": "task-request",
-        "status": "status",
-        "events": "event",
-        "cancel": "cancel-request",
-        "claim": "claim",
-        "record": "record",
-    }
     checked: dict[str, int] = {}
     for message in seen:
         if not message.payload or "/clients/" in message.topic:
             continue
         leaf = message.topic.rsplit("/", 1)[-1]
-        kind = "presence" if message.topic.startswith(topics.worker("")) else kinds[leaf]
+        kind = "presence" if message.topic.startswith(topics.worker("")) else WIRE_KINDS[leaf]
+        kind = "catalogue" if message.topic == topics.templates else kind
         # A record is compressed JSON; every other message is plain JSON.
         document = decode_record(message.payload) if kind == "record" else json.loads(message.payload)
         errors = [error.message for error in validators[kind].iter_errors(document)]

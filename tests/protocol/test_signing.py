@@ -1,55 +1,34 @@
-"""Signatures, claims and security settings on their own: what each accepts, and why it refuses the rest."""
+"""Signatures on their own, and the intake's checks of a signed task: what each accepts, and why it refuses the rest."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import stat
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ansible_worker.ops.config import ConfigError, load_settings
-from ansible_worker.protocol.claims import Claim, ClaimBook, ClaimState, claim_document, read_claim, request_digest
+from ansible_worker.protocol.claims import request_digest
 from ansible_worker.protocol.signing import (
     SignatureRefused,
     Signer,
     TrustedKeys,
     check_age,
-    generate_key_pair,
     load_private_key,
-    load_public_key,
     signed_bytes,
 )
-from ansible_worker.run.argv import child_environment
 from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_cancel_message, read_task_message
+from tests.protocol.conftest import trusted
 
 TASKS = "ansible/web/tasks"
 JOB = {"task_id": "deploy-1", "playbook": "site.yml", "inventory": "hosts", "extra_vars": {"version": "1.2"}}
 
 
-@pytest.fixture
-def keys(tmp_path: Path) -> dict[str, Path]:
-    """Two key pairs: alice, whom the worker trusts, and mallory, whom it does not."""
-    paths = {}
-    for name in ("alice", "mallory"):
-        generate_key_pair(tmp_path / f"{name}.key", tmp_path / f"{name}.pub")
-        paths[name] = tmp_path / name
-    return paths
-
-
 def signer(keys: dict[str, Path], name: str) -> Signer:
     return Signer.from_file(keys[name].with_suffix(".key"))
-
-
-def trusted(keys: dict[str, Path]) -> TrustedKeys:
-    return TrustedKeys.from_files({"alice": keys["alice"].with_suffix(".pub")})
 
 
 def refusal(keys: dict[str, Path], topic: str, document: dict[str, Any]) -> str:
@@ -240,280 +219,9 @@ def test_intake_rejects_before_reading_fields_and_keeps_the_signer(keys: dict[st
     assert isinstance(read_cancel_message(b'{"reason": "r"}', max_bytes=4096, verify=check), Dropped)
 
 
-def claim(
-    worker: str, claim_id: str, state: ClaimState = "claimed", *, expires: float = 100, releases: str | None = None
-) -> Claim:
-    if state == "released" and releases is None:
-        releases = "c1"
-    return Claim(worker, claim_id, state, expires, releases)
-
-
-def test_claims_first_heard_wins_until_released_or_expired() -> None:
-    book = ClaimBook()
-    assert book.record("t", claim("a", "c1"), now=0)
-    assert not book.record("t", claim("b", "c2"), now=1)
-    holder = book.holder("t", now=2)
-    assert holder is not None
-    assert (holder.worker_id, holder.claim_id) == ("a", "c1")
-    # The same claim heard again (retained, after a reconnect) keeps it.
-    assert book.record("t", claim("a", "c1"), now=3)
-    # A release counts only when it names the holder's claim.
-    assert not book.record("t", claim("b", "r0", "released", releases="c2"), now=4)
-    assert book.holder("t", now=4) == holder
-    assert book.record("t", claim("a", "r1", "released", releases="c1"), now=5)
-    assert book.holder("t", now=6) is None
-    assert book.released("t", now=6)
-    # A released claim never holds again, replayed or not.
-    assert not book.record("t", claim("a", "c1"), now=6.5)
-    assert book.record("t", claim("b", "c4", expires=50), now=7)
-    claimed = book.holder("t", now=8)
-    assert claimed is not None
-    assert claimed.worker_id == "b"
-    assert book.holder("t", now=58) is None
-
-
-def test_a_release_for_a_claim_never_heard_counts_until_it_expires() -> None:
-    book = ClaimBook()
-    assert book.record("t", claim("a", "r1", "released", releases="c1", expires=10), now=0)
-    assert book.released("t", now=5)
-    assert not book.record("t", claim("a", "c1"), now=6)
-    assert not book.released("t", now=11)
-
-
-def test_a_release_names_the_request_it_hands_back() -> None:
-    wall = datetime(2026, 1, 1, tzinfo=UTC)
-    digest = request_digest(b'{"task_id": "t"}')
-
-    def read(**fields: Any) -> Claim | None:
-        document = claim_document("a", "r1", "released", expires_at=wall + timedelta(seconds=60), **fields)
-        return read_claim(
-            json.dumps(document).encode(), now=0, wall_now=wall, verify=None, expiry=None, default_lifetime=None
-        )
-
-    named = read(releases="c1", request_sha256=digest)
-    assert named is not None
-    assert named.request_sha256 == digest
-    for unnamed in (read(releases="c1"), read(releases="c1", request_sha256="not a digest")):
-        assert unnamed is not None
-        assert unnamed.request_sha256 is None
-    book = ClaimBook()
-    book.record("t", claim("a", "c1"), now=0)
-    book.record("t", named, now=1)
-    assert book.released_request("t", now=2) == digest
-    # Taken by the next worker: no request skips its age any more.
-    book.record("t", claim("b", "c2"), now=3)
-    assert book.released_request("t", now=4) is None
-    # A release from an older worker names no request: none skips its age.
-    old_style = read(releases="c9")
-    assert old_style is not None
-    book.record("u", old_style, now=5)
-    assert book.released("u", now=6)
-    assert book.released_request("u", now=6) is None
-
-
-def test_claim_messages_that_are_not_claims_count_for_nothing() -> None:
-    wall = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def read(payload: bytes, *, verify: Any = None, expiry: int | None = None) -> Claim | None:
-        return read_claim(payload, now=1000, wall_now=wall, verify=verify, expiry=expiry, default_lifetime=300)
-
-    def document(**fields: Any) -> bytes:
-        return json.dumps(fields).encode()
-
-    assert read(b"") is None
-    assert read(b"not json") is None
-    assert read(document(state="stolen", worker_id="x", claim="y")) is None
-    assert read(document(state="released", worker_id="x", claim="y")) is None  # names no claim
-    assert read(b" " * 5000 + document(state="claimed", worker_id="x", claim="y")) is None
-    plain = read(document(state="claimed", worker_id="x", claim="y"))
-    assert plain is not None
-    assert plain.expires == 1300
-    from_expiry = read(document(state="claimed", worker_id="x", claim="y"), expiry=30)
-    assert from_expiry is not None
-    assert from_expiry.expires == 1030
-    signed_until = claim_document("x", "y", "claimed", expires_at=wall + timedelta(seconds=60))
-    dated = read(json.dumps(signed_until).encode())
-    assert dated is not None
-    assert dated.expires == 1060
-    past = claim_document("x", "y", "claimed", expires_at=wall - timedelta(seconds=1))
-    assert read(json.dumps(past).encode()) is None
-
-    def refuse(document: Any) -> None:
-        raise SignatureRefused("bad signature")
-
-    def accept(document: Any) -> None:
-        return None
-
-    # With signatures, a claim must say until when it holds, inside what is signed.
-    assert read(document(state="claimed", worker_id="x", claim="y"), verify=accept, expiry=30) is None
-    assert read(json.dumps(signed_until).encode(), verify=refuse) is None
-    assert read(json.dumps(signed_until).encode(), verify=accept) is not None
-
-
-def test_key_files_that_are_not_ed25519_are_named(tmp_path: Path, keys: dict[str, Path]) -> None:
-    not_a_key = tmp_path / "notes.pub"
-    not_a_key.write_text("hello")
-    with pytest.raises(Exception, match=r"notes.pub: not a PEM or OpenSSH public key"):
-        load_public_key(not_a_key)
-    openssh = tmp_path / "alice_ssh.pub"
-    key = load_public_key(keys["alice"].with_suffix(".pub"))
-    from cryptography.hazmat.primitives import serialization
-
-    openssh.write_bytes(key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
-    assert load_public_key(openssh) == key
-
-
-def write_config(path: Path, playbooks: Path, security: dict[str, Any], **worker: Any) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "mqtt": {"host": "127.0.0.1", "password": "hunter2-broker"},
-                "worker": {"group_name": "g", "playbook_directory": str(playbooks), **worker},
-                "security": security,
-            }
-        )
-    )
-    return path
-
-
-def test_security_config_mistakes_name_the_key(tmp_path: Path, keys: dict[str, Path]) -> None:
-    cases: list[tuple[dict[str, Any], str]] = [
-        ({"require_signed_tasks": True}, "security: require_signed_tasks is true, but trusted_keys names no key"),
-        (
-            {"require_signed_tasks": True, "trusted_keys": {"bob": str(tmp_path / "missing.pub")}},
-            f"security: trusted_keys: {tmp_path / 'missing.pub'}: cannot read: No such file or directory",
-        ),
-        (
-            {"require_signed_tasks": True, "trusted_keys": {"alice": str(keys["alice"].with_suffix(".key"))}},
-            "security: trusted_keys: ",
-        ),
-        (
-            {"require_signed_tasks": True, "trusted_keys": {"alice": str(keys["alice"].with_suffix(".pub"))}},
-            "security: require_signed_tasks is true, but worker_key is not set: a worker signs its claims",
-        ),
-        (
-            {
-                "require_signed_tasks": True,
-                "trusted_keys": {"alice": str(keys["alice"].with_suffix(".pub"))},
-                "worker_key": str(keys["alice"].with_suffix(".key")),
-            },
-            "security: worker_key is also one of trusted_keys: a worker key must not be able to sign jobs",
-        ),
-        (
-            {
-                "require_signed_tasks": True,
-                "trusted_keys": {"alice": str(keys["alice"].with_suffix(".pub"))},
-                "worker_key": str(keys["mallory"].with_suffix(".pub")),
-            },
-            "security: worker_key: ",
-        ),
-        (
-            {
-                "require_signed_tasks": True,
-                "trusted_keys": {"alice": str(keys["alice"].with_suffix(".pub"))},
-                "worker_key": str(keys["mallory"].with_suffix(".key")),
-                "worker_keys": {"east": str(keys["alice"].with_suffix(".pub"))},
-            },
-            "security: worker_keys names a key that is also one of trusted_keys",
-        ),
-        ({"max_task_age": 0}, "security.max_task_age: Input should be greater than 0 (got 0)"),
-        ({"trusted_keys": {"bad name": "x"}}, "security.trusted_keys.bad name.[key]: String should match pattern"),
-    ]
-    for security, expected in cases:
-        with pytest.raises(ConfigError) as caught:
-            load_settings(write_config(tmp_path / "c.json", tmp_path, security), environ={})
-        assert caught.value.problems[0].startswith(expected), caught.value.problems
-    with pytest.raises(ConfigError) as caught:
-        load_settings(write_config(tmp_path / "c.json", tmp_path, {}, environment={"ANSIBLE_WORKER_X": "1"}), {})
-    assert caught.value.problems == ["worker.environment: ANSIBLE_WORKER_X: reserved for the worker itself"]
-
-
-def test_validate_summarises_without_secrets(tmp_path: Path, keys: dict[str, Path]) -> None:
-    security = {
-        "require_signed_tasks": True,
-        "trusted_keys": {"alice": str(keys["alice"].with_suffix(".pub"))},
-        "worker_key": str(keys["mallory"].with_suffix(".key")),
-    }
-    config = write_config(tmp_path / "c.json", tmp_path, security, environment={"DEPLOY_TOKEN": "tok-s3cret-42"})
-    result = subprocess.run(
-        [sys.executable, "-m", "ansible_worker", "validate", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "signatures    required, trusted keys: alice; max age 300s" in result.stdout
-    assert "environment   DEPLOY_TOKEN for Ansible (values hidden)" in result.stdout
-    assert "hunter2-broker" not in result.stdout + result.stderr
-    assert "tok-s3cret-42" not in result.stdout + result.stderr
-
-
-def test_validate_says_what_a_group_of_several_worker_keys_needs(tmp_path: Path, keys: dict[str, Path]) -> None:
-    generate_key_pair(tmp_path / "east.key", tmp_path / "east.pub")
-    security: dict[str, Any] = {
-        "require_signed_tasks": True,
-        "trusted_keys": {"alice": str(keys["alice"].with_suffix(".pub"))},
-        "worker_key": str(keys["mallory"].with_suffix(".key")),
-    }
-
-    def validate(security: dict[str, Any]) -> str:
-        config = write_config(tmp_path / "c.json", tmp_path, security)
-        command = [sys.executable, "-m", "ansible_worker", "validate", "-c", str(config)]
-        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
-
-    alone = validate(security)
-    assert (
-        "  claim keys    this worker's worker_key only: the other workers of the group must share it, or each"
-        " worker must list the public keys of the others under security.worker_keys; claims signed by a key"
-        " not listed do not count, and a task_id can run twice" in alone
-    ), alone
-    listed = validate({**security, "worker_keys": {"east": str(tmp_path / "east.pub")}})
-    assert (
-        "  claim keys    this worker's worker_key and east: every worker of the group must list the public"
-        " key of each worker that does not share its worker_key; claims signed by a key not listed do not"
-        " count, and a task_id can run twice" in listed
-    ), listed
-    unsigned = validate({})
-    assert "claim keys" not in unsigned
-
-
-def test_keygen_writes_a_private_key_only_its_owner_can_read(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "ansible_worker", "keygen", "ci", "-d", str(tmp_path)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    private, public = tmp_path / "ci.key", tmp_path / "ci.pub"
-    assert stat.S_IMODE(private.stat().st_mode) == 0o600
-    fingerprint = Signer.from_file(private).fingerprint
-    assert f"fingerprint {fingerprint}" in result.stdout
-    assert private.read_text() not in result.stdout
-    assert TrustedKeys.from_files({"ci": public}).names == ["ci"]
-    again = subprocess.run(command, capture_output=True, text=True, check=False)
-    assert again.returncode == 2
-    assert again.stderr == f"error: {private}: exists already; a key is never overwritten\n"
-
-
-def test_children_do_not_inherit_the_workers_secrets() -> None:
-    base = {"PATH": "/bin", "ANSIBLE_WORKER_MQTT__PASSWORD": "pw", "MQTT_PASSWORD": "pw", "HOME": "/root"}
-    env = child_environment(base, extra={"DEPLOY_TOKEN": "t"}, hidden_values=["pw", ""])
-    assert env == {"PATH": "/bin", "HOME": "/root", "DEPLOY_TOKEN": "t"}
-    assert os.environ.get("ANSIBLE_WORKER_EVENT_FIFO") is None
-
-
-def test_the_claim_book_is_bounded_and_forgets_the_oldest_first() -> None:
-    book = ClaimBook(max_claims=100)
-    for index in range(250):
-        book.record(f"t{index}", claim("flood", f"c{index}", expires=300), now=index / 1000)
-    assert len(book) == 100
-    assert book.holder("t249", now=1) is not None
-    assert book.holder("t149", now=1) is None
-    assert book.holder("t150", now=1) is not None
-    # A task already in the book keeps its entry when full: a release still lands.
-    book.record("t200", claim("flood", "r", "released", releases="c200", expires=300), now=1)
-    assert book.released("t200", now=1)
-    assert len(book) == 100
-
-
 def test_the_cheap_checks_come_before_the_signature_is_computed(keys: dict[str, Path]) -> None:
     """A flood of stale or foreign messages costs no canonical JSON: that is refused first."""
-    from ansible_worker.ops.config import SecuritySettings
+    from ansible_worker.ops.security_settings import SecuritySettings
     from ansible_worker.protocol.topics import Topics
     from ansible_worker.worker.policies import SignaturePolicy
     from ansible_worker.worker.task_gate import SignedTaskGate

@@ -206,6 +206,35 @@ def reachable(base: Path) -> None:
 
 
 @as_root
+def fill_open_cache_as_another_user(cache: Path, base: Path, checkout: Path, commit: str) -> tuple[Path, Path]:
+    """Make `cache` open to all and fill it as another user: planted trees, a lock, a mirror with hooks.
+
+    The mirror, and the file its hooks would write if they ran.
+    """
+    for directory in (cache, cache / "trees", cache / "mirrors"):
+        directory.mkdir()
+        directory.chmod(0o777)
+    planted = base / "planted.yml"
+    planted.write_text(PLANTED)
+    planted.chmod(0o644)
+    for key in (f"git-{commit}", f"project-site-{commit}"):
+        as_mallory("mkdir", str(cache / "trees" / key))
+        as_mallory("cp", str(planted), str(cache / "trees" / key / "site.yml"))
+        as_mallory("cp", str(checkout / "one_host.ini"), str(cache / "trees" / key / "one_host.ini"))
+    (cache / "trees" / f"sha256-{'d' * 64}").symlink_to(base)
+    # A lock file of theirs, which they could have kept locked.
+    as_mallory("touch", str(cache / "lock"))
+    mirror = cache / "mirrors" / "site.git"
+    as_mallory("git", "init", "--quiet", "--bare", str(mirror))
+    marker = base / "hook-ran"
+    hook = base / "hook.sh"
+    hook.write_text(f"#!/bin/sh\nid -u > {marker}\n")
+    hook.chmod(0o755)
+    for name in ("reference-transaction", "post-fetch", "pre-auto-gc"):
+        as_mallory("cp", str(hook), str(mirror / "hooks" / name))
+    return mirror, marker
+
+
 async def test_what_another_user_left_in_the_cache_is_never_used(
     broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -220,27 +249,7 @@ async def test_what_another_user_left_in_the_cache_is_never_used(
         git(base, "clone", "--quiet", str(origin.bare), str(checkout))
         # The cache was open to everyone for a while: another user filled it.
         cache = base / "cache"
-        for directory in (cache, cache / "trees", cache / "mirrors"):
-            directory.mkdir()
-            directory.chmod(0o777)
-        planted = base / "planted.yml"
-        planted.write_text(PLANTED)
-        planted.chmod(0o644)
-        for key in (f"git-{commit}", f"project-site-{commit}"):
-            as_mallory("mkdir", str(cache / "trees" / key))
-            as_mallory("cp", str(planted), str(cache / "trees" / key / "site.yml"))
-            as_mallory("cp", str(checkout / "one_host.ini"), str(cache / "trees" / key / "one_host.ini"))
-        (cache / "trees" / f"sha256-{'d' * 64}").symlink_to(base)
-        # A lock file of theirs, which they could have kept locked.
-        as_mallory("touch", str(cache / "lock"))
-        mirror = cache / "mirrors" / "site.git"
-        as_mallory("git", "init", "--quiet", "--bare", str(mirror))
-        marker = base / "hook-ran"
-        hook = base / "hook.sh"
-        hook.write_text(f"#!/bin/sh\nid -u > {marker}\n")
-        hook.chmod(0o755)
-        for name in ("reference-transaction", "post-fetch", "pre-auto-gc"):
-            as_mallory("cp", str(hook), str(mirror / "hooks" / name))
+        mirror, marker = fill_open_cache_as_another_user(cache, base, checkout, commit)
         # Then the operator fixed the modes, as the worker told them to.
         for directory in (cache, cache / "trees", cache / "mirrors"):
             directory.chmod(0o700)

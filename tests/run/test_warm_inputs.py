@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -325,6 +326,12 @@ async def test_a_shared_library_replaced_after_the_parent_loaded_it_means_a_cold
     libraries.mkdir()
     library = libraries / "libz-copy.so.1"
     library.write_bytes(system_zlib().read_bytes())
+    # A file changed while the parent imports counts as changed (its clock ticks coarsely): let
+    # the library's change time fall clearly before the parent starts.
+    changed_at = library.stat().st_ctime_ns
+    with trio.fail_after(10):
+        while time.time_ns() < changed_at + 100_000_000:  # noqa: ASYNC110 - waiting on the clock
+            await trio.sleep(0.02)
     modules = tmp_path / "modules"
     modules.mkdir()
     (modules / "library_user.py").write_text(LIBRARY_USER.format(library=str(library)))

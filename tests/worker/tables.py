@@ -123,3 +123,24 @@ def submitted(table: JobTable, request: TaskRequest, payload: bytes = b"") -> Jo
     job = submit(table, request, payload)
     assert job is not None, f"{request.task_id} was refused"
     return job
+
+
+def request(task_id: str) -> TaskRequest:
+    return TaskRequest(task_id=task_id, playbook="site.yml", inventory="hosts")
+
+
+def recorded(table: JobTable) -> RecordingStatuses:
+    assert isinstance(table.statuses, RecordingStatuses)
+    return table.statuses
+
+
+def start(table: JobTable, job: Job) -> None:
+    """What the runner does when a slot takes the job: it says `running`."""
+    job.state = State.RUNNING
+    table.post(job.status())
+
+
+def finish(table: JobTable, job: Job, state: State = State.SUCCESS) -> None:
+    """What the runner does when the job ends: its terminal status."""
+    job.finish(state)
+    table.post(job.status())

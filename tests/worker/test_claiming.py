@@ -46,7 +46,9 @@ class RefusedClaims:
     def __init__(self, witness: Witness) -> None:
         self.witness = witness
 
-    async def claim(self, task_id: str, claim_id: str, *, also_ours: frozenset[str]) -> bool:
+    async def claim(
+        self, task_id: str, claim_id: str, *, also_ours: frozenset[str], request_sha256: str | None = None
+    ) -> bool:
         raise ClaimFailed("not authorized", permanent=True)
 
     def holder(self, task_id: str) -> Claim | None:

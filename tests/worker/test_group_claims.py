@@ -13,9 +13,9 @@ import trio
 from ansible_worker.protocol.models import CancelRequest
 from ansible_worker.protocol.signing import Signer, generate_key_pair
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.worker.group_claims import UnknownClaimKeys
 from ansible_worker.worker.journal import Journal
 from ansible_worker.worker.service import Worker
+from ansible_worker.worker.unknown_claim_keys import UnknownClaimKeys
 from tests.conftest import (
     Broker,
     Controller,
@@ -132,9 +132,11 @@ async def test_claims_in_flight_count_against_the_queue(
     async with open_controller(broker, group) as controller, running_worker(settings) as worker:
         claim, release = worker.claims.claim, trio.Event()
 
-        async def slow_claim(task_id: str, claim_id: str, *, also_ours: frozenset[str] = frozenset()) -> bool:
+        async def slow_claim(
+            task_id: str, claim_id: str, *, also_ours: frozenset[str] = frozenset(), request_sha256: str | None = None
+        ) -> bool:
             await release.wait()
-            return await claim(task_id, claim_id, also_ours=also_ours)
+            return await claim(task_id, claim_id, also_ours=also_ours, request_sha256=request_sha256)
 
         worker.claims.claim = slow_claim  # type: ignore[method-assign]
         for index in range(6):

@@ -14,37 +14,26 @@ import pytest
 import trio
 import trio.testing
 
-from ansible_worker.protocol.models import CancelRequest, State, TaskRequest
+from ansible_worker.protocol.models import CancelRequest, State
 from ansible_worker.protocol.statuses import early_status
 from ansible_worker.run.job import Job
 from ansible_worker.worker.claiming import Claimer
-from ansible_worker.worker.jobs import JobEntry, JobTable
+from ansible_worker.worker.jobs import JobEntry
 from ansible_worker.worker.journal import Entry
 from ansible_worker.worker.phases import JOURNAL, TRANSITIONS, Move, MoveRefused, Phase, next_phase
 from ansible_worker.worker.recovery import settle_journal
 from ansible_worker.worker.status_path import UNPUBLISHABLE
-from tests.worker.tables import CountingJournal, RecordingKeeper, RecordingStatuses, job_table, submit, submitted
-
-
-def request(task_id: str) -> TaskRequest:
-    return TaskRequest(task_id=task_id, playbook="site.yml", inventory="hosts")
-
-
-def recorded(table: JobTable) -> RecordingStatuses:
-    assert isinstance(table.statuses, RecordingStatuses)
-    return table.statuses
-
-
-def start(table: JobTable, job: Job) -> None:
-    """What the runner does when a slot takes the job: it says `running`."""
-    job.state = State.RUNNING
-    table.post(job.status())
-
-
-def finish(table: JobTable, job: Job, state: State = State.SUCCESS) -> None:
-    """What the runner does when the job ends: its terminal status."""
-    job.finish(state)
-    table.post(job.status())
+from tests.worker.tables import (
+    CountingJournal,
+    RecordingKeeper,
+    finish,
+    job_table,
+    recorded,
+    request,
+    start,
+    submit,
+    submitted,
+)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -15,7 +16,7 @@ import trio.testing
 
 from ansible_worker.mqtt.link import LinkLost
 from ansible_worker.mqtt.session import BrokerSession
-from ansible_worker.protocol.models import Presence
+from ansible_worker.protocol.group_messages import Presence
 from ansible_worker.protocol.timestamps import parse_utc
 from ansible_worker.worker.policies import PresencePolicy
 from ansible_worker.worker.presence import Load, PresenceAnnouncer, WorkerState
@@ -232,8 +233,28 @@ def test_the_will_says_offline_retained() -> None:
     will = presence.will()
     assert (will.topic, will.qos, will.retain) == (TOPIC, 1, True)
     body = Presence.model_validate_json(will.payload)
-    assert (body.state, body.running, body.jobs_done) == ("offline", 1, 9)
+    assert (body.state, body.running, body.jobs_done, body.stopped) == ("offline", 1, 9, "lost")
     assert presence.state is WorkerState.ONLINE
+
+
+def test_a_signing_worker_signs_its_presence_and_its_will(tmp_path: Path) -> None:
+    """With a worker key, every presence verifies against the worker's public key, over its topic."""
+    from ansible_worker.protocol.signing import Signer, TrustedKeys, generate_key_pair
+
+    generate_key_pair(tmp_path / "w.key", tmp_path / "w.pub")
+    trusted = TrustedKeys.from_files({"w": tmp_path / "w.pub"})
+    presence = PresenceAnnouncer(
+        cast(BrokerSession, FakeSession()),
+        TOPIC,
+        worker_id="w1",
+        policy=PresencePolicy(capacity=4, interval=INTERVAL),
+        load=Loads(),
+        signer=Signer.from_file(tmp_path / "w.key"),
+    )
+    for payload, state in ((presence.message(), "online"), (presence.will().payload, "offline")):
+        document = json.loads(payload)
+        assert document["state"] == state
+        assert trusted.verify(TOPIC, document).signer == "w"
 
 
 async def test_publish_offline_says_goodbye(autojump_clock: trio.testing.MockClock) -> None:
@@ -245,6 +266,7 @@ async def test_publish_offline_says_goodbye(autojump_clock: trio.testing.MockClo
         await presence.publish_offline()
     [goodbye] = session.published
     assert (goodbye.topic, goodbye.qos, goodbye.retain, goodbye.body["state"]) == (TOPIC, 1, True, "offline")
+    assert goodbye.body["stopped"] == "clean"
     assert presence.state is WorkerState.OFFLINE
 
 

@@ -118,13 +118,13 @@ async def test_second_signal_stops_waiting_for_running_jobs(broker: Broker, play
 
 
 def journaled_worker(
-    tmp_path: Path, broker: Broker, playbook_dir: Path, group: str, worker_id: str
+    tmp_path: Path, broker: Broker, playbook_dir: Path, group: str, worker_id: str, **worker: Any
 ) -> tuple[list[str], Path]:
     """The arguments of a worker with a journal, and the journal's directory."""
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     config = worker_config(
-        tmp_path / "w.json", broker, playbook_dir, group, worker_id=worker_id, state_dir=str(state_dir)
+        tmp_path / "w.json", broker, playbook_dir, group, worker_id=worker_id, state_dir=str(state_dir), **worker
     )
     return ["run", "-c", str(config)], state_dir
 
@@ -133,7 +133,11 @@ def journaled_worker(
 async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
-    arguments, state_dir = journaled_worker(tmp_path, broker, playbook_dir, group, "phoenix")
+    # A client waits up to 1.5 x lost_after (and a margin) for another worker to take the job
+    # over before it calls the job lost: short here, where no other worker is.
+    arguments, state_dir = journaled_worker(
+        tmp_path, broker, playbook_dir, group, "phoenix", heartbeat_interval=1, lost_after=4
+    )
     seconds = unique_seconds(277)
     earlier_run_dirs = _run_directories("crash-running")
     async with client_for(broker, group) as client:

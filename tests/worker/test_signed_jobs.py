@@ -212,10 +212,12 @@ async def test_a_cancel_that_arrives_while_the_claim_is_in_flight_is_kept(
         # The claim's round trip is a millisecond: hold it, so the cancel surely comes during it.
         claim, claiming, go_on = worker.claims.claim, trio.Event(), trio.Event()
 
-        async def held_claim(task_id: str, claim_id: str, *, also_ours: frozenset[str] = frozenset()) -> bool:
+        async def held_claim(
+            task_id: str, claim_id: str, *, also_ours: frozenset[str] = frozenset(), request_sha256: str | None = None
+        ) -> bool:
             claiming.set()
             await go_on.wait()
-            return await claim(task_id, claim_id, also_ours=also_ours)
+            return await claim(task_id, claim_id, also_ours=also_ours, request_sha256=request_sha256)
 
         worker.claims.claim = held_claim  # type: ignore[method-assign]
         await controller.submit(alice.sign(topics.tasks, {"task_id": "c-early", **SLEEP}))

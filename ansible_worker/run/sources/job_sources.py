@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
-import stat
-import tempfile
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from ansible_worker.ops.private_paths import make_private_directory, tamper_risk
 from ansible_worker.protocol.models import ShippedContent, TaskRequest
 from ansible_worker.run.errors import JobRefusedError
 from ansible_worker.run.sources.git import (
@@ -25,11 +20,21 @@ from ansible_worker.run.sources.git import (
     ProjectMirror,
     environment_without,
     git_directory_of,
-    mirror_path,
-    ssh_command_for,
 )
 from ansible_worker.run.sources.run_trees import TreeCache, remove_tree
 from ansible_worker.run.sources.shipped_content import ContentLimits, check_digest, unpack
+from ansible_worker.run.sources.source_cache import (
+    CACHE_KEY,
+    lock_cache,
+    make_cache_directory,
+    mirror_problem,
+    project_mirrors,
+)
+
+# Re-exported: the worker's start and its summary reach the cache through this module.
+from ansible_worker.run.sources.source_cache import SourceCacheError as SourceCacheError
+from ansible_worker.run.sources.source_cache import cache_problem as cache_problem
+from ansible_worker.run.sources.source_cache import cache_root as cache_root
 
 if TYPE_CHECKING:
     # For its type only: the run layer never loads the settings module itself.
@@ -63,121 +68,6 @@ class RunTree:
     project: str | None = None
     revision: str | None = None
     content_sha256: str | None = None
-
-
-# The key every problem of the cache is reported under, whichever default it came from.
-CACHE_KEY = "worker.source_cache"
-TEMPORARY_PREFIX = "ansible-worker-sources-"
-# Held (flock) by the one worker that uses the cache: trees and mirrors are not shared.
-LOCK_NAME = "lock"
-
-
-class SourceCacheError(JobRefusedError):
-    """The source cache cannot be made private to the worker's user; the message names the key."""
-
-
-def cache_root(settings: WorkerSettings) -> Path | None:
-    """Where trees and mirrors are kept: `worker.source_cache`, else `state_dir`/sources.
-
-    None when neither is set: the worker then makes a directory of its own in the temp
-    directory (`tempfile.mkdtemp`: a name no one can guess, mode 0700), removed when it stops.
-    """
-    if settings.source_cache is not None:
-        return settings.source_cache
-    if settings.state_dir is not None:
-        return Path(os.path.abspath(settings.state_dir)) / "sources"
-    return None
-
-
-def _lock(root: Path) -> int:
-    """Lock the cache in `root` for this process; the descriptor that holds the lock.
-
-    Errors: `SourceCacheError` when another process holds it, naming its process id.
-    """
-    path = root / LOCK_NAME
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        with suppress(FileNotFoundError):
-            info = os.lstat(path)
-            if info.st_uid != os.geteuid() or not stat.S_ISREG(info.st_mode):
-                # Left by someone else while the cache was open to them: they may hold it still.
-                log.warning("replacing %s, which is not a file of the worker's user", path)
-                os.unlink(path)
-        descriptor = os.open(path, flags, 0o600)
-    except OSError as exc:
-        raise SourceCacheError(f"{CACHE_KEY}: cannot open {path}: {exc.strerror or exc}") from None
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.read(descriptor, 32).decode("ascii", "replace").strip() or "unknown"
-        os.close(descriptor)
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise SourceCacheError(f"{CACHE_KEY}: cannot lock {path}: {exc.strerror or exc}") from None
-        raise SourceCacheError(
-            f"{CACHE_KEY}: {root} is in use by another worker (process {holder[:20]}): each worker needs a"
-            " source cache of its own"
-        ) from None
-    os.ftruncate(descriptor, 0)
-    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
-    return descriptor
-
-
-def _mirror_problem(path: Path, *, single_user: bool) -> str | None:
-    """Why the mirror `path` may hold what another user put there (a hook, a config); None when it cannot.
-
-    Every entry must be a directory or a regular file of the worker's user, and, unless
-    `single_user`, writable by no one else: then nobody else could have changed it.
-    Synchronous: one `lstat` per file of the mirror, once at start.
-    """
-    uid = os.geteuid()
-
-    def problem(where: str) -> str | None:
-        info = os.lstat(where)
-        if stat.S_ISLNK(info.st_mode):
-            return f"{where} is a symbolic link"
-        if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
-            return f"{where} is not a directory or a regular file"
-        if info.st_uid != uid:
-            return f"{where} belongs to another user (uid {info.st_uid})"
-        if not single_user and info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return f"{where} may be written by others (mode {stat.S_IMODE(info.st_mode):o})"
-        return None
-
-    try:
-        found = problem(str(path))
-        if found is not None or not path.is_dir():
-            return found
-        for directory, dirs, files in os.walk(path):
-            for name in (*dirs, *files):
-                found = problem(os.path.join(directory, name))
-                if found is not None:
-                    return found
-    except OSError as exc:
-        return f"{exc.filename or path} cannot be examined: {exc.strerror or exc}"
-    return None
-
-
-def cache_problem(settings: WorkerSettings) -> str | None:
-    """Why the source cache (or, by default, the place it would be made in) is not safe from other local users.
-
-    One line naming the key, for a configuration error; None when it is safe. Parts of the
-    path that do not exist yet are not judged: the worker makes them, mode 0700.
-
-    Synchronous: a few `lstat` calls, made before the worker starts.
-    """
-    root = cache_root(settings)
-    if root is None:
-        temp = Path(tempfile.gettempdir())
-        risk = tamper_risk(temp, as_parent=True, single_user=settings.single_user)
-        where, fix = f"not set, and the temp directory {temp} is no place for it", "set it, or worker.state_dir"
-    else:
-        risk = tamper_risk(root, single_user=settings.single_user)
-        where = str(root) if settings.source_cache is not None else f"{root} (the default, under worker.state_dir)"
-        fix = "use a directory that only the worker's user (or root) can change"
-    if risk is None:
-        return None
-    # Whoever may replace a directory on the way may replace a tree named by its digest or commit.
-    return f"{CACHE_KEY}: {where}: {risk}: another local user could replace the trees jobs run from; {fix}"
 
 
 class JobSources:
@@ -246,26 +136,8 @@ class JobSources:
         """
         if self._root is not None:
             return self._root
-        try:
-            if self._configured_root is None:
-                root = Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX))
-            else:
-                root = self._configured_root
-                make_private_directory(root)
-            for child in ("trees", "mirrors"):
-                make_private_directory(root / child)
-        except OSError as exc:
-            where = self._configured_root or Path(tempfile.gettempdir())
-            raise SourceCacheError(f"{CACHE_KEY}: cannot make the cache in {where}: {exc.strerror or exc}") from None
-        for path in (root, root / "trees", root / "mirrors"):
-            risk = tamper_risk(path, single_user=self.settings.single_user)
-            if risk is not None:
-                if self._configured_root is None:
-                    remove_tree(root)
-                raise SourceCacheError(
-                    f"{CACHE_KEY}: {root}: {risk}: another local user could replace the trees jobs run from"
-                )
-        self._lock = _lock(root)
+        root = make_cache_directory(self._configured_root, single_user=self.settings.single_user)
+        self._lock = lock_cache(root)
         trees = TreeCache(
             root / "trees",
             max_bytes=self.settings.source_cache_bytes,
@@ -280,19 +152,7 @@ class JobSources:
             raise SourceCacheError(f"{CACHE_KEY}: {exc}") from None
         self._root = root
         self._trees = trees
-        for name, project in self.settings.projects.items():
-            extra = {key: value.get_secret_value() for key, value in project.environment.items()}
-            if project.key_file is not None:
-                extra.setdefault("GIT_SSH_COMMAND", ssh_command_for(project.key_file, project.known_hosts))
-            self.mirrors[name] = ProjectMirror(
-                name=name,
-                url=project.url,
-                branch=project.branch,
-                path=mirror_path(root, name),
-                update_interval=project.update_interval,
-                fetch_timeout=project.fetch_timeout or self.settings.git_timeout,
-                environment=extra,
-            )
+        self.mirrors.update(project_mirrors(self.settings, root))
         log.info("source cache in %s%s", root, " (removed at exit)" if self._configured_root is None else "")
         return root
 
@@ -316,7 +176,7 @@ class JobSources:
         Errors: `JobRefusedError` naming an entry that cannot be removed.
         """
         for entry in sorted(mirrors.iterdir()):
-            problem = _mirror_problem(entry, single_user=self.settings.single_user)
+            problem = mirror_problem(entry, single_user=self.settings.single_user)
             if problem is None:
                 continue
             log.warning("removing %s from the source cache: %s; a mirror is fetched afresh when used", entry, problem)

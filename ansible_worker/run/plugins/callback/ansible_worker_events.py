@@ -7,9 +7,11 @@ harmless on a plugin path that other runs share.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ansible.plugins.callback import CallbackBase
@@ -25,6 +27,16 @@ DOCUMENTATION = """
 FIFO_VARIABLE = "ANSIBLE_WORKER_EVENT_FIFO"
 TEXT_LIMIT = 4096
 OUTPUT_LIMIT = 2048
+# The rest of a result (`data`): at most this much JSON, its strings cut shorter until it fits.
+DATA_LIMIT = 4096
+_DATA_STRING_LIMITS = (1024, 256, 64)
+_DATA_ITEMS = 50
+_DATA_DEPTH = 8
+# Sent as fields of their own, or repeated elsewhere (`stdout_lines`), or the module's
+# arguments, which Ansible itself shows only at -vvv: not part of `data`.
+_NOT_DATA = frozenset(
+    {"msg", "rc", "stdout", "stderr", "diff", "stdout_lines", "stderr_lines", "invocation", "censored"}
+)
 _STATS_KEYS = ("ok", "failures", "unreachable", "changed", "skipped", "rescued", "ignored")
 
 
@@ -33,6 +45,48 @@ def _text(value: Any, limit: int = TEXT_LIMIT) -> str | None:
         return None
     text = value if isinstance(value, str) else str(value)
     return text if len(text) <= limit else text[:limit] + "...[truncated]"
+
+
+def _bounded(value: Any, strings: int, depth: int = 0) -> Any:
+    """`value` as JSON data: strings cut to `strings` characters, containers to `_DATA_ITEMS` entries."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return _text(value, strings)
+    if depth >= _DATA_DEPTH:
+        return _text(json.dumps(value, default=str), strings)
+    if isinstance(value, Mapping):
+        kept: dict[str, Any] = {}
+        for key, item in value.items():
+            if len(kept) == _DATA_ITEMS:
+                kept["..."] = f"{len(value) - _DATA_ITEMS} more keys"
+                break
+            if not str(key).startswith("_ansible"):
+                kept[_text(key, 256) or ""] = _bounded(item, strings, depth + 1)
+        return kept
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_bounded(item, strings, depth + 1) for item in list(value)[:_DATA_ITEMS]]
+        if len(value) > _DATA_ITEMS:
+            items.append(f"...[{len(value) - _DATA_ITEMS} more]")
+        return items
+    return _text(value, strings)
+
+
+def _data(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The rest of a module's result, as JSON data of at most `DATA_LIMIT` characters, or None."""
+    rest = {key: value for key, value in result.items() if key not in _NOT_DATA}
+    if isinstance(rest.get("results"), list) and "item" not in result:
+        # A loop's final result repeats every item's: those came as events of their own.
+        rest["results"] = f"{len(rest['results'])} item results, each sent as an event of its own"
+    if not rest:
+        return None
+    size = 0
+    for strings in _DATA_STRING_LIMITS:
+        data = _bounded(rest, strings)
+        size = len(json.dumps(data, default=str))
+        if size <= DATA_LIMIT:
+            return data  # type: ignore[no-any-return]
+    return {"...": f"the rest of the result is {size:,} characters of JSON even with its texts cut: not sent"}
 
 
 def _part(result: Any, name: str) -> Any:
@@ -61,6 +115,7 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
         self._broken = False
         self._counter = 0
         self._play: str | None = None
+        self._play_uuid: str | None = None
         self._task: str | None = None
         self._started: dict[tuple[str, str], float] = {}
 
@@ -90,15 +145,25 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
 
     def v2_playbook_on_play_start(self, play: Any) -> None:
         self._play = play.get_name().strip()
-        self._emit("playbook_on_play_start", play=self._play)
+        self._play_uuid = str(getattr(play, "_uuid", "")) or None
+        self._emit("playbook_on_play_start", play=self._play, play_uuid=self._play_uuid)
 
     def v2_playbook_on_task_start(self, task: Any, is_conditional: Any) -> None:
-        self._task = task.get_name().strip()
-        self._emit("playbook_on_task_start", play=self._play, task=self._task, action=task.action)
+        self._task_start("playbook_on_task_start", task)
 
     def v2_playbook_on_handler_task_start(self, task: Any) -> None:
+        self._task_start("playbook_on_handler_task_start", task)
+
+    def _task_start(self, event: str, task: Any) -> None:
         self._task = task.get_name().strip()
-        self._emit("playbook_on_handler_task_start", play=self._play, task=self._task, action=task.action)
+        self._emit(
+            event,
+            play=self._play,
+            play_uuid=self._play_uuid,
+            task=self._task,
+            task_uuid=str(task._uuid),
+            action=task.action,
+        )
 
     def v2_playbook_on_no_hosts_matched(self) -> None:
         self._emit("playbook_on_no_hosts_matched", play=self._play)
@@ -125,6 +190,7 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
         fields: dict[str, Any] = {
             "play": self._play,
             "task": task.get_name().strip(),
+            "task_uuid": str(task._uuid),
             "action": task.action,
             "host": host,
             "changed": bool(data.get("changed", False)),
@@ -149,10 +215,26 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
             for stream in ("stdout", "stderr"):
                 if data.get(stream):
                     fields[stream] = _text(data.get(stream), OUTPUT_LIMIT)
+            if data.get("diff"):
+                fields["diff"] = self._diff_text(data["diff"])
+            try:
+                rest = _data(data)
+            except Exception:  # an odd value must not cost the event: its counts matter more
+                rest = {"...": "the rest of the result could not be read"}
+            if rest is not None:
+                fields["data"] = rest
             stats = data.get("ansible_stats")
             if task.action in ("set_stats", "ansible.builtin.set_stats") and isinstance(stats, dict):
                 fields["stats"] = {"data": stats.get("data") or {}, "per_host": bool(stats.get("per_host"))}
         self._emit(event, **fields)
+
+    def _diff_text(self, diff: Any) -> str | None:
+        """The diff as Ansible's default output prints it, cut to `OUTPUT_LIMIT`; None if it cannot be read."""
+        try:
+            # A copy: Ansible's own diff printer rewrites the structure it is given.
+            return _text(self._get_diff(copy.deepcopy(diff)), OUTPUT_LIMIT)
+        except Exception:  # a module's odd diff must not break the run
+            return None
 
     def v2_runner_on_ok(self, result: Any) -> None:
         self._runner("runner_on_ok", result)

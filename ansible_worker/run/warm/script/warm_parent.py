@@ -274,6 +274,42 @@ def _drained(fd: int) -> bytes:
     return bytes(output)
 
 
+def _facts_before_imports() -> dict[str, object]:
+    """What the process holds before the script's imports run: streams, descriptors, threads, exit handlers."""
+    return {
+        "streams": _stream_kinds([0, 1, 2]),
+        # The parent compares each job's streams by the very same measure.
+        "stream_kinds": _stream_kinds,
+        "descriptors": set(os.listdir("/proc/self/fd")),
+        "threads": sys.modules["threading"].active_count() if "threading" in sys.modules else 1,
+        "exit_handlers_before": sys.modules["atexit"]._ncallbacks() if "atexit" in sys.modules else 0,
+    }
+
+
+def _output_into(capture: int) -> tuple[int, int]:
+    """Point descriptors 1 and 2 at `capture`, flushing first; the duplicates that restore them."""
+    saved = os.dup(1), os.dup(2)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(capture, 1)
+    os.dup2(capture, 2)
+    return saved
+
+
+def _output_back(saved: tuple[int, int]) -> None:
+    """Flush what the imports wrote and point descriptors 1 and 2 back where they were."""
+    for stream in (sys.stdout, sys.stderr):
+        # No contextlib yet; what does not reach the file is lost, as it would be.
+        try:  # noqa: SIM105
+            stream.flush()
+        except Exception:  # noqa: S110
+            pass
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
+    for fd in saved:
+        os.close(fd)
+
+
 def _run_script_imports(script: str) -> dict[str, object]:
     """Run the import statements of `script` as `__main__`, as its cold start does; what they did.
 
@@ -284,14 +320,7 @@ def _run_script_imports(script: str) -> dict[str, object]:
     with open(script, "rb") as handle:
         source = handle.read()
     code = _import_statements(source, script)
-    facts: dict[str, object] = {
-        "streams": _stream_kinds([0, 1, 2]),
-        # The parent compares each job's streams by the very same measure.
-        "stream_kinds": _stream_kinds,
-        "descriptors": set(os.listdir("/proc/self/fd")),
-        "threads": sys.modules["threading"].active_count() if "threading" in sys.modules else 1,
-        "exit_handlers_before": sys.modules["atexit"]._ncallbacks() if "atexit" in sys.modules else 0,
-    }
+    facts = _facts_before_imports()
     read: set[str] = set()
     watch = _ExitHandlerWatch()
     loads = _LoadWatch()
@@ -303,15 +332,11 @@ def _run_script_imports(script: str) -> dict[str, object]:
     capture = os.memfd_create(_MEMFD_NAME)
     # Now, by the clock that stamps files' changes.
     began = os.fstat(capture).st_ctime_ns
-    saved = os.dup(1), os.dup(2)
     environs: tuple[Any, ...] = (os.environ, os.environb)
     classes = [type(environ) for environ in environs]
     namespace = {"__name__": "__main__", "__file__": script, "__builtins__": sys.modules["builtins"]}
     sys.argv = [script]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(capture, 1)
-    os.dup2(capture, 2)
+    saved = _output_into(capture)
     _RecordingEnviron.read = read
     for environ in environs:
         environ.__class__ = _RecordingEnviron
@@ -327,16 +352,7 @@ def _run_script_imports(script: str) -> dict[str, object]:
         for environ, original in zip(environs, classes, strict=True):
             environ.__class__ = original
         _RecordingEnviron.read = set()
-        for stream in (sys.stdout, sys.stderr):
-            # No contextlib yet; what does not reach the file is lost, as it would be.
-            try:  # noqa: SIM105
-                stream.flush()
-            except Exception:  # noqa: S110
-                pass
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
+        _output_back(saved)
     facts.update(output=_drained(capture), early=read, exit_handlers=watch.noted)
     # The signatures as each file was read, and the means to take more by the same measure.
     facts.update(signed=loads.signatures, began=began, signature=_signature, path_files=_path_files)

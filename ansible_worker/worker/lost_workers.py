@@ -1,0 +1,190 @@
+"""The group's side of lost workers in one worker: who is alive, the request copies heard, the takeovers made here.
+
+It also wires the table's hooks that keep the group able to take this worker's own jobs
+over: the start fence before a job starts, the request copy cleared once a job is settled,
+and the fence of a job another worker's claim holds now.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ansible_worker.protocol.claims import Claim
+from ansible_worker.protocol.models import TaskRequest
+from ansible_worker.protocol.topics import Topics
+from ansible_worker.run.job import Job
+from ansible_worker.run.runner import JobRunner
+from ansible_worker.worker.claim_sync import ClaimSync
+from ansible_worker.worker.group_claims import GroupClaims
+from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_task_message
+from ansible_worker.worker.jobs import JobTable
+from ansible_worker.worker.liveness import Liveness, PresenceHeard, read_presence
+from ansible_worker.worker.lost_jobs import RequestCopies
+from ansible_worker.worker.policies import SignaturePolicy, WorkerPolicies
+from ansible_worker.worker.request_copy import RequestCopyPublisher
+from ansible_worker.worker.router import Router
+from ansible_worker.worker.status_path import StatusPath
+from ansible_worker.worker.takeover import JobTableHands, Takeover
+
+if TYPE_CHECKING:
+    from ansible_worker.protocol.signing import Verified
+
+__all__ = ["LostWorkers"]
+
+log = logging.getLogger(__name__)
+
+
+class LostWorkers:
+    """Judges the other workers by their presences, takes a lost one's jobs over, and fences this worker's own."""
+
+    def __init__(
+        self,
+        policies: WorkerPolicies,
+        topics: Topics,
+        *,
+        worker_id: str,
+        claims: GroupClaims,
+        sync: ClaimSync,
+        jobs: JobTable,
+        statuses: StatusPath,
+        copies: RequestCopyPublisher,
+        stopping: Callable[[], bool],
+        read_retained: Callable[[str], Awaitable[bytes | None]],
+        check_copy: Callable[[bytes, datetime | None], TaskRequest | str],
+    ) -> None:
+        self.claims, self.jobs, self.statuses, self.copies = claims, jobs, statuses, copies
+        lost_after = policies.presence.lost_after
+        self.liveness = Liveness(own_id=worker_id, lost_after=lost_after)
+        self.request_copies = RequestCopies()
+        self.takeover = Takeover(
+            claims,
+            self.liveness,
+            self.request_copies,
+            sync,
+            JobTableHands(jobs, claims, copies, stopping=stopping),
+            topics=topics,
+            read_retained=read_retained,
+            check_copy=check_copy,
+        )
+        self._scope = trio.CancelScope()
+        self._read_presence = presence_reader(policies, topics, lost_after)
+        jobs.on_settled = self._settled
+        jobs.on_fenced = self._fenced
+        claims.on_taken = self._taken
+
+    def hear_copy(self, task_id: str, payload: bytes, *, max_bytes: int) -> None:
+        """A request copy heard on `…/tasks/<task_id>/request`."""
+        self.request_copies.hear(task_id, payload, max_bytes=max_bytes)
+
+    def heard_peer(self, worker_id: str, payload: bytes) -> None:
+        """Another worker's presence message."""
+        heard = self._read_presence(worker_id, payload)
+        if heard is not None:
+            self.liveness.heard(
+                worker_id, alive=heard.alive, stopped=heard.stopped, now=trio.current_time(), wall=datetime.now(UTC)
+            )
+            if heard.stopped == "lost":
+                log.warning("worker %s went offline without a clean stop (its will)", worker_id)
+
+    def connected(self) -> None:
+        """This worker (re)connected: every worker's silence counts from now, since it heard nothing while away."""
+        self.liveness.connected_at(trio.current_time())
+
+    async def serve(self) -> None:
+        """Take lost workers' jobs over until `stop`. Cancellation: takeovers in flight stop."""
+        with self._scope:
+            await self.takeover.serve()
+
+    def stop(self) -> None:
+        """A draining worker takes nothing over: the others will."""
+        self._scope.cancel()
+
+    async def may_start(self, job: Job) -> bool:
+        """The start fence: the group hears that the job may start before it does; False if it is another's now."""
+        entry = self.jobs.entry(job.task_id)
+        if entry is None or entry.claim_id is None:
+            return entry is not None
+        return await self.claims.mark_started(job.task_id, entry.claim_id)
+
+    def _settled(self, task_id: str) -> None:
+        """A job's terminal status is acknowledged: its claim names no copy any more, and the copy goes."""
+        self.claims.settle(task_id)
+        self.copies.clear(task_id)
+
+    def _taken(self, task_id: str, claim: Claim) -> None:
+        """Another worker's claim holds `task_id` now: a job this worker holds is fenced."""
+        self.jobs.fence(task_id, claim.worker_id)
+
+    def _fenced(self, task_id: str) -> None:
+        """A job was taken over by another worker: nothing more of it is published or claimed here."""
+        self.statuses.drop(task_id)
+        self.claims.forget(task_id)
+
+
+def copy_check(
+    max_bytes: int, signatures: SignaturePolicy | None, topics: Topics, runner: JobRunner, router: Router
+) -> Callable[[bytes, datetime | None], TaskRequest | str]:
+    """How a survivor checks a request copy before it runs it: as the first worker checked the job.
+
+    Signed, against `trusted_keys`, its age counted from when the group accepted the job; a
+    launch is expanded with this worker's templates, as a journal entry is after a restart.
+    """
+
+    def check(payload: bytes, accepted_at: datetime | None) -> TaskRequest | str:
+        verify = None
+        if signatures is not None:
+            from ansible_worker.worker.lost_jobs import check_taken_over
+
+            verify = partial(
+                check_taken_over,
+                trusted=signatures.trusted,
+                topic=topics.tasks,
+                accepted_at=accepted_at,
+                max_age=signatures.max_age,
+                max_skew=signatures.max_skew,
+            )
+        match read_task_message(
+            payload,
+            max_bytes=max_bytes,
+            verify=verify,
+            templates=router.templates,
+            templates_only=router.templates_only,
+        ):
+            case Accepted(request):
+                return runner.checks.admission_error(request) or request
+            case Rejected(_, reason) | Dropped(reason):
+                return reason
+        return "unreadable"
+
+    return check
+
+
+def presence_reader(
+    policies: WorkerPolicies, topics: Topics, lost_after: float
+) -> Callable[[str, bytes], PresenceHeard | None]:
+    """How this worker reads a presence: with signed jobs, only a worker-signed, recent one is a sign of life."""
+    trusted = policies.claims.trusted
+
+    def read(worker_id: str, payload: bytes) -> PresenceHeard | None:
+        if trusted is None:
+            return read_presence(payload, verify=None)
+        from ansible_worker.protocol.signing import check_age, issued_at
+
+        skew = policies.signatures.max_skew if policies.signatures is not None else 60.0
+
+        def verify(document: Mapping[str, Any]) -> Verified:
+            trusted.check_key(document)
+            if document.get("state") != "offline":
+                # A replayed old heartbeat keeps no worker alive.
+                check_age(issued_at(document), now=datetime.now(UTC), max_age=lost_after, max_skew=skew)
+            return trusted.verify(topics.worker(worker_id), document)
+
+        return read_presence(payload, verify=verify)
+
+    return read

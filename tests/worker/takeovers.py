@@ -1,0 +1,169 @@
+"""What the tests of lost workers share: a job that marks its runs, the workers' settings, and ways to end them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ansible_worker.mqtt.link import LinkOptions, open_mqtt_link
+from testing.broker import Broker
+from tests.conftest import (
+    TERMINAL,
+    Controller,
+    processes_mentioning,
+    worker_config,
+)
+from tests.deployment import Deployment
+
+HEARTBEAT = 1
+LOST_AFTER = 6
+# How long after `lost_after` a takeover may take here (the look every second, the
+# takeover's round trips, a playbook run on a loaded machine).
+TAKEOVER_BOUND = 40
+
+MARKED_SLEEP = """\
+- name: Mark the run, then sleep
+  hosts: host1
+  gather_facts: false
+  tasks:
+    - name: Mark the run
+      ansible.builtin.shell: echo ran >> "$MARKER"
+      environment:
+        MARKER: "{{ marker }}"
+      changed_when: true
+    - name: Sleep for a while
+      ansible.builtin.command: "sleep {{ seconds }}"
+"""
+
+
+def marked(marker: Path, seconds: float | str = 0) -> dict[str, Any]:
+    """A job that appends to `marker` when it runs, then sleeps `seconds`."""
+    return {
+        "playbook": "marked_sleep.yml",
+        "inventory": "one_host.ini",
+        "extra_vars": {"marker": str(marker), "seconds": str(seconds)},
+    }
+
+
+def runs(marker: Path) -> int:
+    return len(marker.read_text().splitlines()) if marker.exists() else 0
+
+
+def terminal_statuses(controller: Controller, task_id: str) -> list[dict[str, Any]]:
+    return [status for status in controller.statuses.get(task_id, []) if status["state"] in TERMINAL]
+
+
+def config(tmp_path: Path, broker: Broker, playbook_dir: Path, group: str, worker_id: str, **worker: Any) -> Path:
+    return worker_config(
+        tmp_path / f"{worker_id}.json",
+        broker,
+        playbook_dir,
+        group,
+        worker_id=worker_id,
+        heartbeat_interval=HEARTBEAT,
+        lost_after=LOST_AFTER,
+        status_interval=0.1,
+        **worker,
+    )
+
+
+def setup(tmp_path: Path, playbook_dir: Path, deployment: Deployment) -> Path:
+    (playbook_dir / "marked_sleep.yml").write_text(MARKED_SLEEP)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    return deployment.give(markers)
+
+
+async def wait_sleeping(seconds: str) -> list[int]:
+    """The pids of the job's `sleep`, once it runs."""
+    with trio.fail_after(60):
+        while not (found := processes_mentioning(f"sleep {seconds}")):  # noqa: ASYNC110 - /proc has no event
+            await trio.sleep(0.05)
+    return [int(line.split(":", 1)[0]) for line in found]
+
+
+async def hold_jobs(controller: Controller, markers: Path, group: str, seconds: str) -> tuple[str, list[str]]:
+    """One job running on the only worker online, and two waiting behind it."""
+    running = f"{group}-running"
+    await controller.submit({"task_id": running, **marked(markers / running, seconds)})
+    await controller.wait_for(running, {"running"})
+    await wait_sleeping(seconds)
+    # Its counts so far are out: the mark changed something.
+    with trio.fail_after(30):
+        while not any(s.get("tasks_changed") == 1 for s in controller.statuses[running]):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    queued = [f"{group}-queued-{n}" for n in (1, 2)]
+    for task_id in queued:
+        await controller.submit({"task_id": task_id, **marked(markers / task_id)})
+        await controller.wait_for(task_id, {"queued"})
+    return running, queued
+
+
+def kill_for_good(pid: int, seconds: str) -> None:
+    """SIGKILL the worker and its job's whole process group, as a node that dies takes them all."""
+    for line in processes_mentioning(f"sleep {seconds}"):
+        with_pid = int(line.split(":", 1)[0])
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(os.getpgid(with_pid), signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
+
+
+async def settled_once(controller: Controller, task_ids: list[str], within: float) -> dict[str, dict[str, Any]]:
+    """Each job's terminal status, once all have one; then a moment more, to see that none comes twice."""
+    with trio.fail_after(within):
+        ended = {task_id: await controller.wait_terminal(task_id, within) for task_id in task_ids}
+    # Long enough for a second survivor, or a fenced worker, to publish what it should not.
+    await trio.sleep(LOST_AFTER)
+    await controller.sync()
+    for task_id in task_ids:
+        assert len(terminal_statuses(controller, task_id)) == 1, controller.statuses[task_id]
+    return ended
+
+
+async def read_retained_copies(broker: Broker, group: str, task_ids: list[str]) -> dict[str, bytes]:
+    """The request copies the broker retains for `task_ids`."""
+    found: dict[str, bytes] = {}
+    for task_id in task_ids:
+        copy = await retained(broker, f"ansible/{group}/tasks/{task_id}/request")
+        if copy is not None:
+            found[task_id] = copy
+    return found
+
+
+async def retained(broker: Broker, topic: str) -> bytes | None:
+    """What the broker retains on `topic` now."""
+    reader = "reader-" + uuid.uuid4().hex[:8]
+    options = LinkOptions(host="127.0.0.1", port=broker.port, client_id=reader)
+    found: bytes | None = None
+    async with open_mqtt_link(options) as link:
+        sync = f"{reader}/sync"
+        await link.subscribe(topic, 1)
+        await link.subscribe(sync, 1)
+        await link.publish(sync, b"end", qos=1)
+        with trio.fail_after(10):
+            async for message in link.messages():
+                if message.topic == sync:
+                    break
+                found = message.payload or None
+    return found
+
+
+async def forge(broker: Broker, topic: str, document: dict[str, Any], *, retain: bool = True) -> None:
+    """Publish `document` on `topic` as someone who may write every topic of the group, but holds no worker key."""
+    options = LinkOptions(host="127.0.0.1", port=broker.port, client_id="forger")
+    async with open_mqtt_link(options) as link:
+        await link.publish(topic, json.dumps(document).encode(), qos=1, retain=retain)
+
+
+async def forge_clear(broker: Broker, topic: str) -> None:
+    """Delete the message retained on `topic`, as anyone who may write it can."""
+    options = LinkOptions(host="127.0.0.1", port=broker.port, client_id="eraser")
+    async with open_mqtt_link(options) as link:
+        await link.publish(topic, b"", qos=1, retain=True)

@@ -1,0 +1,115 @@
+"""Who is lost: silence longer than `lost_after` while this worker is connected; nothing else reaps."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from ansible_worker.worker.liveness import Liveness, rendezvous
+
+WALL = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def tracker() -> Liveness:
+    liveness = Liveness(own_id="me", lost_after=30)
+    liveness.connected_at(0)
+    return liveness
+
+
+def test_a_worker_silent_for_longer_than_lost_after_is_lost_and_a_heartbeat_keeps_it_alive() -> None:
+    liveness = tracker()
+    liveness.heard("a", alive=True, stopped=None, now=1, wall=WALL)
+    liveness.heard("b", alive=True, stopped=None, now=1, wall=WALL)
+    for moment in range(2, 60):
+        liveness.tick(moment)
+        if moment % 10 == 0:
+            liveness.heard("b", alive=True, stopped=None, now=moment, wall=WALL)
+    assert liveness.lost(31) == []
+    assert liveness.lost(32) == ["a"]
+    assert liveness.alive(59) == ["b", "me"]
+    assert liveness.seen("a") is not None
+    assert not liveness.is_lost("me", 1000)
+
+
+def test_the_will_is_no_sign_of_life_and_no_verdict() -> None:
+    liveness = tracker()
+    liveness.heard("a", alive=True, stopped=None, now=5, wall=WALL)
+    liveness.heard("a", alive=False, stopped="lost", now=6, wall=WALL)
+    # Offline: no longer a candidate to take jobs over, but not lost before its silence says so.
+    assert liveness.alive(7) == ["me"]
+    assert not liveness.is_lost("a", 35)
+    assert liveness.is_lost("a", 36)
+    # A forged offline changes nothing while the real heartbeats keep coming.
+    liveness.heard("a", alive=True, stopped=None, now=30, wall=WALL)
+    assert not liveness.is_lost("a", 59)
+
+
+def test_a_broker_restart_or_the_observers_outage_reaps_nobody() -> None:
+    liveness = tracker()
+    liveness.heard("a", alive=True, stopped=None, now=1, wall=WALL)
+    liveness.disconnected()
+    # Away for far longer than lost_after: nothing counts meanwhile.
+    assert liveness.lost(100) == []
+    assert liveness.silence("a", 100) is None
+    liveness.connected_at(100)
+    assert liveness.lost(129) == []
+    # Still silent a full lost_after after the reconnection: lost.
+    assert liveness.lost(131) == ["a"]
+
+
+def test_the_observers_own_freeze_counts_as_a_reconnection() -> None:
+    liveness = tracker()
+    liveness.heard("a", alive=True, stopped=None, now=1, wall=WALL)
+    liveness.tick(2)
+    # Frozen from 2 to 100: what arrived meanwhile is not read yet.
+    liveness.tick(100)
+    assert liveness.lost(100) == []
+    assert liveness.lost(129) == []
+
+
+def test_a_worker_known_only_by_its_claims_is_judged_from_the_connection() -> None:
+    liveness = tracker()
+    liveness.know("ghost")
+    liveness.know("me")
+    assert liveness.lost(30) == []
+    assert liveness.lost(31) == ["ghost"]
+
+
+def test_rendezvous_orders_the_same_everywhere_and_spreads_tasks() -> None:
+    workers = ["a", "b", "c"]
+    assert rendezvous("t1", workers) == rendezvous("t1", reversed(workers))
+    firsts = {rendezvous(f"t{n}", workers)[0] for n in range(50)}
+    assert firsts == set(workers)
+    # One worker gone moves only its own tasks.
+    for n in range(50):
+        order = rendezvous(f"t{n}", workers)
+        if order[0] != "c":
+            assert rendezvous(f"t{n}", ["a", "b"])[0] == order[0]
+
+
+def test_only_a_presence_the_check_accepts_is_a_sign_of_life() -> None:
+    from ansible_worker.protocol.signing import SignatureRefused
+    from ansible_worker.worker.liveness import PresenceHeard, read_presence
+
+    online = b'{"state": "online", "worker_id": "a"}'
+    will = b'{"state": "offline", "stopped": "lost"}'
+    assert read_presence(online, verify=None) == PresenceHeard(True, None)
+    assert read_presence(b'{"state": "draining"}', verify=None) == PresenceHeard(True, None)
+    assert read_presence(will, verify=None) == PresenceHeard(False, "lost")
+    for noise in (b"", b"[]", b"not json", b'{"state": "zombie"}', b" " * 20_000 + online):
+        assert read_presence(noise, verify=None) is None
+
+    def refuse(document: object) -> None:
+        raise SignatureRefused("unsigned")
+
+    assert read_presence(online, verify=refuse) is None
+    assert read_presence(online, verify=lambda document: None) == PresenceHeard(True, None)
+
+
+def test_ticks_late_under_load_are_no_freeze_even_with_a_short_lost_after() -> None:
+    liveness = Liveness(own_id="me", lost_after=2)
+    liveness.connected_at(0)
+    liveness.heard("a", alive=True, stopped=None, now=0, wall=WALL)
+    # A tick every 1.2 s (the look every second, late): a gap past lost_after / 2, and no freeze.
+    for step in range(1, 5):
+        liveness.tick(step * 1.2)
+    assert liveness.lost(4.8) == ["a"]

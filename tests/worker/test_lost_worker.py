@@ -1,0 +1,269 @@
+"""A worker lost for good: the group settles its jobs once, and fences it if it comes back.
+
+Real broker, real worker processes, real `ansible-playbook`. Each job appends a line to a
+marker file of its own when it runs, so that runs are counted on disk, and the controller
+collects every status on the wire, so that terminal statuses are counted too.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+
+import trio
+
+from testing.broker import Broker
+from tests.conftest import (
+    TERMINAL,
+    client_for,
+    open_controller,
+    processes_mentioning,
+    unique_seconds,
+    wait_online,
+)
+from tests.deployment import Deployment, lane
+from tests.templates.test_notifications import Receiver, receiving
+from tests.worker.takeovers import (
+    LOST_AFTER,
+    TAKEOVER_BOUND,
+    config,
+    hold_jobs,
+    kill_for_good,
+    marked,
+    read_retained_copies,
+    runs,
+    settled_once,
+    setup,
+    wait_sleeping,
+)
+
+
+@lane
+async def test_a_worker_lost_for_good_has_its_started_job_failed_and_its_queued_jobs_run_once_elsewhere(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
+) -> None:
+    markers = setup(tmp_path, playbook_dir, deployment)
+    state_dir = tmp_path / "doomed-state"
+    state_dir.mkdir()
+    doomed = config(tmp_path, broker, playbook_dir, group, "doomed", state_dir=str(state_dir))
+    survivor = config(tmp_path, broker, playbook_dir, group, "survivor")
+    seconds = unique_seconds(271)
+    async with (
+        open_controller(broker, group) as controller,
+        client_for(broker, group) as client,
+        deployment.process("run", "-c", str(doomed)) as lost,
+    ):
+        await wait_online(client, "doomed")
+        running, queued = await hold_jobs(controller, markers, group, seconds)
+        async with deployment.process("run", "-c", str(survivor)) as alive:
+            await wait_online(client, "survivor")
+            kill_for_good(lost.process.pid, seconds)
+            shutil.rmtree(state_dir)
+            ended = await settled_once(controller, [running, *queued], LOST_AFTER + TAKEOVER_BOUND)
+            assert await alive.stop() == 0
+    failed = ended[running]
+    assert failed["state"] == "failed"
+    assert failed["error_message"].startswith("worker lost: doomed (last heard 20")
+    assert failed["taken_over_by"] == "survivor"
+    # The counts it last published.
+    assert (failed["tasks_changed"], failed["tasks_total"]) == (1, 1)
+    assert runs(markers / running) == 1
+    for task_id in queued:
+        assert ended[task_id]["state"] == "success", ended[task_id]
+        assert ended[task_id]["worker_id"] == "survivor"
+        assert ended[task_id]["taken_over_from"] == "doomed"
+        assert runs(markers / task_id) == 1
+    # Once settled, nothing of them is left on the broker's request topics.
+    copies = await read_retained_copies(broker, group, [running, *queued])
+    assert copies == {}
+
+
+async def test_a_frozen_worker_that_comes_back_after_the_takeover_publishes_nothing_and_ends_its_job(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
+) -> None:
+    markers = setup(tmp_path, playbook_dir, deployment)
+    frozen = config(tmp_path, broker, playbook_dir, group, "frozen")
+    survivor = config(tmp_path, broker, playbook_dir, group, "survivor")
+    seconds = unique_seconds(272)
+    async with (
+        open_controller(broker, group) as controller,
+        client_for(broker, group) as client,
+        deployment.process("run", "-c", str(frozen)) as stopped,
+    ):
+        await wait_online(client, "frozen")
+        running, queued = await hold_jobs(controller, markers, group, seconds)
+        async with deployment.process("run", "-c", str(survivor)) as alive:
+            await wait_online(client, "survivor")
+            # The worker alone: its job's processes go on meanwhile, as under a frozen VM's
+            # hypervisor they would not, which is the harder case here.
+            stopped.process.send_signal(signal.SIGSTOP)
+            try:
+                with trio.fail_after(LOST_AFTER + TAKEOVER_BOUND):
+                    await controller.wait_terminal(running)
+                    for task_id in queued:
+                        await controller.wait_terminal(task_id)
+            finally:
+                stopped.process.send_signal(signal.SIGCONT)
+            with trio.fail_after(30):
+                await stopped.wait_for_line(f"task {running}: taken over by survivor while this worker was away")
+            with trio.fail_after(30):
+                while processes_mentioning(f"sleep {seconds}"):  # noqa: ASYNC110 - /proc has no event
+                    await trio.sleep(0.1)
+            ended = await settled_once(controller, [running, *queued], 30)
+            assert await alive.stop() == 0
+        assert await stopped.stop() == 0
+    after_takeover = [
+        status
+        for task_id in (running, *queued)
+        for status in controller.statuses[task_id]
+        if status.get("worker_id") == "frozen" and status["state"] in TERMINAL
+    ]
+    assert after_takeover == []
+    assert ended[running]["error_message"].startswith("worker lost: frozen")
+    assert runs(markers / running) == 1
+    for task_id in queued:
+        assert ended[task_id]["state"] == "success"
+        assert ended[task_id]["taken_over_from"] == "frozen"
+        assert runs(markers / task_id) == 1
+
+
+async def test_a_worker_restarted_on_its_old_state_dir_after_the_takeover_runs_and_publishes_nothing_again(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
+) -> None:
+    markers = setup(tmp_path, playbook_dir, deployment)
+    state_dir = tmp_path / "phoenix-state"
+    state_dir.mkdir()
+    phoenix = config(tmp_path, broker, playbook_dir, group, "phoenix", state_dir=str(state_dir))
+    survivor = config(tmp_path, broker, playbook_dir, group, "survivor")
+    seconds = unique_seconds(273)
+    async with (
+        open_controller(broker, group) as controller,
+        client_for(broker, group) as client,
+        deployment.process("run", "-c", str(phoenix)) as killed,
+    ):
+        await wait_online(client, "phoenix")
+        running, queued = await hold_jobs(controller, markers, group, seconds)
+        async with deployment.process("run", "-c", str(survivor)) as alive:
+            await wait_online(client, "survivor")
+            # The worker alone: its Ansible run outlives it, and its journal stays.
+            killed.process.send_signal(signal.SIGKILL)
+            with trio.fail_after(10):
+                await killed.process.wait()
+            with trio.fail_after(LOST_AFTER + TAKEOVER_BOUND):
+                for task_id in (running, *queued):
+                    await controller.wait_terminal(task_id)
+            assert processes_mentioning(f"sleep {seconds}"), "the scenario needs the old run still alive"
+            async with deployment.process("run", "-c", str(phoenix)) as restarted:
+                await restarted.wait_for_line(f"task {running}: taken over by survivor")
+                with trio.fail_after(30):
+                    while processes_mentioning(f"sleep {seconds}"):  # noqa: ASYNC110 - /proc has no event
+                        await trio.sleep(0.1)
+                ended = await settled_once(controller, [running, *queued], 30)
+                assert await restarted.stop() == 0
+            assert await alive.stop() == 0
+    assert ended[running]["error_message"].startswith("worker lost: phoenix")
+    for task_id in (running, *queued):
+        assert runs(markers / task_id) == 1
+        assert all(
+            status.get("error_message") != "interrupted: worker restarted" for status in controller.statuses[task_id]
+        )
+
+
+async def test_a_broker_restart_longer_than_lost_after_reaps_nobody(
+    playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
+) -> None:
+    directory = tmp_path / "persistent-broker"
+    directory.mkdir()
+    broker = Broker(directory, persistence=directory / "db")
+    broker.start()
+    try:
+        markers = setup(tmp_path, playbook_dir, deployment)
+        steady = config(tmp_path, broker, playbook_dir, group, "steady")
+        other = config(tmp_path, broker, playbook_dir, group, "other")
+        seconds = unique_seconds(14)
+        async with client_for(broker, group) as client, deployment.process("run", "-c", str(steady)) as first:
+            async with open_controller(broker, group) as controller:
+                await wait_online(client, "steady")
+                running, queued = await hold_jobs(controller, markers, group, seconds)
+            async with deployment.process("run", "-c", str(other)) as second:
+                await wait_online(client, "other")
+                broker.stop()
+                await trio.sleep(LOST_AFTER + 3)
+                broker.start()
+                async with open_controller(broker, group) as controller:
+                    with trio.fail_after(120):
+                        ended = {
+                            task_id: await controller.wait_terminal(task_id, 120) for task_id in (running, *queued)
+                        }
+                assert await second.stop() == 0
+            assert await first.stop() == 0
+    finally:
+        broker.stop()
+    for task_id, status in ended.items():
+        assert status["state"] == "success", status
+        assert status["worker_id"] == "steady"
+        assert status.get("taken_over_by") is None
+        assert status.get("taken_over_from") is None
+        assert runs(markers / task_id) == 1
+
+
+async def test_a_worker_late_by_less_than_lost_after_is_not_reaped(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
+) -> None:
+    markers = setup(tmp_path, playbook_dir, deployment)
+    slow = config(tmp_path, broker, playbook_dir, group, "slow")
+    other = config(tmp_path, broker, playbook_dir, group, "other")
+    seconds = unique_seconds(20)
+    async with (
+        open_controller(broker, group) as controller,
+        client_for(broker, group) as client,
+        deployment.process("run", "-c", str(slow)) as busy,
+    ):
+        await wait_online(client, "slow")
+        running, queued = await hold_jobs(controller, markers, group, seconds)
+        async with deployment.process("run", "-c", str(other)) as second:
+            await wait_online(client, "other")
+            # Not scheduled at all for most of lost_after: later than any busy CPU makes it.
+            busy.process.send_signal(signal.SIGSTOP)
+            await trio.sleep(LOST_AFTER - 2)
+            busy.process.send_signal(signal.SIGCONT)
+            with trio.fail_after(120):
+                ended = {task_id: await controller.wait_terminal(task_id, 120) for task_id in (running, *queued)}
+            assert await second.stop() == 0
+        assert await busy.stop() == 0
+    for task_id, status in ended.items():
+        assert status["state"] == "success", status
+        assert status["worker_id"] == "slow"
+        assert status.get("taken_over_by") is None
+        assert status.get("taken_over_from") is None
+        assert runs(markers / task_id) == 1
+
+
+async def test_a_job_settled_for_a_lost_worker_notifies_lost_once(
+    broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
+) -> None:
+    markers = setup(tmp_path, playbook_dir, deployment)
+    seconds = unique_seconds(276)
+    async with receiving(Receiver()) as receiver:
+        hook = {"name": "hook", "url": receiver.url, "on": ["lost", "failed"], "backoff": 0.05}
+        doomed = config(tmp_path, broker, playbook_dir, group, "doomed")
+        survivor = config(tmp_path, broker, playbook_dir, group, "survivor", notifications=[hook])
+        async with (
+            open_controller(broker, group) as controller,
+            client_for(broker, group) as client,
+            deployment.process("run", "-c", str(doomed)) as lost,
+        ):
+            await wait_online(client, "doomed")
+            running = f"{group}-running"
+            await controller.submit({"task_id": running, **marked(markers / running, seconds)})
+            await controller.wait_for(running, {"running"})
+            await wait_sleeping(seconds)
+            async with deployment.process("run", "-c", str(survivor)) as alive:
+                await wait_online(client, "survivor")
+                kill_for_good(lost.process.pid, seconds)
+                await settled_once(controller, [running], LOST_AFTER + TAKEOVER_BOUND)
+                await receiver.wait_for(1)
+                assert await alive.stop() == 0
+    # `lost`, not `failed`, and only once.
+    assert [(body["task_id"], body["event"]) for body in receiver.bodies()] == [(running, "lost")]
