@@ -8,10 +8,17 @@ the same limited name): all of its locks at once or none, and the first to ask i
 served, so that there is neither deadlock nor starvation. Each worker decides only its own
 requests, from what it heard before the broker sent its own request back to it.
 
-A request lives until it is released, until its `expires_at` passes without a renewal, or
-until shortly after its worker's will says it went offline (`expire_worker`). A worker renews all of its requests in
-one message, and answers a `sync` (a worker that has just started asks what is held) with
-one, so that a newcomer learns every live request before it asks for its own.
+A request lives until its worker releases it, or until the group takes its job over: a
+claim of another worker comes to hold the request's `task_id` (`taken_over`), which every
+worker hears on the job's claim topic, the lost worker too, which is then fenced. Neither a
+will nor a silence frees a lock by itself: a worker that is only slow, frozen or cut off for
+less than the group's `lost_after` keeps its hosts. As a safety net for a request nobody will
+ever release or take over (a release lost with its worker), a request also lapses once its
+`expires_at` passes without a renewal; its worker sets that far beyond `lost_after`. A
+request released or taken over never comes back (a late renewal of it is ignored). A worker
+renews all of its requests in one message, and answers a `sync` (a worker that has just
+started asks what is held) with one, so that a newcomer learns every live request before it
+asks for its own.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ __all__ = ["MAX_LOCK_MESSAGE_BYTES", "LockBook", "LockMessage", "LockRequest", "
 MAX_LOCK_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_REQUESTS = 100_000
 MAX_LIMITS = 8
+# Claims released or taken over, remembered so that none comes back; the oldest are forgotten first.
+MAX_ENDED = 100_000
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +175,9 @@ class LockBook:
     def __init__(self, *, max_requests: int = MAX_REQUESTS) -> None:
         # Insertion order is delivery order: a renewal never moves a request.
         self._requests: dict[str, _Held] = {}
+        self._by_task: dict[str, set[str]] = {}
+        # Claims that ended (released, taken over), oldest first: never live again.
+        self._ended: dict[str, None] = {}
         self._max = max_requests
 
     def __len__(self) -> int:
@@ -177,9 +189,11 @@ class LockBook:
             for claim in message.releases:
                 held = self._requests.get(claim)
                 if held is not None and held.request.worker_id == message.worker_id:
-                    del self._requests[claim]
+                    self._end(claim)
             return
         for request in message.requests:
+            if request.claim in self._ended:
+                continue
             held = self._requests.get(request.claim)
             if held is not None:
                 if held.request.worker_id == message.worker_id:
@@ -189,21 +203,18 @@ class LockBook:
                 log.warning("more than %d live lock requests: ignoring task %s's", self._max, request.task_id)
                 continue
             self._requests[request.claim] = _Held(request, message.expires)
+            self._by_task.setdefault(request.task_id, set()).add(request.claim)
 
-    def expire_worker(self, worker_id: str, *, at: float) -> list[str]:
-        """Let every request of `worker_id` lapse by `at` at the latest; the task_ids of those requests."""
-        found = []
-        for held in self._requests.values():
-            if held.request.worker_id == worker_id:
-                held.expires = min(held.expires, at)
-                found.append(held.request.task_id)
-        return found
-
-    def extend_worker(self, worker_id: str, *, until: float) -> None:
-        """Keep every request of `worker_id` until `until` at least (it is back before they lapsed)."""
-        for held in self._requests.values():
-            if held.request.worker_id == worker_id:
-                held.expires = max(held.expires, until)
+    def taken_over(self, task_id: str, holder: str) -> list[LockRequest]:
+        """`holder`'s claim holds `task_id` now: every other worker's request for it ends; those requests."""
+        ended = [
+            self._requests[claim].request
+            for claim in sorted(self._by_task.get(task_id, ()))
+            if self._requests[claim].request.worker_id != holder
+        ]
+        for request in ended:
+            self._end(request.claim)
+        return ended
 
     def blockers(self, claim: str, *, now: float) -> list[LockRequest]:
         """The live requests before `claim` that keep it from being granted; [] when it is granted.
@@ -231,4 +242,16 @@ class LockBook:
 
     def _expire(self, now: float) -> None:
         for claim in [claim for claim, held in self._requests.items() if held.expires <= now]:
-            del self._requests[claim]
+            log.warning("task %s: its lock request lapsed, never renewed", self._requests[claim].request.task_id)
+            self._end(claim)
+
+    def _end(self, claim: str) -> None:
+        held = self._requests.pop(claim, None)
+        if held is not None:
+            claims = self._by_task.get(held.request.task_id, set())
+            claims.discard(claim)
+            if not claims:
+                self._by_task.pop(held.request.task_id, None)
+        self._ended[claim] = None
+        if len(self._ended) > MAX_ENDED:
+            del self._ended[next(iter(self._ended))]

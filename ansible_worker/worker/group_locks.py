@@ -2,8 +2,14 @@
 
 The order that decides is the broker's order of the one locks topic (`protocol.locks`).
 Before its first request, a worker that has just started asks the others what they hold (a
-`sync`) and waits, bounded, until each worker it knows to be online has answered: a request
-published after that comes after every request that is live.
+`sync`) and waits until each worker it knows to be alive has answered, or has been silent
+for `lost_after` (lost: its jobs are the group's to take over, and its requests go with
+them): a request published after that comes after every request that is live.
+
+A lock request ends when its job ends here, or when the group takes the job over (`taken_over`,
+told by the claims). Renewals only keep a request from lapsing, a safety net set at
+`LAPSE_FACTOR` times `lost_after`: long after the group has judged a silent worker lost and
+taken its jobs over.
 """
 
 from __future__ import annotations
@@ -25,14 +31,11 @@ from ansible_worker.protocol.topics import Topics
 
 log = logging.getLogger(__name__)
 
-# A request lives this long without a renewal; renewals go out three times as often.
-LOCK_LIFETIME = 60.0
-RENEW_EVERY = LOCK_LIFETIME / 3
-# The longest a new worker waits for the others to say what they hold.
-SYNC_TIMEOUT = 10.0
-# A worker whose will says it went offline keeps its locks this long, in case its link only
-# dropped and it comes back; then they are free.
-OFFLINE_GRACE = 10.0
+# A request lapses unrenewed after this many times `lost_after`; renewals go out five times as often.
+LAPSE_FACTOR = 10
+RENEWALS_PER_LAPSE = 5
+# A new worker looks this often whether the workers that have not said what they hold are lost.
+SYNC_LOOK_EVERY = 1.0
 # The longest the broker may take to send this worker's own request back.
 ECHO_TIMEOUT = 10.0
 
@@ -59,13 +62,15 @@ class GroupLocks:
         *,
         worker_id: str,
         policy: LockPolicy,
-        online_peers: Callable[[], list[str]],
+        lost_after: float,
     ) -> None:
         self.session = session
         self.topics = topics
         self.worker_id = worker_id
         self.policy = policy
-        self.online_peers = online_peers
+        self.lapse = LAPSE_FACTOR * lost_after
+        # The other workers heard alive within `lost_after` (the group's liveness), once wired.
+        self.alive_peers: Callable[[], list[str]] = list
         self.book = LockBook()
         self._mine: dict[str, LockRequest] = {}
         self._echoes: dict[str, trio.Event] = {}
@@ -74,9 +79,6 @@ class GroupLocks:
         self._synced = trio.Event()
         self._sync_sent = False
         self._answered: set[str] = set()
-        # When the soonest request known to lapse early does (a worker gone offline).
-        self._next_lapse = float("inf")
-        self._offline: set[str] = set()
 
     # -- hearing ---------------------------------------------------------------------
 
@@ -111,40 +113,22 @@ class GroupLocks:
         self._check_synced()
         self._wake()
 
-    def peer_state(self, worker_id: str, state: str | None) -> None:
-        """Another worker's presence changed: gone (its will, a cleared presence), its requests lapse after
-        `OFFLINE_GRACE`; back online, they hold again until it renews them."""
-        if worker_id == self.worker_id:
-            return
-        now = trio.current_time()
-        if state in ("offline", None):
-            lapsing = self.book.expire_worker(worker_id, at=now + OFFLINE_GRACE)
-            if lapsing:
-                # Bounded: only workers that hold requests are remembered.
-                self._offline.add(worker_id)
-                log.info(
-                    "worker %s went offline: the locks of %s are freed in %gs unless it comes back",
-                    worker_id,
-                    ", ".join(lapsing),
-                    OFFLINE_GRACE,
-                )
-            self._wake_at(now + OFFLINE_GRACE)
-        elif worker_id in self._offline:
-            # Back before its requests lapsed (a link that dropped): they hold until it renews them.
-            self._offline.discard(worker_id)
-            self.book.extend_worker(worker_id, until=now + LOCK_LIFETIME)
-        self._check_synced()
-        self._wake()
-
-    def _wake_at(self, moment: float) -> None:
-        self._next_lapse = min(self._next_lapse, moment)
+    def taken_over(self, task_id: str, holder: str) -> None:
+        """`holder`'s claim holds `task_id` now: the requests other workers made for it end (a takeover)."""
+        ended = self.book.taken_over(task_id, holder)
+        if ended:
+            workers = ", ".join(sorted({request.worker_id for request in ended}))
+            log.warning("task %s: taken over by %s; the locks %s held for it are free", task_id, holder, workers)
+            self._wake()
 
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
     def _check_synced(self) -> None:
-        if self._sync_sent and not self._synced.is_set() and set(self.online_peers()) <= self._answered:
+        if not self._sync_sent or self._synced.is_set():
+            return
+        if set(self.alive_peers()) - {self.worker_id} <= self._answered:
             self._synced.set()
 
     # -- serving ---------------------------------------------------------------------
@@ -162,29 +146,41 @@ class GroupLocks:
 
     async def _renew(self) -> None:
         while True:
-            with trio.move_on_after(RENEW_EVERY):
+            with trio.move_on_after(self.lapse / RENEWALS_PER_LAPSE):
                 await self._renew_now.wait()
             self._renew_now = trio.Event()
             try:
                 await self._publish("renew", requests=list(self._mine.values()))
             except Exception as exc:
-                # The next renewal tries again; a request lives three renewals.
+                # The next renewal tries again; a request lives several renewals.
                 log.warning("could not renew this worker's lock requests: %s", exc)
 
     async def _sync(self) -> None:
-        with trio.move_on_after(SYNC_TIMEOUT):
+        """Until every worker alive has said what it holds; a silent one counts once it is lost (`lost_after`).
+
+        Cancellation: this worker asks for no locks meanwhile.
+        """
+        while not self._sync_sent:
             try:
                 await self._publish("sync")
             except Exception as exc:
-                log.warning("could not ask the group which locks are held: %s", exc)
+                log.warning("could not ask the group which locks are held (trying again): %s", exc)
+                await trio.sleep(SYNC_LOOK_EVERY)
+                continue
+            with trio.move_on_after(ECHO_TIMEOUT):
+                while not self._sync_sent:
+                    await self._changed.wait()
+        warned = False
+        while True:
             self._check_synced()
-            await self._synced.wait()
-        if not self._synced.is_set():
-            missing = sorted(set(self.online_peers()) - self._answered)
-            log.warning(
-                "workers %s did not say which locks they hold within %gs; going on without", missing, SYNC_TIMEOUT
-            )
-            self._synced.set()
+            if self._synced.is_set():
+                return
+            with trio.move_on_after(SYNC_LOOK_EVERY):
+                await self._synced.wait()
+            if not warned and not self._synced.is_set():
+                warned = True
+                missing = sorted(set(self.alive_peers()) - self._answered - {self.worker_id})
+                log.info("waiting for workers %s to say which locks they hold, or to be lost", missing)
 
     # -- a job's locks ---------------------------------------------------------------
 
@@ -211,7 +207,7 @@ class GroupLocks:
     async def wait_granted(self, claim: str, *, waiting: Callable[[list[LockRequest]], None]) -> None:
         """Until no request before `claim` stands in its way; `waiting` hears who does, at each change.
 
-        Errors: `LockFailed` when the request is gone from the book (it expired unrenewed).
+        Errors: `LockFailed` when the request is gone from the book (taken over, or lapsed unrenewed).
         Cancellation: the request stays; `release` it.
         """
         shown: list[LockRequest] | None = None
@@ -226,11 +222,9 @@ class GroupLocks:
                 shown = blockers
                 waiting(blockers)
             changed = self._changed
-            # Requests also lapse with time, unannounced: look again when one may have.
-            with trio.move_on_at(min(self._next_lapse + 0.01, trio.current_time() + RENEW_EVERY)):
+            # A request may also lapse unannounced (the safety net): look again now and then.
+            with trio.move_on_after(self.lapse / RENEWALS_PER_LAPSE):
                 await changed.wait()
-            if trio.current_time() >= self._next_lapse:
-                self._next_lapse = float("inf")
 
     async def release(self, claim: str) -> None:
         """Give back the request `claim`; shielded and bounded, it goes out even as its job is cancelled."""
@@ -239,12 +233,12 @@ class GroupLocks:
             try:
                 await self._publish("release", releases=[claim])
             except Exception as exc:
-                log.warning("could not release a lock request (it expires unrenewed): %s", exc)
+                log.warning("could not release a lock request (it lapses unrenewed): %s", exc)
 
     async def _publish(
         self, kind: LockKind, *, requests: list[LockRequest] | None = None, releases: list[str] | None = None
     ) -> None:
-        expires_at = datetime.now(UTC) + timedelta(seconds=LOCK_LIFETIME)
+        expires_at = datetime.now(UTC) + timedelta(seconds=self.lapse)
         document = lock_document(
             kind, self.worker_id, requests=requests or (), releases=releases or (), expires_at=expires_at
         )

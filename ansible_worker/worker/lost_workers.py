@@ -2,7 +2,9 @@
 
 It also wires the table's hooks that keep the group able to take this worker's own jobs
 over: the start fence before a job starts, the request copy cleared once a job is settled,
-and the fence of a job another worker's claim holds now.
+and the fence of a job another worker's claim holds now; and the group's locks' two uses of
+the same judgement: the requests of a job taken over end, and a new worker waits to hear
+what the others hold only from those alive.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ansible_worker.run.job import Job
 from ansible_worker.run.runner import JobRunner
 from ansible_worker.worker.claim_sync import ClaimSync
 from ansible_worker.worker.group_claims import GroupClaims
+from ansible_worker.worker.group_locks import GroupLocks
 from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_task_message
 from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.liveness import Liveness, PresenceHeard, read_presence
@@ -57,6 +60,7 @@ class LostWorkers:
         stopping: Callable[[], bool],
         read_retained: Callable[[str], Awaitable[bytes | None]],
         check_copy: Callable[[bytes, datetime | None], TaskRequest | str],
+        locks: GroupLocks | None = None,
     ) -> None:
         self.claims, self.jobs, self.statuses, self.copies = claims, jobs, statuses, copies
         lost_after = policies.presence.lost_after
@@ -77,6 +81,9 @@ class LostWorkers:
         jobs.on_settled = self._settled
         jobs.on_fenced = self._fenced
         claims.on_taken = self._taken
+        self.locks = locks
+        if locks is not None:
+            locks.alive_peers = self._alive
 
     def hear_copy(self, task_id: str, payload: bytes, *, max_bytes: int) -> None:
         """A request copy heard on `…/tasks/<task_id>/request`."""
@@ -112,14 +119,21 @@ class LostWorkers:
             return entry is not None
         return await self.claims.mark_started(job.task_id, entry.claim_id)
 
+    def _alive(self) -> list[str]:
+        """The workers heard alive within `lost_after`, this one included."""
+        return self.liveness.alive(trio.current_time())
+
     def _settled(self, task_id: str) -> None:
         """A job's terminal status is acknowledged: its claim names no copy any more, and the copy goes."""
         self.claims.settle(task_id)
         self.copies.clear(task_id)
 
     def _taken(self, task_id: str, claim: Claim) -> None:
-        """Another worker's claim holds `task_id` now: a job this worker holds is fenced."""
-        self.jobs.fence(task_id, claim.worker_id)
+        """`claim` holds `task_id` now: other workers' lock requests for it end; another's fences it here."""
+        if self.locks is not None:
+            self.locks.taken_over(task_id, claim.worker_id)
+        if claim.worker_id != self.liveness.own_id:
+            self.jobs.fence(task_id, claim.worker_id)
 
     def _fenced(self, task_id: str) -> None:
         """A job was taken over by another worker: nothing more of it is published or claimed here."""

@@ -117,9 +117,10 @@ class Worker:
         self.claims = GroupClaims(self.session, self.topics, worker_id=self.worker_id, policy=policies.claims)
         # The state of every other worker of the group, from their presence messages.
         self.peers = PeerBook()
+        lost_after = policies.presence.lost_after
         lock_signing = LockPolicy(policies.claims.signer, policies.claims.trusted)
         self.locks = GroupLocks(
-            self.session, self.topics, worker_id=self.worker_id, policy=lock_signing, online_peers=self.peers.online
+            self.session, self.topics, worker_id=self.worker_id, policy=lock_signing, lost_after=lost_after
         )
         self.keeper = ClaimKeeper(self.claims)
         self.metrics = WorkerMetrics()
@@ -131,7 +132,7 @@ class Worker:
         )
         # Nothing is published for a job after a reconnection or a freeze until the claims are heard again.
         # The round trip is the presence's own echo, which every worker may publish and read.
-        self.sync = ClaimSync(self.session, self._round_trip, gap=max(policies.presence.lost_after / 2, MIN_FREEZE))
+        self.sync = ClaimSync(self.session, self._round_trip, gap=max(lost_after / 2, MIN_FREEZE))
         self.statuses.gate = self.claims.gate = self.sync.wait_synced
         self.copies = RequestCopyPublisher(self.session, self.topics)
         self.changes = Changes()
@@ -199,6 +200,7 @@ class Worker:
             check_copy=copy_check(
                 settings.worker.max_message_bytes, self.policies.signatures, self.topics, self.runner, router
             ),
+            locks=self.locks,
         )
         self.messages = MessageHandler(
             router,

@@ -46,17 +46,40 @@ def test_only_the_requesting_worker_releases_or_renews() -> None:
     assert [blocker.locks for blocker in book.blockers("b", now=1)] == [frozenset({"web1"})]
 
 
-def test_a_request_lapses_unrenewed_and_when_its_worker_is_gone() -> None:
+def test_a_request_lapses_only_when_never_renewed() -> None:
     book = LockBook()
     book.hear(LockMessage("acquire", "w1", (LockRequest("a", "t", "w1", frozenset({"x"})),), (), 10.0), now=0)
     ask(book, "b", "w2", "x")
     assert book.blockers("b", now=5)
-    assert not book.blockers("b", now=11)
-    ask(book, "c", "w3", "y")
-    ask(book, "d", "w2", "y")
-    book.expire_worker("w3", at=20.0)
-    assert book.blockers("d", now=19)
-    assert not book.blockers("d", now=21)
+    book.hear(LockMessage("renew", "w1", (LockRequest("a", "t", "w1", frozenset({"x"})),), (), 30.0), now=5)
+    assert book.blockers("b", now=29)
+    assert not book.blockers("b", now=31)
+
+
+def test_a_job_taken_over_frees_its_lost_workers_request_for_good() -> None:
+    book = LockBook()
+    ask(book, "a", "lost", "web1")
+    ask(book, "b", "w2", "web1")
+    ask(book, "c", "w2", "web2")
+    assert not granted(book, "b")
+    # A claim of the lost worker itself changes nothing; another worker's claim is a takeover.
+    assert book.taken_over("task-a", "lost") == []
+    assert [request.claim for request in book.taken_over("task-a", "w2")] == ["a"]
+    assert granted(book, "b")
+    # The lost worker, back, renews what it held: the request stays ended.
+    book.hear(LockMessage("renew", "lost", (LockRequest("a", "task-a", "lost", frozenset({"web1"})),), (), FAR), now=1)
+    assert granted(book, "b")
+    assert not book.holds("a", now=1)
+    assert book.holds("c", now=1)
+
+
+def test_a_released_request_never_comes_back() -> None:
+    book = LockBook()
+    ask(book, "a", "w1", "web1")
+    book.hear(LockMessage("release", "w1", (), ("a",)), now=1)
+    ask(book, "a", "w1", "web1")
+    ask(book, "b", "w2", "web1")
+    assert granted(book, "b")
 
 
 def test_max_concurrent_counts_the_requests_before() -> None:

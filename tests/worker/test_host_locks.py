@@ -1,7 +1,8 @@
 """Group-wide host locks: two jobs on one host never run at once on any workers of the group, and a waiting job says why.
 
 Real broker, real Ansible, two workers. Each job's playbook writes when it started and ended;
-the tests compare those times, not what the workers say of themselves.
+the tests compare those times, not what the workers say of themselves. The tests of a lost
+holder run it as a worker process of its own, so that it can be stopped, resumed and killed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import trio
 
 from tests.conftest import (
+    TERMINAL,
     Controller,
     WorkerProcess,
     client_for,
@@ -27,6 +29,7 @@ from tests.conftest import (
     worker_config,
     worker_process,
 )
+from tests.worker.takeovers import HEARTBEAT, LOST_AFTER, TAKEOVER_BOUND
 
 # Holds its hosts for `seconds`; writes <name>.start and <name>.end (epoch seconds) once per run.
 STAMP = """\
@@ -163,37 +166,152 @@ async def test_max_concurrent_holds_across_two_workers(
     assert any(status["waiting_for"].get("max_concurrent") == 2 for status in waited)
 
 
-async def test_a_killed_workers_locks_are_freed(
+# Longer than a minute, and than a worker's will and the reconnection after it (keepalive
+# 5 s); shorter than the `lost_after` of the test that stops a holder for that long.
+STOPPED_FOR = 65
+PATIENT_LOST_AFTER = 90
+
+
+def lock_worker(tmp_path: Path, broker: Any, playbook_dir: Path, group: str, worker_id: str, lost_after: float) -> Path:
+    """A worker process's config: host locks on (the default), heartbeats every second."""
+    return worker_config(
+        tmp_path / f"{worker_id}.json",
+        broker,
+        playbook_dir,
+        group,
+        worker_id=worker_id,
+        heartbeat_interval=HEARTBEAT,
+        lost_after=lost_after,
+        status_interval=0.1,
+        drain_timeout=600,
+    )
+
+
+async def hold_web2(controller: Controller, holder: WorkerProcess, stamps: Path, seconds: str) -> dict[str, Any]:
+    """Run job `holder` on web2 in `holder`, then drain that worker: it keeps its job (and locks), takes no more."""
+    await controller.submit(stamp_job("holder", stamps, limit="web2", seconds=seconds))
+    running = await controller.wait_for("holder", {"running"})
+    assert running["worker_id"] == "holder-w"
+    holder.process.send_signal(signal.SIGTERM)
+    await holder.wait_for_line("draining")
+    return running
+
+
+async def wait_next_behind_holder(controller: Controller, stamps: Path) -> None:
+    """Publish job `next` on web2 (only `waiter-w` takes jobs now) and wait until it says it waits for the holder."""
+    await controller.submit(stamp_job("next", stamps, limit="web2", seconds=0))
+    waiting = await waiting_status(controller, "next", "locks")
+    assert waiting["waiting_for"]["held_by"] == "holder on holder-w"
+    assert waiting["worker_id"] == "waiter-w"
+
+
+def end_sleeps(seconds: str) -> None:
+    # Ansible outlives a worker killed alone; the test ends it.
+    for line in processes_mentioning(f"sleep {seconds}"):
+        os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+
+
+async def test_a_holder_stopped_for_less_than_lost_after_keeps_its_locks(
     broker: Any, playbook_dir: Path, group: str, stamps: Path, tmp_path: Path
 ) -> None:
-    config = worker_config(
-        tmp_path / "lost.json", broker, playbook_dir, group, worker_id="lost", drain_timeout=120, host_locks=True
-    )
+    """Its will goes out and its link is down for a while: its host is still not given to another job."""
+    holding = lock_worker(tmp_path, broker, playbook_dir, group, "holder-w", PATIENT_LOST_AFTER)
+    waiting = lock_worker(tmp_path, broker, playbook_dir, group, "waiter-w", PATIENT_LOST_AFTER)
+    async with (
+        open_controller(broker, group) as controller,
+        client_for(broker, group) as client,
+        worker_process("run", "-c", str(holding)) as holder,
+    ):
+        await wait_online(client, "holder-w")
+        await hold_web2(controller, holder, stamps, str(STOPPED_FOR + 15))
+        async with worker_process("run", "-c", str(waiting)) as waiter:
+            await wait_online(client, "waiter-w")
+            await wait_next_behind_holder(controller, stamps)
+            holder.process.send_signal(signal.SIGSTOP)
+            try:
+                # The stop itself is what is tested: for all of it, `next` must not start.
+                with trio.move_on_after(STOPPED_FOR) as patience:
+                    started = await controller.wait_for("next", {"running", *TERMINAL}, within=STOPPED_FOR + 1)
+            finally:
+                holder.process.send_signal(signal.SIGCONT)
+            assert patience.cancelled_caught, f"next started while its host's holder was stopped: {started}"
+            finals = {name: await controller.wait_terminal(name, within=120) for name in ("holder", "next")}
+            assert await waiter.stop() == 0
+    assert {name: (final["state"], final["worker_id"]) for name, final in finals.items()} == {
+        "holder": ("success", "holder-w"),
+        "next": ("success", "waiter-w"),
+    }
+    assert not overlap(interval("holder", stamps), interval("next", stamps))
+
+
+async def test_a_killed_holders_locks_are_freed_when_the_group_takes_its_job_over(
+    broker: Any, playbook_dir: Path, group: str, stamps: Path, tmp_path: Path
+) -> None:
+    holding = lock_worker(tmp_path, broker, playbook_dir, group, "holder-w", LOST_AFTER)
+    waiting = lock_worker(tmp_path, broker, playbook_dir, group, "waiter-w", LOST_AFTER)
     seconds = unique_seconds(300)
     try:
-        async with open_controller(broker, group) as controller, worker_process("run", "-c", str(config)) as lost:
-            final = await _lose_a_holder(controller, lost, broker, playbook_dir, group, stamps, seconds)
+        async with (
+            open_controller(broker, group) as controller,
+            client_for(broker, group) as client,
+            worker_process("run", "-c", str(holding)) as holder,
+        ):
+            await wait_online(client, "holder-w")
+            await hold_web2(controller, holder, stamps, seconds)
+            async with worker_process("run", "-c", str(waiting)) as waiter:
+                await wait_online(client, "waiter-w")
+                await wait_next_behind_holder(controller, stamps)
+                holder.process.kill()
+                started = await controller.wait_for("next", {"running", *TERMINAL}, within=LOST_AFTER + TAKEOVER_BOUND)
+                final = await controller.wait_terminal("next")
+                lost = await controller.wait_terminal("holder")
+                assert await waiter.stop() == 0
     finally:
-        # Ansible outlives a worker killed alone; this test ends it.
-        for line in processes_mentioning(f"sleep {seconds}"):
-            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
-    assert final["state"] == "success"
-    assert final["worker_id"] == "survivor"
+        end_sleeps(seconds)
+    assert started["state"] == "running"
+    assert (final["state"], final["worker_id"]) == ("success", "waiter-w")
+    assert lost["state"] == "failed"
+    assert lost["error_message"].startswith("worker lost: holder-w")
 
 
-async def _lose_a_holder(
-    controller: Controller, lost: WorkerProcess, broker: Any, playbook_dir: Path, group: str, stamps: Path, seconds: str
-) -> dict[str, Any]:
-    """Kill the worker whose running job holds web2 while a job of another worker waits for it; that job's end."""
-    async with client_for(broker, group) as client:
-        await wait_online(client, "lost")
-    await controller.submit(stamp_job("holder", stamps, limit="web2", seconds=seconds))
-    await controller.wait_for("holder", {"running"})
-    # Draining, the worker takes no more jobs and keeps its running one (and its locks).
-    lost.process.send_signal(signal.SIGTERM)
-    async with running_worker(make_settings(broker.port, playbook_dir, group, worker_id="survivor", host_locks=True)):
-        await controller.submit(stamp_job("next", stamps, limit="web2", seconds=0))
-        waiting = await waiting_status(controller, "next", "locks")
-        assert waiting["waiting_for"]["held_by"] == "holder on lost"
-        os.kill(lost.process.pid, signal.SIGKILL)
-        return await controller.wait_terminal("next")
+async def test_a_holder_back_after_the_takeover_publishes_nothing_for_its_job_and_ends_it(
+    broker: Any, playbook_dir: Path, group: str, stamps: Path, tmp_path: Path
+) -> None:
+    holding = lock_worker(tmp_path, broker, playbook_dir, group, "holder-w", LOST_AFTER)
+    waiting = lock_worker(tmp_path, broker, playbook_dir, group, "waiter-w", LOST_AFTER)
+    seconds = unique_seconds(301)
+    try:
+        async with (
+            open_controller(broker, group) as controller,
+            client_for(broker, group) as client,
+            worker_process("run", "-c", str(holding)) as holder,
+        ):
+            await wait_online(client, "holder-w")
+            await hold_web2(controller, holder, stamps, seconds)
+            async with worker_process("run", "-c", str(waiting)) as waiter:
+                await wait_online(client, "waiter-w")
+                await wait_next_behind_holder(controller, stamps)
+                holder.process.send_signal(signal.SIGSTOP)
+                try:
+                    with trio.fail_after(LOST_AFTER + TAKEOVER_BOUND):
+                        lost = await controller.wait_terminal("holder", within=LOST_AFTER + TAKEOVER_BOUND)
+                        final = await controller.wait_terminal("next", within=LOST_AFTER + TAKEOVER_BOUND)
+                finally:
+                    holder.process.send_signal(signal.SIGCONT)
+                await holder.wait_for_line("task holder: taken over by waiter-w while this worker was away")
+                with trio.fail_after(30):
+                    while processes_mentioning(f"sleep {seconds}"):  # noqa: ASYNC110 - /proc has no event
+                        await trio.sleep(0.1)
+                # Back, it holds web2 no more: a new job on it runs.
+                await controller.submit(stamp_job("after", stamps, limit="web2", seconds=0))
+                after = await controller.wait_terminal("after", within=60)
+                assert await waiter.stop() == 0
+            # Draining, it left once its job had ended.
+            assert await holder.wait_exit() == 0
+    finally:
+        end_sleeps(seconds)
+    assert (lost["state"], lost["taken_over_by"]) == ("failed", "waiter-w")
+    assert (final["state"], final["worker_id"]) == ("success", "waiter-w")
+    assert (after["state"], after["worker_id"]) == ("success", "waiter-w")
+    from_the_holder = [status for status in controller.statuses["holder"] if status["state"] in TERMINAL]
+    assert [status.get("worker_id") for status in from_the_holder] == ["waiter-w"]
