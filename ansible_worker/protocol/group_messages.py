@@ -62,13 +62,18 @@ class LockMessage(BaseModel):
     model_config = ConfigDict(extra="allow", defer_build=True)
 
     type: Literal["acquire", "renew", "release", "sync"] = Field(
-        description="acquire: a job asks; renew: every request of the worker, kept alive (also the answer to a"
-        " sync); release: a job gives its locks back; sync: a worker that has just started asks what is held"
+        description="acquire: a job asks; renew: every request of the worker (also the answer to a sync);"
+        " release: a job gives its locks back; sync: a worker that has just started asks what is held. A request"
+        " holds until released, or until another worker's claim holds its task_id (a takeover)"
     )
     worker_id: str
     requests: list[LockRequestDocument] | None = Field(None, description="acquire and renew")
     releases: list[str] | None = Field(None, description="release: the claims given back")
-    expires_at: datetime | None = Field(None, description="acquire and renew: until when the requests hold")
+    expires_at: datetime | None = Field(
+        None,
+        description="acquire and renew: a safety net far beyond lost_after, when requests nobody released,"
+        " renewed or took over lapse",
+    )
 
 
 class ClaimMessage(BaseModel):
