@@ -211,6 +211,7 @@ def end_sleeps(seconds: str) -> None:
         os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
 
 
+@pytest.mark.slow
 async def test_a_holder_stopped_for_less_than_lost_after_keeps_its_locks(
     broker: Any, playbook_dir: Path, group: str, stamps: Path, tmp_path: Path
 ) -> None:
