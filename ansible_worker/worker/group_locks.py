@@ -2,9 +2,11 @@
 
 The order that decides is the broker's order of the one locks topic (`protocol.locks`).
 Before its first request, a worker that has just started asks the others what they hold (a
-`sync`) and waits until each worker it knows to be alive has answered, or has been silent
-for `lost_after` (lost: its jobs are the group's to take over, and its requests go with
-them): a request published after that comes after every request that is live.
+`sync`) and waits until each worker it knows of has answered, has stopped cleanly (a
+drained worker holds nothing), or has been silent for `lost_after` (lost: its jobs are the
+group's to take over, and its requests go with them): a request published after that comes
+after every request that is live. A will is no such answer: a worker whose link dropped may
+hold requests still, and says them again when it reconnects.
 
 A lock request ends when its job ends here, or when the group takes the job over (`taken_over`,
 told by the claims). Renewals only keep a request from lapsing, a safety net set at
@@ -69,8 +71,8 @@ class GroupLocks:
         self.worker_id = worker_id
         self.policy = policy
         self.lapse = LAPSE_FACTOR * lost_after
-        # The other workers heard alive within `lost_after` (the group's liveness), once wired.
-        self.alive_peers: Callable[[], list[str]] = list
+        # The other workers that may hold requests: neither lost nor stopped cleanly (the group's liveness).
+        self.peers: Callable[[], list[str]] = list
         self.book = LockBook()
         self._mine: dict[str, LockRequest] = {}
         self._echoes: dict[str, trio.Event] = {}
@@ -121,6 +123,10 @@ class GroupLocks:
             log.warning("task %s: taken over by %s; the locks %s held for it are free", task_id, holder, workers)
             self._wake()
 
+    def renew_soon(self) -> None:
+        """Say this worker's requests again now (after a reconnection: a sync may have gone by)."""
+        self._renew_now.set()
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
@@ -128,7 +134,7 @@ class GroupLocks:
     def _check_synced(self) -> None:
         if not self._sync_sent or self._synced.is_set():
             return
-        if set(self.alive_peers()) - {self.worker_id} <= self._answered:
+        if set(self.peers()) - {self.worker_id} <= self._answered:
             self._synced.set()
 
     # -- serving ---------------------------------------------------------------------
@@ -179,7 +185,7 @@ class GroupLocks:
                 await self._synced.wait()
             if not warned and not self._synced.is_set():
                 warned = True
-                missing = sorted(set(self.alive_peers()) - self._answered - {self.worker_id})
+                missing = sorted(set(self.peers()) - self._answered - {self.worker_id})
                 log.info("waiting for workers %s to say which locks they hold, or to be lost", missing)
 
     # -- a job's locks ---------------------------------------------------------------

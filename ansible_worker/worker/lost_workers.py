@@ -83,7 +83,7 @@ class LostWorkers:
         claims.on_taken = self._taken
         self.locks = locks
         if locks is not None:
-            locks.alive_peers = self._alive
+            locks.peers = self._not_gone
 
     def hear_copy(self, task_id: str, payload: bytes, *, max_bytes: int) -> None:
         """A request copy heard on `…/tasks/<task_id>/request`."""
@@ -100,8 +100,13 @@ class LostWorkers:
                 log.warning("worker %s went offline without a clean stop (its will)", worker_id)
 
     def connected(self) -> None:
-        """This worker (re)connected: every worker's silence counts from now, since it heard nothing while away."""
+        """This worker (re)connected: every worker's silence counts from now, since it heard nothing while away.
+
+        Its lock requests are said again at once: a worker that started meanwhile asked what is held.
+        """
         self.liveness.connected_at(trio.current_time())
+        if self.locks is not None:
+            self.locks.renew_soon()
 
     async def serve(self) -> None:
         """Take lost workers' jobs over until `stop`. Cancellation: takeovers in flight stop."""
@@ -119,9 +124,9 @@ class LostWorkers:
             return entry is not None
         return await self.claims.mark_started(job.task_id, entry.claim_id)
 
-    def _alive(self) -> list[str]:
-        """The workers heard alive within `lost_after`, this one included."""
-        return self.liveness.alive(trio.current_time())
+    def _not_gone(self) -> list[str]:
+        """The other workers that may hold locks: not lost, and not stopped cleanly (a will is no verdict)."""
+        return self.liveness.not_gone(trio.current_time())
 
     def _settled(self, task_id: str) -> None:
         """A job's terminal status is acknowledged: its claim names no copy any more, and the copy goes."""
