@@ -89,6 +89,9 @@ def worker_values(playbook_dir: Path, group: str, **worker: Any) -> dict[str, An
         "kill_grace": 3,
         "drain_timeout": 1,
         "status_interval": 0.1,
+        # Most tests run several jobs on the one local host side by side; the tests of host
+        # locks turn them on.
+        "host_locks": False,
     }
     values.update(worker)
     return values

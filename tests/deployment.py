@@ -8,7 +8,8 @@ deployment:
 - `unprivileged`: `ansible-worker run -c FILE` as uid 10001 (the Containerfile's user) with
   a `HOME` of its own, on the system Python (a venv of `/usr/bin/python3` that the user can
   read, with this project installed from the lock, not in editable mode); playbooks owned by
-  root that it may read but not write; its state, run and source cache directories its own.
+  root that it may read but not write; its state, run and source cache directories its own;
+  host locks on, as shipped.
 - `image-env`: the same, with the environment of the image (`HOME`, `ANSIBLE_HOME`,
   `ANSIBLE_LOCAL_TEMP`, `ANSIBLE_REMOTE_TEMP` in a scratch directory, as on its `/tmp`).
 
@@ -287,6 +288,9 @@ class Deployment:
                     yield DeployedWorker(settings, worker=worker, log=log)
             return
         assert self.base is not None
+        # As deployed, host locks are on (the default), though most tests turn them off for the
+        # worker in this process, which runs several of their jobs on the one local host at once.
+        settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"host_locks": True})})
         document = _revealed(settings.model_dump())
         # Nothing is lost on the way to the file: the worker reads the same settings back.
         assert Settings.model_validate(document) == settings

@@ -1,4 +1,4 @@
-"""Turn ansible-playbook-style command-line flags into a task request."""
+"""Turn ansible-playbook- and ansible-style command-line flags into a task request."""
 
 from __future__ import annotations
 
@@ -85,12 +85,47 @@ def split_list(values: list[str] | None) -> list[str]:
     return [item.strip() for value in values or [] for item in value.split(",") if item.strip()]
 
 
+def build_adhoc_job(args: argparse.Namespace) -> dict[str, Any]:
+    """The job request of `adhoc`'s flags: `-a` in braces is sent as an object, anything else as Ansible's text.
+
+    Errors: `ArgumentError` for `-a` or `--extra-vars` that cannot be read.
+    """
+    job = _common(args, {"module": args.module, "hosts": args.hosts, "inventory": args.inventory})
+    if args.module_args is not None:
+        job["module_args"] = _module_args(args.module_args)
+    optional = {"background": args.background, "poll": args.poll}
+    job.update({key: value for key, value in optional.items() if value is not None})
+    return job
+
+
+def _module_args(text: str) -> str | dict[str, Any]:
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        return _mapping(json.loads(text), "-a")
+    except json.JSONDecodeError as exc:
+        raise ArgumentError(f"-a: starts with '{{' but is not a JSON object: {exc}") from None
+
+
 def build_job(args: argparse.Namespace) -> dict[str, Any]:
     """The job request of `submit`'s flags; only the flags given appear in it.
 
     Errors: `ArgumentError` for `--extra-vars` that cannot be read.
     """
-    job: dict[str, Any] = {"playbook": args.playbook, "inventory": args.inventory}
+    job = _common(args, {"playbook": args.playbook, "inventory": args.inventory})
+    optional = {
+        "tags": split_list(args.tags) or None,
+        "skip_tags": split_list(args.skip_tags) or None,
+        "git_pull": args.git_pull or None,
+        "project": getattr(args, "project", None),
+        "revision": getattr(args, "revision", None),
+    }
+    job.update({key: value for key, value in optional.items() if value is not None})
+    return job
+
+
+def _common(args: argparse.Namespace, job: dict[str, Any]) -> dict[str, Any]:
+    """`job` with the flags that submit and adhoc share, those given only."""
     if args.task_id:
         job["task_id"] = args.task_id
     extra_vars = parse_extra_vars(args.extra_vars or [])
@@ -98,17 +133,12 @@ def build_job(args: argparse.Namespace) -> dict[str, Any]:
         job["extra_vars"] = extra_vars
     optional = {
         "limit": args.limit,
-        "tags": split_list(args.tags) or None,
-        "skip_tags": split_list(args.skip_tags) or None,
         "verbosity": args.verbose or None,
         "check_mode": args.check or None,
         "diff_mode": args.diff or None,
         "forks": args.forks,
         "timeout": args.timeout,
-        "git_pull": args.git_pull or None,
         "credentials": args.credentials or None,
-        "project": getattr(args, "project", None),
-        "revision": getattr(args, "revision", None),
     }
     job.update({key: value for key, value in optional.items() if value is not None})
     return job

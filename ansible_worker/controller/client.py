@@ -52,7 +52,7 @@ from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.topics import Topics
 
 if TYPE_CHECKING:
-    from ansible_worker.protocol.models import TemplateCatalogue
+    from ansible_worker.protocol.group_messages import TemplateCatalogue
     from ansible_worker.protocol.signing import Signer
 
 __all__ = [
@@ -395,7 +395,7 @@ class Client:
         # Here, not at the top: the protocol's models load pydantic, which most commands never need.
         from pydantic import ValidationError
 
-        from ansible_worker.protocol.models import TemplateCatalogue
+        from ansible_worker.protocol.group_messages import TemplateCatalogue
 
         found = await self.retained(self.topics.templates)
         if not found or not found[-1].payload:

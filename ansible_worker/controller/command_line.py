@@ -12,8 +12,8 @@ import trio
 from rich.console import Console
 from rich.markup import escape
 
-from ansible_worker.controller import job_commands, record_commands, template_commands
-from ansible_worker.controller.arguments import ArgumentError, build_job
+from ansible_worker.controller import job_commands, record_commands, relaunch_command, template_commands
+from ansible_worker.controller.arguments import ArgumentError, build_adhoc_job, build_job
 from ansible_worker.controller.client import Client, ClientError, SigningKeyError, Target, open_client
 from ansible_worker.controller.parser import EXIT_UNAVAILABLE, EXIT_USAGE
 from ansible_worker.controller.shipping import ShipError
@@ -68,6 +68,8 @@ def run_command(args: argparse.Namespace) -> int:
         if args.command == "submit":
             # Bad flags are reported before anything touches the network.
             args.job = build_job(args)
+        elif args.command == "adhoc":
+            args.job = build_adhoc_job(args)
         target = resolve_target(args)
         command = _COMMANDS[args.command]
         return trio.run(_with_client, target, command, args, console)
@@ -110,6 +112,8 @@ async def _with_client(target: Target, command: Command, args: argparse.Namespac
 
 _COMMANDS: dict[str, Command] = {
     "submit": job_commands.submit,
+    "adhoc": job_commands.submit,
+    "relaunch": relaunch_command.relaunch,
     "watch": job_commands.watch,
     "status": job_commands.status,
     "cancel": job_commands.cancel,

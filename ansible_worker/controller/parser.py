@@ -12,7 +12,21 @@ from ansible_worker.protocol.topics import is_task_id
 T = TypeVar("T", int, float)
 
 CONTROLLER_COMMANDS = frozenset(
-    {"submit", "watch", "status", "cancel", "forget", "workers", "logs", "jobs", "templates", "schedules", "launch"}
+    {
+        "submit",
+        "adhoc",
+        "relaunch",
+        "watch",
+        "status",
+        "cancel",
+        "forget",
+        "workers",
+        "logs",
+        "jobs",
+        "templates",
+        "schedules",
+        "launch",
+    }
 )
 
 EXIT_SUCCESS = 0
@@ -181,6 +195,23 @@ def add_controller_commands(commands: argparse._SubParsersAction[argparse.Argume
     )
     add_delivery_options(submit)
 
+    add_adhoc_command(command)
+    relaunch = command(
+        "relaunch",
+        "publish a finished job again, on every host or on those that failed",
+        "Publish a job's request again under a new task_id, from the job's record.\n"
+        "--failed limits it to the hosts that failed or were unreachable.\n\n"
+        "examples:\n"
+        "  ansible-worker relaunch deploy-42 --failed --wait",
+    )
+    relaunch.add_argument("task_id", metavar="TASK_ID", type=_task_id)
+    relaunch.add_argument("--failed", action="store_true", help="only the hosts that failed or were unreachable")
+    relaunch.add_argument("--task-id", dest="new_task_id", type=_task_id, help="name the new job (default: a new id)")
+    relaunch.add_argument("-w", "--wait", action="store_true", help="follow the new job live until it ends")
+    relaunch.add_argument("--json", action="store_true", help="print JSON lines for scripts instead of text")
+    relaunch.add_argument("--answer-within", type=float, metavar="SECONDS", help="as submit's (default 10)")
+    relaunch.set_defaults(retry_after=None, attempts=None)
+
     watch = command(
         "watch",
         "follow a job live, from wherever it is now",
@@ -253,6 +284,43 @@ def add_template_commands(command: Callable[[str, str, str], argparse.ArgumentPa
         help="survey answers: NAME=VALUE (read by the variable's type), @FILE or a JSON object; repeatable",
     )
     add_delivery_options(launch)
+
+
+_ADHOC_HELP = """\
+Publish an ad-hoc command for the workers of a group, like running `ansible` there.
+The module must be in the workers' worker.ad_hoc_modules. ARGS is Ansible's
+key=value or free-form text, or a JSON object whose strings reach the module as data.
+
+examples:
+  ansible-worker adhoc all -m ping -i inventories/prod --wait
+  ansible-worker adhoc web -m ansible.builtin.service -a 'name=nginx state=restarted' -i hosts.ini --wait
+  ansible-worker adhoc db1 -m shell -a 'sleep 600' -B 3600 -P 0 -i hosts.ini
+"""
+
+
+def add_adhoc_command(command: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
+    """Add adhoc, the ad-hoc command's counterpart of submit."""
+    adhoc = command("adhoc", "publish an ad-hoc command (like ansible, on a worker)", _ADHOC_HELP)
+    adhoc.add_argument("hosts", metavar="HOSTS", help="the host pattern (all, web, 'db1:db2')")
+    adhoc.add_argument("-m", "--module-name", dest="module", required=True, help="the module to run")
+    adhoc.add_argument("-a", "--args", dest="module_args", metavar="ARGS", help="the module's arguments")
+    adhoc.add_argument("-i", "--inventory", required=True, help="inventory path, or a host list with a comma")
+    adhoc.add_argument("-e", "--extra-vars", action="append", metavar="VARS", help="as submit's -e; repeatable")
+    adhoc.add_argument("-l", "--limit", help="further limit to these hosts or groups")
+    adhoc.add_argument("-B", "--background", type=_positive(int), metavar="SECONDS", help="run asynchronously")
+    adhoc.add_argument("-P", "--poll", type=int, metavar="SECONDS", help="with -B, poll this often; 0: do not wait")
+    adhoc.add_argument("-C", "--check", action="store_true", help="check mode: change nothing")
+    adhoc.add_argument("-D", "--diff", action="store_true", help="show the differences of changed files")
+    adhoc.add_argument("-v", "--verbose", action="count", default=0, help="more Ansible output (up to -vvvv)")
+    adhoc.add_argument("-f", "--forks", type=int, help="parallel processes (default 5)")
+    adhoc.add_argument("--timeout", type=float, metavar="SECONDS", help="end the job after this long")
+    adhoc.add_argument("--credential", action="append", dest="credentials", metavar="NAME", help="as submit's")
+    adhoc.add_argument("--task-id", type=_task_id, help="name the job (default: a new unique id)")
+    adhoc.add_argument("-w", "--wait", action="store_true", help="follow the job live until it ends")
+    adhoc.add_argument("--json", action="store_true", help="print JSON lines for scripts instead of text")
+    adhoc.add_argument("--answer-within", type=float, metavar="SECONDS", help="as submit's (default 10)")
+    adhoc.add_argument("--retry-after", type=_positive(float), metavar="SECONDS", help="as submit's (default 5)")
+    adhoc.add_argument("--attempts", type=_positive(int), metavar="N", help="as submit's")
 
 
 def add_record_commands(command: Callable[[str, str, str], argparse.ArgumentParser]) -> None:

@@ -17,7 +17,7 @@ from ansible_worker.controller.parser import EXIT_SUCCESS, EXIT_UNAVAILABLE, EXI
 from ansible_worker.controller.terminal import CommandError, ask_line, print_json_line
 
 if TYPE_CHECKING:
-    from ansible_worker.protocol.models import TemplateCatalogue, TemplateView
+    from ansible_worker.protocol.group_messages import TemplateCatalogue, TemplateView
     from ansible_worker.protocol.survey import SurveyRule
 
 # A person gets this many tries at each missing answer before the launch gives up.

@@ -66,6 +66,9 @@ class _ProgressLine:
         task = self.status.get("current_task")
         if task:
             line.append(f"  TASK [{task}]", style="bold")
+        waiting = waiting_text(self.status.get("waiting_for"))
+        if waiting:
+            line.append(f"  {waiting}", style="yellow")
         table = Table.grid(padding=(0, 1))
         table.add_row(self.spinner, line)
         return table
@@ -177,6 +180,8 @@ def summary(status: dict[str, Any]) -> RenderableType:
     head.append(f"  {status.get('task_id')}")
     if status.get("playbook"):
         head.append(f"  {status['playbook']}", style="dim")
+    elif status.get("module"):
+        head.append(f"  ad-hoc {status['module']}", style="dim")
     if status.get("worker_id"):
         head.append(f"  on {status['worker_id']}")
     if isinstance(status.get("duration_seconds"), int | float):
@@ -233,6 +238,7 @@ def job_row(status: dict[str, Any]) -> dict[str, Any]:
         "task_id": status.get("task_id"),
         "state": status.get("state"),
         "playbook": status.get("playbook"),
+        "module": status.get("module"),
         "worker_id": status.get("worker_id"),
         "created_at": status.get("created_at"),
         "started_at": status.get("started_at"),
@@ -243,7 +249,25 @@ def job_row(status: dict[str, Any]) -> dict[str, Any]:
         "skipped": status.get("tasks_skipped", 0),
         "unreachable": status.get("tasks_unreachable", 0),
         "record_bytes": (status.get("record") or {}).get("bytes"),
+        "waiting_for": status.get("waiting_for"),
     }
+
+
+def waiting_text(waiting: object) -> str:
+    """Why a job waits, in words: `waiting for web3 (held by deploy-41 on w2)`; "" when it does not."""
+    if not isinstance(waiting, dict) or not waiting:
+        return ""
+    if "held_by" in waiting:
+        locks = waiting.get("locks") or []
+        names = ", ".join(str(name) for name in locks) if isinstance(locks, list) and locks else "its max_concurrent"
+        return f"waiting for {names} (held by {waiting['held_by']})"
+    if "queue_position" in waiting:
+        return f"waiting in the queue: #{waiting['queue_position']} for {waiting.get('concurrency', '?')} slots"
+    if "project_fetch" in waiting:
+        return f"waiting for a fetch of {waiting['project_fetch']}"
+    if "warm_parent" in waiting:
+        return "waiting for a warm Ansible parent to start"
+    return "waiting for " + ", ".join(f"{key}={value}" for key, value in waiting.items())
 
 
 def jobs_table(statuses: list[dict[str, Any]]) -> Table:
@@ -257,10 +281,11 @@ def jobs_table(statuses: list[dict[str, Any]]) -> Table:
         state = str(row["state"])
         began = parse_time(row["started_at"]) or parse_time(row["created_at"])
         duration = row["duration_seconds"]
+        waiting = waiting_text(row["waiting_for"])
         table.add_row(
             str(row["task_id"]),
-            Text(state, style=STATE_STYLES.get(state.split()[0], "")),
-            str(row["playbook"] or "?"),
+            Text(state + (f" ({waiting})" if waiting else ""), style=STATE_STYLES.get(state.split()[0], "")),
+            str(row["playbook"] or (f"ad-hoc {row['module']}" if row["module"] else "?")),
             str(row["worker_id"] or "?"),
             began.strftime("%Y-%m-%d %H:%M:%S") if began else "?",
             f"{duration:.1f}s" if isinstance(duration, int | float) else "",

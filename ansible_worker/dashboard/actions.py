@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any
 
 import trio
@@ -12,11 +12,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ansible_worker.controller.client import Client, ClientError, NoWorkerAnswered, default_requester
+from ansible_worker.controller.relaunch import RelaunchError, failed_hosts, not_ours, relaunch_request, too_old
 from ansible_worker.dashboard.responses import ACTION_WITHIN, error_response, json_body, json_response, not_a_task_id
 from ansible_worker.dashboard.store import Store
 from ansible_worker.mqtt.link import LinkError
-
-_SIGNATURE_FIELDS = ("signature", "issued_at")
 
 
 class Actions:
@@ -36,6 +35,8 @@ class Actions:
         self.refused = refused
         self.max_task_age = max_task_age
         self.max_clock_skew = max_clock_skew
+        # Where a job's record is read from (the dashboard's one place for it); the client by default.
+        self.read_record: Callable[[str], Awaitable[dict[str, Any] | None]] = client.record
 
     async def cancel(self, request: Request) -> Response:
         """Ask the group to cancel a queued or running job, with the reason given.
@@ -66,7 +67,10 @@ class Actions:
         return json_response({"task_id": task_id, "requested": "cancel"}, 202)
 
     async def rerun(self, request: Request) -> Response:
-        """Submit a finished job's request again under a new task_id.
+        """Submit a finished job's request again under a new task_id; with `{"failed": true}`, on its failed hosts.
+
+        The failed hosts come from the job's record; the request, as for a whole run again,
+        from what this dashboard heard.
 
         Cancellation: bounded by ACTION_WITHIN (the client's own answer bound is shorter).
         """
@@ -87,20 +91,41 @@ class Actions:
                 f"the request of job {task_id} was published before this dashboard started, or is no longer kept",
                 409,
             )
-        refusal = _not_ours(original, self.client)
+        refusal = not_ours(original, self.client, key="this dashboard's key") or too_old(
+            original,
+            self.client,
+            heard=self.store.heard_at.get(task_id),
+            by="this dashboard heard it",
+            max_age=self.max_task_age,
+            max_skew=self.max_clock_skew,
+        )
         if refusal is not None:
             return error_response(f"job {task_id}: {refusal}", 409)
-        heard = self.store.heard_at.get(task_id)
-        too_old = _too_old(original, self.client, heard=heard, max_age=self.max_task_age, max_skew=self.max_clock_skew)
-        if too_old is not None:
-            return error_response(f"job {task_id}: {too_old}", 409)
-        job = {key: value for key, value in original.items() if key not in _SIGNATURE_FIELDS}
-        job["task_id"] = f"job-{uuid.uuid4().hex[:12]}"
+        body = await json_body(request)
+        if body is None or not isinstance(body.get("failed", False), bool):
+            return error_response("the body must be a JSON object whose failed, if given, is true or false", 400)
+        try:
+            hosts = await self._failed_hosts(task_id) if body.get("failed") else None
+            job = relaunch_request(original, only_hosts=hosts)
+        except RelaunchError as exc:
+            return error_response(f"job {task_id}: {exc}", 409)
         failed = await self._submit(job)
         if failed is not None:
             return failed
         self.store.note_again(job["task_id"], task_id)
         return json_response({"task_id": job["task_id"], "again_of": task_id}, 201)
+
+    async def _failed_hosts(self, task_id: str) -> list[str]:
+        """The hosts of `task_id` that failed or were unreachable, from its record.
+
+        Errors: `RelaunchError` when there is no usable record. Cancellation: bounded by ACTION_WITHIN.
+        """
+        record = None
+        with trio.move_on_after(ACTION_WITHIN), suppress(ClientError):
+            record = await self.read_record(task_id)
+        if record is None:
+            raise RelaunchError("its record, which says which hosts failed, cannot be read")
+        return failed_hosts(record)
 
     async def launch(self, request: Request) -> Response:
         """Launch a template of the group's catalogue with the form's answers, under a new task_id.
@@ -166,42 +191,3 @@ def _answers(survey: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
         if rule.required and name not in answers and rule.default is None and not rule.has_default:
             raise ValueError(f"{name}: an answer is required (required)")
     return answers
-
-
-def _not_ours(original: dict[str, Any], client: Client) -> str | None:
-    """Why a heard request must not be signed again by this dashboard, or None.
-
-    Anyone who may publish on the tasks topic can send a copy of a job with other fields;
-    signing it again would lend the dashboard's key to them. So with a signing key, only a
-    request signed by that same key is run again.
-    """
-    signer = client.signer
-    if signer is None:
-        return None
-    from ansible_worker.protocol.signing import SignatureRefused, TrustedKeys
-
-    try:
-        TrustedKeys({"dashboard": signer.public_key}).verify(client.topics.tasks, original)
-    except SignatureRefused as exc:
-        return f"its request is not signed by this dashboard's key ({exc}); it is not signed again"
-    return None
-
-
-def _too_old(
-    original: dict[str, Any], client: Client, *, heard: datetime | None, max_age: float, max_skew: float
-) -> str | None:
-    """Why a request this dashboard's key signed was too old to run when it was `heard` (None: now), or None.
-
-    The workers' own rule, applied when the request arrived: a copy of one signed long ago,
-    replayed to the dashboard, is not made new by a fresh signature. Not applied when the
-    button is pressed: run again is for jobs that have ended, often long after `max_age`.
-    """
-    if client.signer is None:
-        return None
-    from ansible_worker.protocol.signing import SignatureRefused, check_age, issued_at
-
-    try:
-        check_age(issued_at(original), now=heard or datetime.now(UTC), max_age=max_age, max_skew=max_skew)
-    except SignatureRefused as exc:
-        return f"its request was too old to run when this dashboard heard it ({exc}); it is not signed again"
-    return None

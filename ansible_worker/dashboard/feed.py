@@ -150,7 +150,7 @@ def read_catalogue(payload: bytes) -> dict[str, Any] | None:
     """A catalogue as the page gets it, checked against its model first; None for one that is not."""
     from pydantic import ValidationError
 
-    from ansible_worker.protocol.models import TemplateCatalogue
+    from ansible_worker.protocol.group_messages import TemplateCatalogue
 
     try:
         return TemplateCatalogue.model_validate_json(payload).model_dump(mode="json")

@@ -16,16 +16,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from ansible_worker import __version__
-from ansible_worker.protocol.models import (
-    CancelRequest,
-    ClaimMessage,
-    JobRecord,
-    JobStatus,
-    LiveEvent,
-    Presence,
-    TaskRequest,
-    TemplateCatalogue,
-)
+from ansible_worker.protocol.group_messages import ClaimMessage, LockMessage, Presence, TemplateCatalogue
+from ansible_worker.protocol.models import CancelRequest, JobRecord, JobStatus, LiveEvent, TaskRequest
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -39,6 +31,7 @@ MESSAGES: dict[str, tuple[type[BaseModel], Literal["validation", "serialization"
     "record": (JobRecord, "serialization"),
     "presence": (Presence, "serialization"),
     "claim": (ClaimMessage, "serialization"),
+    "lock": (LockMessage, "serialization"),
     "catalogue": (TemplateCatalogue, "serialization"),
 }
 
@@ -120,6 +113,16 @@ _CHANNELS: dict[str, tuple[str, str, str, int, bool, Literal["send", "receive"]]
         True,
         "send",
     ),
+    "groupLocks": (
+        "{prefix}/{group}/locks",
+        "lock",
+        "The group's host locks: every request, renewal and release, on one topic so that every worker"
+        " hears them in the same order; the first to ask is served first, all its locks at once."
+        " Not retained; signed by a worker key with signatures. Workers only.",
+        1,
+        False,
+        "send",
+    ),
     "taskRequestCopy": (
         "{prefix}/{group}/tasks/{task_id}/request",
         "taskRequest",
@@ -172,6 +175,7 @@ _MESSAGE_MODELS: dict[str, type[BaseModel]] = {
     "record": JobRecord,
     "presence": Presence,
     "claim": ClaimMessage,
+    "lock": LockMessage,
     "catalogue": TemplateCatalogue,
 }
 

@@ -132,6 +132,14 @@ class WorkerSettings(TemplateSettings):
     max_verbosity: int = Field(4, ge=0, le=4)
     max_extra_vars_bytes: int = Field(65536, ge=0)
     max_extra_vars_depth: int = Field(10, ge=1)
+    # Modules an ad-hoc command (`module` instead of `playbook`) may run; empty: no ad-hoc
+    # commands. `command`, `shell`, `raw` and `script` run anything on the hosts.
+    ad_hoc_modules: list[
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,3}$")]
+    ] = Field(default_factory=list)
+    # Jobs hold the hosts their inventory and limit resolve to as group-wide locks: two jobs on
+    # one host never run at once on any worker of the group. A request's `locks` names its own.
+    host_locks: bool = True
     # extra_vars names that Ansible reads itself (ansible_*, magic, reserved) and that jobs may
     # set anyway, matched exactly; empty refuses them all (see special_vars.py).
     allowed_special_vars: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(

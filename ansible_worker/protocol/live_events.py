@@ -13,7 +13,7 @@ RESULT_TEXT_LIMIT = 1024
 DATA_LIMIT = 8192
 # Ansible ids and module names are far shorter.
 ID_LIMIT = 128
-_RESULT_KEYS = ("msg", "rc", "stdout", "stderr", "diff")
+_RESULT_KEYS = ("msg", "rc", "stdout", "stderr", "diff", "ansible_job_id", "finished")
 _DEBUG_ACTIONS = frozenset({"debug", "ansible.builtin.debug", "ansible.legacy.debug"})
 
 

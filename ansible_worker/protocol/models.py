@@ -1,4 +1,4 @@
-"""The messages of protocol v1: task and cancel requests in; statuses, events, presence and claims out."""
+"""The messages of protocol v1 about jobs: task and cancel requests in; statuses, events and records out."""
 
 from __future__ import annotations
 
@@ -7,69 +7,36 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StringConstraints
-from pydantic_core import PydanticSerializationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticSerializationError
 
-from ansible_worker.protocol.survey import SurveyRule
+from ansible_worker.protocol.request_fields import (
+    MAX_LOCKS,
+    SHA256_PATTERN,
+    HostPattern,
+    Limit,
+    LockName,
+    ModuleArgs,
+    ModuleName,
+    ProjectName,
+    Retry,
+    Revision,
+    TagList,
+)
 from ansible_worker.protocol.topics import TASK_ID
 
 TASK_ID_PATTERN = rf"^{TASK_ID}$"
 
 TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
-
-
-def _split_commas(value: object) -> object:
-    """Accept `"a,b"` as well as `["a", "b"]`: both forms are common in controllers."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-def _no_option_like(value: str) -> str:
-    # Defence in depth: values are passed as `--opt=VALUE`, but a leading dash still reads
-    # as a mistake and `@file` would make Ansible read a file on the worker.
-    if value.startswith(("-", "@")):
-        raise ValueError("must not start with '-' or '@'")
-    return value
-
-
-def _no_limit_file(value: str) -> str:
-    # Ansible splits a limit on commas, or else on colons and whitespace, strips each pattern
-    # (Unicode whitespace too) and reads host names from a file for every pattern that then
-    # starts with '@' (`split_host_pattern` and `InventoryManager.subset` in
-    # ansible/inventory/manager.py): "web, @/etc/shadow" reads /etc/shadow. '@' means nothing
-    # else in Ansible's patterns and no valid host name holds it, so any '@' is refused: a rule
-    # that needs no copy of Ansible's parsing, and that answers alike whether the file exists.
-    if "@" in value:
-        raise ValueError("must not contain '@': Ansible reads '@file' patterns from a file on the worker")
-    return value
-
-
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_no_option_like)]
-TagList = Annotated[list[Tag], BeforeValidator(_split_commas)]
-Limit = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=65536),
-    AfterValidator(_no_option_like),
-    AfterValidator(_no_limit_file),
-]
-
-
-def _no_dotdot(value: str) -> str:
-    # Git reads `a..b` as a range and `@{` as a reflog selector: neither names one commit.
-    if ".." in value or "@{" in value or value.endswith((".lock", "/", ".")):
-        raise ValueError("must name one commit, tag or branch (no '..', '@{', or a trailing '/', '.' or '.lock')")
-    return value
-
-
-# A commit id (full or abbreviated), a tag or a branch; never an option, range or reflog entry.
-Revision = Annotated[
-    str,
-    StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/+-]{0,254}$"),
-    AfterValidator(_no_dotdot),
-]
-ProjectName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 
 # Shipped archives travel in parts of this size (the last one shorter), one retained message
@@ -112,7 +79,8 @@ class TaskRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 
     task_id: TaskId
-    playbook: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    # A playbook job names `playbook`; an ad-hoc command names `module` instead.
+    playbook: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
     inventory: Annotated[str, StringConstraints(min_length=1, max_length=65536)]
     extra_vars: dict[str, Any] = Field(default_factory=dict)
     limit: Limit | None = None
@@ -138,6 +106,33 @@ class TaskRequest(BaseModel):
         None, description="the name of one of the workers' templates to launch, with its survey answers in extra_vars"
     )
     # Required by workers with security.require_signed_tasks; checked before this model.
+    # An ad-hoc command (Ansible's `ansible` CLI), allowed by `worker.ad_hoc_modules`.
+    module: ModuleName | None = Field(None, description="ad-hoc: the module to run instead of a playbook (-m)")
+    module_args: ModuleArgs | None = Field(
+        None,
+        description="ad-hoc: the module's arguments (-a); a string is Ansible's key=value or free-form text,"
+        " an object reaches the module as data, never templated",
+    )
+    hosts: HostPattern = Field("all", description="ad-hoc: the host pattern to run on")
+    background: int | None = Field(
+        None, ge=1, le=MAX_TIMEOUT_SECONDS, description="ad-hoc: run asynchronously, for at most this long (-B)"
+    )
+    poll: int | None = Field(
+        None, ge=0, le=MAX_TIMEOUT_SECONDS, description="ad-hoc: with background, poll every N seconds; 0: do not (-P)"
+    )
+    retry: Retry | None = Field(None, description="run the hosts that failed or were unreachable again")
+    locks: Annotated[list[LockName], Field(max_length=MAX_LOCKS)] | None = Field(
+        None,
+        description="the group-wide locks the job holds while it runs; default: the hosts its inventory and"
+        " limit resolve to; []: none",
+    )
+    max_concurrent: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="at most this many jobs of this playbook (or module) run at once in the group",
+    )
+    # Required by workers with security.require_signed_tasks; checked before this model.
     issued_at: str | None = Field(None, description="RFC 3339 time the message was signed")
     signature: Signature | None = None
     # Values masked like credentials in all the job reports: a template's secret answers.
@@ -153,6 +148,52 @@ class TaskRequest(BaseModel):
         copy = self.model_copy()
         copy._secrets = tuple(str(value) for value in values)
         return copy
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _playbook_unless_module(cls, data: Any, handler: ModelWrapValidatorHandler[TaskRequest]) -> TaskRequest:
+        """Without `module`, `playbook` is required, and said to be missing as any required field is."""
+        missing = isinstance(data, dict) and "playbook" not in data and "module" not in data
+        if not missing:
+            return handler(data)
+        required = InitErrorDetails(type="missing", loc=("playbook",), input=data)
+        try:
+            handler(data)
+        except ValidationError as exc:
+            others = [
+                InitErrorDetails(type=error["type"], loc=error["loc"], input=error["input"], ctx=error.get("ctx", {}))
+                for error in exc.errors()
+            ]
+            raise ValidationError.from_exception_data(cls.__name__, [required, *others]) from None
+        raise ValidationError.from_exception_data(cls.__name__, [required])
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TaskRequest:
+        """A playbook or a module, and each kind's own fields only."""
+        if (self.playbook is None) == (self.module is None):
+            raise ValueError("name either a playbook or a module (an ad-hoc command), not both")
+        if self.playbook is not None:
+            ad_hoc = [name for name in ("module_args", "background", "poll") if getattr(self, name) is not None]
+            if self.hosts != "all":
+                ad_hoc.append("hosts")
+            if ad_hoc:
+                raise ValueError(f"{', '.join(ad_hoc)} belong to ad-hoc commands (module), not to a playbook")
+        else:
+            if self.tags or self.skip_tags:
+                raise ValueError("tags and skip_tags belong to playbooks, not to ad-hoc commands")
+            if self.poll is not None and self.background is None:
+                raise ValueError("poll needs background")
+        return self
+
+    @property
+    def ad_hoc(self) -> bool:
+        """Whether this is an ad-hoc command (a module) rather than a playbook."""
+        return self.module is not None
+
+    @property
+    def what(self) -> str:
+        """What runs, for logs: `playbook PATH` or `ad-hoc MODULE`."""
+        return f"playbook {self.playbook}" if self.playbook is not None else f"ad-hoc {self.module}"
 
 
 class CancelRequest(BaseModel):
@@ -198,6 +239,19 @@ class RecordSummary(BaseModel):
     cut: bool = Field(description="whether older events or output were left out to fit the limit")
 
 
+class Attempt(BaseModel):
+    """One run of Ansible within a job that may run hosts again (`retry`): where it ran and how they ended."""
+
+    model_config = ConfigDict(frozen=True)
+
+    attempt: int = Field(description="1 for the first run, then 2, 3…")
+    limit: str | None = Field(description="the limit it ran with: the request's, then the hosts run again")
+    return_code: int | None = None
+    hosts: list[str] = Field(default_factory=list, description="every host of its recap")
+    failed: list[str] = Field(default_factory=list, description="hosts with a failed task")
+    unreachable: list[str] = Field(default_factory=list, description="hosts that could not be reached")
+
+
 class JobStatus(BaseModel):
     """What the retained topic `<prefix>/<group>/tasks/<task_id>/status` says about a job.
 
@@ -225,6 +279,7 @@ class JobStatus(BaseModel):
     # Additions to protocol v1.
     worker_id: str | None = None
     playbook: str | None = None
+    module: str | None = Field(None, description="an ad-hoc command's module (its playbook is null)")
     current_play: str | None = None
     current_task: str | None = None
     tasks_rescued: int = 0
@@ -249,6 +304,10 @@ class JobStatus(BaseModel):
     record: RecordSummary | None = None
     # A live answer to a message that was refused before anything ran; never retained.
     refused: bool = False
+    # With `retry`: each run of Ansible so far; the counts above add up every attempt's.
+    attempts: list[Attempt] = Field(default_factory=list)
+    # Why a job does not run Ansible yet: {"queue_position": 2, ...}, {"locks": [...], "held_by": ...}.
+    waiting_for: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         """The status as UTF-8 JSON, whatever text Ansible put in it.
@@ -281,7 +340,9 @@ class LiveEvent(BaseModel):
     status: Literal["ok", "changed", "failed", "ignored", "skipped", "unreachable", "retry"] | None = None
     no_log: bool | None = Field(None, description="true: the result is hidden and not sent")
     result: dict[str, Any] | None = Field(
-        None, description="msg, rc, stdout, stderr, and diff (as Ansible prints it); long texts cut"
+        None,
+        description="msg, rc, stdout, stderr, and diff (as Ansible prints it), long texts cut; a background"
+        " task's ansible_job_id and finished",
     )
     line: str | None = Field(None, description="the line Ansible's own output shows for this event")
     action: str | None = Field(None, description="the task's module, e.g. ansible.builtin.command")
@@ -310,6 +371,11 @@ class JobRecord(BaseModel):
     format: Literal["ansible-worker-record/1"]
     task_id: str
     status: JobStatus = Field(description="the job's terminal status (its `record` field is null here)")
+    request: dict[str, Any] | None = Field(
+        None,
+        description="the task message as the worker accepted it, signature and extra_vars included:"
+        " what relaunch publishes again",
+    )
     events: list[LiveEvent] = Field(
         description="every event of the job, numbered from 1 without gaps (the newest, when cut), with the"
         " callback's `counter`, `action`, and the recap's `hosts` on playbook_on_stats"
@@ -318,100 +384,3 @@ class JobRecord(BaseModel):
     output: str = Field(description="Ansible's output, the newest part worker.output_limit_bytes kept (less, when cut)")
     output_bytes: int = Field(description="how many bytes of output Ansible wrote in all")
     cut: bool = Field(description="whether older events or output were left out")
-
-
-class Presence(BaseModel):
-    """A worker's retained message on `<prefix>/<group>/workers/<worker_id>`; its will says offline."""
-
-    model_config = ConfigDict(extra="allow")
-
-    worker_id: str
-    hostname: str
-    version: str
-    protocol: int
-    state: Literal["online", "draining", "offline"]
-    started_at: str
-    heartbeat_at: str
-    heartbeat_interval: float
-    capacity: int
-    running: int
-    queued: int
-    jobs_done: int
-    warm_starts: int | None = Field(None, description="jobs started as forks of a warm Ansible parent")
-    cold_starts: int | None = Field(None, description="jobs started as a fresh ansible-playbook")
-    warm_pool_size: int | None = Field(None, description="warm Ansible parents ready for jobs")
-    lost_after: float | None = Field(
-        None, description="worker.lost_after: the silence after which the group takes this worker's jobs over"
-    )
-    stopped: Literal["clean", "lost"] | None = Field(
-        None,
-        description="with state offline: clean after a drained shutdown; lost in the will the broker publishes"
-        " when the connection died without one",
-    )
-
-
-class ClaimMessage(BaseModel):
-    """A worker's retained claim on a job, `<prefix>/<group>/tasks/<task_id>/claim`."""
-
-    # Describes what claims.py writes, for the published schema; built only when asked for.
-    # With signed jobs it also carries `issued_at` and `signature`, as task requests do.
-    model_config = ConfigDict(extra="allow", defer_build=True)
-
-    state: Literal["claimed", "released"]
-    worker_id: str
-    claim: str = Field(description="unique per claim; the first claim the broker delivers holds the task_id")
-    releases: str | None = Field(None, description="for a release: the claim it releases")
-    request_sha256: Annotated[str, StringConstraints(pattern=SHA256_PATTERN)] | None = Field(
-        None,
-        description="for a claim: SHA-256 (hex) of the request copy retained on the job's request topic; for a"
-        " release that hands a job back: of the task message it publishes again; with signatures, only that"
-        " message is taken past max_task_age while the release holds",
-    )
-    accepted_at: datetime | None = Field(
-        None, description="when the group first accepted the job; every later claim on it keeps it"
-    )
-    started_at: datetime | None = Field(
-        None, description="set once the job may have started: a job taken over with it is never run again"
-    )
-    takes_over: str | None = Field(None, description="for a takeover: the lost worker's claim it replaces")
-    lost_worker: str | None = Field(None, description="for a takeover: the worker judged lost")
-    expires_at: datetime | None = Field(None, description="until when the claim holds (required with signatures)")
-
-
-class ScheduleView(BaseModel):
-    """One schedule entry of a template as the catalogue shows it: when it runs next, when it last ran."""
-
-    model_config = ConfigDict(extra="allow")
-
-    entry: str = Field(description="`template.key`: the entry named by what it says; part of each tick's task_id")
-    cron: str | None = None
-    timezone: str | None = None
-    at: datetime | None = None
-    next_runs: list[datetime] = Field(description="the next ticks, UTC, as of `published_at`")
-    last_run: datetime | None = Field(None, description="the newest tick the group ran, as far as the publisher knows")
-    last_task_id: str | None = None
-    missed: list[datetime] = Field(
-        default_factory=list, description="ticks skipped because no worker was online (the newest ten)"
-    )
-
-
-class TemplateView(BaseModel):
-    """One template of the catalogue: what a launcher needs, never a secret's default."""
-
-    model_config = ConfigDict(extra="allow")
-
-    description: str | None = None
-    playbook: str
-    survey: dict[str, SurveyRule] = Field(default_factory=dict)
-    schedule: list[ScheduleView] = Field(default_factory=list)
-
-
-class TemplateCatalogue(BaseModel):
-    """The group's templates, retained on `<prefix>/<group>/templates` by its workers."""
-
-    model_config = ConfigDict(extra="allow")
-
-    worker_id: str = Field(description="the worker that published this copy")
-    published_at: datetime
-    templates_only: bool = Field(description="whether the publisher refuses requests that name no template")
-    templates: dict[str, TemplateView]

@@ -33,13 +33,20 @@ class EncodedRecord:
 
 
 def record_document(
-    status: dict[str, Any], events: list[dict[str, Any]], output: str, *, output_bytes: int, events_total: int
+    status: dict[str, Any],
+    events: list[dict[str, Any]],
+    output: str,
+    *,
+    output_bytes: int,
+    events_total: int,
+    request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole record of a job, uncut: its final status, its events, and Ansible's output."""
+    """The whole record of a job, uncut: its final status, its request, its events, and Ansible's output."""
     return {
         "format": RECORD_FORMAT,
         "task_id": status.get("task_id"),
         "status": status,
+        "request": request,
         "events": events,
         "events_total": events_total,
         "output": output,

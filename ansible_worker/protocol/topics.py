@@ -50,6 +50,11 @@ class Topics:
         return f"{self.tasks}/{task_id}/claim"
 
     @property
+    def locks(self) -> str:
+        """The group's one topic of lock requests, renewals and releases, which the broker keeps in one order."""
+        return f"{self.prefix}/{self.group}/locks"
+
+    @property
     def claims_subscription(self) -> str:
         """Every worker of the group hears every claim on a signed job (not shared)."""
         return f"{self.tasks}/+/claim"

@@ -86,3 +86,30 @@ def find_ansible_playbook(setting: str, environment: Mapping[str, str]) -> Execu
     """
     fallback = own_scripts_directories() if setting == DEFAULT_ANSIBLE_PLAYBOOK else []
     return find_executable(setting, search_path=environment.get("PATH", os.defpath), fallback=fallback)
+
+
+def find_ansible_inventory(ansible_playbook: Executable, environment: Mapping[str, str]) -> Executable:
+    """The `ansible-inventory` that resolves jobs' hosts for their locks: beside `ansible-playbook`, else as
+    `ansible-playbook`'s default name is found (the jobs' PATH, then the worker's own environment)."""
+    beside = find_ansible_beside(ansible_playbook, "ansible-inventory")
+    if beside.path is not None:
+        return beside
+    name = "ansible-inventory"
+    return find_executable(name, search_path=environment.get("PATH", os.defpath), fallback=own_scripts_directories())
+
+
+def find_ansible_beside(ansible_playbook: Executable, setting: str = "ansible") -> Executable:
+    """Another Ansible CLI (`ansible`, `ansible-inventory`): the one installed beside the `ansible-playbook` jobs run.
+
+    The same installation of Ansible serves every kind of job; a wrapper script named by
+    `worker.ansible_playbook_path` with nothing beside it means no ad-hoc commands, and no
+    host locks resolved from inventories.
+    """
+    if ansible_playbook.path is None:
+        return Executable(
+            setting, None, "", f"beside ansible-playbook, which was not found ({ansible_playbook.searched})"
+        )
+    candidate = Path(ansible_playbook.path).with_name(setting)
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return Executable(setting, str(candidate), f"beside {ansible_playbook.path}", str(candidate.parent))
+    return Executable(setting, None, "", f"not beside {ansible_playbook.path}")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import trio
 
-from ansible_worker.protocol.models import JobStatus, RecordSummary, State, TaskRequest
+from ansible_worker.protocol.models import Attempt, JobStatus, RecordSummary, State, TaskRequest
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.run.events.event_stream import EventStream
 from ansible_worker.run.events.progress import Progress
@@ -51,6 +53,16 @@ class Job:
     # Every event and the output, for the record published when the job ends.
     record: RecordCollector | None = None
     record_summary: RecordSummary | None = None
+    # With `retry`: each run of Ansible that has ended.
+    attempts: list[Attempt] = field(default_factory=list)
+    # Why it does not run Ansible yet (its queue position, its locks, ...); None once it does.
+    waiting_for: dict[str, Any] | None = None
+    # Set when the job leaves this worker without ending here (handed back, or taken over by another worker).
+    left: trio.Event = field(default_factory=trio.Event)
+    # A slot took it: it is this worker's to start (its locks may still keep it queued).
+    in_slot: bool = False
+    # Its `git pull` is done (before its hosts were resolved for its locks).
+    pulled: bool = False
 
     @property
     def task_id(self) -> str:
@@ -61,6 +73,38 @@ class Job:
     def settled(self) -> bool:
         """Nothing more for this worker to do: ended, given back to the group, or taken over by another worker."""
         return self.state.terminal or self.handed_back or self.fenced
+
+    def hand_back(self) -> None:
+        """The job goes back to the group: no slot may start it, and whatever waits for it stops."""
+        self.handed_back = True
+        self.left.set()
+
+    def fence(self) -> None:
+        """Another worker took the job over: nothing more is published for it here, and whatever waits for it stops."""
+        self.fenced = True
+        self.left.set()
+
+    async def wait_left(self) -> None:
+        """Until the job has ended or gone back to the group."""
+        async with trio.open_nursery() as nursery:
+            for event in (self.done, self.left):
+
+                async def wait(event: trio.Event = event) -> None:
+                    await event.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(wait)
+
+    def request_document(self) -> dict[str, Any]:
+        """The task message as it arrived (a signed one verifies as it was); the request's fields without it."""
+        if self.payload:
+            try:
+                document = json.loads(self.payload)
+            except ValueError:
+                document = None
+            if isinstance(document, dict):
+                return document
+        return self.request.model_dump(mode="json", exclude_defaults=True)
 
     def status(self, *, progress_only: bool = False) -> JobStatus:
         """The status now; with `progress_only`, a `running` status with the counts so far.
@@ -92,6 +136,7 @@ class Job:
             output=progress.output,
             worker_id=self.worker_id,
             playbook=self.request.playbook,
+            module=self.request.module,
             template=self.request.template,
             current_play=progress.current_play,
             current_task=progress.current_task if not state.terminal else None,
@@ -105,6 +150,8 @@ class Job:
             revision=self.tree.revision if self.tree else None,
             content_sha256=self.request.content.sha256 if self.request.content else None,
             record=None if progress_only else self.record_summary,
+            attempts=list(self.attempts),
+            waiting_for=None if state.terminal else self.waiting_for,
             taken_over_from=self.taken_over_from,
         )
 

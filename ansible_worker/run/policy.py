@@ -1,4 +1,4 @@
-"""What a job may ask of this worker: its playbook, inventory, source, credentials, verbosity and extra_vars."""
+"""What a job may ask of this worker: playbook or module, inventory, source, credentials, verbosity, extra_vars."""
 
 from __future__ import annotations
 
@@ -35,9 +35,15 @@ class JobPolicy:
     max_extra_vars_depth: int = 10
     # Top-level extra_vars names let through although Ansible reads them (special_vars.py).
     allowed_special_vars: Collection[str] = ()
+    # The modules an ad-hoc command may run (`worker.ad_hoc_modules`); none by default.
+    ad_hoc_modules: Collection[str] = ()
 
     def check_request(self, job: TaskRequest) -> None:
         """Checks that need no file system; `JobRefusedError` says what is not allowed."""
+        if job.module is not None and not module_allowed(job.module, self.ad_hoc_modules):
+            if not self.ad_hoc_modules:
+                raise JobRefusedError("ad-hoc commands are not allowed on this worker (worker.ad_hoc_modules)")
+            raise JobRefusedError(f"module {job.module!r} is not allowed on this worker (worker.ad_hoc_modules)")
         _check_special_vars(job.extra_vars, self.allowed_special_vars)
         if job.verbosity > self.max_verbosity:
             raise JobRefusedError(f"verbosity {job.verbosity} is above this worker's limit ({self.max_verbosity})")
@@ -52,18 +58,19 @@ class JobPolicy:
         if "," in job.inventory and not self.allow_inline_inventory:
             raise JobRefusedError("inline inventories (host lists) are not allowed on this worker")
 
-    def check_paths(self, base: Path, playbook: Path, inventory: str) -> None:
-        """Checks on the resolved playbook and inventory paths."""
-        _allowed(base, playbook, self.allowed_playbooks, "playbook", "worker.allowed_playbooks")
+    def check_paths(self, base: Path, playbook: Path | None, inventory: str) -> None:
+        """Checks on the resolved playbook (None for an ad-hoc command) and inventory paths."""
+        if playbook is not None:
+            _allowed(base, playbook, self.allowed_playbooks, "playbook", "worker.allowed_playbooks")
         if "," not in inventory:
             _allowed(base, Path(inventory), self.allowed_inventories, "inventory", "worker.allowed_inventories")
 
 
 @dataclass(frozen=True)
 class Resolved:
-    """A request's playbook and inventory as found in the tree it runs from."""
+    """A request's playbook (None for an ad-hoc command) and inventory as found in the tree it runs from."""
 
-    playbook: Path
+    playbook: Path | None
     inventory: str
 
 
@@ -116,7 +123,8 @@ class RequestChecks:
         return resolved
 
     def _resolve(self, request: TaskRequest, base: Path) -> Resolved:
-        resolved = Resolved(resolve_playbook(base, request.playbook), resolve_inventory(base, request.inventory))
+        playbook = resolve_playbook(base, request.playbook) if request.playbook is not None else None
+        resolved = Resolved(playbook, resolve_inventory(base, request.inventory))
         self.policy.check_paths(base, resolved.playbook, resolved.inventory)
         return resolved
 
@@ -124,6 +132,8 @@ class RequestChecks:
         """Why the job may not have its credentials, judged on the playbook file under `base`."""
         if not request.credentials:
             return None
+        if request.playbook is None:
+            return credential_error(request.credentials, None, self.credentials)
         try:
             playbook = resolve_playbook(base, request.playbook).relative_to(base.resolve()).as_posix()
         except (JobRefusedError, OSError, ValueError):
@@ -135,7 +145,7 @@ class RequestChecks:
 
 def credential_error(
     names: Sequence[str],
-    playbook: str,
+    playbook: str | None,
     credentials: Mapping[str, AnyCredential],
     *,
     own_tree: bool = True,
@@ -146,7 +156,8 @@ def credential_error(
     `..`, links followed), so that the patterns match the file that will run. A credential
     limited by `allowed_playbooks` is only for the playbook directory's own files
     (`own_tree`): shipped content and another project or revision could put any file at an
-    allowed name.
+    allowed name. An ad-hoc command (`playbook` None) runs no playbook: such a credential is
+    not for it.
     """
     for name in names:
         credential = credentials.get(name)
@@ -155,6 +166,8 @@ def credential_error(
         allowed = credential.allowed_playbooks
         if allowed is None:
             continue
+        if playbook is None:
+            return f"credential {name!r} is limited to playbooks (allowed_playbooks): not for ad-hoc commands"
         if not own_tree:
             return (
                 f"credential {name!r} is limited to playbooks of the playbook directory"
@@ -167,6 +180,24 @@ def credential_error(
     if len(vault_ids) != len(set(vault_ids)):
         return "two vault credentials of the job have the same vault_id"
     return None
+
+
+def module_allowed(module: str, allowed: Collection[str]) -> bool:
+    """Whether `module` is in `allowed`, a short name and its `ansible.builtin.`/`ansible.legacy.` forms alike.
+
+    A short name resolves as `ansible.legacy.NAME` (the library path, then the builtin), so
+    the three spellings of a builtin run the same module as far as an operator can tell.
+    """
+    names = {module}
+    for prefix in _BUILTIN_PREFIXES:
+        if module.startswith(prefix):
+            names.add(module.removeprefix(prefix))
+    if "." not in module:
+        names.update(prefix + module for prefix in _BUILTIN_PREFIXES)
+    return not names.isdisjoint(allowed)
+
+
+_BUILTIN_PREFIXES = ("ansible.builtin.", "ansible.legacy.")
 
 
 def _check_special_vars(extra_vars: dict[str, Any], allowed: Collection[str]) -> None:

@@ -17,7 +17,8 @@ from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.run.argv import FIFO_VARIABLE, ansible_environment, child_environment
 from ansible_worker.run.credential_injection import strict_host_keys
-from ansible_worker.run.executables import find_ansible_playbook
+from ansible_worker.run.executables import find_ansible_beside, find_ansible_inventory, find_ansible_playbook
+from ansible_worker.run.job_locks import JobLocks, LockService
 from ansible_worker.run.policy import JobPolicy, RequestChecks
 from ansible_worker.run.run_directory import EVENT_FIFO_NAME
 from ansible_worker.run.runner import JobRunner, RunEnvironment, RunLimits
@@ -63,6 +64,7 @@ def job_policy(settings: WorkerSettings) -> JobPolicy:
         max_extra_vars_bytes=settings.max_extra_vars_bytes,
         max_extra_vars_depth=settings.max_extra_vars_depth,
         allowed_special_vars=frozenset(settings.allowed_special_vars),
+        ad_hoc_modules=frozenset(settings.ad_hoc_modules),
     )
 
 
@@ -92,6 +94,8 @@ def run_environment(settings: WorkerSettings, *, hidden_values: Collection[str] 
         # Read-only: every run starts from the same environment.
         variables=MappingProxyType(variables),
         ansible_playbook=ansible_playbook,
+        ansible=find_ansible_beside(ansible_playbook),
+        ansible_inventory=find_ansible_inventory(ansible_playbook, variables),
         worker_secrets=tuple(value for value in secrets if len(value) >= MIN_SECRET_LENGTH),
     )
 
@@ -107,6 +111,7 @@ def job_runner(
     metrics: WorkerMetrics | None = None,
     content: ContentSource | None = None,
     records: RecordSink | None = None,
+    locks: LockService | None = None,
 ) -> JobRunner:
     """The worker's `JobRunner`, with its sources, request checks and warm pool (`runner.warm_pool`, to be served)."""
     metrics = metrics or WorkerMetrics()
@@ -135,4 +140,5 @@ def job_runner(
         on_transition=on_transition,
         metrics=metrics,
         records=records,
+        locks=JobLocks(locks, host_locks=settings.host_locks),
     )

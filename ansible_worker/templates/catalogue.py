@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ansible_worker.protocol.models import ScheduleView, TemplateCatalogue, TemplateView
+from ansible_worker.protocol.group_messages import ScheduleView, TemplateCatalogue, TemplateView
 from ansible_worker.templates.loading import Templates
 from ansible_worker.templates.model import AtEntry, CronEntry
 from ansible_worker.templates.schedules import ScheduledEntry, scheduled_entries

@@ -31,6 +31,14 @@ _JOB_FIELDS = frozenset(
         "project",
         "revision",
         "content",
+        "module",
+        "module_args",
+        "hosts",
+        "background",
+        "poll",
+        "retry",
+        "locks",
+        "max_concurrent",
     }
 )
 _TEMPLATE_FIELDS = ("playbook", "inventory", "limit", "tags", "skip_tags", "credentials", "forks", "timeout")

@@ -11,7 +11,8 @@ from typing import Annotated, Any
 from cronsim import CronSim, CronSimError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from ansible_worker.protocol.models import MAX_TIMEOUT_SECONDS, Limit, ProjectName, Revision, TagList
+from ansible_worker.protocol.models import MAX_TIMEOUT_SECONDS
+from ansible_worker.protocol.request_fields import Limit, ProjectName, Revision, TagList
 from ansible_worker.protocol.survey import Survey, SurveyError, check_answers
 
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from ansible_worker.mqtt.link import LinkError, PublishRefused
 from ansible_worker.mqtt.retained import retained
 from ansible_worker.mqtt.session import BrokerSession
-from ansible_worker.protocol.models import TemplateCatalogue
+from ansible_worker.protocol.group_messages import TemplateCatalogue
 from ansible_worker.protocol.topics import Topics
 
 log = logging.getLogger(__name__)

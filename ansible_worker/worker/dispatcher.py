@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import trio
 
@@ -19,12 +19,19 @@ class Dispatcher:
     terminal status.
     """
 
-    def __init__(self, runner: JobRunner, queue: trio.MemoryReceiveChannel[Job], *, concurrency: int) -> None:
+    def __init__(
+        self,
+        runner: JobRunner,
+        queue: trio.MemoryReceiveChannel[Job],
+        *,
+        concurrency: int,
+        taken: Callable[[Job], None] = lambda job: None,
+    ) -> None:
         self.runner = runner
         self.queue = queue
         self.concurrency = concurrency
-        # The start fence: awaited before a job runs; False when the job is not this worker's any more.
-        self.may_start: Callable[[Job], Awaitable[bool]] | None = None
+        # Told of each job a slot takes, so that the jobs behind it can say their new place.
+        self.taken = taken
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run `concurrency` slots that take jobs from the queue, until it is closed and drained.
@@ -39,9 +46,6 @@ class Dispatcher:
 
     async def _serve_slot(self) -> None:
         async for job in self.queue:
-            if job.settled:
-                continue
-            if self.may_start is not None and not await self.may_start(job):
-                continue
+            self.taken(job)
             if not job.settled:
                 await self.runner.execute(job)

@@ -64,8 +64,8 @@ class GroupClaims:
         # The group's unsettled jobs as the claims tell: the claim (or hand-back release) whose
         # request copy is kept, by task_id; forgotten with the book's entry (expired, evicted).
         self.unsettled: dict[str, Claim] = {}
-        # Told of every claim of another worker that comes to hold a task_id: this worker may
-        # hold the job, and must then let it go at once (it was taken over).
+        # Told of every claim that comes to hold a task_id, this worker's included: when it is
+        # another worker's, this worker may hold the job and must let it go at once (taken over).
         self.on_taken: Callable[[str, Claim], None] = lambda task_id, claim: None
         # Waited on before a claim of a job already held is published again (a renewal, the
         # start): after a reconnection or a freeze, what the group decided meanwhile comes first.
@@ -93,7 +93,7 @@ class GroupClaims:
         echo = self._echoes.get(claim.claim_id)
         if echo is not None:
             echo.set()
-        if counted and claim.state == "claimed" and claim.worker_id != self.worker_id:
+        if counted and claim.state == "claimed":
             self.on_taken(task_id, claim)
         self._heard.set()
         self._heard = trio.Event()

@@ -21,7 +21,7 @@ once when the job's terminal status is out.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # The phases in which a job is in the queue or a slot: leaving them, it is done here.
 IN_SLOTS = frozenset({Phase.QUEUED, Phase.RUNNING})
+# Queued jobs told their new place when one leaves the queue (the others keep an upper bound).
+SAY_POSITIONS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,9 @@ class JobTable:
         self._entries: dict[str, JobEntry] = {}
         self._counts: Counter[Phase | None] = Counter()
         self._send, self.waiting = trio.open_memory_channel[Job](queue.size)
+        self.concurrency = queue.concurrency
+        # The jobs in the queue, in its order: what their queue positions count.
+        self._line: deque[Job] = deque()
         self._cancel_arrived = trio.Event()
 
     # What the table holds.
@@ -245,6 +250,9 @@ class JobTable:
         self._entries[task_id] = replace(entry, job=job)
         try:
             self._send.send_nowait(job)
+            self._line.append(job)
+            # Counting jobs that ended in the queue: exact once it is among the first to move up.
+            job.waiting_for = {"queue_position": len(self._line), "concurrency": self.concurrency}
         except trio.WouldBlock:
             job.finish(State.FAILED, f"queue full (max {self.queue_size})")
         except trio.ClosedResourceError:
@@ -255,18 +263,43 @@ class JobTable:
             self._end(job, State.CANCELLED, entry.cancel.describe(), entry.cancel.requested_by)
         return self.phase(task_id)
 
+    def _in_slot(self, task_id: str) -> bool:
+        job = self._entries[task_id].job
+        return job is not None and job.in_slot
+
+    def taken(self, job: Job) -> None:
+        """A slot took `job` from the queue: the jobs behind it move up, and the first of them say so."""
+        job.in_slot = True
+        while self._line and self._line[0] is not job:
+            self._line.popleft()
+        if self._line:
+            self._line.popleft()
+        if job.waiting_for is not None and "queue_position" in job.waiting_for:
+            job.waiting_for = None
+        position = 0
+        for waiting in self._line:
+            if position >= SAY_POSITIONS:
+                break
+            if waiting.state is not State.QUEUED or waiting.settled or waiting.waiting_for is None:
+                continue
+            position += 1
+            if waiting.waiting_for.get("queue_position") != position:
+                waiting.waiting_for = {**waiting.waiting_for, "queue_position": position}
+                self.post(waiting.status())
+
     def stop_taking(self) -> list[str]:
-        """Take no more jobs, and hand back the queued ones, which no slot will start any more.
+        """Take no more jobs, and hand back the queued ones no slot has taken, which none will start any more.
 
         Returns their task_ids, for the worker to hand back; the slots finish the running
         jobs, then stop.
         """
         self._send.close()
-        queued = self.in_phase(Phase.QUEUED)
+        # A job a slot took is started here, even while its locks keep it queued.
+        queued = [task_id for task_id in self.in_phase(Phase.QUEUED) if not self._in_slot(task_id)]
         for task_id in queued:
             job = self._entries[task_id].job
             assert job is not None
-            job.handed_back = True  # slots skip it from now on, whatever happens to it next
+            job.hand_back()  # slots skip it from now on, whatever happens to it next
             self.move(task_id, Move.HAND_BACK)
         return queued
 
@@ -346,13 +379,13 @@ class JobTable:
             # being published): that post then ends it here, as any end of a fenced run does.
             self.move(task_id, Move.FENCE_RUN)
             if job is not None:
-                job.fenced = True
+                job.fence()
                 if not job.state.terminal:
                     job.cancel_reason = f"taken over by {holder}"
                     job.cancel_scope.cancel()
         else:
             if job is not None:
-                job.fenced = True
+                job.fence()
             self.move(task_id, Move.FENCE)
         self.on_fenced(task_id)
         log.warning(

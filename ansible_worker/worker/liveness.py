@@ -208,6 +208,14 @@ class Liveness:
         """Every known worker that is lost now, sorted."""
         return sorted(worker_id for worker_id in self._seen if self.is_lost(worker_id, now))
 
+    def not_gone(self, now: float) -> list[str]:
+        """Every other known worker neither lost now nor stopped cleanly (a will counts as neither), sorted."""
+        return sorted(
+            worker_id
+            for worker_id, seen in self._seen.items()
+            if seen.stopped != "clean" and not self.is_lost(worker_id, now)
+        )
+
     def alive(self, now: float) -> list[str]:
         """This worker and every other heard alive within `lost_after` and whose last word was not offline, sorted."""
         found = {self.own_id}

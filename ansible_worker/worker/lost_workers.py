@@ -2,7 +2,9 @@
 
 It also wires the table's hooks that keep the group able to take this worker's own jobs
 over: the start fence before a job starts, the request copy cleared once a job is settled,
-and the fence of a job another worker's claim holds now.
+and the fence of a job another worker's claim holds now; and the group's locks' two uses of
+the same judgement: the requests of a job taken over end, and a new worker waits to hear
+what the others hold only from those alive.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ansible_worker.run.job import Job
 from ansible_worker.run.runner import JobRunner
 from ansible_worker.worker.claim_sync import ClaimSync
 from ansible_worker.worker.group_claims import GroupClaims
+from ansible_worker.worker.group_locks import GroupLocks
 from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_task_message
 from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.liveness import Liveness, PresenceHeard, read_presence
@@ -62,6 +65,7 @@ class LostWorkers:
         stopping: Callable[[], bool],
         read_retained: Callable[[str], Awaitable[bytes | None]],
         check_copy: Callable[[bytes, datetime | None], TaskRequest | str],
+        locks: GroupLocks | None = None,
     ) -> None:
         self.claims, self.jobs, self.statuses, self.copies = claims, jobs, statuses, copies
         lost_after = policies.presence.lost_after
@@ -84,6 +88,9 @@ class LostWorkers:
         jobs.on_settled = self._settled
         jobs.on_fenced = self._fenced
         claims.on_taken = self._taken
+        self.locks = locks
+        if locks is not None:
+            locks.peers = self._not_gone
 
     def hear_copy(self, task_id: str, payload: bytes, *, max_bytes: int) -> None:
         """A request copy heard on `…/tasks/<task_id>/request`."""
@@ -105,8 +112,13 @@ class LostWorkers:
                 log.warning("worker %s went offline without a clean stop (its will)", worker_id)
 
     def connected(self) -> None:
-        """This worker (re)connected: every worker's silence counts from now, since it heard nothing while away."""
+        """This worker (re)connected: every worker's silence counts from now, since it heard nothing while away.
+
+        Its lock requests are said again at once: a worker that started meanwhile asked what is held.
+        """
         self.liveness.connected_at(trio.current_time())
+        if self.locks is not None:
+            self.locks.renew_soon()
 
     async def serve(self) -> None:
         """Take lost workers' jobs over until `stop`. Cancellation: takeovers in flight stop."""
@@ -152,14 +164,21 @@ class LostWorkers:
             return entry is not None
         return await self.claims.mark_started(job.task_id, entry.claim_id)
 
+    def _not_gone(self) -> list[str]:
+        """The other workers that may hold locks: not lost, and not stopped cleanly (a will is no verdict)."""
+        return self.liveness.not_gone(trio.current_time())
+
     def _settled(self, task_id: str) -> None:
         """A job's terminal status is acknowledged: its claim names no copy any more, and the copy goes."""
         self.claims.settle(task_id)
         self.copies.clear(task_id)
 
     def _taken(self, task_id: str, claim: Claim) -> None:
-        """Another worker's claim holds `task_id` now: a job this worker holds is fenced."""
-        self.jobs.fence(task_id, claim.worker_id)
+        """`claim` holds `task_id` now: other workers' lock requests for it end; another's fences it here."""
+        if self.locks is not None:
+            self.locks.taken_over(task_id, claim.worker_id)
+        if claim.worker_id != self.liveness.own_id:
+            self.jobs.fence(task_id, claim.worker_id)
 
     def _fenced(self, task_id: str) -> None:
         """A job was taken over by another worker: nothing more of it is published or claimed here."""

@@ -12,6 +12,7 @@ from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.worker.claiming import Claimer
 from ansible_worker.worker.content_fetcher import ContentFetcher
 from ansible_worker.worker.group_claims import GroupClaims
+from ansible_worker.worker.group_locks import GroupLocks
 from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.peers import PeerBook
 from ansible_worker.worker.phases import Phase
@@ -21,6 +22,7 @@ from ansible_worker.worker.router import (
     Claim,
     HearClaim,
     HearContent,
+    HearLocks,
     HearOwnPresence,
     HearPeer,
     HearRequestCopy,
@@ -49,6 +51,7 @@ class MessageHandler:
         peers: PeerBook,
         metrics: WorkerMetrics,
         shutdown: trio.Event,
+        locks: GroupLocks | None = None,
     ) -> None:
         self.router = router
         self.content = content
@@ -57,6 +60,7 @@ class MessageHandler:
         self.jobs = jobs
         self.claimer = claimer
         self.peers = peers
+        self.locks = locks
         # What else hears presences and request copies (the takeover's liveness and copies).
         self.on_peer: Callable[[str, bytes], None] = lambda worker_id, payload: None
         self.on_request_copy: Callable[[str, bytes], None] = lambda task_id, payload: None
@@ -101,6 +105,9 @@ class MessageHandler:
             case HearPeer(worker_id, payload):
                 self.peers.hear(worker_id, payload)
                 self.on_peer(worker_id, payload)
+            case HearLocks(message):
+                if self.locks is not None:
+                    self.locks.hear(message)
             case HearRequestCopy(task_id, payload):
                 self.on_request_copy(task_id, payload)
             case HearOwnPresence(payload):

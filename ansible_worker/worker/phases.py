@@ -117,6 +117,8 @@ TRANSITIONS: dict[Phase | None, dict[Move, Phase | None]] = {
     },
     Phase.QUEUED: {
         Move.START: Phase.RUNNING,
+        # What it waits for: its place in the queue, its locks.
+        Move.UPDATE: Phase.QUEUED,
         Move.HAND_BACK: Phase.HANDING_BACK,
         Move.END: Phase.SETTLING,
         # It never started here: nothing to end.

@@ -17,7 +17,7 @@ from ansible_worker import __version__
 from ansible_worker.mqtt.link import LinkError, Will
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.ops.metrics import WorkerMetrics
-from ansible_worker.protocol.models import Presence
+from ansible_worker.protocol.group_messages import Presence
 from ansible_worker.protocol.timestamps import format_utc, utc_now
 from ansible_worker.worker.policies import PresencePolicy
 

@@ -105,6 +105,13 @@ class HearContent:
 
 
 @dataclass(frozen=True, slots=True)
+class HearLocks:
+    """A message of the group's locks topic: the lock book reads it."""
+
+    message: InboundMessage
+
+
+@dataclass(frozen=True, slots=True)
 class HearOwnPresence:
     """This worker's own presence, heard back."""
 
@@ -127,7 +134,18 @@ class HearPeer:
     payload: bytes
 
 
-Action = Claim | Refuse | Ignore | Cancel | HearClaim | HearContent | HearPeer | HearRequestCopy | HearOwnPresence
+Action = (
+    Claim
+    | Refuse
+    | Ignore
+    | Cancel
+    | HearClaim
+    | HearContent
+    | HearPeer
+    | HearRequestCopy
+    | HearOwnPresence
+    | HearLocks
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +180,8 @@ class Router:
             return HearContent(message)
         if message.topic == topics.tasks:
             return self.route_task(message.payload, state)
+        if message.topic == topics.locks:
+            return HearLocks(message)
         if message.topic == topics.templates:
             return Ignore("the group's template catalogue (read by the scheduler)", level="debug")
         task_id = topics.task_id_of_cancel(message.topic)

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import trio
 
-from ansible_worker.protocol.models import TemplateCatalogue
+from ansible_worker.protocol.group_messages import TemplateCatalogue
 from ansible_worker.templates.catalogue import EntryHistory
 from ansible_worker.templates.schedules import ScheduledEntry
 

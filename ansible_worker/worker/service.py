@@ -28,6 +28,7 @@ from ansible_worker.worker.dispatcher import Dispatcher
 from ansible_worker.worker.drain import Drain
 from ansible_worker.worker.event_publisher import EventPublisher
 from ansible_worker.worker.group_claims import GroupClaims
+from ansible_worker.worker.group_locks import GroupLocks, LockPolicy
 from ansible_worker.worker.hand_back import HandBack
 from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.lost_workers import LostWorkers, copy_check
@@ -95,6 +96,7 @@ class Worker:
             (self.tasks_subscription, 2),
             (self.topics.cancel_subscription, 1),
             (self.topics.workers_subscription, 1),
+            (self.topics.locks, 1),
         ]
         self.session = BrokerSession(
             link_options(settings),
@@ -104,6 +106,7 @@ class Worker:
         )
         self._shutdown = trio.Event()
         self._wire_jobs(settings)
+        self._wire_presence(settings)
         self._wire_group(settings)
         self._wire_templates(settings, clock or WallClock())
 
@@ -118,6 +121,13 @@ class Worker:
         """The parts that carry a job: claims, the status path, the job table, the runner, the slots, presence."""
         worker, policies = settings.worker, self.policies
         self.claims = GroupClaims(self.session, self.topics, worker_id=self.worker_id, policy=policies.claims)
+        # The state of every other worker of the group, from their presence messages.
+        self.peers = PeerBook()
+        lost_after = policies.presence.lost_after
+        lock_signing = LockPolicy(policies.claims.signer, policies.claims.trusted)
+        self.locks = GroupLocks(
+            self.session, self.topics, worker_id=self.worker_id, policy=lock_signing, lost_after=lost_after
+        )
         self.keeper = ClaimKeeper(self.claims)
         self.metrics = WorkerMetrics()
         self.statuses = StatusPath(
@@ -128,7 +138,7 @@ class Worker:
         )
         # Nothing is published for a job after a reconnection or a freeze until the claims are heard again.
         # The round trip is the presence's own echo, which every worker may publish and read.
-        self.sync = ClaimSync(self.session, self._round_trip, gap=max(policies.presence.lost_after / 2, MIN_FREEZE))
+        self.sync = ClaimSync(self.session, self._round_trip, gap=max(lost_after / 2, MIN_FREEZE))
         self.statuses.gate = self.claims.gate = self.sync.wait_synced
         self.copies = RequestCopyPublisher(self.session, self.topics)
         self.changes = Changes()
@@ -153,10 +163,17 @@ class Worker:
             metrics=self.metrics,
             content=self.content,
             records=_record_publisher(policies.records, self.session, self.topics, self.statuses),
+            locks=self.locks,
         )
         # A job that never runs is announced as the runner announces the others: logged and counted.
         self.jobs.announce = self.runner.announce
-        self.dispatcher = Dispatcher(self.runner, self.jobs.waiting, concurrency=policies.queue.concurrency)
+        self.dispatcher = Dispatcher(
+            self.runner, self.jobs.waiting, concurrency=policies.queue.concurrency, taken=self.jobs.taken
+        )
+
+    def _wire_presence(self, settings: Settings) -> None:
+        """What the worker tells the group of itself (its presence) and the world of its jobs (notifications)."""
+        policies = self.policies
         self.notifier = _notifier(settings, self.metrics, self.statuses)
         self.presence = PresenceAnnouncer(
             self.session,
@@ -171,8 +188,6 @@ class Worker:
 
     def _wire_group(self, settings: Settings) -> None:
         """The parts that deal with the group: peers, hand-backs, claiming, and the message handler."""
-        # The state of every other worker of the group, from their presence messages.
-        self.peers = PeerBook()
         self.hand_back = HandBack(self.session, self.topics, self.claims, self.peers, self.jobs)
         self.claimer = Claimer(self.session, self.claims, self.jobs, self.hand_back, self._shutdown)
         self.claimer.copies = self.copies
@@ -192,6 +207,7 @@ class Worker:
             check_copy=copy_check(
                 settings.worker.max_message_bytes, self.policies.signatures, self.topics, self.runner, router
             ),
+            locks=self.locks,
         )
         self.messages = MessageHandler(
             router,
@@ -202,11 +218,12 @@ class Worker:
             peers=self.peers,
             metrics=self.metrics,
             shutdown=self._shutdown,
+            locks=self.locks,
         )
         self.messages.on_peer = self.lost.heard_peer
         self.messages.on_own_presence = self.presence.heard_own
         self.messages.on_request_copy = partial(self.lost.hear_copy, max_bytes=settings.worker.max_message_bytes)
-        self.dispatcher.may_start = self.lost.may_start
+        self.runner.may_start = self.lost.may_start
         self.drain = Drain(
             self.policies.drain,
             session=self.session,
@@ -285,6 +302,7 @@ class Worker:
             ):
                 infrastructure.start_soon(serve)
             await infrastructure.start(self.runner.warm_pool.serve)
+            await infrastructure.start(self.locks.serve)
             if self.notifier is not None:
                 infrastructure.start_soon(self.notifier.serve)
             if self.catalogue is not None and self.scheduler is not None:

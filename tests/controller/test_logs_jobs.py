@@ -158,6 +158,7 @@ async def test_jobs_lists_fifty_jobs_and_filters_them(broker: Broker, group: str
         "task_id": "job-03",
         "state": "failed",
         "playbook": "deploy/web.yml",
+        "module": None,
         "worker_id": "w3",
         "created_at": statuses[3]["created_at"],
         "started_at": statuses[3]["started_at"],
@@ -168,6 +169,7 @@ async def test_jobs_lists_fifty_jobs_and_filters_them(broker: Broker, group: str
         "skipped": 0,
         "unreachable": 0,
         "record_bytes": None,
+        "waiting_for": None,
     }
 
     async def ids(*args: str) -> list[str]:

@@ -13,8 +13,8 @@ import trio
 
 import ansible_worker.dashboard
 from ansible_worker.controller.client import Client
+from ansible_worker.controller.relaunch import not_ours
 from ansible_worker.dashboard.access import AccessError, check_listen, parse_listen, same_origin, token_ok
-from ansible_worker.dashboard.actions import _not_ours
 from ansible_worker.dashboard.ansi import ansi_parts
 from ansible_worker.dashboard.feed import route
 from ansible_worker.dashboard.limits import (
@@ -214,13 +214,13 @@ def test_run_again_signs_only_what_its_own_key_signed(tmp_path: Path) -> None:
     ours, other = Signer.from_file(tmp_path / "dash.key"), Signer.from_file(tmp_path / "other.key")
     client = cast(Client, SimpleNamespace(signer=ours, topics=TOPICS))
     job = {"task_id": "j", "playbook": "site.yml", "inventory": "h"}
-    assert _not_ours(ours.sign(TOPICS.tasks, job), client) is None
+    assert not_ours(ours.sign(TOPICS.tasks, job), client) is None
     for request in (job, other.sign(TOPICS.tasks, job), {**ours.sign(TOPICS.tasks, job), "extra_vars": {"x": 1}}):
-        refusal = _not_ours(request, client)
+        refusal = not_ours(request, client, key="this dashboard's key")
         assert refusal is not None
         assert "not signed by this dashboard's key" in refusal
     # Without a key of its own the dashboard sends requests unsigned: it lends no signature.
-    assert _not_ours(job, cast(Client, SimpleNamespace(signer=None, topics=TOPICS))) is None
+    assert not_ours(job, cast(Client, SimpleNamespace(signer=None, topics=TOPICS))) is None
 
 
 def status(state: str, created: str, **fields: object) -> bytes:

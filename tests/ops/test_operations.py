@@ -184,6 +184,7 @@ WIRE_KINDS = {
     "request": "task-request",
     "record": "record",
     "templates": "catalogue",
+    "locks": "lock",
 }
 
 

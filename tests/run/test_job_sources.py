@@ -179,7 +179,8 @@ async def test_git_pull_while_a_job_runs_leaves_its_files_alone(
         await controller.submit({"task_id": "running", **JOB, "extra_vars": {"go_file": str(go)}})
         await wait_for_task(controller, "running", "Wait for the go-ahead")
         after = origin.commit("two")
-        await controller.submit({"task_id": "puller", **JOB, "git_pull": True})
+        # On the same host as the running job: with host locks (on as deployed) it says it may run beside it.
+        await controller.submit({"task_id": "puller", **JOB, "git_pull": True, "locks": []})
         pulled = await controller.wait_terminal("puller")
         # The live checkout moved on; the running job's tree did not.
         assert (checkout / "version.txt").read_text() == "two"

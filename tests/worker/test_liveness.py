@@ -45,6 +45,18 @@ def test_the_will_is_no_sign_of_life_and_no_verdict() -> None:
     assert liveness.alive(7) == ["me"]
     assert not liveness.is_lost("a", 35)
     assert liveness.is_lost("a", 36)
+
+
+def test_a_worker_whose_will_went_out_may_hold_locks_until_lost_and_a_clean_stop_holds_none() -> None:
+    liveness = tracker()
+    liveness.heard("willed", alive=True, stopped=None, now=5, wall=WALL)
+    liveness.heard("willed", alive=False, stopped="lost", now=6, wall=WALL)
+    liveness.heard("drained", alive=True, stopped=None, now=5, wall=WALL)
+    liveness.heard("drained", alive=False, stopped="clean", now=6, wall=WALL)
+    liveness.heard("busy", alive=True, stopped=None, now=5, wall=WALL)
+    # A new worker waits to hear what these hold before it asks for locks.
+    assert liveness.not_gone(7) == ["busy", "willed"]
+    assert liveness.not_gone(36) == []
     # A forged offline changes nothing while the real heartbeats keep coming.
     liveness.heard("a", alive=True, stopped=None, now=30, wall=WALL)
     assert not liveness.is_lost("a", 59)

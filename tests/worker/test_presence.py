@@ -16,7 +16,7 @@ import trio.testing
 
 from ansible_worker.mqtt.link import LinkLost
 from ansible_worker.mqtt.session import BrokerSession
-from ansible_worker.protocol.models import Presence
+from ansible_worker.protocol.group_messages import Presence
 from ansible_worker.protocol.timestamps import parse_utc
 from ansible_worker.worker.policies import PresencePolicy
 from ansible_worker.worker.presence import Load, PresenceAnnouncer, WorkerState

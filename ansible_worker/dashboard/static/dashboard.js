@@ -75,7 +75,7 @@ function renderActions(job) {
   const actions = $("actions");
   if (!state.config.allow_actions) { actions.replaceChildren(); return; }
   const status = job.status;
-  const key = status.task_id + ":" + status.state + ":" + job.canRunAgain;
+  const key = status.task_id + ":" + status.state + ":" + job.canRunAgain + ":" + (status.tasks_failed || 0) + ":" + (status.tasks_unreachable || 0);
   if (actions.dataset.key === key) return;
   actions.dataset.key = key;
   // A keyboard user whose job just ended stays among the actions: on the one that is left.
@@ -92,6 +92,12 @@ function renderActions(job) {
     button = el("button", "Run again"); button.id = "rerun-button"; button.type = "button";
     button.addEventListener("click", () => act(status.task_id, "rerun", {}));
     actions.append(button);
+    const someFailed = (status.tasks_failed || 0) + (status.tasks_unreachable || 0) > 0;
+    if (someFailed && job.canRunAgain) {
+      const failed = el("button", "Run again on failed hosts"); failed.id = "rerun-failed-button"; failed.type = "button";
+      failed.addEventListener("click", () => act(status.task_id, "rerun", { failed: true }));
+      actions.append(failed);
+    }
     if (!job.canRunAgain) {
       // Said as text: a disabled button cannot be focused, so its title would reach no keyboard user.
       button.disabled = true;

@@ -131,6 +131,9 @@ function renderHeader(job, now) {
     facts.append(el("dt", label), dd);
   };
   add("Playbook", status.playbook, "playbook");
+  add("Module", status.module ? "ad-hoc " + status.module : null, "module");
+  add("Waiting for", waitingText(status.waiting_for), "waiting_for");
+  add("Attempts", Array.isArray(status.attempts) && status.attempts.length ? status.attempts.length : null, "attempts");
   add("Template", job.origin.template, "template");
   add("Project", status.project, "project");
   add("Revision", shortId(status.revision), "revision");
@@ -150,12 +153,25 @@ function renderHeader(job, now) {
   counts.replaceChildren(countBar(countsOf(status), "bar big"), countWords(countsOf(status), { always: ALL_COUNTS }));
 }
 
+// Why a job waits, as `watch` and `jobs` say it (status.waiting_for).
+function waitingText(waiting) {
+  if (!waiting || typeof waiting !== "object") return null;
+  if ("held_by" in waiting) {
+    const locks = Array.isArray(waiting.locks) && waiting.locks.length ? waiting.locks.join(", ") : "its max_concurrent";
+    return `waiting for ${locks} (held by ${waiting.held_by})`;
+  }
+  if ("queue_position" in waiting) return `waiting in the queue: #${waiting.queue_position} for ${waiting.concurrency ?? "?"} slots`;
+  if ("project_fetch" in waiting) return `waiting for a fetch of ${waiting.project_fetch}`;
+  if ("warm_parent" in waiting) return "waiting for a warm Ansible parent to start";
+  return "waiting for " + Object.entries(waiting).map(([key, value]) => `${key}=${value}`).join(", ");
+}
+
 function summary(job, now) {
   const status = job.status;
   const hosts = job.view ? job.view.hosts.length : 0;
   const took = jobDuration(status, now);
   switch (status.state) {
-    case "queued": return `Queued ${ago(status.created_at, now)}, waiting for a worker.`;
+    case "queued": return `Queued ${ago(status.created_at, now)}, ${waitingText(status.waiting_for) || "waiting for a worker"}.`;
     case "running": {
       const where = status.current_task ? `, at “${status.current_task}”` : "";
       return `Running for ${took || "a moment"}${where}` + (status.worker_id ? ` on ${status.worker_id}.` : ".");

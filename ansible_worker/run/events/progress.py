@@ -33,6 +33,10 @@ class Progress:
     stats_seen: bool = False
     last_counter: int = 0
     events_seen: int = 0
+    # The last recap's numbers by host.
+    recap: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The counts of the attempts before this one (`next_attempt`), which a recap adds to.
+    _earlier: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -98,14 +102,35 @@ class Progress:
                 for key in totals:
                     value = summary.get(key, 0)
                     totals[key] += value if isinstance(value, int) else 0
-        self.changed = totals["changed"]
-        self.ok = max(totals["ok"] - totals["changed"], 0)
-        self.failed = totals["failures"]
-        self.skipped = totals["skipped"]
-        self.unreachable = totals["unreachable"]
-        self.rescued = totals["rescued"]
-        self.ignored = totals["ignored"]
+        earlier = self._earlier
+        self.changed = earlier.get("changed", 0) + totals["changed"]
+        self.ok = earlier.get("ok", 0) + max(totals["ok"] - totals["changed"], 0)
+        self.failed = earlier.get("failed", 0) + totals["failures"]
+        self.skipped = earlier.get("skipped", 0) + totals["skipped"]
+        self.unreachable = earlier.get("unreachable", 0) + totals["unreachable"]
+        self.rescued = earlier.get("rescued", 0) + totals["rescued"]
+        self.ignored = earlier.get("ignored", 0) + totals["ignored"]
+        self.recap = {
+            str(host): {key: value for key, value in summary.items() if isinstance(value, int)}
+            for host, summary in hosts.items()
+            if isinstance(summary, Mapping)
+        }
         self.stats_seen = True
+
+    def next_attempt(self) -> None:
+        """Count a new run of the same job: its results add to the counts so far; its recap and failure are its own."""
+        self._earlier = {
+            "ok": self.ok,
+            "changed": self.changed,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "unreachable": self.unreachable,
+            "rescued": self.rescued,
+            "ignored": self.ignored,
+        }
+        self.stats_seen = False
+        self.first_failure = None
+        self.recap = {}
 
     # -- helpers -------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ class RecordCollector:
         self.events: deque[dict[str, Any]] = deque(maxlen=max_events)
         self.total = 0
         self.output: OutputTail | None = None
+        # The task message as the worker accepted it, for `relaunch`.
+        self.request: dict[str, Any] | None = None
 
     def add(self, raw: Mapping[str, Any]) -> None:
         """Number and keep one callback event."""
@@ -46,5 +48,6 @@ class RecordCollector:
             output,
             output_bytes=self.output.total_bytes if self.output is not None else 0,
             events_total=self.total,
+            request=self.request,
         )
         return encode_record(document, limit)

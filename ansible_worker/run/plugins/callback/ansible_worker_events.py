@@ -208,6 +208,10 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
             fields["msg"] = _text(data.get("msg"))
             if "rc" in data:
                 fields["rc"] = data.get("rc")
+            # A task started in the background (`async`, ad-hoc -B): what async_status needs.
+            for key in ("ansible_job_id", "finished"):
+                if key in data:
+                    fields[key] = data.get(key)
             for stream in ("stdout", "stderr"):
                 if data.get(stream):
                     fields[stream] = _text(data.get(stream), OUTPUT_LIMIT)
