@@ -14,7 +14,8 @@ from ansible_worker.protocol.statuses import SHUT_DOWN_BEFORE_START, early_statu
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.protocol.topics import Topics
 from ansible_worker.worker.group_claims import ClaimFailed, GroupClaims
-from ansible_worker.worker.jobs import JobEntry, JobTable
+from ansible_worker.worker.job_entry import JobEntry
+from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.peers import PeerBook
 from ansible_worker.worker.phases import Move, Phase
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,7 @@ from ansible_worker.protocol.statuses import SHUT_DOWN_BEFORE_START, early_statu
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.run.job import Job
 from ansible_worker.worker.claim_keeper import ClaimKeeper
+from ansible_worker.worker.job_entry import JobEntry
 from ansible_worker.worker.phases import JOURNAL, Move, Phase, next_phase, status_move
 from ansible_worker.worker.policies import QueuePolicy
 from ansible_worker.worker.status_path import UNPUBLISHABLE, StatusPath
@@ -48,29 +49,6 @@ log = logging.getLogger(__name__)
 IN_SLOTS = frozenset({Phase.QUEUED, Phase.RUNNING})
 # Queued jobs told their new place when one leaves the queue (the others keep an upper bound).
 SAY_POSITIONS = 32
-
-
-@dataclass(frozen=True, slots=True)
-class JobEntry:
-    """A job as the table holds it now; the table replaces the entry at each change, so a copy never changes."""
-
-    phase: Phase
-    # None only for a job reported again from the journal, whose request is not read.
-    request: TaskRequest | None
-    # The message as it came (or as its signature covers it), to journal and hand back.
-    payload: bytes = b""
-    # The claim under which this worker holds the job, once the group agreed.
-    claim_id: str | None = None
-    # A cancel request that came while the job could not end at once (claiming, handing back).
-    cancel: CancelRequest | None = None
-    # The job as it runs, from the moment it is queued.
-    job: Job | None = None
-
-    def moved(self, phase: Phase) -> JobEntry:
-        """This entry in `phase`; settling, it keeps only its claim (its request and its run may be large)."""
-        if phase is Phase.SETTLING:
-            return JobEntry(phase, None, claim_id=self.claim_id)
-        return replace(self, phase=phase)
 
 
 class JobTable:

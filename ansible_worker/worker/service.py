@@ -30,6 +30,7 @@ from ansible_worker.worker.event_publisher import EventPublisher
 from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.group_locks import GroupLocks, LockPolicy
 from ansible_worker.worker.hand_back import HandBack
+from ansible_worker.worker.health_view import HealthView
 from ansible_worker.worker.jobs import JobTable
 from ansible_worker.worker.lost_workers import LostWorkers, copy_check
 from ansible_worker.worker.message_handler import MessageHandler
@@ -224,6 +225,14 @@ class Worker:
         self.messages.on_own_presence = self.presence.heard_own
         self.messages.on_request_copy = partial(self.lost.hear_copy, max_bytes=settings.worker.max_message_bytes)
         self.runner.may_start = self.lost.may_start
+        self.health = HealthView(
+            shutdown=self._shutdown,
+            session=self.session,
+            jobs=self.jobs,
+            claims=self.claims,
+            metrics=self.metrics,
+            concurrency=self.policies.queue.concurrency,
+        )
         self.drain = Drain(
             self.policies.drain,
             session=self.session,
@@ -285,7 +294,8 @@ class Worker:
         async with trio.open_nursery() as infrastructure:
             if self.http_settings.port is not None:
                 # First, so that liveness holds while the broker is still out of reach.
-                self.http_port = await infrastructure.start(self._serve_http)
+                serve_http = partial(self.health.serve, self.http_settings.host, self.http_settings.port)
+                self.http_port = await infrastructure.start(serve_http)
             await infrastructure.start(
                 partial(self.session.serve, will=self.presence.will, on_connected=self._connected)
             )
@@ -332,24 +342,11 @@ class Worker:
 
     def readiness(self) -> str | None:
         """Why this worker should not be sent jobs now, or None when it should."""
-        if self._shutdown.is_set():
-            return "draining"
-        if not self.session.connected:
-            return "not connected to the broker"
-        return None
+        return self.health.readiness()
 
     def snapshot(self) -> Snapshot:
         """What the metrics endpoint shows now."""
-        return Snapshot(
-            counts=self.metrics,
-            queued=self.jobs.count(Phase.QUEUED),
-            running=self.jobs.running_count,
-            capacity=self.policies.queue.concurrency,
-            connected=self.session.connected,
-            draining=self._shutdown.is_set(),
-            reconnects=self.session.reconnects,
-            claims=self.claims.book.live(now=trio.current_time()),
-        )
+        return self.health.snapshot()
 
     def _load(self) -> Load:
         return Load(self.jobs.running_count, self.jobs.count(Phase.QUEUED), self.jobs.jobs_done)
@@ -366,14 +363,6 @@ class Worker:
             templates=self.messages.router.templates,
             templates_only=self.messages.router.templates_only,
         )
-
-    async def _serve_http(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        # Loaded only when asked for: prometheus_client and h11 are of no use otherwise.
-        from ansible_worker.ops.health import HealthEndpoint, worker_collector
-
-        endpoint = HealthEndpoint(ready=self.readiness, collector=worker_collector(self.snapshot))
-        assert self.http_settings.port is not None
-        await endpoint.serve(self.http_settings.host, self.http_settings.port, task_status=task_status)
 
 
 def _schedules_and_catalogue(

@@ -18,7 +18,7 @@ from ansible_worker.protocol.models import CancelRequest, State
 from ansible_worker.protocol.statuses import early_status
 from ansible_worker.run.job import Job
 from ansible_worker.worker.claiming import Claimer
-from ansible_worker.worker.jobs import JobEntry
+from ansible_worker.worker.job_entry import JobEntry
 from ansible_worker.worker.journal import Entry
 from ansible_worker.worker.phases import JOURNAL, TRANSITIONS, Move, MoveRefused, Phase, next_phase
 from ansible_worker.worker.recovery import settle_journal
