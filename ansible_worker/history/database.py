@@ -33,7 +33,8 @@ def shown_url(url: str) -> str:
     """`url` fit for a log line: the password hidden."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
+        # ValueError: a port that is no number, as when an unquoted password holds an `@`.
         return "<an unreadable history.url>"
 
 
@@ -49,6 +50,11 @@ def open_engine(url: str, *, create: bool) -> Engine:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise HistoryError(f"history.url is not a database URL: {exc}") from None
+    except ValueError:
+        # Its message would quote part of the URL, which may be part of the password.
+        raise HistoryError(
+            "history.url is not a database URL (a password holding @, : or / must be percent-encoded)"
+        ) from None
     backend = parsed.get_backend_name()
     if backend == "postgresql" or parsed.drivername == "postgres":
         parsed = parsed.set(drivername="postgresql+psycopg")

@@ -162,3 +162,13 @@ async def test_a_reconnect_is_logged_with_what_may_be_missing(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def test_a_history_url_sqlalchemy_cannot_read_says_so_without_any_of_its_password() -> None:
+    from ansible_worker.history.database import HistoryError, open_engine, shown_url
+
+    url = "postgresql://admin:pa@ss:w0rdSecret@db.example/history"
+    assert "w0rdSecret" not in shown_url(url)
+    with pytest.raises(HistoryError) as raised:
+        open_engine(url, create=False)
+    assert "w0rdSecret" not in str(raised.value)
