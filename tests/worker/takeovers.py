@@ -70,7 +70,8 @@ def config(tmp_path: Path, broker: Broker, playbook_dir: Path, group: str, worke
         heartbeat_interval=HEARTBEAT,
         lost_after=LOST_AFTER,
         status_interval=0.1,
-        **worker,
+        # These tests are about takeovers; host locks freed by a takeover are tests/worker/test_host_locks.py's.
+        **{"host_locks": False, **worker},
     )
 
 
