@@ -10,11 +10,22 @@ from typing import Any
 import yaml
 
 
+_STR = "tag:yaml.org,2002:str"
+# YAML 1.1's implicit types, as Ansible's loader resolves a bare scalar.
+_RESOLVER = yaml.resolver.Resolver()
+
+
 class _UnsafeDumper(yaml.SafeDumper):
-    """A dumper that tags every string, keys included, with Ansible's `!unsafe`."""
+    """A dumper that tags every string, keys included, with Ansible's `!unsafe`, unless it reads as another type."""
 
 
 def _represent_unsafe(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # Ansible (2.19 on) resolves the value of an `!unsafe` scalar as if it were bare, quotes
+    # or not: "1.10" would load as the float 1.1, "007" as 7, "<<" would fail the run. Such
+    # a string is written as a plain quoted string. None of YAML's implicit types contains a
+    # `{`, so no such string can hold a Jinja delimiter: there is nothing to template.
+    if _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) != _STR:
+        return dumper.represent_scalar(_STR, value, style='"')
     return dumper.represent_scalar("!unsafe", value, style='"')
 
 

@@ -52,6 +52,8 @@ class Claimer:
     it stops: shutdown waits for them, since a job in a claim belongs to no one else yet.
     While a claim is out the table holds the job as `claiming`, with any cancel request that
     comes meanwhile; won, the job is queued (or handed back, when the worker is stopping).
+    Claims go out side by side, but jobs are placed in the order their requests arrived:
+    each waits until the one before it is placed or let go.
     """
 
     def __init__(
@@ -68,6 +70,9 @@ class Claimer:
         # The status the broker retains for a task_id (None: none), by a bounded round trip;
         # None checks no task_id's past (a group whose claims live as long as its statuses).
         self.read_status: Callable[[str], Awaitable[bytes | None]] | None = None
+        # Set once the job accepted last is placed, or let go: the next one waits for it.
+        self._last_done = trio.Event()
+        self._last_done.set()
 
     @property
     def open(self) -> bool:
@@ -105,19 +110,30 @@ class Claimer:
         except JournalError as exc:
             log.error("task %s: %s", task_id, exc)
             return str(exc)
-        self.nursery.start_soon(self._claim_job, request, claim_id, earlier, signer, self.nursery)
+        before, done = self._last_done, trio.Event()
+        self._last_done = done
+        self.nursery.start_soon(self._claim_job, request, claim_id, earlier, signer, self.nursery, (before, done))
         return None
 
     async def _claim_job(
-        self, request: TaskRequest, claim_id: str, earlier: frozenset[str], signer: str | None, nursery: trio.Nursery
+        self,
+        request: TaskRequest,
+        claim_id: str,
+        earlier: frozenset[str],
+        signer: str | None,
+        nursery: trio.Nursery,
+        turn: tuple[trio.Event, trio.Event],
     ) -> None:
         """The error boundary of one claim: any error fails this job's claim, not the worker.
 
         A job claimed while the worker stops is handed back in `nursery`, the claims' own.
+        `turn` is the event of the job accepted before this one, and this one's own: set
+        however this claim ends, so that the jobs behind it are never held up for good.
         """
         task_id = request.task_id
+        before, done = turn
         try:
-            if await self._claim_and_place(request, claim_id, earlier, signer) is Phase.HANDING_BACK:
+            if await self._claim_and_place(request, claim_id, earlier, signer, before) is Phase.HANDING_BACK:
                 nursery.start_soon(self.hand_back.hand_back, task_id)
         except Exception:
             log.exception("task %s: could not claim and queue it", task_id)
@@ -128,9 +144,10 @@ class Claimer:
             # unless it was being refused.
             if (phase := self.jobs.phase(task_id)) in (Phase.CLAIMING, Phase.REFUSING):
                 self.jobs.move(task_id, Move.KEEP if phase is Phase.CLAIMING else Move.REFUSED)
+            done.set()
 
     async def _claim_and_place(
-        self, request: TaskRequest, claim_id: str, earlier: frozenset[str], signer: str | None
+        self, request: TaskRequest, claim_id: str, earlier: frozenset[str], signer: str | None, before: trio.Event
     ) -> Phase | None:
         """Place a job once the group agrees it is this worker's, and return its phase then.
 
@@ -160,6 +177,9 @@ class Claimer:
         if self.copies is not None and entry is not None:
             # Won: the group keeps the request until the job is settled, before its `queued`.
             await self.copies.publish(task_id, entry.payload)
+        # Its turn: every job accepted before it is placed or let go. Not bounded: each of
+        # those claims ends on its own (its retries stop at shutdown).
+        await before.wait()
         holder = self.claims.holder(task_id)
         # The claim that holds it: this one, or one made before a restart.
         return self.jobs.place(

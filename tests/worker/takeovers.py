@@ -82,12 +82,17 @@ def setup(tmp_path: Path, playbook_dir: Path, deployment: Deployment) -> Path:
     return deployment.give(markers)
 
 
-async def wait_sleeping(seconds: str) -> list[int]:
-    """The pids of the job's `sleep`, once it runs."""
-    with trio.fail_after(60):
-        while not (found := processes_mentioning(f"sleep {seconds}")):  # noqa: ASYNC110 - /proc has no event
+async def wait_sleeping(seconds: str, controller: Controller | None = None, task_id: str = "") -> list[int]:
+    """The pids of the job's `sleep`, once it runs; what `task_id` said instead, if it never does."""
+    with trio.move_on_after(60):
+        while not (found := processes_mentioning(f"sleep {seconds}")):  # /proc has no event to wait on
+            if controller is not None and terminal_statuses(controller, task_id):
+                break
             await trio.sleep(0.05)
-    return [int(line.split(":", 1)[0]) for line in found]
+        else:
+            return [int(line.split(":", 1)[0]) for line in found]
+    said = controller.statuses.get(task_id) if controller is not None else None
+    raise AssertionError(f"no `sleep {seconds}` ran; {task_id or 'the job'} said {said}")
 
 
 async def hold_jobs(controller: Controller, markers: Path, group: str, seconds: str) -> tuple[str, list[str]]:
@@ -95,7 +100,7 @@ async def hold_jobs(controller: Controller, markers: Path, group: str, seconds: 
     running = f"{group}-running"
     await controller.submit({"task_id": running, **marked(markers / running, seconds)})
     await controller.wait_for(running, {"running"})
-    await wait_sleeping(seconds)
+    await wait_sleeping(seconds, controller, running)
     # Its counts so far are out: the mark changed something.
     with trio.fail_after(30):
         while not any(s.get("tasks_changed") == 1 for s in controller.statuses[running]):  # noqa: ASYNC110

@@ -139,11 +139,13 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
         tmp_path, broker, playbook_dir, group, "phoenix", heartbeat_interval=1, lost_after=4
     )
     seconds = unique_seconds(277)
-    earlier_run_dirs = _run_directories("crash-running")
+    # Named for this test alone: its lanes may run side by side, and run directories are found by name.
+    crash_running, crash_queued = f"{group}-crash-running", f"{group}-crash-queued"
+    earlier_run_dirs = _run_directories(crash_running)
     async with client_for(broker, group) as client:
         async with deployment.process(*arguments) as killed:
             await wait_online(client, "phoenix")
-            running = await client.submit({"task_id": "crash-running", **sleeper(seconds)})
+            running = await client.submit({"task_id": crash_running, **sleeper(seconds)})
             async for status in running.statuses():
                 if status.get("current_task") == "Sleep for a while":
                     break
@@ -151,30 +153,30 @@ async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
             with trio.fail_after(30):
                 while not processes_mentioning(f"sleep {seconds}"):  # noqa: ASYNC110 - /proc has no event to wait on
                     await trio.sleep(0.05)
-            await client.submit({"task_id": "crash-queued", **QUICK})
+            await client.submit({"task_id": crash_queued, **QUICK})
             killed.process.send_signal(signal.SIGKILL)
             with trio.fail_after(10):
                 await killed.process.wait()
-            with pytest.raises(JobLost, match="job crash-running is lost: its worker phoenix went offline"):
+            with pytest.raises(JobLost, match=f"job {crash_running} is lost: its worker phoenix went offline"):
                 with trio.fail_after(20):
                     await running.wait()
             watch = await trio.run_process(
-                [EXECUTABLE, "watch", "crash-running", "--broker", f"mqtt://127.0.0.1:{broker.port}", "--group", group],
+                [EXECUTABLE, "watch", crash_running, "--broker", f"mqtt://127.0.0.1:{broker.port}", "--group", group],
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
             )
             assert watch.returncode == 5
-            assert "job crash-running is lost: its worker phoenix went offline" in watch.stderr.decode()
+            assert f"job {crash_running} is lost: its worker phoenix went offline" in watch.stderr.decode()
         # Ansible outlived the worker it belonged to (killed alone, as systemd's KillMode=process
         # or supervisord do): the restarted worker must end it before it reports the job.
         assert processes_mentioning(f"sleep {seconds}"), "the scenario needs the old run still alive"
-        run_dirs = _run_directories("crash-running") - earlier_run_dirs
+        run_dirs = _run_directories(crash_running) - earlier_run_dirs
         assert run_dirs
         async with deployment.process(*arguments) as restarted:
             await wait_online(client, "phoenix")
-            running_again = await client.follow("crash-running")
-            queued_again = await client.follow("crash-queued")
+            running_again = await client.follow(crash_running)
+            queued_again = await client.follow(crash_queued)
             with trio.fail_after(60):
                 interrupted = await running_again.wait()
                 left_over = processes_mentioning(f"sleep {seconds}")
