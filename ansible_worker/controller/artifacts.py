@@ -118,7 +118,9 @@ def write_artifacts(directory: Path, task_id: str, record: dict[str, Any]) -> Pa
 def _result(event: dict[str, Any]) -> dict[str, Any]:
     if event.get("no_log"):
         return {"censored": "the output has been hidden due to no_log: true", "_ansible_no_log": True}
-    result: dict[str, Any] = dict(event.get("result") or {})
+    given = event.get("result")
+    # A record is what a worker published: anything but an object is kept whole, under a key.
+    result: dict[str, Any] = dict(given) if isinstance(given, dict) else {} if given is None else {"result": given}
     result["changed"] = event.get("status") == "changed"
     if event.get("status") == "failed":
         result["failed"] = True

@@ -9,7 +9,6 @@ from typing import Any
 
 import yaml
 
-
 _STR = "tag:yaml.org,2002:str"
 # YAML 1.1's implicit types, as Ansible's loader resolves a bare scalar.
 _RESOLVER = yaml.resolver.Resolver()

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ansible_worker.controller.artifacts import write_artifacts
 from ansible_worker.protocol.records import RecordError, decode_record, encode_record, record_document
@@ -90,6 +92,37 @@ def test_artifacts_of_a_hostile_record_stay_inside_the_directory(tmp_path: Path)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
     with pytest.raises(ValueError, match="cannot name a directory"):
         write_artifacts(tmp_path / "out", "../escape", hostile)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_EVENT_KINDS = ["runner_on_ok", "runner_on_failed", "playbook_on_stats", "playbook_on_play_start", "playbook_on_start"]
+_EVENT_KEYS = ["seq", "line", "time", "play", "task", "host", "action", "result", "status", "no_log", "hosts"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    status=st.dictionaries(st.sampled_from(["state", "return_code", "playbook"]), _JSON),
+    events=st.lists(
+        _JSON
+        | st.fixed_dictionaries(
+            {"event": st.sampled_from(_EVENT_KINDS) | _JSON},
+            optional={key: _JSON for key in _EVENT_KEYS},
+        ),
+        max_size=4,
+    ),
+)
+def test_artifacts_are_written_for_any_record_that_decodes(
+    tmp_path: Path, status: dict[str, Any], events: list[Any]
+) -> None:
+    # What `decode_record` lets through: a status object, a list of events, an output string.
+    record = {"status": status, "events": events, "output": ""}
+    job_dir = write_artifacts(tmp_path / "out", "any-id", record)
+    for path in (job_dir / "job_events").iterdir():
+        assert isinstance(json.loads(path.read_text())["event_data"], dict)
 
 
 def test_a_payload_of_millions_of_tiny_objects_is_refused_before_it_is_built() -> None:
