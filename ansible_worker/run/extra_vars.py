@@ -23,7 +23,7 @@ def _represent_unsafe(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     # or not: "1.10" would load as the float 1.1, "007" as 7, "<<" would fail the run. Such
     # a string is written as a plain quoted string. None of YAML's implicit types contains a
     # `{`, so no such string can hold a Jinja delimiter: there is nothing to template.
-    if _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) != _STR:
+    if _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) != _STR:  # type: ignore[no-untyped-call]
         return dumper.represent_scalar(_STR, value, style='"')
     return dumper.represent_scalar("!unsafe", value, style='"')
 
