@@ -50,9 +50,9 @@ class History:
         except SQLAlchemyError as exc:
             raise HistoryError(f"history store {shown_url(self.url)}: {database._reason(exc)}") from None
 
-    async def write(self, rows: Sequence[Row]) -> None:
-        """Write `rows` in one transaction (idempotent upserts by task_id)."""
-        await self._call(store.write_rows, rows)
+    async def write(self, rows: Sequence[Row], *, now: float | None = None) -> None:
+        """Write `rows` in one transaction (idempotent upserts by task_id), as heard at `now` (default: now)."""
+        await self._call(store.write_rows, rows, now=now)
 
     async def jobs(self, query: JobQuery) -> JobPage:
         """One page of the jobs that match `query`, newest first."""

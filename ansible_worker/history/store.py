@@ -209,6 +209,8 @@ def count_jobs(engine: Engine) -> int:
 def purge(engine: Engine, *, before: float, batch: int) -> int:
     """Remove at most `batch` jobs that began before `before`, with their records and hosts; how many.
 
+    Presences last heard before `before` go too.
+
     One short transaction: the archiver's writes wait for it a moment at most.
     """
     with engine.begin() as connection:
@@ -222,4 +224,6 @@ def purge(engine: Engine, *, before: float, batch: int) -> int:
             connection.execute(delete(job_hosts).where(job_hosts.c.task_id.in_(chosen)))
             connection.execute(delete(records).where(records.c.task_id.in_(chosen)))
             connection.execute(delete(jobs).where(jobs.c.task_id.in_(chosen)))
+        # Workers come and go under new names (a pod each): one not heard since `before` is gone.
+        connection.execute(delete(workers).where(workers.c.seen_at < before))
     return len(chosen)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import UTC, datetime, timedelta
 
+from ansible_worker.history.messages import PresenceRow
+from ansible_worker.history.reader import open_history
 from ansible_worker.history.store import JobQuery
 from testing.broker import Broker
 from tests.history.helpers import TOPICS, publish_status, publisher, record, running_archiver, status, wait_until
@@ -27,3 +31,22 @@ async def test_jobs_older_than_keep_are_removed_in_batches(broker: Broker, store
         await wait_until(only_new_left, within=30)
         assert await history.record("old-0") is None
         assert (await history.jobs(JobQuery(host="web3"))).statuses == []
+
+
+async def test_workers_last_heard_before_keep_are_removed(broker: Broker, store_url: str) -> None:
+    """Pods come and go with new names: the store keeps the presences heard within `keep`, not every name ever."""
+    keep = 90 * 86400
+    long_ago = time.time() - keep - 86400
+    async with open_history(store_url, migrate=True) as history:
+        gone = PresenceRow("pod-gone", json.dumps({"worker_id": "pod-gone", "state": "offline"}))
+        # As the archiver wrote it when it last heard the worker, 91 days ago.
+        await history.write([gone], now=long_ago)
+    async with publisher(broker) as link:
+        here = {"worker_id": "pod-here", "state": "online"}
+        await link.publish(TOPICS.worker("pod-here"), json.dumps(here).encode(), qos=1, retain=True)
+    async with running_archiver(broker, store_url, keep_seconds=keep, purge_every=0.2, purge_batch=3) as (history, _):
+
+        async def only_the_live_worker() -> bool:
+            return [worker["worker_id"] for worker in await history.workers()] == ["pod-here"]
+
+        await wait_until(only_the_live_worker, within=30)
