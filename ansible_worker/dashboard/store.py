@@ -52,13 +52,29 @@ _SUMMARY_KEYS = (
     "project",
     "revision",
 )
+# What a queued job's row says of why it waits (`waiting_for`), and how many of its locks.
+_WAITING_KEYS = ("held_by", "ahead", "queue_position", "concurrency", "project_fetch", "warm_parent")
+MAX_ROW_LOCKS = 8
 # What a request may say of who or what started its job, shown on its page: never the request itself.
 _ORIGIN_KEYS = ("requested_by", "template", "schedule")
 
 
 def summary(status: dict[str, Any]) -> dict[str, Any]:
     """The fields of a status the job list shows, each short."""
-    return {key: cut(status.get(key)) for key in _SUMMARY_KEYS}
+    found = {key: cut(status.get(key)) for key in _SUMMARY_KEYS}
+    found["waiting_for"] = _waiting(status.get("waiting_for"))
+    return found
+
+
+def _waiting(value: Any) -> dict[str, Any] | None:
+    """Why a queued job waits, as its row says it: the known keys, each short, and the first locks."""
+    if not isinstance(value, dict):
+        return None
+    waiting = {key: cut(value[key]) for key in _WAITING_KEYS if key in value}
+    locks = value.get("locks")
+    if isinstance(locks, list):
+        waiting["locks"] = [cut(lock) for lock in locks[:MAX_ROW_LOCKS] if isinstance(lock, str)]
+    return waiting
 
 
 @dataclass

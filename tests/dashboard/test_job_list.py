@@ -43,6 +43,20 @@ async def _publish_old_jobs(broker: Broker, group: str) -> None:
             await client.publish(client.topics.status(task_id), json.dumps(body).encode(), qos=1, retain=True)
 
 
+async def _publish_waiting_job(broker: Broker, group: str) -> None:
+    """A job queued behind host locks that another worker's job holds."""
+    async with client_for(broker, group) as client:
+        body = {
+            "task_id": "held",
+            "state": "queued",
+            "playbook": "web.yml",
+            "worker_id": "w9",
+            "created_at": "2026-01-01T00:00:00Z",
+            "waiting_for": {"locks": ["web3", "db1"], "held_by": "deploy-41 on w2", "ahead": 1},
+        }
+        await client.publish(client.topics.status("held"), json.dumps(body).encode(), qos=1, retain=True)
+
+
 def listed(driver: WebDriver) -> list[str]:
     return list(
         driver.execute_script("return [...document.querySelectorAll('#jobs tbody tr')].map(r => r.dataset.taskId);")
@@ -125,3 +139,11 @@ def test_the_job_list_filters_by_state_playbook_worker_host_and_time(
         assert axe_problems(browser) == []
         set_dark(browser, True)
         assert axe_problems(browser) == []
+        # A queued job says in its row why it does not run yet.
+        trio.run(_publish_waiting_job, broker, group)
+        held = 'tr[data-task-id="held"] .why.waiting'
+        wait_until(
+            browser,
+            lambda d: text_of(d, held) == "waiting for web3, db1 (held by deploy-41 on w2)",
+            message=f"no reason to wait in the row: {listed(browser)}",
+        )

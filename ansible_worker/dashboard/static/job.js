@@ -4,7 +4,7 @@
 
 import {
   $, el, TERMINAL, ALL_COUNTS, duration, parseTime, timeElement, ago, exact, countBar, countWords,
-  plural, jobHref,
+  plural, jobHref, waitingText,
 } from "./util.js";
 import { countsOf } from "./lists.js";
 import { drawTimeline } from "./job_timeline.js";
@@ -151,19 +151,6 @@ function renderHeader(job, now) {
   add("Note", status.dashboard_note, "dashboard_note");
   const counts = $("job-counts");
   counts.replaceChildren(countBar(countsOf(status), "bar big"), countWords(countsOf(status), { always: ALL_COUNTS }));
-}
-
-// Why a job waits, as `watch` and `jobs` say it (status.waiting_for).
-function waitingText(waiting) {
-  if (!waiting || typeof waiting !== "object") return null;
-  if ("held_by" in waiting) {
-    const locks = Array.isArray(waiting.locks) && waiting.locks.length ? waiting.locks.join(", ") : "its max_concurrent";
-    return `waiting for ${locks} (held by ${waiting.held_by})`;
-  }
-  if ("queue_position" in waiting) return `waiting in the queue: #${waiting.queue_position} for ${waiting.concurrency ?? "?"} slots`;
-  if ("project_fetch" in waiting) return `waiting for a fetch of ${waiting.project_fetch}`;
-  if ("warm_parent" in waiting) return "waiting for a warm Ansible parent to start";
-  return "waiting for " + Object.entries(waiting).map(([key, value]) => `${key}=${value}`).join(", ");
 }
 
 function summary(job, now) {

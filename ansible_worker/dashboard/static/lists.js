@@ -1,7 +1,9 @@
 // The front page: the workers with their load, and the jobs, filtered and paged, each row a link.
 "use strict";
 
-import { $, el, authHeaders, jobHref, duration, parseTime, timeElement, stateBadge, countBar, countWords, plural } from "./util.js";
+import {
+  $, el, authHeaders, jobHref, duration, parseTime, timeElement, stateBadge, countBar, countWords, plural, waitingText,
+} from "./util.js";
 
 const PAGE_SIZE = 50;
 const RUNNING_SHOWN = 3;
@@ -228,6 +230,9 @@ function jobRow(job) {
   playbook.append(el("span", job.playbook));
   // Why a job failed, in its row: the first failure's task, host and message.
   if (job.error_message && job.state !== "success") playbook.append(el("span", job.error_message, "why"));
+  // Why a queued job does not run yet: its place in the queue, or the locks it waits for and who holds them.
+  const waiting = job.state === "queued" ? waitingText(job.waiting_for) : null;
+  if (waiting) playbook.append(el("span", waiting, "why waiting"));
   row.append(playbook, el("td", job.worker_id, "worker"));
   const when = el("td", null, "when");
   const moment = job.started_at || job.created_at;

@@ -121,3 +121,16 @@ let dashboardToken = null;
 export function setToken(value) { dashboardToken = value || null; }
 export function token() { return dashboardToken; }
 export function authHeaders(value = dashboardToken) { return value ? { "X-Dashboard-Token": value } : {}; }
+
+// Why a job waits, as `watch` and `jobs` say it (status.waiting_for).
+export function waitingText(waiting) {
+  if (!waiting || typeof waiting !== "object") return null;
+  if ("held_by" in waiting) {
+    const locks = Array.isArray(waiting.locks) && waiting.locks.length ? waiting.locks.join(", ") : "its max_concurrent";
+    return `waiting for ${locks} (held by ${waiting.held_by})`;
+  }
+  if ("queue_position" in waiting) return `waiting in the queue: #${waiting.queue_position} for ${waiting.concurrency ?? "?"} slots`;
+  if ("project_fetch" in waiting) return `waiting for a fetch of ${waiting.project_fetch}`;
+  if ("warm_parent" in waiting) return "waiting for a warm Ansible parent to start";
+  return "waiting for " + Object.entries(waiting).map(([key, value]) => `${key}=${value}`).join(", ");
+}
