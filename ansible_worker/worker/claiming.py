@@ -144,7 +144,11 @@ class Claimer:
             # unless it was being refused.
             if (phase := self.jobs.phase(task_id)) in (Phase.CLAIMING, Phase.REFUSING):
                 self.jobs.move(task_id, Move.KEEP if phase is Phase.CLAIMING else Move.REFUSED)
-            done.set()
+            # Ended before its turn (refused, let go): the next job still waits for the one before.
+            if before.is_set():
+                done.set()
+            else:
+                nursery.start_soon(_pass_turn, before, done)
 
     async def _claim_and_place(
         self, request: TaskRequest, claim_id: str, earlier: frozenset[str], signer: str | None, before: trio.Event
@@ -181,6 +185,15 @@ class Claimer:
         # those claims ends on its own (its retries stop at shutdown).
         await before.wait()
         holder = self.claims.holder(task_id)
+        if holder is not None and holder.claim_id != claim_id and holder.claim_id not in earlier:
+            # Taken over meanwhile (this worker was judged lost): the job is the taker's now.
+            log.warning(
+                "task %s: worker %s took it over while it waited for its turn here; leaving it to that worker",
+                task_id,
+                holder.worker_id,
+            )
+            self.jobs.move(task_id, Move.LET_GO)
+            return None
         # The claim that holds it: this one, or one made before a restart.
         return self.jobs.place(
             task_id, holder.claim_id if holder is not None else claim_id, stopping=self.shutdown.is_set()
@@ -199,6 +212,10 @@ class Claimer:
                 entry = self.jobs.entry(task_id)
                 digest = request_digest(entry.payload) if entry is not None and entry.payload else None
                 status = await self._status_of_the_past(task_id, digest)
+                if status is not None and earlier and _still_queued_here(status, self.jobs.worker_id):
+                    # The journal's own job, announced (or handed back) here and never taken
+                    # since: its claim lapsed while this worker was away, nothing else.
+                    status = None
                 if status is not None:
                     log.warning(
                         "task %s: refused %s: the group already took this task_id (its status is retained: %s);"
@@ -303,3 +320,23 @@ def _describe(status: bytes) -> str:
     if isinstance(worker, str) and _WORKER_ID.fullmatch(worker):
         said.append(f"worker {worker}")
     return ", ".join(said)
+
+
+def _still_queued_here(status: bytes, worker_id: str) -> bool:
+    """Whether a retained status says the job is queued on `worker_id`, or handed back by it and taken by no one."""
+    if len(status) > MAX_DESCRIBED_BYTES:
+        return False
+    try:
+        document = json.loads(status)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(document, dict) or document.get("state") != "queued":
+        return False
+    holder = document.get("worker_id")
+    return holder == worker_id or (holder is None and document.get("handed_back_by") == worker_id)
+
+
+async def _pass_turn(before: trio.Event, done: trio.Event) -> None:
+    """Set `done` once `before` is: a job that ended before its turn passes the turn on in order."""
+    await before.wait()
+    done.set()

@@ -194,3 +194,40 @@ async def test_a_task_id_whose_status_is_retained_is_let_go_unclaimed(caplog: py
         "task old: refused a duplicate: the group already took this task_id (its status is retained: success,"
         " worker w9); the original job's status is left alone"
     ) in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("retained", "kept"),
+    [
+        # Handed back here, then the worker died before anyone took it: still this worker's job.
+        (b'{"task_id": "mine", "state": "queued", "worker_id": null, "handed_back_by": "w1"}', True),
+        (b'{"task_id": "mine", "state": "queued", "worker_id": "w1"}', True),
+        # Settled, or another worker's: the journal's copy is a duplicate now.
+        (b'{"task_id": "mine", "state": "success", "worker_id": "w1"}', False),
+        (b'{"task_id": "mine", "state": "running", "worker_id": "w2"}', False),
+        (b'{"task_id": "mine", "state": "queued", "worker_id": "w2", "handed_back_by": "w1"}', False),
+    ],
+)
+async def test_a_journal_job_whose_own_unsettled_status_is_retained_is_claimed_again(
+    tmp_path: Path, retained: bytes, kept: bool
+) -> None:
+    """After a restart long after its claim lapsed, the worker's own `queued` status is no sign of a duplicate."""
+    table = job_table(RecordingStatuses(PublishedStatuses()), journal=Journal(tmp_path / "state"))
+    claims = UncheckedClaims()
+    claimer = Claimer(
+        cast(BrokerSession, object()), cast(GroupClaims, claims), table, cast(HandBack, object()), trio.Event()
+    )
+
+    async def read(task_id: str) -> bytes | None:
+        return retained
+
+    claimer.read_status = read
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            claimer.nursery = nursery
+            assert (
+                claimer.start(request("mine"), b"{}", earlier=frozenset({"0123456789abcdef"}), from_journal=True)
+                is None
+            )
+    assert claims.made == (["claim mine"] if kept else [])
+    assert (table.phase("mine") is not None) is kept

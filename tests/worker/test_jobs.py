@@ -12,7 +12,6 @@ import pytest
 
 from tests.conftest import ANSIBLE_PLAYBOOK, Broker, make_settings, open_controller, running_worker
 from tests.deployment import Deployment, lane
-from tests.worker.group_jobs import QUICK
 
 RECAP_LINE = re.compile(r"^(\S+)\s+:\s+(ok=.*)$")
 
@@ -187,21 +186,6 @@ async def test_concurrency_two_runs_two_jobs_at_once(broker: Broker, playbook_di
     # Each started before the other finished.
     assert second["started_at"] < first["completed_at"]
     assert first["started_at"] < second["completed_at"]
-
-
-async def test_one_worker_starts_jobs_in_the_order_they_were_sent(
-    broker: Broker, playbook_dir: Path, group: str
-) -> None:
-    """Claims go out side by side, but the queue keeps the order the requests arrived in."""
-    settings = make_settings(broker.port, playbook_dir, group, concurrency=1)
-    task_ids = [f"order-{index}" for index in range(8)]
-    async with open_controller(broker, group) as controller, running_worker(settings):
-        for task_id in task_ids:
-            await controller.submit({"task_id": task_id, **QUICK})
-        finals = [await controller.wait_terminal(task_id, within=120) for task_id in task_ids]
-    assert all(final["state"] == "success" for final in finals)
-    started = sorted(task_ids, key=lambda task_id: finals[task_ids.index(task_id)]["started_at"])
-    assert started == task_ids
 
 
 async def test_two_workers_share_ten_jobs_each_run_once(broker: Broker, playbook_dir: Path, group: str) -> None:
