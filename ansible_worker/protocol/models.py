@@ -17,7 +17,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticSerializationError
+from pydantic_core import InitErrorDetails, PydanticCustomError, PydanticSerializationError
 
 from ansible_worker.protocol.request_fields import (
     MAX_LOCKS,
@@ -148,6 +148,33 @@ class TaskRequest(BaseModel):
         copy = self.model_copy()
         copy._secrets = tuple(str(value) for value in values)
         return copy
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_is_unicode(cls, data: Any) -> Any:
+        """No string of the request, however deep, holds a lone surrogate (JSON's `\\ud800`).
+
+        Such text cannot reach Ansible: a file, an argument or an environment variable would
+        fail to encode, or Ansible would refuse to read it. The job is refused saying where.
+        """
+        pending: list[tuple[tuple[str | int, ...], Any, bool]] = [((), data, False)]
+        while pending:
+            where, value, is_key = pending.pop()
+            if isinstance(value, str):
+                if not value.isascii() and _has_lone_surrogate(value):
+                    what = "a key here" if is_key else "it"
+                    problem = PydanticCustomError(
+                        "lone_surrogate", f"{what} holds a lone surrogate, which is not text Ansible can read"
+                    )
+                    error = InitErrorDetails(type=problem, loc=where, input=value)
+                    raise ValidationError.from_exception_data(cls.__name__, [error])
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    pending.append((where, key, True))
+                    pending.append(((*where, str(key)), item, False))
+            elif isinstance(value, list):
+                pending.extend(((*where, index), item, False) for index, item in enumerate(value))
+        return data
 
     @model_validator(mode="wrap")
     @classmethod
@@ -384,3 +411,11 @@ class JobRecord(BaseModel):
     output: str = Field(description="Ansible's output, the newest part worker.output_limit_bytes kept (less, when cut)")
     output_bytes: int = Field(description="how many bytes of output Ansible wrote in all")
     cut: bool = Field(description="whether older events or output were left out")
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

@@ -63,6 +63,11 @@ async def run_jobs(
             {"task_id": "e-limitfile", **QUICK, "limit": "@/etc/hosts"},
             "invalid task: limit: must not start with '-' or '@'",
         ),
+        (
+            # JSON can say it ("\\ud800"); no file, argument or Ansible can take it.
+            {"task_id": "e-surrogate", **QUICK, "extra_vars": {"v": ["ok", "\ud800"]}},
+            "invalid task: extra_vars.v.1: it holds a lone surrogate, which is not text Ansible can read (got '\\ud800')",
+        ),
     ],
 )
 async def test_invalid_job_gets_failed_status_with_reason(
