@@ -1,6 +1,7 @@
 """`ansible-worker archive`: subscribe to the group's statuses, records and presences; write them to the store.
 
-One session to the broker feeds a bounded inbox; one writer takes what has arrived, up to
+One session to the broker feeds a bounded inbox (`INBOX` messages, and `INBOX_BYTES` of
+payload counting the batch being written); one writer takes what has arrived, up to
 `BATCH` messages or `BATCH_BYTES`, checks each (`messages`), and writes them in one
 transaction. A full inbox holds the link, and the broker queues for this client meanwhile:
 up to its own limit (Mosquitto's `max_queued_messages`), past which it drops messages. The
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 # Messages between the link and the writer: a burst of this many waits here, not at the broker.
 INBOX = 20_000
+# And at most this much payload (with the batch in hand), one message more at worst: records
+# may be large, and a writer far behind must not hold thousands of them.
+INBOX_BYTES = 256 * 1024 * 1024
 # One transaction: enough to amortise a commit (the cost of SQLite's), small enough to be short.
 BATCH = 2000
 BATCH_BYTES = 32 * 1024 * 1024
@@ -54,6 +58,29 @@ class ArchiverStats:
     write_seconds: float = 0.0
 
 
+class ByteBudget:
+    """How many payload bytes the archiver holds, and a wait for room under `limit` (one message passes alone)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.most_held = 0
+        self._freed = trio.Event()
+
+    async def take(self, size: int) -> None:
+        """Count `size` more bytes, once they fit (or nothing else is held). Cancellation: nothing is counted."""
+        while self.held and self.held + size > self.limit:
+            await self._freed.wait()
+        self.held += size
+        self.most_held = max(self.most_held, self.held)
+
+    def give(self, size: int) -> None:
+        """Count `size` bytes fewer: a batch was written (or dropped)."""
+        self.held -= size
+        self._freed.set()
+        self._freed = trio.Event()
+
+
 class Archiver:
     """Reads the group's messages from `receive` and writes them to `history`."""
 
@@ -61,7 +88,19 @@ class Archiver:
         self.history = history
         self.topics = topics
         self.stats = ArchiverStats()
+        self.budget = ByteBudget(INBOX_BYTES)
         self._warned_behind = False
+
+    async def admit(
+        self,
+        arrived: trio.MemoryReceiveChannel[InboundMessage],
+        inbox: trio.MemorySendChannel[InboundMessage],
+    ) -> None:
+        """Pass each message that `arrived` into `inbox` once the byte budget has room; a wait here holds the link."""
+        async with inbox:
+            async for message in arrived:
+                await self.budget.take(len(message.payload))
+                await inbox.send(message)
 
     async def run(self, receive: trio.MemoryReceiveChannel[InboundMessage]) -> None:
         """Write batches until the channel ends. Cancellation: the batch in hand is not written."""
@@ -79,7 +118,10 @@ class Archiver:
                     batch.append(message)
                     size += len(message.payload)
             self._note_backlog(receive)
-            await self.write(batch)
+            try:
+                await self.write(batch)
+            finally:
+                self.budget.give(sum(len(message.payload) for message in batch))
 
     def _note_backlog(self, receive: trio.MemoryReceiveChannel[InboundMessage]) -> None:
         waiting = receive.statistics().current_buffer_used
@@ -162,8 +204,10 @@ async def serve_archiver(
     committed or not at all.
     """
     send, receive = trio.open_memory_channel[InboundMessage](INBOX)
+    # The session hands each message over at once; the archiver admits it within its byte budget.
+    arrive, arrived = trio.open_memory_channel[InboundMessage](0)
     filters = [topics.status_subscription, topics.record_subscription, topics.workers_subscription]
-    session = BrokerSession(link, [(topic_filter, 1) for topic_filter in filters], inbox=send, reconnect=KEEP_TRYING)
+    session = BrokerSession(link, [(topic_filter, 1) for topic_filter in filters], inbox=arrive, reconnect=KEEP_TRYING)
     archiver = Archiver(history, topics)
     away_since: list[float] = []
 
@@ -184,6 +228,7 @@ async def serve_archiver(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(archiver.run, receive)
+        nursery.start_soon(archiver.admit, arrived, send)
         await nursery.start(lambda task_status: session.serve(on_connected=on_connected, task_status=task_status))
         nursery.start_soon(watch_link)
         if keep_seconds is not None:

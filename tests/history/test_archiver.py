@@ -6,10 +6,12 @@ import json
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+from ansible_worker.history import archiver as archiver_module
 from ansible_worker.history.reader import History, open_history
 from ansible_worker.history.store import JobQuery
 from testing.broker import Broker
@@ -256,3 +258,42 @@ async def test_a_hostile_record_is_skipped_and_the_archiver_goes_on(broker: Brok
         await wait_until(lambda: _has(history, "honest"))
         await wait_until(lambda: _true(archiver.stats.skipped == 2))
         assert await history.count() == 1
+
+
+class StalledStore:
+    """A history store whose writes wait until `resume` is set: a database that stalls for a while."""
+
+    def __init__(self, history: History) -> None:
+        self.history = history
+        self.resume = trio.Event()
+
+    async def write(self, rows: list[Any]) -> None:
+        await self.resume.wait()
+        await self.history.write(rows)
+
+
+async def test_a_stalled_store_holds_the_link_within_the_inbox_byte_bound(
+    broker: Broker, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large messages behind a slow database wait at the broker, not in the archiver's memory."""
+    limit = 1024 * 1024
+    monkeypatch.setattr(archiver_module, "INBOX_BYTES", limit)
+    big = "x" * 200_000
+    task_ids = [f"big-{number}" for number in range(20)]
+    async with running_archiver(broker, sqlite_url) as (history, archiver), publisher(broker) as link:
+        stalled = StalledStore(history)
+        archiver.history = stalled  # type: ignore[assignment]
+        for task_id in task_ids:
+            await publish_status(link, status(task_id, output={"padding": big}))
+        # The budget fills: the first batch waits on the store, the rest on the broker.
+        with trio.fail_after(20):
+            while archiver.budget.held < limit - 2 * len(big):  # noqa: ASYNC110 - the archiver's counter, bounded
+                await trio.sleep(0.05)
+        assert archiver.budget.most_held <= limit + len(big) + 4096
+        stalled.resume.set()
+
+        async def all_written() -> bool:
+            return all([await history.status(task_id) is not None for task_id in task_ids])
+
+        await wait_until(all_written, within=60)
+    assert archiver.budget.most_held <= limit + len(big) + 4096
