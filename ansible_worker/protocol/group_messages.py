@@ -50,7 +50,7 @@ class LockRequestDocument(BaseModel):
     task_id: str
     locks: list[str] = Field(description="the names it holds: hosts, or the request's own locks")
     limits: dict[str, int] = Field(
-        default_factory=dict, description="max_concurrent: a name (project/playbook or module) and its cap"
+        default_factory=dict, description="max_concurrent: a name (template, project/playbook or module) and its cap"
     )
 
 

@@ -36,8 +36,10 @@ class Held:
 
 
 def limit_name(job: Job) -> str:
-    """The name that `max_concurrent` counts: the job's project and playbook, or its module."""
+    """The name that `max_concurrent` counts: the job's template, else its project and playbook, or its module."""
     request = job.request
+    if request.template is not None:
+        return f"template:{request.template}"
     what = f"playbook:{request.playbook}" if request.playbook is not None else f"module:{request.module}"
     return f"{request.project or ''}/{what}"
 

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from ansible_worker.protocol.survey import SurveyError, check_answers, secret_values
 from ansible_worker.templates.loading import Templates
 from ansible_worker.templates.model import Template
@@ -42,7 +44,7 @@ _JOB_FIELDS = frozenset(
     }
 )
 _TEMPLATE_FIELDS = ("playbook", "inventory", "limit", "tags", "skip_tags", "credentials", "forks", "timeout")
-_OPTIONAL_FIELDS = ("verbosity", "project", "revision")
+_OPTIONAL_FIELDS = ("verbosity", "project", "revision", "locks", "max_concurrent", "retry")
 
 
 class TemplateRefused(ValueError):
@@ -102,5 +104,11 @@ def expand_request(document: Mapping[str, Any], templates: Templates, *, templat
 def request_fields(template: Template) -> dict[str, Any]:
     """The job fields a template sets, as a task message spells them."""
     fields: dict[str, Any] = {key: getattr(template, key) for key in _TEMPLATE_FIELDS}
-    fields.update({key: getattr(template, key) for key in _OPTIONAL_FIELDS if getattr(template, key) is not None})
+    fields.update(
+        {
+            key: value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+            for key in _OPTIONAL_FIELDS
+            if (value := getattr(template, key)) is not None
+        }
+    )
     return {key: value for key, value in fields.items() if value is not None}

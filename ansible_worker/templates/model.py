@@ -12,7 +12,7 @@ from cronsim import CronSim, CronSimError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from ansible_worker.protocol.models import MAX_TIMEOUT_SECONDS
-from ansible_worker.protocol.request_fields import Limit, ProjectName, Revision, TagList
+from ansible_worker.protocol.request_fields import MAX_LOCKS, Limit, LockName, ProjectName, Retry, Revision, TagList
 from ansible_worker.protocol.survey import Survey, SurveyError, check_answers
 
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
@@ -104,6 +104,11 @@ class Template(BaseModel):
     verbosity: int = Field(0, ge=0, le=4)
     project: ProjectName | None = None
     revision: Revision | None = None
+    # The group-wide locks its jobs hold (default: the hosts of its inventory and limit), at
+    # most this many of its jobs at once in the group, and its hosts' retries.
+    locks: Annotated[list[LockName], Field(max_length=MAX_LOCKS)] | None = None
+    max_concurrent: int | None = Field(None, ge=1, le=10_000)
+    retry: Retry | None = None
     extra_vars: dict[str, Any] = Field(default_factory=dict)
     survey: Survey = Field(default_factory=dict)
     schedule: Annotated[list[ScheduleEntry], Field(max_length=100)] = Field(default_factory=list)
