@@ -173,10 +173,12 @@ async def test_max_concurrent_holds_across_two_workers(
     assert any(status["waiting_for"].get("max_concurrent") == 2 for status in waited)
 
 
-# Longer than a minute, and than a worker's will and the reconnection after it (keepalive
-# 5 s); shorter than the `lost_after` of the test that stops a holder for that long.
-STOPPED_FOR = 65
-PATIENT_LOST_AFTER = 90
+# A holder stopped this long has its will sent (after 1.5 x the 5 s keepalive) and its link
+# closed well within the stop: a host given away on the will, or on any lapse shorter than
+# the stop, lets `next` start with time to spare. `lost_after` is longer by what the holder
+# needs to come back (wake, reconnect, a heartbeat) on a loaded machine.
+STOPPED_FOR = 30
+PATIENT_LOST_AFTER = STOPPED_FOR + 25
 
 
 @asynccontextmanager
