@@ -39,7 +39,7 @@ from ansible_worker.controller.errors import (
 )
 from ansible_worker.controller.job_filter import select_jobs
 from ansible_worker.controller.job_handle import JobHandle, Update, checked_task_id, lost_message
-from ansible_worker.controller.payloads import job_record, json_object
+from ansible_worker.controller.payloads import job_record
 from ansible_worker.controller.shipping import DEFAULT_CONTENT_RETENTION, ShipProgress
 from ansible_worker.controller.submission import job_payload, most_attempts
 from ansible_worker.controller.target import Target, load_signer, new_client_id, target_from_settings, target_from_url
@@ -49,6 +49,7 @@ from ansible_worker.mqtt.options import InboundMessage, LinkError, LinkLost
 from ansible_worker.mqtt.reconnect import GaveUp, Reconnect
 from ansible_worker.mqtt.retained import barrier, retained
 from ansible_worker.mqtt.session import BrokerSession
+from ansible_worker.protocol.json_objects import json_object
 from ansible_worker.protocol.topics import Topics
 
 if TYPE_CHECKING:

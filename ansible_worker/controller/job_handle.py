@@ -12,10 +12,10 @@ from typing import Any, Literal, Protocol
 import trio
 
 from ansible_worker.controller.errors import ClientError, JobLost
-from ansible_worker.controller.payloads import json_object
 from ansible_worker.controller.shipping import Shipment
 from ansible_worker.mqtt.options import InboundMessage
 from ansible_worker.mqtt.session import BrokerSession
+from ansible_worker.protocol.json_objects import json_object
 from ansible_worker.protocol.topics import Topics, is_task_id
 
 TERMINAL_STATES = frozenset({"success", "failed", "cancelled", "timeout"})

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ansible_worker.controller.job_filter import select_jobs
-from ansible_worker.controller.payloads import json_object
 from ansible_worker.controller.retained import barrier
+from ansible_worker.protocol.json_objects import json_object
 
 if TYPE_CHECKING:
     from ansible_worker.controller.client import Client

@@ -1,24 +1,12 @@
-"""The group's JSON: read a message as the object it is, or as a job's record; write only strict JSON."""
+"""The group's JSON: read a message as a job's record; write only strict JSON."""
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 from ansible_worker.controller.errors import ClientError
 from ansible_worker.protocol.records import RecordError, decode_record
-
-
-def json_object(payload: bytes) -> dict[str, Any] | None:
-    """The JSON object in `payload`; None for an empty one (a cleared retained message), or anything else."""
-    if not payload:
-        return None
-    try:
-        data = json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def job_record(topic: str, task_id: str, payload: bytes) -> dict[str, Any] | None:

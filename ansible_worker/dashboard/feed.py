@@ -9,10 +9,10 @@ from typing import Any
 import trio
 
 from ansible_worker.controller.client import Client
-from ansible_worker.controller.payloads import json_object
 from ansible_worker.dashboard.store import Store
 from ansible_worker.mqtt.options import InboundMessage
 from ansible_worker.mqtt.session import BrokerSession
+from ansible_worker.protocol.json_objects import json_object
 from ansible_worker.protocol.topics import Topics, is_task_id
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ansible_worker.controller.payloads import finite
+from ansible_worker.protocol.json_objects import json_object
 from ansible_worker.protocol.topics import is_task_id
 
 # How long an endpoint waits for the broker or the history store.
@@ -42,14 +43,8 @@ def not_a_task_id(task_id: str | None) -> JSONResponse | None:
 
 
 async def json_body(request: Request) -> dict[str, Any] | None:
-    raw = await request.body()
-    if len(raw) > 64 * 1024:
-        return None
-    try:
-        data = json.loads(raw or b"{}")
-    except (ValueError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
+    # No body at all is an empty object: an action without parameters.
+    return json_object(await request.body() or b"{}", max_bytes=64 * 1024)
 
 
 def sse(message: dict[str, Any]) -> str:

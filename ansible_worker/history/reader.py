@@ -8,7 +8,6 @@ A call abandoned by cancellation finishes in its thread; its result is dropped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -23,6 +22,7 @@ from ansible_worker.history import database, store
 from ansible_worker.history.database import HistoryError, shown_url
 from ansible_worker.history.messages import Row
 from ansible_worker.history.store import JobPage, JobQuery
+from ansible_worker.protocol.json_objects import json_object
 from ansible_worker.protocol.records import RecordError, decode_record
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class History:
     async def jobs(self, query: JobQuery) -> JobPage:
         """One page of the jobs that match `query`, newest first."""
         rows, more = await self._call(store.find_jobs, query)
-        statuses = [status for text, _, _ in rows if (status := _object(text)) is not None]
+        statuses = [status for text, _, _ in rows if (status := json_object(text)) is not None]
         last = rows[-1] if rows else None
         return JobPage(statuses, (last[1], last[2]) if more and last is not None else None)
 
@@ -78,7 +78,7 @@ class History:
     async def status(self, task_id: str) -> dict[str, Any] | None:
         """The newest status the store holds of job `task_id`, or None."""
         text = await self._call(store.find_status, task_id)
-        return None if text is None else _object(text)
+        return None if text is None else json_object(text)
 
     async def record(self, task_id: str) -> dict[str, Any] | None:
         """The record of job `task_id` (final status, events, output), or None if the store holds none.
@@ -98,7 +98,7 @@ class History:
 
     async def workers(self) -> list[dict[str, Any]]:
         """The newest presence of each worker the store has seen, by worker id."""
-        return [found for text in await self._call(store.find_workers) if (found := _object(text)) is not None]
+        return [found for text in await self._call(store.find_workers) if (found := json_object(text)) is not None]
 
     async def count(self) -> int:
         """How many jobs the store holds."""
@@ -107,14 +107,6 @@ class History:
     async def purge(self, *, before: float, batch: int) -> int:
         """Remove at most `batch` jobs that began before `before` (POSIX seconds); how many."""
         return int(await self._call(store.purge, before=before, batch=batch))
-
-
-def _object(text: str) -> dict[str, Any] | None:
-    try:
-        found = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    return found if isinstance(found, dict) else None
 
 
 @asynccontextmanager

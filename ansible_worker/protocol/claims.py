@@ -29,7 +29,6 @@ This module is pure: it reads messages and answers questions about what was hear
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import secrets
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from ansible_worker.protocol.json_objects import json_object
 from ansible_worker.protocol.timestamps import format_utc, parse_utc
 
 __all__ = [
@@ -154,13 +154,8 @@ def read_claim(
     JSON. Without it, the expiry is `expires_at`, else the message's own, else
     `default_lifetime` (None: for ever).
     """
-    if not payload or len(payload) > MAX_CLAIM_BYTES:
-        return None
-    try:
-        document = json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(document, dict):
+    document = json_object(payload, max_bytes=MAX_CLAIM_BYTES)
+    if document is None:
         return None
     state, worker_id, claim_id = document.get("state"), document.get("worker_id"), document.get("claim")
     releases = document.get("releases")

@@ -23,13 +23,13 @@ asks for its own.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from ansible_worker.protocol.json_objects import json_object
 from ansible_worker.protocol.timestamps import format_utc, parse_utc
 
 __all__ = ["MAX_LOCK_MESSAGE_BYTES", "LockBook", "LockMessage", "LockRequest", "lock_document", "read_lock_message"]
@@ -108,13 +108,8 @@ def read_lock_message(
     A request's worker is the message's: no worker can ask, renew or release for another.
     With `verify` (signed jobs) the message must carry a signature it accepts.
     """
-    if not payload or len(payload) > MAX_LOCK_MESSAGE_BYTES:
-        return None
-    try:
-        document = json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(document, dict):
+    document = json_object(payload, max_bytes=MAX_LOCK_MESSAGE_BYTES)
+    if document is None:
         return None
     kind, worker_id = document.get("type"), document.get("worker_id")
     if kind not in ("acquire", "renew", "release", "sync") or not isinstance(worker_id, str):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import trio
 
+from ansible_worker.protocol.json_objects import json_object
 from ansible_worker.protocol.models import Attempt, JobStatus, RecordSummary, State, TaskRequest
 from ansible_worker.protocol.timestamps import utc_now
 from ansible_worker.run.events.event_stream import EventStream
@@ -97,13 +97,9 @@ class Job:
 
     def request_document(self) -> dict[str, Any]:
         """The task message as it arrived (a signed one verifies as it was); the request's fields without it."""
-        if self.payload:
-            try:
-                document = json.loads(self.payload)
-            except ValueError:
-                document = None
-            if isinstance(document, dict):
-                return document
+        document = json_object(self.payload)
+        if document is not None:
+            return document
         return self.request.model_dump(mode="json", exclude_defaults=True)
 
     def status(self, *, progress_only: bool = False) -> JobStatus:

@@ -21,13 +21,13 @@ reaps nobody.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ansible_worker.ops.config import MIN_FREEZE
+from ansible_worker.protocol.json_objects import json_object
 
 if TYPE_CHECKING:
     from ansible_worker.protocol.signing import Verified
@@ -76,13 +76,8 @@ def read_presence(
     With `verify` (signed jobs), only a presence it accepts is a sign of life; one it refuses
     (a forgery, an unsigned message) counts as nothing. An empty payload says nothing either.
     """
-    if not payload or len(payload) > MAX_PRESENCE_BYTES:
-        return None
-    try:
-        document = json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(document, dict):
+    document = json_object(payload, max_bytes=MAX_PRESENCE_BYTES)
+    if document is None:
         return None
     state, stopped = document.get("state"), document.get("stopped")
     if state not in ("online", "draining", "offline"):

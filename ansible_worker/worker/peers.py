@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from ansible_worker.protocol.json_objects import json_object
 from ansible_worker.protocol.timestamps import parse_utc, utc_now
 
 # As AWX does: a node is lost after two missed heartbeats; the margin absorbs clock skew.
@@ -61,16 +61,16 @@ class PeerBook:
 
 
 def _parse(payload: bytes) -> Peer | None:
-    if len(payload) > 16_384:
+    document = json_object(payload, max_bytes=16_384)
+    if document is None:
         return None
     try:
-        document = json.loads(payload)
         state, heartbeat, interval = document["state"], document["heartbeat_at"], document["heartbeat_interval"]
         if not isinstance(state, str) or not isinstance(heartbeat, str):
             return None
         if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval <= 3600:
             return None
         moment = parse_utc(heartbeat)
-    except (ValueError, TypeError, KeyError, RecursionError):
+    except (ValueError, TypeError, KeyError):
         return None
     return Peer(state, moment, float(interval))

@@ -1,4 +1,4 @@
-"""What the tests of lost workers share: a job that marks its runs, the workers' settings, and ways to end them."""
+"""What the tests of lost workers share: a job that marks its runs, two worker processes in a group, and ways to end them."""
 
 from __future__ import annotations
 
@@ -7,17 +7,24 @@ import json
 import os
 import signal
 import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
+from ansible_worker.controller.client import Client
 from ansible_worker.mqtt.link import LinkOptions, open_mqtt_link
+from ansible_worker.protocol.signing import Signer
 from testing.broker import Broker
 from tests.conftest import (
-    TERMINAL,
     Controller,
+    WorkerProcess,
+    client_for,
+    open_controller,
     processes_mentioning,
+    wait_online,
     worker_config,
 )
 from tests.deployment import Deployment
@@ -56,37 +63,101 @@ def runs(marker: Path) -> int:
     return len(marker.read_text().splitlines()) if marker.exists() else 0
 
 
-def terminal_statuses(controller: Controller, task_id: str) -> list[dict[str, Any]]:
-    return [status for status in controller.statuses.get(task_id, []) if status["state"] in TERMINAL]
+@dataclass(frozen=True)
+class Scene:
+    """Where one test's worker processes run: its broker and group, its playbooks and files, and how they are deployed."""
+
+    broker: Broker
+    group: str
+    playbook_dir: Path
+    tmp_path: Path
+    deployment: Deployment
+
+    def settings(self, worker_id: str, **worker: Any) -> Path:
+        """The settings file of worker `worker_id`: heartbeats every HEARTBEAT, lost after LOST_AFTER, then `worker`."""
+        return worker_config(
+            self.tmp_path / f"{worker_id}.json",
+            self.broker,
+            self.playbook_dir,
+            self.group,
+            worker_id=worker_id,
+            heartbeat_interval=HEARTBEAT,
+            status_interval=0.1,
+            # Host locks freed by a takeover are tests/worker/test_host_locks.py's, which turns them on.
+            **{"lost_after": LOST_AFTER, "host_locks": False, **worker},
+        )
+
+    def markers(self) -> Path:
+        """A directory the workers may write, for `marked` jobs to mark their runs in; the playbook beside the others."""
+        (self.playbook_dir / "marked_sleep.yml").write_text(MARKED_SLEEP)
+        markers = self.tmp_path / "markers"
+        markers.mkdir()
+        return self.deployment.give(markers)
 
 
-def config(tmp_path: Path, broker: Broker, playbook_dir: Path, group: str, worker_id: str, **worker: Any) -> Path:
-    return worker_config(
-        tmp_path / f"{worker_id}.json",
-        broker,
-        playbook_dir,
-        group,
-        worker_id=worker_id,
-        heartbeat_interval=HEARTBEAT,
-        lost_after=LOST_AFTER,
-        status_interval=0.1,
-        # These tests are about takeovers; host locks freed by a takeover are tests/worker/test_host_locks.py's.
-        **{"host_locks": False, **worker},
-    )
+class Alone(NamedTuple):
+    """A group of one worker process, and the controller and client that watch it."""
+
+    controller: Controller
+    client: Client
+    worker: WorkerProcess
 
 
-def setup(tmp_path: Path, playbook_dir: Path, deployment: Deployment) -> Path:
-    (playbook_dir / "marked_sleep.yml").write_text(MARKED_SLEEP)
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    return deployment.give(markers)
+@contextlib.asynccontextmanager
+async def open_lone_worker(
+    scene: Scene, worker_id: str, *, settings: Path | None = None, signer: Signer | None = None, **worker: Any
+) -> AsyncIterator[Alone]:
+    """The group's controller, a client (signing with `signer`), and worker `worker_id` started and online.
+
+    The worker runs on `settings`, else on `scene.settings(worker_id, **worker)`.
+    """
+    path = settings or scene.settings(worker_id, **worker)
+    async with (
+        open_controller(scene.broker, scene.group) as controller,
+        client_for(scene.broker, scene.group, signer=signer) as client,
+        scene.deployment.process("run", "-c", str(path)) as process,
+    ):
+        await wait_online(client, worker_id)
+        yield Alone(controller, client, process)
+
+
+@contextlib.asynccontextmanager
+async def open_second_worker(
+    scene: Scene, client: Client, worker_id: str, *, settings: Path | None = None, **worker: Any
+) -> AsyncIterator[WorkerProcess]:
+    """Worker `worker_id` started beside the first and online; once the block is done, it must stop cleanly (exit 0).
+
+    The worker runs on `settings`, else on `scene.settings(worker_id, **worker)`.
+    """
+    path = settings or scene.settings(worker_id, **worker)
+    async with scene.deployment.process("run", "-c", str(path)) as process:
+        await wait_online(client, worker_id)
+        yield process
+        assert await process.stop() == 0
+
+
+@contextlib.contextmanager
+def paused(worker: WorkerProcess) -> Iterator[None]:
+    """`worker` stopped (SIGSTOP) for the block, and running again (SIGCONT) after it, however the block ends."""
+    worker.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        worker.process.send_signal(signal.SIGCONT)
+
+
+async def wait_runs_ended(seconds: str) -> None:
+    """Until no `sleep {seconds}` is left (at most 30 s): the job's run has ended, whoever ended it."""
+    with trio.fail_after(30):
+        while processes_mentioning(f"sleep {seconds}"):  # noqa: ASYNC110 - /proc has no event
+            await trio.sleep(0.1)
 
 
 async def wait_sleeping(seconds: str, controller: Controller | None = None, task_id: str = "") -> list[int]:
     """The pids of the job's `sleep`, once it runs; what `task_id` said instead, if it never does."""
     with trio.move_on_after(60):
         while not (found := processes_mentioning(f"sleep {seconds}")):  # /proc has no event to wait on
-            if controller is not None and terminal_statuses(controller, task_id):
+            if controller is not None and controller.terminal_statuses(task_id):
                 break
             await trio.sleep(0.05)
         else:
@@ -129,7 +200,7 @@ async def settled_once(controller: Controller, task_ids: list[str], within: floa
     await trio.sleep(LOST_AFTER)
     await controller.sync()
     for task_id in task_ids:
-        assert len(terminal_statuses(controller, task_id)) == 1, controller.statuses[task_id]
+        assert len(controller.terminal_statuses(task_id)) == 1, controller.statuses[task_id]
     return ended
 
 

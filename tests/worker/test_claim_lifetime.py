@@ -20,19 +20,19 @@ from tests.conftest import (
     open_controller,
     running_worker,
     unique_seconds,
-    wait_online,
 )
 from tests.deployment import Deployment
 from tests.worker.group_jobs import QUICK, append_job, run_count
 from tests.worker.takeovers import (
     LOST_AFTER,
     TAKEOVER_BOUND,
-    config,
+    Scene,
     hold_jobs,
     kill_for_good,
+    open_lone_worker,
+    open_second_worker,
     runs,
     settled_once,
-    setup,
 )
 
 # Short enough for a test to outwait, long enough for a job to settle under it.
@@ -144,22 +144,15 @@ async def test_a_worker_restarted_long_after_its_jobs_were_taken_over_is_still_f
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
     """A takeover's claim outlives `claim_lifetime` once settled: the lost worker's journal still finds it held."""
-    markers = setup(tmp_path, playbook_dir, deployment)
+    scene = Scene(broker, group, playbook_dir, tmp_path, deployment)
+    markers = scene.markers()
     state_dir = tmp_path / "phoenix-state"
     state_dir.mkdir()
-    short = {"claim_lifetime": CLAIM_LIFETIME}
-    phoenix = config(tmp_path, broker, playbook_dir, group, "phoenix", state_dir=str(state_dir), **short)
-    survivor = config(tmp_path, broker, playbook_dir, group, "survivor", **short)
+    phoenix = scene.settings("phoenix", state_dir=str(state_dir), claim_lifetime=CLAIM_LIFETIME)
     seconds = unique_seconds(274)
-    async with (
-        open_controller(broker, group) as controller,
-        client_for(broker, group) as client,
-        deployment.process("run", "-c", str(phoenix)) as killed,
-    ):
-        await wait_online(client, "phoenix")
+    async with open_lone_worker(scene, "phoenix", settings=phoenix) as (controller, client, killed):
         running, queued = await hold_jobs(controller, markers, group, seconds)
-        async with deployment.process("run", "-c", str(survivor)) as alive:
-            await wait_online(client, "survivor")
+        async with open_second_worker(scene, client, "survivor", claim_lifetime=CLAIM_LIFETIME):
             # The worker and its run, for good; its journal stays.
             kill_for_good(killed.process.pid, seconds)
             with trio.fail_after(10):
@@ -173,7 +166,6 @@ async def test_a_worker_restarted_long_after_its_jobs_were_taken_over_is_still_f
                 await restarted.wait_for_line(f"task {running}: taken over by survivor")
                 ended = await settled_once(controller, [running, *queued], 30)
                 assert await restarted.stop() == 0
-            assert await alive.stop() == 0
     assert ended[running]["error_message"].startswith("worker lost: phoenix")
     for task_id in (running, *queued):
         assert runs(markers / task_id) == 1

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +21,22 @@ from tests.conftest import (
     TERMINAL,
     Controller,
     WorkerProcess,
-    client_for,
     make_settings,
     open_controller,
     processes_mentioning,
     running_worker,
     unique_seconds,
-    wait_online,
-    worker_config,
-    worker_process,
 )
-from tests.worker.takeovers import HEARTBEAT, LOST_AFTER, TAKEOVER_BOUND
+from tests.deployment import Deployment
+from tests.worker.takeovers import (
+    LOST_AFTER,
+    TAKEOVER_BOUND,
+    Scene,
+    open_lone_worker,
+    open_second_worker,
+    paused,
+    wait_runs_ended,
+)
 
 # Holds its hosts for `seconds`; writes <name>.start and <name>.end (epoch seconds) once per run.
 STAMP = """\
@@ -166,43 +173,37 @@ async def test_max_concurrent_holds_across_two_workers(
     assert any(status["waiting_for"].get("max_concurrent") == 2 for status in waited)
 
 
-# Longer than a minute, and than a worker's will and the reconnection after it (keepalive
-# 5 s); shorter than the `lost_after` of the test that stops a holder for that long.
-STOPPED_FOR = 65
-PATIENT_LOST_AFTER = 90
+# A holder stopped this long has its will sent (after 1.5 x the 5 s keepalive) and its link
+# closed well within the stop: a host given away on the will, or on any lapse shorter than
+# the stop, lets `next` start with time to spare. `lost_after` is longer by what the holder
+# needs to come back (wake, reconnect, a heartbeat) on a loaded machine.
+STOPPED_FOR = 30
+PATIENT_LOST_AFTER = STOPPED_FOR + 25
 
 
-def lock_worker(tmp_path: Path, broker: Any, playbook_dir: Path, group: str, worker_id: str, lost_after: float) -> Path:
-    """A worker process's config: host locks on (the default), heartbeats every second."""
-    return worker_config(
-        tmp_path / f"{worker_id}.json",
-        broker,
-        playbook_dir,
-        group,
-        worker_id=worker_id,
-        heartbeat_interval=HEARTBEAT,
-        lost_after=lost_after,
-        status_interval=0.1,
-        drain_timeout=600,
-    )
+@asynccontextmanager
+async def open_next_behind_a_holder(
+    scene: Scene, stamps: Path, seconds: str, *, lost_after: float
+) -> AsyncIterator[tuple[Controller, WorkerProcess]]:
+    """Job `holder` on web2 for `seconds` in worker `holder-w`, drained; job `next` on web2 waiting for it in `waiter-w`.
 
-
-async def hold_web2(controller: Controller, holder: WorkerProcess, stamps: Path, seconds: str) -> dict[str, Any]:
-    """Run job `holder` on web2 in `holder`, then drain that worker: it keeps its job (and locks), takes no more."""
-    await controller.submit(stamp_job("holder", stamps, limit="web2", seconds=seconds))
-    running = await controller.wait_for("holder", {"running"})
-    assert running["worker_id"] == "holder-w"
-    holder.process.send_signal(signal.SIGTERM)
-    await holder.wait_for_line("draining")
-    return running
-
-
-async def wait_next_behind_holder(controller: Controller, stamps: Path) -> None:
-    """Publish job `next` on web2 (only `waiter-w` takes jobs now) and wait until it says it waits for the holder."""
-    await controller.submit(stamp_job("next", stamps, limit="web2", seconds=0))
-    waiting = await waiting_status(controller, "next", "locks")
-    assert waiting["waiting_for"]["held_by"] == "holder on holder-w"
-    assert waiting["worker_id"] == "waiter-w"
+    Both workers take host locks (the default) and are lost after `lost_after`. Yields the
+    controller and `holder-w`; once the block is done, `waiter-w` must stop cleanly.
+    """
+    workers: dict[str, Any] = {"lost_after": lost_after, "drain_timeout": 600, "host_locks": True}
+    async with open_lone_worker(scene, "holder-w", **workers) as (controller, client, holder):
+        await controller.submit(stamp_job("holder", stamps, limit="web2", seconds=seconds))
+        running = await controller.wait_for("holder", {"running"})
+        assert running["worker_id"] == "holder-w"
+        # Draining, the holder keeps its job (and locks) and takes no more: `next` goes to `waiter-w`.
+        holder.process.send_signal(signal.SIGTERM)
+        await holder.wait_for_line("draining")
+        async with open_second_worker(scene, client, "waiter-w", **workers):
+            await controller.submit(stamp_job("next", stamps, limit="web2", seconds=0))
+            waiting = await waiting_status(controller, "next", "locks")
+            assert waiting["waiting_for"]["held_by"] == "holder on holder-w"
+            assert waiting["worker_id"] == "waiter-w"
+            yield controller, holder
 
 
 def end_sleeps(seconds: str) -> None:
@@ -213,31 +214,17 @@ def end_sleeps(seconds: str) -> None:
 
 @pytest.mark.slow
 async def test_a_holder_stopped_for_less_than_lost_after_keeps_its_locks(
-    broker: Any, playbook_dir: Path, group: str, stamps: Path, tmp_path: Path
+    broker: Any, playbook_dir: Path, group: str, stamps: Path, tmp_path: Path, deployment: Deployment
 ) -> None:
     """Its will goes out and its link is down for a while: its host is still not given to another job."""
-    holding = lock_worker(tmp_path, broker, playbook_dir, group, "holder-w", PATIENT_LOST_AFTER)
-    waiting = lock_worker(tmp_path, broker, playbook_dir, group, "waiter-w", PATIENT_LOST_AFTER)
-    async with (
-        open_controller(broker, group) as controller,
-        client_for(broker, group) as client,
-        worker_process("run", "-c", str(holding)) as holder,
-    ):
-        await wait_online(client, "holder-w")
-        await hold_web2(controller, holder, stamps, str(STOPPED_FOR + 15))
-        async with worker_process("run", "-c", str(waiting)) as waiter:
-            await wait_online(client, "waiter-w")
-            await wait_next_behind_holder(controller, stamps)
-            holder.process.send_signal(signal.SIGSTOP)
-            try:
-                # The stop itself is what is tested: for all of it, `next` must not start.
-                with trio.move_on_after(STOPPED_FOR) as patience:
-                    started = await controller.wait_for("next", {"running", *TERMINAL}, within=STOPPED_FOR + 1)
-            finally:
-                holder.process.send_signal(signal.SIGCONT)
-            assert patience.cancelled_caught, f"next started while its host's holder was stopped: {started}"
-            finals = {name: await controller.wait_terminal(name, within=120) for name in ("holder", "next")}
-            assert await waiter.stop() == 0
+    scene = Scene(broker, group, playbook_dir, tmp_path, deployment)
+    seconds = str(STOPPED_FOR + 15)
+    async with open_next_behind_a_holder(scene, stamps, seconds, lost_after=PATIENT_LOST_AFTER) as (controller, holder):
+        # The stop itself is what is tested: for all of it, `next` must not start.
+        with paused(holder), trio.move_on_after(STOPPED_FOR) as patience:
+            started = await controller.wait_for("next", {"running", *TERMINAL}, within=STOPPED_FOR + 1)
+        assert patience.cancelled_caught, f"next started while its host's holder was stopped: {started}"
+        finals = {name: await controller.wait_terminal(name, within=120) for name in ("holder", "next")}
     assert {name: (final["state"], final["worker_id"]) for name, final in finals.items()} == {
         "holder": ("success", "holder-w"),
         "next": ("success", "waiter-w"),
@@ -246,27 +233,16 @@ async def test_a_holder_stopped_for_less_than_lost_after_keeps_its_locks(
 
 
 async def test_a_killed_holders_locks_are_freed_when_the_group_takes_its_job_over(
-    broker: Any, playbook_dir: Path, group: str, stamps: Path, tmp_path: Path
+    broker: Any, playbook_dir: Path, group: str, stamps: Path, tmp_path: Path, deployment: Deployment
 ) -> None:
-    holding = lock_worker(tmp_path, broker, playbook_dir, group, "holder-w", LOST_AFTER)
-    waiting = lock_worker(tmp_path, broker, playbook_dir, group, "waiter-w", LOST_AFTER)
+    scene = Scene(broker, group, playbook_dir, tmp_path, deployment)
     seconds = unique_seconds(300)
     try:
-        async with (
-            open_controller(broker, group) as controller,
-            client_for(broker, group) as client,
-            worker_process("run", "-c", str(holding)) as holder,
-        ):
-            await wait_online(client, "holder-w")
-            await hold_web2(controller, holder, stamps, seconds)
-            async with worker_process("run", "-c", str(waiting)) as waiter:
-                await wait_online(client, "waiter-w")
-                await wait_next_behind_holder(controller, stamps)
-                holder.process.kill()
-                started = await controller.wait_for("next", {"running", *TERMINAL}, within=LOST_AFTER + TAKEOVER_BOUND)
-                final = await controller.wait_terminal("next")
-                lost = await controller.wait_terminal("holder")
-                assert await waiter.stop() == 0
+        async with open_next_behind_a_holder(scene, stamps, seconds, lost_after=LOST_AFTER) as (controller, holder):
+            holder.process.kill()
+            started = await controller.wait_for("next", {"running", *TERMINAL}, within=LOST_AFTER + TAKEOVER_BOUND)
+            final = await controller.wait_terminal("next")
+            lost = await controller.wait_terminal("holder")
     finally:
         end_sleeps(seconds)
     assert started["state"] == "running"
@@ -276,38 +252,21 @@ async def test_a_killed_holders_locks_are_freed_when_the_group_takes_its_job_ove
 
 
 async def test_a_holder_back_after_the_takeover_publishes_nothing_for_its_job_and_ends_it(
-    broker: Any, playbook_dir: Path, group: str, stamps: Path, tmp_path: Path
+    broker: Any, playbook_dir: Path, group: str, stamps: Path, tmp_path: Path, deployment: Deployment
 ) -> None:
-    holding = lock_worker(tmp_path, broker, playbook_dir, group, "holder-w", LOST_AFTER)
-    waiting = lock_worker(tmp_path, broker, playbook_dir, group, "waiter-w", LOST_AFTER)
+    scene = Scene(broker, group, playbook_dir, tmp_path, deployment)
     seconds = unique_seconds(301)
     try:
-        async with (
-            open_controller(broker, group) as controller,
-            client_for(broker, group) as client,
-            worker_process("run", "-c", str(holding)) as holder,
-        ):
-            await wait_online(client, "holder-w")
-            await hold_web2(controller, holder, stamps, seconds)
-            async with worker_process("run", "-c", str(waiting)) as waiter:
-                await wait_online(client, "waiter-w")
-                await wait_next_behind_holder(controller, stamps)
-                holder.process.send_signal(signal.SIGSTOP)
-                try:
-                    with trio.fail_after(LOST_AFTER + TAKEOVER_BOUND):
-                        lost = await controller.wait_terminal("holder", within=LOST_AFTER + TAKEOVER_BOUND)
-                        final = await controller.wait_terminal("next", within=LOST_AFTER + TAKEOVER_BOUND)
-                finally:
-                    holder.process.send_signal(signal.SIGCONT)
-                await holder.wait_for_line("task holder: taken over by waiter-w while this worker was away")
-                with trio.fail_after(30):
-                    while processes_mentioning(f"sleep {seconds}"):  # noqa: ASYNC110 - /proc has no event
-                        await trio.sleep(0.1)
-                # Back, it holds web2 no more: a new job on it runs.
-                await controller.submit(stamp_job("after", stamps, limit="web2", seconds=0))
-                after = await controller.wait_terminal("after", within=60)
-                assert await waiter.stop() == 0
-            # Draining, it left once its job had ended.
+        async with open_next_behind_a_holder(scene, stamps, seconds, lost_after=LOST_AFTER) as (controller, holder):
+            with paused(holder), trio.fail_after(LOST_AFTER + TAKEOVER_BOUND):
+                lost = await controller.wait_terminal("holder", within=LOST_AFTER + TAKEOVER_BOUND)
+                final = await controller.wait_terminal("next", within=LOST_AFTER + TAKEOVER_BOUND)
+            await holder.wait_for_line("task holder: taken over by waiter-w while this worker was away")
+            await wait_runs_ended(seconds)
+            # Back, it holds web2 no more: a new job on it runs.
+            await controller.submit(stamp_job("after", stamps, limit="web2", seconds=0))
+            after = await controller.wait_terminal("after", within=60)
+            # Draining, it left once its job had ended (while `waiter-w` still runs).
             assert await holder.wait_exit() == 0
     finally:
         end_sleeps(seconds)

@@ -31,14 +31,17 @@ from tests.templates.test_notifications import SECRET, Receiver, receiving, targ
 from tests.worker.takeovers import (
     LOST_AFTER,
     TAKEOVER_BOUND,
-    config,
+    Scene,
     hold_jobs,
     kill_for_good,
     marked,
+    open_lone_worker,
+    open_second_worker,
+    paused,
     read_retained_copies,
     runs,
     settled_once,
-    setup,
+    wait_runs_ended,
     wait_sleeping,
 )
 
@@ -50,25 +53,17 @@ OUTAGE = 35
 async def test_a_worker_lost_for_good_has_its_started_job_failed_and_its_queued_jobs_run_once_elsewhere(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
-    markers = setup(tmp_path, playbook_dir, deployment)
+    scene = Scene(broker, group, playbook_dir, tmp_path, deployment)
+    markers = scene.markers()
     state_dir = tmp_path / "doomed-state"
     state_dir.mkdir()
-    doomed = config(tmp_path, broker, playbook_dir, group, "doomed", state_dir=str(state_dir))
-    survivor = config(tmp_path, broker, playbook_dir, group, "survivor")
     seconds = unique_seconds(271)
-    async with (
-        open_controller(broker, group) as controller,
-        client_for(broker, group) as client,
-        deployment.process("run", "-c", str(doomed)) as lost,
-    ):
-        await wait_online(client, "doomed")
+    async with open_lone_worker(scene, "doomed", state_dir=str(state_dir)) as (controller, client, lost):
         running, queued = await hold_jobs(controller, markers, group, seconds)
-        async with deployment.process("run", "-c", str(survivor)) as alive:
-            await wait_online(client, "survivor")
+        async with open_second_worker(scene, client, "survivor"):
             kill_for_good(lost.process.pid, seconds)
             shutil.rmtree(state_dir)
             ended = await settled_once(controller, [running, *queued], LOST_AFTER + TAKEOVER_BOUND)
-            assert await alive.stop() == 0
     failed = ended[running]
     assert failed["state"] == "failed"
     assert failed["error_message"].startswith("worker lost: doomed (last heard 20")
@@ -89,36 +84,22 @@ async def test_a_worker_lost_for_good_has_its_started_job_failed_and_its_queued_
 async def test_a_frozen_worker_that_comes_back_after_the_takeover_publishes_nothing_and_ends_its_job(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
-    markers = setup(tmp_path, playbook_dir, deployment)
-    frozen = config(tmp_path, broker, playbook_dir, group, "frozen")
-    survivor = config(tmp_path, broker, playbook_dir, group, "survivor")
+    scene = Scene(broker, group, playbook_dir, tmp_path, deployment)
+    markers = scene.markers()
     seconds = unique_seconds(272)
-    async with (
-        open_controller(broker, group) as controller,
-        client_for(broker, group) as client,
-        deployment.process("run", "-c", str(frozen)) as stopped,
-    ):
-        await wait_online(client, "frozen")
+    async with open_lone_worker(scene, "frozen") as (controller, client, stopped):
         running, queued = await hold_jobs(controller, markers, group, seconds)
-        async with deployment.process("run", "-c", str(survivor)) as alive:
-            await wait_online(client, "survivor")
+        async with open_second_worker(scene, client, "survivor"):
             # The worker alone: its job's processes go on meanwhile, as under a frozen VM's
             # hypervisor they would not, which is the harder case here.
-            stopped.process.send_signal(signal.SIGSTOP)
-            try:
-                with trio.fail_after(LOST_AFTER + TAKEOVER_BOUND):
-                    await controller.wait_terminal(running)
-                    for task_id in queued:
-                        await controller.wait_terminal(task_id)
-            finally:
-                stopped.process.send_signal(signal.SIGCONT)
+            with paused(stopped), trio.fail_after(LOST_AFTER + TAKEOVER_BOUND):
+                await controller.wait_terminal(running)
+                for task_id in queued:
+                    await controller.wait_terminal(task_id)
             with trio.fail_after(30):
                 await stopped.wait_for_line(f"task {running}: taken over by survivor while this worker was away")
-            with trio.fail_after(30):
-                while processes_mentioning(f"sleep {seconds}"):  # noqa: ASYNC110 - /proc has no event
-                    await trio.sleep(0.1)
+            await wait_runs_ended(seconds)
             ended = await settled_once(controller, [running, *queued], 30)
-            assert await alive.stop() == 0
         assert await stopped.stop() == 0
     after_takeover = [
         status
@@ -138,21 +119,15 @@ async def test_a_frozen_worker_that_comes_back_after_the_takeover_publishes_noth
 async def test_a_worker_restarted_on_its_old_state_dir_after_the_takeover_runs_and_publishes_nothing_again(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
-    markers = setup(tmp_path, playbook_dir, deployment)
+    scene = Scene(broker, group, playbook_dir, tmp_path, deployment)
+    markers = scene.markers()
     state_dir = tmp_path / "phoenix-state"
     state_dir.mkdir()
-    phoenix = config(tmp_path, broker, playbook_dir, group, "phoenix", state_dir=str(state_dir))
-    survivor = config(tmp_path, broker, playbook_dir, group, "survivor")
+    phoenix = scene.settings("phoenix", state_dir=str(state_dir))
     seconds = unique_seconds(273)
-    async with (
-        open_controller(broker, group) as controller,
-        client_for(broker, group) as client,
-        deployment.process("run", "-c", str(phoenix)) as killed,
-    ):
-        await wait_online(client, "phoenix")
+    async with open_lone_worker(scene, "phoenix", settings=phoenix) as (controller, client, killed):
         running, queued = await hold_jobs(controller, markers, group, seconds)
-        async with deployment.process("run", "-c", str(survivor)) as alive:
-            await wait_online(client, "survivor")
+        async with open_second_worker(scene, client, "survivor"):
             # The worker alone: its Ansible run outlives it, and its journal stays.
             killed.process.send_signal(signal.SIGKILL)
             with trio.fail_after(10):
@@ -163,12 +138,9 @@ async def test_a_worker_restarted_on_its_old_state_dir_after_the_takeover_runs_a
             assert processes_mentioning(f"sleep {seconds}"), "the scenario needs the old run still alive"
             async with deployment.process("run", "-c", str(phoenix)) as restarted:
                 await restarted.wait_for_line(f"task {running}: taken over by survivor")
-                with trio.fail_after(30):
-                    while processes_mentioning(f"sleep {seconds}"):  # noqa: ASYNC110 - /proc has no event
-                        await trio.sleep(0.1)
+                await wait_runs_ended(seconds)
                 ended = await settled_once(controller, [running, *queued], 30)
                 assert await restarted.stop() == 0
-            assert await alive.stop() == 0
     assert ended[running]["error_message"].startswith("worker lost: phoenix")
     for task_id in (running, *queued):
         assert runs(markers / task_id) == 1
@@ -185,16 +157,15 @@ async def test_a_broker_restart_longer_than_lost_after_reaps_nobody(
     broker = Broker(directory, persistence=directory / "db")
     broker.start()
     try:
-        markers = setup(tmp_path, playbook_dir, deployment)
-        steady = config(tmp_path, broker, playbook_dir, group, "steady")
-        other = config(tmp_path, broker, playbook_dir, group, "other")
+        scene = Scene(broker, group, playbook_dir, tmp_path, deployment)
+        markers = scene.markers()
+        steady = scene.settings("steady")
         seconds = unique_seconds(50)
         async with client_for(broker, group) as client, deployment.process("run", "-c", str(steady)) as first:
             async with open_controller(broker, group) as controller:
                 await wait_online(client, "steady")
                 running, queued = await hold_jobs(controller, markers, group, seconds)
-            async with deployment.process("run", "-c", str(other)) as second:
-                await wait_online(client, "other")
+            async with open_second_worker(scene, client, "other") as second:
                 broker.stop()
                 # Long enough for the reconnection backoff to reach its longest wait.
                 await trio.sleep(OUTAGE)
@@ -205,7 +176,6 @@ async def test_a_broker_restart_longer_than_lost_after_reaps_nobody(
                         ended = {
                             task_id: await controller.wait_terminal(task_id, 120) for task_id in (running, *queued)
                         }
-                assert await second.stop() == 0
             assert await first.stop() == 0
     finally:
         broker.stop()
@@ -227,26 +197,17 @@ async def test_a_broker_restart_longer_than_lost_after_reaps_nobody(
 async def test_a_worker_late_by_less_than_lost_after_is_not_reaped(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
-    markers = setup(tmp_path, playbook_dir, deployment)
-    slow = config(tmp_path, broker, playbook_dir, group, "slow")
-    other = config(tmp_path, broker, playbook_dir, group, "other")
+    scene = Scene(broker, group, playbook_dir, tmp_path, deployment)
+    markers = scene.markers()
     seconds = unique_seconds(20)
-    async with (
-        open_controller(broker, group) as controller,
-        client_for(broker, group) as client,
-        deployment.process("run", "-c", str(slow)) as busy,
-    ):
-        await wait_online(client, "slow")
+    async with open_lone_worker(scene, "slow") as (controller, client, busy):
         running, queued = await hold_jobs(controller, markers, group, seconds)
-        async with deployment.process("run", "-c", str(other)) as second:
-            await wait_online(client, "other")
+        async with open_second_worker(scene, client, "other"):
             # Not scheduled at all for most of lost_after: later than any busy CPU makes it.
-            busy.process.send_signal(signal.SIGSTOP)
-            await trio.sleep(LOST_AFTER - 2)
-            busy.process.send_signal(signal.SIGCONT)
+            with paused(busy):
+                await trio.sleep(LOST_AFTER - 2)
             with trio.fail_after(120):
                 ended = {task_id: await controller.wait_terminal(task_id, 120) for task_id in (running, *queued)}
-            assert await second.stop() == 0
         assert await busy.stop() == 0
     for task_id, status in ended.items():
         assert status["state"] == "success", status
@@ -259,28 +220,20 @@ async def test_a_worker_late_by_less_than_lost_after_is_not_reaped(
 async def test_a_job_settled_for_a_lost_worker_notifies_lost_once(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
-    markers = setup(tmp_path, playbook_dir, deployment)
+    scene = Scene(broker, group, playbook_dir, tmp_path, deployment)
+    markers = scene.markers()
     seconds = unique_seconds(276)
     async with receiving(Receiver()) as receiver:
         hook = target(receiver, on=["lost", "failed"])
-        doomed = config(tmp_path, broker, playbook_dir, group, "doomed")
-        survivor = config(tmp_path, broker, playbook_dir, group, "survivor", notifications=[hook])
-        async with (
-            open_controller(broker, group) as controller,
-            client_for(broker, group) as client,
-            deployment.process("run", "-c", str(doomed)) as lost,
-        ):
-            await wait_online(client, "doomed")
+        async with open_lone_worker(scene, "doomed") as (controller, client, lost):
             running = f"{group}-running"
             await controller.submit({"task_id": running, **marked(markers / running, seconds)})
             await controller.wait_for(running, {"running"})
             await wait_sleeping(seconds)
-            async with deployment.process("run", "-c", str(survivor)) as alive:
-                await wait_online(client, "survivor")
+            async with open_second_worker(scene, client, "survivor", notifications=[hook]):
                 kill_for_good(lost.process.pid, seconds)
                 await settled_once(controller, [running], LOST_AFTER + TAKEOVER_BOUND)
                 await receiver.wait_for(1)
-                assert await alive.stop() == 0
     # `lost`, not `failed`, and only once, signed as every notification is.
     assert [(body["task_id"], body["event"]) for body in receiver.bodies()] == [(running, "lost")]
     ((headers, body, _),) = receiver.requests

@@ -13,27 +13,22 @@ import trio
 from ansible_worker.protocol.claims import new_claim_id
 from ansible_worker.protocol.signing import Signer
 from testing.broker import Broker
-from tests.conftest import (
-    client_for,
-    open_controller,
-    unique_seconds,
-    wait_online,
-)
+from tests.conftest import unique_seconds
 from tests.deployment import Deployment
 from tests.worker.takeovers import (
     LOST_AFTER,
     TAKEOVER_BOUND,
-    config,
+    Scene,
     forge,
     forge_clear,
     hold_jobs,
     kill_for_good,
     marked,
+    open_lone_worker,
+    open_second_worker,
     retained,
     runs,
     settled_once,
-    setup,
-    terminal_statuses,
     wait_sleeping,
 )
 
@@ -52,26 +47,21 @@ def signed(path: Path, keys: Path) -> Path:
 async def test_signed_a_forged_presence_request_copy_or_takeover_changes_nothing(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment, keys: Path
 ) -> None:
-    markers = setup(tmp_path, playbook_dir, deployment)
-    honest = signed(config(tmp_path, broker, playbook_dir, group, "honest"), keys)
-    survivor = signed(config(tmp_path, broker, playbook_dir, group, "survivor"), keys)
+    scene = Scene(broker, group, playbook_dir, tmp_path, deployment)
+    markers = scene.markers()
+    honest = signed(scene.settings("honest"), keys)
+    survivor = signed(scene.settings("survivor"), keys)
     topics = f"ansible/{group}"
     seconds = unique_seconds(274)
     alice, mallory = Signer.from_file(keys / "alice.key"), Signer.from_file(keys / "mallory.key")
-    async with (
-        open_controller(broker, group) as controller,
-        client_for(broker, group, signer=alice) as client,
-        deployment.process("run", "-c", str(honest)) as lost,
-    ):
-        await wait_online(client, "honest")
+    async with open_lone_worker(scene, "honest", settings=honest, signer=alice) as (controller, client, lost):
         running, queued = f"{group}-running", f"{group}-queued"
         await client.submit({"task_id": running, **marked(markers / running, seconds)})
         await controller.wait_for(running, {"running"})
         await wait_sleeping(seconds)
         await client.submit({"task_id": queued, **marked(markers / queued)})
         await controller.wait_for(queued, {"queued"})
-        async with deployment.process("run", "-c", str(survivor)) as alive:
-            await wait_online(client, "survivor")
+        async with open_second_worker(scene, client, "survivor", settings=survivor):
             # A forged will, and a forged takeover of the running job: the honest worker is alive.
             await forge(broker, f"{topics}/workers/honest", {"state": "offline", "stopped": "lost"})
             claim = json.loads(await retained(broker, f"{topics}/tasks/{running}/claim") or b"{}")
@@ -91,12 +81,11 @@ async def test_signed_a_forged_presence_request_copy_or_takeover_changes_nothing
             await forge(broker, f"{topics}/tasks/{queued}/request", mallory.sign(f"{topics}/tasks", forged_job))
             await trio.sleep(LOST_AFTER + 3)
             await controller.sync()
-            assert terminal_statuses(controller, running) == []
+            assert controller.terminal_statuses(running) == []
             assert all(status.get("worker_id") in (None, "honest") for status in controller.statuses[running])
             # Now lost for good: the survivor settles both jobs, from what was genuinely signed.
             kill_for_good(lost.process.pid, seconds)
             ended = await settled_once(controller, [running, queued], LOST_AFTER + TAKEOVER_BOUND)
-            assert await alive.stop() == 0
     assert ended[running]["error_message"].startswith("worker lost: honest")
     assert ended[running]["taken_over_by"] == "survivor"
     assert ended[queued]["state"] == "success"
@@ -109,24 +98,16 @@ async def test_signed_a_forged_presence_request_copy_or_takeover_changes_nothing
 async def test_a_queued_job_whose_copy_is_gone_ends_failed_and_never_stays_queued(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
-    markers = setup(tmp_path, playbook_dir, deployment)
-    doomed = config(tmp_path, broker, playbook_dir, group, "doomed")
-    survivor = config(tmp_path, broker, playbook_dir, group, "survivor")
+    scene = Scene(broker, group, playbook_dir, tmp_path, deployment)
+    markers = scene.markers()
     seconds = unique_seconds(275)
-    async with (
-        open_controller(broker, group) as controller,
-        client_for(broker, group) as client,
-        deployment.process("run", "-c", str(doomed)) as lost,
-    ):
-        await wait_online(client, "doomed")
+    async with open_lone_worker(scene, "doomed") as (controller, client, lost):
         running, queued = await hold_jobs(controller, markers, group, seconds)
         # Someone who may write the request topics deletes one copy: the group cannot run it.
         await forge_clear(broker, f"ansible/{group}/tasks/{queued[0]}/request")
-        async with deployment.process("run", "-c", str(survivor)) as alive:
-            await wait_online(client, "survivor")
+        async with open_second_worker(scene, client, "survivor"):
             kill_for_good(lost.process.pid, seconds)
             ended = await settled_once(controller, [running, *queued], LOST_AFTER + TAKEOVER_BOUND)
-            assert await alive.stop() == 0
     gone = ended[queued[0]]
     assert gone["state"] == "failed"
     assert gone["error_message"].startswith("worker lost: doomed (last heard 20")
