@@ -18,6 +18,7 @@ import trio
 from ansible_worker.mqtt.link import LinkError, PublishRefused
 from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.protocol.claims import new_claim_id, request_digest
+from ansible_worker.protocol.json_objects import json_object
 from ansible_worker.protocol.models import TaskRequest
 from ansible_worker.worker.group_claims import ClaimFailed, GroupClaims
 from ansible_worker.worker.hand_back import HandBack
@@ -324,13 +325,8 @@ def _describe(status: bytes) -> str:
 
 def _still_queued_here(status: bytes, worker_id: str) -> bool:
     """Whether a retained status says the job is queued on `worker_id`, or handed back by it and taken by no one."""
-    if len(status) > MAX_DESCRIBED_BYTES:
-        return False
-    try:
-        document = json.loads(status)
-    except (ValueError, RecursionError):
-        return False
-    if not isinstance(document, dict) or document.get("state") != "queued":
+    document = json_object(status, max_bytes=MAX_DESCRIBED_BYTES)
+    if document is None or document.get("state") != "queued":
         return False
     holder = document.get("worker_id")
     return holder == worker_id or (holder is None and document.get("handed_back_by") == worker_id)
