@@ -75,6 +75,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_warm.py", *session.posargs)
     session.run("python", "benchmarks/bench_dashboard.py")
     session.run("python", "benchmarks/bench_record.py")
+    session.run("python", "benchmarks/bench_output.py", *session.posargs)
     session.run("python", "benchmarks/bench_locks.py", *session.posargs)
     session.run("python", "benchmarks/bench_history.py", *session.posargs)
     session.run("python", "benchmarks/bench_startup.py", *session.posargs)

@@ -139,10 +139,11 @@ class Lab:
                 with trio.CancelScope(shield=True), trio.fail_after(30):
                     await process.wait()
 
-    async def direct(self, playbook: str, inventory: str, *, forks: int = 5) -> float:
+    async def direct(self, playbook: str, inventory: str, *, forks: int = 5, verbosity: int = 0) -> float:
         start = time.perf_counter()
+        verbose = [f"-{'v' * verbosity}"] if verbosity else []
         await trio.run_process(
-            [ANSIBLE_PLAYBOOK, "-i", inventory, f"--forks={forks}", playbook],
+            [ANSIBLE_PLAYBOOK, "-i", inventory, f"--forks={forks}", *verbose, playbook],
             cwd=self.playbooks,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -18,6 +18,8 @@ MAX_LINE_BYTES = 4 * 1024 * 1024
 # many hosts at once) is read, published and flushed together: one wakeup per burst rather
 # than per event, which matters when Ansible and the worker share a few cores.
 GATHER_SECONDS = 0.01
+# A FIFO's capacity on Linux.
+PIPE_BYTES = 65536
 
 
 async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
@@ -59,7 +61,7 @@ class EventFifo:
         pending = b""
         # The rest of a line already refused as too long is skipped up to its newline.
         skipping = False
-        idle = False
+        idle = behind = False
         while True:
             if exited.is_set() and idle:
                 # A writer still holds the FIFO open (the last read would block, not end):
@@ -70,10 +72,13 @@ class EventFifo:
                 # file: wait until a writer has written (or opened and closed) first, or until
                 # Ansible has exited, after which an empty read is the true end.
                 await _first_of(self._wait_readable, exited.wait)
-                with trio.move_on_after(GATHER_SECONDS):
-                    await exited.wait()
+                if not behind:
+                    with trio.move_on_after(GATHER_SECONDS):
+                        await exited.wait()
             chunk, ended = self._read_available()
             idle = not chunk and not ended
+            # A full pipe's worth: the writer may be waiting on it, so read on without a pause.
+            behind = len(chunk) >= PIPE_BYTES
             data = pending + chunk
             if skipping:
                 newline = data.find(b"\n")

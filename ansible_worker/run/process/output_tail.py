@@ -8,6 +8,8 @@ import trio
 
 # Ansible's human output only feeds error messages: no one waits for it line by line.
 GATHER_SECONDS = 0.05
+# A pipe's whole capacity on Linux: a read this long left more behind.
+READ_BYTES = 65536
 
 
 class OutputTail:
@@ -40,15 +42,18 @@ class OutputTail:
     async def drain(self, stream: trio.abc.ReceiveStream, *, exited: trio.Event) -> None:
         """Read `stream` until it ends.
 
-        A short pause after each read lets Ansible's lines gather in the pipe (64 KiB of
-        room), so a chatty run costs the worker one wakeup per burst, not one per line.
-        The pause ends early once the process has `exited`: the end is near, and waiting
-        would only delay the job's result.
+        A short pause after a read that emptied the pipe lets Ansible's lines gather in it
+        (64 KiB of room), so a chatty run costs the worker one wakeup per burst, not one per
+        line. A full read is followed by the next at once: a run that writes faster than
+        the pauses would let through is never held up by its own output. The pause ends
+        early once the process has `exited`: the end is near, and waiting would only delay
+        the job's result.
 
         Cancellation: every chunk read is already in the tail; the stream is left open (its
         owner closes it). Calling it again reads on from there.
         """
-        while chunk := await stream.receive_some(65536):
+        while chunk := await stream.receive_some(READ_BYTES):
             self.feed(chunk)
-            with trio.move_on_after(GATHER_SECONDS):
-                await exited.wait()
+            if len(chunk) < READ_BYTES:
+                with trio.move_on_after(GATHER_SECONDS):
+                    await exited.wait()
