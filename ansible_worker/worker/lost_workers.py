@@ -114,11 +114,11 @@ class LostWorkers:
     def connected(self) -> None:
         """This worker (re)connected: every worker's silence counts from now, since it heard nothing while away.
 
-        Its lock requests are said again at once: a worker that started meanwhile asked what is held.
+        Its lock requests and unsent releases are said again at once (it asks the group what it holds itself).
         """
         self.liveness.connected_at(trio.current_time())
         if self.locks is not None:
-            self.locks.renew_soon()
+            self.locks.connected()
 
     async def serve(self) -> None:
         """Take lost workers' jobs over until `stop`. Cancellation: takeovers in flight stop."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from ansible_worker.protocol.locks import LockBook, LockMessage, LockRequest, lock_document, read_lock_message
+from ansible_worker.protocol.lock_messages import LockMessage, LockRequest, lock_document, read_lock_message
+from ansible_worker.protocol.locks import LockBook
+from ansible_worker.protocol.timestamps import format_utc
 
 FAR = 1e9
 
@@ -51,7 +53,8 @@ def test_a_request_lapses_only_when_never_renewed() -> None:
     book.hear(LockMessage("acquire", "w1", (LockRequest("a", "t", "w1", frozenset({"x"})),), (), 10.0), now=0)
     ask(book, "b", "w2", "x")
     assert book.blockers("b", now=5)
-    book.hear(LockMessage("renew", "w1", (LockRequest("a", "t", "w1", frozenset({"x"})),), (), 30.0), now=5)
+    # Its lifetime counts from when it was heard: until 30 now.
+    book.hear(LockMessage("renew", "w1", (LockRequest("a", "t", "w1", frozenset({"x"})),), (), 25.0), now=5)
     assert book.blockers("b", now=29)
     assert not book.blockers("b", now=31)
 
@@ -97,10 +100,12 @@ def test_max_concurrent_counts_the_requests_before() -> None:
 def test_messages_round_trip_and_noise_is_ignored() -> None:
     now = datetime.now(UTC)
     request = LockRequest("a", "t", "w1", frozenset({"web1"}), (("p", 2),))
-    document = lock_document("acquire", "w1", requests=[request], expires_at=now + timedelta(seconds=60))
-    heard = read_lock_message(json.dumps(document).encode(), now=100.0, wall_now=now, verify=None)
+    document = lock_document("acquire", "w1", requests=[request], lifetime=60, now=now)
+    assert document["expires_at"] == format_utc(now + timedelta(seconds=60), timespec="milliseconds")
+    # The lifetime it states counts, whatever the reader's wall clock says.
+    heard = read_lock_message(json.dumps(document).encode(), wall_now=now + timedelta(hours=1), verify=None)
     assert heard is not None
     assert heard.requests == (request,)
-    assert 159 < heard.expires < 161
+    assert heard.lifetime == 60
     for noise in (b"", b"[]", b'{"type": "acquire"}', b'{"type": "acquire", "worker_id": "w", "requests": [1]}'):
-        assert read_lock_message(noise, now=0, wall_now=now, verify=None) is None
+        assert read_lock_message(noise, wall_now=now, verify=None) is None
