@@ -34,6 +34,7 @@ from tests.conftest import (
     worker_process,
 )
 from tests.worker.lock_faults import (
+    LOST_AFTER,
     SKEWED,
     SLACK,
     end_sleep,
@@ -351,3 +352,21 @@ async def test_a_new_worker_says_which_workers_it_waits_to_hear_before_its_first
     assert waiting["state"] == "queued"
     assert waiting["waiting_for"] == {"locks_sync": ["gone"]}
     assert final["state"] == "success"
+
+
+async def test_a_new_worker_does_not_wait_for_a_worker_whose_will_is_older_than_lost_after(
+    broker: Broker, playbook_dir: Path, group: str, stamps: Path, tmp_path: Path
+) -> None:
+    async with open_controller(broker, group) as controller, client_for(broker, group) as client:
+        await killed(tmp_path, broker, playbook_dir, group, client)
+        # The will's age is the subject: the broker counts it.
+        await trio.sleep(LOST_AFTER + 1)
+        async with running_worker(steady_settings(broker, playbook_dir, group)):
+            began = trio.current_time()
+            await controller.submit(stamp_job("job", stamps, limit="web1", seconds=0))
+            await controller.wait_for("job", {"running"})
+            # Not held back until the newcomer could have judged `gone` lost itself.
+            assert trio.current_time() - began < LOST_AFTER - 4
+            final = await controller.wait_terminal("job", within=SLACK)
+    assert final["state"] == "success"
+    assert not waits_for(controller.statuses["job"], "locks_sync")
