@@ -261,6 +261,10 @@ def waiting_text(waiting: object) -> str:
         locks = waiting.get("locks") or []
         names = ", ".join(str(name) for name in locks) if isinstance(locks, list) and locks else "its max_concurrent"
         return f"waiting for {names} (held by {waiting['held_by']})"
+    if "locks_sync" in waiting:
+        workers = waiting["locks_sync"]
+        names = ", ".join(str(name) for name in workers) if isinstance(workers, list) and workers else "the group"
+        return f"waiting to hear which locks {names} hold"
     if "queue_position" in waiting:
         return f"waiting in the queue: #{waiting['queue_position']} for {waiting.get('concurrency', '?')} slots"
     if "project_fetch" in waiting:

@@ -52,7 +52,7 @@ _SUMMARY_KEYS = (
     "project",
     "revision",
 )
-# What a queued job's row says of why it waits (`waiting_for`), and how many of its locks.
+# What a queued job's row says of why it waits (`waiting_for`), and how many of its locks (or workers not heard).
 _WAITING_KEYS = ("held_by", "ahead", "queue_position", "concurrency", "project_fetch", "warm_parent")
 MAX_ROW_LOCKS = 8
 # What a request may say of who or what started its job, shown on its page: never the request itself.
@@ -71,9 +71,10 @@ def _waiting(value: Any) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         return None
     waiting = {key: cut(value[key]) for key in _WAITING_KEYS if key in value}
-    locks = value.get("locks")
-    if isinstance(locks, list):
-        waiting["locks"] = [cut(lock) for lock in locks[:MAX_ROW_LOCKS] if isinstance(lock, str)]
+    for key in ("locks", "locks_sync"):
+        names = value.get(key)
+        if isinstance(names, list):
+            waiting[key] = [cut(name) for name in names[:MAX_ROW_LOCKS] if isinstance(name, str)]
     return waiting
 
 

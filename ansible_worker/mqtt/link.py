@@ -547,7 +547,13 @@ async def _make_client_aio(options: LinkOptions, context: ssl.SSLContext | None)
     # aiomqtt binds to the running asyncio loop at construction.
     will = None
     if options.will is not None:
-        will = aiomqtt.Will(options.will.topic, options.will.payload, options.will.qos, options.will.retain)
+        properties = None
+        if options.will.expiry:
+            properties = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+            properties.MessageExpiryInterval = options.will.expiry
+        will = aiomqtt.Will(
+            options.will.topic, options.will.payload, options.will.qos, options.will.retain, properties=properties
+        )
     return _TrioSafeClient(
         options.host,
         options.port,

@@ -38,6 +38,8 @@ class Will:
     payload: bytes
     qos: int = 1
     retain: bool = True
+    # Its message expiry interval, in seconds: a reader of the retained will is told what is left of it.
+    expiry: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ansible_worker.protocol.request_fields import SHA256_PATTERN
 from ansible_worker.protocol.survey import SurveyRule
+from ansible_worker.protocol.topics import TASK_ID
 
 
 class Presence(BaseModel):
@@ -41,13 +42,17 @@ class Presence(BaseModel):
     )
 
 
+# A name a lock message gives (a worker, a task, a claim, a round): as a task_id is.
+_ID = Annotated[str, StringConstraints(pattern=rf"^{TASK_ID}$")]
+
+
 class LockRequestDocument(BaseModel):
     """One job's request for its locks, in an acquire or a renewal."""
 
     model_config = ConfigDict(extra="allow", defer_build=True)
 
-    claim: str = Field(description="unique per request")
-    task_id: str
+    claim: _ID = Field(description="unique per request")
+    task_id: _ID
     locks: list[str] = Field(description="the names it holds: hosts, or the request's own locks")
     limits: dict[str, int] = Field(
         default_factory=dict, description="max_concurrent: a name (template, project/playbook or module) and its cap"
@@ -62,17 +67,31 @@ class LockMessage(BaseModel):
     model_config = ConfigDict(extra="allow", defer_build=True)
 
     type: Literal["acquire", "renew", "release", "sync"] = Field(
-        description="acquire: a job asks; renew: every request of the worker (also the answer to a sync);"
-        " release: a job gives its locks back; sync: a worker that has just started asks what is held. A request"
-        " holds until released, or until another worker's claim holds its task_id (a takeover)"
+        description="acquire: a job asks; renew: every request of the worker, in parts of at most 4 MiB (also the"
+        " answer to a sync); release: a job gives its locks back; sync: a worker asks what is held, on each of its"
+        " links before it grants a lock. A request holds until released, or until another worker's claim holds its"
+        " task_id (a takeover)"
     )
-    worker_id: str
+    worker_id: _ID
     requests: list[LockRequestDocument] | None = Field(None, description="acquire and renew")
-    releases: list[str] | None = Field(None, description="release: the claims given back")
+    releases: list[_ID] | None = Field(None, description="release: the claims given back")
+    lifetime: float | None = Field(
+        None,
+        gt=0,
+        description="acquire and renew: seconds its requests live unheard, counted by each reader on its own"
+        " monotonic clock while it is connected: a safety net far beyond lost_after, for requests nobody released,"
+        " renewed or took over",
+    )
+    round: _ID | None = Field(None, description="sync: a fresh id of the question, which the answers name")
+    answers: list[str] | None = Field(
+        None,
+        description="renew: the sync rounds this renewal answers (on the last part of a renewal); it holds every"
+        " request its worker made before it heard them",
+    )
     expires_at: datetime | None = Field(
         None,
-        description="acquire and renew: a safety net far beyond lost_after, when requests nobody released,"
-        " renewed or took over lapse",
+        description="acquire and renew: when `lifetime` ends on the sender's clock, for readers that predate"
+        " `lifetime`; a reader that finds `lifetime` goes by it",
     )
 
 

@@ -1,167 +1,51 @@
-"""The group's host locks: the messages of the one locks topic, and the book that orders them. No I/O.
+"""The group's host locks: the book that orders the requests of the one locks topic. No I/O.
 
-Every lock request, renewal and release of a group goes to `<prefix>/<group>/locks`. The
-broker delivers the messages of one topic in one order to every worker, so every worker's
-book lists the same requests in the same order. A request is granted when no request before
-it that is still live wants one of its locks (and fewer than `max_concurrent` before it want
-the same limited name): all of its locks at once or none, and the first to ask is the first
-served, so that there is neither deadlock nor starvation. Each worker decides only its own
-requests, from what it heard before the broker sent its own request back to it.
+Every lock request, renewal and release of a group goes to `<prefix>/<group>/locks`
+(`lock_messages`). The broker delivers the messages of one topic in one order to every
+worker, so every worker's book lists the same requests in the same order. A request is
+granted when no request before it that is still live wants one of its locks (and fewer than
+`max_concurrent` before it want the same limited name): all of its locks at once or none, and
+the first to ask is the first served, so that there is neither deadlock nor starvation. Each
+worker decides only its own requests, from what it heard before the broker sent its own
+request back to it.
 
 A request lives until its worker releases it, or until the group takes its job over: a
 claim of another worker comes to hold the request's `task_id` (`taken_over`), which every
 worker hears on the job's claim topic, the lost worker too, which is then fenced. Neither a
 will nor a silence frees a lock by itself: a worker that is only slow, frozen or cut off for
 less than the group's `lost_after` keeps its hosts. As a safety net for a request nobody will
-ever release or take over (a release lost with its worker), a request also lapses once its
-`expires_at` passes without a renewal; its worker sets that far beyond `lost_after`. A
-request released or taken over never comes back (a late renewal of it is ignored). A worker
-renews all of its requests in one message, and answers a `sync` (a worker that has just
-started asks what is held) with one, so that a newcomer learns every live request before it
-asks for its own.
+ever release or take over (a release lost with its worker), a request also lapses when it has
+not been heard for the `lifetime` its last message stated, counted on the clock the caller
+passes as `now` (the worker's own monotonic clock, while it is connected); its worker sets
+that far beyond `lost_after`. A request released or taken over never comes back (a late
+renewal of it is ignored). A signed message renews a request only when it was signed after
+the last one that did: a captured renewal replayed renews nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
 
-from ansible_worker.protocol.json_objects import json_object
-from ansible_worker.protocol.timestamps import format_utc, parse_utc
+from ansible_worker.protocol.lock_messages import LockMessage, LockRequest
 
-__all__ = ["MAX_LOCK_MESSAGE_BYTES", "LockBook", "LockMessage", "LockRequest", "lock_document", "read_lock_message"]
+__all__ = ["LockBook"]
 
-# A renewal lists every request of one worker; a request names at most MAX_LOCKS locks.
-MAX_LOCK_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_REQUESTS = 100_000
-MAX_LIMITS = 8
 # Claims released or taken over, remembered so that none comes back; the oldest are forgotten first.
 MAX_ENDED = 100_000
 
 log = logging.getLogger(__name__)
 
-LockKind = Literal["acquire", "renew", "release", "sync"]
-
-
-@dataclass(frozen=True, slots=True)
-class LockRequest:
-    """One job's request for its locks; `limits` caps the requests before it that share a name."""
-
-    claim: str
-    task_id: str
-    worker_id: str
-    locks: frozenset[str]
-    limits: tuple[tuple[str, int], ...] = ()
-
-    def document(self) -> dict[str, Any]:
-        """The request as it travels in an acquire or a renewal."""
-        return {
-            "claim": self.claim,
-            "task_id": self.task_id,
-            "locks": sorted(self.locks),
-            "limits": dict(self.limits),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class LockMessage:
-    """One message of the locks topic, read; `expires` is on the reader's clock."""
-
-    kind: LockKind
-    worker_id: str
-    requests: tuple[LockRequest, ...] = ()
-    releases: tuple[str, ...] = ()
-    expires: float = 0.0
-
-
-def lock_document(
-    kind: LockKind,
-    worker_id: str,
-    *,
-    requests: Iterable[LockRequest] = (),
-    releases: Iterable[str] = (),
-    expires_at: datetime | None = None,
-) -> dict[str, Any]:
-    """The JSON object of a lock message (signed by the caller when signatures are on)."""
-    document: dict[str, Any] = {"type": kind, "worker_id": worker_id}
-    if kind in ("acquire", "renew"):
-        document["requests"] = [request.document() for request in requests]
-    if kind == "release":
-        document["releases"] = list(releases)
-    if expires_at is not None:
-        document["expires_at"] = format_utc(expires_at, timespec="milliseconds")
-    return document
-
-
-def read_lock_message(
-    payload: bytes,
-    *,
-    now: float,
-    wall_now: datetime,
-    verify: Callable[[Mapping[str, Any]], object] | None,
-) -> LockMessage | None:
-    """The lock message in `payload`, or None for anything else (logged at debug level).
-
-    A request's worker is the message's: no worker can ask, renew or release for another.
-    With `verify` (signed jobs) the message must carry a signature it accepts.
-    """
-    document = json_object(payload, max_bytes=MAX_LOCK_MESSAGE_BYTES)
-    if document is None:
-        return None
-    kind, worker_id = document.get("type"), document.get("worker_id")
-    if kind not in ("acquire", "renew", "release", "sync") or not isinstance(worker_id, str):
-        return None
-    expires = now
-    if kind in ("acquire", "renew"):
-        try:
-            until = parse_utc(str(document.get("expires_at")))
-        except ValueError:
-            return None
-        expires = now + (until - wall_now).total_seconds()
-    if verify is not None:
-        from ansible_worker.protocol.signing import SignatureRefused
-
-        try:
-            verify(document)
-        except SignatureRefused as exc:
-            log.debug("ignoring a lock message: %s", exc)
-            return None
-    requests = _requests(document.get("requests"), worker_id) if kind in ("acquire", "renew") else ()
-    if requests is None:
-        return None
-    releases = document.get("releases") if kind == "release" else []
-    if not isinstance(releases, list) or not all(isinstance(claim, str) for claim in releases):
-        return None
-    return LockMessage(kind, worker_id, requests, tuple(releases), expires)
-
-
-def _requests(value: object, worker_id: str) -> tuple[LockRequest, ...] | None:
-    if not isinstance(value, list):
-        return None
-    requests = []
-    for item in value:
-        if not isinstance(item, dict):
-            return None
-        claim, task_id, locks, limits = item.get("claim"), item.get("task_id"), item.get("locks"), item.get("limits")
-        if not isinstance(claim, str) or not isinstance(task_id, str) or not isinstance(locks, list):
-            return None
-        if not all(isinstance(name, str) for name in locks):
-            return None
-        limits = limits if isinstance(limits, dict) else {}
-        counted = tuple(
-            (name, count) for name, count in limits.items() if isinstance(count, int) and not isinstance(count, bool)
-        )[:MAX_LIMITS]
-        requests.append(LockRequest(claim, task_id, worker_id, frozenset(locks), counted))
-    return tuple(requests)
-
 
 @dataclass(slots=True)
 class _Held:
     request: LockRequest
-    expires: float
+    # When it was last heard (the caller's clock), for how long that holds, and when its signed message was signed.
+    heard: float
+    lifetime: float
+    issued: datetime | None = None
 
 
 class LockBook:
@@ -191,13 +75,14 @@ class LockBook:
                 continue
             held = self._requests.get(request.claim)
             if held is not None:
-                if held.request.worker_id == message.worker_id:
-                    held.expires = max(held.expires, message.expires)
+                if held.request.worker_id == message.worker_id and _newer(message.issued, held.issued):
+                    held.heard, held.lifetime = now, message.lifetime
+                    held.issued = message.issued or held.issued
                 continue
             if len(self._requests) >= self._max:
                 log.warning("more than %d live lock requests: ignoring task %s's", self._max, request.task_id)
                 continue
-            self._requests[request.claim] = _Held(request, message.expires)
+            self._requests[request.claim] = _Held(request, now, message.lifetime, message.issued)
             self._by_task.setdefault(request.task_id, set()).add(request.claim)
 
     def taken_over(self, task_id: str, holder: str) -> list[LockRequest]:
@@ -236,7 +121,7 @@ class LockBook:
         return claim in self._requests
 
     def _expire(self, now: float) -> None:
-        for claim in [claim for claim, held in self._requests.items() if held.expires <= now]:
+        for claim in [claim for claim, held in self._requests.items() if now - held.heard >= held.lifetime]:
             log.warning("task %s: its lock request lapsed, never renewed", self._requests[claim].request.task_id)
             self._end(claim)
 
@@ -250,3 +135,8 @@ class LockBook:
         self._ended[claim] = None
         if len(self._ended) > MAX_ENDED:
             del self._ended[next(iter(self._ended))]
+
+
+def _newer(issued: datetime | None, before: datetime | None) -> bool:
+    """Whether a message signed at `issued` may renew a request last renewed by one signed at `before`."""
+    return issued is None or before is None or issued > before

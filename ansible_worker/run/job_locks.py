@@ -1,4 +1,9 @@
-"""Hold a job's group-wide locks around its run: which ones, waiting in `queued` (saying why), and giving them back."""
+"""Hold a job's group-wide locks around its run: which ones, waiting in `queued` (saying why), and giving them back.
+
+A job holds at most `MAX_LOCKS` locks, which take at most `MAX_REQUEST_BYTES` as a lock
+request (so that a request always fits one lock message); a job over either fails as it
+starts, naming the cap.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +14,31 @@ from typing import Any, Protocol
 
 import trio
 
-from ansible_worker.protocol.locks import LockRequest
+from ansible_worker.lone_errors import unwrap_lone_errors
+from ansible_worker.protocol.lock_messages import MAX_LOCKS, MAX_REQUEST_BYTES, LockRequest, request_bytes
 from ansible_worker.run.errors import JobRefusedError
 from ansible_worker.run.job import Job
 
-# A waiting status names at most this many of the locks that are taken.
+# A waiting status names at most this many of the locks that are taken, or of the workers not heard yet.
 SHOWN_LOCKS = 20
+MIB = 1024 * 1024
 
 
 class LockService(Protocol):
     """The group's locks, as a worker offers them (`worker.group_locks.GroupLocks`)."""
 
-    async def request(self, task_id: str, locks: frozenset[str], limits: tuple[tuple[str, int], ...]) -> str: ...
+    async def request(
+        self,
+        task_id: str,
+        locks: frozenset[str],
+        limits: tuple[tuple[str, int], ...],
+        *,
+        syncing: Callable[[list[str]], None],
+    ) -> str: ...
 
-    async def wait_granted(self, claim: str, *, waiting: Callable[[list[LockRequest]], None]) -> None: ...
+    async def wait_granted(
+        self, claim: str, *, waiting: Callable[[list[LockRequest]], None], syncing: Callable[[list[str]], None]
+    ) -> None: ...
 
     async def release(self, claim: str) -> None: ...
 
@@ -93,24 +109,24 @@ class JobLocks:
         if not names and not limits:
             yield Held()
             return
-        try:
-            claim = await self.service.request(job.task_id, names, limits)
-        except Exception as exc:
-            yield Held(error=f"could not ask the group for the job's locks: {exc}")
+        too_many = over_the_cap(names, limits)
+        if too_many is not None:
+            yield Held(error=too_many)
             return
+        claim, outcome = await self._acquire(job, names, limits, say)
         try:
-            try:
-                gone = await self._wait(job, claim, names, say)
-            except Exception as exc:
-                outcome = Held(error=f"could not get the job's locks: {exc}")
-            else:
-                outcome = Held(gone=gone)
             yield outcome
         finally:
-            await self.service.release(claim)
+            if claim is not None:
+                await self.service.release(claim)
 
-    async def _wait(self, job: Job, claim: str, names: frozenset[str], say: Callable[[], None]) -> bool:
-        """Until the locks are granted (False) or the job has ended or left (True)."""
+    async def _acquire(
+        self, job: Job, names: frozenset[str], limits: tuple[tuple[str, int], ...], say: Callable[[], None]
+    ) -> tuple[str | None, Held]:
+        """Ask for the locks and wait until they are granted, or the job left; the request's claim (to release).
+
+        Cancellation: a request already made is released.
+        """
         assert self.service is not None
         service = self.service
 
@@ -118,22 +134,54 @@ class JobLocks:
             job.waiting_for = _waiting_for(job, names, blockers)
             say()
 
+        def syncing(missing: list[str]) -> None:
+            job.waiting_for = {"locks_sync": missing[:SHOWN_LOCKS]}
+            say()
+
+        claim: str | None = None
         gone = True
-        async with trio.open_nursery() as nursery:
+        try:
+            # The error of a lone failing task, not a group of one, says what failed.
+            with unwrap_lone_errors():
+                async with trio.open_nursery() as nursery:
 
-            async def granted() -> None:
-                nonlocal gone
-                await service.wait_granted(claim, waiting=waiting)
-                gone = False
-                nursery.cancel_scope.cancel()
+                    async def granted() -> None:
+                        nonlocal claim, gone
+                        claim = await service.request(job.task_id, names, limits, syncing=syncing)
+                        await service.wait_granted(claim, waiting=waiting, syncing=syncing)
+                        gone = False
+                        nursery.cancel_scope.cancel()
 
-            async def left() -> None:
-                await job.wait_left()
-                nursery.cancel_scope.cancel()
+                    async def left() -> None:
+                        await job.wait_left()
+                        nursery.cancel_scope.cancel()
 
-            nursery.start_soon(granted)
-            nursery.start_soon(left)
-        return gone or job.settled
+                    nursery.start_soon(granted)
+                    nursery.start_soon(left)
+        except Exception as exc:
+            what = "ask the group for" if claim is None else "get"
+            return claim, Held(error=f"could not {what} the job's locks: {exc}")
+        except BaseException:
+            if claim is not None:
+                await service.release(claim)
+            raise
+        return claim, Held(gone=gone or job.settled)
+
+
+def over_the_cap(names: frozenset[str], limits: tuple[tuple[str, int], ...]) -> str | None:
+    """Why a job may not hold `names` (and `limits`): more than `MAX_LOCKS`, or a request over `MAX_REQUEST_BYTES`."""
+    if len(names) > MAX_LOCKS:
+        return (
+            f"the job would hold {len(names)} locks, more than the {MAX_LOCKS} a job may hold:"
+            " narrow its limit, or give it its locks"
+        )
+    size = request_bytes(LockRequest("", "", "", names, limits))
+    if size > MAX_REQUEST_BYTES:
+        return (
+            f"the job's locks take {size} bytes as a lock request, more than the {MAX_REQUEST_BYTES // MIB} MiB"
+            " one may take: fewer or shorter lock names"
+        )
+    return None
 
 
 def _waiting_for(job: Job, names: frozenset[str], blockers: list[LockRequest]) -> dict[str, Any]:

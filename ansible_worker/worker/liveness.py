@@ -32,13 +32,16 @@ from ansible_worker.protocol.json_objects import json_object
 if TYPE_CHECKING:
     from ansible_worker.protocol.signing import Verified
 
-__all__ = ["Liveness", "PeerSeen", "PresenceHeard", "read_presence", "rendezvous"]
+__all__ = ["WILL_EXPIRY", "Liveness", "PeerSeen", "PresenceHeard", "read_presence", "rendezvous", "will_age"]
 
 # A presence is a few hundred bytes, signed; anything far larger is not one.
 MAX_PRESENCE_BYTES = 16_384
 
 # Workers remembered at once: far above a group's size; past it, the one heard longest ago goes.
 MAX_WORKERS = 10_000
+# A worker's will carries this message expiry (ten years): what the broker says is left of it
+# tells how long ago the broker published it, on the broker's own clock.
+WILL_EXPIRY = 10 * 365 * 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +49,8 @@ class PeerSeen:
     """What this worker knows of another: its last sign of life (monotonic and wall clock), how it last stopped.
 
     `last_issued` is the `issued_at` of the last signed presence taken as a sign of life;
-    `known_at` when this worker first knew of it (monotonic).
+    `known_at` when this worker first knew of it (monotonic); `will_aged` whether its last word
+    is a will the broker published more than `lost_after` ago.
     """
 
     last_sign: float | None
@@ -54,6 +58,7 @@ class PeerSeen:
     stopped: str | None
     last_issued: datetime | None = None
     known_at: float | None = None
+    will_aged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,12 +148,14 @@ class Liveness:
         now: float,
         wall: datetime,
         issued: datetime | None = None,
+        will_age: float | None = None,
     ) -> bool:
         """A presence of `worker_id`: a sign of life if `alive`, else (offline) only how it stopped.
 
         A signed one (`issued`) is a sign of life only when issued after the last one taken
         as such since its last `offline`: the same heartbeat heard again, or an older one
-        replayed, changes nothing. Returns whether it was a sign of life.
+        replayed, changes nothing. `will_age`: how long ago the broker published the will
+        this is, if the broker says. Returns whether it was a sign of life.
         """
         if worker_id == self.own_id:
             return False
@@ -165,7 +172,8 @@ class Liveness:
         last_sign = before.last_sign if before is not None else None
         last_heard_at = before.last_heard_at if before is not None else None
         # Offline: its next process (whose clock may have been set back meanwhile) starts afresh.
-        self._remember(worker_id, PeerSeen(last_sign, last_heard_at, stopped, None, known_at))
+        aged = stopped == "lost" and will_age is not None and will_age > self.lost_after
+        self._remember(worker_id, PeerSeen(last_sign, last_heard_at, stopped, None, known_at, aged))
         return False
 
     def know(self, worker_id: str, now: float) -> None:
@@ -204,11 +212,15 @@ class Liveness:
         return sorted(worker_id for worker_id in self._seen if self.is_lost(worker_id, now))
 
     def not_gone(self, now: float) -> list[str]:
-        """Every other known worker neither lost now nor stopped cleanly (a will counts as neither), sorted."""
+        """Every other known worker neither lost now nor stopped cleanly, sorted.
+
+        A will is neither, unless the broker published it more than `lost_after` ago: then
+        the worker has been away that long, as a lost one has.
+        """
         return sorted(
             worker_id
             for worker_id, seen in self._seen.items()
-            if seen.stopped != "clean" and not self.is_lost(worker_id, now)
+            if seen.stopped != "clean" and not seen.will_aged and not self.is_lost(worker_id, now)
         )
 
     def alive(self, now: float) -> list[str]:
@@ -232,3 +244,10 @@ def rendezvous(task_id: str, workers: Iterable[str]) -> list[str]:
         return hashlib.sha256(f"{worker_id}\0{task_id}".encode()).digest()
 
     return sorted(set(workers), key=lambda worker_id: (weight(worker_id), worker_id), reverse=True)
+
+
+def will_age(expiry: int | None) -> float | None:
+    """How long ago the broker published a will with `expiry` seconds of message expiry left; None if unsaid."""
+    if expiry is None or not 0 <= expiry <= WILL_EXPIRY:
+        return None
+    return float(WILL_EXPIRY - expiry)

@@ -28,7 +28,7 @@ from ansible_worker.worker.group_claims import GroupClaims
 from ansible_worker.worker.group_locks import GroupLocks
 from ansible_worker.worker.intake import Accepted, Dropped, Rejected, read_task_message
 from ansible_worker.worker.jobs import JobTable
-from ansible_worker.worker.liveness import Liveness, PresenceHeard, read_presence
+from ansible_worker.worker.liveness import Liveness, PresenceHeard, read_presence, will_age
 from ansible_worker.worker.lost_jobs import RequestCopies
 from ansible_worker.worker.phases import Phase
 from ansible_worker.worker.policies import SignaturePolicy, WorkerPolicies
@@ -83,6 +83,7 @@ class LostWorkers:
         )
         self._scope = trio.CancelScope()
         self._read_presence = presence_reader(policies.claims.trusted, topics)
+        self._unsigned = policies.claims.trusted is None
         self.worker_id, self.topics, self._read_retained = worker_id, topics, read_retained
         sync.verify = self.check_held
         jobs.on_settled = self._settled
@@ -96,8 +97,12 @@ class LostWorkers:
         """A request copy heard on `…/tasks/<task_id>/request`."""
         self.request_copies.hear(task_id, payload, max_bytes=max_bytes)
 
-    def heard_peer(self, worker_id: str, payload: bytes) -> None:
-        """Another worker's presence message."""
+    def heard_peer(self, worker_id: str, payload: bytes, expiry: int | None = None) -> None:
+        """Another worker's presence message; `expiry`, what the broker says is left of its message expiry.
+
+        A will's age (told by its expiry) counts only without signatures: anyone who may publish
+        a presence could replay a signed will with any expiry.
+        """
         heard = self._read_presence(worker_id, payload)
         if heard is not None:
             self.liveness.heard(
@@ -107,6 +112,7 @@ class LostWorkers:
                 now=trio.current_time(),
                 wall=datetime.now(UTC),
                 issued=heard.issued,
+                will_age=will_age(expiry) if self._unsigned else None,
             )
             if heard.stopped == "lost":
                 log.warning("worker %s went offline without a clean stop (its will)", worker_id)
@@ -114,11 +120,11 @@ class LostWorkers:
     def connected(self) -> None:
         """This worker (re)connected: every worker's silence counts from now, since it heard nothing while away.
 
-        Its lock requests are said again at once: a worker that started meanwhile asked what is held.
+        Its lock requests and unsent releases are said again at once (it asks the group what it holds itself).
         """
         self.liveness.connected_at(trio.current_time())
         if self.locks is not None:
-            self.locks.renew_soon()
+            self.locks.connected()
 
     async def serve(self) -> None:
         """Take lost workers' jobs over until `stop`. Cancellation: takeovers in flight stop."""

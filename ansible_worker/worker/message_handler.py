@@ -62,7 +62,7 @@ class MessageHandler:
         self.peers = peers
         self.locks = locks
         # What else hears presences and request copies (the takeover's liveness and copies).
-        self.on_peer: Callable[[str, bytes], None] = lambda worker_id, payload: None
+        self.on_peer: Callable[[str, bytes, int | None], None] = lambda worker_id, payload, expiry: None
         self.on_request_copy: Callable[[str, bytes], None] = lambda task_id, payload: None
         self.on_own_presence: Callable[[bytes], None] = lambda payload: None
         self.metrics = metrics
@@ -102,9 +102,9 @@ class MessageHandler:
                 self.jobs.cancel(task_id, request)
             case HearClaim(task_id, message):
                 self.claims.hear(task_id, message)
-            case HearPeer(worker_id, payload):
+            case HearPeer(worker_id, payload, expiry):
                 self.peers.hear(worker_id, payload)
-                self.on_peer(worker_id, payload)
+                self.on_peer(worker_id, payload, expiry)
             case HearLocks(message):
                 if self.locks is not None:
                     self.locks.hear(message)

@@ -19,6 +19,7 @@ from ansible_worker.mqtt.session import BrokerSession
 from ansible_worker.ops.metrics import WorkerMetrics
 from ansible_worker.protocol.group_messages import Presence
 from ansible_worker.protocol.timestamps import format_utc, utc_now
+from ansible_worker.worker.liveness import WILL_EXPIRY
 from ansible_worker.worker.policies import PresencePolicy
 
 if TYPE_CHECKING:
@@ -161,8 +162,13 @@ class PresenceAnnouncer:
         return json.dumps(self._signer.sign(self.topic, document, now=now)).encode()
 
     def will(self) -> Will:
-        """What the broker publishes for us if the connection dies without a goodbye."""
-        return Will(self.topic, self.message(WorkerState.OFFLINE, stopped="lost"), qos=1, retain=True)
+        """What the broker publishes for us if the connection dies without a goodbye.
+
+        With a message expiry of `WILL_EXPIRY`: what is left of it tells a reader how long ago
+        the broker published it, on the broker's clock.
+        """
+        payload = self.message(WorkerState.OFFLINE, stopped="lost")
+        return Will(self.topic, payload, qos=1, retain=True, expiry=WILL_EXPIRY)
 
     async def serve(self) -> None:
         """Publish on each connection, on each change, and every `interval` as a heartbeat, for ever.

@@ -128,10 +128,11 @@ class HearRequestCopy:
 
 @dataclass(frozen=True, slots=True)
 class HearPeer:
-    """Another worker's presence."""
+    """Another worker's presence; `expiry`, what is left of its message expiry (a will's age is told by it)."""
 
     worker_id: str
     payload: bytes
+    expiry: int | None = None
 
 
 Action = (
@@ -198,7 +199,7 @@ class Router:
             if worker_id == self.worker_id:
                 # Heard back: how a worker learns that the broker sent it everything before.
                 return HearOwnPresence(message.payload)
-            return HearPeer(worker_id, message.payload)
+            return HearPeer(worker_id, message.payload, message.expiry)
         return Ignore(f"ignoring a message on unexpected topic {message.topic}")
 
     def route_task(self, payload: bytes, state: WorkerView, *, scheduled: bool = False) -> Action:

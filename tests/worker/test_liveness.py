@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ansible_worker.protocol.signing import Signer, TrustedKeys, generate_key_pair
 from ansible_worker.protocol.topics import Topics
-from ansible_worker.worker.liveness import Liveness, PresenceHeard, rendezvous
+from ansible_worker.worker.liveness import WILL_EXPIRY, Liveness, PresenceHeard, rendezvous, will_age
 from ansible_worker.worker.lost_workers import presence_reader
 
 WALL = datetime(2026, 1, 1, tzinfo=UTC)
@@ -45,6 +45,22 @@ def test_the_will_is_no_sign_of_life_and_no_verdict() -> None:
     assert liveness.alive(7) == ["me"]
     assert not liveness.is_lost("a", 35)
     assert liveness.is_lost("a", 36)
+
+
+def test_a_will_the_broker_published_more_than_lost_after_ago_counts_as_gone_for_locks() -> None:
+    liveness = tracker()
+    liveness.heard("fresh", alive=False, stopped="lost", now=5, wall=WALL, will_age=29)
+    liveness.heard("old", alive=False, stopped="lost", now=5, wall=WALL, will_age=31)
+    liveness.heard("unsaid", alive=False, stopped="lost", now=5, wall=WALL)
+    assert liveness.not_gone(6) == ["fresh", "unsaid"]
+    # Only for locks: the takeover still waits for the silence.
+    assert not liveness.is_lost("old", 6)
+    # Back, it is a worker like any other.
+    liveness.heard("old", alive=True, stopped=None, now=7, wall=WALL)
+    assert liveness.not_gone(8) == ["fresh", "old", "unsaid"]
+    assert will_age(WILL_EXPIRY - 40) == 40
+    assert will_age(None) is None
+    assert will_age(WILL_EXPIRY + 1) is None
 
 
 def test_a_worker_whose_will_went_out_may_hold_locks_until_lost_and_a_clean_stop_holds_none() -> None:

@@ -129,6 +129,10 @@ export function waitingText(waiting) {
     const locks = Array.isArray(waiting.locks) && waiting.locks.length ? waiting.locks.join(", ") : "its max_concurrent";
     return `waiting for ${locks} (held by ${waiting.held_by})`;
   }
+  if ("locks_sync" in waiting) {
+    const workers = Array.isArray(waiting.locks_sync) && waiting.locks_sync.length ? waiting.locks_sync.join(", ") : "the group";
+    return `waiting to hear which locks ${workers} hold`;
+  }
   if ("queue_position" in waiting) return `waiting in the queue: #${waiting.queue_position} for ${waiting.concurrency ?? "?"} slots`;
   if ("project_fetch" in waiting) return `waiting for a fetch of ${waiting.project_fetch}`;
   if ("warm_parent" in waiting) return "waiting for a warm Ansible parent to start";
