@@ -10,15 +10,13 @@ every job (ansible-inventory runs each time). Prints the figures and writes benc
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from lab import GROUP, Figures, Lab, run_in_lab, timed_job, wait_for_worker
+from lab import GROUP, Figures, Lab, lab_main, timed_job, wait_for_worker
 
 from ansible_worker.controller.client import open_client, target_from_url
 
@@ -60,16 +58,9 @@ async def bench(lab: Lab, scale: dict[str, int]) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions, for a quick look")
-    parser.add_argument("--output", type=Path, default=Path(__file__).with_name("bench_locks.json"))
-    args = parser.parse_args()
-    scale = {"repeats": 5} if args.quick else {"repeats": 15}
-    report = run_in_lab(bench, scale, prefix="ansible-worker-bench-locks-", quick=args.quick, targets=TARGETS)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["results"], indent=2))
-    print(f"\n{report['duration_s']:.0f}s; written to {args.output}")
-    return 0
+    return lab_main(
+        bench, name="bench_locks", description=__doc__, quick={"repeats": 5}, full={"repeats": 15}, targets=TARGETS
+    )
 
 
 if __name__ == "__main__":

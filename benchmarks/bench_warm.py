@@ -11,15 +11,13 @@ figures and writes them to bench_warm.json beside this file.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from lab import Figures, Lab, direct_many, rss_kib, run_in_lab, run_many, timed_job, wait_for_worker
+from lab import Figures, Lab, direct_many, lab_main, rss_kib, run_many, timed_job, wait_for_worker
 
 from ansible_worker.controller.client import Client, open_client, target_from_url
 
@@ -165,20 +163,14 @@ async def bench(lab: Lab, scale: dict[str, int]) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions, for a quick look")
-    parser.add_argument("--output", type=Path, default=Path(__file__).with_name("bench_warm.json"))
-    args = parser.parse_args()
-    scale = (
-        {"repeats": 5, "jobs": 10, "heavy_repeats": 1}
-        if args.quick
-        else {"repeats": 15, "jobs": 40, "heavy_repeats": 3}
+    return lab_main(
+        bench,
+        name="bench_warm",
+        description=__doc__,
+        quick={"repeats": 5, "jobs": 10, "heavy_repeats": 1},
+        full={"repeats": 15, "jobs": 40, "heavy_repeats": 3},
+        targets=TARGETS,
     )
-    report = run_in_lab(bench, scale, prefix="ansible-worker-bench-warm-", quick=args.quick, targets=TARGETS)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["results"], indent=2))
-    print(f"\n{report['duration_s']:.0f}s; written to {args.output}")
-    return 0
 
 
 if __name__ == "__main__":

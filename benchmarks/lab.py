@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -278,3 +279,27 @@ def run_in_lab(
         "targets": targets,
         "results": results,
     }
+
+
+def lab_main(
+    bench: Callable[[Lab, dict[str, int]], Awaitable[dict[str, Any]]],
+    *,
+    name: str,
+    description: str | None,
+    quick: dict[str, int],
+    full: dict[str, int],
+    targets: Mapping[str, object],
+) -> int:
+    """A benchmark's command line: `--quick` and `--output`; runs `bench` in a lab, prints and writes the report."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, for a quick look")
+    parser.add_argument("--output", type=Path, default=Path(__file__).with_name(f"{name}.json"))
+    args = parser.parse_args()
+    scale = quick if args.quick else full
+    report = run_in_lab(
+        bench, scale, prefix=f"ansible-worker-{name.replace('_', '-')}-", quick=args.quick, targets=targets
+    )
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["results"], indent=2))
+    print(f"\n{report['duration_s']:.0f}s; written to {args.output}")
+    return 0

@@ -58,18 +58,16 @@ HOSTS = "".join(
 )
 
 
-@pytest.fixture
-def playbook_dir(playbook_dir: Path) -> Path:
+def with_stamp_playbooks(playbook_dir: Path) -> Path:
+    """`playbook_dir` with stamp.yml and the four web hosts of web.ini."""
     (playbook_dir / "stamp.yml").write_text(STAMP)
     (playbook_dir / "web.ini").write_text(HOSTS)
     return playbook_dir
 
 
 @pytest.fixture
-def stamps(tmp_path: Path) -> Path:
-    directory = tmp_path / "stamps"
-    directory.mkdir()
-    return directory
+def playbook_dir(playbook_dir: Path) -> Path:
+    return with_stamp_playbooks(playbook_dir)
 
 
 def stamp_job(name: str, stamps: Path, *, limit: str | None, seconds: float | str = 3, **fields: Any) -> dict[str, Any]:

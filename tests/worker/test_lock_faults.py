@@ -49,7 +49,7 @@ from tests.worker.lock_faults import (
     wait_sleeping,
     waits_for,
 )
-from tests.worker.test_host_locks import HOSTS, STAMP, interval, overlap, stamp_job, waiting_status
+from tests.worker.test_host_locks import interval, overlap, stamp_job, waiting_status, with_stamp_playbooks
 
 LOCAL = """\
 - hosts: localhost
@@ -63,17 +63,8 @@ LOCAL = """\
 
 @pytest.fixture
 def playbook_dir(playbook_dir: Path) -> Path:
-    (playbook_dir / "stamp.yml").write_text(STAMP)
-    (playbook_dir / "web.ini").write_text(HOSTS)
     (playbook_dir / "local.yml").write_text(LOCAL)
-    return playbook_dir
-
-
-@pytest.fixture
-def stamps(tmp_path: Path) -> Path:
-    directory = tmp_path / "stamps"
-    directory.mkdir()
-    return directory
+    return with_stamp_playbooks(playbook_dir)
 
 
 # -- a worker back from an outage -----------------------------------------------------
