@@ -64,13 +64,18 @@ from tests.lane_machine import (
 if TYPE_CHECKING:
     from tests.conftest import WorkerProcess
 
-__all__ = ["REPO", "SYSTEM_PYTHON", "Deployment", "containerfile", "lane", "lane_deployment"]
+__all__ = ["REPO", "SYSTEM_PYTHON", "Deployment", "containerfile", "lane", "lane_deployment", "unprivileged_lane"]
 
 # `-m lane` selects the unprivileged runs alone.
 lane = pytest.mark.parametrize(
     "deployment",
     ["root", *(pytest.param(name, marks=pytest.mark.lane) for name in ("unprivileged", "image-env"))],
     indirect=True,
+)
+# For the long scenarios whose subject is the group, not Ansible's environment: as root, and
+# as the image's user with read-only playbooks (the image's environment adds nothing to them).
+unprivileged_lane = pytest.mark.parametrize(
+    "deployment", ["root", pytest.param("unprivileged", marks=pytest.mark.lane)], indirect=True
 )
 
 

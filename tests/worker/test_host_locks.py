@@ -175,7 +175,7 @@ async def test_max_concurrent_holds_across_two_workers(
 # closed well within the stop: a host given away on the will, or on any lapse shorter than
 # the stop, lets `next` start with time to spare. `lost_after` is longer by what the holder
 # needs to come back (wake, reconnect, a heartbeat) on a loaded machine.
-STOPPED_FOR = 30
+STOPPED_FOR = 16
 PATIENT_LOST_AFTER = STOPPED_FOR + 25
 
 

@@ -21,6 +21,8 @@ from ansible_worker.controller.client import Client
 from ansible_worker.mqtt.link import LinkOptions, open_mqtt_link
 from ansible_worker.protocol.request_fields import MAX_LOCKS
 from ansible_worker.protocol.topics import Topics
+from ansible_worker.worker import group_claims as group_claims_module
+from ansible_worker.worker import group_locks as group_locks_module
 from ansible_worker.worker.service import Worker
 from testing.broker import Broker
 from tests.conftest import (
@@ -128,9 +130,18 @@ async def test_a_worker_back_from_an_outage_asks_the_group_what_it_holds_before_
 
 
 async def test_a_lock_request_the_broker_did_not_confirm_is_withdrawn(
-    broker: Broker, playbook_dir: Path, group: str, stamps: Path, caplog: pytest.LogCaptureFixture
+    broker: Broker,
+    playbook_dir: Path,
+    group: str,
+    stamps: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The broker stalls as `doomed` asks for web1: the job fails, and web1 is not held for it afterwards."""
+    # The waits for the broker are what fail here (the lock's echo, then the start claim's):
+    # how long they last is not the subject.
+    monkeypatch.setattr(group_locks_module, "ECHO_TIMEOUT", 3.0)
+    monkeypatch.setattr(group_claims_module, "CLAIM_TIMEOUT", 3.0)
     settings = make_settings(broker.port, playbook_dir, group, worker_id="w", concurrency=1, host_locks=True)
     seconds = unique_seconds(60)
     async with open_controller(broker, group) as controller, running_worker(settings):

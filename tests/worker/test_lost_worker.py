@@ -26,7 +26,7 @@ from tests.conftest import (
     unique_seconds,
     wait_online,
 )
-from tests.deployment import Deployment, lane
+from tests.deployment import Deployment, unprivileged_lane
 from tests.templates.test_notifications import SECRET, Receiver, receiving, target
 from tests.worker.takeovers import (
     LOST_AFTER,
@@ -49,7 +49,7 @@ from tests.worker.takeovers import (
 OUTAGE = 35
 
 
-@lane
+@unprivileged_lane
 async def test_a_worker_lost_for_good_has_its_started_job_failed_and_its_queued_jobs_run_once_elsewhere(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:

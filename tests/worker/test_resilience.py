@@ -30,7 +30,7 @@ from tests.conftest import (
     wait_online,
     worker_config,
 )
-from tests.deployment import Deployment, lane
+from tests.deployment import Deployment, unprivileged_lane
 
 QUICK = {"playbook": "quick.yml", "inventory": "one_host.ini"}
 EXECUTABLE = str(Path(sys.executable).parent / "ansible-worker")
@@ -129,7 +129,7 @@ def journaled_worker(
     return ["run", "-c", str(config)], state_dir
 
 
-@lane
+@unprivileged_lane
 async def test_killed_worker_restarted_on_its_state_dir_settles_every_job(
     broker: Broker, playbook_dir: Path, group: str, tmp_path: Path, deployment: Deployment
 ) -> None:
