@@ -78,12 +78,7 @@ def build_argv(
     if job.skip_tags:
         argv.append(f"--skip-tags={','.join(job.skip_tags)}")
     argv.append(f"--forks={job.forks}")
-    if job.verbosity:
-        argv.append("-" + "v" * job.verbosity)
-    if job.check_mode:
-        argv.append("--check")
-    if job.diff_mode:
-        argv.append("--diff")
+    argv += _output_and_mode(job)
     argv += ["--", str(playbook)]
     return argv
 
@@ -108,14 +103,19 @@ def build_adhoc_argv(
     if job.background is not None:
         argv.append(f"--background={job.background}")
         argv.append(f"--poll={job.poll if job.poll is not None else _ANSIBLE_DEFAULT_POLL}")
-    if job.verbosity:
-        argv.append("-" + "v" * job.verbosity)
-    if job.check_mode:
-        argv.append("--check")
-    if job.diff_mode:
-        argv.append("--diff")
+    argv += _output_and_mode(job)
     argv += ["--", job.hosts]
     return argv
+
+
+def _output_and_mode(job: TaskRequest) -> list[str]:
+    """The options both CLIs take alike: verbosity, check mode and diff mode."""
+    options = ["-" + "v" * job.verbosity] if job.verbosity else []
+    if job.check_mode:
+        options.append("--check")
+    if job.diff_mode:
+        options.append("--diff")
+    return options
 
 
 # `ansible -B N` without `-P` polls every 15 seconds; said here so the argument list shows it.
